@@ -1,0 +1,23 @@
+//! Domain types shared by every Warden crate.
+//!
+//! This crate owns the vocabulary of the system — who is acting ([`Identity`]), on what
+//! ([`ConnectionKind`], connection names), what was decided ([`Decision`]) and what is
+//! written to the audit log ([`Event`]) — plus [`Secret`], the wrapper that keeps
+//! credentials out of logs and serialized output. It knows nothing about storage or
+//! wire protocols.
+
+mod connection;
+mod event;
+mod identity;
+mod secret;
+mod session;
+pub mod timefmt;
+
+pub use connection::{
+    Connection, ConnectionKind, ConnectionNameError, PolicyRefs, SecretKind, TlsMode, TlsOptions,
+    validate_connection_name,
+};
+pub use event::{Decision, Event, EventIdentity};
+pub use identity::{AuthMethod, Identity};
+pub use secret::{REDACTED, Secret};
+pub use session::{Session, SessionStatus};

@@ -1,0 +1,366 @@
+//! The append-only, hash-chained audit log.
+//!
+//! Each event is stored as canonical JSON (keys sorted, no whitespace) that includes
+//! its sequence number and the previous event's hash; its own hash is SHA-256 of that
+//! text. Altering, removing or reordering any stored event breaks the chain, and
+//! [`Store::verify_audit`] names the first event where it breaks. A one-row
+//! `audit_head` table holds the newest sequence number and hash: appending updates it
+//! first, which takes the write lock that orders appends from every gateway, and lets
+//! verification notice events removed from the end.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use warden_core::{Event, timefmt};
+
+use crate::util::sha256_hex;
+use crate::{Result, Store, StoreError};
+
+/// The hash a chain starts from.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One stored event with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub event: Event,
+}
+
+/// What an append returns: where the event landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Filters for listing events; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    pub subject: Option<String>,
+    pub connection: Option<String>,
+    /// An exact kind (`auth.failure`) or a prefix ending in `.` (`auth.`).
+    pub kind: Option<String>,
+    pub session_id: Option<Uuid>,
+    /// Only events with a larger sequence number (for paging).
+    pub after_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// The outcome of walking the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub events_checked: i64,
+    pub head_seq: i64,
+    pub head_hash: String,
+    /// The first place the chain is broken, when it is.
+    pub problem: Option<ChainProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ChainProblem {
+    /// Sequence number of the event where the break was found.
+    pub seq: i64,
+    /// Its id, when the stored row still has one.
+    pub event_id: Option<String>,
+    pub reason: String,
+}
+
+/// The canonical text of a chained event: the event's fields plus `seq` and
+/// `prev_hash`, keys sorted, no insignificant whitespace.
+pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String> {
+    let mut value = serde_json::to_value(event)?;
+    if let Value::Object(map) = &mut value {
+        map.insert("seq".into(), Value::from(seq));
+        map.insert("prev_hash".into(), Value::from(prev_hash));
+    }
+    let mut out = String::new();
+    write_canonical(&value, &mut out)?;
+    Ok(out)
+}
+
+/// Writes JSON with object keys in sorted order, whatever map type serde_json was
+/// built with, so the hashed text is the same on every build.
+fn write_canonical(value: &Value, out: &mut String) -> Result<()> {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(key)?);
+                out.push(':');
+                if let Some(v) = map.get(key) {
+                    write_canonical(v, out)?;
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out)?;
+            }
+            out.push(']');
+        }
+        other => out.push_str(&serde_json::to_string(other)?),
+    }
+    Ok(())
+}
+
+const COLUMNS: &str = "seq, id, time_us, session_id, subject, connection, kind, body, prev_hash, hash";
+
+impl Store {
+    /// Appends an event durably and returns its place in the chain. Callers that
+    /// must audit before acting treat an error here as "do not act".
+    pub async fn append_audit(&self, event: &Event) -> Result<Appended> {
+        let _serial = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        // Claiming the next sequence number first takes the row (PostgreSQL) or
+        // database (SQLite) write lock, so concurrent appenders queue here.
+        let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut *tx)
+            .await?;
+        let seq: i64 = head.try_get("seq")?;
+        let prev_hash: String = head.try_get("hash")?;
+        let body = canonical_body(seq, &prev_hash, event)?;
+        let hash = sha256_hex(body.as_bytes());
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO audit_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        )))
+        .bind(seq)
+        .bind(event.id.to_string())
+        .bind(timefmt::to_micros(event.time))
+        .bind(event.session_id.map(|s| s.to_string()))
+        .bind(event.identity.as_ref().map(|i| i.subject.clone()))
+        .bind(event.connection.as_deref())
+        .bind(&event.kind)
+        .bind(&body)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Appended { seq, hash })
+    }
+
+    /// Lists events in chain order, filtered.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1 = 1");
+        let mut args: Vec<Arg> = Vec::new();
+        let mut push = |clause: &str, arg: Arg, sql: &mut String| {
+            args.push(arg);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(t) = filter.since {
+            push(" AND time_us >= ?", Arg::Int(timefmt::to_micros(t)), &mut sql);
+        }
+        if let Some(t) = filter.until {
+            push(" AND time_us < ?", Arg::Int(timefmt::to_micros(t)), &mut sql);
+        }
+        if let Some(s) = &filter.subject {
+            push(" AND subject = ?", Arg::Text(s.clone()), &mut sql);
+        }
+        if let Some(c) = &filter.connection {
+            push(" AND connection = ?", Arg::Text(c.clone()), &mut sql);
+        }
+        if let Some(k) = &filter.kind {
+            if let Some(prefix) = k.strip_suffix('.') {
+                // Prefix match without LIKE, so `_` and `%` in kinds mean nothing special.
+                let lower = format!("{prefix}.");
+                let upper = format!("{prefix}/"); // '/' sorts right after '.'
+                push(" AND kind >= ?", Arg::Text(lower), &mut sql);
+                push(" AND kind < ?", Arg::Text(upper), &mut sql);
+            } else {
+                push(" AND kind = ?", Arg::Text(k.clone()), &mut sql);
+            }
+        }
+        if let Some(id) = filter.session_id {
+            push(" AND session_id = ?", Arg::Text(id.to_string()), &mut sql);
+        }
+        if let Some(seq) = filter.after_seq {
+            push(" AND seq > ?", Arg::Int(seq), &mut sql);
+        }
+        let limit = filter.limit.clamp(1, 10_000);
+        push(" ORDER BY seq LIMIT ?", Arg::Int(limit), &mut sql);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for arg in args {
+            query = match arg {
+                Arg::Int(i) => query.bind(i),
+                Arg::Text(s) => query.bind(s),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Walks the whole chain and reports the first event that was altered, removed
+    /// or reordered. Reads in pages so memory stays flat on large logs.
+    pub async fn verify_audit(&self) -> Result<VerifyReport> {
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let head_seq: i64 = head.try_get("seq")?;
+        let head_hash: String = head.try_get("hash")?;
+        let mut report = VerifyReport {
+            ok: true,
+            events_checked: 0,
+            head_seq,
+            head_hash: head_hash.clone(),
+            problem: None,
+        };
+        let mut expected_seq = 1_i64;
+        let mut prev_hash = GENESIS_HASH.to_string();
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT 1000"
+            )))
+            .bind(expected_seq)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                if let Some(problem) = check_row(row, expected_seq, &prev_hash)? {
+                    report.ok = false;
+                    report.problem = Some(problem);
+                    return Ok(report);
+                }
+                report.events_checked += 1;
+                prev_hash = row.try_get("hash")?;
+                expected_seq += 1;
+            }
+        }
+        let last_seq = expected_seq - 1;
+        if last_seq != head_seq || prev_hash != head_hash {
+            report.ok = false;
+            report.problem = Some(ChainProblem {
+                seq: last_seq + 1,
+                event_id: None,
+                reason: if last_seq < head_seq {
+                    format!(
+                        "events {} to {head_seq} were removed (the chain head records {head_seq} events)",
+                        last_seq + 1
+                    )
+                } else {
+                    "the chain head does not match the last event".to_string()
+                },
+            });
+        }
+        Ok(report)
+    }
+}
+
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// Checks one stored row against its expected place in the chain.
+fn check_row(row: &AnyRow, expected_seq: i64, prev_hash: &str) -> Result<Option<ChainProblem>> {
+    let seq: i64 = row.try_get("seq")?;
+    let id: String = row.try_get("id")?;
+    let problem = |seq: i64, reason: String| {
+        Ok(Some(ChainProblem {
+            seq,
+            event_id: Some(id.clone()),
+            reason,
+        }))
+    };
+    if seq != expected_seq {
+        return problem(
+            seq,
+            format!("event {expected_seq} is missing (next stored event is {seq})"),
+        );
+    }
+    let body: String = row.try_get("body")?;
+    let stored_hash: String = row.try_get("hash")?;
+    if sha256_hex(body.as_bytes()) != stored_hash {
+        return problem(seq, "event content was altered: it no longer matches its hash".into());
+    }
+    let stored_prev: String = row.try_get("prev_hash")?;
+    if stored_prev != prev_hash {
+        return problem(
+            seq,
+            format!(
+                "chain broken: previous-hash does not match event {}; an event was altered, removed or reordered",
+                seq - 1
+            ),
+        );
+    }
+    let parsed: Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(_) => return problem(seq, "event content is not valid JSON".into()),
+    };
+    if parsed.get("seq").and_then(Value::as_i64) != Some(seq)
+        || parsed.get("prev_hash").and_then(Value::as_str) != Some(prev_hash)
+    {
+        return problem(seq, "event was moved: its signed position differs from where it is stored".into());
+    }
+    // The indexed columns are copies of signed fields; a mismatch means someone edited
+    // a column to change what filters return.
+    let event: Event = match serde_json::from_value(parsed) {
+        Ok(e) => e,
+        Err(_) => return problem(seq, "event content does not decode".into()),
+    };
+    let columns_match = event.id.to_string() == id
+        && timefmt::to_micros(event.time) == row.try_get::<i64, _>("time_us")?
+        && event.kind == row.try_get::<String, _>("kind")?
+        && event.session_id.map(|s| s.to_string()) == row.try_get::<Option<String>, _>("session_id")?
+        && event.identity.as_ref().map(|i| i.subject.clone())
+            == row.try_get::<Option<String>, _>("subject")?
+        && event.connection == row.try_get::<Option<String>, _>("connection")?;
+    if !columns_match {
+        return problem(seq, "an indexed column was altered: it differs from the signed content".into());
+    }
+    Ok(None)
+}
+
+fn entry_from_row(row: &AnyRow) -> Result<AuditEntry> {
+    let body: String = row.try_get("body")?;
+    let event: Event = serde_json::from_str(&body)
+        .map_err(|e| StoreError::Corrupt(format!("audit event body: {e}")))?;
+    Ok(AuditEntry {
+        seq: row.try_get("seq")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+        event,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_body_sorts_keys_and_is_stable() {
+        let mut e = Event::new("test.kind", json!({"z": 1, "a": {"y": [2, {"d": 1, "c": 0}], "b": null}}));
+        e.id = Uuid::nil();
+        e.time = timefmt::from_micros(0).unwrap_or_else(|| unreachable!());
+        let body = canonical_body(7, GENESIS_HASH, &e).unwrap_or_default();
+        assert!(body.starts_with("{\"connection\":null,\"decision\":null,\"id\":"), "{body}");
+        assert!(body.contains("\"payload\":{\"a\":{\"b\":null,\"y\":[2,{\"c\":0,\"d\":1}]},\"z\":1}"), "{body}");
+        assert!(body.contains("\"seq\":7"));
+        assert_eq!(body, canonical_body(7, GENESIS_HASH, &e).unwrap_or_default());
+        assert_ne!(body, canonical_body(8, GENESIS_HASH, &e).unwrap_or_default());
+    }
+}

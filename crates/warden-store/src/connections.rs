@@ -1,0 +1,164 @@
+//! Registered connections and their sealed backend secrets.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use warden_core::{Connection, Secret, SecretKind, timefmt};
+
+use crate::util::time_from_db;
+use crate::{Result, Store, StoreError};
+
+/// What an update does to the backend secret.
+pub enum SecretChange {
+    Keep,
+    Set(SecretKind, Secret<String>),
+    Clear,
+}
+
+fn seal_context(name: &str) -> String {
+    format!("connection:{name}")
+}
+
+const COLUMNS: &str = "name, kind, target, username, secret_kind, tls, allowed_groups, policies, \
+                       description, created_at, updated_at";
+
+impl Store {
+    pub async fn create_connection(
+        &self,
+        conn: &Connection,
+        secret: Option<(SecretKind, Secret<String>)>,
+    ) -> Result<()> {
+        let (kind, sealed) = match &secret {
+            Some((kind, value)) => (
+                Some(kind.as_str()),
+                Some(self.sealer.seal(value.expose().as_bytes(), &seal_context(&conn.name))?),
+            ),
+            None => (None, None),
+        };
+        let done = sqlx::query(
+            "INSERT INTO connections (name, kind, target, username, secret_kind, secret_sealed, \
+             tls, allowed_groups, policies, description, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&conn.name)
+        .bind(conn.kind.as_str())
+        .bind(&conn.target)
+        .bind(conn.username.as_deref())
+        .bind(kind)
+        .bind(sealed)
+        .bind(serde_json::to_string(&conn.tls)?)
+        .bind(serde_json::to_string(&conn.allowed_groups)?)
+        .bind(serde_json::to_string(&conn.policies)?)
+        .bind(conn.description.as_deref())
+        .bind(timefmt::to_micros(conn.created_at))
+        .bind(timefmt::to_micros(conn.updated_at))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("connection `{}`", conn.name)));
+        }
+        Ok(())
+    }
+
+    pub async fn get_connection(&self, name: &str) -> Result<Option<Connection>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM connections WHERE name = $1")))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    pub async fn list_connections(&self) -> Result<Vec<Connection>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM connections ORDER BY name")))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
+    /// Replaces the stored fields of `conn` (found by name) and applies `secret`.
+    pub async fn update_connection(&self, conn: &Connection, secret: SecretChange) -> Result<()> {
+        let mut sql = String::from(
+            "UPDATE connections SET kind = $1, target = $2, username = $3, tls = $4, \
+             allowed_groups = $5, policies = $6, description = $7, updated_at = $8",
+        );
+        let (secret_kind, sealed) = match &secret {
+            SecretChange::Keep => (None, None),
+            SecretChange::Set(kind, value) => (
+                Some(kind.as_str()),
+                Some(self.sealer.seal(value.expose().as_bytes(), &seal_context(&conn.name))?),
+            ),
+            SecretChange::Clear => (None, None),
+        };
+        if !matches!(secret, SecretChange::Keep) {
+            sql.push_str(", secret_kind = $10, secret_sealed = $11");
+        }
+        sql.push_str(" WHERE name = $9");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(conn.kind.as_str())
+            .bind(&conn.target)
+            .bind(conn.username.as_deref())
+            .bind(serde_json::to_string(&conn.tls)?)
+            .bind(serde_json::to_string(&conn.allowed_groups)?)
+            .bind(serde_json::to_string(&conn.policies)?)
+            .bind(conn.description.as_deref())
+            .bind(timefmt::to_micros(conn.updated_at))
+            .bind(&conn.name);
+        if !matches!(secret, SecretChange::Keep) {
+            query = query.bind(secret_kind).bind(sealed);
+        }
+        let done = query.execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("connection `{}`", conn.name)));
+        }
+        Ok(())
+    }
+
+    /// Deletes a connection; returns whether it existed.
+    pub async fn delete_connection(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM connections WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The backend secret, unsealed, for the proxy that dials the target.
+    pub async fn connection_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(SecretKind, Secret<String>)>> {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT secret_kind, secret_sealed FROM connections WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((Some(kind), Some(sealed))) = row else {
+            return Ok(None);
+        };
+        let kind = kind.parse::<SecretKind>().map_err(StoreError::Corrupt)?;
+        let plain = self.sealer.open(&sealed, &seal_context(name))?;
+        let text = String::from_utf8(plain.expose().clone())
+            .map_err(|_| StoreError::Corrupt("secret is not UTF-8".into()))?;
+        Ok(Some((kind, Secret::new(text))))
+    }
+}
+
+fn connection_from_row(row: &AnyRow) -> Result<Connection> {
+    let kind: String = row.try_get("kind")?;
+    let secret_kind: Option<String> = row.try_get("secret_kind")?;
+    Ok(Connection {
+        name: row.try_get("name")?,
+        kind: kind.parse().map_err(StoreError::Corrupt)?,
+        target: row.try_get("target")?,
+        username: row.try_get("username")?,
+        secret_kind: secret_kind
+            .map(|k| k.parse().map_err(StoreError::Corrupt))
+            .transpose()?,
+        tls: serde_json::from_str(&row.try_get::<String, _>("tls")?)?,
+        allowed_groups: serde_json::from_str(&row.try_get::<String, _>("allowed_groups")?)?,
+        policies: serde_json::from_str(&row.try_get::<String, _>("policies")?)?,
+        description: row.try_get("description")?,
+        created_at: time_from_db(row.try_get("created_at")?)?,
+        updated_at: time_from_db(row.try_get("updated_at")?)?,
+    })
+}

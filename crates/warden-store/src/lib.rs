@@ -1,0 +1,174 @@
+//! Warden's state store.
+//!
+//! One [`Store`] over SQLite (the embedded default) or PostgreSQL (shared by several
+//! gateways). Both run the same portable migrations and the same queries through
+//! sqlx's `Any` driver; the few places where the engines differ (locking, pragmas)
+//! branch on [`Backend`]. The store owns sealing of backend secrets ([`sealed`]) and
+//! the append-only, hash-chained audit log ([`audit`]).
+
+pub mod api_keys;
+pub mod audit;
+pub mod connections;
+mod error;
+mod migrate;
+pub mod sealed;
+pub mod sessions;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod util;
+
+pub use error::{Result, StoreError};
+pub use sealed::{MasterKey, SecretSealer};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Executor};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which database engine backs the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl(util::redact_url(url)))
+        }
+    }
+}
+
+/// The gateway's state: connections, API keys, sessions and the audit log.
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    sealer: SecretSealer,
+    /// Serializes audit appends inside this process; the database lock on the chain
+    /// head serializes them across gateways sharing a PostgreSQL store.
+    audit_lock: tokio::sync::Mutex<()>,
+}
+
+const KEY_CHECK: &str = "master_key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"warden master key check";
+
+impl Store {
+    /// Connects, migrates, and checks that `master_key` is the one this store was
+    /// created with (so a wrong key fails at start, not at the first backend dial).
+    pub async fn open(url: &str, master_key: &MasterKey) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 10,
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers (API, verify) run while a proxy appends audit events.
+            pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        migrate::run(&pool, backend).await?;
+        let store = Self {
+            pool,
+            backend,
+            sealer: SecretSealer::new(master_key)?,
+            audit_lock: tokio::sync::Mutex::new(()),
+        };
+        store.check_master_key().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn check_master_key(&self) -> Result<()> {
+        match self.state(KEY_CHECK).await? {
+            Some(sealed) => match self.sealer.open(&sealed, KEY_CHECK) {
+                Ok(p) if p.expose().as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+                _ => Err(StoreError::WrongMasterKey),
+            },
+            None => {
+                let sealed = self.sealer.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK)?;
+                self.insert_state_if_absent(KEY_CHECK, &sealed).await?;
+                // Another gateway may have raced us with a different key.
+                Box::pin(self.check_master_key()).await
+            }
+        }
+    }
+
+    /// A value from the gateway's key/value state.
+    pub async fn state(&self, key: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM gateway_state WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Stores `value` under `key` unless the key exists; returns whether it was stored.
+    pub async fn insert_state_if_absent(&self, key: &str, value: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO gateway_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn put_state(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO gateway_state (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[cfg(feature = "testing")]
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
