@@ -72,7 +72,8 @@ pub fn validate_connection_name(name: &str) -> Result<(), ConnectionNameError> {
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if first_ok && rest_ok {
         Ok(())
     } else {
@@ -87,10 +88,20 @@ mod tests {
     #[test]
     fn names() {
         assert!(validate_connection_name("prod-db_1").is_ok());
-        assert_eq!(validate_connection_name(""), Err(ConnectionNameError::Length));
-        assert_eq!(validate_connection_name(&"a".repeat(64)), Err(ConnectionNameError::Length));
+        assert_eq!(
+            validate_connection_name(""),
+            Err(ConnectionNameError::Length)
+        );
+        assert_eq!(
+            validate_connection_name(&"a".repeat(64)),
+            Err(ConnectionNameError::Length)
+        );
         for bad in ["-x", "Prod", "a b", "a/b", "a;drop", "é"] {
-            assert_eq!(validate_connection_name(bad), Err(ConnectionNameError::Characters), "{bad}");
+            assert_eq!(
+                validate_connection_name(bad),
+                Err(ConnectionNameError::Characters),
+                "{bad}"
+            );
         }
     }
 
@@ -165,10 +176,14 @@ impl FromStr for SecretKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [SecretKind::Password, SecretKind::PrivateKey, SecretKind::Token]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown secret kind `{s}`"))
+        [
+            SecretKind::Password,
+            SecretKind::PrivateKey,
+            SecretKind::Token,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| format!("unknown secret kind `{s}`"))
     }
 }
 

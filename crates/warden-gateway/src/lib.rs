@@ -1,1 +1,148 @@
-//! placeholder
+//! The Warden gateway: configuration, authentication, the REST API and its listener.
+//!
+//! [`Gateway::start`] turns a [`Config`] into a running gateway: it opens the store,
+//! makes sure an admin key exists, and serves the API. Protocol proxies attach here
+//! as their own crates land; this crate holds no wire-protocol code.
+
+pub mod api;
+pub mod auth;
+mod bootstrap;
+pub mod config;
+mod server;
+
+pub use config::Config;
+
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use warden_core::{Event, Secret};
+use warden_store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("API TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Oidc(#[from] auth::oidc::OidcSetupError),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    api_addr: SocketAddr,
+    tls: bool,
+    admin_token: Option<Secret<String>>,
+    store: Arc<Store>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+impl Gateway {
+    pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
+        let config = Arc::new(config);
+        let key = bootstrap::master_key(&config)?;
+        let store = Arc::new(bootstrap::open_store(&config, &key).await?);
+        let admin_token = bootstrap::ensure_admin_key(&store, &config).await?;
+        let auth = auth::Authenticator::new(&config, store.clone())?;
+        let tls = match (&config.api.tls_cert, &config.api.tls_key) {
+            (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let listener = TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| GatewayError::Io {
+                context: format!("binding the API listener to {}", config.api.listen),
+                source,
+            })?;
+        let api_addr = listener.local_addr().map_err(|source| GatewayError::Io {
+            context: "reading the API listener address".into(),
+            source,
+        })?;
+        store
+            .append_audit(&Event::new(
+                "gateway.start",
+                json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "store": format!("{:?}", store.backend()).to_lowercase(),
+                    "api": api_addr.to_string(),
+                    "api_tls": tls.is_some(),
+                    "oidc_issuers": config.auth.oidc.iter().map(|o| o.issuer.clone()).collect::<Vec<_>>(),
+                }),
+            ))
+            .await?;
+        let app = api::router(api::AppState::new(store.clone(), auth, config.clone()));
+        let (shutdown, rx) = watch::channel(false);
+        let has_tls = tls.is_some();
+        let server = tokio::spawn(server::serve(listener, tls, app, rx));
+        tracing::info!(api = %api_addr, tls = has_tls, "gateway started");
+        Ok(Gateway {
+            api_addr,
+            tls: has_tls,
+            admin_token,
+            store,
+            shutdown,
+            server,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// `http://...` or `https://...` of the API listener.
+    pub fn api_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.api_addr)
+    }
+
+    /// The admin token generated at this start, if one was: show it once.
+    pub fn take_generated_admin_token(&mut self) -> Option<Secret<String>> {
+        self.admin_token.take()
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Stops accepting connections and records the stop.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        if let Err(e) = self
+            .store
+            .append_audit(&Event::new("gateway.stop", json!({})))
+            .await
+        {
+            tracing::error!(error = %e, "could not record gateway stop");
+        }
+        self.store.close().await;
+    }
+}
+
+/// Opens an existing store for offline tools (`warden audit verify`): never generates
+/// a master key, so pointing at the wrong directory fails instead of creating one.
+pub async fn open_existing_store(config: &Config) -> Result<Store, GatewayError> {
+    let mut config = config.clone();
+    if config.secrets.master_key.is_none() && config.secrets.master_key_file.is_none() {
+        config.secrets.master_key_file = Some(config.data_dir.join("master.key"));
+    }
+    if let Some(path) = config.store_url().expose().strip_prefix("sqlite://") {
+        let file = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(file).exists() {
+            return Err(GatewayError::Config(format!("no store at {file}")));
+        }
+    }
+    let key = bootstrap::master_key(&config)?;
+    bootstrap::open_store(&config, &key).await
+}

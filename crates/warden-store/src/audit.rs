@@ -121,7 +121,8 @@ fn write_canonical(value: &Value, out: &mut String) -> Result<()> {
     Ok(())
 }
 
-const COLUMNS: &str = "seq, id, time_us, session_id, subject, connection, kind, body, prev_hash, hash";
+const COLUMNS: &str =
+    "seq, id, time_us, session_id, subject, connection, kind, body, prev_hash, hash";
 
 impl Store {
     /// Appends an event durably and returns its place in the chain. Callers that
@@ -131,9 +132,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Claiming the next sequence number first takes the row (PostgreSQL) or
         // database (SQLite) write lock, so concurrent appenders queue here.
-        let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-            .fetch_one(&mut *tx)
-            .await?;
+        let head =
+            sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+                .fetch_one(&mut *tx)
+                .await?;
         let seq: i64 = head.try_get("seq")?;
         let prev_hash: String = head.try_get("hash")?;
         let body = canonical_body(seq, &prev_hash, event)?;
@@ -170,10 +172,18 @@ impl Store {
             sql.push_str(&clause.replace('?', &format!("${}", args.len())));
         };
         if let Some(t) = filter.since {
-            push(" AND time_us >= ?", Arg::Int(timefmt::to_micros(t)), &mut sql);
+            push(
+                " AND time_us >= ?",
+                Arg::Int(timefmt::to_micros(t)),
+                &mut sql,
+            );
         }
         if let Some(t) = filter.until {
-            push(" AND time_us < ?", Arg::Int(timefmt::to_micros(t)), &mut sql);
+            push(
+                " AND time_us < ?",
+                Arg::Int(timefmt::to_micros(t)),
+                &mut sql,
+            );
         }
         if let Some(s) = &filter.subject {
             push(" AND subject = ?", Arg::Text(s.clone()), &mut sql);
@@ -294,7 +304,10 @@ fn check_row(row: &AnyRow, expected_seq: i64, prev_hash: &str) -> Result<Option<
     let body: String = row.try_get("body")?;
     let stored_hash: String = row.try_get("hash")?;
     if sha256_hex(body.as_bytes()) != stored_hash {
-        return problem(seq, "event content was altered: it no longer matches its hash".into());
+        return problem(
+            seq,
+            "event content was altered: it no longer matches its hash".into(),
+        );
     }
     let stored_prev: String = row.try_get("prev_hash")?;
     if stored_prev != prev_hash {
@@ -313,7 +326,10 @@ fn check_row(row: &AnyRow, expected_seq: i64, prev_hash: &str) -> Result<Option<
     if parsed.get("seq").and_then(Value::as_i64) != Some(seq)
         || parsed.get("prev_hash").and_then(Value::as_str) != Some(prev_hash)
     {
-        return problem(seq, "event was moved: its signed position differs from where it is stored".into());
+        return problem(
+            seq,
+            "event was moved: its signed position differs from where it is stored".into(),
+        );
     }
     // The indexed columns are copies of signed fields; a mismatch means someone edited
     // a column to change what filters return.
@@ -324,12 +340,16 @@ fn check_row(row: &AnyRow, expected_seq: i64, prev_hash: &str) -> Result<Option<
     let columns_match = event.id.to_string() == id
         && timefmt::to_micros(event.time) == row.try_get::<i64, _>("time_us")?
         && event.kind == row.try_get::<String, _>("kind")?
-        && event.session_id.map(|s| s.to_string()) == row.try_get::<Option<String>, _>("session_id")?
+        && event.session_id.map(|s| s.to_string())
+            == row.try_get::<Option<String>, _>("session_id")?
         && event.identity.as_ref().map(|i| i.subject.clone())
             == row.try_get::<Option<String>, _>("subject")?
         && event.connection == row.try_get::<Option<String>, _>("connection")?;
     if !columns_match {
-        return problem(seq, "an indexed column was altered: it differs from the signed content".into());
+        return problem(
+            seq,
+            "an indexed column was altered: it differs from the signed content".into(),
+        );
     }
     Ok(None)
 }
@@ -353,14 +373,29 @@ mod tests {
 
     #[test]
     fn canonical_body_sorts_keys_and_is_stable() {
-        let mut e = Event::new("test.kind", json!({"z": 1, "a": {"y": [2, {"d": 1, "c": 0}], "b": null}}));
+        let mut e = Event::new(
+            "test.kind",
+            json!({"z": 1, "a": {"y": [2, {"d": 1, "c": 0}], "b": null}}),
+        );
         e.id = Uuid::nil();
         e.time = timefmt::from_micros(0).unwrap_or_else(|| unreachable!());
         let body = canonical_body(7, GENESIS_HASH, &e).unwrap_or_default();
-        assert!(body.starts_with("{\"connection\":null,\"decision\":null,\"id\":"), "{body}");
-        assert!(body.contains("\"payload\":{\"a\":{\"b\":null,\"y\":[2,{\"c\":0,\"d\":1}]},\"z\":1}"), "{body}");
+        assert!(
+            body.starts_with("{\"connection\":null,\"decision\":null,\"id\":"),
+            "{body}"
+        );
+        assert!(
+            body.contains("\"payload\":{\"a\":{\"b\":null,\"y\":[2,{\"c\":0,\"d\":1}]},\"z\":1}"),
+            "{body}"
+        );
         assert!(body.contains("\"seq\":7"));
-        assert_eq!(body, canonical_body(7, GENESIS_HASH, &e).unwrap_or_default());
-        assert_ne!(body, canonical_body(8, GENESIS_HASH, &e).unwrap_or_default());
+        assert_eq!(
+            body,
+            canonical_body(7, GENESIS_HASH, &e).unwrap_or_default()
+        );
+        assert_ne!(
+            body,
+            canonical_body(8, GENESIS_HASH, &e).unwrap_or_default()
+        );
     }
 }

@@ -30,7 +30,10 @@ impl Store {
         let (kind, sealed) = match &secret {
             Some((kind, value)) => (
                 Some(kind.as_str()),
-                Some(self.sealer.seal(value.expose().as_bytes(), &seal_context(&conn.name))?),
+                Some(
+                    self.sealer
+                        .seal(value.expose().as_bytes(), &seal_context(&conn.name))?,
+                ),
             ),
             None => (None, None),
         };
@@ -61,17 +64,21 @@ impl Store {
     }
 
     pub async fn get_connection(&self, name: &str) -> Result<Option<Connection>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM connections WHERE name = $1")))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM connections WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(connection_from_row).transpose()
     }
 
     pub async fn list_connections(&self) -> Result<Vec<Connection>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM connections ORDER BY name")))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM connections ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(connection_from_row).collect()
     }
 
@@ -85,7 +92,10 @@ impl Store {
             SecretChange::Keep => (None, None),
             SecretChange::Set(kind, value) => (
                 Some(kind.as_str()),
-                Some(self.sealer.seal(value.expose().as_bytes(), &seal_context(&conn.name))?),
+                Some(
+                    self.sealer
+                        .seal(value.expose().as_bytes(), &seal_context(&conn.name))?,
+                ),
             ),
             SecretChange::Clear => (None, None),
         };

@@ -19,6 +19,7 @@ mod util;
 
 pub use error::{Result, StoreError};
 pub use sealed::{MasterKey, SecretSealer};
+pub use util::redact_url;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};

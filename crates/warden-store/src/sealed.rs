@@ -115,7 +115,9 @@ mod tests {
     use super::*;
 
     fn sealer() -> SecretSealer {
-        let key = MasterKey::generate().ok().and_then(|k| SecretSealer::new(&k).ok());
+        let key = MasterKey::generate()
+            .ok()
+            .and_then(|k| SecretSealer::new(&k).ok());
         key.unwrap_or_else(|| unreachable!("key generation failed"))
     }
 
@@ -128,7 +130,10 @@ mod tests {
         assert_eq!(opened.ok().as_deref(), Some(&b"s3cret-pw"[..]));
         assert!(s.open(&sealed, "conn:other").is_err());
         // Same plaintext seals differently each time (random nonce).
-        assert_ne!(sealed, s.seal(b"s3cret-pw", "conn:prod").unwrap_or_default());
+        assert_ne!(
+            sealed,
+            s.seal(b"s3cret-pw", "conn:prod").unwrap_or_default()
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use warden_store::{Backend, MasterKey, Store, StoreError, testing};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-async fn open(backend: Backend) -> Result<(Store, String, MasterKey, TempDir), Box<dyn std::error::Error>> {
+async fn open(
+    backend: Backend,
+) -> Result<(Store, String, MasterKey, TempDir), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let url = testing::fresh_url(backend, dir.path()).await?;
     let key = MasterKey::generate()?;
@@ -63,35 +65,59 @@ async fn connections_round_trip_with_sealed_secret(backend: Backend) -> TestResu
     let conn = connection("prod-db");
     let secret = "backend-pw-Zq9!x";
     store
-        .create_connection(&conn, Some((SecretKind::Password, Secret::new(secret.into()))))
+        .create_connection(
+            &conn,
+            Some((SecretKind::Password, Secret::new(secret.into()))),
+        )
         .await?;
     assert!(matches!(
         store.create_connection(&conn, None).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.get_connection("prod-db").await?, Some(conn.clone()));
-    let (kind, got) = store.connection_secret("prod-db").await?.ok_or("no secret")?;
-    assert_eq!((kind, got.expose().as_str()), (SecretKind::Password, secret));
+    let (kind, got) = store
+        .connection_secret("prod-db")
+        .await?
+        .ok_or("no secret")?;
+    assert_eq!(
+        (kind, got.expose().as_str()),
+        (SecretKind::Password, secret)
+    );
 
     // The plaintext is nowhere in the database.
     let rows: Vec<(String,)> = sqlx::query_as("SELECT secret_sealed FROM connections")
         .fetch_all(store.pool())
         .await?;
-    assert!(rows.iter().all(|r| !r.0.contains(secret) && r.0.starts_with("v1.")));
+    assert!(
+        rows.iter()
+            .all(|r| !r.0.contains(secret) && r.0.starts_with("v1."))
+    );
 
     let mut changed = conn.clone();
     changed.target = "10.0.0.1:5432".into();
-    store.update_connection(&changed, SecretChange::Keep).await?;
+    store
+        .update_connection(&changed, SecretChange::Keep)
+        .await?;
     assert!(store.connection_secret("prod-db").await?.is_some());
     store
-        .update_connection(&changed, SecretChange::Set(SecretKind::Token, Secret::new("t2".into())))
+        .update_connection(
+            &changed,
+            SecretChange::Set(SecretKind::Token, Secret::new("t2".into())),
+        )
         .await?;
-    let (kind, got) = store.connection_secret("prod-db").await?.ok_or("no secret")?;
+    let (kind, got) = store
+        .connection_secret("prod-db")
+        .await?
+        .ok_or("no secret")?;
     assert_eq!((kind, got.expose().as_str()), (SecretKind::Token, "t2"));
-    store.update_connection(&changed, SecretChange::Clear).await?;
+    store
+        .update_connection(&changed, SecretChange::Clear)
+        .await?;
     assert!(store.connection_secret("prod-db").await?.is_none());
     assert!(matches!(
-        store.update_connection(&connection("missing"), SecretChange::Keep).await,
+        store
+            .update_connection(&connection("missing"), SecretChange::Keep)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.list_connections().await?.len(), 1);
@@ -101,7 +127,10 @@ async fn connections_round_trip_with_sealed_secret(backend: Backend) -> TestResu
 
     // Reopening with another master key fails fast.
     let other = MasterKey::generate()?;
-    assert!(matches!(Store::open(&url, &other).await, Err(StoreError::WrongMasterKey)));
+    assert!(matches!(
+        Store::open(&url, &other).await,
+        Err(StoreError::WrongMasterKey)
+    ));
     assert!(Store::open(&url, &key).await.is_ok());
     Ok(())
 }
@@ -112,8 +141,15 @@ async fn audit_chain_verifies_and_filters(backend: Backend) -> TestResult {
     let empty = store.verify_audit().await?;
     assert!(empty.ok && empty.events_checked == 0);
     for i in 0..5 {
-        let e = Event::new(if i % 2 == 0 { "auth.failure" } else { "connection.create" }, json!({"i": i}))
-            .on_connection(format!("c{i}"));
+        let e = Event::new(
+            if i % 2 == 0 {
+                "auth.failure"
+            } else {
+                "connection.create"
+            },
+            json!({"i": i}),
+        )
+        .on_connection(format!("c{i}"));
         let at = store.append_audit(&e).await?;
         assert_eq!(at.seq, i + 1);
     }
@@ -121,20 +157,37 @@ async fn audit_chain_verifies_and_filters(backend: Backend) -> TestResult {
     assert!(report.ok, "{report:?}");
     assert_eq!((report.events_checked, report.head_seq), (5, 5));
 
-    let all = store.list_audit(&AuditFilter { limit: 100, ..Default::default() }).await?;
+    let all = store
+        .list_audit(&AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await?;
     assert_eq!(all.len(), 5);
     assert_eq!(all[1].prev_hash, all[0].hash);
     let auth = store
-        .list_audit(&AuditFilter { kind: Some("auth.".into()), limit: 100, ..Default::default() })
+        .list_audit(&AuditFilter {
+            kind: Some("auth.".into()),
+            limit: 100,
+            ..Default::default()
+        })
         .await?;
     assert_eq!(auth.len(), 3);
     let one = store
-        .list_audit(&AuditFilter { connection: Some("c3".into()), limit: 100, ..Default::default() })
+        .list_audit(&AuditFilter {
+            connection: Some("c3".into()),
+            limit: 100,
+            ..Default::default()
+        })
         .await?;
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].event.payload, json!({"i": 3}));
     let page = store
-        .list_audit(&AuditFilter { after_seq: Some(3), limit: 1, ..Default::default() })
+        .list_audit(&AuditFilter {
+            after_seq: Some(3),
+            limit: 1,
+            ..Default::default()
+        })
         .await?;
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
     Ok(())
@@ -150,7 +203,8 @@ async fn concurrent_appends_keep_one_chain(backend: Backend) -> TestResult {
     for i in 0..40 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            s.append_audit(&Event::new("test.concurrent", json!({"i": i}))).await
+            s.append_audit(&Event::new("test.concurrent", json!({"i": i})))
+                .await
         }));
     }
     for t in tasks {
@@ -162,7 +216,10 @@ async fn concurrent_appends_keep_one_chain(backend: Backend) -> TestResult {
     Ok(())
 }
 
-async fn chain_of(backend: Backend, n: i64) -> Result<(Store, TempDir, Vec<String>), Box<dyn std::error::Error>> {
+async fn chain_of(
+    backend: Backend,
+    n: i64,
+) -> Result<(Store, TempDir, Vec<String>), Box<dyn std::error::Error>> {
     let (store, _url, _key, dir) = open(backend).await?;
     let mut ids = Vec::new();
     for i in 0..n {
@@ -192,29 +249,57 @@ both_stores!(verify_catches_removal_reordering_and_column_edits);
 async fn verify_catches_removal_reordering_and_column_edits(backend: Backend) -> TestResult {
     // Removed from the middle.
     let (store, _d1, _) = chain_of(backend, 5).await?;
-    sqlx::query("DELETE FROM audit_events WHERE seq = 3").execute(store.pool()).await?;
-    let p = store.verify_audit().await?.problem.ok_or("removal not detected")?;
+    sqlx::query("DELETE FROM audit_events WHERE seq = 3")
+        .execute(store.pool())
+        .await?;
+    let p = store
+        .verify_audit()
+        .await?
+        .problem
+        .ok_or("removal not detected")?;
     assert_eq!(p.seq, 4);
     assert!(p.reason.contains("event 3 is missing"), "{}", p.reason);
 
     // Removed from the end.
     let (store, _d2, _) = chain_of(backend, 5).await?;
-    sqlx::query("DELETE FROM audit_events WHERE seq = 5").execute(store.pool()).await?;
-    let p = store.verify_audit().await?.problem.ok_or("tail removal not detected")?;
+    sqlx::query("DELETE FROM audit_events WHERE seq = 5")
+        .execute(store.pool())
+        .await?;
+    let p = store
+        .verify_audit()
+        .await?
+        .problem
+        .ok_or("tail removal not detected")?;
     assert!(p.reason.contains("removed"), "{}", p.reason);
 
     // Two events swapped (their rows renumbered).
     let (store, _d3, _) = chain_of(backend, 5).await?;
-    sqlx::query("UPDATE audit_events SET seq = 100 WHERE seq = 2").execute(store.pool()).await?;
-    sqlx::query("UPDATE audit_events SET seq = 2 WHERE seq = 3").execute(store.pool()).await?;
-    sqlx::query("UPDATE audit_events SET seq = 3 WHERE seq = 100").execute(store.pool()).await?;
-    let p = store.verify_audit().await?.problem.ok_or("reordering not detected")?;
+    sqlx::query("UPDATE audit_events SET seq = 100 WHERE seq = 2")
+        .execute(store.pool())
+        .await?;
+    sqlx::query("UPDATE audit_events SET seq = 2 WHERE seq = 3")
+        .execute(store.pool())
+        .await?;
+    sqlx::query("UPDATE audit_events SET seq = 3 WHERE seq = 100")
+        .execute(store.pool())
+        .await?;
+    let p = store
+        .verify_audit()
+        .await?
+        .problem
+        .ok_or("reordering not detected")?;
     assert_eq!(p.seq, 2);
 
     // An indexed column edited so filters lie.
     let (store, _d4, _) = chain_of(backend, 3).await?;
-    sqlx::query("UPDATE audit_events SET kind = 'test.other' WHERE seq = 2").execute(store.pool()).await?;
-    let p = store.verify_audit().await?.problem.ok_or("column edit not detected")?;
+    sqlx::query("UPDATE audit_events SET kind = 'test.other' WHERE seq = 2")
+        .execute(store.pool())
+        .await?;
+    let p = store
+        .verify_audit()
+        .await?
+        .problem
+        .ok_or("column edit not detected")?;
     assert_eq!(p.seq, 2);
     assert!(p.reason.contains("column"), "{}", p.reason);
     Ok(())
@@ -235,12 +320,22 @@ async fn api_keys_and_revocation(backend: Backend) -> TestResult {
         revoked_at: None,
     };
     store.insert_api_key(&rec).await?;
-    assert!(matches!(store.insert_api_key(&rec).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.insert_api_key(&rec).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.api_key("k1").await?, Some(rec.clone()));
     let at = timefmt::now();
     assert!(store.revoke_api_key("k1", at).await?);
-    assert!(store.revoke_api_key("k1", at + time::Duration::hours(1)).await?);
-    assert_eq!(store.api_key("k1").await?.and_then(|k| k.revoked_at), Some(at));
+    assert!(
+        store
+            .revoke_api_key("k1", at + time::Duration::hours(1))
+            .await?
+    );
+    assert_eq!(
+        store.api_key("k1").await?.and_then(|k| k.revoked_at),
+        Some(at)
+    );
     assert!(!store.revoke_api_key("nope", at).await?);
     assert_eq!(store.list_api_keys().await?.len(), 1);
     Ok(())
@@ -269,23 +364,48 @@ async fn sessions_lifecycle(backend: Backend) -> TestResult {
     };
     store.create_session(&s).await?;
     store
-        .add_session_counts(id, SessionCounts { commands: 3, denied: 1, bytes_in: 10, bytes_out: 20 })
+        .add_session_counts(
+            id,
+            SessionCounts {
+                commands: 3,
+                denied: 1,
+                bytes_in: 10,
+                bytes_out: 20,
+            },
+        )
         .await?;
-    store.set_session_recording(id, "recordings/x.jsonl").await?;
+    store
+        .set_session_recording(id, "recordings/x.jsonl")
+        .await?;
     let end = timefmt::now();
-    store.end_session(id, SessionStatus::Closed, Some("client quit"), end).await?;
-    store.end_session(id, SessionStatus::Terminated, Some("late"), end).await?;
+    store
+        .end_session(id, SessionStatus::Closed, Some("client quit"), end)
+        .await?;
+    store
+        .end_session(id, SessionStatus::Terminated, Some("late"), end)
+        .await?;
     let got = store.session(id).await?.ok_or("missing session")?;
-    assert_eq!((got.commands, got.denied, got.bytes_in, got.bytes_out), (3, 1, 10, 20));
+    assert_eq!(
+        (got.commands, got.denied, got.bytes_in, got.bytes_out),
+        (3, 1, 10, 20)
+    );
     assert_eq!(got.status, SessionStatus::Closed);
     assert_eq!(got.end_reason.as_deref(), Some("client quit"));
     assert_eq!(got.ended_at, Some(end));
     let listed = store
-        .list_sessions(&SessionFilter { subject: Some("alice".into()), limit: 10, ..Default::default() })
+        .list_sessions(&SessionFilter {
+            subject: Some("alice".into()),
+            limit: 10,
+            ..Default::default()
+        })
         .await?;
     assert_eq!(listed.len(), 1);
     let none = store
-        .list_sessions(&SessionFilter { status: Some(SessionStatus::Active), limit: 10, ..Default::default() })
+        .list_sessions(&SessionFilter {
+            status: Some(SessionStatus::Active),
+            limit: 10,
+            ..Default::default()
+        })
         .await?;
     assert!(none.is_empty());
     Ok(())

@@ -1,1 +1,242 @@
-fn main() {}
+//! The `warden` command. Thin: parses arguments and calls into the libraries.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use warden_gateway::{Config, Gateway};
+use warden_store::audit::AuditFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "warden",
+    version,
+    about = "Layer 7 access gateway for infrastructure"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (embedded default: SQLite under ./warden-data, API on 127.0.0.1:8009).
+    Gateway {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the effective configuration (secrets redacted) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Inspect the audit log directly in the store (works while the gateway is down).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// TOML configuration file; `WARDEN_*` environment variables override it.
+    #[arg(long, short = 'c', env = "WARDEN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config> {
+        Ok(Config::load(self.config.as_deref(), std::env::vars())?)
+    }
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit status 1 and the first broken event if it was tampered with.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List events, oldest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        connection: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("WARDEN_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    // One crypto provider for every TLS user in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Gateway {
+            config,
+            print_config,
+        } => {
+            let config = config.load()?;
+            if print_config {
+                print!("{}", config.to_redacted_toml());
+                return Ok(ExitCode::SUCCESS);
+            }
+            gateway(config).await
+        }
+        Command::Audit { command } => audit(command).await,
+    }
+}
+
+async fn gateway(config: Config) -> Result<ExitCode> {
+    let mut gw = Gateway::start(config)
+        .await
+        .context("starting the gateway")?;
+    if let Some(token) = gw.take_generated_admin_token() {
+        // Printed once, on stdout and not through the logger, so it does not end up
+        // in log aggregation. Only its hash is stored.
+        println!("Warden bootstrap admin API key (shown once; only its hash is stored):");
+        println!();
+        println!("    {}", token.expose());
+        println!();
+        println!(
+            "Use it as `Authorization: Bearer <key>` against {}",
+            gw.api_url()
+        );
+    }
+    println!("warden gateway listening on {}", gw.api_url());
+    wait_for_stop_signal().await?;
+    tracing::info!("stopping");
+    gw.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+async fn wait_for_stop_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop_signal() -> Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn audit(command: AuditCommand) -> Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { config, json } => {
+            let store = warden_gateway::open_existing_store(&config.load()?).await?;
+            let report = store.verify_audit().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.ok {
+                println!(
+                    "audit log intact: {} events, head {} (seq {})",
+                    report.events_checked, report.head_hash, report.head_seq
+                );
+            } else if let Some(p) = &report.problem {
+                println!(
+                    "AUDIT LOG TAMPERED at event seq {} (id {}):",
+                    p.seq,
+                    p.event_id.as_deref().unwrap_or("unknown")
+                );
+                println!("  {}", p.reason);
+                println!("  {} events before it verified", report.events_checked);
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        AuditCommand::List {
+            config,
+            kind,
+            subject,
+            connection,
+            since,
+            limit,
+            json,
+        } => {
+            let store = warden_gateway::open_existing_store(&config.load()?).await?;
+            let since = since
+                .map(|s| {
+                    time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                })
+                .transpose()
+                .context("--since must be an RFC 3339 time")?;
+            let filter = AuditFilter {
+                kind,
+                subject,
+                connection,
+                since,
+                limit,
+                ..Default::default()
+            };
+            let entries = store.list_audit(&filter).await?;
+            for e in &entries {
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    let ev = &e.event;
+                    println!(
+                        "{:>6}  {}  {:<20} {:<16} {:<16} {}",
+                        e.seq,
+                        warden_core::timefmt::rfc3339(ev.time),
+                        ev.kind,
+                        ev.identity.as_ref().map_or("-", |i| i.subject.as_str()),
+                        ev.connection.as_deref().unwrap_or("-"),
+                        ev.payload
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! `/api/connections`: registered targets. Admins manage them; other callers see only
+//! the connections their groups may use. Backend secrets are write-only.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Deserializer};
+use serde_json::json;
+use warden_core::{
+    Connection, ConnectionKind, Event, PolicyRefs, Secret, SecretKind, TlsOptions, timefmt,
+    validate_connection_name,
+};
+use warden_store::StoreError;
+use warden_store::connections::SecretChange;
+
+use super::extract::{ApiJson, Caller};
+use super::{ApiError, AppState, ErrorBody};
+
+const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// A new connection.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCreate {
+    /// Lowercase letters, digits, `-`, `_`; what clients name as database or SSH user.
+    pub name: String,
+    pub kind: ConnectionKind,
+    /// `host:port` for postgres, mysql and ssh; an `https://` URL for kubernetes and http.
+    pub target: String,
+    /// User name on the backend.
+    pub username: Option<String>,
+    /// The credential the gateway holds (password, private key or bearer token). Write-only.
+    #[schema(value_type = Option<String>, write_only)]
+    pub secret: Option<Secret<String>>,
+    /// Defaults from the connection kind and the secret's shape.
+    pub secret_kind: Option<SecretKind>,
+    #[serde(default)]
+    pub tls: TlsOptions,
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    #[serde(default)]
+    pub policies: PolicyRefs,
+    pub description: Option<String>,
+}
+
+/// A partial update; absent fields stay, `null` clears optional ones. The name cannot
+/// change (sealed secrets are bound to it).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionUpdate {
+    pub kind: Option<ConnectionKind>,
+    pub target: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub username: Option<Option<String>>,
+    /// A new secret, or `null` to remove the held one. Write-only.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, write_only)]
+    pub secret: Option<Option<Secret<String>>>,
+    pub secret_kind: Option<SecretKind>,
+    pub tls: Option<TlsOptions>,
+    pub allowed_groups: Option<Vec<String>>,
+    pub policies: Option<PolicyRefs>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+}
+
+/// Distinguishes a field sent as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_connection", message)
+}
+
+fn check_target(kind: ConnectionKind, target: &str) -> Result<(), ApiError> {
+    if target.is_empty() || target.len() > 512 || target.chars().any(char::is_whitespace) {
+        return Err(invalid("target must be 1 to 512 characters without spaces"));
+    }
+    match kind {
+        ConnectionKind::Postgres | ConnectionKind::Mysql | ConnectionKind::Ssh => {
+            let (host, port) = target
+                .rsplit_once(':')
+                .ok_or_else(|| invalid(format!("target for {kind} must be host:port")))?;
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(invalid(format!(
+                    "target for {kind} must be host:port with a port 1-65535"
+                )));
+            }
+        }
+        ConnectionKind::Kubernetes | ConnectionKind::Http => {
+            let url = reqwest::Url::parse(target)
+                .map_err(|_| invalid(format!("target for {kind} must be an http(s) URL")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(invalid(format!("target for {kind} must be an http(s) URL")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_common(conn: &Connection) -> Result<(), ApiError> {
+    check_target(conn.kind, &conn.target)?;
+    if conn
+        .username
+        .as_ref()
+        .is_some_and(|u| u.is_empty() || u.len() > 256)
+    {
+        return Err(invalid("username must be 1 to 256 characters"));
+    }
+    if conn.description.as_ref().is_some_and(|d| d.len() > 2048) {
+        return Err(invalid("description must be at most 2048 characters"));
+    }
+    if conn.allowed_groups.len() > 256
+        || conn
+            .allowed_groups
+            .iter()
+            .any(|g| g.is_empty() || g.len() > 256)
+    {
+        return Err(invalid(
+            "allowed_groups must hold at most 256 non-empty names",
+        ));
+    }
+    if let Some(ca) = &conn.tls.ca_pem {
+        if ca.len() > MAX_SECRET_BYTES || !ca.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(invalid("tls.ca_pem must be a PEM certificate bundle"));
+        }
+    }
+    let names = conn
+        .policies
+        .guardrails
+        .iter()
+        .chain(&conn.policies.masking)
+        .chain(&conn.policies.reviews);
+    if names.clone().any(|n| n.is_empty() || n.len() > 128) {
+        return Err(invalid("policy names must be 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+fn check_secret(secret: &Secret<String>) -> Result<(), ApiError> {
+    let len = secret.expose().len();
+    if len == 0 || len > MAX_SECRET_BYTES {
+        return Err(invalid("secret must be 1 byte to 64 KiB"));
+    }
+    Ok(())
+}
+
+/// A secret's kind when the request does not say: keys look like PEM/OpenSSH blocks,
+/// HTTP-ish targets take bearer tokens, everything else a password.
+fn infer_secret_kind(kind: ConnectionKind, secret: &Secret<String>) -> SecretKind {
+    if secret.expose().trim_start().starts_with("-----BEGIN") {
+        SecretKind::PrivateKey
+    } else if matches!(kind, ConnectionKind::Kubernetes | ConnectionKind::Http) {
+        SecretKind::Token
+    } else {
+        SecretKind::Password
+    }
+}
+
+fn store_error(name: &str, e: &StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "connection_exists",
+            format!("a connection named `{name}` already exists"),
+        ),
+        StoreError::NotFound(_) => ApiError::not_found(format!("connection `{name}`")),
+        other => ApiError::store(other),
+    }
+}
+
+/// What an audit event says about a connection: its settings, never its secret.
+fn describe(conn: &Connection) -> serde_json::Value {
+    json!({
+        "kind": conn.kind,
+        "target": conn.target,
+        "username": conn.username,
+        "secret_kind": conn.secret_kind,
+        "tls_mode": conn.tls.mode,
+        "allowed_groups": conn.allowed_groups,
+        "policies": conn.policies,
+    })
+}
+
+/// Connections the caller may use (all of them for admins).
+#[utoipa::path(get, path = "/api/connections", tag = "connections", security(("bearer" = [])),
+    responses((status = 200, body = Vec<Connection>), (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Connection>>, ApiError> {
+    let all = state
+        .store
+        .list_connections()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|c| caller.is_admin || caller.identity.in_any_group(&c.allowed_groups))
+            .collect(),
+    ))
+}
+
+/// Register a connection (admins).
+#[utoipa::path(post, path = "/api/connections", tag = "connections", security(("bearer" = [])),
+    request_body = ConnectionCreate,
+    responses((status = 201, body = Connection), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<ConnectionCreate>,
+) -> Result<(StatusCode, Json<Connection>), ApiError> {
+    caller.require_admin(&state, "connection.create").await?;
+    validate_connection_name(&req.name).map_err(|e| invalid(e.to_string()))?;
+    let secret = match req.secret {
+        Some(s) => {
+            check_secret(&s)?;
+            let kind = req
+                .secret_kind
+                .unwrap_or_else(|| infer_secret_kind(req.kind, &s));
+            Some((kind, s))
+        }
+        None if req.secret_kind.is_some() => {
+            return Err(invalid("secret_kind given without a secret"));
+        }
+        None => None,
+    };
+    let now = timefmt::now();
+    let conn = Connection {
+        name: req.name,
+        kind: req.kind,
+        target: req.target,
+        username: req.username,
+        secret_kind: secret.as_ref().map(|s| s.0),
+        tls: req.tls,
+        allowed_groups: req.allowed_groups,
+        policies: req.policies,
+        description: req.description,
+        created_at: now,
+        updated_at: now,
+    };
+    check_common(&conn)?;
+    state
+        .store
+        .create_connection(&conn, secret)
+        .await
+        .map_err(|e| store_error(&conn.name, &e))?;
+    state
+        .audit(
+            &Event::new("connection.create", describe(&conn))
+                .by(&caller.identity)
+                .on_connection(&conn.name),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(conn)))
+}
+
+/// One connection, if the caller may use it.
+#[utoipa::path(get, path = "/api/connections/{name}", tag = "connections", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Connection name")),
+    responses((status = 200, body = Connection), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Connection>, ApiError> {
+    let conn = state
+        .store
+        .get_connection(&name)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    match conn {
+        // A connection the caller may not use is reported as absent: no probing names.
+        Some(c) if caller.is_admin || caller.identity.in_any_group(&c.allowed_groups) => {
+            Ok(Json(c))
+        }
+        _ => Err(ApiError::not_found(format!("connection `{name}`"))),
+    }
+}
+
+/// Change a connection (admins).
+#[utoipa::path(patch, path = "/api/connections/{name}", tag = "connections", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Connection name")),
+    request_body = ConnectionUpdate,
+    responses((status = 200, body = Connection), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ConnectionUpdate>,
+) -> Result<Json<Connection>, ApiError> {
+    caller.require_admin(&state, "connection.update").await?;
+    let mut conn = state
+        .store
+        .get_connection(&name)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("connection `{name}`")))?;
+    let mut changed: Vec<&str> = Vec::new();
+    if let Some(k) = req.kind {
+        conn.kind = k;
+        changed.push("kind");
+    }
+    if let Some(t) = req.target {
+        conn.target = t;
+        changed.push("target");
+    }
+    if let Some(u) = req.username {
+        conn.username = u;
+        changed.push("username");
+    }
+    if let Some(t) = req.tls {
+        conn.tls = t;
+        changed.push("tls");
+    }
+    if let Some(g) = req.allowed_groups {
+        conn.allowed_groups = g;
+        changed.push("allowed_groups");
+    }
+    if let Some(p) = req.policies {
+        conn.policies = p;
+        changed.push("policies");
+    }
+    if let Some(d) = req.description {
+        conn.description = d;
+        changed.push("description");
+    }
+    let secret_change = match (req.secret, req.secret_kind) {
+        (None, None) => SecretChange::Keep,
+        (Some(Some(s)), kind) => {
+            check_secret(&s)?;
+            let kind = kind.unwrap_or_else(|| infer_secret_kind(conn.kind, &s));
+            conn.secret_kind = Some(kind);
+            changed.push("secret");
+            SecretChange::Set(kind, s)
+        }
+        (Some(None), None) => {
+            conn.secret_kind = None;
+            changed.push("secret");
+            SecretChange::Clear
+        }
+        (Some(None), Some(_)) | (None, Some(_)) => {
+            return Err(invalid(
+                "secret_kind can only change together with a new secret",
+            ));
+        }
+    };
+    check_common(&conn)?;
+    conn.updated_at = timefmt::now();
+    state
+        .store
+        .update_connection(&conn, secret_change)
+        .await
+        .map_err(|e| store_error(&name, &e))?;
+    let mut payload = describe(&conn);
+    payload["changed"] = json!(changed);
+    state
+        .audit(
+            &Event::new("connection.update", payload)
+                .by(&caller.identity)
+                .on_connection(&name),
+        )
+        .await?;
+    Ok(Json(conn))
+}
+
+/// Remove a connection and its held secret (admins).
+#[utoipa::path(delete, path = "/api/connections/{name}", tag = "connections", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Connection name")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin(&state, "connection.delete").await?;
+    let existed = state
+        .store
+        .delete_connection(&name)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    if !existed {
+        return Err(ApiError::not_found(format!("connection `{name}`")));
+    }
+    state
+        .audit(
+            &Event::new("connection.delete", json!({}))
+                .by(&caller.identity)
+                .on_connection(&name),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,142 @@
+//! The REST API: routes, shared state, and the OpenAPI document generated from the
+//! handlers' annotations.
+
+mod audit;
+mod connections;
+mod error;
+mod extract;
+mod keys;
+mod sessions;
+mod system;
+
+pub use error::{ApiError, ErrorBody};
+pub use extract::ClientAddr;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use std::sync::Arc;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use warden_core::Event;
+use warden_store::Store;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState(Arc<StateInner>);
+
+pub struct StateInner {
+    pub store: Arc<Store>,
+    pub auth: Authenticator,
+    pub config: Arc<Config>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = StateInner;
+    fn deref(&self) -> &StateInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, auth: Authenticator, config: Arc<Config>) -> Self {
+        Self(Arc::new(StateInner {
+            store,
+            auth,
+            config,
+        }))
+    }
+
+    /// Appends to the audit log; a failure fails the request (fail closed).
+    pub async fn audit(&self, event: &Event) -> Result<(), ApiError> {
+        self.store
+            .append_audit(event)
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::store(&e))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Warden API",
+        description = "Manage connections, API keys, sessions and the audit log of a Warden gateway. \
+                       Every /api call needs `Authorization: Bearer <token>`: an OIDC JWT or a Warden API key."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "system", description = "Health and identity"),
+        (name = "connections", description = "Registered targets and their held credentials"),
+        (name = "api-keys", description = "Short-lived credentials for CI jobs and agents"),
+        (name = "audit", description = "The tamper-evident audit log"),
+        (name = "sessions", description = "Client sessions through the proxies"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// Builds the router and the OpenAPI document from the same route list.
+pub fn router(state: AppState) -> Router {
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::me))
+        .routes(routes!(connections::list, connections::create))
+        .routes(routes!(
+            connections::get,
+            connections::update,
+            connections::delete
+        ))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::get))
+        .split_for_parts();
+    let spec = openapi.to_json().unwrap_or_else(|_| "{}".to_string());
+    let max_body = state.config.api.max_body_bytes;
+    router
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || {
+                let spec = spec.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        spec,
+                    )
+                }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
+            .into_response()
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

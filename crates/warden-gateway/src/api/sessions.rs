@@ -1,0 +1,82 @@
+//! `/api/sessions`: sessions the proxies record. Admins see all; others their own.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use warden_core::{Session, SessionStatus};
+use warden_store::sessions::SessionFilter;
+
+use super::extract::{ApiQuery, Caller, parse_time};
+use super::{ApiError, AppState, ErrorBody};
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SessionQuery {
+    pub connection: Option<String>,
+    /// Subject of the user (admins only; others always see their own).
+    pub subject: Option<String>,
+    pub status: Option<SessionStatus>,
+    /// Sessions started at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// At most this many (default 100, at most 1000), newest first.
+    pub limit: Option<i64>,
+}
+
+/// Sessions, newest first.
+#[utoipa::path(get, path = "/api/sessions", tag = "sessions", security(("bearer" = [])),
+    params(SessionQuery),
+    responses((status = 200, body = Vec<Session>), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<SessionQuery>,
+) -> Result<Json<Vec<Session>>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` must be 1 to 1000",
+        ));
+    }
+    let subject = if caller.is_admin {
+        q.subject
+    } else {
+        Some(caller.identity.subject.clone())
+    };
+    let filter = SessionFilter {
+        connection: q.connection,
+        subject,
+        status: q.status,
+        since: parse_time("since", q.since.as_deref())?,
+        limit,
+    };
+    let sessions = state
+        .store
+        .list_sessions(&filter)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(Json(sessions))
+}
+
+/// One session.
+#[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id (UUID)")),
+    responses((status = 200, body = Session), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Session>, ApiError> {
+    let not_found = || ApiError::not_found(format!("session `{id}`"));
+    let uuid: uuid::Uuid = id.parse().map_err(|_| not_found())?;
+    let session = state
+        .store
+        .session(uuid)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    match session {
+        Some(s) if caller.is_admin || s.subject == caller.identity.subject => Ok(Json(s)),
+        _ => Err(not_found()),
+    }
+}

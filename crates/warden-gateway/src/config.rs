@@ -1,0 +1,516 @@
+//! Gateway configuration: one TOML file plus `WARDEN_*` environment overrides.
+//!
+//! Every field has a default, so no file at all runs the embedded default. Unknown
+//! fields are errors (a typo must not silently disable a setting), and errors name
+//! the field and, for the file, its line.
+
+use serde::{Deserialize, Serialize, Serializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use warden_core::Secret;
+
+/// Top-level keys, so unrelated `WARDEN_*` variables (such as a CLI's `WARDEN_TOKEN`)
+/// are not mistaken for overrides.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "admin_token",
+    "admin_groups",
+    "api",
+    "store",
+    "secrets",
+    "auth",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded default keeps its state: SQLite file, master key.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Sets the bootstrap admin token instead of generating one (for automation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret<String>>,
+    /// Members of these groups administer Warden.
+    #[serde(default = "default_admin_groups")]
+    pub admin_groups: Vec<String>,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the API listener speaks HTTPS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://...`; default: SQLite in `data_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<StoreUrl>,
+}
+
+/// A store URL; printed with its password hidden.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(pub Secret<String>);
+
+impl Serialize for StoreUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&warden_store::redact_url(self.0.expose()))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Base64 of 32 random bytes. Prefer `master_key_file` or the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<Secret<String>>,
+    /// File holding the base64 master key; default `<data_dir>/master.key`, generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Tolerance for `exp`/`nbf` against the gateway's clock.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
+    /// Least time between two JWKS fetches triggered by an unknown `kid`.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_secs: u64,
+    /// How long a fetched JWKS is used before it is fetched again.
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_secs: u64,
+    /// Lifetime of an API key when the request names none.
+    #[serde(default = "default_api_key_ttl")]
+    pub api_key_default_ttl_secs: u64,
+    /// Longest lifetime an API key may be issued with.
+    #[serde(default = "default_api_key_max_ttl")]
+    pub api_key_max_ttl_secs: u64,
+    #[serde(default)]
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+/// One trusted OpenID Connect issuer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// Exactly as in the tokens' `iss` claim. `https` unless the host is loopback.
+    pub issuer: String,
+    /// Accepted `aud` values; at least one.
+    pub audiences: Vec<String>,
+    /// Claim holding the groups (dotted path for nested claims, e.g. `realm_access.roles`).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claim naming the subject.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// Accepted signature algorithms (asymmetric only).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Skip discovery and use this JWKS URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./warden-data")
+}
+fn default_admin_groups() -> Vec<String> {
+    vec!["warden-admins".into()]
+}
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8009))
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_jwks_min_refresh() -> u64 {
+    30
+}
+fn default_jwks_max_age() -> u64 {
+    3600
+}
+fn default_api_key_ttl() -> u64 {
+    24 * 3600
+}
+fn default_api_key_max_ttl() -> u64 {
+    90 * 24 * 3600
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+fn default_algorithms() -> Vec<String> {
+    [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_api_listen(),
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            clock_skew_secs: default_clock_skew(),
+            jwks_min_refresh_secs: default_jwks_min_refresh(),
+            jwks_max_age_secs: default_jwks_max_age(),
+            api_key_default_ttl_secs: default_api_key_ttl(),
+            api_key_max_ttl_secs: default_api_key_max_ttl(),
+            oidc: Vec::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            admin_token: None,
+            admin_groups: default_admin_groups(),
+            api: ApiConfig::default(),
+            store: StoreConfig::default(),
+            secrets: SecretsConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `WARDEN_*` overrides from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        // Parse the file alone first, so its errors carry line and column.
+        let file_path = path.map(Path::to_path_buf).unwrap_or_default();
+        toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
+            path: file_path.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: file_path,
+            message: e.to_string(),
+        })?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("WARDEN_"))
+            .collect();
+        overrides.sort();
+        for (var, raw) in overrides {
+            let path: Vec<String> = var["WARDEN_".len()..]
+                .to_ascii_lowercase()
+                .split("__")
+                .map(String::from)
+                .collect();
+            if !path
+                .first()
+                .is_some_and(|k| TOP_LEVEL_KEYS.contains(&k.as_str()))
+            {
+                continue;
+            }
+            set_path(&mut table, &path, env_value(&raw)).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+            // Deserialize after each override so an error names the variable.
+            toml::Table::try_into::<Config>(table.clone()).map_err(|e| ConfigError::Env {
+                var: var.clone(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            return invalid("api.tls_cert and api.tls_key must be set together".into());
+        }
+        if let Some(token) = &self.admin_token {
+            let t = token.expose();
+            if t.len() < 24 {
+                return invalid("admin_token must be at least 24 characters".into());
+            }
+            if t.starts_with("wdn_") && !t.starts_with("wdn_admin_") {
+                return invalid(
+                    "admin_token may not look like another API key (wdn_<id>_...)".into(),
+                );
+            }
+        }
+        if self.admin_groups.is_empty() {
+            return invalid("admin_groups must name at least one group".into());
+        }
+        if let Some(url) = &self.store.url {
+            warden_store::Backend::from_url(url.0.expose())
+                .map_err(|e| ConfigError::Invalid(format!("store.url: {e}")))?;
+        }
+        if self.auth.api_key_default_ttl_secs > self.auth.api_key_max_ttl_secs {
+            return invalid(
+                "auth.api_key_default_ttl_secs exceeds auth.api_key_max_ttl_secs".into(),
+            );
+        }
+        for (i, o) in self.auth.oidc.iter().enumerate() {
+            let at = format!("auth.oidc[{i}]");
+            check_issuer_url(&o.issuer)
+                .map_err(|m| ConfigError::Invalid(format!("{at}.issuer: {m}")))?;
+            if let Some(j) = &o.jwks_uri {
+                check_issuer_url(j)
+                    .map_err(|m| ConfigError::Invalid(format!("{at}.jwks_uri: {m}")))?;
+            }
+            if o.audiences.is_empty() {
+                return invalid(format!("{at}.audiences must name at least one audience"));
+            }
+            if o.algorithms.is_empty() {
+                return invalid(format!("{at}.algorithms must name at least one algorithm"));
+            }
+            for alg in &o.algorithms {
+                if !crate::auth::oidc::is_allowed_algorithm(alg) {
+                    return invalid(format!(
+                        "{at}.algorithms: `{alg}` is not allowed (asymmetric algorithms only: RS*, PS*, ES256, ES384, EdDSA)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The store URL, defaulting to SQLite in the data directory.
+    pub fn store_url(&self) -> Secret<String> {
+        match &self.store.url {
+            Some(u) => u.0.clone(),
+            None => Secret::new(format!(
+                "sqlite://{}",
+                self.data_dir.join("warden.db").display()
+            )),
+        }
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+/// Issuers must use https, except on loopback where tests and local providers run.
+fn check_issuer_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("must be https (http is accepted only for loopback hosts)".into()),
+    }
+}
+
+/// An environment value is read as TOML when it is a number, boolean or array, and
+/// as a plain string otherwise.
+fn env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => match t.remove("v") {
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Array(_)),
+            ) => v,
+            _ => toml::Value::String(raw.to_string()),
+        },
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("`{first}` is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let path = dir.path().join("warden.toml");
+        std::fs::write(&path, text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = Config::load(None, Vec::new()).map_err(|e| e.to_string());
+        let c = c.unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8009");
+        assert_eq!(c.store_url().expose(), "sqlite://./warden-data/warden.db");
+    }
+
+    #[test]
+    fn unknown_field_names_field_and_line() {
+        let err = load_str("data_dir = \"/x\"\n\n[api]\nlisen = \"1.2.3.4:1\"\n", &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_field_and_line() {
+        let err = load_str("[api]\nmax_body_bytes = \"big\"\n", &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("line 2") && err.contains("max_body_bytes") || err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_nested_and_ignores_unrelated() {
+        let c = load_str(
+            "[api]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("WARDEN_API__LISTEN", "127.0.0.1:9999"),
+                ("WARDEN_API__MAX_BODY_BYTES", "2048"),
+                ("WARDEN_ADMIN_TOKEN", "an-admin-token-of-enough-length"),
+                ("WARDEN_TOKEN", "belongs-to-the-cli"),
+                ("HOME", "/root"),
+            ],
+        )
+        .map_err(|e| e.to_string());
+        let c = c.unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.api.max_body_bytes, 2048);
+        assert_eq!(
+            c.admin_token.as_ref().map(|t| t.expose().as_str()),
+            Some("an-admin-token-of-enough-length")
+        );
+    }
+
+    #[test]
+    fn bad_env_override_names_the_variable() {
+        let err = load_str("", &[("WARDEN_API__LISTEN", "not-an-address")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("WARDEN_API__LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn print_config_redacts_secrets() {
+        let c = load_str(
+            "admin_token = \"super-secret-admin-token-123\"\n[store]\nurl = \"postgres://w:dbpass99@db/w\"\n[secrets]\nmaster_key = \"bWFzdGVyLWtleS1tYXN0ZXIta2V5LW1hc3Rlci1rZXkh\"\n",
+            &[],
+        )
+        .map_err(|e| e.to_string());
+        let text = c.unwrap_or_else(|e| unreachable!("{e}")).to_redacted_toml();
+        for secret in ["super-secret-admin-token-123", "dbpass99", "bWFzdGVy"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("<redacted>"));
+        assert!(text.contains("postgres://w:<redacted>@db/w"), "{text}");
+    }
+
+    #[test]
+    fn rejects_weak_or_unsafe_settings() {
+        for (cfg, needle) in [
+            ("admin_token = \"short\"\n", "admin_token"),
+            ("[api]\ntls_cert = \"/c.pem\"\n", "tls_key"),
+            ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+            (
+                "[[auth.oidc]]\nissuer = \"http://idp.example.com\"\naudiences = [\"w\"]\n",
+                "https",
+            ),
+            (
+                "[[auth.oidc]]\nissuer = \"https://idp.example.com\"\naudiences = [\"w\"]\nalgorithms = [\"HS256\"]\n",
+                "HS256",
+            ),
+            (
+                "[[auth.oidc]]\nissuer = \"https://idp.example.com\"\naudiences = []\n",
+                "audiences",
+            ),
+        ] {
+            let err = load_str(cfg, &[])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{cfg}: {err}");
+        }
+    }
+}
