@@ -22,6 +22,13 @@ async function signingKeys() {
   return keys;
 }
 
+// When a test process starts the provider, it exits as soon as that process closes
+// our stdin (the test binary ended), so no provider outlives its tests.
+if (process.env.EXIT_WITH_STDIN) {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.resume();
+}
+
 const server = http.createServer();
 server.listen(Number(process.env.PORT || 0), '127.0.0.1', async () => {
   const { port } = server.address();
