@@ -25,7 +25,10 @@ async fn provider_tokens_authenticate_with_groups(backend: Backend) {
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["subject"], "ci-deployer");
     assert_eq!(me["groups"], json!(["dba", "ci"]));
-    assert_eq!(me["method"], json!({"type": "oidc", "issuer": provider_issuer()}));
+    assert_eq!(
+        me["method"],
+        json!({"type": "oidc", "issuer": provider_issuer()})
+    );
     assert_eq!(me["is_admin"], false);
 }
 
@@ -43,14 +46,23 @@ async fn bad_tokens_are_refused_with_reasons_and_audited(backend: Backend) {
     let mut tried: Vec<(&str, String)> = Vec::new();
 
     // Wrong audience, from the real provider (a token for another resource).
-    tried.push(("invalid_audience", provider_token("ci-deployer", "urn:other").await));
+    tried.push((
+        "invalid_audience",
+        provider_token("ci-deployer", "urn:other").await,
+    ));
 
     // Tampered: a real token whose payload was edited to claim the admin group.
     let real = provider_token("dev-alice", PROVIDER_AUDIENCE).await;
     let parts: Vec<&str> = real.split('.').collect();
-    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     claims["groups"] = json!(["warden-admins"]);
-    let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    );
     tried.push(("invalid_signature", forged));
 
     // Not yet valid.
@@ -69,7 +81,10 @@ async fn bad_tokens_are_refused_with_reasons_and_audited(backend: Backend) {
     tried.push(("unknown_issuer", issuer.sign("test-1", &c)));
 
     // alg: none.
-    tried.push(("unsupported_algorithm", unsigned_token(&issuer.claims("alice", &["warden-admins"]))));
+    tried.push((
+        "unsupported_algorithm",
+        unsigned_token(&issuer.claims("alice", &["warden-admins"])),
+    ));
 
     // HMAC keyed with public material (algorithm confusion).
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
@@ -84,15 +99,24 @@ async fn bad_tokens_are_refused_with_reasons_and_audited(backend: Backend) {
 
     // A key the issuer does not publish.
     let stray = rcgen::KeyPair::generate().unwrap();
-    tried.push(("unknown_kid", sign_es256(&stray, Some("not-published"), &issuer.claims("alice", &[]))));
+    tried.push((
+        "unknown_kid",
+        sign_es256(&stray, Some("not-published"), &issuer.claims("alice", &[])),
+    ));
 
     // A published kid, but the signature made with another key.
-    tried.push(("invalid_signature", sign_es256(&stray, Some("test-1"), &issuer.claims("alice", &[]))));
+    tried.push((
+        "invalid_signature",
+        sign_es256(&stray, Some("test-1"), &issuer.claims("alice", &[])),
+    ));
 
     // Garbage and unknown API keys.
     tried.push(("malformed_token", "a.b.c".into()));
     tried.push(("invalid_api_key", "wdn_nosuchkey_0123456789abcdef".into()));
-    tried.push(("invalid_api_key", "some-opaque-guess-of-the-admin-token".into()));
+    tried.push((
+        "invalid_api_key",
+        "some-opaque-guess-of-the-admin-token".into(),
+    ));
 
     for (code, token) in &tried {
         assert_refused(&gw, token, code).await;
@@ -100,22 +124,40 @@ async fn bad_tokens_are_refused_with_reasons_and_audited(backend: Backend) {
 
     // Revoked and expired API keys.
     let (status, key) = gw
-        .admin("POST", "/api/api-keys", Some(json!({"name": "ci", "groups": ["ci"], "ttl_secs": 3600})))
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "ci", "groups": ["ci"], "ttl_secs": 3600})),
+        )
         .await;
     assert_eq!(status, 201, "{key}");
     let revoked = key["token"].as_str().unwrap().to_string();
     assert_eq!(gw.call("GET", "/api/me", Some(&revoked), None).await.0, 200);
     let id = key["id"].as_str().unwrap();
-    assert_eq!(gw.admin("DELETE", &format!("/api/api-keys/{id}"), None).await.0, 204);
+    assert_eq!(
+        gw.admin("DELETE", &format!("/api/api-keys/{id}"), None)
+            .await
+            .0,
+        204
+    );
     assert_refused(&gw, &revoked, "api_key_revoked").await;
 
     let (_, short) = gw
-        .admin("POST", "/api/api-keys", Some(json!({"name": "brief", "ttl_secs": 1})))
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "brief", "ttl_secs": 1})),
+        )
         .await;
     let short = short["token"].as_str().unwrap().to_string();
     // A wrong secret for a real key id is refused without revealing key state.
     let (kid, _) = short.trim_start_matches("wdn_").split_once('_').unwrap();
-    assert_refused(&gw, &format!("wdn_{kid}_{}", "0".repeat(64)), "invalid_api_key").await;
+    assert_refused(
+        &gw,
+        &format!("wdn_{kid}_{}", "0".repeat(64)),
+        "invalid_api_key",
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_refused(&gw, &short, "api_key_expired").await;
 
@@ -126,9 +168,19 @@ async fn bad_tokens_are_refused_with_reasons_and_audited(backend: Backend) {
     assert_refused(&gw, &brief, "token_expired").await;
 
     // No token and a non-bearer scheme.
-    let resp = gw.http.get(format!("{}/api/me", gw.url)).send().await.unwrap();
+    let resp = gw
+        .http
+        .get(format!("{}/api/me", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
-    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
     let resp = gw
         .http
         .get(format!("{}/api/me", gw.url))
@@ -140,21 +192,36 @@ async fn bad_tokens_are_refused_with_reasons_and_audited(backend: Backend) {
 
     // Every refusal is in the audit log with its code, and no token text is.
     let failures = gw.audit_events("auth.failure").await;
-    let codes: Vec<&str> = failures.iter().map(|e| e["event"]["payload"]["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> = failures
+        .iter()
+        .map(|e| e["event"]["payload"]["code"].as_str().unwrap())
+        .collect();
     for (code, _) in &tried {
         assert!(codes.contains(code), "{code} not audited: {codes:?}");
     }
-    for code in ["api_key_revoked", "api_key_expired", "token_expired", "missing_token", "malformed_token"] {
+    for code in [
+        "api_key_revoked",
+        "api_key_expired",
+        "token_expired",
+        "missing_token",
+        "malformed_token",
+    ] {
         assert!(codes.contains(&code), "{code} not audited: {codes:?}");
     }
     let log = serde_json::to_string(&failures).unwrap();
     for (_, token) in &tried {
         if let Some(sig) = token.rsplit('.').next().filter(|s| s.len() > 20) {
-            assert!(!log.contains(sig), "a token signature leaked into the audit log");
+            assert!(
+                !log.contains(sig),
+                "a token signature leaked into the audit log"
+            );
         }
     }
     assert!(!log.contains(&revoked) && !log.contains(&short) && !log.contains(ADMIN_TOKEN));
-    assert!(log.contains("\"issuer\":\"https://evil.example\""), "claimed issuer recorded");
+    assert!(
+        log.contains("\"issuer\":\"https://evil.example\""),
+        "claimed issuer recorded"
+    );
     let (_, report) = gw.admin("GET", "/api/audit/verify", None).await;
     assert_eq!(report["ok"], true, "{report}");
 }
@@ -176,7 +243,11 @@ async fn jwks_refetch_is_rate_limited_and_rotation_is_picked_up() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let stray = rcgen::KeyPair::generate().unwrap();
     for i in 0..10 {
-        let t = sign_es256(&stray, Some(&format!("random-{i}")), &issuer.claims("alice", &[]));
+        let t = sign_es256(
+            &stray,
+            Some(&format!("random-{i}")),
+            &issuer.claims("alice", &[]),
+        );
         assert_refused(&gw, &t, "unknown_kid").await;
     }
     assert_eq!(issuer.jwks_fetches.load(Ordering::SeqCst), 2);
@@ -193,7 +264,9 @@ async fn jwks_refetch_is_rate_limited_and_rotation_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_issuer_fails_closed_with_503() {
     let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path()).await.unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
     // A loopback port nothing listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());
@@ -202,7 +275,11 @@ async fn unreachable_issuer_fails_closed_with_503() {
     let gw = TestGateway::with_config(config, dir).await;
     let key = rcgen::KeyPair::generate().unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let token = sign_es256(&key, Some("k"), &json!({"iss": url, "aud": "w", "sub": "x", "exp": now + 60}));
+    let token = sign_es256(
+        &key,
+        Some("k"),
+        &json!({"iss": url, "aud": "w", "sub": "x", "exp": now + 60}),
+    );
     let (status, body) = gw.call("GET", "/api/me", Some(&token), None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "issuer_unavailable");

@@ -12,8 +12,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use warden_gateway::config::{Config, OidcIssuerConfig, StoreUrl};
 use warden_gateway::Gateway;
+use warden_gateway::config::{Config, OidcIssuerConfig, StoreUrl};
 use warden_store::Backend;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -103,22 +103,37 @@ impl TestIssuer {
     pub async fn start() -> TestIssuer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let keys = Arc::new(Mutex::new(vec![("test-1".to_string(), rcgen::KeyPair::generate().unwrap())]));
+        let keys = Arc::new(Mutex::new(vec![(
+            "test-1".to_string(),
+            rcgen::KeyPair::generate().unwrap(),
+        )]));
         let fetches = Arc::new(AtomicUsize::new(0));
         let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/jwks")});
         let (k, f) = (keys.clone(), fetches.clone());
         let app = axum::Router::new()
-            .route("/.well-known/openid-configuration", get(move || async move { Json(discovery) }))
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || async move { Json(discovery) }),
+            )
             .route(
                 "/jwks",
                 get(move || async move {
                     f.fetch_add(1, Ordering::SeqCst);
-                    let keys: Vec<Value> = k.lock().unwrap().iter().map(|(kid, key)| jwk_of(kid, key)).collect();
+                    let keys: Vec<Value> = k
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|(kid, key)| jwk_of(kid, key))
+                        .collect();
                     Json(json!({ "keys": keys }))
                 }),
             );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        TestIssuer { url, keys, jwks_fetches: fetches }
+        TestIssuer {
+            url,
+            keys,
+            jwks_fetches: fetches,
+        }
     }
 
     /// Publishes a new key (rotation) and returns its kid.
@@ -166,7 +181,11 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
 }
 
-pub fn base_config(dir: &std::path::Path, store_url: String, issuers: Vec<OidcIssuerConfig>) -> Config {
+pub fn base_config(
+    dir: &std::path::Path,
+    store_url: String,
+    issuers: Vec<OidcIssuerConfig>,
+) -> Config {
     let mut config = Config::default();
     config.data_dir = dir.to_path_buf();
     config.admin_token = Some(ADMIN_TOKEN.to_string().into());
@@ -194,7 +213,9 @@ impl TestGateway {
     /// A gateway trusting the real provider and, when given, a test issuer.
     pub async fn start(backend: Backend, test_issuer: Option<&TestIssuer>) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
-        let store_url = warden_store::testing::fresh_url(backend, dir.path()).await.unwrap();
+        let store_url = warden_store::testing::fresh_url(backend, dir.path())
+            .await
+            .unwrap();
         let mut issuers = vec![issuer_config(&provider_issuer(), PROVIDER_AUDIENCE)];
         if let Some(t) = test_issuer {
             issuers.push(issuer_config(&t.url, TEST_ISSUER_AUDIENCE));
@@ -214,7 +235,13 @@ impl TestGateway {
     }
 
     /// Sends a request with `token` (if any) and JSON `body` (if any); returns status and JSON.
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
@@ -226,7 +253,10 @@ impl TestGateway {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -235,7 +265,9 @@ impl TestGateway {
 
     /// Audit events of one kind, as the admin sees them.
     pub async fn audit_events(&self, kind: &str) -> Vec<Value> {
-        let (status, page) = self.admin("GET", &format!("/api/audit?kind={kind}&limit=1000"), None).await;
+        let (status, page) = self
+            .admin("GET", &format!("/api/audit?kind={kind}&limit=1000"), None)
+            .await;
         assert_eq!(status, 200, "{page}");
         page["events"].as_array().unwrap().clone()
     }

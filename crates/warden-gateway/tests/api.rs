@@ -1,0 +1,711 @@
+//! The REST API end to end over HTTP, on both store engines.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+use warden_core::{Session, SessionStatus, timefmt};
+use warden_store::Backend;
+
+const BACKEND_SECRET: &str = "Backend-Pa55word-that-must-never-leak";
+
+fn pg_connection(name: &str, groups: &[&str]) -> Value {
+    json!({
+        "name": name, "kind": "postgres", "target": "127.0.0.1:5432", "username": "app",
+        "secret": BACKEND_SECRET, "allowed_groups": groups,
+        "policies": {"guardrails": ["no-drops"], "masking": ["pii"]},
+        "description": "the billing database"
+    })
+}
+
+both_stores!(connections_crud_and_visibility);
+async fn connections_crud_and_visibility(backend: Backend) {
+    let issuer = TestIssuer::start().await;
+    let gw = TestGateway::start(backend, Some(&issuer)).await;
+    let dba = issuer.sign("test-1", &issuer.claims("dana", &["dba"]));
+    let dev = issuer.sign("test-1", &issuer.claims("devon", &["developers"]));
+
+    let (status, created) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(pg_connection("billing", &["dba"])),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["secret_kind"], "password");
+    assert_eq!(created["tls"]["mode"], "verify");
+    assert!(created.get("secret").is_none());
+    let (status, _) = gw.admin("POST", "/api/connections", Some(json!({
+        "name": "web", "kind": "http", "target": "https://internal.example/", "allowed_groups": ["developers"]
+    }))).await;
+    assert_eq!(status, 201);
+
+    // Duplicate names conflict and change nothing.
+    let mut dup = pg_connection("billing", &["developers"]);
+    dup["target"] = json!("10.9.9.9:5432");
+    let (status, body) = gw.admin("POST", "/api/connections", Some(dup)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("connection_exists"))
+    );
+    let (_, still) = gw.admin("GET", "/api/connections/billing", None).await;
+    assert_eq!(still["target"], "127.0.0.1:5432");
+
+    // Users see only what their groups allow; others' connections look absent.
+    let names = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&gw.call("GET", "/api/connections", Some(&dba), None).await.1),
+        ["billing"]
+    );
+    assert_eq!(
+        names(&gw.call("GET", "/api/connections", Some(&dev), None).await.1),
+        ["web"]
+    );
+    assert_eq!(
+        names(&gw.admin("GET", "/api/connections", None).await.1),
+        ["billing", "web"]
+    );
+    assert_eq!(
+        gw.call("GET", "/api/connections/billing", Some(&dba), None)
+            .await
+            .0,
+        200
+    );
+    let (status, body) = gw
+        .call("GET", "/api/connections/billing", Some(&dev), None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    // Only admins change connections; refusals are audited.
+    let (status, body) = gw
+        .call(
+            "POST",
+            "/api/connections",
+            Some(&dba),
+            Some(pg_connection("mine", &["dba"])),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(
+        gw.call("DELETE", "/api/connections/billing", Some(&dba), None)
+            .await
+            .0,
+        403
+    );
+    let denied = gw.audit_events("access.denied").await;
+    assert_eq!(denied.len(), 2);
+    assert_eq!(denied[0]["event"]["identity"]["subject"], "dana");
+
+    // PATCH: partial update, null clears, secret replaced or removed, name immutable.
+    let (status, updated) = gw
+        .admin("PATCH", "/api/connections/billing", Some(json!({"target": "db.internal:6432", "description": null, "allowed_groups": ["dba", "oncall"]})))
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["target"], "db.internal:6432");
+    assert_eq!(updated["description"], Value::Null);
+    assert_eq!(updated["username"], "app");
+    assert_eq!(updated["secret_kind"], "password");
+    let (status, _) = gw
+        .admin("PATCH", "/api/connections/billing", Some(json!({"secret": "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"})))
+        .await;
+    assert_eq!(status, 200);
+    let (_, got) = gw.admin("GET", "/api/connections/billing", None).await;
+    assert_eq!(got["secret_kind"], "private_key");
+    let (_, cleared) = gw
+        .admin(
+            "PATCH",
+            "/api/connections/billing",
+            Some(json!({"secret": null})),
+        )
+        .await;
+    assert_eq!(cleared["secret_kind"], Value::Null);
+    let (status, body) = gw
+        .admin(
+            "PATCH",
+            "/api/connections/billing",
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_body"))
+    );
+    let (status, _) = gw
+        .admin(
+            "PATCH",
+            "/api/connections/nope",
+            Some(json!({"target": "a:1"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Delete.
+    assert_eq!(
+        gw.admin("DELETE", "/api/connections/billing", None).await.0,
+        204
+    );
+    assert_eq!(
+        gw.admin("DELETE", "/api/connections/billing", None).await.0,
+        404
+    );
+    assert_eq!(
+        gw.admin("GET", "/api/connections/billing", None).await.0,
+        404
+    );
+
+    let kinds: Vec<String> = gw
+        .audit_events("connection.")
+        .await
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "connection.create",
+            "connection.create",
+            "connection.update",
+            "connection.update",
+            "connection.update",
+            "connection.delete"
+        ]
+    );
+}
+
+both_stores!(bad_input_gets_clear_errors_and_changes_nothing);
+async fn bad_input_gets_clear_errors_and_changes_nothing(backend: Backend) {
+    let gw = TestGateway::start(backend, None).await;
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"name": "Bad Name", "kind": "postgres", "target": "h:1"}),
+            "invalid_connection",
+            "lowercase",
+        ),
+        (
+            json!({"name": "x", "kind": "redis", "target": "h:1"}),
+            "invalid_body",
+            "unknown variant",
+        ),
+        (
+            json!({"name": "x", "kind": "postgres", "target": "no-port"}),
+            "invalid_connection",
+            "host:port",
+        ),
+        (
+            json!({"name": "x", "kind": "postgres", "target": "h:99999"}),
+            "invalid_connection",
+            "port",
+        ),
+        (
+            json!({"name": "x", "kind": "http", "target": "ftp://h"}),
+            "invalid_connection",
+            "URL",
+        ),
+        (
+            json!({"name": "x", "kind": "postgres", "target": "h:1", "extra": true}),
+            "invalid_body",
+            "unknown field `extra`",
+        ),
+        (
+            json!({"name": "x", "kind": "postgres"}),
+            "invalid_body",
+            "missing field `target`",
+        ),
+        (
+            json!({"name": "x", "kind": "postgres", "target": "h:1", "secret": ""}),
+            "invalid_connection",
+            "secret",
+        ),
+        (
+            json!({"name": "x", "kind": "postgres", "target": "h:1", "secret_kind": "password"}),
+            "invalid_connection",
+            "secret_kind",
+        ),
+        (
+            json!({"name": "x", "kind": "postgres", "target": "h:1", "tls": {"mode": "verify", "ca_pem": "nope"}}),
+            "invalid_connection",
+            "ca_pem",
+        ),
+        (
+            json!({"name": "x", "kind": "postgres", "target": "h:1", "tls": {"mode": "sometimes"}}),
+            "invalid_body",
+            "unknown variant",
+        ),
+    ];
+    for (body, code, needle) in cases {
+        let (status, resp) = gw
+            .admin("POST", "/api/connections", Some(body.clone()))
+            .await;
+        assert_eq!(status, 400, "{body} -> {resp}");
+        assert_eq!(resp["error"]["code"], code, "{body} -> {resp}");
+        let message = resp["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body} -> {message}");
+    }
+
+    let post_raw = |body: String, content_type: &'static str| {
+        gw.http
+            .post(format!("{}/api/connections", gw.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let resp = post_raw("{\"name\": \"x\", ".into(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "malformed_json"
+    );
+    let resp = post_raw("{}".into(), "text/plain").await.unwrap();
+    assert_eq!(resp.status(), 415);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "unsupported_media_type"
+    );
+    let huge = json!({"name": "x", "kind": "postgres", "target": "h:1", "description": "a".repeat(100 * 1024)});
+    let resp = post_raw(huge.to_string(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+
+    // Nothing was created and nothing but refusals were audited.
+    assert_eq!(gw.admin("GET", "/api/connections", None).await.1, json!([]));
+    assert!(gw.audit_events("connection.").await.is_empty());
+
+    // Unknown routes and methods answer in JSON too.
+    let (status, body) = gw.admin("GET", "/api/nothing-here", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = gw.admin("PUT", "/api/connections", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (status, body) = gw.admin("GET", "/api/audit?limit=zero", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+    let (status, body) = gw.admin("GET", "/api/audit?since=yesterday", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+}
+
+both_stores!(api_keys_issue_use_and_revoke);
+async fn api_keys_issue_use_and_revoke(backend: Backend) {
+    let gw = TestGateway::start(backend, None).await;
+    let (status, issued) = gw
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "deploy-job", "groups": ["dba"], "ttl_secs": 600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let token = issued["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with(&format!("wdn_{}_", issued["id"].as_str().unwrap())));
+    assert_eq!(issued["subject"], "apikey:deploy-job");
+    assert_eq!(issued["status"], "active");
+
+    let (status, me) = gw.call("GET", "/api/me", Some(&token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["groups"], json!(["dba"]));
+    assert!(me["expires_at"].is_string());
+    // A key without the admin group cannot issue keys.
+    assert_eq!(
+        gw.call(
+            "POST",
+            "/api/api-keys",
+            Some(&token),
+            Some(json!({"name": "x"}))
+        )
+        .await
+        .0,
+        403
+    );
+
+    let (_, list) = gw.admin("GET", "/api/api-keys", None).await;
+    let text = list.to_string();
+    assert!(
+        !text.contains(&token[token.len() - 64..]),
+        "a key secret was listed"
+    );
+    assert!(!text.contains("secret_hash"));
+    assert_eq!(list.as_array().unwrap().len(), 2); // bootstrap admin + this one
+
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "forever", "ttl_secs": 999_999_999})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_api_key_request"))
+    );
+
+    let id = issued["id"].as_str().unwrap();
+    assert_eq!(
+        gw.admin("DELETE", &format!("/api/api-keys/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        gw.admin("DELETE", "/api/api-keys/doesnotexist", None)
+            .await
+            .0,
+        404
+    );
+    let (_, list) = gw.admin("GET", "/api/api-keys", None).await;
+    let revoked = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap();
+    assert_eq!(revoked["status"], "revoked");
+    assert_eq!(gw.call("GET", "/api/me", Some(&token), None).await.0, 401);
+    let kinds: Vec<String> = gw
+        .audit_events("api_key.")
+        .await
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["api_key.bootstrap", "api_key.create", "api_key.revoke"]
+    );
+}
+
+both_stores!(secrets_never_appear_in_answers_events_or_the_database);
+async fn secrets_never_appear_in_answers_events_or_the_database(backend: Backend) {
+    let gw = TestGateway::start(backend, None).await;
+    let mut answers = String::new();
+    let (_, a) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(pg_connection("billing", &["dba"])),
+        )
+        .await;
+    answers += &a.to_string();
+    let (_, a) = gw
+        .admin(
+            "PATCH",
+            "/api/connections/billing",
+            Some(json!({"secret": format!("{BACKEND_SECRET}-v2")})),
+        )
+        .await;
+    answers += &a.to_string();
+    for path in [
+        "/api/connections",
+        "/api/connections/billing",
+        "/api/audit?limit=1000",
+        "/api/api-keys",
+        "/api/me",
+        "/api/openapi.json",
+    ] {
+        answers += &gw.admin("GET", path, None).await.1.to_string();
+    }
+    assert!(answers.contains("billing"));
+    assert!(
+        !answers.contains(BACKEND_SECRET),
+        "backend secret in an API answer"
+    );
+    assert!(
+        !answers.contains(ADMIN_TOKEN),
+        "admin token in an API answer"
+    );
+
+    // The store holds the secret sealed: not in any table, as text.
+    let url = gw.gateway.store();
+    let (kind, secret) = url.connection_secret("billing").await.unwrap().unwrap();
+    assert_eq!(
+        (kind, secret.expose().as_str()),
+        (
+            warden_core::SecretKind::Password,
+            format!("{BACKEND_SECRET}-v2").as_str()
+        )
+    );
+    if backend == Backend::Sqlite {
+        let mut raw = Vec::new();
+        for entry in std::fs::read_dir(gw.dir.path()).unwrap() {
+            raw.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        let haystack = String::from_utf8_lossy(&raw);
+        assert!(haystack.contains("billing"), "database files were read");
+        assert!(
+            !haystack.contains(BACKEND_SECRET),
+            "backend secret stored in clear"
+        );
+        assert!(
+            !haystack.contains(ADMIN_TOKEN),
+            "admin token stored in clear"
+        );
+    }
+}
+
+both_stores!(audit_log_filters_and_verifies_over_http);
+async fn audit_log_filters_and_verifies_over_http(backend: Backend) {
+    let issuer = TestIssuer::start().await;
+    let gw = TestGateway::start(backend, Some(&issuer)).await;
+    for name in ["a", "b", "c"] {
+        gw.admin(
+            "POST",
+            "/api/connections",
+            Some(pg_connection(name, &["dba"])),
+        )
+        .await;
+    }
+    let (_, page) = gw.admin("GET", "/api/audit?connection=b", None).await;
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event"]["kind"], "connection.create");
+    assert_eq!(events[0]["event"]["identity"]["subject"], "admin");
+
+    let (_, page) = gw
+        .admin("GET", "/api/audit?kind=connection.create&limit=2", None)
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    let next = page["next_after_seq"].as_i64().unwrap();
+    let (_, page) = gw
+        .admin(
+            "GET",
+            &format!("/api/audit?kind=connection.create&limit=2&after_seq={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_after_seq"], Value::Null);
+
+    let (_, page) = gw.admin("GET", "/api/audit?subject=admin", None).await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 3);
+    let future = timefmt::rfc3339(timefmt::now() + time::Duration::hours(1));
+    let (_, page) = gw
+        .admin("GET", &format!("/api/audit?since={future}"), None)
+        .await;
+    assert_eq!(page["events"], json!([]));
+
+    // Non-admins may not read the audit log.
+    let user = issuer.sign("test-1", &issuer.claims("eve", &["dba"]));
+    assert_eq!(gw.call("GET", "/api/audit", Some(&user), None).await.0, 403);
+    assert_eq!(
+        gw.call("GET", "/api/audit/verify", Some(&user), None)
+            .await
+            .0,
+        403
+    );
+
+    let (_, report) = gw.admin("GET", "/api/audit/verify", None).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["events_checked"].as_i64().unwrap() >= 5);
+}
+
+both_stores!(sessions_api_shows_each_user_their_own);
+async fn sessions_api_shows_each_user_their_own(backend: Backend) {
+    let issuer = TestIssuer::start().await;
+    let gw = TestGateway::start(backend, Some(&issuer)).await;
+    let store = gw.gateway.store();
+    let mut ids = Vec::new();
+    for (subject, conn) in [("alice", "billing"), ("bob", "billing"), ("alice", "web")] {
+        let s = Session {
+            id: uuid::Uuid::now_v7(),
+            connection: conn.into(),
+            protocol: "postgres".into(),
+            subject: subject.into(),
+            groups: vec!["dba".into()],
+            client_addr: Some("127.0.0.1:40000".into()),
+            started_at: timefmt::now(),
+            ended_at: None,
+            status: SessionStatus::Active,
+            end_reason: None,
+            commands: 0,
+            denied: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            recording: None,
+        };
+        store.create_session(&s).await.unwrap();
+        ids.push(s.id);
+    }
+    store
+        .end_session(
+            ids[0],
+            SessionStatus::Closed,
+            Some("client quit"),
+            timefmt::now(),
+        )
+        .await
+        .unwrap();
+
+    let (_, all) = gw.admin("GET", "/api/sessions", None).await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let (_, billing) = gw
+        .admin("GET", "/api/sessions?connection=billing", None)
+        .await;
+    assert_eq!(billing.as_array().unwrap().len(), 2);
+    let (_, active) = gw.admin("GET", "/api/sessions?status=active", None).await;
+    assert_eq!(active.as_array().unwrap().len(), 2);
+
+    let alice = issuer.sign("test-1", &issuer.claims("alice", &["dba"]));
+    let (_, mine) = gw
+        .call("GET", "/api/sessions?subject=bob", Some(&alice), None)
+        .await;
+    assert!(
+        mine.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["subject"] == "alice")
+    );
+    assert_eq!(mine.as_array().unwrap().len(), 2);
+    let (status, one) = gw
+        .call(
+            "GET",
+            &format!("/api/sessions/{}", ids[0]),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one["status"], "closed");
+    assert_eq!(one["end_reason"], "client quit");
+    assert_eq!(
+        gw.call(
+            "GET",
+            &format!("/api/sessions/{}", ids[1]),
+            Some(&alice),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        gw.admin("GET", "/api/sessions/not-a-uuid", None).await.0,
+        404
+    );
+    assert_eq!(
+        gw.admin("GET", "/api/sessions?status=weird", None).await.0,
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_openapi() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    assert_eq!(
+        gw.call("GET", "/healthz", None, None).await,
+        (200, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        gw.call("GET", "/readyz", None, None).await,
+        (200, json!({"status": "ready"}))
+    );
+    let (status, spec) = gw.call("GET", "/api/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = spec["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/connections", &["get", "post"][..]),
+        ("/api/connections/{name}", &["get", "patch", "delete"]),
+        ("/api/api-keys", &["get", "post"]),
+        ("/api/api-keys/{id}", &["delete"]),
+        ("/api/audit", &["get"]),
+        ("/api/audit/verify", &["get"]),
+        ("/api/sessions", &["get"]),
+        ("/api/sessions/{id}", &["get"]),
+        ("/api/me", &["get"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+    ] {
+        for m in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(*m)).is_some(),
+                "{m} {path} missing from the spec"
+            );
+        }
+    }
+    let schemas = spec["components"]["schemas"].as_object().unwrap();
+    for s in [
+        "Connection",
+        "ConnectionCreate",
+        "ErrorBody",
+        "AuditEntry",
+        "VerifyReport",
+        "Session",
+    ] {
+        assert!(schemas.contains_key(s), "schema {s} missing");
+    }
+    assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_the_api_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert_path = dir.path().join("api.crt");
+    let key_path = dir.path().join("api.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let mut config = base_config(dir.path(), store_url, vec![]);
+    config.api.tls_cert = Some(cert_path);
+    config.api.tls_key = Some(key_path);
+    let gw = TestGateway::with_config(config, dir).await;
+    assert!(gw.url.starts_with("https://"));
+
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("{}/api/me", gw.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    // Plain HTTP to the TLS port gets nothing.
+    let plain = gw.url.replace("https://", "http://");
+    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
+    // The gateway keeps serving after that bad client.
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
