@@ -125,10 +125,10 @@ fn check_common(conn: &Connection) -> Result<(), ApiError> {
             "allowed_groups must hold at most 256 non-empty names",
         ));
     }
-    if let Some(ca) = &conn.tls.ca_pem {
-        if ca.len() > MAX_SECRET_BYTES || !ca.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(invalid("tls.ca_pem must be a PEM certificate bundle"));
-        }
+    if let Some(ca) = &conn.tls.ca_pem
+        && (ca.len() > MAX_SECRET_BYTES || !ca.contains("-----BEGIN CERTIFICATE-----"))
+    {
+        return Err(invalid("tls.ca_pem must be a PEM certificate bundle"));
     }
     let names = conn
         .policies

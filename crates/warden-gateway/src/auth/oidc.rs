@@ -261,10 +261,10 @@ fn select_key(keys: &[Jwk], kid: Option<&str>, alg: Algorithm) -> Result<Option<
 /// A key fits an algorithm when its type (and curve) match and its own `alg`, if
 /// published, is the same.
 fn key_fits(key: &Jwk, alg: Algorithm) -> bool {
-    if let Some(key_alg) = key.common.key_algorithm {
-        if format!("{key_alg:?}") != format!("{alg:?}") {
-            return false;
-        }
+    if let Some(key_alg) = key.common.key_algorithm
+        && format!("{key_alg:?}") != format!("{alg:?}")
+    {
+        return false;
     }
     match (&key.algorithm, alg) {
         (

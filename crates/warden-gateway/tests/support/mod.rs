@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use warden_gateway::Gateway;
@@ -24,7 +24,9 @@ pub const TEST_ISSUER_AUDIENCE: &str = "warden-test";
 /// script started one, else one started for this test binary.
 pub fn provider_issuer() -> String {
     static ISSUER: OnceLock<String> = OnceLock::new();
-    static STDIN: OnceLock<Mutex<ChildStdin>> = OnceLock::new();
+    // The child and its stdin live as long as the test process; closing stdin at exit
+    // makes the provider exit.
+    static CHILD: OnceLock<Mutex<(Child, ChildStdin)>> = OnceLock::new();
     ISSUER
         .get_or_init(|| {
             if let Ok(url) = std::env::var("WARDEN_TEST_OIDC_ISSUER") {
@@ -45,7 +47,8 @@ pub fn provider_issuer() -> String {
                 .spawn()
                 .expect("start node for the OpenID provider");
             let stdout = child.stdout.take().expect("provider stdout");
-            STDIN.set(Mutex::new(child.stdin.take().expect("provider stdin"))).ok();
+            let stdin = child.stdin.take().expect("provider stdin");
+            CHILD.set(Mutex::new((child, stdin))).ok();
             for line in BufReader::new(stdout).lines() {
                 let line = line.expect("provider output");
                 if let Some(json) = line.strip_prefix("{\"issuer\"") {
@@ -186,9 +189,11 @@ pub fn base_config(
     store_url: String,
     issuers: Vec<OidcIssuerConfig>,
 ) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.to_path_buf();
-    config.admin_token = Some(ADMIN_TOKEN.to_string().into());
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        admin_token: Some(ADMIN_TOKEN.to_string().into()),
+        ..Config::default()
+    };
     config.api.listen = "127.0.0.1:0".parse().unwrap();
     config.api.max_body_bytes = 64 * 1024;
     config.store.url = Some(StoreUrl(store_url.into()));

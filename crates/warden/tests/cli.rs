@@ -1,0 +1,318 @@
+//! The `warden` binary as a user runs it: embedded default start, configuration
+//! errors, `--print-config`, and offline audit verification after tampering.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Gateway children are returned to the test and waited for in `stop`.
+#![allow(clippy::zombie_processes)]
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const BACKEND_SECRET: &str = "cli-test-Backend-Secret-42!";
+
+fn warden(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+    cmd.current_dir(dir)
+        // Only this test's settings: no WARDEN_* from the outer environment.
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WARDEN_API__LISTEN", "127.0.0.1:0");
+    cmd
+}
+
+/// A gateway process: its URL, the admin key it printed (if any), and its output so far.
+struct Running {
+    child: Child,
+    url: String,
+    printed_key: Option<String>,
+    stdout_head: String,
+}
+
+fn start_gateway(dir: &Path) -> Running {
+    let mut child = warden(dir)
+        .arg("gateway")
+        .env("WARDEN_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("gateway exited early:\n{head}\n{err}");
+        }
+        head.push_str(&line);
+        if let Some(url) = line.trim().strip_prefix("warden gateway listening on ") {
+            let printed_key = head
+                .split_whitespace()
+                .find(|w| w.starts_with("wdn_admin_"))
+                .map(String::from);
+            // Keep draining stdout so the gateway never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            return Running {
+                child,
+                url: url.to_string(),
+                printed_key,
+                stdout_head: head,
+            };
+        }
+    }
+}
+
+/// SIGTERM, then the exit status and everything the gateway wrote to stderr.
+fn stop(mut running: Running) -> String {
+    Command::new("kill")
+        .args(["-TERM", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    running
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = running.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "gateway did not stop cleanly: {status}\n{err}"
+    );
+    err
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn embedded_default_start_admin_key_once_no_secrets_in_logs_and_tamper_evident_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway(dir.path());
+    let key = gw
+        .printed_key
+        .clone()
+        .expect("first start prints the admin key");
+    assert!(gw.stdout_head.contains("shown once"));
+
+    // The embedded default keeps its state in ./warden-data, the master key 0600.
+    let data = dir.path().join("warden-data");
+    assert!(data.join("warden.db").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("master.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let create = rt.block_on(async {
+        let resp = http
+            .post(format!("{}/api/connections", gw.url))
+            .bearer_auth(&key)
+            .json(
+                &json!({"name": "billing", "kind": "postgres", "target": "127.0.0.1:5432",
+                          "username": "app", "secret": BACKEND_SECRET, "allowed_groups": ["dba"]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    assert_eq!(create.0, 201, "{}", create.1);
+    let first_err = stop(gw);
+
+    // Restart: same store, no new key printed, the old key still works.
+    let gw = start_gateway(dir.path());
+    assert!(
+        gw.printed_key.is_none(),
+        "admin key printed twice:\n{}",
+        gw.stdout_head
+    );
+    let status = rt.block_on(async {
+        http.get(format!("{}/api/me", gw.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let second_err = stop(gw);
+
+    // Neither the backend secret nor the admin key reach the logs.
+    for log in [&first_err, &second_err] {
+        assert!(
+            log.contains("gateway started"),
+            "debug log captured:\n{log}"
+        );
+        assert!(
+            !log.contains(BACKEND_SECRET),
+            "backend secret in the log:\n{log}"
+        );
+        assert!(!log.contains(&key), "admin key in the log:\n{log}");
+    }
+
+    // Offline verification: intact, then one changed byte is caught and named.
+    let out = run(warden(dir.path()).args(["audit", "verify"]));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("audit log intact"));
+
+    let out =
+        run(warden(dir.path()).args(["audit", "list", "--kind", "connection.create", "--json"]));
+    assert!(out.status.success());
+    let entry: Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    let (seq, id) = (
+        entry["seq"].as_i64().unwrap(),
+        entry["event"]["id"].as_str().unwrap().to_string(),
+    );
+    assert!(!text(&out.stdout).contains(BACKEND_SECRET));
+
+    rt.block_on(async {
+        let url = format!("sqlite://{}", data.join("warden.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let done = sqlx::query("UPDATE audit_events SET body = REPLACE(body, '\"billing\"', '\"billinG\"') WHERE seq = ?")
+            .bind(seq)
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+        pool.close().await;
+    });
+    let out = run(warden(dir.path()).args(["audit", "verify"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(&format!("seq {seq}")) && report.contains(&id),
+        "{report}"
+    );
+    let out = run(warden(dir.path()).args(["audit", "verify", "--json"]));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (json["ok"].as_bool(), json["problem"]["seq"].as_i64()),
+        (Some(false), Some(seq))
+    );
+}
+
+#[test]
+fn wrong_or_exposed_master_key_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway(dir.path());
+    stop(gw);
+    let key_path = dir.path().join("warden-data/master.key");
+    use std::os::unix::fs::PermissionsExt;
+
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(warden(dir.path()).arg("gateway"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::remove_file(&key_path).unwrap();
+    let out = run(warden(dir.path()).arg("gateway").env(
+        "WARDEN_SECRETS__MASTER_KEY",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    ));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("master key does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn print_config_redacts_secrets_and_applies_env() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("warden.toml"),
+        "data_dir = \"/var/lib/warden\"\n[store]\nurl = \"postgres://warden:StorePass99@db:5432/warden\"\n",
+    )
+    .unwrap();
+    let out = run(warden(dir.path())
+        .args(["gateway", "--config", "warden.toml", "--print-config"])
+        .env("WARDEN_ADMIN_TOKEN", "env-admin-token-0123456789abcdef")
+        .env(
+            "WARDEN_SECRETS__MASTER_KEY",
+            "bWFzdGVyLWtleS1tYXN0ZXIta2V5LW1hc3Rlci1rZXkh",
+        )
+        .env("WARDEN_API__MAX_BODY_BYTES", "4096"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    for secret in [
+        "StorePass99",
+        "env-admin-token-0123456789abcdef",
+        "bWFzdGVy",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    for expected in [
+        "data_dir = \"/var/lib/warden\"",
+        "max_body_bytes = 4096",
+        "listen = \"127.0.0.1:0\"",
+        "postgres://warden:<redacted>@db:5432/warden",
+        "admin_token = \"<redacted>\"",
+    ] {
+        assert!(printed.contains(expected), "{expected} missing:\n{printed}");
+    }
+    // Printing the config touches nothing on disk.
+    assert!(!dir.path().join("warden-data").exists());
+}
+
+#[test]
+fn bad_config_fails_fast_naming_field_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "admin_groups = [\"ops\"]\n\n[api]\nlisen = \"0.0.0.0:80\"\n",
+    )
+    .unwrap();
+    let out = run(warden(dir.path()).args(["gateway", "--config", "bad.toml"]));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("line 4") && err.contains("lisen"),
+        "{err}"
+    );
+
+    let out = run(warden(dir.path()).args(["gateway", "--config", "missing.toml"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("missing.toml"));
+
+    let out = run(warden(dir.path())
+        .arg("gateway")
+        .env("WARDEN_API__LISTEN", "everywhere"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("WARDEN_API__LISTEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !dir.path().join("warden-data").exists(),
+        "a failed start left state behind"
+    );
+}
