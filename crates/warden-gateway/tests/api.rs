@@ -709,3 +709,26 @@ async fn tls_on_the_api_listener() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_wire_ends_that_connection_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    let addr = gw.gateway.api_addr();
+    let payloads: [&[u8]; 4] = [
+        b"\x00\x01\x02\x03\xff\xfe garbage\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"POST /api/connections HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n",
+        b"GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+    ];
+    for p in payloads {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(p).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        // Either a 4xx answer or a closed connection; never a 2xx.
+        let head = String::from_utf8_lossy(&buf);
+        assert!(!head.starts_with("HTTP/1.1 2"), "{head}");
+    }
+    assert_eq!(gw.admin("GET", "/api/me", None).await.0, 200);
+}
