@@ -129,12 +129,12 @@ pub async fn ensure_admin_key(
         match existing {
             Some(rec) if rec.secret_hash == hash && rec.revoked_at.is_none() => {}
             Some(_) => {
-                store.replace_api_key_secret(ADMIN_KEY_ID, &hash).await?;
+                let event = Event::new(
+                    "api_key.bootstrap",
+                    json!({"key_id": ADMIN_KEY_ID, "source": "config", "replaced": true}),
+                );
                 store
-                    .append_audit(&Event::new(
-                        "api_key.bootstrap",
-                        json!({"key_id": ADMIN_KEY_ID, "source": "config", "replaced": true}),
-                    ))
+                    .replace_api_key_secret(ADMIN_KEY_ID, &hash, &event)
                     .await?;
             }
             None => {
@@ -175,12 +175,10 @@ async fn insert_admin(
         source,
         None,
     );
-    store.insert_api_key(&record).await?;
-    store
-        .append_audit(&Event::new(
-            "api_key.bootstrap",
-            json!({"key_id": ADMIN_KEY_ID, "source": source}),
-        ))
-        .await?;
+    let event = Event::new(
+        "api_key.bootstrap",
+        json!({"key_id": ADMIN_KEY_ID, "source": source}),
+    );
+    store.insert_api_key(&record, &event).await?;
     Ok(())
 }

@@ -725,7 +725,8 @@ async fn garbage_on_the_wire_ends_that_connection_only() {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(p).await.unwrap();
         let mut buf = Vec::new();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
         // Either a 4xx answer or a closed connection; never a 2xx.
         let head = String::from_utf8_lossy(&buf);
         assert!(!head.starts_with("HTTP/1.1 2"), "{head}");

@@ -6,7 +6,9 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
-use warden_core::timefmt;
+use warden_core::{Event, timefmt};
+
+use crate::audit::append_in;
 
 use crate::util::{opt_time_from_db, time_from_db};
 use crate::{Result, Store, StoreError};
@@ -30,7 +32,10 @@ const COLUMNS: &str =
     "id, name, subject, groups_json, secret_hash, created_by, created_at, expires_at, revoked_at";
 
 impl Store {
-    pub async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+    /// Stores a new key and records `event`, atomically.
+    pub async fn insert_api_key(&self, key: &ApiKeyRecord, event: &Event) -> Result<()> {
+        let _serial = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (id) DO NOTHING"
@@ -44,21 +49,33 @@ impl Store {
         .bind(timefmt::to_micros(key.created_at))
         .bind(key.expires_at.map(timefmt::to_micros))
         .bind(key.revoked_at.map(timefmt::to_micros))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("api key `{}`", key.id)));
         }
+        append_in(&mut tx, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Replaces the hash and groups of a key in place (used for the configured admin token).
-    pub async fn replace_api_key_secret(&self, id: &str, secret_hash: &str) -> Result<()> {
+    /// Replaces the hash of a key in place and un-revokes it (used for the configured
+    /// admin token), recording `event`, atomically.
+    pub async fn replace_api_key_secret(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        event: &Event,
+    ) -> Result<()> {
+        let _serial = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE api_keys SET secret_hash = $1, revoked_at = NULL WHERE id = $2")
             .bind(secret_hash)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        append_in(&mut tx, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -81,16 +98,28 @@ impl Store {
         rows.iter().map(api_key_from_row).collect()
     }
 
-    /// Marks a key revoked; returns false when no such key exists. Revoking twice keeps
-    /// the first revocation time.
-    pub async fn revoke_api_key(&self, id: &str, at: OffsetDateTime) -> Result<bool> {
+    /// Marks a key revoked and records `event`, atomically; returns false (recording
+    /// nothing) when no such key exists. Revoking twice keeps the first revocation time.
+    pub async fn revoke_api_key(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+        event: &Event,
+    ) -> Result<bool> {
+        let _serial = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
         let done =
             sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
                 .bind(timefmt::to_micros(at))
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

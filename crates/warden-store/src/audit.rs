@@ -10,6 +10,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::AnyConnection;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
@@ -130,37 +131,9 @@ impl Store {
     pub async fn append_audit(&self, event: &Event) -> Result<Appended> {
         let _serial = self.audit_lock.lock().await;
         let mut tx = self.pool.begin().await?;
-        // Claiming the next sequence number first takes the row (PostgreSQL) or
-        // database (SQLite) write lock, so concurrent appenders queue here.
-        let head =
-            sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-                .fetch_one(&mut *tx)
-                .await?;
-        let seq: i64 = head.try_get("seq")?;
-        let prev_hash: String = head.try_get("hash")?;
-        let body = canonical_body(seq, &prev_hash, event)?;
-        let hash = sha256_hex(body.as_bytes());
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO audit_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        )))
-        .bind(seq)
-        .bind(event.id.to_string())
-        .bind(timefmt::to_micros(event.time))
-        .bind(event.session_id.map(|s| s.to_string()))
-        .bind(event.identity.as_ref().map(|i| i.subject.clone()))
-        .bind(event.connection.as_deref())
-        .bind(&event.kind)
-        .bind(&body)
-        .bind(&prev_hash)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
+        let appended = append_in(&mut tx, event).await?;
         tx.commit().await?;
-        Ok(Appended { seq, hash })
+        Ok(appended)
     }
 
     /// Lists events in chain order, filtered.
@@ -277,6 +250,40 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// Appends `event` inside the caller's transaction, so a state change and its audit
+/// record commit together or not at all. Callers hold `Store::audit_lock`.
+pub(crate) async fn append_in(conn: &mut AnyConnection, event: &Event) -> Result<Appended> {
+    // Claiming the next sequence number first takes the row (PostgreSQL) or database
+    // (SQLite) write lock, so concurrent appenders, in any gateway, queue here.
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut *conn)
+        .await?;
+    let seq: i64 = head.try_get("seq")?;
+    let prev_hash: String = head.try_get("hash")?;
+    let body = canonical_body(seq, &prev_hash, event)?;
+    let hash = sha256_hex(body.as_bytes());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO audit_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    )))
+    .bind(seq)
+    .bind(event.id.to_string())
+    .bind(timefmt::to_micros(event.time))
+    .bind(event.session_id.map(|s| s.to_string()))
+    .bind(event.identity.as_ref().map(|i| i.subject.clone()))
+    .bind(event.connection.as_deref())
+    .bind(&event.kind)
+    .bind(&body)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Appended { seq, hash })
 }
 
 enum Arg {

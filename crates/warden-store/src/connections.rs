@@ -2,7 +2,9 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use warden_core::{Connection, Secret, SecretKind, timefmt};
+use warden_core::{Connection, Event, Secret, SecretKind, timefmt};
+
+use crate::audit::append_in;
 
 use crate::util::time_from_db;
 use crate::{Result, Store, StoreError};
@@ -22,10 +24,12 @@ const COLUMNS: &str = "name, kind, target, username, secret_kind, tls, allowed_g
                        description, created_at, updated_at";
 
 impl Store {
+    /// Registers a connection and records `event`, atomically.
     pub async fn create_connection(
         &self,
         conn: &Connection,
         secret: Option<(SecretKind, Secret<String>)>,
+        event: &Event,
     ) -> Result<()> {
         let (kind, sealed) = match &secret {
             Some((kind, value)) => (
@@ -37,6 +41,8 @@ impl Store {
             ),
             None => (None, None),
         };
+        let _serial = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO connections (name, kind, target, username, secret_kind, secret_sealed, \
              tls, allowed_groups, policies, description, created_at, updated_at) \
@@ -55,11 +61,13 @@ impl Store {
         .bind(conn.description.as_deref())
         .bind(timefmt::to_micros(conn.created_at))
         .bind(timefmt::to_micros(conn.updated_at))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("connection `{}`", conn.name)));
         }
+        append_in(&mut tx, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -82,8 +90,14 @@ impl Store {
         rows.iter().map(connection_from_row).collect()
     }
 
-    /// Replaces the stored fields of `conn` (found by name) and applies `secret`.
-    pub async fn update_connection(&self, conn: &Connection, secret: SecretChange) -> Result<()> {
+    /// Replaces the stored fields of `conn` (found by name), applies `secret`, and
+    /// records `event`, atomically.
+    pub async fn update_connection(
+        &self,
+        conn: &Connection,
+        secret: SecretChange,
+        event: &Event,
+    ) -> Result<()> {
         let mut sql = String::from(
             "UPDATE connections SET kind = $1, target = $2, username = $3, tls = $4, \
              allowed_groups = $5, policies = $6, description = $7, updated_at = $8",
@@ -116,20 +130,32 @@ impl Store {
         if !matches!(secret, SecretChange::Keep) {
             query = query.bind(secret_kind).bind(sealed);
         }
-        let done = query.execute(&self.pool).await?;
+        let _serial = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let done = query.execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("connection `{}`", conn.name)));
         }
+        append_in(&mut tx, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Deletes a connection; returns whether it existed.
-    pub async fn delete_connection(&self, name: &str) -> Result<bool> {
+    /// Deletes a connection and records `event`, atomically; returns whether it
+    /// existed (nothing is recorded when it did not).
+    pub async fn delete_connection(&self, name: &str, event: &Event) -> Result<bool> {
+        let _serial = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM connections WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The backend secret, unsealed, for the proxy that dials the target.

@@ -42,6 +42,10 @@ fn connection(name: &str) -> Connection {
     }
 }
 
+fn ev(kind: &str) -> Event {
+    Event::new(kind, json!({}))
+}
+
 /// Runs one async test body against both store engines.
 macro_rules! both_stores {
     ($name:ident) => {
@@ -68,10 +72,13 @@ async fn connections_round_trip_with_sealed_secret(backend: Backend) -> TestResu
         .create_connection(
             &conn,
             Some((SecretKind::Password, Secret::new(secret.into()))),
+            &ev("connection.create"),
         )
         .await?;
     assert!(matches!(
-        store.create_connection(&conn, None).await,
+        store
+            .create_connection(&conn, None, &ev("connection.create"))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.get_connection("prod-db").await?, Some(conn.clone()));
@@ -96,13 +103,14 @@ async fn connections_round_trip_with_sealed_secret(backend: Backend) -> TestResu
     let mut changed = conn.clone();
     changed.target = "10.0.0.1:5432".into();
     store
-        .update_connection(&changed, SecretChange::Keep)
+        .update_connection(&changed, SecretChange::Keep, &ev("connection.update"))
         .await?;
     assert!(store.connection_secret("prod-db").await?.is_some());
     store
         .update_connection(
             &changed,
             SecretChange::Set(SecretKind::Token, Secret::new("t2".into())),
+            &ev("connection.update"),
         )
         .await?;
     let (kind, got) = store
@@ -111,18 +119,51 @@ async fn connections_round_trip_with_sealed_secret(backend: Backend) -> TestResu
         .ok_or("no secret")?;
     assert_eq!((kind, got.expose().as_str()), (SecretKind::Token, "t2"));
     store
-        .update_connection(&changed, SecretChange::Clear)
+        .update_connection(&changed, SecretChange::Clear, &ev("connection.update"))
         .await?;
     assert!(store.connection_secret("prod-db").await?.is_none());
     assert!(matches!(
         store
-            .update_connection(&connection("missing"), SecretChange::Keep)
+            .update_connection(
+                &connection("missing"),
+                SecretChange::Keep,
+                &ev("connection.update")
+            )
             .await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.list_connections().await?.len(), 1);
-    assert!(store.delete_connection("prod-db").await?);
-    assert!(!store.delete_connection("prod-db").await?);
+    assert!(
+        store
+            .delete_connection("prod-db", &ev("connection.delete"))
+            .await?
+    );
+    assert!(
+        !store
+            .delete_connection("prod-db", &ev("connection.delete"))
+            .await?
+    );
+    // Each successful change was recorded with it; failed ones recorded nothing.
+    let kinds: Vec<String> = store
+        .list_audit(&AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "connection.create",
+            "connection.update",
+            "connection.update",
+            "connection.update",
+            "connection.delete"
+        ]
+    );
+    assert!(store.verify_audit().await?.ok);
     store.close().await;
 
     // Reopening with another master key fails fast.
@@ -319,24 +360,32 @@ async fn api_keys_and_revocation(backend: Backend) -> TestResult {
         expires_at: Some(timefmt::now() + time::Duration::hours(1)),
         revoked_at: None,
     };
-    store.insert_api_key(&rec).await?;
+    store.insert_api_key(&rec, &ev("api_key.create")).await?;
     assert!(matches!(
-        store.insert_api_key(&rec).await,
+        store.insert_api_key(&rec, &ev("api_key.create")).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.api_key("k1").await?, Some(rec.clone()));
     let at = timefmt::now();
-    assert!(store.revoke_api_key("k1", at).await?);
     assert!(
         store
-            .revoke_api_key("k1", at + time::Duration::hours(1))
+            .revoke_api_key("k1", at, &ev("api_key.revoke"))
+            .await?
+    );
+    assert!(
+        store
+            .revoke_api_key("k1", at + time::Duration::hours(1), &ev("api_key.revoke"))
             .await?
     );
     assert_eq!(
         store.api_key("k1").await?.and_then(|k| k.revoked_at),
         Some(at)
     );
-    assert!(!store.revoke_api_key("nope", at).await?);
+    assert!(
+        !store
+            .revoke_api_key("nope", at, &ev("api_key.revoke"))
+            .await?
+    );
     assert_eq!(store.list_api_keys().await?.len(), 1);
     Ok(())
 }

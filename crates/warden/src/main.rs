@@ -119,7 +119,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let config = config.load()?;
             if print_config {
-                print!("{}", config.to_redacted_toml());
+                let text = config.to_redacted_toml();
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             gateway(config).await
@@ -129,6 +133,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn gateway(config: Config) -> Result<ExitCode> {
+    // Listen for stop signals before announcing readiness, so a supervisor that
+    // signals right after the "listening" line still gets a clean stop.
+    let stop = stop_signal()?;
     let mut gw = Gateway::start(config)
         .await
         .context("starting the gateway")?;
@@ -145,27 +152,31 @@ async fn gateway(config: Config) -> Result<ExitCode> {
         );
     }
     println!("warden gateway listening on {}", gw.api_url());
-    wait_for_stop_signal().await?;
+    stop.await;
     tracing::info!("stopping");
     gw.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Registers SIGINT and SIGTERM handlers now; the returned future ends at either.
 #[cfg(unix)]
-async fn wait_for_stop_signal() -> Result<()> {
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 #[cfg(not(unix))]
-async fn wait_for_stop_signal() -> Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 async fn audit(command: AuditCommand) -> Result<ExitCode> {

@@ -246,18 +246,14 @@ pub async fn create(
         updated_at: now,
     };
     check_common(&conn)?;
+    let event = Event::new("connection.create", describe(&conn))
+        .by(&caller.identity)
+        .on_connection(&conn.name);
     state
         .store
-        .create_connection(&conn, secret)
+        .create_connection(&conn, secret, &event)
         .await
         .map_err(|e| store_error(&conn.name, &e))?;
-    state
-        .audit(
-            &Event::new("connection.create", describe(&conn))
-                .by(&caller.identity)
-                .on_connection(&conn.name),
-        )
-        .await?;
     Ok((StatusCode::CREATED, Json(conn)))
 }
 
@@ -354,20 +350,16 @@ pub async fn update(
     };
     check_common(&conn)?;
     conn.updated_at = timefmt::now();
-    state
-        .store
-        .update_connection(&conn, secret_change)
-        .await
-        .map_err(|e| store_error(&name, &e))?;
     let mut payload = describe(&conn);
     payload["changed"] = json!(changed);
+    let event = Event::new("connection.update", payload)
+        .by(&caller.identity)
+        .on_connection(&name);
     state
-        .audit(
-            &Event::new("connection.update", payload)
-                .by(&caller.identity)
-                .on_connection(&name),
-        )
-        .await?;
+        .store
+        .update_connection(&conn, secret_change, &event)
+        .await
+        .map_err(|e| store_error(&name, &e))?;
     Ok(Json(conn))
 }
 
@@ -381,20 +373,16 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin(&state, "connection.delete").await?;
+    let event = Event::new("connection.delete", json!({}))
+        .by(&caller.identity)
+        .on_connection(&name);
     let existed = state
         .store
-        .delete_connection(&name)
+        .delete_connection(&name, &event)
         .await
         .map_err(|e| ApiError::store(&e))?;
     if !existed {
         return Err(ApiError::not_found(format!("connection `{name}`")));
     }
-    state
-        .audit(
-            &Event::new("connection.delete", json!({}))
-                .by(&caller.identity)
-                .on_connection(&name),
-        )
-        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

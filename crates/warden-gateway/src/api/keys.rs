@@ -135,21 +135,17 @@ pub async fn create(
         &caller.identity.subject,
         Some(expires_at),
     );
+    let event = Event::new(
+        "api_key.create",
+        json!({"key_id": record.id, "name": record.name, "subject": record.subject,
+               "groups": record.groups, "expires_at": timefmt::rfc3339(expires_at)}),
+    )
+    .by(&caller.identity);
     state
         .store
-        .insert_api_key(&record)
+        .insert_api_key(&record, &event)
         .await
         .map_err(|e| ApiError::store(&e))?;
-    state
-        .audit(
-            &Event::new(
-                "api_key.create",
-                json!({"key_id": record.id, "name": record.name, "subject": record.subject,
-                       "groups": record.groups, "expires_at": timefmt::rfc3339(expires_at)}),
-            )
-            .by(&caller.identity),
-        )
-        .await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKeyIssued {
@@ -169,16 +165,14 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin(&state, "api_key.revoke").await?;
+    let event = Event::new("api_key.revoke", json!({"key_id": id})).by(&caller.identity);
     let found = state
         .store
-        .revoke_api_key(&id, timefmt::now())
+        .revoke_api_key(&id, timefmt::now(), &event)
         .await
         .map_err(|e| ApiError::store(&e))?;
     if !found {
         return Err(ApiError::not_found(format!("api key `{id}`")));
     }
-    state
-        .audit(&Event::new("api_key.revoke", json!({"key_id": id})).by(&caller.identity))
-        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
