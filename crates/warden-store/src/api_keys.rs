@@ -8,8 +8,6 @@ use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use warden_core::{Event, timefmt};
 
-use crate::audit::append_in;
-
 use crate::util::{opt_time_from_db, time_from_db};
 use crate::{Result, Store, StoreError};
 
@@ -34,8 +32,7 @@ const COLUMNS: &str =
 impl Store {
     /// Stores a new key and records `event`, atomically.
     pub async fn insert_api_key(&self, key: &ApiKeyRecord, event: &Event) -> Result<()> {
-        let _serial = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited().await?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (id) DO NOTHING"
@@ -49,13 +46,12 @@ impl Store {
         .bind(timefmt::to_micros(key.created_at))
         .bind(key.expires_at.map(timefmt::to_micros))
         .bind(key.revoked_at.map(timefmt::to_micros))
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("api key `{}`", key.id)));
         }
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
+        tx.commit_with(event).await?;
         Ok(())
     }
 
@@ -67,15 +63,13 @@ impl Store {
         secret_hash: &str,
         event: &Event,
     ) -> Result<()> {
-        let _serial = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited().await?;
         sqlx::query("UPDATE api_keys SET secret_hash = $1, revoked_at = NULL WHERE id = $2")
             .bind(secret_hash)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
+        tx.commit_with(event).await?;
         Ok(())
     }
 
@@ -106,19 +100,17 @@ impl Store {
         at: OffsetDateTime,
         event: &Event,
     ) -> Result<bool> {
-        let _serial = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited().await?;
         let done =
             sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
                 .bind(timefmt::to_micros(at))
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
+        tx.commit_with(event).await?;
         Ok(true)
     }
 }

@@ -129,11 +129,7 @@ impl Store {
     /// Appends an event durably and returns its place in the chain. Callers that
     /// must audit before acting treat an error here as "do not act".
     pub async fn append_audit(&self, event: &Event) -> Result<Appended> {
-        let _serial = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let appended = append_in(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(appended)
+        self.begin_audited().await?.commit_with(event).await
     }
 
     /// Lists events in chain order, filtered.
@@ -252,9 +248,40 @@ impl Store {
     }
 }
 
+/// A transaction whose commit appends an audit event: the state change and its
+/// record land together or not at all. Holds the in-process append lock throughout.
+pub(crate) struct AuditedTx<'a> {
+    _serial: tokio::sync::MutexGuard<'a, ()>,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl AuditedTx<'_> {
+    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// Appends `event` and commits.
+    pub(crate) async fn commit_with(mut self, event: &Event) -> Result<Appended> {
+        let appended = append_in(&mut self.tx, event).await?;
+        self.tx.commit().await?;
+        Ok(appended)
+    }
+}
+
+impl Store {
+    pub(crate) async fn begin_audited(&self) -> Result<AuditedTx<'_>> {
+        let serial = self.audit_lock.lock().await;
+        let tx = self.pool.begin().await?;
+        Ok(AuditedTx {
+            _serial: serial,
+            tx,
+        })
+    }
+}
+
 /// Appends `event` inside the caller's transaction, so a state change and its audit
 /// record commit together or not at all. Callers hold `Store::audit_lock`.
-pub(crate) async fn append_in(conn: &mut AnyConnection, event: &Event) -> Result<Appended> {
+async fn append_in(conn: &mut AnyConnection, event: &Event) -> Result<Appended> {
     // Claiming the next sequence number first takes the row (PostgreSQL) or database
     // (SQLite) write lock, so concurrent appenders, in any gateway, queue here.
     let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")

@@ -4,8 +4,6 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use warden_core::{Connection, Event, Secret, SecretKind, timefmt};
 
-use crate::audit::append_in;
-
 use crate::util::time_from_db;
 use crate::{Result, Store, StoreError};
 
@@ -41,8 +39,7 @@ impl Store {
             ),
             None => (None, None),
         };
-        let _serial = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited().await?;
         let done = sqlx::query(
             "INSERT INTO connections (name, kind, target, username, secret_kind, secret_sealed, \
              tls, allowed_groups, policies, description, created_at, updated_at) \
@@ -61,13 +58,12 @@ impl Store {
         .bind(conn.description.as_deref())
         .bind(timefmt::to_micros(conn.created_at))
         .bind(timefmt::to_micros(conn.updated_at))
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("connection `{}`", conn.name)));
         }
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
+        tx.commit_with(event).await?;
         Ok(())
     }
 
@@ -130,31 +126,27 @@ impl Store {
         if !matches!(secret, SecretChange::Keep) {
             query = query.bind(secret_kind).bind(sealed);
         }
-        let _serial = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let done = query.execute(&mut *tx).await?;
+        let mut tx = self.begin_audited().await?;
+        let done = query.execute(tx.conn()).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("connection `{}`", conn.name)));
         }
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
+        tx.commit_with(event).await?;
         Ok(())
     }
 
     /// Deletes a connection and records `event`, atomically; returns whether it
     /// existed (nothing is recorded when it did not).
     pub async fn delete_connection(&self, name: &str, event: &Event) -> Result<bool> {
-        let _serial = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited().await?;
         let done = sqlx::query("DELETE FROM connections WHERE name = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
+        tx.commit_with(event).await?;
         Ok(true)
     }
 
