@@ -23,6 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "Node.js $node_major is too old for the test OpenID provider (oidc-provider 9 needs 20 or newer)" >&2
+  exit 1
+fi
 
 # --- PostgreSQL (one server for every store test) ---------------------------
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
