@@ -6,6 +6,7 @@
 //! credentials out of logs and serialized output. It knows nothing about storage or
 //! wire protocols.
 
+mod action;
 mod connection;
 mod event;
 mod identity;
@@ -13,6 +14,7 @@ mod secret;
 mod session;
 pub mod timefmt;
 
+pub use action::{Action, ColumnRef, ColumnRuleId, Guard, Masked, Masker, SqlDialect};
 pub use connection::{
     Connection, ConnectionKind, ConnectionNameError, PolicyRefs, SecretKind, TlsMode, TlsOptions,
     validate_connection_name,

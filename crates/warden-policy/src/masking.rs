@@ -1,0 +1,510 @@
+//! Inline masking of result values: content detectors and column rules.
+//!
+//! A value first meets one pass of a [`RegexSet`] over all detectors; a value that
+//! matches nothing (the common case) is left alone with no allocation. Candidates are
+//! then checked where a checksum exists (Luhn for cards, mod-97 for IBANs, SSN number
+//! ranges, IPv6 parsing) so look-alikes are not masked, overlapping matches resolve
+//! to the earliest and longest, and only then is a new value built.
+
+use aws_lc_rs::hmac;
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use warden_core::{ColumnRef, ColumnRuleId, Masked, Masker};
+
+use crate::glob;
+
+/// Built-in content detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    Email,
+    /// Payment card numbers, 13-19 digits with optional spaces/dashes, Luhn-checked.
+    CardNumber,
+    /// US social security numbers (`123-45-6789`), invalid ranges excluded.
+    UsSsn,
+    /// E.164 (`+14155550123`) and common national forms (`(415) 555-0123`, `030 1234 5678`).
+    Phone,
+    /// IBANs, mod-97 checked, with or without spaces.
+    Iban,
+    Ipv4,
+    Ipv6,
+    /// JSON Web Tokens.
+    Jwt,
+    /// AWS access key ids (`AKIA...`, `ASIA...`).
+    AwsAccessKey,
+    /// Token shapes of common services (GitHub, GitLab, Slack, Stripe, Google, Warden)
+    /// and `password=...`/`api_key: ...` assignments.
+    SecretToken,
+    /// PEM private key blocks.
+    PemPrivateKey,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 11] = [
+        Detector::Email,
+        Detector::CardNumber,
+        Detector::UsSsn,
+        Detector::Phone,
+        Detector::Iban,
+        Detector::Ipv4,
+        Detector::Ipv6,
+        Detector::Jwt,
+        Detector::AwsAccessKey,
+        Detector::SecretToken,
+        Detector::PemPrivateKey,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::Email => "email",
+            Detector::CardNumber => "card_number",
+            Detector::UsSsn => "us_ssn",
+            Detector::Phone => "phone",
+            Detector::Iban => "iban",
+            Detector::Ipv4 => "ipv4",
+            Detector::Ipv6 => "ipv6",
+            Detector::Jwt => "jwt",
+            Detector::AwsAccessKey => "aws_access_key",
+            Detector::SecretToken => "secret_token",
+            Detector::PemPrivateKey => "pem_private_key",
+        }
+    }
+
+    fn pattern(self) -> &'static str {
+        match self {
+            Detector::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}",
+            Detector::CardNumber => r"\b\d(?:[ -]?\d){12,18}\b",
+            Detector::UsSsn => r"\b\d{3}-\d{2}-\d{4}\b",
+            Detector::Phone => {
+                r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4}\b|\+\d{8,15}\b"
+            }
+            Detector::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+            Detector::Ipv4 => {
+                r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b"
+            }
+            Detector::Ipv6 => r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:(?:\.\d{1,3}){3})?",
+            Detector::Jwt => r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+            Detector::AwsAccessKey => {
+                r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z0-9]{16}\b"
+            }
+            Detector::SecretToken => {
+                r#"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255}|glpat-[A-Za-z0-9_-]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}|[sr]k_live_[A-Za-z0-9]{16,}|AIza[A-Za-z0-9_-]{35}|wdn_[a-z0-9]{1,32}_[0-9a-f]{64})\b|(?i:\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)\s*[:=]\s*["']?[^\s"',;]{6,})"#
+            }
+            Detector::PemPrivateKey => {
+                r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----|[\s\S]*)"
+            }
+        }
+    }
+
+    /// Checksums and ranges that rule out look-alikes.
+    fn accepts(self, m: &[u8]) -> bool {
+        match self {
+            Detector::CardNumber => luhn_valid(m),
+            Detector::UsSsn => ssn_valid(m),
+            Detector::Iban => iban_valid(m),
+            Detector::Phone => {
+                let digits = m.iter().filter(|b| b.is_ascii_digit()).count();
+                (7..=15).contains(&digits)
+            }
+            Detector::Ipv6 => std::str::from_utf8(m)
+                .ok()
+                .is_some_and(|s| s.matches(':').count() >= 2 && s.parse::<std::net::Ipv6Addr>().is_ok()),
+            _ => true,
+        }
+    }
+}
+
+impl FromStr for Detector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Detector::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| format!("unknown detector `{s}`"))
+    }
+}
+
+pub fn luhn_valid(m: &[u8]) -> bool {
+    let digits: Vec<u32> = m.iter().filter(|b| b.is_ascii_digit()).map(|b| u32::from(b - b'0')).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { *d })
+        .sum();
+    sum % 10 == 0
+}
+
+fn ssn_valid(m: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(m);
+    let mut parts = s.split('-');
+    let (Some(a), Some(g), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    a != "000" && a != "666" && !a.starts_with('9') && g != "00" && n != "0000"
+}
+
+pub fn iban_valid(m: &[u8]) -> bool {
+    let compact: Vec<u8> = m.iter().copied().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let (head, tail) = compact.split_at(4);
+    let mut rem: u32 = 0;
+    for b in tail.iter().chain(head) {
+        let v = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+    }
+    rem == 1
+}
+
+/// How a sensitive value is rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskStyle {
+    /// `[redacted:<what>]`: nothing of the value remains, not even its length.
+    Full,
+    /// Letters and digits become `*` except the last N; separators stay
+    /// (`****-****-****-1111`).
+    Partial(usize),
+    /// A keyed hash (HMAC-SHA-256, 96 bits): equal values stay equal, so joins and
+    /// GROUP BY still work, but the value cannot be recovered without the key.
+    Hash,
+    /// SQL NULL (a detector match nulls the whole value).
+    Null,
+}
+
+impl FromStr for MaskStyle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(MaskStyle::Full),
+            "hash" => Ok(MaskStyle::Hash),
+            "null" => Ok(MaskStyle::Null),
+            _ => match s.strip_prefix("partial:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n <= 64 => Ok(MaskStyle::Partial(n)),
+                _ => Err(format!("unknown mask style `{s}` (full, partial:N, hash, null)")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for MaskStyle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaskStyle::Full => f.write_str("full"),
+            MaskStyle::Partial(n) => write!(f, "partial:{n}"),
+            MaskStyle::Hash => f.write_str("hash"),
+            MaskStyle::Null => f.write_str("null"),
+        }
+    }
+}
+
+/// A column name pattern: `column`, `table.column` or `schema.table.column`, each
+/// part a glob, case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPattern {
+    schema: Option<String>,
+    table: Option<String>,
+    column: String,
+}
+
+impl ColumnPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let parts: Vec<String> = text.split('.').map(|p| p.trim().to_lowercase()).collect();
+        if parts.iter().any(String::is_empty) {
+            return Err(format!("column pattern `{text}` has an empty part"));
+        }
+        match parts.as_slice() {
+            [c] => Ok(Self { schema: None, table: None, column: c.clone() }),
+            [t, c] => Ok(Self { schema: None, table: Some(t.clone()), column: c.clone() }),
+            [s, t, c] => Ok(Self { schema: Some(s.clone()), table: Some(t.clone()), column: c.clone() }),
+            _ => Err(format!("column pattern `{text}` has more than three parts")),
+        }
+    }
+
+    /// A part the pattern names must be known and match; `*` also matches unknown.
+    pub fn matches(&self, c: &ColumnRef<'_>) -> bool {
+        fn part(p: &Option<String>, v: Option<&str>) -> bool {
+            match (p.as_deref(), v) {
+                (None | Some("*"), _) => true,
+                (Some(p), Some(v)) => glob::matches(p, &v.to_lowercase()),
+                (Some(_), None) => false,
+            }
+        }
+        glob::matches(&self.column, &c.column.to_lowercase()) && part(&self.table, c.table) && part(&self.schema, c.schema)
+    }
+}
+
+struct Finder {
+    label: String,
+    regex: Regex,
+    detector: Option<Detector>,
+    style: MaskStyle,
+}
+
+/// A compiled set of masking rules; implements [`Masker`].
+pub struct MaskingEngine {
+    set: RegexSet,
+    finders: Vec<Finder>,
+    columns: Vec<(ColumnPattern, MaskStyle)>,
+    key: hmac::Key,
+}
+
+/// What to build a [`MaskingEngine`] from.
+pub struct MaskingRules {
+    pub detectors: Vec<(Detector, MaskStyle)>,
+    /// Name, regex, style.
+    pub custom: Vec<(String, String, MaskStyle)>,
+    pub columns: Vec<(ColumnPattern, MaskStyle)>,
+}
+
+const REGEX_SIZE_LIMIT: usize = 4 << 20;
+
+impl MaskingEngine {
+    /// `hash_key` keys the `hash` style; derive it from the gateway's master key.
+    pub fn new(rules: MaskingRules, hash_key: &[u8]) -> Result<Self, String> {
+        let mut finders = Vec::new();
+        for (d, style) in rules.detectors {
+            if finders.iter().any(|f: &Finder| f.detector == Some(d)) {
+                continue;
+            }
+            let regex = RegexBuilder::new(d.pattern())
+                .unicode(false)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| format!("detector {}: {e}", d.name()))?;
+            finders.push(Finder { label: d.name().to_string(), regex, detector: Some(d), style });
+        }
+        for (name, pattern, style) in rules.custom {
+            let regex = RegexBuilder::new(&pattern)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| format!("custom detector `{name}`: {e}"))?;
+            if regex.is_match(b"") {
+                return Err(format!("custom detector `{name}` matches the empty string"));
+            }
+            finders.push(Finder { label: name, regex, detector: None, style });
+        }
+        let set = RegexSetBuilder::new(finders.iter().map(|f| f.regex.as_str()))
+            .unicode(false)
+            .size_limit(REGEX_SIZE_LIMIT * 4)
+            .build()
+            .or_else(|_| {
+                // Custom patterns may need Unicode; build the set with it then.
+                RegexSetBuilder::new(finders.iter().map(|f| f.regex.as_str()))
+                    .size_limit(REGEX_SIZE_LIMIT * 4)
+                    .build()
+            })
+            .map_err(|e| format!("detector set: {e}"))?;
+        Ok(Self {
+            set,
+            finders,
+            columns: rules.columns,
+            key: hmac::Key::new(hmac::HMAC_SHA256, hash_key),
+        })
+    }
+
+    fn styled(&self, style: MaskStyle, label: &str, value: &[u8]) -> Option<Vec<u8>> {
+        match style {
+            MaskStyle::Full => Some(format!("[redacted:{label}]").into_bytes()),
+            MaskStyle::Null => None,
+            MaskStyle::Hash => {
+                let tag = hmac::sign(&self.key, value);
+                let hex: String = tag.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect();
+                Some(format!("h:{hex}").into_bytes())
+            }
+            MaskStyle::Partial(keep) => {
+                let text = String::from_utf8_lossy(value);
+                let total = text.chars().filter(|c| c.is_alphanumeric()).count();
+                let mut seen = 0;
+                Some(
+                    text.chars()
+                        .map(|c| {
+                            if c.is_alphanumeric() {
+                                seen += 1;
+                                if seen + keep > total { c } else { '*' }
+                            } else {
+                                c
+                            }
+                        })
+                        .collect::<String>()
+                        .into_bytes(),
+                )
+            }
+        }
+    }
+
+    /// The accepted, non-overlapping matches in `value`, earliest (then longest) first.
+    fn find(&self, value: &[u8]) -> Vec<(usize, usize, usize)> {
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        for idx in self.set.matches(value).iter() {
+            let f = &self.finders[idx];
+            for m in f.regex.find_iter(value) {
+                if m.is_empty() {
+                    continue;
+                }
+                if f.detector.is_none_or(|d| d.accepts(m.as_bytes())) {
+                    spans.push((m.start(), m.end(), idx));
+                }
+            }
+        }
+        spans.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut kept: Vec<(usize, usize, usize)> = Vec::with_capacity(spans.len());
+        for s in spans {
+            if kept.last().is_none_or(|k| s.0 >= k.1) {
+                kept.push(s);
+            }
+        }
+        kept
+    }
+
+    /// Masks `value` and also names what was found (for recordings and tests).
+    pub fn mask_explained(&self, rule: Option<ColumnRuleId>, value: &[u8]) -> (Masked, Vec<String>) {
+        if let Some(ColumnRuleId(i)) = rule {
+            if let Some((_, style)) = self.columns.get(i) {
+                let masked = match self.styled(*style, "column", value) {
+                    Some(v) => Masked::Replaced(v),
+                    None => Masked::Null,
+                };
+                return (masked, vec!["column".into()]);
+            }
+        }
+        if !self.set.is_match(value) {
+            return (Masked::Unchanged, Vec::new());
+        }
+        let spans = self.find(value);
+        if spans.is_empty() {
+            return (Masked::Unchanged, Vec::new());
+        }
+        let labels: Vec<String> = spans.iter().map(|s| self.finders[s.2].label.clone()).collect();
+        let mut out = Vec::with_capacity(value.len());
+        let mut at = 0;
+        for (start, end, idx) in spans {
+            let f = &self.finders[idx];
+            out.extend_from_slice(&value[at..start]);
+            match self.styled(f.style, &f.label, &value[start..end]) {
+                Some(rep) => out.extend_from_slice(&rep),
+                None => return (Masked::Null, labels),
+            }
+            at = end;
+        }
+        out.extend_from_slice(&value[at..]);
+        (Masked::Replaced(out), labels)
+    }
+}
+
+impl Masker for MaskingEngine {
+    fn column_rule(&self, column: &ColumnRef<'_>) -> Option<ColumnRuleId> {
+        self.columns.iter().position(|(p, _)| p.matches(column)).map(ColumnRuleId)
+    }
+
+    fn mask(&self, rule: Option<ColumnRuleId>, value: &[u8]) -> Masked {
+        self.mask_explained(rule, value).0
+    }
+
+    fn is_active(&self) -> bool {
+        !self.finders.is_empty() || !self.columns.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(style: MaskStyle) -> MaskingEngine {
+        let rules = MaskingRules {
+            detectors: Detector::ALL.iter().map(|d| (*d, style)).collect(),
+            custom: vec![("employee_id".into(), r"EMP-\d{6}".into(), style)],
+            columns: vec![
+                (ColumnPattern::parse("*.ssn").unwrap_or_else(|e| unreachable!("{e}")), MaskStyle::Full),
+                (ColumnPattern::parse("*password*").unwrap_or_else(|e| unreachable!("{e}")), MaskStyle::Null),
+            ],
+        };
+        MaskingEngine::new(rules, b"test-key").unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn masked(e: &MaskingEngine, v: &str) -> String {
+        match e.mask(None, v.as_bytes()) {
+            Masked::Unchanged => v.to_string(),
+            Masked::Replaced(b) => String::from_utf8_lossy(&b).into_owned(),
+            Masked::Null => "NULL".into(),
+        }
+    }
+
+    #[test]
+    fn detectors_mask_and_checksums_spare_lookalikes() {
+        let e = engine(MaskStyle::Full);
+        let cases = [
+            ("mail alice@example.com now", "mail [redacted:email] now"),
+            ("card 4111 1111 1111 1111.", "card [redacted:card_number]."),
+            ("card 4111111111111112", "card 4111111111111112"),
+            ("ssn 123-45-6789", "ssn [redacted:us_ssn]"),
+            ("ssn 666-45-6789", "ssn 666-45-6789"),
+            ("call +14155550123", "call [redacted:phone]"),
+            ("call (415) 555-0123", "call [redacted:phone]"),
+            ("call 030 1234 5678", "call [redacted:phone]"),
+            ("iban DE89 3704 0044 0532 0130 00", "iban [redacted:iban]"),
+            ("iban GB82WEST12345698765433", "iban GB82WEST12345698765433"),
+            ("from 10.1.2.3", "from [redacted:ipv4]"),
+            ("from 2001:db8::1 ok", "from [redacted:ipv6] ok"),
+            ("at 12:30:45", "at 12:30:45"),
+            ("key AKIAIOSFODNN7EXAMPLE", "key [redacted:aws_access_key]"),
+            ("ghp_0123456789abcdefghijklmnopqrstuvwxyz", "[redacted:secret_token]"),
+            ("password=hunter22", "[redacted:secret_token]"),
+            ("id EMP-123456", "id [redacted:employee_id]"),
+            ("nothing to see", "nothing to see"),
+            ("order 1234 on 2026-11-29", "order 1234 on 2026-11-29"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(masked(&e, input), want, "{input}");
+        }
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijk";
+        assert_eq!(masked(&e, jwt), "[redacted:jwt]");
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(masked(&e, pem), "[redacted:pem_private_key]");
+    }
+
+    #[test]
+    fn styles() {
+        let e = engine(MaskStyle::Partial(4));
+        assert_eq!(masked(&e, "4111-1111-1111-1111"), "****-****-****-1111");
+        let h = engine(MaskStyle::Hash);
+        let a = masked(&h, "alice@example.com");
+        assert!(a.starts_with("h:") && a.len() == 26, "{a}");
+        assert_eq!(a, masked(&h, "alice@example.com"));
+        assert_ne!(a, masked(&h, "bob@example.com"));
+        let n = engine(MaskStyle::Null);
+        assert_eq!(masked(&n, "x alice@example.com"), "NULL");
+    }
+
+    #[test]
+    fn column_rules_mask_whatever_the_value() {
+        let e = engine(MaskStyle::Full);
+        let col = |s: Option<&'static str>, t: Option<&'static str>, c: &'static str| ColumnRef { schema: s, table: t, column: c };
+        let ssn = e.column_rule(&col(Some("public"), Some("people"), "SSN"));
+        assert!(ssn.is_some());
+        assert_eq!(e.mask(ssn, b"42"), Masked::Replaced(b"[redacted:column]".to_vec()));
+        let pw = e.column_rule(&col(None, None, "db_password_hash"));
+        assert_eq!(e.mask(pw, b"x"), Masked::Null);
+        // `*` matches an unknown table too; a named table must be known.
+        assert!(e.column_rule(&col(None, None, "ssn")).is_some());
+        assert!(e.column_rule(&col(None, Some("t"), "name")).is_none());
+    }
+
+    #[test]
+    fn checksums() {
+        assert!(luhn_valid(b"4111111111111111"));
+        assert!(!luhn_valid(b"4111111111111112"));
+        assert!(iban_valid(b"GB82WEST12345698765432"));
+        assert!(!iban_valid(b"GB82WEST12345698765433"));
+    }
+}
