@@ -407,12 +407,17 @@ pub fn expand_args(args: &[String]) -> Vec<String> {
     out
 }
 
-/// `//`, `/./` and trailing slashes make no difference to the target of a path.
+/// `//`, `/./` and trailing slashes make no difference to the target of a path, and
+/// a trailing `/*` (which the shell expands to everything inside) targets the
+/// directory itself.
 fn normalize_path_arg(a: &str) -> String {
     if !a.starts_with('/') {
         return a.to_string();
     }
-    let parts: Vec<&str> = a.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let mut parts: Vec<&str> = a.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.last() == Some(&"*") {
+        parts.pop();
+    }
     format!("/{}", parts.join("/"))
 }
 
