@@ -19,6 +19,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "store",
     "secrets",
     "auth",
+    "policies",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +42,9 @@ pub struct Config {
     pub secrets: SecretsConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Guardrail, review and masking sets defined here are read-only in the API.
+    #[serde(default)]
+    pub policies: warden_policy::PolicyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +211,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             secrets: SecretsConfig::default(),
             auth: AuthConfig::default(),
+            policies: warden_policy::PolicyConfig::default(),
         }
     }
 }
@@ -311,6 +316,7 @@ impl Config {
                 "auth.api_key_default_ttl_secs exceeds auth.api_key_max_ttl_secs".into(),
             );
         }
+        crate::policy::validate_config_sets(&self.policies).map_err(ConfigError::Invalid)?;
         for (i, o) in self.auth.oidc.iter().enumerate() {
             let at = format!("auth.oidc[{i}]");
             check_issuer_url(&o.issuer)

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 mod bootstrap;
 pub mod config;
+pub mod policy;
 mod server;
 
 pub use config::Config;
@@ -81,7 +82,17 @@ impl Gateway {
                 }),
             ))
             .await?;
-        let app = api::router(api::AppState::new(store.clone(), auth, config.clone()));
+        let policies = policy::PolicyRegistry::new(
+            config.policies.clone(),
+            store.clone(),
+            key.derive("warden masking hash key v1"),
+        );
+        let app = api::router(api::AppState::new(
+            store.clone(),
+            auth,
+            policies,
+            config.clone(),
+        ));
         let (shutdown, rx) = watch::channel(false);
         let has_tls = tls.is_some();
         let server = tokio::spawn(server::serve(listener, tls, app, rx));

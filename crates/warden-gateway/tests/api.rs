@@ -733,3 +733,220 @@ async fn garbage_on_the_wire_ends_that_connection_only() {
     }
     assert_eq!(gw.admin("GET", "/api/me", None).await.0, 200);
 }
+
+both_stores!(policies_api_manages_sets_and_evaluates);
+async fn policies_api_manages_sets_and_evaluates(backend: Backend) {
+    let gw = TestGateway::start(backend, None).await;
+
+    // Config-file sets are listed, read-only.
+    let (status, list) = gw.admin("GET", "/api/policies", None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["guardrails"][0]["name"], "no-drops");
+    assert_eq!(list["guardrails"][0]["source"], "config");
+    assert_eq!(list["masking"][0]["name"], "pii");
+    let (status, body) = gw
+        .admin(
+            "PUT",
+            "/api/policies/guardrails/no-drops",
+            Some(json!({"rules": []})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("policy_read_only"))
+    );
+
+    // API sets: validated, created, replaced.
+    let reviews = json!({"rules": [{"name": "writes", "sql_statements": ["dml"]}]});
+    let (status, body) = gw
+        .admin(
+            "PUT",
+            "/api/policies/guardrails/risky-writes",
+            Some(reviews.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = gw
+        .admin(
+            "PUT",
+            "/api/policies/guardrails/risky-writes",
+            Some(reviews),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for (bad, needle) in [
+        (json!({"rules": [{"name": "r"}]}), "exactly one matcher"),
+        (
+            json!({"rules": [{"name": "r", "sql_statements": ["explode"]}]}),
+            "unknown SQL statement kind",
+        ),
+        (json!({"name": "other", "rules": []}), "must match the path"),
+        (json!({"rules": [], "surprise": 1}), "unknown field"),
+    ] {
+        let (status, body) = gw
+            .admin("PUT", "/api/policies/guardrails/x", Some(bad.clone()))
+            .await;
+        assert_eq!(status, 400, "{bad} -> {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{bad} -> {body}"
+        );
+    }
+    let (status, body) = gw
+        .admin(
+            "PUT",
+            "/api/policies/masking/ids",
+            Some(
+                json!({"custom": [{"name": "emp", "regex": "EMP-[0-9]{6}"}], "style": "partial:2"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = gw
+        .admin(
+            "PUT",
+            "/api/policies/masking/bad",
+            Some(json!({"custom": [{"name": "x", "regex": "("}]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        gw.admin("GET", "/api/policies/masking/ids", None).await.1["source"],
+        "api"
+    );
+    assert_eq!(
+        gw.admin("GET", "/api/policies/nonsense/ids", None).await.0,
+        404
+    );
+
+    // Connections may attach only sets that exist.
+    let mut conn = pg_connection("billing", &["dba"]);
+    conn["policies"] =
+        json!({"guardrails": ["no-drops"], "reviews": ["risky-writes"], "masking": ["pii", "ids"]});
+    assert_eq!(
+        gw.admin("POST", "/api/connections", Some(conn)).await.0,
+        201
+    );
+    let (status, body) = gw
+        .admin(
+            "PATCH",
+            "/api/connections/billing",
+            Some(json!({"policies": {"masking": ["typo"]}})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("unknown_policy"))
+    );
+
+    // Evaluate against the connection's sets.
+    let eval = |body: Value| gw.admin("POST", "/api/policies/evaluate", Some(body));
+    let (_, r) = eval(json!({"connection": "billing", "sql": "SELECT 1; DROP TABLE users"})).await;
+    assert_eq!(r["decision"]["outcome"], "deny", "{r}");
+    assert_eq!(r["decision"]["rule"], "no-drops/no-ddl");
+    let (_, r) =
+        eval(json!({"connection": "billing", "sql": "UPDATE t SET a = 1 WHERE id = 2"})).await;
+    assert_eq!(
+        r["decision"],
+        json!({"outcome": "review", "rule": "risky-writes/writes"})
+    );
+    let (_, r) = eval(json!({"connection": "billing", "sql": "SELECT * FROM t"})).await;
+    assert_eq!(r["decision"], json!({"outcome": "allow"}));
+    let (_, r) = eval(json!({"connection": "billing", "values": [
+        {"value": "mail bob@example.com, card 4111 1111 1111 1111"},
+        {"column": "public.people.ssn", "value": "078-05-1120"},
+        {"value": "badge EMP-123456"},
+        {"value": "nothing here"},
+    ]}))
+    .await;
+    assert_eq!(
+        r["masked"][0]["value"], "mail [redacted:email], card [redacted:card_number]",
+        "{r}"
+    );
+    assert_eq!(r["masked"][0]["found"], json!(["email", "card_number"]));
+    assert_eq!(r["masked"][1]["value"], "[redacted:column]");
+    assert_eq!(r["masked"][2]["value"], "badge ***-****56");
+    assert_eq!(r["masked"][3]["value"], "nothing here");
+    let (status, r) =
+        eval(json!({"policies": {"guardrails": ["missing"]}, "sql": "SELECT 1"})).await;
+    assert_eq!(
+        (status, r["error"]["code"].as_str()),
+        (400, Some("unknown_policy"))
+    );
+
+    // A set in use cannot be deleted; once detached it can.
+    let (status, body) = gw.admin("DELETE", "/api/policies/masking/ids", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("policy_in_use"))
+    );
+    assert_eq!(
+        gw.admin(
+            "PATCH",
+            "/api/connections/billing",
+            Some(json!({"policies": {"masking": ["pii"]}}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        gw.admin("DELETE", "/api/policies/masking/ids", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        gw.admin("DELETE", "/api/policies/masking/ids", None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        gw.admin("DELETE", "/api/policies/guardrails/no-drops", None)
+            .await
+            .0,
+        409
+    );
+
+    // Every change is audited, and the chain holds.
+    let kinds: Vec<String> = gw
+        .audit_events("policy.")
+        .await
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["policy.put", "policy.put", "policy.put", "policy.delete"]
+    );
+    assert_eq!(
+        gw.admin("GET", "/api/audit/verify", None).await.1["ok"],
+        true
+    );
+
+    // Non-admins may not manage or evaluate policies.
+    let (_, key) = gw
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "u", "groups": ["dba"]})),
+        )
+        .await;
+    let user = key["token"].as_str().unwrap();
+    assert_eq!(
+        gw.call("GET", "/api/policies", Some(user), None).await.0,
+        403
+    );
+    assert_eq!(
+        gw.call(
+            "POST",
+            "/api/policies/evaluate",
+            Some(user),
+            Some(json!({"sql": "SELECT 1"}))
+        )
+        .await
+        .0,
+        403
+    );
+}

@@ -7,11 +7,11 @@
 
 use warden_core::{Action, Decision, Guard};
 
+use crate::glob;
 use crate::http::{HttpPattern, normalize_path};
 use crate::shell::{self, Pipeline, SimpleCommand, expand_args};
 use crate::spec::{Fallback, GuardrailSet, PolicyError, RuleAction, sql_kinds};
 use crate::sql::{self, SqlAnalysis, SqlKind};
-use crate::glob;
 
 #[derive(Debug)]
 enum Matcher {
@@ -59,25 +59,44 @@ impl ShellPattern {
         let mut segments = Vec::new();
         for seg in text.split('|') {
             let mut words = seg.split_whitespace();
-            let program = words.next().ok_or_else(|| format!("shell pattern `{text}` has an empty segment"))?;
+            let program = words
+                .next()
+                .ok_or_else(|| format!("shell pattern `{text}` has an empty segment"))?;
             let args: Vec<String> = words.map(String::from).collect();
             segments.push(ShellSegment {
                 program: program.rsplit('/').next().unwrap_or(program).to_string(),
-                args: expand_args(&args).into_iter().filter(|a| !(a.len() > 2 && a.starts_with('-') && !a.starts_with("--") && args.contains(a))).collect(),
+                args: expand_args(&args)
+                    .into_iter()
+                    .filter(|a| {
+                        !(a.len() > 2
+                            && a.starts_with('-')
+                            && !a.starts_with("--")
+                            && args.contains(a))
+                    })
+                    .collect(),
             });
         }
-        Ok(Self { text: text.to_string(), segments })
+        Ok(Self {
+            text: text.to_string(),
+            segments,
+        })
     }
 
     fn segment_matches(seg: &ShellSegment, cmd: &SimpleCommand, expanded: &[String]) -> bool {
-        glob::matches(&seg.program, &cmd.program) && seg.args.iter().all(|p| expanded.iter().any(|a| glob::matches(p, a)))
+        glob::matches(&seg.program, &cmd.program)
+            && seg
+                .args
+                .iter()
+                .all(|p| expanded.iter().any(|a| glob::matches(p, a)))
     }
 
     fn matches(&self, pipeline: &Pipeline) -> bool {
         let expanded: Vec<Vec<String>> = pipeline.iter().map(|c| expand_args(&c.args)).collect();
         let mut at = 0;
         for seg in &self.segments {
-            match (at..pipeline.len()).find(|i| Self::segment_matches(seg, &pipeline[*i], &expanded[*i])) {
+            match (at..pipeline.len())
+                .find(|i| Self::segment_matches(seg, &pipeline[*i], &expanded[*i]))
+            {
                 Some(i) => at = i + 1,
                 None => return false,
             }
@@ -125,11 +144,21 @@ struct Hit {
 impl Guardrails {
     /// `guardrails` decide with each rule's own action; every rule of a `reviews`
     /// set holds the action for review instead.
-    pub fn compile(guardrails: &[GuardrailSet], reviews: &[GuardrailSet]) -> Result<Self, PolicyError> {
+    pub fn compile(
+        guardrails: &[GuardrailSet],
+        reviews: &[GuardrailSet],
+    ) -> Result<Self, PolicyError> {
         let mut sets = Vec::new();
-        for (set, force_review) in guardrails.iter().map(|s| (s, false)).chain(reviews.iter().map(|s| (s, true))) {
+        for (set, force_review) in guardrails
+            .iter()
+            .map(|s| (s, false))
+            .chain(reviews.iter().map(|s| (s, true)))
+        {
             set.validate()?;
-            let err = |m: String| PolicyError { set: set.name.clone(), message: m };
+            let err = |m: String| PolicyError {
+                set: set.name.clone(),
+                message: m,
+            };
             let mut rules = Vec::new();
             for r in &set.rules {
                 let matcher = if !r.sql_statements.is_empty() {
@@ -141,13 +170,26 @@ impl Guardrails {
                 } else if r.sql_unbounded_writes {
                     Matcher::SqlUnbounded
                 } else if !r.sql_write_tables.is_empty() {
-                    Matcher::SqlWriteTables(r.sql_write_tables.iter().map(|t| t.to_lowercase()).collect())
+                    Matcher::SqlWriteTables(
+                        r.sql_write_tables
+                            .iter()
+                            .map(|t| t.to_lowercase())
+                            .collect(),
+                    )
                 } else if r.sql_read_only {
                     Matcher::SqlReadOnly
                 } else if !r.sql_functions.is_empty() {
-                    Matcher::SqlFunctions(r.sql_functions.iter().map(|f| f.to_lowercase()).collect())
+                    Matcher::SqlFunctions(
+                        r.sql_functions.iter().map(|f| f.to_lowercase()).collect(),
+                    )
                 } else if !r.shell.is_empty() {
-                    Matcher::Shell(r.shell.iter().map(|p| ShellPattern::parse(p)).collect::<Result<_, _>>().map_err(err)?)
+                    Matcher::Shell(
+                        r.shell
+                            .iter()
+                            .map(|p| ShellPattern::parse(p))
+                            .collect::<Result<_, _>>()
+                            .map_err(err)?,
+                    )
                 } else {
                     Matcher::Http(
                         r.http
@@ -159,7 +201,11 @@ impl Guardrails {
                 };
                 rules.push(Rule {
                     id: format!("{}/{}", set.name, r.name),
-                    action: if force_review { RuleAction::Review } else { r.action },
+                    action: if force_review {
+                        RuleAction::Review
+                    } else {
+                        r.action
+                    },
                     reason: r.reason.clone(),
                     matcher,
                 });
@@ -190,7 +236,10 @@ impl Guardrails {
             let rule = format!("{}/{what}", set.name);
             match fallback {
                 Fallback::Deny => {
-                    return Decision::Deny { rule, reason: format!("{detail}; denied because it cannot be checked") };
+                    return Decision::Deny {
+                        rule,
+                        reason: format!("{detail}; denied because it cannot be checked"),
+                    };
                 }
                 Fallback::Review => review = review.or(Some(rule)),
                 Fallback::Allow => {}
@@ -204,7 +253,10 @@ impl Guardrails {
 
     fn decide_hits(&self, hits: Vec<Hit>) -> Decision {
         if let Some(h) = hits.iter().find(|h| h.action == RuleAction::Deny) {
-            return Decision::Deny { rule: h.rule.clone(), reason: h.reason.clone() };
+            return Decision::Deny {
+                rule: h.rule.clone(),
+                reason: h.reason.clone(),
+            };
         }
         match hits.into_iter().next() {
             Some(h) => Decision::Review { rule: h.rule },
@@ -216,8 +268,13 @@ impl Guardrails {
         let mut hits = Vec::new();
         for set in &self.sets {
             for rule in &set.rules {
-                if let Some(why) = sql_match(&rule.matcher, analysis, set.default_schema.as_deref()) {
-                    hits.push(Hit { rule: rule.id.clone(), action: rule.action, reason: rule.reason.clone().unwrap_or(why) });
+                if let Some(why) = sql_match(&rule.matcher, analysis, set.default_schema.as_deref())
+                {
+                    hits.push(Hit {
+                        rule: rule.id.clone(),
+                        action: rule.action,
+                        reason: rule.reason.clone().unwrap_or(why),
+                    });
                 }
             }
         }
@@ -228,7 +285,9 @@ impl Guardrails {
         let mut hits = Vec::new();
         for set in &self.sets {
             for rule in &set.rules {
-                let Matcher::Shell(patterns) = &rule.matcher else { continue };
+                let Matcher::Shell(patterns) = &rule.matcher else {
+                    continue;
+                };
                 for p in patterns {
                     if let Some(pl) = pipelines.iter().find(|pl| p.matches(pl)) {
                         let programs: Vec<&str> = pl.iter().map(|c| c.program.as_str()).collect();
@@ -251,13 +310,19 @@ impl Guardrails {
         let mut hits = Vec::new();
         for set in &self.sets {
             for rule in &set.rules {
-                let Matcher::Http(patterns) = &rule.matcher else { continue };
+                let Matcher::Http(patterns) = &rule.matcher else {
+                    continue;
+                };
                 if let Some((text, _)) = patterns.iter().find(|(_, p)| p.matches(method, path)) {
                     hits.push(Hit {
                         rule: rule.id.clone(),
                         action: rule.action,
                         reason: rule.reason.clone().unwrap_or_else(|| {
-                            format!("{} /{} matches `{text}`", method.to_ascii_uppercase(), path.join("/"))
+                            format!(
+                                "{} /{} matches `{text}`",
+                                method.to_ascii_uppercase(),
+                                path.join("/")
+                            )
                         }),
                     });
                 }
@@ -300,17 +365,22 @@ fn sql_match(m: &Matcher, a: &SqlAnalysis, default_schema: Option<&str>) -> Opti
             .iter()
             .find(|s| kinds.iter().any(|k| s.kind.covered_by(*k)))
             .map(|s| format!("{} statements are not allowed", kind_name(s.kind))),
-        Matcher::SqlUnbounded => a
-            .statements
-            .iter()
-            .find(|s| s.unbounded)
-            .map(|s| format!("{} without a WHERE clause is not allowed", kind_name(s.kind))),
+        Matcher::SqlUnbounded => a.statements.iter().find(|s| s.unbounded).map(|s| {
+            format!(
+                "{} without a WHERE clause is not allowed",
+                kind_name(s.kind)
+            )
+        }),
         Matcher::SqlWriteTables(patterns) => {
             for s in &a.statements {
                 if s.kind == SqlKind::SetSearchPath {
                     return Some("changing the search path is not allowed where writes to some tables are protected".into());
                 }
-                if let Some(t) = s.writes.iter().find(|t| patterns.iter().any(|p| table_matches(p, t, default_schema))) {
+                if let Some(t) = s
+                    .writes
+                    .iter()
+                    .find(|t| patterns.iter().any(|p| table_matches(p, t, default_schema)))
+                {
                     return Some(format!("{} on `{t}` is not allowed", kind_name(s.kind)));
                 }
             }
@@ -320,13 +390,20 @@ fn sql_match(m: &Matcher, a: &SqlAnalysis, default_schema: Option<&str>) -> Opti
             .statements
             .iter()
             .find(|s| !s.kind.is_read_only())
-            .map(|s| format!("the connection is read-only: {} is not allowed", kind_name(s.kind))),
+            .map(|s| {
+                format!(
+                    "the connection is read-only: {} is not allowed",
+                    kind_name(s.kind)
+                )
+            }),
         Matcher::SqlFunctions(patterns) => a
             .functions
             .iter()
             .find(|f| {
                 let last = f.rsplit('.').next().unwrap_or(f);
-                patterns.iter().any(|p| glob::matches(p, f) || glob::matches(p, last))
+                patterns
+                    .iter()
+                    .any(|p| glob::matches(p, f) || glob::matches(p, last))
             })
             .map(|f| format!("calling `{f}` is not allowed")),
         Matcher::Shell(_) | Matcher::Http(_) => None,
@@ -352,14 +429,14 @@ impl Guard for Guardrails {
                 match shell::parse(command) {
                     Ok(p) => {
                         let decision = self.shell(&p);
-                        if decision == Decision::Allow {
-                            if let Some(c) = p.iter().flatten().find(|c| c.dynamic) {
-                                return self.unevaluable(
-                                    Domain::Shell,
-                                    "unparsable_shell",
-                                    &format!("the program `{}` is only known at run time", c.program),
-                                );
-                            }
+                        if decision == Decision::Allow
+                            && let Some(c) = p.iter().flatten().find(|c| c.dynamic)
+                        {
+                            return self.unevaluable(
+                                Domain::Shell,
+                                "unparsable_shell",
+                                &format!("the program `{}` is only known at run time", c.program),
+                            );
                         }
                         decision
                     }

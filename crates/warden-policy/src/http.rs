@@ -61,16 +61,26 @@ impl HttpPattern {
         if !path.trim().starts_with('/') {
             return Err(format!("`{text}`: the path must start with `/`"));
         }
-        let methods = (method != "*").then(|| method.split(',').map(|m| m.trim().to_ascii_uppercase()).collect());
-        let segments = path.trim().split('/').filter(|s| !s.is_empty()).map(String::from).collect();
+        let methods = (method != "*").then(|| {
+            method
+                .split(',')
+                .map(|m| m.trim().to_ascii_uppercase())
+                .collect()
+        });
+        let segments = path
+            .trim()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         Ok(Self { methods, segments })
     }
 
     pub fn matches(&self, method: &str, path: &[String]) -> bool {
-        if let Some(ms) = &self.methods {
-            if !ms.iter().any(|m| m.eq_ignore_ascii_case(method)) {
-                return false;
-            }
+        if let Some(ms) = &self.methods
+            && !ms.iter().any(|m| m.eq_ignore_ascii_case(method))
+        {
+            return false;
         }
         segments_match(&self.segments, path)
     }
@@ -79,7 +89,9 @@ impl HttpPattern {
 fn segments_match(pattern: &[String], path: &[String]) -> bool {
     match pattern.split_first() {
         None => path.is_empty(),
-        Some((p, rest)) if p == "**" => (0..=path.len()).any(|skip| segments_match(rest, &path[skip..])),
+        Some((p, rest)) if p == "**" => {
+            (0..=path.len()).any(|skip| segments_match(rest, &path[skip..]))
+        }
         Some((p, rest)) => match path.split_first() {
             Some((s, path_rest)) => crate::glob::matches(p, s) && segments_match(rest, path_rest),
             None => false,
@@ -94,15 +106,22 @@ mod tests {
     #[test]
     fn normalizes_tricks() {
         let n = |p: &str| normalize_path(p).unwrap_or_default().join("/");
-        assert_eq!(n("/api/v1/namespaces/../namespaces/prod"), "api/v1/namespaces/prod");
-        assert_eq!(n("//api//v1/./namespaces/%70rod?x=1"), "api/v1/namespaces/prod");
+        assert_eq!(
+            n("/api/v1/namespaces/../namespaces/prod"),
+            "api/v1/namespaces/prod"
+        );
+        assert_eq!(
+            n("//api//v1/./namespaces/%70rod?x=1"),
+            "api/v1/namespaces/prod"
+        );
         assert_eq!(n("/api/v1/namespaces%2Fprod"), "api/v1/namespaces/prod");
         assert!(normalize_path("/bad%zz").is_err());
     }
 
     #[test]
     fn patterns() {
-        let p = HttpPattern::parse("DELETE /api/v1/namespaces/*").unwrap_or_else(|e| unreachable!("{e}"));
+        let p = HttpPattern::parse("DELETE /api/v1/namespaces/*")
+            .unwrap_or_else(|e| unreachable!("{e}"));
         let path = normalize_path("/api/v1/namespaces/prod").unwrap_or_default();
         assert!(p.matches("delete", &path));
         assert!(!p.matches("GET", &path));

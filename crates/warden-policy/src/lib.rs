@@ -28,11 +28,20 @@ impl MaskingEngine {
     /// Compiles the union of several masking sets (detectors deduplicated: the first
     /// set naming a detector sets its style).
     pub fn from_sets(sets: &[MaskingSet], hash_key: &[u8]) -> Result<Self, PolicyError> {
-        let mut rules = MaskingRules { detectors: Vec::new(), custom: Vec::new(), columns: Vec::new() };
+        let mut rules = MaskingRules {
+            detectors: Vec::new(),
+            custom: Vec::new(),
+            columns: Vec::new(),
+        };
         for set in sets {
-            let err = |m: String| PolicyError { set: set.name.clone(), message: m };
+            let err = |m: String| PolicyError {
+                set: set.name.clone(),
+                message: m,
+            };
             let style: MaskStyle = set.style.parse().map_err(err)?;
-            rules.detectors.extend(set.detectors.iter().map(|d| (*d, style)));
+            rules
+                .detectors
+                .extend(set.detectors.iter().map(|d| (*d, style)));
             for c in &set.custom {
                 let s = match &c.style {
                     Some(s) => s.parse().map_err(err)?,
@@ -45,10 +54,19 @@ impl MaskingEngine {
                     Some(s) => s.parse().map_err(err)?,
                     None => MaskStyle::Full,
                 };
-                rules.columns.push((ColumnPattern::parse(&c.pattern).map_err(err)?, s));
+                rules
+                    .columns
+                    .push((ColumnPattern::parse(&c.pattern).map_err(err)?, s));
             }
         }
-        let set_names = sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
-        MaskingEngine::new(rules, hash_key).map_err(|m| PolicyError { set: set_names, message: m })
+        let set_names = sets
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        MaskingEngine::new(rules, hash_key).map_err(|m| PolicyError {
+            set: set_names,
+            message: m,
+        })
     }
 }

@@ -74,7 +74,9 @@ impl Detector {
 
     fn pattern(self) -> &'static str {
         match self {
-            Detector::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}",
+            Detector::Email => {
+                r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}"
+            }
             Detector::CardNumber => r"\b\d(?:[ -]?\d){12,18}\b",
             Detector::UsSsn => r"\b\d{3}-\d{2}-\d{4}\b",
             Detector::Phone => {
@@ -108,9 +110,9 @@ impl Detector {
                 let digits = m.iter().filter(|b| b.is_ascii_digit()).count();
                 (7..=15).contains(&digits)
             }
-            Detector::Ipv6 => std::str::from_utf8(m)
-                .ok()
-                .is_some_and(|s| s.matches(':').count() >= 2 && s.parse::<std::net::Ipv6Addr>().is_ok()),
+            Detector::Ipv6 => std::str::from_utf8(m).ok().is_some_and(|s| {
+                s.matches(':').count() >= 2 && s.parse::<std::net::Ipv6Addr>().is_ok()
+            }),
             _ => true,
         }
     }
@@ -127,7 +129,11 @@ impl FromStr for Detector {
 }
 
 pub fn luhn_valid(m: &[u8]) -> bool {
-    let digits: Vec<u32> = m.iter().filter(|b| b.is_ascii_digit()).map(|b| u32::from(b - b'0')).collect();
+    let digits: Vec<u32> = m
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| u32::from(b - b'0'))
+        .collect();
     if !(13..=19).contains(&digits.len()) {
         return false;
     }
@@ -135,9 +141,15 @@ pub fn luhn_valid(m: &[u8]) -> bool {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { *d })
+        .map(|(i, d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                *d
+            }
+        })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn ssn_valid(m: &[u8]) -> bool {
@@ -162,7 +174,11 @@ pub fn iban_valid(m: &[u8]) -> bool {
             b'A'..=b'Z' => u32::from(b - b'A') + 10,
             _ => return false,
         };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -191,7 +207,9 @@ impl FromStr for MaskStyle {
             "null" => Ok(MaskStyle::Null),
             _ => match s.strip_prefix("partial:").map(str::parse::<usize>) {
                 Some(Ok(n)) if n <= 64 => Ok(MaskStyle::Partial(n)),
-                _ => Err(format!("unknown mask style `{s}` (full, partial:N, hash, null)")),
+                _ => Err(format!(
+                    "unknown mask style `{s}` (full, partial:N, hash, null)"
+                )),
             },
         }
     }
@@ -224,9 +242,21 @@ impl ColumnPattern {
             return Err(format!("column pattern `{text}` has an empty part"));
         }
         match parts.as_slice() {
-            [c] => Ok(Self { schema: None, table: None, column: c.clone() }),
-            [t, c] => Ok(Self { schema: None, table: Some(t.clone()), column: c.clone() }),
-            [s, t, c] => Ok(Self { schema: Some(s.clone()), table: Some(t.clone()), column: c.clone() }),
+            [c] => Ok(Self {
+                schema: None,
+                table: None,
+                column: c.clone(),
+            }),
+            [t, c] => Ok(Self {
+                schema: None,
+                table: Some(t.clone()),
+                column: c.clone(),
+            }),
+            [s, t, c] => Ok(Self {
+                schema: Some(s.clone()),
+                table: Some(t.clone()),
+                column: c.clone(),
+            }),
             _ => Err(format!("column pattern `{text}` has more than three parts")),
         }
     }
@@ -240,7 +270,9 @@ impl ColumnPattern {
                 (Some(_), None) => false,
             }
         }
-        glob::matches(&self.column, &c.column.to_lowercase()) && part(&self.table, c.table) && part(&self.schema, c.schema)
+        glob::matches(&self.column, &c.column.to_lowercase())
+            && part(&self.table, c.table)
+            && part(&self.schema, c.schema)
     }
 }
 
@@ -282,7 +314,12 @@ impl MaskingEngine {
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map_err(|e| format!("detector {}: {e}", d.name()))?;
-            finders.push(Finder { label: d.name().to_string(), regex, detector: Some(d), style });
+            finders.push(Finder {
+                label: d.name().to_string(),
+                regex,
+                detector: Some(d),
+                style,
+            });
         }
         for (name, pattern, style) in rules.custom {
             let regex = RegexBuilder::new(&pattern)
@@ -292,7 +329,12 @@ impl MaskingEngine {
             if regex.is_match(b"") {
                 return Err(format!("custom detector `{name}` matches the empty string"));
             }
-            finders.push(Finder { label: name, regex, detector: None, style });
+            finders.push(Finder {
+                label: name,
+                regex,
+                detector: None,
+                style,
+            });
         }
         let set = RegexSetBuilder::new(finders.iter().map(|f| f.regex.as_str()))
             .unicode(false)
@@ -319,7 +361,10 @@ impl MaskingEngine {
             MaskStyle::Null => None,
             MaskStyle::Hash => {
                 let tag = hmac::sign(&self.key, value);
-                let hex: String = tag.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect();
+                let hex: String = tag.as_ref()[..12]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
                 Some(format!("h:{hex}").into_bytes())
             }
             MaskStyle::Partial(keep) => {
@@ -368,15 +413,19 @@ impl MaskingEngine {
     }
 
     /// Masks `value` and also names what was found (for recordings and tests).
-    pub fn mask_explained(&self, rule: Option<ColumnRuleId>, value: &[u8]) -> (Masked, Vec<String>) {
-        if let Some(ColumnRuleId(i)) = rule {
-            if let Some((_, style)) = self.columns.get(i) {
-                let masked = match self.styled(*style, "column", value) {
-                    Some(v) => Masked::Replaced(v),
-                    None => Masked::Null,
-                };
-                return (masked, vec!["column".into()]);
-            }
+    pub fn mask_explained(
+        &self,
+        rule: Option<ColumnRuleId>,
+        value: &[u8],
+    ) -> (Masked, Vec<String>) {
+        if let Some(ColumnRuleId(i)) = rule
+            && let Some((_, style)) = self.columns.get(i)
+        {
+            let masked = match self.styled(*style, "column", value) {
+                Some(v) => Masked::Replaced(v),
+                None => Masked::Null,
+            };
+            return (masked, vec!["column".into()]);
         }
         if !self.set.is_match(value) {
             return (Masked::Unchanged, Vec::new());
@@ -385,7 +434,10 @@ impl MaskingEngine {
         if spans.is_empty() {
             return (Masked::Unchanged, Vec::new());
         }
-        let labels: Vec<String> = spans.iter().map(|s| self.finders[s.2].label.clone()).collect();
+        let labels: Vec<String> = spans
+            .iter()
+            .map(|s| self.finders[s.2].label.clone())
+            .collect();
         let mut out = Vec::with_capacity(value.len());
         let mut at = 0;
         for (start, end, idx) in spans {
@@ -404,7 +456,10 @@ impl MaskingEngine {
 
 impl Masker for MaskingEngine {
     fn column_rule(&self, column: &ColumnRef<'_>) -> Option<ColumnRuleId> {
-        self.columns.iter().position(|(p, _)| p.matches(column)).map(ColumnRuleId)
+        self.columns
+            .iter()
+            .position(|(p, _)| p.matches(column))
+            .map(ColumnRuleId)
     }
 
     fn mask(&self, rule: Option<ColumnRuleId>, value: &[u8]) -> Masked {
@@ -425,8 +480,14 @@ mod tests {
             detectors: Detector::ALL.iter().map(|d| (*d, style)).collect(),
             custom: vec![("employee_id".into(), r"EMP-\d{6}".into(), style)],
             columns: vec![
-                (ColumnPattern::parse("*.ssn").unwrap_or_else(|e| unreachable!("{e}")), MaskStyle::Full),
-                (ColumnPattern::parse("*password*").unwrap_or_else(|e| unreachable!("{e}")), MaskStyle::Null),
+                (
+                    ColumnPattern::parse("*.ssn").unwrap_or_else(|e| unreachable!("{e}")),
+                    MaskStyle::Full,
+                ),
+                (
+                    ColumnPattern::parse("*password*").unwrap_or_else(|e| unreachable!("{e}")),
+                    MaskStyle::Null,
+                ),
             ],
         };
         MaskingEngine::new(rules, b"test-key").unwrap_or_else(|e| unreachable!("{e}"))
@@ -458,7 +519,10 @@ mod tests {
             ("from 2001:db8::1 ok", "from [redacted:ipv6] ok"),
             ("at 12:30:45", "at 12:30:45"),
             ("key AKIAIOSFODNN7EXAMPLE", "key [redacted:aws_access_key]"),
-            ("ghp_0123456789abcdefghijklmnopqrstuvwxyz", "[redacted:secret_token]"),
+            (
+                "ghp_0123456789abcdefghijklmnopqrstuvwxyz",
+                "[redacted:secret_token]",
+            ),
             ("password=hunter22", "[redacted:secret_token]"),
             ("id EMP-123456", "id [redacted:employee_id]"),
             ("nothing to see", "nothing to see"),
@@ -489,10 +553,17 @@ mod tests {
     #[test]
     fn column_rules_mask_whatever_the_value() {
         let e = engine(MaskStyle::Full);
-        let col = |s: Option<&'static str>, t: Option<&'static str>, c: &'static str| ColumnRef { schema: s, table: t, column: c };
+        let col = |s: Option<&'static str>, t: Option<&'static str>, c: &'static str| ColumnRef {
+            schema: s,
+            table: t,
+            column: c,
+        };
         let ssn = e.column_rule(&col(Some("public"), Some("people"), "SSN"));
         assert!(ssn.is_some());
-        assert_eq!(e.mask(ssn, b"42"), Masked::Replaced(b"[redacted:column]".to_vec()));
+        assert_eq!(
+            e.mask(ssn, b"42"),
+            Masked::Replaced(b"[redacted:column]".to_vec())
+        );
         let pw = e.column_rule(&col(None, None, "db_password_hash"));
         assert_eq!(e.mask(pw, b"x"), Masked::Null);
         // `*` matches an unknown table too; a named table must be known.

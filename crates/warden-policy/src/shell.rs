@@ -52,7 +52,10 @@ fn parse_depth(line: &str, depth: usize) -> Result<Vec<Pipeline>, ShellParseErro
     let mut pipeline: Pipeline = Vec::new();
     let mut words: Vec<(String, bool)> = Vec::new();
     let mut skip_next_word = false;
-    let flush_cmd = |words: &mut Vec<(String, bool)>, pipeline: &mut Pipeline, out: &mut Vec<Pipeline>| -> Result<(), ShellParseError> {
+    let flush_cmd = |words: &mut Vec<(String, bool)>,
+                     pipeline: &mut Pipeline,
+                     out: &mut Vec<Pipeline>|
+     -> Result<(), ShellParseError> {
         if !words.is_empty() {
             for cmd in simple_commands(std::mem::take(words), depth)? {
                 match cmd {
@@ -99,13 +102,17 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
     let mut in_word = false;
     let mut dynamic = false;
     let mut i = 0;
-    let push_word = |toks: &mut Vec<Tok>, word: &mut String, in_word: &mut bool, dynamic: &mut bool| {
-        if *in_word {
-            toks.push(Tok::Word { text: std::mem::take(word), dynamic: *dynamic });
-        }
-        *in_word = false;
-        *dynamic = false;
-    };
+    let push_word =
+        |toks: &mut Vec<Tok>, word: &mut String, in_word: &mut bool, dynamic: &mut bool| {
+            if *in_word {
+                toks.push(Tok::Word {
+                    text: std::mem::take(word),
+                    dynamic: *dynamic,
+                });
+            }
+            *in_word = false;
+            *dynamic = false;
+        };
     while i < chars.len() {
         let c = chars[i];
         match c {
@@ -113,7 +120,9 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
                 push_word(&mut toks, &mut word, &mut in_word, &mut dynamic);
                 i += 1;
             }
-            '\n' | ';' | '(' | ')' | '{' | '}' if !in_word || c == '\n' || c == ';' || c == '(' || c == ')' => {
+            '\n' | ';' | '(' | ')' | '{' | '}'
+                if !in_word || c == '\n' || c == ';' || c == '(' || c == ')' =>
+            {
                 push_word(&mut toks, &mut word, &mut in_word, &mut dynamic);
                 toks.push(Tok::Sep);
                 i += 1;
@@ -126,7 +135,11 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
                     i += 2;
                     continue;
                 }
-                toks.push(if c == '|' && !doubled { Tok::Pipe } else { Tok::Sep });
+                toks.push(if c == '|' && !doubled {
+                    Tok::Pipe
+                } else {
+                    Tok::Sep
+                });
                 i += if doubled { 2 } else { 1 };
             }
             '<' | '>' => {
@@ -173,7 +186,9 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
                             i += 1;
                             break;
                         }
-                        Some('\\') if matches!(chars.get(i + 1), Some('"' | '\\' | '$' | '`' | '\n')) => {
+                        Some('\\')
+                            if matches!(chars.get(i + 1), Some('"' | '\\' | '$' | '`' | '\n')) =>
+                        {
                             if let Some(n) = chars.get(i + 1) {
                                 word.push(*n);
                             }
@@ -191,10 +206,10 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
             }
             '\\' => {
                 in_word = true;
-                if let Some(n) = chars.get(i + 1) {
-                    if *n != '\n' {
-                        word.push(*n);
-                    }
+                if let Some(n) = chars.get(i + 1)
+                    && *n != '\n'
+                {
+                    word.push(*n);
                 }
                 i += 2;
             }
@@ -287,7 +302,10 @@ fn substitution(
         }
         _ => {
             i += 1;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '_' | '@' | '*' | '#' | '?' | '!' | '-')) {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric()
+                    || matches!(chars[i], '_' | '@' | '*' | '#' | '?' | '!' | '-'))
+            {
                 i += 1;
                 if !chars[i - 1].is_ascii_alphanumeric() && chars[i - 1] != '_' {
                     break;
@@ -328,7 +346,10 @@ fn basename(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
 
-fn simple_commands(mut words: Vec<(String, bool)>, depth: usize) -> Result<Vec<Expanded>, ShellParseError> {
+fn simple_commands(
+    mut words: Vec<(String, bool)>,
+    depth: usize,
+) -> Result<Vec<Expanded>, ShellParseError> {
     // Leading `NAME=value` assignments.
     while words.first().is_some_and(|(w, _)| is_assignment(w)) {
         words.remove(0);
@@ -365,15 +386,24 @@ fn simple_commands(mut words: Vec<(String, bool)>, depth: usize) -> Result<Vec<E
     let args: Vec<String> = words[1..].iter().map(|(w, _)| w.clone()).collect();
     let mut out = Vec::new();
     if SHELLS.contains(&program.as_str()) {
-        if let Some(pos) = args.iter().position(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c')) {
-            if let Some(script) = args.get(pos + 1) {
-                out.push(Expanded::Nested(parse_depth(script, depth + 1)?));
-            }
+        if let Some(pos) = args
+            .iter()
+            .position(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))
+            && let Some(script) = args.get(pos + 1)
+        {
+            out.push(Expanded::Nested(parse_depth(script, depth + 1)?));
         }
     } else if program == "eval" {
         out.push(Expanded::Nested(parse_depth(&args.join(" "), depth + 1)?));
     }
-    out.insert(0, Expanded::Command(SimpleCommand { program, dynamic, args }));
+    out.insert(
+        0,
+        Expanded::Command(SimpleCommand {
+            program,
+            dynamic,
+            args,
+        }),
+    );
     Ok(out)
 }
 
@@ -393,7 +423,11 @@ fn is_assignment(w: &str) -> bool {
 pub fn expand_args(args: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len() * 2);
     for a in args {
-        if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") && a[1..].chars().all(|c| c.is_ascii_alphabetic()) {
+        if a.len() > 2
+            && a.starts_with('-')
+            && !a.starts_with("--")
+            && a[1..].chars().all(|c| c.is_ascii_alphabetic())
+        {
             out.extend(a[1..].chars().map(|c| format!("-{c}")));
         } else {
             match a.as_str() {
@@ -414,7 +448,10 @@ fn normalize_path_arg(a: &str) -> String {
     if !a.starts_with('/') {
         return a.to_string();
     }
-    let mut parts: Vec<&str> = a.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let mut parts: Vec<&str> = a
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     if parts.last() == Some(&"*") {
         parts.pop();
     }
@@ -435,10 +472,19 @@ mod tests {
 
     #[test]
     fn splits_and_unquotes() {
-        assert_eq!(programs("ls -la | grep x; 'r'm -rf / && echo ok"), [vec!["ls", "grep"], vec!["rm"], vec!["echo"]]);
+        assert_eq!(
+            programs("ls -la | grep x; 'r'm -rf / && echo ok"),
+            [vec!["ls", "grep"], vec!["rm"], vec!["echo"]]
+        );
         assert_eq!(programs("sudo -u root /bin/rm -rf /"), [vec!["sudo", "rm"]]);
-        assert_eq!(programs("FOO=1 env -i X=2 nice -n 5 rm x"), [vec!["env", "nice", "rm"]]);
-        assert_eq!(programs("bash -c 'curl x | sh'"), [vec!["curl", "sh"], vec!["bash"]]);
+        assert_eq!(
+            programs("FOO=1 env -i X=2 nice -n 5 rm x"),
+            [vec!["env", "nice", "rm"]]
+        );
+        assert_eq!(
+            programs("bash -c 'curl x | sh'"),
+            [vec!["curl", "sh"], vec!["bash"]]
+        );
         assert_eq!(programs("echo $(rm -rf /)"), [vec!["echo"], vec!["rm"]]);
         assert_eq!(programs("cat f > /dev/null 2>&1"), [vec!["cat"]]);
         assert!(parse("echo 'unterminated").is_err());
@@ -449,6 +495,10 @@ mod tests {
     #[test]
     fn expands_flags() {
         let a = expand_args(&["-rf".into(), "--force".into(), "//".into()]);
-        assert!(a.contains(&"-r".to_string()) && a.contains(&"-f".to_string()) && a.contains(&"/".to_string()));
+        assert!(
+            a.contains(&"-r".to_string())
+                && a.contains(&"-f".to_string())
+                && a.contains(&"/".to_string())
+        );
     }
 }

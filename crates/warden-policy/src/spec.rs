@@ -147,7 +147,9 @@ pub struct PolicyError {
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Resolves a kind or group name from `sql_statements`.
@@ -155,7 +157,15 @@ pub fn sql_kinds(name: &str) -> Result<Vec<SqlKind>, String> {
     use SqlKind::*;
     Ok(match name {
         "ddl" => vec![Create, Alter, Drop, Truncate, Comment],
-        "dcl" => vec![Grant, Revoke, CreateRole, AlterRole, DropRole, SetRole, SetSessionAuthorization],
+        "dcl" => vec![
+            Grant,
+            Revoke,
+            CreateRole,
+            AlterRole,
+            DropRole,
+            SetRole,
+            SetSessionAuthorization,
+        ],
         "dml" => vec![Insert, Update, Delete, Merge, CopyFrom, LoadData],
         other => vec![
             serde_json::from_value::<SqlKind>(serde_json::Value::String(other.to_string()))
@@ -166,14 +176,22 @@ pub fn sql_kinds(name: &str) -> Result<Vec<SqlKind>, String> {
 
 impl GuardrailSet {
     pub fn validate(&self) -> Result<(), PolicyError> {
-        let err = |m: String| PolicyError { set: self.name.clone(), message: m };
+        let err = |m: String| PolicyError {
+            set: self.name.clone(),
+            message: m,
+        };
         if !valid_name(&self.name) {
-            return Err(err("name must be 1-64 letters, digits, `-`, `_` or `.`".into()));
+            return Err(err(
+                "name must be 1-64 letters, digits, `-`, `_` or `.`".into()
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for r in &self.rules {
             if !valid_name(&r.name) {
-                return Err(err(format!("rule name `{}` must be 1-64 letters, digits, `-`, `_` or `.`", r.name)));
+                return Err(err(format!(
+                    "rule name `{}` must be 1-64 letters, digits, `-`, `_` or `.`",
+                    r.name
+                )));
             }
             if !seen.insert(&r.name) {
                 return Err(err(format!("rule `{}` is defined twice", r.name)));
@@ -200,9 +218,14 @@ impl GuardrailSet {
 
 impl MaskingSet {
     pub fn validate(&self) -> Result<(), PolicyError> {
-        let err = |m: String| PolicyError { set: self.name.clone(), message: m };
+        let err = |m: String| PolicyError {
+            set: self.name.clone(),
+            message: m,
+        };
         if !valid_name(&self.name) {
-            return Err(err("name must be 1-64 letters, digits, `-`, `_` or `.`".into()));
+            return Err(err(
+                "name must be 1-64 letters, digits, `-`, `_` or `.`".into()
+            ));
         }
         self.style.parse::<MaskStyle>().map_err(err)?;
         for c in &self.custom {
@@ -210,7 +233,10 @@ impl MaskingSet {
                 s.parse::<MaskStyle>().map_err(err)?;
             }
             if !valid_name(&c.name) {
-                return Err(err(format!("custom detector name `{}` is not valid", c.name)));
+                return Err(err(format!(
+                    "custom detector name `{}` is not valid",
+                    c.name
+                )));
             }
         }
         for c in &self.columns {

@@ -133,7 +133,9 @@ pub const MAX_SQL_BYTES: usize = 1 << 20;
 
 pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
     if sql.len() > MAX_SQL_BYTES {
-        return Err(SqlParseError(format!("query longer than {MAX_SQL_BYTES} bytes")));
+        return Err(SqlParseError(format!(
+            "query longer than {MAX_SQL_BYTES} bytes"
+        )));
     }
     let dialect = dialect(d);
     let statements = Parser::new(dialect.as_ref())
@@ -159,7 +161,10 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
 pub fn name_of(name: &ObjectName) -> String {
     name.0
         .iter()
-        .map(|p| p.as_ident().map_or_else(|| "?".to_string(), |i| i.value.to_lowercase()))
+        .map(|p| {
+            p.as_ident()
+                .map_or_else(|| "?".to_string(), |i| i.value.to_lowercase())
+        })
         .collect::<Vec<_>>()
         .join(".")
 }
@@ -243,7 +248,9 @@ fn facts(s: &Statement) -> StatementFacts {
             writes.extend(table_of(&m.table));
             SqlKind::Merge
         }
-        Statement::Copy { source, to, target, .. } => {
+        Statement::Copy {
+            source, to, target, ..
+        } => {
             use sqlparser::ast::{CopySource, CopyTarget};
             if let (CopySource::Table { table_name, .. }, false) = (source, to) {
                 writes.push(name_of(table_name));
@@ -259,7 +266,9 @@ fn facts(s: &Statement) -> StatementFacts {
             writes.extend(t.table_names.iter().map(|n| name_of(&n.name)));
             SqlKind::Truncate
         }
-        Statement::Drop { object_type, names, .. } => {
+        Statement::Drop {
+            object_type, names, ..
+        } => {
             writes.extend(names.iter().map(name_of));
             match object_type {
                 ObjectType::Role | ObjectType::User | ObjectType::Group => SqlKind::DropRole,
@@ -350,8 +359,12 @@ fn facts(s: &Statement) -> StatementFacts {
             Set::SetRole { .. } => SqlKind::SetRole,
             Set::SetSessionAuthorization(_) => SqlKind::SetSessionAuthorization,
             Set::SingleAssignment { variable, .. } => set_kind(variable),
-            Set::ParenthesizedAssignments { variables, .. } => strongest(variables.iter().map(set_kind)),
-            Set::MultipleAssignments { assignments } => strongest(assignments.iter().map(|a| set_kind(&a.name))),
+            Set::ParenthesizedAssignments { variables, .. } => {
+                strongest(variables.iter().map(set_kind))
+            }
+            Set::MultipleAssignments { assignments } => {
+                strongest(assignments.iter().map(|a| set_kind(&a.name)))
+            }
             _ => SqlKind::Set,
         },
         Statement::Use { .. } => SqlKind::SetSearchPath,
@@ -382,7 +395,7 @@ fn facts(s: &Statement) -> StatementFacts {
         | Statement::ShowCollation { .. }
         | Statement::ExplainTable { .. } => SqlKind::Show,
         Statement::Explain { .. } => SqlKind::Explain,
-        Statement::Lock { .. } | Statement::LockTables { .. } | Statement::UnlockTables { .. } => {
+        Statement::Lock { .. } | Statement::LockTables { .. } | Statement::UnlockTables => {
             SqlKind::Lock
         }
         Statement::Analyze { .. }
@@ -394,7 +407,11 @@ fn facts(s: &Statement) -> StatementFacts {
         Statement::NOTIFY { .. } => SqlKind::Notify,
         _ => SqlKind::Other,
     };
-    StatementFacts { kind, writes, unbounded }
+    StatementFacts {
+        kind,
+        writes,
+        unbounded,
+    }
 }
 
 #[cfg(test)]
@@ -415,13 +432,22 @@ mod tests {
         assert_eq!(kinds(pg, "drop role bob"), [SqlKind::DropRole]);
         assert_eq!(kinds(pg, "SET ROLE admin"), [SqlKind::SetRole]);
         assert_eq!(kinds(pg, "SET role = 'admin'"), [SqlKind::SetRole]);
-        assert_eq!(kinds(pg, "SET SESSION AUTHORIZATION bob"), [SqlKind::SetSessionAuthorization]);
+        assert_eq!(
+            kinds(pg, "SET SESSION AUTHORIZATION bob"),
+            [SqlKind::SetSessionAuthorization]
+        );
         assert_eq!(kinds(pg, "COPY t TO PROGRAM 'sh'"), [SqlKind::CopyProgram]);
         assert_eq!(kinds(pg, "COPY t TO STDOUT"), [SqlKind::CopyTo]);
         assert_eq!(kinds(pg, "COPY t FROM STDIN"), [SqlKind::CopyFrom]);
         assert_eq!(kinds(pg, "SELECT * INTO newt FROM t"), [SqlKind::Create]);
-        let a = analyze(pg, "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").unwrap_or_default();
-        assert!(a.statements.iter().any(|s| s.kind == SqlKind::Delete && s.unbounded), "{a:?}");
+        let a = analyze(pg, "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d")
+            .unwrap_or_default();
+        assert!(
+            a.statements
+                .iter()
+                .any(|s| s.kind == SqlKind::Delete && s.unbounded),
+            "{a:?}"
+        );
         let a = analyze(pg, "update public.Users set x = 1").unwrap_or_default();
         assert_eq!(a.statements[0].writes, ["public.users"]);
         assert!(a.statements[0].unbounded);

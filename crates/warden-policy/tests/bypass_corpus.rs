@@ -205,13 +205,23 @@ fn mysql_bypass_attempts_are_denied_and_ordinary_work_allowed() {
     let mut failures: Vec<String> = MYSQL_DENIED
         .iter()
         .filter(|s| !matches!(sql(&g, SqlDialect::Mysql, s), Decision::Deny { .. }))
-        .map(|s| format!("deny expected: {s:?} -> {:?}", sql(&g, SqlDialect::Mysql, s)))
+        .map(|s| {
+            format!(
+                "deny expected: {s:?} -> {:?}",
+                sql(&g, SqlDialect::Mysql, s)
+            )
+        })
         .collect();
     failures.extend(
         MYSQL_ALLOWED
             .iter()
             .filter(|s| sql(&g, SqlDialect::Mysql, s) != Decision::Allow)
-            .map(|s| format!("allow expected: {s:?} -> {:?}", sql(&g, SqlDialect::Mysql, s))),
+            .map(|s| {
+                format!(
+                    "allow expected: {s:?} -> {:?}",
+                    sql(&g, SqlDialect::Mysql, s)
+                )
+            }),
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -330,9 +340,16 @@ fn http_path_tricks_are_denied() {
         ("DELETE", "/api/v1/namespaces/prod?dryRun=All"),
         ("DELETE", "/api/v1/namespaces/pr%zzod"),
     ] {
-        assert!(matches!(d(m, p), Decision::Deny { .. }), "{m} {p} -> {:?}", d(m, p));
+        assert!(
+            matches!(d(m, p), Decision::Deny { .. }),
+            "{m} {p} -> {:?}",
+            d(m, p)
+        );
     }
-    for (m, p) in [("GET", "/api/v1/namespaces/prod"), ("DELETE", "/api/v1/namespaces/prod/pods/x")] {
+    for (m, p) in [
+        ("GET", "/api/v1/namespaces/prod"),
+        ("DELETE", "/api/v1/namespaces/prod/pods/x"),
+    ] {
         assert_eq!(d(m, p), Decision::Allow, "{m} {p}");
     }
 }
@@ -353,20 +370,30 @@ sql_statements = ["dml"]
     let g = Guardrails::compile(&[], &reviews.guardrails).unwrap();
     assert_eq!(
         sql(&g, SqlDialect::Postgres, "DELETE FROM t WHERE id = 1"),
-        Decision::Review { rule: "risky/writes".into() }
+        Decision::Review {
+            rule: "risky/writes".into()
+        }
     );
     assert_eq!(sql(&g, SqlDialect::Postgres, "SELECT 1"), Decision::Allow);
     assert_eq!(
         sql(&g, SqlDialect::Postgres, "DO $$ x $$"),
-        Decision::Review { rule: "risky/unparsable_sql".into() }
+        Decision::Review {
+            rule: "risky/unparsable_sql".into()
+        }
     );
     // Deny in one set beats review in another.
     let config: PolicyConfig = toml::from_str(POLICY).unwrap();
     let both = Guardrails::compile(&config.guardrails, &reviews.guardrails).unwrap();
-    assert!(matches!(sql(&both, SqlDialect::Postgres, "DELETE FROM t"), Decision::Deny { .. }));
+    assert!(matches!(
+        sql(&both, SqlDialect::Postgres, "DELETE FROM t"),
+        Decision::Deny { .. }
+    ));
     // No policy: nothing to enforce.
     let none = Guardrails::compile(&[], &[]).unwrap();
-    assert_eq!(sql(&none, SqlDialect::Postgres, "DROP TABLE x"), Decision::Allow);
+    assert_eq!(
+        sql(&none, SqlDialect::Postgres, "DROP TABLE x"),
+        Decision::Allow
+    );
 }
 
 #[test]
@@ -376,7 +403,14 @@ fn read_only_connections() {
     )
     .unwrap();
     let g = Guardrails::compile(&config.guardrails, &[]).unwrap();
-    for s in ["SELECT 1", "SHOW x", "BEGIN", "EXPLAIN SELECT 1", "COPY t TO STDOUT", "SET x = 1"] {
+    for s in [
+        "SELECT 1",
+        "SHOW x",
+        "BEGIN",
+        "EXPLAIN SELECT 1",
+        "COPY t TO STDOUT",
+        "SET x = 1",
+    ] {
         assert_eq!(sql(&g, SqlDialect::Postgres, s), Decision::Allow, "{s}");
     }
     for s in [
@@ -389,20 +423,35 @@ fn read_only_connections() {
         "SET ROLE x",
         "SELECT 1; UPDATE t SET a = 1 WHERE b = 2",
     ] {
-        assert!(matches!(sql(&g, SqlDialect::Postgres, s), Decision::Deny { .. }), "{s}");
+        assert!(
+            matches!(sql(&g, SqlDialect::Postgres, s), Decision::Deny { .. }),
+            "{s}"
+        );
     }
 }
 
 #[test]
 fn invalid_policies_are_rejected_with_reasons() {
     for (text, needle) in [
-        ("[[guardrails]]\nname = \"x\"\n[[guardrails.rules]]\nname = \"r\"\n", "exactly one matcher"),
-        ("[[guardrails]]\nname = \"x\"\n[[guardrails.rules]]\nname = \"r\"\nsql_statements = [\"dropp\"]\n", "unknown SQL statement kind"),
-        ("[[guardrails]]\nname = \"x\"\n[[guardrails.rules]]\nname = \"r\"\nhttp = [\"DELETE api\"]\n", "path"),
+        (
+            "[[guardrails]]\nname = \"x\"\n[[guardrails.rules]]\nname = \"r\"\n",
+            "exactly one matcher",
+        ),
+        (
+            "[[guardrails]]\nname = \"x\"\n[[guardrails.rules]]\nname = \"r\"\nsql_statements = [\"dropp\"]\n",
+            "unknown SQL statement kind",
+        ),
+        (
+            "[[guardrails]]\nname = \"x\"\n[[guardrails.rules]]\nname = \"r\"\nhttp = [\"DELETE api\"]\n",
+            "path",
+        ),
         ("[[guardrails]]\nname = \"x y\"\nrules = []\n", "name"),
     ] {
         let config: PolicyConfig = toml::from_str(text).unwrap();
-        let err = Guardrails::compile(&config.guardrails, &[]).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Guardrails::compile(&config.guardrails, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains(needle), "{text}: {err}");
     }
 }

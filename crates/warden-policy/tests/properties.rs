@@ -3,7 +3,9 @@
 
 use proptest::prelude::*;
 use warden_core::{Action, Decision, Guard, Masked, Masker, SqlDialect};
-use warden_policy::{Detector, GuardrailSet, Guardrails, MaskStyle, MaskingEngine, MaskingRules, RuleSpec};
+use warden_policy::{
+    Detector, GuardrailSet, Guardrails, MaskStyle, MaskingEngine, MaskingRules, RuleSpec,
+};
 
 fn no_ddl() -> Guardrails {
     let set = GuardrailSet {
@@ -13,8 +15,16 @@ fn no_ddl() -> Guardrails {
         unparsable_shell: Default::default(),
         default_schema: None,
         rules: vec![
-            RuleSpec { name: "ddl".into(), sql_statements: vec!["ddl".into()], ..Default::default() },
-            RuleSpec { name: "rm".into(), shell: vec!["rm -r -f /".into()], ..Default::default() },
+            RuleSpec {
+                name: "ddl".into(),
+                sql_statements: vec!["ddl".into()],
+                ..Default::default()
+            },
+            RuleSpec {
+                name: "rm".into(),
+                shell: vec!["rm -r -f /".into()],
+                ..Default::default()
+            },
         ],
     };
     Guardrails::compile(&[set], &[]).unwrap()
@@ -22,7 +32,10 @@ fn no_ddl() -> Guardrails {
 
 fn engine() -> MaskingEngine {
     let rules = MaskingRules {
-        detectors: Detector::ALL.iter().map(|d| (*d, MaskStyle::Full)).collect(),
+        detectors: Detector::ALL
+            .iter()
+            .map(|d| (*d, MaskStyle::Full))
+            .collect(),
         custom: vec![],
         columns: vec![],
     };
@@ -57,10 +70,18 @@ fn card() -> impl Strategy<Value = String> {
             .iter()
             .rev()
             .enumerate()
-            .map(|(i, x)| if i % 2 == 0 { if x * 2 > 9 { x * 2 - 9 } else { x * 2 } } else { *x })
+            .map(|(i, x)| {
+                if i % 2 == 0 {
+                    if x * 2 > 9 { x * 2 - 9 } else { x * 2 }
+                } else {
+                    *x
+                }
+            })
             .sum();
         d.push((10 - sum % 10) % 10);
-        d.iter().map(|x| char::from_digit(*x, 10).unwrap_or('0')).collect()
+        d.iter()
+            .map(|x| char::from_digit(*x, 10).unwrap_or('0'))
+            .collect()
     })
 }
 

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod connections;
 mod error;
 mod migrate;
+pub mod policies;
 pub mod sealed;
 pub mod sessions;
 #[cfg(feature = "testing")]

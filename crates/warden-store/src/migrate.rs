@@ -4,11 +4,18 @@ use sqlx::{AnyPool, Executor};
 
 use crate::{Backend, Result, StoreError};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial schema",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial schema",
+        include_str!("../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "policy sets",
+        include_str!("../migrations/0002_policy_sets.sql"),
+    ),
+];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one
 /// PostgreSQL store from migrating it at the same time.

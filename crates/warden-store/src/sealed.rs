@@ -41,6 +41,17 @@ impl MasterKey {
     pub fn to_base64(&self) -> Secret<String> {
         Secret::new(B64.encode(self.0.expose()))
     }
+
+    /// A key for another purpose (e.g. keyed-hash masking), derived with
+    /// HMAC-SHA-256 so the master key itself is never used twice.
+    pub fn derive(&self, purpose: &str) -> Secret<Vec<u8>> {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, self.0.expose());
+        Secret::new(
+            aws_lc_rs::hmac::sign(&key, purpose.as_bytes())
+                .as_ref()
+                .to_vec(),
+        )
+    }
 }
 
 impl std::fmt::Debug for MasterKey {

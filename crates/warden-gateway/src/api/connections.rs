@@ -142,6 +142,27 @@ fn check_common(conn: &Connection) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Attached policy sets must exist, so a typo cannot silently leave a connection
+/// unprotected.
+async fn check_policy_refs(state: &AppState, refs: &PolicyRefs) -> Result<(), ApiError> {
+    let unknown = state.policies.unknown_refs(refs).await.map_err(|e| {
+        tracing::error!(error = %e, "policy lookup failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "policies could not be read",
+        )
+    })?;
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "unknown_policy",
+            format!("no such policy set: {}", unknown.join(", ")),
+        ))
+    }
+}
+
 fn check_secret(secret: &Secret<String>) -> Result<(), ApiError> {
     let len = secret.expose().len();
     if len == 0 || len > MAX_SECRET_BYTES {
@@ -246,6 +267,7 @@ pub async fn create(
         updated_at: now,
     };
     check_common(&conn)?;
+    check_policy_refs(&state, &conn.policies).await?;
     let event = Event::new("connection.create", describe(&conn))
         .by(&caller.identity)
         .on_connection(&conn.name);
@@ -349,6 +371,7 @@ pub async fn update(
         }
     };
     check_common(&conn)?;
+    check_policy_refs(&state, &conn.policies).await?;
     conn.updated_at = timefmt::now();
     let mut payload = describe(&conn);
     payload["changed"] = json!(changed);

@@ -6,6 +6,7 @@ mod connections;
 mod error;
 mod extract;
 mod keys;
+mod policies;
 mod sessions;
 mod system;
 
@@ -26,6 +27,7 @@ use warden_store::Store;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::policy::PolicyRegistry;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -34,6 +36,7 @@ pub struct AppState(Arc<StateInner>);
 pub struct StateInner {
     pub store: Arc<Store>,
     pub auth: Authenticator,
+    pub policies: PolicyRegistry,
     pub config: Arc<Config>,
 }
 
@@ -45,10 +48,16 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, auth: Authenticator, config: Arc<Config>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        auth: Authenticator,
+        policies: PolicyRegistry,
+        config: Arc<Config>,
+    ) -> Self {
         Self(Arc::new(StateInner {
             store,
             auth,
+            policies,
             config,
         }))
     }
@@ -77,6 +86,7 @@ impl AppState {
         (name = "api-keys", description = "Short-lived credentials for CI jobs and agents"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "sessions", description = "Client sessions through the proxies"),
+        (name = "policies", description = "Guardrail, review and masking sets"),
     )
 )]
 struct ApiDoc;
@@ -110,6 +120,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(keys::revoke))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(policies::list))
+        .routes(routes!(policies::evaluate))
+        .routes(routes!(policies::get, policies::put, policies::delete))
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::get))
         .split_for_parts();

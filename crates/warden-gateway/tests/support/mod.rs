@@ -200,8 +200,26 @@ pub fn base_config(
     config.auth.clock_skew_secs = 1;
     config.auth.jwks_min_refresh_secs = 1;
     config.auth.oidc = issuers;
+    config.policies = toml::from_str(TEST_POLICIES).unwrap();
     config
 }
+
+/// Policy sets every test gateway defines in its config file.
+pub const TEST_POLICIES: &str = r#"
+[[guardrails]]
+name = "no-drops"
+[[guardrails.rules]]
+name = "no-ddl"
+sql_statements = ["ddl"]
+[[guardrails.rules]]
+name = "no-unbounded"
+sql_unbounded_writes = true
+
+[[masking]]
+name = "pii"
+detectors = ["email", "card_number"]
+columns = [{ pattern = "*.ssn" }]
+"#;
 
 pub fn issuer_config(issuer: &str, audience: &str) -> OidcIssuerConfig {
     OidcIssuerConfig {

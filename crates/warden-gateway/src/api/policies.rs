@@ -1,0 +1,374 @@
+//! `/api/policies`: guardrail (and review) and masking sets (admins). Sets from the
+//! config file are listed but read-only. `POST /api/policies/evaluate` dry-runs
+//! actions and values against sets, so rules can be tried before they are attached.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use warden_core::{
+    Action, ColumnRef, ConnectionKind, Decision, Event, Guard, Masked, PolicyRefs, SqlDialect,
+};
+use warden_policy::{GuardrailSet, Guardrails, MaskingEngine, MaskingSet};
+
+use super::extract::{ApiJson, Caller};
+use super::{ApiError, AppState, ErrorBody};
+use crate::policy::{GUARDRAILS, MASKING, PolicyResolveError, PolicySource};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GuardrailEntry {
+    pub source: PolicySource,
+    #[serde(flatten)]
+    pub set: GuardrailSet,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MaskingEntry {
+    pub source: PolicySource,
+    #[serde(flatten)]
+    pub set: MaskingSet,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PolicyList {
+    pub guardrails: Vec<GuardrailEntry>,
+    pub masking: Vec<MaskingEntry>,
+}
+
+fn resolve_error(e: PolicyResolveError) -> ApiError {
+    match e {
+        PolicyResolveError::Store(e) => ApiError::store(&e),
+        other => ApiError::new(StatusCode::CONFLICT, "policy_invalid", other.to_string()),
+    }
+}
+
+fn check_kind(kind: &str) -> Result<(), ApiError> {
+    if kind == GUARDRAILS || kind == MASKING {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "policy kind `{kind}` (use `guardrails` or `masking`)"
+        )))
+    }
+}
+
+/// All sets, with their source.
+#[utoipa::path(get, path = "/api/policies", tag = "policies", security(("bearer" = [])),
+    responses((status = 200, body = PolicyList), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<PolicyList>, ApiError> {
+    caller.require_admin(&state, "policy.list").await?;
+    let sets = state.policies.all().await.map_err(resolve_error)?;
+    Ok(Json(PolicyList {
+        guardrails: sets
+            .guardrails
+            .into_iter()
+            .map(|(source, set)| GuardrailEntry { source, set })
+            .collect(),
+        masking: sets
+            .masking
+            .into_iter()
+            .map(|(source, set)| MaskingEntry { source, set })
+            .collect(),
+    }))
+}
+
+/// One set.
+#[utoipa::path(get, path = "/api/policies/{kind}/{name}", tag = "policies", security(("bearer" = [])),
+    params(("kind" = String, Path, description = "`guardrails` or `masking`"), ("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin(&state, "policy.get").await?;
+    check_kind(&kind)?;
+    let sets = state.policies.all().await.map_err(resolve_error)?;
+    let found = if kind == GUARDRAILS {
+        sets.guardrails
+            .into_iter()
+            .find(|(_, s)| s.name == name)
+            .map(|(source, set)| serde_json::to_value(GuardrailEntry { source, set }))
+    } else {
+        sets.masking
+            .into_iter()
+            .find(|(_, s)| s.name == name)
+            .map(|(source, set)| serde_json::to_value(MaskingEntry { source, set }))
+    };
+    match found {
+        Some(Ok(v)) => Ok(Json(v)),
+        _ => Err(ApiError::not_found(format!("{kind} policy `{name}`"))),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_policy", message)
+}
+
+/// Create or replace a set (admins). The body is the set; its `name` must match the path.
+#[utoipa::path(put, path = "/api/policies/{kind}/{name}", tag = "policies", security(("bearer" = [])),
+    params(("kind" = String, Path, description = "`guardrails` or `masking`"), ("name" = String, Path)),
+    request_body(content = Object, description = "A GuardrailSet or MaskingSet"),
+    responses((status = 200, body = Object), (status = 201, body = Object), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn put(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((kind, name)): Path<(String, String)>,
+    ApiJson(mut body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_admin(&state, "policy.put").await?;
+    check_kind(&kind)?;
+    if let Value::Object(map) = &mut body {
+        match map.get("name") {
+            None => {
+                map.insert("name".into(), Value::String(name.clone()));
+            }
+            Some(Value::String(n)) if *n == name => {}
+            Some(_) => return Err(invalid("`name` in the body must match the path")),
+        }
+    }
+    if state.policies.is_config_defined(&kind, &name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "policy_read_only",
+            format!("{kind} policy `{name}` is defined in the config file"),
+        ));
+    }
+    // Parse and compile before storing: only sets that work are kept.
+    let canonical = if kind == GUARDRAILS {
+        let set: GuardrailSet = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
+        Guardrails::compile(std::slice::from_ref(&set), &[]).map_err(|e| invalid(e.to_string()))?;
+        serde_json::to_value(&set)
+    } else {
+        let set: MaskingSet = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
+        set.validate().map_err(|e| invalid(e.to_string()))?;
+        serde_json::to_value(&set)
+    }
+    .map_err(|e| invalid(e.to_string()))?;
+    let text = canonical.to_string();
+    let event = Event::new(
+        "policy.put",
+        json!({"kind": kind, "name": name, "set": canonical}),
+    )
+    .by(&caller.identity);
+    let created = state
+        .store
+        .put_policy_set(&kind, &name, &text, &event)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(canonical)))
+}
+
+/// Delete a set (admins); refused while a connection uses it.
+#[utoipa::path(delete, path = "/api/policies/{kind}/{name}", tag = "policies", security(("bearer" = [])),
+    params(("kind" = String, Path, description = "`guardrails` or `masking`"), ("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin(&state, "policy.delete").await?;
+    check_kind(&kind)?;
+    if state.policies.is_config_defined(&kind, &name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "policy_read_only",
+            format!("{kind} policy `{name}` is defined in the config file"),
+        ));
+    }
+    let users: Vec<String> = state
+        .store
+        .list_connections()
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .into_iter()
+        .filter(|c| {
+            let p = &c.policies;
+            if kind == GUARDRAILS {
+                p.guardrails.contains(&name) || p.reviews.contains(&name)
+            } else {
+                p.masking.contains(&name)
+            }
+        })
+        .map(|c| c.name)
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "policy_in_use",
+            format!(
+                "{kind} policy `{name}` is attached to: {}",
+                users.join(", ")
+            ),
+        ));
+    }
+    let event =
+        Event::new("policy.delete", json!({"kind": kind, "name": name})).by(&caller.identity);
+    let existed = state
+        .store
+        .delete_policy_set(&kind, &name, &event)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    if !existed {
+        return Err(ApiError::not_found(format!("{kind} policy `{name}`")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequestSpec {
+    pub method: String,
+    pub path: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValueSpec {
+    /// `column`, `table.column` or `schema.table.column`, as a proxy would know it.
+    pub column: Option<String>,
+    pub value: String,
+}
+
+/// What to evaluate, against a connection's sets or against named sets.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateRequest {
+    /// Use this connection's attached sets.
+    pub connection: Option<String>,
+    /// Or these sets.
+    #[serde(default)]
+    pub policies: PolicyRefs,
+    pub sql: Option<String>,
+    /// Default: from the connection kind, else `postgres`.
+    pub dialect: Option<SqlDialect>,
+    pub shell: Option<String>,
+    pub http: Option<HttpRequestSpec>,
+    /// Result values to mask.
+    #[serde(default)]
+    pub values: Vec<ValueSpec>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MaskedValue {
+    /// The value as a client would see it; `null` for SQL NULL.
+    pub value: Option<String>,
+    /// What was found: detector names, custom detector names, or `column`.
+    pub found: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EvaluateResponse {
+    /// The decision for the action, when one was given.
+    pub decision: Option<Decision>,
+    pub masked: Vec<MaskedValue>,
+}
+
+fn column_ref(text: &str) -> ColumnRef<'_> {
+    let parts: Vec<&str> = text.split('.').collect();
+    match parts.as_slice() {
+        [s, t, c] => ColumnRef {
+            schema: Some(s),
+            table: Some(t),
+            column: c,
+        },
+        [t, c] => ColumnRef {
+            schema: None,
+            table: Some(t),
+            column: c,
+        },
+        _ => ColumnRef {
+            schema: None,
+            table: None,
+            column: text,
+        },
+    }
+}
+
+/// Dry-run an action and values against policy sets (admins). Nothing is executed.
+#[utoipa::path(post, path = "/api/policies/evaluate", tag = "policies", security(("bearer" = [])),
+    request_body = EvaluateRequest,
+    responses((status = 200, body = EvaluateResponse), (status = 400, body = ErrorBody)))]
+pub async fn evaluate(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<EvaluateRequest>,
+) -> Result<Json<EvaluateResponse>, ApiError> {
+    caller.require_admin(&state, "policy.evaluate").await?;
+    let actions = [req.sql.is_some(), req.shell.is_some(), req.http.is_some()]
+        .iter()
+        .filter(|a| **a)
+        .count();
+    if actions > 1 {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "give at most one of `sql`, `shell`, `http`",
+        ));
+    }
+    let (refs, kind) = match &req.connection {
+        Some(name) => {
+            let conn = state
+                .store
+                .get_connection(name)
+                .await
+                .map_err(|e| ApiError::store(&e))?
+                .ok_or_else(|| ApiError::not_found(format!("connection `{name}`")))?;
+            (conn.policies, Some(conn.kind))
+        }
+        None => (req.policies, None),
+    };
+    let (guard, masker): (Guardrails, MaskingEngine) =
+        state.policies.resolve(&refs).await.map_err(|e| match e {
+            PolicyResolveError::Unknown { .. } => {
+                ApiError::bad_request("unknown_policy", e.to_string())
+            }
+            other => resolve_error(other),
+        })?;
+    let dialect = req.dialect.unwrap_or(match kind {
+        Some(ConnectionKind::Mysql) => SqlDialect::Mysql,
+        _ => SqlDialect::Postgres,
+    });
+    let decision = if let Some(sql) = &req.sql {
+        Some(guard.decide(&Action::Sql { dialect, text: sql }))
+    } else if let Some(cmd) = &req.shell {
+        Some(guard.decide(&Action::Shell { command: cmd }))
+    } else {
+        req.http.as_ref().map(|h| {
+            guard.decide(&Action::Http {
+                method: &h.method,
+                path: &h.path,
+            })
+        })
+    };
+    let masked = req
+        .values
+        .iter()
+        .map(|v| {
+            let rule = v
+                .column
+                .as_deref()
+                .and_then(|c| warden_core::Masker::column_rule(&masker, &column_ref(c)));
+            let (m, found) = masker.mask_explained(rule, v.value.as_bytes());
+            MaskedValue {
+                value: match m {
+                    Masked::Unchanged => Some(v.value.clone()),
+                    Masked::Replaced(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    Masked::Null => None,
+                },
+                found,
+            }
+        })
+        .collect();
+    Ok(Json(EvaluateResponse { decision, masked }))
+}
