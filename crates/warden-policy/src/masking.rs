@@ -86,7 +86,10 @@ impl Detector {
             Detector::Ipv4 => {
                 r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b"
             }
-            Detector::Ipv6 => r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:(?:\.\d{1,3}){3})?",
+            // Eight groups, or a `::` form; times like 12:30:45 are neither.
+            Detector::Ipv6 => {
+                r"(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b|(?:\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})?::(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}\b)?"
+            }
             Detector::Jwt => r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
             Detector::AwsAccessKey => {
                 r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z0-9]{16}\b"
@@ -111,7 +114,7 @@ impl Detector {
                 (7..=15).contains(&digits)
             }
             Detector::Ipv6 => std::str::from_utf8(m).ok().is_some_and(|s| {
-                s.matches(':').count() >= 2 && s.parse::<std::net::Ipv6Addr>().is_ok()
+                s.chars().any(|c| c.is_ascii_hexdigit()) && s.parse::<std::net::Ipv6Addr>().is_ok()
             }),
             _ => true,
         }
@@ -390,9 +393,10 @@ impl MaskingEngine {
 
     /// The accepted, non-overlapping matches in `value`, earliest (then longest) first.
     fn find(&self, value: &[u8]) -> Vec<(usize, usize, usize)> {
+        // Each finder scans on its own: asking the set which ones matched would
+        // allocate, and most candidate values turn out to be look-alikes.
         let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-        for idx in self.set.matches(value).iter() {
-            let f = &self.finders[idx];
+        for (idx, f) in self.finders.iter().enumerate() {
             for m in f.regex.find_iter(value) {
                 if m.is_empty() {
                     continue;
@@ -518,6 +522,9 @@ mod tests {
             ("from 10.1.2.3", "from [redacted:ipv4]"),
             ("from 2001:db8::1 ok", "from [redacted:ipv6] ok"),
             ("at 12:30:45", "at 12:30:45"),
+            ("use std::fs::File", "use std::fs::File"),
+            ("fe80::1 and ::1", "[redacted:ipv6] and [redacted:ipv6]"),
+            ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", "[redacted:ipv6]"),
             ("key AKIAIOSFODNN7EXAMPLE", "key [redacted:aws_access_key]"),
             (
                 "ghp_0123456789abcdefghijklmnopqrstuvwxyz",
