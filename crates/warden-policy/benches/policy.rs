@@ -118,6 +118,9 @@ sql_write_tables = ["billing.*"]
 [[guardrails.rules]]
 name = "functions"
 sql_functions = ["pg_read_file", "lo_*", "dblink*"]
+[[guardrails.rules]]
+name = "shell"
+shell = ["rm -r -f /", "shutdown", "curl | sh"]
 "#,
     )
     .unwrap_or_else(|e| unreachable!("{e}"));

@@ -1,13 +1,14 @@
 //! Inline masking of result values: content detectors and column rules.
 //!
-//! A value first meets one pass of a [`RegexSet`] over all detectors; a value that
-//! matches nothing (the common case) is left alone with no allocation. Candidates are
-//! then checked where a checksum exists (Luhn for cards, mod-97 for IBANs, SSN number
+//! A value first meets one cheap pass over its bytes that records its [`Shape`]
+//! (digit runs, `@`, colons, ...); only detectors the shape allows run their regex, so
+//! most values never reach a regex, and a value that matches nothing is left alone
+//! with no allocation. Regex matches are then checked where a checksum exists (Luhn for cards, mod-97 for IBANs, SSN number
 //! ranges, IPv6 parsing) so look-alikes are not masked, overlapping matches resolve
 //! to the earliest and longest, and only then is a new value built.
 
 use aws_lc_rs::hmac;
-use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::bytes::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -118,6 +119,101 @@ impl Detector {
             }),
             _ => true,
         }
+    }
+}
+
+impl Detector {
+    /// Whether a value of this shape could hold a match at all.
+    fn candidate(self, s: &Shape) -> bool {
+        match self {
+            Detector::Email => s.at,
+            Detector::CardNumber => s.digit_run >= 13,
+            Detector::UsSsn => s.digit_run >= 9 && s.dash,
+            Detector::Phone => s.digit_run >= 7,
+            Detector::Iban => s.len >= 15 && s.upper >= 2 && s.digits >= 2,
+            Detector::Ipv4 => s.dots >= 3 && s.digits >= 4,
+            Detector::Ipv6 => s.double_colon || s.colons >= 7,
+            Detector::Jwt => s.eyj && s.dots >= 2,
+            Detector::AwsAccessKey => s.len >= 20 && s.upper >= 4,
+            Detector::SecretToken => {
+                s.len >= 10 && (s.underscore || s.dash || s.eq || s.colons > 0 || s.aiza)
+            }
+            Detector::PemPrivateKey => s.dashes5,
+        }
+    }
+}
+
+/// Facts about a value gathered in one pass, cheap enough for every value.
+#[derive(Debug, Default)]
+struct Shape {
+    len: usize,
+    digits: usize,
+    /// Most digits in one run where single separators (space, `-`, `.`, parentheses)
+    /// may sit between them, as in `4111 1111 1111 1111` or `(415) 555-0123`.
+    digit_run: usize,
+    upper: usize,
+    colons: usize,
+    dots: usize,
+    at: bool,
+    dash: bool,
+    underscore: bool,
+    eq: bool,
+    double_colon: bool,
+    dashes5: bool,
+    eyj: bool,
+    aiza: bool,
+}
+
+impl Shape {
+    fn of(value: &[u8]) -> Shape {
+        let mut s = Shape {
+            len: value.len(),
+            ..Shape::default()
+        };
+        let (mut run, mut seps, mut dash_run) = (0usize, 0usize, 0usize);
+        let mut prev = 0u8;
+        for (i, &b) in value.iter().enumerate() {
+            match b {
+                b'0'..=b'9' => {
+                    s.digits += 1;
+                    run += 1;
+                    seps = 0;
+                    s.digit_run = s.digit_run.max(run);
+                }
+                b' ' | b'-' | b'.' | b'(' | b')' | b'+' if seps < 2 => seps += 1,
+                _ => {
+                    run = 0;
+                    seps = 0;
+                }
+            }
+            match b {
+                b'A'..=b'Z' => {
+                    s.upper += 1;
+                    if b == b'A' && value.get(i + 1..i + 4) == Some(b"Iza") {
+                        s.aiza = true;
+                    }
+                }
+                b':' => {
+                    s.colons += 1;
+                    s.double_colon |= prev == b':';
+                }
+                b'.' => s.dots += 1,
+                b'@' => s.at = true,
+                b'_' => s.underscore = true,
+                b'=' => s.eq = true,
+                b'e' if value.get(i + 1..i + 3) == Some(b"yJ") => s.eyj = true,
+                _ => {}
+            }
+            if b == b'-' {
+                s.dash = true;
+                dash_run += 1;
+                s.dashes5 |= dash_run >= 5;
+            } else {
+                dash_run = 0;
+            }
+            prev = b;
+        }
+        s
     }
 }
 
@@ -288,7 +384,6 @@ struct Finder {
 
 /// A compiled set of masking rules; implements [`Masker`].
 pub struct MaskingEngine {
-    set: RegexSet,
     finders: Vec<Finder>,
     columns: Vec<(ColumnPattern, MaskStyle)>,
     key: hmac::Key,
@@ -339,19 +434,7 @@ impl MaskingEngine {
                 style,
             });
         }
-        let set = RegexSetBuilder::new(finders.iter().map(|f| f.regex.as_str()))
-            .unicode(false)
-            .size_limit(REGEX_SIZE_LIMIT * 4)
-            .build()
-            .or_else(|_| {
-                // Custom patterns may need Unicode; build the set with it then.
-                RegexSetBuilder::new(finders.iter().map(|f| f.regex.as_str()))
-                    .size_limit(REGEX_SIZE_LIMIT * 4)
-                    .build()
-            })
-            .map_err(|e| format!("detector set: {e}"))?;
         Ok(Self {
-            set,
             finders,
             columns: rules.columns,
             key: hmac::Key::new(hmac::HMAC_SHA256, hash_key),
@@ -392,11 +475,13 @@ impl MaskingEngine {
     }
 
     /// The accepted, non-overlapping matches in `value`, earliest (then longest) first.
-    fn find(&self, value: &[u8]) -> Vec<(usize, usize, usize)> {
-        // Each finder scans on its own: asking the set which ones matched would
-        // allocate, and most candidate values turn out to be look-alikes.
+    fn find(&self, value: &[u8], prefilter: bool) -> Vec<(usize, usize, usize)> {
+        let shape = Shape::of(value);
         let mut spans: Vec<(usize, usize, usize)> = Vec::new();
         for (idx, f) in self.finders.iter().enumerate() {
+            if prefilter && f.detector.is_some_and(|d| !d.candidate(&shape)) {
+                continue;
+            }
             for m in f.regex.find_iter(value) {
                 if m.is_empty() {
                     continue;
@@ -422,6 +507,21 @@ impl MaskingEngine {
         rule: Option<ColumnRuleId>,
         value: &[u8],
     ) -> (Masked, Vec<String>) {
+        self.mask_with(rule, value, true)
+    }
+
+    /// The same as [`Masker::mask`] but running every detector's regex on every value:
+    /// the reference the shape prefilter is tested against. Slower; not for proxies.
+    pub fn mask_without_prefilter(&self, value: &[u8]) -> Masked {
+        self.mask_with(None, value, false).0
+    }
+
+    fn mask_with(
+        &self,
+        rule: Option<ColumnRuleId>,
+        value: &[u8],
+        prefilter: bool,
+    ) -> (Masked, Vec<String>) {
         if let Some(ColumnRuleId(i)) = rule
             && let Some((_, style)) = self.columns.get(i)
         {
@@ -431,10 +531,7 @@ impl MaskingEngine {
             };
             return (masked, vec!["column".into()]);
         }
-        if !self.set.is_match(value) {
-            return (Masked::Unchanged, Vec::new());
-        }
-        let spans = self.find(value);
+        let spans = self.find(value, prefilter);
         if spans.is_empty() {
             return (Masked::Unchanged, Vec::new());
         }

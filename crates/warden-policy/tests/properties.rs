@@ -86,7 +86,7 @@ fn card() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn drop_is_denied_however_it_is_written(
@@ -159,6 +159,21 @@ proptest! {
     #[test]
     fn plain_words_are_left_alone(text in "[a-zA-Z ,.!?]{0,200}") {
         prop_assert_eq!(engine().mask(None, text.as_bytes()), Masked::Unchanged);
+    }
+
+    /// The shape prefilter never skips a detector that would have matched.
+    #[test]
+    fn prefilter_changes_nothing(
+        text in proptest::collection::vec(
+            prop_oneof![
+                "[0-9]{1,5}", "[ .()+:@=_-]", "[A-Z]{1,4}", "[a-z]{1,6}",
+                Just("eyJ".to_string()), Just("AIza".to_string()), Just("-----".to_string()), Just("::".to_string()),
+            ],
+            0..24,
+        ).prop_map(|parts| parts.concat()),
+    ) {
+        let e = engine();
+        prop_assert_eq!(e.mask(None, text.as_bytes()), e.mask_without_prefilter(text.as_bytes()), "{:?}", text);
     }
 
     #[test]
