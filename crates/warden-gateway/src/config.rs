@@ -494,6 +494,39 @@ mod tests {
     }
 
     #[test]
+    fn policy_sets_are_validated_at_load() {
+        let ok = load_str(
+            "[[policies.guardrails]]\nname = \"g\"\n[[policies.guardrails.rules]]\nname = \"r\"\nsql_statements = [\"drop\"]\n",
+            &[],
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        for (cfg, needle) in [
+            (
+                "[[policies.guardrails]]\nname = \"g\"\n[[policies.guardrails.rules]]\nname = \"r\"\n",
+                "exactly one matcher",
+            ),
+            (
+                "[[policies.masking]]\nname = \"m\"\ndetectors = [\"emial\"]\n",
+                "emial",
+            ),
+            (
+                "[[policies.masking]]\nname = \"m\"\ncustom = [{ name = \"x\", regex = \"(\" }]\n",
+                "custom detector",
+            ),
+            (
+                "[[policies.guardrails]]\nname = \"g\"\nrules = []\n[[policies.guardrails]]\nname = \"g\"\nrules = []\n",
+                "twice",
+            ),
+        ] {
+            let err = load_str(cfg, &[])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{cfg}: {err}");
+        }
+    }
+
+    #[test]
     fn rejects_weak_or_unsafe_settings() {
         for (cfg, needle) in [
             ("admin_token = \"short\"\n", "admin_token"),

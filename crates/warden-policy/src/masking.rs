@@ -8,7 +8,7 @@
 //! to the earliest and longest, and only then is a new value built.
 
 use aws_lc_rs::hmac;
-use regex::bytes::{Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -123,97 +123,56 @@ impl Detector {
 }
 
 impl Detector {
-    /// Whether a value of this shape could hold a match at all.
+    /// Whether a value of this shape could hold a match at all. Each test is implied
+    /// by the detector's regex (a property test checks the two paths agree).
     fn candidate(self, s: &Shape) -> bool {
         match self {
             Detector::Email => s.at,
-            Detector::CardNumber => s.digit_run >= 13,
-            Detector::UsSsn => s.digit_run >= 9 && s.dash,
-            Detector::Phone => s.digit_run >= 7,
+            Detector::CardNumber => s.digits >= 13,
+            Detector::UsSsn => s.digits >= 9 && s.dashes >= 2,
+            Detector::Phone => s.digits >= 7,
             Detector::Iban => s.len >= 15 && s.upper >= 2 && s.digits >= 2,
             Detector::Ipv4 => s.dots >= 3 && s.digits >= 4,
-            Detector::Ipv6 => s.double_colon || s.colons >= 7,
-            Detector::Jwt => s.eyj && s.dots >= 2,
+            Detector::Ipv6 => s.colons >= 2,
+            Detector::Jwt => s.len >= 30 && s.dots >= 2,
             Detector::AwsAccessKey => s.len >= 20 && s.upper >= 4,
             Detector::SecretToken => {
-                s.len >= 10 && (s.underscore || s.dash || s.eq || s.colons > 0 || s.aiza)
+                s.len >= 10 && (s.underscores + s.dashes + s.colons + s.equals > 0 || s.upper > 0)
             }
-            Detector::PemPrivateKey => s.dashes5,
+            Detector::PemPrivateKey => s.dashes >= 10,
         }
     }
 }
 
-/// Facts about a value gathered in one pass, cheap enough for every value.
+/// Facts about a value, each a simple count the compiler vectorizes, cheap enough
+/// to compute for every value before deciding whether any regex needs to run.
 #[derive(Debug, Default)]
 struct Shape {
     len: usize,
     digits: usize,
-    /// Most digits in one run where single separators (space, `-`, `.`, parentheses)
-    /// may sit between them, as in `4111 1111 1111 1111` or `(415) 555-0123`.
-    digit_run: usize,
     upper: usize,
     colons: usize,
     dots: usize,
+    dashes: usize,
+    underscores: usize,
+    equals: usize,
     at: bool,
-    dash: bool,
-    underscore: bool,
-    eq: bool,
-    double_colon: bool,
-    dashes5: bool,
-    eyj: bool,
-    aiza: bool,
 }
 
 impl Shape {
     fn of(value: &[u8]) -> Shape {
-        let mut s = Shape {
+        let count = |c: u8| value.iter().filter(|b| **b == c).count();
+        Shape {
             len: value.len(),
-            ..Shape::default()
-        };
-        let (mut run, mut seps, mut dash_run) = (0usize, 0usize, 0usize);
-        let mut prev = 0u8;
-        for (i, &b) in value.iter().enumerate() {
-            match b {
-                b'0'..=b'9' => {
-                    s.digits += 1;
-                    run += 1;
-                    seps = 0;
-                    s.digit_run = s.digit_run.max(run);
-                }
-                b' ' | b'-' | b'.' | b'(' | b')' | b'+' if seps < 2 => seps += 1,
-                _ => {
-                    run = 0;
-                    seps = 0;
-                }
-            }
-            match b {
-                b'A'..=b'Z' => {
-                    s.upper += 1;
-                    if b == b'A' && value.get(i + 1..i + 4) == Some(b"Iza") {
-                        s.aiza = true;
-                    }
-                }
-                b':' => {
-                    s.colons += 1;
-                    s.double_colon |= prev == b':';
-                }
-                b'.' => s.dots += 1,
-                b'@' => s.at = true,
-                b'_' => s.underscore = true,
-                b'=' => s.eq = true,
-                b'e' if value.get(i + 1..i + 3) == Some(b"yJ") => s.eyj = true,
-                _ => {}
-            }
-            if b == b'-' {
-                s.dash = true;
-                dash_run += 1;
-                s.dashes5 |= dash_run >= 5;
-            } else {
-                dash_run = 0;
-            }
-            prev = b;
+            digits: value.iter().filter(|b| b.is_ascii_digit()).count(),
+            upper: value.iter().filter(|b| b.is_ascii_uppercase()).count(),
+            colons: count(b':'),
+            dots: count(b'.'),
+            dashes: count(b'-'),
+            underscores: count(b'_'),
+            equals: count(b'='),
+            at: value.contains(&b'@'),
         }
-        s
     }
 }
 
@@ -375,6 +334,21 @@ impl ColumnPattern {
     }
 }
 
+/// All finders' regexes in one automaton: one pass tells whether anything matches.
+fn build_set(finders: &[Finder]) -> Result<RegexSet, String> {
+    RegexSetBuilder::new(finders.iter().map(|f| f.regex.as_str()))
+        .unicode(false)
+        .size_limit(REGEX_SIZE_LIMIT * 4)
+        .build()
+        .or_else(|_| {
+            // Custom patterns may need Unicode; build the set with it then.
+            RegexSetBuilder::new(finders.iter().map(|f| f.regex.as_str()))
+                .size_limit(REGEX_SIZE_LIMIT * 4)
+                .build()
+        })
+        .map_err(|e| format!("detector set: {e}"))
+}
+
 struct Finder {
     label: String,
     regex: Regex,
@@ -384,6 +358,7 @@ struct Finder {
 
 /// A compiled set of masking rules; implements [`Masker`].
 pub struct MaskingEngine {
+    set: RegexSet,
     finders: Vec<Finder>,
     columns: Vec<(ColumnPattern, MaskStyle)>,
     key: hmac::Key,
@@ -435,6 +410,7 @@ impl MaskingEngine {
             });
         }
         Ok(Self {
+            set: build_set(&finders)?,
             finders,
             columns: rules.columns,
             key: hmac::Key::new(hmac::HMAC_SHA256, hash_key),
@@ -478,6 +454,15 @@ impl MaskingEngine {
     fn find(&self, value: &[u8], prefilter: bool) -> Vec<(usize, usize, usize)> {
         let shape = Shape::of(value);
         let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        // Most values fit no detector's shape; of the rest, most match nothing, which
+        // one pass of the combined automaton tells faster than each regex would.
+        let any_candidate = self
+            .finders
+            .iter()
+            .any(|f| f.detector.is_none_or(|d| d.candidate(&shape)));
+        if prefilter && (!any_candidate || !self.set.is_match(value)) {
+            return spans;
+        }
         for (idx, f) in self.finders.iter().enumerate() {
             if prefilter && f.detector.is_some_and(|d| !d.candidate(&shape)) {
                 continue;
