@@ -33,6 +33,23 @@ pub trait Guard: Send + Sync {
     fn decide(&self, action: &Action<'_>) -> Decision;
 }
 
+/// What a column holds, as far as masking cares. Proxies map their wire types here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueKind {
+    /// Text, JSON, XML, unknown types: everything is searched.
+    #[default]
+    Text,
+    /// Integers and decimals: a card number or phone can be stored as a number.
+    Number,
+    /// Bytes: searched as they are (keys and tokens end up in blobs).
+    Binary,
+    /// Dates, times, intervals: cannot hold what detectors look for.
+    Temporal,
+    Boolean,
+    Uuid,
+}
+
 /// A result column as a proxy knows it; `schema` and `table` are absent when the
 /// value is computed rather than read from a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +57,24 @@ pub struct ColumnRef<'a> {
     pub schema: Option<&'a str>,
     pub table: Option<&'a str>,
     pub column: &'a str,
+    pub kind: ValueKind,
 }
 
-/// Names a column rule a masker resolved for a column, so per-value masking does not
-/// repeat name matching.
+/// Names a column rule a masker resolved for a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColumnRuleId(pub usize);
+
+/// How a column's values are masked, resolved once per result set so per-value
+/// masking repeats no name matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnPlan {
+    /// A column rule masks every value, whatever it looks like.
+    Rule(ColumnRuleId),
+    /// Run the content detectors on each value.
+    Detect,
+    /// The column's type cannot hold anything detectors look for.
+    Skip,
+}
 
 /// What masking did to one value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +89,11 @@ pub enum Masked {
 
 /// Rewrites sensitive values in results.
 pub trait Masker: Send + Sync {
-    /// The whole-value rule for a column, if one applies; resolve once per result set.
-    fn column_rule(&self, column: &ColumnRef<'_>) -> Option<ColumnRuleId>;
-    /// Masks one text value of a column with `rule` (from [`Masker::column_rule`]).
-    fn mask(&self, rule: Option<ColumnRuleId>, value: &[u8]) -> Masked;
+    /// How to mask a column's values; resolve once per result set. Columns the proxy
+    /// cannot describe are masked with [`ColumnPlan::Detect`].
+    fn plan(&self, column: &ColumnRef<'_>) -> ColumnPlan;
+    /// Masks one value (in its text form) according to its column's plan.
+    fn mask(&self, plan: ColumnPlan, value: &[u8]) -> Masked;
     /// Whether this masker can change anything at all (lets proxies skip work).
     fn is_active(&self) -> bool;
 }

@@ -14,7 +14,9 @@ mod secret;
 mod session;
 pub mod timefmt;
 
-pub use action::{Action, ColumnRef, ColumnRuleId, Guard, Masked, Masker, SqlDialect};
+pub use action::{
+    Action, ColumnPlan, ColumnRef, ColumnRuleId, Guard, Masked, Masker, SqlDialect, ValueKind,
+};
 pub use connection::{
     Connection, ConnectionKind, ConnectionNameError, PolicyRefs, SecretKind, TlsMode, TlsOptions,
     validate_connection_name,

@@ -857,6 +857,8 @@ async fn policies_api_manages_sets_and_evaluates(backend: Backend) {
         {"column": "public.people.ssn", "value": "078-05-1120"},
         {"value": "badge EMP-123456"},
         {"value": "nothing here"},
+        {"column": "orders.shipped_at", "kind": "temporal", "value": "2026-11-29 10:00:00+00"},
+        {"column": "orders.card", "kind": "number", "value": "4111111111111111"},
     ]}))
     .await;
     assert_eq!(
@@ -867,6 +869,15 @@ async fn policies_api_manages_sets_and_evaluates(backend: Backend) {
     assert_eq!(r["masked"][1]["value"], "[redacted:column]");
     assert_eq!(r["masked"][2]["value"], "badge ***-****56");
     assert_eq!(r["masked"][3]["value"], "nothing here");
+    assert_eq!(
+        r["masked"][4]["found"],
+        json!([]),
+        "temporal columns are not searched"
+    );
+    assert_eq!(
+        r["masked"][5]["value"], "[redacted:card_number]",
+        "numbers are"
+    );
     let (status, r) =
         eval(json!({"policies": {"guardrails": ["missing"]}, "sql": "SELECT 1"})).await;
     assert_eq!(

@@ -70,7 +70,7 @@ fn masking(c: &mut Criterion) {
             for row in &rows {
                 for value in row {
                     if !matches!(
-                        engine.mask(None, black_box(value.as_bytes())),
+                        engine.mask(warden_core::ColumnPlan::Detect, black_box(value.as_bytes())),
                         warden_core::Masked::Unchanged
                     ) {
                         changed += 1;
@@ -92,7 +92,8 @@ fn masking(c: &mut Criterion) {
             clean
                 .iter()
                 .filter(|v| {
-                    engine.mask(None, black_box(v.as_bytes())) != warden_core::Masked::Unchanged
+                    engine.mask(warden_core::ColumnPlan::Detect, black_box(v.as_bytes()))
+                        != warden_core::Masked::Unchanged
                 })
                 .count()
         })

@@ -12,7 +12,7 @@ use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
-use warden_core::{ColumnRef, ColumnRuleId, Masked, Masker};
+use warden_core::{ColumnPlan, ColumnRef, ColumnRuleId, Masked, Masker, ValueKind};
 
 use crate::glob;
 
@@ -487,27 +487,21 @@ impl MaskingEngine {
     }
 
     /// Masks `value` and also names what was found (for recordings and tests).
-    pub fn mask_explained(
-        &self,
-        rule: Option<ColumnRuleId>,
-        value: &[u8],
-    ) -> (Masked, Vec<String>) {
-        self.mask_with(rule, value, true)
+    pub fn mask_explained(&self, plan: ColumnPlan, value: &[u8]) -> (Masked, Vec<String>) {
+        self.mask_with(plan, value, true)
     }
 
     /// The same as [`Masker::mask`] but running every detector's regex on every value:
     /// the reference the shape prefilter is tested against. Slower; not for proxies.
     pub fn mask_without_prefilter(&self, value: &[u8]) -> Masked {
-        self.mask_with(None, value, false).0
+        self.mask_with(ColumnPlan::Detect, value, false).0
     }
 
-    fn mask_with(
-        &self,
-        rule: Option<ColumnRuleId>,
-        value: &[u8],
-        prefilter: bool,
-    ) -> (Masked, Vec<String>) {
-        if let Some(ColumnRuleId(i)) = rule
+    fn mask_with(&self, plan: ColumnPlan, value: &[u8], prefilter: bool) -> (Masked, Vec<String>) {
+        if plan == ColumnPlan::Skip {
+            return (Masked::Unchanged, Vec::new());
+        }
+        if let ColumnPlan::Rule(ColumnRuleId(i)) = plan
             && let Some((_, style)) = self.columns.get(i)
         {
             let masked = match self.styled(*style, "column", value) {
@@ -541,15 +535,18 @@ impl MaskingEngine {
 }
 
 impl Masker for MaskingEngine {
-    fn column_rule(&self, column: &ColumnRef<'_>) -> Option<ColumnRuleId> {
-        self.columns
-            .iter()
-            .position(|(p, _)| p.matches(column))
-            .map(ColumnRuleId)
+    fn plan(&self, column: &ColumnRef<'_>) -> ColumnPlan {
+        if let Some(i) = self.columns.iter().position(|(p, _)| p.matches(column)) {
+            return ColumnPlan::Rule(ColumnRuleId(i));
+        }
+        match column.kind {
+            ValueKind::Temporal | ValueKind::Boolean | ValueKind::Uuid => ColumnPlan::Skip,
+            ValueKind::Text | ValueKind::Number | ValueKind::Binary => ColumnPlan::Detect,
+        }
     }
 
-    fn mask(&self, rule: Option<ColumnRuleId>, value: &[u8]) -> Masked {
-        self.mask_explained(rule, value).0
+    fn mask(&self, plan: ColumnPlan, value: &[u8]) -> Masked {
+        self.mask_explained(plan, value).0
     }
 
     fn is_active(&self) -> bool {
@@ -580,7 +577,7 @@ mod tests {
     }
 
     fn masked(e: &MaskingEngine, v: &str) -> String {
-        match e.mask(None, v.as_bytes()) {
+        match e.mask(ColumnPlan::Detect, v.as_bytes()) {
             Masked::Unchanged => v.to_string(),
             Masked::Replaced(b) => String::from_utf8_lossy(&b).into_owned(),
             Masked::Null => "NULL".into(),
@@ -643,21 +640,40 @@ mod tests {
     fn column_rules_mask_whatever_the_value() {
         let e = engine(MaskStyle::Full);
         let col = |s: Option<&'static str>, t: Option<&'static str>, c: &'static str| ColumnRef {
+            kind: ValueKind::Text,
             schema: s,
             table: t,
             column: c,
         };
-        let ssn = e.column_rule(&col(Some("public"), Some("people"), "SSN"));
-        assert!(ssn.is_some());
+        let ssn = e.plan(&col(Some("public"), Some("people"), "SSN"));
+        assert!(matches!(ssn, ColumnPlan::Rule(_)));
         assert_eq!(
             e.mask(ssn, b"42"),
             Masked::Replaced(b"[redacted:column]".to_vec())
         );
-        let pw = e.column_rule(&col(None, None, "db_password_hash"));
+        let pw = e.plan(&col(None, None, "db_password_hash"));
         assert_eq!(e.mask(pw, b"x"), Masked::Null);
         // `*` matches an unknown table too; a named table must be known.
-        assert!(e.column_rule(&col(None, None, "ssn")).is_some());
-        assert!(e.column_rule(&col(None, Some("t"), "name")).is_none());
+        assert!(matches!(
+            e.plan(&col(None, None, "ssn")),
+            ColumnPlan::Rule(_)
+        ));
+        assert_eq!(e.plan(&col(None, Some("t"), "name")), ColumnPlan::Detect);
+        let when = ColumnRef {
+            kind: ValueKind::Temporal,
+            ..col(None, Some("t"), "created_at")
+        };
+        assert_eq!(e.plan(&when), ColumnPlan::Skip);
+        assert_eq!(e.mask(ColumnPlan::Skip, b"2026-11-29"), Masked::Unchanged);
+        let amount = ColumnRef {
+            kind: ValueKind::Number,
+            ..col(None, Some("t"), "card")
+        };
+        assert_eq!(
+            e.plan(&amount),
+            ColumnPlan::Detect,
+            "numbers can hold card numbers"
+        );
     }
 
     #[test]

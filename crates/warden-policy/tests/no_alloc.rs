@@ -27,12 +27,18 @@ fn unmatched_values_allocate_nothing() {
     ];
     // Warm the regex caches, which are allocated once per thread.
     for v in &values {
-        assert_eq!(engine.mask(None, v), Masked::Unchanged);
+        assert_eq!(
+            engine.mask(warden_core::ColumnPlan::Detect, v),
+            Masked::Unchanged
+        );
     }
     let info = allocation_counter::measure(|| {
         for _ in 0..100 {
             for v in &values {
-                assert_eq!(engine.mask(None, v), Masked::Unchanged);
+                assert_eq!(
+                    engine.mask(warden_core::ColumnPlan::Detect, v),
+                    Masked::Unchanged
+                );
             }
         }
     });
@@ -41,7 +47,7 @@ fn unmatched_values_allocate_nothing() {
     // The counter does count: a matching value allocates its replacement.
     let info = allocation_counter::measure(|| {
         assert!(matches!(
-            engine.mask(None, b"bob@example.com"),
+            engine.mask(warden_core::ColumnPlan::Detect, b"bob@example.com"),
             Masked::Replaced(_)
         ));
     });

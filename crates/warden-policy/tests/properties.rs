@@ -137,7 +137,7 @@ proptest! {
             number.clone()
         };
         let value = format!("{before} {shown} {after}");
-        match engine().mask(None, value.as_bytes()) {
+        match engine().mask(warden_core::ColumnPlan::Detect, value.as_bytes()) {
             Masked::Replaced(out) => {
                 let out = String::from_utf8_lossy(&out);
                 prop_assert!(!out.contains(&shown), "{value:?} -> {out:?}");
@@ -150,7 +150,7 @@ proptest! {
     #[test]
     fn emails_are_masked(user in "[a-z][a-z0-9._]{0,15}", domain in "[a-z]{1,10}", tld in "[a-z]{2,6}") {
         let value = format!("contact: {user}@{domain}.{tld}.");
-        match engine().mask(None, value.as_bytes()) {
+        match engine().mask(warden_core::ColumnPlan::Detect, value.as_bytes()) {
             Masked::Replaced(out) => prop_assert!(!String::from_utf8_lossy(&out).contains('@')),
             other => prop_assert!(false, "{value:?} -> {other:?}"),
         }
@@ -158,7 +158,7 @@ proptest! {
 
     #[test]
     fn plain_words_are_left_alone(text in "[a-zA-Z ,.!?]{0,200}") {
-        prop_assert_eq!(engine().mask(None, text.as_bytes()), Masked::Unchanged);
+        prop_assert_eq!(engine().mask(warden_core::ColumnPlan::Detect, text.as_bytes()), Masked::Unchanged);
     }
 
     /// The shape prefilter never skips a detector that would have matched.
@@ -173,11 +173,11 @@ proptest! {
         ).prop_map(|parts| parts.concat()),
     ) {
         let e = engine();
-        prop_assert_eq!(e.mask(None, text.as_bytes()), e.mask_without_prefilter(text.as_bytes()), "{:?}", text);
+        prop_assert_eq!(e.mask(warden_core::ColumnPlan::Detect, text.as_bytes()), e.mask_without_prefilter(text.as_bytes()), "{:?}", text);
     }
 
     #[test]
     fn any_bytes_get_masked_or_left_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let _ = engine().mask(None, &bytes);
+        let _ = engine().mask(warden_core::ColumnPlan::Detect, &bytes);
     }
 }

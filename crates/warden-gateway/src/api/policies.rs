@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use warden_core::{
     Action, ColumnRef, ConnectionKind, Decision, Event, Guard, Masked, PolicyRefs, SqlDialect,
+    ValueKind,
 };
 use warden_policy::{GuardrailSet, Guardrails, MaskingEngine, MaskingSet};
 
@@ -238,6 +239,8 @@ pub struct HttpRequestSpec {
 pub struct ValueSpec {
     /// `column`, `table.column` or `schema.table.column`, as a proxy would know it.
     pub column: Option<String>,
+    /// The column's type class (default `text`); dates, booleans and UUIDs are not searched.
+    pub kind: Option<ValueKind>,
     pub value: String,
 }
 
@@ -275,24 +278,18 @@ pub struct EvaluateResponse {
     pub masked: Vec<MaskedValue>,
 }
 
-fn column_ref(text: &str) -> ColumnRef<'_> {
+fn column_ref(text: &str, kind: ValueKind) -> ColumnRef<'_> {
     let parts: Vec<&str> = text.split('.').collect();
-    match parts.as_slice() {
-        [s, t, c] => ColumnRef {
-            schema: Some(s),
-            table: Some(t),
-            column: c,
-        },
-        [t, c] => ColumnRef {
-            schema: None,
-            table: Some(t),
-            column: c,
-        },
-        _ => ColumnRef {
-            schema: None,
-            table: None,
-            column: text,
-        },
+    let (schema, table, column) = match parts.as_slice() {
+        [s, t, c] => (Some(*s), Some(*t), *c),
+        [t, c] => (None, Some(*t), *c),
+        _ => (None, None, text),
+    };
+    ColumnRef {
+        schema,
+        table,
+        column,
+        kind,
     }
 }
 
@@ -355,11 +352,12 @@ pub async fn evaluate(
         .values
         .iter()
         .map(|v| {
-            let rule = v
-                .column
-                .as_deref()
-                .and_then(|c| warden_core::Masker::column_rule(&masker, &column_ref(c)));
-            let (m, found) = masker.mask_explained(rule, v.value.as_bytes());
+            let kind = v.kind.unwrap_or_default();
+            let plan = match v.column.as_deref() {
+                Some(c) => warden_core::Masker::plan(&masker, &column_ref(c, kind)),
+                None => warden_core::Masker::plan(&masker, &column_ref("?", kind)),
+            };
+            let (m, found) = masker.mask_explained(plan, v.value.as_bytes());
             MaskedValue {
                 value: match m {
                     Masked::Unchanged => Some(v.value.clone()),
