@@ -137,7 +137,7 @@ impl Detector {
             Detector::Jwt => s.len >= 30 && s.dots >= 2,
             Detector::AwsAccessKey => s.len >= 20 && s.upper >= 4,
             Detector::SecretToken => {
-                s.len >= 10 && (s.underscores + s.dashes + s.colons + s.equals > 0 || s.upper > 0)
+                s.len >= 10 && (s.token_prefix || s.secret_assignment || s.aiza)
             }
             Detector::PemPrivateKey => s.dashes >= 10,
         }
@@ -154,26 +154,77 @@ struct Shape {
     colons: usize,
     dots: usize,
     dashes: usize,
-    underscores: usize,
-    equals: usize,
     at: bool,
+    /// `AIza` (Google API keys) appears.
+    aiza: bool,
+    /// A known token prefix (`ghp_`, `wdn_`, `sk_live_`, `glpat-`, `xoxb-`, ...) appears.
+    token_prefix: bool,
+    /// A `:` or `=` follows a name like password, pwd, secret, key or token.
+    secret_assignment: bool,
 }
 
 impl Shape {
     fn of(value: &[u8]) -> Shape {
         let count = |c: u8| value.iter().filter(|b| **b == c).count();
+        let upper = value.iter().filter(|b| b.is_ascii_uppercase()).count();
+        let (colons, dashes, underscores, equals) =
+            (count(b':'), count(b'-'), count(b'_'), count(b'='));
+        // The rarer checks look only at the few positions the counts point to.
+        let positions = |cs: &'static [u8]| {
+            value
+                .iter()
+                .enumerate()
+                .filter(move |(_, b)| cs.contains(b))
+                .map(|(i, _)| i)
+        };
+        let token_prefix = underscores + dashes > 0
+            && positions(b"_-").any(|i| {
+                let before = &value[..i];
+                [
+                    &b"ghp"[..],
+                    b"gho",
+                    b"ghu",
+                    b"ghs",
+                    b"ghr",
+                    b"wdn",
+                    b"live",
+                    b"_pat",
+                    b"glpat",
+                ]
+                .iter()
+                .any(|p| before.ends_with(p))
+                    || (before.len() >= 4 && &before[before.len() - 4..before.len() - 1] == b"xox")
+            });
+        let secret_assignment =
+            colons + equals > 0 && positions(b":=").any(|i| ends_like_secret_name(&value[..i]));
         Shape {
             len: value.len(),
             digits: value.iter().filter(|b| b.is_ascii_digit()).count(),
-            upper: value.iter().filter(|b| b.is_ascii_uppercase()).count(),
-            colons: count(b':'),
+            upper,
+            colons,
             dots: count(b'.'),
-            dashes: count(b'-'),
-            underscores: count(b'_'),
-            equals: count(b'='),
+            dashes,
             at: value.contains(&b'@'),
+            aiza: upper > 0 && value.windows(4).any(|w| w == b"AIza"),
+            token_prefix,
+            secret_assignment,
         }
     }
+}
+
+/// Whether the text before a `:` or `=` ends (spaces aside) like a name the
+/// `secret_token` assignment form looks for: password, passwd, pwd, secret, key, token.
+fn ends_like_secret_name(before: &[u8]) -> bool {
+    let trimmed = before.trim_ascii_end();
+    let tail = &trimmed[trimmed.len().saturating_sub(4)..];
+    let mut lower = [0u8; 4];
+    for (l, b) in lower.iter_mut().zip(tail) {
+        *l = b.to_ascii_lowercase();
+    }
+    let lower = &lower[..tail.len()];
+    [&b"wd"[..], b"word", b"cret", b"key", b"oken"]
+        .iter()
+        .any(|e| lower.ends_with(e))
 }
 
 impl FromStr for Detector {

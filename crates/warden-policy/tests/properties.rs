@@ -168,6 +168,9 @@ proptest! {
             prop_oneof![
                 "[0-9]{1,5}", "[ .()+:@=_-]", "[A-Z]{1,4}", "[a-z]{1,6}",
                 Just("eyJ".to_string()), Just("AIza".to_string()), Just("-----".to_string()), Just("::".to_string()),
+                Just("ghp_".to_string()), Just("wdn_".to_string()), Just("xoxb-".to_string()), Just("sk_live_".to_string()),
+                Just("Password".to_string()), Just("api_key".to_string()), Just("token ".to_string()), Just("glpat-".to_string()),
+                "[0-9a-f]{8,40}",
             ],
             0..24,
         ).prop_map(|parts| parts.concat()),
