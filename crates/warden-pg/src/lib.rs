@@ -1,0 +1,47 @@
+//! PostgreSQL wire protocol (version 3.0) for Warden's proxy.
+//!
+//! This crate owns framing and the messages the proxy must understand; everything it
+//! does not need to interpret is kept as the exact bytes received so it can be
+//! forwarded unchanged. [`frontend`] decodes what clients send, [`backend`] encodes
+//! what the gateway itself answers. Decoding never trusts a length from the network:
+//! every frame is bounded, every field is checked, and a bad frame is an error for
+//! that one session.
+
+pub mod backend;
+pub mod frontend;
+
+pub use frontend::{FrontendDecoder, PgFrontendMessage, PgStartup};
+
+/// Why a frame could not be decoded. The session that sent it ends with this error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PgProtocolError {
+    #[error("message length {0} is invalid")]
+    BadLength(i64),
+    #[error("message of {len} bytes exceeds the limit of {limit}")]
+    TooLarge { len: usize, limit: usize },
+    #[error("unsupported protocol version {major}.{minor}")]
+    UnsupportedVersion { major: u16, minor: u16 },
+    #[error("unknown message type {0:?}")]
+    UnknownMessage(char),
+    #[error("malformed {message}: {detail}")]
+    Malformed {
+        message: &'static str,
+        detail: &'static str,
+    },
+}
+
+/// SQLSTATE codes the gateway uses in its own errors.
+pub mod sqlstate {
+    /// insufficient_privilege: a guardrail denied the statement.
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    /// invalid_authorization_specification: bad or missing token.
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    /// invalid_password.
+    pub const INVALID_PASSWORD: &str = "28P01";
+    /// protocol_violation.
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    /// invalid_catalog_name: the named connection does not exist (or is not allowed).
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
+    /// connection_failure: the backend could not be reached.
+    pub const CONNECTION_FAILURE: &str = "08006";
+}
