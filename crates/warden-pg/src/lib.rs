@@ -2,15 +2,18 @@
 //!
 //! This crate owns framing and the messages the proxy must understand; everything it
 //! does not need to interpret is kept as the exact bytes received so it can be
-//! forwarded unchanged. [`frontend`] decodes what clients send, [`backend`] encodes
-//! what the gateway itself answers. Decoding never trusts a length from the network:
+//! forwarded unchanged. [`frontend`] decodes what clients send, [`results`] decodes
+//! what servers send and rewrites masked rows, [`backend`] encodes what the gateway
+//! itself answers. Decoding never trusts a length from the network:
 //! every frame is bounded, every field is checked, and a bad frame is an error for
 //! that one session.
 
 pub mod backend;
 pub mod frontend;
+pub mod results;
 
-pub use frontend::{FrontendDecoder, PgFrontendMessage, PgStartup};
+pub use frontend::{Frame, FrontendDecoder, PgFrontendMessage, PgStartup};
+pub use results::{BackendDecoder, FieldDescription, PgBackendMessage};
 
 /// Why a frame could not be decoded. The session that sent it ends with this error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

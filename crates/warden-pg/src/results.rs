@@ -1,0 +1,438 @@
+//! Messages from the server, as far as the proxy needs them: result shapes
+//! (`RowDescription`), rows (`DataRow`, rewritten when masking changes a value),
+//! completion, errors, and the authentication requests of the backend login.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use warden_core::{ColumnPlan, Masked, Masker};
+
+use crate::PgProtocolError;
+use crate::frontend::Frame;
+
+/// One column of a `RowDescription`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDescription {
+    pub name: String,
+    /// The table's OID, 0 when the column is computed.
+    pub table_oid: u32,
+    pub column_attr: i16,
+    pub type_oid: u32,
+    pub type_size: i16,
+    pub type_modifier: i32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+/// A decoded server message; frames the proxy only forwards are `Other`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgBackendMessage {
+    /// `R`: 0 ok, 3 cleartext, 5 md5 (with salt), 10 SASL, 11 SASL continue, 12 final.
+    Authentication {
+        code: i32,
+        data: Bytes,
+    },
+    ParameterStatus {
+        name: String,
+        value: String,
+    },
+    BackendKeyData {
+        process_id: i32,
+        secret_key: i32,
+    },
+    ReadyForQuery {
+        status: u8,
+    },
+    RowDescription {
+        fields: Vec<FieldDescription>,
+    },
+    /// Values stay in the frame; see [`mask_data_row`].
+    DataRow,
+    CommandComplete {
+        tag: String,
+    },
+    ErrorResponse {
+        code: String,
+        message: String,
+    },
+    NoticeResponse,
+    /// `H` (copy out) or `G` (copy in) or `W` (copy both), with per-column formats.
+    CopyResponse {
+        kind: u8,
+        column_formats: Vec<i16>,
+    },
+    CopyData,
+    CopyDone,
+    EmptyQueryResponse,
+    Other {
+        tag: u8,
+    },
+}
+
+fn cstr(buf: &mut Bytes, message: &'static str) -> Result<String, PgProtocolError> {
+    let end = buf
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(PgProtocolError::Malformed {
+            message,
+            detail: "unterminated string",
+        })?;
+    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.advance(end + 1);
+    Ok(s)
+}
+
+fn need(buf: &Bytes, n: usize, message: &'static str) -> Result<(), PgProtocolError> {
+    if buf.remaining() < n {
+        Err(PgProtocolError::Malformed {
+            message,
+            detail: "truncated",
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Frames and decodes a server's byte stream.
+#[derive(Debug, Clone)]
+pub struct BackendDecoder {
+    max_message: usize,
+}
+
+impl BackendDecoder {
+    pub fn new(max_message: usize) -> Self {
+        Self { max_message }
+    }
+
+    pub fn decode(
+        &self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<Frame<PgBackendMessage>>, PgProtocolError> {
+        if buf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = buf[0];
+        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        let len_usize =
+            usize::try_from(len).map_err(|_| PgProtocolError::BadLength(i64::from(len)))?;
+        if len_usize < 4 {
+            return Err(PgProtocolError::BadLength(i64::from(len)));
+        }
+        if len_usize > self.max_message {
+            return Err(PgProtocolError::TooLarge {
+                len: len_usize,
+                limit: self.max_message,
+            });
+        }
+        if buf.len() < len_usize + 1 {
+            buf.reserve(len_usize + 1 - buf.len());
+            return Ok(None);
+        }
+        let raw = buf.split_to(len_usize + 1).freeze();
+        let mut body = raw.slice(5..);
+        let message = match tag {
+            b'R' => {
+                need(&body, 4, "Authentication")?;
+                let code = body.get_i32();
+                PgBackendMessage::Authentication { code, data: body }
+            }
+            b'S' => {
+                let name = cstr(&mut body, "ParameterStatus")?;
+                let value = cstr(&mut body, "ParameterStatus")?;
+                PgBackendMessage::ParameterStatus { name, value }
+            }
+            b'K' => {
+                need(&body, 8, "BackendKeyData")?;
+                PgBackendMessage::BackendKeyData {
+                    process_id: body.get_i32(),
+                    secret_key: body.get_i32(),
+                }
+            }
+            b'Z' => {
+                need(&body, 1, "ReadyForQuery")?;
+                PgBackendMessage::ReadyForQuery {
+                    status: body.get_u8(),
+                }
+            }
+            b'T' => {
+                need(&body, 2, "RowDescription")?;
+                let n =
+                    usize::try_from(body.get_i16()).map_err(|_| PgProtocolError::Malformed {
+                        message: "RowDescription",
+                        detail: "negative field count",
+                    })?;
+                let mut fields = Vec::with_capacity(n.min(1600));
+                for _ in 0..n {
+                    let name = cstr(&mut body, "RowDescription")?;
+                    need(&body, 18, "RowDescription")?;
+                    fields.push(FieldDescription {
+                        name,
+                        table_oid: body.get_u32(),
+                        column_attr: body.get_i16(),
+                        type_oid: body.get_u32(),
+                        type_size: body.get_i16(),
+                        type_modifier: body.get_i32(),
+                        format: body.get_i16(),
+                    });
+                }
+                PgBackendMessage::RowDescription { fields }
+            }
+            b'D' => PgBackendMessage::DataRow,
+            b'C' => PgBackendMessage::CommandComplete {
+                tag: cstr(&mut body, "CommandComplete")?,
+            },
+            b'E' => {
+                let (mut code, mut message) = (String::new(), String::new());
+                while body.has_remaining() {
+                    let field = body.get_u8();
+                    if field == 0 {
+                        break;
+                    }
+                    let value = cstr(&mut body, "ErrorResponse")?;
+                    match field {
+                        b'C' => code = value,
+                        b'M' => message = value,
+                        _ => {}
+                    }
+                }
+                PgBackendMessage::ErrorResponse { code, message }
+            }
+            b'N' => PgBackendMessage::NoticeResponse,
+            b'H' | b'G' | b'W' => {
+                need(&body, 3, "CopyResponse")?;
+                let _overall = body.get_u8();
+                let n = usize::try_from(body.get_i16()).unwrap_or(0);
+                need(&body, n * 2, "CopyResponse")?;
+                let column_formats = (0..n).map(|_| body.get_i16()).collect();
+                PgBackendMessage::CopyResponse {
+                    kind: tag,
+                    column_formats,
+                }
+            }
+            b'd' => PgBackendMessage::CopyData,
+            b'c' => PgBackendMessage::CopyDone,
+            b'I' => PgBackendMessage::EmptyQueryResponse,
+            other => PgBackendMessage::Other { tag: other },
+        };
+        Ok(Some(Frame { message, raw }))
+    }
+}
+
+/// What to do with one column's values in a `DataRow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnMasking {
+    /// Hand the value bytes (text format, or binary text-like types) to the masker.
+    Mask(ColumnPlan),
+    /// A binary-format value a rule covers: it cannot be rewritten type-correctly, so
+    /// it becomes NULL (fail closed).
+    NullIfRule(ColumnPlan),
+    /// Leave it.
+    Keep,
+}
+
+/// Rewrites a `DataRow` frame with masked values and recomputed lengths. Returns
+/// `None` when nothing changed, so the original frame is forwarded without copying.
+pub fn mask_data_row(
+    raw: &Bytes,
+    columns: &[ColumnMasking],
+    masker: &dyn Masker,
+) -> Result<Option<BytesMut>, PgProtocolError> {
+    const M: &str = "DataRow";
+    let mut body = raw.slice(5..);
+    need(&body, 2, M)?;
+    let n = usize::try_from(body.get_i16()).map_err(|_| PgProtocolError::Malformed {
+        message: M,
+        detail: "negative column count",
+    })?;
+    let mut out: Option<BytesMut> = None;
+    let start_of_values = raw.len() - body.remaining();
+    for i in 0..n {
+        let at_value = raw.len() - body.remaining();
+        need(&body, 4, M)?;
+        let len = body.get_i32();
+        let value = if len < 0 {
+            None
+        } else {
+            let l = usize::try_from(len).map_err(|_| PgProtocolError::Malformed {
+                message: M,
+                detail: "bad length",
+            })?;
+            need(&body, l, M)?;
+            let v = body.slice(..l);
+            body.advance(l);
+            Some(v)
+        };
+        let action = columns
+            .get(i)
+            .copied()
+            .unwrap_or(ColumnMasking::Mask(ColumnPlan::Detect));
+        let masked = match (&value, action) {
+            (None, _) | (_, ColumnMasking::Keep) => Masked::Unchanged,
+            (Some(v), ColumnMasking::Mask(plan)) => masker.mask(plan, v),
+            (Some(_), ColumnMasking::NullIfRule(ColumnPlan::Rule(_))) => Masked::Null,
+            (Some(_), ColumnMasking::NullIfRule(_)) => Masked::Unchanged,
+        };
+        if masked != Masked::Unchanged && out.is_none() {
+            // First change: copy the values before this one as they are.
+            let mut o = BytesMut::with_capacity(raw.len() + 32);
+            o.extend_from_slice(&raw[..start_of_values]);
+            o.extend_from_slice(&raw[start_of_values..at_value]);
+            out = Some(o);
+        }
+        if let Some(o) = out.as_mut() {
+            match (masked, &value) {
+                (Masked::Null, _) | (Masked::Unchanged, None) => o.put_i32(-1),
+                (Masked::Replaced(r), _) => {
+                    o.put_i32(
+                        i32::try_from(r.len()).map_err(|_| PgProtocolError::Malformed {
+                            message: M,
+                            detail: "value too large",
+                        })?,
+                    );
+                    o.extend_from_slice(&r);
+                }
+                (Masked::Unchanged, Some(v)) => {
+                    o.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                    o.extend_from_slice(v);
+                }
+            }
+        }
+    }
+    if body.has_remaining() {
+        return Err(PgProtocolError::Malformed {
+            message: M,
+            detail: "trailing bytes",
+        });
+    }
+    if let Some(o) = out.as_mut() {
+        let len = i32::try_from(o.len() - 1).map_err(|_| PgProtocolError::Malformed {
+            message: M,
+            detail: "row too large",
+        })?;
+        o[1..5].copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_core::{ColumnRef, ColumnRuleId};
+
+    /// Masks values containing `secret` and everything under a rule.
+    struct Stub;
+    impl Masker for Stub {
+        fn plan(&self, _: &ColumnRef<'_>) -> ColumnPlan {
+            ColumnPlan::Detect
+        }
+        fn mask(&self, plan: ColumnPlan, value: &[u8]) -> Masked {
+            match plan {
+                ColumnPlan::Rule(_) => Masked::Replaced(b"[redacted]".to_vec()),
+                _ if value.windows(6).any(|w| w == b"secret") => Masked::Replaced(b"***".to_vec()),
+                _ => Masked::Unchanged,
+            }
+        }
+        fn is_active(&self) -> bool {
+            true
+        }
+    }
+
+    fn data_row(values: &[Option<&[u8]>]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'D');
+        b.put_i32(0);
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        let len = (b.len() - 1) as i32;
+        b[1..5].copy_from_slice(&len.to_be_bytes());
+        b.freeze()
+    }
+
+    #[test]
+    fn rows_are_rewritten_only_when_something_changes() {
+        let row = data_row(&[Some(b"1"), Some(b"a secret value"), None, Some(b"x")]);
+        let detect = ColumnMasking::Mask(ColumnPlan::Detect);
+        let cols = [
+            detect,
+            detect,
+            detect,
+            ColumnMasking::Mask(ColumnPlan::Rule(ColumnRuleId(0))),
+        ];
+        let out = mask_data_row(&row, &cols, &Stub)
+            .ok()
+            .flatten()
+            .map(|b| b.freeze());
+        assert_eq!(
+            out,
+            Some(data_row(&[
+                Some(b"1"),
+                Some(b"***"),
+                None,
+                Some(b"[redacted]")
+            ]))
+        );
+
+        let clean = data_row(&[Some(b"1"), Some(b"plain")]);
+        assert_eq!(mask_data_row(&clean, &[detect, detect], &Stub), Ok(None));
+
+        let binary = data_row(&[Some(&[0, 0, 0, 42])]);
+        let nulled = mask_data_row(
+            &binary,
+            &[ColumnMasking::NullIfRule(ColumnPlan::Rule(ColumnRuleId(0)))],
+            &Stub,
+        );
+        assert_eq!(
+            nulled.ok().flatten().map(|b| b.freeze()),
+            Some(data_row(&[None]))
+        );
+    }
+
+    #[test]
+    fn malformed_rows_are_errors() {
+        let detect = [ColumnMasking::Mask(ColumnPlan::Detect)];
+        let mut bad = BytesMut::from(&data_row(&[Some(b"abc")])[..]);
+        bad.truncate(bad.len() - 1);
+        assert!(mask_data_row(&bad.freeze(), &detect, &Stub).is_err());
+        let mut lying = BytesMut::from(&data_row(&[Some(b"abc")])[..]);
+        lying[7..11].copy_from_slice(&1000i32.to_be_bytes());
+        assert!(mask_data_row(&lying.freeze(), &detect, &Stub).is_err());
+    }
+
+    #[test]
+    fn decodes_result_shapes() {
+        let mut b = BytesMut::new();
+        b.put_u8(b'T');
+        b.put_i32(0);
+        b.put_i16(1);
+        b.extend_from_slice(b"email\0");
+        b.put_u32(16384);
+        b.put_i16(2);
+        b.put_u32(25);
+        b.put_i16(-1);
+        b.put_i32(-1);
+        b.put_i16(0);
+        let len = (b.len() - 1) as i32;
+        b[1..5].copy_from_slice(&len.to_be_bytes());
+        let f = BackendDecoder::new(1 << 20)
+            .decode(&mut b)
+            .ok()
+            .flatten()
+            .map(|f| f.message);
+        match f {
+            Some(PgBackendMessage::RowDescription { fields }) => {
+                assert_eq!(fields[0].name, "email");
+                assert_eq!(
+                    (fields[0].table_oid, fields[0].type_oid, fields[0].format),
+                    (16384, 25, 0)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
