@@ -47,6 +47,26 @@ if ! psql "$WARDEN_TEST_PG_URL" -qAtc 'SELECT 1' >/dev/null 2>&1; then
   sleep 1
   psql "$WARDEN_TEST_PG_URL" -qAtc 'SELECT 1' >/dev/null
 fi
+# Roles that make the server ask for each password method the PostgreSQL proxy must
+# speak to backends: SCRAM-SHA-256, md5 and cleartext (pg_hba rules first in the file).
+hba=$(psql "$WARDEN_TEST_PG_URL" -qAtc 'SHOW hba_file')
+if ! as_root grep -q 'warden_t_scram' "$hba"; then
+  log "adding password-auth test roles to $hba"
+  as_root sed -i '1i host all warden_t_scram 127.0.0.1/32 scram-sha-256\nhost all warden_t_md5 127.0.0.1/32 md5\nhost all warden_t_clear 127.0.0.1/32 password' "$hba"
+  psql "$WARDEN_TEST_PG_URL" -qc 'SELECT pg_reload_conf()' >/dev/null
+fi
+psql "$WARDEN_TEST_PG_URL" -q >/dev/null <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'warden_t_scram') THEN CREATE ROLE warden_t_scram LOGIN; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'warden_t_md5') THEN CREATE ROLE warden_t_md5 LOGIN; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'warden_t_clear') THEN CREATE ROLE warden_t_clear LOGIN; END IF;
+END $$;
+SET password_encryption = 'scram-sha-256';
+ALTER ROLE warden_t_scram PASSWORD 'scram-pw-1';
+ALTER ROLE warden_t_clear PASSWORD 'clear-pw-1';
+SET password_encryption = 'md5';
+ALTER ROLE warden_t_md5 PASSWORD 'md5-pw-1';
+SQL
 # Databases left by earlier runs (each test creates its own warden_t_*).
 for db in $(psql "$WARDEN_TEST_PG_URL" -qAtc "SELECT datname FROM pg_database WHERE datname LIKE 'warden\_t\_%'"); do
   psql "$WARDEN_TEST_PG_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null

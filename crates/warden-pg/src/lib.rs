@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod frontend;
+pub mod login;
 pub mod results;
 
 pub use frontend::{Frame, FrontendDecoder, PgFrontendMessage, PgStartup};

@@ -135,3 +135,73 @@ async fn login_query_and_masked_row_from_real_postgres() {
 
     stream.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
 }
+
+/// Logs in as each password-auth test role that scripts/test.sh creates.
+#[tokio::test]
+async fn login_with_scram_md5_cleartext_and_trust() {
+    use warden_core::Secret;
+    use warden_pg::login::{LoginError, login};
+    let host = std::env::var("WARDEN_TEST_PG_HOSTPORT").unwrap_or_else(|_| "127.0.0.1:5432".into());
+    for (user, password) in [
+        ("warden_t_scram", Some("scram-pw-1")),
+        ("warden_t_md5", Some("md5-pw-1")),
+        ("warden_t_clear", Some("clear-pw-1")),
+        ("postgres", None),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let secret = password.map(|p| Secret::new(p.to_string()));
+        let session = login(
+            &mut stream,
+            user,
+            "postgres",
+            secret.as_ref(),
+            &[("application_name".into(), "warden-test".into())],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e} (run scripts/test.sh to create the test roles)"));
+        assert!(
+            session
+                .parameters
+                .iter()
+                .any(|(k, _)| k == "server_version"),
+            "{user}"
+        );
+        assert!(
+            session
+                .parameters
+                .contains(&("application_name".into(), "warden-test".into())),
+            "{user}"
+        );
+        assert_ne!(session.secret_key, 0, "{user}");
+    }
+    for (user, wrong) in [
+        ("warden_t_scram", "nope"),
+        ("warden_t_md5", "nope"),
+        ("warden_t_clear", "nope"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let err = login(
+            &mut stream,
+            user,
+            "postgres",
+            Some(&Secret::new(wrong.into())),
+            &[],
+        )
+        .await
+        .unwrap_err();
+        match &err {
+            LoginError::Refused { code, .. } => assert_eq!(code, "28P01", "{user}: {err}"),
+            other => panic!("{user}: {other}"),
+        }
+        assert!(
+            !err.to_string().contains(wrong),
+            "the password leaked into the error: {err}"
+        );
+    }
+    // No password held for a role that needs one: a clear error, nothing sent.
+    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let err = login(&mut stream, "warden_t_scram", "postgres", None, &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoginError::Unsupported(_)), "{err}");
+}
