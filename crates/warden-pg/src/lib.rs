@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod frontend;
 pub mod login;
+pub mod proxy;
 pub mod results;
 
 pub use frontend::{Frame, FrontendDecoder, PgFrontendMessage, PgStartup};

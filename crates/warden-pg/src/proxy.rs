@@ -1,0 +1,439 @@
+//! One client session through the PostgreSQL proxy: startup, token login, backend
+//! login with the held credential, then the relay.
+//!
+//! Every `Query` and `Parse` is decided by the session's guard and recorded through
+//! the hooks *before* it is forwarded (audit-before-execute; a failed record denies).
+//! A denied statement never reaches the server: the proxy forwards in its place a
+//! statement that fails at parse analysis with a one-time marker, and when the server's
+//! error for it comes back the proxy replaces it with its own `ErrorResponse` (SQLSTATE
+//! 42501, naming the rule). The server thus keeps the response order, the pipeline's
+//! skip-until-Sync behaviour and the transaction state exactly as for a real error.
+//! Result rows are masked on the way back.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden_core::{Action, ColumnRef, Decision, Guard, Masker, Secret, SqlDialect, ValueKind};
+
+use crate::backend::{self as out, PgNotice};
+use crate::frontend::{FrontendDecoder, PgFrontendMessage, PgStartup};
+use crate::login::login;
+use crate::results::{BackendDecoder, ColumnMasking, PgBackendMessage, mask_data_row};
+use crate::sqlstate;
+
+/// What the gateway resolved for an authenticated client.
+pub struct ProxySession {
+    pub backend_addr: String,
+    pub backend_user: String,
+    pub backend_database: String,
+    pub secret: Option<Secret<String>>,
+    pub guard: Arc<dyn Guard>,
+    pub masker: Arc<dyn Masker>,
+}
+
+/// Why the gateway refused a client.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+/// A statement the proxy saw, for the audit log and the recording.
+#[derive(Debug, Clone)]
+pub struct StatementRecord {
+    pub sql: String,
+    /// `Query` (simple protocol) or `Parse` (extended).
+    pub via: &'static str,
+    pub decision: Decision,
+}
+
+/// What the proxy needs from the gateway; no storage code lives here.
+pub trait ProxyHooks: Send + Sync + 'static {
+    /// Checks `token` and the client's access to the connection named `database`.
+    fn open(
+        &self,
+        database: &str,
+        user: &str,
+        token: &str,
+        client: SocketAddr,
+    ) -> impl Future<Output = Result<ProxySession, Refusal>> + Send;
+    /// Durably records a statement before it is forwarded; an error denies it.
+    fn record(&self, record: StatementRecord) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Listener-level settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Accept tokens over plain TCP from non-loopback clients (TLS is not offered yet).
+    pub allow_plaintext_tokens: bool,
+    pub max_message: usize,
+}
+
+async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
+    let mut b = BytesMut::new();
+    out::error_response(
+        &mut b,
+        &PgNotice {
+            severity: "FATAL",
+            code,
+            message,
+            detail: None,
+            hint: None,
+        },
+    );
+    let _ = stream.write_all(&b).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serves one client connection to its end. Errors end this session only.
+pub async fn serve_client<H: ProxyHooks>(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    hooks: Arc<H>,
+    config: ProxyConfig,
+) {
+    let decoder = FrontendDecoder::new(config.max_message);
+    let mut buf = BytesMut::new();
+    // Startup: answer SSL/GSS requests with "no" until the real startup packet.
+    let params = loop {
+        match decoder.decode_startup(&mut buf) {
+            Ok(Some(f)) => match f.message {
+                PgStartup::SslRequest | PgStartup::GssEncRequest => {
+                    if client.write_all(b"N").await.is_err() {
+                        return;
+                    }
+                }
+                PgStartup::Cancel { .. } => return,
+                startup @ PgStartup::Startup { .. } => break startup,
+            },
+            Ok(None) => match client.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            Err(e) => {
+                return fatal(&mut client, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+            }
+        }
+    };
+    let database = params
+        .param("database")
+        .or(params.param("user"))
+        .unwrap_or("")
+        .to_string();
+    let user = params.param("user").unwrap_or("").to_string();
+    if !config.allow_plaintext_tokens && !peer.ip().is_loopback() {
+        return fatal(
+            &mut client,
+            sqlstate::INVALID_AUTHORIZATION,
+            "token authentication over plain TCP is refused for non-loopback clients",
+        )
+        .await;
+    }
+    let mut b = BytesMut::new();
+    out::authentication_cleartext(&mut b);
+    if client.write_all(&b).await.is_err() {
+        return;
+    }
+    let token = loop {
+        match decoder.decode(&mut buf) {
+            Ok(Some(f)) => match f.message {
+                PgFrontendMessage::Password { payload } => {
+                    let text = String::from_utf8_lossy(&payload);
+                    break text.trim_end_matches('\0').to_string();
+                }
+                other => {
+                    return fatal(
+                        &mut client,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &format!("expected a password, got {}", other.name()),
+                    )
+                    .await;
+                }
+            },
+            Ok(None) => match client.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            Err(e) => {
+                return fatal(&mut client, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+            }
+        }
+    };
+    let session = match hooks.open(&database, &user, &token, peer).await {
+        Ok(s) => s,
+        Err(r) => return fatal(&mut client, r.sqlstate, &r.message).await,
+    };
+    let mut server = match TcpStream::connect(&session.backend_addr).await {
+        Ok(s) => s,
+        Err(_) => {
+            return fatal(
+                &mut client,
+                sqlstate::CONNECTION_FAILURE,
+                "the database behind this connection cannot be reached",
+            )
+            .await;
+        }
+    };
+    let app = params
+        .param("application_name")
+        .map(|a| vec![("application_name".to_string(), a.to_string())])
+        .unwrap_or_default();
+    let server_session = match login(
+        &mut server,
+        &session.backend_user,
+        &session.backend_database,
+        session.secret.as_ref(),
+        &app,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // The server's message names the role, never the secret.
+            return fatal(
+                &mut client,
+                sqlstate::CONNECTION_FAILURE,
+                &format!("the gateway could not log in to the database: {e}"),
+            )
+            .await;
+        }
+    };
+    let mut b = BytesMut::new();
+    out::authentication_ok(&mut b);
+    for (k, v) in &server_session.parameters {
+        out::parameter_status(&mut b, k, v);
+    }
+    // Cancel requests are not mapped yet, so the client gets keys that match nothing.
+    out::backend_key_data(&mut b, 0, 0);
+    out::ready_for_query(&mut b, b'I');
+    if client.write_all(&b).await.is_err() {
+        return;
+    }
+    relay(client, server, buf, session, hooks, config).await;
+}
+
+/// Marker → (rule, reason) for statements replaced by a failing stand-in.
+type Denials = Arc<Mutex<HashMap<String, (String, String)>>>;
+
+fn stand_in(marker: &str) -> String {
+    format!("SELECT 1 FROM \"{marker}\"")
+}
+
+fn denied_message(rule: &str, reason: &str) -> String {
+    format!("Warden denied this statement: {reason} (rule {rule})")
+}
+
+async fn relay<H: ProxyHooks>(
+    client: TcpStream,
+    server: TcpStream,
+    mut client_buf: BytesMut,
+    session: ProxySession,
+    hooks: Arc<H>,
+    config: ProxyConfig,
+) {
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let denials: Denials = Arc::new(Mutex::new(HashMap::new()));
+    let guard = session.guard.clone();
+    let masker = session.masker.clone();
+
+    let upstream_denials = denials.clone();
+    let upstream = async move {
+        let decoder = FrontendDecoder::new(config.max_message);
+        loop {
+            let frame = loop {
+                match decoder.decode(&mut client_buf) {
+                    Ok(Some(f)) => break f,
+                    Ok(None) => match client_rd.read_buf(&mut client_buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    Err(_) => return,
+                }
+            };
+            let (sql, via) = match &frame.message {
+                PgFrontendMessage::Query { sql } => (Some(sql.clone()), "Query"),
+                PgFrontendMessage::Parse { sql, .. } => (Some(sql.clone()), "Parse"),
+                PgFrontendMessage::FunctionCall => return, // bypasses SQL: end the session
+                _ => (None, ""),
+            };
+            let Some(sql) = sql else {
+                let terminate = matches!(frame.message, PgFrontendMessage::Terminate);
+                if server_wr.write_all(&frame.raw).await.is_err() || terminate {
+                    return;
+                }
+                continue;
+            };
+            let mut decision = guard.decide(&Action::Sql {
+                dialect: SqlDialect::Postgres,
+                text: &sql,
+            });
+            if let Decision::Review { rule } = &decision {
+                decision = Decision::Deny {
+                    rule: rule.clone(),
+                    reason: "this statement needs an approved review".into(),
+                };
+            }
+            if let Err(e) = hooks
+                .record(StatementRecord {
+                    sql: sql.clone(),
+                    via,
+                    decision: decision.clone(),
+                })
+                .await
+            {
+                decision = Decision::Deny {
+                    rule: "audit".into(),
+                    reason: format!("the audit log cannot record it ({e})"),
+                };
+            }
+            let bytes: Bytes = match &decision {
+                Decision::Deny { rule, reason } => {
+                    let mut raw = [0u8; 12];
+                    let _ = aws_lc_rs::rand::fill(&mut raw);
+                    let marker: String = format!(
+                        "warden-denied-{}",
+                        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    );
+                    if let Ok(mut d) = upstream_denials.lock() {
+                        d.insert(marker.clone(), (rule.clone(), reason.clone()));
+                    }
+                    rewrite(&frame.message, &stand_in(&marker))
+                }
+                _ => frame.raw.clone(),
+            };
+            if server_wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+
+    let downstream = async move {
+        let decoder = BackendDecoder::new(config.max_message);
+        let mut buf = BytesMut::new();
+        let mut columns: Vec<ColumnMasking> = Vec::new();
+        loop {
+            let frame = loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(f)) => break f,
+                    Ok(None) => match server_rd.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    Err(_) => return,
+                }
+            };
+            let bytes: Bytes = match &frame.message {
+                PgBackendMessage::RowDescription { fields } => {
+                    columns = fields
+                        .iter()
+                        .map(|f| {
+                            let kind = value_kind(f.type_oid);
+                            let plan = masker.plan(&ColumnRef {
+                                schema: None,
+                                table: None,
+                                column: &f.name,
+                                kind,
+                            });
+                            if f.format == 1 && !is_text_type(f.type_oid) {
+                                ColumnMasking::NullIfRule(plan)
+                            } else {
+                                ColumnMasking::Mask(plan)
+                            }
+                        })
+                        .collect();
+                    frame.raw.clone()
+                }
+                PgBackendMessage::DataRow if masker.is_active() => {
+                    match mask_data_row(&frame.raw, &columns, masker.as_ref()) {
+                        Ok(Some(rewritten)) => rewritten.freeze(),
+                        Ok(None) => frame.raw.clone(),
+                        Err(_) => return, // a row we cannot read is not passed on unmasked
+                    }
+                }
+                PgBackendMessage::ErrorResponse { message, .. } => {
+                    let hit = denials.lock().ok().and_then(|mut d| {
+                        let key = d.keys().find(|k| message.contains(k.as_str())).cloned();
+                        key.and_then(|k| d.remove(&k))
+                    });
+                    match hit {
+                        Some((rule, reason)) => {
+                            let mut b = BytesMut::new();
+                            out::error_response(
+                                &mut b,
+                                &PgNotice {
+                                    severity: "ERROR",
+                                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                                    message: &denied_message(&rule, &reason),
+                                    detail: None,
+                                    hint: None,
+                                },
+                            );
+                            b.freeze()
+                        }
+                        None => frame.raw.clone(),
+                    }
+                }
+                _ => frame.raw.clone(),
+            };
+            if client_wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Either side ending ends the session.
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+    }
+}
+
+/// The same message with its SQL replaced (for denied statements).
+fn rewrite(message: &PgFrontendMessage, sql: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    let mut body = Vec::new();
+    let tag = match message {
+        PgFrontendMessage::Parse { statement, .. } => {
+            body.extend_from_slice(statement.as_bytes());
+            body.push(0);
+            body.extend_from_slice(sql.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&0u16.to_be_bytes());
+            b'P'
+        }
+        _ => {
+            body.extend_from_slice(sql.as_bytes());
+            body.push(0);
+            b'Q'
+        }
+    };
+    b.extend_from_slice(&[tag]);
+    b.extend_from_slice(
+        &i32::try_from(body.len() + 4)
+            .unwrap_or(i32::MAX)
+            .to_be_bytes(),
+    );
+    b.extend_from_slice(&body);
+    b.freeze()
+}
+
+/// PostgreSQL type OIDs as masking classes.
+fn value_kind(oid: u32) -> ValueKind {
+    match oid {
+        16 => ValueKind::Boolean,
+        20 | 21 | 23 | 26 | 700 | 701 | 790 | 1700 => ValueKind::Number,
+        17 => ValueKind::Binary,
+        1082 | 1083 | 1114 | 1184 | 1186 | 1266 => ValueKind::Temporal,
+        2950 => ValueKind::Uuid,
+        _ => ValueKind::Text,
+    }
+}
+
+/// Types whose binary format is their text (so binary values can be masked as text).
+fn is_text_type(oid: u32) -> bool {
+    matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142)
+}

@@ -1,0 +1,228 @@
+//! The proxy between a real client (tokio-postgres) and the real PostgreSQL, with a
+//! test gateway that holds the backend password (the `warden_t_scram` role).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_postgres::NoTls;
+use warden_core::{Decision, Secret};
+use warden_pg::proxy::{
+    ProxyConfig, ProxyHooks, ProxySession, Refusal, StatementRecord, serve_client,
+};
+use warden_policy::{Guardrails, MaskingEngine, PolicyConfig};
+
+const TOKEN: &str = "test-token-for-the-proxy";
+
+struct Hooks {
+    records: Mutex<Vec<StatementRecord>>,
+    audit_down: AtomicBool,
+}
+
+const POLICY: &str = r#"
+[[guardrails]]
+name = "prod"
+[[guardrails.rules]]
+name = "no-ddl"
+sql_statements = ["ddl"]
+[[guardrails.rules]]
+name = "no-unbounded"
+sql_unbounded_writes = true
+
+[[masking]]
+name = "pii"
+detectors = ["email"]
+"#;
+
+impl ProxyHooks for Hooks {
+    async fn open(
+        &self,
+        database: &str,
+        _user: &str,
+        token: &str,
+        _client: SocketAddr,
+    ) -> Result<ProxySession, Refusal> {
+        if token != TOKEN {
+            return Err(Refusal {
+                sqlstate: "28P01",
+                message: "invalid token".into(),
+            });
+        }
+        if database != "billing" {
+            return Err(Refusal {
+                sqlstate: "3D000",
+                message: format!("no connection `{database}`"),
+            });
+        }
+        let policy: PolicyConfig = toml::from_str(POLICY).unwrap();
+        Ok(ProxySession {
+            backend_addr: std::env::var("WARDEN_TEST_PG_HOSTPORT")
+                .unwrap_or_else(|_| "127.0.0.1:5432".into()),
+            backend_user: "warden_t_scram".into(),
+            backend_database: "postgres".into(),
+            secret: Some(Secret::new("scram-pw-1".into())),
+            guard: Arc::new(Guardrails::compile(&policy.guardrails, &[]).unwrap()),
+            masker: Arc::new(MaskingEngine::from_sets(&policy.masking, b"k").unwrap()),
+        })
+    }
+
+    async fn record(&self, record: StatementRecord) -> Result<(), String> {
+        if self.audit_down.load(Ordering::SeqCst) {
+            return Err("store unavailable".into());
+        }
+        self.records.lock().unwrap().push(record);
+        Ok(())
+    }
+}
+
+async fn start() -> (SocketAddr, Arc<Hooks>) {
+    let hooks = Arc::new(Hooks {
+        records: Mutex::new(Vec::new()),
+        audit_down: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = hooks.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let config = ProxyConfig {
+                allow_plaintext_tokens: false,
+                max_message: 1 << 24,
+            };
+            tokio::spawn(serve_client(stream, peer, h.clone(), config));
+        }
+    });
+    (addr, hooks)
+}
+
+async fn client(
+    addr: SocketAddr,
+    database: &str,
+    token: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let conn = format!(
+        "host=127.0.0.1 port={} user=alice dbname={database} password={token}",
+        addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("not a db error: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_are_relayed_masked_and_denied_in_order() {
+    let (addr, hooks) = start().await;
+    let c = client(addr, "billing", TOKEN).await.unwrap();
+
+    // Simple protocol, masked.
+    let rows = c
+        .simple_query("SELECT 'mail bob@example.com' AS contact, 7 AS n")
+        .await
+        .unwrap();
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    });
+    assert_eq!(row.unwrap().get("contact"), Some("mail [redacted:email]"));
+
+    // Extended protocol with a parameter, binary results, masked.
+    let rows = c
+        .query(
+            "SELECT $1::text AS contact, 42::int4 AS n",
+            &[&"carol@example.org"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>("contact"), "[redacted:email]");
+    assert_eq!(rows[0].get::<_, i32>("n"), 42);
+
+    // Denied: never reaches the server, 42501 naming the rule, session stays usable.
+    let err = c.simple_query("DROP TABLE pg_class").await.unwrap_err();
+    assert_eq!(code(&err), "42501");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("rule prod/no-ddl"),
+        "{err}"
+    );
+    let err = c.query("DELETE FROM pg_class", &[]).await.unwrap_err();
+    assert_eq!(code(&err), "42501");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("DELETE without a WHERE clause")
+    );
+    assert_eq!(
+        c.query_one("SELECT 1::int4", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+
+    // Inside a transaction a denial aborts it, exactly like a server error.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        code(&c.simple_query("TRUNCATE pg_class").await.unwrap_err()),
+        "42501"
+    );
+    assert_eq!(
+        code(&c.simple_query("SELECT 1").await.unwrap_err()),
+        "25P02"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+
+    // Pipelined: allowed, denied, allowed — each answer in its place.
+    let (a, b, d) = futures_util::join!(
+        c.query_one("SELECT 'x@example.com'::text", &[]),
+        c.query("DROP TABLE pg_class", &[]),
+        c.query_one("SELECT 3::int4", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, String>(0), "[redacted:email]");
+    assert_eq!(code(&b.unwrap_err()), "42501");
+    assert_eq!(d.unwrap().get::<_, i32>(0), 3);
+
+    let records = hooks.records.lock().unwrap().clone();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.sql == "DROP TABLE pg_class" && matches!(r.decision, Decision::Deny { .. }))
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.via == "Parse" && r.decision == Decision::Allow)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_failure_denies_and_bad_logins_are_refused() {
+    let (addr, hooks) = start().await;
+    let c = client(addr, "billing", TOKEN).await.unwrap();
+    hooks.audit_down.store(true, Ordering::SeqCst);
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&err), "42501");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("audit log cannot record"),
+        "{err}"
+    );
+    hooks.audit_down.store(false, Ordering::SeqCst);
+    assert!(c.simple_query("SELECT 1").await.is_ok());
+
+    let err = client(addr, "billing", "wrong-token").await.err().unwrap();
+    assert_eq!(code(&err), "28P01");
+    let err = client(addr, "nonexistent", TOKEN).await.err().unwrap();
+    assert_eq!(code(&err), "3D000");
+}
