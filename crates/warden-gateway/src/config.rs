@@ -20,6 +20,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "secrets",
     "auth",
     "policies",
+    "pg",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +46,45 @@ pub struct Config {
     /// Guardrail, review and masking sets defined here are read-only in the API.
     #[serde(default)]
     pub policies: warden_policy::PolicyConfig,
+    #[serde(default)]
+    pub pg: PgListenerConfig,
+}
+
+/// The PostgreSQL proxy listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgListenerConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_pg_listen")]
+    pub listen: SocketAddr,
+    /// Accept tokens over plain TCP from clients that are not on loopback.
+    #[serde(default)]
+    pub allow_plaintext_tokens: bool,
+    /// Largest single protocol message accepted, in bytes.
+    #[serde(default = "default_pg_max_message")]
+    pub max_message_bytes: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_pg_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15432))
+}
+fn default_pg_max_message() -> usize {
+    64 * 1024 * 1024
+}
+
+impl Default for PgListenerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_pg_listen(),
+            allow_plaintext_tokens: false,
+            max_message_bytes: default_pg_max_message(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +252,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             auth: AuthConfig::default(),
             policies: warden_policy::PolicyConfig::default(),
+            pg: PgListenerConfig::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 mod bootstrap;
 pub mod config;
+mod pg;
 pub mod policy;
 mod server;
 
@@ -42,6 +43,7 @@ pub enum GatewayError {
 /// A running gateway.
 pub struct Gateway {
     api_addr: SocketAddr,
+    pg_addr: Option<SocketAddr>,
     tls: bool,
     admin_token: Option<Secret<String>>,
     store: Arc<Store>,
@@ -55,7 +57,7 @@ impl Gateway {
         let key = bootstrap::master_key(&config)?;
         let store = Arc::new(bootstrap::open_store(&config, &key).await?);
         let admin_token = bootstrap::ensure_admin_key(&store, &config).await?;
-        let auth = auth::Authenticator::new(&config, store.clone())?;
+        let auth = Arc::new(auth::Authenticator::new(&config, store.clone())?);
         let tls = match (&config.api.tls_cert, &config.api.tls_key) {
             (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
             _ => None,
@@ -82,11 +84,16 @@ impl Gateway {
                 }),
             ))
             .await?;
-        let policies = policy::PolicyRegistry::new(
+        let policies = Arc::new(policy::PolicyRegistry::new(
             config.policies.clone(),
             store.clone(),
             key.derive("warden masking hash key v1"),
-        );
+        ));
+        let pg_addr = if config.pg.enabled {
+            Some(start_pg_listener(&config, store.clone(), auth.clone(), policies.clone()).await?)
+        } else {
+            None
+        };
         let app = api::router(api::AppState::new(
             store.clone(),
             auth,
@@ -98,6 +105,7 @@ impl Gateway {
         let server = tokio::spawn(server::serve(listener, tls, app, rx));
         tracing::info!(api = %api_addr, tls = has_tls, "gateway started");
         Ok(Gateway {
+            pg_addr,
             api_addr,
             tls: has_tls,
             admin_token,
@@ -109,6 +117,11 @@ impl Gateway {
 
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// Where the PostgreSQL proxy listens, when enabled.
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        self.pg_addr
     }
 
     /// `http://...` or `https://...` of the API listener.
@@ -156,4 +169,51 @@ pub async fn open_existing_store(config: &Config) -> Result<Store, GatewayError>
     }
     let key = bootstrap::master_key(&config)?;
     bootstrap::open_store(&config, &key).await
+}
+
+/// Binds the PostgreSQL listener and serves each client on its own task.
+async fn start_pg_listener(
+    config: &Config,
+    store: Arc<Store>,
+    auth: Arc<auth::Authenticator>,
+    policies: Arc<policy::PolicyRegistry>,
+) -> Result<SocketAddr, GatewayError> {
+    let listener = TcpListener::bind(config.pg.listen)
+        .await
+        .map_err(|source| GatewayError::Io {
+            context: format!("binding the PostgreSQL listener to {}", config.pg.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GatewayError::Io {
+        context: "reading the PostgreSQL listener address".into(),
+        source,
+    })?;
+    let hooks = Arc::new(pg::PgHooks::new(store, auth, policies));
+    let proxy_config = warden_pg::proxy::ProxyConfig {
+        allow_plaintext_tokens: config.pg.allow_plaintext_tokens,
+        max_message: config.pg.max_message_bytes,
+    };
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    use tracing::Instrument;
+                    let span = tracing::info_span!("pg", client = %peer);
+                    let session = warden_pg::proxy::serve_client(
+                        stream,
+                        peer,
+                        hooks.clone(),
+                        proxy_config.clone(),
+                    );
+                    tokio::spawn(session.instrument(span));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tracing::info!(pg = %addr, "PostgreSQL proxy listening");
+    Ok(addr)
 }

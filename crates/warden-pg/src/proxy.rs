@@ -27,6 +27,8 @@ use crate::sqlstate;
 
 /// What the gateway resolved for an authenticated client.
 pub struct ProxySession {
+    /// The gateway's id for this session; passed back in records.
+    pub id: String,
     pub backend_addr: String,
     pub backend_user: String,
     pub backend_database: String,
@@ -45,6 +47,7 @@ pub struct Refusal {
 /// A statement the proxy saw, for the audit log and the recording.
 #[derive(Debug, Clone)]
 pub struct StatementRecord {
+    pub session: String,
     pub sql: String,
     /// `Query` (simple protocol) or `Parse` (extended).
     pub via: &'static str,
@@ -63,6 +66,8 @@ pub trait ProxyHooks: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ProxySession, Refusal>> + Send;
     /// Durably records a statement before it is forwarded; an error denies it.
     fn record(&self, record: StatementRecord) -> impl Future<Output = Result<(), String>> + Send;
+    /// The session ended (client quit, or `reason` says why not).
+    fn closed(&self, session: &str, reason: Option<String>) -> impl Future<Output = ()> + Send;
 }
 
 /// Listener-level settings.
@@ -167,9 +172,11 @@ pub async fn serve_client<H: ProxyHooks>(
         Ok(s) => s,
         Err(r) => return fatal(&mut client, r.sqlstate, &r.message).await,
     };
+    let id = session.id.clone();
     let mut server = match TcpStream::connect(&session.backend_addr).await {
         Ok(s) => s,
         Err(_) => {
+            hooks.closed(&id, Some("backend unreachable".into())).await;
             return fatal(
                 &mut client,
                 sqlstate::CONNECTION_FAILURE,
@@ -193,6 +200,7 @@ pub async fn serve_client<H: ProxyHooks>(
     {
         Ok(s) => s,
         Err(e) => {
+            hooks.closed(&id, Some("backend login failed".into())).await;
             // The server's message names the role, never the secret.
             return fatal(
                 &mut client,
@@ -211,9 +219,13 @@ pub async fn serve_client<H: ProxyHooks>(
     out::backend_key_data(&mut b, 0, 0);
     out::ready_for_query(&mut b, b'I');
     if client.write_all(&b).await.is_err() {
+        hooks
+            .closed(&id, Some("client left during login".into()))
+            .await;
         return;
     }
-    relay(client, server, buf, session, hooks, config).await;
+    let reason = relay(client, server, buf, session, hooks.clone(), config).await;
+    hooks.closed(&id, reason).await;
 }
 
 /// Marker → (rule, reason) for statements replaced by a failing stand-in.
@@ -234,12 +246,13 @@ async fn relay<H: ProxyHooks>(
     session: ProxySession,
     hooks: Arc<H>,
     config: ProxyConfig,
-) {
+) -> Option<String> {
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
     let denials: Denials = Arc::new(Mutex::new(HashMap::new()));
     let guard = session.guard.clone();
     let masker = session.masker.clone();
+    let session_id = session.id.clone();
 
     let upstream_denials = denials.clone();
     let upstream = async move {
@@ -249,22 +262,28 @@ async fn relay<H: ProxyHooks>(
                 match decoder.decode(&mut client_buf) {
                     Ok(Some(f)) => break f,
                     Ok(None) => match client_rd.read_buf(&mut client_buf).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => return Some("client disconnected".to_string()),
                         Ok(_) => {}
                     },
-                    Err(_) => return,
+                    Err(e) => return Some(format!("client sent a bad message: {e}")),
                 }
             };
             let (sql, via) = match &frame.message {
                 PgFrontendMessage::Query { sql } => (Some(sql.clone()), "Query"),
                 PgFrontendMessage::Parse { sql, .. } => (Some(sql.clone()), "Parse"),
-                PgFrontendMessage::FunctionCall => return, // bypasses SQL: end the session
+                // It calls functions by OID, around every SQL rule: end the session.
+                PgFrontendMessage::FunctionCall => {
+                    return Some("function-call protocol refused".to_string());
+                }
                 _ => (None, ""),
             };
             let Some(sql) = sql else {
-                let terminate = matches!(frame.message, PgFrontendMessage::Terminate);
-                if server_wr.write_all(&frame.raw).await.is_err() || terminate {
-                    return;
+                if matches!(frame.message, PgFrontendMessage::Terminate) {
+                    let _ = server_wr.write_all(&frame.raw).await;
+                    return None;
+                }
+                if server_wr.write_all(&frame.raw).await.is_err() {
+                    return Some("database connection lost".to_string());
                 }
                 continue;
             };
@@ -280,6 +299,7 @@ async fn relay<H: ProxyHooks>(
             }
             if let Err(e) = hooks
                 .record(StatementRecord {
+                    session: session_id.clone(),
                     sql: sql.clone(),
                     via,
                     decision: decision.clone(),
@@ -307,7 +327,7 @@ async fn relay<H: ProxyHooks>(
                 _ => frame.raw.clone(),
             };
             if server_wr.write_all(&bytes).await.is_err() {
-                return;
+                return Some("database connection lost".to_string());
             }
         }
     };
@@ -321,10 +341,12 @@ async fn relay<H: ProxyHooks>(
                 match decoder.decode(&mut buf) {
                     Ok(Some(f)) => break f,
                     Ok(None) => match server_rd.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => {
+                            return Some("database closed the connection".to_string());
+                        }
                         Ok(_) => {}
                     },
-                    Err(_) => return,
+                    Err(e) => return Some(format!("database sent a bad message: {e}")),
                 }
             };
             let bytes: Bytes = match &frame.message {
@@ -352,7 +374,8 @@ async fn relay<H: ProxyHooks>(
                     match mask_data_row(&frame.raw, &columns, masker.as_ref()) {
                         Ok(Some(rewritten)) => rewritten.freeze(),
                         Ok(None) => frame.raw.clone(),
-                        Err(_) => return, // a row we cannot read is not passed on unmasked
+                        // A row that cannot be read is not passed on unmasked.
+                        Err(e) => return Some(format!("unreadable result row: {e}")),
                     }
                 }
                 PgBackendMessage::ErrorResponse { message, .. } => {
@@ -381,14 +404,14 @@ async fn relay<H: ProxyHooks>(
                 _ => frame.raw.clone(),
             };
             if client_wr.write_all(&bytes).await.is_err() {
-                return;
+                return Some("client disconnected".to_string());
             }
         }
     };
     // Either side ending ends the session.
     tokio::select! {
-        _ = upstream => {}
-        _ = downstream => {}
+        r = upstream => r,
+        r = downstream => r,
     }
 }
 

@@ -56,6 +56,7 @@ impl ProxyHooks for Hooks {
         }
         let policy: PolicyConfig = toml::from_str(POLICY).unwrap();
         Ok(ProxySession {
+            id: "s1".into(),
             backend_addr: std::env::var("WARDEN_TEST_PG_HOSTPORT")
                 .unwrap_or_else(|_| "127.0.0.1:5432".into()),
             backend_user: "warden_t_scram".into(),
@@ -73,6 +74,8 @@ impl ProxyHooks for Hooks {
         self.records.lock().unwrap().push(record);
         Ok(())
     }
+
+    async fn closed(&self, _session: &str, _reason: Option<String>) {}
 }
 
 async fn start() -> (SocketAddr, Arc<Hooks>) {

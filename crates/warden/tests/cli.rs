@@ -17,7 +17,8 @@ fn warden(dir: &Path) -> Command {
         // Only this test's settings: no WARDEN_* from the outer environment.
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("WARDEN_API__LISTEN", "127.0.0.1:0");
+        .env("WARDEN_API__LISTEN", "127.0.0.1:0")
+        .env("WARDEN_PG__LISTEN", "127.0.0.1:0");
     cmd
 }
 

@@ -25,7 +25,8 @@ pub struct ConnectionCreate {
     /// Lowercase letters, digits, `-`, `_`; what clients name as database or SSH user.
     pub name: String,
     pub kind: ConnectionKind,
-    /// `host:port` for postgres, mysql and ssh; an `https://` URL for kubernetes and http.
+    /// `host:port` for ssh, `host:port[/database]` for postgres and mysql, an `https://`
+    /// URL for kubernetes and http.
     pub target: String,
     /// User name on the backend.
     pub username: Option<String>,
@@ -83,6 +84,15 @@ fn check_target(kind: ConnectionKind, target: &str) -> Result<(), ApiError> {
     }
     match kind {
         ConnectionKind::Postgres | ConnectionKind::Mysql | ConnectionKind::Ssh => {
+            // Databases may name the backend database: `host:port/dbname`.
+            let target = match (kind, target.split_once('/')) {
+                (ConnectionKind::Postgres | ConnectionKind::Mysql, Some((addr, db)))
+                    if !db.is_empty() =>
+                {
+                    addr
+                }
+                _ => target,
+            };
             let (host, port) = target
                 .rsplit_once(':')
                 .ok_or_else(|| invalid(format!("target for {kind} must be host:port")))?;

@@ -35,8 +35,8 @@ pub struct AppState(Arc<StateInner>);
 
 pub struct StateInner {
     pub store: Arc<Store>,
-    pub auth: Authenticator,
-    pub policies: PolicyRegistry,
+    pub auth: Arc<Authenticator>,
+    pub policies: Arc<PolicyRegistry>,
     pub config: Arc<Config>,
 }
 
@@ -50,8 +50,8 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(
         store: Arc<Store>,
-        auth: Authenticator,
-        policies: PolicyRegistry,
+        auth: Arc<Authenticator>,
+        policies: Arc<PolicyRegistry>,
         config: Arc<Config>,
     ) -> Self {
         Self(Arc::new(StateInner {

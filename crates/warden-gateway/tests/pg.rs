@@ -1,0 +1,216 @@
+//! The PostgreSQL proxy in the gateway: real clients (tokio-postgres, psql) with a
+//! Warden token, the machine's PostgreSQL behind, the held password never shown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::json;
+use support::*;
+use tokio_postgres::NoTls;
+use warden_store::Backend;
+
+const BACKEND_PASSWORD: &str = "scram-pw-1";
+
+async fn setup(backend: Backend) -> (TestGateway, String) {
+    let gw = TestGateway::start(backend, None).await;
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({
+                "name": "billing", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                "username": "warden_t_scram", "secret": BACKEND_PASSWORD, "allowed_groups": ["dba"],
+                "policies": {"guardrails": ["no-drops"], "masking": ["pii"]}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, key) = gw
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "dba-job", "groups": ["dba"]})),
+        )
+        .await;
+    (gw, key["token"].as_str().unwrap().to_string())
+}
+
+async fn connect(
+    gw: &TestGateway,
+    db: &str,
+    token: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let port = gw.gateway.pg_addr().unwrap().port();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=anyone dbname={db} password={token}"),
+        NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("{e}"))
+}
+
+both_stores!(token_login_guardrails_masking_audit_and_sessions);
+async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
+    let (gw, token) = setup(backend).await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    // The backend session is the held role, not the client's user name.
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "warden_t_scram");
+    let row = c
+        .query_one("SELECT $1::text", &[&"write to ops@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "write to [redacted:email]");
+    let err = c
+        .batch_execute("DROP TABLE IF EXISTS nothing_here")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "42501");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("no-drops/no-ddl")
+    );
+    drop(c);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // Every statement is in the audit log with the identity and the decision.
+    let queries = gw.audit_events("pg.query").await;
+    let sqls: Vec<&str> = queries
+        .iter()
+        .map(|e| e["event"]["payload"]["sql"].as_str().unwrap())
+        .collect();
+    assert!(
+        sqls.contains(&"DROP TABLE IF EXISTS nothing_here"),
+        "{sqls:?}"
+    );
+    let drop_event = queries
+        .iter()
+        .find(|e| e["event"]["payload"]["sql"] == "DROP TABLE IF EXISTS nothing_here")
+        .unwrap();
+    assert_eq!(drop_event["event"]["decision"]["outcome"], "deny");
+    assert_eq!(drop_event["event"]["identity"]["subject"], "apikey:dba-job");
+    assert_eq!(drop_event["event"]["connection"], "billing");
+
+    // The session was recorded and closed.
+    let (_, sessions) = gw
+        .admin("GET", "/api/sessions?connection=billing", None)
+        .await;
+    let s = &sessions[0];
+    assert_eq!(s["protocol"], "postgres");
+    assert_eq!(s["subject"], "apikey:dba-job");
+    assert_eq!(s["denied"], 1);
+    assert!(s["commands"].as_i64().unwrap() >= 3, "{s}");
+    assert_eq!(s["status"], "closed", "{s}");
+
+    // The held password appears in no answer and no event.
+    let all = gw
+        .admin("GET", "/api/audit?limit=1000", None)
+        .await
+        .1
+        .to_string()
+        + &sessions.to_string();
+    assert!(!all.contains(BACKEND_PASSWORD));
+    assert_eq!(
+        gw.admin("GET", "/api/audit/verify", None).await.1["ok"],
+        true
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_logins_name_the_reason() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let err = connect(&gw, "billing", "wdn_nope_00").await.err().unwrap();
+    assert_eq!(code(&err), "28P01", "{err}");
+    let err = connect(&gw, "unknown-db", &token).await.err().unwrap();
+    assert_eq!(code(&err), "3D000", "{err}");
+    // A key whose groups do not include the connection's.
+    let (_, other) = gw
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "dev", "groups": ["developers"]})),
+        )
+        .await;
+    let err = connect(&gw, "billing", other["token"].as_str().unwrap())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&err), "3D000", "{err}");
+    // A connection whose held password is wrong: the backend refusal, without the secret.
+    gw.admin(
+        "PATCH",
+        "/api/connections/billing",
+        Some(json!({"secret": "not-the-password"})),
+    )
+    .await;
+    let err = connect(&gw, "billing", &token).await.err().unwrap();
+    assert_eq!(code(&err), "08006", "{err}");
+    assert!(!err.to_string().contains("not-the-password"));
+    let failures = gw.audit_events("auth.failure").await;
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["event"]["payload"]["protocol"] == "postgres")
+    );
+    assert!(!gw.audit_events("access.denied").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_through_the_gateway() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let port = gw.gateway.pg_addr().unwrap().port().to_string();
+    let run = |sql: &str| {
+        std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "someone",
+                "-d",
+                "billing",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", &token)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    };
+    let out = run("SELECT 'card 4111 1111 1111 1111' AS c; SELECT 1 + 1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("card [redacted:card_number]") && !text.contains("4111"),
+        "{text}"
+    );
+    assert!(text.contains('2'));
+    let out = run("TRUNCATE pg_class");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Warden denied this statement") && err.contains("no-drops/no-ddl"),
+        "{err}"
+    );
+}
