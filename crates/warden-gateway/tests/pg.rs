@@ -214,3 +214,70 @@ async fn psql_through_the_gateway() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_apply_to_real_tables() {
+    // A table the held role may read, created directly as the superuser.
+    let (admin, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS warden_t;
+             CREATE TABLE IF NOT EXISTS warden_t.people (name text, ssn text);
+             TRUNCATE warden_t.people;
+             INSERT INTO warden_t.people VALUES ('Ann', '078-05-1120');
+             GRANT USAGE ON SCHEMA warden_t TO warden_t_scram;
+             GRANT SELECT ON warden_t.people TO warden_t_scram;",
+        )
+        .await
+        .unwrap();
+
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let (status, body) = gw
+        .admin(
+            "PUT",
+            "/api/policies/masking/tables",
+            Some(json!({"columns": [{"pattern": "warden_t.people.ssn"}]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    gw.admin(
+        "PATCH",
+        "/api/connections/billing",
+        Some(json!({"policies": {"guardrails": ["no-drops"], "masking": ["tables"]}})),
+    )
+    .await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    let row = c
+        .query_one("SELECT name, ssn, ssn AS copy FROM warden_t.people", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>("name"), "Ann");
+    assert_eq!(row.get::<_, String>("ssn"), "[redacted:column]");
+    assert_eq!(
+        row.get::<_, String>("copy"),
+        "[redacted:column]",
+        "an alias keeps the column's origin"
+    );
+    // A computed column named `ssn` comes from no table: the table-qualified rule does not apply.
+    let row = c
+        .query_one("SELECT 'plain'::text AS ssn", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "plain");
+    // Simple protocol too.
+    let msgs = c
+        .simple_query("SELECT ssn FROM warden_t.people")
+        .await
+        .unwrap();
+    let value = msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("[redacted:column]"));
+}

@@ -228,6 +228,103 @@ pub async fn serve_client<H: ProxyHooks>(
     hooks.closed(&id, reason).await;
 }
 
+/// Schema and table names of result columns, looked up on a second backend
+/// connection (the session's own is busy streaming results) and cached per session.
+struct Catalog {
+    conn: Option<TcpStream>,
+    names: HashMap<u32, (String, String)>,
+    /// (table OID, attribute number) → the column's real name, so `ssn AS x` is
+    /// still the `ssn` column to masking rules.
+    columns: HashMap<(u32, i16), String>,
+}
+
+impl Catalog {
+    /// Resolves table OIDs not seen before. An error ends the session: column rules
+    /// that name tables must not silently stop applying.
+    async fn resolve(&mut self, oids: &[u32], session: &ProxySession) -> Result<(), String> {
+        let missing: Vec<u32> = oids
+            .iter()
+            .copied()
+            .filter(|o| *o != 0 && !self.names.contains_key(o))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.conn.is_none() {
+            let mut c = TcpStream::connect(&session.backend_addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            login(
+                &mut c,
+                &session.backend_user,
+                &session.backend_database,
+                session.secret.as_ref(),
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            self.conn = Some(c);
+        }
+        let conn = self.conn.as_mut().ok_or("no catalog connection")?;
+        // Only numbers are interpolated.
+        let list = missing
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT c.oid::text, n.nspname::text, c.relname::text, a.attnum::text, a.attname::text \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
+             WHERE c.oid IN ({list})\0"
+        );
+        let mut q = BytesMut::new();
+        q.extend_from_slice(b"Q");
+        q.extend_from_slice(
+            &i32::try_from(sql.len() + 4)
+                .unwrap_or(i32::MAX)
+                .to_be_bytes(),
+        );
+        q.extend_from_slice(sql.as_bytes());
+        conn.write_all(&q).await.map_err(|e| e.to_string())?;
+        let decoder = BackendDecoder::new(1 << 20);
+        let mut buf = BytesMut::new();
+        loop {
+            let frame = match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                Some(f) => f,
+                None => {
+                    if conn.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                        return Err("catalog connection closed".into());
+                    }
+                    continue;
+                }
+            };
+            match frame.message {
+                PgBackendMessage::DataRow => {
+                    let v =
+                        crate::results::data_row_values(&frame.raw).map_err(|e| e.to_string())?;
+                    let text = |i: usize| {
+                        v.get(i)
+                            .cloned()
+                            .flatten()
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    };
+                    if let (Some(oid), Some(schema), Some(table), Some(num), Some(col)) =
+                        (text(0), text(1), text(2), text(3), text(4))
+                        && let (Ok(oid), Ok(num)) = (oid.parse::<u32>(), num.parse::<i16>())
+                    {
+                        self.names.insert(oid, (schema, table));
+                        self.columns.insert((oid, num), col);
+                    }
+                }
+                PgBackendMessage::ErrorResponse { message, .. } => return Err(message),
+                PgBackendMessage::ReadyForQuery { .. } => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Marker → (rule, reason) for statements replaced by a failing stand-in.
 type Denials = Arc<Mutex<HashMap<String, (String, String)>>>;
 
@@ -336,6 +433,11 @@ async fn relay<H: ProxyHooks>(
         let decoder = BackendDecoder::new(config.max_message);
         let mut buf = BytesMut::new();
         let mut columns: Vec<ColumnMasking> = Vec::new();
+        let mut catalog = Catalog {
+            conn: None,
+            names: HashMap::new(),
+            columns: HashMap::new(),
+        };
         loop {
             let frame = loop {
                 match decoder.decode(&mut buf) {
@@ -351,14 +453,27 @@ async fn relay<H: ProxyHooks>(
             };
             let bytes: Bytes = match &frame.message {
                 PgBackendMessage::RowDescription { fields } => {
+                    if masker.is_active() {
+                        let oids: Vec<u32> = fields.iter().map(|f| f.table_oid).collect();
+                        if let Err(e) = catalog.resolve(&oids, &session).await {
+                            return Some(format!(
+                                "column tables cannot be resolved for masking: {e}"
+                            ));
+                        }
+                    }
                     columns = fields
                         .iter()
                         .map(|f| {
                             let kind = value_kind(f.type_oid);
+                            let names = catalog.names.get(&f.table_oid);
+                            let column = catalog
+                                .columns
+                                .get(&(f.table_oid, f.column_attr))
+                                .map_or(f.name.as_str(), String::as_str);
                             let plan = masker.plan(&ColumnRef {
-                                schema: None,
-                                table: None,
-                                column: &f.name,
+                                schema: names.map(|n| n.0.as_str()),
+                                table: names.map(|n| n.1.as_str()),
+                                column,
                                 kind,
                             });
                             if f.format == 1 && !is_text_type(f.type_oid) {

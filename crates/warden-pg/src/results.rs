@@ -216,6 +216,34 @@ impl BackendDecoder {
     }
 }
 
+/// The values of a `DataRow` frame (`None` for NULL).
+pub fn data_row_values(raw: &Bytes) -> Result<Vec<Option<Bytes>>, PgProtocolError> {
+    const M: &str = "DataRow";
+    let mut body = raw.slice(5..);
+    need(&body, 2, M)?;
+    let n = usize::try_from(body.get_i16()).map_err(|_| PgProtocolError::Malformed {
+        message: M,
+        detail: "negative column count",
+    })?;
+    let mut values = Vec::with_capacity(n.min(1600));
+    for _ in 0..n {
+        need(&body, 4, M)?;
+        let len = body.get_i32();
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let l = usize::try_from(len).map_err(|_| PgProtocolError::Malformed {
+            message: M,
+            detail: "bad length",
+        })?;
+        need(&body, l, M)?;
+        values.push(Some(body.slice(..l)));
+        body.advance(l);
+    }
+    Ok(values)
+}
+
 /// What to do with one column's values in a `DataRow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnMasking {
