@@ -89,8 +89,18 @@ impl Gateway {
             store.clone(),
             key.derive("warden masking hash key v1"),
         ));
+        let (shutdown, rx) = watch::channel(false);
         let pg_addr = if config.pg.enabled {
-            Some(start_pg_listener(&config, store.clone(), auth.clone(), policies.clone()).await?)
+            Some(
+                start_pg_listener(
+                    &config,
+                    store.clone(),
+                    auth.clone(),
+                    policies.clone(),
+                    rx.clone(),
+                )
+                .await?,
+            )
         } else {
             None
         };
@@ -100,7 +110,6 @@ impl Gateway {
             policies,
             config.clone(),
         ));
-        let (shutdown, rx) = watch::channel(false);
         let has_tls = tls.is_some();
         let server = tokio::spawn(server::serve(listener, tls, app, rx));
         tracing::info!(api = %api_addr, tls = has_tls, "gateway started");
@@ -177,6 +186,7 @@ async fn start_pg_listener(
     store: Arc<Store>,
     auth: Arc<auth::Authenticator>,
     policies: Arc<policy::PolicyRegistry>,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, GatewayError> {
     let listener = TcpListener::bind(config.pg.listen)
         .await
@@ -192,10 +202,15 @@ async fn start_pg_listener(
     let proxy_config = warden_pg::proxy::ProxyConfig {
         allow_plaintext_tokens: config.pg.allow_plaintext_tokens,
         max_message: config.pg.max_message_bytes,
+        login_timeout: std::time::Duration::from_secs(30),
     };
     tokio::spawn(async move {
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     use tracing::Instrument;
                     let span = tracing::info_span!("pg", client = %peer);

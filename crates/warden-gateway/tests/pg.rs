@@ -281,3 +281,52 @@ async fn column_rules_apply_to_real_tables() {
     });
     assert_eq!(value.as_deref(), Some("[redacted:column]"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_ends_that_session_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let addr = gw.gateway.pg_addr().unwrap();
+    let good = connect(&gw, "billing", &token).await.unwrap();
+    for payload in [
+        &b"\x00\x00\x00\x08\xde\xad\xbe\xef"[..], // unknown protocol version
+        &b"\xff\xff\xff\xff"[..],                 // negative length
+        &b"\x00\x01\x00\x00\x00\x03\x00\x00user\x00"[..], // absurd length
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], // wrong protocol
+        &b"\x00\x00\x00\x10\x00\x03\x00\x00user\x00x"[..], // truncated parameters
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(payload).await.unwrap();
+        let mut buf = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        if !buf.is_empty() {
+            assert_eq!(buf[0], b'E', "a protocol error, not data: {buf:?}");
+        }
+    }
+    // After login, a malformed message ends that session with nothing forwarded.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut startup = Vec::new();
+    let body = b"\x00\x03\x00\x00user\x00x\x00database\x00billing\x00\x00";
+    startup.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    startup.extend_from_slice(body);
+    s.write_all(&startup).await.unwrap();
+    let mut pw = vec![b'p'];
+    pw.extend_from_slice(&((token.len() + 5) as i32).to_be_bytes());
+    pw.extend_from_slice(token.as_bytes());
+    pw.push(0);
+    s.write_all(&pw).await.unwrap();
+    s.write_all(b"Q\x00\x00\x00\x09abc").await.unwrap(); // unterminated query text
+    s.write_all(b"\x00extra").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    // The other session and the gateway go on.
+    assert_eq!(
+        good.query_one("SELECT 1::int4", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    assert!(connect(&gw, "billing", &token).await.is_ok());
+}

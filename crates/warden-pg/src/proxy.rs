@@ -76,6 +76,8 @@ pub struct ProxyConfig {
     /// Accept tokens over plain TCP from non-loopback clients (TLS is not offered yet).
     pub allow_plaintext_tokens: bool,
     pub max_message: usize,
+    /// How long a client has to send its startup packet and token.
+    pub login_timeout: std::time::Duration,
 }
 
 async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
@@ -103,6 +105,9 @@ pub async fn serve_client<H: ProxyHooks>(
 ) {
     let decoder = FrontendDecoder::new(config.max_message);
     let mut buf = BytesMut::new();
+    // A client that does not finish its login in time is dropped, so idle sockets
+    // cannot hold sessions open.
+    let login_deadline = tokio::time::Instant::now() + config.login_timeout;
     // Startup: answer SSL/GSS requests with "no" until the real startup packet.
     let params = loop {
         match decoder.decode_startup(&mut buf) {
@@ -115,7 +120,10 @@ pub async fn serve_client<H: ProxyHooks>(
                 PgStartup::Cancel { .. } => return,
                 startup @ PgStartup::Startup { .. } => break startup,
             },
-            Ok(None) => match client.read_buf(&mut buf).await {
+            Ok(None) => match tokio::time::timeout_at(login_deadline, client.read_buf(&mut buf))
+                .await
+                .unwrap_or(Ok(0))
+            {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
@@ -159,7 +167,10 @@ pub async fn serve_client<H: ProxyHooks>(
                     .await;
                 }
             },
-            Ok(None) => match client.read_buf(&mut buf).await {
+            Ok(None) => match tokio::time::timeout_at(login_deadline, client.read_buf(&mut buf))
+                .await
+                .unwrap_or(Ok(0))
+            {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },

@@ -92,6 +92,7 @@ async fn start() -> (SocketAddr, Arc<Hooks>) {
             let config = ProxyConfig {
                 allow_plaintext_tokens: false,
                 max_message: 1 << 24,
+                login_timeout: std::time::Duration::from_secs(10),
             };
             tokio::spawn(serve_client(stream, peer, h.clone(), config));
         }
