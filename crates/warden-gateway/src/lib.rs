@@ -200,6 +200,7 @@ async fn start_pg_listener(
     })?;
     let hooks = Arc::new(pg::PgHooks::new(store, auth, policies));
     let proxy_config = warden_pg::proxy::ProxyConfig {
+        cancels: warden_pg::proxy::CancelMap::default(),
         allow_plaintext_tokens: config.pg.allow_plaintext_tokens,
         max_message: config.pg.max_message_bytes,
         login_timeout: std::time::Duration::from_secs(30),

@@ -330,3 +330,19 @@ async fn garbage_ends_that_session_only() {
     );
     assert!(connect(&gw, "billing", &token).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_running_query() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    let cancel = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    cancel.cancel_query(NoTls).await.unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), sleeper)
+        .await
+        .expect("cancel took effect")
+        .unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(code(&err), "57014", "{err}");
+}

@@ -70,9 +70,60 @@ pub trait ProxyHooks: Send + Sync + 'static {
     fn closed(&self, session: &str, reason: Option<String>) -> impl Future<Output = ()> + Send;
 }
 
+/// Cancel keys the gateway handed to clients → where and how to cancel on the server.
+/// Clients never see the server's keys, and a guessed key matches nothing.
+#[derive(Debug, Clone, Default)]
+pub struct CancelMap(Arc<Mutex<HashMap<CancelKey, ServerCancel>>>);
+
+/// A (process id, secret key) pair as in `BackendKeyData`.
+type CancelKey = (i32, i32);
+/// The server's address and its own cancel key for a session.
+type ServerCancel = (String, i32, i32);
+
+impl CancelMap {
+    fn insert(&self, ours: (i32, i32), theirs: (String, i32, i32)) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(ours, theirs);
+        }
+    }
+
+    fn remove(&self, ours: (i32, i32)) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&ours);
+        }
+    }
+
+    fn get(&self, ours: (i32, i32)) -> Option<(String, i32, i32)> {
+        self.0.lock().ok().and_then(|m| m.get(&ours).cloned())
+    }
+}
+
+/// Forwards a client's CancelRequest to the server session it names, if any.
+async fn forward_cancel(map: &CancelMap, process_id: i32, secret_key: i32) {
+    let Some((addr, pid, key)) = map.get((process_id, secret_key)) else {
+        return;
+    };
+    if let Ok(mut s) = TcpStream::connect(&addr).await {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&16i32.to_be_bytes());
+        b.extend_from_slice(&80_877_102i32.to_be_bytes());
+        b.extend_from_slice(&pid.to_be_bytes());
+        b.extend_from_slice(&key.to_be_bytes());
+        let _ = s.write_all(&b).await;
+    }
+}
+
+fn random_i32() -> i32 {
+    let mut b = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    i32::from_be_bytes(b)
+}
+
 /// Listener-level settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// Shared by all sessions of a listener.
+    pub cancels: CancelMap,
     /// Accept tokens over plain TCP from non-loopback clients (TLS is not offered yet).
     pub allow_plaintext_tokens: bool,
     pub max_message: usize,
@@ -117,7 +168,12 @@ pub async fn serve_client<H: ProxyHooks>(
                         return;
                     }
                 }
-                PgStartup::Cancel { .. } => return,
+                PgStartup::Cancel {
+                    process_id,
+                    secret_key,
+                } => {
+                    return forward_cancel(&config.cancels, process_id, secret_key).await;
+                }
                 startup @ PgStartup::Startup { .. } => break startup,
             },
             Ok(None) => match tokio::time::timeout_at(login_deadline, client.read_buf(&mut buf))
@@ -226,16 +282,28 @@ pub async fn serve_client<H: ProxyHooks>(
     for (k, v) in &server_session.parameters {
         out::parameter_status(&mut b, k, v);
     }
-    // Cancel requests are not mapped yet, so the client gets keys that match nothing.
-    out::backend_key_data(&mut b, 0, 0);
+    // The client gets keys of our own; a cancel with them reaches this server session.
+    let ours = (random_i32() & i32::MAX, random_i32());
+    config.cancels.insert(
+        ours,
+        (
+            session.backend_addr.clone(),
+            server_session.process_id,
+            server_session.secret_key,
+        ),
+    );
+    out::backend_key_data(&mut b, ours.0, ours.1);
     out::ready_for_query(&mut b, b'I');
     if client.write_all(&b).await.is_err() {
+        config.cancels.remove(ours);
         hooks
             .closed(&id, Some("client left during login".into()))
             .await;
         return;
     }
+    let cancels = config.cancels.clone();
     let reason = relay(client, server, buf, session, hooks.clone(), config).await;
+    cancels.remove(ours);
     hooks.closed(&id, reason).await;
 }
 

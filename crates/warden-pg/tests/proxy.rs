@@ -86,10 +86,12 @@ async fn start() -> (SocketAddr, Arc<Hooks>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let h = hooks.clone();
+    let cancels = warden_pg::proxy::CancelMap::default();
     tokio::spawn(async move {
         loop {
             let (stream, peer) = listener.accept().await.unwrap();
             let config = ProxyConfig {
+                cancels: cancels.clone(),
                 allow_plaintext_tokens: false,
                 max_message: 1 << 24,
                 login_timeout: std::time::Duration::from_secs(10),
