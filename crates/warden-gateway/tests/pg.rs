@@ -231,8 +231,11 @@ async fn column_rules_apply_to_real_tables() {
              CREATE TABLE IF NOT EXISTS warden_t.people (name text, ssn text);
              TRUNCATE warden_t.people;
              INSERT INTO warden_t.people VALUES ('Ann', '078-05-1120');
+             CREATE TABLE IF NOT EXISTS warden_t.accounts (id int4, pin int4);
+             TRUNCATE warden_t.accounts;
+             INSERT INTO warden_t.accounts VALUES (1, 4321);
              GRANT USAGE ON SCHEMA warden_t TO warden_t_scram;
-             GRANT SELECT ON warden_t.people TO warden_t_scram;",
+             GRANT SELECT ON warden_t.people, warden_t.accounts TO warden_t_scram;",
         )
         .await
         .unwrap();
@@ -242,7 +245,7 @@ async fn column_rules_apply_to_real_tables() {
         .admin(
             "PUT",
             "/api/policies/masking/tables",
-            Some(json!({"columns": [{"pattern": "warden_t.people.ssn"}]})),
+            Some(json!({"columns": [{"pattern": "warden_t.people.ssn"}, {"pattern": "warden_t.accounts.pin"}]})),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -273,6 +276,22 @@ async fn column_rules_apply_to_real_tables() {
     // Simple protocol too.
     let msgs = c
         .simple_query("SELECT ssn FROM warden_t.people")
+        .await
+        .unwrap();
+    let value = msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("[redacted:column]"));
+    // A binary-format integer under a column rule cannot carry text: it becomes NULL.
+    let row = c
+        .query_one("SELECT id, pin FROM warden_t.accounts", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>("id"), 1);
+    assert_eq!(row.get::<_, Option<i32>>("pin"), None);
+    let msgs = c
+        .simple_query("SELECT pin FROM warden_t.accounts")
         .await
         .unwrap();
     let value = msgs.iter().find_map(|m| match m {

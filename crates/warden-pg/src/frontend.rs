@@ -58,6 +58,8 @@ pub enum PgFrontendMessage {
     Bind {
         portal: String,
         statement: String,
+        /// Empty: all text; one: applies to all columns; else one per column.
+        result_formats: Vec<i16>,
     },
     /// `S` statement or `P` portal.
     Describe {
@@ -291,10 +293,44 @@ impl FrontendDecoder {
                 }
             }
             b'B' => {
-                // Parameters stay in `raw`; only the names are needed to track portals.
-                let portal = cstr(&mut body, "Bind")?;
-                let statement = cstr(&mut body, "Bind")?;
-                PgFrontendMessage::Bind { portal, statement }
+                // Parameter values stay in `raw`; the result formats tell how rows of
+                // this portal will be encoded.
+                const M: &str = "Bind";
+                let portal = cstr(&mut body, M)?;
+                let statement = cstr(&mut body, M)?;
+                need(&body, 2, M)?;
+                let n = usize::from(body.get_u16());
+                need(&body, n * 2, M)?;
+                body.advance(n * 2);
+                need(&body, 2, M)?;
+                let params = usize::from(body.get_u16());
+                for _ in 0..params {
+                    need(&body, 4, M)?;
+                    let len = body.get_i32();
+                    if len > 0 {
+                        let l = usize::try_from(len).map_err(|_| PgProtocolError::Malformed {
+                            message: M,
+                            detail: "bad length",
+                        })?;
+                        need(&body, l, M)?;
+                        body.advance(l);
+                    } else if len < -1 {
+                        return Err(PgProtocolError::Malformed {
+                            message: M,
+                            detail: "bad parameter length",
+                        });
+                    }
+                }
+                need(&body, 2, M)?;
+                let n = usize::from(body.get_u16());
+                need(&body, n * 2, M)?;
+                let result_formats = (0..n).map(|_| body.get_i16()).collect();
+                done(&body, M)?;
+                PgFrontendMessage::Bind {
+                    portal,
+                    statement,
+                    result_formats,
+                }
             }
             b'D' | b'C' => {
                 let what = if tag == b'D' { "Describe" } else { "Close" };

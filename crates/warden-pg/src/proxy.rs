@@ -426,6 +426,9 @@ async fn relay<H: ProxyHooks>(
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
     let denials: Denials = Arc::new(Mutex::new(HashMap::new()));
+    // Result formats of each Bind, in order; the matching BindComplete applies them.
+    let bind_formats: Arc<Mutex<std::collections::VecDeque<Vec<i16>>>> = Arc::default();
+    let upstream_formats = bind_formats.clone();
     let guard = session.guard.clone();
     let masker = session.masker.clone();
     let session_id = session.id.clone();
@@ -444,6 +447,11 @@ async fn relay<H: ProxyHooks>(
                     Err(e) => return Some(format!("client sent a bad message: {e}")),
                 }
             };
+            if let PgFrontendMessage::Bind { result_formats, .. } = &frame.message
+                && let Ok(mut q) = upstream_formats.lock()
+            {
+                q.push_back(result_formats.clone());
+            }
             let (sql, via) = match &frame.message {
                 PgFrontendMessage::Query { sql } => (Some(sql.clone()), "Query"),
                 PgFrontendMessage::Parse { sql, .. } => (Some(sql.clone()), "Parse"),
@@ -512,6 +520,9 @@ async fn relay<H: ProxyHooks>(
         let decoder = BackendDecoder::new(config.max_message);
         let mut buf = BytesMut::new();
         let mut columns: Vec<ColumnMasking> = Vec::new();
+        // The last RowDescription's columns: plan, type OID, format.
+        let mut described: Vec<(warden_core::ColumnPlan, u32, i16)> = Vec::new();
+        let mut override_formats: Option<Vec<i16>> = None;
         let mut catalog = Catalog {
             conn: None,
             names: HashMap::new(),
@@ -540,7 +551,7 @@ async fn relay<H: ProxyHooks>(
                             ));
                         }
                     }
-                    columns = fields
+                    described = fields
                         .iter()
                         .map(|f| {
                             let kind = value_kind(f.type_oid);
@@ -555,13 +566,20 @@ async fn relay<H: ProxyHooks>(
                                 column,
                                 kind,
                             });
-                            if f.format == 1 && !is_text_type(f.type_oid) {
-                                ColumnMasking::NullIfRule(plan)
-                            } else {
-                                ColumnMasking::Mask(plan)
-                            }
+                            (plan, f.type_oid, f.format)
                         })
                         .collect();
+                    columns = column_masking(&described, override_formats.as_deref());
+                    frame.raw.clone()
+                }
+                // BindComplete: rows of this portal use the formats its Bind asked for.
+                PgBackendMessage::Other { tag: b'2' } => {
+                    override_formats = bind_formats.lock().ok().and_then(|mut q| q.pop_front());
+                    columns = column_masking(&described, override_formats.as_deref());
+                    frame.raw.clone()
+                }
+                PgBackendMessage::ReadyForQuery { .. } => {
+                    override_formats = None;
                     frame.raw.clone()
                 }
                 PgBackendMessage::DataRow if masker.is_active() => {
@@ -636,6 +654,31 @@ fn rewrite(message: &PgFrontendMessage, sql: &str) -> Bytes {
     );
     b.extend_from_slice(&body);
     b.freeze()
+}
+
+/// How each column's values are masked, given its plan, type and wire format (the
+/// Bind's result formats override the described ones: a described statement says 0).
+fn column_masking(
+    described: &[(warden_core::ColumnPlan, u32, i16)],
+    formats: Option<&[i16]>,
+) -> Vec<ColumnMasking> {
+    described
+        .iter()
+        .enumerate()
+        .map(|(i, (plan, oid, described_format))| {
+            let format = match formats {
+                Some([]) => 0,
+                Some([one]) => *one,
+                Some(many) => many.get(i).copied().unwrap_or(0),
+                None => *described_format,
+            };
+            if format == 1 && !is_text_type(*oid) {
+                ColumnMasking::NullIfRule(*plan)
+            } else {
+                ColumnMasking::Mask(*plan)
+            }
+        })
+        .collect()
 }
 
 /// PostgreSQL type OIDs as masking classes.
