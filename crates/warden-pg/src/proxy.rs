@@ -426,9 +426,9 @@ async fn relay<H: ProxyHooks>(
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
     let denials: Denials = Arc::new(Mutex::new(HashMap::new()));
-    // Result formats of each Bind, in order; the matching BindComplete applies them.
-    let bind_formats: Arc<Mutex<std::collections::VecDeque<Vec<i16>>>> = Arc::default();
-    let upstream_formats = bind_formats.clone();
+    // What the client asked, in order, so each answer can be matched to its request.
+    let expected: Arc<Mutex<std::collections::VecDeque<Expect>>> = Arc::default();
+    let upstream_expected = expected.clone();
     let guard = session.guard.clone();
     let masker = session.masker.clone();
     let session_id = session.id.clone();
@@ -447,10 +447,22 @@ async fn relay<H: ProxyHooks>(
                     Err(e) => return Some(format!("client sent a bad message: {e}")),
                 }
             };
-            if let PgFrontendMessage::Bind { result_formats, .. } = &frame.message
-                && let Ok(mut q) = upstream_formats.lock()
-            {
-                q.push_back(result_formats.clone());
+            let expect = match &frame.message {
+                PgFrontendMessage::Describe { target: b'S', name } => {
+                    Some(Expect::DescribeStatement(name.clone()))
+                }
+                PgFrontendMessage::Bind {
+                    statement,
+                    result_formats,
+                    ..
+                } => Some(Expect::Bind(statement.clone(), result_formats.clone())),
+                PgFrontendMessage::Sync | PgFrontendMessage::Query { .. } => {
+                    Some(Expect::ReadyForQuery)
+                }
+                _ => None,
+            };
+            if let (Some(e), Ok(mut q)) = (expect, upstream_expected.lock()) {
+                q.push_back(e);
             }
             let (sql, via) = match &frame.message {
                 PgFrontendMessage::Query { sql } => (Some(sql.clone()), "Query"),
@@ -520,9 +532,10 @@ async fn relay<H: ProxyHooks>(
         let decoder = BackendDecoder::new(config.max_message);
         let mut buf = BytesMut::new();
         let mut columns: Vec<ColumnMasking> = Vec::new();
-        // The last RowDescription's columns: plan, type OID, format.
-        let mut described: Vec<(warden_core::ColumnPlan, u32, i16)> = Vec::new();
-        let mut override_formats: Option<Vec<i16>> = None;
+        // Columns of described prepared statements: plan, type OID, format.
+        let mut statements: HashMap<String, Described> = HashMap::new();
+        // A ParameterDescription means the next RowDescription/NoData describes a statement.
+        let mut describing_statement = false;
         let mut catalog = Catalog {
             conn: None,
             names: HashMap::new(),
@@ -551,7 +564,7 @@ async fn relay<H: ProxyHooks>(
                             ));
                         }
                     }
-                    described = fields
+                    let described: Described = fields
                         .iter()
                         .map(|f| {
                             let kind = value_kind(f.type_oid);
@@ -569,17 +582,58 @@ async fn relay<H: ProxyHooks>(
                             (plan, f.type_oid, f.format)
                         })
                         .collect();
-                    columns = column_masking(&described, override_formats.as_deref());
+                    if std::mem::take(&mut describing_statement) {
+                        // A statement's shape: its rows come later, in the Bind's formats.
+                        if let Some(name) = pop_until(&expected, |e| match e {
+                            Expect::DescribeStatement(n) => Some(n.clone()),
+                            _ => None,
+                        }) {
+                            statements.insert(name, described);
+                        }
+                    } else {
+                        // A query's or portal's rows follow now, in these formats.
+                        columns = column_masking(&described, None);
+                    }
                     frame.raw.clone()
                 }
-                // BindComplete: rows of this portal use the formats its Bind asked for.
+                PgBackendMessage::Other { tag: b't' } => {
+                    describing_statement = true;
+                    frame.raw.clone()
+                }
+                PgBackendMessage::Other { tag: b'n' } => {
+                    if std::mem::take(&mut describing_statement) {
+                        let name = pop_until(&expected, |e| match e {
+                            Expect::DescribeStatement(n) => Some(n.clone()),
+                            _ => None,
+                        });
+                        if let Some(name) = name {
+                            statements.insert(name, Vec::new());
+                        }
+                    }
+                    frame.raw.clone()
+                }
+                // BindComplete: this portal's rows have its statement's columns in the
+                // formats the Bind asked for; unknown statements get every detector.
                 PgBackendMessage::Other { tag: b'2' } => {
-                    override_formats = bind_formats.lock().ok().and_then(|mut q| q.pop_front());
-                    columns = column_masking(&described, override_formats.as_deref());
+                    let bound = pop_until(&expected, |e| match e {
+                        Expect::Bind(stmt, formats) => Some((stmt.clone(), formats.clone())),
+                        _ => None,
+                    });
+                    columns = bound
+                        .and_then(|(stmt, formats)| {
+                            statements
+                                .get(&stmt)
+                                .map(|d| column_masking(d, Some(&formats)))
+                        })
+                        .unwrap_or_default();
                     frame.raw.clone()
                 }
                 PgBackendMessage::ReadyForQuery { .. } => {
-                    override_formats = None;
+                    // Requests the server skipped after an error end with this cycle.
+                    let _ = pop_until(&expected, |e| {
+                        matches!(e, Expect::ReadyForQuery).then_some(())
+                    });
+                    describing_statement = false;
                     frame.raw.clone()
                 }
                 PgBackendMessage::DataRow if masker.is_active() => {
@@ -654,6 +708,38 @@ fn rewrite(message: &PgFrontendMessage, sql: &str) -> Bytes {
     );
     b.extend_from_slice(&body);
     b.freeze()
+}
+
+/// A request whose answer changes how rows are read.
+#[derive(Debug, Clone)]
+enum Expect {
+    DescribeStatement(String),
+    Bind(String, Vec<i16>),
+    /// A `Sync` or simple `Query`: its cycle ends with `ReadyForQuery`.
+    ReadyForQuery,
+}
+
+/// Columns of a result: masking plan, type OID, described format.
+type Described = Vec<(warden_core::ColumnPlan, u32, i16)>;
+
+/// Pops requests in order until `want` accepts one (skipped requests were answered
+/// by an error or produce no tracked answer).
+fn pop_until<T>(
+    queue: &Mutex<std::collections::VecDeque<Expect>>,
+    want: impl Fn(&Expect) -> Option<T>,
+) -> Option<T> {
+    let mut q = queue.lock().ok()?;
+    while let Some(e) = q.pop_front() {
+        if let Some(t) = want(&e) {
+            return Some(t);
+        }
+        if matches!(e, Expect::ReadyForQuery) {
+            // Never reach past the end of the current cycle.
+            q.push_front(e);
+            return None;
+        }
+    }
+    None
 }
 
 /// How each column's values are masked, given its plan, type and wire format (the
