@@ -365,3 +365,43 @@ async fn cancel_reaches_the_running_query() {
     let err = result.unwrap_err();
     assert_eq!(code(&err), "57014", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_out_is_not_a_way_around_masking() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    let stream = c
+        .copy_out("COPY (SELECT 'leak@example.com') TO STDOUT")
+        .await;
+    let leaked = match stream {
+        Err(_) => false,
+        Ok(s) => {
+            use futures_util::StreamExt;
+            let chunks: Vec<_> = s.collect().await;
+            chunks.iter().any(|c| {
+                c.as_ref()
+                    .is_ok_and(|b| String::from_utf8_lossy(b).contains("leak@"))
+            })
+        }
+    };
+    assert!(!leaked, "COPY TO returned unmasked data");
+    let (_, sessions) = gw
+        .admin("GET", "/api/sessions?connection=billing", None)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_, sessions2) = gw
+        .admin("GET", "/api/sessions?connection=billing", None)
+        .await;
+    let reason = sessions2[0]["end_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("COPY TO")
+            || sessions[0]["end_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("COPY TO"),
+        "{sessions2}"
+    );
+}

@@ -636,6 +636,13 @@ async fn relay<H: ProxyHooks>(
                     describing_statement = false;
                     frame.raw.clone()
                 }
+                // COPY TO rows are not masked yet: with masking on, end the session
+                // before any copied data leaves (fail closed).
+                PgBackendMessage::CopyResponse {
+                    kind: b'H' | b'W', ..
+                } if masker.is_active() => {
+                    return Some("COPY TO cannot be masked yet; the session was ended before any data was sent".to_string());
+                }
                 PgBackendMessage::DataRow if masker.is_active() => {
                     match mask_data_row(&frame.raw, &columns, masker.as_ref()) {
                         Ok(Some(rewritten)) => rewritten.freeze(),
