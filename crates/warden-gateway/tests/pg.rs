@@ -405,3 +405,23 @@ async fn copy_out_is_not_a_way_around_masking() {
         "{sessions2}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_quoted_in_server_errors_are_masked() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    // The server quotes the value in its error message.
+    let err = c
+        .simple_query("SELECT 'owner is bob@example.com'::int")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "22P02");
+    assert!(!db.message().contains("bob@"), "{}", db.message());
+    assert!(
+        db.message().contains("[redacted:email]"),
+        "{}",
+        db.message()
+    );
+    drop(c);
+}

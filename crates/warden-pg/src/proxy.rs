@@ -671,7 +671,25 @@ async fn relay<H: ProxyHooks>(
                             );
                             b.freeze()
                         }
+                        None if masker.is_active() => {
+                            match crate::results::mask_notice(&frame.raw, masker.as_ref()) {
+                                Ok(Some(b)) => b.freeze(),
+                                Ok(None) => frame.raw.clone(),
+                                Err(e) => {
+                                    return Some(format!(
+                                        "unreadable error from the database: {e}"
+                                    ));
+                                }
+                            }
+                        }
                         None => frame.raw.clone(),
+                    }
+                }
+                PgBackendMessage::NoticeResponse if masker.is_active() => {
+                    match crate::results::mask_notice(&frame.raw, masker.as_ref()) {
+                        Ok(Some(b)) => b.freeze(),
+                        Ok(None) => frame.raw.clone(),
+                        Err(e) => return Some(format!("unreadable notice from the database: {e}")),
                     }
                 }
                 _ => frame.raw.clone(),

@@ -244,6 +244,66 @@ pub fn data_row_values(raw: &Bytes) -> Result<Vec<Option<Bytes>>, PgProtocolErro
     Ok(values)
 }
 
+/// Masks the text fields of an `ErrorResponse` or `NoticeResponse` (message, detail,
+/// hint, context): servers quote values in them, e.g. "Key (email)=(bob@example.com)
+/// already exists". Returns `None` when nothing changed.
+pub fn mask_notice(raw: &Bytes, masker: &dyn Masker) -> Result<Option<BytesMut>, PgProtocolError> {
+    const M: &str = "ErrorResponse";
+    let mut body = raw.slice(5..);
+    let mut fields: Vec<(u8, Bytes)> = Vec::new();
+    let mut changed = false;
+    loop {
+        need(&body, 1, M)?;
+        let kind = body.get_u8();
+        if kind == 0 {
+            break;
+        }
+        let end = body
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(PgProtocolError::Malformed {
+                message: M,
+                detail: "unterminated field",
+            })?;
+        let value = body.slice(..end);
+        body.advance(end + 1);
+        let value = if matches!(kind, b'M' | b'D' | b'H' | b'W' | b'q') {
+            match masker.mask(ColumnPlan::Detect, &value) {
+                Masked::Unchanged => value,
+                Masked::Replaced(v) => {
+                    changed = true;
+                    Bytes::from(v.into_iter().filter(|b| *b != 0).collect::<Vec<u8>>())
+                }
+                Masked::Null => {
+                    changed = true;
+                    Bytes::from_static(b"[redacted]")
+                }
+            }
+        } else {
+            value
+        };
+        fields.push((kind, value));
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(raw.len() + 32);
+    out.put_u8(raw[0]);
+    out.put_i32(0);
+    for (kind, value) in fields {
+        out.put_u8(kind);
+        out.extend_from_slice(&value);
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    let len = i32::try_from(out.len() - 1).map_err(|_| PgProtocolError::Malformed {
+        message: M,
+        detail: "too large",
+    })?;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(Some(out))
+}
+
 /// What to do with one column's values in a `DataRow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnMasking {
@@ -430,6 +490,51 @@ mod tests {
         let mut lying = BytesMut::from(&data_row(&[Some(b"abc")])[..]);
         lying[7..11].copy_from_slice(&1000i32.to_be_bytes());
         assert!(mask_data_row(&lying.freeze(), &detect, &Stub).is_err());
+    }
+
+    #[test]
+    fn notices_and_errors_are_masked_field_by_field() {
+        let mut b = BytesMut::new();
+        b.put_u8(b'N');
+        b.put_i32(0);
+        for (k, v) in [
+            (b'S', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', "owner a secret here"),
+            (b'D', "plain"),
+        ] {
+            b.put_u8(k);
+            b.extend_from_slice(v.as_bytes());
+            b.put_u8(0);
+        }
+        b.put_u8(0);
+        let len = (b.len() - 1) as i32;
+        b[1..5].copy_from_slice(&len.to_be_bytes());
+        let out = mask_notice(&b.freeze(), &Stub)
+            .ok()
+            .flatten()
+            .map(|o| o.freeze());
+        let out = out.unwrap_or_default();
+        assert_eq!(out[0], b'N');
+        assert_eq!(
+            i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize + 1,
+            out.len()
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("M***\0") && text.contains("Dplain\0") && text.contains("C00000\0"),
+            "{text:?}"
+        );
+        let clean = {
+            let mut c = BytesMut::new();
+            c.put_u8(b'E');
+            c.put_i32(0);
+            c.extend_from_slice(b"Mnothing\0\0");
+            let len = (c.len() - 1) as i32;
+            c[1..5].copy_from_slice(&len.to_be_bytes());
+            c.freeze()
+        };
+        assert_eq!(mask_notice(&clean, &Stub), Ok(None));
     }
 
     #[test]
