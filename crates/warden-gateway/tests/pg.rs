@@ -425,3 +425,37 @@ async fn values_quoted_in_server_errors_are_masked() {
     );
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_passes_through_with_payloads_masked() {
+    use futures_util::StreamExt;
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let port = gw.gateway.pg_addr().unwrap().port();
+    let (listener, mut conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=x dbname=billing password={token}"),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    let sender = connect(&gw, "billing", &token).await.unwrap();
+    sender
+        .batch_execute("NOTIFY jobs, 'done for carol@example.com'")
+        .await
+        .unwrap();
+    let (channel, payload) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(channel, "jobs");
+    assert_eq!(payload, "done for [redacted:email]");
+}

@@ -685,6 +685,15 @@ async fn relay<H: ProxyHooks>(
                         None => frame.raw.clone(),
                     }
                 }
+                PgBackendMessage::Other { tag: b'A' } if masker.is_active() => {
+                    match crate::results::mask_notification(&frame.raw, masker.as_ref()) {
+                        Ok(Some(b)) => b.freeze(),
+                        Ok(None) => frame.raw.clone(),
+                        Err(e) => {
+                            return Some(format!("unreadable notification from the database: {e}"));
+                        }
+                    }
+                }
                 PgBackendMessage::NoticeResponse if masker.is_active() => {
                     match crate::results::mask_notice(&frame.raw, masker.as_ref()) {
                         Ok(Some(b)) => b.freeze(),

@@ -304,6 +304,45 @@ pub fn mask_notice(raw: &Bytes, masker: &dyn Masker) -> Result<Option<BytesMut>,
     Ok(Some(out))
 }
 
+/// Masks the payload of a `NotificationResponse` (`NOTIFY channel, 'payload'`).
+pub fn mask_notification(
+    raw: &Bytes,
+    masker: &dyn Masker,
+) -> Result<Option<BytesMut>, PgProtocolError> {
+    const M: &str = "NotificationResponse";
+    let mut body = raw.slice(5..);
+    need(&body, 4, M)?;
+    let pid = body.get_i32();
+    let channel = cstr(&mut body, M)?;
+    let end = body
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(PgProtocolError::Malformed {
+            message: M,
+            detail: "unterminated payload",
+        })?;
+    let payload = body.slice(..end);
+    let masked = match masker.mask(ColumnPlan::Detect, &payload) {
+        Masked::Unchanged => return Ok(None),
+        Masked::Replaced(v) => v.into_iter().filter(|b| *b != 0).collect::<Vec<u8>>(),
+        Masked::Null => b"[redacted]".to_vec(),
+    };
+    let mut out = BytesMut::new();
+    out.put_u8(b'A');
+    out.put_i32(0);
+    out.put_i32(pid);
+    out.extend_from_slice(channel.as_bytes());
+    out.put_u8(0);
+    out.extend_from_slice(&masked);
+    out.put_u8(0);
+    let len = i32::try_from(out.len() - 1).map_err(|_| PgProtocolError::Malformed {
+        message: M,
+        detail: "too large",
+    })?;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(Some(out))
+}
+
 /// What to do with one column's values in a `DataRow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnMasking {
@@ -535,6 +574,28 @@ mod tests {
             c.freeze()
         };
         assert_eq!(mask_notice(&clean, &Stub), Ok(None));
+    }
+
+    #[test]
+    fn notification_payloads_are_masked() {
+        let mut b = BytesMut::new();
+        b.put_u8(b'A');
+        b.put_i32(0);
+        b.put_i32(77);
+        b.extend_from_slice(b"jobs\0the secret payload\0");
+        let len = (b.len() - 1) as i32;
+        b[1..5].copy_from_slice(&len.to_be_bytes());
+        let out = mask_notification(&b.freeze(), &Stub)
+            .ok()
+            .flatten()
+            .map(|o| o.freeze())
+            .unwrap_or_default();
+        assert_eq!(&out[5..9], &77i32.to_be_bytes());
+        assert_eq!(&out[9..], b"jobs\0***\0");
+        assert_eq!(
+            i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize + 1,
+            out.len()
+        );
     }
 
     #[test]
