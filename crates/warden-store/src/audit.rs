@@ -128,8 +128,52 @@ const COLUMNS: &str =
 impl Store {
     /// Appends an event durably and returns its place in the chain. Callers that
     /// must audit before acting treat an error here as "do not act".
+    ///
+    /// Appends that arrive while another is being written are committed together in
+    /// the next transaction (group commit): one fsync for many events, each still
+    /// durable before its caller proceeds, and all of a failed batch fail.
     pub async fn append_audit(&self, event: &Event) -> Result<Appended> {
-        self.begin_audited().await?.commit_with(event).await
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        self.pending_audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((event.clone(), tx));
+        let _serial = self.audit_lock.lock().await;
+        // A batch written while we waited may have carried our event.
+        if let Ok(result) = rx.try_recv() {
+            return result;
+        }
+        let batch = std::mem::take(
+            &mut *self
+                .pending_audit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let written: Result<Vec<Appended>> = async {
+            let mut db = self.pool.begin().await?;
+            let mut out = Vec::with_capacity(batch.len());
+            for (e, _) in &batch {
+                out.push(append_in(&mut db, e).await?);
+            }
+            db.commit().await?;
+            Ok(out)
+        }
+        .await;
+        match written {
+            Ok(appended) => {
+                for ((_, reply), a) in batch.into_iter().zip(appended) {
+                    let _ = reply.send(Ok(a));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::AppendFailed(message.clone())));
+                }
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
     }
 
     /// Lists events in chain order, filtered.

@@ -15,6 +15,8 @@ pub enum StoreError {
     Unseal(&'static str),
     #[error("invalid master key: {0}")]
     InvalidMasterKey(String),
+    #[error("the audit event could not be written: {0}")]
+    AppendFailed(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("unsupported store url `{0}`: use sqlite://PATH or postgres://...")]

@@ -54,7 +54,14 @@ pub struct Store {
     /// Serializes audit appends inside this process; the database lock on the chain
     /// head serializes them across gateways sharing a PostgreSQL store.
     audit_lock: tokio::sync::Mutex<()>,
+    /// Events waiting for the next group commit, with where to send each result.
+    pending_audit: std::sync::Mutex<Vec<PendingAppend>>,
 }
+
+type PendingAppend = (
+    warden_core::Event,
+    tokio::sync::oneshot::Sender<Result<audit::Appended>>,
+);
 
 const KEY_CHECK: &str = "master_key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"warden master key check";
@@ -101,6 +108,7 @@ impl Store {
             backend,
             sealer: SecretSealer::new(master_key)?,
             audit_lock: tokio::sync::Mutex::new(()),
+            pending_audit: std::sync::Mutex::new(Vec::new()),
         };
         store.check_master_key().await?;
         Ok(store)
