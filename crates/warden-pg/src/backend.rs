@@ -3,19 +3,10 @@
 
 use bytes::{BufMut, BytesMut};
 
-fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    out.put_u8(tag);
-    let at = out.len();
-    out.put_i32(0);
-    body(out);
-    let len = i32::try_from(out.len() - at).unwrap_or(i32::MAX);
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-}
+use crate::wire::put_frame as frame;
 
 fn cstr(out: &mut BytesMut, s: &str) {
-    // A NUL inside a field would end it early on the client; drop it.
-    out.extend(s.bytes().filter(|b| *b != 0));
-    out.put_u8(0);
+    crate::wire::put_cstr(out, s.as_bytes());
 }
 
 /// `ErrorResponse` (`E`) or `NoticeResponse` (`N`) fields.

@@ -3,6 +3,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::PgProtocolError;
+use crate::wire::{cstr, done, need, split_tagged};
 
 /// Protocol 3.0.
 const PROTOCOL_3_0: i32 = 196_608;
@@ -119,47 +120,6 @@ pub struct Frame<M> {
     pub raw: Bytes,
 }
 
-/// Reads a `\0`-terminated UTF-8 string from `buf`.
-fn cstr(buf: &mut Bytes, message: &'static str) -> Result<String, PgProtocolError> {
-    let end = buf
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or(PgProtocolError::Malformed {
-            message,
-            detail: "unterminated string",
-        })?;
-    let s = std::str::from_utf8(&buf[..end])
-        .map_err(|_| PgProtocolError::Malformed {
-            message,
-            detail: "string is not UTF-8",
-        })?
-        .to_string();
-    buf.advance(end + 1);
-    Ok(s)
-}
-
-fn need(buf: &Bytes, n: usize, message: &'static str) -> Result<(), PgProtocolError> {
-    if buf.remaining() < n {
-        Err(PgProtocolError::Malformed {
-            message,
-            detail: "truncated",
-        })
-    } else {
-        Ok(())
-    }
-}
-
-fn done(buf: &Bytes, message: &'static str) -> Result<(), PgProtocolError> {
-    if buf.has_remaining() {
-        Err(PgProtocolError::Malformed {
-            message,
-            detail: "trailing bytes",
-        })
-    } else {
-        Ok(())
-    }
-}
-
 /// Frames and decodes a client's byte stream. Feed it with [`BytesMut`] the caller
 /// reads into; it returns `Ok(None)` until a whole frame has arrived.
 #[derive(Debug, Clone)]
@@ -248,29 +208,9 @@ impl FrontendDecoder {
         &self,
         buf: &mut BytesMut,
     ) -> Result<Option<Frame<PgFrontendMessage>>, PgProtocolError> {
-        if buf.len() < 5 {
+        let Some((tag, raw)) = split_tagged(buf, self.max_message)? else {
             return Ok(None);
-        }
-        let tag = buf[0];
-        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        let len_usize =
-            usize::try_from(len).map_err(|_| PgProtocolError::BadLength(i64::from(len)))?;
-        if len_usize < 4 {
-            return Err(PgProtocolError::BadLength(i64::from(len)));
-        }
-        if len_usize > self.max_message {
-            return Err(PgProtocolError::TooLarge {
-                len: len_usize,
-                limit: self.max_message,
-            });
-        }
-        let total = len_usize + 1;
-        if buf.len() < total {
-            // Reserve now so a large message is read without repeated reallocation.
-            buf.reserve(total - buf.len());
-            return Ok(None);
-        }
-        let raw = buf.split_to(total).freeze();
+        };
         let mut body = raw.slice(5..);
         let message = match tag {
             b'Q' => {

@@ -40,9 +40,7 @@ pub enum LoginError {
 }
 
 fn frame(out: &mut BytesMut, tag: u8, body: &[u8]) {
-    out.put_u8(tag);
-    out.put_i32(i32::try_from(body.len() + 4).unwrap_or(i32::MAX));
-    out.extend_from_slice(body);
+    crate::wire::put_frame(out, tag, |b| b.extend_from_slice(body));
 }
 
 async fn next<S: AsyncRead + Unpin>(

@@ -361,16 +361,10 @@ impl Catalog {
             "SELECT c.oid::text, n.nspname::text, c.relname::text, a.attnum::text, a.attname::text \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
-             WHERE c.oid IN ({list})\0"
+             WHERE c.oid IN ({list})"
         );
         let mut q = BytesMut::new();
-        q.extend_from_slice(b"Q");
-        q.extend_from_slice(
-            &i32::try_from(sql.len() + 4)
-                .unwrap_or(i32::MAX)
-                .to_be_bytes(),
-        );
-        q.extend_from_slice(sql.as_bytes());
+        crate::wire::put_frame(&mut q, b'Q', |b| crate::wire::put_cstr(b, sql.as_bytes()));
         conn.write_all(&q).await.map_err(|e| e.to_string())?;
         let decoder = BackendDecoder::new(1 << 20);
         let mut buf = BytesMut::new();
@@ -723,30 +717,16 @@ async fn relay<H: ProxyHooks>(
 
 /// The same message with its SQL replaced (for denied statements).
 fn rewrite(message: &PgFrontendMessage, sql: &str) -> Bytes {
+    use crate::wire::{put_cstr, put_frame};
     let mut b = BytesMut::new();
-    let mut body = Vec::new();
-    let tag = match message {
-        PgFrontendMessage::Parse { statement, .. } => {
-            body.extend_from_slice(statement.as_bytes());
-            body.push(0);
-            body.extend_from_slice(sql.as_bytes());
-            body.push(0);
-            body.extend_from_slice(&0u16.to_be_bytes());
-            b'P'
-        }
-        _ => {
-            body.extend_from_slice(sql.as_bytes());
-            body.push(0);
-            b'Q'
-        }
-    };
-    b.extend_from_slice(&[tag]);
-    b.extend_from_slice(
-        &i32::try_from(body.len() + 4)
-            .unwrap_or(i32::MAX)
-            .to_be_bytes(),
-    );
-    b.extend_from_slice(&body);
+    match message {
+        PgFrontendMessage::Parse { statement, .. } => put_frame(&mut b, b'P', |b| {
+            put_cstr(b, statement.as_bytes());
+            put_cstr(b, sql.as_bytes());
+            b.extend_from_slice(&0u16.to_be_bytes());
+        }),
+        _ => put_frame(&mut b, b'Q', |b| put_cstr(b, sql.as_bytes())),
+    }
     b.freeze()
 }
 

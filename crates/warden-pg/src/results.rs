@@ -7,6 +7,7 @@ use warden_core::{ColumnPlan, Masked, Masker};
 
 use crate::PgProtocolError;
 use crate::frontend::Frame;
+use crate::wire::{cbytes, cstr_lossy as cstr, need, put_cstr, put_frame, split_tagged};
 
 /// One column of a `RowDescription`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,30 +68,6 @@ pub enum PgBackendMessage {
     },
 }
 
-fn cstr(buf: &mut Bytes, message: &'static str) -> Result<String, PgProtocolError> {
-    let end = buf
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or(PgProtocolError::Malformed {
-            message,
-            detail: "unterminated string",
-        })?;
-    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.advance(end + 1);
-    Ok(s)
-}
-
-fn need(buf: &Bytes, n: usize, message: &'static str) -> Result<(), PgProtocolError> {
-    if buf.remaining() < n {
-        Err(PgProtocolError::Malformed {
-            message,
-            detail: "truncated",
-        })
-    } else {
-        Ok(())
-    }
-}
-
 /// Frames and decodes a server's byte stream.
 #[derive(Debug, Clone)]
 pub struct BackendDecoder {
@@ -106,27 +83,9 @@ impl BackendDecoder {
         &self,
         buf: &mut BytesMut,
     ) -> Result<Option<Frame<PgBackendMessage>>, PgProtocolError> {
-        if buf.len() < 5 {
+        let Some((tag, raw)) = split_tagged(buf, self.max_message)? else {
             return Ok(None);
-        }
-        let tag = buf[0];
-        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        let len_usize =
-            usize::try_from(len).map_err(|_| PgProtocolError::BadLength(i64::from(len)))?;
-        if len_usize < 4 {
-            return Err(PgProtocolError::BadLength(i64::from(len)));
-        }
-        if len_usize > self.max_message {
-            return Err(PgProtocolError::TooLarge {
-                len: len_usize,
-                limit: self.max_message,
-            });
-        }
-        if buf.len() < len_usize + 1 {
-            buf.reserve(len_usize + 1 - buf.len());
-            return Ok(None);
-        }
-        let raw = buf.split_to(len_usize + 1).freeze();
+        };
         let mut body = raw.slice(5..);
         let message = match tag {
             b'R' => {
@@ -258,21 +217,13 @@ pub fn mask_notice(raw: &Bytes, masker: &dyn Masker) -> Result<Option<BytesMut>,
         if kind == 0 {
             break;
         }
-        let end = body
-            .iter()
-            .position(|b| *b == 0)
-            .ok_or(PgProtocolError::Malformed {
-                message: M,
-                detail: "unterminated field",
-            })?;
-        let value = body.slice(..end);
-        body.advance(end + 1);
+        let value = cbytes(&mut body, M)?;
         let value = if matches!(kind, b'M' | b'D' | b'H' | b'W' | b'q') {
             match masker.mask(ColumnPlan::Detect, &value) {
                 Masked::Unchanged => value,
                 Masked::Replaced(v) => {
                     changed = true;
-                    Bytes::from(v.into_iter().filter(|b| *b != 0).collect::<Vec<u8>>())
+                    Bytes::from(v)
                 }
                 Masked::Null => {
                     changed = true;
@@ -288,19 +239,13 @@ pub fn mask_notice(raw: &Bytes, masker: &dyn Masker) -> Result<Option<BytesMut>,
         return Ok(None);
     }
     let mut out = BytesMut::with_capacity(raw.len() + 32);
-    out.put_u8(raw[0]);
-    out.put_i32(0);
-    for (kind, value) in fields {
-        out.put_u8(kind);
-        out.extend_from_slice(&value);
-        out.put_u8(0);
-    }
-    out.put_u8(0);
-    let len = i32::try_from(out.len() - 1).map_err(|_| PgProtocolError::Malformed {
-        message: M,
-        detail: "too large",
-    })?;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
+    put_frame(&mut out, raw[0], |b| {
+        for (kind, value) in &fields {
+            b.put_u8(*kind);
+            put_cstr(b, value);
+        }
+        b.put_u8(0);
+    });
     Ok(Some(out))
 }
 
@@ -314,32 +259,18 @@ pub fn mask_notification(
     need(&body, 4, M)?;
     let pid = body.get_i32();
     let channel = cstr(&mut body, M)?;
-    let end = body
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or(PgProtocolError::Malformed {
-            message: M,
-            detail: "unterminated payload",
-        })?;
-    let payload = body.slice(..end);
+    let payload = cbytes(&mut body, M)?;
     let masked = match masker.mask(ColumnPlan::Detect, &payload) {
         Masked::Unchanged => return Ok(None),
-        Masked::Replaced(v) => v.into_iter().filter(|b| *b != 0).collect::<Vec<u8>>(),
+        Masked::Replaced(v) => v,
         Masked::Null => b"[redacted]".to_vec(),
     };
     let mut out = BytesMut::new();
-    out.put_u8(b'A');
-    out.put_i32(0);
-    out.put_i32(pid);
-    out.extend_from_slice(channel.as_bytes());
-    out.put_u8(0);
-    out.extend_from_slice(&masked);
-    out.put_u8(0);
-    let len = i32::try_from(out.len() - 1).map_err(|_| PgProtocolError::Malformed {
-        message: M,
-        detail: "too large",
-    })?;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
+    put_frame(&mut out, b'A', |b| {
+        b.put_i32(pid);
+        put_cstr(b, channel.as_bytes());
+        put_cstr(b, &masked);
+    });
     Ok(Some(out))
 }
 

@@ -20,7 +20,7 @@ mod util;
 
 pub use error::{Result, StoreError};
 pub use sealed::{MasterKey, SecretSealer};
-pub use util::redact_url;
+pub use util::{hex, redact_url, sha256_hex};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};

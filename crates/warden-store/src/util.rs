@@ -6,11 +6,13 @@ use warden_core::timefmt;
 
 use crate::{Result, StoreError};
 
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
+/// Lowercase hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
     hex(digest(&SHA256, data).as_ref())
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

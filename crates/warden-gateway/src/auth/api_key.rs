@@ -1,6 +1,5 @@
 //! Warden API keys: issuing, parsing and verifying `wdn_<id>_<secret>` tokens.
 
-use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 use warden_core::{AuthMethod, Identity, Secret, timefmt};
@@ -25,15 +24,11 @@ fn random_hex(bytes: usize) -> Result<String, AuthError> {
     SystemRandom::new()
         .fill(&mut buf)
         .map_err(|_| AuthError::StoreUnavailable)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(warden_store::hex(&buf))
 }
 
 pub fn hash_token(token: &str) -> String {
-    digest(&SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    warden_store::sha256_hex(token.as_bytes())
 }
 
 /// A new key with a random id, or with `id` when given (the bootstrap admin key).
