@@ -2,7 +2,7 @@
 //!
 //! This crate owns the vocabulary of the system — who is acting ([`Identity`]), on what
 //! ([`ConnectionKind`], connection names), what was decided ([`Decision`]) and what is
-//! written to the audit log ([`Event`]) — plus [`Secret`], the wrapper that keeps
+//! written to the audit log ([`Event`]) and to session recordings ([`TimelineEvent`]) — plus [`Secret`], the wrapper that keeps
 //! credentials out of logs and serialized output. It knows nothing about storage or
 //! wire protocols.
 
@@ -10,6 +10,7 @@ mod action;
 mod connection;
 mod event;
 mod identity;
+pub mod recording;
 mod secret;
 mod session;
 pub mod timefmt;
@@ -23,5 +24,8 @@ pub use connection::{
 };
 pub use event::{Decision, Event, EventIdentity};
 pub use identity::{AuthMethod, Identity};
+pub use recording::{
+    NoRecording, RecordingError, RecordingHeader, SessionRecorder, TimelineEntry, TimelineEvent,
+};
 pub use secret::{REDACTED, Secret};
 pub use session::{Session, SessionStatus};

@@ -21,6 +21,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "policies",
     "pg",
+    "recordings",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +49,33 @@ pub struct Config {
     pub policies: warden_policy::PolicyConfig,
     #[serde(default)]
     pub pg: PgListenerConfig,
+    #[serde(default)]
+    pub recordings: RecordingsConfig,
+}
+
+/// Session recordings (timelines of database sessions).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingsConfig {
+    /// Directory of recording files; default `<data_dir>/recordings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Rows of each result kept in a recording (the rest are counted).
+    #[serde(default = "default_rows_per_result")]
+    pub rows_per_result: usize,
+}
+
+fn default_rows_per_result() -> usize {
+    20
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            rows_per_result: default_rows_per_result(),
+        }
+    }
 }
 
 /// The PostgreSQL proxy listener.
@@ -253,6 +281,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             policies: warden_policy::PolicyConfig::default(),
             pg: PgListenerConfig::default(),
+            recordings: RecordingsConfig::default(),
         }
     }
 }
@@ -392,6 +421,14 @@ impl Config {
                 self.data_dir.join("warden.db").display()
             )),
         }
+    }
+
+    /// Where session recordings are written.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.recordings
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("recordings"))
     }
 
     /// The effective configuration as TOML, secrets redacted.

@@ -10,6 +10,7 @@ mod bootstrap;
 pub mod config;
 mod pg;
 pub mod policy;
+pub mod recording;
 mod server;
 
 pub use config::Config;
@@ -198,7 +199,13 @@ async fn start_pg_listener(
         context: "reading the PostgreSQL listener address".into(),
         source,
     })?;
-    let hooks = Arc::new(pg::PgHooks::new(store, auth, policies));
+    let hooks = Arc::new(pg::PgHooks::new(
+        store,
+        auth,
+        policies,
+        config.recordings_dir(),
+        config.recordings.rows_per_result,
+    ));
     let proxy_config = warden_pg::proxy::ProxyConfig {
         cancels: warden_pg::proxy::CancelMap::default(),
         allow_plaintext_tokens: config.pg.allow_plaintext_tokens,

@@ -4,10 +4,13 @@
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 use warden_core::{
-    ConnectionKind, Decision, Event, Identity, SecretKind, Session, SessionStatus, timefmt,
+    ConnectionKind, Decision, Event, Identity, RecordingError, RecordingHeader, SecretKind,
+    Session, SessionRecorder, SessionStatus, TimelineEvent, timefmt,
 };
 use warden_pg::proxy::{ProxyHooks, ProxySession, Refusal, StatementRecord};
 use warden_pg::sqlstate;
@@ -16,23 +19,107 @@ use warden_store::sessions::SessionCounts;
 
 use crate::auth::{Authenticator, TokenShape};
 use crate::policy::PolicyRegistry;
+use crate::recording::{FileRecorder, RECORDING_VERSION, recording_name};
+
+/// How often an active session's counters are written to its row.
+const COUNTS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct PgHooks {
     pub store: Arc<Store>,
     pub auth: Arc<Authenticator>,
     pub policies: Arc<PolicyRegistry>,
-    /// Open sessions: who and on which connection, for the statement records.
-    open: Mutex<HashMap<String, (Identity, String)>>,
+    recordings_dir: PathBuf,
+    rows_per_result: usize,
+    /// Open sessions, for the statement records.
+    open: Mutex<HashMap<String, OpenSession>>,
+}
+
+/// What the gateway keeps about a session while it is open.
+struct OpenSession {
+    identity: Identity,
+    connection: String,
+    timeline: Arc<PgTimeline>,
+    /// Counters not yet written to the session row: one row update per statement
+    /// would double the store writes on the statement path.
+    unflushed: SessionCounts,
+    flushed_at: Instant,
+}
+
+/// A session's recording file, plus the statements' outcomes as audit events.
+struct PgTimeline {
+    file: FileRecorder,
+    store: Arc<Store>,
+    identity: Identity,
+    connection: String,
+    session: Uuid,
+}
+
+impl SessionRecorder for PgTimeline {
+    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
+        // The outcome follows the statement's (durable) event; nothing waits for it.
+        let outcome = match &event {
+            TimelineEvent::Result {
+                tag,
+                rows_total,
+                duration_us,
+                ..
+            } => Some(json!({"tag": tag, "rows": rows_total, "duration_us": duration_us})),
+            TimelineEvent::Error {
+                code,
+                message,
+                duration_us,
+            } => Some(
+                json!({"error": {"code": code, "message": message}, "duration_us": duration_us}),
+            ),
+            _ => None,
+        };
+        self.file.record(event)?;
+        if let Some(body) = outcome {
+            let event = Event::new("pg.outcome", body)
+                .by(&self.identity)
+                .on_connection(&self.connection)
+                .in_session(self.session);
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.append_audit(&event).await {
+                    tracing::error!(error = %e, "could not record a statement's outcome");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn rows_per_result(&self) -> usize {
+        self.file.rows_per_result()
+    }
 }
 
 impl PgHooks {
-    pub fn new(store: Arc<Store>, auth: Arc<Authenticator>, policies: Arc<PolicyRegistry>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        auth: Arc<Authenticator>,
+        policies: Arc<PolicyRegistry>,
+        recordings_dir: PathBuf,
+        rows_per_result: usize,
+    ) -> Self {
         Self {
             store,
             auth,
             policies,
+            recordings_dir,
+            rows_per_result,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Adds counters to a session row in the background.
+    fn flush_counts(&self, session: Uuid, counts: SessionCounts) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.add_session_counts(session, counts).await {
+                tracing::warn!(error = %e, "session counters not updated");
+            }
+        });
     }
 
     async fn refuse(&self, event: Event, sqlstate: &'static str, message: String) -> Refusal {
@@ -149,7 +236,7 @@ impl ProxyHooks for PgHooks {
             denied: 0,
             bytes_in: 0,
             bytes_out: 0,
-            recording: None,
+            recording: Some(recording_name(id)),
         };
         let start = Event::new(
             "session.start",
@@ -158,6 +245,25 @@ impl ProxyHooks for PgHooks {
         .by(&identity)
         .on_connection(&conn.name)
         .in_session(id);
+        let header = RecordingHeader {
+            version: RECORDING_VERSION,
+            session: id.to_string(),
+            connection: conn.name.clone(),
+            protocol: "postgres".into(),
+            subject: identity.subject.clone(),
+            started_at: timefmt::rfc3339(session.started_at),
+            rows_per_result: self.rows_per_result,
+        };
+        let file = match FileRecorder::create(&self.recordings_dir, &header) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a session recording");
+                return Err(Refusal {
+                    sqlstate: sqlstate::CONNECTION_FAILURE,
+                    message: "the session cannot be recorded".into(),
+                });
+            }
+        };
         if self.store.create_session(&session).await.is_err()
             || self.store.append_audit(&start).await.is_err()
         {
@@ -166,8 +272,24 @@ impl ProxyHooks for PgHooks {
                 message: "the session cannot be recorded".into(),
             });
         }
+        let timeline = Arc::new(PgTimeline {
+            file,
+            store: self.store.clone(),
+            identity: identity.clone(),
+            connection: conn.name.clone(),
+            session: id,
+        });
         if let Ok(mut open) = self.open.lock() {
-            open.insert(id.to_string(), (identity, conn.name.clone()));
+            open.insert(
+                id.to_string(),
+                OpenSession {
+                    identity,
+                    connection: conn.name.clone(),
+                    timeline: timeline.clone(),
+                    unflushed: SessionCounts::default(),
+                    flushed_at: Instant::now(),
+                },
+            );
         }
         let (backend_addr, backend_database) = split_target(&conn.target);
         Ok(ProxySession {
@@ -178,17 +300,17 @@ impl ProxyHooks for PgHooks {
             secret,
             guard: Arc::new(guard),
             masker: Arc::new(masker),
+            recorder: timeline,
         })
     }
 
     async fn record(&self, record: StatementRecord) -> Result<(), String> {
-        let who = self
-            .open
-            .lock()
-            .ok()
-            .and_then(|o| o.get(&record.session).cloned());
-        let (identity, connection) = who.ok_or("unknown session")?;
         let session_id: Uuid = record.session.parse().map_err(|_| "bad session id")?;
+        let who = self.open.lock().ok().and_then(|o| {
+            o.get(&record.session)
+                .map(|s| (s.identity.clone(), s.connection.clone()))
+        });
+        let (identity, connection) = who.ok_or("unknown session")?;
         let denied = matches!(record.decision, Decision::Deny { .. });
         let event = Event::new("pg.query", json!({"sql": record.sql, "via": record.via}))
             .by(&identity)
@@ -199,13 +321,17 @@ impl ProxyHooks for PgHooks {
             .append_audit(&event)
             .await
             .map_err(|e| e.to_string())?;
-        let counts = SessionCounts {
-            commands: 1,
-            denied: i64::from(denied),
-            ..Default::default()
-        };
-        if let Err(e) = self.store.add_session_counts(session_id, counts).await {
-            tracing::warn!(error = %e, "session counters not updated");
+        let due = self.open.lock().ok().and_then(|mut o| {
+            let s = o.get_mut(&record.session)?;
+            s.unflushed.commands += 1;
+            s.unflushed.denied += i64::from(denied);
+            (s.flushed_at.elapsed() >= COUNTS_FLUSH_INTERVAL).then(|| {
+                s.flushed_at = Instant::now();
+                std::mem::take(&mut s.unflushed)
+            })
+        });
+        if let Some(counts) = due {
+            self.flush_counts(session_id, counts);
         }
         Ok(())
     }
@@ -215,6 +341,16 @@ impl ProxyHooks for PgHooks {
         let Ok(id) = session.parse::<Uuid>() else {
             return;
         };
+        if let Some(open) = &who {
+            if let Err(e) = open.timeline.record(TimelineEvent::End {
+                reason: reason.clone(),
+            }) {
+                tracing::error!(error = %e, "could not end the session recording");
+            }
+            if let Err(e) = self.store.add_session_counts(id, open.unflushed).await {
+                tracing::warn!(error = %e, "session counters not updated");
+            }
+        }
         let status = if reason.is_some() {
             SessionStatus::Terminated
         } else {
@@ -228,8 +364,8 @@ impl ProxyHooks for PgHooks {
             tracing::error!(error = %e, "could not end session");
         }
         let mut event = Event::new("session.end", json!({"reason": reason})).in_session(id);
-        if let Some((identity, connection)) = who {
-            event = event.by(&identity).on_connection(connection);
+        if let Some(open) = who {
+            event = event.by(&open.identity).on_connection(open.connection);
         }
         if let Err(e) = self.store.append_audit(&event).await {
             tracing::error!(error = %e, "could not record session end");

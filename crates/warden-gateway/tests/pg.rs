@@ -115,13 +115,75 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
     assert!(s["commands"].as_i64().unwrap() >= 3, "{s}");
     assert_eq!(s["status"], "closed", "{s}");
 
-    // The held password appears in no answer and no event.
+    // Each statement's outcome follows its event.
+    let outcomes = gw.audit_events("pg.outcome").await;
+    assert!(
+        outcomes
+            .iter()
+            .any(|e| e["event"]["payload"]["tag"] == "SELECT 1"
+                && e["event"]["payload"]["rows"] == 1),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|e| e["event"]["payload"]["error"]["code"] == "42501")
+    );
+
+    // The recording: statements, decisions, masked rows, the denial, the end.
+    let id = s["id"].as_str().unwrap();
+    assert_eq!(s["recording"], format!("{id}.jsonl"));
+    let (status, rec) = gw
+        .admin("GET", &format!("/api/sessions/{id}/recording"), None)
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["header"]["connection"], "billing");
+    assert_eq!(rec["header"]["subject"], "apikey:dba-job");
+    assert_eq!(rec["truncated"], false);
+    let entries = rec["entries"].as_array().unwrap();
+    assert!(entries.iter().any(|e| e["kind"] == "result"
+        && e["rows"][0][0] == "write to [redacted:email]"
+        && e["rows_total"] == 1));
+    assert!(entries.iter().any(|e| e["kind"] == "statement"
+        && e["sql"] == "DROP TABLE IF EXISTS nothing_here"
+        && e["decision"]["outcome"] == "deny"));
+    assert_eq!(entries.last().unwrap()["kind"], "end");
+    let ts: Vec<u64> = entries.iter().map(|e| e["t"].as_u64().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+    // Another user's key does not reach it.
+    let (_, other) = gw
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "someone-else", "groups": ["dba"]})),
+        )
+        .await;
+    let (status, _) = gw
+        .call(
+            "GET",
+            &format!("/api/sessions/{id}/recording"),
+            other["token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // The held password appears in no answer, no event and no recording; the
+    // unmasked value is in no recording either.
+    let mut recordings = String::new();
+    for f in std::fs::read_dir(gw.dir.path().join("recordings")).unwrap() {
+        recordings += &std::fs::read_to_string(f.unwrap().path()).unwrap();
+    }
+    assert!(recordings.contains("nothing_here"));
+    assert!(!recordings.contains("ops@example.com"));
     let all = gw
         .admin("GET", "/api/audit?limit=1000", None)
         .await
         .1
         .to_string()
-        + &sessions.to_string();
+        + &sessions.to_string()
+        + &rec.to_string()
+        + &recordings;
     assert!(!all.contains(BACKEND_PASSWORD));
     assert_eq!(
         gw.admin("GET", "/api/audit/verify", None).await.1["ok"],

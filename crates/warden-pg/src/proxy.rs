@@ -15,9 +15,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use warden_core::{Action, ColumnRef, Decision, Guard, Masker, Secret, SqlDialect, ValueKind};
+use warden_core::{
+    Action, ColumnRef, Decision, Guard, Masker, Secret, SessionRecorder, SqlDialect, TimelineEvent,
+    ValueKind,
+};
 
 use crate::backend::{self as out, PgNotice};
 use crate::frontend::{FrontendDecoder, PgFrontendMessage, PgStartup};
@@ -35,6 +39,8 @@ pub struct ProxySession {
     pub secret: Option<Secret<String>>,
     pub guard: Arc<dyn Guard>,
     pub masker: Arc<dyn Masker>,
+    /// The session's timeline; a write that fails ends the session.
+    pub recorder: Arc<dyn SessionRecorder>,
 }
 
 /// Why the gateway refused a client.
@@ -434,8 +440,11 @@ async fn relay<H: ProxyHooks>(
     let session_id = session.id.clone();
 
     let upstream_denials = denials.clone();
+    let up_recorder = session.recorder.clone();
+    let recorder = session.recorder.clone();
     let upstream = async move {
         let decoder = FrontendDecoder::new(config.max_message);
+        let mut copy_in = CopyCount::default();
         loop {
             let frame = loop {
                 match decoder.decode(&mut client_buf) {
@@ -456,13 +465,35 @@ async fn relay<H: ProxyHooks>(
                     result_formats,
                     ..
                 } => Some(Expect::Bind(statement.clone(), result_formats.clone())),
-                PgFrontendMessage::Sync | PgFrontendMessage::Query { .. } => {
-                    Some(Expect::ReadyForQuery)
-                }
+                PgFrontendMessage::Execute { .. } => Some(Expect::Execute(Instant::now())),
+                PgFrontendMessage::Sync => Some(Expect::ReadyForQuery),
                 _ => None,
             };
-            if let (Some(e), Ok(mut q)) = (expect, upstream_expected.lock()) {
-                q.push_back(e);
+            if let Ok(mut q) = upstream_expected.lock() {
+                if let PgFrontendMessage::Query { .. } = &frame.message {
+                    q.push_back(Expect::Execute(Instant::now()));
+                    q.push_back(Expect::ReadyForQuery);
+                }
+                if let Some(e) = expect {
+                    q.push_back(e);
+                }
+            }
+            match &frame.message {
+                PgFrontendMessage::CopyData => {
+                    copy_in.bytes += frame.raw.len().saturating_sub(5) as u64;
+                    copy_in.rows += memchr_count(&frame.raw[5..]);
+                }
+                PgFrontendMessage::CopyDone | PgFrontendMessage::CopyFail { .. } => {
+                    let done = std::mem::take(&mut copy_in);
+                    if let Err(e) = up_recorder.record(TimelineEvent::Copy {
+                        direction: "in".into(),
+                        bytes: done.bytes,
+                        rows: done.rows,
+                    }) {
+                        return Some(e.to_string());
+                    }
+                }
+                _ => {}
             }
             let (sql, via) = match &frame.message {
                 PgFrontendMessage::Query { sql } => (Some(sql.clone()), "Query"),
@@ -507,6 +538,14 @@ async fn relay<H: ProxyHooks>(
                     reason: format!("the audit log cannot record it ({e})"),
                 };
             }
+            // Not forwarded unless it is in the recording too.
+            if let Err(e) = up_recorder.record(TimelineEvent::Statement {
+                via: via.to_string(),
+                sql,
+                decision: decision.clone(),
+            }) {
+                return Some(e.to_string());
+            }
             let bytes: Bytes = match &decision {
                 Decision::Deny { rule, reason } => {
                     let mut raw = [0u8; 12];
@@ -541,6 +580,11 @@ async fn relay<H: ProxyHooks>(
             names: HashMap::new(),
             columns: HashMap::new(),
         };
+        let mut capture = ResultCapture::new(recorder.rows_per_result());
+        let mut copy_out = CopyCount::default();
+        // Where a statement's duration starts when its request's own time is unknown
+        // (the second and later statements of one simple query).
+        let mut last_done = Instant::now();
         loop {
             let frame = loop {
                 match decoder.decode(&mut buf) {
@@ -579,7 +623,12 @@ async fn relay<H: ProxyHooks>(
                                 column,
                                 kind,
                             });
-                            (plan, f.type_oid, f.format)
+                            DescribedColumn {
+                                plan,
+                                type_oid: f.type_oid,
+                                format: f.format,
+                                name: f.name.clone(),
+                            }
                         })
                         .collect();
                     if std::mem::take(&mut describing_statement) {
@@ -593,6 +642,7 @@ async fn relay<H: ProxyHooks>(
                     } else {
                         // A query's or portal's rows follow now, in these formats.
                         columns = column_masking(&described, None);
+                        capture.start(&described);
                     }
                     frame.raw.clone()
                 }
@@ -619,13 +669,13 @@ async fn relay<H: ProxyHooks>(
                         Expect::Bind(stmt, formats) => Some((stmt.clone(), formats.clone())),
                         _ => None,
                     });
-                    columns = bound
-                        .and_then(|(stmt, formats)| {
-                            statements
-                                .get(&stmt)
-                                .map(|d| column_masking(d, Some(&formats)))
-                        })
+                    let described = bound
+                        .and_then(|(stmt, formats)| statements.get(&stmt).map(|d| (d, formats)));
+                    columns = described
+                        .as_ref()
+                        .map(|(d, formats)| column_masking(d, Some(formats)))
                         .unwrap_or_default();
+                    capture.start(described.map_or(&[][..], |(d, _)| d.as_slice()));
                     frame.raw.clone()
                 }
                 PgBackendMessage::ReadyForQuery { .. } => {
@@ -643,38 +693,95 @@ async fn relay<H: ProxyHooks>(
                 } if masker.is_active() => {
                     return Some("COPY TO cannot be masked yet; the session was ended before any data was sent".to_string());
                 }
-                PgBackendMessage::DataRow if masker.is_active() => {
-                    match mask_data_row(&frame.raw, &columns, masker.as_ref()) {
-                        Ok(Some(rewritten)) => rewritten.freeze(),
-                        Ok(None) => frame.raw.clone(),
-                        // A row that cannot be read is not passed on unmasked.
-                        Err(e) => return Some(format!("unreadable result row: {e}")),
-                    }
+                PgBackendMessage::CopyData => {
+                    copy_out.bytes += frame.raw.len().saturating_sub(5) as u64;
+                    copy_out.rows += memchr_count(&frame.raw[5..]);
+                    frame.raw.clone()
                 }
-                PgBackendMessage::ErrorResponse { message, .. } => {
+                PgBackendMessage::CopyDone => {
+                    let done = std::mem::take(&mut copy_out);
+                    if let Err(e) = recorder.record(TimelineEvent::Copy {
+                        direction: "out".into(),
+                        bytes: done.bytes,
+                        rows: done.rows,
+                    }) {
+                        return Some(e.to_string());
+                    }
+                    frame.raw.clone()
+                }
+                PgBackendMessage::DataRow => {
+                    let row = if masker.is_active() {
+                        match mask_data_row(&frame.raw, &columns, masker.as_ref()) {
+                            Ok(Some(rewritten)) => rewritten.freeze(),
+                            Ok(None) => frame.raw.clone(),
+                            // A row that cannot be read is not passed on unmasked.
+                            Err(e) => return Some(format!("unreadable result row: {e}")),
+                        }
+                    } else {
+                        frame.raw.clone()
+                    };
+                    // The recording keeps what the client got: masked values.
+                    if let Err(e) = capture.row(&row, &columns) {
+                        return Some(format!("unreadable result row: {e}"));
+                    }
+                    row
+                }
+                PgBackendMessage::CommandComplete { tag } => {
+                    let duration = finished(&expected, &mut last_done);
+                    if let Err(e) = recorder.record(capture.finish(tag.clone(), duration)) {
+                        return Some(e.to_string());
+                    }
+                    frame.raw.clone()
+                }
+                // PortalSuspended: an Execute with a row limit reached it.
+                PgBackendMessage::Other { tag: b's' } => {
+                    let duration = finished(&expected, &mut last_done);
+                    if let Err(e) =
+                        recorder.record(capture.finish("(portal suspended)".into(), duration))
+                    {
+                        return Some(e.to_string());
+                    }
+                    frame.raw.clone()
+                }
+                PgBackendMessage::EmptyQueryResponse => {
+                    finished(&expected, &mut last_done);
+                    frame.raw.clone()
+                }
+                PgBackendMessage::ErrorResponse { code, message } => {
+                    let duration = finished(&expected, &mut last_done);
                     let hit = denials.lock().ok().and_then(|mut d| {
                         let key = d.keys().find(|k| message.contains(k.as_str())).cloned();
                         key.and_then(|k| d.remove(&k))
                     });
-                    match hit {
+                    let (bytes, code, recorded) = match hit {
                         Some((rule, reason)) => {
+                            let message = denied_message(&rule, &reason);
                             let mut b = BytesMut::new();
                             out::error_response(
                                 &mut b,
                                 &PgNotice {
                                     severity: "ERROR",
                                     code: sqlstate::INSUFFICIENT_PRIVILEGE,
-                                    message: &denied_message(&rule, &reason),
+                                    message: &message,
                                     detail: None,
                                     hint: None,
                                 },
                             );
-                            b.freeze()
+                            (
+                                b.freeze(),
+                                sqlstate::INSUFFICIENT_PRIVILEGE.to_string(),
+                                message,
+                            )
                         }
                         None if masker.is_active() => {
                             match crate::results::mask_notice(&frame.raw, masker.as_ref()) {
-                                Ok(Some(b)) => b.freeze(),
-                                Ok(None) => frame.raw.clone(),
+                                Ok(Some(b)) => {
+                                    let b = b.freeze();
+                                    let masked = crate::results::notice_message(&b)
+                                        .unwrap_or_else(|_| "[redacted]".into());
+                                    (b, code.clone(), masked)
+                                }
+                                Ok(None) => (frame.raw.clone(), code.clone(), message.clone()),
                                 Err(e) => {
                                     return Some(format!(
                                         "unreadable error from the database: {e}"
@@ -682,8 +789,17 @@ async fn relay<H: ProxyHooks>(
                                 }
                             }
                         }
-                        None => frame.raw.clone(),
+                        None => (frame.raw.clone(), code.clone(), message.clone()),
+                    };
+                    capture.reset();
+                    if let Err(e) = recorder.record(TimelineEvent::Error {
+                        code,
+                        message: recorded,
+                        duration_us: duration,
+                    }) {
+                        return Some(e.to_string());
                     }
+                    bytes
                 }
                 PgBackendMessage::Other { tag: b'A' } if masker.is_active() => {
                     match crate::results::mask_notification(&frame.raw, masker.as_ref()) {
@@ -735,12 +851,14 @@ fn rewrite(message: &PgFrontendMessage, sql: &str) -> Bytes {
 enum Expect {
     DescribeStatement(String),
     Bind(String, Vec<i16>),
+    /// An `Execute`, or the statements of a simple `Query`: sent at this instant.
+    Execute(Instant),
     /// A `Sync` or simple `Query`: its cycle ends with `ReadyForQuery`.
     ReadyForQuery,
 }
 
-/// Columns of a result: masking plan, type OID, described format.
-type Described = Vec<(warden_core::ColumnPlan, u32, i16)>;
+/// Columns of a result.
+type Described = Vec<DescribedColumn>;
 
 /// Pops requests in order until `want` accepts one (skipped requests were answered
 /// by an error or produce no tracked answer).
@@ -764,24 +882,21 @@ fn pop_until<T>(
 
 /// How each column's values are masked, given its plan, type and wire format (the
 /// Bind's result formats override the described ones: a described statement says 0).
-fn column_masking(
-    described: &[(warden_core::ColumnPlan, u32, i16)],
-    formats: Option<&[i16]>,
-) -> Vec<ColumnMasking> {
+fn column_masking(described: &[DescribedColumn], formats: Option<&[i16]>) -> Vec<ColumnMasking> {
     described
         .iter()
         .enumerate()
-        .map(|(i, (plan, oid, described_format))| {
+        .map(|(i, c)| {
             let format = match formats {
                 Some([]) => 0,
                 Some([one]) => *one,
                 Some(many) => many.get(i).copied().unwrap_or(0),
-                None => *described_format,
+                None => c.format,
             };
-            if format == 1 && !is_text_type(*oid) {
-                ColumnMasking::NullIfRule(*plan)
+            if format == 1 && !is_text_type(c.type_oid) {
+                ColumnMasking::NullIfRule(c.plan)
             } else {
-                ColumnMasking::Mask(*plan)
+                ColumnMasking::Mask(c.plan)
             }
         })
         .collect()
@@ -802,4 +917,131 @@ fn value_kind(oid: u32) -> ValueKind {
 /// Types whose binary format is their text (so binary values can be masked as text).
 fn is_text_type(oid: u32) -> bool {
     matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142)
+}
+
+/// Rows and bytes of one COPY, for the recording.
+#[derive(Debug, Default)]
+struct CopyCount {
+    bytes: u64,
+    rows: u64,
+}
+
+/// Newlines in COPY data: rows, in the text and CSV formats.
+fn memchr_count(data: &[u8]) -> u64 {
+    data.iter().filter(|b| **b == b'\n').count() as u64
+}
+
+/// One column of a described result: how it is masked and how it is named and sent.
+#[derive(Debug, Clone)]
+struct DescribedColumn {
+    plan: warden_core::ColumnPlan,
+    type_oid: u32,
+    format: i16,
+    name: String,
+}
+
+/// A statement's answer ended: how long it took from its request (or, for the later
+/// statements of one simple query, from the previous answer).
+fn finished(
+    queue: &Mutex<std::collections::VecDeque<Expect>>,
+    last_done: &mut Instant,
+) -> Option<u64> {
+    let since = pop_until(queue, |e| match e {
+        Expect::Execute(at) => Some(*at),
+        _ => None,
+    })
+    .unwrap_or(*last_done);
+    let now = Instant::now();
+    *last_done = now;
+    u64::try_from(now.saturating_duration_since(since).as_micros()).ok()
+}
+
+/// Longest value kept in a recording, in characters.
+const RECORDED_VALUE_MAX: usize = 1024;
+
+/// The result being streamed to the client: its column names and first rows, as the
+/// client received them, for the recording.
+struct ResultCapture {
+    limit: usize,
+    columns: Vec<String>,
+    rows: Vec<Vec<Option<String>>>,
+    total: u64,
+}
+
+impl ResultCapture {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            columns: Vec::new(),
+            rows: Vec::new(),
+            total: 0,
+        }
+    }
+
+    fn start(&mut self, described: &[DescribedColumn]) {
+        self.reset();
+        self.columns = described.iter().map(|c| c.name.clone()).collect();
+    }
+
+    fn reset(&mut self) {
+        self.columns.clear();
+        self.rows.clear();
+        self.total = 0;
+    }
+
+    /// Counts a row sent to the client and keeps it while under the limit.
+    fn row(
+        &mut self,
+        raw: &Bytes,
+        columns: &[ColumnMasking],
+    ) -> Result<(), crate::PgProtocolError> {
+        self.total += 1;
+        if self.rows.len() >= self.limit {
+            return Ok(());
+        }
+        let values = crate::results::data_row_values(raw)?;
+        let row = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.map(|v| {
+                    let binary = matches!(columns.get(i), Some(ColumnMasking::NullIfRule(_)));
+                    render_value(&v, binary)
+                })
+            })
+            .collect();
+        self.rows.push(row);
+        Ok(())
+    }
+
+    fn finish(&mut self, tag: String, duration_us: Option<u64>) -> TimelineEvent {
+        let event = TimelineEvent::Result {
+            tag,
+            columns: std::mem::take(&mut self.columns),
+            rows: std::mem::take(&mut self.rows),
+            rows_total: self.total,
+            duration_us,
+        };
+        self.total = 0;
+        event
+    }
+}
+
+/// A value as text for the recording: text as is, binary values as `\x` hex;
+/// long values cut with `…`.
+fn render_value(v: &[u8], binary: bool) -> String {
+    let mut text = if binary {
+        let mut t = String::from("\\x");
+        for b in v.iter().take(RECORDED_VALUE_MAX / 2) {
+            t.push_str(&format!("{b:02x}"));
+        }
+        t
+    } else {
+        String::from_utf8_lossy(v).into_owned()
+    };
+    if text.chars().count() > RECORDED_VALUE_MAX || (binary && v.len() > RECORDED_VALUE_MAX / 2) {
+        text = text.chars().take(RECORDED_VALUE_MAX).collect();
+        text.push('…');
+    }
+    text
 }

@@ -203,6 +203,24 @@ pub fn data_row_values(raw: &Bytes) -> Result<Vec<Option<Bytes>>, PgProtocolErro
     Ok(values)
 }
 
+/// The message field (`M`) of an `ErrorResponse` or `NoticeResponse` frame.
+pub fn notice_message(raw: &Bytes) -> Result<String, PgProtocolError> {
+    const M: &str = "ErrorResponse";
+    need(raw, 5, M)?;
+    let mut body = raw.slice(5..);
+    loop {
+        need(&body, 1, M)?;
+        let kind = body.get_u8();
+        if kind == 0 {
+            return Ok(String::new());
+        }
+        let value = cbytes(&mut body, M)?;
+        if kind == b'M' {
+            return Ok(String::from_utf8_lossy(&value).into_owned());
+        }
+    }
+}
+
 /// Masks the text fields of an `ErrorResponse` or `NoticeResponse` (message, detail,
 /// hint, context): servers quote values in them, e.g. "Key (email)=(bob@example.com)
 /// already exists". Returns `None` when nothing changed.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_postgres::NoTls;
-use warden_core::{Decision, Secret};
+use warden_core::{Decision, RecordingError, Secret, SessionRecorder, TimelineEvent};
 use warden_pg::proxy::{
     ProxyConfig, ProxyHooks, ProxySession, Refusal, StatementRecord, serve_client,
 };
@@ -17,6 +17,27 @@ const TOKEN: &str = "test-token-for-the-proxy";
 struct Hooks {
     records: Mutex<Vec<StatementRecord>>,
     audit_down: AtomicBool,
+    timeline: Arc<Timeline>,
+}
+
+/// Keeps the timeline in memory, two rows per result; can be made to fail.
+#[derive(Default)]
+struct Timeline {
+    events: Mutex<Vec<TimelineEvent>>,
+    down: AtomicBool,
+}
+
+impl SessionRecorder for Timeline {
+    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(RecordingError("disk full".into()));
+        }
+        self.events.lock().unwrap().push(event);
+        Ok(())
+    }
+    fn rows_per_result(&self) -> usize {
+        2
+    }
 }
 
 const POLICY: &str = r#"
@@ -64,6 +85,7 @@ impl ProxyHooks for Hooks {
             secret: Some(Secret::new("scram-pw-1".into())),
             guard: Arc::new(Guardrails::compile(&policy.guardrails, &[]).unwrap()),
             masker: Arc::new(MaskingEngine::from_sets(&policy.masking, b"k").unwrap()),
+            recorder: self.timeline.clone(),
         })
     }
 
@@ -82,6 +104,7 @@ async fn start() -> (SocketAddr, Arc<Hooks>) {
     let hooks = Arc::new(Hooks {
         records: Mutex::new(Vec::new()),
         audit_down: AtomicBool::new(false),
+        timeline: Arc::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -231,4 +254,85 @@ async fn audit_failure_denies_and_bad_logins_are_refused() {
     assert_eq!(code(&err), "28P01");
     let err = client(addr, "nonexistent", TOKEN).await.err().unwrap();
     assert_eq!(code(&err), "3D000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_holds_statements_masked_rows_and_denials() {
+    let (addr, hooks) = start().await;
+    let c = client(addr, "billing", TOKEN).await.unwrap();
+    c.simple_query(
+        "SELECT g AS n, 'u' || g || '@example.com' AS mail FROM generate_series(1, 5) g; SELECT 2",
+    )
+    .await
+    .unwrap();
+    let rows = c
+        .query("SELECT $1::text AS who", &[&"dave@example.net"])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(c.simple_query("DROP TABLE pg_class").await.is_err());
+
+    let events = hooks.timeline.events.lock().unwrap().clone();
+    let results: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            TimelineEvent::Result {
+                tag,
+                columns,
+                rows,
+                rows_total,
+                duration_us,
+            } => Some((
+                tag.clone(),
+                columns.clone(),
+                rows.clone(),
+                *rows_total,
+                *duration_us,
+            )),
+            _ => None,
+        })
+        .collect();
+    // Five rows, two kept, masked as the client saw them.
+    let (tag, columns, rows, total, duration) = &results[0];
+    assert_eq!(tag, "SELECT 5");
+    assert_eq!(columns, &["n", "mail"]);
+    assert_eq!(*total, 5);
+    assert_eq!(
+        rows,
+        &vec![
+            vec![Some("1".to_string()), Some("[redacted:email]".to_string())],
+            vec![Some("2".to_string()), Some("[redacted:email]".to_string())],
+        ]
+    );
+    assert!(duration.is_some());
+    assert_eq!(results[1].0, "SELECT 1");
+    // Extended protocol, binary-format text column: masked too.
+    assert_eq!(results[2].1, ["who"]);
+    assert_eq!(
+        results[2].2,
+        vec![vec![Some("[redacted:email]".to_string())]]
+    );
+    assert!(events.iter().any(|e| matches!(e,
+        TimelineEvent::Statement { sql, decision: Decision::Deny { .. }, .. } if sql == "DROP TABLE pg_class")));
+    assert!(events.iter().any(|e| matches!(e,
+        TimelineEvent::Error { code, message, .. } if code == "42501" && message.contains("prod/no-ddl"))));
+    // Statement text is kept as sent; what came back is kept masked only.
+    let answers: Vec<_> = events
+        .iter()
+        .filter(|e| !matches!(e, TimelineEvent::Statement { .. }))
+        .collect();
+    let dump = format!("{answers:?}");
+    assert!(
+        !dump.contains("@example"),
+        "unmasked value recorded: {dump}"
+    );
+
+    // A recording that cannot be written ends the session before the statement runs.
+    hooks.timeline.down.store(true, Ordering::SeqCst);
+    assert!(c.simple_query("SELECT 1").await.is_err());
+    hooks.timeline.down.store(false, Ordering::SeqCst);
+    assert!(
+        c.simple_query("SELECT 1").await.is_err(),
+        "the session must be closed"
+    );
 }

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use warden_gateway::{Config, Gateway};
 use warden_store::audit::AuditFilter;
 
+mod replay;
+
 #[derive(Parser)]
 #[command(
     name = "warden",
@@ -32,6 +34,21 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Print a session's recording from the recordings directory (works while the
+    /// gateway is down).
+    Replay {
+        /// Session id, as in `GET /api/sessions`.
+        session: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Replay with the session's own pacing, this many times faster (e.g. 1, 4);
+        /// without it the whole timeline is printed at once.
+        #[arg(long)]
+        speed: Option<f64>,
+        /// Print the recording's JSON lines as stored.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -129,6 +146,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             gateway(config).await
         }
         Command::Audit { command } => audit(command).await,
+        Command::Replay {
+            session,
+            config,
+            speed,
+            json,
+        } => {
+            let config = config.load()?;
+            let id = session
+                .parse()
+                .with_context(|| format!("`{session}` is not a session id"))?;
+            let rec = warden_gateway::recording::read_recording(&config.recordings_dir(), id)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                use std::io::Write;
+                writeln!(out, "{}", serde_json::to_string(&rec.header)?)?;
+                for e in &rec.entries {
+                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                }
+            } else {
+                replay::replay(&rec, speed, &mut out).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -150,6 +190,9 @@ async fn gateway(config: Config) -> Result<ExitCode> {
             "Use it as `Authorization: Bearer <key>` against {}",
             gw.api_url()
         );
+    }
+    if let Some(pg) = gw.pg_addr() {
+        println!("PostgreSQL proxy listening on {pg}");
     }
     println!("warden gateway listening on {}", gw.api_url());
     stop.await;

@@ -1,5 +1,6 @@
 //! The `warden` binary as a user runs it: embedded default start, configuration
-//! errors, `--print-config`, and offline audit verification after tampering.
+//! errors, `--print-config`, offline audit verification after tampering, and a psql
+//! session through the proxy replayed with `warden replay`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // Gateway children are returned to the test and waited for in `stop`.
 #![allow(clippy::zombie_processes)]
@@ -316,4 +317,160 @@ fn bad_config_fails_fast_naming_field_and_line() {
         !dir.path().join("warden-data").exists(),
         "a failed start left state behind"
     );
+}
+
+/// The held password of the `warden_t_scram` role that `scripts/test.sh` creates.
+const PG_PASSWORD: &str = "scram-pw-1";
+
+#[test]
+fn psql_session_is_replayable_and_no_secret_reaches_logs_recordings_or_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("warden.toml"),
+        r#"
+[[policies.guardrails]]
+name = "no-drops"
+[[policies.guardrails.rules]]
+name = "no-ddl"
+sql_statements = ["ddl"]
+
+[[policies.masking]]
+name = "pii"
+detectors = ["email"]
+"#,
+    )
+    .unwrap();
+    let mut child = warden(dir.path())
+        .args(["gateway", "--config", "warden.toml"])
+        .env("WARDEN_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut head = String::new();
+    while !head.contains("warden gateway listening on ") {
+        assert!(reader.read_line(&mut head).unwrap() > 0, "{head}");
+    }
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let field = |prefix: &str| {
+        head.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap()
+            .to_string()
+    };
+    let (url, pg) = (
+        field("warden gateway listening on "),
+        field("PostgreSQL proxy listening on "),
+    );
+    let admin = head
+        .split_whitespace()
+        .find(|w| w.starts_with("wdn_admin_"))
+        .unwrap()
+        .to_string();
+    let gw = Running {
+        child,
+        url,
+        printed_key: Some(admin.clone()),
+        stdout_head: head.clone(),
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        rt.block_on(async {
+            let resp = http
+                .post(format!("{}{path}", gw.url))
+                .bearer_auth(&admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success());
+            resp.json::<Value>().await.unwrap()
+        })
+    };
+    post(
+        "/api/connections",
+        json!({"name": "billing", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+               "username": "warden_t_scram", "secret": PG_PASSWORD, "allowed_groups": ["dba"],
+               "policies": {"guardrails": ["no-drops"], "masking": ["pii"]}}),
+    );
+    let token = post(
+        "/api/api-keys",
+        json!({"name": "psql-user", "groups": ["dba"]}),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (host, port) = pg.rsplit_once(':').unwrap();
+    let psql = Command::new("psql")
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=0",
+            &format!("host={host} port={port} dbname=billing user=me"),
+            "-c",
+            "SELECT 'reach me at eve@example.com' AS contact",
+            "-c",
+            "DROP TABLE IF EXISTS nothing_here",
+        ])
+        .env("PGPASSWORD", &token)
+        .output()
+        .unwrap();
+    let psql_out = text(&psql.stdout) + &text(&psql.stderr);
+    assert!(
+        psql_out.contains("reach me at [redacted:email]"),
+        "{psql_out}"
+    );
+    assert!(psql_out.contains("no-drops/no-ddl"), "{psql_out}");
+    let log = stop(gw);
+
+    // Replay from the recordings directory, the gateway stopped.
+    let out = run(warden(dir.path()).args(["audit", "list", "--kind", "session.start", "--json"]));
+    let start: Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    let session = start["event"]["session_id"].as_str().unwrap().to_string();
+    let out = run(warden(dir.path()).args(["replay", &session, "--config", "warden.toml"]));
+    let replay = text(&out.stdout);
+    assert!(out.status.success(), "{replay}{}", text(&out.stderr));
+    assert!(
+        replay.contains("> SELECT 'reach me at eve@example.com'"),
+        "{replay}"
+    );
+    assert!(replay.contains("reach me at [redacted:email]"), "{replay}");
+    assert!(replay.contains("DENIED by no-drops/no-ddl"), "{replay}");
+    assert!(replay.contains("ERROR 42501"), "{replay}");
+    assert!(replay.contains("session ended"), "{replay}");
+    let out =
+        run(warden(dir.path()).args(["replay", &session, "--json", "--config", "warden.toml"]));
+    assert!(text(&out.stdout).lines().count() >= 5);
+    let out = run(warden(dir.path()).args(["replay", "0190f2a4-0000-7000-8000-000000000000"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no recording"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The held password and the user's token appear in no log, recording or store
+    // file (the store keeps the password sealed, the token hashed).
+    let mut haystack = log.into_bytes();
+    let mut files = vec![dir.path().join("warden-data")];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            haystack.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    let secret_part = token.rsplit('_').next().unwrap();
+    for needle in [PG_PASSWORD, token.as_str(), secret_part, admin.as_str()] {
+        assert!(
+            !haystack
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes()),
+            "`{needle}` leaked into logs or data files"
+        );
+    }
 }

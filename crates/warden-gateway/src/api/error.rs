@@ -63,6 +63,11 @@ impl ApiError {
         )
     }
 
+    /// Something on the gateway's side failed; details belong in the log.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     pub fn from_auth(e: &AuthError) -> Self {
         let status = if e.is_unavailable() {
             StatusCode::SERVICE_UNAVAILABLE

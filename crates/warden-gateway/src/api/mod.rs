@@ -125,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(policies::get, policies::put, policies::delete))
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::get))
+        .routes(routes!(sessions::recording))
         .split_for_parts();
     let spec = openapi.to_json().unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.api.max_body_bytes;

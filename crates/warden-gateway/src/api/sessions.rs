@@ -80,3 +80,44 @@ pub async fn get(
         _ => Err(not_found()),
     }
 }
+
+/// A session's recording: its header, its timeline entries (statements, decisions,
+/// masked results, errors, timings) and whether the last line was cut short.
+#[utoipa::path(get, path = "/api/sessions/{id}/recording", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id (UUID)")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn recording(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let not_found = || ApiError::not_found(format!("recording of session `{id}`"));
+    let uuid: uuid::Uuid = id.parse().map_err(|_| not_found())?;
+    let session = state
+        .store
+        .session(uuid)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    match session {
+        Some(s)
+            if s.recording.is_some()
+                && (caller.is_admin || s.subject == caller.identity.subject) => {}
+        _ => return Err(not_found()),
+    }
+    let dir = state.config.recordings_dir();
+    let read = tokio::task::spawn_blocking(move || crate::recording::read_recording(&dir, uuid))
+        .await
+        .map_err(|_| ApiError::internal("the recording could not be read"))?;
+    match read {
+        Ok(r) => Ok(Json(serde_json::json!({
+            "header": r.header,
+            "entries": r.entries,
+            "truncated": r.truncated,
+        }))),
+        Err(crate::recording::RecordingReadError::NotFound(_)) => Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "recording unreadable");
+            Err(ApiError::internal("the recording could not be read"))
+        }
+    }
+}

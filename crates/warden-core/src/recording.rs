@@ -1,0 +1,125 @@
+//! Session recordings of database sessions: what a proxy hands to its recorder, and
+//! the on-disk form that replay reads.
+//!
+//! A recording is JSON Lines: one [`RecordingHeader`], then one [`TimelineEntry`] per
+//! statement, result, error or notice, each written when it happens, so a recording cut
+//! short by a crash is still readable up to its last line. Results carry values as the
+//! client saw them, i.e. already masked, and only their first rows.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Decision;
+
+/// The first line of a recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingHeader {
+    /// Format version of the lines that follow.
+    pub version: u32,
+    pub session: String,
+    pub connection: String,
+    pub protocol: String,
+    pub subject: String,
+    /// RFC 3339; entry times count microseconds from here.
+    pub started_at: String,
+    /// Rows kept per result; `rows_total` in a result says how many there were.
+    pub rows_per_result: usize,
+}
+
+/// One moment of a session, `t` microseconds after it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub t: u64,
+    #[serde(flatten)]
+    pub event: TimelineEvent,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TimelineEvent {
+    /// A statement as the client sent it, and what policy decided.
+    Statement {
+        via: String,
+        sql: String,
+        decision: Decision,
+    },
+    /// A statement finished: its command tag and its first rows, masked.
+    Result {
+        tag: String,
+        columns: Vec<String>,
+        rows: Vec<Vec<Option<String>>>,
+        rows_total: u64,
+        /// From the request being forwarded to its completion, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_us: Option<u64>,
+    },
+    /// An error the client received (a denial, or the database's own, masked).
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_us: Option<u64>,
+    },
+    /// Bulk data through COPY, summarized.
+    Copy {
+        direction: String,
+        bytes: u64,
+        rows: u64,
+    },
+    /// The session ended; `reason` is set when it did not end by the client's choice.
+    End {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// A recording could not be written; the proxy ends the session (fail closed).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the session recording cannot be written: {0}")]
+pub struct RecordingError(pub String);
+
+/// Where a proxy writes a session's timeline. Implementations stamp the time and
+/// write each entry before returning.
+pub trait SessionRecorder: Send + Sync {
+    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError>;
+    /// How many rows of each result to keep.
+    fn rows_per_result(&self) -> usize;
+}
+
+/// A recorder that keeps nothing, for proxies used without a gateway (tests, tools).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRecording;
+
+impl SessionRecorder for NoRecording {
+    fn record(&self, _event: TimelineEvent) -> Result<(), RecordingError> {
+        Ok(())
+    }
+    fn rows_per_result(&self) -> usize {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_flat_json_lines_that_round_trip() {
+        let e = TimelineEntry {
+            t: 42,
+            event: TimelineEvent::Statement {
+                via: "Query".into(),
+                sql: "SELECT 1".into(),
+                decision: Decision::Deny {
+                    rule: "r".into(),
+                    reason: "no".into(),
+                },
+            },
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.starts_with(r#"{"t":42,"kind":"statement""#), "{line}");
+        assert!(!line.contains('\n'));
+        let back: TimelineEntry = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, e);
+    }
+}

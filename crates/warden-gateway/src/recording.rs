@@ -1,0 +1,209 @@
+//! Session recording files: one JSON Lines file per database session in the
+//! recordings directory, written line by line as the session goes (see
+//! [`warden_core::recording`] for the format), and read back for replay and the API.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+use uuid::Uuid;
+use warden_core::{RecordingError, RecordingHeader, SessionRecorder, TimelineEntry, TimelineEvent};
+
+/// Format version written in headers.
+pub const RECORDING_VERSION: u32 = 1;
+
+/// The file name of a session's recording, relative to the recordings directory.
+pub fn recording_name(session: Uuid) -> String {
+    format!("{session}.jsonl")
+}
+
+/// Appends a session's timeline to its file. Each entry is one `write` of one line to
+/// a file opened for appending, so a killed gateway leaves whole lines behind.
+pub struct FileRecorder {
+    file: Mutex<std::fs::File>,
+    started: Instant,
+    rows_per_result: usize,
+}
+
+impl FileRecorder {
+    /// Creates `<dir>/<session>.jsonl` (owner-only: results in it may be sensitive even
+    /// when masked) and writes the header.
+    pub fn create(dir: &Path, header: &RecordingHeader) -> std::io::Result<Self> {
+        create_private_dir(dir)?;
+        let session: Uuid = header
+            .session
+            .parse()
+            .map_err(|_| std::io::Error::other("session id is not a UUID"))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.create_new(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(dir.join(recording_name(session)))?;
+        let mut line = serde_json::to_vec(header).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        Ok(Self {
+            file: Mutex::new(file),
+            started: Instant::now(),
+            rows_per_result: header.rows_per_result,
+        })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+impl SessionRecorder for FileRecorder {
+    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
+        let entry = TimelineEntry {
+            t: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            event,
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(|e| RecordingError(e.to_string()))?;
+        line.push(b'\n');
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| RecordingError("recording lock poisoned".into()))?;
+        file.write_all(&line)
+            .map_err(|e| RecordingError(e.to_string()))
+    }
+
+    fn rows_per_result(&self) -> usize {
+        self.rows_per_result
+    }
+}
+
+/// A recording read back. `truncated` says the last line was cut (the gateway died
+/// while writing it); everything before it is intact.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub header: RecordingHeader,
+    pub entries: Vec<TimelineEntry>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingReadError {
+    #[error("there is no recording for session {0}")]
+    NotFound(Uuid),
+    #[error("cannot read recording {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("recording {path} is damaged at line {line}: {message}")]
+    Damaged {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Reads a session's recording from `dir`.
+pub fn read_recording(dir: &Path, session: Uuid) -> Result<Recording, RecordingReadError> {
+    let path = dir.join(recording_name(session));
+    let file = std::fs::File::open(&path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            RecordingReadError::NotFound(session)
+        } else {
+            RecordingReadError::Io {
+                path: path.clone(),
+                source,
+            }
+        }
+    })?;
+    let io = |source| RecordingReadError::Io {
+        path: path.clone(),
+        source,
+    };
+    let damaged = |line: usize, message: String| RecordingReadError::Damaged {
+        path: path.clone(),
+        line,
+        message,
+    };
+    let mut lines = std::io::BufReader::new(file).split(b'\n').enumerate();
+    let header: RecordingHeader = match lines.next() {
+        Some((_, line)) => {
+            serde_json::from_slice(&line.map_err(io)?).map_err(|e| damaged(1, e.to_string()))?
+        }
+        None => return Err(damaged(1, "empty file".into())),
+    };
+    let mut entries = Vec::new();
+    let mut truncated = false;
+    let mut lines = lines.peekable();
+    while let Some((i, line)) = lines.next() {
+        let line = line.map_err(io)?;
+        match serde_json::from_slice::<TimelineEntry>(&line) {
+            Ok(e) => entries.push(e),
+            // Only the very last line may be cut short.
+            Err(_) if lines.peek().is_none() => truncated = true,
+            Err(e) => return Err(damaged(i + 1, e.to_string())),
+        }
+    }
+    Ok(Recording {
+        header,
+        entries,
+        truncated,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_core::Decision;
+
+    #[test]
+    fn a_recording_cut_mid_line_reads_up_to_its_last_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::now_v7();
+        let header = RecordingHeader {
+            version: RECORDING_VERSION,
+            session: id.to_string(),
+            connection: "db".into(),
+            protocol: "postgres".into(),
+            subject: "alice".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            rows_per_result: 3,
+        };
+        let rec = FileRecorder::create(dir.path(), &header).unwrap();
+        rec.record(TimelineEvent::Statement {
+            via: "Query".into(),
+            sql: "SELECT 1".into(),
+            decision: Decision::Allow,
+        })
+        .unwrap();
+        drop(rec);
+        let path = dir.path().join(recording_name(id));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(br#"{"t":5,"kind":"res"#).unwrap();
+        let r = read_recording(dir.path(), id).unwrap();
+        assert_eq!(r.header, header);
+        assert_eq!(r.entries.len(), 1);
+        assert!(r.truncated);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(matches!(
+            read_recording(dir.path(), Uuid::now_v7()),
+            Err(RecordingReadError::NotFound(_))
+        ));
+    }
+}

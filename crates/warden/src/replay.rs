@@ -1,0 +1,110 @@
+//! `warden replay`: prints a database session's recording as a readable timeline,
+//! at once or with its original pacing.
+
+use std::io::Write;
+use std::time::Duration;
+use warden_core::{Decision, TimelineEntry, TimelineEvent};
+use warden_gateway::recording::Recording;
+
+/// Writes the recording to `out`; with `speed`, waits between entries as the session
+/// did, `speed` times faster.
+pub async fn replay(
+    rec: &Recording,
+    speed: Option<f64>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let h = &rec.header;
+    writeln!(
+        out,
+        "session {}  {} `{}`  by {}  started {}",
+        h.session, h.protocol, h.connection, h.subject, h.started_at
+    )?;
+    let mut last_t = 0u64;
+    for entry in &rec.entries {
+        if let Some(speed) = speed.filter(|s| *s > 0.0) {
+            let gap = entry.t.saturating_sub(last_t) as f64 / speed;
+            out.flush()?;
+            tokio::time::sleep(Duration::from_micros(gap as u64)).await;
+        }
+        last_t = entry.t;
+        write_entry(entry, out)?;
+    }
+    if rec.truncated {
+        writeln!(
+            out,
+            "(the recording ends mid-entry: the gateway stopped while writing it)"
+        )?;
+    }
+    Ok(())
+}
+
+fn stamp(t: u64) -> String {
+    format!("[{:>9.3}s]", t as f64 / 1e6)
+}
+
+fn took(duration_us: Option<u64>) -> String {
+    duration_us.map_or(String::new(), |d| format!(", {:.1} ms", d as f64 / 1000.0))
+}
+
+fn write_entry(entry: &TimelineEntry, out: &mut impl Write) -> std::io::Result<()> {
+    let at = stamp(entry.t);
+    let pad = " ".repeat(at.chars().count() + 1);
+    match &entry.event {
+        TimelineEvent::Statement { via, sql, decision } => {
+            let verdict = match decision {
+                Decision::Allow => "allowed".to_string(),
+                Decision::Deny { rule, reason } => format!("DENIED by {rule}: {reason}"),
+                Decision::Review { rule } => format!("review required by {rule}"),
+            };
+            let mut lines = sql.lines();
+            writeln!(out, "{at} > {}", lines.next().unwrap_or(""))?;
+            for l in lines {
+                writeln!(out, "{pad}  {l}")?;
+            }
+            writeln!(out, "{pad}  ({via}, {verdict})")?;
+        }
+        TimelineEvent::Result {
+            tag,
+            columns,
+            rows,
+            rows_total,
+            duration_us,
+        } => {
+            writeln!(out, "{at} {tag} ({rows_total} rows{})", took(*duration_us))?;
+            if !columns.is_empty() {
+                writeln!(out, "{pad}  {}", columns.join(" | "))?;
+                for row in rows {
+                    let cells: Vec<&str> =
+                        row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+                    writeln!(out, "{pad}  {}", cells.join(" | "))?;
+                }
+                let kept = rows.len() as u64;
+                if *rows_total > kept {
+                    writeln!(out, "{pad}  … {} more rows not recorded", rows_total - kept)?;
+                }
+            }
+        }
+        TimelineEvent::Error {
+            code,
+            message,
+            duration_us,
+        } => match duration_us {
+            Some(d) => writeln!(
+                out,
+                "{at} ERROR {code}: {message} ({:.1} ms)",
+                *d as f64 / 1000.0
+            )?,
+            None => writeln!(out, "{at} ERROR {code}: {message}")?,
+        },
+        TimelineEvent::Copy {
+            direction,
+            bytes,
+            rows,
+        } => writeln!(out, "{at} COPY {direction}: {rows} rows, {bytes} bytes")?,
+        TimelineEvent::End { reason } => match reason {
+            Some(r) => writeln!(out, "{at} session ended: {r}")?,
+            None => writeln!(out, "{at} session ended by the client")?,
+        },
+    }
+    Ok(())
+}
