@@ -56,7 +56,8 @@ struct PgTimeline {
 
 impl SessionRecorder for PgTimeline {
     fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
-        // The outcome follows the statement's (durable) event; nothing waits for it.
+        // The outcome follows the statement's (durable) event; nothing waits for it:
+        // it is written with the next append or a moment later.
         let outcome = match &event {
             TimelineEvent::Result {
                 tag,
@@ -79,12 +80,7 @@ impl SessionRecorder for PgTimeline {
                 .by(&self.identity)
                 .on_connection(&self.connection)
                 .in_session(self.session);
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.append_audit(&event).await {
-                    tracing::error!(error = %e, "could not record a statement's outcome");
-                }
-            });
+            self.store.append_audit_later(event);
         }
         Ok(())
     }

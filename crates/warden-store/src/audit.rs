@@ -134,26 +134,61 @@ impl Store {
     /// durable before its caller proceeds, and all of a failed batch fail.
     pub async fn append_audit(&self, event: &Event) -> Result<Appended> {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
-        self.pending_audit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((event.clone(), tx));
+        self.pending().push((event.clone(), Some(tx)));
         let _serial = self.audit_lock.lock().await;
         // A batch written while we waited may have carried our event.
         if let Ok(result) = rx.try_recv() {
             return result;
         }
-        let batch = std::mem::take(
-            &mut *self
-                .pending_audit
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        self.write_pending().await;
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
+    }
+
+    /// Queues an event that nothing waits for (a statement's outcome, say): it rides
+    /// along with the next append, or a flush shortly after. A failure is logged.
+    pub fn append_audit_later(self: &std::sync::Arc<Self>, event: Event) {
+        use std::sync::atomic::Ordering;
+        self.pending().push((event, None));
+        if !self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            let store = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(LATER_FLUSH_DELAY).await;
+                store.flush_scheduled.store(false, Ordering::Release);
+                if let Err(e) = store.flush_audit().await {
+                    tracing::error!(error = %e, "audit events appended for later could not be written");
+                }
+            });
+        }
+    }
+
+    /// Writes every queued event now.
+    pub async fn flush_audit(&self) -> Result<()> {
+        let _serial = self.audit_lock.lock().await;
+        match self.write_pending().await {
+            Some(message) => Err(StoreError::AppendFailed(message)),
+            None => Ok(()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<crate::PendingAppend>> {
+        self.pending_audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the queued events in one transaction and answers their callers; with
+    /// the audit lock held. Returns the error, if the batch failed.
+    async fn write_pending(&self) -> Option<String> {
+        let batch = std::mem::take(&mut *self.pending());
+        if batch.is_empty() {
+            return None;
+        }
         let written: Result<Vec<Appended>> = async {
             let mut db = self.pool.begin().await?;
             let mut out = Vec::with_capacity(batch.len());
-            for (e, _) in &batch {
-                out.push(append_in(&mut db, e).await?);
+            for chunk in batch.chunks(APPEND_CHUNK) {
+                out.extend(append_in(&mut db, chunk.iter().map(|(e, _)| e)).await?);
             }
             db.commit().await?;
             Ok(out)
@@ -162,18 +197,28 @@ impl Store {
         match written {
             Ok(appended) => {
                 for ((_, reply), a) in batch.into_iter().zip(appended) {
-                    let _ = reply.send(Ok(a));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(a));
+                    }
                 }
+                None
             }
             Err(e) => {
                 let message = e.to_string();
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(StoreError::AppendFailed(message.clone())));
+                for (event, reply) in batch {
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(Err(StoreError::AppendFailed(message.clone())));
+                        }
+                        None => {
+                            tracing::error!(kind = %event.kind, id = %event.id, error = %message,
+                            "an audit event appended for later was lost")
+                        }
+                    }
                 }
+                Some(message)
             }
         }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
     }
 
     /// Lists events in chain order, filtered.
@@ -306,9 +351,12 @@ impl AuditedTx<'_> {
 
     /// Appends `event` and commits.
     pub(crate) async fn commit_with(mut self, event: &Event) -> Result<Appended> {
-        let appended = append_in(&mut self.tx, event).await?;
+        let appended = append_in(&mut self.tx, std::iter::once(event)).await?;
         self.tx.commit().await?;
-        Ok(appended)
+        appended
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::AppendFailed("nothing was appended".into()))
     }
 }
 
@@ -325,36 +373,71 @@ impl Store {
 
 /// Appends `event` inside the caller's transaction, so a state change and its audit
 /// record commit together or not at all. Callers hold `Store::audit_lock`.
-async fn append_in(conn: &mut AnyConnection, event: &Event) -> Result<Appended> {
-    // Claiming the next sequence number first takes the row (PostgreSQL) or database
-    // (SQLite) write lock, so concurrent appenders, in any gateway, queue here.
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+/// Events written in one INSERT (SQLite allows 32766 bound values; 10 per event).
+const APPEND_CHUNK: usize = 500;
+
+/// How long an event appended for later may wait for company before it is written.
+const LATER_FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Chains `events` after the current head: three statements however many there are.
+async fn append_in<'a>(
+    conn: &mut AnyConnection,
+    events: impl ExactSizeIterator<Item = &'a Event>,
+) -> Result<Vec<Appended>> {
+    let n = i64::try_from(events.len())
+        .map_err(|_| StoreError::AppendFailed("batch too large".into()))?;
+    // Claiming the sequence numbers first takes the row (PostgreSQL) or database
+    // (SQLite) write lock, so concurrent appenders, in any gateway, queue here. The
+    // head's hash is not changed yet, so it is the previous event's.
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+        .bind(n)
         .fetch_one(&mut *conn)
         .await?;
-    let seq: i64 = head.try_get("seq")?;
-    let prev_hash: String = head.try_get("hash")?;
-    let body = canonical_body(seq, &prev_hash, event)?;
-    let hash = sha256_hex(body.as_bytes());
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO audit_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    )))
-    .bind(seq)
-    .bind(event.id.to_string())
-    .bind(timefmt::to_micros(event.time))
-    .bind(event.session_id.map(|s| s.to_string()))
-    .bind(event.identity.as_ref().map(|i| i.subject.clone()))
-    .bind(event.connection.as_deref())
-    .bind(&event.kind)
-    .bind(&body)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
+    let last: i64 = head.try_get("seq")?;
+    let mut prev_hash: String = head.try_get("hash")?;
+    let mut rows = Vec::with_capacity(events.len());
+    for (i, event) in (last - n + 1..).zip(events) {
+        let body = canonical_body(i, &prev_hash, event)?;
+        let hash = sha256_hex(body.as_bytes());
+        rows.push((
+            i,
+            event,
+            body,
+            std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+        ));
+    }
+    let values = (0..rows.len())
+        .map(|r| {
+            let p: Vec<String> = (1..=10).map(|c| format!("${}", r * 10 + c)).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES {values}");
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (seq, event, body, prev, hash) in &rows {
+        insert = insert
+            .bind(*seq)
+            .bind(event.id.to_string())
+            .bind(timefmt::to_micros(event.time))
+            .bind(event.session_id.map(|s| s.to_string()))
+            .bind(event.identity.as_ref().map(|i| i.subject.clone()))
+            .bind(event.connection.clone())
+            .bind(event.kind.clone())
+            .bind(body.clone())
+            .bind(prev.clone())
+            .bind(hash.clone());
+    }
+    insert.execute(&mut *conn).await?;
     sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(&hash)
+        .bind(&prev_hash)
         .execute(&mut *conn)
         .await?;
-    Ok(Appended { seq, hash })
+    Ok(rows
+        .into_iter()
+        .map(|(seq, _, _, _, hash)| Appended { seq, hash })
+        .collect())
 }
 
 enum Arg {

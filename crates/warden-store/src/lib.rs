@@ -56,11 +56,15 @@ pub struct Store {
     audit_lock: tokio::sync::Mutex<()>,
     /// Events waiting for the next group commit, with where to send each result.
     pending_audit: std::sync::Mutex<Vec<PendingAppend>>,
+    /// A flush of later-appended events is scheduled.
+    flush_scheduled: std::sync::atomic::AtomicBool,
 }
 
+/// An event waiting for the next group commit, with where to send its result (none
+/// for events appended with [`Store::append_audit_later`]).
 type PendingAppend = (
     warden_core::Event,
-    tokio::sync::oneshot::Sender<Result<audit::Appended>>,
+    Option<tokio::sync::oneshot::Sender<Result<audit::Appended>>>,
 );
 
 const KEY_CHECK: &str = "master_key_check";
@@ -86,6 +90,9 @@ impl Store {
                 Backend::Postgres => 10,
             })
             .acquire_timeout(Duration::from_secs(10))
+            // A SQLite connection cannot go stale; skipping the ping saves a round
+            // trip on every query, the audit append included.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -109,6 +116,7 @@ impl Store {
             sealer: SecretSealer::new(master_key)?,
             audit_lock: tokio::sync::Mutex::new(()),
             pending_audit: std::sync::Mutex::new(Vec::new()),
+            flush_scheduled: std::sync::atomic::AtomicBool::new(false),
         };
         store.check_master_key().await?;
         Ok(store)
@@ -125,6 +133,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Err(e) = self.flush_audit().await {
+            tracing::error!(error = %e, "audit events appended for later were lost at close");
+        }
         self.pool.close().await;
     }
 

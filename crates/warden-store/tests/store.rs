@@ -257,6 +257,44 @@ async fn concurrent_appends_keep_one_chain(backend: Backend) -> TestResult {
     Ok(())
 }
 
+both_stores!(later_appends_ride_along_or_flush_on_their_own);
+async fn later_appends_ride_along_or_flush_on_their_own(backend: Backend) -> TestResult {
+    let (store, _url, _key, _dir) = open(backend).await?;
+    let store = Arc::new(store);
+    // Alone: written by the scheduled flush.
+    store.append_audit_later(Event::new("test.later", json!({"n": 1})));
+    for _ in 0..100 {
+        if store.verify_audit().await?.events_checked == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.verify_audit().await?.events_checked, 1);
+    // Queued before an append: committed with it, before it in the chain.
+    store.append_audit_later(Event::new("test.later", json!({"n": 2})));
+    let a = store.append_audit(&ev("test.now")).await?;
+    assert_eq!(a.seq, 3);
+    let kinds: Vec<String> = store
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect();
+    assert_eq!(kinds, ["test.later", "test.later", "test.now"]);
+    // A batch of many (more than one INSERT chunk) chains as one.
+    for i in 0..1200 {
+        store.append_audit_later(Event::new("test.bulk", json!({"i": i})));
+    }
+    store.flush_audit().await?;
+    let report = store.verify_audit().await?;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 1203);
+    Ok(())
+}
+
 async fn chain_of(
     backend: Backend,
     n: i64,

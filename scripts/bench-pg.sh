@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The PostgreSQL proxy benchmark: `pgbench -S` (one primary-key SELECT per
+# transaction) at 1 and 8 clients, direct to PostgreSQL, through Warden (audit,
+# recording and masking on) and through PgBouncer (session pooling), all in the same
+# run. Prints TPS, the ratio to direct, and p50/p99 latency with what each proxy adds.
+#
+#   scripts/bench-pg.sh                  # 15 s per run
+#   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-pg.sh
+#
+# Not a test: nothing here asserts on time. Installs pgbouncer when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+seconds=${BENCH_SECONDS:-15}
+clients=${BENCH_CLIENTS:-"1 8"}
+scale=${BENCH_SCALE:-5}
+warden_port=${BENCH_WARDEN_PORT:-18432}
+api_port=${BENCH_API_PORT:-18009}
+bouncer_port=${BENCH_PGBOUNCER_PORT:-16432}
+
+ensure_packages psql postgresql-client pgbench postgresql-client pgbouncer pgbouncer \
+  curl curl
+setup_postgres
+log "building warden (release)"
+cargo build --release -q -p warden
+
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- the database: owned by the SCRAM role that Warden and PgBouncer log in as ---
+admin_url=$WARDEN_TEST_PG_URL
+psql "$admin_url" -qc "DROP DATABASE IF EXISTS warden_bench" >/dev/null
+psql "$admin_url" -qc "CREATE DATABASE warden_bench OWNER warden_t_scram" >/dev/null
+log "pgbench -i -s $scale"
+PGPASSWORD=scram-pw-1 pgbench -q -i -s "$scale" -h 127.0.0.1 -U warden_t_scram warden_bench 2>/dev/null
+
+# --- Warden ---------------------------------------------------------------------
+admin_token="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+cat >"$work/warden.toml" <<EOF
+data_dir = "$work/warden-data"
+[api]
+listen = "127.0.0.1:$api_port"
+[pg]
+listen = "127.0.0.1:$warden_port"
+
+[[policies.guardrails]]
+name = "no-drops"
+[[policies.guardrails.rules]]
+name = "no-ddl"
+sql_statements = ["ddl"]
+
+[[policies.masking]]
+name = "pii"
+detectors = ["email", "card_number"]
+EOF
+WARDEN_ADMIN_TOKEN=$admin_token target/release/warden gateway --config "$work/warden.toml" \
+  >"$work/warden.out" 2>"$work/warden.err" &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q "listening on http" "$work/warden.out" && break; sleep 0.1; done
+grep -q "listening on http" "$work/warden.out" || { cat "$work/warden.err" >&2; exit 1; }
+api=http://127.0.0.1:$api_port
+curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+  -d '{"name":"bench","kind":"postgres","target":"127.0.0.1:5432/warden_bench",
+       "username":"warden_t_scram","secret":"scram-pw-1","allowed_groups":["bench"],
+       "policies":{"guardrails":["no-drops"],"masking":["pii"]}}' \
+  "$api/api/connections" >/dev/null
+token=$(curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+  -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4)
+
+# --- PgBouncer (refuses to run as root) -------------------------------------------
+cat >"$work/pgbouncer.ini" <<EOF
+[databases]
+warden_bench = host=127.0.0.1 port=5432 dbname=warden_bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $work/pgbouncer.log
+EOF
+echo '"warden_t_scram" "scram-pw-1"' >"$work/userlist.txt"
+chmod 644 "$work/pgbouncer.ini" "$work/userlist.txt"
+if [ "$(id -u)" = 0 ]; then
+  chown postgres "$work"
+  runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+else
+  pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+fi
+pids+=($!)
+for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p "$bouncer_port" && break; sleep 0.1; done
+
+# --- runs -------------------------------------------------------------------------
+# run NAME CLIENTS PORT DBNAME USER PASSWORD → "tps p50_us p99_us"
+run() {
+  local name=$1 c=$2 port=$3 db=$4 user=$5 pass=$6 prefix="$work/log-$1-$2"
+  local out
+  out=$(cd "$work" && PGPASSWORD=$pass pgbench -n -S -T "$seconds" -c "$c" -j "$c" \
+    -h 127.0.0.1 -p "$port" -U "$user" -l --log-prefix="$prefix" "$db" 2>&1) || {
+    echo "pgbench $name failed:" >&2
+    echo "$out" >&2
+    exit 1
+  }
+  local tps
+  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1)
+  # Per-transaction log: the third column is the latency in microseconds.
+  local pct
+  pct=$(cat "$prefix".* | awk '{print $3}' | sort -n | awk '
+    { v[NR] = $1 }
+    END { p50 = v[int(NR * 0.50) + 1]; p99 = v[int(NR * 0.99) + 1]; print p50, p99 }')
+  rm -f "$prefix".*
+  echo "$tps $pct"
+}
+
+printf '\npgbench -S, %ss per run, scale %s\n' "$seconds" "$scale"
+printf '%-8s %-10s %10s %7s %9s %9s %10s %10s\n' clients path tps ratio p50_us p99_us +p50_us +p99_us
+for c in $clients; do
+  read -r d_tps d_p50 d_p99 < <(run direct "$c" 5432 warden_bench warden_t_scram scram-pw-1)
+  read -r w_tps w_p50 w_p99 < <(run warden "$c" "$warden_port" bench bench "$token")
+  read -r b_tps b_p50 b_p99 < <(run pgbouncer "$c" "$bouncer_port" warden_bench warden_t_scram scram-pw-1)
+  printf '%-8s %-10s %10.0f %7s %9s %9s %10s %10s\n' "$c" direct "$d_tps" "1.00" "$d_p50" "$d_p99" - -
+  for row in "warden $w_tps $w_p50 $w_p99" "pgbouncer $b_tps $b_p50 $b_p99"; do
+    read -r name tps p50 p99 <<<"$row"
+    printf '%-8s %-10s %10.0f %7.2f %9s %9s %10s %10s\n' "$c" "$name" "$tps" \
+      "$(awk -v a="$tps" -v b="$d_tps" 'BEGIN { print a / b }')" "$p50" "$p99" "$((p50 - d_p50))" "$((p99 - d_p99))"
+  done
+done
+events=$(curl -fsS -H "Authorization: Bearer $admin_token" "$api/api/audit/verify" | grep -o '"events_checked":[0-9]*' | cut -d: -f2)
+printf '\nWarden audit log after the runs: %s events, chain verified\n' "$events"
