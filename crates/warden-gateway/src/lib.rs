@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use warden_core::{Event, Secret};
-use warden_store::{Store, StoreError};
+use warden_store::{AuditJournal, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -48,6 +48,7 @@ pub struct Gateway {
     tls: bool,
     admin_token: Option<Secret<String>>,
     store: Arc<Store>,
+    journal: Arc<AuditJournal>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
 }
@@ -57,6 +58,9 @@ impl Gateway {
         let config = Arc::new(config);
         let key = bootstrap::master_key(&config)?;
         let store = Arc::new(bootstrap::open_store(&config, &key).await?);
+        // Ships what a previous run left in the journal before anything else happens.
+        let journal =
+            AuditJournal::open(&config.data_dir.join("audit-journal"), store.clone()).await?;
         let admin_token = bootstrap::ensure_admin_key(&store, &config).await?;
         let auth = Arc::new(auth::Authenticator::new(&config, store.clone())?);
         let tls = match (&config.api.tls_cert, &config.api.tls_key) {
@@ -96,6 +100,7 @@ impl Gateway {
                 start_pg_listener(
                     &config,
                     store.clone(),
+                    journal.clone(),
                     auth.clone(),
                     policies.clone(),
                     rx.clone(),
@@ -107,6 +112,7 @@ impl Gateway {
         };
         let app = api::router(api::AppState::new(
             store.clone(),
+            journal.clone(),
             auth,
             policies,
             config.clone(),
@@ -120,6 +126,7 @@ impl Gateway {
             tls: has_tls,
             admin_token,
             store,
+            journal,
             shutdown,
             server,
         })
@@ -153,6 +160,9 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        if let Err(e) = self.journal.close().await {
+            tracing::error!(error = %e, "the audit journal could not be shipped; it will be at the next start");
+        }
         if let Err(e) = self
             .store
             .append_audit(&Event::new("gateway.stop", json!({})))
@@ -185,6 +195,7 @@ pub async fn open_existing_store(config: &Config) -> Result<Store, GatewayError>
 async fn start_pg_listener(
     config: &Config,
     store: Arc<Store>,
+    journal: Arc<AuditJournal>,
     auth: Arc<auth::Authenticator>,
     policies: Arc<policy::PolicyRegistry>,
     mut shutdown: watch::Receiver<bool>,
@@ -201,6 +212,7 @@ async fn start_pg_listener(
     })?;
     let hooks = Arc::new(pg::PgHooks::new(
         store,
+        journal,
         auth,
         policies,
         config.recordings_dir(),

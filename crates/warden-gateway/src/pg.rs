@@ -14,8 +14,8 @@ use warden_core::{
 };
 use warden_pg::proxy::{ProxyHooks, ProxySession, Refusal, StatementRecord};
 use warden_pg::sqlstate;
-use warden_store::Store;
 use warden_store::sessions::SessionCounts;
+use warden_store::{AuditJournal, Store};
 
 use crate::auth::{Authenticator, TokenShape};
 use crate::policy::PolicyRegistry;
@@ -26,6 +26,8 @@ const COUNTS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct PgHooks {
     pub store: Arc<Store>,
+    /// Statements are journaled: durable before they are forwarded, chained soon after.
+    journal: Arc<AuditJournal>,
     pub auth: Arc<Authenticator>,
     pub policies: Arc<PolicyRegistry>,
     recordings_dir: PathBuf,
@@ -48,7 +50,7 @@ struct OpenSession {
 /// A session's recording file, plus the statements' outcomes as audit events.
 struct PgTimeline {
     file: FileRecorder,
-    store: Arc<Store>,
+    journal: Arc<AuditJournal>,
     identity: Identity,
     connection: String,
     session: Uuid,
@@ -80,7 +82,7 @@ impl SessionRecorder for PgTimeline {
                 .by(&self.identity)
                 .on_connection(&self.connection)
                 .in_session(self.session);
-            self.store.append_audit_later(event);
+            self.journal.append_later(&event);
         }
         Ok(())
     }
@@ -93,6 +95,7 @@ impl SessionRecorder for PgTimeline {
 impl PgHooks {
     pub fn new(
         store: Arc<Store>,
+        journal: Arc<AuditJournal>,
         auth: Arc<Authenticator>,
         policies: Arc<PolicyRegistry>,
         recordings_dir: PathBuf,
@@ -100,6 +103,7 @@ impl PgHooks {
     ) -> Self {
         Self {
             store,
+            journal,
             auth,
             policies,
             recordings_dir,
@@ -270,7 +274,7 @@ impl ProxyHooks for PgHooks {
         }
         let timeline = Arc::new(PgTimeline {
             file,
-            store: self.store.clone(),
+            journal: self.journal.clone(),
             identity: identity.clone(),
             connection: conn.name.clone(),
             session: id,
@@ -313,8 +317,8 @@ impl ProxyHooks for PgHooks {
             .on_connection(connection)
             .in_session(session_id)
             .with_decision(record.decision);
-        self.store
-            .append_audit(&event)
+        self.journal
+            .append(&event)
             .await
             .map_err(|e| e.to_string())?;
         let due = self.open.lock().ok().and_then(|mut o| {

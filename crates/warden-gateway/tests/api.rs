@@ -454,9 +454,15 @@ async fn secrets_never_appear_in_answers_events_or_the_database(backend: Backend
         )
     );
     if backend == Backend::Sqlite {
+        // Every file under the data directory: database, journal, recordings.
         let mut raw = Vec::new();
-        for entry in std::fs::read_dir(gw.dir.path()).unwrap() {
-            raw.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        let mut paths = vec![gw.dir.path().to_path_buf()];
+        while let Some(p) = paths.pop() {
+            if p.is_dir() {
+                paths.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                raw.extend(std::fs::read(&p).unwrap());
+            }
         }
         let haystack = String::from_utf8_lossy(&raw);
         assert!(haystack.contains("billing"), "database files were read");

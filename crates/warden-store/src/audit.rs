@@ -134,7 +134,7 @@ impl Store {
     /// durable before its caller proceeds, and all of a failed batch fail.
     pub async fn append_audit(&self, event: &Event) -> Result<Appended> {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
-        self.pending().push((event.clone(), Some(tx)));
+        self.pending().push((event.clone(), tx));
         let _serial = self.audit_lock.lock().await;
         // A batch written while we waited may have carried our event.
         if let Ok(result) = rx.try_recv() {
@@ -145,30 +145,24 @@ impl Store {
             .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
     }
 
-    /// Queues an event that nothing waits for (a statement's outcome, say): it rides
-    /// along with the next append, or a flush shortly after. A failure is logged.
-    pub fn append_audit_later(self: &std::sync::Arc<Self>, event: Event) {
-        use std::sync::atomic::Ordering;
-        self.pending().push((event, None));
-        if !self.flush_scheduled.swap(true, Ordering::AcqRel) {
-            let store = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(LATER_FLUSH_DELAY).await;
-                store.flush_scheduled.store(false, Ordering::Release);
-                if let Err(e) = store.flush_audit().await {
-                    tracing::error!(error = %e, "audit events appended for later could not be written");
-                }
-            });
+    /// Chains `events` in one transaction (the audit journal's segments).
+    pub async fn append_audit_batch(&self, events: &[Event]) -> Result<()> {
+        let _serial = self.audit_lock.lock().await;
+        let mut db = self.pool.begin().await?;
+        for chunk in events.chunks(APPEND_CHUNK) {
+            append_in(&mut db, chunk.iter()).await?;
         }
+        db.commit().await?;
+        Ok(())
     }
 
-    /// Writes every queued event now.
-    pub async fn flush_audit(&self) -> Result<()> {
-        let _serial = self.audit_lock.lock().await;
-        match self.write_pending().await {
-            Some(message) => Err(StoreError::AppendFailed(message)),
-            None => Ok(()),
-        }
+    /// Whether an event with this id is in the chain.
+    pub async fn audit_event_exists(&self, id: uuid::Uuid) -> Result<bool> {
+        let row = sqlx::query("SELECT seq FROM audit_events WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<crate::PendingAppend>> {
@@ -178,11 +172,11 @@ impl Store {
     }
 
     /// Writes the queued events in one transaction and answers their callers; with
-    /// the audit lock held. Returns the error, if the batch failed.
-    async fn write_pending(&self) -> Option<String> {
+    /// the audit lock held.
+    async fn write_pending(&self) {
         let batch = std::mem::take(&mut *self.pending());
         if batch.is_empty() {
-            return None;
+            return;
         }
         let written: Result<Vec<Appended>> = async {
             let mut db = self.pool.begin().await?;
@@ -197,26 +191,14 @@ impl Store {
         match written {
             Ok(appended) => {
                 for ((_, reply), a) in batch.into_iter().zip(appended) {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(a));
-                    }
+                    let _ = reply.send(Ok(a));
                 }
-                None
             }
             Err(e) => {
                 let message = e.to_string();
-                for (event, reply) in batch {
-                    match reply {
-                        Some(reply) => {
-                            let _ = reply.send(Err(StoreError::AppendFailed(message.clone())));
-                        }
-                        None => {
-                            tracing::error!(kind = %event.kind, id = %event.id, error = %message,
-                            "an audit event appended for later was lost")
-                        }
-                    }
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::AppendFailed(message.clone())));
                 }
-                Some(message)
             }
         }
     }
@@ -375,9 +357,6 @@ impl Store {
 /// record commit together or not at all. Callers hold `Store::audit_lock`.
 /// Events written in one INSERT (SQLite allows 32766 bound values; 10 per event).
 const APPEND_CHUNK: usize = 500;
-
-/// How long an event appended for later may wait for company before it is written.
-const LATER_FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Chains `events` after the current head: three statements however many there are.
 async fn append_in<'a>(

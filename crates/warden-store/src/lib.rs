@@ -4,12 +4,14 @@
 //! gateways). Both run the same portable migrations and the same queries through
 //! sqlx's `Any` driver; the few places where the engines differ (locking, pragmas)
 //! branch on [`Backend`]. The store owns sealing of backend secrets ([`sealed`]) and
-//! the append-only, hash-chained audit log ([`audit`]).
+//! the append-only, hash-chained audit log ([`audit`]) with its local journal
+//! ([`AuditJournal`]) for events that must be durable before an action proceeds.
 
 pub mod api_keys;
 pub mod audit;
 pub mod connections;
 mod error;
+mod journal;
 mod migrate;
 pub mod policies;
 pub mod sealed;
@@ -19,6 +21,7 @@ pub mod testing;
 mod util;
 
 pub use error::{Result, StoreError};
+pub use journal::{AuditJournal, SHIP_INTERVAL};
 pub use sealed::{MasterKey, SecretSealer};
 pub use util::{hex, redact_url, sha256_hex};
 
@@ -56,15 +59,12 @@ pub struct Store {
     audit_lock: tokio::sync::Mutex<()>,
     /// Events waiting for the next group commit, with where to send each result.
     pending_audit: std::sync::Mutex<Vec<PendingAppend>>,
-    /// A flush of later-appended events is scheduled.
-    flush_scheduled: std::sync::atomic::AtomicBool,
 }
 
-/// An event waiting for the next group commit, with where to send its result (none
-/// for events appended with [`Store::append_audit_later`]).
+/// An event waiting for the next group commit, with where to send its result.
 type PendingAppend = (
     warden_core::Event,
-    Option<tokio::sync::oneshot::Sender<Result<audit::Appended>>>,
+    tokio::sync::oneshot::Sender<Result<audit::Appended>>,
 );
 
 const KEY_CHECK: &str = "master_key_check";
@@ -116,7 +116,6 @@ impl Store {
             sealer: SecretSealer::new(master_key)?,
             audit_lock: tokio::sync::Mutex::new(()),
             pending_audit: std::sync::Mutex::new(Vec::new()),
-            flush_scheduled: std::sync::atomic::AtomicBool::new(false),
         };
         store.check_master_key().await?;
         Ok(store)
@@ -133,9 +132,6 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Err(e) = self.flush_audit().await {
-            tracing::error!(error = %e, "audit events appended for later were lost at close");
-        }
         self.pool.close().await;
     }
 

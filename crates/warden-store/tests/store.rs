@@ -257,41 +257,20 @@ async fn concurrent_appends_keep_one_chain(backend: Backend) -> TestResult {
     Ok(())
 }
 
-both_stores!(later_appends_ride_along_or_flush_on_their_own);
-async fn later_appends_ride_along_or_flush_on_their_own(backend: Backend) -> TestResult {
+both_stores!(a_large_batch_chains_as_one);
+async fn a_large_batch_chains_as_one(backend: Backend) -> TestResult {
     let (store, _url, _key, _dir) = open(backend).await?;
-    let store = Arc::new(store);
-    // Alone: written by the scheduled flush.
-    store.append_audit_later(Event::new("test.later", json!({"n": 1})));
-    for _ in 0..100 {
-        if store.verify_audit().await?.events_checked == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(store.verify_audit().await?.events_checked, 1);
-    // Queued before an append: committed with it, before it in the chain.
-    store.append_audit_later(Event::new("test.later", json!({"n": 2})));
-    let a = store.append_audit(&ev("test.now")).await?;
-    assert_eq!(a.seq, 3);
-    let kinds: Vec<String> = store
-        .list_audit(&AuditFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await?
-        .into_iter()
-        .map(|e| e.event.kind)
+    store.append_audit(&ev("test.first")).await?;
+    // More than one INSERT's worth of events, in one transaction.
+    let events: Vec<Event> = (0..1200)
+        .map(|i| Event::new("test.bulk", json!({"i": i})))
         .collect();
-    assert_eq!(kinds, ["test.later", "test.later", "test.now"]);
-    // A batch of many (more than one INSERT chunk) chains as one.
-    for i in 0..1200 {
-        store.append_audit_later(Event::new("test.bulk", json!({"i": i})));
-    }
-    store.flush_audit().await?;
+    store.append_audit_batch(&events).await?;
+    let a = store.append_audit(&ev("test.last")).await?;
+    assert_eq!(a.seq, 1202);
     let report = store.verify_audit().await?;
     assert!(report.ok, "{report:?}");
-    assert_eq!(report.events_checked, 1203);
+    assert_eq!(report.events_checked, 1202);
     Ok(())
 }
 
@@ -495,5 +474,88 @@ async fn sessions_lifecycle(backend: Backend) -> TestResult {
         })
         .await?;
     assert!(none.is_empty());
+    Ok(())
+}
+
+both_stores!(journal_is_durable_first_chained_soon_and_recovers_after_a_crash);
+async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
+    backend: Backend,
+) -> TestResult {
+    let (store, url, key, dir) = open(backend).await?;
+    let store = Arc::new(store);
+    let jdir = dir.path().join("journal");
+
+    // A crash left two segments: one already committed to the store (deleted late),
+    // one not, with a torn last line that nobody was told was written.
+    std::fs::create_dir_all(&jdir)?;
+    let shipped = Event::new("test.shipped", json!({}));
+    store.append_audit(&shipped).await?;
+    std::fs::write(
+        jdir.join("segment-00000000000000000001.jsonl"),
+        format!("{}\n", serde_json::to_string(&shipped)?),
+    )?;
+    let lost = Event::new("test.left", json!({"n": 1}));
+    std::fs::write(
+        jdir.join("segment-00000000000000000002.jsonl"),
+        format!("{}\n{{\"id\":\"torn", serde_json::to_string(&lost)?),
+    )?;
+    let journal = warden_store::AuditJournal::open(&jdir, store.clone()).await?;
+    let kinds = |entries: Vec<warden_store::audit::AuditEntry>| {
+        entries
+            .into_iter()
+            .map(|e| e.event.kind)
+            .collect::<Vec<_>>()
+    };
+    let all = AuditFilter {
+        limit: 1000,
+        ..Default::default()
+    };
+    assert_eq!(
+        kinds(store.list_audit(&all).await?),
+        ["test.shipped", "test.left"]
+    );
+
+    // Concurrent appends: each durable when it returns, all chained after shipping.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let j = journal.clone();
+        tasks.push(tokio::spawn(async move {
+            j.append(&Event::new("test.journaled", json!({"i": i})))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    journal.ship_now().await?;
+    let report = store.verify_audit().await?;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 52);
+    let left: Vec<_> = std::fs::read_dir(&jdir)?.collect();
+    assert_eq!(left.len(), 1, "only the (empty) current segment remains");
+
+    // The store stops taking writes: shipping fails, and from then on appends are
+    // refused instead of piling up behind it.
+    journal
+        .append(&Event::new("test.before-outage", json!({})))
+        .await?;
+    store.close().await;
+    assert!(journal.ship_now().await.is_err());
+    let err = journal
+        .append(&Event::new("test.during-outage", json!({})))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not taking audit events"), "{err}");
+    // The next start ships what was acknowledged, exactly once.
+    drop(journal);
+    let store = Arc::new(Store::open(&url, &key).await?);
+    let _journal = warden_store::AuditJournal::open(&jdir, store.clone()).await?;
+    let kinds = kinds(store.list_audit(&all).await?);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "test.before-outage").count(),
+        1
+    );
+    assert!(!kinds.iter().any(|k| k == "test.during-outage"));
+    assert!(store.verify_audit().await?.ok);
     Ok(())
 }

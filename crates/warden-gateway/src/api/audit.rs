@@ -62,6 +62,12 @@ pub async fn list(
         after_seq: q.after_seq,
         limit,
     };
+    // Events still in the journal are part of the log too.
+    state
+        .journal
+        .ship_now()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     let events = state
         .store
         .list_audit(&filter)
@@ -84,6 +90,11 @@ pub async fn verify(
     caller: Caller,
 ) -> Result<Json<VerifyReport>, ApiError> {
     caller.require_admin(&state, "audit.verify").await?;
+    state
+        .journal
+        .ship_now()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     let report = state
         .store
         .verify_audit()

@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warden_core::Event;
-use warden_store::Store;
+use warden_store::{AuditJournal, Store};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -35,6 +35,7 @@ pub struct AppState(Arc<StateInner>);
 
 pub struct StateInner {
     pub store: Arc<Store>,
+    pub journal: Arc<AuditJournal>,
     pub auth: Arc<Authenticator>,
     pub policies: Arc<PolicyRegistry>,
     pub config: Arc<Config>,
@@ -50,12 +51,14 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(
         store: Arc<Store>,
+        journal: Arc<AuditJournal>,
         auth: Arc<Authenticator>,
         policies: Arc<PolicyRegistry>,
         config: Arc<Config>,
     ) -> Self {
         Self(Arc::new(StateInner {
             store,
+            journal,
             auth,
             policies,
             config,
