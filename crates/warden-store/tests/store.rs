@@ -544,7 +544,8 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
     let err = journal
         .append(&Event::new("test.during-outage", json!({})))
         .await
-        .unwrap_err();
+        .err()
+        .ok_or("an append went through while the store was down")?;
     assert!(err.to_string().contains("not taking audit events"), "{err}");
     // The next start ships what was acknowledged, exactly once.
     drop(journal);
