@@ -71,7 +71,7 @@ api=http://127.0.0.1:$api_port
 curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
   -d '{"name":"bench","kind":"postgres","target":"127.0.0.1:5432/warden_bench",
        "username":"warden_t_scram","secret":"scram-pw-1","allowed_groups":["bench"],
-       "policies":{"guardrails":["no-drops"],"masking":["pii"]}}' \
+       "policies":{"guardrails":["no-drops"],"masking":["pii"]},"tls":{"mode":"disable"}}' \
   "$api/api/connections" >/dev/null
 token=$(curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
   -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4)

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 # --- packages ---------------------------------------------------------------
 ensure_packages cc build-essential psql postgresql-client pg_ctlcluster postgresql \
-  node nodejs npm npm
+  node nodejs npm npm openssl openssl
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 20 ]; then

@@ -92,6 +92,12 @@ pub struct PgListenerConfig {
     /// Largest single protocol message accepted, in bytes.
     #[serde(default = "default_pg_max_message")]
     pub max_message_bytes: usize,
+    /// PEM certificate chain; with `tls_key`, `SSLRequest` is answered with TLS
+    /// (clients use `sslmode=require` or `verify-full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -111,6 +117,8 @@ impl Default for PgListenerConfig {
             listen: default_pg_listen(),
             allow_plaintext_tokens: false,
             max_message_bytes: default_pg_max_message(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -362,6 +370,9 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             return invalid("api.tls_cert and api.tls_key must be set together".into());
+        }
+        if self.pg.tls_cert.is_some() != self.pg.tls_key.is_some() {
+            return invalid("pg.tls_cert and pg.tls_key must be set together".into());
         }
         if let Some(token) = &self.admin_token {
             let t = token.expose();

@@ -218,9 +218,16 @@ async fn start_pg_listener(
         config.recordings_dir(),
         config.recordings.rows_per_result,
     ));
+    let tls = match (&config.pg.tls_cert, &config.pg.tls_key) {
+        // PostgreSQL clients before 17 send no ALPN; 17+ with sslnegotiation=direct
+        // would send "postgresql", which this listener does not take directly.
+        (Some(cert), Some(key)) => Some(server::tls_acceptor_with_alpn(cert, key, &[])?),
+        _ => None,
+    };
     let proxy_config = warden_pg::proxy::ProxyConfig {
         cancels: warden_pg::proxy::CancelMap::default(),
         allow_plaintext_tokens: config.pg.allow_plaintext_tokens,
+        tls,
         max_message: config.pg.max_message_bytes,
         login_timeout: std::time::Duration::from_secs(30),
     };

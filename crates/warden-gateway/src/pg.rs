@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 use warden_core::{
     ConnectionKind, Decision, Event, Identity, RecordingError, RecordingHeader, SecretKind,
-    Session, SessionRecorder, SessionStatus, TimelineEvent, timefmt,
+    Session, SessionRecorder, SessionStatus, TimelineEvent, TlsMode, TlsOptions, timefmt,
 };
 use warden_pg::proxy::{ProxyHooks, ProxySession, Refusal, StatementRecord};
 use warden_pg::sqlstate;
+use warden_pg::tls::{BackendTls, TlsSetupError};
 use warden_store::sessions::SessionCounts;
 use warden_store::{AuditJournal, Store};
 
@@ -127,6 +128,23 @@ impl PgHooks {
             tracing::error!(error = %e, "could not record a refused PostgreSQL login");
         }
         Refusal { sqlstate, message }
+    }
+}
+
+/// The connection's TLS options as the proxy's backend TLS: verified against its CA
+/// (or the system's) and server name (or the target host), unverified only when the
+/// connection says `insecure`, none when it says `disable`.
+fn backend_tls(opts: &TlsOptions, addr: &str) -> Result<Option<BackendTls>, TlsSetupError> {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = opts.server_name.as_deref().unwrap_or(host);
+    match opts.mode {
+        TlsMode::Disable => Ok(None),
+        TlsMode::Verify => BackendTls::verified(opts.ca_pem.as_deref(), name).map(Some),
+        TlsMode::Insecure => BackendTls::unverified(name).map(Some),
     }
 }
 
@@ -292,12 +310,20 @@ impl ProxyHooks for PgHooks {
             );
         }
         let (backend_addr, backend_database) = split_target(&conn.target);
+        let backend_tls = backend_tls(&conn.tls, &backend_addr).map_err(|e| {
+            tracing::error!(error = %e, connection = %conn.name, "backend TLS settings unusable");
+            Refusal {
+                sqlstate: sqlstate::CONNECTION_FAILURE,
+                message: format!("the connection's TLS settings cannot be used: {e}"),
+            }
+        })?;
         Ok(ProxySession {
             id: id.to_string(),
             backend_addr,
             backend_user: conn.username.clone().unwrap_or_else(|| user.to_string()),
             backend_database,
             secret,
+            backend_tls,
             guard: Arc::new(guard),
             masker: Arc::new(masker),
             recorder: timeline,

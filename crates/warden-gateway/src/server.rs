@@ -23,6 +23,15 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Loads a certificate chain and key into a TLS acceptor offering h2 and http/1.1.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, GatewayError> {
+    tls_acceptor_with_alpn(cert, key, &[b"h2", b"http/1.1"])
+}
+
+/// Loads a certificate chain and key into a TLS acceptor offering `alpn` (none: any).
+pub fn tls_acceptor_with_alpn(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<TlsAcceptor, GatewayError> {
     let tls = |m: String| GatewayError::Tls(m);
     let certs = CertificateDer::pem_file_iter(cert)
         .map_err(|e| tls(format!("{}: {e}", cert.display())))?
@@ -41,7 +50,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, GatewayError
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| tls(format!("certificate and key do not fit together: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

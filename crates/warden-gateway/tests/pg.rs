@@ -12,7 +12,13 @@ use warden_store::Backend;
 const BACKEND_PASSWORD: &str = "scram-pw-1";
 
 async fn setup(backend: Backend) -> (TestGateway, String) {
-    let gw = TestGateway::start(backend, None).await;
+    setup_with(TestGateway::start(backend, None).await).await
+}
+
+/// Adds the `billing` connection (TLS to the database, verified against the server's
+/// certificate) and an API key in group `dba`.
+async fn setup_with(gw: TestGateway) -> (TestGateway, String) {
+    let (ca, name) = pg_server_ca();
     let (status, body) = gw
         .admin(
             "POST",
@@ -20,7 +26,8 @@ async fn setup(backend: Backend) -> (TestGateway, String) {
             Some(json!({
                 "name": "billing", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
                 "username": "warden_t_scram", "secret": BACKEND_PASSWORD, "allowed_groups": ["dba"],
-                "policies": {"guardrails": ["no-drops"], "masking": ["pii"]}
+                "policies": {"guardrails": ["no-drops"], "masking": ["pii"]},
+                "tls": {"mode": "verify", "ca_pem": ca, "server_name": name}
             })),
         )
         .await;
@@ -67,6 +74,16 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
         .unwrap()
         .get(0);
     assert_eq!(who, "warden_t_scram");
+    // The database leg is TLS.
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
     let row = c
         .query_one("SELECT $1::text", &[&"write to ops@example.com"])
         .await
@@ -520,4 +537,120 @@ async fn listen_notify_passes_through_with_payloads_masked() {
         .unwrap();
     assert_eq!(channel, "jobs");
     assert_eq!(payload, "done for [redacted:email]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_is_verified_and_never_downgraded() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let (ca, _) = pg_server_ca();
+    let add = |name: &str, tls: serde_json::Value| {
+        let body = json!({
+            "name": name, "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+            "username": "warden_t_scram", "secret": BACKEND_PASSWORD, "allowed_groups": ["dba"],
+            "tls": tls
+        });
+        let gw = &gw;
+        async move {
+            let (status, b) = gw.admin("POST", "/api/connections", Some(body)).await;
+            assert_eq!(status, 201, "{b}");
+        }
+    };
+    // The certificate is fine but issued to another name.
+    add(
+        "wrong-name",
+        json!({"mode": "verify", "ca_pem": ca, "server_name": "db.elsewhere.example"}),
+    )
+    .await;
+    // A self-signed certificate the system roots do not trust.
+    add("system-roots", json!({"mode": "verify"})).await;
+    // The explicit opt-out: encrypted, not verified.
+    add("opt-out", json!({"mode": "insecure"})).await;
+    for name in ["wrong-name", "system-roots"] {
+        let err = connect(&gw, name, &token).await.err().unwrap();
+        assert_eq!(code(&err), "08006", "{name}: {err}");
+        let message = err.as_db_error().unwrap().message().to_string();
+        assert!(
+            message.contains("TLS with the database failed"),
+            "{message}"
+        );
+        assert!(!message.contains(BACKEND_PASSWORD));
+    }
+    let c = connect(&gw, "opt-out", &token).await.unwrap();
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
+    let ends = gw.audit_events("session.end").await;
+    assert!(
+        ends.iter().any(|e| e["event"]["payload"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("TLS")),
+        "{ends:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_can_use_tls_with_full_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path, ca_path) = (
+        dir.path().join("pg.crt"),
+        dir.path().join("pg.key"),
+        dir.path().join("ca.crt"),
+    );
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, cert.cert.pem()).unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let mut config = base_config(dir.path(), store_url, vec![]);
+    config.pg.tls_cert = Some(cert_path);
+    config.pg.tls_key = Some(key_path);
+    let ca = ca_path.display().to_string();
+    let (gw, token) = setup_with(TestGateway::with_config(config, dir).await).await;
+    let port = gw.gateway.pg_addr().unwrap().port();
+    let psql = |sslmode: &str, root: &str| {
+        std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                &format!(
+                    "host=localhost port={port} dbname=billing user=me sslmode={sslmode} sslrootcert={root}"
+                ),
+                "-c",
+                "SELECT 'tls ok'",
+            ])
+            .env("PGPASSWORD", &token)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    };
+    let out = psql("verify-full", &ca);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls ok");
+    // Verification against a CA that did not issue the certificate fails on the client.
+    let (snakeoil, _) = pg_server_ca();
+    let other = gw.dir.path().join("other-ca.crt");
+    std::fs::write(&other, snakeoil).unwrap();
+    let out = psql("verify-full", &other.display().to_string());
+    assert!(!out.status.success());
+    // Plain connections still work on loopback.
+    let out = psql("disable", &ca);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

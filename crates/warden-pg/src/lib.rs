@@ -13,6 +13,7 @@ pub mod frontend;
 pub mod login;
 pub mod proxy;
 pub mod results;
+pub mod tls;
 mod wire;
 
 pub use frontend::{Frame, FrontendDecoder, PgFrontendMessage, PgStartup};

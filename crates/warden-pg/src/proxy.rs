@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_core::{
     Action, ColumnRef, Decision, Guard, Masker, Secret, SessionRecorder, SqlDialect, TimelineEvent,
@@ -28,6 +28,7 @@ use crate::frontend::{FrontendDecoder, PgFrontendMessage, PgStartup};
 use crate::login::login;
 use crate::results::{BackendDecoder, ColumnMasking, PgBackendMessage, mask_data_row};
 use crate::sqlstate;
+use crate::tls::{BackendTls, BoxedStream, connect_backend};
 
 /// What the gateway resolved for an authenticated client.
 pub struct ProxySession {
@@ -37,6 +38,8 @@ pub struct ProxySession {
     pub backend_user: String,
     pub backend_database: String,
     pub secret: Option<Secret<String>>,
+    /// TLS towards the database; `None` is plain TCP.
+    pub backend_tls: Option<BackendTls>,
     pub guard: Arc<dyn Guard>,
     pub masker: Arc<dyn Masker>,
     /// The session's timeline; a write that fails ends the session.
@@ -126,18 +129,20 @@ fn random_i32() -> i32 {
 }
 
 /// Listener-level settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProxyConfig {
     /// Shared by all sessions of a listener.
     pub cancels: CancelMap,
-    /// Accept tokens over plain TCP from non-loopback clients (TLS is not offered yet).
+    /// Accept tokens over plain TCP from non-loopback clients.
     pub allow_plaintext_tokens: bool,
+    /// Answers `SSLRequest` with TLS when set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub max_message: usize,
     /// How long a client has to send its startup packet and token.
     pub login_timeout: std::time::Duration,
 }
 
-async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
+async fn fatal(stream: &mut (impl AsyncWrite + Unpin), code: &str, message: &str) {
     let mut b = BytesMut::new();
     out::error_response(
         &mut b,
@@ -155,14 +160,16 @@ async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
 
 /// Serves one client connection to its end. Errors end this session only.
 pub async fn serve_client<H: ProxyHooks>(
-    mut client: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     hooks: Arc<H>,
     config: ProxyConfig,
 ) {
     // Frames are written as they are decided; without this, Nagle and delayed ACKs
     // add ~40 ms to each small request/response exchange.
-    let _ = client.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut client: BoxedStream = Box::new(tcp);
+    let mut encrypted = false;
     let decoder = FrontendDecoder::new(config.max_message);
     let mut buf = BytesMut::new();
     // A client that does not finish its login in time is dropped, so idle sockets
@@ -172,6 +179,31 @@ pub async fn serve_client<H: ProxyHooks>(
     let params = loop {
         match decoder.decode_startup(&mut buf) {
             Ok(Some(f)) => match f.message {
+                PgStartup::SslRequest if !encrypted && config.tls.is_some() => {
+                    // Bytes sent after the request but before the handshake would be
+                    // taken as if they came through TLS: refuse them.
+                    if !buf.is_empty() {
+                        return fatal(
+                            &mut client,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "data sent before the TLS handshake",
+                        )
+                        .await;
+                    }
+                    let Some(acceptor) = config.tls.clone() else {
+                        return;
+                    };
+                    if client.write_all(b"S").await.is_err() {
+                        return;
+                    }
+                    match tokio::time::timeout_at(login_deadline, acceptor.accept(client)).await {
+                        Ok(Ok(stream)) => {
+                            client = Box::new(stream);
+                            encrypted = true;
+                        }
+                        _ => return,
+                    }
+                }
                 PgStartup::SslRequest | PgStartup::GssEncRequest => {
                     if client.write_all(b"N").await.is_err() {
                         return;
@@ -203,13 +235,13 @@ pub async fn serve_client<H: ProxyHooks>(
         .unwrap_or("")
         .to_string();
     let user = params.param("user").unwrap_or("").to_string();
-    if !config.allow_plaintext_tokens && !peer.ip().is_loopback() {
-        return fatal(
-            &mut client,
-            sqlstate::INVALID_AUTHORIZATION,
-            "token authentication over plain TCP is refused for non-loopback clients",
-        )
-        .await;
+    if !encrypted && !config.allow_plaintext_tokens && !peer.ip().is_loopback() {
+        let message = if config.tls.is_some() {
+            "token authentication over plain TCP is refused for non-loopback clients: connect with sslmode=require"
+        } else {
+            "token authentication over plain TCP is refused for non-loopback clients, and this listener has no TLS certificate"
+        };
+        return fatal(&mut client, sqlstate::INVALID_AUTHORIZATION, message).await;
     }
     let mut b = BytesMut::new();
     out::authentication_cleartext(&mut b);
@@ -249,21 +281,21 @@ pub async fn serve_client<H: ProxyHooks>(
         Err(r) => return fatal(&mut client, r.sqlstate, &r.message).await,
     };
     let id = session.id.clone();
-    let mut server = match TcpStream::connect(&session.backend_addr).await {
-        Ok(s) => {
-            let _ = s.set_nodelay(true);
-            s
-        }
-        Err(_) => {
-            hooks.closed(&id, Some("backend unreachable".into())).await;
-            return fatal(
-                &mut client,
-                sqlstate::CONNECTION_FAILURE,
-                "the database behind this connection cannot be reached",
-            )
-            .await;
-        }
-    };
+    let mut server =
+        match connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                hooks
+                    .closed(&id, Some(format!("backend unreachable: {e}")))
+                    .await;
+                return fatal(
+                    &mut client,
+                    sqlstate::CONNECTION_FAILURE,
+                    &format!("the database behind this connection cannot be reached: {e}"),
+                )
+                .await;
+            }
+        };
     let app = params
         .param("application_name")
         .map(|a| vec![("application_name".to_string(), a.to_string())])
@@ -322,7 +354,7 @@ pub async fn serve_client<H: ProxyHooks>(
 /// Schema and table names of result columns, looked up on a second backend
 /// connection (the session's own is busy streaming results) and cached per session.
 struct Catalog {
-    conn: Option<TcpStream>,
+    conn: Option<BoxedStream>,
     names: HashMap<u32, (String, String)>,
     /// (table OID, attribute number) → the column's real name, so `ssn AS x` is
     /// still the `ssn` column to masking rules.
@@ -342,9 +374,8 @@ impl Catalog {
             return Ok(());
         }
         if self.conn.is_none() {
-            let mut c = TcpStream::connect(&session.backend_addr)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut c =
+                connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await?;
             login(
                 &mut c,
                 &session.backend_user,
@@ -422,15 +453,15 @@ fn denied_message(rule: &str, reason: &str) -> String {
 }
 
 async fn relay<H: ProxyHooks>(
-    client: TcpStream,
-    server: TcpStream,
+    client: BoxedStream,
+    server: BoxedStream,
     mut client_buf: BytesMut,
     session: ProxySession,
     hooks: Arc<H>,
     config: ProxyConfig,
 ) -> Option<String> {
-    let (mut client_rd, mut client_wr) = client.into_split();
-    let (mut server_rd, mut server_wr) = server.into_split();
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut server_rd, mut server_wr) = tokio::io::split(server);
     let denials: Denials = Arc::new(Mutex::new(HashMap::new()));
     // What the client asked, in order, so each answer can be matched to its request.
     let expected: Arc<Mutex<std::collections::VecDeque<Expect>>> = Arc::default();

@@ -83,6 +83,7 @@ impl ProxyHooks for Hooks {
             backend_user: "warden_t_scram".into(),
             backend_database: "postgres".into(),
             secret: Some(Secret::new("scram-pw-1".into())),
+            backend_tls: None,
             guard: Arc::new(Guardrails::compile(&policy.guardrails, &[]).unwrap()),
             masker: Arc::new(MaskingEngine::from_sets(&policy.masking, b"k").unwrap()),
             recorder: self.timeline.clone(),
@@ -116,6 +117,7 @@ async fn start() -> (SocketAddr, Arc<Hooks>) {
             let config = ProxyConfig {
                 cancels: cancels.clone(),
                 allow_plaintext_tokens: false,
+                tls: None,
                 max_message: 1 << 24,
                 login_timeout: std::time::Duration::from_secs(10),
             };

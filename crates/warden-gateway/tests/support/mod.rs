@@ -313,3 +313,26 @@ macro_rules! both_stores {
         }
     };
 }
+
+/// The test PostgreSQL server's certificate (Debian's self-signed "snakeoil" one,
+/// or `WARDEN_TEST_PG_CA`) and the host name it is issued to.
+pub fn pg_server_ca() -> (String, String) {
+    let path = std::env::var("WARDEN_TEST_PG_CA")
+        .unwrap_or_else(|_| "/etc/ssl/certs/ssl-cert-snakeoil.pem".into());
+    let pem = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the test PostgreSQL certificate {path}: {e}"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", &path,
+        ])
+        .output()
+        .expect("openssl must be installed (scripts/test.sh installs it)");
+    let subject = String::from_utf8_lossy(&out.stdout).into_owned();
+    let name = subject
+        .split("CN=")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no CN in {subject}"));
+    (pem, name)
+}
