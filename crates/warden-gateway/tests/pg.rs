@@ -446,42 +446,155 @@ async fn cancel_reaches_the_running_query() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_out_is_not_a_way_around_masking() {
+async fn copy_both_ways_with_copied_rows_masked() {
+    let (admin, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS warden_t;
+             DROP TABLE IF EXISTS warden_t.copy_people, warden_t.copy_in;
+             CREATE TABLE warden_t.copy_people (id int4, name text, ssn text, note text);
+             INSERT INTO warden_t.copy_people VALUES
+               (1, 'Ann', '078-05-1120', 'mail ann@example.com'),
+               (2, E'tab\there', '219-09-9999', E'line\nbreak \\\\ back'),
+               (3, 'Quote \"q\", comma', NULL, NULL);
+             CREATE TABLE warden_t.copy_in (id int4, note text);
+             GRANT USAGE ON SCHEMA warden_t TO warden_t_scram;
+             GRANT SELECT ON warden_t.copy_people TO warden_t_scram;
+             GRANT SELECT, INSERT ON warden_t.copy_in TO warden_t_scram;",
+        )
+        .await
+        .unwrap();
     let (gw, token) = setup(Backend::Sqlite).await;
     let c = connect(&gw, "billing", &token).await.unwrap();
-    let stream = c
-        .copy_out("COPY (SELECT 'leak@example.com') TO STDOUT")
+
+    // Extended protocol (tokio-postgres), text format: every row masked, the
+    // column rule (`*.ssn`) and the detector (email) both apply, escapes survive.
+    use futures_util::StreamExt;
+    let copied: Vec<_> = c
+        .copy_out("COPY warden_t.copy_people TO STDOUT")
+        .await
+        .unwrap()
+        .collect()
         .await;
-    let leaked = match stream {
+    let text: String = copied
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.unwrap()).into_owned())
+        .collect();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        !text.contains("078-05-1120") && !text.contains("219-09-9999"),
+        "{text}"
+    );
+    assert!(!text.contains("ann@example.com"), "{text}");
+    assert!(lines[0].starts_with("1\tAnn\t"), "{text}");
+    assert!(lines[0].ends_with("\tmail [redacted:email]"), "{text}");
+    assert!(lines[1].starts_with("2\ttab\\there\t"), "{text}");
+    assert!(lines[2].ends_with("\t\\N\t\\N"), "{text}");
+
+    // Simple protocol (psql), CSV with a header, from a query with an alias.
+    let port = gw.gateway.pg_addr().unwrap().port();
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            &format!("host=127.0.0.1 port={port} dbname=billing user=me"),
+            "-c",
+            "COPY (SELECT name, ssn AS x FROM warden_t.copy_people ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
+        ])
+        .env("PGPASSWORD", &token)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(csv.starts_with("name,x\n"), "{csv}");
+    assert!(!csv.contains("078-05-1120"), "{csv}");
+    assert!(csv.contains("\"Quote \"\"q\"\", comma\""), "{csv}");
+
+    // COPY FROM STDIN.
+    let sink = c
+        .copy_in::<_, bytes::Bytes>("COPY warden_t.copy_in FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    use futures_util::SinkExt;
+    sink.send(bytes::Bytes::from_static(b"1\tfirst\n2\tsecond\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM warden_t.copy_in", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    // The client sent a Sync the server ignored during COPY-in; the next statement's
+    // rows are still matched to their columns (the column rule on `ssn` applies).
+    let ssn: String = c
+        .query_one("SELECT ssn FROM warden_t.copy_people WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(ssn, "078-05-1120");
+
+    // Binary COPY cannot be masked: the session ends before any data leaves.
+    let leaked = match c
+        .copy_out("COPY warden_t.copy_people TO STDOUT (FORMAT binary)")
+        .await
+    {
         Err(_) => false,
-        Ok(s) => {
-            use futures_util::StreamExt;
-            let chunks: Vec<_> = s.collect().await;
-            chunks.iter().any(|c| {
-                c.as_ref()
-                    .is_ok_and(|b| String::from_utf8_lossy(b).contains("leak@"))
-            })
-        }
+        Ok(s) => s
+            .collect::<Vec<_>>()
+            .await
+            .iter()
+            .any(|c| c.as_ref().is_ok_and(|b| !b.is_empty())),
     };
-    assert!(!leaked, "COPY TO returned unmasked data");
+    assert!(!leaked, "binary COPY returned data");
+    drop(c);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (_, sessions) = gw
         .admin("GET", "/api/sessions?connection=billing", None)
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let (_, sessions2) = gw
-        .admin("GET", "/api/sessions?connection=billing", None)
+    let ended = sessions.as_array().unwrap().iter().find(|s| {
+        s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("COPY format binary"))
+    });
+    let ended = ended.unwrap_or_else(|| panic!("{sessions}"));
+    // The recording has both copies, counted.
+    let (_, rec) = gw
+        .admin(
+            "GET",
+            &format!("/api/sessions/{}/recording", ended["id"].as_str().unwrap()),
+            None,
+        )
         .await;
-    let reason = sessions2[0]["end_reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let copies: Vec<_> = rec["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "copy")
+        .collect();
     assert!(
-        reason.contains("COPY TO")
-            || sessions[0]["end_reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("COPY TO"),
-        "{sessions2}"
+        copies
+            .iter()
+            .any(|e| e["direction"] == "out" && e["rows"] == 3),
+        "{copies:?}"
+    );
+    assert!(
+        copies
+            .iter()
+            .any(|e| e["direction"] == "in" && e["rows"] == 2),
+        "{copies:?}"
     );
 }
 

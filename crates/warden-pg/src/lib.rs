@@ -9,9 +9,11 @@
 //! that one session.
 
 pub mod backend;
+pub mod copy;
 pub mod frontend;
 pub mod login;
 pub mod proxy;
+mod requests;
 pub mod results;
 pub mod tls;
 mod wire;

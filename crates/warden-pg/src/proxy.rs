@@ -24,9 +24,13 @@ use warden_core::{
 };
 
 use crate::backend::{self as out, PgNotice};
+use crate::copy::{CopyFormat, CopyOutPlan, mask_copy_row};
 use crate::frontend::{FrontendDecoder, PgFrontendMessage, PgStartup};
 use crate::login::login;
-use crate::results::{BackendDecoder, ColumnMasking, PgBackendMessage, mask_data_row};
+use crate::requests::{Expect, RequestLog, Requests};
+use crate::results::{
+    BackendDecoder, ColumnMasking, FieldDescription, PgBackendMessage, mask_data_row,
+};
 use crate::sqlstate;
 use crate::tls::{BackendTls, BoxedStream, connect_backend};
 
@@ -362,17 +366,85 @@ struct Catalog {
 }
 
 impl Catalog {
-    /// Resolves table OIDs not seen before. An error ends the session: column rules
-    /// that name tables must not silently stop applying.
-    async fn resolve(&mut self, oids: &[u32], session: &ProxySession) -> Result<(), String> {
-        let missing: Vec<u32> = oids
+    /// Masking plans and names of a result's columns, from what has been resolved.
+    fn describe_columns(&self, fields: &[FieldDescription], masker: &dyn Masker) -> Described {
+        fields
             .iter()
-            .copied()
-            .filter(|o| *o != 0 && !self.names.contains_key(o))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
+            .map(|f| {
+                let names = self.names.get(&f.table_oid);
+                let column = self
+                    .columns
+                    .get(&(f.table_oid, f.column_attr))
+                    .map_or(f.name.as_str(), String::as_str);
+                let plan = masker.plan(&ColumnRef {
+                    schema: names.map(|n| n.0.as_str()),
+                    table: names.map(|n| n.1.as_str()),
+                    column,
+                    kind: value_kind(f.type_oid),
+                });
+                DescribedColumn {
+                    plan,
+                    type_oid: f.type_oid,
+                    format: f.format,
+                    name: f.name.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The result columns of `sql`, described (not run) on the catalog connection,
+    /// with their tables resolved.
+    async fn describe(
+        &mut self,
+        sql: &str,
+        session: &ProxySession,
+    ) -> Result<Vec<FieldDescription>, String> {
+        use crate::wire::{put_cstr, put_frame};
+        let conn = self.connection(session).await?;
+        let mut q = BytesMut::new();
+        put_frame(&mut q, b'P', |b| {
+            put_cstr(b, b"");
+            put_cstr(b, sql.as_bytes());
+            b.extend_from_slice(&0u16.to_be_bytes());
+        });
+        put_frame(&mut q, b'D', |b| {
+            b.extend_from_slice(b"S");
+            put_cstr(b, b"");
+        });
+        put_frame(&mut q, b'S', |_| {});
+        conn.write_all(&q).await.map_err(|e| e.to_string())?;
+        let decoder = BackendDecoder::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut fields = None;
+        let mut error = None;
+        loop {
+            let frame = match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                Some(f) => f,
+                None => {
+                    if conn.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                        return Err("catalog connection closed".into());
+                    }
+                    continue;
+                }
+            };
+            match frame.message {
+                PgBackendMessage::RowDescription { fields: f } => fields = Some(f),
+                PgBackendMessage::ErrorResponse { message, .. } => error = Some(message),
+                PgBackendMessage::ReadyForQuery { .. } => break,
+                _ => {}
+            }
         }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let fields = fields.ok_or("the statement returns no columns")?;
+        let oids: Vec<u32> = fields.iter().map(|f| f.table_oid).collect();
+        self.resolve(&oids, session).await?;
+        Ok(fields)
+    }
+
+    /// The catalog connection, logged in on first use.
+    async fn connection(&mut self, session: &ProxySession) -> Result<&mut BoxedStream, String> {
         if self.conn.is_none() {
             let mut c =
                 connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await?;
@@ -387,7 +459,24 @@ impl Catalog {
             .map_err(|e| e.to_string())?;
             self.conn = Some(c);
         }
-        let conn = self.conn.as_mut().ok_or("no catalog connection")?;
+        self.conn
+            .as_mut()
+            .ok_or_else(|| "no catalog connection".to_string())
+    }
+
+    /// Resolves table OIDs not seen before. An error ends the session: column rules
+    /// that name tables must not silently stop applying.
+    async fn resolve(&mut self, oids: &[u32], session: &ProxySession) -> Result<(), String> {
+        let missing: Vec<u32> = oids
+            .iter()
+            .copied()
+            .filter(|o| *o != 0 && !self.names.contains_key(o))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let conn = self.connection(session).await?;
+        let mut found = Vec::new();
         // Only numbers are interpolated.
         let list = missing
             .iter()
@@ -429,15 +518,19 @@ impl Catalog {
                         (text(0), text(1), text(2), text(3), text(4))
                         && let (Ok(oid), Ok(num)) = (oid.parse::<u32>(), num.parse::<i16>())
                     {
-                        self.names.insert(oid, (schema, table));
-                        self.columns.insert((oid, num), col);
+                        found.push((oid, schema, table, num, col));
                     }
                 }
                 PgBackendMessage::ErrorResponse { message, .. } => return Err(message),
-                PgBackendMessage::ReadyForQuery { .. } => return Ok(()),
+                PgBackendMessage::ReadyForQuery { .. } => break,
                 _ => {}
             }
         }
+        for (oid, schema, table, num, col) in found {
+            self.names.insert(oid, (schema, table));
+            self.columns.insert((oid, num), col);
+        }
+        Ok(())
     }
 }
 
@@ -464,7 +557,7 @@ async fn relay<H: ProxyHooks>(
     let (mut server_rd, mut server_wr) = tokio::io::split(server);
     let denials: Denials = Arc::new(Mutex::new(HashMap::new()));
     // What the client asked, in order, so each answer can be matched to its request.
-    let expected: Arc<Mutex<std::collections::VecDeque<Expect>>> = Arc::default();
+    let expected: Arc<Mutex<Requests>> = Arc::default();
     let upstream_expected = expected.clone();
     let guard = session.guard.clone();
     let masker = session.masker.clone();
@@ -476,6 +569,7 @@ async fn relay<H: ProxyHooks>(
     let upstream = async move {
         let decoder = FrontendDecoder::new(config.max_message);
         let mut copy_in = CopyCount::default();
+        let mut requests = RequestLog::default();
         loop {
             let frame = loop {
                 match decoder.decode(&mut client_buf) {
@@ -487,28 +581,7 @@ async fn relay<H: ProxyHooks>(
                     Err(e) => return Some(format!("client sent a bad message: {e}")),
                 }
             };
-            let expect = match &frame.message {
-                PgFrontendMessage::Describe { target: b'S', name } => {
-                    Some(Expect::DescribeStatement(name.clone()))
-                }
-                PgFrontendMessage::Bind {
-                    statement,
-                    result_formats,
-                    ..
-                } => Some(Expect::Bind(statement.clone(), result_formats.clone())),
-                PgFrontendMessage::Execute { .. } => Some(Expect::Execute(Instant::now())),
-                PgFrontendMessage::Sync => Some(Expect::ReadyForQuery),
-                _ => None,
-            };
-            if let Ok(mut q) = upstream_expected.lock() {
-                if let PgFrontendMessage::Query { .. } = &frame.message {
-                    q.push_back(Expect::Execute(Instant::now()));
-                    q.push_back(Expect::ReadyForQuery);
-                }
-                if let Some(e) = expect {
-                    q.push_back(e);
-                }
-            }
+            requests.sent(&frame.message, &upstream_expected);
             match &frame.message {
                 PgFrontendMessage::CopyData => {
                     copy_in.bytes += frame.raw.len().saturating_sub(5) as u64;
@@ -613,6 +686,9 @@ async fn relay<H: ProxyHooks>(
         };
         let mut capture = ResultCapture::new(recorder.rows_per_result());
         let mut copy_out = CopyCount::default();
+        // The COPY-out in progress, when its rows are masked: format, column plans,
+        // whether the header line is still to come.
+        let mut copy_masking: Option<(CopyFormat, Vec<warden_core::ColumnPlan>, bool)> = None;
         // Where a statement's duration starts when its request's own time is unknown
         // (the second and later statements of one simple query).
         let mut last_done = Instant::now();
@@ -639,32 +715,10 @@ async fn relay<H: ProxyHooks>(
                             ));
                         }
                     }
-                    let described: Described = fields
-                        .iter()
-                        .map(|f| {
-                            let kind = value_kind(f.type_oid);
-                            let names = catalog.names.get(&f.table_oid);
-                            let column = catalog
-                                .columns
-                                .get(&(f.table_oid, f.column_attr))
-                                .map_or(f.name.as_str(), String::as_str);
-                            let plan = masker.plan(&ColumnRef {
-                                schema: names.map(|n| n.0.as_str()),
-                                table: names.map(|n| n.1.as_str()),
-                                column,
-                                kind,
-                            });
-                            DescribedColumn {
-                                plan,
-                                type_oid: f.type_oid,
-                                format: f.format,
-                                name: f.name.clone(),
-                            }
-                        })
-                        .collect();
+                    let described = catalog.describe_columns(fields, masker.as_ref());
                     if std::mem::take(&mut describing_statement) {
                         // A statement's shape: its rows come later, in the Bind's formats.
-                        if let Some(name) = pop_until(&expected, |e| match e {
+                        if let Some(name) = take(&expected, |e| match e {
                             Expect::DescribeStatement(n) => Some(n.clone()),
                             _ => None,
                         }) {
@@ -683,7 +737,7 @@ async fn relay<H: ProxyHooks>(
                 }
                 PgBackendMessage::Other { tag: b'n' } => {
                     if std::mem::take(&mut describing_statement) {
-                        let name = pop_until(&expected, |e| match e {
+                        let name = take(&expected, |e| match e {
                             Expect::DescribeStatement(n) => Some(n.clone()),
                             _ => None,
                         });
@@ -696,10 +750,16 @@ async fn relay<H: ProxyHooks>(
                 // BindComplete: this portal's rows have its statement's columns in the
                 // formats the Bind asked for; unknown statements get every detector.
                 PgBackendMessage::Other { tag: b'2' } => {
-                    let bound = pop_until(&expected, |e| match e {
+                    // Every BindComplete answers a Bind; none to match means the
+                    // proxy lost track of the requests, and masking with the wrong
+                    // columns must not follow.
+                    let Some(bound) = take(&expected, |e| match e {
                         Expect::Bind(stmt, formats) => Some((stmt.clone(), formats.clone())),
                         _ => None,
-                    });
+                    }) else {
+                        return Some("the gateway lost track of the client's requests; the session was ended".to_string());
+                    };
+                    let bound = Some(bound);
                     let described = bound
                         .and_then(|(stmt, formats)| statements.get(&stmt).map(|d| (d, formats)));
                     columns = described
@@ -710,26 +770,88 @@ async fn relay<H: ProxyHooks>(
                     frame.raw.clone()
                 }
                 PgBackendMessage::ReadyForQuery { .. } => {
+                    copy_masking = None;
                     // Requests the server skipped after an error end with this cycle.
-                    let _ = pop_until(&expected, |e| {
-                        matches!(e, Expect::ReadyForQuery).then_some(())
-                    });
+                    expected
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .end_cycle();
                     describing_statement = false;
                     frame.raw.clone()
                 }
-                // COPY TO rows are not masked yet: with masking on, end the session
-                // before any copied data leaves (fail closed).
-                PgBackendMessage::CopyResponse {
-                    kind: b'H' | b'W', ..
-                } if masker.is_active() => {
-                    return Some("COPY TO cannot be masked yet; the session was ended before any data was sent".to_string());
+                // Copied-out rows are masked like result rows; what cannot be masked
+                // ends the session before any data leaves (fail closed).
+                PgBackendMessage::CopyResponse { kind: b'H', .. } if masker.is_active() => {
+                    let plan = take(&expected, |e| match e {
+                        Expect::CopyOut(p) => Some(p.clone()),
+                        _ => None,
+                    });
+                    let (select, format) = match plan {
+                        Some(CopyOutPlan::Maskable { select, format }) => (select, format),
+                        Some(CopyOutPlan::Unmaskable(why)) => {
+                            return Some(format!(
+                                "COPY TO cannot be masked ({why}); the session was ended before any data was sent"
+                            ));
+                        }
+                        None => {
+                            return Some("COPY TO from a statement the gateway could not read cannot be masked; the session was ended before any data was sent".to_string());
+                        }
+                    };
+                    let fields = match catalog.describe(&select, &session).await {
+                        Ok(f) => f,
+                        Err(e) => {
+                            return Some(format!(
+                                "the columns of a COPY TO cannot be resolved for masking ({e}); the session was ended before any data was sent"
+                            ));
+                        }
+                    };
+                    let plans = catalog
+                        .describe_columns(&fields, masker.as_ref())
+                        .into_iter()
+                        .map(|c| c.plan)
+                        .collect();
+                    let header = matches!(format, CopyFormat::Csv { header: true, .. });
+                    copy_masking = Some((format, plans, header));
+                    frame.raw.clone()
+                }
+                PgBackendMessage::CopyResponse { kind: b'G', .. } => {
+                    expected
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .copy_in_started();
+                    frame.raw.clone()
+                }
+                PgBackendMessage::CopyResponse { kind: b'W', .. } if masker.is_active() => {
+                    return Some("COPY BOTH (replication) cannot be masked; the session was ended before any data was sent".to_string());
                 }
                 PgBackendMessage::CopyData => {
                     copy_out.bytes += frame.raw.len().saturating_sub(5) as u64;
                     copy_out.rows += memchr_count(&frame.raw[5..]);
-                    frame.raw.clone()
+                    match &mut copy_masking {
+                        Some((_, _, header @ true)) => {
+                            *header = false;
+                            frame.raw.clone()
+                        }
+                        Some((format, plans, false)) => {
+                            match mask_copy_row(&frame.raw[5..], format, plans, masker.as_ref()) {
+                                Ok(Some(row)) => {
+                                    let mut b = BytesMut::with_capacity(row.len() + 5);
+                                    crate::wire::put_frame(&mut b, b'd', |b| {
+                                        b.extend_from_slice(&row)
+                                    });
+                                    b.freeze()
+                                }
+                                Ok(None) => frame.raw.clone(),
+                                Err(e) => {
+                                    return Some(format!("a copied row cannot be masked: {e}"));
+                                }
+                            }
+                        }
+                        None => frame.raw.clone(),
+                    }
                 }
                 PgBackendMessage::CopyDone => {
+                    copy_masking = None;
                     let done = std::mem::take(&mut copy_out);
                     if let Err(e) = recorder.record(TimelineEvent::Copy {
                         direction: "out".into(),
@@ -877,38 +999,15 @@ fn rewrite(message: &PgFrontendMessage, sql: &str) -> Bytes {
     b.freeze()
 }
 
-/// A request whose answer changes how rows are read.
-#[derive(Debug, Clone)]
-enum Expect {
-    DescribeStatement(String),
-    Bind(String, Vec<i16>),
-    /// An `Execute`, or the statements of a simple `Query`: sent at this instant.
-    Execute(Instant),
-    /// A `Sync` or simple `Query`: its cycle ends with `ReadyForQuery`.
-    ReadyForQuery,
-}
-
 /// Columns of a result.
 type Described = Vec<DescribedColumn>;
 
-/// Pops requests in order until `want` accepts one (skipped requests were answered
-/// by an error or produce no tracked answer).
-fn pop_until<T>(
-    queue: &Mutex<std::collections::VecDeque<Expect>>,
-    want: impl Fn(&Expect) -> Option<T>,
-) -> Option<T> {
-    let mut q = queue.lock().ok()?;
-    while let Some(e) = q.pop_front() {
-        if let Some(t) = want(&e) {
-            return Some(t);
-        }
-        if matches!(e, Expect::ReadyForQuery) {
-            // Never reach past the end of the current cycle.
-            q.push_front(e);
-            return None;
-        }
-    }
-    None
+/// Takes the first request of the current cycle that `want` accepts.
+fn take<T>(requests: &Mutex<Requests>, want: impl Fn(&Expect) -> Option<T>) -> Option<T> {
+    requests
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take(want)
 }
 
 /// How each column's values are masked, given its plan, type and wire format (the
@@ -973,11 +1072,8 @@ struct DescribedColumn {
 
 /// A statement's answer ended: how long it took from its request (or, for the later
 /// statements of one simple query, from the previous answer).
-fn finished(
-    queue: &Mutex<std::collections::VecDeque<Expect>>,
-    last_done: &mut Instant,
-) -> Option<u64> {
-    let since = pop_until(queue, |e| match e {
+fn finished(requests: &Mutex<Requests>, last_done: &mut Instant) -> Option<u64> {
+    let since = take(requests, |e| match e {
         Expect::Execute(at) => Some(*at),
         _ => None,
     })

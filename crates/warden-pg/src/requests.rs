@@ -1,0 +1,252 @@
+//! Matching the server's answers to the client's requests.
+//!
+//! The proxy must know, for each `RowDescription`, `BindComplete` or `CopyOutResponse`
+//! the server sends, which request it answers: that decides the columns, formats and
+//! masking of the rows that follow. The client side records each request that will
+//! get such an answer ([`RequestLog::sent`]); the server side takes them in order.
+//! A `ReadyForQuery` ends a cycle: requests the server skipped after an error are
+//! dropped with it.
+//!
+//! One server rule needs care: `Sync` messages that arrive while the server is in
+//! COPY-in mode are ignored (no `ReadyForQuery`). Whether a `Sync` sent after a
+//! `COPY ... FROM STDIN` Execute falls inside that mode depends on whether the COPY
+//! started, which only the server's answer tells; so such a `Sync` is recorded as
+//! conditional and dropped when the COPY is seen to start.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::copy::{CopyOutPlan, CopyStatement, copy_statements};
+use crate::frontend::PgFrontendMessage;
+
+/// A request whose answer the server side must recognise.
+#[derive(Debug, Clone)]
+pub(crate) enum Expect {
+    DescribeStatement(String),
+    /// A `Bind` of this statement, with the result formats it asked for.
+    Bind(String, Vec<i16>),
+    /// An `Execute`, or the statements of a simple `Query`: sent at this instant.
+    Execute(Instant),
+    /// A `COPY ... TO STDOUT` about to run.
+    CopyOut(CopyOutPlan),
+    /// The `Execute` of `COPY ... FROM STDIN` number n.
+    CopyIn(u64),
+    /// A `Sync` or simple `Query`: its cycle ends with `ReadyForQuery`. `Some(n)`: a
+    /// `Sync` the server ignores if COPY-in n started.
+    ReadyForQuery(Option<u64>),
+}
+
+/// Requests awaiting answers, shared by the two directions of a session.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    queue: VecDeque<Expect>,
+    copies_started: HashSet<u64>,
+}
+
+impl Requests {
+    /// Takes the first request of the current cycle that `want` accepts, leaving the
+    /// others (an error answers a request without the answer `want` looks for).
+    pub(crate) fn take<T>(&mut self, want: impl Fn(&Expect) -> Option<T>) -> Option<T> {
+        let mut found = None;
+        for (i, e) in self.queue.iter().enumerate() {
+            if matches!(e, Expect::ReadyForQuery(_)) {
+                break;
+            }
+            if let Some(t) = want(e) {
+                found = Some((i, t));
+                break;
+            }
+        }
+        let (i, t) = found?;
+        self.queue.remove(i);
+        Some(t)
+    }
+
+    /// `ReadyForQuery` arrived: the current cycle is over, whatever it left unanswered.
+    pub(crate) fn end_cycle(&mut self) {
+        while let Some(e) = self.queue.pop_front() {
+            if matches!(e, Expect::ReadyForQuery(_)) {
+                return;
+            }
+        }
+    }
+
+    /// `CopyInResponse` arrived: the COPY-in being executed started, so the `Sync`s
+    /// sent during it are ignored by the server.
+    pub(crate) fn copy_in_started(&mut self) {
+        let Some(n) = self.take(|e| match e {
+            Expect::CopyIn(n) => Some(*n),
+            _ => None,
+        }) else {
+            return;
+        };
+        self.copies_started.insert(n);
+        self.queue
+            .retain(|e| !matches!(e, Expect::ReadyForQuery(Some(m)) if *m == n));
+    }
+}
+
+/// What the client side remembers about statements and portals to classify requests.
+#[derive(Debug, Default)]
+pub(crate) struct RequestLog {
+    statements: HashMap<String, CopyStatement>,
+    portals: HashMap<String, CopyStatement>,
+    copies: u64,
+    /// The COPY-in executed last, until the client ends it with CopyDone or CopyFail.
+    copying_in: Option<u64>,
+}
+
+impl RequestLog {
+    /// Records the answers `message` will get; call before it is forwarded.
+    pub(crate) fn sent(&mut self, message: &PgFrontendMessage, shared: &Mutex<Requests>) {
+        let mut r = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match message {
+            PgFrontendMessage::Query { sql } => {
+                r.queue.push_back(Expect::Execute(Instant::now()));
+                for c in copy_statements(sql) {
+                    if let CopyStatement::Out(plan) = c {
+                        r.queue.push_back(Expect::CopyOut(plan));
+                    }
+                }
+                r.queue.push_back(Expect::ReadyForQuery(None));
+            }
+            PgFrontendMessage::Parse { statement, sql, .. } => {
+                match copy_statements(sql).into_iter().next() {
+                    Some(c) => self.statements.insert(statement.clone(), c),
+                    None => self.statements.remove(statement),
+                };
+            }
+            PgFrontendMessage::Describe { target: b'S', name } => {
+                r.queue.push_back(Expect::DescribeStatement(name.clone()));
+            }
+            PgFrontendMessage::Bind {
+                portal,
+                statement,
+                result_formats,
+            } => {
+                match self.statements.get(statement) {
+                    Some(c) => self.portals.insert(portal.clone(), c.clone()),
+                    None => self.portals.remove(portal),
+                };
+                r.queue
+                    .push_back(Expect::Bind(statement.clone(), result_formats.clone()));
+            }
+            PgFrontendMessage::Execute { portal, .. } => {
+                r.queue.push_back(Expect::Execute(Instant::now()));
+                match self.portals.get(portal) {
+                    Some(CopyStatement::Out(plan)) => {
+                        r.queue.push_back(Expect::CopyOut(plan.clone()))
+                    }
+                    Some(CopyStatement::In) => {
+                        self.copies += 1;
+                        self.copying_in = Some(self.copies);
+                        r.queue.push_back(Expect::CopyIn(self.copies));
+                    }
+                    None => {}
+                }
+            }
+            PgFrontendMessage::Sync => match self.copying_in {
+                Some(n) if r.copies_started.contains(&n) => {}
+                Some(n) => r.queue.push_back(Expect::ReadyForQuery(Some(n))),
+                None => r.queue.push_back(Expect::ReadyForQuery(None)),
+            },
+            PgFrontendMessage::CopyDone | PgFrontendMessage::CopyFail { .. } => {
+                self.copying_in = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(stmt: &str) -> PgFrontendMessage {
+        PgFrontendMessage::Bind {
+            portal: String::new(),
+            statement: stmt.into(),
+            result_formats: vec![],
+        }
+    }
+
+    fn execute() -> PgFrontendMessage {
+        PgFrontendMessage::Execute {
+            portal: String::new(),
+            max_rows: 0,
+        }
+    }
+
+    fn bound(r: &Mutex<Requests>) -> Option<String> {
+        r.lock().unwrap().take(|e| match e {
+            Expect::Bind(s, _) => Some(s.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_sync_during_copy_in_does_not_shift_later_answers() {
+        let shared = Mutex::new(Requests::default());
+        let mut log = RequestLog::default();
+        // tokio-postgres: Parse/Describe/Sync, then Bind/Execute/Sync, data,
+        // CopyDone/Sync; then a query on another statement.
+        for m in [
+            PgFrontendMessage::Parse {
+                statement: "s1".into(),
+                sql: "COPY t FROM STDIN".into(),
+                param_types: vec![],
+            },
+            PgFrontendMessage::Sync,
+            bind("s1"),
+            execute(),
+            PgFrontendMessage::Sync,
+        ] {
+            log.sent(&m, &shared);
+        }
+        // The server: ParseComplete.. ReadyForQuery; BindComplete; CopyInResponse.
+        shared.lock().unwrap().end_cycle();
+        assert_eq!(bound(&shared).as_deref(), Some("s1"));
+        shared.lock().unwrap().copy_in_started();
+        for m in [
+            PgFrontendMessage::CopyDone,
+            PgFrontendMessage::Sync,
+            bind("s2"),
+        ] {
+            log.sent(&m, &shared);
+        }
+        // CommandComplete, then the one ReadyForQuery for both Syncs.
+        shared.lock().unwrap().end_cycle();
+        assert_eq!(bound(&shared).as_deref(), Some("s2"));
+    }
+
+    #[test]
+    fn a_copy_that_fails_to_start_keeps_its_sync() {
+        let shared = Mutex::new(Requests::default());
+        let mut log = RequestLog::default();
+        for m in [
+            PgFrontendMessage::Parse {
+                statement: String::new(),
+                sql: "COPY nope FROM STDIN".into(),
+                param_types: vec![],
+            },
+            bind(""),
+            execute(),
+            PgFrontendMessage::Sync,
+            PgFrontendMessage::CopyFail {
+                message: String::new(),
+            },
+            PgFrontendMessage::Sync,
+            bind("after"),
+        ] {
+            log.sent(&m, &shared);
+        }
+        // BindComplete, ErrorResponse, ReadyForQuery (first Sync), ReadyForQuery.
+        assert_eq!(bound(&shared).as_deref(), Some(""));
+        shared.lock().unwrap().end_cycle();
+        shared.lock().unwrap().end_cycle();
+        assert_eq!(bound(&shared).as_deref(), Some("after"));
+    }
+}
