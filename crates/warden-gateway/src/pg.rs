@@ -338,7 +338,11 @@ impl ProxyHooks for PgHooks {
         });
         let (identity, connection) = who.ok_or("unknown session")?;
         let denied = matches!(record.decision, Decision::Deny { .. });
-        let event = Event::new("pg.query", json!({"sql": record.sql, "via": record.via}))
+        let mut payload = json!({"sql": record.sql, "via": record.via});
+        if let Some(lengths) = &record.parameters {
+            payload["params"] = json!({"count": lengths.len(), "bytes": lengths});
+        }
+        let event = Event::new("pg.query", payload)
             .by(&identity)
             .on_connection(connection)
             .in_session(session_id)

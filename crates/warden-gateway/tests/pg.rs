@@ -767,3 +767,244 @@ async fn clients_can_use_tls_with_full_verification() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A database of its own, owned by the held role, for tests that create tables.
+async fn own_database(prefix: &str) -> String {
+    let (admin, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let name = format!("warden_t_{prefix}_{}", uuid::Uuid::now_v7().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER warden_t_scram"))
+        .await
+        .unwrap();
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_initializes_and_runs_through_the_gateway() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let db = own_database("pgbench").await;
+    // pgbench -i creates and drops tables: a connection with masking, no guardrails.
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({
+                "name": "bench", "kind": "postgres", "target": format!("127.0.0.1:5432/{db}"),
+                "username": "warden_t_scram", "secret": BACKEND_PASSWORD, "allowed_groups": ["dba"],
+                "policies": {"masking": ["pii"]}, "tls": {"mode": "disable"}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let port = gw.gateway.pg_addr().unwrap().port().to_string();
+    let pgbench = |args: &[&str]| {
+        let out = std::process::Command::new("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "me"])
+            .args(args)
+            .arg("bench")
+            .env("PGPASSWORD", &token)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pgbench {args:?}:\n{text}");
+        text
+    };
+    // Initialization loads pgbench_accounts with COPY FROM STDIN.
+    pgbench(&["-i", "-s", "1", "-q"]);
+    // The TPC-B-like script in each query mode, two clients.
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(&["-M", mode, "-c", "2", "-j", "2", "-t", "25", "-n"]);
+        assert!(
+            out.contains("number of transactions actually processed: 50/50"),
+            "{mode}:\n{out}"
+        );
+    }
+    // Every execution is an audit event, prepared ones too (each Bind).
+    let mut updates = 0;
+    let mut after = 0;
+    loop {
+        let (_, page) = gw
+            .admin(
+                "GET",
+                &format!("/api/audit?kind=pg.query&limit=1000&after_seq={after}"),
+                None,
+            )
+            .await;
+        updates += page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["event"]["payload"]["sql"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("UPDATE pgbench_accounts"))
+            })
+            .count();
+        match page["next_after_seq"].as_i64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(updates, 150, "audited updates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dying_backend_or_client_ends_only_its_session() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let bystander = connect(&gw, "billing", &token).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+
+    // The database kills the session's backend mid-query.
+    let victim = connect(&gw, "billing", &token).await.unwrap();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let running = tokio::spawn(async move { victim.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .expect("the client is told, not left hanging")
+        .unwrap();
+    assert!(result.is_err());
+
+    // A client vanishes mid-query (killed, no Terminate): the gateway cancels what
+    // it left running.
+    let port = gw.gateway.pg_addr().unwrap().port();
+    let mut psql = std::process::Command::new("psql")
+        .args([
+            "-X",
+            &format!("host=127.0.0.1 port={port} dbname=billing user=me application_name=leaver"),
+            "-c",
+            "SELECT pg_sleep(30)",
+        ])
+        .env("PGPASSWORD", &token)
+        .spawn()
+        .unwrap();
+    let mut leaver_pid = None;
+    for _ in 0..100 {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND application_name = 'leaver'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = row {
+            leaver_pid = Some(r.get::<_, i32>(0));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let leaver_pid = leaver_pid.expect("the sleeping query reached the database");
+    psql.kill().unwrap();
+    let _ = psql.wait();
+    let mut gone = false;
+    for _ in 0..100 {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+                &[&leaver_pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the abandoned query kept running");
+
+    // Everyone else goes on, and both sessions are recorded as ended with a reason.
+    assert_eq!(
+        bystander
+            .query_one("SELECT 7::int4", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, sessions) = gw
+        .admin("GET", "/api/sessions?connection=billing", None)
+        .await;
+    let reasons: Vec<String> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["end_reason"].as_str().map(String::from))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("database closed the connection")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("client disconnected")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_and_long_results_stream_through_masking() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    // One 32 MiB value with an email at its end: masked, length recomputed.
+    let row = c
+        .query_one(
+            "SELECT repeat('x', 32 * 1024 * 1024) || ' mail big@example.com' AS v",
+            &[],
+        )
+        .await
+        .unwrap();
+    let v: String = row.get(0);
+    assert_eq!(v.len(), 32 * 1024 * 1024 + " mail [redacted:email]".len());
+    assert!(v.ends_with(" mail [redacted:email]"));
+    // A 32 MiB parameter on the way in.
+    let big = "y".repeat(32 * 1024 * 1024);
+    let n: i32 = c
+        .query_one("SELECT length($1::text)", &[&big])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n as usize, big.len());
+    // 300 000 rows, every one masked, arriving as a stream.
+    use futures_util::StreamExt;
+    let stream = c
+        .query_raw(
+            "SELECT g, 'u' || g || '@example.com' FROM generate_series(1, 300000) g",
+            std::iter::empty::<i32>(),
+        )
+        .await
+        .unwrap();
+    futures_util::pin_mut!(stream);
+    let mut rows = 0;
+    while let Some(row) = stream.next().await {
+        let row = row.unwrap();
+        let mail: String = row.get(1);
+        assert_eq!(mail, "[redacted:email]");
+        rows += 1;
+    }
+    assert_eq!(rows, 300_000);
+}

@@ -59,6 +59,8 @@ pub enum PgFrontendMessage {
     Bind {
         portal: String,
         statement: String,
+        /// Byte length of each parameter value (`None`: NULL); the values stay in `raw`.
+        param_lengths: Vec<Option<u32>>,
         /// Empty: all text; one: applies to all columns; else one per column.
         result_formats: Vec<i16>,
     },
@@ -244,9 +246,11 @@ impl FrontendDecoder {
                 body.advance(n * 2);
                 need(&body, 2, M)?;
                 let params = usize::from(body.get_u16());
+                let mut param_lengths = Vec::with_capacity(params.min(1024));
                 for _ in 0..params {
                     need(&body, 4, M)?;
                     let len = body.get_i32();
+                    param_lengths.push(u32::try_from(len).ok());
                     if len > 0 {
                         let l = usize::try_from(len).map_err(|_| PgProtocolError::Malformed {
                             message: M,
@@ -269,6 +273,7 @@ impl FrontendDecoder {
                 PgFrontendMessage::Bind {
                     portal,
                     statement,
+                    param_lengths,
                     result_formats,
                 }
             }

@@ -62,9 +62,13 @@ pub struct Refusal {
 pub struct StatementRecord {
     pub session: String,
     pub sql: String,
-    /// `Query` (simple protocol) or `Parse` (extended).
+    /// `Query` (simple protocol), `Parse` (a prepared statement denied) or `Bind`
+    /// (an execution of a prepared statement).
     pub via: &'static str,
     pub decision: Decision,
+    /// For executions: the byte length of each parameter (`None`: NULL). The values
+    /// themselves are not recorded.
+    pub parameters: Option<Vec<Option<u32>>>,
 }
 
 /// What the proxy needs from the gateway; no storage code lives here.
@@ -351,6 +355,11 @@ pub async fn serve_client<H: ProxyHooks>(
     }
     let cancels = config.cancels.clone();
     let reason = relay(client, server, buf, session, hooks.clone(), config).await;
+    if reason.as_deref() == Some(CLIENT_GONE) {
+        // A query may still be running for nobody: the server only notices a closed
+        // socket when it next writes to it.
+        forward_cancel(&cancels, ours.0, ours.1).await;
+    }
     cancels.remove(ours);
     hooks.closed(&id, reason).await;
 }
@@ -534,6 +543,9 @@ impl Catalog {
     }
 }
 
+/// Why a session ended when its client went away without saying goodbye.
+const CLIENT_GONE: &str = "client disconnected";
+
 /// Marker → (rule, reason) for statements replaced by a failing stand-in.
 type Denials = Arc<Mutex<HashMap<String, (String, String)>>>;
 
@@ -570,12 +582,15 @@ async fn relay<H: ProxyHooks>(
         let decoder = FrontendDecoder::new(config.max_message);
         let mut copy_in = CopyCount::default();
         let mut requests = RequestLog::default();
+        // Statements prepared with an allowed Parse, by name: their SQL for the
+        // audit events of their executions.
+        let mut prepared: HashMap<String, String> = HashMap::new();
         loop {
             let frame = loop {
                 match decoder.decode(&mut client_buf) {
                     Ok(Some(f)) => break f,
                     Ok(None) => match client_rd.read_buf(&mut client_buf).await {
-                        Ok(0) | Err(_) => return Some("client disconnected".to_string()),
+                        Ok(0) | Err(_) => return Some(CLIENT_GONE.to_string()),
                         Ok(_) => {}
                     },
                     Err(e) => return Some(format!("client sent a bad message: {e}")),
@@ -599,14 +614,34 @@ async fn relay<H: ProxyHooks>(
                 }
                 _ => {}
             }
-            let (sql, via) = match &frame.message {
-                PgFrontendMessage::Query { sql } => (Some(sql.clone()), "Query"),
-                PgFrontendMessage::Parse { sql, .. } => (Some(sql.clone()), "Parse"),
+            // Query and Parse are decided here. An allowed Parse only prepares; each
+            // Bind of it is an execution, audited (with its parameters summarized)
+            // before it is forwarded.
+            let (sql, via, decided, parameters) = match &frame.message {
+                PgFrontendMessage::Query { sql } => (Some(sql.clone()), "Query", None, None),
+                PgFrontendMessage::Parse { sql, .. } => (Some(sql.clone()), "Parse", None, None),
+                PgFrontendMessage::Bind {
+                    statement,
+                    param_lengths,
+                    ..
+                } => match prepared.get(statement) {
+                    Some(sql) => (
+                        Some(sql.clone()),
+                        "Bind",
+                        Some(Decision::Allow),
+                        Some(param_lengths.clone()),
+                    ),
+                    None => (None, "", None, None),
+                },
+                PgFrontendMessage::Close { target: b'S', name } => {
+                    prepared.remove(name);
+                    (None, "", None, None)
+                }
                 // It calls functions by OID, around every SQL rule: end the session.
                 PgFrontendMessage::FunctionCall => {
                     return Some("function-call protocol refused".to_string());
                 }
-                _ => (None, ""),
+                _ => (None, "", None, None),
             };
             let Some(sql) = sql else {
                 if matches!(frame.message, PgFrontendMessage::Terminate) {
@@ -618,9 +653,11 @@ async fn relay<H: ProxyHooks>(
                 }
                 continue;
             };
-            let mut decision = guard.decide(&Action::Sql {
-                dialect: SqlDialect::Postgres,
-                text: &sql,
+            let mut decision = decided.unwrap_or_else(|| {
+                guard.decide(&Action::Sql {
+                    dialect: SqlDialect::Postgres,
+                    text: &sql,
+                })
             });
             if let Decision::Review { rule } = &decision {
                 decision = Decision::Deny {
@@ -628,12 +665,23 @@ async fn relay<H: ProxyHooks>(
                     reason: "this statement needs an approved review".into(),
                 };
             }
+            if let PgFrontendMessage::Parse { statement, .. } = &frame.message {
+                if decision == Decision::Allow {
+                    prepared.insert(statement.clone(), sql);
+                    if server_wr.write_all(&frame.raw).await.is_err() {
+                        return Some("database connection lost".to_string());
+                    }
+                    continue;
+                }
+                prepared.remove(statement);
+            }
             if let Err(e) = hooks
                 .record(StatementRecord {
                     session: session_id.clone(),
                     sql: sql.clone(),
                     via,
                     decision: decision.clone(),
+                    parameters,
                 })
                 .await
             {
@@ -661,7 +709,7 @@ async fn relay<H: ProxyHooks>(
                     if let Ok(mut d) = upstream_denials.lock() {
                         d.insert(marker.clone(), (rule.clone(), reason.clone()));
                     }
-                    rewrite(&frame.message, &stand_in(&marker))
+                    rewrite(&frame.message, &marker)
                 }
                 _ => frame.raw.clone(),
             };
@@ -984,8 +1032,11 @@ async fn relay<H: ProxyHooks>(
     }
 }
 
-/// The same message with its SQL replaced (for denied statements).
-fn rewrite(message: &PgFrontendMessage, sql: &str) -> Bytes {
+/// The message a denied statement is replaced with: one that fails at the server
+/// with an error naming `marker`.
+fn rewrite(message: &PgFrontendMessage, marker: &str) -> Bytes {
+    let sql = stand_in(marker);
+    let sql = sql.as_str();
     use crate::wire::{put_cstr, put_frame};
     let mut b = BytesMut::new();
     match message {
@@ -993,6 +1044,13 @@ fn rewrite(message: &PgFrontendMessage, sql: &str) -> Bytes {
             put_cstr(b, statement.as_bytes());
             put_cstr(b, sql.as_bytes());
             b.extend_from_slice(&0u16.to_be_bytes());
+        }),
+        // A Bind of a statement that does not exist fails like a parse error.
+        PgFrontendMessage::Bind { portal, .. } => put_frame(&mut b, b'B', |b| {
+            put_cstr(b, portal.as_bytes());
+            put_cstr(b, marker.as_bytes());
+            // No parameter formats, no parameters, no result formats.
+            b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
         }),
         _ => put_frame(&mut b, b'Q', |b| put_cstr(b, sql.as_bytes())),
     }

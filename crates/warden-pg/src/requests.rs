@@ -126,6 +126,7 @@ impl RequestLog {
                 portal,
                 statement,
                 result_formats,
+                ..
             } => {
                 match self.statements.get(statement) {
                     Some(c) => self.portals.insert(portal.clone(), c.clone()),
@@ -169,6 +170,7 @@ mod tests {
         PgFrontendMessage::Bind {
             portal: String::new(),
             statement: stmt.into(),
+            param_lengths: vec![],
             result_formats: vec![],
         }
     }

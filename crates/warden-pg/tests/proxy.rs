@@ -228,11 +228,9 @@ async fn queries_are_relayed_masked_and_denied_in_order() {
             .iter()
             .any(|r| r.sql == "DROP TABLE pg_class" && matches!(r.decision, Decision::Deny { .. }))
     );
-    assert!(
-        records
-            .iter()
-            .any(|r| r.via == "Parse" && r.decision == Decision::Allow)
-    );
+    assert!(records.iter().any(|r| r.via == "Bind"
+        && r.decision == Decision::Allow
+        && r.parameters.as_deref() == Some(&[Some(17)][..])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,8 +247,21 @@ async fn audit_failure_denies_and_bad_logins_are_refused() {
             .contains("audit log cannot record"),
         "{err}"
     );
+    // Extended protocol: the Parse prepares, the Bind (the execution) is refused.
+    let err = c.query("SELECT 2::int4", &[]).await.unwrap_err();
+    assert_eq!(code(&err), "42501", "{err}");
+    let prepared = {
+        hooks.audit_down.store(false, Ordering::SeqCst);
+        let p = c.prepare("SELECT $1::int4 + 1").await.unwrap();
+        hooks.audit_down.store(true, Ordering::SeqCst);
+        p
+    };
+    let err = c.query(&prepared, &[&1i32]).await.unwrap_err();
+    assert_eq!(code(&err), "42501", "{err}");
     hooks.audit_down.store(false, Ordering::SeqCst);
     assert!(c.simple_query("SELECT 1").await.is_ok());
+    let n: i32 = c.query_one(&prepared, &[&1i32]).await.unwrap().get(0);
+    assert_eq!(n, 2);
 
     let err = client(addr, "billing", "wrong-token").await.err().unwrap();
     assert_eq!(code(&err), "28P01");
