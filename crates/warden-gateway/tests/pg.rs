@@ -57,6 +57,18 @@ async fn connect(
     Ok(client)
 }
 
+/// A direct connection to the test server as its superuser, for setting up tables.
+async fn superuser() -> tokio_postgres::Client {
+    let (admin, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    admin
+}
+
 fn code(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map(|d| d.code().code().to_string())
@@ -297,13 +309,7 @@ async fn psql_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_rules_apply_to_real_tables() {
     // A table the held role may read, created directly as the superuser.
-    let (admin, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let admin = superuser().await;
     admin
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS warden_t;
@@ -447,13 +453,7 @@ async fn cancel_reaches_the_running_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_both_ways_with_copied_rows_masked() {
-    let (admin, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let admin = superuser().await;
     admin
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS warden_t;
@@ -770,13 +770,7 @@ async fn clients_can_use_tls_with_full_verification() {
 
 /// A database of its own, owned by the held role, for tests that create tables.
 async fn own_database(prefix: &str) -> String {
-    let (admin, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let admin = superuser().await;
     let name = format!("warden_t_{prefix}_{}", uuid::Uuid::now_v7().simple());
     admin
         .batch_execute(&format!("CREATE DATABASE {name} OWNER warden_t_scram"))
@@ -859,13 +853,7 @@ async fn pgbench_initializes_and_runs_through_the_gateway() {
 async fn a_dying_backend_or_client_ends_only_its_session() {
     let (gw, token) = setup(Backend::Sqlite).await;
     let bystander = connect(&gw, "billing", &token).await.unwrap();
-    let (admin, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let admin = superuser().await;
 
     // The database kills the session's backend mid-query.
     let victim = connect(&gw, "billing", &token).await.unwrap();

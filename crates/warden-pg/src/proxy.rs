@@ -421,25 +421,12 @@ impl Catalog {
             put_cstr(b, b"");
         });
         put_frame(&mut q, b'S', |_| {});
-        conn.write_all(&q).await.map_err(|e| e.to_string())?;
-        let decoder = BackendDecoder::new(1 << 20);
-        let mut buf = BytesMut::new();
         let mut fields = None;
         let mut error = None;
-        loop {
-            let frame = match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-                Some(f) => f,
-                None => {
-                    if conn.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                        return Err("catalog connection closed".into());
-                    }
-                    continue;
-                }
-            };
+        for frame in exchange(conn, &q).await? {
             match frame.message {
                 PgBackendMessage::RowDescription { fields: f } => fields = Some(f),
                 PgBackendMessage::ErrorResponse { message, .. } => error = Some(message),
-                PgBackendMessage::ReadyForQuery { .. } => break,
                 _ => {}
             }
         }
@@ -500,19 +487,7 @@ impl Catalog {
         );
         let mut q = BytesMut::new();
         crate::wire::put_frame(&mut q, b'Q', |b| crate::wire::put_cstr(b, sql.as_bytes()));
-        conn.write_all(&q).await.map_err(|e| e.to_string())?;
-        let decoder = BackendDecoder::new(1 << 20);
-        let mut buf = BytesMut::new();
-        loop {
-            let frame = match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-                Some(f) => f,
-                None => {
-                    if conn.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                        return Err("catalog connection closed".into());
-                    }
-                    continue;
-                }
-            };
+        for frame in exchange(conn, &q).await? {
             match frame.message {
                 PgBackendMessage::DataRow => {
                     let v =
@@ -531,7 +506,6 @@ impl Catalog {
                     }
                 }
                 PgBackendMessage::ErrorResponse { message, .. } => return Err(message),
-                PgBackendMessage::ReadyForQuery { .. } => break,
                 _ => {}
             }
         }
@@ -540,6 +514,34 @@ impl Catalog {
             self.columns.insert((oid, num), col);
         }
         Ok(())
+    }
+}
+
+/// Sends `request` on the catalog connection and reads the answer up to
+/// `ReadyForQuery` (catalog answers are small).
+async fn exchange(
+    conn: &mut BoxedStream,
+    request: &[u8],
+) -> Result<Vec<crate::frontend::Frame<PgBackendMessage>>, String> {
+    conn.write_all(request).await.map_err(|e| e.to_string())?;
+    let decoder = BackendDecoder::new(1 << 20);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    loop {
+        match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+            Some(f) => {
+                let done = matches!(f.message, PgBackendMessage::ReadyForQuery { .. });
+                frames.push(f);
+                if done {
+                    return Ok(frames);
+                }
+            }
+            None => {
+                if conn.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("catalog connection closed".into());
+                }
+            }
+        }
     }
 }
 

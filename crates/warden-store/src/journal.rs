@@ -2,10 +2,11 @@
 //! (audit-before-execute) are written first.
 //!
 //! A store transaction costs several database round trips; appending a line to a local
-//! file and syncing it costs one disk flush. So events are group-committed to the
-//! journal (many waiting callers, one `fdatasync`), and a background task ships them
-//! into the store's hash chain a few milliseconds later, a segment at a time, each in
-//! one transaction. What that buys and what it keeps:
+//! file and syncing it costs one disk flush. So events go to a writer thread that
+//! group-commits them (everything waiting at that moment, one `write`, one
+//! `fdatasync`), and a background task ships them into the store's hash chain a few
+//! milliseconds later, a segment at a time, each in one transaction, from memory (the
+//! file is read back only after a failure or a crash). What that buys and what it keeps:
 //!
 //! - An appended event is on disk before the caller proceeds; a killed gateway ships
 //!   the segments it left when it starts again.
@@ -27,23 +28,28 @@ use crate::{Result, Store, StoreError};
 /// How often the journal is shipped into the store.
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Lines waiting for the next journal write, with their callers (none for lines
-/// appended with [`AuditJournal::append_later`]).
-type PendingLines = Vec<(Vec<u8>, Option<oneshot::Sender<Result<()>>>)>;
+/// Work for the journal's writer thread, in order.
+enum Command {
+    /// A line to make durable, its event (shipped from memory), and who waits for it
+    /// (nobody, for [`AuditJournal::append_later`]).
+    Append(Vec<u8>, Box<Event>, Option<oneshot::Sender<Result<()>>>),
+    /// Close the current segment after everything before it is written; answer with
+    /// its number and events, and start the next (an empty one stays open).
+    Rotate(oneshot::Sender<Result<(u64, Vec<Event>)>>),
+}
 
 struct Segment {
     file: std::fs::File,
     number: u64,
-    bytes: u64,
+    /// Events written to this segment, to ship without reading the file back.
+    events: Vec<Event>,
 }
 
 pub struct AuditJournal {
     dir: PathBuf,
     store: Arc<Store>,
-    current: Arc<Mutex<Segment>>,
-    pending: Mutex<PendingLines>,
-    /// Held while a batch is written and synced, and while segments rotate.
-    write_lock: tokio::sync::Mutex<()>,
+    /// To the writer thread, which owns the current segment.
+    writer: std::sync::mpsc::Sender<Command>,
     /// Held while shipping, so the ticker and [`Self::ship_now`] do not race.
     ship_lock: tokio::sync::Mutex<()>,
     /// Why the last shipping attempt failed; appends are refused while it is set.
@@ -84,7 +90,7 @@ fn create_segment(dir: &Path, number: u64) -> Result<Segment> {
     Ok(Segment {
         file,
         number,
-        bytes: 0,
+        events: Vec::new(),
     })
 }
 
@@ -126,12 +132,17 @@ impl AuditJournal {
         for (_, path) in &left {
             ship_segment(&store, path).await?;
         }
+        let segment = create_segment(dir, next)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer_dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("audit-journal".into())
+            .spawn(move || write_loop(&writer_dir, segment, &rx))
+            .map_err(|e| io_error("starting its writer", e))?;
         let journal = Arc::new(Self {
             dir: dir.to_path_buf(),
             store,
-            current: Arc::new(Mutex::new(create_segment(dir, next)?)),
-            pending: Mutex::new(Vec::new()),
-            write_lock: tokio::sync::Mutex::new(()),
+            writer: tx,
             ship_lock: tokio::sync::Mutex::new(()),
             failing: Mutex::new(None),
             stopped: AtomicBool::new(false),
@@ -166,116 +177,64 @@ impl AuditJournal {
         }
         let mut line = serde_json::to_vec(event)?;
         line.push(b'\n');
-        let (tx, mut rx) = oneshot::channel();
-        self.lock_pending().push((line, Some(tx)));
-        let _serial = self.write_lock.lock().await;
-        // A write made while we waited may have carried our line.
-        if let Ok(result) = rx.try_recv() {
-            return result;
-        }
-        self.write_pending().await;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Append(line, Box::new(event.clone()), Some(tx)))?;
         rx.await
             .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
     }
 
     /// Queues an event that nothing waits for (a statement's outcome): it is written
-    /// after the events appended before it, with the next write or shipment, so the
-    /// chain keeps their order. A failure is logged.
+    /// after the events appended before it, so the chain keeps their order. A failure
+    /// is logged.
     pub fn append_later(&self, event: &Event) {
-        match serde_json::to_vec(event) {
-            Ok(mut line) => {
+        let sent = serde_json::to_vec(event)
+            .map_err(StoreError::from)
+            .and_then(|mut line| {
                 line.push(b'\n');
-                self.lock_pending().push((line, None));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, kind = %event.kind, "an audit event could not be encoded")
-            }
+                self.send(Command::Append(line, Box::new(event.clone()), None))
+            });
+        if let Err(e) = sent {
+            tracing::error!(error = %e, kind = %event.kind, "an audit event was lost");
         }
     }
 
-    /// Writes and syncs the queued lines and answers their callers; with the write
-    /// lock held.
-    async fn write_pending(&self) {
-        let batch = std::mem::take(&mut *self.lock_pending());
-        if batch.is_empty() {
-            return;
-        }
-        let mut bytes = Vec::with_capacity(batch.iter().map(|(l, _)| l.len()).sum());
-        for (l, _) in &batch {
-            bytes.extend_from_slice(l);
-        }
-        let current = self.current.clone();
-        let written = tokio::task::spawn_blocking(move || -> Result<()> {
-            use std::io::Write;
-            let mut seg = current
-                .lock()
-                .map_err(|_| StoreError::AppendFailed("audit journal lock poisoned".into()))?;
-            let result = seg
-                .file
-                .write_all(&bytes)
-                .and_then(|()| seg.file.sync_data());
-            // Counted even on failure: part of it may be in the file, to be shipped.
-            seg.bytes += bytes.len() as u64;
-            result.map_err(|e| io_error("writing", e))
-        })
-        .await
-        .unwrap_or_else(|e| Err(StoreError::AppendFailed(format!("audit journal: {e}"))));
-        let message = written.as_ref().err().map(ToString::to_string);
-        for (_, reply) in batch {
-            match (reply, &message) {
-                (Some(reply), None) => {
-                    let _ = reply.send(Ok(()));
-                }
-                (Some(reply), Some(m)) => {
-                    let _ = reply.send(Err(StoreError::AppendFailed(m.clone())));
-                }
-                (None, Some(m)) => {
-                    tracing::error!(error = %m, "an audit event appended for later was lost");
-                }
-                (None, None) => {}
-            }
-        }
+    fn send(&self, command: Command) -> Result<()> {
+        self.writer
+            .send(command)
+            .map_err(|_| StoreError::AppendFailed("the audit journal writer stopped".into()))
     }
 
     /// Moves everything journaled so far into the store's chain.
     pub async fn ship_now(&self) -> Result<()> {
         let _shipping = self.ship_lock.lock().await;
-        // Start a new segment, so the full one can be shipped without holding writers.
-        {
-            let _serial = self.write_lock.lock().await;
-            self.write_pending().await;
-            let next = {
-                let seg = self
-                    .current
-                    .lock()
-                    .map_err(|_| StoreError::AppendFailed("audit journal lock poisoned".into()))?;
-                (seg.bytes > 0).then_some(seg.number + 1)
-            };
-            if let Some(n) = next {
-                let fresh = create_segment(&self.dir, n)?;
-                let mut seg = self
-                    .current
-                    .lock()
-                    .map_err(|_| StoreError::AppendFailed("audit journal lock poisoned".into()))?;
-                *seg = fresh;
-            }
-        }
-        let current = self
-            .current
-            .lock()
-            .map_err(|_| StoreError::AppendFailed("audit journal lock poisoned".into()))?
-            .number;
-        let result = async {
-            for (n, path) in segments(&self.dir)? {
-                if n < current {
-                    ship_segment(&self.store, &path).await?;
-                }
-            }
-            Ok(())
-        }
-        .await;
+        let result = self.ship().await;
         *self.lock_failing() = result.as_ref().err().map(ToString::to_string);
         result
+    }
+
+    async fn ship(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Rotate(tx))?;
+        let (number, events) = rx.await.unwrap_or_else(|_| {
+            Err(StoreError::AppendFailed(
+                "the audit journal writer stopped".into(),
+            ))
+        })?;
+        // Segments a failed shipment left behind go first, read back from disk.
+        for (n, path) in segments(&self.dir)? {
+            if n < number {
+                ship_segment(&self.store, &path).await?;
+            }
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(number));
+        // On failure the segment stays on disk and is shipped from there next time.
+        self.store.append_audit_batch(&events).await?;
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(|e| io_error("removing a shipped segment", e))
     }
 
     /// Stops the background shipping after shipping what is left.
@@ -284,16 +243,81 @@ impl AuditJournal {
         self.ship_now().await
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, PendingLines> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn lock_failing(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.failing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The writer thread: takes every command waiting, writes the lines with one
+/// `write` and one `fdatasync`, answers, and rotates segments when asked. Ends when
+/// the journal is dropped.
+fn write_loop(dir: &Path, mut segment: Segment, commands: &std::sync::mpsc::Receiver<Command>) {
+    use std::io::Write;
+    while let Ok(first) = commands.recv() {
+        let mut batch = vec![first];
+        batch.extend(commands.try_iter());
+        let mut bytes = Vec::new();
+        let mut waiting = Vec::new();
+        let mut events = Vec::new();
+        for command in batch {
+            match command {
+                Command::Append(line, event, reply) => {
+                    bytes.extend_from_slice(&line);
+                    events.push(*event);
+                    waiting.extend(reply);
+                }
+                Command::Rotate(reply) => {
+                    flush(&mut segment, &mut bytes, &mut events, &mut waiting);
+                    if segment.events.is_empty() {
+                        // Nothing to ship: keep writing to this segment.
+                        let _ = reply.send(Ok((segment.number, Vec::new())));
+                        continue;
+                    }
+                    let next = segment.number + 1;
+                    let answer = create_segment(dir, next).map(|fresh| {
+                        let old = std::mem::replace(&mut segment, fresh);
+                        (old.number, old.events)
+                    });
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+        flush(&mut segment, &mut bytes, &mut events, &mut waiting);
+    }
+
+    fn flush(
+        segment: &mut Segment,
+        bytes: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+        waiting: &mut Vec<oneshot::Sender<Result<()>>>,
+    ) {
+        if bytes.is_empty() {
+            return;
+        }
+        let written = segment
+            .file
+            .write_all(bytes)
+            .and_then(|()| segment.file.sync_data());
+        bytes.clear();
+        match written {
+            Ok(()) => {
+                segment.events.append(events);
+                for w in waiting.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Part of it may be in the file: a restart ships what is readable.
+                let message = format!("audit journal: writing: {e}");
+                tracing::error!(error = %message, lost = events.len(), "audit journal write failed");
+                events.clear();
+                for w in waiting.drain(..) {
+                    let _ = w.send(Err(StoreError::AppendFailed(message.clone())));
+                }
+            }
+        }
     }
 }
 

@@ -68,17 +68,28 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Session>, ApiError> {
-    let not_found = || ApiError::not_found(format!("session `{id}`"));
-    let uuid: uuid::Uuid = id.parse().map_err(|_| not_found())?;
+    visible_session(&state, &caller, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("session `{id}`")))
+}
+
+/// The session `id` if the caller may see it (its owner or an admin); others get
+/// the same answer as for a session that does not exist.
+async fn visible_session(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<Session>, ApiError> {
+    let Ok(uuid) = id.parse::<uuid::Uuid>() else {
+        return Ok(None);
+    };
     let session = state
         .store
         .session(uuid)
         .await
         .map_err(|e| ApiError::store(&e))?;
-    match session {
-        Some(s) if caller.is_admin || s.subject == caller.identity.subject => Ok(Json(s)),
-        _ => Err(not_found()),
-    }
+    Ok(session.filter(|s| caller.is_admin || s.subject == caller.identity.subject))
 }
 
 /// A session's recording: its header, its timeline entries (statements, decisions,
@@ -92,18 +103,11 @@ pub async fn recording(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let not_found = || ApiError::not_found(format!("recording of session `{id}`"));
-    let uuid: uuid::Uuid = id.parse().map_err(|_| not_found())?;
-    let session = state
-        .store
-        .session(uuid)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
-    match session {
-        Some(s)
-            if s.recording.is_some()
-                && (caller.is_admin || s.subject == caller.identity.subject) => {}
-        _ => return Err(not_found()),
-    }
+    let session = visible_session(&state, &caller, &id).await?;
+    let Some(session) = session.filter(|s| s.recording.is_some()) else {
+        return Err(not_found());
+    };
+    let uuid = session.id;
     let dir = state.config.recordings_dir();
     let read = tokio::task::spawn_blocking(move || crate::recording::read_recording(&dir, uuid))
         .await
