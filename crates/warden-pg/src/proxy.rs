@@ -567,8 +567,10 @@ async fn relay<H: ProxyHooks>(
     hooks: Arc<H>,
     config: ProxyConfig,
 ) -> Option<String> {
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut server_rd, mut server_wr) = tokio::io::split(server);
+    let (mut client_rd, client_wr) = tokio::io::split(client);
+    let (mut server_rd, server_wr) = tokio::io::split(server);
+    let mut client_out = Batched::new(client_wr);
+    let mut server_out = Batched::new(server_wr);
     let denials: Denials = Arc::new(Mutex::new(HashMap::new()));
     // What the client asked, in order, so each answer can be matched to its request.
     let expected: Arc<Mutex<Requests>> = Arc::default();
@@ -591,10 +593,17 @@ async fn relay<H: ProxyHooks>(
             let frame = loop {
                 match decoder.decode(&mut client_buf) {
                     Ok(Some(f)) => break f,
-                    Ok(None) => match client_rd.read_buf(&mut client_buf).await {
-                        Ok(0) | Err(_) => return Some(CLIENT_GONE.to_string()),
-                        Ok(_) => {}
-                    },
+                    Ok(None) => {
+                        // Every whole message read so far is handled: send them on
+                        // in one write before waiting for more.
+                        if server_out.flush().await.is_err() {
+                            return Some("database connection lost".to_string());
+                        }
+                        match client_rd.read_buf(&mut client_buf).await {
+                            Ok(0) | Err(_) => return Some(CLIENT_GONE.to_string()),
+                            Ok(_) => {}
+                        }
+                    }
                     Err(e) => return Some(format!("client sent a bad message: {e}")),
                 }
             };
@@ -647,10 +656,11 @@ async fn relay<H: ProxyHooks>(
             };
             let Some(sql) = sql else {
                 if matches!(frame.message, PgFrontendMessage::Terminate) {
-                    let _ = server_wr.write_all(&frame.raw).await;
+                    let _ = server_out.send(&frame.raw).await;
+                    let _ = server_out.flush().await;
                     return None;
                 }
-                if server_wr.write_all(&frame.raw).await.is_err() {
+                if server_out.send(&frame.raw).await.is_err() {
                     return Some("database connection lost".to_string());
                 }
                 continue;
@@ -670,7 +680,7 @@ async fn relay<H: ProxyHooks>(
             if let PgFrontendMessage::Parse { statement, .. } = &frame.message {
                 if decision == Decision::Allow {
                     prepared.insert(statement.clone(), sql);
-                    if server_wr.write_all(&frame.raw).await.is_err() {
+                    if server_out.send(&frame.raw).await.is_err() {
                         return Some("database connection lost".to_string());
                     }
                     continue;
@@ -715,7 +725,7 @@ async fn relay<H: ProxyHooks>(
                 }
                 _ => frame.raw.clone(),
             };
-            if server_wr.write_all(&bytes).await.is_err() {
+            if server_out.send(&bytes).await.is_err() {
                 return Some("database connection lost".to_string());
             }
         }
@@ -746,12 +756,17 @@ async fn relay<H: ProxyHooks>(
             let frame = loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(f)) => break f,
-                    Ok(None) => match server_rd.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => {
-                            return Some("database closed the connection".to_string());
+                    Ok(None) => {
+                        if client_out.flush().await.is_err() {
+                            return Some(CLIENT_GONE.to_string());
                         }
-                        Ok(_) => {}
-                    },
+                        match server_rd.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                return Some("database closed the connection".to_string());
+                            }
+                            Ok(_) => {}
+                        }
+                    }
                     Err(e) => return Some(format!("database sent a bad message: {e}")),
                 }
             };
@@ -1022,7 +1037,7 @@ async fn relay<H: ProxyHooks>(
                 }
                 _ => frame.raw.clone(),
             };
-            if client_wr.write_all(&bytes).await.is_err() {
+            if client_out.send(&bytes).await.is_err() {
                 return Some("client disconnected".to_string());
             }
         }
@@ -1231,4 +1246,43 @@ fn render_value(v: &[u8], binary: bool) -> String {
         text.push('…');
     }
     text
+}
+
+/// Most bytes held back for one write.
+const BATCH_MAX: usize = 64 * 1024;
+
+/// Writes messages in batches: one write for all the messages handled between two
+/// reads, instead of one per message (a result's descriptions, rows and completion
+/// would otherwise each be a send). Large messages go out unbuffered.
+struct Batched<W> {
+    writer: W,
+    buf: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> Batched<W> {
+    fn new(writer: W) -> Self {
+        Self {
+            writer,
+            buf: BytesMut::with_capacity(BATCH_MAX),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.buf.len() + bytes.len() > BATCH_MAX {
+            self.flush().await?;
+            if bytes.len() > BATCH_MAX {
+                return self.writer.write_all(bytes).await;
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.writer.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
 }

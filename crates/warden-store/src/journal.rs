@@ -255,12 +255,14 @@ impl AuditJournal {
 /// the journal is dropped.
 fn write_loop(dir: &Path, mut segment: Segment, commands: &std::sync::mpsc::Receiver<Command>) {
     use std::io::Write;
+    // Lines nobody waits for stay here until a line somebody waits for, or a
+    // rotation, writes them: they cost no `fdatasync` of their own.
+    let mut bytes = Vec::new();
+    let mut waiting = Vec::new();
+    let mut events = Vec::new();
     while let Ok(first) = commands.recv() {
         let mut batch = vec![first];
         batch.extend(commands.try_iter());
-        let mut bytes = Vec::new();
-        let mut waiting = Vec::new();
-        let mut events = Vec::new();
         for command in batch {
             match command {
                 Command::Append(line, event, reply) => {
@@ -284,8 +286,11 @@ fn write_loop(dir: &Path, mut segment: Segment, commands: &std::sync::mpsc::Rece
                 }
             }
         }
-        flush(&mut segment, &mut bytes, &mut events, &mut waiting);
+        if !waiting.is_empty() {
+            flush(&mut segment, &mut bytes, &mut events, &mut waiting);
+        }
     }
+    flush(&mut segment, &mut bytes, &mut events, &mut waiting);
 
     fn flush(
         segment: &mut Segment,
