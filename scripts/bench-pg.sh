@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The PostgreSQL proxy benchmark: `pgbench -S` (one primary-key SELECT per
 # transaction) at 1 and 8 clients, direct to PostgreSQL, through Warden (audit,
-# recording and masking on) and through PgBouncer (session pooling), all in the same
-# run. Prints TPS, the ratio to direct, and p50/p99 latency with what each proxy adds.
+# recording and masking on; `warden` syncs each audit batch to disk, `warden-os` hands
+# it to the OS: `audit.journal_sync = false`) and through PgBouncer (session
+# pooling), all in the same run. Prints TPS, the ratio to direct, and p50/p99 latency with what each proxy adds.
 #
 #   scripts/bench-pg.sh                  # 15 s per run
 #   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-pg.sh
@@ -30,7 +31,7 @@ work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}" $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -43,14 +44,19 @@ psql "$admin_url" -qc "CREATE DATABASE warden_bench OWNER warden_t_scram" >/dev/
 log "pgbench -i -s $scale"
 PGPASSWORD=scram-pw-1 pgbench -q -i -s "$scale" -h 127.0.0.1 -U warden_t_scram warden_bench 2>/dev/null
 
-# --- Warden ---------------------------------------------------------------------
+# --- Warden: twice, journal synced to disk (the default) and handed to the OS ------
 admin_token="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-cat >"$work/warden.toml" <<EOF
-data_dir = "$work/warden-data"
+# start_warden NAME API_PORT PG_PORT JOURNAL_SYNC → prints an API key for the `bench` connection
+start_warden() {
+  local name=$1 api_port=$2 pg_port=$3 sync=$4
+  cat >"$work/$name.toml" <<EOF
+data_dir = "$work/$name-data"
 [api]
 listen = "127.0.0.1:$api_port"
 [pg]
-listen = "127.0.0.1:$warden_port"
+listen = "127.0.0.1:$pg_port"
+[audit]
+journal_sync = $sync
 
 [[policies.guardrails]]
 name = "no-drops"
@@ -62,19 +68,22 @@ sql_statements = ["ddl"]
 name = "pii"
 detectors = ["email", "card_number"]
 EOF
-WARDEN_ADMIN_TOKEN=$admin_token target/release/warden gateway --config "$work/warden.toml" \
-  >"$work/warden.out" 2>"$work/warden.err" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q "listening on http" "$work/warden.out" && break; sleep 0.1; done
-grep -q "listening on http" "$work/warden.out" || { cat "$work/warden.err" >&2; exit 1; }
-api=http://127.0.0.1:$api_port
-curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
-  -d '{"name":"bench","kind":"postgres","target":"127.0.0.1:5432/warden_bench",
-       "username":"warden_t_scram","secret":"scram-pw-1","allowed_groups":["bench"],
-       "policies":{"guardrails":["no-drops"],"masking":["pii"]},"tls":{"mode":"disable"}}' \
-  "$api/api/connections" >/dev/null
-token=$(curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
-  -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4)
+  WARDEN_ADMIN_TOKEN=$admin_token target/release/warden gateway --config "$work/$name.toml" \
+    >"$work/$name.out" 2>"$work/$name.err" &
+  echo $! >>"$work/pids"
+  for _ in $(seq 1 100); do grep -q "listening on http" "$work/$name.out" && break; sleep 0.1; done
+  grep -q "listening on http" "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
+  local api=http://127.0.0.1:$api_port
+  curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","kind":"postgres","target":"127.0.0.1:5432/warden_bench",
+         "username":"warden_t_scram","secret":"scram-pw-1","allowed_groups":["bench"],
+         "policies":{"guardrails":["no-drops"],"masking":["pii"]},"tls":{"mode":"disable"}}' \
+    "$api/api/connections" >/dev/null
+  curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4
+}
+token=$(start_warden warden "$api_port" "$warden_port" true)
+os_token=$(start_warden warden-os $((api_port + 1)) $((warden_port + 1)) false)
 
 # --- PgBouncer (refuses to run as root) -------------------------------------------
 cat >"$work/pgbouncer.ini" <<EOF
@@ -129,13 +138,18 @@ printf '%-8s %-10s %10s %7s %9s %9s %10s %10s\n' clients path tps ratio p50_us p
 for c in $clients; do
   read -r d_tps d_p50 d_p99 < <(run direct "$c" 5432 warden_bench warden_t_scram scram-pw-1)
   read -r w_tps w_p50 w_p99 < <(run warden "$c" "$warden_port" bench bench "$token")
+  read -r o_tps o_p50 o_p99 < <(run warden-os "$c" $((warden_port + 1)) bench bench "$os_token")
   read -r b_tps b_p50 b_p99 < <(run pgbouncer "$c" "$bouncer_port" warden_bench warden_t_scram scram-pw-1)
   printf '%-8s %-10s %10.0f %7s %9s %9s %10s %10s\n' "$c" direct "$d_tps" "1.00" "$d_p50" "$d_p99" - -
-  for row in "warden $w_tps $w_p50 $w_p99" "pgbouncer $b_tps $b_p50 $b_p99"; do
+  for row in "warden $w_tps $w_p50 $w_p99" "warden-os $o_tps $o_p50 $o_p99" "pgbouncer $b_tps $b_p50 $b_p99"; do
     read -r name tps p50 p99 <<<"$row"
     printf '%-8s %-10s %10.0f %7.2f %9s %9s %10s %10s\n' "$c" "$name" "$tps" \
       "$(awk -v a="$tps" -v b="$d_tps" 'BEGIN { print a / b }')" "$p50" "$p99" "$((p50 - d_p50))" "$((p99 - d_p99))"
   done
 done
-events=$(curl -fsS -H "Authorization: Bearer $admin_token" "$api/api/audit/verify" | grep -o '"events_checked":[0-9]*' | cut -d: -f2)
-printf '\nWarden audit log after the runs: %s events, chain verified\n' "$events"
+for port in "$api_port" $((api_port + 1)); do
+  verify=$(curl -fsS -H "Authorization: Bearer $admin_token" "http://127.0.0.1:$port/api/audit/verify")
+  printf '\naudit log of the Warden with API port %s: %s events, intact: %s\n' "$port" \
+    "$(echo "$verify" | grep -o '"events_checked":[0-9]*' | cut -d: -f2)" \
+    "$(echo "$verify" | grep -o '"ok":[a-z]*' | cut -d: -f2)"
+done

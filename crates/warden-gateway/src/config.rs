@@ -22,6 +22,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "policies",
     "pg",
     "recordings",
+    "audit",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +52,25 @@ pub struct Config {
     pub pg: PgListenerConfig,
     #[serde(default)]
     pub recordings: RecordingsConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The audit log's journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `true`: an event is on disk (`fdatasync`) before the action it records goes
+    /// ahead. `false`: it is handed to the operating system, which survives the
+    /// gateway being killed but not the machine crashing.
+    #[serde(default = "default_true")]
+    pub journal_sync: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { journal_sync: true }
+    }
 }
 
 /// Session recordings (timelines of database sessions).
@@ -290,6 +310,7 @@ impl Default for Config {
             policies: warden_policy::PolicyConfig::default(),
             pg: PgListenerConfig::default(),
             recordings: RecordingsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

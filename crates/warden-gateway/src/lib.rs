@@ -59,8 +59,16 @@ impl Gateway {
         let key = bootstrap::master_key(&config)?;
         let store = Arc::new(bootstrap::open_store(&config, &key).await?);
         // Ships what a previous run left in the journal before anything else happens.
-        let journal =
-            AuditJournal::open(&config.data_dir.join("audit-journal"), store.clone()).await?;
+        let journal = AuditJournal::open(
+            &config.data_dir.join("audit-journal"),
+            store.clone(),
+            if config.audit.journal_sync {
+                warden_store::JournalSync::Disk
+            } else {
+                warden_store::JournalSync::Os
+            },
+        )
+        .await?;
         let admin_token = bootstrap::ensure_admin_key(&store, &config).await?;
         let auth = Arc::new(auth::Authenticator::new(&config, store.clone())?);
         let tls = match (&config.api.tls_cert, &config.api.tls_key) {

@@ -21,7 +21,7 @@ pub mod testing;
 mod util;
 
 pub use error::{Result, StoreError};
-pub use journal::{AuditJournal, SHIP_INTERVAL};
+pub use journal::{AuditJournal, JournalSync, SHIP_INTERVAL};
 pub use sealed::{MasterKey, SecretSealer};
 pub use util::{hex, redact_url, sha256_hex};
 

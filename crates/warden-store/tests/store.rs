@@ -499,7 +499,8 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
         jdir.join("segment-00000000000000000002.jsonl"),
         format!("{}\n{{\"id\":\"torn", serde_json::to_string(&lost)?),
     )?;
-    let journal = warden_store::AuditJournal::open(&jdir, store.clone()).await?;
+    let journal =
+        warden_store::AuditJournal::open(&jdir, store.clone(), Default::default()).await?;
     let kinds = |entries: Vec<warden_store::audit::AuditEntry>| {
         entries
             .into_iter()
@@ -550,13 +551,21 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
     // The next start ships what was acknowledged, exactly once.
     drop(journal);
     let store = Arc::new(Store::open(&url, &key).await?);
-    let _journal = warden_store::AuditJournal::open(&jdir, store.clone()).await?;
+    // (This run hands events to the OS instead of syncing each batch.)
+    let journal =
+        warden_store::AuditJournal::open(&jdir, store.clone(), warden_store::JournalSync::Os)
+            .await?;
+    journal
+        .append(&Event::new("test.after-restart", json!({})))
+        .await?;
+    journal.ship_now().await?;
     let kinds = kinds(store.list_audit(&all).await?);
     assert_eq!(
         kinds.iter().filter(|k| *k == "test.before-outage").count(),
         1
     );
     assert!(!kinds.iter().any(|k| k == "test.during-outage"));
+    assert_eq!(kinds.last().map(String::as_str), Some("test.after-restart"));
     assert!(store.verify_audit().await?.ok);
     Ok(())
 }
