@@ -678,14 +678,21 @@ async fn relay<H: ProxyHooks>(
                 };
             }
             if let PgFrontendMessage::Parse { statement, .. } = &frame.message {
-                if decision == Decision::Allow {
-                    prepared.insert(statement.clone(), sql);
+                // The server keeps a named statement until it is closed (a second
+                // Parse of the name fails) but replaces the unnamed one at every
+                // Parse, even one that fails: mirror that, so a Bind is always
+                // audited with the SQL the server will run.
+                let allowed = decision == Decision::Allow;
+                if statement.is_empty() {
+                    prepared.remove(statement);
+                }
+                if allowed {
+                    prepared.entry(statement.clone()).or_insert(sql);
                     if server_out.send(&frame.raw).await.is_err() {
                         return Some("database connection lost".to_string());
                     }
                     continue;
                 }
-                prepared.remove(statement);
             }
             if let Err(e) = hooks
                 .record(StatementRecord {

@@ -349,3 +349,81 @@ async fn the_timeline_holds_statements_masked_rows_and_denials() {
         "the session must be closed"
     );
 }
+
+/// A frame as a client sends it.
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![tag];
+    f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// Reads server frames until `ReadyForQuery`, returning their tags.
+async fn read_cycle(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut tags = Vec::new();
+    loop {
+        while buf.len() >= 5 {
+            let len = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize + 1;
+            if buf.len() < len {
+                break;
+            }
+            let tag = buf[0];
+            buf.drain(..len);
+            tags.push(tag);
+            if tag == b'Z' {
+                return tags;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed after {tags:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_statement_keeps_its_sql_when_a_second_parse_of_the_name_fails() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, hooks) = start().await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut startup = Vec::new();
+    let body = b"\x00\x03\x00\x00user\x00alice\x00database\x00billing\x00\x00";
+    startup.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    startup.extend_from_slice(body);
+    s.write_all(&startup).await.unwrap();
+    let mut pw = TOKEN.as_bytes().to_vec();
+    pw.push(0);
+    s.write_all(&frame(b'p', &pw)).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_cycle(&mut s, &mut buf).await.first(), Some(&b'R'));
+    let parse = |sql: &str| {
+        let mut b = b"s1\0".to_vec();
+        b.extend_from_slice(sql.as_bytes());
+        b.extend_from_slice(&[0, 0, 0]);
+        frame(b'P', &b)
+    };
+    let sync = frame(b'S', b"");
+    // Prepared and allowed.
+    s.write_all(&[parse("SELECT 41 + 1"), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1Z");
+    // The same name again, denied: the server still holds the first statement.
+    s.write_all(&[parse("SELECT 'other'"), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"EZ");
+    // Executing it is audited with the SQL that runs.
+    let bind = frame(b'B', b"\0s1\0\0\0\0\0\0\0");
+    let execute = frame(b'E', b"\0\0\0\0\0");
+    s.write_all(&[bind, execute, sync].concat()).await.unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"2DCZ");
+    let records = hooks.records.lock().unwrap().clone();
+    let executed: Vec<&str> = records
+        .iter()
+        .filter(|r| r.via == "Bind")
+        .map(|r| r.sql.as_str())
+        .collect();
+    assert_eq!(executed, ["SELECT 41 + 1"]);
+}
