@@ -12,7 +12,7 @@ use warden_core::{
     ConnectionKind, Decision, Event, Identity, RecordingError, RecordingHeader, SecretKind,
     Session, SessionRecorder, SessionStatus, TimelineEvent, TlsMode, TlsOptions, timefmt,
 };
-use warden_pg::proxy::{ProxyHooks, ProxySession, Refusal, StatementRecord};
+use warden_pg::proxy::{ProxyHooks, ProxySession, Refusal, StatementRecord, Traffic};
 use warden_pg::sqlstate;
 use warden_pg::tls::{BackendTls, TlsSetupError};
 use warden_store::sessions::SessionCounts;
@@ -366,7 +366,7 @@ impl ProxyHooks for PgHooks {
         Ok(())
     }
 
-    async fn closed(&self, session: &str, reason: Option<String>) {
+    async fn closed(&self, session: &str, reason: Option<String>, traffic: Traffic) {
         let who = self.open.lock().ok().and_then(|mut o| o.remove(session));
         let Ok(id) = session.parse::<Uuid>() else {
             return;
@@ -377,7 +377,12 @@ impl ProxyHooks for PgHooks {
             }) {
                 tracing::error!(error = %e, "could not end the session recording");
             }
-            if let Err(e) = self.store.add_session_counts(id, open.unflushed).await {
+            let counts = SessionCounts {
+                bytes_in: i64::try_from(traffic.from_client).unwrap_or(i64::MAX),
+                bytes_out: i64::try_from(traffic.to_client).unwrap_or(i64::MAX),
+                ..open.unflushed
+            };
+            if let Err(e) = self.store.add_session_counts(id, counts).await {
                 tracing::warn!(error = %e, "session counters not updated");
             }
         }
@@ -393,7 +398,10 @@ impl ProxyHooks for PgHooks {
         {
             tracing::error!(error = %e, "could not end session");
         }
-        let mut event = Event::new("session.end", json!({"reason": reason})).in_session(id);
+        let mut event = Event::new(
+            "session.end",
+            json!({"reason": reason, "bytes_in": traffic.from_client, "bytes_out": traffic.to_client}),
+        ).in_session(id);
         if let Some(open) = who {
             event = event.by(&open.identity).on_connection(open.connection);
         }

@@ -143,6 +143,9 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
     assert_eq!(s["denied"], 1);
     assert!(s["commands"].as_i64().unwrap() >= 3, "{s}");
     assert_eq!(s["status"], "closed", "{s}");
+    // Traffic both ways, in protocol bytes.
+    assert!(s["bytes_in"].as_i64().unwrap() > 0, "{s}");
+    assert!(s["bytes_out"].as_i64().unwrap() > 0, "{s}");
 
     // Each statement's outcome follows its event.
     let outcomes = gw.audit_events("pg.outcome").await;

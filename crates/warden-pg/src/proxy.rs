@@ -84,7 +84,19 @@ pub trait ProxyHooks: Send + Sync + 'static {
     /// Durably records a statement before it is forwarded; an error denies it.
     fn record(&self, record: StatementRecord) -> impl Future<Output = Result<(), String>> + Send;
     /// The session ended (client quit, or `reason` says why not).
-    fn closed(&self, session: &str, reason: Option<String>) -> impl Future<Output = ()> + Send;
+    fn closed(
+        &self,
+        session: &str,
+        reason: Option<String>,
+        traffic: Traffic,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Bytes a session moved, counted in whole protocol messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub from_client: u64,
+    pub to_client: u64,
 }
 
 /// Cancel keys the gateway handed to clients → where and how to cancel on the server.
@@ -294,7 +306,11 @@ pub async fn serve_client<H: ProxyHooks>(
             Ok(s) => s,
             Err(e) => {
                 hooks
-                    .closed(&id, Some(format!("backend unreachable: {e}")))
+                    .closed(
+                        &id,
+                        Some(format!("backend unreachable: {e}")),
+                        Traffic::default(),
+                    )
                     .await;
                 return fatal(
                     &mut client,
@@ -319,7 +335,9 @@ pub async fn serve_client<H: ProxyHooks>(
     {
         Ok(s) => s,
         Err(e) => {
-            hooks.closed(&id, Some("backend login failed".into())).await;
+            hooks
+                .closed(&id, Some("backend login failed".into()), Traffic::default())
+                .await;
             // The server's message names the role, never the secret.
             return fatal(
                 &mut client,
@@ -349,19 +367,23 @@ pub async fn serve_client<H: ProxyHooks>(
     if client.write_all(&b).await.is_err() {
         config.cancels.remove(ours);
         hooks
-            .closed(&id, Some("client left during login".into()))
+            .closed(
+                &id,
+                Some("client left during login".into()),
+                Traffic::default(),
+            )
             .await;
         return;
     }
     let cancels = config.cancels.clone();
-    let reason = relay(client, server, buf, session, hooks.clone(), config).await;
+    let (reason, traffic) = relay(client, server, buf, session, hooks.clone(), config).await;
     if reason.as_deref() == Some(CLIENT_GONE) {
         // A query may still be running for nobody: the server only notices a closed
         // socket when it next writes to it.
         forward_cancel(&cancels, ours.0, ours.1).await;
     }
     cancels.remove(ours);
-    hooks.closed(&id, reason).await;
+    hooks.closed(&id, reason, traffic).await;
 }
 
 /// Schema and table names of result columns, looked up on a second backend
@@ -566,7 +588,10 @@ async fn relay<H: ProxyHooks>(
     session: ProxySession,
     hooks: Arc<H>,
     config: ProxyConfig,
-) -> Option<String> {
+) -> (Option<String>, Traffic) {
+    let from_client = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let to_client = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (up_count, down_count) = (from_client.clone(), to_client.clone());
     let (mut client_rd, client_wr) = tokio::io::split(client);
     let (mut server_rd, server_wr) = tokio::io::split(server);
     let mut client_out = Batched::new(client_wr);
@@ -607,6 +632,7 @@ async fn relay<H: ProxyHooks>(
                     Err(e) => return Some(format!("client sent a bad message: {e}")),
                 }
             };
+            up_count.fetch_add(frame.raw.len() as u64, std::sync::atomic::Ordering::Relaxed);
             requests.sent(&frame.message, &upstream_expected);
             match &frame.message {
                 PgFrontendMessage::CopyData => {
@@ -1044,16 +1070,22 @@ async fn relay<H: ProxyHooks>(
                 }
                 _ => frame.raw.clone(),
             };
+            down_count.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             if client_out.send(&bytes).await.is_err() {
                 return Some("client disconnected".to_string());
             }
         }
     };
     // Either side ending ends the session.
-    tokio::select! {
+    let reason = tokio::select! {
         r = upstream => r,
         r = downstream => r,
-    }
+    };
+    let traffic = Traffic {
+        from_client: from_client.load(std::sync::atomic::Ordering::Relaxed),
+        to_client: to_client.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    (reason, traffic)
 }
 
 /// The message a denied statement is replaced with: one that fails at the server

@@ -98,7 +98,13 @@ impl ProxyHooks for Hooks {
         Ok(())
     }
 
-    async fn closed(&self, _session: &str, _reason: Option<String>) {}
+    async fn closed(
+        &self,
+        _session: &str,
+        _reason: Option<String>,
+        _traffic: warden_pg::proxy::Traffic,
+    ) {
+    }
 }
 
 async fn start() -> (SocketAddr, Arc<Hooks>) {
