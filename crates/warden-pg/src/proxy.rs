@@ -633,7 +633,16 @@ async fn relay<H: ProxyHooks>(
                 }
             };
             up_count.fetch_add(frame.raw.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            requests.sent(&frame.message, &upstream_expected);
+            if let Some(statement) = requests.sent(&frame.message, &upstream_expected) {
+                let mut d = BytesMut::new();
+                crate::wire::put_frame(&mut d, b'D', |b| {
+                    b.extend_from_slice(b"S");
+                    crate::wire::put_cstr(b, statement.as_bytes());
+                });
+                if server_out.send(&d).await.is_err() {
+                    return Some("database connection lost".to_string());
+                }
+            }
             match &frame.message {
                 PgFrontendMessage::CopyData => {
                     copy_in.bytes += frame.raw.len().saturating_sub(5) as u64;
@@ -770,8 +779,9 @@ async fn relay<H: ProxyHooks>(
         let mut columns: Vec<ColumnMasking> = Vec::new();
         // Columns of described prepared statements: plan, type OID, format.
         let mut statements: HashMap<String, Described> = HashMap::new();
-        // A ParameterDescription means the next RowDescription/NoData describes a statement.
-        let mut describing_statement = false;
+        // A ParameterDescription means the next RowDescription/NoData describes a
+        // statement; `Some(true)` when the proxy asked (the client does not see it).
+        let mut describing_statement: Option<bool> = None;
         let mut catalog = Catalog {
             conn: None,
             names: HashMap::new(),
@@ -814,39 +824,67 @@ async fn relay<H: ProxyHooks>(
                         }
                     }
                     let described = catalog.describe_columns(fields, masker.as_ref());
-                    if std::mem::take(&mut describing_statement) {
+                    match describing_statement.take() {
                         // A statement's shape: its rows come later, in the Bind's formats.
-                        if let Some(name) = take(&expected, |e| match e {
-                            Expect::DescribeStatement(n) => Some(n.clone()),
-                            _ => None,
-                        }) {
-                            statements.insert(name, described);
+                        Some(ours) => {
+                            if let Some(name) = take(&expected, |e| match e {
+                                Expect::DescribeStatement(n, _) => Some(n.clone()),
+                                _ => None,
+                            }) {
+                                statements.insert(name, described);
+                            }
+                            if ours {
+                                continue;
+                            }
                         }
-                    } else {
-                        // A query's or portal's rows follow now, in these formats.
-                        columns = column_masking(&described, None);
-                        capture.start(&described);
+                        None => {
+                            // A query's or portal's rows follow now, in these formats.
+                            columns = column_masking(&described, None);
+                            capture.start(&described);
+                        }
                     }
                     frame.raw.clone()
                 }
                 PgBackendMessage::Other { tag: b't' } => {
-                    describing_statement = true;
+                    let ours = expected
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .next_describe_is_ours();
+                    describing_statement = Some(ours);
+                    if ours {
+                        continue;
+                    }
                     frame.raw.clone()
                 }
                 PgBackendMessage::Other { tag: b'n' } => {
-                    if std::mem::take(&mut describing_statement) {
+                    if let Some(ours) = describing_statement.take() {
                         let name = take(&expected, |e| match e {
-                            Expect::DescribeStatement(n) => Some(n.clone()),
+                            Expect::DescribeStatement(n, _) => Some(n.clone()),
                             _ => None,
                         });
                         if let Some(name) = name {
                             statements.insert(name, Vec::new());
                         }
+                        if ours {
+                            continue;
+                        }
+                    }
+                    frame.raw.clone()
+                }
+                // ParseComplete: the statement name now holds new SQL; what was known
+                // of its columns is gone.
+                PgBackendMessage::Other { tag: b'1' } => {
+                    if let Some(name) = take(&expected, |e| match e {
+                        Expect::Parse(n) => Some(n.clone()),
+                        _ => None,
+                    }) {
+                        statements.remove(&name);
                     }
                     frame.raw.clone()
                 }
                 // BindComplete: this portal's rows have its statement's columns in the
-                // formats the Bind asked for; unknown statements get every detector.
+                // formats the Bind asked for (the proxy describes statements the
+                // client did not); a statement still unknown gets every detector.
                 PgBackendMessage::Other { tag: b'2' } => {
                     // Every BindComplete answers a Bind; none to match means the
                     // proxy lost track of the requests, and masking with the wrong
@@ -874,7 +912,7 @@ async fn relay<H: ProxyHooks>(
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .end_cycle();
-                    describing_statement = false;
+                    describing_statement = None;
                     frame.raw.clone()
                 }
                 // Copied-out rows are masked like result rows; what cannot be masked

@@ -23,7 +23,12 @@ use crate::frontend::PgFrontendMessage;
 /// A request whose answer the server side must recognise.
 #[derive(Debug, Clone)]
 pub(crate) enum Expect {
-    DescribeStatement(String),
+    /// A `Parse` of this statement name: when it completes, what was known of the
+    /// name's columns no longer holds.
+    Parse(String),
+    /// A `Describe` of a statement; `true` when the proxy sent it itself, so the
+    /// client must not see its answer.
+    DescribeStatement(String, bool),
     /// A `Bind` of this statement, with the result formats it asked for.
     Bind(String, Vec<i16>),
     /// An `Execute`, or the statements of a simple `Query`: sent at this instant.
@@ -63,6 +68,19 @@ impl Requests {
         Some(t)
     }
 
+    /// Whether the next statement description to arrive answers the proxy's own
+    /// `Describe` (so the client must not see it).
+    pub(crate) fn next_describe_is_ours(&self) -> bool {
+        self.queue
+            .iter()
+            .take_while(|e| !matches!(e, Expect::ReadyForQuery(_)))
+            .find_map(|e| match e {
+                Expect::DescribeStatement(_, ours) => Some(*ours),
+                _ => None,
+            })
+            .unwrap_or(false)
+    }
+
     /// `ReadyForQuery` arrived: the current cycle is over, whatever it left unanswered.
     pub(crate) fn end_cycle(&mut self) {
         while let Some(e) = self.queue.pop_front() {
@@ -90,6 +108,8 @@ impl Requests {
 /// What the client side remembers about statements and portals to classify requests.
 #[derive(Debug, Default)]
 pub(crate) struct RequestLog {
+    /// Statements described since their last Parse (by the client or the proxy).
+    described: HashSet<String>,
     statements: HashMap<String, CopyStatement>,
     portals: HashMap<String, CopyStatement>,
     copies: u64,
@@ -98,11 +118,19 @@ pub(crate) struct RequestLog {
 }
 
 impl RequestLog {
-    /// Records the answers `message` will get; call before it is forwarded.
-    pub(crate) fn sent(&mut self, message: &PgFrontendMessage, shared: &Mutex<Requests>) {
+    /// Records the answers `message` will get; call before it is forwarded. Returns
+    /// the name of a statement the proxy must describe (send `Describe`) before this
+    /// message: a `Bind` of a statement whose columns are not known, so its rows can
+    /// still be masked column by column.
+    pub(crate) fn sent(
+        &mut self,
+        message: &PgFrontendMessage,
+        shared: &Mutex<Requests>,
+    ) -> Option<String> {
         let mut r = shared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut describe = None;
         match message {
             PgFrontendMessage::Query { sql } => {
                 r.queue.push_back(Expect::Execute(Instant::now()));
@@ -118,9 +146,16 @@ impl RequestLog {
                     Some(c) => self.statements.insert(statement.clone(), c),
                     None => self.statements.remove(statement),
                 };
+                self.described.remove(statement);
+                r.queue.push_back(Expect::Parse(statement.clone()));
             }
             PgFrontendMessage::Describe { target: b'S', name } => {
-                r.queue.push_back(Expect::DescribeStatement(name.clone()));
+                self.described.insert(name.clone());
+                r.queue
+                    .push_back(Expect::DescribeStatement(name.clone(), false));
+            }
+            PgFrontendMessage::Close { target: b'S', name } => {
+                self.described.remove(name);
             }
             PgFrontendMessage::Bind {
                 portal,
@@ -132,6 +167,11 @@ impl RequestLog {
                     Some(c) => self.portals.insert(portal.clone(), c.clone()),
                     None => self.portals.remove(portal),
                 };
+                if self.described.insert(statement.clone()) {
+                    r.queue
+                        .push_back(Expect::DescribeStatement(statement.clone(), true));
+                    describe = Some(statement.clone());
+                }
                 r.queue
                     .push_back(Expect::Bind(statement.clone(), result_formats.clone()));
             }
@@ -159,6 +199,7 @@ impl RequestLog {
             }
             _ => {}
         }
+        describe
     }
 }
 

@@ -53,6 +53,7 @@ sql_unbounded_writes = true
 [[masking]]
 name = "pii"
 detectors = ["email"]
+columns = [{ pattern = "warden_t.undescribed.pin" }]
 "#;
 
 impl ProxyHooks for Hooks {
@@ -366,6 +367,15 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 
 /// Reads server frames until `ReadyForQuery`, returning their tags.
 async fn read_cycle(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    read_frames(s, buf)
+        .await
+        .into_iter()
+        .map(|f| f[0])
+        .collect()
+}
+
+/// Reads server frames until `ReadyForQuery`, whole.
+async fn read_frames(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut tags = Vec::new();
     loop {
@@ -374,10 +384,10 @@ async fn read_cycle(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<u8>
             if buf.len() < len {
                 break;
             }
-            let tag = buf[0];
-            buf.drain(..len);
-            tags.push(tag);
-            if tag == b'Z' {
+            let frame: Vec<u8> = buf.drain(..len).collect();
+            let done = frame[0] == b'Z';
+            tags.push(frame);
+            if done {
                 return tags;
             }
         }
@@ -388,10 +398,9 @@ async fn read_cycle(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<u8>
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_named_statement_keeps_its_sql_when_a_second_parse_of_the_name_fails() {
+/// A raw protocol session through the proxy, logged in.
+async fn raw_session(addr: SocketAddr) -> (tokio::net::TcpStream, Vec<u8>) {
     use tokio::io::AsyncWriteExt;
-    let (addr, hooks) = start().await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut startup = Vec::new();
     let body = b"\x00\x03\x00\x00user\x00alice\x00database\x00billing\x00\x00";
@@ -403,12 +412,32 @@ async fn a_named_statement_keeps_its_sql_when_a_second_parse_of_the_name_fails()
     s.write_all(&frame(b'p', &pw)).await.unwrap();
     let mut buf = Vec::new();
     assert_eq!(read_cycle(&mut s, &mut buf).await.first(), Some(&b'R'));
-    let parse = |sql: &str| {
-        let mut b = b"s1\0".to_vec();
-        b.extend_from_slice(sql.as_bytes());
-        b.extend_from_slice(&[0, 0, 0]);
-        frame(b'P', &b)
-    };
+    (s, buf)
+}
+
+/// A Parse of `sql` as statement `name`, no parameter types.
+fn parse_frame(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.push(0);
+    b.extend_from_slice(sql.as_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    frame(b'P', &b)
+}
+
+/// A Bind of statement `name` to the unnamed portal, no parameters, text results.
+fn bind_frame(name: &str) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+    frame(b'B', &b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_statement_keeps_its_sql_when_a_second_parse_of_the_name_fails() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, hooks) = start().await;
+    let (mut s, mut buf) = raw_session(addr).await;
+    let parse = |sql: &str| parse_frame("s1", sql);
     let sync = frame(b'S', b"");
     // Prepared and allowed.
     s.write_all(&[parse("SELECT 41 + 1"), sync.clone()].concat())
@@ -421,9 +450,10 @@ async fn a_named_statement_keeps_its_sql_when_a_second_parse_of_the_name_fails()
         .unwrap();
     assert_eq!(read_cycle(&mut s, &mut buf).await, b"EZ");
     // Executing it is audited with the SQL that runs.
-    let bind = frame(b'B', b"\0s1\0\0\0\0\0\0\0");
     let execute = frame(b'E', b"\0\0\0\0\0");
-    s.write_all(&[bind, execute, sync].concat()).await.unwrap();
+    s.write_all(&[bind_frame("s1"), execute, sync].concat())
+        .await
+        .unwrap();
     assert_eq!(read_cycle(&mut s, &mut buf).await, b"2DCZ");
     let records = hooks.records.lock().unwrap().clone();
     let executed: Vec<&str> = records
@@ -432,4 +462,76 @@ async fn a_named_statement_keeps_its_sql_when_a_second_parse_of_the_name_fails()
         .map(|r| r.sql.as_str())
         .collect();
     assert_eq!(executed, ["SELECT 41 + 1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_statements_the_client_never_described_are_masked_by_column() {
+    use tokio::io::AsyncWriteExt;
+    let (admin, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS warden_t;
+             DROP TABLE IF EXISTS warden_t.undescribed;
+             CREATE TABLE warden_t.undescribed (id int4, pin int4);
+             INSERT INTO warden_t.undescribed VALUES (1, 4321);
+             GRANT USAGE ON SCHEMA warden_t TO warden_t_scram;
+             GRANT SELECT ON warden_t.undescribed TO warden_t_scram;",
+        )
+        .await
+        .unwrap();
+    let (addr, _hooks) = start().await;
+    let (mut s, mut buf) = raw_session(addr).await;
+    let sync = frame(b'S', b"");
+    let execute = frame(b'E', b"\0\0\0\0\0");
+    let select = "SELECT id, pin FROM warden_t.undescribed";
+    let data_rows = |frames: &[Vec<u8>]| -> Vec<String> {
+        frames
+            .iter()
+            .filter(|f| f[0] == b'D')
+            .map(|f| String::from_utf8_lossy(&f[7..]).into_owned())
+            .collect()
+    };
+
+    // Prepared, never described, executed: the proxy describes it itself, and the
+    // client sees only the answers to what it sent.
+    s.write_all(&[parse_frame("s1", select), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1Z");
+    s.write_all(&[bind_frame("s1"), execute.clone(), sync.clone()].concat())
+        .await
+        .unwrap();
+    let frames = read_frames(&mut s, &mut buf).await;
+    let tags: Vec<u8> = frames.iter().map(|f| f[0]).collect();
+    assert_eq!(tags, b"2DCZ");
+    let rows = data_rows(&frames);
+    assert!(!rows[0].contains("4321"), "{rows:?}");
+
+    // The unnamed statement described as one thing, then parsed again as another and
+    // executed without a new Describe: the new columns apply.
+    s.write_all(
+        &[
+            parse_frame("", "SELECT 1 AS a, 2 AS b"),
+            frame(b'D', b"S\0"),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1tTZ");
+    s.write_all(&[parse_frame("", select), bind_frame(""), execute, sync].concat())
+        .await
+        .unwrap();
+    let frames = read_frames(&mut s, &mut buf).await;
+    let tags: Vec<u8> = frames.iter().map(|f| f[0]).collect();
+    assert_eq!(tags, b"12DCZ");
+    let rows = data_rows(&frames);
+    assert!(!rows[0].contains("4321"), "{rows:?}");
 }
