@@ -567,6 +567,10 @@ async fn exchange(
     }
 }
 
+/// Why a session ends when answers can no longer be matched to requests: masking
+/// rows with the wrong columns must not follow.
+const LOST_TRACK: &str = "the gateway lost track of the client's requests; the session was ended";
+
 /// Why a session ended when its client went away without saying goodbye.
 const CLIENT_GONE: &str = "client disconnected";
 
@@ -776,7 +780,12 @@ async fn relay<H: ProxyHooks>(
     let downstream = async move {
         let decoder = BackendDecoder::new(config.max_message);
         let mut buf = BytesMut::new();
+        // How the rows of the result being sent are masked, and whether they have
+        // been chosen for it yet (at its RowDescription or first row).
         let mut columns: Vec<ColumnMasking> = Vec::new();
+        let mut result_open = false;
+        // Bound portals: how their rows are masked and what their columns are named.
+        let mut portals: HashMap<String, (Vec<ColumnMasking>, Described)> = HashMap::new();
         // Columns of described prepared statements: plan, type OID, format.
         let mut statements: HashMap<String, Described> = HashMap::new();
         // A ParameterDescription means the next RowDescription/NoData describes a
@@ -837,11 +846,23 @@ async fn relay<H: ProxyHooks>(
                                 continue;
                             }
                         }
-                        None => {
-                            // A query's or portal's rows follow now, in these formats.
-                            columns = column_masking(&described, None);
-                            capture.start(&described);
-                        }
+                        None => match take(&expected, |e| match e {
+                            Expect::DescribePortal(p) => Some(p.clone()),
+                            _ => None,
+                        }) {
+                            // A portal's shape, in the formats its Bind asked for; its
+                            // rows come with its Execute.
+                            Some(portal) => {
+                                portals
+                                    .insert(portal, (column_masking(&described, None), described));
+                            }
+                            // A simple query's rows follow now, in these formats.
+                            None => {
+                                columns = column_masking(&described, None);
+                                capture.start(&described);
+                                result_open = true;
+                            }
+                        },
                     }
                     frame.raw.clone()
                 }
@@ -889,24 +910,26 @@ async fn relay<H: ProxyHooks>(
                     // Every BindComplete answers a Bind; none to match means the
                     // proxy lost track of the requests, and masking with the wrong
                     // columns must not follow.
-                    let Some(bound) = take(&expected, |e| match e {
-                        Expect::Bind(stmt, formats) => Some((stmt.clone(), formats.clone())),
+                    let Some((statement, portal, formats)) = take(&expected, |e| match e {
+                        Expect::Bind {
+                            statement,
+                            portal,
+                            formats,
+                        } => Some((statement.clone(), portal.clone(), formats.clone())),
                         _ => None,
                     }) else {
-                        return Some("the gateway lost track of the client's requests; the session was ended".to_string());
+                        return Some(LOST_TRACK.to_string());
                     };
-                    let bound = Some(bound);
-                    let described = bound
-                        .and_then(|(stmt, formats)| statements.get(&stmt).map(|d| (d, formats)));
-                    columns = described
-                        .as_ref()
-                        .map(|(d, formats)| column_masking(d, Some(formats)))
+                    let shape = statements
+                        .get(&statement)
+                        .map(|d| (column_masking(d, Some(&formats)), d.clone()))
                         .unwrap_or_default();
-                    capture.start(described.map_or(&[][..], |(d, _)| d.as_slice()));
+                    portals.insert(portal, shape);
                     frame.raw.clone()
                 }
                 PgBackendMessage::ReadyForQuery { .. } => {
                     copy_masking = None;
+                    result_open = false;
                     // Requests the server skipped after an error end with this cycle.
                     expected
                         .lock()
@@ -999,6 +1022,25 @@ async fn relay<H: ProxyHooks>(
                     frame.raw.clone()
                 }
                 PgBackendMessage::DataRow => {
+                    // The first row of an Execute's result: its portal's columns.
+                    if !result_open {
+                        match expected
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .executing()
+                        {
+                            Some(Some(portal)) => {
+                                let Some((c, described)) = portals.get(&portal) else {
+                                    return Some(LOST_TRACK.to_string());
+                                };
+                                columns = c.clone();
+                                capture.start(described);
+                            }
+                            // A simple query whose RowDescription was not seen.
+                            Some(None) | None => return Some(LOST_TRACK.to_string()),
+                        }
+                        result_open = true;
+                    }
                     let row = if masker.is_active() {
                         match mask_data_row(&frame.raw, &columns, masker.as_ref()) {
                             Ok(Some(rewritten)) => rewritten.freeze(),
@@ -1016,6 +1058,7 @@ async fn relay<H: ProxyHooks>(
                     row
                 }
                 PgBackendMessage::CommandComplete { tag } => {
+                    result_open = false;
                     let duration = finished(&expected, &mut last_done);
                     if let Err(e) = recorder.record(capture.finish(tag.clone(), duration)) {
                         return Some(e.to_string());
@@ -1024,6 +1067,7 @@ async fn relay<H: ProxyHooks>(
                 }
                 // PortalSuspended: an Execute with a row limit reached it.
                 PgBackendMessage::Other { tag: b's' } => {
+                    result_open = false;
                     let duration = finished(&expected, &mut last_done);
                     if let Err(e) =
                         recorder.record(capture.finish("(portal suspended)".into(), duration))
@@ -1033,10 +1077,12 @@ async fn relay<H: ProxyHooks>(
                     frame.raw.clone()
                 }
                 PgBackendMessage::EmptyQueryResponse => {
+                    result_open = false;
                     finished(&expected, &mut last_done);
                     frame.raw.clone()
                 }
                 PgBackendMessage::ErrorResponse { code, message } => {
+                    result_open = false;
                     let duration = finished(&expected, &mut last_done);
                     let hit = denials.lock().ok().and_then(|mut d| {
                         let key = d.keys().find(|k| message.contains(k.as_str())).cloned();
@@ -1226,7 +1272,7 @@ struct DescribedColumn {
 /// statements of one simple query, from the previous answer).
 fn finished(requests: &Mutex<Requests>, last_done: &mut Instant) -> Option<u64> {
     let since = take(requests, |e| match e {
-        Expect::Execute(at) => Some(*at),
+        Expect::Execute(at, _) => Some(*at),
         _ => None,
     })
     .unwrap_or(*last_done);

@@ -29,10 +29,17 @@ pub(crate) enum Expect {
     /// A `Describe` of a statement; `true` when the proxy sent it itself, so the
     /// client must not see its answer.
     DescribeStatement(String, bool),
-    /// A `Bind` of this statement, with the result formats it asked for.
-    Bind(String, Vec<i16>),
-    /// An `Execute`, or the statements of a simple `Query`: sent at this instant.
-    Execute(Instant),
+    /// A `Bind` of a statement to a portal, with the result formats it asked for.
+    Bind {
+        statement: String,
+        portal: String,
+        formats: Vec<i16>,
+    },
+    /// A `Describe` of a portal.
+    DescribePortal(String),
+    /// An `Execute` of a portal, or (`None`) the statements of a simple `Query`:
+    /// sent at this instant.
+    Execute(Instant, Option<String>),
     /// A `COPY ... TO STDOUT` about to run.
     CopyOut(CopyOutPlan),
     /// The `Execute` of `COPY ... FROM STDIN` number n.
@@ -79,6 +86,18 @@ impl Requests {
                 _ => None,
             })
             .unwrap_or(false)
+    }
+
+    /// The portal whose `Execute` the server is answering (`Some(None)`: a simple
+    /// query), if any request is waiting for rows.
+    pub(crate) fn executing(&self) -> Option<Option<String>> {
+        self.queue
+            .iter()
+            .take_while(|e| !matches!(e, Expect::ReadyForQuery(_)))
+            .find_map(|e| match e {
+                Expect::Execute(_, portal) => Some(portal.clone()),
+                _ => None,
+            })
     }
 
     /// `ReadyForQuery` arrived: the current cycle is over, whatever it left unanswered.
@@ -133,7 +152,7 @@ impl RequestLog {
         let mut describe = None;
         match message {
             PgFrontendMessage::Query { sql } => {
-                r.queue.push_back(Expect::Execute(Instant::now()));
+                r.queue.push_back(Expect::Execute(Instant::now(), None));
                 for c in copy_statements(sql) {
                     if let CopyStatement::Out(plan) = c {
                         r.queue.push_back(Expect::CopyOut(plan));
@@ -172,11 +191,18 @@ impl RequestLog {
                         .push_back(Expect::DescribeStatement(statement.clone(), true));
                     describe = Some(statement.clone());
                 }
-                r.queue
-                    .push_back(Expect::Bind(statement.clone(), result_formats.clone()));
+                r.queue.push_back(Expect::Bind {
+                    statement: statement.clone(),
+                    portal: portal.clone(),
+                    formats: result_formats.clone(),
+                });
+            }
+            PgFrontendMessage::Describe { target: b'P', name } => {
+                r.queue.push_back(Expect::DescribePortal(name.clone()));
             }
             PgFrontendMessage::Execute { portal, .. } => {
-                r.queue.push_back(Expect::Execute(Instant::now()));
+                r.queue
+                    .push_back(Expect::Execute(Instant::now(), Some(portal.clone())));
                 match self.portals.get(portal) {
                     Some(CopyStatement::Out(plan)) => {
                         r.queue.push_back(Expect::CopyOut(plan.clone()))
@@ -225,7 +251,7 @@ mod tests {
 
     fn bound(r: &Mutex<Requests>) -> Option<String> {
         r.lock().unwrap().take(|e| match e {
-            Expect::Bind(s, _) => Some(s.clone()),
+            Expect::Bind { statement, .. } => Some(statement.clone()),
             _ => None,
         })
     }

@@ -426,10 +426,23 @@ fn parse_frame(name: &str, sql: &str) -> Vec<u8> {
 
 /// A Bind of statement `name` to the unnamed portal, no parameters, text results.
 fn bind_frame(name: &str) -> Vec<u8> {
-    let mut b = vec![0];
+    bind_portal("", name)
+}
+
+/// A Bind of statement `name` to `portal`, no parameters, text results.
+fn bind_portal(portal: &str, name: &str) -> Vec<u8> {
+    let mut b = portal.as_bytes().to_vec();
+    b.push(0);
     b.extend_from_slice(name.as_bytes());
     b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
     frame(b'B', &b)
+}
+
+/// An Execute of `portal`, all rows.
+fn execute_portal(portal: &str) -> Vec<u8> {
+    let mut b = portal.as_bytes().to_vec();
+    b.extend_from_slice(&[0, 0, 0, 0, 0]);
+    frame(b'E', &b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,4 +547,29 @@ async fn rows_of_statements_the_client_never_described_are_masked_by_column() {
     assert_eq!(tags, b"12DCZ");
     let rows = data_rows(&frames);
     assert!(!rows[0].contains("4321"), "{rows:?}");
+
+    // Two portals bound, then executed in the other order: each Execute's rows get
+    // their own portal's columns, not the last Bind's.
+    s.write_all(
+        &[
+            parse_frame("pins", "SELECT pin FROM warden_t.undescribed"),
+            parse_frame("sevens", "SELECT 7 AS n"),
+            frame(b'D', b"Spins\0"),
+            frame(b'D', b"Ssevens\0"),
+            bind_portal("p1", "pins"),
+            bind_portal("p2", "sevens"),
+            execute_portal("p1"),
+            execute_portal("p2"),
+            frame(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let frames = read_frames(&mut s, &mut buf).await;
+    let tags: Vec<u8> = frames.iter().map(|f| f[0]).collect();
+    assert_eq!(tags, b"11tTtT22DCDCZ");
+    let rows = data_rows(&frames);
+    assert!(!rows[0].contains("4321"), "{rows:?}");
+    assert!(rows[1].ends_with('7'), "{rows:?}");
 }
