@@ -905,7 +905,7 @@ async fn relay<H: ProxyHooks>(
                 }
                 // BindComplete: this portal's rows have its statement's columns in the
                 // formats the Bind asked for (the proxy describes statements the
-                // client did not); a statement still unknown gets every detector.
+                // client did not).
                 PgBackendMessage::Other { tag: b'2' } => {
                     // Every BindComplete answers a Bind; none to match means the
                     // proxy lost track of the requests, and masking with the wrong
@@ -920,11 +920,15 @@ async fn relay<H: ProxyHooks>(
                     }) else {
                         return Some(LOST_TRACK.to_string());
                     };
-                    let shape = statements
-                        .get(&statement)
-                        .map(|d| (column_masking(d, Some(&formats)), d.clone()))
-                        .unwrap_or_default();
-                    portals.insert(portal, shape);
+                    // Every bound statement was described (by the client or the
+                    // proxy); one that was not cannot be masked by column.
+                    let Some(described) = statements.get(&statement) else {
+                        return Some(LOST_TRACK.to_string());
+                    };
+                    portals.insert(
+                        portal,
+                        (column_masking(described, Some(&formats)), described.clone()),
+                    );
                     frame.raw.clone()
                 }
                 PgBackendMessage::ReadyForQuery { .. } => {
