@@ -999,3 +999,46 @@ async fn large_values_and_long_results_stream_through_masking() {
     }
     assert_eq!(rows, 300_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_tokens_from_the_real_provider_work_and_expired_ones_do_not() {
+    let (gw, _) = setup(Backend::Sqlite).await;
+    // Client-credentials JWTs from the real OpenID provider, as the password.
+    let ci = provider_token("ci-deployer", PROVIDER_AUDIENCE).await;
+    let c = connect(&gw, "billing", &ci).await.unwrap();
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "warden_t_scram");
+    // Not in the connection's groups.
+    let dev = provider_token("dev-alice", PROVIDER_AUDIENCE).await;
+    let err = connect(&gw, "billing", &dev).await.err().unwrap();
+    assert_eq!(code(&err), "3D000", "{err}");
+    // Lives two seconds; past that and the one-second skew, it is refused as expired.
+    let short = provider_token("short-lived", PROVIDER_AUDIENCE).await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let err = connect(&gw, "billing", &short).await.err().unwrap();
+    assert_eq!(code(&err), "28P01", "{err}");
+    assert!(
+        err.as_db_error().unwrap().message().contains("expired"),
+        "{err}"
+    );
+    let failures = gw.audit_events("auth.failure").await;
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["event"]["payload"]["code"] == "token_expired"
+                && e["event"]["payload"]["protocol"] == "postgres")
+    );
+    // The session of the valid token is attributed to the provider's subject.
+    drop(c);
+    let starts = gw.audit_events("session.start").await;
+    assert!(
+        starts
+            .iter()
+            .any(|e| e["event"]["identity"]["subject"] == "ci-deployer"),
+        "{starts:?}"
+    );
+}
