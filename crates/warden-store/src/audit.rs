@@ -156,13 +156,31 @@ impl Store {
         Ok(())
     }
 
-    /// Whether an event with this id is in the chain.
-    pub async fn audit_event_exists(&self, id: uuid::Uuid) -> Result<bool> {
-        let row = sqlx::query("SELECT seq FROM audit_events WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+    /// Which of `ids` are in the chain.
+    pub async fn existing_audit_ids(
+        &self,
+        ids: &[uuid::Uuid],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in ids.chunks(256) {
+            let params = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM audit_events WHERE id IN ({params})"
+            )));
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let id: String = row.try_get("id")?;
+                if let Ok(id) = id.parse() {
+                    found.insert(id);
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<crate::PendingAppend>> {
