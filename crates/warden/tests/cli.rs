@@ -444,6 +444,17 @@ detectors = ["email"]
     assert!(replay.contains("DENIED by no-drops/no-ddl"), "{replay}");
     assert!(replay.contains("ERROR 42501"), "{replay}");
     assert!(replay.contains("session ended"), "{replay}");
+    // Paced replay prints the same timeline.
+    let out = run(warden(dir.path()).args([
+        "replay",
+        &session,
+        "--speed",
+        "1000",
+        "--config",
+        "warden.toml",
+    ]));
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), replay);
     let out =
         run(warden(dir.path()).args(["replay", &session, "--json", "--config", "warden.toml"]));
     assert!(text(&out.stdout).lines().count() >= 5);
