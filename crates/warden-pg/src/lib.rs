@@ -9,6 +9,9 @@
 //! that one session.
 
 pub mod backend;
+mod batched;
+mod capture;
+mod catalog;
 pub mod copy;
 pub mod frontend;
 pub mod login;

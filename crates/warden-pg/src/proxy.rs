@@ -1,14 +1,18 @@
-//! One client session through the PostgreSQL proxy: startup, token login, backend
-//! login with the held credential, then the relay.
+//! One client session through the PostgreSQL proxy: startup (TLS when configured),
+//! token login, backend login with the held credential, then the relay.
 //!
-//! Every `Query` and `Parse` is decided by the session's guard and recorded through
-//! the hooks *before* it is forwarded (audit-before-execute; a failed record denies).
-//! A denied statement never reaches the server: the proxy forwards in its place a
-//! statement that fails at parse analysis with a one-time marker, and when the server's
-//! error for it comes back the proxy replaces it with its own `ErrorResponse` (SQLSTATE
-//! 42501, naming the rule). The server thus keeps the response order, the pipeline's
-//! skip-until-Sync behaviour and the transaction state exactly as for a real error.
-//! Result rows are masked on the way back.
+//! Every `Query` and `Parse` is decided by the session's guard; every execution (a
+//! `Query`, or a `Bind` of a prepared statement) is recorded through the hooks
+//! *before* it is forwarded (audit-before-execute; a failed record denies). A denied
+//! statement never reaches the server: the proxy forwards in its place a message that
+//! fails at the server with a one-time marker, and when the server's error for it comes
+//! back the proxy replaces it with its own `ErrorResponse` (SQLSTATE 42501, naming the
+//! rule). The server thus keeps the response order, the pipeline's skip-until-Sync
+//! behaviour and the transaction state exactly as for a real error. Rows, COPY data,
+//! notices and notifications are masked on the way back.
+//!
+//! Around this module: `requests` matches answers to requests, `catalog` knows the
+//! columns' origins, `capture` keeps what the recording shows, `copy` handles COPY.
 
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
@@ -19,18 +23,18 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_core::{
-    Action, ColumnRef, Decision, Guard, Masker, Secret, SessionRecorder, SqlDialect, TimelineEvent,
-    ValueKind,
+    Action, Decision, Guard, Masker, Secret, SessionRecorder, SqlDialect, TimelineEvent,
 };
 
 use crate::backend::{self as out, PgNotice};
+use crate::batched::Batched;
+use crate::capture::{CopyCount, ResultCapture, memchr_count};
+use crate::catalog::{Catalog, Described, column_masking};
 use crate::copy::{CopyFormat, CopyOutPlan, mask_copy_row};
 use crate::frontend::{FrontendDecoder, PgFrontendMessage, PgStartup};
 use crate::login::login;
 use crate::requests::{Expect, RequestLog, Requests};
-use crate::results::{
-    BackendDecoder, ColumnMasking, FieldDescription, PgBackendMessage, mask_data_row,
-};
+use crate::results::{BackendDecoder, ColumnMasking, PgBackendMessage, mask_data_row};
 use crate::sqlstate;
 use crate::tls::{BackendTls, BoxedStream, connect_backend};
 
@@ -384,187 +388,6 @@ pub async fn serve_client<H: ProxyHooks>(
     }
     cancels.remove(ours);
     hooks.closed(&id, reason, traffic).await;
-}
-
-/// Schema and table names of result columns, looked up on a second backend
-/// connection (the session's own is busy streaming results) and cached per session.
-struct Catalog {
-    conn: Option<BoxedStream>,
-    names: HashMap<u32, (String, String)>,
-    /// (table OID, attribute number) → the column's real name, so `ssn AS x` is
-    /// still the `ssn` column to masking rules.
-    columns: HashMap<(u32, i16), String>,
-}
-
-impl Catalog {
-    /// Masking plans and names of a result's columns, from what has been resolved.
-    fn describe_columns(&self, fields: &[FieldDescription], masker: &dyn Masker) -> Described {
-        fields
-            .iter()
-            .map(|f| {
-                let names = self.names.get(&f.table_oid);
-                let column = self
-                    .columns
-                    .get(&(f.table_oid, f.column_attr))
-                    .map_or(f.name.as_str(), String::as_str);
-                let plan = masker.plan(&ColumnRef {
-                    schema: names.map(|n| n.0.as_str()),
-                    table: names.map(|n| n.1.as_str()),
-                    column,
-                    kind: value_kind(f.type_oid),
-                });
-                DescribedColumn {
-                    plan,
-                    type_oid: f.type_oid,
-                    format: f.format,
-                    name: f.name.clone(),
-                }
-            })
-            .collect()
-    }
-
-    /// The result columns of `sql`, described (not run) on the catalog connection,
-    /// with their tables resolved.
-    async fn describe(
-        &mut self,
-        sql: &str,
-        session: &ProxySession,
-    ) -> Result<Vec<FieldDescription>, String> {
-        use crate::wire::{put_cstr, put_frame};
-        let conn = self.connection(session).await?;
-        let mut q = BytesMut::new();
-        put_frame(&mut q, b'P', |b| {
-            put_cstr(b, b"");
-            put_cstr(b, sql.as_bytes());
-            b.extend_from_slice(&0u16.to_be_bytes());
-        });
-        put_frame(&mut q, b'D', |b| {
-            b.extend_from_slice(b"S");
-            put_cstr(b, b"");
-        });
-        put_frame(&mut q, b'S', |_| {});
-        let mut fields = None;
-        let mut error = None;
-        for frame in exchange(conn, &q).await? {
-            match frame.message {
-                PgBackendMessage::RowDescription { fields: f } => fields = Some(f),
-                PgBackendMessage::ErrorResponse { message, .. } => error = Some(message),
-                _ => {}
-            }
-        }
-        if let Some(e) = error {
-            return Err(e);
-        }
-        let fields = fields.ok_or("the statement returns no columns")?;
-        let oids: Vec<u32> = fields.iter().map(|f| f.table_oid).collect();
-        self.resolve(&oids, session).await?;
-        Ok(fields)
-    }
-
-    /// The catalog connection, logged in on first use.
-    async fn connection(&mut self, session: &ProxySession) -> Result<&mut BoxedStream, String> {
-        if self.conn.is_none() {
-            let mut c =
-                connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await?;
-            login(
-                &mut c,
-                &session.backend_user,
-                &session.backend_database,
-                session.secret.as_ref(),
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            self.conn = Some(c);
-        }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| "no catalog connection".to_string())
-    }
-
-    /// Resolves table OIDs not seen before. An error ends the session: column rules
-    /// that name tables must not silently stop applying.
-    async fn resolve(&mut self, oids: &[u32], session: &ProxySession) -> Result<(), String> {
-        let missing: Vec<u32> = oids
-            .iter()
-            .copied()
-            .filter(|o| *o != 0 && !self.names.contains_key(o))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let conn = self.connection(session).await?;
-        let mut found = Vec::new();
-        // Only numbers are interpolated.
-        let list = missing
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let sql = format!(
-            "SELECT c.oid::text, n.nspname::text, c.relname::text, a.attnum::text, a.attname::text \
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
-             WHERE c.oid IN ({list})"
-        );
-        let mut q = BytesMut::new();
-        crate::wire::put_frame(&mut q, b'Q', |b| crate::wire::put_cstr(b, sql.as_bytes()));
-        for frame in exchange(conn, &q).await? {
-            match frame.message {
-                PgBackendMessage::DataRow => {
-                    let v =
-                        crate::results::data_row_values(&frame.raw).map_err(|e| e.to_string())?;
-                    let text = |i: usize| {
-                        v.get(i)
-                            .cloned()
-                            .flatten()
-                            .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    };
-                    if let (Some(oid), Some(schema), Some(table), Some(num), Some(col)) =
-                        (text(0), text(1), text(2), text(3), text(4))
-                        && let (Ok(oid), Ok(num)) = (oid.parse::<u32>(), num.parse::<i16>())
-                    {
-                        found.push((oid, schema, table, num, col));
-                    }
-                }
-                PgBackendMessage::ErrorResponse { message, .. } => return Err(message),
-                _ => {}
-            }
-        }
-        for (oid, schema, table, num, col) in found {
-            self.names.insert(oid, (schema, table));
-            self.columns.insert((oid, num), col);
-        }
-        Ok(())
-    }
-}
-
-/// Sends `request` on the catalog connection and reads the answer up to
-/// `ReadyForQuery` (catalog answers are small).
-async fn exchange(
-    conn: &mut BoxedStream,
-    request: &[u8],
-) -> Result<Vec<crate::frontend::Frame<PgBackendMessage>>, String> {
-    conn.write_all(request).await.map_err(|e| e.to_string())?;
-    let decoder = BackendDecoder::new(1 << 20);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    loop {
-        match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-            Some(f) => {
-                let done = matches!(f.message, PgBackendMessage::ReadyForQuery { .. });
-                frames.push(f);
-                if done {
-                    return Ok(frames);
-                }
-            }
-            None => {
-                if conn.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("catalog connection closed".into());
-                }
-            }
-        }
-    }
 }
 
 /// Why a session ends when answers can no longer be matched to requests: masking
@@ -1201,75 +1024,12 @@ fn rewrite(message: &PgFrontendMessage, marker: &str) -> Bytes {
     b.freeze()
 }
 
-/// Columns of a result.
-type Described = Vec<DescribedColumn>;
-
 /// Takes the first request of the current cycle that `want` accepts.
 fn take<T>(requests: &Mutex<Requests>, want: impl Fn(&Expect) -> Option<T>) -> Option<T> {
     requests
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take(want)
-}
-
-/// How each column's values are masked, given its plan, type and wire format (the
-/// Bind's result formats override the described ones: a described statement says 0).
-fn column_masking(described: &[DescribedColumn], formats: Option<&[i16]>) -> Vec<ColumnMasking> {
-    described
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let format = match formats {
-                Some([]) => 0,
-                Some([one]) => *one,
-                Some(many) => many.get(i).copied().unwrap_or(0),
-                None => c.format,
-            };
-            if format == 1 && !is_text_type(c.type_oid) {
-                ColumnMasking::NullIfRule(c.plan)
-            } else {
-                ColumnMasking::Mask(c.plan)
-            }
-        })
-        .collect()
-}
-
-/// PostgreSQL type OIDs as masking classes.
-fn value_kind(oid: u32) -> ValueKind {
-    match oid {
-        16 => ValueKind::Boolean,
-        20 | 21 | 23 | 26 | 700 | 701 | 790 | 1700 => ValueKind::Number,
-        17 => ValueKind::Binary,
-        1082 | 1083 | 1114 | 1184 | 1186 | 1266 => ValueKind::Temporal,
-        2950 => ValueKind::Uuid,
-        _ => ValueKind::Text,
-    }
-}
-
-/// Types whose binary format is their text (so binary values can be masked as text).
-fn is_text_type(oid: u32) -> bool {
-    matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142)
-}
-
-/// Rows and bytes of one COPY, for the recording.
-#[derive(Debug, Default)]
-struct CopyCount {
-    bytes: u64,
-    rows: u64,
-}
-
-/// Newlines in COPY data: rows, in the text and CSV formats.
-fn memchr_count(data: &[u8]) -> u64 {
-    data.iter().filter(|b| **b == b'\n').count() as u64
-}
-
-/// One column of a described result: how it is masked and how it is named and sent.
-#[derive(Debug, Clone)]
-struct DescribedColumn {
-    plan: warden_core::ColumnPlan,
-    type_oid: u32,
-    format: i16,
-    name: String,
 }
 
 /// A statement's answer ended: how long it took from its request (or, for the later
@@ -1283,133 +1043,4 @@ fn finished(requests: &Mutex<Requests>, last_done: &mut Instant) -> Option<u64> 
     let now = Instant::now();
     *last_done = now;
     u64::try_from(now.saturating_duration_since(since).as_micros()).ok()
-}
-
-/// Longest value kept in a recording, in characters.
-const RECORDED_VALUE_MAX: usize = 1024;
-
-/// The result being streamed to the client: its column names and first rows, as the
-/// client received them, for the recording.
-struct ResultCapture {
-    limit: usize,
-    columns: Vec<String>,
-    rows: Vec<Vec<Option<String>>>,
-    total: u64,
-}
-
-impl ResultCapture {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            columns: Vec::new(),
-            rows: Vec::new(),
-            total: 0,
-        }
-    }
-
-    fn start(&mut self, described: &[DescribedColumn]) {
-        self.reset();
-        self.columns = described.iter().map(|c| c.name.clone()).collect();
-    }
-
-    fn reset(&mut self) {
-        self.columns.clear();
-        self.rows.clear();
-        self.total = 0;
-    }
-
-    /// Counts a row sent to the client and keeps it while under the limit.
-    fn row(
-        &mut self,
-        raw: &Bytes,
-        columns: &[ColumnMasking],
-    ) -> Result<(), crate::PgProtocolError> {
-        self.total += 1;
-        if self.rows.len() >= self.limit {
-            return Ok(());
-        }
-        let values = crate::results::data_row_values(raw)?;
-        let row = values
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.map(|v| {
-                    let binary = matches!(columns.get(i), Some(ColumnMasking::NullIfRule(_)));
-                    render_value(&v, binary)
-                })
-            })
-            .collect();
-        self.rows.push(row);
-        Ok(())
-    }
-
-    fn finish(&mut self, tag: String, duration_us: Option<u64>) -> TimelineEvent {
-        let event = TimelineEvent::Result {
-            tag,
-            columns: std::mem::take(&mut self.columns),
-            rows: std::mem::take(&mut self.rows),
-            rows_total: self.total,
-            duration_us,
-        };
-        self.total = 0;
-        event
-    }
-}
-
-/// A value as text for the recording: text as is, binary values as `\x` hex;
-/// long values cut with `…`.
-fn render_value(v: &[u8], binary: bool) -> String {
-    let mut text = if binary {
-        let mut t = String::from("\\x");
-        for b in v.iter().take(RECORDED_VALUE_MAX / 2) {
-            t.push_str(&format!("{b:02x}"));
-        }
-        t
-    } else {
-        String::from_utf8_lossy(v).into_owned()
-    };
-    if text.chars().count() > RECORDED_VALUE_MAX || (binary && v.len() > RECORDED_VALUE_MAX / 2) {
-        text = text.chars().take(RECORDED_VALUE_MAX).collect();
-        text.push('…');
-    }
-    text
-}
-
-/// Most bytes held back for one write.
-const BATCH_MAX: usize = 64 * 1024;
-
-/// Writes messages in batches: one write for all the messages handled between two
-/// reads, instead of one per message (a result's descriptions, rows and completion
-/// would otherwise each be a send). Large messages go out unbuffered.
-struct Batched<W> {
-    writer: W,
-    buf: BytesMut,
-}
-
-impl<W: AsyncWrite + Unpin> Batched<W> {
-    fn new(writer: W) -> Self {
-        Self {
-            writer,
-            buf: BytesMut::with_capacity(BATCH_MAX),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.buf.len() + bytes.len() > BATCH_MAX {
-            self.flush().await?;
-            if bytes.len() > BATCH_MAX {
-                return self.writer.write_all(bytes).await;
-            }
-        }
-        self.buf.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            self.writer.write_all(&self.buf).await?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
 }

@@ -1,0 +1,256 @@
+//! What the proxy knows about result columns: their origin (schema, table, real
+//! column name), looked up in the catalog on a second backend connection (the
+//! session's own is busy streaming results), and how each column's values are masked.
+
+use bytes::BytesMut;
+use std::collections::HashMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warden_core::{ColumnRef, Masker, ValueKind};
+
+use crate::login::login;
+use crate::proxy::ProxySession;
+use crate::results::{BackendDecoder, ColumnMasking, FieldDescription, PgBackendMessage};
+use crate::tls::{BoxedStream, connect_backend};
+
+/// One column of a described result: how it is masked and how it is named and sent.
+#[derive(Debug, Clone)]
+pub(crate) struct DescribedColumn {
+    pub(crate) plan: warden_core::ColumnPlan,
+    pub(crate) type_oid: u32,
+    pub(crate) format: i16,
+    pub(crate) name: String,
+}
+
+/// Columns of a result.
+pub(crate) type Described = Vec<DescribedColumn>;
+
+/// Schema and table names of result columns, looked up on a second backend
+/// connection (the session's own is busy streaming results) and cached per session.
+pub(crate) struct Catalog {
+    pub(crate) conn: Option<BoxedStream>,
+    pub(crate) names: HashMap<u32, (String, String)>,
+    /// (table OID, attribute number) → the column's real name, so `ssn AS x` is
+    /// still the `ssn` column to masking rules.
+    pub(crate) columns: HashMap<(u32, i16), String>,
+}
+
+impl Catalog {
+    /// Masking plans and names of a result's columns, from what has been resolved.
+    pub(crate) fn describe_columns(
+        &self,
+        fields: &[FieldDescription],
+        masker: &dyn Masker,
+    ) -> Described {
+        fields
+            .iter()
+            .map(|f| {
+                let names = self.names.get(&f.table_oid);
+                let column = self
+                    .columns
+                    .get(&(f.table_oid, f.column_attr))
+                    .map_or(f.name.as_str(), String::as_str);
+                let plan = masker.plan(&ColumnRef {
+                    schema: names.map(|n| n.0.as_str()),
+                    table: names.map(|n| n.1.as_str()),
+                    column,
+                    kind: value_kind(f.type_oid),
+                });
+                DescribedColumn {
+                    plan,
+                    type_oid: f.type_oid,
+                    format: f.format,
+                    name: f.name.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The result columns of `sql`, described (not run) on the catalog connection,
+    /// with their tables resolved.
+    pub(crate) async fn describe(
+        &mut self,
+        sql: &str,
+        session: &ProxySession,
+    ) -> Result<Vec<FieldDescription>, String> {
+        use crate::wire::{put_cstr, put_frame};
+        let conn = self.connection(session).await?;
+        let mut q = BytesMut::new();
+        put_frame(&mut q, b'P', |b| {
+            put_cstr(b, b"");
+            put_cstr(b, sql.as_bytes());
+            b.extend_from_slice(&0u16.to_be_bytes());
+        });
+        put_frame(&mut q, b'D', |b| {
+            b.extend_from_slice(b"S");
+            put_cstr(b, b"");
+        });
+        put_frame(&mut q, b'S', |_| {});
+        let mut fields = None;
+        let mut error = None;
+        for frame in exchange(conn, &q).await? {
+            match frame.message {
+                PgBackendMessage::RowDescription { fields: f } => fields = Some(f),
+                PgBackendMessage::ErrorResponse { message, .. } => error = Some(message),
+                _ => {}
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let fields = fields.ok_or("the statement returns no columns")?;
+        let oids: Vec<u32> = fields.iter().map(|f| f.table_oid).collect();
+        self.resolve(&oids, session).await?;
+        Ok(fields)
+    }
+
+    /// The catalog connection, logged in on first use.
+    async fn connection(&mut self, session: &ProxySession) -> Result<&mut BoxedStream, String> {
+        if self.conn.is_none() {
+            let mut c =
+                connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await?;
+            login(
+                &mut c,
+                &session.backend_user,
+                &session.backend_database,
+                session.secret.as_ref(),
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            self.conn = Some(c);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| "no catalog connection".to_string())
+    }
+
+    /// Resolves table OIDs not seen before. An error ends the session: column rules
+    /// that name tables must not silently stop applying.
+    pub(crate) async fn resolve(
+        &mut self,
+        oids: &[u32],
+        session: &ProxySession,
+    ) -> Result<(), String> {
+        let missing: Vec<u32> = oids
+            .iter()
+            .copied()
+            .filter(|o| *o != 0 && !self.names.contains_key(o))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let conn = self.connection(session).await?;
+        let mut found = Vec::new();
+        // Only numbers are interpolated.
+        let list = missing
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT c.oid::text, n.nspname::text, c.relname::text, a.attnum::text, a.attname::text \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
+             WHERE c.oid IN ({list})"
+        );
+        let mut q = BytesMut::new();
+        crate::wire::put_frame(&mut q, b'Q', |b| crate::wire::put_cstr(b, sql.as_bytes()));
+        for frame in exchange(conn, &q).await? {
+            match frame.message {
+                PgBackendMessage::DataRow => {
+                    let v =
+                        crate::results::data_row_values(&frame.raw).map_err(|e| e.to_string())?;
+                    let text = |i: usize| {
+                        v.get(i)
+                            .cloned()
+                            .flatten()
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    };
+                    if let (Some(oid), Some(schema), Some(table), Some(num), Some(col)) =
+                        (text(0), text(1), text(2), text(3), text(4))
+                        && let (Ok(oid), Ok(num)) = (oid.parse::<u32>(), num.parse::<i16>())
+                    {
+                        found.push((oid, schema, table, num, col));
+                    }
+                }
+                PgBackendMessage::ErrorResponse { message, .. } => return Err(message),
+                _ => {}
+            }
+        }
+        for (oid, schema, table, num, col) in found {
+            self.names.insert(oid, (schema, table));
+            self.columns.insert((oid, num), col);
+        }
+        Ok(())
+    }
+}
+
+/// Sends `request` on the catalog connection and reads the answer up to
+/// `ReadyForQuery` (catalog answers are small).
+async fn exchange(
+    conn: &mut BoxedStream,
+    request: &[u8],
+) -> Result<Vec<crate::frontend::Frame<PgBackendMessage>>, String> {
+    conn.write_all(request).await.map_err(|e| e.to_string())?;
+    let decoder = BackendDecoder::new(1 << 20);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    loop {
+        match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+            Some(f) => {
+                let done = matches!(f.message, PgBackendMessage::ReadyForQuery { .. });
+                frames.push(f);
+                if done {
+                    return Ok(frames);
+                }
+            }
+            None => {
+                if conn.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("catalog connection closed".into());
+                }
+            }
+        }
+    }
+}
+
+/// How each column's values are masked, given its plan, type and wire format (the
+/// Bind's result formats override the described ones: a described statement says 0).
+pub(crate) fn column_masking(
+    described: &[DescribedColumn],
+    formats: Option<&[i16]>,
+) -> Vec<ColumnMasking> {
+    described
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let format = match formats {
+                Some([]) => 0,
+                Some([one]) => *one,
+                Some(many) => many.get(i).copied().unwrap_or(0),
+                None => c.format,
+            };
+            if format == 1 && !is_text_type(c.type_oid) {
+                ColumnMasking::NullIfRule(c.plan)
+            } else {
+                ColumnMasking::Mask(c.plan)
+            }
+        })
+        .collect()
+}
+
+/// PostgreSQL type OIDs as masking classes.
+fn value_kind(oid: u32) -> ValueKind {
+    match oid {
+        16 => ValueKind::Boolean,
+        20 | 21 | 23 | 26 | 700 | 701 | 790 | 1700 => ValueKind::Number,
+        17 => ValueKind::Binary,
+        1082 | 1083 | 1114 | 1184 | 1186 | 1266 => ValueKind::Temporal,
+        2950 => ValueKind::Uuid,
+        _ => ValueKind::Text,
+    }
+}
+
+/// Types whose binary format is their text (so binary values can be masked as text).
+fn is_text_type(oid: u32) -> bool {
+    matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142)
+}
