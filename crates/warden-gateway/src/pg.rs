@@ -124,7 +124,7 @@ impl PgHooks {
     }
 
     async fn refuse(&self, event: Event, sqlstate: &'static str, message: String) -> Refusal {
-        if let Err(e) = self.store.append_audit(&event).await {
+        if let Err(e) = self.journal.append(&event).await {
             tracing::error!(error = %e, "could not record a refused PostgreSQL login");
         }
         Refusal { sqlstate, message }
@@ -283,7 +283,7 @@ impl ProxyHooks for PgHooks {
             }
         };
         if self.store.create_session(&session).await.is_err()
-            || self.store.append_audit(&start).await.is_err()
+            || self.journal.append(&start).await.is_err()
         {
             return Err(Refusal {
                 sqlstate: sqlstate::CONNECTION_FAILURE,
@@ -405,7 +405,7 @@ impl ProxyHooks for PgHooks {
         if let Some(open) = who {
             event = event.by(&open.identity).on_connection(open.connection);
         }
-        if let Err(e) = self.store.append_audit(&event).await {
+        if let Err(e) = self.journal.append(&event).await {
             tracing::error!(error = %e, "could not record session end");
         }
     }
