@@ -427,6 +427,12 @@ async fn garbage_ends_that_session_only() {
     s.write_all(b"\x00extra").await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    // The client is told why, in a FATAL error with SQLSTATE 08P01.
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.contains("FATAL") && text.contains("08P01") && text.contains("bad message"),
+        "{text}"
+    );
     // The other session and the gateway go on.
     assert_eq!(
         good.query_one("SELECT 1::int4", &[])

@@ -56,4 +56,6 @@ pub mod sqlstate {
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     /// connection_failure: the backend could not be reached.
     pub const CONNECTION_FAILURE: &str = "08006";
+    /// system_error: the gateway itself cannot go on with the session.
+    pub const SYSTEM_ERROR: &str = "58000";
 }

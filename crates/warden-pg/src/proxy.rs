@@ -421,7 +421,10 @@ async fn relay<H: ProxyHooks>(
     let (up_count, down_count) = (from_client.clone(), to_client.clone());
     let (mut client_rd, client_wr) = tokio::io::split(client);
     let (mut server_rd, server_wr) = tokio::io::split(server);
-    let mut client_out = Batched::new(client_wr);
+    let mut client_out_owned = Batched::new(client_wr);
+    // Borrowed by the answering side, and used again after it ends to tell the client
+    // why the session ended.
+    let client_out = &mut client_out_owned;
     let mut server_out = Batched::new(server_wr);
     let denials: Denials = Arc::new(Mutex::new(HashMap::new()));
     // What the client asked, in order, so each answer can be matched to its request.
@@ -992,6 +995,30 @@ async fn relay<H: ProxyHooks>(
         r = upstream => r,
         r = downstream => r,
     };
+    if let Some(why) = reason.as_deref().filter(|r| *r != CLIENT_GONE) {
+        let code = if why.starts_with("client sent") || why.starts_with("function-call") {
+            sqlstate::PROTOCOL_VIOLATION
+        } else if why.starts_with("database") {
+            sqlstate::CONNECTION_FAILURE
+        } else if why.contains("mask") {
+            sqlstate::INSUFFICIENT_PRIVILEGE
+        } else {
+            sqlstate::SYSTEM_ERROR
+        };
+        let mut b = BytesMut::new();
+        out::error_response(
+            &mut b,
+            &PgNotice {
+                severity: "FATAL",
+                code,
+                message: why,
+                detail: None,
+                hint: None,
+            },
+        );
+        let _ = client_out_owned.send(&b).await;
+        let _ = client_out_owned.flush().await;
+    }
     let traffic = Traffic {
         from_client: from_client.load(std::sync::atomic::Ordering::Relaxed),
         to_client: to_client.load(std::sync::atomic::Ordering::Relaxed),
