@@ -26,12 +26,13 @@ pub(crate) type Described = Vec<DescribedColumn>;
 
 /// Schema and table names of result columns, looked up on a second backend
 /// connection (the session's own is busy streaming results) and cached per session.
+#[derive(Default)]
 pub(crate) struct Catalog {
-    pub(crate) conn: Option<BoxedStream>,
-    pub(crate) names: HashMap<u32, (String, String)>,
+    conn: Option<BoxedStream>,
+    names: HashMap<u32, (String, String)>,
     /// (table OID, attribute number) → the column's real name, so `ssn AS x` is
     /// still the `ssn` column to masking rules.
-    pub(crate) columns: HashMap<(u32, i16), String>,
+    columns: HashMap<(u32, i16), String>,
 }
 
 impl Catalog {

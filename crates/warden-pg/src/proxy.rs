@@ -617,11 +617,7 @@ async fn relay<H: ProxyHooks>(
         // A ParameterDescription means the next RowDescription/NoData describes a
         // statement; `Some(true)` when the proxy asked (the client does not see it).
         let mut describing_statement: Option<bool> = None;
-        let mut catalog = Catalog {
-            conn: None,
-            names: HashMap::new(),
-            columns: HashMap::new(),
-        };
+        let mut catalog = Catalog::default();
         let mut capture = ResultCapture::new(recorder.rows_per_result());
         let mut copy_out = CopyCount::default();
         // The COPY-out in progress, when its rows are masked: format, column plans,
