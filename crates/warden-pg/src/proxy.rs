@@ -182,6 +182,19 @@ async fn fatal(stream: &mut (impl AsyncWrite + Unpin), code: &str, message: &str
     let _ = stream.shutdown().await;
 }
 
+/// Ends a session whose database leg failed before the relay started: recorded as
+/// ended for `reason`, the client told `message`.
+async fn end_at_login<H: ProxyHooks>(
+    hooks: &H,
+    id: &str,
+    client: &mut BoxedStream,
+    reason: String,
+    message: &str,
+) {
+    hooks.closed(id, Some(reason), Traffic::default()).await;
+    fatal(client, sqlstate::CONNECTION_FAILURE, message).await;
+}
+
 /// Serves one client connection to its end. Errors end this session only.
 pub async fn serve_client<H: ProxyHooks>(
     tcp: TcpStream,
@@ -309,16 +322,11 @@ pub async fn serve_client<H: ProxyHooks>(
         match connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await {
             Ok(s) => s,
             Err(e) => {
-                hooks
-                    .closed(
-                        &id,
-                        Some(format!("backend unreachable: {e}")),
-                        Traffic::default(),
-                    )
-                    .await;
-                return fatal(
+                return end_at_login(
+                    hooks.as_ref(),
+                    &id,
                     &mut client,
-                    sqlstate::CONNECTION_FAILURE,
+                    format!("backend unreachable: {e}"),
                     &format!("the database behind this connection cannot be reached: {e}"),
                 )
                 .await;
@@ -339,13 +347,12 @@ pub async fn serve_client<H: ProxyHooks>(
     {
         Ok(s) => s,
         Err(e) => {
-            hooks
-                .closed(&id, Some("backend login failed".into()), Traffic::default())
-                .await;
             // The server's message names the role, never the secret.
-            return fatal(
+            return end_at_login(
+                hooks.as_ref(),
+                &id,
                 &mut client,
-                sqlstate::CONNECTION_FAILURE,
+                "backend login failed".into(),
                 &format!("the gateway could not log in to the database: {e}"),
             )
             .await;
