@@ -39,8 +39,9 @@ pub struct PgHooks {
 
 /// What the gateway keeps about a session while it is open.
 struct OpenSession {
-    identity: Identity,
-    connection: String,
+    /// Shared, so each statement's record takes a reference, not a copy.
+    identity: Arc<Identity>,
+    connection: Arc<str>,
     timeline: Arc<PgTimeline>,
     /// Counters not yet written to the session row: one row update per statement
     /// would double the store writes on the statement path.
@@ -301,8 +302,8 @@ impl ProxyHooks for PgHooks {
             open.insert(
                 id.to_string(),
                 OpenSession {
-                    identity,
-                    connection: conn.name.clone(),
+                    identity: Arc::new(identity),
+                    connection: conn.name.as_str().into(),
                     timeline: timeline.clone(),
                     unflushed: SessionCounts::default(),
                     flushed_at: Instant::now(),
@@ -344,7 +345,7 @@ impl ProxyHooks for PgHooks {
         }
         let event = Event::new("pg.query", payload)
             .by(&identity)
-            .on_connection(connection)
+            .on_connection(connection.as_ref())
             .in_session(session_id)
             .with_decision(record.decision);
         self.journal
@@ -403,7 +404,9 @@ impl ProxyHooks for PgHooks {
             json!({"reason": reason, "bytes_in": traffic.from_client, "bytes_out": traffic.to_client}),
         ).in_session(id);
         if let Some(open) = who {
-            event = event.by(&open.identity).on_connection(open.connection);
+            event = event
+                .by(&open.identity)
+                .on_connection(open.connection.as_ref());
         }
         if let Err(e) = self.journal.append(&event).await {
             tracing::error!(error = %e, "could not record session end");

@@ -94,9 +94,7 @@ impl ResultCapture {
 fn render_value(v: &[u8], binary: bool) -> String {
     let mut text = if binary {
         let mut t = String::from("\\x");
-        for b in v.iter().take(RECORDED_VALUE_MAX / 2) {
-            t.push_str(&format!("{b:02x}"));
-        }
+        crate::wire::push_hex(&mut t, &v[..v.len().min(RECORDED_VALUE_MAX / 2)]);
         t
     } else {
         String::from_utf8_lossy(v).into_owned()

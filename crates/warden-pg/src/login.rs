@@ -186,7 +186,9 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
 /// `md5` + md5(md5(password + user) + salt), as PostgreSQL expects.
 fn md5_response(user: &str, password: &str, salt: [u8; 4]) -> String {
     fn hex(d: &[u8]) -> String {
-        d.iter().map(|b| format!("{b:02x}")).collect()
+        let mut s = String::new();
+        crate::wire::push_hex(&mut s, d);
+        s
     }
     use md5::{Digest, Md5};
     let inner = hex(&Md5::digest(

@@ -195,6 +195,18 @@ async fn end_at_login<H: ProxyHooks>(
     fatal(client, sqlstate::CONNECTION_FAILURE, message).await;
 }
 
+/// Reads more of the login from the client; `false` when it left or took too long.
+async fn read_before(
+    deadline: tokio::time::Instant,
+    client: &mut BoxedStream,
+    buf: &mut BytesMut,
+) -> bool {
+    matches!(
+        tokio::time::timeout_at(deadline, client.read_buf(buf)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
 /// Serves one client connection to its end. Errors end this session only.
 pub async fn serve_client<H: ProxyHooks>(
     tcp: TcpStream,
@@ -254,13 +266,11 @@ pub async fn serve_client<H: ProxyHooks>(
                 }
                 startup @ PgStartup::Startup { .. } => break startup,
             },
-            Ok(None) => match tokio::time::timeout_at(login_deadline, client.read_buf(&mut buf))
-                .await
-                .unwrap_or(Ok(0))
-            {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
+            Ok(None) => {
+                if !read_before(login_deadline, &mut client, &mut buf).await {
+                    return;
+                }
+            }
             Err(e) => {
                 return fatal(&mut client, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
             }
@@ -301,13 +311,11 @@ pub async fn serve_client<H: ProxyHooks>(
                     .await;
                 }
             },
-            Ok(None) => match tokio::time::timeout_at(login_deadline, client.read_buf(&mut buf))
-                .await
-                .unwrap_or(Ok(0))
-            {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
+            Ok(None) => {
+                if !read_before(login_deadline, &mut client, &mut buf).await {
+                    return;
+                }
+            }
             Err(e) => {
                 return fatal(&mut client, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
             }
@@ -593,10 +601,8 @@ async fn relay<H: ProxyHooks>(
                 Decision::Deny { rule, reason } => {
                     let mut raw = [0u8; 12];
                     let _ = aws_lc_rs::rand::fill(&mut raw);
-                    let marker: String = format!(
-                        "warden-denied-{}",
-                        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                    );
+                    let mut marker = String::from("warden-denied-");
+                    crate::wire::push_hex(&mut marker, &raw);
                     if let Ok(mut d) = upstream_denials.lock() {
                         d.insert(marker.clone(), (rule.clone(), reason.clone()));
                     }

@@ -177,30 +177,81 @@ impl BackendDecoder {
 
 /// The values of a `DataRow` frame (`None` for NULL).
 pub fn data_row_values(raw: &Bytes) -> Result<Vec<Option<Bytes>>, PgProtocolError> {
-    const M: &str = "DataRow";
-    let mut body = raw.slice(5..);
-    need(&body, 2, M)?;
-    let n = usize::try_from(body.get_i16()).map_err(|_| PgProtocolError::Malformed {
-        message: M,
-        detail: "negative column count",
-    })?;
-    let mut values = Vec::with_capacity(n.min(1600));
-    for _ in 0..n {
-        need(&body, 4, M)?;
-        let len = body.get_i32();
+    DataRowFields::new(raw)?
+        .map(|f| f.map(|(_, v)| v))
+        .collect()
+}
+
+/// Walks the values of a `DataRow` frame, each with the offset of its length word in
+/// the frame; bytes after the last value are an error.
+struct DataRowFields {
+    frame_len: usize,
+    body: Bytes,
+    left: usize,
+    done: bool,
+}
+
+const DATA_ROW: &str = "DataRow";
+
+/// Offset of the first value's length word: tag, length, column count.
+const DATA_ROW_VALUES_AT: usize = 7;
+
+impl DataRowFields {
+    fn new(raw: &Bytes) -> Result<Self, PgProtocolError> {
+        need(raw, DATA_ROW_VALUES_AT, DATA_ROW)?;
+        let mut body = raw.slice(5..);
+        let left = usize::try_from(body.get_i16()).map_err(|_| PgProtocolError::Malformed {
+            message: DATA_ROW,
+            detail: "negative column count",
+        })?;
+        Ok(Self {
+            frame_len: raw.len(),
+            body,
+            left,
+            done: false,
+        })
+    }
+
+    fn field(&mut self) -> Result<(usize, Option<Bytes>), PgProtocolError> {
+        let at = self.frame_len - self.body.remaining();
+        need(&self.body, 4, DATA_ROW)?;
+        let len = self.body.get_i32();
         if len < 0 {
-            values.push(None);
-            continue;
+            return Ok((at, None));
         }
         let l = usize::try_from(len).map_err(|_| PgProtocolError::Malformed {
-            message: M,
+            message: DATA_ROW,
             detail: "bad length",
         })?;
-        need(&body, l, M)?;
-        values.push(Some(body.slice(..l)));
-        body.advance(l);
+        need(&self.body, l, DATA_ROW)?;
+        let v = self.body.slice(..l);
+        self.body.advance(l);
+        Ok((at, Some(v)))
     }
-    Ok(values)
+}
+
+impl Iterator for DataRowFields {
+    type Item = Result<(usize, Option<Bytes>), PgProtocolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.left == 0 {
+            self.done = true;
+            return self
+                .body
+                .has_remaining()
+                .then_some(Err(PgProtocolError::Malformed {
+                    message: DATA_ROW,
+                    detail: "trailing bytes",
+                }));
+        }
+        self.left -= 1;
+        let field = self.field();
+        self.done = field.is_err();
+        Some(field)
+    }
 }
 
 /// The message field (`M`) of an `ErrorResponse` or `NoticeResponse` frame.
@@ -311,31 +362,10 @@ pub fn mask_data_row(
     columns: &[ColumnMasking],
     masker: &dyn Masker,
 ) -> Result<Option<BytesMut>, PgProtocolError> {
-    const M: &str = "DataRow";
-    let mut body = raw.slice(5..);
-    need(&body, 2, M)?;
-    let n = usize::try_from(body.get_i16()).map_err(|_| PgProtocolError::Malformed {
-        message: M,
-        detail: "negative column count",
-    })?;
+    const M: &str = DATA_ROW;
     let mut out: Option<BytesMut> = None;
-    let start_of_values = raw.len() - body.remaining();
-    for i in 0..n {
-        let at_value = raw.len() - body.remaining();
-        need(&body, 4, M)?;
-        let len = body.get_i32();
-        let value = if len < 0 {
-            None
-        } else {
-            let l = usize::try_from(len).map_err(|_| PgProtocolError::Malformed {
-                message: M,
-                detail: "bad length",
-            })?;
-            need(&body, l, M)?;
-            let v = body.slice(..l);
-            body.advance(l);
-            Some(v)
-        };
+    for (i, field) in DataRowFields::new(raw)?.enumerate() {
+        let (at_value, value) = field?;
         let action = columns
             .get(i)
             .copied()
@@ -349,8 +379,7 @@ pub fn mask_data_row(
         if masked != Masked::Unchanged && out.is_none() {
             // First change: copy the values before this one as they are.
             let mut o = BytesMut::with_capacity(raw.len() + 32);
-            o.extend_from_slice(&raw[..start_of_values]);
-            o.extend_from_slice(&raw[start_of_values..at_value]);
+            o.extend_from_slice(&raw[..at_value]);
             out = Some(o);
         }
         if let Some(o) = out.as_mut() {
@@ -371,12 +400,6 @@ pub fn mask_data_row(
                 }
             }
         }
-    }
-    if body.has_remaining() {
-        return Err(PgProtocolError::Malformed {
-            message: M,
-            detail: "trailing bytes",
-        });
     }
     if let Some(o) = out.as_mut() {
         let len = i32::try_from(o.len() - 1).map_err(|_| PgProtocolError::Malformed {

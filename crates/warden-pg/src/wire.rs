@@ -95,3 +95,13 @@ pub(crate) fn put_cstr(out: &mut BytesMut, s: &[u8]) {
     out.extend(s.iter().copied().filter(|b| *b != 0));
     out.put_u8(0);
 }
+
+/// Lowercase hex of `bytes`, appended to `out`.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
