@@ -9,6 +9,7 @@
 mod action;
 mod connection;
 mod event;
+pub mod gate;
 mod identity;
 pub mod recording;
 mod secret;
@@ -23,6 +24,9 @@ pub use connection::{
     validate_connection_name,
 };
 pub use event::{Decision, Event, EventIdentity};
+pub use gate::{
+    LoginRequest, Refusal, RefusalKind, SessionGrant, SessionHooks, StatementRecord, Traffic,
+};
 pub use identity::{AuthMethod, Identity};
 pub use recording::{
     NoRecording, RecordingError, RecordingHeader, SessionRecorder, TimelineEntry, TimelineEvent,

@@ -8,7 +8,7 @@ pub mod api;
 pub mod auth;
 mod bootstrap;
 pub mod config;
-mod pg;
+mod gate;
 pub mod policy;
 pub mod recording;
 mod server;
@@ -218,7 +218,7 @@ async fn start_pg_listener(
         context: "reading the PostgreSQL listener address".into(),
         source,
     })?;
-    let hooks = Arc::new(pg::PgHooks::new(
+    let hooks = Arc::new(gate::SessionGate::new(
         store,
         journal,
         auth,

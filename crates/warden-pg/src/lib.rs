@@ -9,7 +9,6 @@
 //! that one session.
 
 pub mod backend;
-mod batched;
 mod capture;
 mod catalog;
 pub mod copy;

@@ -16,18 +16,18 @@
 
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_core::{
-    Action, Decision, Guard, Masker, Secret, SessionRecorder, SqlDialect, TimelineEvent,
+    Action, ConnectionKind, Decision, Guard, LoginRequest, Masker, RefusalKind, Secret,
+    SessionGrant, SessionHooks, SessionRecorder, SqlDialect, StatementRecord, TimelineEvent,
+    Traffic,
 };
 
 use crate::backend::{self as out, PgNotice};
-use crate::batched::Batched;
 use crate::capture::{CopyCount, ResultCapture, memchr_count};
 use crate::catalog::{Catalog, Described, column_masking};
 use crate::copy::{CopyFormat, CopyOutPlan, mask_copy_row};
@@ -36,71 +36,48 @@ use crate::login::login;
 use crate::requests::{Expect, RequestLog, Requests};
 use crate::results::{BackendDecoder, ColumnMasking, PgBackendMessage, mask_data_row};
 use crate::sqlstate;
-use crate::tls::{BackendTls, BoxedStream, connect_backend};
+use crate::tls::{BackendTls, BoxedStream, TlsSetupError, connect_backend};
+use warden_net::Batched;
 
-/// What the gateway resolved for an authenticated client.
-pub struct ProxySession {
-    /// The gateway's id for this session; passed back in records.
-    pub id: String,
-    pub backend_addr: String,
-    pub backend_user: String,
-    pub backend_database: String,
-    pub secret: Option<Secret<String>>,
+/// A granted session with its backend TLS built.
+pub(crate) struct ProxySession {
+    pub(crate) id: String,
+    pub(crate) backend_addr: String,
+    pub(crate) backend_user: String,
+    pub(crate) backend_database: String,
+    pub(crate) secret: Option<Secret<String>>,
     /// TLS towards the database; `None` is plain TCP.
-    pub backend_tls: Option<BackendTls>,
-    pub guard: Arc<dyn Guard>,
-    pub masker: Arc<dyn Masker>,
-    /// The session's timeline; a write that fails ends the session.
-    pub recorder: Arc<dyn SessionRecorder>,
+    pub(crate) backend_tls: Option<BackendTls>,
+    pub(crate) guard: Arc<dyn Guard>,
+    pub(crate) masker: Arc<dyn Masker>,
+    pub(crate) recorder: Arc<dyn SessionRecorder>,
 }
 
-/// Why the gateway refused a client.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub sqlstate: &'static str,
-    pub message: String,
+impl ProxySession {
+    fn new(grant: SessionGrant) -> Result<Self, TlsSetupError> {
+        let backend_tls = BackendTls::for_grant(&grant)?;
+        Ok(Self {
+            id: grant.id,
+            backend_addr: grant.backend_addr,
+            backend_user: grant.backend_user,
+            backend_database: grant.backend_database,
+            secret: grant.secret,
+            backend_tls,
+            guard: grant.guard,
+            masker: grant.masker,
+            recorder: grant.recorder,
+        })
+    }
 }
 
-/// A statement the proxy saw, for the audit log and the recording.
-#[derive(Debug, Clone)]
-pub struct StatementRecord {
-    pub session: String,
-    pub sql: String,
-    /// `Query` (simple protocol), `Parse` (a prepared statement denied) or `Bind`
-    /// (an execution of a prepared statement).
-    pub via: &'static str,
-    pub decision: Decision,
-    /// For executions: the byte length of each parameter (`None`: NULL). The values
-    /// themselves are not recorded.
-    pub parameters: Option<Vec<Option<u32>>>,
-}
-
-/// What the proxy needs from the gateway; no storage code lives here.
-pub trait ProxyHooks: Send + Sync + 'static {
-    /// Checks `token` and the client's access to the connection named `database`.
-    fn open(
-        &self,
-        database: &str,
-        user: &str,
-        token: &str,
-        client: SocketAddr,
-    ) -> impl Future<Output = Result<ProxySession, Refusal>> + Send;
-    /// Durably records a statement before it is forwarded; an error denies it.
-    fn record(&self, record: StatementRecord) -> impl Future<Output = Result<(), String>> + Send;
-    /// The session ended (client quit, or `reason` says why not).
-    fn closed(
-        &self,
-        session: &str,
-        reason: Option<String>,
-        traffic: Traffic,
-    ) -> impl Future<Output = ()> + Send;
-}
-
-/// Bytes a session moved, counted in whole protocol messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Traffic {
-    pub from_client: u64,
-    pub to_client: u64,
+/// The SQLSTATE a refused login is answered with.
+fn refusal_sqlstate(kind: RefusalKind) -> &'static str {
+    match kind {
+        RefusalKind::BadCredentials => sqlstate::INVALID_PASSWORD,
+        RefusalKind::NoAccess => sqlstate::INVALID_CATALOG_NAME,
+        RefusalKind::PolicyUnusable => sqlstate::INSUFFICIENT_PRIVILEGE,
+        RefusalKind::Unavailable => sqlstate::CONNECTION_FAILURE,
+    }
 }
 
 /// Cancel keys the gateway handed to clients → where and how to cancel on the server.
@@ -184,7 +161,7 @@ async fn fatal(stream: &mut (impl AsyncWrite + Unpin), code: &str, message: &str
 
 /// Ends a session whose database leg failed before the relay started: recorded as
 /// ended for `reason`, the client told `message`.
-async fn end_at_login<H: ProxyHooks>(
+async fn end_at_login<H: SessionHooks>(
     hooks: &H,
     id: &str,
     client: &mut BoxedStream,
@@ -208,7 +185,7 @@ async fn read_before(
 }
 
 /// Serves one client connection to its end. Errors end this session only.
-pub async fn serve_client<H: ProxyHooks>(
+pub async fn serve_client<H: SessionHooks>(
     tcp: TcpStream,
     peer: SocketAddr,
     hooks: Arc<H>,
@@ -321,11 +298,31 @@ pub async fn serve_client<H: ProxyHooks>(
             }
         }
     };
-    let session = match hooks.open(&database, &user, &token, peer).await {
-        Ok(s) => s,
-        Err(r) => return fatal(&mut client, r.sqlstate, &r.message).await,
+    let request = LoginRequest {
+        protocol: ConnectionKind::Postgres,
+        connection: &database,
+        user: &user,
+        token: &token,
+        client: peer,
     };
-    let id = session.id.clone();
+    let grant = match hooks.open(request).await {
+        Ok(g) => g,
+        Err(r) => return fatal(&mut client, refusal_sqlstate(r.kind), &r.message).await,
+    };
+    let id = grant.id.clone();
+    let session = match ProxySession::new(grant) {
+        Ok(s) => s,
+        Err(e) => {
+            return end_at_login(
+                hooks.as_ref(),
+                &id,
+                &mut client,
+                format!("backend TLS settings unusable: {e}"),
+                &format!("the connection's TLS settings cannot be used: {e}"),
+            )
+            .await;
+        }
+    };
     let mut server =
         match connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await {
             Ok(s) => s,
@@ -423,7 +420,7 @@ fn denied_message(rule: &str, reason: &str) -> String {
     format!("Warden denied this statement: {reason} (rule {rule})")
 }
 
-async fn relay<H: ProxyHooks>(
+async fn relay<H: SessionHooks>(
     client: BoxedStream,
     server: BoxedStream,
     mut client_buf: BytesMut,

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_postgres::NoTls;
-use warden_core::{Decision, RecordingError, Secret, SessionRecorder, TimelineEvent};
-use warden_pg::proxy::{
-    ProxyConfig, ProxyHooks, ProxySession, Refusal, StatementRecord, serve_client,
+use warden_core::{
+    Decision, LoginRequest, RecordingError, Refusal, RefusalKind, Secret, SessionGrant,
+    SessionHooks, SessionRecorder, StatementRecord, TimelineEvent, TlsMode, TlsOptions, Traffic,
 };
+use warden_pg::proxy::{ProxyConfig, serve_client};
 use warden_policy::{Guardrails, MaskingEngine, PolicyConfig};
 
 const TOKEN: &str = "test-token-for-the-proxy";
@@ -56,35 +57,32 @@ detectors = ["email"]
 columns = [{ pattern = "warden_t.undescribed.pin" }]
 "#;
 
-impl ProxyHooks for Hooks {
-    async fn open(
-        &self,
-        database: &str,
-        _user: &str,
-        token: &str,
-        _client: SocketAddr,
-    ) -> Result<ProxySession, Refusal> {
-        if token != TOKEN {
+impl SessionHooks for Hooks {
+    async fn open(&self, login: LoginRequest<'_>) -> Result<SessionGrant, Refusal> {
+        if login.token != TOKEN {
             return Err(Refusal {
-                sqlstate: "28P01",
+                kind: RefusalKind::BadCredentials,
                 message: "invalid token".into(),
             });
         }
-        if database != "billing" {
+        if login.connection != "billing" {
             return Err(Refusal {
-                sqlstate: "3D000",
-                message: format!("no connection `{database}`"),
+                kind: RefusalKind::NoAccess,
+                message: format!("no connection `{}`", login.connection),
             });
         }
         let policy: PolicyConfig = toml::from_str(POLICY).unwrap();
-        Ok(ProxySession {
+        Ok(SessionGrant {
             id: "s1".into(),
             backend_addr: std::env::var("WARDEN_TEST_PG_HOSTPORT")
                 .unwrap_or_else(|_| "127.0.0.1:5432".into()),
             backend_user: "warden_t_scram".into(),
             backend_database: "postgres".into(),
             secret: Some(Secret::new("scram-pw-1".into())),
-            backend_tls: None,
+            tls: TlsOptions {
+                mode: TlsMode::Disable,
+                ..TlsOptions::default()
+            },
             guard: Arc::new(Guardrails::compile(&policy.guardrails, &[]).unwrap()),
             masker: Arc::new(MaskingEngine::from_sets(&policy.masking, b"k").unwrap()),
             recorder: self.timeline.clone(),
@@ -99,13 +97,7 @@ impl ProxyHooks for Hooks {
         Ok(())
     }
 
-    async fn closed(
-        &self,
-        _session: &str,
-        _reason: Option<String>,
-        _traffic: warden_pg::proxy::Traffic,
-    ) {
-    }
+    async fn closed(&self, _session: &str, _reason: Option<String>, _traffic: Traffic) {}
 }
 
 async fn start() -> (SocketAddr, Arc<Hooks>) {

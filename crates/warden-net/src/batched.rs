@@ -9,20 +9,20 @@ const BATCH_MAX: usize = 64 * 1024;
 /// Writes messages in batches: one write for all the messages handled between two
 /// reads, instead of one per message (a result's descriptions, rows and completion
 /// would otherwise each be a send). Large messages go out unbuffered.
-pub(crate) struct Batched<W> {
+pub struct Batched<W> {
     writer: W,
     buf: BytesMut,
 }
 
 impl<W: AsyncWrite + Unpin> Batched<W> {
-    pub(crate) fn new(writer: W) -> Self {
+    pub fn new(writer: W) -> Self {
         Self {
             writer,
             buf: BytesMut::with_capacity(BATCH_MAX),
         }
     }
 
-    pub(crate) async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.buf.len() + bytes.len() > BATCH_MAX {
             self.flush().await?;
             if bytes.len() > BATCH_MAX {
@@ -33,7 +33,7 @@ impl<W: AsyncWrite + Unpin> Batched<W> {
         Ok(())
     }
 
-    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+    pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             self.writer.write_all(&self.buf).await?;
             self.buf.clear();

@@ -1,20 +1,18 @@
-//! The gateway's side of the PostgreSQL proxy: who may connect to what, with which
-//! credential and policies, and where sessions and statements are recorded.
+//! The gateway's side of every database proxy: who may connect to what, with which
+//! credential and policies, and where sessions and statements are recorded. Proxies
+//! reach it through `warden_core::SessionHooks`; nothing here knows a wire format.
 
 use serde_json::json;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use warden_core::{
-    ConnectionKind, Decision, Event, Identity, RecordingError, RecordingHeader, SecretKind,
-    Session, SessionRecorder, SessionStatus, TimelineEvent, TlsMode, TlsOptions, timefmt,
+    ConnectionKind, Decision, Event, Identity, LoginRequest, RecordingError, RecordingHeader,
+    Refusal, RefusalKind, SecretKind, Session, SessionGrant, SessionHooks, SessionRecorder,
+    SessionStatus, StatementRecord, TimelineEvent, Traffic, timefmt,
 };
-use warden_pg::proxy::{ProxyHooks, ProxySession, Refusal, StatementRecord, Traffic};
-use warden_pg::sqlstate;
-use warden_pg::tls::{BackendTls, TlsSetupError};
 use warden_store::sessions::SessionCounts;
 use warden_store::{AuditJournal, Store};
 
@@ -25,7 +23,7 @@ use crate::recording::{FileRecorder, RECORDING_VERSION, recording_name};
 /// How often an active session's counters are written to its row.
 const COUNTS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-pub struct PgHooks {
+pub struct SessionGate {
     pub store: Arc<Store>,
     /// Statements are journaled: durable before they are forwarded, chained soon after.
     journal: Arc<AuditJournal>,
@@ -42,7 +40,9 @@ struct OpenSession {
     /// Shared, so each statement's record takes a reference, not a copy.
     identity: Arc<Identity>,
     connection: Arc<str>,
-    timeline: Arc<PgTimeline>,
+    /// The kind of the session's statement events (`pg.query`, `mysql.query`).
+    query_kind: &'static str,
+    timeline: Arc<StatementTimeline>,
     /// Counters not yet written to the session row: one row update per statement
     /// would double the store writes on the statement path.
     unflushed: SessionCounts,
@@ -50,15 +50,17 @@ struct OpenSession {
 }
 
 /// A session's recording file, plus the statements' outcomes as audit events.
-struct PgTimeline {
+struct StatementTimeline {
     file: FileRecorder,
+    /// `pg.outcome`, `mysql.outcome`.
+    outcome_kind: &'static str,
     journal: Arc<AuditJournal>,
     identity: Identity,
     connection: String,
     session: Uuid,
 }
 
-impl SessionRecorder for PgTimeline {
+impl SessionRecorder for StatementTimeline {
     fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
         // The outcome follows the statement's (durable) event; nothing waits for it:
         // it is written with the next append or a moment later.
@@ -80,7 +82,7 @@ impl SessionRecorder for PgTimeline {
         };
         self.file.record(event)?;
         if let Some(body) = outcome {
-            let event = Event::new("pg.outcome", body)
+            let event = Event::new(self.outcome_kind, body)
                 .by(&self.identity)
                 .on_connection(&self.connection)
                 .in_session(self.session);
@@ -94,7 +96,7 @@ impl SessionRecorder for PgTimeline {
     }
 }
 
-impl PgHooks {
+impl SessionGate {
     pub fn new(
         store: Arc<Store>,
         journal: Arc<AuditJournal>,
@@ -124,101 +126,113 @@ impl PgHooks {
         });
     }
 
-    async fn refuse(&self, event: Event, sqlstate: &'static str, message: String) -> Refusal {
+    async fn refuse(&self, event: Event, kind: RefusalKind, message: String) -> Refusal {
         if let Err(e) = self.journal.append(&event).await {
-            tracing::error!(error = %e, "could not record a refused PostgreSQL login");
+            tracing::error!(error = %e, "could not record a refused login");
         }
-        Refusal { sqlstate, message }
+        Refusal { kind, message }
     }
 }
 
-/// The connection's TLS options as the proxy's backend TLS: verified against its CA
-/// (or the system's) and server name (or the target host), unverified only when the
-/// connection says `insecure`, none when it says `disable`.
-fn backend_tls(opts: &TlsOptions, addr: &str) -> Result<Option<BackendTls>, TlsSetupError> {
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let name = opts.server_name.as_deref().unwrap_or(host);
-    match opts.mode {
-        TlsMode::Disable => Ok(None),
-        TlsMode::Verify => BackendTls::verified(opts.ca_pem.as_deref(), name).map(Some),
-        TlsMode::Insecure => BackendTls::unverified(name).map(Some),
+fn unavailable(message: &str) -> Refusal {
+    Refusal {
+        kind: RefusalKind::Unavailable,
+        message: message.to_string(),
     }
 }
 
-/// `host:port/dbname` → (`host:port`, `dbname`), defaulting to `postgres`.
-fn split_target(target: &str) -> (String, String) {
+/// How a protocol is named to people, and the kinds of its statement events.
+struct ProtocolNames {
+    display: &'static str,
+    query: &'static str,
+    outcome: &'static str,
+}
+
+fn protocol_names(kind: ConnectionKind) -> ProtocolNames {
+    let (display, query, outcome) = match kind {
+        ConnectionKind::Postgres => ("PostgreSQL", "pg.query", "pg.outcome"),
+        ConnectionKind::Mysql => ("MySQL", "mysql.query", "mysql.outcome"),
+        ConnectionKind::Ssh => ("SSH", "ssh.exec", "ssh.outcome"),
+        ConnectionKind::Kubernetes => ("Kubernetes", "k8s.request", "k8s.outcome"),
+        ConnectionKind::Http => ("HTTP", "http.request", "http.outcome"),
+    };
+    ProtocolNames {
+        display,
+        query,
+        outcome,
+    }
+}
+
+/// `host:port/dbname` → (`host:port`, `dbname`); without a database, PostgreSQL
+/// logs in to `postgres` and MySQL to none.
+fn split_target(target: &str, kind: ConnectionKind) -> (String, String) {
     match target.split_once('/') {
         Some((addr, db)) if !db.is_empty() => (addr.to_string(), db.to_string()),
-        _ => (target.to_string(), "postgres".to_string()),
+        Some((addr, _)) => (addr.to_string(), String::new()),
+        None if kind == ConnectionKind::Postgres => (target.to_string(), "postgres".to_string()),
+        None => (target.to_string(), String::new()),
     }
 }
 
-impl ProxyHooks for PgHooks {
-    async fn open(
-        &self,
-        database: &str,
-        user: &str,
-        token: &str,
-        client: SocketAddr,
-    ) -> Result<ProxySession, Refusal> {
+impl SessionHooks for SessionGate {
+    async fn open(&self, login: LoginRequest<'_>) -> Result<SessionGrant, Refusal> {
+        let LoginRequest {
+            protocol,
+            connection: database,
+            user,
+            token,
+            client,
+        } = login;
+        let names = protocol_names(protocol);
+        let protocol_name = names.display;
         let identity = match self.auth.authenticate(token).await {
             Ok(i) => i,
             Err(e) => {
                 let event = Event::new(
                     "auth.failure",
-                    json!({"code": e.code(), "reason": e.to_string(), "protocol": "postgres",
+                    json!({"code": e.code(), "reason": e.to_string(), "protocol": protocol.as_str(),
                            "token_kind": TokenShape::of(token).as_str(), "key_id": Authenticator::key_id_of(token),
                            "client": client.to_string(), "connection": database, "user": user}),
                 );
                 return Err(self
                     .refuse(
                         event,
-                        sqlstate::INVALID_PASSWORD,
+                        RefusalKind::BadCredentials,
                         format!("authentication failed: {e}"),
                     )
                     .await);
             }
         };
         let conn = match self.store.get_connection(database).await {
-            Ok(Some(c))
-                if c.kind == ConnectionKind::Postgres
-                    && identity.in_any_group(&c.allowed_groups) =>
-            {
-                c
-            }
+            Ok(Some(c)) if c.kind == protocol && identity.in_any_group(&c.allowed_groups) => c,
             Ok(_) => {
                 let event = Event::new(
                     "access.denied",
-                    json!({"protocol": "postgres", "client": client.to_string(),
-                    "reason": "no such PostgreSQL connection for the caller's groups"}),
+                    json!({"protocol": protocol.as_str(), "client": client.to_string(),
+                    "reason": format!("no such {protocol_name} connection for the caller's groups")}),
                 )
                 .by(&identity)
                 .on_connection(database);
                 return Err(self
                     .refuse(
                         event,
-                        sqlstate::INVALID_CATALOG_NAME,
-                        format!("there is no PostgreSQL connection `{database}` that you may use"),
+                        RefusalKind::NoAccess,
+                        format!(
+                            "there is no {protocol_name} connection `{database}` that you may use"
+                        ),
                     )
                     .await);
             }
             Err(e) => {
                 tracing::error!(error = %e, "connection lookup failed");
-                return Err(Refusal {
-                    sqlstate: sqlstate::CONNECTION_FAILURE,
-                    message: "the gateway's store is unavailable".into(),
-                });
+                return Err(unavailable("the gateway's store is unavailable"));
             }
         };
         let (guard, masker) = self.policies.resolve(&conn.policies).await.map_err(|e| {
             tracing::error!(error = %e, connection = %conn.name, "policies cannot be resolved");
             // Fail closed: no session without its policies.
             Refusal {
-                sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE,
+                kind: RefusalKind::PolicyUnusable,
                 message: format!("the connection's policies cannot be applied: {e}"),
             }
         })?;
@@ -227,23 +241,20 @@ impl ProxyHooks for PgHooks {
             Ok(None) => None,
             Ok(Some(_)) => {
                 return Err(Refusal {
-                    sqlstate: sqlstate::CONNECTION_FAILURE,
-                    message: "the connection holds no password for PostgreSQL".into(),
+                    kind: RefusalKind::Unavailable,
+                    message: format!("the connection holds no password for {protocol_name}"),
                 });
             }
             Err(e) => {
                 tracing::error!(error = %e, "secret unavailable");
-                return Err(Refusal {
-                    sqlstate: sqlstate::CONNECTION_FAILURE,
-                    message: "the connection's credential cannot be read".into(),
-                });
+                return Err(unavailable("the connection's credential cannot be read"));
             }
         };
         let id = Uuid::now_v7();
         let session = Session {
             id,
             connection: conn.name.clone(),
-            protocol: "postgres".into(),
+            protocol: protocol.as_str().into(),
             subject: identity.subject.clone(),
             groups: identity.groups.clone(),
             client_addr: Some(client.to_string()),
@@ -259,7 +270,7 @@ impl ProxyHooks for PgHooks {
         };
         let start = Event::new(
             "session.start",
-            json!({"protocol": "postgres", "client": client.to_string(), "user": user}),
+            json!({"protocol": protocol.as_str(), "client": client.to_string(), "user": user}),
         )
         .by(&identity)
         .on_connection(&conn.name)
@@ -268,7 +279,7 @@ impl ProxyHooks for PgHooks {
             version: RECORDING_VERSION,
             session: id.to_string(),
             connection: conn.name.clone(),
-            protocol: "postgres".into(),
+            protocol: protocol.as_str().into(),
             subject: identity.subject.clone(),
             started_at: timefmt::rfc3339(session.started_at),
             rows_per_result: self.rows_per_result,
@@ -277,22 +288,17 @@ impl ProxyHooks for PgHooks {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a session recording");
-                return Err(Refusal {
-                    sqlstate: sqlstate::CONNECTION_FAILURE,
-                    message: "the session cannot be recorded".into(),
-                });
+                return Err(unavailable("the session cannot be recorded"));
             }
         };
         if self.store.create_session(&session).await.is_err()
             || self.journal.append(&start).await.is_err()
         {
-            return Err(Refusal {
-                sqlstate: sqlstate::CONNECTION_FAILURE,
-                message: "the session cannot be recorded".into(),
-            });
+            return Err(unavailable("the session cannot be recorded"));
         }
-        let timeline = Arc::new(PgTimeline {
+        let timeline = Arc::new(StatementTimeline {
             file,
+            outcome_kind: names.outcome,
             journal: self.journal.clone(),
             identity: identity.clone(),
             connection: conn.name.clone(),
@@ -304,27 +310,21 @@ impl ProxyHooks for PgHooks {
                 OpenSession {
                     identity: Arc::new(identity),
                     connection: conn.name.as_str().into(),
+                    query_kind: names.query,
                     timeline: timeline.clone(),
                     unflushed: SessionCounts::default(),
                     flushed_at: Instant::now(),
                 },
             );
         }
-        let (backend_addr, backend_database) = split_target(&conn.target);
-        let backend_tls = backend_tls(&conn.tls, &backend_addr).map_err(|e| {
-            tracing::error!(error = %e, connection = %conn.name, "backend TLS settings unusable");
-            Refusal {
-                sqlstate: sqlstate::CONNECTION_FAILURE,
-                message: format!("the connection's TLS settings cannot be used: {e}"),
-            }
-        })?;
-        Ok(ProxySession {
+        let (backend_addr, backend_database) = split_target(&conn.target, protocol);
+        Ok(SessionGrant {
             id: id.to_string(),
             backend_addr,
             backend_user: conn.username.clone().unwrap_or_else(|| user.to_string()),
             backend_database,
             secret,
-            backend_tls,
+            tls: conn.tls.clone(),
             guard: Arc::new(guard),
             masker: Arc::new(masker),
             recorder: timeline,
@@ -335,15 +335,15 @@ impl ProxyHooks for PgHooks {
         let session_id: Uuid = record.session.parse().map_err(|_| "bad session id")?;
         let who = self.open.lock().ok().and_then(|o| {
             o.get(&record.session)
-                .map(|s| (s.identity.clone(), s.connection.clone()))
+                .map(|s| (s.identity.clone(), s.connection.clone(), s.query_kind))
         });
-        let (identity, connection) = who.ok_or("unknown session")?;
+        let (identity, connection, query_kind) = who.ok_or("unknown session")?;
         let denied = matches!(record.decision, Decision::Deny { .. });
         let mut payload = json!({"sql": record.sql, "via": record.via});
         if let Some(lengths) = &record.parameters {
             payload["params"] = json!({"count": lengths.len(), "bytes": lengths});
         }
-        let event = Event::new("pg.query", payload)
+        let event = Event::new(query_kind, payload)
             .by(&identity)
             .on_connection(connection.as_ref())
             .in_session(session_id)

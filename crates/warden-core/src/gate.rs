@@ -1,0 +1,121 @@
+//! The contract between a protocol proxy and the gateway: the proxy decodes a login
+//! and asks the gateway to open a session; the gateway answers with what the session
+//! may reach and under which policies, and records each statement before the proxy
+//! forwards it. Protocol crates implement none of this and store nothing; the gateway
+//! implements it once for every protocol.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::{ConnectionKind, Decision, Guard, Masker, Secret, SessionRecorder, TlsOptions};
+
+/// A client's login as a proxy decoded it.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginRequest<'a> {
+    pub protocol: ConnectionKind,
+    /// The Warden connection the client named.
+    pub connection: &'a str,
+    /// The user name the client sent (kept for the audit log; access is by token).
+    pub user: &'a str,
+    /// The client's token: an OIDC JWT or a Warden API key.
+    pub token: &'a str,
+    pub client: SocketAddr,
+}
+
+/// Why a login was refused; each proxy maps it to its protocol's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The token is missing, malformed, expired or unknown.
+    BadCredentials,
+    /// No such connection of this protocol for the caller's groups.
+    NoAccess,
+    /// The connection's policies cannot be applied: no session without them.
+    PolicyUnusable,
+    /// The gateway cannot serve the session right now (store, recording, credential).
+    Unavailable,
+}
+
+/// A refused login, with the message the client sees (never a secret).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+/// What the gateway resolved for an authenticated client.
+pub struct SessionGrant {
+    /// The gateway's id for this session; passed back in records.
+    pub id: String,
+    /// `host:port` of the database.
+    pub backend_addr: String,
+    pub backend_user: String,
+    /// The database to log in to; empty when the protocol allows none.
+    pub backend_database: String,
+    pub secret: Option<Secret<String>>,
+    /// TLS towards the database.
+    pub tls: TlsOptions,
+    pub guard: Arc<dyn Guard>,
+    pub masker: Arc<dyn Masker>,
+    /// The session's timeline; a write that fails ends the session.
+    pub recorder: Arc<dyn SessionRecorder>,
+}
+
+impl SessionGrant {
+    /// The host part of `backend_addr` (brackets of an IPv6 literal removed), the
+    /// name a backend certificate is checked against unless the connection names one.
+    pub fn backend_host(&self) -> &str {
+        let addr = self.backend_addr.as_str();
+        addr.rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// The server name to verify the backend's certificate against.
+    pub fn tls_server_name(&self) -> &str {
+        self.tls
+            .server_name
+            .as_deref()
+            .unwrap_or_else(|| self.backend_host())
+    }
+}
+
+/// A statement the proxy saw, for the audit log and the recording.
+#[derive(Debug, Clone)]
+pub struct StatementRecord {
+    pub session: String,
+    pub sql: String,
+    /// How the statement arrived, in the protocol's words (`Query`, `Bind`,
+    /// `COM_QUERY`, `COM_STMT_EXECUTE`, ...).
+    pub via: &'static str,
+    pub decision: Decision,
+    /// For executions of prepared statements: the byte length of each parameter
+    /// (`None`: NULL). The values themselves are not recorded.
+    pub parameters: Option<Vec<Option<u32>>>,
+}
+
+/// Bytes a session moved, counted in whole protocol messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub from_client: u64,
+    pub to_client: u64,
+}
+
+/// What a proxy needs from the gateway.
+pub trait SessionHooks: Send + Sync + 'static {
+    /// Checks the token and the client's access to the named connection.
+    fn open(
+        &self,
+        login: LoginRequest<'_>,
+    ) -> impl Future<Output = Result<SessionGrant, Refusal>> + Send;
+    /// Durably records a statement before it is forwarded; an error denies it.
+    fn record(&self, record: StatementRecord) -> impl Future<Output = Result<(), String>> + Send;
+    /// The session ended (client quit, or `reason` says why not).
+    fn closed(
+        &self,
+        session: &str,
+        reason: Option<String>,
+        traffic: Traffic,
+    ) -> impl Future<Output = ()> + Send;
+}
