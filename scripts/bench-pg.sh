@@ -55,6 +55,8 @@ data_dir = "$work/$name-data"
 listen = "127.0.0.1:$api_port"
 [pg]
 listen = "127.0.0.1:$pg_port"
+[mysql]
+enabled = false
 [audit]
 journal_sync = $sync
 

@@ -58,3 +58,27 @@ SET password_encryption = 'md5';
 ALTER ROLE warden_t_md5 PASSWORD 'md5-pw-1';
 SQL
 }
+
+# Starts the machine's MariaDB if needed and creates the accounts the MySQL proxy
+# tests and benchmark log in with: one per authentication plugin the proxy must
+# speak to servers (mysql_native_password, MariaDB's ed25519).
+setup_mariadb() {
+  export WARDEN_TEST_MYSQL_HOSTPORT="${WARDEN_TEST_MYSQL_HOSTPORT:-127.0.0.1:3306}"
+  if ! mysqladmin -h127.0.0.1 -uroot status >/dev/null 2>&1; then
+    log "starting MariaDB"
+    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 30); do mysqladmin -h127.0.0.1 -uroot status >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  if [ "$(mysql -h127.0.0.1 -uroot -NBe "SELECT COUNT(*) FROM information_schema.plugins WHERE plugin_name = 'ed25519'")" = 0 ]; then
+    mysql -h127.0.0.1 -uroot -e "INSTALL SONAME 'auth_ed25519'"
+  fi
+  mysql -h127.0.0.1 -uroot <<'SQL'
+CREATE USER IF NOT EXISTS 'warden_t_native'@'%';
+ALTER USER 'warden_t_native'@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('native-pw-1');
+CREATE USER IF NOT EXISTS 'warden_t_ed'@'%';
+ALTER USER 'warden_t_ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('ed-pw-1');
+GRANT ALL ON `warden\_t%`.* TO 'warden_t_native'@'%';
+GRANT ALL ON `warden\_t%`.* TO 'warden_t_ed'@'%';
+CREATE DATABASE IF NOT EXISTS warden_t;
+SQL
+}

@@ -21,6 +21,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "policies",
     "pg",
+    "mysql",
     "recordings",
     "audit",
 ];
@@ -50,6 +51,8 @@ pub struct Config {
     pub policies: warden_policy::PolicyConfig,
     #[serde(default)]
     pub pg: PgListenerConfig,
+    #[serde(default)]
+    pub mysql: MysqlListenerConfig,
     #[serde(default)]
     pub recordings: RecordingsConfig,
     #[serde(default)]
@@ -137,6 +140,59 @@ impl Default for PgListenerConfig {
             listen: default_pg_listen(),
             allow_plaintext_tokens: false,
             max_message_bytes: default_pg_max_message(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// The MySQL / MariaDB proxy listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlListenerConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_mysql_listen")]
+    pub listen: SocketAddr,
+    /// Accept tokens over plain TCP from clients that are not on loopback.
+    #[serde(default)]
+    pub allow_plaintext_tokens: bool,
+    /// Largest packet (fragments joined) accepted from a client or a server, in bytes.
+    #[serde(default = "default_mysql_max_packet")]
+    pub max_packet_bytes: usize,
+    /// Relay `LOAD DATA LOCAL INFILE` (the server reads a file from the client's
+    /// machine through the gateway). Off: the server is never offered local files.
+    #[serde(default)]
+    pub allow_local_infile: bool,
+    /// The server version the greeting announces (clients adapt to it).
+    #[serde(default = "default_mysql_version")]
+    pub server_version: String,
+    /// PEM certificate chain; with `tls_key`, clients can upgrade with `CLIENT_SSL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_mysql_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 13306))
+}
+fn default_mysql_max_packet() -> usize {
+    64 * 1024 * 1024
+}
+fn default_mysql_version() -> String {
+    "8.0.36-warden".into()
+}
+
+impl Default for MysqlListenerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_mysql_listen(),
+            allow_plaintext_tokens: false,
+            max_packet_bytes: default_mysql_max_packet(),
+            allow_local_infile: false,
+            server_version: default_mysql_version(),
             tls_cert: None,
             tls_key: None,
         }
@@ -309,6 +365,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             policies: warden_policy::PolicyConfig::default(),
             pg: PgListenerConfig::default(),
+            mysql: MysqlListenerConfig::default(),
             recordings: RecordingsConfig::default(),
             audit: AuditConfig::default(),
         }
@@ -394,6 +451,9 @@ impl Config {
         }
         if self.pg.tls_cert.is_some() != self.pg.tls_key.is_some() {
             return invalid("pg.tls_cert and pg.tls_key must be set together".into());
+        }
+        if self.mysql.tls_cert.is_some() != self.mysql.tls_key.is_some() {
+            return invalid("mysql.tls_cert and mysql.tls_key must be set together".into());
         }
         if let Some(token) = &self.admin_token {
             let t = token.expose();

@@ -45,6 +45,7 @@ pub enum GatewayError {
 pub struct Gateway {
     api_addr: SocketAddr,
     pg_addr: Option<SocketAddr>,
+    mysql_addr: Option<SocketAddr>,
     tls: bool,
     admin_token: Option<Secret<String>>,
     store: Arc<Store>,
@@ -103,18 +104,21 @@ impl Gateway {
             key.derive("warden masking hash key v1"),
         ));
         let (shutdown, rx) = watch::channel(false);
+        let gate = Arc::new(gate::SessionGate::new(
+            store.clone(),
+            journal.clone(),
+            auth.clone(),
+            policies.clone(),
+            config.recordings_dir(),
+            config.recordings.rows_per_result,
+        ));
         let pg_addr = if config.pg.enabled {
-            Some(
-                start_pg_listener(
-                    &config,
-                    store.clone(),
-                    journal.clone(),
-                    auth.clone(),
-                    policies.clone(),
-                    rx.clone(),
-                )
-                .await?,
-            )
+            Some(start_pg_listener(&config, gate.clone(), rx.clone()).await?)
+        } else {
+            None
+        };
+        let mysql_addr = if config.mysql.enabled {
+            Some(start_mysql_listener(&config, gate, rx.clone()).await?)
         } else {
             None
         };
@@ -130,6 +134,7 @@ impl Gateway {
         tracing::info!(api = %api_addr, tls = has_tls, "gateway started");
         Ok(Gateway {
             pg_addr,
+            mysql_addr,
             api_addr,
             tls: has_tls,
             admin_token,
@@ -147,6 +152,11 @@ impl Gateway {
     /// Where the PostgreSQL proxy listens, when enabled.
     pub fn pg_addr(&self) -> Option<SocketAddr> {
         self.pg_addr
+    }
+
+    /// Where the MySQL proxy listens, when enabled.
+    pub fn mysql_addr(&self) -> Option<SocketAddr> {
+        self.mysql_addr
     }
 
     /// `http://...` or `https://...` of the API listener.
@@ -202,10 +212,7 @@ pub async fn open_existing_store(config: &Config) -> Result<Store, GatewayError>
 /// Binds the PostgreSQL listener and serves each client on its own task.
 async fn start_pg_listener(
     config: &Config,
-    store: Arc<Store>,
-    journal: Arc<AuditJournal>,
-    auth: Arc<auth::Authenticator>,
-    policies: Arc<policy::PolicyRegistry>,
+    hooks: Arc<gate::SessionGate>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, GatewayError> {
     let listener = TcpListener::bind(config.pg.listen)
@@ -218,14 +225,6 @@ async fn start_pg_listener(
         context: "reading the PostgreSQL listener address".into(),
         source,
     })?;
-    let hooks = Arc::new(gate::SessionGate::new(
-        store,
-        journal,
-        auth,
-        policies,
-        config.recordings_dir(),
-        config.recordings.rows_per_result,
-    ));
     let tls = match (&config.pg.tls_cert, &config.pg.tls_key) {
         // PostgreSQL clients before 17 send no ALPN; 17+ with sslnegotiation=direct
         // would send "postgresql", which this listener does not take directly.
@@ -265,5 +264,62 @@ async fn start_pg_listener(
         }
     });
     tracing::info!(pg = %addr, "PostgreSQL proxy listening");
+    Ok(addr)
+}
+
+/// Binds the MySQL listener and serves each client on its own task.
+async fn start_mysql_listener(
+    config: &Config,
+    hooks: Arc<gate::SessionGate>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SocketAddr, GatewayError> {
+    let listener = TcpListener::bind(config.mysql.listen)
+        .await
+        .map_err(|source| GatewayError::Io {
+            context: format!("binding the MySQL listener to {}", config.mysql.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GatewayError::Io {
+        context: "reading the MySQL listener address".into(),
+        source,
+    })?;
+    let tls = match (&config.mysql.tls_cert, &config.mysql.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor_with_alpn(cert, key, &[])?),
+        _ => None,
+    };
+    let proxy_config = warden_mysql::proxy::ProxyConfig {
+        allow_plaintext_tokens: config.mysql.allow_plaintext_tokens,
+        tls,
+        max_packet: config.mysql.max_packet_bytes,
+        login_timeout: std::time::Duration::from_secs(30),
+        allow_local_infile: config.mysql.allow_local_infile,
+        server_version: config.mysql.server_version.clone(),
+    };
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    use tracing::Instrument;
+                    let span = tracing::info_span!("mysql", client = %peer);
+                    let session = warden_mysql::proxy::serve_client(
+                        stream,
+                        peer,
+                        hooks.clone(),
+                        proxy_config.clone(),
+                    );
+                    tokio::spawn(session.instrument(span));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "MySQL accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tracing::info!(mysql = %addr, "MySQL proxy listening");
     Ok(addr)
 }

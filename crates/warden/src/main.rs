@@ -191,6 +191,9 @@ async fn gateway(config: Config) -> Result<ExitCode> {
             gw.api_url()
         );
     }
+    if let Some(mysql) = gw.mysql_addr() {
+        println!("MySQL proxy listening on {mysql}");
+    }
     if let Some(pg) = gw.pg_addr() {
         println!("PostgreSQL proxy listening on {pg}");
     }

@@ -19,7 +19,8 @@ fn warden(dir: &Path) -> Command {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("WARDEN_API__LISTEN", "127.0.0.1:0")
-        .env("WARDEN_PG__LISTEN", "127.0.0.1:0");
+        .env("WARDEN_PG__LISTEN", "127.0.0.1:0")
+        .env("WARDEN_MYSQL__LISTEN", "127.0.0.1:0");
     cmd
 }
 

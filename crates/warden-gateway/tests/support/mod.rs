@@ -197,6 +197,7 @@ pub fn base_config(
     config.api.listen = "127.0.0.1:0".parse().unwrap();
     config.api.max_body_bytes = 64 * 1024;
     config.pg.listen = "127.0.0.1:0".parse().unwrap();
+    config.mysql.listen = "127.0.0.1:0".parse().unwrap();
     config.store.url = Some(StoreUrl(store_url.into()));
     config.auth.clock_skew_secs = 1;
     config.auth.jwks_min_refresh_secs = 1;
