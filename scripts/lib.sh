@@ -80,5 +80,7 @@ ALTER USER 'warden_t_ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('ed-pw-1');
 GRANT ALL ON `warden\_t%`.* TO 'warden_t_native'@'%';
 GRANT ALL ON `warden\_t%`.* TO 'warden_t_ed'@'%';
 CREATE DATABASE IF NOT EXISTS warden_t;
+-- Values over 16 MiB must cross the proxy in several packets.
+SET GLOBAL max_allowed_packet = 67108864;
 SQL
 }

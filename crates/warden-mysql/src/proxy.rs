@@ -456,7 +456,11 @@ impl<H: SessionHooks> Relay<H> {
             };
             let command = match MysqlCommand::decode(&packet.payload) {
                 Ok(c) => c,
-                Err(e) => return protocol_end("client", &e),
+                Err(e) => {
+                    self.refuse(errno::GATEWAY, &format!("malformed packet: {e}"));
+                    let _ = self.flush_client().await;
+                    return protocol_end("client", &e);
+                }
             };
             if let Err(end) = self.command(command, &packet.payload).await {
                 return end;
@@ -510,22 +514,25 @@ impl<H: SessionHooks> Relay<H> {
                     return Ok(p);
                 }
                 Ok(Some(p)) => {
-                    return Err(protocol_end(
-                        "client",
-                        &MysqlProtocolError::Sequence {
-                            got: p.seq,
-                            expected: 0,
-                        },
-                    ));
+                    let e = MysqlProtocolError::Sequence {
+                        got: p.seq,
+                        expected: 0,
+                    };
+                    self.client_seq = p.next_seq();
+                    self.refuse(errno::OUT_OF_ORDER, &e.to_string());
+                    let _ = self.flush_client().await;
+                    return Err(protocol_end("client", &e));
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    if let MysqlProtocolError::TooLarge { .. } = e {
-                        let (code, state) = errno::PACKET_TOO_LARGE;
-                        self.client_seq = 1;
-                        self.send_client(&err_packet(code, state, &e.to_string()));
-                        let _ = self.flush_client().await;
-                    }
+                    let code = match e {
+                        MysqlProtocolError::TooLarge { .. } => errno::PACKET_TOO_LARGE,
+                        MysqlProtocolError::Sequence { .. } => errno::OUT_OF_ORDER,
+                        MysqlProtocolError::Malformed { .. } => errno::GATEWAY,
+                    };
+                    self.client_seq = 1;
+                    self.refuse(code, &e.to_string());
+                    let _ = self.flush_client().await;
                     return Err(protocol_end("client", &e));
                 }
             }
