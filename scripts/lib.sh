@@ -84,3 +84,35 @@ CREATE DATABASE IF NOT EXISTS warden_t;
 SET GLOBAL max_allowed_packet = 67108864;
 SQL
 }
+
+# A second MariaDB that speaks TLS (the machine's own runs without), for the proxy's
+# verified backend TLS: Debian's snakeoil certificate, as for PostgreSQL, on 3307,
+# with an account that may only log in over TLS.
+setup_mariadb_tls() {
+  export WARDEN_TEST_MYSQL_TLS_HOSTPORT="${WARDEN_TEST_MYSQL_TLS_HOSTPORT:-127.0.0.1:3307}"
+  local dir=/var/tmp/warden-test-mariadb-tls
+  if ! mysqladmin -h127.0.0.1 -P3307 -uroot status >/dev/null 2>&1; then
+    ensure_packages make-ssl-cert ssl-cert
+    [ -f /etc/ssl/private/ssl-cert-snakeoil.key ] || as_root make-ssl-cert generate-default-snakeoil
+    log "starting a TLS MariaDB on 127.0.0.1:3307"
+    as_root rm -rf "$dir"
+    as_root mkdir -p "$dir"
+    as_root install -o mysql -m 600 /etc/ssl/private/ssl-cert-snakeoil.key "$dir/server.key"
+    as_root install -o mysql -m 644 /etc/ssl/certs/ssl-cert-snakeoil.pem "$dir/server.pem"
+    as_root chown mysql "$dir"
+    as_root mariadb-install-db --no-defaults --user=mysql --datadir="$dir/data" \
+      --auth-root-authentication-method=normal --skip-test-db >/dev/null
+    as_root start-stop-daemon --start --background --pidfile "$dir/daemon.pid" --make-pidfile \
+      --exec /usr/sbin/mariadbd -- \
+      --no-defaults --user=mysql --datadir="$dir/data" --socket="$dir/mysqld.sock" \
+      --pid-file="$dir/mysqld.pid" --port=3307 --bind-address=127.0.0.1 \
+      --innodb-buffer-pool-size=16M --ssl-cert="$dir/server.pem" --ssl-key="$dir/server.key"
+    for _ in $(seq 1 30); do mysqladmin -h127.0.0.1 -P3307 -uroot status >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  mysql -h127.0.0.1 -P3307 -uroot <<'SQL'
+CREATE USER IF NOT EXISTS 'warden_t_tls'@'%';
+ALTER USER 'warden_t_tls'@'%' IDENTIFIED BY 'tls-pw-1' REQUIRE SSL;
+CREATE DATABASE IF NOT EXISTS warden_t;
+GRANT ALL ON warden_t.* TO 'warden_t_tls'@'%';
+SQL
+}

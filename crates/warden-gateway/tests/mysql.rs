@@ -752,3 +752,43 @@ async fn clients_can_upgrade_to_tls_with_verification() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("tls ok"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_leg_uses_verified_tls() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let target = std::env::var("WARDEN_TEST_MYSQL_TLS_HOSTPORT")
+        .unwrap_or_else(|_| "127.0.0.1:3307".into());
+    let (ca, name) = pg_server_ca();
+    let add = |conn: &'static str, tls: serde_json::Value| {
+        let target = target.clone();
+        let gw = &gw;
+        async move {
+            let (status, body) = gw
+                .admin(
+                    "POST",
+                    "/api/connections",
+                    Some(json!({
+                        "name": conn, "kind": "mysql", "target": format!("{target}/warden_t"),
+                        "username": "warden_t_tls", "secret": "tls-pw-1", "allowed_groups": ["dba"],
+                        "tls": tls
+                    })),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    add("tls-ok", json!({"mode": "verify", "ca_pem": ca, "server_name": name})).await;
+    add("tls-wrong-name", json!({"mode": "verify", "ca_pem": ca, "server_name": "db.example.org"})).await;
+    add("tls-off", json!({"mode": "disable"})).await;
+    let mut c = connect(&gw, "tls-ok", &token).await.unwrap();
+    let cipher: Row = c.query_first("SHOW STATUS LIKE 'Ssl_cipher'").await.unwrap().unwrap();
+    assert!(!cipher.get::<String, _>(1).unwrap().is_empty());
+    c.disconnect().await.unwrap();
+    // A certificate for another name: no session, and the reason says TLS.
+    let err = connect(&gw, "tls-wrong-name", &token).await.unwrap_err();
+    assert!(server_message(&err).contains("TLS"), "{err}");
+    // Without TLS the server itself refuses an account that requires it.
+    let err = connect(&gw, "tls-off", &token).await.unwrap_err();
+    assert!(server_message(&err).contains("could not log in"), "{err}");
+    assert!(!server_message(&err).contains("tls-pw-1"));
+}
