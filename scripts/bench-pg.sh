@@ -48,41 +48,12 @@ PGPASSWORD=scram-pw-1 pgbench -q -i -s "$scale" -h 127.0.0.1 -U warden_t_scram w
 admin_token="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # start_warden NAME API_PORT PG_PORT JOURNAL_SYNC → prints an API key for the `bench` connection
 start_warden() {
-  local name=$1 api_port=$2 pg_port=$3 sync=$4
-  cat >"$work/$name.toml" <<EOF
-data_dir = "$work/$name-data"
-[api]
-listen = "127.0.0.1:$api_port"
-[pg]
-listen = "127.0.0.1:$pg_port"
+  start_bench_warden "$1" "$2" "[pg]
+listen = \"127.0.0.1:$3\"
 [mysql]
-enabled = false
-[audit]
-journal_sync = $sync
-
-[[policies.guardrails]]
-name = "no-drops"
-[[policies.guardrails.rules]]
-name = "no-ddl"
-sql_statements = ["ddl"]
-
-[[policies.masking]]
-name = "pii"
-detectors = ["email", "card_number"]
-EOF
-  WARDEN_ADMIN_TOKEN=$admin_token target/release/warden gateway --config "$work/$name.toml" \
-    >"$work/$name.out" 2>"$work/$name.err" &
-  echo $! >>"$work/pids"
-  for _ in $(seq 1 100); do grep -q "listening on http" "$work/$name.out" && break; sleep 0.1; done
-  grep -q "listening on http" "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
-  local api=http://127.0.0.1:$api_port
-  curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
-    -d '{"name":"bench","kind":"postgres","target":"127.0.0.1:5432/warden_bench",
-         "username":"warden_t_scram","secret":"scram-pw-1","allowed_groups":["bench"],
-         "policies":{"guardrails":["no-drops"],"masking":["pii"]},"tls":{"mode":"disable"}}' \
-    "$api/api/connections" >/dev/null
-  curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
-    -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4
+enabled = false" "$4" '{"name":"bench","kind":"postgres","target":"127.0.0.1:5432/warden_bench",
+    "username":"warden_t_scram","secret":"scram-pw-1","allowed_groups":["bench"],
+    "policies":{"guardrails":["no-drops"],"masking":["pii"]},"tls":{"mode":"disable"}}'
 }
 token=$(start_warden warden "$api_port" "$warden_port" true)
 os_token=$(start_warden warden-os $((api_port + 1)) $((warden_port + 1)) false)

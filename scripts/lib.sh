@@ -116,3 +116,39 @@ CREATE DATABASE IF NOT EXISTS warden_t;
 GRANT ALL ON warden_t.* TO 'warden_t_tls'@'%';
 SQL
 }
+
+# For the benchmarks: starts a release Warden in "$work" with the benchmark policies,
+# adds one connection and prints an API key that may use it. The caller sets
+# $work and $admin_token and kills the pids listed in "$work/pids".
+#   start_bench_warden NAME API_PORT LISTENER_TOML JOURNAL_SYNC CONNECTION_JSON
+start_bench_warden() {
+  local name=$1 api_port=$2 listeners=$3 sync=$4 connection=$5
+  cat >"$work/$name.toml" <<EOF2
+data_dir = "$work/$name-data"
+[api]
+listen = "127.0.0.1:$api_port"
+$listeners
+[audit]
+journal_sync = $sync
+
+[[policies.guardrails]]
+name = "no-drops"
+[[policies.guardrails.rules]]
+name = "no-ddl"
+sql_statements = ["ddl"]
+
+[[policies.masking]]
+name = "pii"
+detectors = ["email", "card_number"]
+EOF2
+  WARDEN_ADMIN_TOKEN=$admin_token target/release/warden gateway --config "$work/$name.toml" \
+    >"$work/$name.out" 2>"$work/$name.err" &
+  echo $! >>"$work/pids"
+  for _ in $(seq 1 100); do grep -q "listening on http" "$work/$name.out" && break; sleep 0.1; done
+  grep -q "listening on http" "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
+  local api=http://127.0.0.1:$api_port
+  curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+    -d "$connection" "$api/api/connections" >/dev/null
+  curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4
+}

@@ -12,6 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -412,6 +413,20 @@ fn denied_message(rule: &str, reason: &str) -> String {
 /// Most bytes held for the client before a write.
 const CLIENT_BATCH: usize = 64 * 1024;
 
+/// Room made in a read buffer before each read, so a large answer is taken in a few
+/// reads rather than many small ones.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Reads what is available right now without waiting: `None` when nothing is.
+async fn read_now(stream: &mut BoxedStream, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+    let mut read = std::pin::pin!(stream.read_buf(buf));
+    std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
 struct Relay<H> {
     client: BoxedStream,
     client_buf: BytesMut,
@@ -537,6 +552,7 @@ impl<H: SessionHooks> Relay<H> {
                 }
             }
             self.flush_client().await?;
+            self.client_buf.reserve(READ_CHUNK);
             match self.client.read_buf(&mut self.client_buf).await {
                 Ok(0) | Err(_) => return Err(Some(CLIENT_GONE.into())),
                 Ok(_) => {}
@@ -566,10 +582,19 @@ impl<H: SessionHooks> Relay<H> {
                 Ok(None) => {}
                 Err(e) => return Err(protocol_end("the database", &e)),
             }
+            // Rows handled so far wait for the client only while more of the
+            // answer is already here: one write per answer, not one per segment.
+            self.server_buf.reserve(READ_CHUNK);
+            match read_now(&mut self.server, &mut self.server_buf).await {
+                Some(Ok(0) | Err(_)) => return Err(Some(SERVER_GONE.into())),
+                Some(Ok(_)) => continue,
+                None => {}
+            }
             self.flush_client().await?;
             // A client that keeps sending while its answer is pending is not read
             // further until the answer is through (bounded memory).
             let watch_client = self.client_buf.len() < 1 << 20;
+            self.client_buf.reserve(READ_CHUNK);
             tokio::select! {
                 r = self.server.read_buf(&mut self.server_buf) => match r {
                     Ok(0) | Err(_) => return Err(Some(SERVER_GONE.into())),

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The MySQL proxy benchmark: `sysbench oltp_read_only` (per transaction: BEGIN, ten
+# primary-key SELECTs, four range SELECTs, COMMIT; prepared statements, i.e. the
+# binary protocol) at 1 and 8 threads, direct to MariaDB and through Warden (audit,
+# recording and masking on; `warden` syncs each audit batch to disk, `warden-os`
+# hands it to the OS), in the same run. Prints transactions and statements per
+# second, the ratio to direct, and p50 / average latency with what Warden adds.
+#
+#   scripts/bench-mysql.sh                  # 15 s per run
+#   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-mysql.sh
+#
+# Not a test: nothing here asserts on time. Installs sysbench when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+seconds=${BENCH_SECONDS:-15}
+clients=${BENCH_CLIENTS:-"1 8"}
+table_size=${BENCH_TABLE_SIZE:-10000}
+warden_port=${BENCH_WARDEN_PORT:-18306}
+api_port=${BENCH_API_PORT:-18019}
+
+ensure_packages sysbench sysbench curl curl mysql mariadb-client
+setup_mariadb
+log "building warden (release)"
+cargo build --release -q -p warden
+
+work=$(mktemp -d)
+chmod 755 "$work"
+cleanup() {
+  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mariadb_host=${WARDEN_TEST_MYSQL_HOSTPORT%:*}
+mariadb_port=${WARDEN_TEST_MYSQL_HOSTPORT##*:}
+sb() {
+  sysbench oltp_read_only --db-driver=mysql --tables=4 --table-size="$table_size" "$@"
+}
+mysql -h"$mariadb_host" -P"$mariadb_port" -uroot -e \
+  "DROP DATABASE IF EXISTS warden_t_bench; CREATE DATABASE warden_t_bench"
+log "sysbench prepare (4 tables x $table_size rows)"
+sb --mysql-host="$mariadb_host" --mysql-port="$mariadb_port" --mysql-user=warden_t_native \
+  --mysql-password=native-pw-1 --mysql-db=warden_t_bench prepare >/dev/null
+
+admin_token="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# start_warden NAME API_PORT MYSQL_PORT JOURNAL_SYNC → prints an API key for `bench`
+start_warden() {
+  start_bench_warden "$1" "$2" "[pg]
+enabled = false
+[mysql]
+listen = \"127.0.0.1:$3\"" "$4" "{\"name\":\"bench\",\"kind\":\"mysql\",
+    \"target\":\"$WARDEN_TEST_MYSQL_HOSTPORT/warden_t_bench\",
+    \"username\":\"warden_t_native\",\"secret\":\"native-pw-1\",\"allowed_groups\":[\"bench\"],
+    \"policies\":{\"guardrails\":[\"no-drops\"],\"masking\":[\"pii\"]},\"tls\":{\"mode\":\"disable\"}}"
+}
+token=$(start_warden warden "$api_port" "$warden_port" true)
+os_token=$(start_warden warden-os $((api_port + 1)) $((warden_port + 1)) false)
+
+# run NAME THREADS HOST PORT USER PASSWORD DB → "tps qps p50_ms avg_ms"
+run() {
+  local name=$1 c=$2 out
+  out=$(sb --mysql-host="$3" --mysql-port="$4" --mysql-user="$5" --mysql-password="$6" \
+    --mysql-db="$7" --threads="$c" --time="$seconds" --percentile=50 run 2>&1) || {
+    echo "sysbench $name failed:" >&2
+    echo "$out" >&2
+    exit 1
+  }
+  local tps qps p50 avg
+  tps=$(echo "$out" | sed -n 's/.*transactions: .*(\([0-9.]*\) per sec.*/\1/p')
+  qps=$(echo "$out" | sed -n 's/.*queries: .*(\([0-9.]*\) per sec.*/\1/p')
+  p50=$(echo "$out" | sed -n 's/.*50th percentile: *\([0-9.]*\).*/\1/p')
+  avg=$(echo "$out" | sed -n 's/.*avg: *\([0-9.]*\).*/\1/p')
+  echo "$tps $qps $p50 $avg"
+}
+
+printf '\nsysbench oltp_read_only, %ss per run, 4 tables x %s rows, 16 statements per transaction\n' \
+  "$seconds" "$table_size"
+printf '%-8s %-10s %9s %10s %7s %11s %11s %13s\n' threads path tps statements/s ratio p50_ms avg_ms +p50_us/stmt
+for c in $clients; do
+  read -r d_tps d_qps d_p50 d_avg < <(run direct "$c" "$mariadb_host" "$mariadb_port" warden_t_native native-pw-1 warden_t_bench)
+  read -r w_tps w_qps w_p50 w_avg < <(run warden "$c" 127.0.0.1 "$warden_port" bench "$token" bench)
+  read -r o_tps o_qps o_p50 o_avg < <(run warden-os "$c" 127.0.0.1 $((warden_port + 1)) bench "$os_token" bench)
+  printf '%-8s %-10s %9.0f %10.0f %7s %11s %11s %13s\n' "$c" direct "$d_tps" "$d_qps" "1.00" "$d_p50" "$d_avg" -
+  for row in "warden $w_tps $w_qps $w_p50 $w_avg" "warden-os $o_tps $o_qps $o_p50 $o_avg"; do
+    read -r name tps qps p50 avg <<<"$row"
+    printf '%-8s %-10s %9.0f %10.0f %7.2f %11s %11s %13.0f\n' "$c" "$name" "$tps" "$qps" \
+      "$(awk -v a="$tps" -v b="$d_tps" 'BEGIN { print a / b }')" "$p50" "$avg" \
+      "$(awk -v a="$p50" -v b="$d_p50" 'BEGIN { print (a - b) * 1000 / 16 }')"
+  done
+done
+for port in "$api_port" $((api_port + 1)); do
+  verify=$(curl -fsS -H "Authorization: Bearer $admin_token" "http://127.0.0.1:$port/api/audit/verify")
+  printf '\naudit log of the Warden with API port %s: %s events, intact: %s\n' "$port" \
+    "$(echo "$verify" | grep -o '"events_checked":[0-9]*' | cut -d: -f2)" \
+    "$(echo "$verify" | grep -o '"ok":[a-z]*' | cut -d: -f2)"
+done
+mysql -h"$mariadb_host" -P"$mariadb_port" -uroot -e "DROP DATABASE IF EXISTS warden_t_bench"
