@@ -695,6 +695,11 @@ async fn the_mysql_cli_works_and_cannot_read_local_files() {
         ),
     ]);
     assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR 4166") || stderr.contains("ERROR 1148"),
+        "{stderr}"
+    );
     let n: i64 = admin
         .query_first(format!("SELECT COUNT(*) FROM {table}"))
         .await
@@ -756,8 +761,8 @@ async fn clients_can_upgrade_to_tls_with_verification() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_leg_uses_verified_tls() {
     let (gw, token) = setup(Backend::Sqlite).await;
-    let target = std::env::var("WARDEN_TEST_MYSQL_TLS_HOSTPORT")
-        .unwrap_or_else(|_| "127.0.0.1:3307".into());
+    let target =
+        std::env::var("WARDEN_TEST_MYSQL_TLS_HOSTPORT").unwrap_or_else(|_| "127.0.0.1:3307".into());
     let (ca, name) = pg_server_ca();
     let add = |conn: &'static str, tls: serde_json::Value| {
         let target = target.clone();
@@ -777,11 +782,23 @@ async fn the_database_leg_uses_verified_tls() {
             assert_eq!(status, 201, "{body}");
         }
     };
-    add("tls-ok", json!({"mode": "verify", "ca_pem": ca, "server_name": name})).await;
-    add("tls-wrong-name", json!({"mode": "verify", "ca_pem": ca, "server_name": "db.example.org"})).await;
+    add(
+        "tls-ok",
+        json!({"mode": "verify", "ca_pem": ca, "server_name": name}),
+    )
+    .await;
+    add(
+        "tls-wrong-name",
+        json!({"mode": "verify", "ca_pem": ca, "server_name": "db.example.org"}),
+    )
+    .await;
     add("tls-off", json!({"mode": "disable"})).await;
     let mut c = connect(&gw, "tls-ok", &token).await.unwrap();
-    let cipher: Row = c.query_first("SHOW STATUS LIKE 'Ssl_cipher'").await.unwrap().unwrap();
+    let cipher: Row = c
+        .query_first("SHOW STATUS LIKE 'Ssl_cipher'")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!cipher.get::<String, _>(1).unwrap().is_empty());
     c.disconnect().await.unwrap();
     // A certificate for another name: no session, and the reason says TLS.
@@ -791,4 +808,75 @@ async fn the_database_leg_uses_verified_tls() {
     let err = connect(&gw, "tls-off", &token).await.unwrap_err();
     assert!(server_message(&err).contains("could not log in"), "{err}");
     assert!(!server_message(&err).contains("tls-pw-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_files_pass_only_when_the_listener_allows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.csv");
+    std::fs::write(&data, "alpha\nbeta\ngamma\n").unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let mut config = base_config(dir.path(), store_url, vec![]);
+    config.mysql.allow_local_infile = true;
+    let (gw, token) = setup_with(TestGateway::with_config(config, dir).await).await;
+    let table = unique("loaded");
+    let mut admin = root().await;
+    admin
+        .query_drop(format!("CREATE TABLE {table} (line TEXT)"))
+        .await
+        .unwrap();
+    let out = std::process::Command::new("mysql")
+        .args([
+            "-h127.0.0.1",
+            &format!("-P{}", port(&gw)),
+            "-ume",
+            "--local-infile=1",
+            "shop",
+            "-e",
+        ])
+        .arg(format!(
+            "LOAD DATA LOCAL INFILE '{}' INTO TABLE {table}",
+            data.display()
+        ))
+        .env("MYSQL_PWD", &token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = admin
+        .query(format!("SELECT line FROM {table} ORDER BY line"))
+        .await
+        .unwrap();
+    assert_eq!(lines, vec!["alpha", "beta", "gamma"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load is audited, and the recording says how much came in.
+    let queries = gw.audit_events("mysql.query").await;
+    assert!(queries.iter().any(|e| {
+        e["event"]["payload"]["sql"]
+            .as_str()
+            .unwrap()
+            .starts_with("LOAD DATA LOCAL")
+    }));
+    let (_, sessions) = gw.admin("GET", "/api/sessions?connection=shop", None).await;
+    let id = sessions[0]["id"].as_str().unwrap();
+    let (_, rec) = gw
+        .admin("GET", &format!("/api/sessions/{id}/recording"), None)
+        .await;
+    assert!(
+        rec["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "copy" && e["bytes"] == 17),
+        "{rec}"
+    );
+    admin
+        .query_drop(format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }

@@ -137,6 +137,14 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
             "query longer than {MAX_SQL_BYTES} bytes"
         )));
     }
+    if d == SqlDialect::Mysql
+        && let Some(load) = mysql_load(sql)
+    {
+        return Ok(SqlAnalysis {
+            statements: vec![load],
+            functions: Vec::new(),
+        });
+    }
     let dialect = dialect(d);
     let statements = Parser::new(dialect.as_ref())
         .with_recursion_limit(64)
@@ -155,6 +163,48 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
         ControlFlow::<()>::Continue(())
     });
     Ok(analysis)
+}
+
+/// MySQL's `LOAD DATA|XML [LOW_PRIORITY|CONCURRENT] [LOCAL] INFILE 'f' ... INTO TABLE t`,
+/// which the parser does not know (it knows Hive's `LOAD DATA INPATH`). Recognized
+/// only as a whole, single statement without comments; anything else goes to the
+/// parser (and fails closed). `LOCAL` reads a file on the client's machine
+/// ([`SqlKind::LoadData`]); without it the server reads one of its own files
+/// ([`SqlKind::CopyFile`]).
+fn mysql_load(sql: &str) -> Option<StatementFacts> {
+    let text = sql.trim();
+    let body = text.strip_suffix(';').unwrap_or(text);
+    if body.contains([';', '#']) || body.contains("--") || body.contains("/*") {
+        return None;
+    }
+    let words: Vec<String> = body.split_whitespace().map(str::to_lowercase).collect();
+    let mut w = words.iter().map(String::as_str).peekable();
+    if w.next() != Some("load") || !matches!(w.next(), Some("data" | "xml")) {
+        return None;
+    }
+    if matches!(w.peek(), Some(&("low_priority" | "concurrent"))) {
+        w.next();
+    }
+    let local = w.peek() == Some(&"local");
+    if local {
+        w.next();
+    }
+    if w.next() != Some("infile") {
+        return None;
+    }
+    let at = words
+        .windows(2)
+        .position(|p| p[0] == "into" && p[1] == "table")?;
+    let table = words.get(at + 2)?.replace('`', "");
+    Some(StatementFacts {
+        kind: if local {
+            SqlKind::LoadData
+        } else {
+            SqlKind::CopyFile
+        },
+        writes: vec![table],
+        unbounded: false,
+    })
 }
 
 /// `schema.table`, lowercased, unquoted; function-valued parts become `?`.
@@ -454,5 +504,40 @@ mod tests {
         let a = analyze(pg, "select pg_read_file('/etc/passwd')").unwrap_or_default();
         assert_eq!(a.functions, ["pg_read_file"]);
         assert!(analyze(pg, "DROP TABLE").is_err());
+    }
+
+    #[test]
+    fn mysql_load_data_is_classified_whole_or_not_at_all() {
+        let my = SqlDialect::Mysql;
+        let a = analyze(
+            my,
+            "LOAD DATA LOCAL INFILE '/tmp/x.csv' INTO TABLE `Shop`.t (a, b);",
+        )
+        .unwrap_or_default();
+        assert_eq!(a.statements[0].kind, SqlKind::LoadData);
+        assert_eq!(a.statements[0].writes, ["shop.t"]);
+        assert_eq!(
+            kinds(
+                my,
+                "load data low_priority infile '/etc/passwd' into table t"
+            ),
+            [SqlKind::CopyFile]
+        );
+        assert_eq!(
+            kinds(my, "LOAD XML LOCAL INFILE 'x.xml' INTO TABLE t"),
+            [SqlKind::LoadData]
+        );
+        // Anything around it goes to the parser, which refuses it.
+        assert!(analyze(my, "LOAD DATA LOCAL INFILE 'x' INTO TABLE t; DROP TABLE t").is_err());
+        assert!(analyze(my, "LOAD DATA LOCAL INFILE 'x' INTO TABLE t -- c").is_err());
+        assert!(analyze(my, "LOAD DATA LOCAL INFILE 'x'").is_err());
+        // Not MySQL: the PostgreSQL dialect has no such statement.
+        assert!(
+            analyze(
+                SqlDialect::Postgres,
+                "LOAD DATA LOCAL INFILE 'x' INTO TABLE t"
+            )
+            .is_err()
+        );
     }
 }
