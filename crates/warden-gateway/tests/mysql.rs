@@ -281,6 +281,11 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
     assert!(entries.iter().any(|e| e["kind"] == "statement"
         && e["sql"] == format!("DROP TABLE {table}").as_str()
         && e["decision"]["outcome"] == "deny"));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["kind"] == "error" && e["code"] == "1227")
+    );
     assert_eq!(entries.last().unwrap()["kind"], "end");
 
     // The held password is in no answer, event or recording; unmasked values are in

@@ -612,6 +612,17 @@ impl<H: SessionHooks> Relay<H> {
         self.recorder.record(event).map_err(|e| Some(e.to_string()))
     }
 
+    /// Refuses a statement: the client's error, also in the recording.
+    fn deny(&mut self, (code, state): (u16, &str), message: &str) -> Result<(), End> {
+        self.record_timeline(TimelineEvent::Error {
+            code: code.to_string(),
+            message: message.to_string(),
+            duration_us: None,
+        })?;
+        self.refuse((code, state), message);
+        Ok(())
+    }
+
     /// Answers the client with the gateway's own error.
     fn refuse(&mut self, (code, state): (u16, &str), message: &str) {
         self.send_client(&err_packet(code, state, message));
@@ -645,7 +656,7 @@ impl<H: SessionHooks> Relay<H> {
                         &message,
                     )
                     .await?;
-                    self.refuse(errno::DB_ACCESS_DENIED, &message);
+                    self.deny(errno::DB_ACCESS_DENIED, &message)?;
                     return Ok(());
                 }
                 let sql = format!("USE `{}`", database.replace('`', "``"));
@@ -661,7 +672,7 @@ impl<H: SessionHooks> Relay<H> {
                     let (rule, reason) = (rule.clone(), reason.clone());
                     self.record_denied(&sql, "COM_STMT_PREPARE", &rule, &reason)
                         .await?;
-                    self.refuse(errno::DENIED, &denied_message(&rule, &reason));
+                    self.deny(errno::DENIED, &denied_message(&rule, &reason))?;
                     return Ok(());
                 }
                 self.forward(payload).await?;
@@ -791,17 +802,12 @@ impl<H: SessionHooks> Relay<H> {
             })
             .await;
         if let Decision::Deny { rule, reason } = &decision {
-            self.refuse(errno::DENIED, &denied_message(rule, reason));
+            self.deny(errno::DENIED, &denied_message(rule, reason))?;
             return Ok(false);
         }
         if let Err(e) = recorded {
             let message = format!("the statement cannot be audited, so it was not run: {e}");
-            self.record_timeline(TimelineEvent::Error {
-                code: errno::GATEWAY.0.to_string(),
-                message: message.clone(),
-                duration_us: None,
-            })?;
-            self.refuse(errno::GATEWAY, &message);
+            self.deny(errno::GATEWAY, &message)?;
             return Ok(false);
         }
         Ok(true)
