@@ -209,22 +209,63 @@ pub async fn open_existing_store(config: &Config) -> Result<Store, GatewayError>
     bootstrap::open_store(&config, &key).await
 }
 
+/// Binds a proxy listener; `what` names it in errors.
+async fn bind_listener(
+    addr: SocketAddr,
+    what: &str,
+) -> Result<(TcpListener, SocketAddr), GatewayError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Io {
+            context: format!("binding the {what} listener to {addr}"),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| GatewayError::Io {
+        context: format!("reading the {what} listener address"),
+        source,
+    })?;
+    Ok((listener, local))
+}
+
+/// Accepts clients until shutdown and serves each on its own task, in a span named
+/// after the protocol; a failing accept (out of descriptors) backs off.
+fn spawn_accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    protocol: &'static str,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let span = tracing::info_span!("session", protocol, client = %peer);
+                    tokio::spawn(serve(stream, peer).instrument(span));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, protocol, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
 /// Binds the PostgreSQL listener and serves each client on its own task.
 async fn start_pg_listener(
     config: &Config,
     hooks: Arc<gate::SessionGate>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, GatewayError> {
-    let listener = TcpListener::bind(config.pg.listen)
-        .await
-        .map_err(|source| GatewayError::Io {
-            context: format!("binding the PostgreSQL listener to {}", config.pg.listen),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| GatewayError::Io {
-        context: "reading the PostgreSQL listener address".into(),
-        source,
-    })?;
+    let (listener, addr) = bind_listener(config.pg.listen, "PostgreSQL").await?;
     let tls = match (&config.pg.tls_cert, &config.pg.tls_key) {
         // PostgreSQL clients before 17 send no ALPN; 17+ with sslnegotiation=direct
         // would send "postgresql", which this listener does not take directly.
@@ -238,30 +279,8 @@ async fn start_pg_listener(
         max_message: config.pg.max_message_bytes,
         login_timeout: std::time::Duration::from_secs(30),
     };
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.changed() => break,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    use tracing::Instrument;
-                    let span = tracing::info_span!("pg", client = %peer);
-                    let session = warden_pg::proxy::serve_client(
-                        stream,
-                        peer,
-                        hooks.clone(),
-                        proxy_config.clone(),
-                    );
-                    tokio::spawn(session.instrument(span));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "PostgreSQL accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+    spawn_accept_loop(listener, shutdown, "postgres", move |stream, peer| {
+        warden_pg::proxy::serve_client(stream, peer, hooks.clone(), proxy_config.clone())
     });
     tracing::info!(pg = %addr, "PostgreSQL proxy listening");
     Ok(addr)
@@ -271,18 +290,9 @@ async fn start_pg_listener(
 async fn start_mysql_listener(
     config: &Config,
     hooks: Arc<gate::SessionGate>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, GatewayError> {
-    let listener = TcpListener::bind(config.mysql.listen)
-        .await
-        .map_err(|source| GatewayError::Io {
-            context: format!("binding the MySQL listener to {}", config.mysql.listen),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| GatewayError::Io {
-        context: "reading the MySQL listener address".into(),
-        source,
-    })?;
+    let (listener, addr) = bind_listener(config.mysql.listen, "MySQL").await?;
     let tls = match (&config.mysql.tls_cert, &config.mysql.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor_with_alpn(cert, key, &[])?),
         _ => None,
@@ -295,30 +305,8 @@ async fn start_mysql_listener(
         allow_local_infile: config.mysql.allow_local_infile,
         server_version: config.mysql.server_version.clone(),
     };
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.changed() => break,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    use tracing::Instrument;
-                    let span = tracing::info_span!("mysql", client = %peer);
-                    let session = warden_mysql::proxy::serve_client(
-                        stream,
-                        peer,
-                        hooks.clone(),
-                        proxy_config.clone(),
-                    );
-                    tokio::spawn(session.instrument(span));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "MySQL accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+    spawn_accept_loop(listener, shutdown, "mysql", move |stream, peer| {
+        warden_mysql::proxy::serve_client(stream, peer, hooks.clone(), proxy_config.clone())
     });
     tracing::info!(mysql = %addr, "MySQL proxy listening");
     Ok(addr)

@@ -290,20 +290,10 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
 
     // The held password is in no answer, event or recording; unmasked values are in
     // no recording either.
-    let mut recordings = String::new();
-    for f in std::fs::read_dir(gw.dir.path().join("recordings")).unwrap() {
-        recordings += &std::fs::read_to_string(f.unwrap().path()).unwrap();
-    }
+    let recordings = gw.recordings_text();
     assert!(!recordings.contains("ann@example.com"));
     assert!(!recordings.contains("4111111111111111"));
-    let all = gw
-        .admin("GET", "/api/audit?limit=1000", None)
-        .await
-        .1
-        .to_string()
-        + &sessions.to_string()
-        + &rec.to_string()
-        + &recordings;
+    let all = gw.everything_visible(&[&sessions, &rec]).await;
     assert!(!all.contains(NATIVE_PASSWORD));
     assert_eq!(
         gw.admin("GET", "/api/audit/verify", None).await.1["ok"],
@@ -378,7 +368,7 @@ async fn refused_logins_and_commands_name_the_reason() {
     send_raw(&mut s, 0, b"\x02mysql").await;
     let p = read_packet(&mut s, &mut buf).await.unwrap();
     assert_eq!(p.payload[0], 0xFF);
-    assert_eq!(u16::from_le_bytes([p.payload[1], p.payload[2]]), 1044);
+    assert_eq!(err_code(&p), 1044);
     assert!(String::from_utf8_lossy(&p.payload).contains("limited to the database `warden_t`"));
     send_raw(&mut s, 0, b"\x02warden_t").await;
     let p = read_packet(&mut s, &mut buf).await.unwrap();
@@ -498,6 +488,12 @@ async fn raw_login(gw: &TestGateway, token: &str) -> (TcpStream, BytesMut) {
     (s, buf)
 }
 
+/// The error number of an `ERR` packet (panics on anything else).
+fn err_code(p: &Packet) -> u16 {
+    assert_eq!(p.payload[0], 0xFF, "not an ERR: {:?}", p.payload);
+    u16::from_le_bytes([p.payload[1], p.payload[2]])
+}
+
 async fn send_raw(s: &mut TcpStream, seq: u8, payload: &[u8]) {
     let mut out = BytesMut::new();
     let mut seq = seq;
@@ -537,7 +533,7 @@ async fn bad_packets_end_only_their_session() {
         .unwrap();
     let err = read_packet(&mut s, &mut buf).await.unwrap();
     assert_eq!(err.payload[0], 0xFF);
-    assert_eq!(u16::from_le_bytes([err.payload[1], err.payload[2]]), 1043);
+    assert_eq!(err_code(&err), 1043);
     assert!(read_packet(&mut s, &mut buf).await.is_none());
 
     // An absurd length: an ERR naming the limit, then the session ends.
@@ -545,24 +541,14 @@ async fn bad_packets_end_only_their_session() {
     s.write_all(&[0xFF, 0xFF, 0xFF, 0x00, 0x03]).await.unwrap();
     s.write_all(&vec![b'x'; 70_000]).await.unwrap();
     let p = read_packet(&mut s, &mut buf).await.unwrap();
-    assert_eq!(
-        u16::from_le_bytes([p.payload[1], p.payload[2]]),
-        1153,
-        "{:?}",
-        p.payload
-    );
+    assert_eq!(err_code(&p), 1153);
     assert!(read_packet(&mut s, &mut buf).await.is_none());
 
     // A command with the wrong sequence id.
     let (mut s, mut buf) = raw_login(&gw, &token).await;
     send_raw(&mut s, 5, b"\x03SELECT 1").await;
     let p = read_packet(&mut s, &mut buf).await.unwrap();
-    assert_eq!(
-        u16::from_le_bytes([p.payload[1], p.payload[2]]),
-        1156,
-        "{:?}",
-        p.payload
-    );
+    assert_eq!(err_code(&p), 1156);
     assert!(read_packet(&mut s, &mut buf).await.is_none());
 
     // A truncated command: an ERR, then the session ends.
@@ -577,12 +563,7 @@ async fn bad_packets_end_only_their_session() {
     let (mut s, mut buf) = raw_login(&gw, &token).await;
     send_raw(&mut s, 0, &[0x17, 9, 0, 0, 0, 0, 1, 0, 0, 0]).await;
     let p = read_packet(&mut s, &mut buf).await.unwrap();
-    assert_eq!(
-        u16::from_le_bytes([p.payload[1], p.payload[2]]),
-        1243,
-        "{:?}",
-        p.payload
-    );
+    assert_eq!(err_code(&p), 1243);
     send_raw(&mut s, 0, b"\x03SELECT 'still here'").await;
     let p = read_packet(&mut s, &mut buf).await.unwrap();
     assert_eq!(p.payload[0], 1, "one column");

@@ -202,20 +202,10 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
 
     // The held password appears in no answer, no event and no recording; the
     // unmasked value is in no recording either.
-    let mut recordings = String::new();
-    for f in std::fs::read_dir(gw.dir.path().join("recordings")).unwrap() {
-        recordings += &std::fs::read_to_string(f.unwrap().path()).unwrap();
-    }
+    let recordings = gw.recordings_text();
     assert!(recordings.contains("nothing_here"));
     assert!(!recordings.contains("ops@example.com"));
-    let all = gw
-        .admin("GET", "/api/audit?limit=1000", None)
-        .await
-        .1
-        .to_string()
-        + &sessions.to_string()
-        + &rec.to_string()
-        + &recordings;
+    let all = gw.everything_visible(&[&sessions, &rec]).await;
     assert!(!all.contains(BACKEND_PASSWORD));
     assert_eq!(
         gw.admin("GET", "/api/audit/verify", None).await.1["ok"],

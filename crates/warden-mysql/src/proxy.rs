@@ -23,7 +23,7 @@ use warden_core::{
     SessionGrant, SessionHooks, SessionRecorder, SqlDialect, StatementRecord, TimelineEvent,
     Traffic,
 };
-use warden_net::{BackendTls, BoxedStream};
+use warden_net::{BackendTls, BoxedStream, Rewind};
 
 use crate::MysqlProtocolError;
 use crate::auth;
@@ -185,12 +185,10 @@ pub async fn serve_client<H: SessionHooks>(
                     .error(errno::HANDSHAKE, "this listener has no TLS certificate")
                     .await;
             };
-            if !c.buf.is_empty() {
-                return c
-                    .error(errno::HANDSHAKE, "data sent before the TLS handshake")
-                    .await;
-            }
+            // MySQL clients start the handshake without waiting for an answer: what
+            // was read after the request is its first bytes.
             let plain = std::mem::replace(&mut c.stream, Box::new(tokio::io::empty()));
+            let plain = Rewind::new(std::mem::take(&mut c.buf), plain);
             match tokio::time::timeout_at(c.deadline, acceptor.accept(plain)).await {
                 Ok(Ok(s)) => c.stream = Box::new(s),
                 _ => return,

@@ -288,6 +288,29 @@ impl TestGateway {
         self.call(method, path, Some(ADMIN_TOKEN), body).await
     }
 
+    /// Every session recording this gateway wrote, concatenated.
+    pub fn recordings_text(&self) -> String {
+        let mut all = String::new();
+        for f in std::fs::read_dir(self.dir.path().join("recordings")).unwrap() {
+            all += &std::fs::read_to_string(f.unwrap().path()).unwrap();
+        }
+        all
+    }
+
+    /// What the admin can read of the gateway's state — the whole audit log, `extra`
+    /// answers — and every recording: the haystack secret checks search.
+    pub async fn everything_visible(&self, extra: &[&serde_json::Value]) -> String {
+        let mut all = self
+            .admin("GET", "/api/audit?limit=1000", None)
+            .await
+            .1
+            .to_string();
+        for v in extra {
+            all += &v.to_string();
+        }
+        all + &self.recordings_text()
+    }
+
     /// Audit events of one kind, as the admin sees them.
     pub async fn audit_events(&self, kind: &str) -> Vec<Value> {
         let (status, page) = self
