@@ -47,8 +47,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = ResponseHead::decode(payload);
         if let Ok(MysqlCommand::StmtExecute(e)) = MysqlCommand::decode(payload) {
             let n = usize::from(e.statement as u8 % 8);
-            let _ = e.parameter_lengths(n, None);
-            let _ = e.parameter_lengths(n, Some(&[253, 0, 8, 0, 10, 0, 1, 0, 5, 0, 246, 0, 3, 0, 12, 0]));
+            let long = std::collections::HashMap::from([(1u16, 9u64)]);
+            let _ = e.parameter_lengths(n, None, &long);
+            let types = [253, 0, 8, 0, 10, 0, 1, 0, 5, 0, 246, 0, 3, 0, 12, 0];
+            let _ = e.parameter_lengths(n, Some(&types), &Default::default());
         }
         let _ = ColumnDef::decode(payload);
         // Columns whose types come from the first bytes, rows from the rest.

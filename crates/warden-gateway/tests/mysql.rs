@@ -866,3 +866,67 @@ async fn local_files_pass_only_when_the_listener_allows_them() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statement_housekeeping_and_long_data() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    // Through a driver: close, ping, reset.
+    let mut c = connect(&gw, "shop", &token).await.unwrap();
+    let stmt = c.prep("SELECT CONCAT(?, '@example.com')").await.unwrap();
+    let v: String = c.exec_first(&stmt, ("ann",)).await.unwrap().unwrap();
+    assert_eq!(v, "[redacted:email]");
+    c.close(stmt).await.unwrap();
+    c.ping().await.unwrap();
+    c.reset().await.unwrap();
+    let one: i64 = c.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+    c.disconnect().await.unwrap();
+
+    // Raw: a parameter sent in pieces with COM_STMT_SEND_LONG_DATA (no answer), a
+    // client without DEPRECATE_EOF (the server's EOFs pass as they are).
+    let (mut s, mut buf) = raw_login(&gw, &token).await;
+    send_raw(&mut s, 0, b"\x16SELECT ? AS v").await;
+    let ok = read_packet(&mut s, &mut buf).await.unwrap();
+    assert_eq!(ok.payload[0], 0, "{:?}", ok.payload);
+    let id = [ok.payload[1], ok.payload[2], ok.payload[3], ok.payload[4]];
+    // One parameter definition and one column definition, each followed by an EOF.
+    for _ in 0..4 {
+        read_packet(&mut s, &mut buf).await.unwrap();
+    }
+    for piece in [&b"write to bob"[..], b"@example.com today"] {
+        let mut p = vec![0x18];
+        p.extend_from_slice(&id);
+        p.extend_from_slice(&0u16.to_le_bytes());
+        p.extend_from_slice(piece);
+        send_raw(&mut s, 0, &p).await;
+    }
+    let mut exec = vec![0x17];
+    exec.extend_from_slice(&id);
+    exec.push(0); // no cursor
+    exec.extend_from_slice(&1u32.to_le_bytes());
+    exec.push(0); // NULL bitmap
+    exec.push(1); // types bound
+    exec.extend_from_slice(&[253, 0]); // VAR_STRING; its value came as long data
+    send_raw(&mut s, 0, &exec).await;
+    let head = read_packet(&mut s, &mut buf).await.unwrap();
+    assert_eq!(&head.payload[..], &[1]);
+    read_packet(&mut s, &mut buf).await.unwrap(); // column
+    let eof = read_packet(&mut s, &mut buf).await.unwrap();
+    assert_eq!(eof.payload[0], 0xFE);
+    let row = read_packet(&mut s, &mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&row.payload);
+    assert!(text.contains("write to [redacted:email] today"), "{text}");
+    let end = read_packet(&mut s, &mut buf).await.unwrap();
+    assert_eq!(end.payload[0], 0xFE);
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queries = gw.audit_events("mysql.query").await;
+    // The long value is summarized by its size, never shown.
+    let e = queries
+        .iter()
+        .find(|e| e["event"]["payload"]["sql"] == "SELECT ? AS v")
+        .unwrap();
+    assert_eq!(e["event"]["payload"]["via"], "COM_STMT_EXECUTE");
+    assert_eq!(e["event"]["payload"]["params"]["bytes"], json!([30]), "{e}");
+    assert!(!e.to_string().contains("bob@"));
+}

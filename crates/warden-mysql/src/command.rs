@@ -51,6 +51,8 @@ pub enum MysqlCommand {
     StmtSendLongData {
         statement: u32,
         param: u16,
+        /// Bytes in this chunk.
+        len: usize,
     },
     /// No answer.
     StmtClose {
@@ -98,6 +100,7 @@ impl MysqlCommand {
             code::STMT_SEND_LONG_DATA => Self::StmtSendLongData {
                 statement: r.u32()?,
                 param: r.u16()?,
+                len: r.remaining(),
             },
             code::STMT_CLOSE => Self::StmtClose {
                 statement: r.u32()?,
@@ -160,13 +163,14 @@ pub struct StmtExecute {
 
 impl StmtExecute {
     /// The byte length of each parameter's value (`None`: NULL) for the audit log,
-    /// given the statement's parameter count and the types last bound. Returns the
-    /// types this execution binds, if it binds new ones. Values sent with
-    /// `COM_STMT_SEND_LONG_DATA` count as 0 here.
+    /// given the statement's parameter count, the types last bound and the bytes of
+    /// each parameter sent before with `COM_STMT_SEND_LONG_DATA` (those have no value
+    /// here). Returns the types this execution binds, if it binds new ones.
     pub fn parameter_lengths(
         &self,
         count: usize,
         bound: Option<&[u8]>,
+        long_data: &std::collections::HashMap<u16, u64>,
     ) -> Result<ParameterSummary, MysqlProtocolError> {
         let mut r = Reader::new(&self.params, "COM_STMT_EXECUTE");
         r.u32()?; // iteration count, always 1
@@ -186,6 +190,10 @@ impl StmtExecute {
         for i in 0..count {
             if nulls[i / 8] & (1 << (i % 8)) != 0 {
                 lengths.push(None);
+                continue;
+            }
+            if let Some(&n) = u16::try_from(i).ok().and_then(|i| long_data.get(&i)) {
+                lengths.push(Some(u32::try_from(n).unwrap_or(u32::MAX)));
                 continue;
             }
             let n = crate::resultset::binary_value_len(types[2 * i], &mut r)?;
@@ -235,7 +243,7 @@ mod tests {
             flags: 0,
             params: p,
         };
-        let (lengths, types) = e.parameter_lengths(3, None).unwrap();
+        let (lengths, types) = e.parameter_lengths(3, None, &Default::default()).unwrap();
         assert_eq!(lengths, vec![Some(8), Some(5), None]);
         assert_eq!(types.unwrap(), vec![8, 0, 253, 0, 253, 0]);
         // Types not rebound and never bound: an error, not a guess.
@@ -246,10 +254,23 @@ mod tests {
             flags: 0,
             params: q,
         };
-        assert!(e.parameter_lengths(1, None).is_err());
+        assert!(e.parameter_lengths(1, None, &Default::default()).is_err());
         assert_eq!(
-            e.parameter_lengths(1, Some(&[8, 0])).unwrap().0,
+            e.parameter_lengths(1, Some(&[8, 0]), &Default::default())
+                .unwrap()
+                .0,
             vec![Some(8)]
+        );
+        // A value sent as long data has no bytes here; its size comes from there.
+        let e = StmtExecute {
+            statement: 1,
+            flags: 0,
+            params: vec![1, 0, 0, 0, 0, 1, 253, 0],
+        };
+        let long = std::collections::HashMap::from([(0u16, 30u64)]);
+        assert_eq!(
+            e.parameter_lengths(1, None, &long).unwrap().0,
+            vec![Some(30)]
         );
     }
 }

@@ -388,6 +388,9 @@ struct Prepared {
     params: usize,
     /// Parameter types as last bound by an execution.
     types: Option<Vec<u8>>,
+    /// Bytes sent per parameter with `COM_STMT_SEND_LONG_DATA` since the last
+    /// execution (the server forgets them at each execution and reset).
+    long_data: HashMap<u16, u64>,
 }
 
 /// How rows of a result set are encoded.
@@ -677,9 +680,15 @@ impl<H: SessionHooks> Relay<H> {
                 self.prepare(sql).await
             }
             MysqlCommand::StmtExecute(execute) => self.execute(execute, payload).await,
-            MysqlCommand::StmtSendLongData { statement, .. } => {
+            MysqlCommand::StmtSendLongData {
+                statement,
+                param,
+                len,
+            } => {
                 // No answer comes; an unknown statement is the server's to ignore.
-                let _ = statement;
+                if let Some(p) = self.prepared.get_mut(&statement) {
+                    *p.long_data.entry(param).or_default() += len as u64;
+                }
                 self.send_server(payload).await
             }
             MysqlCommand::StmtClose { statement } => {
@@ -699,9 +708,14 @@ impl<H: SessionHooks> Relay<H> {
                 self.forward(payload).await?;
                 self.simple().await
             }
-            MysqlCommand::Ping
-            | MysqlCommand::StmtReset { .. }
-            | MysqlCommand::SetOption { .. } => {
+            MysqlCommand::StmtReset { statement } => {
+                if let Some(p) = self.prepared.get_mut(&statement) {
+                    p.long_data.clear();
+                }
+                self.forward(payload).await?;
+                self.simple().await
+            }
+            MysqlCommand::Ping | MysqlCommand::SetOption { .. } => {
                 self.forward(payload).await?;
                 self.simple().await
             }
@@ -832,8 +846,12 @@ impl<H: SessionHooks> Relay<H> {
             return Ok(());
         }
         let sql = prepared.sql.clone();
-        let parameters = match execute.parameter_lengths(prepared.params, prepared.types.as_deref())
-        {
+        let summary = execute.parameter_lengths(
+            prepared.params,
+            prepared.types.as_deref(),
+            &prepared.long_data,
+        );
+        let parameters = match summary {
             Ok((lengths, types)) => {
                 if let (Some(t), Some(p)) = (types, self.prepared.get_mut(&id)) {
                     p.types = Some(t);
@@ -843,6 +861,9 @@ impl<H: SessionHooks> Relay<H> {
             // The server will reject what cannot be read; audit without a summary.
             Err(_) => None,
         };
+        if let Some(p) = self.prepared.get_mut(&id) {
+            p.long_data.clear();
+        }
         if !self.statement(&sql, "COM_STMT_EXECUTE", parameters).await? {
             return Ok(());
         }
@@ -996,16 +1017,15 @@ impl<H: SessionHooks> Relay<H> {
                             }
                             .map_err(|e| protocol_end("the database", &e))?
                         };
-                        let shown: &[u8] = masked.as_deref().unwrap_or(&row.payload);
+                        let shown: Bytes = masked.map_or(row.payload, BytesMut::freeze);
                         if rows.len() < keep {
                             let values = match format {
-                                RowFormat::Text => text_row_values(shown),
-                                RowFormat::Binary => binary_row_values(shown, &defs),
+                                RowFormat::Text => text_row_values(&shown),
+                                RowFormat::Binary => binary_row_values(&shown, &defs),
                             }
                             .map_err(|e| protocol_end("the database", &e))?;
                             rows.push(values);
                         }
-                        let shown = shown.to_vec();
                         self.send_client_batched(&shown).await?;
                     };
                     if !more {
@@ -1116,6 +1136,7 @@ impl<H: SessionHooks> Relay<H> {
                 sql,
                 params: usize::from(params),
                 types: None,
+                long_data: HashMap::new(),
             },
         );
         self.last_prepared = Some(id);
