@@ -304,6 +304,7 @@ async fn start_mysql_listener(
         login_timeout: std::time::Duration::from_secs(30),
         allow_local_infile: config.mysql.allow_local_infile,
         server_version: config.mysql.server_version.clone(),
+        threads: warden_mysql::proxy::ThreadMap::default(),
     };
     spawn_accept_loop(listener, shutdown, "mysql", move |stream, peer| {
         warden_mysql::proxy::serve_client(stream, peer, hooks.clone(), proxy_config.clone())

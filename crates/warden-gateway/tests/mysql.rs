@@ -930,3 +930,37 @@ async fn prepared_statement_housekeeping_and_long_data() {
     assert_eq!(e["event"]["payload"]["params"]["bytes"], json!([30]), "{e}");
     assert!(!e.to_string().contains("bob@"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_query_by_the_id_the_client_was_given() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let mut sleeper = connect(&gw, "shop", &token).await.unwrap();
+    // The id the client knows is the gateway's, not the server thread's.
+    let ours = sleeper.id();
+    let mut probe = connect(&gw, "shop", &token).await.unwrap();
+    let server_side: u32 = probe
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(probe.id(), server_side);
+    let running = tokio::spawn(async move {
+        let r: Result<Option<i64>, _> = sleeper.query_first("SELECT SLEEP(60)").await;
+        r
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What the mysql client sends on Ctrl-C, from a second session.
+    probe
+        .query_drop(format!("KILL QUERY {ours}"))
+        .await
+        .unwrap();
+    // The query ends now with "interrupted" (1317) instead of after a minute.
+    let interrupted = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the query was not interrupted")
+        .unwrap();
+    assert_eq!(server_code(&interrupted.unwrap_err()), 1317);
+    // An id that is not one of the gateway's goes to the server as it is.
+    let err = probe.query_drop("KILL QUERY 4000000000").await.unwrap_err();
+    assert_eq!(server_code(&err), 1094, "{err}");
+}

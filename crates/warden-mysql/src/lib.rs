@@ -49,6 +49,8 @@ pub mod errno {
     pub const NOT_ALLOWED: (u16, &str) = (1148, "42000");
     /// ER_NET_PACKET_TOO_LARGE.
     pub const PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
+    /// ER_KILL_DENIED_ERROR: `KILL` of another account's or server's session.
+    pub const KILL_DENIED: (u16, &str) = (1095, "HY000");
     /// ER_NET_PACKETS_OUT_OF_ORDER.
     pub const OUT_OF_ORDER: (u16, &str) = (1156, "08S01");
     /// ER_SPECIFIC_ACCESS_DENIED_ERROR: a guardrail denied the statement.

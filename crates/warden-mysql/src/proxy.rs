@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,6 +56,8 @@ pub struct ProxyConfig {
     pub allow_local_infile: bool,
     /// The server version announced in the greeting.
     pub server_version: String,
+    /// Shared by all sessions of a listener: what `KILL <id>` means.
+    pub threads: ThreadMap,
 }
 
 impl Default for ProxyConfig {
@@ -67,8 +69,62 @@ impl Default for ProxyConfig {
             login_timeout: Duration::from_secs(30),
             allow_local_infile: false,
             server_version: "8.0.36-warden".into(),
+            threads: ThreadMap::default(),
         }
     }
+}
+
+/// The connection ids the gateway gave clients (in its greetings) → the server
+/// thread behind each, so `KILL [QUERY] <id>` from another session — what the `mysql`
+/// client sends on Ctrl-C — reaches the right thread. Clients never see the servers'
+/// thread ids, and an id that is not one of ours is left to the server.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadMap(Arc<Mutex<HashMap<u32, ServerThread>>>);
+
+/// A server thread: where, as which account, which id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServerThread {
+    addr: String,
+    user: String,
+    thread: u32,
+}
+
+impl ThreadMap {
+    fn insert(&self, ours: u32, theirs: ServerThread) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(ours, theirs);
+        }
+    }
+
+    fn remove(&self, ours: u32) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&ours);
+        }
+    }
+
+    fn get(&self, ours: u32) -> Option<ServerThread> {
+        self.0.lock().ok().and_then(|m| m.get(&ours).cloned())
+    }
+}
+
+/// `KILL [CONNECTION | QUERY] <id>` as a whole statement: (query only, id).
+fn kill_statement(sql: &str) -> Option<(bool, u32)> {
+    let text = sql.trim();
+    let text = text.strip_suffix(';').unwrap_or(text);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (query, id) = match words.as_slice() {
+        [k, id] if k.eq_ignore_ascii_case("kill") => (false, id),
+        [k, what, id]
+            if k.eq_ignore_ascii_case("kill") && what.eq_ignore_ascii_case("connection") =>
+        {
+            (false, id)
+        }
+        [k, what, id] if k.eq_ignore_ascii_case("kill") && what.eq_ignore_ascii_case("query") => {
+            (true, id)
+        }
+        _ => return None,
+    };
+    id.parse().ok().map(|id| (query, id))
 }
 
 /// Why a session ended when its client went away without `COM_QUIT`.
@@ -302,6 +358,14 @@ pub async fn serve_client<H: SessionHooks>(
         return;
     }
     let server_thread = server.greeting.connection_id;
+    let this_thread = ServerThread {
+        addr: backend.addr.clone(),
+        user: backend.user.clone(),
+        thread: server_thread,
+    };
+    config
+        .threads
+        .insert(greeting.connection_id, this_thread.clone());
     let mut relay = Relay {
         client: c.stream,
         client_buf: c.buf,
@@ -324,8 +388,11 @@ pub async fn serve_client<H: SessionHooks>(
         last_prepared: None,
         traffic: Traffic::default(),
         awaiting: false,
+        threads: config.threads.clone(),
+        this_thread,
     };
     let reason = relay.run().await;
+    config.threads.remove(greeting.connection_id);
     let traffic = relay.traffic;
     if reason.as_deref() == Some(CLIENT_GONE) && relay.awaiting {
         // The server notices a closed socket only when it next writes: stop the
@@ -454,6 +521,9 @@ struct Relay<H> {
     traffic: Traffic,
     /// A command is at the server and its answer not yet complete.
     awaiting: bool,
+    threads: ThreadMap,
+    /// This session's server thread.
+    this_thread: ServerThread,
 }
 
 /// What a relayed answer amounted to, for the recording.
@@ -638,10 +708,30 @@ impl<H: SessionHooks> Relay<H> {
                 Err(None)
             }
             MysqlCommand::Query { sql } => {
+                let kill = kill_statement(&sql)
+                    .and_then(|(query, id)| self.threads.get(id).map(|t| (query, id, t)));
                 if !self.statement(&sql, "COM_QUERY", None).await? {
                     return Ok(());
                 }
-                self.forward(payload).await?;
+                match kill {
+                    // One of our ids: kill its server thread, if it runs on the same
+                    // server as the same account (as the server itself would allow).
+                    Some((query, id, target)) => {
+                        if target.addr != self.this_thread.addr
+                            || target.user != self.this_thread.user
+                        {
+                            self.deny(
+                                errno::KILL_DENIED,
+                                &format!("You are not owner of thread {id}"),
+                            )?;
+                            return Ok(());
+                        }
+                        let what = if query { "QUERY " } else { "" };
+                        let rewritten = format!("\x03KILL {what}{}", target.thread);
+                        self.forward(rewritten.as_bytes()).await?;
+                    }
+                    None => self.forward(payload).await?,
+                }
                 self.results(RowFormat::Text).await
             }
             MysqlCommand::InitDb { database } => {
@@ -1159,5 +1249,20 @@ impl<H: SessionHooks> Relay<H> {
             }
             self.send_client_batched(&p.payload).await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_statements_are_recognized_whole() {
+        assert_eq!(kill_statement("KILL QUERY 42"), Some((true, 42)));
+        assert_eq!(kill_statement(" kill connection 7 ;"), Some((false, 7)));
+        assert_eq!(kill_statement("KILL 9"), Some((false, 9)));
+        assert_eq!(kill_statement("KILL QUERY 42; DROP TABLE t"), None);
+        assert_eq!(kill_statement("KILL QUERY ID 42"), None);
+        assert_eq!(kill_statement("SELECT 1"), None);
     }
 }
