@@ -526,13 +526,6 @@ struct Relay<H> {
     this_thread: ServerThread,
 }
 
-/// What a relayed answer amounted to, for the recording.
-enum Outcome {
-    Done,
-    /// The session cannot go on.
-    End(End),
-}
-
 impl<H: SessionHooks> Relay<H> {
     async fn run(&mut self) -> End {
         loop {
@@ -740,14 +733,13 @@ impl<H: SessionHooks> Relay<H> {
                         "this connection is limited to the database `{}`",
                         self.pinned_database
                     );
-                    self.record_denied(
-                        &format!("USE `{database}`"),
-                        "COM_INIT_DB",
-                        "connection-database",
-                        &message,
-                    )
-                    .await?;
-                    self.deny(errno::DB_ACCESS_DENIED, &message)?;
+                    let decision = Decision::Deny {
+                        rule: "connection-database".into(),
+                        reason: message,
+                    };
+                    let sql = format!("USE `{database}`");
+                    self.admit(&sql, "COM_INIT_DB", decision, None, errno::DB_ACCESS_DENIED)
+                        .await?;
                     return Ok(());
                 }
                 let sql = format!("USE `{}`", database.replace('`', "``"));
@@ -758,12 +750,11 @@ impl<H: SessionHooks> Relay<H> {
                 self.simple().await
             }
             MysqlCommand::StmtPrepare { sql } => {
+                // Decided here; an allowed statement is audited at each execution.
                 let decision = self.decide(&sql);
-                if let Decision::Deny { rule, reason } = &decision {
-                    let (rule, reason) = (rule.clone(), reason.clone());
-                    self.record_denied(&sql, "COM_STMT_PREPARE", &rule, &reason)
+                if matches!(decision, Decision::Deny { .. }) {
+                    self.admit(&sql, "COM_STMT_PREPARE", decision, None, errno::DENIED)
                         .await?;
-                    self.deny(errno::DENIED, &denied_message(&rule, &reason))?;
                     return Ok(());
                 }
                 self.forward(payload).await?;
@@ -848,39 +839,7 @@ impl<H: SessionHooks> Relay<H> {
         }
     }
 
-    async fn record_denied(
-        &mut self,
-        sql: &str,
-        via: &'static str,
-        rule: &str,
-        reason: &str,
-    ) -> Result<(), End> {
-        let decision = Decision::Deny {
-            rule: rule.into(),
-            reason: reason.into(),
-        };
-        self.record_timeline(TimelineEvent::Statement {
-            via: via.into(),
-            sql: sql.into(),
-            decision: decision.clone(),
-        })?;
-        // The denial happens whether or not its audit event can be written.
-        let _ = self
-            .hooks
-            .record(StatementRecord {
-                session: self.session_id.clone(),
-                sql: sql.into(),
-                via,
-                decision,
-                parameters: None,
-            })
-            .await;
-        Ok(())
-    }
-
-    /// Decides and records a statement; `Ok(true)` when it may be forwarded. A
-    /// denied statement, or one whose audit event cannot be written, is answered with
-    /// an error here.
+    /// Decides and records a statement; `Ok(true)` when it may be forwarded.
     async fn statement(
         &mut self,
         sql: &str,
@@ -888,6 +847,21 @@ impl<H: SessionHooks> Relay<H> {
         parameters: Option<Vec<Option<u32>>>,
     ) -> Result<bool, End> {
         let decision = self.decide(sql);
+        self.admit(sql, via, decision, parameters, errno::DENIED)
+            .await
+    }
+
+    /// Records a decided statement in the recording and the audit log; `Ok(true)`
+    /// when it may be forwarded. A denied statement (answered with `deny_code`), or
+    /// one whose audit event cannot be written, is answered with an error here.
+    async fn admit(
+        &mut self,
+        sql: &str,
+        via: &'static str,
+        decision: Decision,
+        parameters: Option<Vec<Option<u32>>>,
+        deny_code: (u16, &str),
+    ) -> Result<bool, End> {
         self.record_timeline(TimelineEvent::Statement {
             via: via.into(),
             sql: sql.into(),
@@ -903,8 +877,9 @@ impl<H: SessionHooks> Relay<H> {
                 parameters,
             })
             .await;
+        // A denial stands whether or not its audit event could be written.
         if let Decision::Deny { rule, reason } = &decision {
-            self.deny(errno::DENIED, &denied_message(rule, reason))?;
+            self.deny(deny_code, &denied_message(rule, reason))?;
             return Ok(false);
         }
         if let Err(e) = recorded {
@@ -1057,9 +1032,7 @@ impl<H: SessionHooks> Relay<H> {
                     break;
                 }
                 ResponseHead::LocalInfile => {
-                    if let Outcome::End(end) = self.local_infile(&p.payload).await? {
-                        return Err(end);
-                    }
+                    self.local_infile(&p.payload).await?;
                 }
                 ResponseHead::ResultSet { columns } => {
                     self.send_client(&p.payload);
@@ -1141,7 +1114,7 @@ impl<H: SessionHooks> Relay<H> {
     /// `LOAD DATA LOCAL INFILE`: the server asks the client for a file. Relayed only
     /// when the listener allows it; otherwise the server gets "no file" and the
     /// client never sees the request.
-    async fn local_infile(&mut self, request: &[u8]) -> Result<Outcome, End> {
+    async fn local_infile(&mut self, request: &[u8]) -> Result<(), End> {
         if !self.local_infile {
             self.send_server(&[]).await?;
             self.record_timeline(TimelineEvent::Error {
@@ -1149,7 +1122,7 @@ impl<H: SessionHooks> Relay<H> {
                 message: "LOAD DATA LOCAL INFILE refused by the gateway".into(),
                 duration_us: None,
             })?;
-            return Ok(Outcome::Done);
+            return Ok(());
         }
         self.send_client(request);
         self.flush_client().await?;
@@ -1159,19 +1132,19 @@ impl<H: SessionHooks> Relay<H> {
                 match self.decoder.decode(&mut self.client_buf) {
                     Ok(Some(p)) if p.seq == self.client_seq => break p,
                     Ok(Some(p)) => {
-                        return Ok(Outcome::End(protocol_end(
+                        return Err(protocol_end(
                             "client",
                             &MysqlProtocolError::Sequence {
                                 got: p.seq,
                                 expected: self.client_seq,
                             },
-                        )));
+                        ));
                     }
                     Ok(None) => {}
-                    Err(e) => return Ok(Outcome::End(protocol_end("client", &e))),
+                    Err(e) => return Err(protocol_end("client", &e)),
                 }
                 match self.client.read_buf(&mut self.client_buf).await {
-                    Ok(0) | Err(_) => return Ok(Outcome::End(Some(CLIENT_GONE.into()))),
+                    Ok(0) | Err(_) => return Err(Some(CLIENT_GONE.into())),
                     Ok(_) => {}
                 }
             };
@@ -1190,7 +1163,7 @@ impl<H: SessionHooks> Relay<H> {
             bytes,
             rows: packets.saturating_sub(1),
         })?;
-        Ok(Outcome::Done)
+        Ok(())
     }
 
     /// Relays the answer to `COM_STMT_PREPARE` and remembers the statement.
