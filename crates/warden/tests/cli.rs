@@ -322,6 +322,10 @@ fn bad_config_fails_fast_naming_field_and_line() {
 
 /// The held password of the `warden_t_scram` role that `scripts/test.sh` creates.
 const PG_PASSWORD: &str = "scram-pw-1";
+/// The held password of the MariaDB `warden_t_ed` account (ed25519) it creates.
+const MYSQL_PASSWORD: &str = "ed-pw-1";
+/// A held password the server rejects: it must not surface in the error either.
+const WRONG_MYSQL_PASSWORD: &str = "wrong-pw-4f9c2a";
 
 #[test]
 fn psql_session_is_replayable_and_no_secret_reaches_logs_recordings_or_the_store() {
@@ -360,9 +364,10 @@ detectors = ["email"]
             .unwrap()
             .to_string()
     };
-    let (url, pg) = (
+    let (url, pg, mysql) = (
         field("warden gateway listening on "),
         field("PostgreSQL proxy listening on "),
+        field("MySQL proxy listening on "),
     );
     let admin = head
         .split_whitespace()
@@ -399,6 +404,17 @@ detectors = ["email"]
                // Backend TLS has its own tests; plain TCP keeps this one about the binary.
                "tls": {"mode": "disable"}}),
     );
+    let mariadb =
+        std::env::var("WARDEN_TEST_MYSQL_HOSTPORT").unwrap_or_else(|_| "127.0.0.1:3306".into());
+    for (name, password) in [("shop", MYSQL_PASSWORD), ("shop-bad", WRONG_MYSQL_PASSWORD)] {
+        post(
+            "/api/connections",
+            json!({"name": name, "kind": "mysql", "target": format!("{mariadb}/warden_t"),
+                   "username": "warden_t_ed", "secret": password, "allowed_groups": ["dba"],
+                   "policies": {"guardrails": ["no-drops"], "masking": ["pii"]},
+                   "tls": {"mode": "disable"}}),
+        );
+    }
     let token = post(
         "/api/api-keys",
         json!({"name": "psql-user", "groups": ["dba"]}),
@@ -428,6 +444,28 @@ detectors = ["email"]
         "{psql_out}"
     );
     assert!(psql_out.contains("no-drops/no-ddl"), "{psql_out}");
+    // The same through the MySQL listener with the mysql client, and a connection
+    // whose held password the server rejects.
+    let (mhost, mport) = mysql.rsplit_once(':').unwrap();
+    let mysql_cli = |db: &str| {
+        let out = Command::new("mysql")
+            .args([
+                &format!("-h{mhost}"),
+                &format!("-P{mport}"),
+                "-ume",
+                "--batch",
+                db,
+            ])
+            .args(["-e", "SELECT 'reach me at eve@example.com' AS contact"])
+            .env("MYSQL_PWD", &token)
+            .output()
+            .unwrap();
+        text(&out.stdout) + &text(&out.stderr)
+    };
+    let out = mysql_cli("shop");
+    assert!(out.contains("reach me at [redacted:email]"), "{out}");
+    let out = mysql_cli("shop-bad");
+    assert!(out.contains("could not log in to the database"), "{out}");
     let log = stop(gw);
 
     // Replay from the recordings directory, the gateway stopped.
@@ -479,7 +517,14 @@ detectors = ["email"]
         }
     }
     let secret_part = token.rsplit('_').next().unwrap();
-    for needle in [PG_PASSWORD, token.as_str(), secret_part, admin.as_str()] {
+    for needle in [
+        PG_PASSWORD,
+        MYSQL_PASSWORD,
+        WRONG_MYSQL_PASSWORD,
+        token.as_str(),
+        secret_part,
+        admin.as_str(),
+    ] {
         assert!(
             !haystack
                 .windows(needle.len())
