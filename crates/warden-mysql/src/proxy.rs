@@ -929,7 +929,18 @@ impl<H: SessionHooks> Relay<H> {
         if let Some(p) = self.prepared.get_mut(&id) {
             p.long_data.clear();
         }
-        if !self.statement(&sql, "COM_STMT_EXECUTE", parameters).await? {
+        // Decided when it was prepared (only allowed statements are kept): the
+        // session's guard does not change, so each execution is only audited.
+        if !self
+            .admit(
+                &sql,
+                "COM_STMT_EXECUTE",
+                Decision::Allow,
+                parameters,
+                errno::DENIED,
+            )
+            .await?
+        {
             return Ok(());
         }
         self.forward(payload).await?;
