@@ -73,6 +73,8 @@ pub enum LoginError {
     Io(#[from] std::io::Error),
     #[error("the database server closed the connection during login")]
     Closed,
+    #[error("the database server did not complete the login in time")]
+    TimedOut,
 }
 
 /// Reads one packet, reading more from `stream` as needed.

@@ -329,12 +329,20 @@ pub async fn serve_client<H: SessionHooks>(
         database: grant.backend_database.clone(),
         tls,
     };
-    let server = match login(backend.login(&grant, client_caps, hello.collation, attributes)).await
-    {
+    // A database that accepts connections but never answers must not hold the
+    // session (and its client) forever.
+    let backend_login = backend.login(&grant, client_caps, hello.collation, attributes);
+    let logged_in = tokio::time::timeout(config.login_timeout, login(backend_login))
+        .await
+        .unwrap_or(Err(LoginError::TimedOut));
+    let server = match logged_in {
         Ok(s) => s,
         Err(e) => {
             let (reason, message) = match &e {
-                LoginError::Unreachable(_) | LoginError::NoTls | LoginError::Tls(_) => (
+                LoginError::Unreachable(_)
+                | LoginError::NoTls
+                | LoginError::Tls(_)
+                | LoginError::TimedOut => (
                     format!("backend unreachable: {e}"),
                     format!("the database behind this connection cannot be reached: {e}"),
                 ),
