@@ -48,9 +48,8 @@ const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Work for the journal's writer thread, in order.
 enum Command {
-    /// A line to make durable, its event (shipped from memory), and who waits for it
-    /// (nobody, for [`AuditJournal::append_later`]).
-    Append(Vec<u8>, Box<Event>, Option<oneshot::Sender<Result<()>>>),
+    /// A line to make durable, its event (shipped from memory), and who waits for it.
+    Append(Vec<u8>, Box<Event>, oneshot::Sender<Result<()>>),
     /// Hand over what was written since the last take.
     Take(oneshot::Sender<Taken>),
 }
@@ -67,6 +66,9 @@ struct Taken {
     len: u64,
 }
 
+/// Lines appended with [`AuditJournal::append_later`], and their events.
+type Later = Arc<Mutex<Vec<(Vec<u8>, Event)>>>;
+
 struct Segment {
     file: std::fs::File,
     number: u64,
@@ -79,6 +81,9 @@ pub struct AuditJournal {
     store: Arc<Store>,
     /// To the writer thread, which owns the current segment.
     writer: std::sync::mpsc::Sender<Command>,
+    /// Lines nobody waits for, picked up by the writer whenever it next wakes (for an
+    /// append or a take): queuing them here costs no wake-up of their own.
+    later: Later,
     /// Held while shipping, so the ticker and [`Self::ship_now`] do not race.
     ship_lock: tokio::sync::Mutex<()>,
     /// Why the last shipping attempt failed; appends are refused while it is set.
@@ -199,14 +204,17 @@ impl AuditJournal {
         let segment = create_segment(dir, next)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let writer_dir = dir.to_path_buf();
+        let later = Later::default();
+        let writer_later = later.clone();
         std::thread::Builder::new()
             .name("audit-journal".into())
-            .spawn(move || write_loop(&writer_dir, segment, &rx, sync))
+            .spawn(move || write_loop(&writer_dir, segment, &rx, &writer_later, sync))
             .map_err(|e| io_error("starting its writer", e))?;
         let journal = Arc::new(Self {
             dir: dir.to_path_buf(),
             store,
             writer: tx,
+            later,
             ship_lock: tokio::sync::Mutex::new(()),
             failing: Mutex::new(None),
             from_disk: AtomicBool::new(false),
@@ -243,22 +251,28 @@ impl AuditJournal {
         let mut line = serde_json::to_vec(event)?;
         line.push(b'\n');
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Append(line, Box::new(event.clone()), Some(tx)))?;
+        self.send(Command::Append(line, Box::new(event.clone()), tx))?;
         rx.await
             .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
     }
 
     /// Queues an event that nothing waits for (a statement's outcome): it is written
-    /// after the events appended before it, so the chain keeps their order. A failure
-    /// is logged.
+    /// with the next append or take — after every append that returned before this
+    /// call, so the chain keeps a session's order — and never waits for a sync of its
+    /// own. A failure is logged.
     pub fn append_later(&self, event: &Event) {
-        let sent = serde_json::to_vec(event)
+        let queued = serde_json::to_vec(event)
             .map_err(StoreError::from)
             .and_then(|mut line| {
                 line.push(b'\n');
-                self.send(Command::Append(line, Box::new(event.clone()), None))
+                let mut later = self
+                    .later
+                    .lock()
+                    .map_err(|_| StoreError::AppendFailed("the audit journal broke".into()))?;
+                later.push((line, event.clone()));
+                Ok(())
             });
-        if let Err(e) = sent {
+        if let Err(e) = queued {
             tracing::error!(error = %e, kind = %event.kind, "an audit event was lost");
         }
     }
@@ -354,6 +368,7 @@ fn write_loop(
     dir: &Path,
     segment: Segment,
     commands: &std::sync::mpsc::Receiver<Command>,
+    later: &Later,
     sync: JournalSync,
 ) {
     let mut w = Writer {
@@ -368,6 +383,9 @@ fn write_loop(
         next: None,
     };
     while let Ok(first) = commands.recv() {
+        // Lines queued for later go first: each was queued after the appends its
+        // caller had seen complete, which are written already.
+        w.take_later(later);
         let mut batch = vec![first];
         batch.extend(commands.try_iter());
         for command in batch {
@@ -375,7 +393,7 @@ fn write_loop(
                 Command::Append(line, event, reply) => {
                     w.bytes.extend_from_slice(&line);
                     w.pending.push(*event);
-                    w.waiting.extend(reply);
+                    w.waiting.push(reply);
                 }
                 Command::Take(reply) => {
                     w.flush();
@@ -388,12 +406,13 @@ fn write_loop(
                 }
             }
         }
-        // Lines nobody waits for stay buffered until a line somebody waits for, or a
-        // take, writes them: they cost no sync of their own.
+        // A batch of takes only has written everything already; one with appends is
+        // written (and synced) once, for all of them and the lines queued for later.
         if !w.waiting.is_empty() {
             w.flush();
         }
     }
+    w.take_later(later);
     w.flush();
 }
 
@@ -414,6 +433,16 @@ struct Writer {
 }
 
 impl Writer {
+    /// Buffers the lines queued for later.
+    fn take_later(&mut self, later: &Later) {
+        if let Ok(mut queued) = later.lock() {
+            for (line, event) in queued.drain(..) {
+                self.bytes.extend_from_slice(&line);
+                self.pending.push(event);
+            }
+        }
+    }
+
     fn flush(&mut self) {
         if self.bytes.is_empty() {
             return;
