@@ -167,6 +167,9 @@ pub struct MysqlListenerConfig {
     /// The server version the greeting announces (clients adapt to it).
     #[serde(default = "default_mysql_version")]
     pub server_version: String,
+    /// How long a client, and then the database, have to complete the login.
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout_secs: u64,
     /// PEM certificate chain; with `tls_key`, clients can upgrade with `CLIENT_SSL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -183,6 +186,9 @@ fn default_mysql_max_packet() -> usize {
 fn default_mysql_version() -> String {
     "8.0.36-warden".into()
 }
+fn default_login_timeout() -> u64 {
+    30
+}
 
 impl Default for MysqlListenerConfig {
     fn default() -> Self {
@@ -193,6 +199,7 @@ impl Default for MysqlListenerConfig {
             max_packet_bytes: default_mysql_max_packet(),
             allow_local_infile: false,
             server_version: default_mysql_version(),
+            login_timeout_secs: default_login_timeout(),
             tls_cert: None,
             tls_key: None,
         }
@@ -451,6 +458,9 @@ impl Config {
         }
         if self.pg.tls_cert.is_some() != self.pg.tls_key.is_some() {
             return invalid("pg.tls_cert and pg.tls_key must be set together".into());
+        }
+        if self.mysql.login_timeout_secs == 0 {
+            return invalid("mysql.login_timeout_secs must be at least 1".into());
         }
         if self.mysql.tls_cert.is_some() != self.mysql.tls_key.is_some() {
             return invalid("mysql.tls_cert and mysql.tls_key must be set together".into());

@@ -23,6 +23,7 @@ use crate::recording::{FileRecorder, RECORDING_VERSION, recording_name};
 /// How often an active session's counters are written to its row.
 const COUNTS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Opens, records and closes the sessions of every database listener.
 pub struct SessionGate {
     pub store: Arc<Store>,
     /// Statements are journaled: durable before they are forwarded, chained soon after.

@@ -301,7 +301,7 @@ async fn start_mysql_listener(
         allow_plaintext_tokens: config.mysql.allow_plaintext_tokens,
         tls,
         max_packet: config.mysql.max_packet_bytes,
-        login_timeout: std::time::Duration::from_secs(30),
+        login_timeout: std::time::Duration::from_secs(config.mysql.login_timeout_secs),
         allow_local_infile: config.mysql.allow_local_infile,
         server_version: config.mysql.server_version.clone(),
         threads: warden_mysql::proxy::ThreadMap::default(),

@@ -964,3 +964,50 @@ async fn kill_query_by_the_id_the_client_was_given() {
     let err = probe.query_drop("KILL QUERY 4000000000").await.unwrap_err();
     assert_eq!(server_code(&err), 1094, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_never_answers_does_not_hold_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let mut config = base_config(dir.path(), store_url, vec![]);
+    config.mysql.login_timeout_secs = 1;
+    let (gw, token) = setup_with(TestGateway::with_config(config, dir).await).await;
+    // A "database" that accepts connections and never sends its greeting.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(
+                json!({"name": "hung", "kind": "mysql", "target": format!("{silent_addr}/x"),
+                        "username": "u", "secret": "p", "allowed_groups": ["dba"],
+                        "tls": {"mode": "disable"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let err = connect(&gw, "hung", &token).await.unwrap_err();
+    assert!(server_message(&err).contains("in time"), "{err}");
+    // Everyone else goes on.
+    let mut c = connect(&gw, "shop", &token).await.unwrap();
+    let one: i64 = c.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, sessions) = gw.admin("GET", "/api/sessions?connection=hung", None).await;
+    assert!(
+        sessions[0]["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("in time"),
+        "{sessions}"
+    );
+}
