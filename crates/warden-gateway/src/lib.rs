@@ -227,6 +227,18 @@ async fn bind_listener(
     Ok((listener, local))
 }
 
+/// A proxy listener's TLS, when it has a certificate: no ALPN (database clients
+/// negotiate TLS inside their own protocol).
+fn proxy_tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, GatewayError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => server::tls_acceptor_with_alpn(cert, key, &[]).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Accepts clients until shutdown and serves each on its own task, in a span named
 /// after the protocol; a failing accept (out of descriptors) backs off.
 fn spawn_accept_loop<F, Fut>(
@@ -266,12 +278,9 @@ async fn start_pg_listener(
     shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, GatewayError> {
     let (listener, addr) = bind_listener(config.pg.listen, "PostgreSQL").await?;
-    let tls = match (&config.pg.tls_cert, &config.pg.tls_key) {
-        // PostgreSQL clients before 17 send no ALPN; 17+ with sslnegotiation=direct
-        // would send "postgresql", which this listener does not take directly.
-        (Some(cert), Some(key)) => Some(server::tls_acceptor_with_alpn(cert, key, &[])?),
-        _ => None,
-    };
+    // PostgreSQL clients before 17 send no ALPN; 17+ with sslnegotiation=direct would
+    // send "postgresql", which this listener does not take directly.
+    let tls = proxy_tls(config.pg.tls_cert.as_deref(), config.pg.tls_key.as_deref())?;
     let proxy_config = warden_pg::proxy::ProxyConfig {
         cancels: warden_pg::proxy::CancelMap::default(),
         allow_plaintext_tokens: config.pg.allow_plaintext_tokens,
@@ -293,10 +302,10 @@ async fn start_mysql_listener(
     shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, GatewayError> {
     let (listener, addr) = bind_listener(config.mysql.listen, "MySQL").await?;
-    let tls = match (&config.mysql.tls_cert, &config.mysql.tls_key) {
-        (Some(cert), Some(key)) => Some(server::tls_acceptor_with_alpn(cert, key, &[])?),
-        _ => None,
-    };
+    let tls = proxy_tls(
+        config.mysql.tls_cert.as_deref(),
+        config.mysql.tls_key.as_deref(),
+    )?;
     let proxy_config = warden_mysql::proxy::ProxyConfig {
         allow_plaintext_tokens: config.mysql.allow_plaintext_tokens,
         tls,

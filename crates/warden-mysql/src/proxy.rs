@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,7 +23,7 @@ use warden_core::{
     SessionGrant, SessionHooks, SessionRecorder, SqlDialect, StatementRecord, TimelineEvent,
     Traffic,
 };
-use warden_net::{BackendTls, BoxedStream, Rewind};
+use warden_net::{BackendTls, BoxedStream, Rewind, SessionRegistry};
 
 use crate::MysqlProtocolError;
 use crate::auth;
@@ -78,33 +78,14 @@ impl Default for ProxyConfig {
 /// thread behind each, so `KILL [QUERY] <id>` from another session — what the `mysql`
 /// client sends on Ctrl-C — reaches the right thread. Clients never see the servers'
 /// thread ids, and an id that is not one of ours is left to the server.
-#[derive(Debug, Clone, Default)]
-pub struct ThreadMap(Arc<Mutex<HashMap<u32, ServerThread>>>);
+pub type ThreadMap = SessionRegistry<u32, ServerThread>;
 
 /// A server thread: where, as which account, which id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ServerThread {
+pub struct ServerThread {
     addr: String,
     user: String,
     thread: u32,
-}
-
-impl ThreadMap {
-    fn insert(&self, ours: u32, theirs: ServerThread) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(ours, theirs);
-        }
-    }
-
-    fn remove(&self, ours: u32) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(&ours);
-        }
-    }
-
-    fn get(&self, ours: u32) -> Option<ServerThread> {
-        self.0.lock().ok().and_then(|m| m.get(&ours).cloned())
-    }
 }
 
 /// `KILL [CONNECTION | QUERY] <id>` as a whole statement: (query only, id).
@@ -400,7 +381,7 @@ pub async fn serve_client<H: SessionHooks>(
         this_thread,
     };
     let reason = relay.run().await;
-    config.threads.remove(greeting.connection_id);
+    config.threads.remove(&greeting.connection_id);
     let traffic = relay.traffic;
     if reason.as_deref() == Some(CLIENT_GONE) && relay.awaiting {
         // The server notices a closed socket only when it next writes: stop the
@@ -710,7 +691,7 @@ impl<H: SessionHooks> Relay<H> {
             }
             MysqlCommand::Query { sql } => {
                 let kill = kill_statement(&sql)
-                    .and_then(|(query, id)| self.threads.get(id).map(|t| (query, id, t)));
+                    .and_then(|(query, id)| self.threads.get(&id).map(|t| (query, id, t)));
                 if !self.statement(&sql, "COM_QUERY", None).await? {
                     return Ok(());
                 }

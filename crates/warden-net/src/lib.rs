@@ -1,12 +1,14 @@
 //! Plumbing every protocol proxy needs and none of them owns: a boxed byte stream that
 //! is plain TCP or TLS, backend TLS built from a connection's settings, and a writer
 //! that batches the messages handled between two reads into one write, and a stream
-//! with already-read bytes put back in front.
+//! with already-read bytes put back in front, and the map a listener's sessions share.
 
 mod batched;
+mod registry;
 mod rewind;
 mod tls;
 
 pub use batched::Batched;
+pub use registry::SessionRegistry;
 pub use rewind::Rewind;
 pub use tls::{BackendTls, BoxedStream, ProxyStream, TlsSetupError};

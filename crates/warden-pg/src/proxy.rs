@@ -37,7 +37,7 @@ use crate::requests::{Expect, RequestLog, Requests};
 use crate::results::{BackendDecoder, ColumnMasking, PgBackendMessage, mask_data_row};
 use crate::sqlstate;
 use crate::tls::{BackendTls, BoxedStream, TlsSetupError, connect_backend};
-use warden_net::Batched;
+use warden_net::{Batched, SessionRegistry};
 
 /// A granted session with its backend TLS built.
 pub(crate) struct ProxySession {
@@ -82,35 +82,16 @@ fn refusal_sqlstate(kind: RefusalKind) -> &'static str {
 
 /// Cancel keys the gateway handed to clients → where and how to cancel on the server.
 /// Clients never see the server's keys, and a guessed key matches nothing.
-#[derive(Debug, Clone, Default)]
-pub struct CancelMap(Arc<Mutex<HashMap<CancelKey, ServerCancel>>>);
+pub type CancelMap = SessionRegistry<CancelKey, ServerCancel>;
 
 /// A (process id, secret key) pair as in `BackendKeyData`.
 type CancelKey = (i32, i32);
 /// The server's address and its own cancel key for a session.
 type ServerCancel = (String, i32, i32);
 
-impl CancelMap {
-    fn insert(&self, ours: (i32, i32), theirs: (String, i32, i32)) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(ours, theirs);
-        }
-    }
-
-    fn remove(&self, ours: (i32, i32)) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(&ours);
-        }
-    }
-
-    fn get(&self, ours: (i32, i32)) -> Option<(String, i32, i32)> {
-        self.0.lock().ok().and_then(|m| m.get(&ours).cloned())
-    }
-}
-
 /// Forwards a client's CancelRequest to the server session it names, if any.
 async fn forward_cancel(map: &CancelMap, process_id: i32, secret_key: i32) {
-    let Some((addr, pid, key)) = map.get((process_id, secret_key)) else {
+    let Some((addr, pid, key)) = map.get(&(process_id, secret_key)) else {
         return;
     };
     if let Ok(mut s) = TcpStream::connect(&addr).await {
@@ -381,7 +362,7 @@ pub async fn serve_client<H: SessionHooks>(
     out::backend_key_data(&mut b, ours.0, ours.1);
     out::ready_for_query(&mut b, b'I');
     if client.write_all(&b).await.is_err() {
-        config.cancels.remove(ours);
+        config.cancels.remove(&ours);
         hooks
             .closed(
                 &id,
@@ -398,7 +379,7 @@ pub async fn serve_client<H: SessionHooks>(
         // socket when it next writes to it.
         forward_cancel(&cancels, ours.0, ours.1).await;
     }
-    cancels.remove(ours);
+    cancels.remove(&ours);
     hooks.closed(&id, reason, traffic).await;
 }
 
