@@ -117,6 +117,53 @@ GRANT ALL ON warden_t.* TO 'warden_t_tls'@'%';
 SQL
 }
 
+# Starts an OpenSSH server for the SSH proxy tests on 127.0.0.1:2201 with its own
+# config, host key and user `warden_t` (password ssh-pw-1; the key Warden holds,
+# $dir/warden_t_key, is authorized). Idempotent: a running one is kept.
+setup_sshd() {
+  export WARDEN_TEST_SSHD_DIR="${WARDEN_TEST_SSHD_DIR:-/var/tmp/warden-test-sshd}"
+  export WARDEN_TEST_SSHD_PORT="${WARDEN_TEST_SSHD_PORT:-2201}"
+  local dir=$WARDEN_TEST_SSHD_DIR port=$WARDEN_TEST_SSHD_PORT
+  ensure_packages sshd openssh-server ssh openssh-client sshpass sshpass asciinema asciinema
+  if ! id warden_t >/dev/null 2>&1; then
+    as_root useradd --create-home --shell /bin/bash warden_t
+  fi
+  echo 'warden_t:ssh-pw-1' | as_root chpasswd
+  if [ -f "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; then
+    return 0
+  fi
+  log "starting an OpenSSH server on 127.0.0.1:$port"
+  as_root rm -rf "$dir"
+  as_root mkdir -p "$dir/authorized" /run/sshd
+  as_root ssh-keygen -q -t ed25519 -N '' -C warden-test-host -f "$dir/host_ed25519"
+  as_root ssh-keygen -q -t ed25519 -N '' -C warden-held-key -f "$dir/warden_t_key"
+  as_root install -m 644 "$dir/warden_t_key.pub" "$dir/authorized/warden_t"
+  as_root tee "$dir/sshd_config" >/dev/null <<EOF2
+Port $port
+ListenAddress 127.0.0.1
+HostKey $dir/host_ed25519
+PidFile $dir/sshd.pid
+AuthorizedKeysFile $dir/authorized/%u
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin no
+AllowUsers warden_t
+StrictModes no
+AllowTcpForwarding yes
+X11Forwarding no
+MaxSessions 32
+MaxStartups 100:30:200
+Subsystem sftp internal-sftp
+LogLevel VERBOSE
+EOF2
+  as_root /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
+  for _ in $(seq 1 50); do [ -f "$dir/sshd.pid" ] && break; sleep 0.1; done
+  # The tests read the held key; keep it readable by the user running them.
+  as_root chmod 755 "$dir"
+  as_root chmod 644 "$dir/warden_t_key" "$dir/host_ed25519.pub"
+}
+
 # For the benchmarks: starts a release Warden in "$work" with the benchmark policies,
 # adds one connection and prints an API key that may use it. The caller sets
 # $work and $admin_token and kills the pids listed in "$work/pids".

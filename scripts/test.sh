@@ -22,6 +22,7 @@ fi
 setup_postgres
 setup_mariadb
 setup_mariadb_tls
+setup_sshd
 
 # Databases left by earlier runs (each test creates its own warden_t_*).
 for db in $(psql "$WARDEN_TEST_PG_URL" -qAtc "SELECT datname FROM pg_database WHERE datname LIKE 'warden\_t\_%'"); do

@@ -153,6 +153,23 @@ pub struct PolicyRefs {
     pub reviews: Vec<String>,
 }
 
+/// SSH settings of a connection (ignored by other kinds).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshOptions {
+    /// The target's host key as an OpenSSH public key line (`ssh-ed25519 AAAA...`).
+    /// A target presenting another key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    /// With no key pinned, pin the first key the target presents (audited). Without
+    /// this and without a pinned key, sessions are refused.
+    #[serde(default)]
+    pub trust_on_first_use: bool,
+    /// Whether clients may forward ports through the target (`ssh -L`, direct-tcpip).
+    #[serde(default)]
+    pub port_forwarding: bool,
+}
+
 /// What sort of credential the gateway holds for a connection's backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -202,6 +219,9 @@ pub struct Connection {
     /// Groups whose members may use the connection.
     pub allowed_groups: Vec<String>,
     pub policies: PolicyRefs,
+    /// SSH settings; present for every connection, used by `ssh` ones.
+    #[serde(default)]
+    pub ssh: SshOptions,
     pub description: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]

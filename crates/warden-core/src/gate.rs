@@ -8,7 +8,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::{ConnectionKind, Decision, Guard, Masker, Secret, SessionRecorder, TlsOptions};
+use crate::{
+    ConnectionKind, Decision, Guard, Masker, RecordingError, Secret, SecretKind, SessionRecorder,
+    SshOptions, TerminalRecorder, TerminalSpec, TlsOptions,
+};
 
 /// A client's login as a proxy decoded it.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +56,10 @@ pub struct SessionGrant {
     /// The database to log in to; empty when the protocol allows none.
     pub backend_database: String,
     pub secret: Option<Secret<String>>,
+    /// What `secret` is: a password, or (SSH) a private key.
+    pub secret_kind: Option<SecretKind>,
+    /// SSH targets: the host key pin and what clients may do beyond a shell.
+    pub ssh: SshOptions,
     /// TLS towards the database.
     pub tls: TlsOptions,
     pub guard: Arc<dyn Guard>,
@@ -118,4 +125,57 @@ pub trait SessionHooks: Send + Sync + 'static {
         reason: Option<String>,
         traffic: Traffic,
     ) -> impl Future<Output = ()> + Send;
+}
+
+/// A client's SSH public-key login: the key's signature is already verified.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyLogin<'a> {
+    pub connection: &'a str,
+    pub user: &'a str,
+    /// The key as an OpenSSH public key line.
+    pub public_key: &'a str,
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: &'a str,
+    pub client: SocketAddr,
+}
+
+/// The SSH target of a session, for pinning its host key.
+#[derive(Debug, Clone, Copy)]
+pub struct SshTarget<'a> {
+    pub session: &'a str,
+    /// The host key the target presented, as an OpenSSH public key line.
+    pub host_key: &'a str,
+}
+
+/// What the SSH proxy needs beyond [`SessionHooks`].
+pub trait SshHooks: SessionHooks {
+    /// Opens a session for a client that proved a registered public key.
+    fn open_with_key(
+        &self,
+        login: KeyLogin<'_>,
+    ) -> impl Future<Output = Result<SessionGrant, Refusal>> + Send;
+    /// Pins the host key a target presented on first use (the connection allows it
+    /// and has none); an error refuses the session.
+    fn pin_host_key(
+        &self,
+        target: SshTarget<'_>,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Records something a session did that is not a statement: a transfer, a
+    /// forwarded port, a typed command, a channel refused. `kind` is the event kind
+    /// (`ssh.transfer`, ...); `durable` makes the call wait until it is on disk.
+    fn note(
+        &self,
+        session: &str,
+        kind: &'static str,
+        payload: serde_json::Value,
+        decision: Option<Decision>,
+        durable: bool,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Starts the asciicast recording of one terminal of a session (and notes it in
+    /// the session's timeline); an error refuses the channel.
+    fn terminal(
+        &self,
+        session: &str,
+        spec: TerminalSpec,
+    ) -> Result<Arc<dyn TerminalRecorder>, RecordingError>;
 }

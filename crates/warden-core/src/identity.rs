@@ -11,6 +11,9 @@ pub enum AuthMethod {
     Oidc { issuer: String },
     /// A Warden API key (`wdn_<id>_<secret>`), including the bootstrap admin key.
     ApiKey { key_id: String },
+    /// An SSH public key the subject registered with a token; it carries the groups
+    /// the token had then and expires with the registration.
+    SshKey { fingerprint: String },
 }
 
 /// An authenticated caller. Groups drive every access decision.

@@ -20,16 +20,18 @@ pub use action::{
     Action, ColumnPlan, ColumnRef, ColumnRuleId, Guard, Masked, Masker, SqlDialect, ValueKind,
 };
 pub use connection::{
-    Connection, ConnectionKind, ConnectionNameError, PolicyRefs, SecretKind, TlsMode, TlsOptions,
-    validate_connection_name,
+    Connection, ConnectionKind, ConnectionNameError, PolicyRefs, SecretKind, SshOptions, TlsMode,
+    TlsOptions, validate_connection_name,
 };
 pub use event::{Decision, Event, EventIdentity};
+pub use gate::{KeyLogin, SshHooks, SshTarget};
 pub use gate::{
     LoginRequest, Refusal, RefusalKind, SessionGrant, SessionHooks, StatementRecord, Traffic,
 };
 pub use identity::{AuthMethod, Identity};
 pub use recording::{
-    NoRecording, RecordingError, RecordingHeader, SessionRecorder, TimelineEntry, TimelineEvent,
+    NoRecording, RecordingError, RecordingHeader, SessionRecorder, TerminalRecorder, TerminalSpec,
+    TimelineEntry, TimelineEvent,
 };
 pub use secret::{REDACTED, Secret};
 pub use session::{Session, SessionStatus};

@@ -66,6 +66,30 @@ pub enum TimelineEvent {
         bytes: u64,
         rows: u64,
     },
+    /// A terminal (SSH shell or command) whose bytes are in a separate asciicast
+    /// recording, `file`, in the recordings directory.
+    Terminal {
+        channel: u32,
+        file: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
+    },
+    /// Something an SSH session did besides commands: a file transfer, a forwarded
+    /// port, a refused channel. `detail` is the audit event's payload.
+    Activity {
+        what: String,
+        detail: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decision: Option<Decision>,
+    },
+    /// A command (or shell) finished.
+    Exit {
+        channel: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+    },
     /// The session ended; `reason` is set when it did not end by the client's choice.
     End {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +110,29 @@ pub trait SessionRecorder: Send + Sync {
     fn rows_per_result(&self) -> usize;
 }
 
+/// A terminal to record: one SSH channel's shell or command.
+#[derive(Debug, Clone)]
+pub struct TerminalSpec {
+    /// The SSH channel number, unique within the session.
+    pub channel: u32,
+    pub width: u32,
+    pub height: u32,
+    /// `TERM`, when the client asked for a PTY.
+    pub term: Option<String>,
+    /// The command, for exec channels.
+    pub command: Option<String>,
+}
+
+/// Where a proxy streams a terminal's bytes, in the order they happened. Output and
+/// input are raw bytes (not necessarily whole UTF-8 sequences).
+pub trait TerminalRecorder: Send + Sync {
+    fn output(&self, data: &[u8]) -> Result<(), RecordingError>;
+    fn input(&self, data: &[u8]) -> Result<(), RecordingError>;
+    fn resize(&self, width: u32, height: u32) -> Result<(), RecordingError>;
+    /// Writes what is buffered; the recording stays open.
+    fn finish(&self) -> Result<(), RecordingError>;
+}
+
 /// A recorder that keeps nothing, for proxies used without a gateway (tests, tools).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoRecording;
@@ -96,6 +143,21 @@ impl SessionRecorder for NoRecording {
     }
     fn rows_per_result(&self) -> usize {
         0
+    }
+}
+
+impl TerminalRecorder for NoRecording {
+    fn output(&self, _data: &[u8]) -> Result<(), RecordingError> {
+        Ok(())
+    }
+    fn input(&self, _data: &[u8]) -> Result<(), RecordingError> {
+        Ok(())
+    }
+    fn resize(&self, _width: u32, _height: u32) -> Result<(), RecordingError> {
+        Ok(())
+    }
+    fn finish(&self) -> Result<(), RecordingError> {
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "policies",
     "pg",
     "mysql",
+    "ssh",
     "recordings",
     "audit",
 ];
@@ -53,6 +54,8 @@ pub struct Config {
     pub pg: PgListenerConfig,
     #[serde(default)]
     pub mysql: MysqlListenerConfig,
+    #[serde(default)]
+    pub ssh: SshListenerConfig,
     #[serde(default)]
     pub recordings: RecordingsConfig,
     #[serde(default)]
@@ -202,6 +205,59 @@ impl Default for MysqlListenerConfig {
             login_timeout_secs: default_login_timeout(),
             tls_cert: None,
             tls_key: None,
+        }
+    }
+}
+
+/// The SSH proxy listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshListenerConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_ssh_listen")]
+    pub listen: SocketAddr,
+    /// The gateway's host key (OpenSSH format); generated there on first start.
+    /// Default: `<data_dir>/ssh_host_ed25519_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<PathBuf>,
+    /// How long Warden has to connect and log in to a target.
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout_secs: u64,
+    /// How long a client has to log in before it is disconnected.
+    #[serde(default = "default_ssh_auth_timeout")]
+    pub auth_timeout_secs: u64,
+    /// Channels (shells, commands, transfers, forwards) one connection may hold.
+    #[serde(default = "default_ssh_max_channels")]
+    pub max_channels: usize,
+    /// Longest life of a registered user key; registrations may ask for less.
+    #[serde(default = "default_ssh_key_ttl")]
+    pub user_key_max_ttl_secs: u64,
+}
+
+fn default_ssh_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 2222))
+}
+fn default_ssh_auth_timeout() -> u64 {
+    60
+}
+fn default_ssh_max_channels() -> usize {
+    16
+}
+fn default_ssh_key_ttl() -> u64 {
+    12 * 3600
+}
+
+impl Default for SshListenerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_ssh_listen(),
+            host_key: None,
+            login_timeout_secs: default_login_timeout(),
+            auth_timeout_secs: default_ssh_auth_timeout(),
+            max_channels: default_ssh_max_channels(),
+            user_key_max_ttl_secs: default_ssh_key_ttl(),
         }
     }
 }
@@ -373,6 +429,7 @@ impl Default for Config {
             policies: warden_policy::PolicyConfig::default(),
             pg: PgListenerConfig::default(),
             mysql: MysqlListenerConfig::default(),
+            ssh: SshListenerConfig::default(),
             recordings: RecordingsConfig::default(),
             audit: AuditConfig::default(),
         }
@@ -462,6 +519,17 @@ impl Config {
         if self.mysql.login_timeout_secs == 0 {
             return invalid("mysql.login_timeout_secs must be at least 1".into());
         }
+        if self.ssh.login_timeout_secs == 0 || self.ssh.auth_timeout_secs == 0 {
+            return invalid(
+                "ssh.login_timeout_secs and ssh.auth_timeout_secs must be at least 1".into(),
+            );
+        }
+        if self.ssh.max_channels == 0 || self.ssh.user_key_max_ttl_secs < 60 {
+            return invalid(
+                "ssh.max_channels must be at least 1 and ssh.user_key_max_ttl_secs at least 60"
+                    .into(),
+            );
+        }
         if self.mysql.tls_cert.is_some() != self.mysql.tls_key.is_some() {
             return invalid("mysql.tls_cert and mysql.tls_key must be set together".into());
         }
@@ -526,6 +594,14 @@ impl Config {
     }
 
     /// Where session recordings are written.
+    /// The SSH listener's host key file.
+    pub fn ssh_host_key_path(&self) -> PathBuf {
+        self.ssh
+            .host_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ssh_host_ed25519_key"))
+    }
+
     pub fn recordings_dir(&self) -> PathBuf {
         self.recordings
             .dir

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use warden_core::{
-    ConnectionKind, Decision, Event, Identity, LoginRequest, RecordingError, RecordingHeader,
-    Refusal, RefusalKind, SecretKind, Session, SessionGrant, SessionHooks, SessionRecorder,
-    SessionStatus, StatementRecord, TimelineEvent, Traffic, timefmt,
+    AuthMethod, ConnectionKind, Decision, Event, Identity, KeyLogin, LoginRequest, RecordingError,
+    RecordingHeader, Refusal, RefusalKind, SecretKind, Session, SessionGrant, SessionHooks,
+    SessionRecorder, SessionStatus, SshHooks, SshTarget, StatementRecord, TerminalRecorder,
+    TerminalSpec, TimelineEvent, Traffic, timefmt,
 };
 use warden_store::sessions::SessionCounts;
 use warden_store::{AuditJournal, Store};
@@ -43,6 +44,7 @@ struct OpenSession {
     connection: Arc<str>,
     /// The kind of the session's statement events (`pg.query`, `mysql.query`).
     query_kind: &'static str,
+    text_key: &'static str,
     timeline: Arc<StatementTimeline>,
     /// Counters not yet written to the session row: one row update per statement
     /// would double the store writes on the statement path.
@@ -79,6 +81,11 @@ impl SessionRecorder for StatementTimeline {
             } => Some(
                 json!({"error": {"code": code, "message": message}, "duration_us": duration_us}),
             ),
+            TimelineEvent::Exit {
+                channel,
+                status,
+                signal,
+            } => Some(json!({"channel": channel, "exit_status": status, "signal": signal})),
             _ => None,
         };
         self.file.record(event)?;
@@ -147,6 +154,8 @@ struct ProtocolNames {
     display: &'static str,
     query: &'static str,
     outcome: &'static str,
+    /// What the statement text is called in events: `sql`, or `command` for SSH.
+    text_key: &'static str,
 }
 
 fn protocol_names(kind: ConnectionKind) -> ProtocolNames {
@@ -161,6 +170,11 @@ fn protocol_names(kind: ConnectionKind) -> ProtocolNames {
         display,
         query,
         outcome,
+        text_key: if kind == ConnectionKind::Ssh {
+            "command"
+        } else {
+            "sql"
+        },
     }
 }
 
@@ -175,35 +189,19 @@ fn split_target(target: &str, kind: ConnectionKind) -> (String, String) {
     }
 }
 
-impl SessionHooks for SessionGate {
-    async fn open(&self, login: LoginRequest<'_>) -> Result<SessionGrant, Refusal> {
-        let LoginRequest {
-            protocol,
-            connection: database,
-            user,
-            token,
-            client,
-        } = login;
+impl SessionGate {
+    /// Opens a session for an authenticated identity: checks its access to the
+    /// connection, resolves policies and the held credential, starts the recording.
+    async fn open_for(
+        &self,
+        identity: Identity,
+        protocol: ConnectionKind,
+        database: &str,
+        user: &str,
+        client: std::net::SocketAddr,
+    ) -> Result<SessionGrant, Refusal> {
         let names = protocol_names(protocol);
         let protocol_name = names.display;
-        let identity = match self.auth.authenticate(token).await {
-            Ok(i) => i,
-            Err(e) => {
-                let event = Event::new(
-                    "auth.failure",
-                    json!({"code": e.code(), "reason": e.to_string(), "protocol": protocol.as_str(),
-                           "token_kind": TokenShape::of(token).as_str(), "key_id": Authenticator::key_id_of(token),
-                           "client": client.to_string(), "connection": database, "user": user}),
-                );
-                return Err(self
-                    .refuse(
-                        event,
-                        RefusalKind::BadCredentials,
-                        format!("authentication failed: {e}"),
-                    )
-                    .await);
-            }
-        };
         let conn = match self.store.get_connection(database).await {
             Ok(Some(c)) if c.kind == protocol && identity.in_any_group(&c.allowed_groups) => c,
             Ok(_) => {
@@ -238,7 +236,10 @@ impl SessionHooks for SessionGate {
             }
         })?;
         let secret = match self.store.connection_secret(&conn.name).await {
-            Ok(Some((SecretKind::Password, s))) => Some(s),
+            Ok(Some((SecretKind::Password, s))) => Some((SecretKind::Password, s)),
+            Ok(Some((SecretKind::PrivateKey, s))) if protocol == ConnectionKind::Ssh => {
+                Some((SecretKind::PrivateKey, s))
+            }
             Ok(None) => None,
             Ok(Some(_)) => {
                 return Err(Refusal {
@@ -312,6 +313,7 @@ impl SessionHooks for SessionGate {
                     identity: Arc::new(identity),
                     connection: conn.name.as_str().into(),
                     query_kind: names.query,
+                    text_key: names.text_key,
                     timeline: timeline.clone(),
                     unflushed: SessionCounts::default(),
                     flushed_at: Instant::now(),
@@ -324,23 +326,63 @@ impl SessionHooks for SessionGate {
             backend_addr,
             backend_user: conn.username.clone().unwrap_or_else(|| user.to_string()),
             backend_database,
-            secret,
+            secret_kind: secret.as_ref().map(|s| s.0),
+            secret: secret.map(|s| s.1),
+            ssh: conn.ssh.clone(),
             tls: conn.tls.clone(),
             guard: Arc::new(guard),
             masker: Arc::new(masker),
             recorder: timeline,
         })
     }
+}
+
+impl SessionHooks for SessionGate {
+    async fn open(&self, login: LoginRequest<'_>) -> Result<SessionGrant, Refusal> {
+        let LoginRequest {
+            protocol,
+            connection: database,
+            user,
+            token,
+            client,
+        } = login;
+        let identity = match self.auth.authenticate(token).await {
+            Ok(i) => i,
+            Err(e) => {
+                let event = Event::new(
+                    "auth.failure",
+                    json!({"code": e.code(), "reason": e.to_string(), "protocol": protocol.as_str(),
+                           "token_kind": TokenShape::of(token).as_str(), "key_id": Authenticator::key_id_of(token),
+                           "client": client.to_string(), "connection": database, "user": user}),
+                );
+                return Err(self
+                    .refuse(
+                        event,
+                        RefusalKind::BadCredentials,
+                        format!("authentication failed: {e}"),
+                    )
+                    .await);
+            }
+        };
+        self.open_for(identity, protocol, database, user, client)
+            .await
+    }
 
     async fn record(&self, record: StatementRecord) -> Result<(), String> {
         let session_id: Uuid = record.session.parse().map_err(|_| "bad session id")?;
         let who = self.open.lock().ok().and_then(|o| {
-            o.get(&record.session)
-                .map(|s| (s.identity.clone(), s.connection.clone(), s.query_kind))
+            o.get(&record.session).map(|s| {
+                (
+                    s.identity.clone(),
+                    s.connection.clone(),
+                    s.query_kind,
+                    s.text_key,
+                )
+            })
         });
-        let (identity, connection, query_kind) = who.ok_or("unknown session")?;
+        let (identity, connection, query_kind, text_key) = who.ok_or("unknown session")?;
         let denied = matches!(record.decision, Decision::Deny { .. });
-        let mut payload = json!({"sql": record.sql, "via": record.via});
+        let mut payload = json!({text_key: record.sql, "via": record.via});
         if let Some(lengths) = &record.parameters {
             payload["params"] = json!({"count": lengths.len(), "bytes": lengths});
         }
@@ -412,5 +454,145 @@ impl SessionHooks for SessionGate {
         if let Err(e) = self.journal.append(&event).await {
             tracing::error!(error = %e, "could not record session end");
         }
+    }
+}
+
+impl SessionGate {
+    /// Who a session belongs to and on which connection, while it is open.
+    fn session_owner(&self, session: &str) -> Option<(Arc<Identity>, Arc<str>)> {
+        self.open.lock().ok().and_then(|o| {
+            o.get(session)
+                .map(|s| (s.identity.clone(), s.connection.clone()))
+        })
+    }
+}
+
+impl SshHooks for SessionGate {
+    async fn open_with_key(&self, login: KeyLogin<'_>) -> Result<SessionGrant, Refusal> {
+        let bad = |message: &str| Refusal {
+            kind: RefusalKind::BadCredentials,
+            message: message.to_string(),
+        };
+        let key = match self.store.ssh_user_key(login.fingerprint).await {
+            Ok(Some(k)) if k.public_key == login.public_key => k,
+            // Clients offer every key they have; unknown ones are not worth an event.
+            Ok(_) => return Err(bad("this key is not registered with Warden")),
+            Err(e) => {
+                tracing::error!(error = %e, "ssh key lookup failed");
+                return Err(unavailable("the gateway's store is unavailable"));
+            }
+        };
+        if key.expires_at <= timefmt::now() {
+            let event = Event::new(
+                "auth.failure",
+                json!({"code": "key_expired", "reason": "the registered SSH key has expired",
+                       "protocol": "ssh", "fingerprint": key.fingerprint, "subject": key.subject,
+                       "client": login.client.to_string(), "connection": login.connection}),
+            );
+            return Err(self
+                .refuse(
+                    event,
+                    RefusalKind::BadCredentials,
+                    "the registered SSH key has expired; register it again".into(),
+                )
+                .await);
+        }
+        let identity = Identity {
+            subject: key.subject,
+            groups: key.groups,
+            method: AuthMethod::SshKey {
+                fingerprint: key.fingerprint,
+            },
+            expires_at: Some(key.expires_at),
+        };
+        self.open_for(
+            identity,
+            ConnectionKind::Ssh,
+            login.connection,
+            login.user,
+            login.client,
+        )
+        .await
+    }
+
+    async fn pin_host_key(&self, target: SshTarget<'_>) -> Result<(), String> {
+        let (identity, connection) = self
+            .session_owner(target.session)
+            .ok_or("unknown session")?;
+        let session: Uuid = target.session.parse().map_err(|_| "bad session id")?;
+        let event = Event::new(
+            "connection.host_key_pinned",
+            json!({"host_key": target.host_key, "trust_on_first_use": true}),
+        )
+        .by(&identity)
+        .on_connection(connection.as_ref())
+        .in_session(session);
+        let pinned = self
+            .store
+            .pin_ssh_host_key(&connection, target.host_key, &event)
+            .await
+            .map_err(|e| format!("the store cannot pin it: {e}"))?;
+        if pinned.as_deref() == Some(target.host_key) {
+            Ok(())
+        } else {
+            Err("another host key was pinned for this connection meanwhile".into())
+        }
+    }
+
+    async fn note(
+        &self,
+        session: &str,
+        kind: &'static str,
+        payload: serde_json::Value,
+        decision: Option<Decision>,
+        durable: bool,
+    ) -> Result<(), String> {
+        let (identity, connection) = self.session_owner(session).ok_or("unknown session")?;
+        let id: Uuid = session.parse().map_err(|_| "bad session id")?;
+        let mut event = Event::new(kind, payload)
+            .by(&identity)
+            .on_connection(connection.as_ref())
+            .in_session(id);
+        if let Some(d) = decision {
+            event = event.with_decision(d);
+        }
+        if durable {
+            self.journal
+                .append(&event)
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            self.journal.append_later(&event);
+        }
+        Ok(())
+    }
+
+    fn terminal(
+        &self,
+        session: &str,
+        spec: TerminalSpec,
+    ) -> Result<Arc<dyn TerminalRecorder>, RecordingError> {
+        let (timeline, connection) = self
+            .open
+            .lock()
+            .ok()
+            .and_then(|o| {
+                o.get(session)
+                    .map(|s| (s.timeline.clone(), s.connection.clone()))
+            })
+            .ok_or_else(|| RecordingError("unknown session".into()))?;
+        let title = match &spec.command {
+            Some(c) => format!("{connection}: {c}"),
+            None => format!("{connection}: shell"),
+        };
+        let recorder =
+            crate::terminal::CastRecorder::create(&self.recordings_dir, session, &title, &spec)
+                .map_err(|e| RecordingError(e.to_string()))?;
+        timeline.record(TimelineEvent::Terminal {
+            channel: spec.channel,
+            file: crate::terminal::cast_name(session, spec.channel),
+            command: spec.command.clone(),
+        })?;
+        Ok(recorder)
     }
 }

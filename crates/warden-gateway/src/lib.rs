@@ -12,6 +12,7 @@ mod gate;
 pub mod policy;
 pub mod recording;
 mod server;
+pub mod terminal;
 
 pub use config::Config;
 
@@ -46,6 +47,7 @@ pub struct Gateway {
     api_addr: SocketAddr,
     pg_addr: Option<SocketAddr>,
     mysql_addr: Option<SocketAddr>,
+    ssh_addr: Option<SocketAddr>,
     tls: bool,
     admin_token: Option<Secret<String>>,
     store: Arc<Store>,
@@ -118,7 +120,12 @@ impl Gateway {
             None
         };
         let mysql_addr = if config.mysql.enabled {
-            Some(start_mysql_listener(&config, gate, rx.clone()).await?)
+            Some(start_mysql_listener(&config, gate.clone(), rx.clone()).await?)
+        } else {
+            None
+        };
+        let ssh_addr = if config.ssh.enabled {
+            Some(start_ssh_listener(&config, gate, rx.clone()).await?)
         } else {
             None
         };
@@ -135,6 +142,7 @@ impl Gateway {
         Ok(Gateway {
             pg_addr,
             mysql_addr,
+            ssh_addr,
             api_addr,
             tls: has_tls,
             admin_token,
@@ -157,6 +165,11 @@ impl Gateway {
     /// Where the MySQL proxy listens, when enabled.
     pub fn mysql_addr(&self) -> Option<SocketAddr> {
         self.mysql_addr
+    }
+
+    /// Where the SSH proxy listens, when enabled.
+    pub fn ssh_addr(&self) -> Option<SocketAddr> {
+        self.ssh_addr
     }
 
     /// `http://...` or `https://...` of the API listener.
@@ -319,5 +332,33 @@ async fn start_mysql_listener(
         warden_mysql::proxy::serve_client(stream, peer, hooks.clone(), proxy_config.clone())
     });
     tracing::info!(mysql = %addr, "MySQL proxy listening");
+    Ok(addr)
+}
+
+/// Binds the SSH listener (creating the host key on first start) and serves each
+/// client on its own task.
+async fn start_ssh_listener(
+    config: &Config,
+    hooks: Arc<gate::SessionGate>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SocketAddr, GatewayError> {
+    let key_path = config.ssh_host_key_path();
+    let host_key = warden_ssh::keys::load_or_create_host_key(&key_path)
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let (listener, addr) = bind_listener(config.ssh.listen, "SSH").await?;
+    let proxy = Arc::new(warden_ssh::proxy::SshProxy::new(
+        hooks,
+        warden_ssh::proxy::ProxyConfig {
+            host_key,
+            login_timeout: std::time::Duration::from_secs(config.ssh.login_timeout_secs),
+            max_channels: config.ssh.max_channels,
+            auth_timeout: std::time::Duration::from_secs(config.ssh.auth_timeout_secs),
+        },
+    ));
+    spawn_accept_loop(listener, shutdown, "ssh", move |stream, peer| {
+        let proxy = proxy.clone();
+        async move { proxy.serve(stream, peer).await }
+    });
+    tracing::info!(ssh = %addr, "SSH proxy listening");
     Ok(addr)
 }

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use warden_core::{Connection, Event, Secret, SecretKind, timefmt};
+use warden_core::{Connection, Event, Secret, SecretKind, SshOptions, timefmt};
 
 use crate::util::time_from_db;
 use crate::{Result, Store, StoreError};
@@ -19,7 +19,7 @@ fn seal_context(name: &str) -> String {
 }
 
 const COLUMNS: &str = "name, kind, target, username, secret_kind, tls, allowed_groups, policies, \
-                       description, created_at, updated_at";
+                       ssh_options, description, created_at, updated_at";
 
 impl Store {
     /// Registers a connection and records `event`, atomically.
@@ -42,8 +42,8 @@ impl Store {
         let mut tx = self.begin_audited().await?;
         let done = sqlx::query(
             "INSERT INTO connections (name, kind, target, username, secret_kind, secret_sealed, \
-             tls, allowed_groups, policies, description, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             tls, allowed_groups, policies, description, created_at, updated_at, ssh_options) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&conn.name)
@@ -58,6 +58,7 @@ impl Store {
         .bind(conn.description.as_deref())
         .bind(timefmt::to_micros(conn.created_at))
         .bind(timefmt::to_micros(conn.updated_at))
+        .bind(serde_json::to_string(&conn.ssh)?)
         .execute(tx.conn())
         .await?;
         if done.rows_affected() == 0 {
@@ -96,7 +97,7 @@ impl Store {
     ) -> Result<()> {
         let mut sql = String::from(
             "UPDATE connections SET kind = $1, target = $2, username = $3, tls = $4, \
-             allowed_groups = $5, policies = $6, description = $7, updated_at = $8",
+             allowed_groups = $5, policies = $6, description = $7, updated_at = $8, ssh_options = $12",
         );
         let (secret_kind, sealed) = match &secret {
             SecretChange::Keep => (None, None),
@@ -123,9 +124,11 @@ impl Store {
             .bind(conn.description.as_deref())
             .bind(timefmt::to_micros(conn.updated_at))
             .bind(&conn.name);
+        // $10 and $11 are bound (or absent) before $12.
         if !matches!(secret, SecretChange::Keep) {
             query = query.bind(secret_kind).bind(sealed);
         }
+        query = query.bind(serde_json::to_string(&conn.ssh)?);
         let mut tx = self.begin_audited().await?;
         let done = query.execute(tx.conn()).await?;
         if done.rows_affected() == 0 {
@@ -148,6 +151,51 @@ impl Store {
         }
         tx.commit_with(event).await?;
         Ok(true)
+    }
+
+    /// Pins an SSH target's host key, if none is pinned yet, and records `event`,
+    /// atomically. Returns the key that is pinned afterwards: `host_key`, or the one
+    /// another session pinned first.
+    pub async fn pin_ssh_host_key(
+        &self,
+        name: &str,
+        host_key: &str,
+        event: &Event,
+    ) -> Result<Option<String>> {
+        let mut tx = self.begin_audited().await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT ssh_options FROM connections WHERE name = $1")
+                .bind(name)
+                .fetch_optional(tx.conn())
+                .await?;
+        let Some((options,)) = row else {
+            return Err(StoreError::NotFound(format!("connection `{name}`")));
+        };
+        let mut ssh: SshOptions = serde_json::from_str(&options)?;
+        if ssh.host_key.is_some() {
+            return Ok(ssh.host_key);
+        }
+        ssh.host_key = Some(host_key.to_string());
+        // Compare-and-set: a concurrent first session may have pinned another key.
+        let done = sqlx::query(
+            "UPDATE connections SET ssh_options = $1, updated_at = $2 \
+             WHERE name = $3 AND ssh_options = $4",
+        )
+        .bind(serde_json::to_string(&ssh)?)
+        .bind(timefmt::to_micros(timefmt::now()))
+        .bind(name)
+        .bind(&options)
+        .execute(tx.conn())
+        .await?;
+        if done.rows_affected() == 0 {
+            drop(tx);
+            return Ok(self
+                .get_connection(name)
+                .await?
+                .and_then(|c| c.ssh.host_key));
+        }
+        tx.commit_with(event).await?;
+        Ok(ssh.host_key)
     }
 
     /// The backend secret, unsealed, for the proxy that dials the target.
@@ -185,6 +233,7 @@ fn connection_from_row(row: &AnyRow) -> Result<Connection> {
         tls: serde_json::from_str(&row.try_get::<String, _>("tls")?)?,
         allowed_groups: serde_json::from_str(&row.try_get::<String, _>("allowed_groups")?)?,
         policies: serde_json::from_str(&row.try_get::<String, _>("policies")?)?,
+        ssh: serde_json::from_str(&row.try_get::<String, _>("ssh_options")?)?,
         description: row.try_get("description")?,
         created_at: time_from_db(row.try_get("created_at")?)?,
         updated_at: time_from_db(row.try_get("updated_at")?)?,

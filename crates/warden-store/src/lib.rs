@@ -16,6 +16,7 @@ mod migrate;
 pub mod policies;
 pub mod sealed;
 pub mod sessions;
+pub mod ssh_keys;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod util;

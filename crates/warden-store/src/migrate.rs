@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "policy sets",
         include_str!("../migrations/0002_policy_sets.sql"),
     ),
+    (3, "ssh", include_str!("../migrations/0003_ssh.sql")),
 ];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one

@@ -36,6 +36,7 @@ fn connection(name: &str) -> Connection {
         tls: TlsOptions::default(),
         allowed_groups: vec!["dba".into()],
         policies: PolicyRefs::default(),
+        ssh: Default::default(),
         description: None,
         created_at: now,
         updated_at: now,

@@ -49,6 +49,13 @@ enum Command {
         /// Print the recording's JSON lines as stored.
         #[arg(long)]
         json: bool,
+        /// Only this SSH terminal (channel number, as the timeline names it).
+        #[arg(long)]
+        terminal: Option<u32>,
+        /// Write the terminal (`--terminal`) to this file as plain asciicast v2, for
+        /// `asciinema play`, instead of playing it.
+        #[arg(long, requires = "terminal")]
+        export: Option<PathBuf>,
     },
 }
 
@@ -151,11 +158,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config,
             speed,
             json,
+            terminal,
+            export,
         } => {
             let config = config.load()?;
-            let id = session
+            let id: uuid::Uuid = session
                 .parse()
                 .with_context(|| format!("`{session}` is not a session id"))?;
+            let dir = config.recordings_dir();
+            if let Some(channel) = terminal {
+                if let Some(path) = export {
+                    let cast = warden_gateway::terminal::read_cast(&dir, &id.to_string(), channel)?;
+                    std::fs::write(&path, cast.to_asciicast())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let mut out = std::io::stdout().lock();
+                replay::play_terminal(&dir, &id.to_string(), channel, speed, &mut out).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let rec = warden_gateway::recording::read_recording(&config.recordings_dir(), id)?;
             let mut out = std::io::stdout().lock();
             if json {
@@ -165,7 +186,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     writeln!(out, "{}", serde_json::to_string(e)?)?;
                 }
             } else {
-                replay::replay(&rec, speed, &mut out).await?;
+                replay::replay(&rec, &dir, speed, &mut out).await?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -193,6 +214,9 @@ async fn gateway(config: Config) -> Result<ExitCode> {
     }
     if let Some(mysql) = gw.mysql_addr() {
         println!("MySQL proxy listening on {mysql}");
+    }
+    if let Some(ssh) = gw.ssh_addr() {
+        println!("SSH proxy listening on {ssh}");
     }
     if let Some(pg) = gw.pg_addr() {
         println!("PostgreSQL proxy listening on {pg}");

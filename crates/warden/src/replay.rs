@@ -1,7 +1,9 @@
-//! `warden replay`: prints a database session's recording as a readable timeline,
-//! at once or with its original pacing.
+//! `warden replay`: prints a session's recording as a readable timeline, at once or
+//! with its original pacing. SSH terminals (asciicast recordings) are played in
+//! place: their output goes to the terminal as it was seen.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 use warden_core::{Decision, TimelineEntry, TimelineEvent};
 use warden_gateway::recording::Recording;
@@ -10,6 +12,7 @@ use warden_gateway::recording::Recording;
 /// did, `speed` times faster.
 pub async fn replay(
     rec: &Recording,
+    dir: &Path,
     speed: Option<f64>,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
@@ -28,6 +31,9 @@ pub async fn replay(
         }
         last_t = entry.t;
         write_entry(entry, out)?;
+        if let TimelineEvent::Terminal { channel, .. } = &entry.event {
+            play_terminal(dir, &h.session, *channel, speed, out).await?;
+        }
     }
     if rec.truncated {
         writeln!(
@@ -35,6 +41,46 @@ pub async fn replay(
             "(the recording ends mid-entry: the gateway stopped while writing it)"
         )?;
     }
+    Ok(())
+}
+
+/// Writes one terminal's output, paced by `speed` when given. The terminal runs
+/// alongside the rest of the session, so its own clock restarts at zero.
+pub async fn play_terminal(
+    dir: &Path,
+    session: &str,
+    channel: u32,
+    speed: Option<f64>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let cast = match warden_gateway::terminal::read_cast(dir, session, channel) {
+        Ok(c) => c,
+        Err(e) => {
+            writeln!(out, "    ({e})")?;
+            return Ok(());
+        }
+    };
+    writeln!(out, "----- terminal {channel} -----")?;
+    let mut last = 0.0f64;
+    for (t, code, data) in &cast.events {
+        if code != "o" {
+            continue;
+        }
+        if let Some(speed) = speed.filter(|s| *s > 0.0) {
+            let gap = ((t - last) / speed).clamp(0.0, 5.0);
+            out.flush()?;
+            tokio::time::sleep(Duration::from_secs_f64(gap)).await;
+        }
+        last = *t;
+        out.write_all(data.as_bytes())?;
+    }
+    if cast.truncated {
+        writeln!(
+            out,
+            "\r\n(the terminal recording ends early: the gateway stopped while writing it)"
+        )?;
+    }
+    writeln!(out, "\r\n----- end of terminal {channel} -----")?;
     Ok(())
 }
 
@@ -101,6 +147,33 @@ fn write_entry(entry: &TimelineEntry, out: &mut impl Write) -> std::io::Result<(
             bytes,
             rows,
         } => writeln!(out, "{at} COPY {direction}: {rows} rows, {bytes} bytes")?,
+        TimelineEvent::Terminal {
+            channel, command, ..
+        } => match command {
+            Some(c) => writeln!(out, "{at} terminal {channel}: `{c}`")?,
+            None => writeln!(out, "{at} terminal {channel}: interactive shell")?,
+        },
+        TimelineEvent::Activity {
+            what,
+            detail,
+            decision,
+        } => {
+            let verdict = match decision {
+                None | Some(Decision::Allow) => String::new(),
+                Some(Decision::Deny { rule, reason }) => format!(" DENIED by {rule}: {reason}"),
+                Some(Decision::Review { rule }) => format!(" review required by {rule}"),
+            };
+            writeln!(out, "{at} {what} {detail}{verdict}")?;
+        }
+        TimelineEvent::Exit {
+            channel,
+            status,
+            signal,
+        } => match (status, signal) {
+            (_, Some(sig)) => writeln!(out, "{at} channel {channel} killed by signal {sig}")?,
+            (Some(code), None) => writeln!(out, "{at} channel {channel} exited with {code}")?,
+            (None, None) => writeln!(out, "{at} channel {channel} closed")?,
+        },
         TimelineEvent::End { reason } => match reason {
             Some(r) => writeln!(out, "{at} session ended: {r}")?,
             None => writeln!(out, "{at} session ended by the client")?,

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use warden_core::{
-    Connection, ConnectionKind, Event, PolicyRefs, Secret, SecretKind, TlsOptions, timefmt,
-    validate_connection_name,
+    Connection, ConnectionKind, Event, PolicyRefs, Secret, SecretKind, SshOptions, TlsOptions,
+    timefmt, validate_connection_name,
 };
 use warden_store::StoreError;
 use warden_store::connections::SecretChange;
@@ -41,6 +41,9 @@ pub struct ConnectionCreate {
     pub allowed_groups: Vec<String>,
     #[serde(default)]
     pub policies: PolicyRefs,
+    /// SSH host key pin and forwarding (ssh connections).
+    #[serde(default)]
+    pub ssh: SshOptions,
     pub description: Option<String>,
 }
 
@@ -62,6 +65,7 @@ pub struct ConnectionUpdate {
     pub tls: Option<TlsOptions>,
     pub allowed_groups: Option<Vec<String>>,
     pub policies: Option<PolicyRefs>,
+    pub ssh: Option<SshOptions>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
@@ -140,6 +144,11 @@ fn check_common(conn: &Connection) -> Result<(), ApiError> {
     {
         return Err(invalid("tls.ca_pem must be a PEM certificate bundle"));
     }
+    if conn.kind == ConnectionKind::Ssh && conn.username.is_none() {
+        return Err(invalid(
+            "ssh connections need the username to log in to the target as",
+        ));
+    }
     let names = conn
         .policies
         .guardrails
@@ -148,6 +157,17 @@ fn check_common(conn: &Connection) -> Result<(), ApiError> {
         .chain(&conn.policies.reviews);
     if names.clone().any(|n| n.is_empty() || n.len() > 128) {
         return Err(invalid("policy names must be 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// Checks a pinned host key and stores it in canonical form (no comment), the form
+/// the proxy compares and pins.
+fn canonical_ssh(conn: &mut Connection) -> Result<(), ApiError> {
+    if let Some(key) = &conn.ssh.host_key {
+        let line = warden_ssh::keys::PublicKeyLine::parse(key)
+            .map_err(|e| invalid(format!("ssh.host_key: {e}")))?;
+        conn.ssh.host_key = Some(line.line);
     }
     Ok(())
 }
@@ -177,6 +197,19 @@ fn check_secret(secret: &Secret<String>) -> Result<(), ApiError> {
     let len = secret.expose().len();
     if len == 0 || len > MAX_SECRET_BYTES {
         return Err(invalid("secret must be 1 byte to 64 KiB"));
+    }
+    Ok(())
+}
+
+/// A private key must be usable before it is stored (the error names no key material).
+fn check_secret_kind(
+    kind: ConnectionKind,
+    secret_kind: SecretKind,
+    secret: &Secret<String>,
+) -> Result<(), ApiError> {
+    if secret_kind == SecretKind::PrivateKey && kind == ConnectionKind::Ssh {
+        warden_ssh::keys::parse_private_key(secret.expose())
+            .map_err(|e| invalid(format!("secret: {e}")))?;
     }
     Ok(())
 }
@@ -215,6 +248,7 @@ fn describe(conn: &Connection) -> serde_json::Value {
         "tls_mode": conn.tls.mode,
         "allowed_groups": conn.allowed_groups,
         "policies": conn.policies,
+        "ssh": conn.ssh,
     })
 }
 
@@ -255,6 +289,7 @@ pub async fn create(
             let kind = req
                 .secret_kind
                 .unwrap_or_else(|| infer_secret_kind(req.kind, &s));
+            check_secret_kind(req.kind, kind, &s)?;
             Some((kind, s))
         }
         None if req.secret_kind.is_some() => {
@@ -263,7 +298,7 @@ pub async fn create(
         None => None,
     };
     let now = timefmt::now();
-    let conn = Connection {
+    let mut conn = Connection {
         name: req.name,
         kind: req.kind,
         target: req.target,
@@ -272,11 +307,13 @@ pub async fn create(
         tls: req.tls,
         allowed_groups: req.allowed_groups,
         policies: req.policies,
+        ssh: req.ssh,
         description: req.description,
         created_at: now,
         updated_at: now,
     };
     check_common(&conn)?;
+    canonical_ssh(&mut conn)?;
     check_policy_refs(&state, &conn.policies).await?;
     let event = Event::new("connection.create", describe(&conn))
         .by(&caller.identity)
@@ -356,6 +393,10 @@ pub async fn update(
         conn.policies = p;
         changed.push("policies");
     }
+    if let Some(o) = req.ssh {
+        conn.ssh = o;
+        changed.push("ssh");
+    }
     if let Some(d) = req.description {
         conn.description = d;
         changed.push("description");
@@ -365,6 +406,7 @@ pub async fn update(
         (Some(Some(s)), kind) => {
             check_secret(&s)?;
             let kind = kind.unwrap_or_else(|| infer_secret_kind(conn.kind, &s));
+            check_secret_kind(conn.kind, kind, &s)?;
             conn.secret_kind = Some(kind);
             changed.push("secret");
             SecretChange::Set(kind, s)
@@ -381,6 +423,7 @@ pub async fn update(
         }
     };
     check_common(&conn)?;
+    canonical_ssh(&mut conn)?;
     check_policy_refs(&state, &conn.policies).await?;
     conn.updated_at = timefmt::now();
     let mut payload = describe(&conn);

@@ -8,6 +8,7 @@ mod extract;
 mod keys;
 mod policies;
 mod sessions;
+mod ssh_keys;
 mod system;
 
 pub use error::{ApiError, ErrorBody};
@@ -90,6 +91,7 @@ impl AppState {
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "sessions", description = "Client sessions through the proxies"),
         (name = "policies", description = "Guardrail, review and masking sets"),
+        (name = "ssh-keys", description = "SSH public keys users register for key logins"),
     )
 )]
 struct ApiDoc;
@@ -129,6 +131,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::get))
         .routes(routes!(sessions::recording))
+        .routes(routes!(sessions::terminal))
+        .routes(routes!(ssh_keys::list, ssh_keys::create))
+        .routes(routes!(ssh_keys::delete))
         .split_for_parts();
     let spec = openapi.to_json().unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.api.max_body_bytes;

@@ -125,3 +125,39 @@ pub async fn recording(
         }
     }
 }
+
+/// One terminal of an SSH session as a plain asciicast v2 file (for `asciinema play`).
+#[utoipa::path(get, path = "/api/sessions/{id}/terminals/{channel}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id (UUID)"),
+           ("channel" = u32, Path, description = "SSH channel, as in the recording's `terminal` entries")),
+    responses((status = 200, content_type = "application/x-asciicast", body = String),
+              (status = 404, body = ErrorBody)))]
+pub async fn terminal(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, channel)): Path<(String, u32)>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let not_found = || ApiError::not_found(format!("terminal {channel} of session `{id}`"));
+    let session = visible_session(&state, &caller, &id)
+        .await?
+        .ok_or_else(not_found)?;
+    let dir = state.config.recordings_dir();
+    let name = session.id.to_string();
+    let read =
+        tokio::task::spawn_blocking(move || crate::terminal::read_cast(&dir, &name, channel))
+            .await
+            .map_err(|_| ApiError::internal("the recording could not be read"))?;
+    match read {
+        Ok(cast) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/x-asciicast")],
+            cast.to_asciicast(),
+        )
+            .into_response()),
+        Err(crate::terminal::CastReadError::NotFound(_)) => Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "terminal recording unreadable");
+            Err(ApiError::internal("the recording could not be read"))
+        }
+    }
+}
