@@ -79,6 +79,8 @@ impl SessionHooks for Hooks {
             backend_user: "warden_t_scram".into(),
             backend_database: "postgres".into(),
             secret: Some(Secret::new("scram-pw-1".into())),
+            secret_kind: Some(warden_core::SecretKind::Password),
+            ssh: Default::default(),
             tls: TlsOptions {
                 mode: TlsMode::Disable,
                 ..TlsOptions::default()

@@ -662,10 +662,16 @@ impl<H: SshHooks> SessionChannel<H> {
             Start::Sftp => Watch::Sftp(SftpObserver::default()),
             Start::Exec(c) if let Some(scp) = ScpCommand::parse(c) => Watch::Scp(scp, 0, 0),
             _ => {
+                // No PTY, or one without a size (the client's stdin is not a
+                // terminal): the recording says 80x24.
+                let (width, height) = match &pty {
+                    Some(p) if p.width > 0 && p.height > 0 => (p.width, p.height),
+                    _ => (80, 24),
+                };
                 let spec = TerminalSpec {
                     channel: u32::from(self.id),
-                    width: pty.as_ref().map_or(80, |p| p.width),
-                    height: pty.as_ref().map_or(24, |p| p.height),
+                    width,
+                    height,
                     term: pty.as_ref().map(|p| p.term.clone()),
                     command: match &start {
                         Start::Exec(c) => Some(c.clone()),
@@ -791,16 +797,19 @@ impl<H: SshHooks> SessionChannel<H> {
                 Vec::new()
             }
             Some(Watch::Sftp(o)) => o.finish().into_iter().map(sftp_detail).collect(),
-            Some(Watch::Scp(scp, up, down)) => vec![json!({
-                "protocol": "scp",
-                "path": scp.path,
-                "direction": if scp.upload { "upload" } else { "download" },
-                "bytes": if scp.upload { *up } else { *down },
-            })],
+            Some(Watch::Scp(scp, up, down)) => vec![(
+                "ssh.transfer",
+                json!({
+                    "protocol": "scp",
+                    "path": scp.path,
+                    "direction": if scp.upload { "upload" } else { "download" },
+                    "bytes": if scp.upload { *up } else { *down },
+                }),
+            )],
             None => Vec::new(),
         };
-        for detail in transfers {
-            note(self.hooks.as_ref(), &self.live, "ssh.transfer", detail).await;
+        for (kind, detail) in transfers {
+            note(self.hooks.as_ref(), &self.live, kind, detail).await;
         }
         self.live.record(TimelineEvent::Exit {
             channel: u32::from(self.id),
@@ -810,24 +819,30 @@ impl<H: SshHooks> SessionChannel<H> {
     }
 }
 
-fn sftp_detail(e: SftpEvent) -> serde_json::Value {
+/// The audit event for an SFTP observation: `ssh.transfer` for a file's bytes,
+/// `ssh.file` for a change to the tree.
+fn sftp_detail(e: SftpEvent) -> (&'static str, serde_json::Value) {
     match e {
         SftpEvent::Transfer {
             path,
             write,
             read_bytes,
             written_bytes,
-        } => json!({
-            "protocol": "sftp",
-            "path": path,
-            "direction": if write { "upload" } else { "download" },
-            "bytes": if write { written_bytes } else { read_bytes },
-            "read_bytes": read_bytes,
-            "written_bytes": written_bytes,
-        }),
-        SftpEvent::Change { op, path, target } => json!({
-            "protocol": "sftp", "op": op, "path": path, "target": target,
-        }),
+        } => (
+            "ssh.transfer",
+            json!({
+                "protocol": "sftp",
+                "path": path,
+                "direction": if write { "upload" } else { "download" },
+                "bytes": if write { written_bytes } else { read_bytes },
+                "read_bytes": read_bytes,
+                "written_bytes": written_bytes,
+            }),
+        ),
+        SftpEvent::Change { op, path, target } => (
+            "ssh.file",
+            json!({"protocol": "sftp", "op": op, "path": path, "target": target}),
+        ),
     }
 }
 
@@ -928,13 +943,13 @@ impl<H: SshHooks> ClientToTarget<H> {
                 Ok(events) => {
                     drop(watch);
                     for e in events {
-                        let detail = sftp_detail(e);
+                        let (kind, detail) = sftp_detail(e);
                         let hooks = self.hooks.clone();
                         let live = self.live.clone();
                         // Not awaited here: the lock is released and order is kept by
                         // the journal's queue.
                         tokio::spawn(async move {
-                            note(hooks.as_ref(), &live, "ssh.transfer", detail).await;
+                            note(hooks.as_ref(), &live, kind, detail).await;
                         });
                     }
                     (Vec::new(), true)

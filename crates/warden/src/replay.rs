@@ -103,7 +103,11 @@ fn write_entry(entry: &TimelineEntry, out: &mut impl Write) -> std::io::Result<(
                 Decision::Review { rule } => format!("review required by {rule}"),
             };
             let mut lines = sql.lines();
-            writeln!(out, "{at} > {}", lines.next().unwrap_or(""))?;
+            let first = match lines.next() {
+                None if via == "shell" => "(interactive shell)",
+                first => first.unwrap_or(""),
+            };
+            writeln!(out, "{at} > {first}")?;
             for l in lines {
                 writeln!(out, "{pad}  {l}")?;
             }

@@ -198,6 +198,7 @@ pub fn base_config(
     config.api.max_body_bytes = 64 * 1024;
     config.pg.listen = "127.0.0.1:0".parse().unwrap();
     config.mysql.listen = "127.0.0.1:0".parse().unwrap();
+    config.ssh.listen = "127.0.0.1:0".parse().unwrap();
     config.store.url = Some(StoreUrl(store_url.into()));
     config.auth.clock_skew_secs = 1;
     config.auth.jwks_min_refresh_secs = 1;
@@ -216,6 +217,12 @@ sql_statements = ["ddl"]
 [[guardrails.rules]]
 name = "no-unbounded"
 sql_unbounded_writes = true
+
+[[guardrails]]
+name = "shell-safety"
+[[guardrails.rules]]
+name = "no-rm-rf"
+shell = ["rm -rf *"]
 
 [[masking]]
 name = "pii"
@@ -288,11 +295,21 @@ impl TestGateway {
         self.call(method, path, Some(ADMIN_TOKEN), body).await
     }
 
-    /// Every session recording this gateway wrote, concatenated.
+    /// Every session recording this gateway wrote (terminals decompressed),
+    /// concatenated.
     pub fn recordings_text(&self) -> String {
         let mut all = String::new();
         for f in std::fs::read_dir(self.dir.path().join("recordings")).unwrap() {
-            all += &std::fs::read_to_string(f.unwrap().path()).unwrap();
+            let path = f.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            if path.to_string_lossy().ends_with(".zst") {
+                let mut text = Vec::new();
+                let mut decoder = zstd::stream::read::Decoder::new(&bytes[..]).unwrap();
+                let _ = std::io::Read::read_to_end(&mut decoder, &mut text);
+                all += &String::from_utf8_lossy(&text);
+            } else {
+                all += &String::from_utf8(bytes).unwrap();
+            }
         }
         all
     }

@@ -1,0 +1,731 @@
+//! The SSH proxy in the gateway: the real `ssh`, `scp` and `sftp` clients (token by
+//! sshpass) and russh as a client, the OpenSSH server `scripts/test.sh` starts
+//! behind (`setup_sshd`), the held key never shown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use russh::client;
+use russh::{ChannelMsg, Disconnect};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use warden_store::Backend;
+
+/// The test OpenSSH server: its address and the directory with its host key and the
+/// key Warden holds for user `warden_t`.
+fn sshd() -> (String, PathBuf) {
+    let dir = PathBuf::from(
+        std::env::var("WARDEN_TEST_SSHD_DIR")
+            .unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
+    );
+    let port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
+    assert!(
+        dir.join("warden_t_key").exists(),
+        "no test sshd: run scripts/test.sh (or `. scripts/lib.sh; setup_sshd`)"
+    );
+    (format!("127.0.0.1:{port}"), dir)
+}
+
+fn held_key() -> String {
+    std::fs::read_to_string(sshd().1.join("warden_t_key")).unwrap()
+}
+
+fn host_key() -> String {
+    std::fs::read_to_string(sshd().1.join("host_ed25519.pub")).unwrap()
+}
+
+/// Registers an SSH connection (`warden_t` with the held key, host key pinned)
+/// with extra fields from `extra`.
+async fn add_ssh(gw: &TestGateway, name: &str, extra: Value) {
+    let mut body = json!({
+        "name": name, "kind": "ssh", "target": sshd().0, "username": "warden_t",
+        "secret": held_key(), "allowed_groups": ["ops"],
+        "ssh": {"host_key": host_key()},
+        "policies": {"guardrails": ["shell-safety"]},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, answer) = gw.admin("POST", "/api/connections", Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+async fn token(gw: &TestGateway, groups: &[&str]) -> String {
+    let (status, key) = gw
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": format!("k{}", uuid::Uuid::now_v7().simple()), "groups": groups})),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    key["token"].as_str().unwrap().to_string()
+}
+
+fn port(gw: &TestGateway) -> u16 {
+    gw.gateway.ssh_addr().unwrap().port()
+}
+
+const CLIENT_OPTIONS: &[&str] = &[
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "ConnectTimeout=20",
+];
+
+/// Runs a real OpenSSH client program (`ssh`, `scp`, `sftp`) with the token as its
+/// password (through sshpass's environment, never the command line).
+fn with_token(program: &str, token: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new("sshpass");
+    cmd.arg("-e").arg(program).args(CLIENT_OPTIONS);
+    cmd.args(["-o", "PubkeyAuthentication=no", "-o", "BatchMode=no"]);
+    cmd.args(args)
+        .env("SSHPASS", token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ssh(gw: &TestGateway, conn: &str, token: &str, command: &str) -> Output {
+    let p = port(gw).to_string();
+    with_token(
+        "ssh",
+        token,
+        &["-p", &p, &format!("{conn}@127.0.0.1"), command],
+    )
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A russh client that trusts the gateway's host key (the tests check Warden's
+/// pinning of targets, not their own).
+struct TrustGateway;
+
+impl client::Handler for TrustGateway {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+async fn russh_login(gw: &TestGateway, conn: &str, token: &str) -> client::Handle<TrustGateway> {
+    let config = Arc::new(client::Config::default());
+    let mut handle = client::connect(config, ("127.0.0.1", port(gw)), TrustGateway)
+        .await
+        .unwrap();
+    let auth = handle.authenticate_password(conn, token).await.unwrap();
+    assert!(auth.success(), "login refused");
+    handle
+}
+
+async fn events(gw: &TestGateway, kind: &str) -> Vec<Value> {
+    // Some events are written just after the client sees the result.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.audit_events(kind).await
+}
+
+async fn last_session(gw: &TestGateway) -> String {
+    let (status, list) = gw.admin("GET", "/api/sessions", None).await;
+    assert_eq!(status, 200, "{list}");
+    let sessions = list
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| list["sessions"].as_array().unwrap().clone());
+    sessions
+        .iter()
+        .filter(|s| s["protocol"] == "ssh")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .max()
+        .unwrap()
+}
+
+async fn exec_is_guarded_audited_and_recorded(backend: Backend) {
+    let gw = TestGateway::start(backend, None).await;
+    add_ssh(&gw, "box", json!({})).await;
+    let ops = token(&gw, &["ops"]).await;
+
+    let out = ssh(&gw, "box", &ops, "echo hello; whoami; exit 7");
+    assert_eq!(
+        text(&out.stdout),
+        "hello\nwarden_t\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(7));
+
+    // A denied command never runs: the directory it would remove survives.
+    let dir = format!("/tmp/warden-t-{}", uuid::Uuid::now_v7().simple());
+    let out = ssh(&gw, "box", &ops, &format!("mkdir -p {dir}/keep"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = ssh(&gw, "box", &ops, &format!("rm -rf {dir}"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("warden: denied by rule `shell-safety/no-rm-rf`"),
+        "{err}"
+    );
+    assert!(std::path::Path::new(&format!("{dir}/keep")).is_dir());
+    assert!(
+        ssh(&gw, "box", &ops, &format!("rmdir {dir}/keep {dir}"))
+            .status
+            .success()
+    );
+
+    let execs = events(&gw, "ssh.exec").await;
+    let denied: Vec<_> = execs
+        .iter()
+        .filter(|e| e["event"]["decision"]["outcome"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 1, "{execs:?}");
+    assert_eq!(
+        denied[0]["event"]["payload"]["command"],
+        format!("rm -rf {dir}")
+    );
+    assert!(
+        denied[0]["event"]["identity"]["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("apikey:")
+    );
+    let outcomes = events(&gw, "ssh.outcome").await;
+    assert!(
+        outcomes
+            .iter()
+            .any(|e| e["event"]["payload"]["exit_status"] == 7),
+        "{outcomes:?}"
+    );
+    // The command's output is in its terminal recording.
+    let recorded = gw.recordings_text();
+    assert!(recorded.contains(r#""o","hello\n"#), "{recorded}");
+
+    // Neither the held key nor the token is anywhere an admin or a recording shows.
+    let seen = gw.everything_visible(&[]).await;
+    let key_body: String = held_key()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!seen.contains(&key_body[..40]));
+    assert!(!seen.contains(&ops));
+    let (_, conns) = gw.admin("GET", "/api/connections", None).await;
+    assert!(!conns.to_string().contains(&key_body[..40]));
+}
+both_stores!(exec_is_guarded_audited_and_recorded);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_shell_is_recorded_as_asciicast_with_typed_commands() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_ssh(&gw, "box", json!({})).await;
+    let ops = token(&gw, &["ops"]).await;
+    let client = russh_login(&gw, "box", &ops).await;
+    let mut channel = client.channel_open_session().await.unwrap();
+    channel
+        .request_pty(true, "xterm-256color", 100, 30, 0, 0, &[])
+        .await
+        .unwrap();
+    channel.request_shell(true).await.unwrap();
+    channel.data(&b"echo marker-$((6*7))\r"[..]).await.unwrap();
+    let mut output = Vec::new();
+    let mut resized = false;
+    let mut status = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, channel.wait()).await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                output.extend_from_slice(&data);
+                if !resized && text(&output).contains("marker-42") {
+                    resized = true;
+                    channel.window_change(120, 40, 0, 0).await.unwrap();
+                    channel.data(&b"exit\r"[..]).await.unwrap();
+                }
+            }
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    assert!(text(&output).contains("marker-42"), "{}", text(&output));
+    assert_eq!(status, Some(0));
+    client
+        .disconnect(Disconnect::ByApplication, "", "en")
+        .await
+        .unwrap();
+
+    let session = last_session(&gw).await;
+    let (status, rec) = gw
+        .admin("GET", &format!("/api/sessions/{session}/recording"), None)
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    let terminal = rec["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "terminal")
+        .unwrap_or_else(|| panic!("{rec}"))
+        .clone();
+    let channel_no = terminal["channel"].as_u64().unwrap();
+    let resp = gw
+        .http
+        .get(format!(
+            "{}/api/sessions/{session}/terminals/{channel_no}",
+            gw.url
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let cast = resp.text().await.unwrap();
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (header["version"].as_u64(), header["width"].as_u64()),
+        (Some(2), Some(100))
+    );
+    assert!(cast.contains(r#""r","120x40""#), "{cast}");
+    assert!(cast.contains(r#""i","echo marker-$((6*7))\r""#), "{cast}");
+    // asciinema itself accepts the file.
+    let file = gw.dir.path().join("shell.cast");
+    std::fs::write(&file, &cast).unwrap();
+    let played = Command::new("script")
+        .args([
+            "-qec",
+            &format!("asciinema cat {}", file.display()),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(played.status.success(), "{}", text(&played.stdout));
+    assert!(text(&played.stdout).contains("marker-42"));
+
+    let typed = events(&gw, "ssh.command").await;
+    let lines: Vec<_> = typed
+        .iter()
+        .map(|e| {
+            e["event"]["payload"]["command"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(lines, vec!["echo marker-$((6*7))", "exit"]);
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scp_and_sftp_move_100_mib_intact_and_each_transfer_is_audited() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_ssh(&gw, "box", json!({})).await;
+    let ops = token(&gw, &["ops"]).await;
+    let p = port(&gw).to_string();
+    let local = gw.dir.path().join("big.bin");
+    let status = Command::new("head")
+        .args(["-c", "104857600", "/dev/urandom"])
+        .stdout(std::fs::File::create(&local).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let remote = format!("/tmp/warden-t-{}.bin", uuid::Uuid::now_v7().simple());
+    let target = format!("box@127.0.0.1:{remote}");
+    // Upload and download through SFTP (scp's default protocol).
+    let up = with_token("scp", &ops, &["-P", &p, local.to_str().unwrap(), &target]);
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let back = gw.dir.path().join("back.bin");
+    let down = with_token("scp", &ops, &["-P", &p, &target, back.to_str().unwrap()]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert_eq!(sha256(&local), sha256(&back));
+    // The legacy scp protocol (an exec of `scp -t`).
+    let legacy = format!("{remote}.legacy");
+    let up = with_token(
+        "scp",
+        &ops,
+        &[
+            "-O",
+            "-P",
+            &p,
+            local.to_str().unwrap(),
+            &format!("box@127.0.0.1:{legacy}"),
+        ],
+    );
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    assert_eq!(sha256(&local), sha256(std::path::Path::new(&legacy)));
+    // sftp: rename and remove are audited too.
+    let batch = gw.dir.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!("rename {legacy} {legacy}.2\nrm {legacy}.2\nrm {remote}\n"),
+    )
+    .unwrap();
+    let sftp = with_token(
+        "sftp",
+        &ops,
+        &["-P", &p, "-b", batch.to_str().unwrap(), "box@127.0.0.1"],
+    );
+    assert!(sftp.status.success(), "{}", text(&sftp.stderr));
+
+    let transfers = events(&gw, "ssh.transfer").await;
+    let seen: Vec<(String, String, String, u64)> = transfers
+        .iter()
+        .map(|e| {
+            let p = &e["event"]["payload"];
+            (
+                p["protocol"].as_str().unwrap().into(),
+                p["direction"].as_str().unwrap().into(),
+                p["path"].as_str().unwrap().into(),
+                p["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mib100 = 104_857_600;
+    assert!(
+        seen.contains(&("sftp".into(), "upload".into(), remote.clone(), mib100)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("sftp".into(), "download".into(), remote.clone(), mib100)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.0 == "scp" && s.1 == "upload" && s.2 == legacy && s.3 >= mib100),
+        "{seen:?}"
+    );
+    let changes = events(&gw, "ssh.file").await;
+    let ops_seen: Vec<_> = changes
+        .iter()
+        .map(|e| {
+            (
+                e["event"]["payload"]["op"].as_str().unwrap().to_string(),
+                e["event"]["payload"]["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops_seen,
+        vec![
+            ("rename".to_string(), legacy.clone()),
+            ("remove".to_string(), format!("{legacy}.2")),
+            ("remove".to_string(), remote.clone()),
+        ]
+    );
+    assert!(!std::path::Path::new(&remote).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forwarding_follows_the_connection_and_is_audited() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_ssh(
+        &gw,
+        "fwd",
+        json!({"ssh": {"host_key": host_key(), "port_forwarding": true}}),
+    )
+    .await;
+    add_ssh(&gw, "nofwd", json!({})).await;
+    let ops = token(&gw, &["ops"]).await;
+    let (sshd_addr, _) = sshd();
+    let (host, sshd_port) = sshd_addr.rsplit_once(':').unwrap();
+    let sshd_port: u32 = sshd_port.parse().unwrap();
+
+    // Allowed: a forwarded connection reaches the target's network (here the sshd
+    // itself, which greets first).
+    let client = russh_login(&gw, "fwd", &ops).await;
+    let mut ch = client
+        .channel_open_direct_tcpip(host, sshd_port, "127.0.0.1", 40000)
+        .await
+        .unwrap();
+    let mut greeting = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), ch.wait()).await {
+        if let ChannelMsg::Data { data } = msg {
+            greeting.extend_from_slice(&data);
+            if greeting.contains(&b'\n') {
+                break;
+            }
+        }
+    }
+    assert!(
+        text(&greeting).starts_with("SSH-2.0-OpenSSH"),
+        "{}",
+        text(&greeting)
+    );
+    // Denied: the channel is refused, the session goes on.
+    let client = russh_login(&gw, "nofwd", &ops).await;
+    assert!(
+        client
+            .channel_open_direct_tcpip(host, sshd_port, "127.0.0.1", 40001)
+            .await
+            .is_err()
+    );
+    let mut ch = client.channel_open_session().await.unwrap();
+    ch.exec(true, "echo still-here").await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), ch.wait()).await {
+        match msg {
+            ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    assert_eq!(text(&out), "still-here\n");
+    let forwards = events(&gw, "ssh.forward").await;
+    let decisions: Vec<_> = forwards
+        .iter()
+        .map(|e| {
+            (
+                e["event"]["connection"].as_str().unwrap().to_string(),
+                e["event"]["decision"]["outcome"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        vec![
+            ("fwd".to_string(), "allow".to_string()),
+            ("nofwd".to_string(), "deny".to_string())
+        ]
+    );
+    // Agent forwarding is refused (and noted); the command still runs.
+    let p = port(&gw).to_string();
+    let out = with_token("ssh", &ops, &["-A", "-p", &p, "fwd@127.0.0.1", "echo ok"]);
+    assert_eq!(text(&out.stdout), "ok\n");
+    let refused = events(&gw, "ssh.refused").await;
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["event"]["payload"]["what"] == "agent_forwarding"),
+        "{refused:?}"
+    );
+}
+
+/// Logs in with `token` by keyboard-interactive and returns the instructions the
+/// gateway shows after refusing it (what `ssh` prints before prompting again).
+async fn refusal_shown(gw: &TestGateway, conn: &str, token: &str) -> String {
+    let config = Arc::new(client::Config::default());
+    let mut c = client::connect(config, ("127.0.0.1", port(gw)), TrustGateway)
+        .await
+        .unwrap();
+    assert!(
+        !c.authenticate_password(conn, token)
+            .await
+            .unwrap()
+            .success()
+    );
+    let first = c
+        .authenticate_keyboard_interactive_start(conn, None::<String>)
+        .await
+        .unwrap();
+    assert!(matches!(
+        first,
+        client::KeyboardInteractiveAuthResponse::InfoRequest { .. }
+    ));
+    match c
+        .authenticate_keyboard_interactive_respond(vec![token.into()])
+        .await
+        .unwrap()
+    {
+        client::KeyboardInteractiveAuthResponse::InfoRequest { instructions, .. } => instructions,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_their_reason() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_ssh(&gw, "box", json!({})).await;
+    let wrong_key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    add_ssh(&gw, "spoofed", json!({"ssh": {"host_key": wrong_key}})).await;
+    add_ssh(&gw, "unpinned", json!({"ssh": {}})).await;
+    add_ssh(&gw, "tofu", json!({"ssh": {"trust_on_first_use": true}})).await;
+    add_ssh(&gw, "admins-only", json!({"allowed_groups": ["admins"]})).await;
+    let ops = token(&gw, &["ops"]).await;
+
+    // A wrong token: the password method is refused; keyboard-interactive shows why.
+    let out = ssh(&gw, "box", "wdn_bogus_token", "true");
+    assert!(!out.status.success());
+    let shown = refusal_shown(&gw, "box", "not-a-token").await;
+    assert!(
+        shown.starts_with("warden: authentication failed"),
+        "{shown}"
+    );
+    assert!(!events(&gw, "auth.failure").await.is_empty());
+
+    let out = ssh(&gw, "admins-only", &ops, "true");
+    assert!(!out.status.success());
+    assert_eq!(
+        refusal_shown(&gw, "admins-only", &ops).await,
+        "warden: there is no SSH connection `admins-only` that you may use"
+    );
+    let denied = events(&gw, "access.denied").await;
+    assert_eq!(denied[0]["event"]["connection"], "admins-only");
+
+    let out = ssh(&gw, "spoofed", &ops, "echo should-not-run");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("does not match the key pinned"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).is_empty());
+
+    let out = ssh(&gw, "unpinned", &ops, "true");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("no host key is pinned"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Trust on first use pins the key the target presented, and audits it.
+    let out = ssh(&gw, "tofu", &ops, "echo pinned");
+    assert_eq!(text(&out.stdout), "pinned\n", "{}", text(&out.stderr));
+    let (_, conn) = gw.admin("GET", "/api/connections/tofu", None).await;
+    let expected = host_key();
+    let expected: Vec<&str> = expected.split_whitespace().take(2).collect();
+    assert_eq!(conn["ssh"]["host_key"], expected.join(" "));
+    assert_eq!(events(&gw, "connection.host_key_pinned").await.len(), 1);
+    let out = ssh(&gw, "tofu", &ops, "echo again");
+    assert_eq!(text(&out.stdout), "again\n");
+
+    // Garbage instead of SSH ends only that connection.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port(&gw)))
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\xff\xff\xff\xff garbage")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf)).await;
+    assert!(text(&buf).starts_with("SSH-2.0-Warden"), "{}", text(&buf));
+    let out = ssh(&gw, "box", &ops, "echo fine");
+    assert_eq!(text(&out.stdout), "fine\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_keys_log_in_until_deleted_or_expired() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_ssh(&gw, "box", json!({})).await;
+    let ops = token(&gw, &["ops"]).await;
+    let key = gw.dir.path().join("id_ed25519");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (status, reg) = gw
+        .call(
+            "POST",
+            "/api/ssh-keys",
+            Some(&ops),
+            Some(json!({"public_key": public})),
+        )
+        .await;
+    assert_eq!(status, 201, "{reg}");
+    assert_eq!(reg["name"], "alice@laptop");
+    assert_eq!(reg["groups"], json!(["ops"]));
+    let fingerprint = reg["fingerprint"].as_str().unwrap().to_string();
+    let p = port(&gw).to_string();
+    let with_key = |conn: &str| {
+        Command::new("ssh")
+            .args(CLIENT_OPTIONS)
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+            .arg(&key)
+            .args(["-p", &p, &format!("{conn}@127.0.0.1"), "echo by-key"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = with_key("box");
+    assert_eq!(text(&out.stdout), "by-key\n", "{}", text(&out.stderr));
+    let starts = events(&gw, "session.start").await;
+    let identity = &starts.last().unwrap()["event"]["identity"];
+    assert!(
+        identity["subject"].as_str().unwrap().starts_with("apikey:"),
+        "{identity}"
+    );
+
+    // Registering the same key twice is a conflict; others do not see it.
+    let (status, _) = gw
+        .call(
+            "POST",
+            "/api/ssh-keys",
+            Some(&ops),
+            Some(json!({"public_key": public})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (_, mine) = gw.call("GET", "/api/ssh-keys", Some(&ops), None).await;
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+
+    let path = format!(
+        "/api/ssh-keys/{}",
+        fingerprint.replace('/', "%2F").replace('+', "%2B")
+    );
+    let (status, body) = gw.call("DELETE", &path, Some(&ops), None).await;
+    assert_eq!(status, 204, "{body}");
+    let out = with_key("box");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stdout).is_empty());
+
+    // A registration that expired no longer logs in.
+    let (status, _) = gw
+        .call(
+            "POST",
+            "/api/ssh-keys",
+            Some(&ops),
+            Some(json!({"public_key": public, "ttl_secs": 1})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = with_key("box");
+    assert_eq!(out.status.code(), Some(255));
+    let failures = events(&gw, "auth.failure").await;
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["event"]["payload"]["code"] == "key_expired"),
+        "{failures:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_password_works_too() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_ssh(
+        &gw,
+        "pw",
+        json!({"secret": "ssh-pw-1", "secret_kind": "password"}),
+    )
+    .await;
+    let ops = token(&gw, &["ops"]).await;
+    let out = ssh(&gw, "pw", &ops, "whoami");
+    assert_eq!(text(&out.stdout), "warden_t\n", "{}", text(&out.stderr));
+    let seen = gw.everything_visible(&[]).await;
+    assert!(!seen.contains("ssh-pw-1"));
+}
