@@ -170,6 +170,10 @@ EOF2
 #   start_bench_warden NAME API_PORT LISTENER_TOML JOURNAL_SYNC CONNECTION_JSON
 start_bench_warden() {
   local name=$1 api_port=$2 listeners=$3 sync=$4 connection=$5
+  # Listeners a benchmark does not name stay off (two Wardens run side by side).
+  case $listeners in *"[ssh]"*) ;; *) listeners="$listeners
+[ssh]
+enabled = false" ;; esac
   cat >"$work/$name.toml" <<EOF2
 data_dir = "$work/$name-data"
 [api]

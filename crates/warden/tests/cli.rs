@@ -20,7 +20,8 @@ fn warden(dir: &Path) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("WARDEN_API__LISTEN", "127.0.0.1:0")
         .env("WARDEN_PG__LISTEN", "127.0.0.1:0")
-        .env("WARDEN_MYSQL__LISTEN", "127.0.0.1:0");
+        .env("WARDEN_MYSQL__LISTEN", "127.0.0.1:0")
+        .env("WARDEN_SSH__LISTEN", "127.0.0.1:0");
     cmd
 }
 
@@ -364,10 +365,11 @@ detectors = ["email"]
             .unwrap()
             .to_string()
     };
-    let (url, pg, mysql) = (
+    let (url, pg, mysql, ssh) = (
         field("warden gateway listening on "),
         field("PostgreSQL proxy listening on "),
         field("MySQL proxy listening on "),
+        field("SSH proxy listening on "),
     );
     let admin = head
         .split_whitespace()
@@ -415,6 +417,17 @@ detectors = ["email"]
                    "tls": {"mode": "disable"}}),
         );
     }
+    let sshd_dir = std::path::PathBuf::from(
+        std::env::var("WARDEN_TEST_SSHD_DIR").unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
+    );
+    let sshd_port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
+    let held_key = std::fs::read_to_string(sshd_dir.join("warden_t_key")).unwrap();
+    post(
+        "/api/connections",
+        json!({"name": "box", "kind": "ssh", "target": format!("127.0.0.1:{sshd_port}"),
+               "username": "warden_t", "secret": held_key, "allowed_groups": ["dba"],
+               "ssh": {"host_key": std::fs::read_to_string(sshd_dir.join("host_ed25519.pub")).unwrap()}}),
+    );
     let token = post(
         "/api/api-keys",
         json!({"name": "psql-user", "groups": ["dba"]}),
@@ -466,6 +479,17 @@ detectors = ["email"]
     assert!(out.contains("reach me at [redacted:email]"), "{out}");
     let out = mysql_cli("shop-bad");
     assert!(out.contains("could not log in to the database"), "{out}");
+    // And a command through the SSH listener with the real ssh client.
+    let ssh_port = ssh.rsplit_once(':').unwrap().1;
+    let out = Command::new("sshpass")
+        .args(["-e", "ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "LogLevel=ERROR", "-o", "PubkeyAuthentication=no", "-p", ssh_port])
+        .args(["box@127.0.0.1", "echo ssh-ok-$((40+2))"])
+        .env("SSHPASS", &token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "ssh-ok-42\n", "{}", text(&out.stderr));
     let log = stop(gw);
 
     // Replay from the recordings directory, the gateway stopped.
@@ -494,6 +518,38 @@ detectors = ["email"]
     ]));
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), replay);
+    // The SSH session replays with its terminal, and exports as asciicast.
+    let out = run(warden(dir.path()).args(["audit", "list", "--kind", "ssh.exec", "--json"]));
+    let exec: Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    let ssh_session = exec["event"]["session_id"].as_str().unwrap().to_string();
+    let out = run(warden(dir.path()).args(["replay", &ssh_session, "--config", "warden.toml"]));
+    let replay_ssh = text(&out.stdout);
+    assert!(replay_ssh.contains("> echo ssh-ok-$((40+2))"), "{replay_ssh}");
+    assert!(replay_ssh.contains("ssh-ok-42"), "{replay_ssh}");
+    assert!(replay_ssh.contains("exited with 0"), "{replay_ssh}");
+    let channel = replay_ssh
+        .lines()
+        .find_map(|l| l.split("terminal ").nth(1)?.split(':').next()?.parse::<u32>().ok())
+        .unwrap();
+    let cast = dir.path().join("exec.cast");
+    let out = run(warden(dir.path()).args([
+        "replay",
+        &ssh_session,
+        "--config",
+        "warden.toml",
+        "--terminal",
+        &channel.to_string(),
+        "--export",
+        cast.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let played = Command::new("script")
+        .args(["-qec", &format!("asciinema cat {}", cast.display()), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(played.status.success(), "{}", text(&played.stdout));
+    assert!(text(&played.stdout).contains("ssh-ok-42"));
     let out =
         run(warden(dir.path()).args(["replay", &session, "--json", "--config", "warden.toml"]));
     assert!(text(&out.stdout).lines().count() >= 5);
@@ -512,12 +568,24 @@ detectors = ["email"]
     while let Some(p) = files.pop() {
         if p.is_dir() {
             files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if p.to_string_lossy().ends_with(".zst") {
+            // Terminal recordings are compressed: search what they hold.
+            let bytes = std::fs::read(&p).unwrap();
+            let mut decoder = zstd::stream::read::Decoder::new(&bytes[..]).unwrap();
+            std::io::Read::read_to_end(&mut decoder, &mut haystack).unwrap();
         } else {
             haystack.extend(std::fs::read(&p).unwrap());
         }
     }
     let secret_part = token.rsplit('_').next().unwrap();
+    // The longest line of the held private key's body.
+    let key_line = held_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .max_by_key(|l| l.len())
+        .unwrap();
     for needle in [
+        key_line,
         PG_PASSWORD,
         MYSQL_PASSWORD,
         WRONG_MYSQL_PASSWORD,
