@@ -89,10 +89,18 @@ pub struct RecordingsConfig {
     /// Rows of each result kept in a recording (the rest are counted).
     #[serde(default = "default_rows_per_result")]
     pub rows_per_result: usize,
+    /// Bytes of an SSH command's (exec without a PTY) input and output kept in its
+    /// terminal recording; the rest is counted. 0 keeps everything. Shells with a
+    /// PTY are always recorded whole.
+    #[serde(default = "default_exec_output_bytes")]
+    pub exec_output_bytes: u64,
 }
 
 fn default_rows_per_result() -> usize {
     20
+}
+fn default_exec_output_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 impl Default for RecordingsConfig {
@@ -100,6 +108,7 @@ impl Default for RecordingsConfig {
         Self {
             dir: None,
             rows_per_result: default_rows_per_result(),
+            exec_output_bytes: default_exec_output_bytes(),
         }
     }
 }

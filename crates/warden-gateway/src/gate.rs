@@ -33,6 +33,8 @@ pub struct SessionGate {
     pub policies: Arc<PolicyRegistry>,
     recordings_dir: PathBuf,
     rows_per_result: usize,
+    /// Bytes of an SSH exec's terminal kept in its recording (0: all).
+    exec_output_bytes: u64,
     /// Open sessions, for the statement records.
     open: Mutex<HashMap<String, OpenSession>>,
 }
@@ -120,8 +122,15 @@ impl SessionGate {
             policies,
             recordings_dir,
             rows_per_result,
+            exec_output_bytes: 0,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Caps SSH exec recordings (see `recordings.exec_output_bytes`).
+    pub fn with_exec_output_limit(mut self, bytes: u64) -> Self {
+        self.exec_output_bytes = bytes;
+        self
     }
 
     /// Adds counters to a session row in the background.
@@ -580,14 +589,23 @@ impl SshHooks for SessionGate {
                 o.get(session)
                     .map(|s| (s.timeline.clone(), s.connection.clone()))
             })
-            .ok_or_else(|| RecordingError("unknown session".into()))?;
+            .ok_or_else(|| RecordingError("the session has ended".into()))?;
         let title = match &spec.command {
             Some(c) => format!("{connection}: {c}"),
             None => format!("{connection}: shell"),
         };
-        let recorder =
-            crate::terminal::CastRecorder::create(&self.recordings_dir, session, &title, &spec)
-                .map_err(|e| RecordingError(e.to_string()))?;
+        // Commands without a PTY move bulk data (`cat`, `tar`, dumps): keep their
+        // first bytes, count the rest. Terminals a person drives are kept whole.
+        let limit =
+            (spec.term.is_none() && self.exec_output_bytes > 0).then_some(self.exec_output_bytes);
+        let recorder = crate::terminal::CastRecorder::create(
+            &self.recordings_dir,
+            session,
+            &title,
+            &spec,
+            limit,
+        )
+        .map_err(|e| RecordingError(e.to_string()))?;
         timeline.record(TimelineEvent::Terminal {
             channel: spec.channel,
             file: crate::terminal::cast_name(session, spec.channel),

@@ -106,14 +106,17 @@ impl Gateway {
             key.derive("warden masking hash key v1"),
         ));
         let (shutdown, rx) = watch::channel(false);
-        let gate = Arc::new(gate::SessionGate::new(
-            store.clone(),
-            journal.clone(),
-            auth.clone(),
-            policies.clone(),
-            config.recordings_dir(),
-            config.recordings.rows_per_result,
-        ));
+        let gate = Arc::new(
+            gate::SessionGate::new(
+                store.clone(),
+                journal.clone(),
+                auth.clone(),
+                policies.clone(),
+                config.recordings_dir(),
+                config.recordings.rows_per_result,
+            )
+            .with_exec_output_limit(config.recordings.exec_output_bytes),
+        );
         let pg_addr = if config.pg.enabled {
             Some(start_pg_listener(&config, gate.clone(), rx.clone()).await?)
         } else {

@@ -8,7 +8,8 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -18,36 +19,57 @@ use warden_core::{RecordingError, TerminalRecorder, TerminalSpec};
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// ... or when this much is buffered.
 pub const FLUSH_BYTES: usize = 64 * 1024;
-const ZSTD_LEVEL: i32 = 3;
+/// Fast: a recording is written once and rarely read; level 1 keeps up with a
+/// terminal at full speed.
+const ZSTD_LEVEL: i32 = 1;
 
 /// The file name of one terminal of a session.
 pub fn cast_name(session: &str, channel: u32) -> String {
     format!("{session}.{channel}.cast.zst")
 }
 
-struct CastState {
-    file: std::fs::File,
-    pending: Vec<u8>,
-    /// Bytes of a UTF-8 sequence cut at the end of the last chunk, per stream.
-    carry_out: Vec<u8>,
-    carry_in: Vec<u8>,
-    failed: Option<String>,
+/// What the proxy hands the writer thread, stamped when it happened.
+enum CastCommand {
+    Event {
+        t: f64,
+        code: &'static str,
+        data: Vec<u8>,
+    },
+    Resize {
+        t: f64,
+        width: u32,
+        height: u32,
+    },
+    /// Write everything buffered and sync; answer when done.
+    Finish(std::sync::mpsc::SyncSender<Result<(), RecordingError>>),
 }
 
-/// Streams one terminal to its file.
+/// Commands queued before the proxy waits for the writer: bounds memory while the
+/// writer compresses, and slows a session that outruns its recording rather than
+/// dropping any of it.
+const QUEUE: usize = 64;
+
+/// Streams one terminal to its file. Escaping and compression run on a thread of
+/// their own, so recording a fast terminal overlaps with relaying it.
 pub struct CastRecorder {
     started: Instant,
-    state: Mutex<CastState>,
+    queue: std::sync::mpsc::SyncSender<CastCommand>,
+    failed: Arc<Mutex<Option<String>>>,
+    /// Bytes of input and output kept at most; the rest is counted in `dropped`.
+    limit: Option<u64>,
+    kept: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl CastRecorder {
-    /// Creates the file (owner-only) with the asciicast header, and a task that
-    /// writes buffered lines every [`FLUSH_INTERVAL`] while the recorder lives.
+    /// Creates the file (owner-only) with the asciicast header, and the thread that
+    /// writes it: buffered lines go out every [`FLUSH_INTERVAL`] or [`FLUSH_BYTES`].
     pub fn create(
         dir: &Path,
         session: &str,
         title: &str,
         spec: &TerminalSpec,
+        limit: Option<u64>,
     ) -> std::io::Result<Arc<Self>> {
         let path = dir.join(cast_name(session, spec.channel));
         let mut options = std::fs::OpenOptions::new();
@@ -72,90 +94,176 @@ impl CastRecorder {
         });
         let mut pending = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
         pending.push(b'\n');
-        let recorder = Arc::new(Self {
+        let mut writer = CastWriter {
+            file,
+            pending,
+            last_t: 0.0,
+            carry_out: Vec::new(),
+            carry_in: Vec::new(),
+        };
+        writer.write_frame()?;
+        let (queue, commands) = std::sync::mpsc::sync_channel(QUEUE);
+        let failed = Arc::new(Mutex::new(None));
+        let failed_in_thread = failed.clone();
+        std::thread::Builder::new()
+            .name("warden-cast".into())
+            .spawn(move || writer.run(&commands, &failed_in_thread))?;
+        Ok(Arc::new(Self {
             started: Instant::now(),
-            state: Mutex::new(CastState {
-                file,
-                pending,
-                carry_out: Vec::new(),
-                carry_in: Vec::new(),
-                failed: None,
-            }),
-        });
-        recorder.flush().map_err(|e| std::io::Error::other(e.0))?;
-        let weak: Weak<Self> = Arc::downgrade(&recorder);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(FLUSH_INTERVAL).await;
-                let Some(r) = weak.upgrade() else { break };
-                if r.flush().is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(recorder)
+            queue,
+            failed,
+            limit,
+            kept: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }))
     }
 
-    fn event(&self, code: &str, data: &[u8]) -> Result<(), RecordingError> {
-        let t = self.started.elapsed().as_secs_f64();
-        let mut state = self.lock()?;
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Input or output: kept while under the limit, counted after it.
+    fn data(&self, code: &'static str, data: &[u8]) -> Result<(), RecordingError> {
+        let len = data.len() as u64;
+        if let Some(limit) = self.limit
+            && self.kept.fetch_add(len, Ordering::Relaxed) >= limit
+        {
+            self.dropped.fetch_add(len, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.send(CastCommand::Event {
+            t: self.now(),
+            code,
+            data: data.to_vec(),
+        })
+    }
+
+    fn send(&self, command: CastCommand) -> Result<(), RecordingError> {
+        if let Some(e) = self.failed.lock().ok().and_then(|f| f.clone()) {
+            return Err(RecordingError(e));
+        }
+        self.queue
+            .send(command)
+            .map_err(|_| RecordingError("the terminal recording stopped".into()))
+    }
+}
+
+/// The writer thread's state: the file, lines not yet compressed, and UTF-8
+/// sequences cut at the end of the last chunk of each stream.
+struct CastWriter {
+    file: std::fs::File,
+    pending: Vec<u8>,
+    /// The time of the last line, for a line written at the end.
+    last_t: f64,
+    carry_out: Vec<u8>,
+    carry_in: Vec<u8>,
+}
+
+impl CastWriter {
+    fn run(
+        &mut self,
+        commands: &std::sync::mpsc::Receiver<CastCommand>,
+        failed: &Mutex<Option<String>>,
+    ) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let wait = oldest.map_or(FLUSH_INTERVAL, |o| {
+                FLUSH_INTERVAL.saturating_sub(o.elapsed())
+            });
+            let result = match commands.recv_timeout(wait) {
+                Ok(CastCommand::Event { t, code, data }) => self.event(t, code, &data),
+                Ok(CastCommand::Resize { t, width, height }) => {
+                    self.line(t, "r", &format!("{width}x{height}"))
+                }
+                Ok(CastCommand::Finish(reply)) => {
+                    let done = self.finish();
+                    let failure = done.as_ref().err().map(ToString::to_string);
+                    let _ = reply.send(done.map_err(|e| RecordingError(e.to_string())));
+                    if failure.is_none() {
+                        oldest = None;
+                        continue;
+                    }
+                    Err(std::io::Error::other(failure.unwrap_or_default()))
+                }
+                Err(RecvTimeoutError::Timeout) => self.write_frame(),
+                // The recorder is gone: write what is left.
+                Err(RecvTimeoutError::Disconnected) => {
+                    if let Err(e) = self.finish() {
+                        tracing::error!(error = %e, "terminal recording not finished");
+                    }
+                    return;
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "terminal recording failed");
+                if let Ok(mut f) = failed.lock() {
+                    *f = Some(format!("terminal recording cannot be written: {e}"));
+                }
+                return;
+            }
+            if self.pending.is_empty() {
+                oldest = None;
+            } else if oldest.is_none() {
+                oldest = Some(Instant::now());
+            }
+            if self.pending.len() >= FLUSH_BYTES
+                || oldest.is_some_and(|o| o.elapsed() >= FLUSH_INTERVAL)
+            {
+                if let Err(e) = self.write_frame() {
+                    tracing::error!(error = %e, "terminal recording failed");
+                    if let Ok(mut f) = failed.lock() {
+                        *f = Some(format!("terminal recording cannot be written: {e}"));
+                    }
+                    return;
+                }
+                oldest = None;
+            }
+        }
+    }
+
+    fn event(&mut self, t: f64, code: &str, data: &[u8]) -> std::io::Result<()> {
         let carry = if code == "i" {
-            &mut state.carry_in
+            &mut self.carry_in
         } else {
-            &mut state.carry_out
+            &mut self.carry_out
         };
         let text = utf8_stream(carry, data);
         if text.is_empty() {
             return Ok(());
         }
-        let line = json!([(t * 1e6).round() / 1e6, code, text]);
-        push_line(&mut state, &line)?;
-        if state.pending.len() >= FLUSH_BYTES {
-            write_frame(&mut state)?;
-        }
+        self.line(t, code, &text)
+    }
+
+    fn line(&mut self, t: f64, code: &str, text: &str) -> std::io::Result<()> {
+        let t = (t * 1e6).round() / 1e6;
+        self.last_t = t;
+        serde_json::to_writer(&mut self.pending, &(t, code, text))
+            .map_err(std::io::Error::other)?;
+        self.pending.push(b'\n');
         Ok(())
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, CastState>, RecordingError> {
-        let state = self
-            .state
-            .lock()
-            .map_err(|_| RecordingError("terminal recording lock poisoned".into()))?;
-        if let Some(e) = &state.failed {
-            return Err(RecordingError(e.clone()));
+    /// Compresses the buffered lines into one frame and appends it with one write.
+    fn write_frame(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        Ok(state)
+        let frame = zstd::bulk::compress(&self.pending, ZSTD_LEVEL)?;
+        self.file.write_all(&frame)?;
+        self.pending.clear();
+        Ok(())
     }
 
-    fn flush(&self) -> Result<(), RecordingError> {
-        let mut state = self.lock()?;
-        write_frame(&mut state)
-    }
-}
-
-fn push_line(state: &mut CastState, line: &serde_json::Value) -> Result<(), RecordingError> {
-    serde_json::to_writer(&mut state.pending, line).map_err(|e| RecordingError(e.to_string()))?;
-    state.pending.push(b'\n');
-    Ok(())
-}
-
-/// Compresses the buffered lines into one frame and appends it with one write.
-fn write_frame(state: &mut CastState) -> Result<(), RecordingError> {
-    if state.pending.is_empty() {
-        return Ok(());
-    }
-    let result = zstd::bulk::compress(&state.pending, ZSTD_LEVEL)
-        .and_then(|frame| state.file.write_all(&frame));
-    match result {
-        Ok(()) => {
-            state.pending.clear();
-            Ok(())
+    fn finish(&mut self) -> std::io::Result<()> {
+        let out = std::mem::take(&mut self.carry_out);
+        if !out.is_empty() {
+            // The recording ends inside a UTF-8 sequence: keep what there is.
+            let text = String::from_utf8_lossy(&out).into_owned();
+            self.line(self.last_t, "o", &text)?;
         }
-        Err(e) => {
-            let message = format!("terminal recording cannot be written: {e}");
-            state.failed = Some(message.clone());
-            Err(RecordingError(message))
-        }
+        self.write_frame()?;
+        self.file.sync_data()
     }
 }
 
@@ -195,33 +303,37 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
 
 impl TerminalRecorder for CastRecorder {
     fn output(&self, data: &[u8]) -> Result<(), RecordingError> {
-        self.event("o", data)
+        self.data("o", data)
     }
 
     fn input(&self, data: &[u8]) -> Result<(), RecordingError> {
-        self.event("i", data)
+        self.data("i", data)
     }
 
     fn resize(&self, width: u32, height: u32) -> Result<(), RecordingError> {
-        let t = self.started.elapsed().as_secs_f64();
-        let mut state = self.lock()?;
-        let line = json!([(t * 1e6).round() / 1e6, "r", format!("{width}x{height}")]);
-        push_line(&mut state, &line)
+        self.send(CastCommand::Resize {
+            t: self.now(),
+            width,
+            height,
+        })
     }
 
     fn finish(&self) -> Result<(), RecordingError> {
-        let mut state = self.lock()?;
-        let out = std::mem::take(&mut state.carry_out);
-        if !out.is_empty() {
-            let t = self.started.elapsed().as_secs_f64();
-            let line = json!([t, "o", String::from_utf8_lossy(&out)]);
-            push_line(&mut state, &line)?;
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let note = format!(
+                "\r\n[warden: {dropped} more bytes of input and output were not recorded (recordings.exec_output_bytes)]\r\n"
+            );
+            self.send(CastCommand::Event {
+                t: self.now(),
+                code: "o",
+                data: note.into_bytes(),
+            })?;
         }
-        write_frame(&mut state)?;
-        state
-            .file
-            .sync_data()
-            .map_err(|e| RecordingError(e.to_string()))
+        let (reply, done) = std::sync::mpsc::sync_channel(1);
+        self.send(CastCommand::Finish(reply))?;
+        done.recv()
+            .map_err(|_| RecordingError("the terminal recording stopped".into()))?
     }
 }
 
@@ -324,14 +436,14 @@ mod tests {
     #[tokio::test]
     async fn a_terminal_round_trips_through_frames_even_when_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let r = CastRecorder::create(dir.path(), "s1", "t", &spec()).unwrap();
+        let r = CastRecorder::create(dir.path(), "s1", "t", &spec(), None).unwrap();
         r.output(b"hello \xc3").unwrap(); // é cut in two
         r.output(b"\xa9\r\n").unwrap();
         r.input(b"ls\r").unwrap();
         r.resize(120, 40).unwrap();
         r.finish().unwrap();
         r.output(b"after").unwrap();
-        r.flush().unwrap();
+        r.finish().unwrap();
         let cast = read_cast(dir.path(), "s1", 3).unwrap();
         assert_eq!(cast.header["version"], 2);
         assert_eq!(cast.header["width"], 100);
@@ -363,6 +475,21 @@ mod tests {
         assert!(cast.truncated);
         assert_eq!(cast.events.len(), 5);
         assert!(cast.to_asciicast().starts_with("{\""));
+    }
+
+    #[test]
+    fn a_capped_recording_keeps_its_first_bytes_and_says_how_many_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = CastRecorder::create(dir.path(), "s2", "t", &spec(), Some(10)).unwrap();
+        r.output(b"0123456789").unwrap();
+        r.output(b"abcdef").unwrap();
+        r.input(b"xyz").unwrap();
+        r.finish().unwrap();
+        let cast = read_cast(dir.path(), "s2", 3).unwrap();
+        let texts: Vec<_> = cast.events.iter().map(|e| e.2.as_str()).collect();
+        assert_eq!(texts[0], "0123456789");
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(texts[1].contains("9 more bytes"), "{}", texts[1]);
     }
 
     #[test]

@@ -239,6 +239,7 @@ async fn a_pty_shell_is_recorded_as_asciicast_with_typed_commands() {
     channel.data(&b"echo marker-$((6*7))\r"[..]).await.unwrap();
     let mut output = Vec::new();
     let mut resized = false;
+    let mut exited = false;
     let mut status = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, channel.wait()).await {
@@ -246,8 +247,13 @@ async fn a_pty_shell_is_recorded_as_asciicast_with_typed_commands() {
             ChannelMsg::Data { data } => {
                 output.extend_from_slice(&data);
                 if !resized && text(&output).contains("marker-42") {
+                    // The new size reaches the target's PTY.
                     resized = true;
                     channel.window_change(120, 40, 0, 0).await.unwrap();
+                    channel.data(&b"stty size\r"[..]).await.unwrap();
+                }
+                if resized && !exited && text(&output).contains("40 120") {
+                    exited = true;
                     channel.data(&b"exit\r"[..]).await.unwrap();
                 }
             }
@@ -257,7 +263,20 @@ async fn a_pty_shell_is_recorded_as_asciicast_with_typed_commands() {
         }
     }
     assert!(text(&output).contains("marker-42"), "{}", text(&output));
+    assert!(text(&output).contains("40 120"), "{}", text(&output));
     assert_eq!(status, Some(0));
+    // A command killed by a signal: the signal reaches the client.
+    let mut ch = client.channel_open_session().await.unwrap();
+    ch.exec(true, "kill -TERM $$").await.unwrap();
+    let mut signal = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), ch.wait()).await {
+        match msg {
+            ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(signal_name),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    assert!(matches!(signal, Some(russh::Sig::TERM)), "{signal:?}");
     client
         .disconnect(Disconnect::ByApplication, "", "en")
         .await
@@ -320,7 +339,7 @@ async fn a_pty_shell_is_recorded_as_asciicast_with_typed_commands() {
                 .to_string()
         })
         .collect();
-    assert_eq!(lines, vec!["echo marker-$((6*7))", "exit"]);
+    assert_eq!(lines, vec!["echo marker-$((6*7))", "stty size", "exit"]);
 }
 
 fn sha256(path: &std::path::Path) -> String {
@@ -508,8 +527,24 @@ async fn port_forwarding_follows_the_connection_and_is_audited() {
     );
     // Agent forwarding is refused (and noted); the command still runs.
     let p = port(&gw).to_string();
-    let out = with_token("ssh", &ops, &["-A", "-p", &p, "fwd@127.0.0.1", "echo ok"]);
-    assert_eq!(text(&out.stdout), "ok\n");
+    // (`ssh -A` asks only when it has an agent: run one for it.)
+    let out = Command::new("ssh-agent")
+        .args(["sshpass", "-e", "ssh"])
+        .args(CLIENT_OPTIONS)
+        .args([
+            "-o",
+            "PubkeyAuthentication=no",
+            "-A",
+            "-p",
+            &p,
+            "fwd@127.0.0.1",
+            "echo ok",
+        ])
+        .env("SSHPASS", &ops)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
     let refused = events(&gw, "ssh.refused").await;
     assert!(
         refused

@@ -402,6 +402,60 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
         Ok(())
     }
 
+    // Requests that need no answer from the target are answered here, in order:
+    // clients match answers to requests by order, so an answer sent later from the
+    // channel's task could be taken for the next request's. The channel's task sees
+    // the same requests and notes or uses them. Shell, exec and the sftp subsystem
+    // are answered by the task once the target has answered.
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _width: u32,
+        _height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != "sftp" {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
     async fn channel_open_x11(
         &mut self,
         _channel: Channel<Msg>,
@@ -528,7 +582,6 @@ impl<H: SshHooks> SessionChannel<H> {
                         pix_height,
                         modes: terminal_modes,
                     });
-                    let _ = self.handle.channel_success(self.id).await;
                 }
                 ChannelMsg::SetEnv {
                     variable_name,
@@ -538,7 +591,6 @@ impl<H: SshHooks> SessionChannel<H> {
                     if env.len() < 64 {
                         env.push((variable_name, variable_value));
                     }
-                    let _ = self.handle.channel_success(self.id).await;
                 }
                 ChannelMsg::WindowChange {
                     col_width,
@@ -563,7 +615,6 @@ impl<H: SshHooks> SessionChannel<H> {
                         json!({"name": name}),
                     )
                     .await;
-                    let _ = self.handle.channel_failure(self.id).await;
                 }
                 ChannelMsg::AgentForward { .. } => {
                     refused_note(
@@ -573,12 +624,10 @@ impl<H: SshHooks> SessionChannel<H> {
                         json!({}),
                     )
                     .await;
-                    let _ = self.handle.channel_failure(self.id).await;
                 }
                 ChannelMsg::RequestX11 { .. } => {
                     refused_note(self.hooks.as_ref(), &self.live, "x11_forwarding", json!({}))
                         .await;
-                    let _ = self.handle.channel_failure(self.id).await;
                 }
                 ChannelMsg::Eof | ChannelMsg::Close => {
                     let _ = to_client.close().await;

@@ -418,7 +418,8 @@ detectors = ["email"]
         );
     }
     let sshd_dir = std::path::PathBuf::from(
-        std::env::var("WARDEN_TEST_SSHD_DIR").unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
+        std::env::var("WARDEN_TEST_SSHD_DIR")
+            .unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
     );
     let sshd_port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
     let held_key = std::fs::read_to_string(sshd_dir.join("warden_t_key")).unwrap();
@@ -482,8 +483,22 @@ detectors = ["email"]
     // And a command through the SSH listener with the real ssh client.
     let ssh_port = ssh.rsplit_once(':').unwrap().1;
     let out = Command::new("sshpass")
-        .args(["-e", "ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-        .args(["-o", "LogLevel=ERROR", "-o", "PubkeyAuthentication=no", "-p", ssh_port])
+        .args([
+            "-e",
+            "ssh",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-p",
+            ssh_port,
+        ])
         .args(["box@127.0.0.1", "echo ssh-ok-$((40+2))"])
         .env("SSHPASS", &token)
         .stdin(Stdio::null())
@@ -524,12 +539,22 @@ detectors = ["email"]
     let ssh_session = exec["event"]["session_id"].as_str().unwrap().to_string();
     let out = run(warden(dir.path()).args(["replay", &ssh_session, "--config", "warden.toml"]));
     let replay_ssh = text(&out.stdout);
-    assert!(replay_ssh.contains("> echo ssh-ok-$((40+2))"), "{replay_ssh}");
+    assert!(
+        replay_ssh.contains("> echo ssh-ok-$((40+2))"),
+        "{replay_ssh}"
+    );
     assert!(replay_ssh.contains("ssh-ok-42"), "{replay_ssh}");
     assert!(replay_ssh.contains("exited with 0"), "{replay_ssh}");
     let channel = replay_ssh
         .lines()
-        .find_map(|l| l.split("terminal ").nth(1)?.split(':').next()?.parse::<u32>().ok())
+        .find_map(|l| {
+            l.split("terminal ")
+                .nth(1)?
+                .split(':')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
         .unwrap();
     let cast = dir.path().join("exec.cast");
     let out = run(warden(dir.path()).args([
@@ -544,7 +569,11 @@ detectors = ["email"]
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let played = Command::new("script")
-        .args(["-qec", &format!("asciinema cat {}", cast.display()), "/dev/null"])
+        .args([
+            "-qec",
+            &format!("asciinema cat {}", cast.display()),
+            "/dev/null",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();

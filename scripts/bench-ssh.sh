@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The SSH proxy benchmark: the real OpenSSH client against the test OpenSSH server,
+# direct and through Warden (audit and recording on), in the same run:
+#   - scp of a 256 MiB file up and down (SFTP protocol), MiB/s;
+#   - `cat` on the target to the client, MiB/s, of the same random file (worst case
+#     for the recording: binary output escaped into asciicast) and of a text file of
+#     the same size (base64 lines, like a log); both are recorded as exec terminals;
+#   - interactive echo: one key through a PTY and back, p50 and p99 over 300 keys.
+# Prints each figure and the ratio through Warden / direct. Both paths log in with a
+# key (Warden's with a key registered through the API).
+#
+#   scripts/bench-ssh.sh
+#   BENCH_MIB=512 scripts/bench-ssh.sh
+#   BENCH_EXEC_OUTPUT_BYTES=0 scripts/bench-ssh.sh   # record every byte of `cat`
+#
+# Not a test: nothing here asserts on time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+mib=${BENCH_MIB:-256}
+ssh_port=${BENCH_WARDEN_PORT:-12222}
+api_port=${BENCH_API_PORT:-18029}
+
+ensure_packages curl curl python3 python3
+setup_sshd
+log "building warden (release)"
+cargo build --release -q -p warden
+
+work=$(mktemp -d)
+chmod 755 "$work"
+cleanup() {
+  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work" "/tmp/warden-bench-$$" "/tmp/warden-bench-$$.text"
+}
+trap cleanup EXIT
+
+admin_token="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+connection=$(python3 - "$WARDEN_TEST_SSHD_DIR" "$WARDEN_TEST_SSHD_PORT" <<'PY'
+import json, sys
+d, port = sys.argv[1], sys.argv[2]
+print(json.dumps({"name": "bench", "kind": "ssh", "target": f"127.0.0.1:{port}",
+                  "username": "warden_t", "secret": open(f"{d}/warden_t_key").read(),
+                  "allowed_groups": ["bench"],
+                  "ssh": {"host_key": open(f"{d}/host_ed25519.pub").read()}}))
+PY
+)
+token=$(start_bench_warden warden "$api_port" "[pg]
+enabled = false
+[mysql]
+enabled = false
+[ssh]
+listen = \"127.0.0.1:$ssh_port\"
+[recordings]
+exec_output_bytes = ${BENCH_EXEC_OUTPUT_BYTES:-16777216}" true "$connection")
+
+# One client key for both paths: authorized on the target, registered with Warden.
+install -m 600 "$WARDEN_TEST_SSHD_DIR/warden_t_key" "$work/key"
+ssh-keygen -y -f "$work/key" >"$work/key.pub"
+python3 -c 'import json,sys; print(json.dumps({"public_key": open(sys.argv[1]).read()}))' \
+  "$work/key.pub" >"$work/register.json"
+curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+  -d @"$work/register.json" "http://127.0.0.1:$api_port/api/ssh-keys" >/dev/null
+
+opts=(-i "$work/key" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
+  -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+direct=(-P "$WARDEN_TEST_SSHD_PORT" warden_t@127.0.0.1)
+through=(-P "$ssh_port" bench@127.0.0.1)
+
+head -c $((mib * 1024 * 1024)) /dev/urandom >"$work/big"
+# About the same size as text: 57 bytes become a 77-byte line.
+head -c $((mib * 1024 * 1024 / 77 * 57)) "$work/big" | base64 -w 76 >"$work/text"
+text_mib=$(awk -v b="$(stat -c %s "$work/text")" 'BEGIN { print b / 1048576 }')
+remote=/tmp/warden-bench-$$
+cp "$work/text" "$remote.text" && chmod 644 "$remote.text"
+
+now() { date +%s.%N; }
+# rate SECONDS [MIB] → MiB/s
+rate() { awk -v s="$1" -v m="${2:-$mib}" 'BEGIN { printf "%.0f", m / s }'; }
+
+# scp_up PORT USER@HOST → seconds
+timed() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'; }
+
+ssh_to() { local port=$1 dest=$2; shift 2; ssh "${opts[@]}" -p "$port" "$dest" "$@"; }
+
+results=()
+for path in direct warden; do
+  if [ $path = direct ]; then port=$WARDEN_TEST_SSHD_PORT; dest=warden_t@127.0.0.1; else port=$ssh_port; dest=bench@127.0.0.1; fi
+  up=$(timed scp "${opts[@]}" -P "$port" "$work/big" "$dest:$remote")
+  down=$(timed scp "${opts[@]}" -P "$port" "$dest:$remote" "$work/back")
+  cmp -s "$work/big" "$work/back" || { echo "scp $path: the file changed" >&2; exit 1; }
+  cat_s=$(timed ssh_to "$port" "$dest" "cat $remote")
+  cat_text_s=$(timed ssh_to "$port" "$dest" "cat $remote.text")
+  # Interactive echo: a remote PTY echoes each key; time key → echo.
+  echo_ms=$(python3 - "$port" "$dest" "${opts[@]}" <<'PY'
+import os, pty, select, statistics, sys, time
+port, dest, opts = sys.argv[1], sys.argv[2], sys.argv[3:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("ssh", ["ssh", *opts, "-tt", "-p", port, dest, "cat >/dev/null"])
+def read_until(marker, timeout=20):
+    buf, end = b"", time.time() + timeout
+    while marker not in buf:
+        r, _, _ = select.select([fd], [], [], max(0, end - time.time()))
+        if not r:
+            raise SystemExit("no echo")
+        buf += os.read(fd, 4096)
+    return buf
+time.sleep(1.0)
+os.write(fd, b"ready\r")
+read_until(b"ready")
+samples = []
+for i in range(300):
+    key = b"abcdefghijklmnopqrstuvwxyz"[i % 26:i % 26 + 1]
+    t0 = time.perf_counter()
+    os.write(fd, key)
+    read_until(key)
+    samples.append((time.perf_counter() - t0) * 1000)
+os.write(fd, b"\x04")
+samples.sort()
+print(f"{statistics.median(samples):.3f} {samples[int(len(samples) * 0.99) - 1]:.3f}")
+PY
+)
+  ssh_to "$port" "$dest" "rm -f $remote" || true
+  rm -f "$work/back"
+  results+=("$path $(rate "$up") $(rate "$down") $(rate "$cat_s") $(rate "$cat_text_s" "$text_mib") $echo_ms")
+done
+
+printf '\nSSH through Warden vs direct, %s MiB file, the same run (2 crypto legs through Warden)\n' "$mib"
+printf '%-8s %12s %12s %12s %12s %12s %12s\n' path scp_up_MiB/s scp_down_MiB/s cat_bin_MiB/s cat_text_MiB/s echo_p50_ms echo_p99_ms
+read -r _ d_up d_down d_cat d_text d_p50 d_p99 <<<"${results[0]}"
+read -r _ w_up w_down w_cat w_text w_p50 w_p99 <<<"${results[1]}"
+printf '%-8s %12s %12s %12s %12s %12s %12s\n' direct "$d_up" "$d_down" "$d_cat" "$d_text" "$d_p50" "$d_p99"
+printf '%-8s %12s %12s %12s %12s %12s %12s\n' warden "$w_up" "$w_down" "$w_cat" "$w_text" "$w_p50" "$w_p99"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+printf '%-8s %12s %12s %12s %12s %12s %12s\n' ratio "$(ratio "$w_up" "$d_up")" "$(ratio "$w_down" "$d_down")" \
+  "$(ratio "$w_cat" "$d_cat")" "$(ratio "$w_text" "$d_text")" "+$(awk -v a="$w_p50" -v b="$d_p50" 'BEGIN { printf "%.3f", a - b }')" \
+  "+$(awk -v a="$w_p99" -v b="$d_p99" 'BEGIN { printf "%.3f", a - b }')"
