@@ -583,15 +583,12 @@ impl<H: SshHooks> SessionChannel<H> {
                         modes: terminal_modes,
                     });
                 }
+                // At most 64 variables are passed on; the target decides which it takes.
                 ChannelMsg::SetEnv {
                     variable_name,
                     variable_value,
                     ..
-                } => {
-                    if env.len() < 64 {
-                        env.push((variable_name, variable_value));
-                    }
-                }
+                } if env.len() < 64 => env.push((variable_name, variable_value)),
                 ChannelMsg::WindowChange {
                     col_width,
                     row_height,
