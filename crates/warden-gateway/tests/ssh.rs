@@ -750,17 +750,26 @@ async fn registered_keys_log_in_until_deleted_or_expired() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_password_works_too() {
+async fn oidc_tokens_log_in_until_they_expire_and_a_held_password_works_too() {
     let gw = TestGateway::start(Backend::Sqlite, None).await;
     add_ssh(
         &gw,
         "pw",
-        json!({"secret": "ssh-pw-1", "secret_kind": "password"}),
+        json!({"secret": "ssh-pw-1", "secret_kind": "password", "allowed_groups": ["ci", "dba"]}),
     )
     .await;
-    let ops = token(&gw, &["ops"]).await;
-    let out = ssh(&gw, "pw", &ops, "whoami");
+    // A JWT from the real OpenID provider, through the real ssh client.
+    let jwt = provider_token("ci-deployer", PROVIDER_AUDIENCE).await;
+    let short = provider_token("short-lived", PROVIDER_AUDIENCE).await;
+    let out = ssh(&gw, "pw", &jwt, "whoami");
     assert_eq!(text(&out.stdout), "warden_t\n", "{}", text(&out.stderr));
+    let starts = events(&gw, "session.start").await;
+    assert_eq!(starts[0]["event"]["identity"]["subject"], "ci-deployer");
+    // A token that expired is refused, and the client is told why.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let shown = refusal_shown(&gw, "pw", &short).await;
+    assert!(shown.contains("expired"), "{shown}");
     let seen = gw.everything_visible(&[]).await;
     assert!(!seen.contains("ssh-pw-1"));
+    assert!(!seen.contains(&jwt));
 }

@@ -1192,46 +1192,40 @@ impl Forward {
             }
         };
         reply.accept().await;
-        let (mut from_client, to_client) = channel.split();
-        let (mut from_target, to_target) = target.split();
+        let (from_client, to_client) = channel.split();
+        let (from_target, to_target) = target.split();
         let up_live = live.clone();
         let up = tokio::spawn(async move {
-            while let Some(msg) = from_client.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        up_live
-                            .from_client
-                            .fetch_add(data.len() as u64, Ordering::Relaxed);
-                        if to_target.data_bytes(data).await.is_err() {
-                            break;
-                        }
-                    }
-                    ChannelMsg::Eof => {
-                        let _ = to_target.eof().await;
-                    }
-                    ChannelMsg::Close => break,
-                    _ => {}
-                }
-            }
-            let _ = to_target.close().await;
+            pump_bytes(from_client, &to_target, &up_live.from_client).await;
         });
-        while let Some(msg) = from_target.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => {
-                    live.to_client
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if to_client.data_bytes(data).await.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::Eof => {
-                    let _ = to_client.eof().await;
-                }
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        let _ = to_client.close().await;
+        pump_bytes(from_target, &to_client, &live.to_client).await;
         up.abort();
     }
+}
+
+/// Relays a byte stream one way (a forwarded port: data and EOF, nothing else),
+/// counting it, until either side closes; then closes the other side.
+async fn pump_bytes<S>(
+    mut from: russh::ChannelReadHalf,
+    to: &russh::ChannelWriteHalf<S>,
+    counter: &AtomicU64,
+) where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    while let Some(msg) = from.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if to.data_bytes(data).await.is_err() {
+                    break;
+                }
+            }
+            ChannelMsg::Eof => {
+                let _ = to.eof().await;
+            }
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    let _ = to.close().await;
 }
