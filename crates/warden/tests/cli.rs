@@ -630,3 +630,125 @@ detectors = ["email"]
         );
     }
 }
+
+#[test]
+fn a_killed_gateway_leaves_a_playable_terminal_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_gateway(dir.path());
+    let admin = gw.printed_key.clone().unwrap();
+    let ssh_addr = gw
+        .stdout_head
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SSH proxy listening on "))
+        .unwrap()
+        .to_string();
+    let sshd_dir = std::path::PathBuf::from(
+        std::env::var("WARDEN_TEST_SSHD_DIR")
+            .unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
+    );
+    let sshd_port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let post = |path: &str, body: Value| {
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .post(format!("{}{path}", gw.url))
+                .bearer_auth(&admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success());
+            resp.json::<Value>().await.unwrap()
+        })
+    };
+    post(
+        "/api/connections",
+        json!({"name": "box", "kind": "ssh", "target": format!("127.0.0.1:{sshd_port}"),
+               "username": "warden_t",
+               "secret": std::fs::read_to_string(sshd_dir.join("warden_t_key")).unwrap(),
+               "allowed_groups": ["ops"],
+               "ssh": {"host_key": std::fs::read_to_string(sshd_dir.join("host_ed25519.pub")).unwrap()}}),
+    );
+    let token = post("/api/api-keys", json!({"name": "ops", "groups": ["ops"]}))["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A shell with a PTY that prints a line and then stays open.
+    let mut client = Command::new("sshpass")
+        .args(["-e", "ssh", "-tt", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "PubkeyAuthentication=no", "-p"])
+        .arg(ssh_addr.rsplit_once(':').unwrap().1)
+        .arg("box@127.0.0.1")
+        .env("SSHPASS", &token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let recordings = dir.path().join("warden-data/recordings");
+    let cast = || {
+        std::fs::read_dir(&recordings)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .find(|n| n.ends_with(".cast.zst"))
+    };
+    let export = dir.path().join("cut.cast");
+    let exported = |name: &str| {
+        let mut parts = name.split('.');
+        let (session, channel) = (parts.next().unwrap(), parts.next().unwrap());
+        let out = run(warden(dir.path()).args([
+            "replay",
+            session,
+            "--terminal",
+            channel,
+            "--export",
+            export.to_str().unwrap(),
+        ]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        std::fs::read_to_string(&export).unwrap()
+    };
+    use std::io::Write;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let name = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no terminal recording"
+        );
+        if let Some(n) = cast() {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    writeln!(stdin, "echo before-kill-$((20+22))").unwrap();
+    // Wait until the line is on disk (frames are written at least every 0.5 s).
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the output never reached the file"
+        );
+        if exported(&name).contains("before-kill-42") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // SIGKILL: no shutdown, no final flush.
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    let _ = client.kill();
+    let _ = client.wait();
+    let cast_text = exported(&name);
+    assert!(cast_text.contains("before-kill-42"));
+    let played = Command::new("script")
+        .args([
+            "-qec",
+            &format!("asciinema cat {}", export.display()),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(played.status.success(), "{}", text(&played.stdout));
+    assert!(text(&played.stdout).contains("before-kill-42"));
+}
