@@ -97,7 +97,7 @@ impl Store {
     ) -> Result<()> {
         let mut sql = String::from(
             "UPDATE connections SET kind = $1, target = $2, username = $3, tls = $4, \
-             allowed_groups = $5, policies = $6, description = $7, updated_at = $8, ssh_options = $12",
+             allowed_groups = $5, policies = $6, description = $7, updated_at = $8, ssh_options = $10",
         );
         let (secret_kind, sealed) = match &secret {
             SecretChange::Keep => (None, None),
@@ -111,7 +111,7 @@ impl Store {
             SecretChange::Clear => (None, None),
         };
         if !matches!(secret, SecretChange::Keep) {
-            sql.push_str(", secret_kind = $10, secret_sealed = $11");
+            sql.push_str(", secret_kind = $11, secret_sealed = $12");
         }
         sql.push_str(" WHERE name = $9");
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -123,12 +123,11 @@ impl Store {
             .bind(serde_json::to_string(&conn.policies)?)
             .bind(conn.description.as_deref())
             .bind(timefmt::to_micros(conn.updated_at))
-            .bind(&conn.name);
-        // $10 and $11 are bound (or absent) before $12.
+            .bind(&conn.name)
+            .bind(serde_json::to_string(&conn.ssh)?);
         if !matches!(secret, SecretChange::Keep) {
             query = query.bind(secret_kind).bind(sealed);
         }
-        query = query.bind(serde_json::to_string(&conn.ssh)?);
         let mut tx = self.begin_audited().await?;
         let done = query.execute(tx.conn()).await?;
         if done.rows_affected() == 0 {

@@ -595,3 +595,95 @@ async fn journal_rolls_over_to_new_segments_and_ships_them_all() -> TestResult {
     assert!(left <= 2, "{left} segments left");
     Ok(())
 }
+
+both_stores!(ssh_options_host_key_pins_and_user_keys);
+async fn ssh_options_host_key_pins_and_user_keys(backend: Backend) -> TestResult {
+    let (store, _url, _key, _dir) = open(backend).await?;
+    let mut conn = connection("box");
+    conn.kind = ConnectionKind::Ssh;
+    store
+        .create_connection(&conn, None, &ev("connection.create"))
+        .await?;
+    // An update that keeps the secret still writes every field, SSH options included.
+    conn.target = "10.0.0.9:22".into();
+    conn.ssh.port_forwarding = true;
+    store
+        .update_connection(&conn, SecretChange::Keep, &ev("connection.update"))
+        .await?;
+    let got = store.get_connection("box").await?.ok_or("gone")?;
+    assert_eq!(got.target, "10.0.0.9:22");
+    assert!(got.ssh.port_forwarding && got.ssh.host_key.is_none());
+    store
+        .update_connection(
+            &conn,
+            SecretChange::Set(SecretKind::PrivateKey, Secret::new("k".into())),
+            &ev("connection.update"),
+        )
+        .await?;
+    assert!(
+        store
+            .get_connection("box")
+            .await?
+            .ok_or("gone")?
+            .ssh
+            .port_forwarding
+    );
+    // The first pin wins; a second key is not pinned over it.
+    let first = store
+        .pin_ssh_host_key(
+            "box",
+            "ssh-ed25519 AAAAfirst",
+            &ev("connection.host_key_pinned"),
+        )
+        .await?;
+    assert_eq!(first.as_deref(), Some("ssh-ed25519 AAAAfirst"));
+    let second = store
+        .pin_ssh_host_key(
+            "box",
+            "ssh-ed25519 AAAAsecond",
+            &ev("connection.host_key_pinned"),
+        )
+        .await?;
+    assert_eq!(second.as_deref(), Some("ssh-ed25519 AAAAfirst"));
+    let got = store.get_connection("box").await?.ok_or("gone")?;
+    assert_eq!(got.ssh.host_key.as_deref(), Some("ssh-ed25519 AAAAfirst"));
+    assert!(got.ssh.port_forwarding);
+
+    let key = warden_store::ssh_keys::SshUserKey {
+        fingerprint: "SHA256:abc/def+g".into(),
+        public_key: "ssh-ed25519 AAAAuser".into(),
+        name: "laptop".into(),
+        subject: "alice".into(),
+        groups: vec!["ops".into()],
+        created_at: timefmt::now(),
+        expires_at: timefmt::now() + time::Duration::hours(1),
+    };
+    store
+        .insert_ssh_user_key(&key, &ev("ssh_key.register"))
+        .await?;
+    assert!(matches!(
+        store
+            .insert_ssh_user_key(&key, &ev("ssh_key.register"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.ssh_user_key("SHA256:abc/def+g").await?,
+        Some(key.clone())
+    );
+    assert_eq!(store.list_ssh_user_keys(Some("alice")).await?.len(), 1);
+    assert!(store.list_ssh_user_keys(Some("bob")).await?.is_empty());
+    assert_eq!(store.list_ssh_user_keys(None).await?.len(), 1);
+    assert!(
+        store
+            .delete_ssh_user_key(&key.fingerprint, &ev("ssh_key.delete"))
+            .await?
+    );
+    assert!(
+        !store
+            .delete_ssh_user_key(&key.fingerprint, &ev("ssh_key.delete"))
+            .await?
+    );
+    assert!(store.ssh_user_key(&key.fingerprint).await?.is_none());
+    Ok(())
+}
