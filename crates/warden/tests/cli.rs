@@ -95,6 +95,38 @@ fn stop(mut running: Running) -> String {
     err
 }
 
+/// POSTs JSON with the admin key and returns the (successful) answer.
+fn post_admin(url: &str, admin: &str, path: &str, body: &Value) -> Value {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .bearer_auth(admin)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        resp.json::<Value>().await.unwrap()
+    })
+}
+
+/// The `box` SSH connection to the test OpenSSH server (`setup_sshd`), for `groups`,
+/// and the held key it carries.
+fn sshd_connection(groups: &[&str]) -> (Value, String) {
+    let dir = std::path::PathBuf::from(
+        std::env::var("WARDEN_TEST_SSHD_DIR")
+            .unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
+    );
+    let port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
+    let key = std::fs::read_to_string(dir.join("warden_t_key")).unwrap();
+    let host_key = std::fs::read_to_string(dir.join("host_ed25519.pub")).unwrap();
+    let body = json!({"name": "box", "kind": "ssh", "target": format!("127.0.0.1:{port}"),
+                      "username": "warden_t", "secret": key, "allowed_groups": groups,
+                      "ssh": {"host_key": host_key}});
+    (body, key)
+}
+
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
@@ -383,21 +415,7 @@ detectors = ["email"]
         stdout_head: head.clone(),
     };
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let http = reqwest::Client::new();
-    let post = |path: &str, body: Value| {
-        rt.block_on(async {
-            let resp = http
-                .post(format!("{}{path}", gw.url))
-                .bearer_auth(&admin)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert!(resp.status().is_success());
-            resp.json::<Value>().await.unwrap()
-        })
-    };
+    let post = |path: &str, body: Value| post_admin(&gw.url, &admin, path, &body);
     post(
         "/api/connections",
         json!({"name": "billing", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
@@ -417,18 +435,8 @@ detectors = ["email"]
                    "tls": {"mode": "disable"}}),
         );
     }
-    let sshd_dir = std::path::PathBuf::from(
-        std::env::var("WARDEN_TEST_SSHD_DIR")
-            .unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
-    );
-    let sshd_port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
-    let held_key = std::fs::read_to_string(sshd_dir.join("warden_t_key")).unwrap();
-    post(
-        "/api/connections",
-        json!({"name": "box", "kind": "ssh", "target": format!("127.0.0.1:{sshd_port}"),
-               "username": "warden_t", "secret": held_key, "allowed_groups": ["dba"],
-               "ssh": {"host_key": std::fs::read_to_string(sshd_dir.join("host_ed25519.pub")).unwrap()}}),
-    );
+    let (ssh_box, held_key) = sshd_connection(&["dba"]);
+    post("/api/connections", ssh_box);
     let token = post(
         "/api/api-keys",
         json!({"name": "psql-user", "groups": ["dba"]}),
@@ -642,33 +650,8 @@ fn a_killed_gateway_leaves_a_playable_terminal_recording() {
         .find_map(|l| l.trim().strip_prefix("SSH proxy listening on "))
         .unwrap()
         .to_string();
-    let sshd_dir = std::path::PathBuf::from(
-        std::env::var("WARDEN_TEST_SSHD_DIR")
-            .unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
-    );
-    let sshd_port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let post = |path: &str, body: Value| {
-        rt.block_on(async {
-            let resp = reqwest::Client::new()
-                .post(format!("{}{path}", gw.url))
-                .bearer_auth(&admin)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert!(resp.status().is_success());
-            resp.json::<Value>().await.unwrap()
-        })
-    };
-    post(
-        "/api/connections",
-        json!({"name": "box", "kind": "ssh", "target": format!("127.0.0.1:{sshd_port}"),
-               "username": "warden_t",
-               "secret": std::fs::read_to_string(sshd_dir.join("warden_t_key")).unwrap(),
-               "allowed_groups": ["ops"],
-               "ssh": {"host_key": std::fs::read_to_string(sshd_dir.join("host_ed25519.pub")).unwrap()}}),
-    );
+    let post = |path: &str, body: Value| post_admin(&gw.url, &admin, path, &body);
+    post("/api/connections", sshd_connection(&["ops"]).0);
     let token = post("/api/api-keys", json!({"name": "ops", "groups": ["ops"]}))["token"]
         .as_str()
         .unwrap()
