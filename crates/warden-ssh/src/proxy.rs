@@ -491,30 +491,20 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
     }
 }
 
-async fn refused_note<H: SshHooks>(hooks: &H, live: &Live, what: &str, detail: serde_json::Value) {
+/// Notes a request Warden refuses by design (agent or X11 forwarding, `ssh -R`, other
+/// subsystems) as an `ssh.refused` event that names it.
+async fn refused_note<H: SshHooks>(
+    hooks: &H,
+    live: &Live,
+    what: &str,
+    mut detail: serde_json::Value,
+) {
     let decision = Decision::Deny {
         rule: format!("ssh.{what}"),
         reason: format!("{} is not allowed through Warden", what.replace('_', " ")),
     };
-    live.record(TimelineEvent::Activity {
-        what: what.to_string(),
-        detail: detail.clone(),
-        decision: Some(decision.clone()),
-    });
-    let mut payload = detail;
-    payload["what"] = json!(what);
-    if let Err(e) = hooks
-        .note(
-            &live.grant.id,
-            "ssh.refused",
-            payload,
-            Some(decision),
-            false,
-        )
-        .await
-    {
-        tracing::warn!(error = %e, "could not note a refused request");
-    }
+    detail["what"] = json!(what);
+    record_activity(hooks, live, "ssh.refused", what, detail, Some(decision)).await;
 }
 
 /// A client's PTY request, replayed to the target.
@@ -894,12 +884,29 @@ fn sftp_detail(e: SftpEvent) -> (&'static str, serde_json::Value) {
 
 /// An audit event and a timeline line for something a channel did.
 async fn note<H: SshHooks>(hooks: &H, live: &Live, kind: &'static str, detail: serde_json::Value) {
+    let what = kind.trim_start_matches("ssh.");
+    record_activity(hooks, live, kind, what, detail, None).await;
+}
+
+/// A timeline line and an audit event (written with the next batch) for one thing
+/// a session did.
+async fn record_activity<H: SshHooks>(
+    hooks: &H,
+    live: &Live,
+    kind: &'static str,
+    what: &str,
+    detail: serde_json::Value,
+    decision: Option<Decision>,
+) {
     live.record(TimelineEvent::Activity {
-        what: kind.trim_start_matches("ssh.").to_string(),
+        what: what.to_string(),
         detail: detail.clone(),
-        decision: None,
+        decision: decision.clone(),
     });
-    if let Err(e) = hooks.note(&live.grant.id, kind, detail, None, false).await {
+    if let Err(e) = hooks
+        .note(&live.grant.id, kind, detail, decision, false)
+        .await
+    {
         tracing::warn!(error = %e, kind, "could not note");
     }
 }
