@@ -170,6 +170,56 @@ pub struct SshOptions {
     pub port_forwarding: bool,
 }
 
+/// Just-in-time access and review settings of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessOptions {
+    /// Users must hold an approved, unexpired access request (a grant) to open a
+    /// session; membership of `allowed_groups` only lets them ask for one.
+    #[serde(default)]
+    pub request_required: bool,
+    /// Groups whose members approve access requests and held commands. Empty: the
+    /// gateway's admin groups. Nobody approves their own.
+    #[serde(default)]
+    pub reviewers: Vec<String>,
+    /// Approvals from distinct reviewers needed (default 1); one rejection ends it.
+    #[serde(default = "default_approvals")]
+    pub approvals: u32,
+    /// The longest grant a request may ask for, in seconds (default 8 hours).
+    #[serde(default = "default_max_duration")]
+    pub max_duration_secs: u64,
+    /// How long a held command waits for its review, in seconds (default 600).
+    #[serde(default = "default_review_timeout")]
+    pub review_timeout_secs: u64,
+    /// An approved review whose command has not run (its client left, or it was
+    /// asked for ahead through the API) lets the identical command run once.
+    #[serde(default)]
+    pub reuse_approved_reviews: bool,
+}
+
+fn default_approvals() -> u32 {
+    1
+}
+fn default_max_duration() -> u64 {
+    8 * 3600
+}
+fn default_review_timeout() -> u64 {
+    600
+}
+
+impl Default for AccessOptions {
+    fn default() -> Self {
+        Self {
+            request_required: false,
+            reviewers: Vec::new(),
+            approvals: default_approvals(),
+            max_duration_secs: default_max_duration(),
+            review_timeout_secs: default_review_timeout(),
+            reuse_approved_reviews: false,
+        }
+    }
+}
+
 /// What sort of credential the gateway holds for a connection's backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -222,6 +272,9 @@ pub struct Connection {
     /// SSH settings; present for every connection, used by `ssh` ones.
     #[serde(default)]
     pub ssh: SshOptions,
+    /// Just-in-time access and review settings.
+    #[serde(default)]
+    pub access: AccessOptions,
     pub description: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]

@@ -66,6 +66,113 @@ pub struct SessionGrant {
     pub masker: Arc<dyn Masker>,
     /// The session's timeline; a write that fails ends the session.
     pub recorder: Arc<dyn SessionRecorder>,
+    /// Fires when the gateway ends the session (its access grant ended or was
+    /// revoked); the proxy tells the client why in its protocol and closes.
+    pub ended: SessionEnd,
+}
+
+/// The proxy's side of a session the gateway may end: resolves with the reason.
+#[derive(Debug, Clone)]
+pub struct SessionEnd(tokio::sync::watch::Receiver<Option<String>>);
+
+/// The gateway's side: ends the session once, with a reason the client sees.
+#[derive(Debug)]
+pub struct SessionEnder(tokio::sync::watch::Sender<Option<String>>);
+
+impl SessionEnd {
+    /// A linked pair.
+    pub fn pair() -> (SessionEnder, SessionEnd) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (SessionEnder(tx), SessionEnd(rx))
+    }
+
+    /// A session nothing ends from outside.
+    pub fn never() -> SessionEnd {
+        Self::pair().1
+    }
+
+    /// Waits until the session is ended and returns why; pends forever when the
+    /// gateway's side is gone without ending it.
+    pub async fn wait(&mut self) -> String {
+        loop {
+            if let Some(reason) = self.0.borrow_and_update().clone() {
+                return reason;
+            }
+            if self.0.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Why the session was ended, if it was.
+    pub fn reason(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+}
+
+impl SessionEnder {
+    /// Ends the session (the first reason wins).
+    pub fn end(&self, reason: &str) {
+        self.0.send_if_modified(|r| {
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(reason.to_string());
+            true
+        });
+    }
+}
+
+/// A command a guard held for review, as the proxy asks for its review.
+#[derive(Debug, Clone, Copy)]
+pub struct ReviewRequest<'a> {
+    pub session: &'a str,
+    /// The statement or command line, as audited.
+    pub command: &'a str,
+    /// The review rule that matched.
+    pub rule: &'a str,
+}
+
+/// What the gateway did with a review request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewHold {
+    /// An approved, unused review of the identical command exists: run it now.
+    PreApproved { id: String },
+    /// A review is open; the proxy shows `message` to the client (where to approve)
+    /// and waits with [`SessionHooks::await_review`].
+    Held { id: String, message: String },
+}
+
+/// How a held command's review ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewOutcome {
+    Approved {
+        id: String,
+    },
+    Rejected {
+        id: String,
+        reason: String,
+    },
+    /// Nobody decided before the review's timeout (or the gateway lost it).
+    Expired {
+        id: String,
+        reason: String,
+    },
+}
+
+impl ReviewOutcome {
+    /// The decision a proxy applies: `Allow`, or a denial naming the review.
+    pub fn decision(&self, rule: &str) -> Decision {
+        match self {
+            ReviewOutcome::Approved { .. } => Decision::Allow,
+            ReviewOutcome::Rejected { reason, .. } | ReviewOutcome::Expired { reason, .. } => {
+                Decision::Deny {
+                    rule: rule.to_string(),
+                    reason: reason.clone(),
+                }
+            }
+        }
+    }
 }
 
 impl SessionGrant {
@@ -100,6 +207,8 @@ pub struct StatementRecord {
     /// For executions of prepared statements: the byte length of each parameter
     /// (`None`: NULL). The values themselves are not recorded.
     pub parameters: Option<Vec<Option<u32>>>,
+    /// The approved review that let the statement run, when one was needed.
+    pub review: Option<String>,
 }
 
 /// Bytes a session moved, counted in whole protocol messages.
@@ -118,6 +227,22 @@ pub trait SessionHooks: Send + Sync + 'static {
     ) -> impl Future<Output = Result<SessionGrant, Refusal>> + Send;
     /// Durably records a statement before it is forwarded; an error denies it.
     fn record(&self, record: StatementRecord) -> impl Future<Output = Result<(), String>> + Send;
+    /// Opens a review for a command a guard held (or finds an approved one to
+    /// reuse). An error means it cannot be held: the proxy denies the command.
+    fn request_review(
+        &self,
+        request: ReviewRequest<'_>,
+    ) -> impl Future<Output = Result<ReviewHold, String>> + Send {
+        let _ = request;
+        std::future::ready(Err("this gateway holds no reviews".to_string()))
+    }
+    /// Waits for a held command's review to be decided or to time out.
+    fn await_review(&self, id: &str) -> impl Future<Output = ReviewOutcome> + Send {
+        std::future::ready(ReviewOutcome::Expired {
+            id: id.to_string(),
+            reason: "this gateway holds no reviews".to_string(),
+        })
+    }
     /// The session ended (client quit, or `reason` says why not).
     fn closed(
         &self,

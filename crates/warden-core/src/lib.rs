@@ -20,11 +20,14 @@ pub use action::{
     Action, ColumnPlan, ColumnRef, ColumnRuleId, Guard, Masked, Masker, SqlDialect, ValueKind,
 };
 pub use connection::{
-    Connection, ConnectionKind, ConnectionNameError, PolicyRefs, SecretKind, SshOptions, TlsMode,
-    TlsOptions, validate_connection_name,
+    AccessOptions, Connection, ConnectionKind, ConnectionNameError, PolicyRefs, SecretKind,
+    SshOptions, TlsMode, TlsOptions, validate_connection_name,
 };
 pub use event::{Decision, Event, EventIdentity};
-pub use gate::{KeyLogin, SshHooks, SshTarget};
+pub use gate::{
+    KeyLogin, ReviewHold, ReviewOutcome, ReviewRequest, SessionEnd, SessionEnder, SshHooks,
+    SshTarget,
+};
 pub use gate::{
     LoginRequest, Refusal, RefusalKind, SessionGrant, SessionHooks, StatementRecord, Traffic,
 };

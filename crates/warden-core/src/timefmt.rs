@@ -33,3 +33,49 @@ mod tests {
         assert_eq!(from_micros(to_micros(t)), Some(t));
     }
 }
+
+/// Seconds in a duration written as `90`, `90s`, `15m`, `1h`, `2h30m` or `1d`;
+/// `None` when it is not one (or overflows).
+pub fn parse_duration_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(secs);
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return None,
+        };
+        let n: u64 = std::mem::take(&mut number).parse().ok()?;
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    number.is_empty().then_some(total)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration_secs;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("90"), Some(90));
+        assert_eq!(parse_duration_secs("1h"), Some(3600));
+        assert_eq!(parse_duration_secs("2h30m"), Some(9000));
+        assert_eq!(parse_duration_secs("1d"), Some(86_400));
+        for bad in ["", "h", "1x", "1h30", "-1m", "99999999999999999999d"] {
+            assert_eq!(parse_duration_secs(bad), None, "{bad}");
+        }
+    }
+}

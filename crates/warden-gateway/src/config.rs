@@ -25,6 +25,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ssh",
     "recordings",
     "audit",
+    "events",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +61,103 @@ pub struct Config {
     pub recordings: RecordingsConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// Delivery of audit events to webhooks and SIEM sinks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Attempts at one event before it goes to the target's dead letters.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The first retry's delay; each further one doubles (with jitter).
+    #[serde(default = "default_backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    /// The longest delay between two attempts.
+    #[serde(default = "default_backoff_max_secs")]
+    pub backoff_max_secs: u64,
+    /// How long a webhook receiver has to answer.
+    #[serde(default = "default_webhook_timeout")]
+    pub webhook_timeout_secs: u64,
+    /// SIEM sinks: JSON Lines files and syslog (RFC 5424) receivers.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_backoff_base_ms() -> u64 {
+    500
+}
+fn default_backoff_max_secs() -> u64 {
+    300
+}
+fn default_webhook_timeout() -> u64 {
+    10
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            backoff_base_ms: default_backoff_base_ms(),
+            backoff_max_secs: default_backoff_max_secs(),
+            webhook_timeout_secs: default_webhook_timeout(),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// One SIEM sink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Names the sink's place in the log (`siem:<name>`); keep it stable.
+    pub name: String,
+    /// `jsonl` (append to `path`) or `syslog` (to `address` over `transport`).
+    pub kind: SinkKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// `host:port` of the syslog receiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub transport: SyslogTransport,
+    /// `warden` (the audit event as stored) or `ocsf` (OCSF 1.x classes).
+    #[serde(default)]
+    pub format: EventFormat,
+    /// Event kinds sent (`*`, `access.*`, `pg.query`); empty: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Only events with these decisions (`allow`, `deny`, `review`); empty: any.
+    #[serde(default)]
+    pub decisions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Jsonl,
+    Syslog,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogTransport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    #[default]
+    Warden,
+    Ocsf,
 }
 
 /// The audit log's journal.
@@ -284,6 +382,10 @@ pub struct ApiConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// How people reach the API (`https://warden.example.com`), for the messages
+    /// that tell a held client where its review is approved. Default: the listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -408,6 +510,7 @@ impl Default for ApiConfig {
             tls_cert: None,
             tls_key: None,
             max_body_bytes: default_max_body_bytes(),
+            public_url: None,
         }
     }
 }
@@ -441,6 +544,7 @@ impl Default for Config {
             ssh: SshListenerConfig::default(),
             recordings: RecordingsConfig::default(),
             audit: AuditConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -555,6 +659,31 @@ impl Config {
         }
         if self.admin_groups.is_empty() {
             return invalid("admin_groups must name at least one group".into());
+        }
+        if self.events.max_attempts == 0 || self.events.webhook_timeout_secs == 0 {
+            return invalid(
+                "events.max_attempts and events.webhook_timeout_secs must be at least 1".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for sink in &self.events.sinks {
+            let n = &sink.name;
+            if n.is_empty() || n.len() > 64 || !names.insert(n.clone()) {
+                return invalid(format!(
+                    "events.sinks: name `{n}` must be 1 to 64 characters and unique"
+                ));
+            }
+            match sink.kind {
+                SinkKind::Jsonl if sink.path.is_none() => {
+                    return invalid(format!("events.sinks `{n}`: a jsonl sink needs `path`"));
+                }
+                SinkKind::Syslog if sink.address.is_none() => {
+                    return invalid(format!(
+                        "events.sinks `{n}`: a syslog sink needs `address` (host:port)"
+                    ));
+                }
+                _ => {}
+            }
         }
         if let Some(url) = &self.store.url {
             warden_store::Backend::from_url(url.0.expose())

@@ -9,14 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use warden_core::{
-    AuthMethod, ConnectionKind, Decision, Event, Identity, KeyLogin, LoginRequest, RecordingError,
-    RecordingHeader, Refusal, RefusalKind, SecretKind, Session, SessionGrant, SessionHooks,
-    SessionRecorder, SessionStatus, SshHooks, SshTarget, StatementRecord, TerminalRecorder,
-    TerminalSpec, TimelineEvent, Traffic, timefmt,
+    AccessOptions, AuthMethod, ConnectionKind, Decision, Event, Identity, KeyLogin, LoginRequest,
+    RecordingError, RecordingHeader, Refusal, RefusalKind, ReviewHold, ReviewOutcome,
+    ReviewRequest, SecretKind, Session, SessionEnd, SessionGrant, SessionHooks, SessionRecorder,
+    SessionStatus, SshHooks, SshTarget, StatementRecord, TerminalRecorder, TerminalSpec,
+    TimelineEvent, Traffic, timefmt,
 };
 use warden_store::sessions::SessionCounts;
 use warden_store::{AuditJournal, Store};
 
+use crate::access::{AccessControl, GrantError, Holder};
 use crate::auth::{Authenticator, TokenShape};
 use crate::policy::PolicyRegistry;
 use crate::recording::{FileRecorder, RECORDING_VERSION, recording_name};
@@ -31,6 +33,7 @@ pub struct SessionGate {
     journal: Arc<AuditJournal>,
     pub auth: Arc<Authenticator>,
     pub policies: Arc<PolicyRegistry>,
+    access: Arc<AccessControl>,
     recordings_dir: PathBuf,
     rows_per_result: usize,
     /// Bytes of an SSH exec's terminal kept in its recording (0: all).
@@ -48,6 +51,10 @@ struct OpenSession {
     query_kind: &'static str,
     text_key: &'static str,
     timeline: Arc<StatementTimeline>,
+    /// The connection's review settings, as the session opened.
+    access: AccessOptions,
+    /// The access grant the session opened under, when the connection needs one.
+    grant: Option<Uuid>,
     /// Counters not yet written to the session row: one row update per statement
     /// would double the store writes on the statement path.
     unflushed: SessionCounts,
@@ -112,6 +119,7 @@ impl SessionGate {
         journal: Arc<AuditJournal>,
         auth: Arc<Authenticator>,
         policies: Arc<PolicyRegistry>,
+        access: Arc<AccessControl>,
         recordings_dir: PathBuf,
         rows_per_result: usize,
     ) -> Self {
@@ -120,6 +128,7 @@ impl SessionGate {
             journal,
             auth,
             policies,
+            access,
             recordings_dir,
             rows_per_result,
             exec_output_bytes: 0,
@@ -244,6 +253,23 @@ impl SessionGate {
                 message: format!("the connection's policies cannot be applied: {e}"),
             }
         })?;
+        let grant = match self.access.grant_for(&identity, &conn).await {
+            Ok(g) => g,
+            Err(GrantError::Missing(message)) => {
+                let event = Event::new(
+                    "access.denied",
+                    json!({"protocol": protocol.as_str(), "client": client.to_string(),
+                           "reason": "no approved access request"}),
+                )
+                .by(&identity)
+                .on_connection(&conn.name);
+                return Err(self.refuse(event, RefusalKind::NoAccess, message).await);
+            }
+            Err(GrantError::Store(e)) => {
+                tracing::error!(error = %e, "grant lookup failed");
+                return Err(unavailable("the gateway's store is unavailable"));
+            }
+        };
         let secret = match self.store.connection_secret(&conn.name).await {
             Ok(Some((SecretKind::Password, s))) => Some((SecretKind::Password, s)),
             Ok(Some((SecretKind::PrivateKey, s))) if protocol == ConnectionKind::Ssh => {
@@ -281,7 +307,9 @@ impl SessionGate {
         };
         let start = Event::new(
             "session.start",
-            json!({"protocol": protocol.as_str(), "client": client.to_string(), "user": user}),
+            json!({"protocol": protocol.as_str(), "client": client.to_string(), "user": user,
+                   "grant": grant.as_ref().map(|g| g.id),
+                   "grant_ends_at": grant.as_ref().and_then(|g| g.ends_at).map(timefmt::rfc3339)}),
         )
         .by(&identity)
         .on_connection(&conn.name)
@@ -315,6 +343,10 @@ impl SessionGate {
             connection: conn.name.clone(),
             session: id,
         });
+        let (ender, ended) = SessionEnd::pair();
+        if let Some(g) = &grant {
+            self.access.watch_session(g, &id.to_string(), ender);
+        }
         if let Ok(mut open) = self.open.lock() {
             open.insert(
                 id.to_string(),
@@ -324,6 +356,8 @@ impl SessionGate {
                     query_kind: names.query,
                     text_key: names.text_key,
                     timeline: timeline.clone(),
+                    access: conn.access.clone(),
+                    grant: grant.as_ref().map(|g| g.id),
                     unflushed: SessionCounts::default(),
                     flushed_at: Instant::now(),
                 },
@@ -342,6 +376,7 @@ impl SessionGate {
             guard: Arc::new(guard),
             masker: Arc::new(masker),
             recorder: timeline,
+            ended,
         })
     }
 }
@@ -392,6 +427,9 @@ impl SessionHooks for SessionGate {
         let (identity, connection, query_kind, text_key) = who.ok_or("unknown session")?;
         let denied = matches!(record.decision, Decision::Deny { .. });
         let mut payload = json!({text_key: record.sql, "via": record.via});
+        if let Some(review) = &record.review {
+            payload["review"] = json!(review);
+        }
         if let Some(lengths) = &record.parameters {
             payload["params"] = json!({"count": lengths.len(), "bytes": lengths});
         }
@@ -419,12 +457,44 @@ impl SessionHooks for SessionGate {
         Ok(())
     }
 
+    async fn request_review(&self, request: ReviewRequest<'_>) -> Result<ReviewHold, String> {
+        let (identity, connection, access) = self
+            .open
+            .lock()
+            .ok()
+            .and_then(|o| {
+                o.get(request.session)
+                    .map(|s| (s.identity.clone(), s.connection.clone(), s.access.clone()))
+            })
+            .ok_or("unknown session")?;
+        let session: Uuid = request.session.parse().map_err(|_| "bad session id")?;
+        self.access
+            .hold(
+                Holder {
+                    session,
+                    identity: &identity,
+                    connection: &connection,
+                    access: &access,
+                },
+                request.command,
+                request.rule,
+            )
+            .await
+    }
+
+    async fn await_review(&self, id: &str) -> ReviewOutcome {
+        self.access.wait(id).await
+    }
+
     async fn closed(&self, session: &str, reason: Option<String>, traffic: Traffic) {
         let who = self.open.lock().ok().and_then(|mut o| o.remove(session));
         let Ok(id) = session.parse::<Uuid>() else {
             return;
         };
         if let Some(open) = &who {
+            if let Some(grant) = open.grant {
+                self.access.forget_session(grant, session);
+            }
             if let Err(e) = open.timeline.record(TimelineEvent::End {
                 reason: reason.clone(),
             }) {

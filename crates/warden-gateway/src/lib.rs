@@ -4,10 +4,12 @@
 //! makes sure an admin key exists, and serves the API. Protocol proxies attach here
 //! as their own crates land; this crate holds no wire-protocol code.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 mod bootstrap;
 pub mod config;
+pub mod events;
 mod gate;
 pub mod policy;
 pub mod recording;
@@ -106,12 +108,27 @@ impl Gateway {
             key.derive("warden masking hash key v1"),
         ));
         let (shutdown, rx) = watch::channel(false);
+        let api_url = config.api.public_url.clone().unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{api_addr}")
+        });
+        let access = Arc::new(access::AccessControl::new(
+            store.clone(),
+            config.admin_groups.clone(),
+            api_url,
+        ));
+        tokio::spawn(access.clone().run(rx.clone()));
+        let delivery = events::Delivery::new(store.clone(), config.events.clone())
+            .map_err(GatewayError::Config)?;
+        let webhooks_changed = delivery.webhooks_changed.clone();
+        tokio::spawn(delivery.run(rx.clone()));
         let gate = Arc::new(
             gate::SessionGate::new(
                 store.clone(),
                 journal.clone(),
                 auth.clone(),
                 policies.clone(),
+                access.clone(),
                 config.recordings_dir(),
                 config.recordings.rows_per_result,
             )
@@ -137,6 +154,8 @@ impl Gateway {
             journal.clone(),
             auth,
             policies,
+            access,
+            webhooks_changed,
             config.clone(),
         ));
         let has_tls = tls.is_some();

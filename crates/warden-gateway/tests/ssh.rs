@@ -773,3 +773,141 @@ async fn oidc_tokens_log_in_until_they_expire_and_a_held_password_works_too() {
     assert!(!seen.contains("ssh-pw-1"));
     assert!(!seen.contains(&jwt));
 }
+
+async fn pending_review_id(gw: &TestGateway, reviewer: &str, command: &str) -> String {
+    for _ in 0..300 {
+        let (_, list) = gw
+            .call("GET", "/api/reviews?status=pending", Some(reviewer), None)
+            .await;
+        if let Some(r) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["command"] == command)
+        {
+            return r["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no pending review of `{command}`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_commands_wait_for_review_and_grants_end_sessions() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_ssh(
+        &gw,
+        "held-box",
+        json!({"policies": {"guardrails": ["shell-safety"], "reviews": ["held-for-review"]},
+               "access": {"reviewers": ["sre"], "review_timeout_secs": 60}}),
+    )
+    .await;
+    let ops = token(&gw, &["ops"]).await;
+    let sre = token(&gw, &["sre"]).await;
+
+    // Held: the client is told on stderr, a reviewer approves, the command runs.
+    let run = |command: &'static str| {
+        let (url, ops) = (gw.url.clone(), ops.clone());
+        let port = port(&gw);
+        tokio::task::spawn_blocking(move || {
+            let _ = url;
+            with_token(
+                "ssh",
+                &ops,
+                &["-p", &port.to_string(), "held-box@127.0.0.1", command],
+            )
+        })
+    };
+    let held = run("echo held-ok");
+    let id = pending_review_id(&gw, &sre, "echo held-ok").await;
+    let (status, _) = gw
+        .call(
+            "POST",
+            &format!("/api/reviews/{id}/approve"),
+            Some(&sre),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let out = held.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "held-ok\n");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warden: Warden holds this command for review {id}"
+        )),
+        "{stderr}"
+    );
+
+    // Rejected: exit status 1 and the reason on stderr; nothing ran.
+    let held = run("echo held-no");
+    let id = pending_review_id(&gw, &sre, "echo held-no").await;
+    let (status, _) = gw
+        .call(
+            "POST",
+            &format!("/api/reviews/{id}/reject"),
+            Some(&sre),
+            Some(json!({"comment": "why echo"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let out = held.await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).is_empty());
+    assert!(
+        text(&out.stderr).contains("rejected by") && text(&out.stderr).contains("why echo"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A connection behind access requests: the grant's end disconnects the client.
+    add_ssh(
+        &gw,
+        "jit-box",
+        json!({"access": {"request_required": true, "reviewers": ["sre"]}}),
+    )
+    .await;
+    let shown = refusal_shown(&gw, "jit-box", &ops).await;
+    assert!(shown.contains("warden request jit-box"), "{shown}");
+    let (status, request) = gw
+        .call(
+            "POST",
+            "/api/access-requests",
+            Some(&ops),
+            Some(json!({"connection": "jit-box", "duration": "3s", "reason": "look at logs"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{request}");
+    let rid = request["id"].as_str().unwrap();
+    let (status, _) = gw
+        .call(
+            "POST",
+            &format!("/api/access-requests/{rid}/approve"),
+            Some(&sre),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let p = port(&gw).to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        with_token(
+            "ssh",
+            &ops,
+            &["-p", &p, "jit-box@127.0.0.1", "echo started; sleep 60"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "started\n",
+        "it ran until the grant ended"
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("your access grant {rid} has ended")),
+        "{}",
+        text(&out.stderr)
+    );
+}

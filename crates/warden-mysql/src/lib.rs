@@ -61,4 +61,6 @@ pub mod errno {
     pub const UNKNOWN_STATEMENT: (u16, &str) = (1243, "HY000");
     /// ER_NOT_SUPPORTED_AUTH_MODE: the client cannot send its token.
     pub const AUTH_MODE: (u16, &str) = (1251, "08004");
+    /// ER_CONNECTION_KILLED: the gateway ended the session (its grant ended).
+    pub const KILLED: (u16, &str) = (1927, "70100");
 }

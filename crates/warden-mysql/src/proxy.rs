@@ -20,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_core::{
     Action, ColumnPlan, ConnectionKind, Decision, Guard, LoginRequest, Masker, RefusalKind,
-    SessionGrant, SessionHooks, SessionRecorder, SqlDialect, StatementRecord, TimelineEvent,
-    Traffic,
+    ReviewHold, ReviewOutcome, ReviewRequest, SessionGrant, SessionHooks, SessionRecorder,
+    SqlDialect, StatementRecord, TimelineEvent, Traffic,
 };
 use warden_net::{BackendTls, BoxedStream, Rewind, SessionRegistry};
 
@@ -380,10 +380,20 @@ pub async fn serve_client<H: SessionHooks>(
         threads: config.threads.clone(),
         this_thread,
     };
-    let reason = relay.run().await;
+    let mut ended = grant.ended.clone();
+    let (reason, by_gateway) = tokio::select! {
+        r = relay.run() => (r, false),
+        r = ended.wait() => (Some(r), true),
+    };
+    if by_gateway {
+        if let Some(why) = &reason {
+            relay.refuse(errno::KILLED, why);
+        }
+        let _ = relay.flush_client().await;
+    }
     config.threads.remove(&greeting.connection_id);
     let traffic = relay.traffic;
-    if reason.as_deref() == Some(CLIENT_GONE) && relay.awaiting {
+    if (reason.as_deref() == Some(CLIENT_GONE) || by_gateway) && relay.awaiting {
         // The server notices a closed socket only when it next writes: stop the
         // query that was running for nobody.
         kill_query(&backend, &grant, server_thread).await;
@@ -727,8 +737,15 @@ impl<H: SessionHooks> Relay<H> {
                         reason: message,
                     };
                     let sql = format!("USE `{database}`");
-                    self.admit(&sql, "COM_INIT_DB", decision, None, errno::DB_ACCESS_DENIED)
-                        .await?;
+                    self.admit(
+                        &sql,
+                        "COM_INIT_DB",
+                        decision,
+                        None,
+                        None,
+                        errno::DB_ACCESS_DENIED,
+                    )
+                    .await?;
                     return Ok(());
                 }
                 let sql = format!("USE `{}`", database.replace('`', "``"));
@@ -740,10 +757,17 @@ impl<H: SessionHooks> Relay<H> {
             }
             MysqlCommand::StmtPrepare { sql } => {
                 // Decided here; an allowed statement is audited at each execution.
-                let decision = self.decide(&sql);
+                let (decision, review) = self.decide(&sql).await;
                 if matches!(decision, Decision::Deny { .. }) {
-                    self.admit(&sql, "COM_STMT_PREPARE", decision, None, errno::DENIED)
-                        .await?;
+                    self.admit(
+                        &sql,
+                        "COM_STMT_PREPARE",
+                        decision,
+                        None,
+                        review,
+                        errno::DENIED,
+                    )
+                    .await?;
                     return Ok(());
                 }
                 self.forward(payload).await?;
@@ -814,17 +838,43 @@ impl<H: SessionHooks> Relay<H> {
         Ok(())
     }
 
-    fn decide(&self, sql: &str) -> Decision {
-        match self.guard.decide(&Action::Sql {
+    /// Decides a statement; one a review rule matches waits here for its review
+    /// (the protocol has no message to tell the client meanwhile). Returns the
+    /// decision and the review that allowed it.
+    async fn decide(&mut self, sql: &str) -> (Decision, Option<String>) {
+        let rule = match self.guard.decide(&Action::Sql {
             dialect: SqlDialect::Mysql,
             text: sql,
         }) {
-            // Reviews are not held yet: a statement that needs one is denied.
-            Decision::Review { rule } => Decision::Deny {
-                rule,
-                reason: "this statement needs an approved review".into(),
-            },
-            d => d,
+            Decision::Review { rule } => rule,
+            d => return (d, None),
+        };
+        // Answers already handled reach the client before the wait.
+        let _ = self.flush_client().await;
+        let request = ReviewRequest {
+            session: &self.session_id,
+            command: sql,
+            rule: &rule,
+        };
+        match self.hooks.request_review(request).await {
+            Ok(ReviewHold::PreApproved { id }) => (Decision::Allow, Some(id)),
+            Ok(ReviewHold::Held { id, message }) => {
+                let _ = self.recorder.record(TimelineEvent::Activity {
+                    what: "review".into(),
+                    detail: serde_json::json!({"review": id, "message": message}),
+                    decision: Some(Decision::Review { rule: rule.clone() }),
+                });
+                let outcome = self.hooks.await_review(&id).await;
+                let approved = matches!(outcome, ReviewOutcome::Approved { .. });
+                (outcome.decision(&rule), approved.then_some(id))
+            }
+            Err(e) => (
+                Decision::Deny {
+                    rule,
+                    reason: format!("this statement needs a review, which cannot be held: {e}"),
+                },
+                None,
+            ),
         }
     }
 
@@ -835,8 +885,8 @@ impl<H: SessionHooks> Relay<H> {
         via: &'static str,
         parameters: Option<Vec<Option<u32>>>,
     ) -> Result<bool, End> {
-        let decision = self.decide(sql);
-        self.admit(sql, via, decision, parameters, errno::DENIED)
+        let (decision, review) = self.decide(sql).await;
+        self.admit(sql, via, decision, parameters, review, errno::DENIED)
             .await
     }
 
@@ -849,6 +899,7 @@ impl<H: SessionHooks> Relay<H> {
         via: &'static str,
         decision: Decision,
         parameters: Option<Vec<Option<u32>>>,
+        review: Option<String>,
         deny_code: (u16, &str),
     ) -> Result<bool, End> {
         self.record_timeline(TimelineEvent::Statement {
@@ -864,6 +915,7 @@ impl<H: SessionHooks> Relay<H> {
                 via,
                 decision: decision.clone(),
                 parameters,
+                review,
             })
             .await;
         // A denial stands whether or not its audit event could be written.
@@ -926,6 +978,7 @@ impl<H: SessionHooks> Relay<H> {
                 "COM_STMT_EXECUTE",
                 Decision::Allow,
                 parameters,
+                None,
                 errno::DENIED,
             )
             .await?

@@ -57,4 +57,8 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     /// system_error: the gateway itself cannot go on with the session.
     pub const SYSTEM_ERROR: &str = "58000";
+    /// The session was ended by the gateway (its access grant ended or was revoked).
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// A notice that is only information (where a held statement is approved).
+    pub const WARNING: &str = "01000";
 }

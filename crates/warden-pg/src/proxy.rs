@@ -22,9 +22,9 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_core::{
-    Action, ConnectionKind, Decision, Guard, LoginRequest, Masker, RefusalKind, Secret,
-    SessionGrant, SessionHooks, SessionRecorder, SqlDialect, StatementRecord, TimelineEvent,
-    Traffic,
+    Action, ConnectionKind, Decision, Guard, LoginRequest, Masker, RefusalKind, ReviewHold,
+    ReviewOutcome, ReviewRequest, Secret, SessionEnd, SessionGrant, SessionHooks, SessionRecorder,
+    SqlDialect, StatementRecord, TimelineEvent, Traffic,
 };
 
 use crate::backend::{self as out, PgNotice};
@@ -51,6 +51,8 @@ pub(crate) struct ProxySession {
     pub(crate) guard: Arc<dyn Guard>,
     pub(crate) masker: Arc<dyn Masker>,
     pub(crate) recorder: Arc<dyn SessionRecorder>,
+    /// Fires when the gateway ends the session.
+    pub(crate) ended: SessionEnd,
 }
 
 impl ProxySession {
@@ -66,6 +68,7 @@ impl ProxySession {
             guard: grant.guard,
             masker: grant.masker,
             recorder: grant.recorder,
+            ended: grant.ended,
         })
     }
 }
@@ -429,6 +432,11 @@ async fn relay<H: SessionHooks>(
 
     let upstream_denials = denials.clone();
     let up_recorder = session.recorder.clone();
+    let mut ended = session.ended.clone();
+    let end_signal = session.ended.clone();
+    // Messages the proxy itself sends the client between the server's (a held
+    // statement's notice); the answering side writes them at a message boundary.
+    let (notices, mut notices_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
     let recorder = session.recorder.clone();
     let upstream = async move {
         let decoder = FrontendDecoder::new(config.max_message);
@@ -529,11 +537,24 @@ async fn relay<H: SessionHooks>(
                     text: &sql,
                 })
             });
+            let mut review = None;
             if let Decision::Review { rule } = &decision {
-                decision = Decision::Deny {
-                    rule: rule.clone(),
-                    reason: "this statement needs an approved review".into(),
-                };
+                // Statements already sent run while this one waits.
+                if server_out.flush().await.is_err() {
+                    return Some("database connection lost".to_string());
+                }
+                let rule = rule.clone();
+                let (outcome, id) = hold_for_review(
+                    hooks.as_ref(),
+                    &session_id,
+                    &sql,
+                    &rule,
+                    &notices,
+                    up_recorder.as_ref(),
+                )
+                .await;
+                decision = outcome;
+                review = id;
             }
             if let PgFrontendMessage::Parse { statement, .. } = &frame.message {
                 // The server keeps a named statement until it is closed (a second
@@ -559,6 +580,7 @@ async fn relay<H: SessionHooks>(
                     via,
                     decision: decision.clone(),
                     parameters,
+                    review,
                 })
                 .await
             {
@@ -625,11 +647,18 @@ async fn relay<H: SessionHooks>(
                         if client_out.flush().await.is_err() {
                             return Some(CLIENT_GONE.to_string());
                         }
-                        match server_rd.read_buf(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                return Some("database closed the connection".to_string());
+                        tokio::select! {
+                            read = server_rd.read_buf(&mut buf) => match read {
+                                Ok(0) | Err(_) => {
+                                    return Some("database closed the connection".to_string());
+                                }
+                                Ok(_) => {}
+                            },
+                            Some(notice) = notices_rx.recv() => {
+                                if client_out.send(&notice).await.is_err() {
+                                    return Some(CLIENT_GONE.to_string());
+                                }
                             }
-                            Ok(_) => {}
                         }
                     }
                     Err(e) => return Some(format!("database sent a bad message: {e}")),
@@ -981,9 +1010,12 @@ async fn relay<H: SessionHooks>(
     let reason = tokio::select! {
         r = upstream => r,
         r = downstream => r,
+        r = ended.wait() => Some(r),
     };
     if let Some(why) = reason.as_deref().filter(|r| *r != CLIENT_GONE) {
-        let code = if why.starts_with("client sent") || why.starts_with("function-call") {
+        let code = if end_signal.reason().as_deref() == Some(why) {
+            sqlstate::ADMIN_SHUTDOWN
+        } else if why.starts_with("client sent") || why.starts_with("function-call") {
             sqlstate::PROTOCOL_VIOLATION
         } else if why.starts_with("database") {
             sqlstate::CONNECTION_FAILURE
@@ -1011,6 +1043,58 @@ async fn relay<H: SessionHooks>(
         to_client: to_client.load(std::sync::atomic::Ordering::Relaxed),
     };
     (reason, traffic)
+}
+
+/// Holds a statement a review rule matched until its review is decided: opens the
+/// review, tells the client where it is approved (a NoticeResponse) and waits.
+/// Returns the decision to apply and the review that allowed it.
+async fn hold_for_review<H: SessionHooks>(
+    hooks: &H,
+    session: &str,
+    sql: &str,
+    rule: &str,
+    notices: &tokio::sync::mpsc::UnboundedSender<Bytes>,
+    recorder: &dyn SessionRecorder,
+) -> (Decision, Option<String>) {
+    let request = ReviewRequest {
+        session,
+        command: sql,
+        rule,
+    };
+    match hooks.request_review(request).await {
+        Ok(ReviewHold::PreApproved { id }) => (Decision::Allow, Some(id)),
+        Ok(ReviewHold::Held { id, message }) => {
+            let mut b = BytesMut::new();
+            out::notice_response(
+                &mut b,
+                &PgNotice {
+                    severity: "NOTICE",
+                    code: sqlstate::WARNING,
+                    message: &message,
+                    detail: None,
+                    hint: None,
+                },
+            );
+            let _ = notices.send(b.freeze());
+            let _ = recorder.record(TimelineEvent::Activity {
+                what: "review".into(),
+                detail: serde_json::json!({"review": id, "message": message}),
+                decision: Some(Decision::Review {
+                    rule: rule.to_string(),
+                }),
+            });
+            let outcome = hooks.await_review(&id).await;
+            let approved = matches!(outcome, ReviewOutcome::Approved { .. });
+            (outcome.decision(rule), approved.then_some(id))
+        }
+        Err(e) => (
+            Decision::Deny {
+                rule: rule.to_string(),
+                reason: format!("this statement needs a review, which cannot be held: {e}"),
+            },
+            None,
+        ),
+    }
 }
 
 /// The message a denied statement is replaced with: one that fails at the server

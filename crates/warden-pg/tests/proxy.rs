@@ -88,6 +88,7 @@ impl SessionHooks for Hooks {
             guard: Arc::new(Guardrails::compile(&policy.guardrails, &[]).unwrap()),
             masker: Arc::new(MaskingEngine::from_sets(&policy.masking, b"k").unwrap()),
             recorder: self.timeline.clone(),
+            ended: warden_core::SessionEnd::never(),
         })
     }
 

@@ -8,7 +8,7 @@
 //! then forward; terminals are streamed to an asciicast recording as they run.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +21,9 @@ use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 use warden_core::{
-    Action, ConnectionKind, Decision, KeyLogin, LoginRequest, Refusal, SessionGrant, SshHooks,
-    StatementRecord, TerminalRecorder, TerminalSpec, TimelineEvent, Traffic,
+    Action, ConnectionKind, Decision, KeyLogin, LoginRequest, Refusal, ReviewHold, ReviewOutcome,
+    ReviewRequest, SessionGrant, SshHooks, StatementRecord, TerminalRecorder, TerminalSpec,
+    TimelineEvent, Traffic,
 };
 
 use crate::backend::{self, BackendError, BackendHandle};
@@ -106,8 +107,32 @@ impl<H: SshHooks> SshProxy<H> {
                             .await;
                     }
                 });
+                // The gateway may end the session (its access grant ended): the
+                // client is disconnected with the reason, which ssh prints.
+                let end_slot = slot.clone();
+                let end_handle = running.handle();
+                let ender = tokio::spawn(async move {
+                    let live = loop {
+                        if let Some(l) = end_slot.get() {
+                            break l;
+                        }
+                        end_slot.filled.notified().await;
+                    };
+                    let reason = live.grant.ended.clone().wait().await;
+                    if let Ok(mut r) = live.end_reason.lock() {
+                        r.get_or_insert_with(|| reason.clone());
+                    }
+                    let _ = end_handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            format!("warden: {reason}"),
+                            "en".into(),
+                        )
+                        .await;
+                });
                 let result = running.await;
                 watchdog.abort();
+                ender.abort();
                 match result {
                     Ok(()) => None,
                     Err(e) => Some(e.to_string()),
@@ -150,6 +175,8 @@ fn login_methods() -> MethodSet {
 #[derive(Default)]
 struct SessionSlot {
     live: Mutex<Option<Arc<Live>>>,
+    /// Signalled once `live` is set.
+    filled: tokio::sync::Notify,
 }
 
 impl SessionSlot {
@@ -265,6 +292,7 @@ impl<H: SshHooks> ClientHandler<H> {
         if let Ok(mut slot) = self.slot.live.lock() {
             *slot = Some(live.clone());
         }
+        self.slot.filled.notify_one();
         let hooks = self.hooks.clone();
         let timeout = self.config.login_timeout;
         tokio::spawn(async move {
@@ -360,6 +388,7 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
             handle: session.handle(),
             login_timeout: self.config.login_timeout,
             id: channel.id(),
+            answered: AtomicBool::new(false),
         };
         let span =
             tracing::info_span!("channel", session = %live.grant.id, channel = %channel.id());
@@ -532,6 +561,8 @@ struct SessionChannel<H> {
     handle: server::Handle,
     login_timeout: Duration,
     id: ChannelId,
+    /// The client's request was answered (success) already, while a review held it.
+    answered: AtomicBool,
 }
 
 /// How the bytes of a running channel are watched.
@@ -638,6 +669,10 @@ impl<H: SshHooks> SessionChannel<H> {
                 .guard
                 .decide(&Action::Shell { command: &command }),
         };
+        let (decision, review) = match decision {
+            Decision::Review { rule } => self.hold_for_review(&to_client, &command, &rule).await,
+            d => (d, None),
+        };
         let statement = TimelineEvent::Statement {
             via: via.into(),
             sql: command.clone(),
@@ -649,6 +684,7 @@ impl<H: SshHooks> SessionChannel<H> {
             via,
             decision: decision.clone(),
             parameters: None,
+            review,
         };
         // Audit before execute: a command that cannot be recorded does not run.
         if let Err(e) = self.hooks.record(record).await {
@@ -677,8 +713,7 @@ impl<H: SshHooks> SessionChannel<H> {
                 return self.refuse(&to_client, DENIED_EXIT_STATUS, &message).await;
             }
             Decision::Review { rule } => {
-                let message =
-                    format!("rule `{rule}` requires a review, which this gateway cannot hold yet");
+                let message = format!("rule `{rule}` requires a review");
                 return self.refuse(&to_client, DENIED_EXIT_STATUS, &message).await;
             }
         }
@@ -782,13 +817,23 @@ impl<H: SshHooks> SessionChannel<H> {
                 Some(other) => early.push(other),
             }
         };
+        if !accepted && self.answered.load(Ordering::Relaxed) {
+            let _ = to_target.close().await;
+            return self
+                .refuse(
+                    &to_client,
+                    UNAVAILABLE_EXIT_STATUS,
+                    "the target refused to run the command",
+                )
+                .await;
+        }
         if !accepted {
             let _ = self.handle.channel_failure(self.id).await;
             let _ = to_client.close().await;
             let _ = to_target.close().await;
             return;
         }
-        let _ = self.handle.channel_success(self.id).await;
+        self.answer().await;
         let watch = Arc::new(Mutex::new(watch));
         let up = tokio::spawn(
             ClientToTarget {
@@ -811,9 +856,60 @@ impl<H: SshHooks> SessionChannel<H> {
         self.finish(&watch, status).await;
     }
 
+    /// Accepts the client's request, once.
+    async fn answer(&self) {
+        if !self.answered.swap(true, Ordering::Relaxed) {
+            let _ = self.handle.channel_success(self.id).await;
+        }
+    }
+
+    /// Holds a command a review rule matched: opens its review, tells the client on
+    /// stderr where it is approved, and waits. Returns the decision to apply and
+    /// the review that allowed it.
+    async fn hold_for_review(
+        &self,
+        to_client: &russh::ChannelWriteHalf<Msg>,
+        command: &str,
+        rule: &str,
+    ) -> (Decision, Option<String>) {
+        let request = ReviewRequest {
+            session: &self.live.grant.id,
+            command,
+            rule,
+        };
+        match self.hooks.request_review(request).await {
+            Ok(ReviewHold::PreApproved { id }) => (Decision::Allow, Some(id)),
+            Ok(ReviewHold::Held { id, message }) => {
+                // The client waits on its request's answer before showing stderr.
+                self.answer().await;
+                let line = format!("warden: {message}\r\n");
+                let _ = to_client
+                    .extended_data_bytes(1, Bytes::from(line.into_bytes()))
+                    .await;
+                self.live.record(TimelineEvent::Activity {
+                    what: "review".into(),
+                    detail: json!({"review": id, "message": message}),
+                    decision: Some(Decision::Review {
+                        rule: rule.to_string(),
+                    }),
+                });
+                let outcome = self.hooks.await_review(&id).await;
+                let approved = matches!(outcome, ReviewOutcome::Approved { .. });
+                (outcome.decision(rule), approved.then_some(id))
+            }
+            Err(e) => (
+                Decision::Deny {
+                    rule: rule.to_string(),
+                    reason: format!("this command needs a review, which cannot be held: {e}"),
+                },
+                None,
+            ),
+        }
+    }
+
     /// Ends a channel that will run nothing: the reason on stderr and an exit status.
     async fn refuse(&self, to_client: &russh::ChannelWriteHalf<Msg>, status: u32, message: &str) {
-        let _ = self.handle.channel_success(self.id).await;
+        self.answer().await;
         let line = format!("warden: {message}\r\n");
         let _ = to_client
             .extended_data_bytes(1, Bytes::from(line.into_bytes()))

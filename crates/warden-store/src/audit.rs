@@ -153,6 +153,7 @@ impl Store {
             append_in(&mut db, chunk.iter()).await?;
         }
         db.commit().await?;
+        self.chained();
         Ok(())
     }
 
@@ -203,6 +204,7 @@ impl Store {
                 out.extend(append_in(&mut db, chunk.iter().map(|(e, _)| e)).await?);
             }
             db.commit().await?;
+            self.chained();
             Ok(out)
         }
         .await;
@@ -342,6 +344,7 @@ impl Store {
 pub(crate) struct AuditedTx<'a> {
     _serial: tokio::sync::MutexGuard<'a, ()>,
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    chained: &'a tokio::sync::watch::Sender<u64>,
 }
 
 impl AuditedTx<'_> {
@@ -353,6 +356,7 @@ impl AuditedTx<'_> {
     pub(crate) async fn commit_with(mut self, event: &Event) -> Result<Appended> {
         let appended = append_in(&mut self.tx, std::iter::once(event)).await?;
         self.tx.commit().await?;
+        self.chained.send_modify(|n| *n = n.wrapping_add(1));
         appended
             .into_iter()
             .next()
@@ -361,12 +365,32 @@ impl AuditedTx<'_> {
 }
 
 impl Store {
+    /// Tells event delivery that the chain grew.
+    fn chained(&self) {
+        self.chained.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes whenever events are chained in this process (others' appends, in a
+    /// shared store, are seen by polling).
+    pub fn chain_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.chained.subscribe()
+    }
+
+    /// The sequence number of the newest chained event.
+    pub async fn audit_head_seq(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("seq")?)
+    }
+
     pub(crate) async fn begin_audited(&self) -> Result<AuditedTx<'_>> {
         let serial = self.audit_lock.lock().await;
         let tx = self.pool.begin().await?;
         Ok(AuditedTx {
             _serial: serial,
             tx,
+            chained: &self.chained,
         })
     }
 }

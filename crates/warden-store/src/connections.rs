@@ -19,7 +19,7 @@ fn seal_context(name: &str) -> String {
 }
 
 const COLUMNS: &str = "name, kind, target, username, secret_kind, tls, allowed_groups, policies, \
-                       ssh_options, description, created_at, updated_at";
+                       ssh_options, access_options, description, created_at, updated_at";
 
 impl Store {
     /// Registers a connection and records `event`, atomically.
@@ -42,8 +42,9 @@ impl Store {
         let mut tx = self.begin_audited().await?;
         let done = sqlx::query(
             "INSERT INTO connections (name, kind, target, username, secret_kind, secret_sealed, \
-             tls, allowed_groups, policies, description, created_at, updated_at, ssh_options) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             tls, allowed_groups, policies, description, created_at, updated_at, ssh_options, \
+             access_options) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&conn.name)
@@ -59,6 +60,7 @@ impl Store {
         .bind(timefmt::to_micros(conn.created_at))
         .bind(timefmt::to_micros(conn.updated_at))
         .bind(serde_json::to_string(&conn.ssh)?)
+        .bind(serde_json::to_string(&conn.access)?)
         .execute(tx.conn())
         .await?;
         if done.rows_affected() == 0 {
@@ -97,7 +99,8 @@ impl Store {
     ) -> Result<()> {
         let mut sql = String::from(
             "UPDATE connections SET kind = $1, target = $2, username = $3, tls = $4, \
-             allowed_groups = $5, policies = $6, description = $7, updated_at = $8, ssh_options = $10",
+             allowed_groups = $5, policies = $6, description = $7, updated_at = $8, ssh_options = $10, \
+             access_options = $11",
         );
         let (secret_kind, sealed) = match &secret {
             SecretChange::Keep => (None, None),
@@ -111,7 +114,7 @@ impl Store {
             SecretChange::Clear => (None, None),
         };
         if !matches!(secret, SecretChange::Keep) {
-            sql.push_str(", secret_kind = $11, secret_sealed = $12");
+            sql.push_str(", secret_kind = $12, secret_sealed = $13");
         }
         sql.push_str(" WHERE name = $9");
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -124,7 +127,8 @@ impl Store {
             .bind(conn.description.as_deref())
             .bind(timefmt::to_micros(conn.updated_at))
             .bind(&conn.name)
-            .bind(serde_json::to_string(&conn.ssh)?);
+            .bind(serde_json::to_string(&conn.ssh)?)
+            .bind(serde_json::to_string(&conn.access)?);
         if !matches!(secret, SecretChange::Keep) {
             query = query.bind(secret_kind).bind(sealed);
         }
@@ -233,6 +237,7 @@ fn connection_from_row(row: &AnyRow) -> Result<Connection> {
         allowed_groups: serde_json::from_str(&row.try_get::<String, _>("allowed_groups")?)?,
         policies: serde_json::from_str(&row.try_get::<String, _>("policies")?)?,
         ssh: serde_json::from_str(&row.try_get::<String, _>("ssh_options")?)?,
+        access: serde_json::from_str(&row.try_get::<String, _>("access_options")?)?,
         description: row.try_get("description")?,
         created_at: time_from_db(row.try_get("created_at")?)?,
         updated_at: time_from_db(row.try_get("updated_at")?)?,

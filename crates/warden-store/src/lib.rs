@@ -7,12 +7,14 @@
 //! the append-only, hash-chained audit log ([`audit`]) with its local journal
 //! ([`AuditJournal`]) for events that must be durable before an action proceeds.
 
+pub mod access;
 pub mod api_keys;
 pub mod audit;
 pub mod connections;
 mod error;
 mod journal;
 mod migrate;
+pub mod outbox;
 pub mod policies;
 pub mod sealed;
 pub mod sessions;
@@ -60,6 +62,8 @@ pub struct Store {
     audit_lock: tokio::sync::Mutex<()>,
     /// Events waiting for the next group commit, with where to send each result.
     pending_audit: std::sync::Mutex<Vec<PendingAppend>>,
+    /// Bumped after each commit that chained events (wakes event delivery).
+    chained: tokio::sync::watch::Sender<u64>,
 }
 
 /// An event waiting for the next group commit, with where to send its result.
@@ -117,6 +121,7 @@ impl Store {
             sealer: SecretSealer::new(master_key)?,
             audit_lock: tokio::sync::Mutex::new(()),
             pending_audit: std::sync::Mutex::new(Vec::new()),
+            chained: tokio::sync::watch::Sender::new(0),
         };
         store.check_master_key().await?;
         Ok(store)

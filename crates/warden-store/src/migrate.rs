@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_policy_sets.sql"),
     ),
     (3, "ssh", include_str!("../migrations/0003_ssh.sql")),
+    (
+        4,
+        "access requests, reviews, event delivery",
+        include_str!("../migrations/0004_access.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one

@@ -37,6 +37,7 @@ fn connection(name: &str) -> Connection {
         allowed_groups: vec!["dba".into()],
         policies: PolicyRefs::default(),
         ssh: Default::default(),
+        access: Default::default(),
         description: None,
         created_at: now,
         updated_at: now,

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use warden_core::{
-    Connection, ConnectionKind, Event, PolicyRefs, Secret, SecretKind, SshOptions, TlsOptions,
-    timefmt, validate_connection_name,
+    AccessOptions, Connection, ConnectionKind, Event, PolicyRefs, Secret, SecretKind, SshOptions,
+    TlsOptions, timefmt, validate_connection_name,
 };
 use warden_store::StoreError;
 use warden_store::connections::SecretChange;
@@ -44,6 +44,9 @@ pub struct ConnectionCreate {
     /// SSH host key pin and forwarding (ssh connections).
     #[serde(default)]
     pub ssh: SshOptions,
+    /// Just-in-time access requests and reviewers.
+    #[serde(default)]
+    pub access: AccessOptions,
     pub description: Option<String>,
 }
 
@@ -66,6 +69,7 @@ pub struct ConnectionUpdate {
     pub allowed_groups: Option<Vec<String>>,
     pub policies: Option<PolicyRefs>,
     pub ssh: Option<SshOptions>,
+    pub access: Option<AccessOptions>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
@@ -158,6 +162,29 @@ fn check_common(conn: &Connection) -> Result<(), ApiError> {
     if names.clone().any(|n| n.is_empty() || n.len() > 128) {
         return Err(invalid("policy names must be 1 to 128 characters"));
     }
+    let access = &conn.access;
+    if access.approvals == 0 || access.approvals > 10 {
+        return Err(invalid("access.approvals must be 1 to 10"));
+    }
+    if access.max_duration_secs < 60 || access.max_duration_secs > 30 * 86_400 {
+        return Err(invalid(
+            "access.max_duration_secs must be 60 seconds to 30 days",
+        ));
+    }
+    if access.review_timeout_secs == 0 || access.review_timeout_secs > 7 * 86_400 {
+        return Err(invalid(
+            "access.review_timeout_secs must be 1 second to 7 days",
+        ));
+    }
+    if access
+        .reviewers
+        .iter()
+        .any(|g| g.is_empty() || g.len() > 256)
+    {
+        return Err(invalid(
+            "access.reviewers: group names must be 1 to 256 characters",
+        ));
+    }
     Ok(())
 }
 
@@ -249,6 +276,7 @@ fn describe(conn: &Connection) -> serde_json::Value {
         "allowed_groups": conn.allowed_groups,
         "policies": conn.policies,
         "ssh": conn.ssh,
+        "access": conn.access,
     })
 }
 
@@ -308,6 +336,7 @@ pub async fn create(
         allowed_groups: req.allowed_groups,
         policies: req.policies,
         ssh: req.ssh,
+        access: req.access,
         description: req.description,
         created_at: now,
         updated_at: now,
@@ -392,6 +421,10 @@ pub async fn update(
     if let Some(p) = req.policies {
         conn.policies = p;
         changed.push("policies");
+    }
+    if let Some(o) = req.access {
+        conn.access = o;
+        changed.push("access");
     }
     if let Some(o) = req.ssh {
         conn.ssh = o;

@@ -1,15 +1,18 @@
 //! The REST API: routes, shared state, and the OpenAPI document generated from the
 //! handlers' annotations.
 
+mod access_requests;
 mod audit;
 mod connections;
 mod error;
 mod extract;
 mod keys;
 mod policies;
+mod reviews;
 mod sessions;
 mod ssh_keys;
 mod system;
+mod webhooks;
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::ClientAddr;
@@ -26,6 +29,7 @@ use utoipa_axum::routes;
 use warden_core::Event;
 use warden_store::{AuditJournal, Store};
 
+use crate::access::AccessControl;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::policy::PolicyRegistry;
@@ -39,6 +43,9 @@ pub struct StateInner {
     pub journal: Arc<AuditJournal>,
     pub auth: Arc<Authenticator>,
     pub policies: Arc<PolicyRegistry>,
+    pub access: Arc<AccessControl>,
+    /// Poked after webhooks change, so delivery picks them up at once.
+    pub webhooks_changed: Arc<tokio::sync::Notify>,
     pub config: Arc<Config>,
 }
 
@@ -55,6 +62,8 @@ impl AppState {
         journal: Arc<AuditJournal>,
         auth: Arc<Authenticator>,
         policies: Arc<PolicyRegistry>,
+        access: Arc<AccessControl>,
+        webhooks_changed: Arc<tokio::sync::Notify>,
         config: Arc<Config>,
     ) -> Self {
         Self(Arc::new(StateInner {
@@ -62,6 +71,8 @@ impl AppState {
             journal,
             auth,
             policies,
+            access,
+            webhooks_changed,
             config,
         }))
     }
@@ -92,6 +103,9 @@ impl AppState {
         (name = "sessions", description = "Client sessions through the proxies"),
         (name = "policies", description = "Guardrail, review and masking sets"),
         (name = "ssh-keys", description = "SSH public keys users register for key logins"),
+        (name = "access-requests", description = "Just-in-time access: time-boxed grants approved by reviewers"),
+        (name = "reviews", description = "Commands held until reviewers approve them"),
+        (name = "webhooks", description = "Signed event deliveries, with retries and dead letters"),
     )
 )]
 struct ApiDoc;
@@ -134,6 +148,19 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sessions::terminal))
         .routes(routes!(ssh_keys::list, ssh_keys::create))
         .routes(routes!(ssh_keys::delete))
+        .routes(routes!(access_requests::list, access_requests::create))
+        .routes(routes!(access_requests::get))
+        .routes(routes!(access_requests::approve))
+        .routes(routes!(access_requests::reject))
+        .routes(routes!(access_requests::revoke))
+        .routes(routes!(reviews::list, reviews::create))
+        .routes(routes!(reviews::get))
+        .routes(routes!(reviews::approve))
+        .routes(routes!(reviews::reject))
+        .routes(routes!(webhooks::list, webhooks::create))
+        .routes(routes!(webhooks::get, webhooks::delete))
+        .routes(routes!(webhooks::dead_letters))
+        .routes(routes!(webhooks::sinks))
         .split_for_parts();
     let spec = openapi.to_json().unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.api.max_body_bytes;

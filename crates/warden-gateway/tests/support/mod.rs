@@ -224,6 +224,15 @@ name = "shell-safety"
 name = "no-rm-rf"
 shell = ["rm -rf *"]
 
+[[guardrails]]
+name = "held-for-review"
+[[guardrails.rules]]
+name = "deletes-need-review"
+sql_statements = ["delete"]
+[[guardrails.rules]]
+name = "held-commands"
+shell = ["echo held*"]
+
 [[masking]]
 name = "pii"
 detectors = ["email", "card_number"]

@@ -1,0 +1,260 @@
+//! `/api/webhooks` (admins): subscriptions to audit events, delivered as signed
+//! JSON POSTs (see `crate::events`), with each target's delivery state and dead
+//! letters; `/api/event-sinks` shows the configured SIEM sinks' state.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+use warden_core::{Event, Secret, timefmt};
+use warden_store::outbox::{Cursor, DeadLetter, Webhook, webhook_target};
+
+use super::extract::{ApiJson, Caller};
+use super::{ApiError, AppState, ErrorBody};
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookCreate {
+    /// `https://...` (or `http://` for receivers on the same host or network).
+    pub url: String,
+    /// Event kinds: exact (`review.request`), a family (`access.*`), a kind in every
+    /// family (`*.query`) or `*`. Empty: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Only events with these decisions: `allow`, `deny`, `review`. Empty: any.
+    #[serde(default)]
+    pub decisions: Vec<String>,
+    /// The HMAC key receivers verify with; generated (and shown once) if absent.
+    pub secret: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// Delivery state: the last event handled and any current failure.
+    pub delivery: Option<Cursor>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookCreated {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// Present only when the gateway generated it: store it now, it is not shown again.
+    pub secret: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SinkView {
+    pub name: String,
+    pub kind: String,
+    pub format: String,
+    pub delivery: Option<Cursor>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+fn validate(req: &WebhookCreate) -> Result<(), ApiError> {
+    let bad = |m: &str| Err(ApiError::bad_request("invalid_webhook", m));
+    let url = req.url.trim();
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
+        return bad("url must be an http(s) URL of at most 2048 characters");
+    }
+    if reqwest::Url::parse(url).is_err() {
+        return bad("url is not a valid URL");
+    }
+    if req.kinds.len() > 64 || req.kinds.iter().any(|k| k.is_empty() || k.len() > 128) {
+        return bad("kinds: at most 64 patterns of 1 to 128 characters");
+    }
+    if req
+        .decisions
+        .iter()
+        .any(|d| !matches!(d.as_str(), "allow" | "deny" | "review"))
+    {
+        return bad("decisions may be `allow`, `deny` or `review`");
+    }
+    if let Some(s) = &req.secret
+        && (s.len() < 16 || s.len() > 512)
+    {
+        return bad("secret must be 16 to 512 characters");
+    }
+    if req.description.as_ref().is_some_and(|d| d.len() > 500) {
+        return bad("description must be at most 500 characters");
+    }
+    Ok(())
+}
+
+fn generate_secret() -> Result<String, ApiError> {
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| ApiError::internal("no randomness"))?;
+    Ok(format!("whsec_{}", warden_store::hex(&raw)))
+}
+
+#[utoipa::path(get, path = "/api/webhooks", tag = "webhooks", security(("bearer" = [])),
+    responses((status = 200, body = Vec<WebhookView>), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<WebhookView>>, ApiError> {
+    caller.require_admin(&state, "webhook.list").await?;
+    let hooks = state
+        .store
+        .list_webhooks()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let mut out = Vec::with_capacity(hooks.len());
+    for w in hooks {
+        let delivery = state
+            .store
+            .cursor(&webhook_target(w.id))
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        out.push(WebhookView {
+            webhook: w,
+            delivery,
+        });
+    }
+    Ok(Json(out))
+}
+
+/// Subscribe a URL to events, from now on.
+#[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", security(("bearer" = [])),
+    request_body = WebhookCreate,
+    responses((status = 201, body = WebhookCreated), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<WebhookCreate>,
+) -> Result<(StatusCode, Json<WebhookCreated>), ApiError> {
+    caller.require_admin(&state, "webhook.create").await?;
+    validate(&req)?;
+    let (secret, shown) = match req.secret {
+        Some(s) => (s, None),
+        None => {
+            let s = generate_secret()?;
+            (s.clone(), Some(s))
+        }
+    };
+    let webhook = Webhook {
+        id: Uuid::now_v7(),
+        url: req.url.trim().to_string(),
+        kinds: req.kinds,
+        decisions: req.decisions,
+        description: req.description,
+        created_by: caller.identity.subject.clone(),
+        created_at: timefmt::now(),
+    };
+    let event = Event::new(
+        "webhook.create",
+        json!({"webhook": webhook.id, "url": warden_store::redact_url(&webhook.url),
+               "kinds": webhook.kinds, "decisions": webhook.decisions}),
+    )
+    .by(&caller.identity);
+    state
+        .store
+        .insert_webhook(&webhook, &Secret::new(secret), &event)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    state.webhooks_changed.notify_one();
+    Ok((
+        StatusCode::CREATED,
+        Json(WebhookCreated {
+            webhook,
+            secret: shown,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = WebhookView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<WebhookView>, ApiError> {
+    caller.require_admin(&state, "webhook.get").await?;
+    let webhook = state
+        .store
+        .webhook(id)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("webhook {id}")))?;
+    let delivery = state
+        .store
+        .cursor(&webhook_target(id))
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(Json(WebhookView { webhook, delivery }))
+}
+
+/// Unsubscribe; its dead letters stay listed.
+#[utoipa::path(delete, path = "/api/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin(&state, "webhook.delete").await?;
+    let event = Event::new("webhook.delete", json!({"webhook": id})).by(&caller.identity);
+    if !state
+        .store
+        .delete_webhook(id, &event)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
+        return Err(ApiError::not_found(format!("webhook {id}")));
+    }
+    state.webhooks_changed.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Events this webhook gave up on after `events.max_attempts`, newest first.
+#[utoipa::path(get, path = "/api/webhooks/{id}/dead-letters", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<DeadLetter>)))]
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    caller.require_admin(&state, "webhook.dead_letters").await?;
+    let letters = state
+        .store
+        .dead_letters(&webhook_target(id), 1000)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(Json(letters))
+}
+
+/// The configured SIEM sinks: delivery state and dead letters.
+#[utoipa::path(get, path = "/api/event-sinks", tag = "webhooks", security(("bearer" = [])),
+    responses((status = 200, body = Vec<SinkView>)))]
+pub async fn sinks(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<SinkView>>, ApiError> {
+    caller.require_admin(&state, "event_sinks.list").await?;
+    let mut out = Vec::new();
+    for s in &state.config.events.sinks {
+        let target = format!("siem:{}", s.name);
+        let store_err = |e: warden_store::StoreError| ApiError::store(&e);
+        out.push(SinkView {
+            name: s.name.clone(),
+            kind: format!("{:?}", s.kind).to_lowercase(),
+            format: format!("{:?}", s.format).to_lowercase(),
+            delivery: state.store.cursor(&target).await.map_err(store_err)?,
+            dead_letters: state
+                .store
+                .dead_letters(&target, 100)
+                .await
+                .map_err(store_err)?,
+        });
+    }
+    Ok(Json(out))
+}
