@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use warden_gateway::{Config, Gateway};
 use warden_store::audit::AuditFilter;
 
+mod client;
 mod replay;
 
 #[derive(Parser)]
@@ -56,6 +57,26 @@ enum Command {
         /// `asciinema play`, instead of playing it.
         #[arg(long, requires = "terminal")]
         export: Option<PathBuf>,
+    },
+    /// Ask for time-boxed access to a connection that requires approval.
+    Request {
+        connection: String,
+        /// How long, once approved: `30m`, `1h`, `1d`.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why; reviewers see it and the audit log keeps it.
+        #[arg(long)]
+        reason: String,
+        /// Wait until it is approved (exit 0) or rejected (exit 1).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// List, show, approve or reject held commands and access requests.
+    Review {
+        #[command(subcommand)]
+        command: client::ReviewCommand,
     },
 }
 
@@ -190,6 +211,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Request {
+            connection,
+            duration,
+            reason,
+            wait,
+            api,
+        } => client::request(connection, duration, reason, wait, api).await,
+        Command::Review { command } => client::review(command).await,
     }
 }
 

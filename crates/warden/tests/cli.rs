@@ -735,3 +735,149 @@ fn a_killed_gateway_leaves_a_playable_terminal_recording() {
     assert!(played.status.success(), "{}", text(&played.stdout));
     assert!(text(&played.stdout).contains("before-kill-42"));
 }
+
+#[test]
+fn access_requests_and_reviews_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_gateway(dir.path());
+    let admin = running.printed_key.clone().unwrap();
+    let url = running.url.clone();
+    post_admin(
+        &url,
+        &admin,
+        "/api/connections",
+        &json!({"name": "prod", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                "username": "warden_t_scram", "secret": "scram-pw-1", "allowed_groups": ["dev"],
+                "tls": {"mode": "disable"},
+                "access": {"request_required": true, "reviewers": ["sre"]}}),
+    );
+    let key = |subject: &str, group: &str| {
+        post_admin(
+            &url,
+            &admin,
+            "/api/api-keys",
+            &json!({"name": subject, "subject": subject, "groups": [group]}),
+        )["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (alice, bob) = (key("alice", "dev"), key("bob", "sre"));
+    let cli = |token: &str, args: &[&str]| {
+        run(warden(dir.path())
+            .env("WARDEN_GATEWAY", &url)
+            .env("WARDEN_TOKEN", token)
+            .args(args))
+    };
+
+    let out = cli(
+        &alice,
+        &[
+            "request",
+            "prod",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-7 check",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["status"], "pending");
+
+    let out = cli(&bob, &["review", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("access") && l.contains(&id) && l.contains("INC-7 check")),
+        "{listed}"
+    );
+    let out = cli(&alice, &["review", "approve", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot decide your own"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(
+        &bob,
+        &["review", "approve", &id, "--comment", "ok for INC-7"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("approved: granted until"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(&alice, &["review", "show", &id]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("approved") && shown.contains("by bob") && shown.contains("ok for INC-7"),
+        "{shown}"
+    );
+
+    // `--wait` returns when a reviewer decides; a rejection exits 1.
+    let mut waiting = warden(dir.path())
+        .env("WARDEN_GATEWAY", &url)
+        .env("WARDEN_TOKEN", &alice)
+        .args([
+            "request", "prod", "--for", "30m", "--reason", "again", "--wait",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(waiting.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let second = first.split_whitespace().nth(2).unwrap().to_string();
+    assert!(first.contains("pending"), "{first}");
+    let out = cli(
+        &bob,
+        &["review", "reject", &second, "--comment", "one is enough"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut rest = String::new();
+    waiting
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    assert_eq!(waiting.wait().unwrap().code(), Some(1));
+    assert!(rest.contains("rejected by bob: one is enough"), "{rest}");
+
+    // Clear errors without a token or a gateway.
+    let out = run(warden(dir.path())
+        .env("WARDEN_GATEWAY", &url)
+        .args(["review", "list"]));
+    assert!(
+        text(&out.stderr).contains("WARDEN_TOKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(warden(dir.path())
+        .env("WARDEN_GATEWAY", "http://127.0.0.1:9")
+        .env("WARDEN_TOKEN", &bob)
+        .args(["review", "list"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot reach the gateway at http://127.0.0.1:9"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(warden(dir.path())
+        .env("WARDEN_GATEWAY", &url)
+        .env("WARDEN_TOKEN", "wdn_bogus_token")
+        .args(["review", "list"]));
+    assert!(
+        text(&out.stderr).contains("the gateway refused the token"),
+        "{}",
+        text(&out.stderr)
+    );
+    stop(running);
+}

@@ -1,0 +1,356 @@
+//! `warden request` and `warden review`: thin clients of the gateway's REST API for
+//! just-in-time access and command reviews. The token comes from `WARDEN_TOKEN`
+//! (an OIDC access token or a Warden API key); output is a human table, or the
+//! API's JSON with `--json`.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where the gateway is and who is asking.
+#[derive(Args)]
+pub struct ApiArgs {
+    /// The gateway's API URL.
+    #[arg(long, env = "WARDEN_GATEWAY", default_value = "http://127.0.0.1:8009")]
+    gateway: String,
+    /// An OIDC access token or a Warden API key.
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ReviewCommand {
+    /// Reviews and access requests waiting for a decision you may make (and your
+    /// own pending ones).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Every status, not only pending.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One review or access request.
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Approve a review or an access request.
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Reject a review or an access request.
+    Reject {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(args: &ApiArgs) -> Result<Self> {
+        let token = args
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                anyhow!("no token: set WARDEN_TOKEN to an OIDC access token or a Warden API key")
+            })?;
+        Ok(Self {
+            base: args.gateway.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+        })
+    }
+
+    /// Sends a request; `Ok(None)` for 404, an error naming the gateway's reason
+    /// for other failures.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        let status = resp.status();
+        let answer: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(Some(answer));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let message = answer["error"]["message"]
+            .as_str()
+            .unwrap_or("no reason given");
+        let code = answer["error"]["code"].as_str().unwrap_or("error");
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!("the gateway refused the token ({code}): {message}");
+        }
+        bail!("{message} ({code}, HTTP {})", status.as_u16())
+    }
+
+    async fn get(&self, path: &str) -> Result<Option<Value>> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn short(text: &str, max: usize) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        let mut s: String = one_line.chars().take(max.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("-")
+}
+
+fn approvals(v: &Value) -> String {
+    format!(
+        "{}/{}",
+        v["approvals"].as_array().map_or(0, Vec::len),
+        v["required"].as_u64().unwrap_or(1)
+    )
+}
+
+/// `warden request <connection> --for 1h --reason "..."`.
+pub async fn request(
+    connection: String,
+    duration: String,
+    reason: String,
+    wait: bool,
+    args: ApiArgs,
+) -> Result<ExitCode> {
+    let api = Api::new(&args)?;
+    let body =
+        serde_json::json!({"connection": connection, "duration": duration, "reason": reason});
+    let created = api
+        .call(reqwest::Method::POST, "/api/access-requests", Some(&body))
+        .await?
+        .ok_or_else(|| anyhow!("there is no connection `{connection}` that you may use"))?;
+    let id = str_of(&created, "id").to_string();
+    if args.json && !wait {
+        println!("{created}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.json {
+        println!(
+            "access request {id} for `{connection}` ({duration}) is pending: {} approval(s) needed",
+            created["required"].as_u64().unwrap_or(1)
+        );
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = api
+            .get(&format!("/api/access-requests/{id}"))
+            .await?
+            .ok_or_else(|| anyhow!("access request {id} disappeared"))?;
+        match str_of(&now, "status") {
+            "pending" => continue,
+            "approved" => {
+                if args.json {
+                    println!("{now}");
+                } else {
+                    println!("granted until {}", str_of(&now, "ends_at"));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => {
+                if args.json {
+                    println!("{now}");
+                } else {
+                    let by = str_of(&now, "decided_by");
+                    let comment = now["comment"]
+                        .as_str()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default();
+                    println!("{other} by {by}{comment}");
+                }
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+}
+
+pub async fn review(command: ReviewCommand) -> Result<ExitCode> {
+    match command {
+        ReviewCommand::List { api: args, all } => {
+            let api = Api::new(&args)?;
+            let filter = if all { "" } else { "?status=pending" };
+            let reviews = api
+                .get(&format!("/api/reviews{filter}"))
+                .await?
+                .unwrap_or_default();
+            let requests = api
+                .get(&format!("/api/access-requests{filter}"))
+                .await?
+                .unwrap_or_default();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"reviews": reviews, "access_requests": requests})
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<7} {:<36} {:<16} {:<14} {:<9} {:<5} WHAT",
+                "KIND", "ID", "CONNECTION", "REQUESTER", "STATUS", "OK"
+            );
+            for r in reviews.as_array().into_iter().flatten() {
+                println!(
+                    "{:<7} {:<36} {:<16} {:<14} {:<9} {:<5} {}",
+                    "review",
+                    str_of(r, "id"),
+                    str_of(r, "connection"),
+                    str_of(r, "subject"),
+                    str_of(r, "status"),
+                    approvals(r),
+                    short(str_of(r, "command"), 60)
+                );
+            }
+            for r in requests.as_array().into_iter().flatten() {
+                let what = format!(
+                    "{} s: {}",
+                    r["duration_secs"].as_u64().unwrap_or(0),
+                    str_of(r, "reason")
+                );
+                println!(
+                    "{:<7} {:<36} {:<16} {:<14} {:<9} {:<5} {}",
+                    "access",
+                    str_of(r, "id"),
+                    str_of(r, "connection"),
+                    str_of(r, "subject"),
+                    str_of(r, "status"),
+                    approvals(r),
+                    short(&what, 60)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ReviewCommand::Show { id, api: args } => {
+            let api = Api::new(&args)?;
+            let (kind, item) = find(&api, &id).await?;
+            if args.json {
+                println!("{item}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{kind} {id}");
+            for key in [
+                "status",
+                "connection",
+                "subject",
+                "command",
+                "rule",
+                "reason",
+                "duration_secs",
+                "created_at",
+                "expires_at",
+                "ends_at",
+                "used_at",
+                "decided_by",
+                "comment",
+            ] {
+                match &item[key] {
+                    Value::Null => {}
+                    Value::String(s) => println!("  {key:<14} {s}"),
+                    v => println!("  {key:<14} {v}"),
+                }
+            }
+            println!("  {:<14} {}", "approvals", approvals(&item));
+            for a in item["approvals"].as_array().into_iter().flatten() {
+                println!(
+                    "    by {} at {}{}",
+                    str_of(a, "subject"),
+                    str_of(a, "at"),
+                    a["comment"]
+                        .as_str()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ReviewCommand::Approve { id, comment, api } => decide(&id, "approve", comment, api).await,
+        ReviewCommand::Reject { id, comment, api } => decide(&id, "reject", comment, api).await,
+    }
+}
+
+/// A review or an access request by id (ids of both are UUIDs and never collide).
+async fn find(api: &Api, id: &str) -> Result<(&'static str, Value)> {
+    if let Some(r) = api.get(&format!("/api/reviews/{id}")).await? {
+        return Ok(("review", r));
+    }
+    if let Some(r) = api.get(&format!("/api/access-requests/{id}")).await? {
+        return Ok(("access request", r));
+    }
+    bail!("no review or access request {id} that you may see")
+}
+
+async fn decide(id: &str, verb: &str, comment: Option<String>, args: ApiArgs) -> Result<ExitCode> {
+    let api = Api::new(&args)?;
+    let (kind, _) = find(&api, id).await?;
+    let path = match kind {
+        "review" => format!("/api/reviews/{id}/{verb}"),
+        _ => format!("/api/access-requests/{id}/{verb}"),
+    };
+    let body = serde_json::json!({ "comment": comment });
+    let answer = match api.call(reqwest::Method::POST, &path, Some(&body)).await {
+        Ok(Some(a)) => a,
+        Ok(None) => bail!("{kind} {id} is gone"),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if args.json {
+        println!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = str_of(&answer, "status");
+    let outcome = match (kind, status) {
+        ("review", "approved") => "approved: the command runs now".to_string(),
+        ("review", "rejected") => "rejected: the command is refused".to_string(),
+        (_, "approved") => format!("approved: granted until {}", str_of(&answer, "ends_at")),
+        (_, "rejected") => "rejected".to_string(),
+        _ => format!("{status}, {} approvals so far", approvals(&answer)),
+    };
+    println!("{kind} {id} {outcome}");
+    Ok(ExitCode::SUCCESS)
+}
