@@ -1011,3 +1011,125 @@ async fn a_database_that_never_answers_does_not_hold_the_client() {
         "{sessions}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_statements_wait_for_review_and_grants_end_sessions() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({
+                "name": "shop-held", "kind": "mysql", "target": format!("{}/warden_t", mariadb()),
+                "username": "warden_t_native", "secret": NATIVE_PASSWORD, "allowed_groups": ["dba"],
+                "policies": {"reviews": ["held-for-review"]}, "tls": {"mode": "disable"},
+                "access": {"request_required": true, "reviewers": ["sre"], "review_timeout_secs": 60}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let key = |subject: &'static str, group: &'static str| {
+        let gw = &gw;
+        async move {
+            let (_, k) = gw
+                .admin(
+                    "POST",
+                    "/api/api-keys",
+                    Some(json!({"name": subject, "subject": subject, "groups": [group]})),
+                )
+                .await;
+            k["token"].as_str().unwrap().to_string()
+        }
+    };
+    let (dev, sre) = (key("dev1", "dba").await, key("sre1", "sre").await);
+    let err = connect(&gw, "shop-held", &dev).await.err().unwrap();
+    assert!(
+        err.to_string().contains("warden request shop-held"),
+        "{err}"
+    );
+    let (_, request) = gw
+        .call(
+            "POST",
+            "/api/access-requests",
+            Some(&dev),
+            Some(json!({"connection": "shop-held", "duration": "1h", "reason": "clean up"})),
+        )
+        .await;
+    let rid = request["id"].as_str().unwrap().to_string();
+    let (status, _) = gw
+        .call(
+            "POST",
+            &format!("/api/access-requests/{rid}/approve"),
+            Some(&sre),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let table = unique("held");
+    let mut admin = root().await;
+    admin
+        .query_drop(format!(
+            "CREATE TABLE warden_t.{table} (id INT PRIMARY KEY); INSERT INTO warden_t.{table} VALUES (1), (2)"
+        ))
+        .await
+        .unwrap();
+    let mut conn = connect(&gw, "shop-held", &dev).await.unwrap();
+    let delete = format!("DELETE FROM {table} WHERE id = 1");
+    let held = tokio::spawn({
+        let delete = delete.clone();
+        async move {
+            let r = conn.query_drop(&delete).await;
+            (r, conn)
+        }
+    });
+    let id = loop {
+        let (_, list) = gw
+            .call("GET", "/api/reviews?status=pending", Some(&sre), None)
+            .await;
+        if let Some(r) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["command"] == delete.as_str())
+        {
+            break r["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (status, _) = gw
+        .call(
+            "POST",
+            &format!("/api/reviews/{id}/approve"),
+            Some(&sre),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (result, mut conn) = held.await.unwrap();
+    result.unwrap();
+    let left: Vec<i32> = admin
+        .query(format!("SELECT id FROM warden_t.{table}"))
+        .await
+        .unwrap();
+    assert_eq!(left, [2]);
+
+    // Revoking the grant ends the session with ER_CONNECTION_KILLED.
+    let (status, _) = gw
+        .call(
+            "POST",
+            &format!("/api/access-requests/{rid}/revoke"),
+            Some(&sre),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = conn.query_drop("SELECT 1").await.unwrap_err();
+    assert_eq!(server_code(&err), 1927, "{err}");
+    assert!(server_message(&err).contains("revoked by sre1"), "{err}");
+    admin
+        .query_drop(format!("DROP TABLE warden_t.{table}"))
+        .await
+        .unwrap();
+}

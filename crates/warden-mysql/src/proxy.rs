@@ -386,6 +386,12 @@ pub async fn serve_client<H: SessionHooks>(
         r = ended.wait() => (Some(r), true),
     };
     if by_gateway {
+        if !relay.awaiting {
+            // Idle: the error is read as the answer to the client's next command
+            // (whose answer starts at sequence id 1), so it is shown, not taken for
+            // a protocol fault.
+            relay.client_seq = 1;
+        }
         if let Some(why) = &reason {
             relay.refuse(errno::KILLED, why);
         }
