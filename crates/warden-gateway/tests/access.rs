@@ -509,6 +509,19 @@ async fn held_statements_wait_for_their_review() {
     );
     assert!(usable, "the session stays usable");
 
+    // The extended protocol: the Parse is held; once approved, it runs bound.
+    let prepared = "DELETE FROM warden_review_t WHERE id = $1";
+    let held = tokio::spawn({
+        let client = connect(&gw, "reviewed", &alice).await.unwrap();
+        async move { client.execute(prepared, &[&4i32]).await.map_err(|e| db_error(&e)) }
+    });
+    let id4 = pending_review(&gw, &bob, prepared).await;
+    let (status, _) = gw
+        .call("POST", &format!("/api/reviews/{id4}/approve"), Some(&bob), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(held.await.unwrap(), Ok(1));
+
     // Nobody decides in time: refused, and the review is expired.
     let client = connect(&gw, "hasty", &alice).await.unwrap();
     let err = client
@@ -528,7 +541,7 @@ async fn held_statements_wait_for_their_review() {
         .query_one("SELECT count(*) FROM warden_review_t", &[])
         .await
         .unwrap();
-    assert_eq!(rows.get::<_, i64>(0), 9, "neither refused DELETE ran");
+    assert_eq!(rows.get::<_, i64>(0), 8, "neither refused DELETE ran");
 
     // Approving after the end is refused.
     let (status, _) = gw
@@ -679,10 +692,10 @@ fn verified(secret: &str, headers: &HeaderMap, body: &[u8]) -> Value {
     event
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhooks_are_signed_retried_dead_lettered_and_survive_a_restart() {
+both_stores!(webhooks_are_signed_retried_dead_lettered_and_survive_a_restart);
+async fn webhooks_are_signed_retried_dead_lettered_and_survive_a_restart(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+    let store_url = warden_store::testing::fresh_url(backend, dir.path())
         .await
         .unwrap();
     let mut config = base_config(
@@ -778,6 +791,12 @@ async fn webhooks_are_signed_retried_dead_lettered_and_survive_a_restart() {
         !view.to_string().contains(secret),
         "the secret is never shown again"
     );
+    let (_, listed) = gw.admin("GET", "/api/webhooks", None).await;
+    let generated_secret = generated["secret"].as_str().unwrap();
+    let visible = gw.everything_visible(&[&listed]).await;
+    for s in [secret, generated_secret] {
+        assert!(!visible.contains(s), "a webhook secret leaked");
+    }
 
     // The receiver goes away; events keep coming; the gateway is stopped before
     // they can be delivered, and delivers them after its restart.
@@ -821,6 +840,20 @@ async fn webhooks_are_signed_retried_dead_lettered_and_survive_a_restart() {
             "DROP TABLE gone_2"
         ]
     );
+    // With a healthy receiver, a blocked statement arrives at once (printed, not
+    // asserted: tests do not time things).
+    let before = received.deliveries.lock().unwrap().len();
+    let client = connect(&gw, "hooked", &alice).await.unwrap();
+    assert!(client.simple_query("DROP TABLE timed").await.is_err());
+    let blocked_at = Instant::now();
+    while received.deliveries.lock().unwrap().len() == before {
+        assert!(blocked_at.elapsed() < Duration::from_secs(30), "no delivery");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eprintln!(
+        "a blocked statement reached the webhook {} ms after the client saw the error",
+        blocked_at.elapsed().as_millis()
+    );
     let (status, _) = gw
         .admin("DELETE", &format!("/api/webhooks/{hook_id}"), None)
         .await;
@@ -828,10 +861,10 @@ async fn webhooks_are_signed_retried_dead_lettered_and_survive_a_restart() {
     assert!(!gw.audit_events("webhook.delete").await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undeliverable_events_become_dead_letters() {
+both_stores!(undeliverable_events_become_dead_letters);
+async fn undeliverable_events_become_dead_letters(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+    let store_url = warden_store::testing::fresh_url(backend, dir.path())
         .await
         .unwrap();
     let mut config = base_config(
