@@ -513,11 +513,21 @@ async fn held_statements_wait_for_their_review() {
     let prepared = "DELETE FROM warden_review_t WHERE id = $1";
     let held = tokio::spawn({
         let client = connect(&gw, "reviewed", &alice).await.unwrap();
-        async move { client.execute(prepared, &[&4i32]).await.map_err(|e| db_error(&e)) }
+        async move {
+            client
+                .execute(prepared, &[&4i32])
+                .await
+                .map_err(|e| db_error(&e))
+        }
     });
     let id4 = pending_review(&gw, &bob, prepared).await;
     let (status, _) = gw
-        .call("POST", &format!("/api/reviews/{id4}/approve"), Some(&bob), None)
+        .call(
+            "POST",
+            &format!("/api/reviews/{id4}/approve"),
+            Some(&bob),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(held.await.unwrap(), Ok(1));
@@ -553,6 +563,27 @@ async fn held_statements_wait_for_their_review() {
         )
         .await;
     assert_eq!(status, 409);
+    // A client that leaves while held: approving afterwards runs nothing.
+    let leaving = "DELETE FROM warden_review_t WHERE id = 7";
+    let (client, conn) = connect_watched(&gw, "reviewed", &alice).await.unwrap();
+    let task = tokio::spawn(async move { client.simple_query(leaving).await.is_ok() });
+    let id7 = pending_review(&gw, &bob, leaving).await;
+    task.abort();
+    conn.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = gw
+        .call("POST", &format!("/api/reviews/{id7}/approve"), Some(&bob), None)
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = other
+        .query_one("SELECT count(*) FROM warden_review_t WHERE id = 7", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 1, "nothing ran for a client that left");
+    let (_, review) = gw.call("GET", &format!("/api/reviews/{id7}"), Some(&bob), None).await;
+    assert!(review["used_at"].is_null(), "{review}");
+
     for kind in ["review.request", "review.approve", "review.reject"] {
         assert!(!gw.audit_events(kind).await.is_empty(), "{kind}");
     }
@@ -847,7 +878,10 @@ async fn webhooks_are_signed_retried_dead_lettered_and_survive_a_restart(backend
     assert!(client.simple_query("DROP TABLE timed").await.is_err());
     let blocked_at = Instant::now();
     while received.deliveries.lock().unwrap().len() == before {
-        assert!(blocked_at.elapsed() < Duration::from_secs(30), "no delivery");
+        assert!(
+            blocked_at.elapsed() < Duration::from_secs(30),
+            "no delivery"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     eprintln!(

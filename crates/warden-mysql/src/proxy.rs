@@ -870,7 +870,29 @@ impl<H: SessionHooks> Relay<H> {
                     detail: serde_json::json!({"review": id, "message": message}),
                     decision: Some(Decision::Review { rule: rule.clone() }),
                 });
-                let outcome = self.hooks.await_review(&id).await;
+                let hooks = self.hooks.clone();
+                let wait_id = id.clone();
+                let waiting = hooks.await_review(&wait_id);
+                tokio::pin!(waiting);
+                // A client that leaves while its statement waits must not have it
+                // run for nobody; what it sends meanwhile is kept (bounded).
+                let outcome = loop {
+                    let watch_client = self.client_buf.len() < 1 << 20;
+                    tokio::select! {
+                        o = &mut waiting => break o,
+                        r = self.client.read_buf(&mut self.client_buf), if watch_client => {
+                            if matches!(r, Ok(0) | Err(_)) {
+                                return (
+                                    Decision::Deny {
+                                        rule,
+                                        reason: "the client left while the statement waited for review".into(),
+                                    },
+                                    None,
+                                );
+                            }
+                        }
+                    }
+                };
                 let approved = matches!(outcome, ReviewOutcome::Approved { .. });
                 (outcome.decision(&rule), approved.then_some(id))
             }

@@ -396,6 +396,9 @@ const CLIENT_GONE: &str = "client disconnected";
 /// Marker → (rule, reason) for statements replaced by a failing stand-in.
 type Denials = Arc<Mutex<HashMap<String, (String, String)>>>;
 
+/// Bytes read ahead from a client while one of its statements waits for review.
+const HELD_READ_LIMIT: usize = 1 << 20;
+
 fn stand_in(marker: &str) -> String {
     format!("SELECT 1 FROM \"{marker}\"")
 }
@@ -544,15 +547,28 @@ async fn relay<H: SessionHooks>(
                     return Some("database connection lost".to_string());
                 }
                 let rule = rule.clone();
-                let (outcome, id) = hold_for_review(
+                let held = hold_for_review(
                     hooks.as_ref(),
                     &session_id,
                     &sql,
                     &rule,
                     &notices,
                     up_recorder.as_ref(),
-                )
-                .await;
+                );
+                tokio::pin!(held);
+                // A client that leaves while its statement waits ends the session:
+                // an approval must not run it for nobody. What it sends meanwhile is
+                // kept (up to a bound) for after the decision.
+                let (outcome, id) = loop {
+                    tokio::select! {
+                        decided = &mut held => break decided,
+                        read = client_rd.read_buf(&mut client_buf), if client_buf.len() < HELD_READ_LIMIT => {
+                            if matches!(read, Ok(0) | Err(_)) {
+                                return Some(CLIENT_GONE.to_string());
+                            }
+                        }
+                    }
+                };
                 decision = outcome;
                 review = id;
             }

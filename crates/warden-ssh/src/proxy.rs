@@ -141,6 +141,7 @@ impl<H: SshHooks> SshProxy<H> {
             Err(e) => Some(e.to_string()),
         };
         if let Some(live) = slot.get() {
+            live.gone.store(true, Ordering::Relaxed);
             if let Some(Ok(backend)) = live.backend.get() {
                 let _ = backend
                     .disconnect(russh::Disconnect::ByApplication, "", "en")
@@ -193,6 +194,8 @@ struct Live {
     from_client: AtomicU64,
     to_client: AtomicU64,
     end_reason: Mutex<Option<String>>,
+    /// The client's connection has ended.
+    gone: AtomicBool,
 }
 
 impl Live {
@@ -287,6 +290,7 @@ impl<H: SshHooks> ClientHandler<H> {
             from_client: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
             end_reason: Mutex::new(None),
+            gone: AtomicBool::new(false),
         });
         tracing::info!(session = %live.grant.id, "ssh session opened");
         if let Ok(mut slot) = self.slot.live.lock() {
@@ -894,6 +898,16 @@ impl<H: SshHooks> SessionChannel<H> {
                     }),
                 });
                 let outcome = self.hooks.await_review(&id).await;
+                // Approved after the client left: nobody would see it run.
+                if self.live.gone.load(Ordering::Relaxed) {
+                    return (
+                        Decision::Deny {
+                            rule: rule.to_string(),
+                            reason: "the client left while the command waited for review".into(),
+                        },
+                        None,
+                    );
+                }
                 let approved = matches!(outcome, ReviewOutcome::Approved { .. });
                 (outcome.decision(rule), approved.then_some(id))
             }
