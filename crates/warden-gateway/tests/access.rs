@@ -37,19 +37,6 @@ async fn add_pg(gw: &TestGateway, name: &str, access: Value, policies: Value) {
     assert_eq!(status, 201, "{body}");
 }
 
-/// An API key for `subject` in `groups`.
-async fn key(gw: &TestGateway, subject: &str, groups: &[&str]) -> String {
-    let (status, key) = gw
-        .admin(
-            "POST",
-            "/api/api-keys",
-            Some(json!({"name": format!("{subject}-key"), "subject": subject, "groups": groups})),
-        )
-        .await;
-    assert_eq!(status, 201, "{key}");
-    key["token"].as_str().unwrap().to_string()
-}
-
 async fn connect(
     gw: &TestGateway,
     db: &str,
@@ -139,10 +126,10 @@ async fn requests_need_distinct_reviewers_and_grants_end_sessions(backend: Backe
         json!({}),
     )
     .await;
-    let alice = key(&gw, "alice", &["dev", "sre"]).await;
-    let bob = key(&gw, "bob", &["sre"]).await;
-    let carol = key(&gw, "carol", &["sre"]).await;
-    let mallory = key(&gw, "mallory", &["dev"]).await;
+    let alice = gw.key_for("alice", &["dev", "sre"]).await;
+    let bob = gw.key_for("bob", &["sre"]).await;
+    let carol = gw.key_for("carol", &["sre"]).await;
+    let mallory = gw.key_for("mallory", &["dev"]).await;
 
     // No grant: refused, and told how to get one.
     let err = connect(&gw, "prod", &alice).await.err().unwrap();
@@ -370,20 +357,6 @@ async fn review_table(name: &str) {
         .unwrap();
 }
 
-async fn pending_review(gw: &TestGateway, token: &str, command: &str) -> String {
-    eventually("a pending review", || async {
-        let (_, list) = gw
-            .call("GET", "/api/reviews?status=pending", Some(token), None)
-            .await;
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["command"] == command)
-            .map(|r| r["id"].as_str().unwrap().to_string())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_statements_wait_for_their_review() {
     let gw = TestGateway::start(Backend::Sqlite, None).await;
@@ -401,8 +374,8 @@ async fn held_statements_wait_for_their_review() {
         json!({"reviews": ["held-for-review"]}),
     )
     .await;
-    let alice = key(&gw, "alice", &["dev"]).await;
-    let bob = key(&gw, "bob", &["sre"]).await;
+    let alice = gw.key_for("alice", &["dev"]).await;
+    let bob = gw.key_for("bob", &["sre"]).await;
     review_table("warden_review_t").await;
     let port = gw.gateway.pg_addr().unwrap().port();
 
@@ -418,7 +391,7 @@ async fn held_statements_wait_for_their_review() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let id = pending_review(&gw, &bob, delete).await;
+    let id = gw.pending_review(&bob, delete).await;
     // Meanwhile other sessions, even alice's own, are not blocked.
     let other = connect(&gw, "reviewed", &alice).await.unwrap();
     let rows = other
@@ -490,7 +463,9 @@ async fn held_statements_wait_for_their_review() {
             )
         }
     });
-    let id2 = pending_review(&gw, &bob, "DELETE FROM warden_review_t WHERE id = 2").await;
+    let id2 = gw
+        .pending_review(&bob, "DELETE FROM warden_review_t WHERE id = 2")
+        .await;
     let (status, _) = gw
         .call(
             "POST",
@@ -520,7 +495,7 @@ async fn held_statements_wait_for_their_review() {
                 .map_err(|e| db_error(&e))
         }
     });
-    let id4 = pending_review(&gw, &bob, prepared).await;
+    let id4 = gw.pending_review(&bob, prepared).await;
     let (status, _) = gw
         .call(
             "POST",
@@ -567,12 +542,17 @@ async fn held_statements_wait_for_their_review() {
     let leaving = "DELETE FROM warden_review_t WHERE id = 7";
     let (client, conn) = connect_watched(&gw, "reviewed", &alice).await.unwrap();
     let task = tokio::spawn(async move { client.simple_query(leaving).await.is_ok() });
-    let id7 = pending_review(&gw, &bob, leaving).await;
+    let id7 = gw.pending_review(&bob, leaving).await;
     task.abort();
     conn.abort();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, _) = gw
-        .call("POST", &format!("/api/reviews/{id7}/approve"), Some(&bob), None)
+        .call(
+            "POST",
+            &format!("/api/reviews/{id7}/approve"),
+            Some(&bob),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -580,8 +560,14 @@ async fn held_statements_wait_for_their_review() {
         .query_one("SELECT count(*) FROM warden_review_t WHERE id = 7", &[])
         .await
         .unwrap();
-    assert_eq!(rows.get::<_, i64>(0), 1, "nothing ran for a client that left");
-    let (_, review) = gw.call("GET", &format!("/api/reviews/{id7}"), Some(&bob), None).await;
+    assert_eq!(
+        rows.get::<_, i64>(0),
+        1,
+        "nothing ran for a client that left"
+    );
+    let (_, review) = gw
+        .call("GET", &format!("/api/reviews/{id7}"), Some(&bob), None)
+        .await;
     assert!(review["used_at"].is_null(), "{review}");
 
     for kind in ["review.request", "review.approve", "review.reject"] {
@@ -606,8 +592,8 @@ async fn a_review_asked_ahead_lets_the_identical_statement_run_once() {
         json!({"reviews": ["held-for-review"]}),
     )
     .await;
-    let alice = key(&gw, "alice", &["dev"]).await;
-    let bob = key(&gw, "bob", &["sre"]).await;
+    let alice = gw.key_for("alice", &["dev"]).await;
+    let bob = gw.key_for("bob", &["sre"]).await;
     review_table("warden_review_ahead").await;
     let delete = "DELETE FROM warden_review_ahead WHERE id = 5";
 
@@ -745,7 +731,7 @@ async fn webhooks_are_signed_retried_dead_lettered_and_survive_a_restart(backend
         json!({"guardrails": ["no-drops"]}),
     )
     .await;
-    let alice = key(&gw, "alice", &["dev"]).await;
+    let alice = gw.key_for("alice", &["dev"]).await;
 
     let received = Arc::new(Received::default());
     received.fail_first.store(2, Ordering::SeqCst);
@@ -990,7 +976,7 @@ decisions = ["deny"]
     .unwrap();
     let gw = TestGateway::with_config(config, dir).await;
     add_pg(&gw, "siem", json!({}), json!({"guardrails": ["no-drops"]})).await;
-    let alice = key(&gw, "alice", &["dev"]).await;
+    let alice = gw.key_for("alice", &["dev"]).await;
     let client = connect(&gw, "siem", &alice).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     assert!(

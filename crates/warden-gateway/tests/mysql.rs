@@ -1028,20 +1028,10 @@ async fn held_statements_wait_for_review_and_grants_end_sessions() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let key = |subject: &'static str, group: &'static str| {
-        let gw = &gw;
-        async move {
-            let (_, k) = gw
-                .admin(
-                    "POST",
-                    "/api/api-keys",
-                    Some(json!({"name": subject, "subject": subject, "groups": [group]})),
-                )
-                .await;
-            k["token"].as_str().unwrap().to_string()
-        }
-    };
-    let (dev, sre) = (key("dev1", "dba").await, key("sre1", "sre").await);
+    let (dev, sre) = (
+        gw.key_for("dev1", &["dba"]).await,
+        gw.key_for("sre1", &["sre"]).await,
+    );
     let err = connect(&gw, "shop-held", &dev).await.err().unwrap();
     assert!(
         err.to_string().contains("warden request shop-held"),
@@ -1083,20 +1073,7 @@ async fn held_statements_wait_for_review_and_grants_end_sessions() {
             (r, conn)
         }
     });
-    let id = loop {
-        let (_, list) = gw
-            .call("GET", "/api/reviews?status=pending", Some(&sre), None)
-            .await;
-        if let Some(r) = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["command"] == delete.as_str())
-        {
-            break r["id"].as_str().unwrap().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let id = gw.pending_review(&sre, &delete).await;
     let (status, _) = gw
         .call(
             "POST",

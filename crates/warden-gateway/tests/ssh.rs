@@ -774,24 +774,6 @@ async fn oidc_tokens_log_in_until_they_expire_and_a_held_password_works_too() {
     assert!(!seen.contains(&jwt));
 }
 
-async fn pending_review_id(gw: &TestGateway, reviewer: &str, command: &str) -> String {
-    for _ in 0..300 {
-        let (_, list) = gw
-            .call("GET", "/api/reviews?status=pending", Some(reviewer), None)
-            .await;
-        if let Some(r) = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["command"] == command)
-        {
-            return r["id"].as_str().unwrap().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no pending review of `{command}`");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_commands_wait_for_review_and_grants_end_sessions() {
     let gw = TestGateway::start(Backend::Sqlite, None).await;
@@ -819,7 +801,7 @@ async fn held_commands_wait_for_review_and_grants_end_sessions() {
         })
     };
     let held = run("echo held-ok");
-    let id = pending_review_id(&gw, &sre, "echo held-ok").await;
+    let id = gw.pending_review(&sre, "echo held-ok").await;
     let (status, _) = gw
         .call(
             "POST",
@@ -842,7 +824,7 @@ async fn held_commands_wait_for_review_and_grants_end_sessions() {
 
     // Rejected: exit status 1 and the reason on stderr; nothing ran.
     let held = run("echo held-no");
-    let id = pending_review_id(&gw, &sre, "echo held-no").await;
+    let id = gw.pending_review(&sre, "echo held-no").await;
     let (status, _) = gw
         .call(
             "POST",

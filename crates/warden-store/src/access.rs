@@ -260,24 +260,14 @@ impl Store {
     }
 
     pub async fn access_request(&self, id: Uuid) -> Result<Option<AccessRequest>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ACCESS_COLUMNS} FROM access_requests WHERE id = $1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(access_from_row).transpose()
+        self.request_row(ACCESS_COLUMNS, "access_requests", id, access_from_row)
+            .await
     }
 
     /// Newest first.
     pub async fn list_access_requests(&self, f: &RequestFilter) -> Result<Vec<AccessRequest>> {
-        let (sql, args) = filtered(ACCESS_COLUMNS, "access_requests", f);
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for a in args {
-            q = q.bind(a);
-        }
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(access_from_row).collect()
+        self.request_rows(ACCESS_COLUMNS, "access_requests", f, access_from_row)
+            .await
     }
 
     /// Writes `new` and records `event` if the request is still as `old` was read
@@ -288,29 +278,15 @@ impl Store {
         new: &AccessRequest,
         event: &Event,
     ) -> Result<bool> {
-        let d = &new.decision;
-        let mut tx = self.begin_audited().await?;
-        let done = sqlx::query(
-            "UPDATE access_requests SET status = $1, approvals_json = $2, decided_by = $3, \
-             decision_comment = $4, decided_at = $5, ends_at = $6 \
-             WHERE id = $7 AND status = $8 AND approvals_json = $9",
+        self.update_decision(
+            "access_requests",
+            new.id,
+            &old.decision,
+            &new.decision,
+            Some(new.ends_at),
+            event,
         )
-        .bind(d.status.as_str())
-        .bind(serde_json::to_string(&d.approvals)?)
-        .bind(d.decided_by.as_deref())
-        .bind(d.comment.as_deref())
-        .bind(opt_micros(d.decided_at))
-        .bind(opt_micros(new.ends_at))
-        .bind(new.id.to_string())
-        .bind(old.decision.status.as_str())
-        .bind(serde_json::to_string(&old.decision.approvals)?)
-        .execute(tx.conn())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        tx.commit_with(event).await?;
-        Ok(true)
+        .await
     }
 
     /// The grant (approved, not ended) of `subject` on `connection` that ends last.
@@ -403,51 +379,21 @@ impl Store {
     }
 
     pub async fn review(&self, id: Uuid) -> Result<Option<Review>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REVIEW_COLUMNS} FROM reviews WHERE id = $1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(review_from_row).transpose()
+        self.request_row(REVIEW_COLUMNS, "reviews", id, review_from_row)
+            .await
     }
 
     /// Newest first.
     pub async fn list_reviews(&self, f: &RequestFilter) -> Result<Vec<Review>> {
-        let (sql, args) = filtered(REVIEW_COLUMNS, "reviews", f);
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for a in args {
-            q = q.bind(a);
-        }
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(review_from_row).collect()
+        self.request_rows(REVIEW_COLUMNS, "reviews", f, review_from_row)
+            .await
     }
 
     /// Writes `new`'s decision and records `event` if the review is still as `old`
     /// was read; false when someone else changed it first.
     pub async fn update_review(&self, old: &Review, new: &Review, event: &Event) -> Result<bool> {
-        let d = &new.decision;
-        let mut tx = self.begin_audited().await?;
-        let done = sqlx::query(
-            "UPDATE reviews SET status = $1, approvals_json = $2, decided_by = $3, \
-             decision_comment = $4, decided_at = $5 \
-             WHERE id = $6 AND status = $7 AND approvals_json = $8",
-        )
-        .bind(d.status.as_str())
-        .bind(serde_json::to_string(&d.approvals)?)
-        .bind(d.decided_by.as_deref())
-        .bind(d.comment.as_deref())
-        .bind(opt_micros(d.decided_at))
-        .bind(new.id.to_string())
-        .bind(old.decision.status.as_str())
-        .bind(serde_json::to_string(&old.decision.approvals)?)
-        .execute(tx.conn())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        tx.commit_with(event).await?;
-        Ok(true)
+        self.update_decision("reviews", new.id, &old.decision, &new.decision, None, event)
+            .await
     }
 
     /// An approved, unused, unexpired review of exactly `command` by `subject` on
@@ -502,6 +448,78 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(review_from_row).collect()
+    }
+
+    async fn request_row<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        id: Uuid,
+        from_row: fn(&AnyRow) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns} FROM {table} WHERE id = $1"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    async fn request_rows<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        f: &RequestFilter,
+        from_row: fn(&AnyRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let (sql, args) = filtered(columns, table, f);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in args {
+            q = q.bind(a);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// The compare-and-set both kinds share: the decision columns change (and, for
+    /// access requests, `ends_at`) only if status and approvals are still `old`'s.
+    async fn update_decision(
+        &self,
+        table: &str,
+        id: Uuid,
+        old: &Approvals,
+        new: &Approvals,
+        ends_at: Option<Option<OffsetDateTime>>,
+        event: &Event,
+    ) -> Result<bool> {
+        let ends = if ends_at.is_some() {
+            ", ends_at = $9"
+        } else {
+            ""
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET status = $1, approvals_json = $2, decided_by = $3, \
+             decision_comment = $4, decided_at = $5{ends} \
+             WHERE id = $6 AND status = $7 AND approvals_json = $8"
+        )))
+        .bind(new.status.as_str())
+        .bind(serde_json::to_string(&new.approvals)?)
+        .bind(new.decided_by.as_deref())
+        .bind(new.comment.as_deref())
+        .bind(opt_micros(new.decided_at))
+        .bind(id.to_string())
+        .bind(old.status.as_str())
+        .bind(serde_json::to_string(&old.approvals)?);
+        if let Some(ends_at) = ends_at {
+            q = q.bind(opt_micros(ends_at));
+        }
+        let mut tx = self.begin_audited().await?;
+        if q.execute(tx.conn()).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit_with(event).await?;
+        Ok(true)
     }
 }
 

@@ -92,12 +92,31 @@ pub(super) fn comment_of(body: &Bytes) -> Result<Option<String>, ApiError> {
     Ok(comment)
 }
 
-fn visible(state: &AppState, caller: &Caller, r: &AccessRequest) -> bool {
+/// Whether the caller may see (and so try to decide) something `subject` asked
+/// for, reviewed by `reviewers`: its requester, a reviewer, or an admin.
+pub(super) fn may_see(
+    state: &AppState,
+    caller: &Caller,
+    subject: &str,
+    reviewers: &[String],
+) -> bool {
     caller.is_admin
-        || r.subject == caller.identity.subject
-        || state
-            .access
-            .may_review(&caller.identity, &r.decision.reviewers)
+        || subject == caller.identity.subject
+        || state.access.may_review(&caller.identity, reviewers)
+}
+
+fn visible(state: &AppState, caller: &Caller, r: &AccessRequest) -> bool {
+    may_see(state, caller, &r.subject, &r.decision.reviewers)
+}
+
+/// The store filter a list query asks for.
+pub(super) fn filter_of(caller: &Caller, q: RequestQuery) -> Result<RequestFilter, ApiError> {
+    Ok(RequestFilter {
+        subject: q.mine.then(|| caller.identity.subject.clone()),
+        connection: q.connection,
+        status: parse_status(q.status.as_deref())?,
+        limit: q.limit.unwrap_or(100),
+    })
 }
 
 /// Requests the caller made or may decide (admins: all), newest first.
@@ -109,12 +128,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<RequestQuery>,
 ) -> Result<Json<Vec<AccessRequest>>, ApiError> {
-    let filter = RequestFilter {
-        subject: q.mine.then(|| caller.identity.subject.clone()),
-        connection: q.connection,
-        status: parse_status(q.status.as_deref())?,
-        limit: q.limit.unwrap_or(100),
-    };
+    let filter = filter_of(&caller, q)?;
     let all = state
         .store
         .list_access_requests(&filter)
@@ -230,34 +244,7 @@ pub async fn approve(
     Path(id): Path<Uuid>,
     body: Bytes,
 ) -> Result<Json<AccessRequest>, ApiError> {
-    let comment = comment_of(&body)?;
-    let old = load(&state, &caller, id).await?;
-    let mut new = old.clone();
-    let may = state
-        .access
-        .may_review(&caller.identity, &old.decision.reviewers);
-    let now = timefmt::now();
-    let granted = new
-        .decision
-        .approve(&old.subject, &caller.identity.subject, may, comment, now)
-        .map_err(decision_error)?;
-    let kind = if granted {
-        new.ends_at =
-            Some(now + time::Duration::seconds(i64::try_from(new.duration_secs).unwrap_or(3600)));
-        "access.grant"
-    } else {
-        "access.approve"
-    };
-    let event = access_event(kind, &new).by(&caller.identity);
-    if !state
-        .store
-        .update_access_request(&old, &new, &event)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-    {
-        return Err(changed_meanwhile());
-    }
-    Ok(Json(new))
+    decide(state, caller, id, &body, true).await
 }
 
 /// Reject (a reviewer of the connection, not the requester): ends the request.
@@ -271,22 +258,40 @@ pub async fn reject(
     Path(id): Path<Uuid>,
     body: Bytes,
 ) -> Result<Json<AccessRequest>, ApiError> {
-    let comment = comment_of(&body)?;
+    decide(state, caller, id, &body, false).await
+}
+
+async fn decide(
+    state: AppState,
+    caller: Caller,
+    id: Uuid,
+    body: &Bytes,
+    approve: bool,
+) -> Result<Json<AccessRequest>, ApiError> {
+    let comment = comment_of(body)?;
     let old = load(&state, &caller, id).await?;
     let mut new = old.clone();
     let may = state
         .access
         .may_review(&caller.identity, &old.decision.reviewers);
-    new.decision
-        .reject(
-            &old.subject,
-            &caller.identity.subject,
-            may,
-            comment,
-            timefmt::now(),
-        )
-        .map_err(decision_error)?;
-    let event = access_event("access.reject", &new).by(&caller.identity);
+    let (me, now) = (caller.identity.subject.as_str(), timefmt::now());
+    let kind = if !approve {
+        new.decision
+            .reject(&old.subject, me, may, comment, now)
+            .map_err(decision_error)?;
+        "access.reject"
+    } else if new
+        .decision
+        .approve(&old.subject, me, may, comment, now)
+        .map_err(decision_error)?
+    {
+        new.ends_at =
+            Some(now + time::Duration::seconds(i64::try_from(new.duration_secs).unwrap_or(3600)));
+        "access.grant"
+    } else {
+        "access.approve"
+    };
+    let event = access_event(kind, &new).by(&caller.identity);
     if !state
         .store
         .update_access_request(&old, &new, &event)

@@ -11,10 +11,10 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use uuid::Uuid;
 use warden_core::{AuthMethod, Decision, timefmt};
-use warden_store::access::{Approvals, RequestFilter, Review};
+use warden_store::access::{Approvals, Review};
 
 use super::access_requests::{
-    RequestQuery, changed_meanwhile, comment_of, decision_error, parse_status,
+    RequestQuery, changed_meanwhile, comment_of, decision_error, filter_of, may_see,
 };
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState, ErrorBody};
@@ -29,11 +29,7 @@ pub struct ReviewCreate {
 }
 
 fn visible(state: &AppState, caller: &Caller, r: &Review) -> bool {
-    caller.is_admin
-        || r.subject == caller.identity.subject
-        || state
-            .access
-            .may_review(&caller.identity, &r.decision.reviewers)
+    may_see(state, caller, &r.subject, &r.decision.reviewers)
 }
 
 /// Reviews the caller asked for or may decide (admins: all), newest first.
@@ -45,12 +41,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<RequestQuery>,
 ) -> Result<Json<Vec<Review>>, ApiError> {
-    let filter = RequestFilter {
-        subject: q.mine.then(|| caller.identity.subject.clone()),
-        connection: q.connection,
-        status: parse_status(q.status.as_deref())?,
-        limit: q.limit.unwrap_or(100),
-    };
+    let filter = filter_of(&caller, q)?;
     let all = state
         .store
         .list_reviews(&filter)

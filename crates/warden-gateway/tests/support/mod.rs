@@ -337,6 +337,41 @@ impl TestGateway {
         all + &self.recordings_text()
     }
 
+    /// An API key for `subject` in `groups`.
+    pub async fn key_for(&self, subject: &str, groups: &[&str]) -> String {
+        let (status, key) = self
+            .admin(
+                "POST",
+                "/api/api-keys",
+                Some(
+                    json!({"name": format!("{subject}-key"), "subject": subject, "groups": groups}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{key}");
+        key["token"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (bounded) for a pending review of exactly `command` that `token` may
+    /// see, and returns its id.
+    pub async fn pending_review(&self, token: &str, command: &str) -> String {
+        for _ in 0..300 {
+            let (_, list) = self
+                .call("GET", "/api/reviews?status=pending", Some(token), None)
+                .await;
+            if let Some(r) = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["command"] == command)
+            {
+                return r["id"].as_str().unwrap().to_string();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no pending review of `{command}`");
+    }
+
     /// Audit events of one kind, as the admin sees them.
     pub async fn audit_events(&self, kind: &str) -> Vec<Value> {
         let (status, page) = self
