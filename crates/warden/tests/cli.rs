@@ -881,3 +881,117 @@ fn access_requests_and_reviews_from_the_command_line() {
     );
     stop(running);
 }
+
+/// A minimal HTTP receiver on `listener`: answers every POST with 204 and keeps
+/// the bodies (requests on one connection are read in turn).
+fn webhook_receiver(
+    listener: std::net::TcpListener,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    reader.read_exact(&mut body).unwrap();
+                    kept.lock().unwrap().push(String::from_utf8(body).unwrap());
+                    use std::io::Write;
+                    writer
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                        .unwrap();
+                }
+            });
+        }
+    });
+    bodies
+}
+
+#[test]
+fn events_undelivered_when_the_gateway_is_killed_are_delivered_after_it_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port for the receiver, which is not there yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut gw = start_gateway(dir.path());
+    let admin = gw.printed_key.clone().unwrap();
+    let secret = "cli-webhook-secret-0123456789";
+    let hook = post_admin(
+        &gw.url,
+        &admin,
+        "/api/webhooks",
+        &json!({"url": format!("http://127.0.0.1:{port}/hook"), "kinds": ["connection.*"],
+                "secret": secret}),
+    );
+    assert!(hook["id"].is_string(), "{hook}");
+    for name in ["one", "two", "three"] {
+        post_admin(
+            &gw.url,
+            &admin,
+            "/api/connections",
+            &json!({"name": name, "kind": "postgres", "target": "127.0.0.1:5432",
+                    "username": "warden_t_scram", "allowed_groups": ["dev"]}),
+        );
+    }
+    // SIGKILL while the receiver is down: no shutdown, nothing delivered.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    gw.child.kill().unwrap();
+    let _ = gw.child.wait();
+    let mut logs = String::new();
+    let _ = gw.child.stderr.take().unwrap().read_to_string(&mut logs);
+
+    let bodies = webhook_receiver(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+    let again = start_gateway(dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let names = loop {
+        let got: Vec<String> = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                serde_json::from_str::<Value>(b).unwrap()["connection"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let mut unique = got.clone();
+        unique.dedup();
+        if unique.len() >= 3 {
+            break unique;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivered only {got:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(names, ["one", "two", "three"], "in order, none lost");
+    logs += &stop(again);
+    assert!(
+        !logs.contains(secret),
+        "the webhook secret reached the logs"
+    );
+}
