@@ -198,10 +198,6 @@ impl AccessControl {
             .insert_review(&review, &event)
             .await
             .map_err(store_error)?;
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(review.id, Arc::new(Notify::new()));
         let id = review.id;
         Ok(ReviewHold::Held {
             id: id.to_string(),
@@ -229,12 +225,14 @@ impl AccessControl {
             .entry(uuid)
             .or_insert_with(|| Arc::new(Notify::new()))
             .clone();
-        let outcome = loop {
+        // Forgotten however the wait ends, also when the session drops it.
+        let _forget = Forget(self, uuid);
+        loop {
             // Registered before reading, so a decision in between still wakes us.
             let woken = notify.notified();
             let review = match self.store.review(uuid).await {
                 Ok(Some(r)) => r,
-                Ok(None) => break expired(format!("review {id} is gone")),
+                Ok(None) => return expired(format!("review {id} is gone")),
                 Err(e) => {
                     tracing::warn!(error = %e, review = %id, "review unreadable; retrying");
                     tokio::time::sleep(REVIEW_POLL).await;
@@ -244,7 +242,7 @@ impl AccessControl {
             let now = timefmt::now();
             match review.decision.status {
                 RequestStatus::Approved => {
-                    break match self.store.use_review(uuid, now).await {
+                    return match self.store.use_review(uuid, now).await {
                         Ok(true) => ReviewOutcome::Approved { id: id.to_string() },
                         Ok(false) => expired(format!("review {id} was already used")),
                         Err(e) => expired(format!("review {id} cannot be used ({e})")),
@@ -257,13 +255,13 @@ impl AccessControl {
                         .comment
                         .map(|c| format!(": {c}"))
                         .unwrap_or_default();
-                    break ReviewOutcome::Rejected {
+                    return ReviewOutcome::Rejected {
                         id: id.to_string(),
                         reason: format!("review {id} was rejected by {by}{why}"),
                     };
                 }
                 RequestStatus::Expired | RequestStatus::Revoked => {
-                    break expired(format!("review {id} timed out without a decision"));
+                    return expired(format!("review {id} timed out without a decision"));
                 }
                 RequestStatus::Pending if review.expires_at <= now => {
                     self.expire_review(&review).await;
@@ -276,12 +274,7 @@ impl AccessControl {
                 .unwrap_or(Duration::ZERO)
                 .min(REVIEW_POLL);
             let _ = tokio::time::timeout(left, woken).await;
-        };
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&uuid);
-        outcome
+        }
     }
 
     async fn expire_review(&self, review: &Review) {
@@ -381,6 +374,19 @@ impl AccessControl {
             }
             Err(e) => tracing::warn!(error = %e, "grant statuses not checked"),
         }
+    }
+}
+
+/// Removes a review from the waiting set when its wait ends.
+struct Forget<'a>(&'a AccessControl, Uuid);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.1);
     }
 }
 
