@@ -438,6 +438,32 @@ pub struct AuthConfig {
     pub api_key_max_ttl_secs: u64,
     #[serde(default)]
     pub oidc: Vec<OidcIssuerConfig>,
+    /// How the `warden` CLI logs people in (`warden login`); without it, people use
+    /// `WARDEN_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cli: Option<CliLoginConfig>,
+}
+
+/// The OpenID provider client the `warden` CLI logs in with, as `GET
+/// /api/auth/config` tells it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CliLoginConfig {
+    /// One of `auth.oidc`'s issuers.
+    pub issuer: String,
+    /// A public client registered there for the CLI: authorization code with PKCE
+    /// (loopback redirect) and the device authorization grant.
+    pub client_id: String,
+    #[serde(default = "default_cli_scopes")]
+    pub scopes: Vec<String>,
+    /// A resource indicator (RFC 8707) to ask for, when the provider needs one to
+    /// issue access tokens for the gateway's audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+fn default_cli_scopes() -> Vec<String> {
+    vec!["openid".into(), "offline_access".into()]
 }
 
 /// One trusted OpenID Connect issuer.
@@ -524,6 +550,7 @@ impl Default for AuthConfig {
             api_key_default_ttl_secs: default_api_key_ttl(),
             api_key_max_ttl_secs: default_api_key_max_ttl(),
             oidc: Vec::new(),
+            cli: None,
         }
     }
 }
@@ -659,6 +686,14 @@ impl Config {
         }
         if self.admin_groups.is_empty() {
             return invalid("admin_groups must name at least one group".into());
+        }
+        if let Some(cli) = &self.auth.cli
+            && !self.auth.oidc.iter().any(|o| o.issuer == cli.issuer)
+        {
+            return invalid(format!(
+                "auth.cli.issuer `{}` must be one of the auth.oidc issuers",
+                cli.issuer
+            ));
         }
         if self.events.max_attempts == 0 || self.events.webhook_timeout_secs == 0 {
             return invalid(

@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::me))
+        .routes(routes!(system::auth_config))
         .routes(routes!(connections::list, connections::create))
         .routes(routes!(
             connections::get,

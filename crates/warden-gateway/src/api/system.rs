@@ -53,3 +53,31 @@ pub async fn me(caller: Caller) -> Json<Me> {
         is_admin: caller.is_admin,
     })
 }
+
+/// What the `warden` CLI needs to log people in.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuthConfigView {
+    pub issuer: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub resource: Option<String>,
+}
+
+/// Where and as which client `warden login` signs people in (no token needed).
+#[utoipa::path(get, path = "/api/auth/config", tag = "system",
+    responses((status = 200, body = AuthConfigView), (status = 404, body = ErrorBody)))]
+pub async fn auth_config(State(state): State<AppState>) -> Result<Json<AuthConfigView>, ApiError> {
+    let cli = state.config.auth.cli.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "login_not_configured",
+            "this gateway has no CLI login configured (auth.cli); use WARDEN_TOKEN",
+        )
+    })?;
+    Ok(Json(AuthConfigView {
+        issuer: cli.issuer.clone(),
+        client_id: cli.client_id.clone(),
+        scopes: cli.scopes.clone(),
+        resource: cli.resource.clone(),
+    }))
+}
