@@ -1,7 +1,7 @@
 //! `warden request` and `warden review`: thin clients of the gateway's REST API for
-//! just-in-time access and command reviews. The token comes from `WARDEN_TOKEN`
-//! (an OIDC access token or a Warden API key); output is a human table, or the
-//! API's JSON with `--json`.
+//! just-in-time access and command reviews. The token is `WARDEN_TOKEN` (an OIDC
+//! access token or a Warden API key) or the cached `warden login`; output is a human
+//! table, or the API's JSON with `--json`.
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
@@ -64,17 +64,17 @@ struct Api {
     http: reqwest::Client,
 }
 
+impl ApiArgs {
+    pub async fn whoami(&self) -> Result<()> {
+        crate::login::whoami(&self.gateway, self.token.as_deref(), self.json).await
+    }
+}
+
 impl Api {
-    fn new(args: &ApiArgs) -> Result<Self> {
-        let token = args
-            .token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                anyhow!("no token: set WARDEN_TOKEN to an OIDC access token or a Warden API key")
-            })?;
+    async fn new(args: &ApiArgs) -> Result<Self> {
+        let token = crate::login::token_for(&args.gateway, args.token.as_deref()).await?;
         Ok(Self {
-            base: args.gateway.trim_end_matches('/').to_string(),
+            base: crate::login::gateway_key(&args.gateway),
             token,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -155,7 +155,7 @@ pub async fn request(
     wait: bool,
     args: ApiArgs,
 ) -> Result<ExitCode> {
-    let api = Api::new(&args)?;
+    let api = Api::new(&args).await?;
     let body =
         serde_json::json!({"connection": connection, "duration": duration, "reason": reason});
     let created = api
@@ -212,7 +212,7 @@ pub async fn request(
 pub async fn review(command: ReviewCommand) -> Result<ExitCode> {
     match command {
         ReviewCommand::List { api: args, all } => {
-            let api = Api::new(&args)?;
+            let api = Api::new(&args).await?;
             let filter = if all { "" } else { "?status=pending" };
             let reviews = api
                 .get(&format!("/api/reviews{filter}"))
@@ -265,7 +265,7 @@ pub async fn review(command: ReviewCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ReviewCommand::Show { id, api: args } => {
-            let api = Api::new(&args)?;
+            let api = Api::new(&args).await?;
             let (kind, item) = find(&api, &id).await?;
             if args.json {
                 println!("{item}");
@@ -324,7 +324,7 @@ async fn find(api: &Api, id: &str) -> Result<(&'static str, Value)> {
 }
 
 async fn decide(id: &str, verb: &str, comment: Option<String>, args: ApiArgs) -> Result<ExitCode> {
-    let api = Api::new(&args)?;
+    let api = Api::new(&args).await?;
     let (kind, _) = find(&api, id).await?;
     let path = match kind {
         "review" => format!("/api/reviews/{id}/{verb}"),

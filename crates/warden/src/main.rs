@@ -8,6 +8,7 @@ use warden_gateway::{Config, Gateway};
 use warden_store::audit::AuditFilter;
 
 mod client;
+mod login;
 mod replay;
 
 #[derive(Parser)]
@@ -70,6 +71,29 @@ enum Command {
         /// Wait until it is approved (exit 0) or rejected (exit 1).
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Log in to a gateway through its OpenID provider (browser, or `--device`)
+    /// and cache the token for the other commands.
+    Login {
+        #[arg(long, env = "WARDEN_GATEWAY", default_value = "http://127.0.0.1:8009")]
+        gateway: String,
+        /// Use the device authorization grant: a code to confirm on any device with a
+        /// browser (for machines without one).
+        #[arg(long)]
+        device: bool,
+        /// Print the login page's address without opening a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Forget the cached login to a gateway.
+    Logout {
+        #[arg(long, env = "WARDEN_GATEWAY", default_value = "http://127.0.0.1:8009")]
+        gateway: String,
+    },
+    /// Who the gateway takes you for: subject, groups, admin, token expiry.
+    Whoami {
         #[command(flatten)]
         api: client::ApiArgs,
     },
@@ -219,6 +243,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             api,
         } => client::request(connection, duration, reason, wait, api).await,
         Command::Review { command } => client::review(command).await,
+        Command::Login {
+            gateway,
+            device,
+            no_browser,
+        } => {
+            login::login(&gateway, device, !no_browser).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logout { gateway } => {
+            login::logout(&gateway)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Whoami { api } => {
+            api.whoami().await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -34,8 +34,14 @@ struct Running {
 }
 
 fn start_gateway(dir: &Path) -> Running {
+    start_gateway_with(dir, &[])
+}
+
+/// A gateway with extra environment (such as `WARDEN_CONFIG`).
+fn start_gateway_with(dir: &Path, envs: &[(&str, &str)]) -> Running {
     let mut child = warden(dir)
         .arg("gateway")
+        .envs(envs.iter().copied())
         .env("WARDEN_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -994,4 +1000,250 @@ fn events_undelivered_when_the_gateway_is_killed_are_delivered_after_it_restarts
         !logs.contains(secret),
         "the webhook secret reached the logs"
     );
+}
+
+/// Plays a browser for the test OpenID provider: follows redirects by hand and
+/// keeps cookies (the provider ties a login's steps together with them).
+struct Browser {
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Default::default(),
+        }
+    }
+
+    /// Requests `url` (a POST of `form`, when given) and follows redirects; returns
+    /// the last page.
+    async fn go(&mut self, url: &str, form: Option<Vec<(String, String)>>) -> String {
+        let mut url = reqwest::Url::parse(url).unwrap();
+        let mut form = form;
+        for _ in 0..20 {
+            let cookie = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let req = match form.take() {
+                Some(f) => self.http.post(url.clone()).form(&f),
+                None => self.http.get(url.clone()),
+            };
+            let resp = req.header("cookie", cookie).send().await.unwrap();
+            for c in resp.headers().get_all("set-cookie") {
+                let pair = c.to_str().unwrap().split(';').next().unwrap();
+                if let Some((k, v)) = pair.split_once('=') {
+                    self.cookies.insert(k.to_string(), v.to_string());
+                }
+            }
+            if resp.status().is_redirection() {
+                let location = resp.headers()["location"].to_str().unwrap().to_string();
+                url = url.join(&location).unwrap();
+                continue;
+            }
+            return resp.text().await.unwrap();
+        }
+        panic!("too many redirects");
+    }
+}
+
+/// `name="..." value="..."` pairs of a page's hidden form fields.
+fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    html.split("<input")
+        .skip(1)
+        .filter_map(|tag| {
+            let attr = |name: &str| {
+                let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+                Some(tag[start..].split('"').next()?.to_string())
+            };
+            tag.contains("type=\"hidden\"")
+                .then(|| Some((attr("name")?, attr("value")?)))
+                .flatten()
+        })
+        .collect()
+}
+
+/// Reads a child's stdout until a line starting with `prefix`; returns the rest of
+/// that line, or the next line when the prefix ends its line.
+fn line_after(reader: &mut impl BufRead, prefix: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "no `{prefix}` in {seen}"
+        );
+        seen.push_str(&line);
+        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+            if rest.trim().is_empty() {
+                let mut next = String::new();
+                reader.read_line(&mut next).unwrap();
+                return next.trim().to_string();
+            }
+            return rest.trim().to_string();
+        }
+    }
+}
+
+#[test]
+fn login_with_the_device_flow_and_pkce_caches_and_renews_tokens() {
+    let issuer = std::env::var("WARDEN_TEST_OIDC_ISSUER")
+        .expect("the test OpenID provider (scripts/test.sh starts it)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.oidc]]\nissuer = \"{issuer}\"\naudiences = [\"urn:warden\"]\n\n\
+             [auth.cli]\nissuer = \"{issuer}\"\nclient_id = \"warden-cli\"\n\
+             scopes = [\"openid\", \"offline_access\", \"api\"]\nresource = \"urn:warden\"\n"
+        ),
+    )
+    .unwrap();
+    let running = start_gateway_with(dir.path(), &[("WARDEN_CONFIG", config.to_str().unwrap())]);
+    let url = running.url.clone();
+    let home = dir.path().join("cfg");
+    let cli = |args: &[&str]| {
+        let mut cmd = warden(dir.path());
+        cmd.env("XDG_CONFIG_HOME", &home)
+            .env("WARDEN_GATEWAY", &url)
+            .args(args);
+        cmd
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // The device flow: the CLI prints where to confirm; the test confirms as bob.
+    let mut login = cli(&["login", "--device"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(login.stdout.take().unwrap());
+    let verify = line_after(&mut out, "To log in, open");
+    assert!(verify.contains("user_code="), "{verify}");
+    rt.block_on(async {
+        reqwest::get(format!("{issuer}/test/next-account?name=bob"))
+            .await
+            .unwrap();
+        let mut browser = Browser::new();
+        let mut page = browser.go(&verify, None).await;
+        let code = verify.split("user_code=").nth(1).unwrap().to_string();
+        for _ in 0..3 {
+            if page.contains("Sign-in Success") {
+                break;
+            }
+            let mut fields = hidden_fields(&page);
+            fields.retain(|(k, _)| k != "user_code");
+            fields.push(("user_code".into(), code.clone()));
+            page = browser.go(&format!("{issuer}/device"), Some(fields)).await;
+        }
+        assert!(page.contains("Sign-in Success"), "{page}");
+    });
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = login.wait().unwrap();
+    let mut err = String::new();
+    login
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{rest}\n{err}");
+    assert!(
+        rest.contains(&format!("logged in to {url} as bob (groups: sre)")),
+        "{rest}"
+    );
+
+    // Cached 0600 in a 0700 directory; whoami and API commands use it.
+    use std::os::unix::fs::PermissionsExt;
+    let cache = home.join("warden/tokens.json");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o600);
+    assert_eq!(mode(&home.join("warden")), 0o700);
+    let cached: Value = serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    let first_token = cached["gateways"][&url]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cached["gateways"][&url]["refresh_token"].is_string(),
+        "{cached}"
+    );
+    let who = run(&mut cli(&["whoami"]));
+    assert!(who.status.success(), "{}", text(&who.stderr));
+    let shown = text(&who.stdout);
+    assert!(
+        shown.contains("subject  bob") && shown.contains("groups   sre"),
+        "{shown}"
+    );
+    assert!(!shown.contains(&first_token), "the token is never printed");
+    let listed = run(&mut cli(&["review", "list"]));
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+
+    // An expired token is renewed with the refresh token.
+    let mut edited = cached.clone();
+    edited["gateways"][&url]["expires_at"] = json!(0);
+    std::fs::write(&cache, edited.to_string()).unwrap();
+    let who = run(&mut cli(&["whoami"]));
+    assert!(who.status.success(), "{}", text(&who.stderr));
+    let renewed: Value = serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    let second_token = renewed["gateways"][&url]["access_token"].as_str().unwrap();
+    assert_ne!(second_token, first_token);
+    assert!(renewed["gateways"][&url]["expires_at"].as_i64().unwrap() > 0);
+
+    // Logged out, commands say how to log in.
+    assert!(run(&mut cli(&["logout"])).status.success());
+    let who = run(&mut cli(&["whoami"]));
+    assert!(!who.status.success());
+    assert!(
+        text(&who.stderr).contains("run `warden login --gateway"),
+        "{}",
+        text(&who.stderr)
+    );
+
+    // The browser flow with PKCE: the CLI listens on loopback for the redirect.
+    let mut login = cli(&["login", "--no-browser"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(login.stdout.take().unwrap());
+    let page_url = line_after(&mut out, "To log in, open this page in your browser:");
+    assert!(
+        page_url.contains("code_challenge_method=S256"),
+        "{page_url}"
+    );
+    let landed = rt.block_on(async {
+        Browser::new()
+            .go(&format!("{page_url}&login_hint=alice"), None)
+            .await
+    });
+    assert!(landed.contains("You are logged in to Warden"), "{landed}");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = login.wait().unwrap();
+    let mut err = String::new();
+    login
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{rest}\n{err}");
+    assert!(
+        rest.contains("as alice (groups: dba, developers)"),
+        "{rest}"
+    );
+    let who = run(&mut cli(&["whoami", "--json"]));
+    let me: Value = serde_json::from_slice(&who.stdout).unwrap();
+    assert_eq!(me["subject"], "alice");
+    stop(running);
 }
