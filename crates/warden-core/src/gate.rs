@@ -26,6 +26,15 @@ pub struct LoginRequest<'a> {
     pub client: SocketAddr,
 }
 
+/// A client that arrives through an authenticated tunnel (`warden connect`): the
+/// tunnel names the connection and carries the token, so the client itself sends no
+/// credential. The proxy still opens the session through [`SessionHooks::open`].
+#[derive(Debug, Clone)]
+pub struct TunnelLogin {
+    pub connection: String,
+    pub token: Secret<String>,
+}
+
 /// Why a login was refused; each proxy maps it to its protocol's error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalKind {

@@ -26,7 +26,7 @@ pub use connection::{
 pub use event::{Decision, Event, EventIdentity};
 pub use gate::{
     KeyLogin, ReviewHold, ReviewOutcome, ReviewRequest, SessionEnd, SessionEnder, SshHooks,
-    SshTarget,
+    SshTarget, TunnelLogin,
 };
 pub use gate::{
     LoginRequest, Refusal, RefusalKind, SessionGrant, SessionHooks, StatementRecord, Traffic,

@@ -15,6 +15,7 @@ pub mod policy;
 pub mod recording;
 mod server;
 pub mod terminal;
+pub mod tunnel;
 
 pub use config::Config;
 
@@ -134,11 +135,16 @@ impl Gateway {
             )
             .with_exec_output_limit(config.recordings.exec_output_bytes),
         );
-        let pg_addr = if config.pg.enabled {
-            Some(start_pg_listener(&config, gate.clone(), rx.clone()).await?)
+        let (pg_addr, pg_tunnels) = if config.pg.enabled {
+            let (addr, proxy) = start_pg_listener(&config, gate.clone(), rx.clone()).await?;
+            (Some(addr), Some(proxy))
         } else {
-            None
+            (None, None)
         };
+        let tunnels = Arc::new(tunnel::TunnelTargets {
+            gate: gate.clone(),
+            pg: pg_tunnels,
+        });
         let mysql_addr = if config.mysql.enabled {
             Some(start_mysql_listener(&config, gate.clone(), rx.clone()).await?)
         } else {
@@ -149,15 +155,16 @@ impl Gateway {
         } else {
             None
         };
-        let app = api::router(api::AppState::new(
-            store.clone(),
-            journal.clone(),
+        let app = api::router(api::AppState::new(api::StateInner {
+            store: store.clone(),
+            journal: journal.clone(),
             auth,
             policies,
             access,
             webhooks_changed,
-            config.clone(),
-        ));
+            tunnels,
+            config: config.clone(),
+        }));
         let has_tls = tls.is_some();
         let server = tokio::spawn(server::serve(listener, tls, app, rx));
         tracing::info!(api = %api_addr, tls = has_tls, "gateway started");
@@ -311,7 +318,7 @@ async fn start_pg_listener(
     config: &Config,
     hooks: Arc<gate::SessionGate>,
     shutdown: watch::Receiver<bool>,
-) -> Result<SocketAddr, GatewayError> {
+) -> Result<(SocketAddr, warden_pg::proxy::ProxyConfig), GatewayError> {
     let (listener, addr) = bind_listener(config.pg.listen, "PostgreSQL").await?;
     // PostgreSQL clients before 17 send no ALPN; 17+ with sslnegotiation=direct would
     // send "postgresql", which this listener does not take directly.
@@ -323,11 +330,12 @@ async fn start_pg_listener(
         max_message: config.pg.max_message_bytes,
         login_timeout: std::time::Duration::from_secs(30),
     };
+    let served = proxy_config.clone();
     spawn_accept_loop(listener, shutdown, "postgres", move |stream, peer| {
-        warden_pg::proxy::serve_client(stream, peer, hooks.clone(), proxy_config.clone())
+        warden_pg::proxy::serve_client(stream, peer, hooks.clone(), served.clone())
     });
     tracing::info!(pg = %addr, "PostgreSQL proxy listening");
-    Ok(addr)
+    Ok((addr, proxy_config))
 }
 
 /// Binds the MySQL listener and serves each client on its own task.

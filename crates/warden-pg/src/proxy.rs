@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use warden_core::{
     Action, ConnectionKind, Decision, Guard, LoginRequest, Masker, RefusalKind, ReviewHold,
     ReviewOutcome, ReviewRequest, Secret, SessionEnd, SessionGrant, SessionHooks, SessionRecorder,
-    SqlDialect, StatementRecord, TimelineEvent, Traffic,
+    SqlDialect, StatementRecord, TimelineEvent, Traffic, TunnelLogin,
 };
 
 use crate::backend::{self as out, PgNotice};
@@ -178,7 +178,29 @@ pub async fn serve_client<H: SessionHooks>(
     // Frames are written as they are decided; without this, Nagle and delayed ACKs
     // add ~40 ms to each small request/response exchange.
     let _ = tcp.set_nodelay(true);
-    let mut client: BoxedStream = Box::new(tcp);
+    serve_stream(Box::new(tcp), peer, hooks, config, None).await;
+}
+
+/// Serves a client that came through a tunnel: no TLS negotiation (the tunnel's
+/// transport has its own) and no password exchange (the tunnel carries the token
+/// and names the connection; the database the client names is ignored).
+pub async fn serve_tunnel<H: SessionHooks>(
+    stream: BoxedStream,
+    peer: SocketAddr,
+    hooks: Arc<H>,
+    config: ProxyConfig,
+    tunnel: TunnelLogin,
+) {
+    serve_stream(stream, peer, hooks, config, Some(tunnel)).await;
+}
+
+async fn serve_stream<H: SessionHooks>(
+    mut client: BoxedStream,
+    peer: SocketAddr,
+    hooks: Arc<H>,
+    config: ProxyConfig,
+    tunnel: Option<TunnelLogin>,
+) {
     let mut encrypted = false;
     let decoder = FrontendDecoder::new(config.max_message);
     let mut buf = BytesMut::new();
@@ -189,7 +211,7 @@ pub async fn serve_client<H: SessionHooks>(
     let params = loop {
         match decoder.decode_startup(&mut buf) {
             Ok(Some(f)) => match f.message {
-                PgStartup::SslRequest if !encrypted && config.tls.is_some() => {
+                PgStartup::SslRequest if !encrypted && config.tls.is_some() && tunnel.is_none() => {
                     // Bytes sent after the request but before the handshake would be
                     // taken as if they came through TLS: refuse them.
                     if !buf.is_empty() {
@@ -237,48 +259,28 @@ pub async fn serve_client<H: SessionHooks>(
             }
         }
     };
-    let database = params
-        .param("database")
-        .or(params.param("user"))
-        .unwrap_or("")
-        .to_string();
     let user = params.param("user").unwrap_or("").to_string();
-    if !encrypted && !config.allow_plaintext_tokens && !peer.ip().is_loopback() {
-        let message = if config.tls.is_some() {
-            "token authentication over plain TCP is refused for non-loopback clients: connect with sslmode=require"
-        } else {
-            "token authentication over plain TCP is refused for non-loopback clients, and this listener has no TLS certificate"
-        };
-        return fatal(&mut client, sqlstate::INVALID_AUTHORIZATION, message).await;
-    }
-    let mut b = BytesMut::new();
-    out::authentication_cleartext(&mut b);
-    if client.write_all(&b).await.is_err() {
-        return;
-    }
-    let token = loop {
-        match decoder.decode(&mut buf) {
-            Ok(Some(f)) => match f.message {
-                PgFrontendMessage::Password { payload } => {
-                    let text = String::from_utf8_lossy(&payload);
-                    break text.trim_end_matches('\0').to_string();
-                }
-                other => {
-                    return fatal(
-                        &mut client,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        &format!("expected a password, got {}", other.name()),
-                    )
-                    .await;
-                }
-            },
-            Ok(None) => {
-                if !read_before(login_deadline, &mut client, &mut buf).await {
-                    return;
-                }
-            }
-            Err(e) => {
-                return fatal(&mut client, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+    let (database, token) = match tunnel {
+        Some(t) => (t.connection, t.token.expose().clone()),
+        None => {
+            let database = params
+                .param("database")
+                .or(params.param("user"))
+                .unwrap_or("")
+                .to_string();
+            match ask_token(
+                &mut client,
+                &mut buf,
+                &decoder,
+                &config,
+                peer,
+                encrypted,
+                login_deadline,
+            )
+            .await
+            {
+                Some(token) => (database, token),
+                None => return,
             }
         }
     };
@@ -289,6 +291,71 @@ pub async fn serve_client<H: SessionHooks>(
         token: &token,
         client: peer,
     };
+    serve_login(client, buf, hooks, config, params, request).await;
+}
+
+/// Asks a direct client for its token (the password message); `None` when the
+/// login cannot go on (the client was told why).
+async fn ask_token(
+    client: &mut BoxedStream,
+    buf: &mut BytesMut,
+    decoder: &FrontendDecoder,
+    config: &ProxyConfig,
+    peer: SocketAddr,
+    encrypted: bool,
+    login_deadline: tokio::time::Instant,
+) -> Option<String> {
+    if !encrypted && !config.allow_plaintext_tokens && !peer.ip().is_loopback() {
+        let message = if config.tls.is_some() {
+            "token authentication over plain TCP is refused for non-loopback clients: connect with sslmode=require"
+        } else {
+            "token authentication over plain TCP is refused for non-loopback clients, and this listener has no TLS certificate"
+        };
+        fatal(client, sqlstate::INVALID_AUTHORIZATION, message).await;
+        return None;
+    }
+    let mut b = BytesMut::new();
+    out::authentication_cleartext(&mut b);
+    client.write_all(&b).await.ok()?;
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(f)) => match f.message {
+                PgFrontendMessage::Password { payload } => {
+                    let text = String::from_utf8_lossy(&payload);
+                    return Some(text.trim_end_matches('\0').to_string());
+                }
+                other => {
+                    fatal(
+                        client,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &format!("expected a password, got {}", other.name()),
+                    )
+                    .await;
+                    return None;
+                }
+            },
+            Ok(None) => {
+                if !read_before(login_deadline, client, buf).await {
+                    return None;
+                }
+            }
+            Err(e) => {
+                fatal(client, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Opens the session the login asked for and relays it to its end.
+async fn serve_login<H: SessionHooks>(
+    mut client: BoxedStream,
+    buf: BytesMut,
+    hooks: Arc<H>,
+    config: ProxyConfig,
+    params: PgStartup,
+    request: LoginRequest<'_>,
+) {
     let grant = match hooks.open(request).await {
         Ok(g) => g,
         Err(r) => return fatal(&mut client, refusal_sqlstate(r.kind), &r.message).await,

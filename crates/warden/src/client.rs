@@ -14,10 +14,10 @@ use std::time::Duration;
 pub struct ApiArgs {
     /// The gateway's API URL.
     #[arg(long, env = "WARDEN_GATEWAY", default_value = "http://127.0.0.1:8009")]
-    gateway: String,
+    pub(crate) gateway: String,
     /// An OIDC access token or a Warden API key.
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Print the API's JSON answer instead of a table.
     #[arg(long)]
     json: bool,

@@ -8,6 +8,7 @@ use warden_gateway::{Config, Gateway};
 use warden_store::audit::AuditFilter;
 
 mod client;
+mod connect;
 mod login;
 mod replay;
 
@@ -86,6 +87,16 @@ enum Command {
         /// Print the login page's address without opening a browser.
         #[arg(long)]
         no_browser: bool,
+    },
+    /// Open a local port that leads to a connection through the gateway: local
+    /// clients connect without a password; every policy still applies.
+    Connect {
+        connection: String,
+        /// Local port (default: a free one, printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[command(flatten)]
+        api: client::ApiArgs,
     },
     /// Forget the cached login to a gateway.
     Logout {
@@ -251,6 +262,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             login::login(&gateway, device, !no_browser).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Connect {
+            connection,
+            port,
+            api,
+        } => connect::connect(connection, port, api).await,
         Command::Logout { gateway } => {
             login::logout(&gateway)?;
             Ok(ExitCode::SUCCESS)

@@ -1247,3 +1247,184 @@ fn login_with_the_device_flow_and_pkce_caches_and_renews_tokens() {
     assert_eq!(me["subject"], "alice");
     stop(running);
 }
+
+#[test]
+fn connect_tunnels_psql_with_policies_applied_and_refuses_expired_tokens() {
+    let issuer = std::env::var("WARDEN_TEST_OIDC_ISSUER")
+        .expect("the test OpenID provider (scripts/test.sh starts it)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[auth.oidc]]
+issuer = "{issuer}"
+audiences = ["urn:warden"]
+
+[[policies.guardrails]]
+name = "no-drops"
+[[policies.guardrails.rules]]
+name = "no-ddl"
+sql_statements = ["ddl"]
+
+[[policies.masking]]
+name = "pii"
+detectors = ["email"]
+"#
+        ),
+    )
+    .unwrap();
+    let running = start_gateway_with(
+        dir.path(),
+        &[
+            ("WARDEN_CONFIG", config.to_str().unwrap()),
+            ("WARDEN_AUTH__CLOCK_SKEW_SECS", "0"),
+        ],
+    );
+    let admin = running.printed_key.clone().unwrap();
+    let url = running.url.clone();
+    post_admin(
+        &url,
+        &admin,
+        "/api/connections",
+        &json!({"name": "billing", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                "username": "warden_t_scram", "secret": "scram-pw-1", "allowed_groups": ["dba"],
+                "tls": {"mode": "disable"},
+                "policies": {"guardrails": ["no-drops"], "masking": ["pii"]}}),
+    );
+    let token = post_admin(
+        &url,
+        &admin,
+        "/api/api-keys",
+        &json!({"name": "tunnel", "subject": "carol", "groups": ["dba"]}),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start_connect = |token: &str| {
+        let mut child = warden(dir.path())
+            .env("WARDEN_GATEWAY", &url)
+            .env("WARDEN_TOKEN", token)
+            .args(["connect", "billing"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut head = String::new();
+        let port = loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                break None;
+            }
+            head.push_str(&line);
+            if let Some(rest) = line.split("port=").nth(1) {
+                break Some(rest.split_whitespace().next().unwrap().to_string());
+            }
+        };
+        (child, out, port, head)
+    };
+    let psql = |port: &str, sql: &str| {
+        run(Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={port} dbname=billing sslmode=disable"
+            ))
+            .args(["-X", "-At", "-c", sql])
+            .env_remove("PGPASSWORD"))
+    };
+
+    let (mut child, out, port, head) = start_connect(&token);
+    let port = port.unwrap_or_else(|| panic!("no port in {head}"));
+    assert!(head.contains("psql \"host=127.0.0.1 port="), "{head}");
+    // No password: the tunnel carries the token; the mask and the guardrail apply.
+    let masked = psql(&port, "SELECT 'someone@example.com' AS email");
+    assert!(masked.status.success(), "{}", text(&masked.stderr));
+    assert!(
+        !text(&masked.stdout).contains("someone@example.com"),
+        "{}",
+        text(&masked.stdout)
+    );
+    let denied = psql(&port, "DROP TABLE nothing_here");
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied.stderr).contains("Warden denied this statement"),
+        "{}",
+        text(&denied.stderr)
+    );
+    // It is a session of the token's subject, recorded like any other.
+    let sessions = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{url}/api/sessions"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    let list = sessions
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| sessions["sessions"].as_array().unwrap().clone());
+    assert!(
+        list.iter()
+            .filter(|s| s["subject"] == "carol" && s["connection"] == "billing")
+            .count()
+            >= 2,
+        "{sessions}"
+    );
+    // Ctrl-C closes it cleanly.
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    drop(out);
+
+    // A token that expires while the tunnel listens: later connections are refused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let short: Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{issuer}/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "short-lived"),
+                ("client_secret", "short-lived-secret"),
+                ("resource", "urn:warden"),
+                ("scope", "api"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let short = short["access_token"].as_str().unwrap().to_string();
+    let (mut child, _out, port, head) = start_connect(&short);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let refused = match &port {
+        // Started before the expiry: the next connection through it is refused.
+        Some(port) => text(&psql(port, "SELECT 1").stderr),
+        // The machine was slow enough for it to expire first: refused at the start.
+        None => {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            head + &err
+        }
+    };
+    assert!(refused.contains("expired"), "{refused}");
+    let _ = child.kill();
+    let _ = child.wait();
+    stop(running);
+}

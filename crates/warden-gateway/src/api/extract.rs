@@ -43,7 +43,12 @@ impl Caller {
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ()> {
-    let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+    bearer_of(&parts.headers)
+}
+
+/// The bearer token of a request (`""` when there is none).
+pub(super) fn bearer_of(headers: &axum::http::HeaderMap) -> Result<&str, ()> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok("");
     };
     let value = value.to_str().map_err(|_| ())?;

@@ -12,6 +12,7 @@ mod reviews;
 mod sessions;
 mod ssh_keys;
 mod system;
+mod tunnel;
 mod webhooks;
 
 pub use error::{ApiError, ErrorBody};
@@ -46,6 +47,8 @@ pub struct StateInner {
     pub access: Arc<AccessControl>,
     /// Poked after webhooks change, so delivery picks them up at once.
     pub webhooks_changed: Arc<tokio::sync::Notify>,
+    /// Where `warden connect` tunnels lead.
+    pub tunnels: Arc<crate::tunnel::TunnelTargets>,
     pub config: Arc<Config>,
 }
 
@@ -57,24 +60,8 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(
-        store: Arc<Store>,
-        journal: Arc<AuditJournal>,
-        auth: Arc<Authenticator>,
-        policies: Arc<PolicyRegistry>,
-        access: Arc<AccessControl>,
-        webhooks_changed: Arc<tokio::sync::Notify>,
-        config: Arc<Config>,
-    ) -> Self {
-        Self(Arc::new(StateInner {
-            store,
-            journal,
-            auth,
-            policies,
-            access,
-            webhooks_changed,
-            config,
-        }))
+    pub fn new(inner: StateInner) -> Self {
+        Self(Arc::new(inner))
     }
 
     /// Appends to the audit log; a failure fails the request (fail closed).
@@ -162,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::get, webhooks::delete))
         .routes(routes!(webhooks::dead_letters))
         .routes(routes!(webhooks::sinks))
+        .routes(routes!(tunnel::open))
         .split_for_parts();
     let spec = openapi.to_json().unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.api.max_body_bytes;

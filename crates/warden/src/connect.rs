@@ -1,0 +1,143 @@
+//! `warden connect <connection>`: a local listener whose every connection is
+//! carried to the gateway through its own tunnel (an HTTP/1.1 upgrade on the API
+//! port, HTTPS when the gateway has a certificate), authenticated with the caller's
+//! token. The gateway's proxy serves it like a direct client, so guardrails, masks,
+//! reviews and recordings apply; the local client needs no password.
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{BufMut, BytesMut};
+use serde_json::Value;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::client::ApiArgs;
+use crate::login::{gateway_key, token_for};
+
+/// `warden connect`.
+pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<ExitCode> {
+    let gateway = gateway_key(&args.gateway);
+    let token = token_for(&gateway, args.token.as_deref()).await?;
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let resp = http
+        .get(format!("{gateway}/api/connections/{connection}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    let status = resp.status();
+    let conn: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{}",
+            conn["error"]["message"]
+                .as_str()
+                .unwrap_or("the gateway refused the request")
+        );
+    }
+    let kind = conn["kind"].as_str().unwrap_or("").to_string();
+    if kind != "postgres" {
+        bail!("`warden connect` tunnels PostgreSQL connections; `{connection}` is {kind}");
+    }
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let local = listener.local_addr()?;
+    println!(
+        "Forwarding {local} to `{connection}` through {gateway}. Connect with:\n  psql \"host=127.0.0.1 port={} dbname={connection} sslmode=disable\"\nCtrl-C to stop.",
+        local.port()
+    );
+    // The tunnels' own client: no overall timeout (sessions last), HTTP/1.1 for the
+    // upgrade.
+    let tunnel_http = reqwest::Client::builder().http1_only().build()?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = accepted?;
+                let (gateway, connection, given) =
+                    (gateway.clone(), connection.clone(), args.token.clone());
+                let http = tunnel_http.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = tunnel(http, stream, &gateway, &connection, given.as_deref()).await {
+                        eprintln!("warden: connection from {peer} closed: {e:#}");
+                    }
+                });
+            }
+            _ = tokio::signal::ctrl_c() => {
+                println!("closed");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+/// Carries one local connection through its own tunnel.
+async fn tunnel(
+    http: reqwest::Client,
+    mut local: TcpStream,
+    gateway: &str,
+    connection: &str,
+    given: Option<&str>,
+) -> Result<()> {
+    let _ = local.set_nodelay(true);
+    // Fetched (and renewed) for each connection: a tunnel opened after the login
+    // expired is refused like any request.
+    let token = match token_for(gateway, given).await {
+        Ok(t) => t,
+        Err(e) => return refuse(&mut local, &format!("{e:#}")).await,
+    };
+    let resp = http
+        .get(format!("{gateway}/api/connections/{connection}/tunnel"))
+        .header(reqwest::header::CONNECTION, "Upgrade")
+        .header(reqwest::header::UPGRADE, "warden-tunnel")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let message = format!(
+            "the gateway refused the tunnel ({}): {}",
+            body["error"]["code"].as_str().unwrap_or(status.as_str()),
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("no reason given")
+        );
+        return refuse(&mut local, &message).await;
+    }
+    let mut remote = resp
+        .upgrade()
+        .await
+        .map_err(|e| anyhow!("the tunnel did not open: {e}"))?;
+    tokio::io::copy_bidirectional(&mut local, &mut remote).await?;
+    Ok(())
+}
+
+/// Tells the local PostgreSQL client why its connection is refused (a FATAL
+/// ErrorResponse, which libpq prints whatever it sent first) and closes it.
+async fn refuse(local: &mut TcpStream, message: &str) -> Result<()> {
+    let mut body = BytesMut::new();
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "28000"),
+        (b'M', message),
+    ] {
+        body.put_u8(field);
+        body.put_slice(value.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut frame = BytesMut::with_capacity(body.len() + 5);
+    frame.put_u8(b'E');
+    frame.put_i32(i32::try_from(body.len() + 4).unwrap_or(i32::MAX));
+    frame.put_slice(&body);
+    let _ = local.write_all(&frame).await;
+    let _ = local.shutdown().await;
+    Err(anyhow!("{message}"))
+}
