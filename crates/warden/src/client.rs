@@ -354,3 +354,90 @@ async fn decide(id: &str, verb: &str, comment: Option<String>, args: ApiArgs) ->
     println!("{kind} {id} {outcome}");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `warden connections`.
+pub async fn connections(args: ApiArgs) -> Result<ExitCode> {
+    let api = Api::new(&args).await?;
+    let list = api.get("/api/connections").await?.unwrap_or_default();
+    if args.json {
+        println!("{list}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<10} {:<28} {:<24} ACCESS",
+        "NAME", "KIND", "TARGET", "GROUPS"
+    );
+    for c in list.as_array().into_iter().flatten() {
+        let groups: Vec<&str> = c["allowed_groups"]
+            .as_array()
+            .map(|g| g.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let access = if c["access"]["request_required"].as_bool() == Some(true) {
+            "request (warden request)"
+        } else {
+            "standing"
+        };
+        println!(
+            "{:<24} {:<10} {:<28} {:<24} {access}",
+            str_of(c, "name"),
+            str_of(c, "kind"),
+            short(str_of(c, "target"), 28),
+            short(&groups.join(","), 24)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warden sessions`.
+pub async fn sessions(
+    connection: Option<String>,
+    user: Option<String>,
+    since: Option<String>,
+    limit: u32,
+    args: ApiArgs,
+) -> Result<ExitCode> {
+    let api = Api::new(&args).await?;
+    let mut url = reqwest::Url::parse("http://x/api/sessions")?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("limit", &limit.to_string());
+        for (k, v) in [
+            ("connection", &connection),
+            ("subject", &user),
+            ("since", &since),
+        ] {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+    }
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+    let answer = api.get(&path).await?.unwrap_or_default();
+    if args.json {
+        println!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = answer
+        .as_array()
+        .or_else(|| answer["sessions"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "{:<36} {:<16} {:<9} {:<14} {:<20} {:<10} {:>5} {:>6}",
+        "ID", "CONNECTION", "PROTOCOL", "SUBJECT", "STARTED", "STATUS", "CMDS", "DENIED"
+    );
+    for s in &list {
+        println!(
+            "{:<36} {:<16} {:<9} {:<14} {:<20} {:<10} {:>5} {:>6}",
+            str_of(s, "id"),
+            short(str_of(s, "connection"), 16),
+            str_of(s, "protocol"),
+            short(str_of(s, "subject"), 14),
+            short(str_of(s, "started_at"), 20),
+            str_of(s, "status"),
+            s["commands"].as_i64().unwrap_or(0),
+            s["denied"].as_i64().unwrap_or(0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

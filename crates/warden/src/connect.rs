@@ -23,23 +23,7 @@ pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<Exi
         .http1_only()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let resp = http
-        .get(format!("{gateway}/api/connections/{connection}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
-    let status = resp.status();
-    let conn: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{}",
-            conn["error"]["message"]
-                .as_str()
-                .unwrap_or("the gateway refused the request")
-        );
-    }
-    let kind = conn["kind"].as_str().unwrap_or("").to_string();
+    let kind = connection_kind(&http, &gateway, &connection, &token).await?;
     if kind != "postgres" {
         bail!("`warden connect` tunnels PostgreSQL connections; `{connection}` is {kind}");
     }
@@ -90,32 +74,77 @@ async fn tunnel(
         Ok(t) => t,
         Err(e) => return refuse(&mut local, &format!("{e:#}")).await,
     };
+    let mut remote = match open_tunnel(&http, gateway, connection, &token).await {
+        Ok(r) => r,
+        Err(TunnelError::Refused(message)) => return refuse(&mut local, &message).await,
+        Err(TunnelError::Failed(e)) => return Err(e),
+    };
+    tokio::io::copy_bidirectional(&mut local, &mut remote).await?;
+    Ok(())
+}
+
+pub enum TunnelError {
+    /// The gateway answered, and said why not.
+    Refused(String),
+    Failed(anyhow::Error),
+}
+
+/// Opens one tunnel to `connection`'s proxy.
+pub async fn open_tunnel(
+    http: &reqwest::Client,
+    gateway: &str,
+    connection: &str,
+    token: &str,
+) -> Result<reqwest::Upgraded, TunnelError> {
     let resp = http
         .get(format!("{gateway}/api/connections/{connection}/tunnel"))
         .header(reqwest::header::CONNECTION, "Upgrade")
         .header(reqwest::header::UPGRADE, "warden-tunnel")
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .send()
         .await
-        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))
+        .map_err(TunnelError::Failed)?;
     if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let message = format!(
+        return Err(TunnelError::Refused(format!(
             "the gateway refused the tunnel ({}): {}",
             body["error"]["code"].as_str().unwrap_or(status.as_str()),
             body["error"]["message"]
                 .as_str()
                 .unwrap_or("no reason given")
-        );
-        return refuse(&mut local, &message).await;
+        )));
     }
-    let mut remote = resp
-        .upgrade()
+    resp.upgrade()
         .await
-        .map_err(|e| anyhow!("the tunnel did not open: {e}"))?;
-    tokio::io::copy_bidirectional(&mut local, &mut remote).await?;
-    Ok(())
+        .map_err(|e| TunnelError::Failed(anyhow!("the tunnel did not open: {e}")))
+}
+
+/// The connection's kind (`postgres`, `ssh`, ...), or why it cannot be used.
+pub async fn connection_kind(
+    http: &reqwest::Client,
+    gateway: &str,
+    connection: &str,
+    token: &str,
+) -> Result<String> {
+    let resp = http
+        .get(format!("{gateway}/api/connections/{connection}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    let status = resp.status();
+    let conn: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{}",
+            conn["error"]["message"]
+                .as_str()
+                .unwrap_or("the gateway refused the request")
+        );
+    }
+    Ok(conn["kind"].as_str().unwrap_or("").to_string())
 }
 
 /// Tells the local PostgreSQL client why its connection is refused (a FATAL

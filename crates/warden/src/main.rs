@@ -9,6 +9,7 @@ use warden_store::audit::AuditFilter;
 
 mod client;
 mod connect;
+mod exec;
 mod login;
 mod replay;
 
@@ -95,6 +96,37 @@ enum Command {
         /// Local port (default: a free one, printed).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Run SQL on a PostgreSQL connection through the gateway and print the result.
+    Exec {
+        connection: String,
+        /// The SQL (one or more statements).
+        #[arg(short = 'i', long = "input")]
+        sql: String,
+        #[arg(long, value_enum, default_value_t = exec::Format::Table)]
+        format: exec::Format,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// The connections you may use.
+    Connections {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Sessions (yours; everyone's for admins), newest first.
+    Sessions {
+        #[arg(long)]
+        connection: Option<String>,
+        /// Only this subject's.
+        #[arg(long)]
+        user: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
         #[command(flatten)]
         api: client::ApiArgs,
     },
@@ -267,6 +299,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             port,
             api,
         } => connect::connect(connection, port, api).await,
+        Command::Exec {
+            connection,
+            sql,
+            format,
+            api,
+        } => exec::exec(connection, sql, format, api).await,
+        Command::Connections { api } => client::connections(api).await,
+        Command::Sessions {
+            connection,
+            user,
+            since,
+            limit,
+            api,
+        } => client::sessions(connection, user, since, limit, api).await,
         Command::Logout { gateway } => {
             login::logout(&gateway)?;
             Ok(ExitCode::SUCCESS)

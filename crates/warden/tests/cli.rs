@@ -1428,3 +1428,122 @@ detectors = ["email"]
     let _ = child.wait();
     stop(running);
 }
+
+#[test]
+fn exec_prints_results_and_waits_for_a_review() {
+    let issuer = std::env::var("WARDEN_TEST_OIDC_ISSUER")
+        .expect("the test OpenID provider (scripts/test.sh starts it)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[auth.oidc]]
+issuer = "{issuer}"
+audiences = ["urn:warden"]
+
+[[policies.guardrails]]
+name = "no-drops"
+[[policies.guardrails.rules]]
+name = "no-ddl"
+sql_statements = ["ddl"]
+
+[[policies.guardrails]]
+name = "held"
+[[policies.guardrails.rules]]
+name = "deletes"
+sql_statements = ["delete"]
+"#
+        ),
+    )
+    .unwrap();
+    let running = start_gateway_with(dir.path(), &[("WARDEN_CONFIG", config.to_str().unwrap())]);
+    let (url, admin) = (running.url.clone(), running.printed_key.clone().unwrap());
+    post_admin(
+        &url,
+        &admin,
+        "/api/connections",
+        &json!({"name": "ledger", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                "username": "warden_t_scram", "secret": "scram-pw-1", "allowed_groups": ["dba"],
+                "tls": {"mode": "disable"}, "access": {"reviewers": ["sre"]},
+                "policies": {"guardrails": ["no-drops"], "reviews": ["held"]}}),
+    );
+    let key = |subject: &str, group: &str| {
+        post_admin(
+            &url,
+            &admin,
+            "/api/api-keys",
+            &json!({"name": subject, "subject": subject, "groups": [group]}),
+        )["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (carol, bob) = (key("carol", "dba"), key("bob", "sre"));
+    let setup = run(Command::new("psql")
+        .arg("postgres://postgres@127.0.0.1:5432/postgres")
+        .args(["-X", "-q", "-c"])
+        .arg(
+            "DROP TABLE IF EXISTS warden_exec_t; CREATE TABLE warden_exec_t (id int, v text); \
+             INSERT INTO warden_exec_t VALUES (1, 'a,b'), (2, NULL); \
+             GRANT ALL ON warden_exec_t TO warden_t_scram;",
+        ));
+    assert!(setup.status.success(), "{}", text(&setup.stderr));
+    let exec = |token: &str, args: &[&str]| {
+        let mut cmd = warden(dir.path());
+        cmd.env("WARDEN_GATEWAY", &url)
+            .env("WARDEN_TOKEN", token)
+            .arg("exec")
+            .arg("ledger")
+            .args(args);
+        cmd
+    };
+    let select = "SELECT id, v FROM warden_exec_t ORDER BY id";
+    let out = run(&mut exec(&carol, &["-i", select, "--format", "csv"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "id,v\n1,\"a,b\"\n2,\n");
+    let out = run(&mut exec(&carol, &["-i", select, "--format", "json"]));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rows,
+        json!([{"id": "1", "v": "a,b"}, {"id": "2", "v": null}])
+    );
+    let out = run(&mut exec(&carol, &["-i", select]));
+    assert!(
+        text(&out.stdout).contains("(2 rows)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&mut exec(&carol, &["-i", "DROP TABLE warden_exec_t"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("(42501)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Held for review: the notice names the review; bob approves; it runs.
+    let mut held = exec(&carol, &["-i", "DELETE FROM warden_exec_t WHERE id = 1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(held.stderr.take().unwrap());
+    let notice = line_after(&mut err, "warden: Warden holds this command for review");
+    let id = notice.split_whitespace().next().unwrap().to_string();
+    let approve = run(warden(dir.path())
+        .env("WARDEN_GATEWAY", &url)
+        .env("WARDEN_TOKEN", &bob)
+        .args(["review", "approve", &id]));
+    assert!(approve.status.success(), "{}", text(&approve.stderr));
+    let mut stdout = String::new();
+    held.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(held.wait().unwrap().success());
+    assert!(stdout.contains("(1 rows affected)"), "{stdout}");
+    stop(running);
+}

@@ -1,0 +1,231 @@
+//! `warden exec <connection> -i "SQL"`: one statement (or several) through a tunnel
+//! to the gateway's PostgreSQL proxy, printed as a table, CSV or JSON. A statement
+//! held for review shows the gateway's notice (the review id) while it waits; the
+//! exit status says whether everything ran.
+
+use anyhow::{Result, anyhow, bail};
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+use std::process::ExitCode;
+use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
+
+use crate::client::ApiArgs;
+use crate::connect::{TunnelError, connection_kind, open_tunnel};
+use crate::login::{gateway_key, token_for};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// `warden exec`.
+pub async fn exec(
+    connection: String,
+    sql: String,
+    format: Format,
+    args: ApiArgs,
+) -> Result<ExitCode> {
+    let gateway = gateway_key(&args.gateway);
+    let token = token_for(&gateway, args.token.as_deref()).await?;
+    let http = reqwest::Client::builder().http1_only().build()?;
+    let kind = connection_kind(&http, &gateway, &connection, &token).await?;
+    if kind != "postgres" {
+        bail!("`warden exec -i` runs SQL on PostgreSQL connections; `{connection}` is {kind}");
+    }
+    let stream = match open_tunnel(&http, &gateway, &connection, &token).await {
+        Ok(s) => s,
+        Err(TunnelError::Refused(m)) => bail!("{m}"),
+        Err(TunnelError::Failed(e)) => return Err(e),
+    };
+    let (client, mut conn) = tokio_postgres::Config::new()
+        .user("warden")
+        .dbname(&connection)
+        .application_name("warden exec")
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| anyhow!("{}", db_message(&e)))?;
+    // Notices (a statement held for review names its review) go to stderr as they
+    // come, so a waiting user sees what to ask for.
+    let messages = tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(AsyncMessage::Notice(n)) => eprintln!("warden: {}", n.message()),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("warden: {}", db_message(&e));
+                    break;
+                }
+            }
+        }
+    });
+    let result = client.simple_query(&sql).await;
+    drop(client);
+    let _ = messages.await;
+    match result {
+        Ok(messages) => {
+            print_results(&messages, format);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("ERROR: {}", db_message(&e));
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// One statement's rows (with their column names) or its command tag.
+struct ResultSet {
+    columns: Vec<String>,
+    rows: Vec<Vec<Option<String>>>,
+    affected: Option<u64>,
+}
+
+fn result_sets(messages: &[SimpleQueryMessage]) -> Vec<ResultSet> {
+    let mut sets = Vec::new();
+    let mut current = ResultSet {
+        columns: Vec::new(),
+        rows: Vec::new(),
+        affected: None,
+    };
+    for m in messages {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                current.columns = cols.iter().map(|c| c.name().to_string()).collect();
+            }
+            SimpleQueryMessage::Row(row) => {
+                if current.columns.is_empty() {
+                    current.columns = row.columns().iter().map(|c| c.name().to_string()).collect();
+                }
+                current.rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(String::from))
+                        .collect(),
+                );
+            }
+            SimpleQueryMessage::CommandComplete(n) => {
+                current.affected = Some(*n);
+                sets.push(std::mem::replace(
+                    &mut current,
+                    ResultSet {
+                        columns: Vec::new(),
+                        rows: Vec::new(),
+                        affected: None,
+                    },
+                ));
+            }
+            _ => {}
+        }
+    }
+    sets
+}
+
+fn print_results(messages: &[SimpleQueryMessage], format: Format) {
+    for set in result_sets(messages) {
+        match format {
+            Format::Json => {
+                let rows: Vec<Value> = set
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        let mut o = Map::new();
+                        for (c, v) in set.columns.iter().zip(r) {
+                            o.insert(c.clone(), v.clone().map_or(Value::Null, Value::String));
+                        }
+                        Value::Object(o)
+                    })
+                    .collect();
+                if set.columns.is_empty() {
+                    println!("{}", serde_json::json!({"affected": set.affected}));
+                } else {
+                    println!("{}", Value::Array(rows));
+                }
+            }
+            Format::Csv => {
+                if !set.columns.is_empty() {
+                    println!("{}", csv_line(set.columns.iter().map(|c| Some(c.as_str()))));
+                }
+                for r in &set.rows {
+                    println!("{}", csv_line(r.iter().map(Option::as_deref)));
+                }
+            }
+            Format::Table => print_table(&set),
+        }
+    }
+}
+
+fn csv_line<'a>(fields: impl Iterator<Item = Option<&'a str>>) -> String {
+    fields
+        .map(|f| match f {
+            None => String::new(),
+            Some(v) if v.contains([',', '"', '\n', '\r']) => {
+                format!("\"{}\"", v.replace('"', "\"\""))
+            }
+            Some(v) => v.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn print_table(set: &ResultSet) {
+    if set.columns.is_empty() {
+        if let Some(n) = set.affected {
+            println!("({n} rows affected)");
+        }
+        return;
+    }
+    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
+    let mut widths: Vec<usize> = set.columns.iter().map(|c| c.chars().count()).collect();
+    for r in &set.rows {
+        for (w, v) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell(v).chars().count());
+        }
+    }
+    let line = |values: Vec<String>| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(set.columns.clone()));
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    );
+    for r in &set.rows {
+        println!("{}", line(r.iter().map(cell).collect()));
+    }
+    println!(
+        "({} row{})",
+        set.rows.len(),
+        if set.rows.len() == 1 { "" } else { "s" }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_only_what_needs_it() {
+        let line = csv_line([Some("a"), None, Some("b,c"), Some("say \"hi\"")].into_iter());
+        assert_eq!(line, "a,,\"b,c\",\"say \"\"hi\"\"\"");
+    }
+}
