@@ -141,20 +141,25 @@ impl Gateway {
         } else {
             (None, None)
         };
+
+        let (mysql_addr, mysql_tunnels) = if config.mysql.enabled {
+            let (addr, proxy) = start_mysql_listener(&config, gate.clone(), rx.clone()).await?;
+            (Some(addr), Some(proxy))
+        } else {
+            (None, None)
+        };
+        let (ssh_addr, ssh_tunnels) = if config.ssh.enabled {
+            let (addr, proxy) = start_ssh_listener(&config, gate.clone(), rx.clone()).await?;
+            (Some(addr), Some(proxy))
+        } else {
+            (None, None)
+        };
         let tunnels = Arc::new(tunnel::TunnelTargets {
             gate: gate.clone(),
             pg: pg_tunnels,
+            mysql: mysql_tunnels,
+            ssh: ssh_tunnels,
         });
-        let mysql_addr = if config.mysql.enabled {
-            Some(start_mysql_listener(&config, gate.clone(), rx.clone()).await?)
-        } else {
-            None
-        };
-        let ssh_addr = if config.ssh.enabled {
-            Some(start_ssh_listener(&config, gate, rx.clone()).await?)
-        } else {
-            None
-        };
         let app = api::router(api::AppState::new(api::StateInner {
             store: store.clone(),
             journal: journal.clone(),
@@ -343,7 +348,7 @@ async fn start_mysql_listener(
     config: &Config,
     hooks: Arc<gate::SessionGate>,
     shutdown: watch::Receiver<bool>,
-) -> Result<SocketAddr, GatewayError> {
+) -> Result<(SocketAddr, warden_mysql::proxy::ProxyConfig), GatewayError> {
     let (listener, addr) = bind_listener(config.mysql.listen, "MySQL").await?;
     let tls = proxy_tls(
         config.mysql.tls_cert.as_deref(),
@@ -358,11 +363,12 @@ async fn start_mysql_listener(
         server_version: config.mysql.server_version.clone(),
         threads: warden_mysql::proxy::ThreadMap::default(),
     };
+    let served = proxy_config.clone();
     spawn_accept_loop(listener, shutdown, "mysql", move |stream, peer| {
-        warden_mysql::proxy::serve_client(stream, peer, hooks.clone(), proxy_config.clone())
+        warden_mysql::proxy::serve_client(stream, peer, hooks.clone(), served.clone())
     });
     tracing::info!(mysql = %addr, "MySQL proxy listening");
-    Ok(addr)
+    Ok((addr, proxy_config))
 }
 
 /// Binds the SSH listener (creating the host key on first start) and serves each
@@ -371,7 +377,13 @@ async fn start_ssh_listener(
     config: &Config,
     hooks: Arc<gate::SessionGate>,
     shutdown: watch::Receiver<bool>,
-) -> Result<SocketAddr, GatewayError> {
+) -> Result<
+    (
+        SocketAddr,
+        Arc<warden_ssh::proxy::SshProxy<gate::SessionGate>>,
+    ),
+    GatewayError,
+> {
     let key_path = config.ssh_host_key_path();
     let host_key = warden_ssh::keys::load_or_create_host_key(&key_path)
         .map_err(|e| GatewayError::Config(e.to_string()))?;
@@ -385,10 +397,11 @@ async fn start_ssh_listener(
             auth_timeout: std::time::Duration::from_secs(config.ssh.auth_timeout_secs),
         },
     ));
+    let served = proxy.clone();
     spawn_accept_loop(listener, shutdown, "ssh", move |stream, peer| {
-        let proxy = proxy.clone();
+        let proxy = served.clone();
         async move { proxy.serve(stream, peer).await }
     });
     tracing::info!(ssh = %addr, "SSH proxy listening");
-    Ok(addr)
+    Ok((addr, proxy))
 }

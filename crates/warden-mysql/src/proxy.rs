@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use warden_core::{
     Action, ColumnPlan, ConnectionKind, Decision, Guard, LoginRequest, Masker, RefusalKind,
     ReviewHold, ReviewOutcome, ReviewRequest, SessionGrant, SessionHooks, SessionRecorder,
-    SqlDialect, StatementRecord, TimelineEvent, Traffic,
+    SqlDialect, StatementRecord, TimelineEvent, Traffic, TunnelLogin,
 };
 use warden_net::{BackendTls, BoxedStream, Rewind, SessionRegistry};
 
@@ -184,8 +184,31 @@ pub async fn serve_client<H: SessionHooks>(
     config: ProxyConfig,
 ) {
     let _ = tcp.set_nodelay(true);
+    serve_stream(Box::new(tcp), peer, hooks, config, None).await;
+}
+
+/// Serves a client that came through a tunnel: no TLS offered (the tunnel's
+/// transport has its own) and no token asked for (the tunnel carries it and names
+/// the connection; the client's database and password are ignored).
+pub async fn serve_tunnel<H: SessionHooks>(
+    stream: BoxedStream,
+    peer: SocketAddr,
+    hooks: Arc<H>,
+    config: ProxyConfig,
+    tunnel: TunnelLogin,
+) {
+    serve_stream(stream, peer, hooks, config, Some(tunnel)).await;
+}
+
+async fn serve_stream<H: SessionHooks>(
+    stream: BoxedStream,
+    peer: SocketAddr,
+    hooks: Arc<H>,
+    config: ProxyConfig,
+    tunnel: Option<TunnelLogin>,
+) {
     let mut c = ClientLogin {
-        stream: Box::new(tcp),
+        stream,
         buf: BytesMut::new(),
         decoder: PacketDecoder::new(64 * 1024),
         deadline: tokio::time::Instant::now() + config.login_timeout,
@@ -193,7 +216,7 @@ pub async fn serve_client<H: SessionHooks>(
     };
     let nonce = scramble();
     let mut offered = caps::OFFERED;
-    if config.tls.is_some() {
+    if config.tls.is_some() && tunnel.is_none() {
         offered |= caps::SSL;
     }
     if config.allow_local_infile {
@@ -242,7 +265,8 @@ pub async fn serve_client<H: SessionHooks>(
         Ok(ClientHello::Response(r)) => r,
         Err(e) => return c.error(errno::HANDSHAKE, &e.to_string()).await,
     };
-    if !encrypted && !config.allow_plaintext_tokens && !peer.ip().is_loopback() {
+    if tunnel.is_none() && !encrypted && !config.allow_plaintext_tokens && !peer.ip().is_loopback()
+    {
         let message = if config.tls.is_some() {
             "token authentication over plain TCP is refused for non-loopback clients: connect with TLS (--ssl)"
         } else {
@@ -250,7 +274,11 @@ pub async fn serve_client<H: SessionHooks>(
         };
         return c.error(errno::ACCESS_DENIED, message).await;
     }
-    let Some(connection) = hello.database.clone().filter(|d| !d.is_empty()) else {
+    let named = match &tunnel {
+        Some(t) => Some(t.connection.clone()),
+        None => hello.database.clone().filter(|d| !d.is_empty()),
+    };
+    let Some(connection) = named else {
         return c
             .error(
                 errno::NO_DB,
@@ -260,7 +288,9 @@ pub async fn serve_client<H: SessionHooks>(
     };
     // The token: sent in clear (the only way a server can check a token it did not
     // issue), so ask for `mysql_clear_password` unless the client already used it.
-    let token = if hello.auth_plugin.as_deref() == Some(auth::CLEAR) {
+    let token = if let Some(t) = &tunnel {
+        t.token.expose().as_bytes().to_vec()
+    } else if hello.auth_plugin.as_deref() == Some(auth::CLEAR) {
         hello.auth_response.clone()
     } else {
         let mut data = nonce.clone();

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use warden_core::{
     Action, ConnectionKind, Decision, KeyLogin, LoginRequest, Refusal, ReviewHold, ReviewOutcome,
     ReviewRequest, SessionGrant, SshHooks, StatementRecord, TerminalRecorder, TerminalSpec,
-    TimelineEvent, Traffic,
+    TimelineEvent, Traffic, TunnelLogin,
 };
 
 use crate::backend::{self, BackendError, BackendHandle};
@@ -81,6 +81,23 @@ impl<H: SshHooks> SshProxy<H> {
 
     /// Serves one client connection until it ends.
     pub async fn serve(&self, stream: TcpStream, client: SocketAddr) {
+        self.serve_stream(stream, client, None).await;
+    }
+
+    /// Serves a client that came through a tunnel: it logs in with the `none`
+    /// method, as the tunnel's token, to the tunnel's connection (the user name it
+    /// sends is ignored).
+    pub async fn serve_tunnel<S>(&self, stream: S, client: SocketAddr, tunnel: TunnelLogin)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_stream(stream, client, Some(tunnel)).await;
+    }
+
+    async fn serve_stream<S>(&self, stream: S, client: SocketAddr, tunnel: Option<TunnelLogin>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let slot = Arc::new(SessionSlot::default());
         let handler = ClientHandler {
             hooks: self.hooks.clone(),
@@ -88,6 +105,7 @@ impl<H: SshHooks> SshProxy<H> {
             config: self.config.clone(),
             slot: slot.clone(),
             retries: 0,
+            tunnel,
         };
         let auth_timeout = self.config.auth_timeout;
         let watchdog_slot = slot.clone();
@@ -246,6 +264,8 @@ struct ClientHandler<H> {
     slot: Arc<SessionSlot>,
     /// Keyboard-interactive attempts that failed (each gets the reason shown).
     retries: u32,
+    /// Set for a client that came through a tunnel: its login.
+    tunnel: Option<TunnelLogin>,
 }
 
 fn reject() -> Auth {
@@ -309,7 +329,18 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(reject())
+        let Some(tunnel) = self.tunnel.clone() else {
+            return Ok(reject());
+        };
+        Ok(
+            match self
+                .login_with_token(&tunnel.connection, tunnel.token.expose())
+                .await
+            {
+                Ok(()) => Auth::Accept,
+                Err(_) => reject(),
+            },
+        )
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {

@@ -24,16 +24,23 @@ pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<Exi
         .timeout(Duration::from_secs(30))
         .build()?;
     let kind = connection_kind(&http, &gateway, &connection, &token).await?;
-    if kind != "postgres" {
-        bail!("`warden connect` tunnels PostgreSQL connections; `{connection}` is {kind}");
-    }
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
     let local = listener.local_addr()?;
+    let p = local.port();
+    let client = match kind.as_str() {
+        "postgres" => {
+            format!("psql \"host=127.0.0.1 port={p} dbname={connection} sslmode=disable\"")
+        }
+        "mysql" => format!("mysql -h 127.0.0.1 -P {p} --protocol=TCP {connection}"),
+        "ssh" => {
+            format!("ssh -p {p} -o NoHostAuthenticationForLocalhost=yes {connection}@127.0.0.1")
+        }
+        other => bail!("`warden connect` does not tunnel {other} connections"),
+    };
     println!(
-        "Forwarding {local} to `{connection}` through {gateway}. Connect with:\n  psql \"host=127.0.0.1 port={} dbname={connection} sslmode=disable\"\nCtrl-C to stop.",
-        local.port()
+        "Forwarding {local} to `{connection}` through {gateway}. Connect with:\n  {client}\nCtrl-C to stop."
     );
     // The tunnels' own client: no overall timeout (sessions last), HTTP/1.1 for the
     // upgrade.
@@ -42,11 +49,11 @@ pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<Exi
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = accepted?;
-                let (gateway, connection, given) =
-                    (gateway.clone(), connection.clone(), args.token.clone());
+                let (gateway, connection, given, kind) =
+                    (gateway.clone(), connection.clone(), args.token.clone(), kind.clone());
                 let http = tunnel_http.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = tunnel(http, stream, &gateway, &connection, given.as_deref()).await {
+                    if let Err(e) = tunnel(http, stream, &gateway, &connection, &kind, given.as_deref()).await {
                         eprintln!("warden: connection from {peer} closed: {e:#}");
                     }
                 });
@@ -65,6 +72,7 @@ async fn tunnel(
     mut local: TcpStream,
     gateway: &str,
     connection: &str,
+    kind: &str,
     given: Option<&str>,
 ) -> Result<()> {
     let _ = local.set_nodelay(true);
@@ -72,11 +80,11 @@ async fn tunnel(
     // expired is refused like any request.
     let token = match token_for(gateway, given).await {
         Ok(t) => t,
-        Err(e) => return refuse(&mut local, &format!("{e:#}")).await,
+        Err(e) => return refuse(&mut local, kind, &format!("{e:#}")).await,
     };
     let mut remote = match open_tunnel(&http, gateway, connection, &token).await {
         Ok(r) => r,
-        Err(TunnelError::Refused(message)) => return refuse(&mut local, &message).await,
+        Err(TunnelError::Refused(message)) => return refuse(&mut local, kind, &message).await,
         Err(TunnelError::Failed(e)) => return Err(e),
     };
     tokio::io::copy_bidirectional(&mut local, &mut remote).await?;
@@ -147,9 +155,15 @@ pub async fn connection_kind(
     Ok(conn["kind"].as_str().unwrap_or("").to_string())
 }
 
-/// Tells the local PostgreSQL client why its connection is refused (a FATAL
-/// ErrorResponse, which libpq prints whatever it sent first) and closes it.
-async fn refuse(local: &mut TcpStream, message: &str) -> Result<()> {
+/// Closes a local connection the gateway would not tunnel. A PostgreSQL client is
+/// told why (a FATAL ErrorResponse, which libpq prints whatever it sent first);
+/// other clients see the connection close, and the reason is on this command's
+/// stderr.
+async fn refuse(local: &mut TcpStream, kind: &str, message: &str) -> Result<()> {
+    if kind != "postgres" {
+        let _ = local.shutdown().await;
+        return Err(anyhow!("{message}"));
+    }
     let mut body = BytesMut::new();
     for (field, value) in [
         (b'S', "FATAL"),

@@ -20,10 +20,12 @@ pub enum Format {
     Json,
 }
 
-/// `warden exec`.
+/// `warden exec`: SQL (`-i`) on a PostgreSQL connection, or a command (after
+/// `--`) on an SSH one.
 pub async fn exec(
     connection: String,
-    sql: String,
+    sql: Option<String>,
+    command: Vec<String>,
     format: Format,
     args: ApiArgs,
 ) -> Result<ExitCode> {
@@ -31,17 +33,123 @@ pub async fn exec(
     let token = token_for(&gateway, args.token.as_deref()).await?;
     let http = reqwest::Client::builder().http1_only().build()?;
     let kind = connection_kind(&http, &gateway, &connection, &token).await?;
-    if kind != "postgres" {
-        bail!("`warden exec -i` runs SQL on PostgreSQL connections; `{connection}` is {kind}");
+    match (kind.as_str(), sql, command.is_empty()) {
+        ("postgres", Some(sql), true) => {
+            let stream = tunnel(&http, &gateway, &connection, &token).await?;
+            run_sql(stream, &connection, &sql, format).await
+        }
+        ("ssh", None, false) => {
+            let stream = tunnel(&http, &gateway, &connection, &token).await?;
+            run_command(stream, &connection, &shell_words(&command)).await
+        }
+        ("postgres", _, _) => bail!("give the SQL with -i \"...\" (and no command after --)"),
+        ("ssh", _, _) => {
+            bail!("give the command after --, e.g. `warden exec {connection} -- uname -a`")
+        }
+        (other, _, _) => {
+            bail!("`warden exec` runs on PostgreSQL and SSH connections; `{connection}` is {other}")
+        }
     }
-    let stream = match open_tunnel(&http, &gateway, &connection, &token).await {
-        Ok(s) => s,
+}
+
+async fn tunnel(
+    http: &reqwest::Client,
+    gateway: &str,
+    connection: &str,
+    token: &str,
+) -> Result<reqwest::Upgraded> {
+    match open_tunnel(http, gateway, connection, token).await {
+        Ok(s) => Ok(s),
         Err(TunnelError::Refused(m)) => bail!("{m}"),
-        Err(TunnelError::Failed(e)) => return Err(e),
-    };
+        Err(TunnelError::Failed(e)) => Err(e),
+    }
+}
+
+/// Joins arguments into one command line for the remote shell, quoting what the
+/// shell would otherwise split or expand.
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The gateway's SSH side is authenticated by the tunnel's transport (the API's
+/// TLS), so its host key is not checked again here.
+struct TunnelHost;
+
+impl russh::client::Handler for TunnelHost {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Runs one command over SSH through the tunnel; its output goes to ours, its exit
+/// status becomes ours (a review notice, if it is held, arrives on stderr).
+async fn run_command(
+    stream: reqwest::Upgraded,
+    connection: &str,
+    command: &str,
+) -> Result<ExitCode> {
+    use std::io::Write;
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut handle = russh::client::connect_stream(config, stream, TunnelHost)
+        .await
+        .map_err(|e| anyhow!("SSH through the tunnel failed: {e}"))?;
+    let auth = handle.authenticate_none(connection).await?;
+    if !auth.success() {
+        bail!("the gateway refused the SSH login through the tunnel");
+    }
+    let mut channel = handle.channel_open_session().await?;
+    channel.exec(true, command).await?;
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let mut status = None;
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            russh::ChannelMsg::Data { data } => {
+                stdout.write_all(&data)?;
+                stdout.flush()?;
+            }
+            russh::ChannelMsg::ExtendedData { data, .. } => {
+                stderr.write_all(&data)?;
+                stderr.flush()?;
+            }
+            russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            russh::ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    Ok(match status {
+        Some(s) => ExitCode::from(u8::try_from(s).unwrap_or(255)),
+        None => ExitCode::from(255),
+    })
+}
+
+async fn run_sql(
+    stream: reqwest::Upgraded,
+    connection: &str,
+    sql: &str,
+    format: Format,
+) -> Result<ExitCode> {
     let (client, mut conn) = tokio_postgres::Config::new()
         .user("warden")
-        .dbname(&connection)
+        .dbname(connection)
         .application_name("warden exec")
         .connect_raw(stream, tokio_postgres::NoTls)
         .await
@@ -61,7 +169,7 @@ pub async fn exec(
             }
         }
     });
-    let result = client.simple_query(&sql).await;
+    let result = client.simple_query(sql).await;
     drop(client);
     let _ = messages.await;
     match result {
@@ -222,6 +330,12 @@ fn print_table(set: &ResultSet) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_words_quote_what_the_shell_would_touch() {
+        let args = ["echo", "a b", "it's", "$HOME", "x=1"].map(String::from);
+        assert_eq!(shell_words(&args), "echo 'a b' 'it'\\''s' '$HOME' x=1");
+    }
 
     #[test]
     fn csv_quotes_only_what_needs_it() {

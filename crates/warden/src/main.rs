@@ -99,12 +99,16 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
-    /// Run SQL on a PostgreSQL connection through the gateway and print the result.
+    /// Run SQL (`-i`) on a PostgreSQL connection, or a command (after `--`) on an
+    /// SSH one, through the gateway; print the result.
     Exec {
         connection: String,
         /// The SQL (one or more statements).
         #[arg(short = 'i', long = "input")]
-        sql: String,
+        sql: Option<String>,
+        /// The command and its arguments (SSH connections).
+        #[arg(last = true)]
+        command: Vec<String>,
         #[arg(long, value_enum, default_value_t = exec::Format::Table)]
         format: exec::Format,
         #[command(flatten)]
@@ -302,9 +306,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Exec {
             connection,
             sql,
+            command,
             format,
             api,
-        } => exec::exec(connection, sql, format, api).await,
+        } => exec::exec(connection, sql, command, format, api).await,
         Command::Connections { api } => client::connections(api).await,
         Command::Sessions {
             connection,

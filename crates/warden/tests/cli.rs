@@ -1547,3 +1547,101 @@ sql_statements = ["delete"]
     assert!(stdout.contains("(1 rows affected)"), "{stdout}");
     stop(running);
 }
+
+#[test]
+fn connect_and_exec_reach_mysql_and_ssh_through_tunnels() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_gateway(dir.path());
+    let (url, admin) = (running.url.clone(), running.printed_key.clone().unwrap());
+    post_admin(
+        &url,
+        &admin,
+        "/api/connections",
+        &sshd_connection(&["ops"]).0,
+    );
+    let mariadb =
+        std::env::var("WARDEN_TEST_MYSQL_HOSTPORT").unwrap_or_else(|_| "127.0.0.1:3306".into());
+    post_admin(
+        &url,
+        &admin,
+        "/api/connections",
+        &json!({"name": "shop", "kind": "mysql", "target": format!("{mariadb}/warden_t"),
+                "username": "warden_t_native", "secret": "native-pw-1", "allowed_groups": ["ops"],
+                "tls": {"mode": "disable"}}),
+    );
+    let token = post_admin(
+        &url,
+        &admin,
+        "/api/api-keys",
+        &json!({"name": "ops", "subject": "dave", "groups": ["ops"]}),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cli = || {
+        let mut cmd = warden(dir.path());
+        cmd.env("WARDEN_GATEWAY", &url).env("WARDEN_TOKEN", &token);
+        cmd
+    };
+
+    // exec on SSH: output, quoting and the remote exit status come back.
+    let out = run(cli().args(["exec", "box", "--", "echo", "a  b", "$HOME"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a  b $HOME\n");
+    let out = run(cli().args(["exec", "box", "--", "sh", "-c", "echo oops >&2; exit 3"]));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("oops"), "{}", text(&out.stderr));
+
+    // connect: the printed command works as printed, without a password.
+    let connect = |name: &str| {
+        let mut child = cli()
+            .args(["connect", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let command = line_after(&mut out, "Forwarding");
+        let command = if command.contains("Connect with") {
+            line_after(&mut out, "")
+        } else {
+            command
+        };
+        (child, command)
+    };
+    let (mut ssh_tunnel, printed) = connect("box");
+    assert!(printed.starts_with("ssh -p "), "{printed}");
+    let port = printed.split_whitespace().nth(2).unwrap().to_string();
+    let out = run(Command::new("ssh")
+        .args(["-p", &port, "-o", "NoHostAuthenticationForLocalhost=yes"])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "box@127.0.0.1",
+            "whoami",
+        ])
+        .stdin(Stdio::null()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "warden_t\n");
+    let _ = ssh_tunnel.kill();
+    let _ = ssh_tunnel.wait();
+
+    let (mut mysql_tunnel, printed) = connect("shop");
+    assert!(printed.starts_with("mysql -h 127.0.0.1 -P "), "{printed}");
+    let port = printed.split_whitespace().nth(4).unwrap().to_string();
+    let out = run(Command::new("mysql")
+        .args(["-h", "127.0.0.1", "-P", &port, "--protocol=TCP", "-N", "-e"])
+        .arg("SELECT CURRENT_USER()")
+        .arg("shop"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("warden_t_native@"),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = mysql_tunnel.kill();
+    let _ = mysql_tunnel.wait();
+    stop(running);
+}
