@@ -359,6 +359,21 @@ impl Cast {
         }
         out
     }
+
+    /// Reads a plain asciicast v2 file (as the API serves terminals); `None` when
+    /// it has no header line. Lines that are not events are skipped.
+    pub fn from_asciicast(text: &str) -> Option<Cast> {
+        let mut lines = text.lines();
+        let header: serde_json::Value = serde_json::from_str(lines.next()?).ok()?;
+        let events = lines
+            .filter_map(|l| serde_json::from_str::<(f64, String, String)>(l).ok())
+            .collect();
+        Some(Cast {
+            header,
+            events,
+            truncated: false,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -62,6 +62,8 @@ struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// The token is `warden login`'s (so a refusal means: log in again).
+    from_login: bool,
 }
 
 impl ApiArgs {
@@ -76,6 +78,7 @@ impl Api {
         Ok(Self {
             base: crate::login::gateway_key(&args.gateway),
             token,
+            from_login: args.token.as_deref().is_none_or(str::is_empty),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
@@ -114,13 +117,34 @@ impl Api {
             .unwrap_or("no reason given");
         let code = answer["error"]["code"].as_str().unwrap_or("error");
         if status == reqwest::StatusCode::UNAUTHORIZED {
-            bail!("the gateway refused the token ({code}): {message}");
+            let hint = if self.from_login {
+                format!("; run `warden login --gateway {}`", self.base)
+            } else {
+                String::new()
+            };
+            bail!("the gateway refused the token ({code}): {message}{hint}");
         }
         bail!("{message} ({code}, HTTP {})", status.as_u16())
     }
 
     async fn get(&self, path: &str) -> Result<Option<Value>> {
         self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// A text answer (`None` for 404).
+    async fn get_text(&self, path: &str) -> Result<Option<String>> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(resp.text().await?)),
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s => bail!("the gateway answered HTTP {}", s.as_u16()),
+        }
     }
 }
 
@@ -440,4 +464,58 @@ pub async fn sessions(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A session's recording from the API, with its terminals (or only `only`).
+pub async fn remote_recording(
+    gateway: &str,
+    token: Option<&str>,
+    id: uuid::Uuid,
+    only: Option<u32>,
+) -> Result<(
+    Option<warden_gateway::recording::Recording>,
+    std::collections::HashMap<u32, Result<warden_gateway::terminal::Cast, String>>,
+)> {
+    let api = Api::new(&ApiArgs {
+        gateway: gateway.to_string(),
+        token: token.map(String::from),
+        json: false,
+    })
+    .await?;
+    let fetch = |channel: u32| {
+        let api = &api;
+        async move {
+            match api
+                .get_text(&format!("/api/sessions/{id}/terminals/{channel}"))
+                .await
+            {
+                Ok(Some(text)) => warden_gateway::terminal::Cast::from_asciicast(&text)
+                    .ok_or_else(|| format!("terminal {channel} is not asciicast")),
+                Ok(None) => Err(format!("there is no terminal {channel} in session {id}")),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }
+    };
+    let mut casts = std::collections::HashMap::new();
+    if let Some(channel) = only {
+        casts.insert(channel, fetch(channel).await);
+        return Ok((None, casts));
+    }
+    let answer = api
+        .get(&format!("/api/sessions/{id}/recording"))
+        .await?
+        .ok_or_else(|| anyhow!("no recording of session {id} that you may see"))?;
+    let rec = warden_gateway::recording::Recording {
+        header: serde_json::from_value(answer["header"].clone())
+            .context("the recording's header is not readable")?,
+        entries: serde_json::from_value(answer["entries"].clone())
+            .context("the recording's entries are not readable")?,
+        truncated: answer["truncated"].as_bool().unwrap_or(false),
+    };
+    for entry in &rec.entries {
+        if let warden_core::TimelineEvent::Terminal { channel, .. } = &entry.event {
+            casts.insert(*channel, fetch(*channel).await);
+        }
+    }
+    Ok((Some(rec), casts))
 }

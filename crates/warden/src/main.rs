@@ -60,6 +60,13 @@ enum Command {
         /// `asciinema play`, instead of playing it.
         #[arg(long, requires = "terminal")]
         export: Option<PathBuf>,
+        /// Fetch the recording from this gateway's API (as its owner or an admin)
+        /// instead of reading the recordings directory.
+        #[arg(long, env = "WARDEN_GATEWAY")]
+        gateway: Option<String>,
+        /// With `--gateway`: an OIDC access token or API key (default: `warden login`'s).
+        #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Ask for time-boxed access to a connection that requires approval.
     Request {
@@ -252,35 +259,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
             terminal,
             export,
+            gateway,
+            token,
         } => {
-            let config = config.load()?;
             let id: uuid::Uuid = session
                 .parse()
                 .with_context(|| format!("`{session}` is not a session id"))?;
-            let dir = config.recordings_dir();
-            if let Some(channel) = terminal {
-                if let Some(path) = export {
-                    let cast = warden_gateway::terminal::read_cast(&dir, &id.to_string(), channel)?;
-                    std::fs::write(&path, cast.to_asciicast())
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    return Ok(ExitCode::SUCCESS);
+            let (rec, terminals) = match &gateway {
+                Some(gw) => {
+                    let (rec, casts) =
+                        client::remote_recording(gw, token.as_deref(), id, terminal).await?;
+                    (rec, replay::Terminals::Fetched(casts))
                 }
-                let mut out = std::io::stdout().lock();
-                replay::play_terminal(&dir, &id.to_string(), channel, speed, &mut out).await?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let rec = warden_gateway::recording::read_recording(&config.recordings_dir(), id)?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                use std::io::Write;
-                writeln!(out, "{}", serde_json::to_string(&rec.header)?)?;
-                for e in &rec.entries {
-                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                None => {
+                    let dir = config.load()?.recordings_dir();
+                    let rec = match terminal {
+                        // A terminal alone needs no timeline.
+                        Some(_) => None,
+                        None => Some(warden_gateway::recording::read_recording(&dir, id)?),
+                    };
+                    return replay_local(rec, dir, id, terminal, export, speed, json).await;
                 }
-            } else {
-                replay::replay(&rec, &dir, speed, &mut out).await?;
-            }
-            Ok(ExitCode::SUCCESS)
+            };
+            play(rec, &terminals, id, terminal, export, speed, json).await
         }
         Command::Request {
             connection,
@@ -383,6 +384,57 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+/// Replays from the recordings directory.
+async fn replay_local(
+    rec: Option<warden_gateway::recording::Recording>,
+    dir: PathBuf,
+    id: uuid::Uuid,
+    terminal: Option<u32>,
+    export: Option<PathBuf>,
+    speed: Option<f64>,
+    json: bool,
+) -> Result<ExitCode> {
+    let terminals = replay::Terminals::Local(&dir);
+    play(rec, &terminals, id, terminal, export, speed, json).await
+}
+
+/// Plays (or exports) a recording: one terminal, the JSON lines, or the timeline.
+async fn play(
+    rec: Option<warden_gateway::recording::Recording>,
+    terminals: &replay::Terminals<'_>,
+    id: uuid::Uuid,
+    terminal: Option<u32>,
+    export: Option<PathBuf>,
+    speed: Option<f64>,
+    json: bool,
+) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Some(channel) = terminal {
+        let cast = terminals
+            .get(&id.to_string(), channel)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        match export {
+            Some(path) => std::fs::write(&path, cast.to_asciicast())
+                .with_context(|| format!("writing {}", path.display()))?,
+            None => replay::play_terminal(&cast, channel, speed, &mut out).await?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(rec) = rec else {
+        anyhow::bail!("no recording of session {id}");
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&rec.header)?)?;
+        for e in &rec.entries {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+        }
+    } else {
+        replay::replay(&rec, terminals, speed, &mut out).await?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn audit(command: AuditCommand) -> Result<ExitCode> {

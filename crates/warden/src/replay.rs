@@ -2,17 +2,40 @@
 //! with its original pacing. SSH terminals (asciicast recordings) are played in
 //! place: their output goes to the terminal as it was seen.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 use warden_core::{Decision, TimelineEntry, TimelineEvent};
 use warden_gateway::recording::Recording;
+use warden_gateway::terminal::Cast;
+
+/// Where a session's terminal recordings come from.
+pub enum Terminals<'a> {
+    /// The gateway's recordings directory (replay on the gateway's host).
+    Local(&'a Path),
+    /// Fetched from the API beforehand, by channel.
+    Fetched(HashMap<u32, Result<Cast, String>>),
+}
+
+impl Terminals<'_> {
+    pub fn get(&self, session: &str, channel: u32) -> Result<Cast, String> {
+        match self {
+            Terminals::Local(dir) => warden_gateway::terminal::read_cast(dir, session, channel)
+                .map_err(|e| e.to_string()),
+            Terminals::Fetched(casts) => casts
+                .get(&channel)
+                .cloned()
+                .unwrap_or_else(|| Err(format!("terminal {channel} was not fetched"))),
+        }
+    }
+}
 
 /// Writes the recording to `out`; with `speed`, waits between entries as the session
 /// did, `speed` times faster.
 pub async fn replay(
     rec: &Recording,
-    dir: &Path,
+    terminals: &Terminals<'_>,
     speed: Option<f64>,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
@@ -32,7 +55,10 @@ pub async fn replay(
         last_t = entry.t;
         write_entry(entry, out)?;
         if let TimelineEvent::Terminal { channel, .. } = &entry.event {
-            play_terminal(dir, &h.session, *channel, speed, out).await?;
+            match terminals.get(&h.session, *channel) {
+                Ok(cast) => play_terminal(&cast, *channel, speed, out).await?,
+                Err(e) => writeln!(out, "    ({e})")?,
+            }
         }
     }
     if rec.truncated {
@@ -47,19 +73,11 @@ pub async fn replay(
 /// Writes one terminal's output, paced by `speed` when given. The terminal runs
 /// alongside the rest of the session, so its own clock restarts at zero.
 pub async fn play_terminal(
-    dir: &Path,
-    session: &str,
+    cast: &Cast,
     channel: u32,
     speed: Option<f64>,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
-    let cast = match warden_gateway::terminal::read_cast(dir, session, channel) {
-        Ok(c) => c,
-        Err(e) => {
-            writeln!(out, "    ({e})")?;
-            return Ok(());
-        }
-    };
     writeln!(out, "----- terminal {channel} -----")?;
     let mut last = 0.0f64;
     for (t, code, data) in &cast.events {

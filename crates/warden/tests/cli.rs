@@ -1592,6 +1592,33 @@ fn connect_and_exec_reach_mysql_and_ssh_through_tunnels() {
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out.stderr).contains("oops"), "{}", text(&out.stderr));
 
+    // The thin clients: connections, sessions, and a replay fetched from the API.
+    let listed = text(&run(cli().arg("connections")).stdout);
+    assert!(
+        listed.contains("box") && listed.contains("shop"),
+        "{listed}"
+    );
+    let sessions: Value = serde_json::from_slice(
+        &run(cli().args(["sessions", "--json", "--connection", "box"])).stdout,
+    )
+    .unwrap();
+    let first = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .min()
+        .unwrap();
+    let table = text(&run(cli().args(["sessions", "--user", "dave"])).stdout);
+    assert!(table.contains(&first), "{table}");
+    let replayed = run(cli().args(["replay", &first, "--gateway", &url]));
+    assert!(replayed.status.success(), "{}", text(&replayed.stderr));
+    let shown = text(&replayed.stdout);
+    assert!(
+        shown.contains("echo 'a  b' '$HOME'") && shown.contains("a  b $HOME"),
+        "{shown}"
+    );
+
     // connect: the printed command works as printed, without a password.
     let connect = |name: &str| {
         let mut child = cli()
