@@ -519,3 +519,86 @@ pub async fn remote_recording(
     }
     Ok((Some(rec), casts))
 }
+
+fn remote_api_args(gateway: &str, token: Option<String>, json: bool) -> ApiArgs {
+    ApiArgs {
+        gateway: gateway.to_string(),
+        token,
+        json,
+    }
+}
+
+/// `warden audit verify --gateway`: the gateway walks its chain.
+pub async fn audit_verify(gateway: &str, token: Option<String>, json: bool) -> Result<ExitCode> {
+    let api = Api::new(&remote_api_args(gateway, token, json)).await?;
+    let report = api
+        .get("/api/audit/verify")
+        .await?
+        .ok_or_else(|| anyhow!("this gateway has no audit API"))?;
+    let ok = report["ok"].as_bool() == Some(true);
+    if json {
+        println!("{report}");
+    } else if ok {
+        println!(
+            "audit log intact: {} events, head {} (seq {})",
+            report["events_checked"],
+            str_of(&report, "head_hash"),
+            report["head_seq"]
+        );
+    } else {
+        let p = &report["problem"];
+        println!(
+            "AUDIT LOG TAMPERED at event seq {} (id {}):\n  {}\n  {} events before it verified",
+            p["seq"],
+            p["event_id"].as_str().unwrap_or("unknown"),
+            str_of(p, "reason"),
+            report["events_checked"]
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `warden audit list --gateway`: events, oldest first, as the API pages them.
+pub async fn audit_list(
+    gateway: &str,
+    token: Option<String>,
+    filters: &[(&str, Option<String>)],
+    json: bool,
+) -> Result<ExitCode> {
+    let api = Api::new(&remote_api_args(gateway, token, json)).await?;
+    let mut url = reqwest::Url::parse("http://x/api/audit")?;
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in filters {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+    }
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+    let page = api
+        .get(&path)
+        .await?
+        .ok_or_else(|| anyhow!("this gateway has no audit API"))?;
+    for e in page["events"].as_array().into_iter().flatten() {
+        if json {
+            println!("{e}");
+            continue;
+        }
+        let ev = &e["event"];
+        println!(
+            "{:>6}  {}  {:<20} {:<16} {:<16} {}",
+            e["seq"],
+            str_of(ev, "time"),
+            str_of(ev, "kind"),
+            ev["identity"]["subject"].as_str().unwrap_or("-"),
+            ev["connection"].as_str().unwrap_or("-"),
+            ev["payload"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

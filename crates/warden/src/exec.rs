@@ -116,22 +116,27 @@ async fn run_command(
     let mut channel = handle.channel_open_session().await?;
     channel.exec(true, command).await?;
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let spinner = ReviewSpinner::default();
     let mut status = None;
     while let Some(msg) = channel.wait().await {
         match msg {
             russh::ChannelMsg::Data { data } => {
+                spinner.stop();
                 stdout.write_all(&data)?;
                 stdout.flush()?;
             }
             russh::ChannelMsg::ExtendedData { data, .. } => {
+                spinner.stop();
                 stderr.write_all(&data)?;
                 stderr.flush()?;
+                spinner.start_if_held(&String::from_utf8_lossy(&data));
             }
             russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
             russh::ChannelMsg::Close => break,
             _ => {}
         }
     }
+    spinner.stop();
     let _ = handle
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;
@@ -156,11 +161,16 @@ async fn run_sql(
         .map_err(|e| anyhow!("{}", db_message(&e)))?;
     // Notices (a statement held for review names its review) go to stderr as they
     // come, so a waiting user sees what to ask for.
+    let waiting = ReviewSpinner::default();
+    let spinner = waiting.clone();
     let messages = tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(message) = stream.next().await {
             match message {
-                Ok(AsyncMessage::Notice(n)) => eprintln!("warden: {}", n.message()),
+                Ok(AsyncMessage::Notice(n)) => {
+                    eprintln!("warden: {}", n.message());
+                    spinner.start_if_held(n.message());
+                }
                 Ok(_) => {}
                 Err(e) => {
                     eprintln!("warden: {}", db_message(&e));
@@ -170,6 +180,7 @@ async fn run_sql(
         }
     });
     let result = client.simple_query(sql).await;
+    waiting.stop();
     drop(client);
     let _ = messages.await;
     match result {
@@ -181,6 +192,46 @@ async fn run_sql(
             eprintln!("ERROR: {}", db_message(&e));
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// A spinner on a terminal's stderr while a held command waits, naming its review.
+#[derive(Clone, Default)]
+struct ReviewSpinner(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl ReviewSpinner {
+    /// Starts spinning if `message` is the gateway's "held for review" notice and
+    /// stderr is a terminal (scripts get the notice line only).
+    fn start_if_held(&self, message: &str) {
+        use std::io::IsTerminal;
+        use std::sync::atomic::Ordering;
+        let Some(rest) = message.split("for review ").nth(1) else {
+            return;
+        };
+        let id: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+        if !std::io::stderr().is_terminal() || self.0.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let running = self.0.clone();
+        tokio::spawn(async move {
+            let frames = ['|', '/', '-', '\\'];
+            let started = std::time::Instant::now();
+            let mut i = 0usize;
+            while running.load(Ordering::SeqCst) {
+                eprint!(
+                    "\r{} waiting for review {id} ({} s)",
+                    frames[i % frames.len()],
+                    started.elapsed().as_secs()
+                );
+                i += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            }
+            eprint!("\r\x1b[2K");
+        });
+    }
+
+    fn stop(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

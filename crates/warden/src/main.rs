@@ -179,6 +179,8 @@ enum AuditCommand {
         config: ConfigArg,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArg,
     },
     /// List events, oldest first.
     List {
@@ -197,7 +199,20 @@ enum AuditCommand {
         limit: i64,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArg,
     },
+}
+
+/// Ask a gateway's API (as an admin) instead of reading the store.
+#[derive(Args)]
+struct RemoteArg {
+    /// The gateway's API URL.
+    #[arg(long, env = "WARDEN_GATEWAY")]
+    gateway: Option<String>,
+    /// With `--gateway`: an OIDC access token or API key (default: `warden login`'s).
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn init_logging() {
@@ -439,7 +454,39 @@ async fn play(
 
 async fn audit(command: AuditCommand) -> Result<ExitCode> {
     match command {
-        AuditCommand::Verify { config, json } => {
+        AuditCommand::Verify {
+            remote:
+                RemoteArg {
+                    gateway: Some(gateway),
+                    token,
+                },
+            json,
+            ..
+        } => client::audit_verify(&gateway, token, json).await,
+        AuditCommand::List {
+            remote:
+                RemoteArg {
+                    gateway: Some(gateway),
+                    token,
+                },
+            kind,
+            subject,
+            connection,
+            since,
+            limit,
+            json,
+            ..
+        } => {
+            let filters = [
+                ("kind", kind),
+                ("subject", subject),
+                ("connection", connection),
+                ("since", since),
+                ("limit", Some(limit.to_string())),
+            ];
+            client::audit_list(&gateway, token, &filters, json).await
+        }
+        AuditCommand::Verify { config, json, .. } => {
             let store = warden_gateway::open_existing_store(&config.load()?).await?;
             let report = store.verify_audit().await?;
             if json {
@@ -472,6 +519,7 @@ async fn audit(command: AuditCommand) -> Result<ExitCode> {
             since,
             limit,
             json,
+            ..
         } => {
             let store = warden_gateway::open_existing_store(&config.load()?).await?;
             let since = since

@@ -1611,6 +1611,27 @@ fn connect_and_exec_reach_mysql_and_ssh_through_tunnels() {
         .unwrap();
     let table = text(&run(cli().args(["sessions", "--user", "dave"])).stdout);
     assert!(table.contains(&first), "{table}");
+    let as_admin = |args: &[&str]| {
+        run(warden(dir.path())
+            .env("WARDEN_GATEWAY", &url)
+            .env("WARDEN_TOKEN", &admin)
+            .args(args))
+    };
+    let verified = as_admin(&["audit", "verify"]);
+    assert!(
+        text(&verified.stdout).starts_with("audit log intact"),
+        "{}",
+        text(&verified.stderr)
+    );
+    let events = text(&as_admin(&["audit", "list", "--kind", "ssh.", "--limit", "1000"]).stdout);
+    assert!(events.contains("ssh.exec"), "{events}");
+    let refused = run(cli().args(["audit", "list"]));
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("admin"),
+        "{}",
+        text(&refused.stderr)
+    );
     let replayed = run(cli().args(["replay", &first, "--gateway", &url]));
     assert!(replayed.status.success(), "{}", text(&replayed.stderr));
     let shown = text(&replayed.stdout);
