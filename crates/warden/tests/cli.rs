@@ -757,17 +757,7 @@ fn access_requests_and_reviews_from_the_command_line() {
                 "tls": {"mode": "disable"},
                 "access": {"request_required": true, "reviewers": ["sre"]}}),
     );
-    let key = |subject: &str, group: &str| {
-        post_admin(
-            &url,
-            &admin,
-            "/api/api-keys",
-            &json!({"name": subject, "subject": subject, "groups": [group]}),
-        )["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let key = |subject: &str, group: &str| api_key(&url, &admin, subject, group);
     let (alice, bob) = (key("alice", "dev"), key("bob", "sre"));
     let cli = |token: &str, args: &[&str]| {
         run(warden(dir.path())
@@ -1002,6 +992,44 @@ fn events_undelivered_when_the_gateway_is_killed_are_delivered_after_it_restarts
     );
 }
 
+/// The test OpenID provider's issuer (scripts/test.sh starts it).
+fn provider_issuer() -> String {
+    std::env::var("WARDEN_TEST_OIDC_ISSUER")
+        .expect("the test OpenID provider (scripts/test.sh starts it)")
+}
+
+/// A gateway whose config file trusts the test provider (audience `urn:warden`)
+/// and holds `extra` TOML, with `envs` set.
+fn start_gateway_trusting_provider(dir: &Path, extra: &str, envs: &[(&str, &str)]) -> Running {
+    let issuer = provider_issuer();
+    let config = dir.join("warden.toml");
+    std::fs::write(
+        &config,
+        format!("[[auth.oidc]]\nissuer = \"{issuer}\"\naudiences = [\"urn:warden\"]\n\n{extra}"),
+    )
+    .unwrap();
+    let path = config.to_string_lossy().into_owned();
+    let mut all = vec![("WARDEN_CONFIG", path.as_str())];
+    all.extend_from_slice(envs);
+    start_gateway_with(dir, &all)
+}
+
+/// An API key for `subject` in `group`, issued with the admin key.
+fn api_key(url: &str, admin: &str, subject: &str, group: &str) -> String {
+    post_admin(
+        url,
+        admin,
+        "/api/api-keys",
+        &json!({"name": subject, "subject": subject, "groups": [group]}),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The guardrail set the tunnel tests attach: no DDL.
+const NO_DROPS: &str = "[[policies.guardrails]]\nname = \"no-drops\"\n[[policies.guardrails.rules]]\nname = \"no-ddl\"\nsql_statements = [\"ddl\"]\n";
+
 /// Plays a browser for the test OpenID provider: follows redirects by hand and
 /// keeps cookies (the provider ties a login's steps together with them).
 struct Browser {
@@ -1094,20 +1122,16 @@ fn line_after(reader: &mut impl BufRead, prefix: &str) -> String {
 
 #[test]
 fn login_with_the_device_flow_and_pkce_caches_and_renews_tokens() {
-    let issuer = std::env::var("WARDEN_TEST_OIDC_ISSUER")
-        .expect("the test OpenID provider (scripts/test.sh starts it)");
+    let issuer = provider_issuer();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("warden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.oidc]]\nissuer = \"{issuer}\"\naudiences = [\"urn:warden\"]\n\n\
-             [auth.cli]\nissuer = \"{issuer}\"\nclient_id = \"warden-cli\"\n\
+    let running = start_gateway_trusting_provider(
+        dir.path(),
+        &format!(
+            "[auth.cli]\nissuer = \"{issuer}\"\nclient_id = \"warden-cli\"\n\
              scopes = [\"openid\", \"offline_access\", \"api\"]\nresource = \"urn:warden\"\n"
         ),
-    )
-    .unwrap();
-    let running = start_gateway_with(dir.path(), &[("WARDEN_CONFIG", config.to_str().unwrap())]);
+        &[],
+    );
     let url = running.url.clone();
     let home = dir.path().join("cfg");
     let cli = |args: &[&str]| {
@@ -1250,37 +1274,12 @@ fn login_with_the_device_flow_and_pkce_caches_and_renews_tokens() {
 
 #[test]
 fn connect_tunnels_psql_with_policies_applied_and_refuses_expired_tokens() {
-    let issuer = std::env::var("WARDEN_TEST_OIDC_ISSUER")
-        .expect("the test OpenID provider (scripts/test.sh starts it)");
+    let issuer = provider_issuer();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("warden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[[auth.oidc]]
-issuer = "{issuer}"
-audiences = ["urn:warden"]
-
-[[policies.guardrails]]
-name = "no-drops"
-[[policies.guardrails.rules]]
-name = "no-ddl"
-sql_statements = ["ddl"]
-
-[[policies.masking]]
-name = "pii"
-detectors = ["email"]
-"#
-        ),
-    )
-    .unwrap();
-    let running = start_gateway_with(
+    let running = start_gateway_trusting_provider(
         dir.path(),
-        &[
-            ("WARDEN_CONFIG", config.to_str().unwrap()),
-            ("WARDEN_AUTH__CLOCK_SKEW_SECS", "0"),
-        ],
+        &format!("{NO_DROPS}\n[[policies.masking]]\nname = \"pii\"\ndetectors = [\"email\"]\n"),
+        &[("WARDEN_AUTH__CLOCK_SKEW_SECS", "0")],
     );
     let admin = running.printed_key.clone().unwrap();
     let url = running.url.clone();
@@ -1431,34 +1430,15 @@ detectors = ["email"]
 
 #[test]
 fn exec_prints_results_and_waits_for_a_review() {
-    let issuer = std::env::var("WARDEN_TEST_OIDC_ISSUER")
-        .expect("the test OpenID provider (scripts/test.sh starts it)");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("warden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[[auth.oidc]]
-issuer = "{issuer}"
-audiences = ["urn:warden"]
-
-[[policies.guardrails]]
-name = "no-drops"
-[[policies.guardrails.rules]]
-name = "no-ddl"
-sql_statements = ["ddl"]
-
-[[policies.guardrails]]
-name = "held"
-[[policies.guardrails.rules]]
-name = "deletes"
-sql_statements = ["delete"]
-"#
+    let running = start_gateway_trusting_provider(
+        dir.path(),
+        &format!(
+            "{NO_DROPS}\n[[policies.guardrails]]\nname = \"held\"\n\
+             [[policies.guardrails.rules]]\nname = \"deletes\"\nsql_statements = [\"delete\"]\n"
         ),
-    )
-    .unwrap();
-    let running = start_gateway_with(dir.path(), &[("WARDEN_CONFIG", config.to_str().unwrap())]);
+        &[],
+    );
     let (url, admin) = (running.url.clone(), running.printed_key.clone().unwrap());
     post_admin(
         &url,
@@ -1469,17 +1449,7 @@ sql_statements = ["delete"]
                 "tls": {"mode": "disable"}, "access": {"reviewers": ["sre"]},
                 "policies": {"guardrails": ["no-drops"], "reviews": ["held"]}}),
     );
-    let key = |subject: &str, group: &str| {
-        post_admin(
-            &url,
-            &admin,
-            "/api/api-keys",
-            &json!({"name": subject, "subject": subject, "groups": [group]}),
-        )["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let key = |subject: &str, group: &str| api_key(&url, &admin, subject, group);
     let (carol, bob) = (key("carol", "dba"), key("bob", "sre"));
     let setup = run(Command::new("psql")
         .arg("postgres://postgres@127.0.0.1:5432/postgres")
