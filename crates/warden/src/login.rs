@@ -95,6 +95,29 @@ pub fn gateway_key(gateway: &str) -> String {
     gateway.trim_end_matches('/').to_string()
 }
 
+/// Tokens go to the gateway over HTTPS, or plain HTTP only on this machine.
+fn check_transport(gateway: &str) -> Result<()> {
+    let url = reqwest::Url::parse(gateway)
+        .with_context(|| format!("`{gateway}` is not a gateway URL (https://...)"))?;
+    let host = url
+        .host_str()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => bail!(
+            "refusing to send a token to {gateway} over plain HTTP: use the gateway's https:// address"
+        ),
+        other => bail!("`{other}` is not a gateway URL scheme (https://...)"),
+    }
+}
+
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -109,9 +132,11 @@ fn http() -> Result<reqwest::Client> {
 /// login, renewed if it is about to expire.
 pub async fn token_for(gateway: &str, given: Option<&str>) -> Result<String> {
     if let Some(t) = given.filter(|t| !t.is_empty()) {
+        check_transport(&gateway_key(gateway))?;
         return Ok(t.to_string());
     }
     let key = gateway_key(gateway);
+    check_transport(&key)?;
     let mut file = load()?;
     let Some(login) = file.gateways.get(&key).cloned() else {
         bail!("not logged in to {key}: run `warden login --gateway {key}` (or set WARDEN_TOKEN)");
@@ -269,6 +294,7 @@ fn random_url_safe(bytes: usize) -> Result<String> {
 /// `warden login`.
 pub async fn login(gateway: &str, device: bool, open_browser: bool) -> Result<()> {
     let gateway = gateway_key(gateway);
+    check_transport(&gateway)?;
     let http = http()?;
     let s = setup(&http, &gateway).await?;
     let answer = if device {
@@ -538,6 +564,7 @@ pub async fn whoami(gateway: &str, given: Option<&str>, json: bool) -> Result<()
 /// `warden logout`: forgets the cached login (the provider's session is left alone).
 pub fn logout(gateway: &str) -> Result<()> {
     let key = gateway_key(gateway);
+    check_transport(&key)?;
     let mut file = load()?;
     if file.gateways.remove(&key).is_some() {
         save(&file)?;
@@ -546,4 +573,29 @@ pub fn logout(gateway: &str) -> Result<()> {
         println!("not logged in to {key}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_transport;
+
+    #[test]
+    fn tokens_travel_over_https_or_stay_on_this_machine() {
+        for ok in [
+            "https://warden.example.com",
+            "http://127.0.0.1:8009",
+            "http://localhost:1",
+            "http://[::1]:8009",
+        ] {
+            assert!(check_transport(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://warden.example.com",
+            "http://10.0.0.5:8009",
+            "ftp://x",
+            "not a url",
+        ] {
+            assert!(check_transport(bad).is_err(), "{bad}");
+        }
+    }
 }
