@@ -497,6 +497,53 @@ impl TargetWorker {
     }
 }
 
+/// Sends one event to a webhook now, outside its queue (redelivering a dead
+/// letter); the error says why it failed.
+pub async fn deliver_now(
+    store: &Store,
+    config: &EventsConfig,
+    webhook: Uuid,
+    seq: i64,
+) -> Result<(), String> {
+    let w = store
+        .webhook(webhook)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no such webhook")?;
+    let secret = store
+        .webhook_secret(webhook)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no such webhook")?;
+    let entry = store
+        .list_audit(&AuditFilter {
+            after_seq: Some(seq - 1),
+            limit: 1,
+            ..AuditFilter::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|e| e.seq == seq)
+        .ok_or("the event is no longer in the audit log")?;
+    let mut sender = Sender::Webhook {
+        url: w.url,
+        secret,
+        http: webhook_client(config)?,
+    };
+    sender.send(&entry).await
+}
+
+fn webhook_client(config: &EventsConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(config.webhook_timeout_secs))
+        // A receiver must not bounce deliveries (and their signatures) elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("webhook client: {e}"))
+}
+
 /// Runs every target: the configured SIEM sinks, and the webhooks in the store
 /// (re-read when the API changes them).
 pub struct Delivery {
@@ -509,13 +556,7 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(store: Arc<Store>, config: EventsConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.webhook_timeout_secs))
-            // A receiver must not bounce deliveries (and their signatures) elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("webhook client: {e}"))?;
+        let http = webhook_client(&config)?;
         Ok(Self {
             store,
             config,

@@ -895,14 +895,22 @@ async fn undeliverable_events_become_dead_letters(backend: Backend) {
     config.events.backoff_base_ms = 20;
     config.events.max_attempts = 3;
     let gw = TestGateway::with_config(config, dir).await;
-    // Nothing listens on the discard port of the loopback interface.
+    // A port nothing listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (_, dead) = gw
         .admin(
             "POST",
             "/api/webhooks",
-            Some(json!({"url": "http://127.0.0.1:9/closed", "kinds": ["connection.*"]})),
+            Some(
+                json!({"url": format!("http://127.0.0.1:{port}/hook"), "kinds": ["connection.*"]}),
+            ),
         )
         .await;
+    let secret = dead["secret"].as_str().unwrap().to_string();
     let dead_id = dead["id"].as_str().unwrap().to_string();
     add_pg(&gw, "one", json!({}), json!({})).await;
     add_pg(&gw, "two", json!({}), json!({})).await;
@@ -932,6 +940,36 @@ async fn undeliverable_events_become_dead_letters(backend: Backend) {
         .admin("GET", &format!("/api/webhooks/{dead_id}"), None)
         .await;
     assert_eq!(view["delivery"]["attempts"], 0, "it moved on: {view}");
+
+    // Redelivery: refused while the receiver is away, done once it is back.
+    let first = letters[0]["id"].as_str().unwrap().to_string();
+    let redeliver = format!("/api/webhooks/{dead_id}/dead-letters/{first}/redeliver");
+    let (status, answer) = gw.admin("POST", &redeliver, None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (502, Some("delivery_failed"))
+    );
+    let received = Arc::new(Received::default());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(receiver(received.clone(), listener));
+    let (status, answer) = gw.admin("POST", &redeliver, None).await;
+    assert_eq!(status, 204, "{answer}");
+    let (headers, body) = received.deliveries.lock().unwrap()[0].clone();
+    let event = verified(&secret, &headers, &body);
+    assert_eq!(event["id"], letters[0]["event_id"]);
+    let (_, left) = gw
+        .admin(
+            "GET",
+            &format!("/api/webhooks/{dead_id}/dead-letters"),
+            None,
+        )
+        .await;
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    let (status, _) = gw.admin("POST", &redeliver, None).await;
+    assert_eq!(status, 404, "a letter is redelivered once");
+    assert_eq!(gw.audit_events("webhook.redeliver").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

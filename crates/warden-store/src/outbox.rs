@@ -264,6 +264,22 @@ impl Store {
         Ok(true)
     }
 
+    /// Removes a dead letter of `target` (it was delivered after all) and records
+    /// `event`; false when there is no such letter.
+    pub async fn delete_dead_letter(&self, target: &str, id: Uuid, event: &Event) -> Result<bool> {
+        let mut tx = self.begin_audited().await?;
+        let done = sqlx::query("DELETE FROM dead_letters WHERE id = $1 AND target = $2")
+            .bind(id.to_string())
+            .bind(target)
+            .execute(tx.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit_with(event).await?;
+        Ok(true)
+    }
+
     /// A target's dead letters, newest first.
     pub async fn dead_letters(&self, target: &str, limit: i64) -> Result<Vec<DeadLetter>> {
         let rows = sqlx::query(

@@ -148,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::list, webhooks::create))
         .routes(routes!(webhooks::get, webhooks::delete))
         .routes(routes!(webhooks::dead_letters))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(webhooks::sinks))
         .routes(routes!(tunnel::open))
         .split_for_parts();

@@ -258,3 +258,45 @@ pub async fn sinks(
     }
     Ok(Json(out))
 }
+
+/// Deliver a dead letter again, now; on success it leaves the list.
+#[utoipa::path(post, path = "/api/webhooks/{id}/dead-letters/{letter}/redeliver", tag = "webhooks",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("letter" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, letter)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin(&state, "webhook.redeliver").await?;
+    let target = webhook_target(id);
+    let found = state
+        .store
+        .dead_letters(&target, 1000)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .into_iter()
+        .find(|l| l.id == letter)
+        .ok_or_else(|| ApiError::not_found(format!("dead letter {letter} of webhook {id}")))?;
+    if let Err(e) =
+        crate::events::deliver_now(&state.store, &state.config.events, id, found.seq).await
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "delivery_failed",
+            format!("the receiver did not take it: {e}"),
+        ));
+    }
+    let event = Event::new(
+        "webhook.redeliver",
+        json!({"webhook": id, "letter": letter, "event_id": found.event_id, "seq": found.seq}),
+    )
+    .by(&caller.identity);
+    state
+        .store
+        .delete_dead_letter(&target, letter, &event)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
