@@ -461,9 +461,14 @@ async fn callback(listener: &tokio::net::TcpListener, state: &str) -> Result<Str
         }
         let head = String::from_utf8_lossy(&buf[..len]).into_owned();
         let target = head.split_whitespace().nth(1).unwrap_or("/");
-        let url = reqwest::Url::parse(&format!("http://127.0.0.1{target}"))?;
-        let params: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
-        let (status, page, outcome) = if url.path() != "/callback" {
+        // Anything may knock on a loopback port: what is not a redirect is answered
+        // and ignored, never taken as the end of the login.
+        let url = reqwest::Url::parse(&format!("http://127.0.0.1{target}")).ok();
+        let params: BTreeMap<String, String> = url
+            .as_ref()
+            .map(|u| u.query_pairs().into_owned().collect())
+            .unwrap_or_default();
+        let (status, page, outcome) = if url.as_ref().map(reqwest::Url::path) != Some("/callback") {
             ("404 Not Found", "Not found.", None)
         } else if params.get("state").map(String::as_str) != Some(state) {
             (

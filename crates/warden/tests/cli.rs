@@ -1245,6 +1245,26 @@ fn login_with_the_device_flow_and_pkce_caches_and_renews_tokens() {
         page_url.contains("code_challenge_method=S256"),
         "{page_url}"
     );
+    // Stray requests to the loopback listener do not end the login.
+    let redirect = reqwest::Url::parse(&page_url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let callback_port = reqwest::Url::parse(&redirect).unwrap().port().unwrap();
+    for stray in [
+        "GET http://[broken HTTP/1.1\r\n\r\n",
+        "GET /favicon.ico HTTP/1.1\r\n\r\n",
+        "\x00\x01garbage\r\n\r\n",
+    ] {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", callback_port)).unwrap();
+        s.write_all(stray.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    }
     let landed = rt.block_on(async {
         Browser::new()
             .go(&format!("{page_url}&login_hint=alice"), None)
