@@ -144,6 +144,25 @@ impl Approvals {
         Ok(done)
     }
 
+    /// Approves (`approve`) or rejects as `by`; true when an approval completes the
+    /// threshold.
+    pub fn decide(
+        &mut self,
+        requester: &str,
+        by: &str,
+        may_review: bool,
+        approve: bool,
+        comment: Option<String>,
+        at: OffsetDateTime,
+    ) -> Result<bool, DecisionError> {
+        if approve {
+            self.approve(requester, by, may_review, comment, at)
+        } else {
+            self.reject(requester, by, may_review, comment, at)
+                .map(|()| false)
+        }
+    }
+
     /// One rejection ends it.
     pub fn reject(
         &mut self,

@@ -280,6 +280,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let id: uuid::Uuid = session
                 .parse()
                 .with_context(|| format!("`{session}` is not a session id"))?;
+            // Local terminals are read from here, which must outlive them.
+            let dir;
             let (rec, terminals) = match &gateway {
                 Some(gw) => {
                     let (rec, casts) =
@@ -287,13 +289,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     (rec, replay::Terminals::Fetched(casts))
                 }
                 None => {
-                    let dir = config.load()?.recordings_dir();
+                    dir = config.load()?.recordings_dir();
                     let rec = match terminal {
                         // A terminal alone needs no timeline.
                         Some(_) => None,
                         None => Some(warden_gateway::recording::read_recording(&dir, id)?),
                     };
-                    return replay_local(rec, dir, id, terminal, export, speed, json).await;
+                    (rec, replay::Terminals::Local(&dir))
                 }
             };
             play(rec, &terminals, id, terminal, export, speed, json).await
@@ -399,20 +401,6 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
-}
-
-/// Replays from the recordings directory.
-async fn replay_local(
-    rec: Option<warden_gateway::recording::Recording>,
-    dir: PathBuf,
-    id: uuid::Uuid,
-    terminal: Option<u32>,
-    export: Option<PathBuf>,
-    speed: Option<f64>,
-    json: bool,
-) -> Result<ExitCode> {
-    let terminals = replay::Terminals::Local(&dir);
-    play(rec, &terminals, id, terminal, export, speed, json).await
 }
 
 /// Plays (or exports) a recording: one terminal, the JSON lines, or the timeline.

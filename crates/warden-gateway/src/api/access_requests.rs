@@ -275,16 +275,13 @@ async fn decide(
         .access
         .may_review(&caller.identity, &old.decision.reviewers);
     let (me, now) = (caller.identity.subject.as_str(), timefmt::now());
-    let kind = if !approve {
-        new.decision
-            .reject(&old.subject, me, may, comment, now)
-            .map_err(decision_error)?;
-        "access.reject"
-    } else if new
+    let granted = new
         .decision
-        .approve(&old.subject, me, may, comment, now)
-        .map_err(decision_error)?
-    {
+        .decide(&old.subject, me, may, approve, comment, now)
+        .map_err(decision_error)?;
+    let kind = if !approve {
+        "access.reject"
+    } else if granted {
         new.ends_at =
             Some(now + time::Duration::seconds(i64::try_from(new.duration_secs).unwrap_or(3600)));
         "access.grant"

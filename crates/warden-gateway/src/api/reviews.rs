@@ -200,15 +200,12 @@ async fn decide(
         .access
         .may_review(&caller.identity, &old.decision.reviewers);
     let me = caller.identity.subject.as_str();
+    new.decision
+        .decide(&old.subject, me, may, approve, comment, now)
+        .map_err(decision_error)?;
     let kind = if approve {
-        new.decision
-            .approve(&old.subject, me, may, comment, now)
-            .map_err(decision_error)?;
         "review.approve"
     } else {
-        new.decision
-            .reject(&old.subject, me, may, comment, now)
-            .map_err(decision_error)?;
         "review.reject"
     };
     let mut event = review_event(kind, &new).by(&caller.identity);
