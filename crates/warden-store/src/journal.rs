@@ -4,7 +4,8 @@
 //! A store transaction costs several database round trips; appending a line to a local
 //! file and syncing it costs one disk flush. So events go to a writer thread that
 //! group-commits them (everything waiting at that moment, one write, one
-//! `fdatasync`), and a background task ships them into the store's hash chain every
+//! `fdatasync`) — or, with [`JournalSync::Os`], the caller writes its line itself
+//! under a lock (no sync to share, so no thread to hand it to) — and a background task ships them into the store's hash chain every
 //! few milliseconds, from memory, one transaction per shipment. What that buys and
 //! what it keeps:
 //!
@@ -76,11 +77,20 @@ struct Segment {
     len: u64,
 }
 
+/// Who writes the journal.
+enum Sink {
+    /// With `fdatasync`: a thread that owns the segment and group-commits what waits,
+    /// so one sync serves every statement that arrived during the last one.
+    Thread(std::sync::mpsc::Sender<Command>),
+    /// Handed to the OS: the caller writes under a lock, which costs one `pwrite`
+    /// and no hand-off to another thread and back.
+    Inline(Mutex<Writer>),
+}
+
 pub struct AuditJournal {
     dir: PathBuf,
     store: Arc<Store>,
-    /// To the writer thread, which owns the current segment.
-    writer: std::sync::mpsc::Sender<Command>,
+    writer: Sink,
     /// Lines nobody waits for, picked up by the writer whenever it next wakes (for an
     /// append or a take): queuing them here costs no wake-up of their own.
     later: Later,
@@ -202,18 +212,24 @@ impl AuditJournal {
             std::fs::remove_file(path).map_err(|e| io_error("removing a shipped segment", e))?;
         }
         let segment = create_segment(dir, next)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let writer_dir = dir.to_path_buf();
         let later = Later::default();
-        let writer_later = later.clone();
-        std::thread::Builder::new()
-            .name("audit-journal".into())
-            .spawn(move || write_loop(&writer_dir, segment, &rx, &writer_later, sync))
-            .map_err(|e| io_error("starting its writer", e))?;
+        let w = Writer::new(dir, segment, sync);
+        let writer = match sync {
+            JournalSync::Disk => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let writer_later = later.clone();
+                std::thread::Builder::new()
+                    .name("audit-journal".into())
+                    .spawn(move || write_loop(w, &rx, &writer_later))
+                    .map_err(|e| io_error("starting its writer", e))?;
+                Sink::Thread(tx)
+            }
+            JournalSync::Os => Sink::Inline(Mutex::new(w)),
+        };
         let journal = Arc::new(Self {
             dir: dir.to_path_buf(),
             store,
-            writer: tx,
+            writer,
             later,
             ship_lock: tokio::sync::Mutex::new(()),
             failing: Mutex::new(None),
@@ -250,10 +266,23 @@ impl AuditJournal {
         }
         let mut line = serde_json::to_vec(event)?;
         line.push(b'\n');
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Append(line, Box::new(event.clone()), tx))?;
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
+        match &self.writer {
+            Sink::Thread(commands) => {
+                let (tx, rx) = oneshot::channel();
+                commands
+                    .send(Command::Append(line, Box::new(event.clone()), tx))
+                    .map_err(|_| writer_stopped())?;
+                rx.await
+                    .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
+            }
+            Sink::Inline(writer) => {
+                let mut w = lock_writer(writer)?;
+                w.take_later(&self.later);
+                w.bytes.extend_from_slice(&line);
+                w.pending.push(event.clone());
+                w.flush()
+            }
+        }
     }
 
     /// Queues an event that nothing waits for (a statement's outcome): it is written
@@ -277,10 +306,25 @@ impl AuditJournal {
         }
     }
 
-    fn send(&self, command: Command) -> Result<()> {
-        self.writer
-            .send(command)
-            .map_err(|_| StoreError::AppendFailed("the audit journal writer stopped".into()))
+    /// Everything written since the last take (writing what waits first).
+    async fn take(&self) -> Result<Taken> {
+        match &self.writer {
+            Sink::Thread(commands) => {
+                let (tx, rx) = oneshot::channel();
+                commands
+                    .send(Command::Take(tx))
+                    .map_err(|_| writer_stopped())?;
+                rx.await.map_err(|_| writer_stopped())
+            }
+            Sink::Inline(writer) => {
+                let mut w = lock_writer(writer)?;
+                w.take_later(&self.later);
+                // A failure is logged and answered to nobody: the lines queued
+                // for later are lost, as they would be on the writer thread.
+                let _ = w.flush();
+                Ok(w.take())
+            }
+        }
     }
 
     /// Moves everything journaled so far into the store's chain.
@@ -292,11 +336,7 @@ impl AuditJournal {
     }
 
     async fn ship(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Take(tx))?;
-        let taken = rx
-            .await
-            .map_err(|_| StoreError::AppendFailed("the audit journal writer stopped".into()))?;
+        let taken = self.take().await?;
         if self.from_disk.load(Ordering::Acquire) {
             // What a failed shipment held is on disk, and so is everything taken
             // since, up to the point of this take.
@@ -336,6 +376,16 @@ impl AuditJournal {
     }
 }
 
+fn writer_stopped() -> StoreError {
+    StoreError::AppendFailed("the audit journal writer stopped".into())
+}
+
+fn lock_writer(writer: &Mutex<Writer>) -> Result<std::sync::MutexGuard<'_, Writer>> {
+    writer
+        .lock()
+        .map_err(|_| StoreError::AppendFailed("the audit journal broke".into()))
+}
+
 async fn remove_segment(path: &Path) -> Result<()> {
     match tokio::fs::remove_file(path).await {
         Ok(()) => Ok(()),
@@ -364,24 +414,7 @@ async fn ship_unshipped(store: &Store, events: Vec<Event>) -> Result<()> {
 /// The writer thread: takes every command waiting, writes the lines with one write
 /// and (by default) one `fdatasync`, answers, and hands written events to the
 /// shipper. Ends when the journal is dropped.
-fn write_loop(
-    dir: &Path,
-    segment: Segment,
-    commands: &std::sync::mpsc::Receiver<Command>,
-    later: &Later,
-    sync: JournalSync,
-) {
-    let mut w = Writer {
-        dir: dir.to_path_buf(),
-        segment,
-        sync,
-        bytes: Vec::new(),
-        pending: Vec::new(),
-        waiting: Vec::new(),
-        written: Vec::new(),
-        finished: Vec::new(),
-        next: None,
-    };
+fn write_loop(mut w: Writer, commands: &std::sync::mpsc::Receiver<Command>, later: &Later) {
     while let Ok(first) = commands.recv() {
         // Lines queued for later go first: each was queued after the appends its
         // caller had seen complete, which are written already.
@@ -396,24 +429,19 @@ fn write_loop(
                     w.waiting.push(reply);
                 }
                 Command::Take(reply) => {
-                    w.flush();
-                    let _ = reply.send(Taken {
-                        events: std::mem::take(&mut w.written),
-                        finished: std::mem::take(&mut w.finished),
-                        segment: w.segment.number,
-                        len: w.segment.len,
-                    });
+                    let _ = w.flush();
+                    let _ = reply.send(w.take());
                 }
             }
         }
         // A batch of takes only has written everything already; one with appends is
         // written (and synced) once, for all of them and the lines queued for later.
         if !w.waiting.is_empty() {
-            w.flush();
+            let _ = w.flush();
         }
     }
     w.take_later(later);
-    w.flush();
+    let _ = w.flush();
 }
 
 /// The writer thread's state.
@@ -433,6 +461,30 @@ struct Writer {
 }
 
 impl Writer {
+    fn new(dir: &Path, segment: Segment, sync: JournalSync) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            segment,
+            sync,
+            bytes: Vec::new(),
+            pending: Vec::new(),
+            waiting: Vec::new(),
+            written: Vec::new(),
+            finished: Vec::new(),
+            next: None,
+        }
+    }
+
+    /// Hands over what was written since the last take.
+    fn take(&mut self) -> Taken {
+        Taken {
+            events: std::mem::take(&mut self.written),
+            finished: std::mem::take(&mut self.finished),
+            segment: self.segment.number,
+            len: self.segment.len,
+        }
+    }
+
     /// Buffers the lines queued for later.
     fn take_later(&mut self, later: &Later) {
         if let Ok(mut queued) = later.lock() {
@@ -443,9 +495,11 @@ impl Writer {
         }
     }
 
-    fn flush(&mut self) {
+    /// Writes what is buffered and answers whoever waits for it; the result is also
+    /// returned, for a caller that wrote inline.
+    fn flush(&mut self) -> Result<()> {
         if self.bytes.is_empty() {
-            return;
+            return Ok(());
         }
         let result = self.write();
         let message = result.as_ref().err().map(ToString::to_string);
@@ -457,12 +511,14 @@ impl Writer {
             }
         }
         self.bytes.clear();
+        let answer = || match &message {
+            None => Ok(()),
+            Some(m) => Err(StoreError::AppendFailed(m.clone())),
+        };
         for w in self.waiting.drain(..) {
-            let _ = w.send(match &message {
-                None => Ok(()),
-                Some(m) => Err(StoreError::AppendFailed(m.clone())),
-            });
+            let _ = w.send(answer());
         }
+        answer()
     }
 
     fn write(&mut self) -> Result<()> {

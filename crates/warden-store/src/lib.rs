@@ -104,6 +104,13 @@ impl Store {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
+                        // Statement journals (a multi-row INSERT in a transaction
+                        // keeps one) in memory, not in a temporary file per
+                        // statement: they only matter until the statement ends.
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
+                        // The audit log's table and five indexes are written at every
+                        // shipment; SQLite's default 2 MB cache rereads their pages.
+                        conn.execute("PRAGMA cache_size = -32768").await?;
                     }
                     Ok(())
                 })

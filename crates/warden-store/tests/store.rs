@@ -263,9 +263,17 @@ both_stores!(a_large_batch_chains_as_one);
 async fn a_large_batch_chains_as_one(backend: Backend) -> TestResult {
     let (store, _url, _key, _dir) = open(backend).await?;
     store.append_audit(&ev("test.first")).await?;
-    // More than one INSERT's worth of events, in one transaction.
+    // Many INSERTs' worth of events, in one transaction: small ones, and every so
+    // often one larger than an INSERT's byte budget on its own.
     let events: Vec<Event> = (0..1200)
-        .map(|i| Event::new("test.bulk", json!({"i": i})))
+        .map(|i| {
+            let filler = if i % 97 == 0 {
+                "x".repeat(40_000)
+            } else {
+                String::new()
+            };
+            Event::new("test.bulk", json!({"i": i, "filler": filler}))
+        })
         .collect();
     store.append_audit_batch(&events).await?;
     let a = store.append_audit(&ev("test.last")).await?;
@@ -273,6 +281,19 @@ async fn a_large_batch_chains_as_one(backend: Backend) -> TestResult {
     let report = store.verify_audit().await?;
     assert!(report.ok, "{report:?}");
     assert_eq!(report.events_checked, 1202);
+    // In the order given.
+    let listed = store
+        .list_audit(&AuditFilter {
+            kind: Some("test.bulk".into()),
+            limit: 2000,
+            ..Default::default()
+        })
+        .await?;
+    let order: Vec<i64> = listed
+        .iter()
+        .filter_map(|e| e.event.payload["i"].as_i64())
+        .collect();
+    assert_eq!(order, (0..1200).collect::<Vec<i64>>());
     Ok(())
 }
 
