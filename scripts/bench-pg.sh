@@ -3,7 +3,8 @@
 # transaction) at 1 and 8 clients, direct to PostgreSQL, through Warden (audit,
 # recording and masking on; `warden` syncs each audit batch to disk, `warden-os` hands
 # it to the OS: `audit.journal_sync = false`) and through PgBouncer (session
-# pooling), all in the same run. Prints TPS, the ratio to direct, and p50/p99 latency with what each proxy adds.
+# pooling), all in the same run. Prints TPS, the ratio to direct, p50/p99 latency with
+# what each proxy adds, and each proxy's CPU time (user + system) per statement.
 #
 #   scripts/bench-pg.sh                  # 15 s per run
 #   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-pg.sh
@@ -88,7 +89,9 @@ for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p "$bouncer_port" && break;
 # run NAME CLIENTS PORT DBNAME USER PASSWORD → "tps p50_us p99_us"
 run() {
   local name=$1 c=$2 port=$3 db=$4 user=$5 pass=$6 prefix="$work/log-$1-$2"
-  local out
+  local out pid cpu_before
+  pid=$(proxy_pid "$name")
+  [ -z "$pid" ] || cpu_before=$(cpu_us "$pid")
   out=$(cd "$work" && PGPASSWORD=$pass pgbench -n -S -T "$seconds" -c "$c" -j "$c" \
     -h 127.0.0.1 -p "$port" -U "$user" -l --log-prefix="$prefix" "$db" 2>&1) || {
     echo "pgbench $name failed:" >&2
@@ -103,21 +106,36 @@ run() {
     { v[NR] = $1 }
     END { p50 = v[int(NR * 0.50) + 1]; p99 = v[int(NR * 0.99) + 1]; print p50, p99 }')
   rm -f "$prefix".*
-  echo "$tps $pct"
+  # The proxy's CPU time per statement (one per transaction with -S).
+  local per_stmt=-
+  if [ -n "$pid" ]; then
+    local done_tx
+    done_tx=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    per_stmt=$(awk -v a="$cpu_before" -v b="$(cpu_us "$pid")" -v n="$done_tx" 'BEGIN { printf "%.0f", (b - a) / n }')
+  fi
+  echo "$tps $pct $per_stmt"
+}
+
+# proxy_pid NAME → the pid of the proxy a run goes through (none for direct).
+proxy_pid() {
+  case $1 in
+    warden | warden-os) cat "$work/$1.pid" ;;
+    pgbouncer) pgrep -n -f "pgbouncer $work/pgbouncer.ini" || true ;;
+  esac
 }
 
 printf '\npgbench -S, %ss per run, scale %s\n' "$seconds" "$scale"
-printf '%-8s %-10s %10s %7s %9s %9s %10s %10s\n' clients path tps ratio p50_us p99_us +p50_us +p99_us
+printf '%-8s %-10s %10s %7s %9s %9s %10s %10s %12s\n' clients path tps ratio p50_us p99_us +p50_us +p99_us cpu_us/stmt
 for c in $clients; do
-  read -r d_tps d_p50 d_p99 < <(run direct "$c" 5432 warden_bench warden_t_scram scram-pw-1)
-  read -r w_tps w_p50 w_p99 < <(run warden "$c" "$warden_port" bench bench "$token")
-  read -r o_tps o_p50 o_p99 < <(run warden-os "$c" $((warden_port + 1)) bench bench "$os_token")
-  read -r b_tps b_p50 b_p99 < <(run pgbouncer "$c" "$bouncer_port" warden_bench warden_t_scram scram-pw-1)
-  printf '%-8s %-10s %10.0f %7s %9s %9s %10s %10s\n' "$c" direct "$d_tps" "1.00" "$d_p50" "$d_p99" - -
-  for row in "warden $w_tps $w_p50 $w_p99" "warden-os $o_tps $o_p50 $o_p99" "pgbouncer $b_tps $b_p50 $b_p99"; do
-    read -r name tps p50 p99 <<<"$row"
-    printf '%-8s %-10s %10.0f %7.2f %9s %9s %10s %10s\n' "$c" "$name" "$tps" \
-      "$(awk -v a="$tps" -v b="$d_tps" 'BEGIN { print a / b }')" "$p50" "$p99" "$((p50 - d_p50))" "$((p99 - d_p99))"
+  read -r d_tps d_p50 d_p99 _ < <(run direct "$c" 5432 warden_bench warden_t_scram scram-pw-1)
+  read -r w_tps w_p50 w_p99 w_cpu < <(run warden "$c" "$warden_port" bench bench "$token")
+  read -r o_tps o_p50 o_p99 o_cpu < <(run warden-os "$c" $((warden_port + 1)) bench bench "$os_token")
+  read -r b_tps b_p50 b_p99 b_cpu < <(run pgbouncer "$c" "$bouncer_port" warden_bench warden_t_scram scram-pw-1)
+  printf '%-8s %-10s %10.0f %7s %9s %9s %10s %10s %12s\n' "$c" direct "$d_tps" "1.00" "$d_p50" "$d_p99" - - -
+  for row in "warden $w_tps $w_p50 $w_p99 $w_cpu" "warden-os $o_tps $o_p50 $o_p99 $o_cpu" "pgbouncer $b_tps $b_p50 $b_p99 $b_cpu"; do
+    read -r name tps p50 p99 cpu <<<"$row"
+    printf '%-8s %-10s %10.0f %7.2f %9s %9s %10s %10s %12s\n' "$c" "$name" "$tps" \
+      "$(awk -v a="$tps" -v b="$d_tps" 'BEGIN { print a / b }')" "$p50" "$p99" "$((p50 - d_p50))" "$((p99 - d_p99))" "$cpu"
   done
 done
 for port in "$api_port" $((api_port + 1)); do

@@ -195,6 +195,7 @@ EOF2
   WARDEN_ADMIN_TOKEN=$admin_token target/release/warden gateway --config "$work/$name.toml" \
     >"$work/$name.out" 2>"$work/$name.err" &
   echo $! >>"$work/pids"
+  echo $! >"$work/$name.pid"
   for _ in $(seq 1 100); do grep -q "listening on http" "$work/$name.out" && break; sleep 0.1; done
   grep -q "listening on http" "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
   local api=http://127.0.0.1:$api_port
@@ -202,4 +203,9 @@ EOF2
     -d "$connection" "$api/api/connections" >/dev/null
   curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
     -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4
+}
+
+# cpu_us PID → the CPU time (user + system) the process has used so far, in µs.
+cpu_us() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"
 }

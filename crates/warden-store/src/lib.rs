@@ -111,6 +111,12 @@ impl Store {
                         // The audit log's table and five indexes are written at every
                         // shipment; SQLite's default 2 MB cache rereads their pages.
                         conn.execute("PRAGMA cache_size = -32768").await?;
+                        // Checkpoint every 64 MB of WAL instead of 4 MB: the audit
+                        // log's last pages change at every shipment, and each
+                        // checkpoint copies them back once however often they changed
+                        // (a quarter less time per shipment in `cargo bench -p
+                        // warden-store`). Shipments are off the statement path.
+                        conn.execute("PRAGMA wal_autocheckpoint = 16384").await?;
                     }
                     Ok(())
                 })
