@@ -50,25 +50,15 @@ fn ship(c: &mut Criterion) {
         Err(e) => return eprintln!("no runtime: {e}"),
     };
     let Ok(dir) = tempfile::tempdir() else { return };
+    // PostgreSQL only where one is reachable.
     let mut stores = Vec::new();
-    let key = || MasterKey::generate();
-    if let Ok(key) = key()
-        && let Ok(url) = rt.block_on(warden_store::testing::fresh_url(
-            Backend::Sqlite,
-            dir.path(),
-        ))
-        && let Ok(store) = rt.block_on(Store::open(&url, &key))
-    {
-        stores.push(("sqlite", Arc::new(store)));
-    }
-    if let Ok(key) = key()
-        && let Ok(url) = rt.block_on(warden_store::testing::fresh_url(
-            Backend::Postgres,
-            dir.path(),
-        ))
-        && let Ok(store) = rt.block_on(Store::open(&url, &key))
-    {
-        stores.push(("postgres", Arc::new(store)));
+    for (name, backend) in [("sqlite", Backend::Sqlite), ("postgres", Backend::Postgres)] {
+        if let Ok(key) = MasterKey::generate()
+            && let Ok(url) = rt.block_on(warden_store::testing::fresh_url(backend, dir.path()))
+            && let Ok(store) = rt.block_on(Store::open(&url, &key))
+        {
+            stores.push((name, Arc::new(store)));
+        }
     }
     let mut group = c.benchmark_group("audit shipment");
     group.throughput(Throughput::Elements(SHIPMENT as u64));

@@ -44,6 +44,12 @@ pub enum JournalSync {
 /// How often the journal is shipped into the store.
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(10);
 
+/// After a shipment of at least [`BUSY_SHIPMENT`] events the next one waits this long:
+/// under load, a bigger shipment costs the store about a quarter less per event
+/// (`cargo bench -p warden-store`), and readers that must see everything ship first.
+const BUSY_SHIP_INTERVAL: Duration = Duration::from_millis(40);
+const BUSY_SHIPMENT: usize = 256;
+
 /// Size a segment is created with (zero-filled).
 const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -238,19 +244,23 @@ impl AuditJournal {
         });
         let weak = Arc::downgrade(&journal);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SHIP_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut wait = SHIP_INTERVAL;
             loop {
-                tick.tick().await;
+                tokio::time::sleep(wait).await;
                 let Some(journal) = weak.upgrade() else {
                     return;
                 };
                 if journal.stopped.load(Ordering::Acquire) {
                     return;
                 }
-                if let Err(e) = journal.ship_now().await {
-                    tracing::error!(error = %e, "the audit journal cannot be shipped to the store");
-                }
+                wait = match journal.ship_counted().await {
+                    Ok(n) if n >= BUSY_SHIPMENT => BUSY_SHIP_INTERVAL,
+                    Ok(_) => SHIP_INTERVAL,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the audit journal cannot be shipped to the store");
+                        SHIP_INTERVAL
+                    }
+                };
             }
         });
         Ok(journal)
@@ -329,13 +339,18 @@ impl AuditJournal {
 
     /// Moves everything journaled so far into the store's chain.
     pub async fn ship_now(&self) -> Result<()> {
+        self.ship_counted().await.map(|_| ())
+    }
+
+    /// [`Self::ship_now`], saying how many events it shipped from memory.
+    async fn ship_counted(&self) -> Result<usize> {
         let _shipping = self.ship_lock.lock().await;
         let result = self.ship().await;
         *self.lock_failing() = result.as_ref().err().map(ToString::to_string);
         result
     }
 
-    async fn ship(&self) -> Result<()> {
+    async fn ship(&self) -> Result<usize> {
         let taken = self.take().await?;
         if self.from_disk.load(Ordering::Acquire) {
             // What a failed shipment held is on disk, and so is everything taken
@@ -349,7 +364,7 @@ impl AuditJournal {
                 }
             }
             self.from_disk.store(false, Ordering::Release);
-            return Ok(());
+            return Ok(0);
         }
         if !taken.events.is_empty()
             && let Err(e) = self.store.append_audit_batch(&taken.events).await
@@ -360,7 +375,7 @@ impl AuditJournal {
         for n in taken.finished {
             remove_segment(&self.dir.join(segment_name(n))).await?;
         }
-        Ok(())
+        Ok(taken.events.len())
     }
 
     /// Stops the background shipping after shipping what is left.
