@@ -5,9 +5,9 @@
 //! file and syncing it costs one disk flush. So events go to a writer thread that
 //! group-commits them (everything waiting at that moment, one write, one
 //! `fdatasync`) — or, with [`JournalSync::Os`], the caller writes its line itself
-//! under a lock (no sync to share, so no thread to hand it to) — and a background task ships them into the store's hash chain every
-//! few milliseconds, from memory, one transaction per shipment. What that buys and
-//! what it keeps:
+//! under a lock (no sync to share, so no thread to hand it to) — and a background
+//! task ships them into the store's hash chain every few milliseconds, from memory,
+//! one transaction per shipment. What that buys and what it keeps:
 //!
 //! - An appended event is on disk before the caller proceeds; a killed gateway ships
 //!   what it left when it starts again.
@@ -388,6 +388,18 @@ impl AuditJournal {
         self.failing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for AuditJournal {
+    /// Writes the lines queued for later, as the writer thread does when it ends.
+    fn drop(&mut self) {
+        if let Sink::Inline(writer) = &self.writer
+            && let Ok(mut w) = writer.lock()
+        {
+            w.take_later(&self.later);
+            let _ = w.flush();
+        }
     }
 }
 

@@ -594,6 +594,40 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
 }
 
 #[tokio::test]
+async fn unsynced_journal_writes_queued_events_when_dropped() -> TestResult {
+    let (store, _url, _key, dir) = open(Backend::Sqlite).await?;
+    let store = Arc::new(store);
+    let jdir = dir.path().join("journal");
+    let journal =
+        warden_store::AuditJournal::open(&jdir, store.clone(), warden_store::JournalSync::Os)
+            .await?;
+    journal
+        .append(&Event::new("test.statement", json!({})))
+        .await?;
+    // Queued for the next write; the journal goes away before one happens.
+    journal.append_later(&Event::new("test.outcome", json!({})));
+    drop(journal);
+    // The next start ships what the segment holds.
+    let journal =
+        warden_store::AuditJournal::open(&jdir, store.clone(), warden_store::JournalSync::Os)
+            .await?;
+    journal.ship_now().await?;
+    let all = AuditFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let kinds: Vec<String> = store
+        .list_audit(&all)
+        .await?
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect();
+    assert!(kinds.iter().any(|k| k == "test.statement"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "test.outcome"), "{kinds:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn journal_rolls_over_to_new_segments_and_ships_them_all() -> TestResult {
     let (store, _url, _key, dir) = open(Backend::Sqlite).await?;
     let store = Arc::new(store);
