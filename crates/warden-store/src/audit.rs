@@ -454,8 +454,12 @@ async fn append_in<'a>(
     while !rest.is_empty() {
         let mut take = 0;
         let mut bytes = 0;
-        while take < rest.len().min(APPEND_ROWS) && (take == 0 || bytes < APPEND_BYTES) {
-            bytes += rest[take].bytes();
+        while take < rest.len().min(APPEND_ROWS) {
+            let size = rest[take].bytes();
+            if take > 0 && bytes + size > APPEND_BYTES {
+                break;
+            }
+            bytes += size;
             take += 1;
         }
         let (chunk, after) = rest.split_at(take);
