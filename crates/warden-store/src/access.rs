@@ -534,11 +534,8 @@ impl Store {
             q = q.bind(opt_micros(ends_at));
         }
         let mut tx = self.begin_audited().await?;
-        if q.execute(tx.conn()).await?.rows_affected() == 0 {
-            return Ok(false);
-        }
-        tx.commit_with(event).await?;
-        Ok(true)
+        let rows = q.execute(tx.conn()).await?.rows_affected();
+        tx.commit_if_changed(rows, event).await
     }
 }
 

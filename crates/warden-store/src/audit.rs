@@ -372,6 +372,16 @@ impl AuditedTx<'_> {
             .next()
             .ok_or_else(|| StoreError::AppendFailed("nothing was appended".into()))
     }
+
+    /// Appends `event` and commits when the statement before it changed `rows` rows;
+    /// otherwise rolls back, records nothing and says so with `false`.
+    pub(crate) async fn commit_if_changed(self, rows: u64, event: &Event) -> Result<bool> {
+        if rows == 0 {
+            return Ok(false);
+        }
+        self.commit_with(event).await?;
+        Ok(true)
+    }
 }
 
 impl Store {

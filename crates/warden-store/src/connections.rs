@@ -149,11 +149,7 @@ impl Store {
             .bind(name)
             .execute(tx.conn())
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        tx.commit_with(event).await?;
-        Ok(true)
+        tx.commit_if_changed(done.rows_affected(), event).await
     }
 
     /// Pins an SSH target's host key, if none is pinned yet, and records `event`,

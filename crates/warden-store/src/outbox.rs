@@ -273,11 +273,7 @@ impl Store {
             .bind(target)
             .execute(tx.conn())
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        tx.commit_with(event).await?;
-        Ok(true)
+        tx.commit_if_changed(done.rows_affected(), event).await
     }
 
     /// A target's dead letters, newest first.

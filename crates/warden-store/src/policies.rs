@@ -84,10 +84,6 @@ impl Store {
             .bind(name)
             .execute(tx.conn())
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        tx.commit_with(event).await?;
-        Ok(true)
+        tx.commit_if_changed(done.rows_affected(), event).await
     }
 }

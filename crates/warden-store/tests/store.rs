@@ -15,6 +15,14 @@ use warden_store::{Backend, MasterKey, Store, StoreError, testing};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A journal that hands its writes to the OS (`audit.journal_sync = false`).
+async fn unsynced_journal(
+    dir: &std::path::Path,
+    store: &Arc<Store>,
+) -> Result<Arc<warden_store::AuditJournal>, StoreError> {
+    warden_store::AuditJournal::open(dir, store.clone(), warden_store::JournalSync::Os).await
+}
+
 async fn open(
     backend: Backend,
 ) -> Result<(Store, String, MasterKey, TempDir), Box<dyn std::error::Error>> {
@@ -575,9 +583,7 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
     drop(journal);
     let store = Arc::new(Store::open(&url, &key).await?);
     // (This run hands events to the OS instead of syncing each batch.)
-    let journal =
-        warden_store::AuditJournal::open(&jdir, store.clone(), warden_store::JournalSync::Os)
-            .await?;
+    let journal = unsynced_journal(&jdir, &store).await?;
     journal
         .append(&Event::new("test.after-restart", json!({})))
         .await?;
@@ -598,9 +604,7 @@ async fn unsynced_journal_writes_queued_events_when_dropped() -> TestResult {
     let (store, _url, _key, dir) = open(Backend::Sqlite).await?;
     let store = Arc::new(store);
     let jdir = dir.path().join("journal");
-    let journal =
-        warden_store::AuditJournal::open(&jdir, store.clone(), warden_store::JournalSync::Os)
-            .await?;
+    let journal = unsynced_journal(&jdir, &store).await?;
     journal
         .append(&Event::new("test.statement", json!({})))
         .await?;
@@ -608,9 +612,7 @@ async fn unsynced_journal_writes_queued_events_when_dropped() -> TestResult {
     journal.append_later(&Event::new("test.outcome", json!({})));
     drop(journal);
     // The next start ships what the segment holds.
-    let journal =
-        warden_store::AuditJournal::open(&jdir, store.clone(), warden_store::JournalSync::Os)
-            .await?;
+    let journal = unsynced_journal(&jdir, &store).await?;
     journal.ship_now().await?;
     let all = AuditFilter {
         limit: 100,
@@ -632,9 +634,7 @@ async fn journal_rolls_over_to_new_segments_and_ships_them_all() -> TestResult {
     let (store, _url, _key, dir) = open(Backend::Sqlite).await?;
     let store = Arc::new(store);
     let jdir = dir.path().join("journal");
-    let journal =
-        warden_store::AuditJournal::open(&jdir, store.clone(), warden_store::JournalSync::Os)
-            .await?;
+    let journal = unsynced_journal(&jdir, &store).await?;
     // About 10 MiB of events: more than two 4 MiB segments.
     let filler = "x".repeat(2000);
     for i in 0..5000 {
