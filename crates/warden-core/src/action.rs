@@ -26,6 +26,34 @@ pub enum Action<'a> {
     Shell { command: &'a str },
     /// An HTTP request (Kubernetes API or an internal web service).
     Http { method: &'a str, path: &'a str },
+    /// Switch the session's default database (MySQL `COM_INIT_DB`).
+    UseDatabase { name: &'a str },
+    /// Open a TCP stream to `host:port` through the target (SSH `direct-tcpip`).
+    Forward { host: &'a str, port: u32 },
+    /// A protocol feature beyond commands that a proxy must ask about before it
+    /// relays it (`agent_forwarding`, `x11_forwarding`, `remote_forward`, `subsystem`,
+    /// `function_call`). The guard answers for the connection.
+    Feature { name: &'a str },
+}
+
+impl Action<'_> {
+    /// The action as one line of text: what audit events and recordings show.
+    pub fn text(&self) -> String {
+        match self {
+            Action::Sql { text, .. } => (*text).to_string(),
+            Action::Shell { command } => (*command).to_string(),
+            Action::Http { method, path } => format!("{method} {path}"),
+            Action::UseDatabase { name } => format!("USE `{}`", name.replace('`', "``")),
+            Action::Forward { host, port } => format!("{host}:{port}"),
+            Action::Feature { name } => (*name).to_string(),
+        }
+    }
+
+    /// Whether the action is a command the target runs (a statement, a command
+    /// line, a request), as opposed to a session feature (a forward, a subsystem).
+    pub fn is_command(&self) -> bool {
+        !matches!(self, Action::Forward { .. } | Action::Feature { .. })
+    }
 }
 
 /// Decides actions. Implementations are pure and fast; proxies call them inline.

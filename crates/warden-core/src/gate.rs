@@ -1,17 +1,14 @@
-//! The contract between a protocol proxy and the gateway: the proxy decodes a login
-//! and asks the gateway to open a session; the gateway answers with what the session
-//! may reach and under which policies, and records each statement before the proxy
-//! forwards it. Protocol crates implement none of this and store nothing; the gateway
-//! implements it once for every protocol.
+//! The contract between a protocol proxy and the gateway at login: the proxy decodes
+//! a login and asks the gateway to open a session; the gateway answers with a
+//! [`SessionHandle`] (what the session may reach, under which policies, and the
+//! admission path every action goes through). Protocol crates implement none of this
+//! and store nothing; the gateway implements it once for every protocol.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use crate::{
-    ConnectionKind, Decision, Guard, Masker, RecordingError, Secret, SecretKind, SessionRecorder,
-    SshOptions, TerminalRecorder, TerminalSpec, TlsOptions,
-};
+use crate::pipeline::SessionHandle;
+use crate::{ConnectionKind, Decision, Secret};
 
 /// A client's login as a proxy decoded it.
 #[derive(Debug, Clone, Copy)]
@@ -53,31 +50,6 @@ pub enum RefusalKind {
 pub struct Refusal {
     pub kind: RefusalKind,
     pub message: String,
-}
-
-/// What the gateway resolved for an authenticated client.
-pub struct SessionGrant {
-    /// The gateway's id for this session; passed back in records.
-    pub id: String,
-    /// `host:port` of the database.
-    pub backend_addr: String,
-    pub backend_user: String,
-    /// The database to log in to; empty when the protocol allows none.
-    pub backend_database: String,
-    pub secret: Option<Secret<String>>,
-    /// What `secret` is: a password, or (SSH) a private key.
-    pub secret_kind: Option<SecretKind>,
-    /// SSH targets: the host key pin and what clients may do beyond a shell.
-    pub ssh: SshOptions,
-    /// TLS towards the database.
-    pub tls: TlsOptions,
-    pub guard: Arc<dyn Guard>,
-    pub masker: Arc<dyn Masker>,
-    /// The session's timeline; a write that fails ends the session.
-    pub recorder: Arc<dyn SessionRecorder>,
-    /// Fires when the gateway ends the session (its access grant ended or was
-    /// revoked); the proxy tells the client why in its protocol and closes.
-    pub ended: SessionEnd,
 }
 
 /// The proxy's side of a session the gateway may end: resolves with the reason.
@@ -132,23 +104,13 @@ impl SessionEnder {
     }
 }
 
-/// A command a guard held for review, as the proxy asks for its review.
-#[derive(Debug, Clone, Copy)]
-pub struct ReviewRequest<'a> {
-    pub session: &'a str,
-    /// The statement or command line, as audited.
-    pub command: &'a str,
-    /// The review rule that matched.
-    pub rule: &'a str,
-}
-
 /// What the gateway did with a review request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReviewHold {
     /// An approved, unused review of the identical command exists: run it now.
     PreApproved { id: String },
-    /// A review is open; the proxy shows `message` to the client (where to approve)
-    /// and waits with [`SessionHooks::await_review`].
+    /// A review is open; the client is shown `message` (where to approve) while
+    /// the admission path waits for its decision.
     Held { id: String, message: String },
 }
 
@@ -184,42 +146,6 @@ impl ReviewOutcome {
     }
 }
 
-impl SessionGrant {
-    /// The host part of `backend_addr` (brackets of an IPv6 literal removed), the
-    /// name a backend certificate is checked against unless the connection names one.
-    pub fn backend_host(&self) -> &str {
-        let addr = self.backend_addr.as_str();
-        addr.rsplit_once(':')
-            .map_or(addr, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-    }
-
-    /// The server name to verify the backend's certificate against.
-    pub fn tls_server_name(&self) -> &str {
-        self.tls
-            .server_name
-            .as_deref()
-            .unwrap_or_else(|| self.backend_host())
-    }
-}
-
-/// A statement the proxy saw, for the audit log and the recording.
-#[derive(Debug, Clone)]
-pub struct StatementRecord {
-    pub session: String,
-    pub sql: String,
-    /// How the statement arrived, in the protocol's words (`Query`, `Bind`,
-    /// `COM_QUERY`, `COM_STMT_EXECUTE`, ...).
-    pub via: &'static str,
-    pub decision: Decision,
-    /// For executions of prepared statements: the byte length of each parameter
-    /// (`None`: NULL). The values themselves are not recorded.
-    pub parameters: Option<Vec<Option<u32>>>,
-    /// The approved review that let the statement run, when one was needed.
-    pub review: Option<String>,
-}
-
 /// Bytes a session moved, counted in whole protocol messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
@@ -227,38 +153,25 @@ pub struct Traffic {
     pub to_client: u64,
 }
 
-/// What a proxy needs from the gateway.
+/// What a proxy needs from the gateway: sessions opened for a client's login. Everything
+/// after that goes through the [`SessionHandle`] the gateway answers with.
 pub trait SessionHooks: Send + Sync + 'static {
     /// Checks the token and the client's access to the named connection.
     fn open(
         &self,
         login: LoginRequest<'_>,
-    ) -> impl Future<Output = Result<SessionGrant, Refusal>> + Send;
-    /// Durably records a statement before it is forwarded; an error denies it.
-    fn record(&self, record: StatementRecord) -> impl Future<Output = Result<(), String>> + Send;
-    /// Opens a review for a command a guard held (or finds an approved one to
-    /// reuse). An error means it cannot be held: the proxy denies the command.
-    fn request_review(
+    ) -> impl Future<Output = Result<SessionHandle, Refusal>> + Send;
+    /// Opens a session for an SSH client that proved a registered public key.
+    fn open_with_key(
         &self,
-        request: ReviewRequest<'_>,
-    ) -> impl Future<Output = Result<ReviewHold, String>> + Send {
-        let _ = request;
-        std::future::ready(Err("this gateway holds no reviews".to_string()))
+        login: KeyLogin<'_>,
+    ) -> impl Future<Output = Result<SessionHandle, Refusal>> + Send {
+        let _ = login;
+        std::future::ready(Err(Refusal {
+            kind: RefusalKind::BadCredentials,
+            message: "this gateway accepts no keys".into(),
+        }))
     }
-    /// Waits for a held command's review to be decided or to time out.
-    fn await_review(&self, id: &str) -> impl Future<Output = ReviewOutcome> + Send {
-        std::future::ready(ReviewOutcome::Expired {
-            id: id.to_string(),
-            reason: "this gateway holds no reviews".to_string(),
-        })
-    }
-    /// The session ended (client quit, or `reason` says why not).
-    fn closed(
-        &self,
-        session: &str,
-        reason: Option<String>,
-        traffic: Traffic,
-    ) -> impl Future<Output = ()> + Send;
 }
 
 /// A client's SSH public-key login: the key's signature is already verified.
@@ -271,45 +184,4 @@ pub struct KeyLogin<'a> {
     /// `SHA256:...`, as `ssh-keygen -l` prints it.
     pub fingerprint: &'a str,
     pub client: SocketAddr,
-}
-
-/// The SSH target of a session, for pinning its host key.
-#[derive(Debug, Clone, Copy)]
-pub struct SshTarget<'a> {
-    pub session: &'a str,
-    /// The host key the target presented, as an OpenSSH public key line.
-    pub host_key: &'a str,
-}
-
-/// What the SSH proxy needs beyond [`SessionHooks`].
-pub trait SshHooks: SessionHooks {
-    /// Opens a session for a client that proved a registered public key.
-    fn open_with_key(
-        &self,
-        login: KeyLogin<'_>,
-    ) -> impl Future<Output = Result<SessionGrant, Refusal>> + Send;
-    /// Pins the host key a target presented on first use (the connection allows it
-    /// and has none); an error refuses the session.
-    fn pin_host_key(
-        &self,
-        target: SshTarget<'_>,
-    ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Records something a session did that is not a statement: a transfer, a
-    /// forwarded port, a typed command, a channel refused. `kind` is the event kind
-    /// (`ssh.transfer`, ...); `durable` makes the call wait until it is on disk.
-    fn note(
-        &self,
-        session: &str,
-        kind: &'static str,
-        payload: serde_json::Value,
-        decision: Option<Decision>,
-        durable: bool,
-    ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Starts the asciicast recording of one terminal of a session (and notes it in
-    /// the session's timeline); an error refuses the channel.
-    fn terminal(
-        &self,
-        session: &str,
-        spec: TerminalSpec,
-    ) -> Result<Arc<dyn TerminalRecorder>, RecordingError>;
 }

@@ -11,9 +11,12 @@ mod connection;
 mod event;
 pub mod gate;
 mod identity;
+mod pipeline;
 pub mod recording;
 mod secret;
 mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod timefmt;
 
 pub use action::{
@@ -25,13 +28,15 @@ pub use connection::{
 };
 pub use event::{Decision, Event, EventIdentity};
 pub use gate::{
-    KeyLogin, ReviewHold, ReviewOutcome, ReviewRequest, SessionEnd, SessionEnder, SshHooks,
-    SshTarget, TunnelLogin,
-};
-pub use gate::{
-    LoginRequest, Refusal, RefusalKind, SessionGrant, SessionHooks, StatementRecord, Traffic,
+    KeyLogin, LoginRequest, Refusal, RefusalKind, ReviewHold, ReviewOutcome, SessionEnd,
+    SessionEnder, SessionHooks, Traffic, TunnelLogin,
 };
 pub use identity::{AuthMethod, Identity};
+pub use pipeline::{
+    Admission, AuditEntry, AuditError, BackendTarget, BoxFuture, BoxedStream, ByteStream,
+    ClientWatch, Command, Denial, DenialCause, DialError, Dialer, EndReason, SessionHandle,
+    SessionParts, SessionSink, Unwatched,
+};
 pub use recording::{
     NoRecording, RecordingError, RecordingHeader, SessionRecorder, TerminalRecorder, TerminalSpec,
     TimelineEntry, TimelineEvent,

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Decision;
+use crate::{BoxFuture, Decision};
 
 /// The first line of a recording.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,13 +124,15 @@ pub struct TerminalSpec {
 }
 
 /// Where a proxy streams a terminal's bytes, in the order they happened. Output and
-/// input are raw bytes (not necessarily whole UTF-8 sequences).
+/// input are raw bytes (not necessarily whole UTF-8 sequences). Each call waits (as
+/// a future, never blocking a thread) while the recorder is behind, so a terminal
+/// that outruns its recording slows down instead of losing any of it.
 pub trait TerminalRecorder: Send + Sync {
-    fn output(&self, data: &[u8]) -> Result<(), RecordingError>;
-    fn input(&self, data: &[u8]) -> Result<(), RecordingError>;
-    fn resize(&self, width: u32, height: u32) -> Result<(), RecordingError>;
-    /// Writes what is buffered; the recording stays open.
-    fn finish(&self) -> Result<(), RecordingError>;
+    fn output<'a>(&'a self, data: &'a [u8]) -> BoxFuture<'a, Result<(), RecordingError>>;
+    fn input<'a>(&'a self, data: &'a [u8]) -> BoxFuture<'a, Result<(), RecordingError>>;
+    fn resize(&self, width: u32, height: u32) -> BoxFuture<'_, Result<(), RecordingError>>;
+    /// Writes what is buffered, durably; the recording stays open.
+    fn finish(&self) -> BoxFuture<'_, Result<(), RecordingError>>;
 }
 
 /// A recorder that keeps nothing, for proxies used without a gateway (tests, tools).
@@ -147,17 +149,17 @@ impl SessionRecorder for NoRecording {
 }
 
 impl TerminalRecorder for NoRecording {
-    fn output(&self, _data: &[u8]) -> Result<(), RecordingError> {
-        Ok(())
+    fn output<'a>(&'a self, _data: &'a [u8]) -> BoxFuture<'a, Result<(), RecordingError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
-    fn input(&self, _data: &[u8]) -> Result<(), RecordingError> {
-        Ok(())
+    fn input<'a>(&'a self, _data: &'a [u8]) -> BoxFuture<'a, Result<(), RecordingError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
-    fn resize(&self, _width: u32, _height: u32) -> Result<(), RecordingError> {
-        Ok(())
+    fn resize(&self, _width: u32, _height: u32) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
-    fn finish(&self) -> Result<(), RecordingError> {
-        Ok(())
+    fn finish(&self) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

@@ -52,17 +52,45 @@ pub struct Config {
     #[serde(default)]
     pub policies: warden_policy::PolicyConfig,
     #[serde(default)]
-    pub pg: PgListenerConfig,
+    pub pg: warden_pg::PgSettings,
     #[serde(default)]
-    pub mysql: MysqlListenerConfig,
+    pub mysql: warden_mysql::MysqlSettings,
     #[serde(default)]
-    pub ssh: SshListenerConfig,
+    pub ssh: warden_ssh::SshSettings,
+    #[serde(default)]
+    pub backends: BackendsConfig,
     #[serde(default)]
     pub recordings: RecordingsConfig,
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
     pub events: EventsConfig,
+}
+
+/// How the gateway reaches targets, for every protocol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsConfig {
+    /// How long opening a connection to a target may take (each protocol's
+    /// `login_timeout_secs` then bounds its login).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+impl Default for BackendsConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Delivery of audit events to webhooks and SIEM sinks.
@@ -207,164 +235,6 @@ impl Default for RecordingsConfig {
             dir: None,
             rows_per_result: default_rows_per_result(),
             exec_output_bytes: default_exec_output_bytes(),
-        }
-    }
-}
-
-/// The PostgreSQL proxy listener.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgListenerConfig {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(default = "default_pg_listen")]
-    pub listen: SocketAddr,
-    /// Accept tokens over plain TCP from clients that are not on loopback.
-    #[serde(default)]
-    pub allow_plaintext_tokens: bool,
-    /// Largest single protocol message accepted, in bytes.
-    #[serde(default = "default_pg_max_message")]
-    pub max_message_bytes: usize,
-    /// PEM certificate chain; with `tls_key`, `SSLRequest` is answered with TLS
-    /// (clients use `sslmode=require` or `verify-full`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_pg_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 15432))
-}
-fn default_pg_max_message() -> usize {
-    64 * 1024 * 1024
-}
-
-impl Default for PgListenerConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: default_pg_listen(),
-            allow_plaintext_tokens: false,
-            max_message_bytes: default_pg_max_message(),
-            tls_cert: None,
-            tls_key: None,
-        }
-    }
-}
-
-/// The MySQL / MariaDB proxy listener.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MysqlListenerConfig {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(default = "default_mysql_listen")]
-    pub listen: SocketAddr,
-    /// Accept tokens over plain TCP from clients that are not on loopback.
-    #[serde(default)]
-    pub allow_plaintext_tokens: bool,
-    /// Largest packet (fragments joined) accepted from a client or a server, in bytes.
-    #[serde(default = "default_mysql_max_packet")]
-    pub max_packet_bytes: usize,
-    /// Relay `LOAD DATA LOCAL INFILE` (the server reads a file from the client's
-    /// machine through the gateway). Off: the server is never offered local files.
-    #[serde(default)]
-    pub allow_local_infile: bool,
-    /// The server version the greeting announces (clients adapt to it).
-    #[serde(default = "default_mysql_version")]
-    pub server_version: String,
-    /// How long a client, and then the database, have to complete the login.
-    #[serde(default = "default_login_timeout")]
-    pub login_timeout_secs: u64,
-    /// PEM certificate chain; with `tls_key`, clients can upgrade with `CLIENT_SSL`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
-}
-
-fn default_mysql_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 13306))
-}
-fn default_mysql_max_packet() -> usize {
-    64 * 1024 * 1024
-}
-fn default_mysql_version() -> String {
-    "8.0.36-warden".into()
-}
-fn default_login_timeout() -> u64 {
-    30
-}
-
-impl Default for MysqlListenerConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: default_mysql_listen(),
-            allow_plaintext_tokens: false,
-            max_packet_bytes: default_mysql_max_packet(),
-            allow_local_infile: false,
-            server_version: default_mysql_version(),
-            login_timeout_secs: default_login_timeout(),
-            tls_cert: None,
-            tls_key: None,
-        }
-    }
-}
-
-/// The SSH proxy listener.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SshListenerConfig {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(default = "default_ssh_listen")]
-    pub listen: SocketAddr,
-    /// The gateway's host key (OpenSSH format); generated there on first start.
-    /// Default: `<data_dir>/ssh_host_ed25519_key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_key: Option<PathBuf>,
-    /// How long Warden has to connect and log in to a target.
-    #[serde(default = "default_login_timeout")]
-    pub login_timeout_secs: u64,
-    /// How long a client has to log in before it is disconnected.
-    #[serde(default = "default_ssh_auth_timeout")]
-    pub auth_timeout_secs: u64,
-    /// Channels (shells, commands, transfers, forwards) one connection may hold.
-    #[serde(default = "default_ssh_max_channels")]
-    pub max_channels: usize,
-    /// Longest life of a registered user key; registrations may ask for less.
-    #[serde(default = "default_ssh_key_ttl")]
-    pub user_key_max_ttl_secs: u64,
-}
-
-fn default_ssh_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 2222))
-}
-fn default_ssh_auth_timeout() -> u64 {
-    60
-}
-fn default_ssh_max_channels() -> usize {
-    16
-}
-fn default_ssh_key_ttl() -> u64 {
-    12 * 3600
-}
-
-impl Default for SshListenerConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: default_ssh_listen(),
-            host_key: None,
-            login_timeout_secs: default_login_timeout(),
-            auth_timeout_secs: default_ssh_auth_timeout(),
-            max_channels: default_ssh_max_channels(),
-            user_key_max_ttl_secs: default_ssh_key_ttl(),
         }
     }
 }
@@ -566,9 +436,10 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             auth: AuthConfig::default(),
             policies: warden_policy::PolicyConfig::default(),
-            pg: PgListenerConfig::default(),
-            mysql: MysqlListenerConfig::default(),
-            ssh: SshListenerConfig::default(),
+            pg: warden_pg::PgSettings::default(),
+            mysql: warden_mysql::MysqlSettings::default(),
+            ssh: warden_ssh::SshSettings::default(),
+            backends: BackendsConfig::default(),
             recordings: RecordingsConfig::default(),
             audit: AuditConfig::default(),
             events: EventsConfig::default(),

@@ -3,18 +3,18 @@
 //! reach it through `warden_core::SessionHooks`; nothing here knows a wire format.
 
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use warden_core::{
-    AccessOptions, AuthMethod, ConnectionKind, Decision, Event, Identity, KeyLogin, LoginRequest,
-    RecordingError, RecordingHeader, Refusal, RefusalKind, ReviewHold, ReviewOutcome,
-    ReviewRequest, SecretKind, Session, SessionEnd, SessionGrant, SessionHooks, SessionRecorder,
-    SessionStatus, SshHooks, SshTarget, StatementRecord, TerminalRecorder, TerminalSpec,
-    TimelineEvent, Traffic, timefmt,
+    AccessOptions, Action, AuditEntry, AuditError, AuthMethod, BackendTarget, BoxFuture,
+    ConnectionKind, Decision, Dialer, EndReason, Event, Identity, KeyLogin, LoginRequest,
+    RecordingError, RecordingHeader, Refusal, RefusalKind, ReviewHold, ReviewOutcome, SecretKind,
+    Session, SessionEnd, SessionHandle, SessionHooks, SessionParts, SessionRecorder, SessionSink,
+    SessionStatus, TerminalRecorder, TerminalSpec, TimelineEvent, Traffic, timefmt,
 };
+use warden_net::TcpDialer;
 use warden_store::sessions::SessionCounts;
 use warden_store::{AuditJournal, Store};
 
@@ -38,27 +38,30 @@ pub struct SessionGate {
     rows_per_result: usize,
     /// Bytes of an SSH exec's terminal kept in its recording (0: all).
     exec_output_bytes: u64,
-    /// Open sessions, for the statement records.
-    open: Mutex<HashMap<String, OpenSession>>,
+    /// How sessions reach their targets.
+    dialer: Arc<dyn Dialer>,
 }
 
-/// What the gateway keeps about a session while it is open.
+/// The gateway's side of one open session: what its events name and where they go.
+/// Protocols reach it through the [`SessionHandle`] only.
 struct OpenSession {
-    /// Shared, so each statement's record takes a reference, not a copy.
-    identity: Arc<Identity>,
-    connection: Arc<str>,
-    /// The kind of the session's statement events (`pg.query`, `mysql.query`).
-    query_kind: &'static str,
-    text_key: &'static str,
+    id: Uuid,
+    identity: Identity,
+    connection: String,
+    names: ProtocolNames,
     timeline: Arc<StatementTimeline>,
     /// The connection's review settings, as the session opened.
-    access: AccessOptions,
+    access_options: AccessOptions,
     /// The access grant the session opened under, when the connection needs one.
     grant: Option<Uuid>,
+    store: Arc<Store>,
+    journal: Arc<AuditJournal>,
+    access: Arc<AccessControl>,
+    recordings_dir: PathBuf,
+    exec_output_bytes: u64,
     /// Counters not yet written to the session row: one row update per statement
     /// would double the store writes on the statement path.
-    unflushed: SessionCounts,
-    flushed_at: Instant,
+    counts: Mutex<(SessionCounts, Instant)>,
 }
 
 /// A session's recording file, plus the statements' outcomes as audit events.
@@ -132,24 +135,22 @@ impl SessionGate {
             recordings_dir,
             rows_per_result,
             exec_output_bytes: 0,
-            open: Mutex::new(HashMap::new()),
+            dialer: Arc::new(TcpDialer {
+                connect_timeout: Duration::from_secs(10),
+            }),
         }
+    }
+
+    /// Sessions reach their targets through `dialer`.
+    pub fn with_dialer(mut self, dialer: Arc<dyn Dialer>) -> Self {
+        self.dialer = dialer;
+        self
     }
 
     /// Caps SSH exec recordings (see `recordings.exec_output_bytes`).
     pub fn with_exec_output_limit(mut self, bytes: u64) -> Self {
         self.exec_output_bytes = bytes;
         self
-    }
-
-    /// Adds counters to a session row in the background.
-    fn flush_counts(&self, session: Uuid, counts: SessionCounts) {
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.add_session_counts(session, counts).await {
-                tracing::warn!(error = %e, "session counters not updated");
-            }
-        });
     }
 
     async fn refuse(&self, event: Event, kind: RefusalKind, message: String) -> Refusal {
@@ -168,7 +169,10 @@ fn unavailable(message: &str) -> Refusal {
 }
 
 /// How a protocol is named to people, and the kinds of its statement events.
+#[derive(Clone, Copy)]
 struct ProtocolNames {
+    /// `pg`, `mysql`, `ssh`: the prefix of its other event kinds.
+    prefix: &'static str,
     display: &'static str,
     query: &'static str,
     outcome: &'static str,
@@ -177,14 +181,15 @@ struct ProtocolNames {
 }
 
 fn protocol_names(kind: ConnectionKind) -> ProtocolNames {
-    let (display, query, outcome) = match kind {
-        ConnectionKind::Postgres => ("PostgreSQL", "pg.query", "pg.outcome"),
-        ConnectionKind::Mysql => ("MySQL", "mysql.query", "mysql.outcome"),
-        ConnectionKind::Ssh => ("SSH", "ssh.exec", "ssh.outcome"),
-        ConnectionKind::Kubernetes => ("Kubernetes", "k8s.request", "k8s.outcome"),
-        ConnectionKind::Http => ("HTTP", "http.request", "http.outcome"),
+    let (prefix, display, query, outcome) = match kind {
+        ConnectionKind::Postgres => ("pg", "PostgreSQL", "pg.query", "pg.outcome"),
+        ConnectionKind::Mysql => ("mysql", "MySQL", "mysql.query", "mysql.outcome"),
+        ConnectionKind::Ssh => ("ssh", "SSH", "ssh.exec", "ssh.outcome"),
+        ConnectionKind::Kubernetes => ("k8s", "Kubernetes", "k8s.request", "k8s.outcome"),
+        ConnectionKind::Http => ("http", "HTTP", "http.request", "http.outcome"),
     };
     ProtocolNames {
+        prefix,
         display,
         query,
         outcome,
@@ -217,7 +222,7 @@ impl SessionGate {
         database: &str,
         user: &str,
         client: std::net::SocketAddr,
-    ) -> Result<SessionGrant, Refusal> {
+    ) -> Result<SessionHandle, Refusal> {
         let names = protocol_names(protocol);
         let protocol_name = names.display;
         let conn = match self.store.get_connection(database).await {
@@ -253,6 +258,17 @@ impl SessionGate {
                 message: format!("the connection's policies cannot be applied: {e}"),
             }
         })?;
+        // Stored connections from before `username` was required may lack it: the
+        // backend account is never the one a client names.
+        let Some(backend_user) = conn.username.clone().filter(|u| !u.is_empty()) else {
+            return Err(Refusal {
+                kind: RefusalKind::PolicyUnusable,
+                message: format!(
+                    "the connection `{}` names no username to log in to the target as; an administrator must set it",
+                    conn.name
+                ),
+            });
+        };
         let grant = match self.access.grant_for(&identity, &conn).await {
             Ok(g) => g,
             Err(GrantError::Missing(message)) => {
@@ -347,42 +363,54 @@ impl SessionGate {
         if let Some(g) = &grant {
             self.access.watch_session(g, &id.to_string(), ender);
         }
-        if let Ok(mut open) = self.open.lock() {
-            open.insert(
-                id.to_string(),
-                OpenSession {
-                    identity: Arc::new(identity),
-                    connection: conn.name.as_str().into(),
-                    query_kind: names.query,
-                    text_key: names.text_key,
-                    timeline: timeline.clone(),
-                    access: conn.access.clone(),
-                    grant: grant.as_ref().map(|g| g.id),
-                    unflushed: SessionCounts::default(),
-                    flushed_at: Instant::now(),
-                },
-            );
-        }
-        let (backend_addr, backend_database) = split_target(&conn.target, protocol);
-        Ok(SessionGrant {
-            id: id.to_string(),
-            backend_addr,
-            backend_user: conn.username.clone().unwrap_or_else(|| user.to_string()),
-            backend_database,
+        let (addr, database) = split_target(&conn.target, protocol);
+        // A MySQL session stays in the database its connection names.
+        let database_pin = (protocol == ConnectionKind::Mysql).then(|| database.clone());
+        let guard = warden_policy::ConnectionGuard::new(
+            guard,
+            protocol,
+            database_pin,
+            conn.ssh.port_forwarding,
+        );
+        let target = BackendTarget {
+            addr,
+            user: backend_user,
+            database,
             secret_kind: secret.as_ref().map(|s| s.0),
             secret: secret.map(|s| s.1),
             ssh: conn.ssh.clone(),
             tls: conn.tls.clone(),
+        };
+        let sink = OpenSession {
+            id,
+            identity,
+            connection: conn.name.clone(),
+            names,
+            timeline: timeline.clone(),
+            access_options: conn.access.clone(),
+            grant: grant.as_ref().map(|g| g.id),
+            store: self.store.clone(),
+            journal: self.journal.clone(),
+            access: self.access.clone(),
+            recordings_dir: self.recordings_dir.clone(),
+            exec_output_bytes: self.exec_output_bytes,
+            counts: Mutex::new((SessionCounts::default(), Instant::now())),
+        };
+        Ok(SessionHandle::new(SessionParts {
+            id,
+            target,
             guard: Arc::new(guard),
             masker: Arc::new(masker),
             recorder: timeline,
+            sink: Arc::new(sink),
+            dialer: self.dialer.clone(),
             ended,
-        })
+        }))
     }
 }
 
 impl SessionHooks for SessionGate {
-    async fn open(&self, login: LoginRequest<'_>) -> Result<SessionGrant, Refusal> {
+    async fn open(&self, login: LoginRequest<'_>) -> Result<SessionHandle, Refusal> {
         let LoginRequest {
             protocol,
             connection: database,
@@ -412,142 +440,7 @@ impl SessionHooks for SessionGate {
             .await
     }
 
-    async fn record(&self, record: StatementRecord) -> Result<(), String> {
-        let session_id: Uuid = record.session.parse().map_err(|_| "bad session id")?;
-        let who = self.open.lock().ok().and_then(|o| {
-            o.get(&record.session).map(|s| {
-                (
-                    s.identity.clone(),
-                    s.connection.clone(),
-                    s.query_kind,
-                    s.text_key,
-                )
-            })
-        });
-        let (identity, connection, query_kind, text_key) = who.ok_or("unknown session")?;
-        let denied = matches!(record.decision, Decision::Deny { .. });
-        let mut payload = json!({text_key: record.sql, "via": record.via});
-        if let Some(review) = &record.review {
-            payload["review"] = json!(review);
-        }
-        if let Some(lengths) = &record.parameters {
-            payload["params"] = json!({"count": lengths.len(), "bytes": lengths});
-        }
-        let event = Event::new(query_kind, payload)
-            .by(&identity)
-            .on_connection(connection.as_ref())
-            .in_session(session_id)
-            .with_decision(record.decision);
-        self.journal
-            .append(&event)
-            .await
-            .map_err(|e| e.to_string())?;
-        let due = self.open.lock().ok().and_then(|mut o| {
-            let s = o.get_mut(&record.session)?;
-            s.unflushed.commands += 1;
-            s.unflushed.denied += i64::from(denied);
-            (s.flushed_at.elapsed() >= COUNTS_FLUSH_INTERVAL).then(|| {
-                s.flushed_at = Instant::now();
-                std::mem::take(&mut s.unflushed)
-            })
-        });
-        if let Some(counts) = due {
-            self.flush_counts(session_id, counts);
-        }
-        Ok(())
-    }
-
-    async fn request_review(&self, request: ReviewRequest<'_>) -> Result<ReviewHold, String> {
-        let (identity, connection, access) = self
-            .open
-            .lock()
-            .ok()
-            .and_then(|o| {
-                o.get(request.session)
-                    .map(|s| (s.identity.clone(), s.connection.clone(), s.access.clone()))
-            })
-            .ok_or("unknown session")?;
-        let session: Uuid = request.session.parse().map_err(|_| "bad session id")?;
-        self.access
-            .hold(
-                Holder {
-                    session,
-                    identity: &identity,
-                    connection: &connection,
-                    access: &access,
-                },
-                request.command,
-                request.rule,
-            )
-            .await
-    }
-
-    async fn await_review(&self, id: &str) -> ReviewOutcome {
-        self.access.wait(id).await
-    }
-
-    async fn closed(&self, session: &str, reason: Option<String>, traffic: Traffic) {
-        let who = self.open.lock().ok().and_then(|mut o| o.remove(session));
-        let Ok(id) = session.parse::<Uuid>() else {
-            return;
-        };
-        if let Some(open) = &who {
-            if let Some(grant) = open.grant {
-                self.access.forget_session(grant, session);
-            }
-            if let Err(e) = open.timeline.record(TimelineEvent::End {
-                reason: reason.clone(),
-            }) {
-                tracing::error!(error = %e, "could not end the session recording");
-            }
-            let counts = SessionCounts {
-                bytes_in: i64::try_from(traffic.from_client).unwrap_or(i64::MAX),
-                bytes_out: i64::try_from(traffic.to_client).unwrap_or(i64::MAX),
-                ..open.unflushed
-            };
-            if let Err(e) = self.store.add_session_counts(id, counts).await {
-                tracing::warn!(error = %e, "session counters not updated");
-            }
-        }
-        let status = if reason.is_some() {
-            SessionStatus::Terminated
-        } else {
-            SessionStatus::Closed
-        };
-        if let Err(e) = self
-            .store
-            .end_session(id, status, reason.as_deref(), timefmt::now())
-            .await
-        {
-            tracing::error!(error = %e, "could not end session");
-        }
-        let mut event = Event::new(
-            "session.end",
-            json!({"reason": reason, "bytes_in": traffic.from_client, "bytes_out": traffic.to_client}),
-        ).in_session(id);
-        if let Some(open) = who {
-            event = event
-                .by(&open.identity)
-                .on_connection(open.connection.as_ref());
-        }
-        if let Err(e) = self.journal.append(&event).await {
-            tracing::error!(error = %e, "could not record session end");
-        }
-    }
-}
-
-impl SessionGate {
-    /// Who a session belongs to and on which connection, while it is open.
-    fn session_owner(&self, session: &str) -> Option<(Arc<Identity>, Arc<str>)> {
-        self.open.lock().ok().and_then(|o| {
-            o.get(session)
-                .map(|s| (s.identity.clone(), s.connection.clone()))
-        })
-    }
-}
-
-impl SshHooks for SessionGate {
-    async fn open_with_key(&self, login: KeyLogin<'_>) -> Result<SessionGrant, Refusal> {
+    async fn open_with_key(&self, login: KeyLogin<'_>) -> Result<SessionHandle, Refusal> {
         let bad = |message: &str| Refusal {
             kind: RefusalKind::BadCredentials,
             message: message.to_string(),
@@ -593,94 +486,196 @@ impl SshHooks for SessionGate {
         )
         .await
     }
+}
 
-    async fn pin_host_key(&self, target: SshTarget<'_>) -> Result<(), String> {
-        let (identity, connection) = self
-            .session_owner(target.session)
-            .ok_or("unknown session")?;
-        let session: Uuid = target.session.parse().map_err(|_| "bad session id")?;
-        let event = Event::new(
-            "connection.host_key_pinned",
-            json!({"host_key": target.host_key, "trust_on_first_use": true}),
-        )
-        .by(&identity)
-        .on_connection(connection.as_ref())
-        .in_session(session);
-        let pinned = self
-            .store
-            .pin_ssh_host_key(&connection, target.host_key, &event)
-            .await
-            .map_err(|e| format!("the store cannot pin it: {e}"))?;
-        if pinned.as_deref() == Some(target.host_key) {
-            Ok(())
-        } else {
-            Err("another host key was pinned for this connection meanwhile".into())
-        }
+impl OpenSession {
+    fn event(&self, kind: &str, payload: serde_json::Value) -> Event {
+        Event::new(kind, payload)
+            .by(&self.identity)
+            .on_connection(&self.connection)
+            .in_session(self.id)
     }
 
-    async fn note(
-        &self,
-        session: &str,
-        kind: &'static str,
-        payload: serde_json::Value,
-        decision: Option<Decision>,
-        durable: bool,
-    ) -> Result<(), String> {
-        let (identity, connection) = self.session_owner(session).ok_or("unknown session")?;
-        let id: Uuid = session.parse().map_err(|_| "bad session id")?;
-        let mut event = Event::new(kind, payload)
-            .by(&identity)
-            .on_connection(connection.as_ref())
-            .in_session(id);
-        if let Some(d) = decision {
-            event = event.with_decision(d);
+    /// The event kind and payload of an admitted-or-refused action.
+    fn audit_event(&self, entry: &AuditEntry<'_>) -> Event {
+        let (kind, mut payload) = match entry.action {
+            Action::Forward { .. } => (
+                format!("{}.forward", self.names.prefix),
+                entry.detail.cloned().unwrap_or_else(|| json!({})),
+            ),
+            Action::Feature { name } => {
+                let mut detail = entry.detail.cloned().unwrap_or_else(|| json!({}));
+                detail["what"] = json!(name);
+                (format!("{}.refused", self.names.prefix), detail)
+            }
+            _ => (
+                self.names.query.to_string(),
+                json!({self.names.text_key: entry.text, "via": entry.via}),
+            ),
+        };
+        if let Some(review) = entry.review {
+            payload["review"] = json!(review);
         }
-        if durable {
+        if let Some(lengths) = entry.parameters {
+            payload["params"] = json!({"count": lengths.len(), "bytes": lengths});
+        }
+        self.event(&kind, payload)
+            .with_decision(entry.decision.clone())
+    }
+
+    /// Adds one command to the session's counters; writes them to its row at most
+    /// once per [`COUNTS_FLUSH_INTERVAL`], in the background.
+    fn count(&self, denied: bool) {
+        let due = self.counts.lock().ok().and_then(|mut c| {
+            c.0.commands += 1;
+            c.0.denied += i64::from(denied);
+            (c.1.elapsed() >= COUNTS_FLUSH_INTERVAL).then(|| {
+                c.1 = Instant::now();
+                std::mem::take(&mut c.0)
+            })
+        });
+        if let Some(counts) = due {
+            let store = self.store.clone();
+            let id = self.id;
+            tokio::spawn(async move {
+                if let Err(e) = store.add_session_counts(id, counts).await {
+                    tracing::warn!(error = %e, "session counters not updated");
+                }
+            });
+        }
+    }
+}
+
+impl SessionSink for OpenSession {
+    fn audit<'a>(&'a self, entry: AuditEntry<'a>) -> BoxFuture<'a, Result<(), AuditError>> {
+        Box::pin(async move {
+            let event = self.audit_event(&entry);
             self.journal
                 .append(&event)
                 .await
-                .map_err(|e| e.to_string())?;
-        } else {
-            self.journal.append_later(&event);
-        }
-        Ok(())
+                .map_err(|e| AuditError(e.to_string()))?;
+            if entry.action.is_command() {
+                self.count(matches!(entry.decision, Decision::Deny { .. }));
+            }
+            Ok(())
+        })
     }
 
-    fn terminal(
-        &self,
-        session: &str,
-        spec: TerminalSpec,
-    ) -> Result<Arc<dyn TerminalRecorder>, RecordingError> {
-        let (timeline, connection) = self
-            .open
-            .lock()
-            .ok()
-            .and_then(|o| {
-                o.get(session)
-                    .map(|s| (s.timeline.clone(), s.connection.clone()))
-            })
-            .ok_or_else(|| RecordingError("the session has ended".into()))?;
+    fn note(&self, kind: &'static str, payload: serde_json::Value) {
+        self.journal.append_later(&self.event(kind, payload));
+    }
+
+    fn request_review<'a>(
+        &'a self,
+        command: &'a str,
+        rule: &'a str,
+    ) -> BoxFuture<'a, Result<ReviewHold, String>> {
+        Box::pin(self.access.hold(
+            Holder {
+                session: self.id,
+                identity: &self.identity,
+                connection: &self.connection,
+                access: &self.access_options,
+            },
+            command,
+            rule,
+        ))
+    }
+
+    fn await_review<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ReviewOutcome> {
+        Box::pin(self.access.wait(id))
+    }
+
+    fn abandon_review(&self, id: &str) {
+        // The wait is dropped with the session's admission: nothing runs if the
+        // review is approved later.
+        tracing::info!(session = %self.id, review = id, "client left while held for review");
+    }
+
+    fn terminal(&self, spec: TerminalSpec) -> Result<Arc<dyn TerminalRecorder>, RecordingError> {
         let title = match &spec.command {
-            Some(c) => format!("{connection}: {c}"),
-            None => format!("{connection}: shell"),
+            Some(c) => format!("{}: {c}", self.connection),
+            None => format!("{}: shell", self.connection),
         };
         // Commands without a PTY move bulk data (`cat`, `tar`, dumps): keep their
         // first bytes, count the rest. Terminals a person drives are kept whole.
         let limit =
             (spec.term.is_none() && self.exec_output_bytes > 0).then_some(self.exec_output_bytes);
+        let session = self.id.to_string();
         let recorder = crate::terminal::CastRecorder::create(
             &self.recordings_dir,
-            session,
+            &session,
             &title,
             &spec,
             limit,
         )
         .map_err(|e| RecordingError(e.to_string()))?;
-        timeline.record(TimelineEvent::Terminal {
+        self.timeline.record(TimelineEvent::Terminal {
             channel: spec.channel,
-            file: crate::terminal::cast_name(session, spec.channel),
+            file: crate::terminal::cast_name(&session, spec.channel),
             command: spec.command.clone(),
         })?;
         Ok(recorder)
+    }
+
+    fn pin_host_key<'a>(&'a self, host_key: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let event = self.event(
+                "connection.host_key_pinned",
+                json!({"host_key": host_key, "trust_on_first_use": true}),
+            );
+            let pinned = self
+                .store
+                .pin_ssh_host_key(&self.connection, host_key, &event)
+                .await
+                .map_err(|e| format!("the store cannot pin it: {e}"))?;
+            if pinned.as_deref() == Some(host_key) {
+                Ok(())
+            } else {
+                Err("another host key was pinned for this connection meanwhile".into())
+            }
+        })
+    }
+
+    fn close<'a>(&'a self, reason: Option<&'a EndReason>, traffic: Traffic) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let reason = reason.map(ToString::to_string);
+            if let Some(grant) = self.grant {
+                self.access.forget_session(grant, &self.id.to_string());
+            }
+            if let Err(e) = self.timeline.record(TimelineEvent::End {
+                reason: reason.clone(),
+            }) {
+                tracing::error!(error = %e, "could not end the session recording");
+            }
+            let unflushed = self.counts.lock().map(|c| c.0).unwrap_or_default();
+            let counts = SessionCounts {
+                bytes_in: i64::try_from(traffic.from_client).unwrap_or(i64::MAX),
+                bytes_out: i64::try_from(traffic.to_client).unwrap_or(i64::MAX),
+                ..unflushed
+            };
+            if let Err(e) = self.store.add_session_counts(self.id, counts).await {
+                tracing::warn!(error = %e, "session counters not updated");
+            }
+            let status = if reason.is_some() {
+                SessionStatus::Terminated
+            } else {
+                SessionStatus::Closed
+            };
+            if let Err(e) = self
+                .store
+                .end_session(self.id, status, reason.as_deref(), timefmt::now())
+                .await
+            {
+                tracing::error!(error = %e, "could not end session");
+            }
+            let event = self.event(
+                "session.end",
+                json!({"reason": reason, "bytes_in": traffic.from_client, "bytes_out": traffic.to_client}),
+            );
+            if let Err(e) = self.journal.append(&event).await {
+                tracing::error!(error = %e, "could not record session end");
+            }
+        })
     }
 }

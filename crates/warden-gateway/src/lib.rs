@@ -20,12 +20,14 @@ pub mod tunnel;
 pub use config::Config;
 
 use serde_json::json;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use warden_core::{Event, Secret};
+use warden_core::{ConnectionKind, Event, Secret};
+use warden_net::Registration;
 use warden_store::{AuditJournal, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +50,8 @@ pub enum GatewayError {
 /// A running gateway.
 pub struct Gateway {
     api_addr: SocketAddr,
-    pg_addr: Option<SocketAddr>,
-    mysql_addr: Option<SocketAddr>,
-    ssh_addr: Option<SocketAddr>,
+    /// Where each protocol with a listener listens.
+    listeners: HashMap<ConnectionKind, SocketAddr>,
     tls: bool,
     admin_token: Option<Secret<String>>,
     store: Arc<Store>,
@@ -133,33 +134,28 @@ impl Gateway {
                 config.recordings_dir(),
                 config.recordings.rows_per_result,
             )
-            .with_exec_output_limit(config.recordings.exec_output_bytes),
+            .with_exec_output_limit(config.recordings.exec_output_bytes)
+            .with_dialer(Arc::new(warden_net::TcpDialer {
+                connect_timeout: std::time::Duration::from_secs(
+                    config.backends.connect_timeout_secs,
+                ),
+            })),
         );
-        let (pg_addr, pg_tunnels) = if config.pg.enabled {
-            let (addr, proxy) = start_pg_listener(&config, gate.clone(), rx.clone()).await?;
-            (Some(addr), Some(proxy))
-        } else {
-            (None, None)
-        };
-
-        let (mysql_addr, mysql_tunnels) = if config.mysql.enabled {
-            let (addr, proxy) = start_mysql_listener(&config, gate.clone(), rx.clone()).await?;
-            (Some(addr), Some(proxy))
-        } else {
-            (None, None)
-        };
-        let (ssh_addr, ssh_tunnels) = if config.ssh.enabled {
-            let (addr, proxy) = start_ssh_listener(&config, gate.clone(), rx.clone()).await?;
-            (Some(addr), Some(proxy))
-        } else {
-            (None, None)
-        };
-        let tunnels = Arc::new(tunnel::TunnelTargets {
-            gate: gate.clone(),
-            pg: pg_tunnels,
-            mysql: mysql_tunnels,
-            ssh: ssh_tunnels,
-        });
+        let mut listeners = HashMap::new();
+        let mut proxies = HashMap::new();
+        for registration in protocols(&config, &gate)? {
+            let Registration {
+                kind,
+                listen,
+                proxy,
+            } = registration;
+            if let Some(addr) = listen {
+                let addr = start_listener(kind, addr, proxy.clone(), rx.clone()).await?;
+                listeners.insert(kind, addr);
+            }
+            proxies.insert(kind, proxy);
+        }
+        let tunnels = Arc::new(tunnel::TunnelTargets { proxies });
         let app = api::router(api::AppState::new(api::StateInner {
             store: store.clone(),
             journal: journal.clone(),
@@ -174,9 +170,7 @@ impl Gateway {
         let server = tokio::spawn(server::serve(listener, tls, app, rx));
         tracing::info!(api = %api_addr, tls = has_tls, "gateway started");
         Ok(Gateway {
-            pg_addr,
-            mysql_addr,
-            ssh_addr,
+            listeners,
             api_addr,
             tls: has_tls,
             admin_token,
@@ -191,19 +185,9 @@ impl Gateway {
         self.api_addr
     }
 
-    /// Where the PostgreSQL proxy listens, when enabled.
-    pub fn pg_addr(&self) -> Option<SocketAddr> {
-        self.pg_addr
-    }
-
-    /// Where the MySQL proxy listens, when enabled.
-    pub fn mysql_addr(&self) -> Option<SocketAddr> {
-        self.mysql_addr
-    }
-
-    /// Where the SSH proxy listens, when enabled.
-    pub fn ssh_addr(&self) -> Option<SocketAddr> {
-        self.ssh_addr
+    /// Where the listener of a protocol's own clients is, when it has one.
+    pub fn listener(&self, kind: ConnectionKind) -> Option<SocketAddr> {
+        self.listeners.get(&kind).copied()
     }
 
     /// `http://...` or `https://...` of the API listener.
@@ -274,30 +258,35 @@ async fn bind_listener(
     Ok((listener, local))
 }
 
-/// A proxy listener's TLS, when it has a certificate: no ALPN (database clients
-/// negotiate TLS inside their own protocol).
-fn proxy_tls(
-    cert: Option<&std::path::Path>,
-    key: Option<&std::path::Path>,
-) -> Result<Option<tokio_rustls::TlsAcceptor>, GatewayError> {
-    match (cert, key) {
-        (Some(cert), Some(key)) => server::tls_acceptor_with_alpn(cert, key, &[]).map(Some),
-        _ => Ok(None),
-    }
+/// Every protocol the gateway serves. Adding a protocol is its crate and one line
+/// here; the gateway has no other per-protocol code.
+fn protocols(
+    config: &Config,
+    gate: &Arc<gate::SessionGate>,
+) -> Result<Vec<Registration>, GatewayError> {
+    let registered = [
+        warden_pg::register(&config.pg, gate.clone()),
+        warden_mysql::register(&config.mysql, gate.clone()),
+        warden_ssh::register(&config.ssh, &config.ssh_host_key_path(), gate.clone()),
+    ];
+    registered
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(GatewayError::Config)
 }
 
-/// Accepts clients until shutdown and serves each on its own task, in a span named
-/// after the protocol; a failing accept (out of descriptors) backs off.
-fn spawn_accept_loop<F, Fut>(
-    listener: TcpListener,
+/// Binds a protocol's listener and serves each client on its own task until
+/// shutdown, in a span named after the protocol; a failing accept (out of
+/// descriptors) backs off.
+async fn start_listener(
+    kind: ConnectionKind,
+    addr: SocketAddr,
+    proxy: Arc<dyn warden_net::ProtocolProxy>,
     mut shutdown: watch::Receiver<bool>,
-    protocol: &'static str,
-    serve: F,
-) where
-    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
+) -> Result<SocketAddr, GatewayError> {
     use tracing::Instrument;
+    let protocol = kind.as_str();
+    let (listener, local) = bind_listener(addr, protocol).await?;
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -307,7 +296,7 @@ fn spawn_accept_loop<F, Fut>(
             match accepted {
                 Ok((stream, peer)) => {
                     let span = tracing::info_span!("session", protocol, client = %peer);
-                    tokio::spawn(serve(stream, peer).instrument(span));
+                    tokio::spawn(proxy.clone().serve(stream, peer).instrument(span));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, protocol, "accept failed");
@@ -316,92 +305,6 @@ fn spawn_accept_loop<F, Fut>(
             }
         }
     });
-}
-
-/// Binds the PostgreSQL listener and serves each client on its own task.
-async fn start_pg_listener(
-    config: &Config,
-    hooks: Arc<gate::SessionGate>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(SocketAddr, warden_pg::proxy::ProxyConfig), GatewayError> {
-    let (listener, addr) = bind_listener(config.pg.listen, "PostgreSQL").await?;
-    // PostgreSQL clients before 17 send no ALPN; 17+ with sslnegotiation=direct would
-    // send "postgresql", which this listener does not take directly.
-    let tls = proxy_tls(config.pg.tls_cert.as_deref(), config.pg.tls_key.as_deref())?;
-    let proxy_config = warden_pg::proxy::ProxyConfig {
-        cancels: warden_pg::proxy::CancelMap::default(),
-        allow_plaintext_tokens: config.pg.allow_plaintext_tokens,
-        tls,
-        max_message: config.pg.max_message_bytes,
-        login_timeout: std::time::Duration::from_secs(30),
-    };
-    let served = proxy_config.clone();
-    spawn_accept_loop(listener, shutdown, "postgres", move |stream, peer| {
-        warden_pg::proxy::serve_client(stream, peer, hooks.clone(), served.clone())
-    });
-    tracing::info!(pg = %addr, "PostgreSQL proxy listening");
-    Ok((addr, proxy_config))
-}
-
-/// Binds the MySQL listener and serves each client on its own task.
-async fn start_mysql_listener(
-    config: &Config,
-    hooks: Arc<gate::SessionGate>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(SocketAddr, warden_mysql::proxy::ProxyConfig), GatewayError> {
-    let (listener, addr) = bind_listener(config.mysql.listen, "MySQL").await?;
-    let tls = proxy_tls(
-        config.mysql.tls_cert.as_deref(),
-        config.mysql.tls_key.as_deref(),
-    )?;
-    let proxy_config = warden_mysql::proxy::ProxyConfig {
-        allow_plaintext_tokens: config.mysql.allow_plaintext_tokens,
-        tls,
-        max_packet: config.mysql.max_packet_bytes,
-        login_timeout: std::time::Duration::from_secs(config.mysql.login_timeout_secs),
-        allow_local_infile: config.mysql.allow_local_infile,
-        server_version: config.mysql.server_version.clone(),
-        threads: warden_mysql::proxy::ThreadMap::default(),
-    };
-    let served = proxy_config.clone();
-    spawn_accept_loop(listener, shutdown, "mysql", move |stream, peer| {
-        warden_mysql::proxy::serve_client(stream, peer, hooks.clone(), served.clone())
-    });
-    tracing::info!(mysql = %addr, "MySQL proxy listening");
-    Ok((addr, proxy_config))
-}
-
-/// Binds the SSH listener (creating the host key on first start) and serves each
-/// client on its own task.
-async fn start_ssh_listener(
-    config: &Config,
-    hooks: Arc<gate::SessionGate>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<
-    (
-        SocketAddr,
-        Arc<warden_ssh::proxy::SshProxy<gate::SessionGate>>,
-    ),
-    GatewayError,
-> {
-    let key_path = config.ssh_host_key_path();
-    let host_key = warden_ssh::keys::load_or_create_host_key(&key_path)
-        .map_err(|e| GatewayError::Config(e.to_string()))?;
-    let (listener, addr) = bind_listener(config.ssh.listen, "SSH").await?;
-    let proxy = Arc::new(warden_ssh::proxy::SshProxy::new(
-        hooks,
-        warden_ssh::proxy::ProxyConfig {
-            host_key,
-            login_timeout: std::time::Duration::from_secs(config.ssh.login_timeout_secs),
-            max_channels: config.ssh.max_channels,
-            auth_timeout: std::time::Duration::from_secs(config.ssh.auth_timeout_secs),
-        },
-    ));
-    let served = proxy.clone();
-    spawn_accept_loop(listener, shutdown, "ssh", move |stream, peer| {
-        let proxy = served.clone();
-        async move { proxy.serve(stream, peer).await }
-    });
-    tracing::info!(ssh = %addr, "SSH proxy listening");
-    Ok((addr, proxy))
+    tracing::info!(%protocol, addr = %local, "proxy listening");
+    Ok(local)
 }

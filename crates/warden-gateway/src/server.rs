@@ -5,10 +5,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,26 +29,7 @@ pub fn tls_acceptor_with_alpn(
     key: &Path,
     alpn: &[&[u8]],
 ) -> Result<TlsAcceptor, GatewayError> {
-    let tls = |m: String| GatewayError::Tls(m);
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| tls(format!("{}: {e}", cert.display())))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(tls(format!("{}: no certificate found", cert.display())));
-    }
-    // The key file's content never goes into an error message, only its path.
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|_| tls(format!("{}: no usable private key", key.display())))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(format!("certificate and key do not fit together: {e}")))?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    warden_net::server_tls(cert, key, alpn).map_err(GatewayError::Tls)
 }
 
 /// Accepts connections until `shutdown` changes. Each connection is served on its own

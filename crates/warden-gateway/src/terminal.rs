@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use warden_core::{RecordingError, TerminalRecorder, TerminalSpec};
+use warden_core::{BoxFuture, RecordingError, TerminalRecorder, TerminalSpec};
 
 /// Buffered lines are written at least this often.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -41,7 +41,7 @@ enum CastCommand {
         height: u32,
     },
     /// Write everything buffered and sync; answer when done.
-    Finish(std::sync::mpsc::SyncSender<Result<(), RecordingError>>),
+    Finish(tokio::sync::oneshot::Sender<Result<(), RecordingError>>),
 }
 
 /// Commands queued before the proxy waits for the writer: bounds memory while the
@@ -49,11 +49,15 @@ enum CastCommand {
 /// dropping any of it.
 const QUEUE: usize = 64;
 
-/// Streams one terminal to its file. Escaping and compression run on a thread of
-/// their own, so recording a fast terminal overlaps with relaying it.
+/// Streams one terminal to its file. Escaping, compression and the final sync run
+/// on a thread of their own, so recording a fast terminal overlaps with relaying it
+/// and no runtime thread ever waits on the disk: a proxy that is [`QUEUE`] commands
+/// ahead waits for a permit (a future), which the writer returns per command done.
 pub struct CastRecorder {
     started: Instant,
-    queue: std::sync::mpsc::SyncSender<CastCommand>,
+    queue: std::sync::mpsc::Sender<CastCommand>,
+    /// Room in the queue; closed when the writer stops.
+    room: Arc<tokio::sync::Semaphore>,
     failed: Arc<Mutex<Option<String>>>,
     /// Bytes of input and output kept at most; the rest is counted in `dropped`.
     limit: Option<u64>,
@@ -102,15 +106,22 @@ impl CastRecorder {
             carry_in: Vec::new(),
         };
         writer.write_frame()?;
-        let (queue, commands) = std::sync::mpsc::sync_channel(QUEUE);
+        let (queue, commands) = std::sync::mpsc::channel();
+        let room = Arc::new(tokio::sync::Semaphore::new(QUEUE));
         let failed = Arc::new(Mutex::new(None));
         let failed_in_thread = failed.clone();
+        let room_in_thread = room.clone();
         std::thread::Builder::new()
             .name("warden-cast".into())
-            .spawn(move || writer.run(&commands, &failed_in_thread))?;
+            .spawn(move || {
+                writer.run(&commands, &failed_in_thread, &room_in_thread);
+                // Nothing is written any more: whoever waits for room hears so.
+                room_in_thread.close();
+            })?;
         Ok(Arc::new(Self {
             started: Instant::now(),
             queue,
+            room,
             failed,
             limit,
             kept: AtomicU64::new(0),
@@ -123,7 +134,7 @@ impl CastRecorder {
     }
 
     /// Input or output: kept while under the limit, counted after it.
-    fn data(&self, code: &'static str, data: &[u8]) -> Result<(), RecordingError> {
+    async fn data(&self, code: &'static str, data: &[u8]) -> Result<(), RecordingError> {
         let len = data.len() as u64;
         if let Some(limit) = self.limit
             && self.kept.fetch_add(len, Ordering::Relaxed) >= limit
@@ -136,15 +147,40 @@ impl CastRecorder {
             code,
             data: data.to_vec(),
         })
+        .await
     }
 
-    fn send(&self, command: CastCommand) -> Result<(), RecordingError> {
-        if let Some(e) = self.failed.lock().ok().and_then(|f| f.clone()) {
-            return Err(RecordingError(e));
+    /// Queues a command once there is room for it.
+    async fn send(&self, command: CastCommand) -> Result<(), RecordingError> {
+        let stopped = || {
+            let failure = self.failed.lock().ok().and_then(|f| f.clone());
+            RecordingError(failure.unwrap_or_else(|| "the terminal recording stopped".into()))
+        };
+        if self.failed.lock().ok().is_some_and(|f| f.is_some()) {
+            return Err(stopped());
         }
-        self.queue
-            .send(command)
-            .map_err(|_| RecordingError("the terminal recording stopped".into()))
+        // The writer gives the permit back when it has handled the command.
+        self.room.acquire().await.map_err(|_| stopped())?.forget();
+        self.queue.send(command).map_err(|_| stopped())
+    }
+
+    async fn finish_now(&self) -> Result<(), RecordingError> {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let note = format!(
+                "\r\n[warden: {dropped} more bytes of input and output were not recorded (recordings.exec_output_bytes)]\r\n"
+            );
+            self.send(CastCommand::Event {
+                t: self.now(),
+                code: "o",
+                data: note.into_bytes(),
+            })
+            .await?;
+        }
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.send(CastCommand::Finish(reply)).await?;
+        done.await
+            .map_err(|_| RecordingError("the terminal recording stopped".into()))?
     }
 }
 
@@ -164,6 +200,7 @@ impl CastWriter {
         &mut self,
         commands: &std::sync::mpsc::Receiver<CastCommand>,
         failed: &Mutex<Option<String>>,
+        room: &tokio::sync::Semaphore,
     ) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut oldest: Option<Instant> = None;
@@ -171,7 +208,11 @@ impl CastWriter {
             let wait = oldest.map_or(FLUSH_INTERVAL, |o| {
                 FLUSH_INTERVAL.saturating_sub(o.elapsed())
             });
-            let result = match commands.recv_timeout(wait) {
+            let received = commands.recv_timeout(wait);
+            if received.is_ok() {
+                room.add_permits(1);
+            }
+            let result = match received {
                 Ok(CastCommand::Event { t, code, data }) => self.event(t, code, &data),
                 Ok(CastCommand::Resize { t, width, height }) => {
                     self.line(t, "r", &format!("{width}x{height}"))
@@ -302,38 +343,24 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
 }
 
 impl TerminalRecorder for CastRecorder {
-    fn output(&self, data: &[u8]) -> Result<(), RecordingError> {
-        self.data("o", data)
+    fn output<'a>(&'a self, data: &'a [u8]) -> BoxFuture<'a, Result<(), RecordingError>> {
+        Box::pin(self.data("o", data))
     }
 
-    fn input(&self, data: &[u8]) -> Result<(), RecordingError> {
-        self.data("i", data)
+    fn input<'a>(&'a self, data: &'a [u8]) -> BoxFuture<'a, Result<(), RecordingError>> {
+        Box::pin(self.data("i", data))
     }
 
-    fn resize(&self, width: u32, height: u32) -> Result<(), RecordingError> {
-        self.send(CastCommand::Resize {
+    fn resize(&self, width: u32, height: u32) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(self.send(CastCommand::Resize {
             t: self.now(),
             width,
             height,
-        })
+        }))
     }
 
-    fn finish(&self) -> Result<(), RecordingError> {
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let note = format!(
-                "\r\n[warden: {dropped} more bytes of input and output were not recorded (recordings.exec_output_bytes)]\r\n"
-            );
-            self.send(CastCommand::Event {
-                t: self.now(),
-                code: "o",
-                data: note.into_bytes(),
-            })?;
-        }
-        let (reply, done) = std::sync::mpsc::sync_channel(1);
-        self.send(CastCommand::Finish(reply))?;
-        done.recv()
-            .map_err(|_| RecordingError("the terminal recording stopped".into()))?
+    fn finish(&self) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(self.finish_now())
     }
 }
 
@@ -452,13 +479,13 @@ mod tests {
     async fn a_terminal_round_trips_through_frames_even_when_cut() {
         let dir = tempfile::tempdir().unwrap();
         let r = CastRecorder::create(dir.path(), "s1", "t", &spec(), None).unwrap();
-        r.output(b"hello \xc3").unwrap(); // é cut in two
-        r.output(b"\xa9\r\n").unwrap();
-        r.input(b"ls\r").unwrap();
-        r.resize(120, 40).unwrap();
-        r.finish().unwrap();
-        r.output(b"after").unwrap();
-        r.finish().unwrap();
+        r.output(b"hello \xc3").await.unwrap(); // é cut in two
+        r.output(b"\xa9\r\n").await.unwrap();
+        r.input(b"ls\r").await.unwrap();
+        r.resize(120, 40).await.unwrap();
+        r.finish().await.unwrap();
+        r.output(b"after").await.unwrap();
+        r.finish().await.unwrap();
         let cast = read_cast(dir.path(), "s1", 3).unwrap();
         assert_eq!(cast.header["version"], 2);
         assert_eq!(cast.header["width"], 100);
@@ -492,14 +519,14 @@ mod tests {
         assert!(cast.to_asciicast().starts_with("{\""));
     }
 
-    #[test]
-    fn a_capped_recording_keeps_its_first_bytes_and_says_how_many_it_dropped() {
+    #[tokio::test]
+    async fn a_capped_recording_keeps_its_first_bytes_and_says_how_many_it_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let r = CastRecorder::create(dir.path(), "s2", "t", &spec(), Some(10)).unwrap();
-        r.output(b"0123456789").unwrap();
-        r.output(b"abcdef").unwrap();
-        r.input(b"xyz").unwrap();
-        r.finish().unwrap();
+        r.output(b"0123456789").await.unwrap();
+        r.output(b"abcdef").await.unwrap();
+        r.input(b"xyz").await.unwrap();
+        r.finish().await.unwrap();
         let cast = read_cast(dir.path(), "s2", 3).unwrap();
         let texts: Vec<_> = cast.events.iter().map(|e| e.2.as_str()).collect();
         assert_eq!(texts[0], "0123456789");

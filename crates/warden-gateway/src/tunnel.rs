@@ -5,33 +5,25 @@
 //! the ones a client would send, so every guardrail, mask, review and recording
 //! applies; the local client needs no credential.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use warden_core::{ConnectionKind, TunnelLogin};
-use warden_net::BoxedStream;
-
-use crate::gate::SessionGate;
+use warden_net::{BoxedStream, ProtocolProxy};
 
 /// The value of the `Upgrade` header that asks for a tunnel.
 pub const TUNNEL_PROTOCOL: &str = "warden-tunnel";
 
-/// The proxies a tunnel can lead into, with their settings.
+/// The proxies a tunnel can lead into: every registered protocol, whether or not its
+/// own listener runs.
 pub struct TunnelTargets {
-    pub(crate) gate: Arc<SessionGate>,
-    pub(crate) pg: Option<warden_pg::proxy::ProxyConfig>,
-    pub(crate) mysql: Option<warden_mysql::proxy::ProxyConfig>,
-    pub(crate) ssh: Option<Arc<warden_ssh::proxy::SshProxy<SessionGate>>>,
+    pub(crate) proxies: HashMap<ConnectionKind, Arc<dyn ProtocolProxy>>,
 }
 
 impl TunnelTargets {
     /// Whether tunnels to connections of `kind` can be served.
     pub fn serves(&self, kind: ConnectionKind) -> bool {
-        match kind {
-            ConnectionKind::Postgres => self.pg.is_some(),
-            ConnectionKind::Mysql => self.mysql.is_some(),
-            ConnectionKind::Ssh => self.ssh.is_some(),
-            _ => false,
-        }
+        self.proxies.contains_key(&kind)
     }
 
     /// Serves one tunneled client to its end.
@@ -42,19 +34,9 @@ impl TunnelTargets {
         peer: SocketAddr,
         login: TunnelLogin,
     ) {
-        match kind {
-            ConnectionKind::Postgres if let Some(config) = &self.pg => {
-                let hooks = self.gate.clone();
-                warden_pg::proxy::serve_tunnel(stream, peer, hooks, config.clone(), login).await;
-            }
-            ConnectionKind::Mysql if let Some(config) = &self.mysql => {
-                let hooks = self.gate.clone();
-                warden_mysql::proxy::serve_tunnel(stream, peer, hooks, config.clone(), login).await;
-            }
-            ConnectionKind::Ssh if let Some(proxy) = &self.ssh => {
-                proxy.serve_tunnel(stream, peer, login).await;
-            }
-            _ => tracing::warn!(%kind, "no proxy serves tunnels of this kind"),
+        match self.proxies.get(&kind) {
+            Some(proxy) => proxy.clone().serve_tunnel(stream, peer, login).await,
+            None => tracing::warn!(%kind, "no proxy serves tunnels of this kind"),
         }
     }
 }

@@ -58,7 +58,11 @@ async fn connect_watched(
     ),
     tokio_postgres::Error,
 > {
-    let port = gw.gateway.pg_addr().unwrap().port();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
     let (client, conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={port} user=anyone dbname={db} password={token}"),
         NoTls,
@@ -377,7 +381,11 @@ async fn held_statements_wait_for_their_review() {
     let alice = gw.key_for("alice", &["dev"]).await;
     let bob = gw.key_for("bob", &["sre"]).await;
     review_table("warden_review_t").await;
-    let port = gw.gateway.pg_addr().unwrap().port();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
 
     // psql's DELETE waits; the notice says where to approve; bob approves; it runs.
     let delete = "DELETE FROM warden_review_t WHERE id = 1";

@@ -226,19 +226,25 @@ async fn bad_input_gets_clear_errors_and_changes_nothing(backend: Backend) {
             "missing field `target`",
         ),
         (
-            json!({"name": "x", "kind": "postgres", "target": "h:1", "secret": ""}),
+            json!({"name": "x", "kind": "postgres", "target": "h:1", "username": "u", "secret": ""}),
             "invalid_connection",
             "secret",
         ),
         (
-            json!({"name": "x", "kind": "postgres", "target": "h:1", "secret_kind": "password"}),
+            json!({"name": "x", "kind": "postgres", "target": "h:1", "username": "u", "secret_kind": "password"}),
             "invalid_connection",
             "secret_kind",
         ),
         (
-            json!({"name": "x", "kind": "postgres", "target": "h:1", "tls": {"mode": "verify", "ca_pem": "nope"}}),
+            json!({"name": "x", "kind": "postgres", "target": "h:1", "username": "u", "tls": {"mode": "verify", "ca_pem": "nope"}}),
             "invalid_connection",
             "ca_pem",
+        ),
+        // The gateway logs in as the connection's account, never the client's.
+        (
+            json!({"name": "x", "kind": "mysql", "target": "h:1"}),
+            "invalid_connection",
+            "username",
         ),
         (
             json!({"name": "x", "kind": "postgres", "target": "h:1", "tls": {"mode": "sometimes"}}),

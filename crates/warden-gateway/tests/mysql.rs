@@ -67,7 +67,10 @@ async fn setup(backend: Backend) -> (TestGateway, String) {
 }
 
 fn port(gw: &TestGateway) -> u16 {
-    gw.gateway.mysql_addr().unwrap().port()
+    gw.gateway
+        .listener(warden_core::ConnectionKind::Mysql)
+        .unwrap()
+        .port()
 }
 
 async fn connect(gw: &TestGateway, db: &str, token: &str) -> Result<Conn, mysql_async::Error> {
@@ -321,7 +324,7 @@ async fn refused_logins_and_commands_name_the_reason() {
             "/api/connections",
             Some(
                 json!({"name": "pgdb", "kind": "postgres", "target": "127.0.0.1:5432",
-                        "allowed_groups": ["dba"]}),
+                        "username": "postgres", "allowed_groups": ["dba"]}),
             ),
         )
         .await;
@@ -373,12 +376,48 @@ async fn refused_logins_and_commands_name_the_reason() {
     send_raw(&mut s, 0, b"\x02warden_t").await;
     let p = read_packet(&mut s, &mut buf).await.unwrap();
     assert_eq!(p.payload[0], 0, "{:?}", p.payload);
-    // A USE statement is the held account's grants' business: it has none there.
+    // Nor can a USE statement, however it is written; within it, it works.
     let mut c = connect(&gw, "shop", &token).await.unwrap();
-    assert!(c.query_drop("USE mysql").await.is_err());
+    for sql in [
+        "USE mysql",
+        "use `mysql`",
+        "SELECT 1; USE mysql",
+        "/* x */ USE mysql",
+    ] {
+        let err = c.query_drop(sql).await.unwrap_err();
+        assert_eq!(server_code(&err), 1227, "{sql}: {err}");
+        assert!(
+            server_message(&err).contains("connection-database"),
+            "{err}"
+        );
+    }
+    c.query_drop("USE warden_t").await.unwrap();
     c.disconnect().await.unwrap();
     drop(s);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each refusal is a decision like any other: audited with its rule.
+    let pinned: Vec<serde_json::Value> = gw
+        .audit_events("mysql.query")
+        .await
+        .into_iter()
+        .filter(|e| e["event"]["decision"]["rule"] == "connection-database")
+        .collect();
+    let mut vias: Vec<&str> = pinned
+        .iter()
+        .map(|e| e["event"]["payload"]["via"].as_str().unwrap())
+        .collect();
+    vias.sort_unstable();
+    assert_eq!(
+        vias,
+        [
+            "COM_INIT_DB",
+            "COM_QUERY",
+            "COM_QUERY",
+            "COM_QUERY",
+            "COM_QUERY"
+        ],
+        "{pinned:?}"
+    );
 
     let failures = gw.audit_events("auth.failure").await;
     assert!(
@@ -458,9 +497,13 @@ async fn read_packet(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Packet> {
 
 /// Logs in with the token as a `mysql_clear_password` response.
 async fn raw_login(gw: &TestGateway, token: &str) -> (TcpStream, BytesMut) {
-    let mut s = TcpStream::connect(gw.gateway.mysql_addr().unwrap())
-        .await
-        .unwrap();
+    let mut s = TcpStream::connect(
+        gw.gateway
+            .listener(warden_core::ConnectionKind::Mysql)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let mut buf = BytesMut::new();
     let greeting = read_packet(&mut s, &mut buf).await.unwrap();
     let mut token_bytes = token.as_bytes().to_vec();
@@ -523,9 +566,13 @@ async fn bad_packets_end_only_their_session() {
     let mut healthy = connect(&gw, "shop", &token).await.unwrap();
 
     // Garbage instead of a handshake response: an ERR that says so, then close.
-    let mut s = TcpStream::connect(gw.gateway.mysql_addr().unwrap())
-        .await
-        .unwrap();
+    let mut s = TcpStream::connect(
+        gw.gateway
+            .listener(warden_core::ConnectionKind::Mysql)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let mut buf = BytesMut::new();
     read_packet(&mut s, &mut buf).await.unwrap();
     s.write_all(b"\x05\x00\x00\x01garbage, not a handshake")

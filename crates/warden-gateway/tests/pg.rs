@@ -47,7 +47,11 @@ async fn connect(
     db: &str,
     token: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let port = gw.gateway.pg_addr().unwrap().port();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
     let (client, conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={port} user=anyone dbname={db} password={token}"),
         NoTls,
@@ -255,7 +259,12 @@ async fn refused_logins_name_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_through_the_gateway() {
     let (gw, token) = setup(Backend::Sqlite).await;
-    let port = gw.gateway.pg_addr().unwrap().port().to_string();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port()
+        .to_string();
     let run = |sql: &str| {
         std::process::Command::new("psql")
             .args([
@@ -383,7 +392,10 @@ async fn column_rules_apply_to_real_tables() {
 async fn garbage_ends_that_session_only() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (gw, token) = setup(Backend::Sqlite).await;
-    let addr = gw.gateway.pg_addr().unwrap();
+    let addr = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap();
     let good = connect(&gw, "billing", &token).await.unwrap();
     for payload in [
         &b"\x00\x00\x00\x08\xde\xad\xbe\xef"[..], // unknown protocol version
@@ -498,7 +510,11 @@ async fn copy_both_ways_with_copied_rows_masked() {
     assert!(lines[2].ends_with("\t\\N\t\\N"), "{text}");
 
     // Simple protocol (psql), CSV with a header, from a query with an alias.
-    let port = gw.gateway.pg_addr().unwrap().port();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
     let out = std::process::Command::new("psql")
         .args([
             "-X",
@@ -621,7 +637,11 @@ async fn values_quoted_in_server_errors_are_masked() {
 async fn listen_notify_passes_through_with_payloads_masked() {
     use futures_util::StreamExt;
     let (gw, token) = setup(Backend::Sqlite).await;
-    let port = gw.gateway.pg_addr().unwrap().port();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
     let (listener, mut conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={port} user=x dbname=billing password={token}"),
         NoTls,
@@ -727,7 +747,11 @@ async fn clients_can_use_tls_with_full_verification() {
     config.pg.tls_key = Some(key_path);
     let ca = ca_path.display().to_string();
     let (gw, token) = setup_with(TestGateway::with_config(config, dir).await).await;
-    let port = gw.gateway.pg_addr().unwrap().port();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
     let psql = |sslmode: &str, root: &str| {
         std::process::Command::new("psql")
             .args([
@@ -795,7 +819,12 @@ async fn pgbench_initializes_and_runs_through_the_gateway() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let port = gw.gateway.pg_addr().unwrap().port().to_string();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port()
+        .to_string();
     let pgbench = |args: &[&str]| {
         let out = std::process::Command::new("pgbench")
             .args(["-h", "127.0.0.1", "-p", &port, "-U", "me"])
@@ -875,7 +904,11 @@ async fn a_dying_backend_or_client_ends_only_its_session() {
 
     // A client vanishes mid-query (killed, no Terminate): the gateway cancels what
     // it left running.
-    let port = gw.gateway.pg_addr().unwrap().port();
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
     let mut psql = std::process::Command::new("psql")
         .args([
             "-X",

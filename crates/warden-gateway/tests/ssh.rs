@@ -67,7 +67,10 @@ async fn token(gw: &TestGateway, groups: &[&str]) -> String {
 }
 
 fn port(gw: &TestGateway) -> u16 {
-    gw.gateway.ssh_addr().unwrap().port()
+    gw.gateway
+        .listener(warden_core::ConnectionKind::Ssh)
+        .unwrap()
+        .port()
 }
 
 const CLIENT_OPTIONS: &[&str] = &[

@@ -13,8 +13,11 @@ pub mod handshake;
 pub mod login;
 pub mod packet;
 pub mod proxy;
+mod register;
 pub mod resultset;
 mod wire;
+
+pub use register::{MysqlSettings, register};
 
 /// Why a packet could not be decoded. The session that sent it ends with this error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,8 +9,7 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use warden_core::Secret;
+use warden_core::{DialError, Dialer, Secret};
 use warden_net::{BackendTls, BoxedStream};
 
 use crate::MysqlProtocolError;
@@ -25,6 +24,8 @@ const LOGIN_MAX_PACKET: usize = 1 << 20;
 
 /// What the proxy asks of the backend login.
 pub struct BackendLogin<'a> {
+    /// Opens the connection (the session's dialer).
+    pub dialer: &'a dyn Dialer,
     pub addr: &'a str,
     pub user: &'a str,
     /// Empty: no default database.
@@ -51,8 +52,8 @@ pub struct BackendSession {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
-    #[error("cannot connect: {0}")]
-    Unreachable(std::io::Error),
+    #[error("{0}")]
+    Unreachable(DialError),
     #[error("the database does not offer TLS, which this connection requires")]
     NoTls,
     #[error("TLS with the database failed: {0}")]
@@ -125,13 +126,11 @@ fn plugin_response(
 
 /// Connects and logs in.
 pub async fn login(req: BackendLogin<'_>) -> Result<BackendSession, LoginError> {
-    let tcp = TcpStream::connect(req.addr)
+    let mut stream = req
+        .dialer
+        .dial(req.addr)
         .await
         .map_err(LoginError::Unreachable)?;
-    // Packets are written as they are decided; without this, Nagle and delayed ACKs
-    // add ~40 ms to each small request/response exchange.
-    let _ = tcp.set_nodelay(true);
-    let mut stream: BoxedStream = Box::new(tcp);
     let decoder = PacketDecoder::new(LOGIN_MAX_PACKET);
     let mut buf = BytesMut::new();
     let first = read_packet(&mut stream, &mut buf, &decoder).await?;

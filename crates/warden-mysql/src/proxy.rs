@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_core::{
-    Action, ColumnPlan, ConnectionKind, Decision, Guard, LoginRequest, Masker, RefusalKind,
-    ReviewHold, ReviewOutcome, ReviewRequest, SessionGrant, SessionHooks, SessionRecorder,
-    SqlDialect, StatementRecord, TimelineEvent, Traffic, TunnelLogin,
+    Action, Admission, ClientWatch, ColumnPlan, Command, ConnectionKind, Decision, DenialCause,
+    Dialer, EndReason, LoginRequest, RefusalKind, SessionHandle, SessionHooks, SqlDialect,
+    TimelineEvent, TunnelLogin,
 };
 use warden_net::{BackendTls, BoxedStream, Rewind, SessionRegistry};
 
@@ -108,8 +108,6 @@ fn kill_statement(sql: &str) -> Option<(bool, u32)> {
     id.parse().ok().map(|id| (query, id))
 }
 
-/// Why a session ended when its client went away without `COM_QUIT`.
-const CLIENT_GONE: &str = "client disconnected";
 const SERVER_GONE: &str = "database connection lost";
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -311,17 +309,17 @@ async fn serve_stream<H: SessionHooks>(
         token: &token,
         client: peer,
     };
-    let grant = match hooks.open(request).await {
-        Ok(g) => g,
+    let session = match hooks.open(request).await {
+        Ok(h) => Arc::new(h),
         Err(r) => return c.error(refusal_errno(r.kind), &r.message).await,
     };
-    let id = grant.id.clone();
-    let tls = match BackendTls::for_grant(&grant) {
+    let id = session.id().to_string();
+    let tls = match BackendTls::for_target(&session.target) {
         Ok(t) => t,
         Err(e) => {
             let message = format!("the connection's TLS settings cannot be used: {e}");
-            hooks
-                .closed(&id, Some(message.clone()), Traffic::default())
+            session
+                .close(Some(EndReason::BackendGone(message.clone())))
                 .await;
             return c.error(errno::GATEWAY, &message).await;
         }
@@ -334,15 +332,14 @@ async fn serve_stream<H: SessionHooks>(
     if let Some((_, p)) = hello.attributes.iter().find(|(k, _)| k == "program_name") {
         attributes.push(("program_name".into(), p.clone()));
     }
-    let backend = BackendTarget {
-        addr: grant.backend_addr.clone(),
-        user: grant.backend_user.clone(),
-        database: grant.backend_database.clone(),
+    let backend = Backend {
+        target: session.clone(),
+        dialer: session.dialer(),
         tls,
     };
     // A database that accepts connections but never answers must not hold the
     // session (and its client) forever.
-    let backend_login = backend.login(&grant, client_caps, hello.collation, attributes);
+    let backend_login = backend.login(client_caps, hello.collation, attributes);
     let logged_in = tokio::time::timeout(config.login_timeout, login(backend_login))
         .await
         .unwrap_or(Err(LoginError::TimedOut));
@@ -362,24 +359,20 @@ async fn serve_stream<H: SessionHooks>(
                     format!("the gateway could not log in to the database: {e}"),
                 ),
             };
-            hooks.closed(&id, Some(reason), Traffic::default()).await;
+            session.close(Some(EndReason::BackendGone(reason))).await;
             return c.error(errno::GATEWAY, &message).await;
         }
     };
     if !c.send(&ok_packet(server.status)).await {
-        hooks
-            .closed(
-                &id,
-                Some("client left during login".into()),
-                Traffic::default(),
-            )
+        session
+            .close(Some(EndReason::Internal("client left during login".into())))
             .await;
         return;
     }
     let server_thread = server.greeting.connection_id;
     let this_thread = ServerThread {
-        addr: backend.addr.clone(),
-        user: backend.user.clone(),
+        addr: session.target.addr.clone(),
+        user: session.target.user.clone(),
         thread: server_thread,
     };
     config
@@ -397,24 +390,19 @@ async fn serve_stream<H: SessionHooks>(
         client_eof: client_caps & caps::DEPRECATE_EOF != 0,
         server_eof: server.capabilities & caps::DEPRECATE_EOF != 0,
         local_infile: config.allow_local_infile && server.capabilities & caps::LOCAL_FILES != 0,
-        pinned_database: grant.backend_database.clone(),
-        session_id: id.clone(),
-        guard: grant.guard.clone(),
-        masker: grant.masker.clone(),
-        recorder: grant.recorder.clone(),
-        hooks: hooks.clone(),
+        session: session.clone(),
         prepared: HashMap::new(),
         last_prepared: None,
-        traffic: Traffic::default(),
         awaiting: false,
         threads: config.threads.clone(),
         this_thread,
     };
-    let mut ended = grant.ended.clone();
+    let mut ended = session.ended();
     let (reason, by_gateway) = tokio::select! {
         r = relay.run() => (r, false),
-        r = ended.wait() => (Some(r), true),
+        r = ended.wait() => (Some(EndReason::Ended(r)), true),
     };
+    let reason = session.failure().or(reason);
     if by_gateway {
         if !relay.awaiting {
             // Idle: the error is read as the answer to the client's next command
@@ -423,41 +411,49 @@ async fn serve_stream<H: SessionHooks>(
             relay.client_seq = 1;
         }
         if let Some(why) = &reason {
-            relay.refuse(errno::KILLED, why);
+            relay.refuse(errno::KILLED, &why.to_string());
         }
+        let _ = relay.flush_client().await;
+    } else if let Some(why) = reason
+        .as_ref()
+        .filter(|r| !matches!(r, EndReason::ClientGone | EndReason::ClientProtocol(_)))
+    {
+        // The client is told why its session ends (it was refused already when it
+        // broke the protocol itself).
+        relay.refuse(errno::GATEWAY, &why.to_string());
         let _ = relay.flush_client().await;
     }
     config.threads.remove(&greeting.connection_id);
-    let traffic = relay.traffic;
-    if (reason.as_deref() == Some(CLIENT_GONE) || by_gateway) && relay.awaiting {
+    if (reason == Some(EndReason::ClientGone) || by_gateway) && relay.awaiting {
         // The server notices a closed socket only when it next writes: stop the
         // query that was running for nobody.
-        kill_query(&backend, &grant, server_thread).await;
+        kill_query(&backend, server_thread, config.login_timeout).await;
     }
-    hooks.closed(&id, reason, traffic).await;
+    drop(relay);
+    session.close(reason).await;
 }
 
 /// The backend a session logs in to, kept for the kill connection.
-struct BackendTarget {
-    addr: String,
-    user: String,
-    database: String,
+struct Backend {
+    target: Arc<SessionHandle>,
+    dialer: Arc<dyn Dialer>,
     tls: Option<BackendTls>,
 }
 
-impl BackendTarget {
-    fn login<'a>(
-        &'a self,
-        grant: &'a SessionGrant,
+impl Backend {
+    fn login(
+        &self,
         client_capabilities: u32,
         collation: u8,
         attributes: Vec<(String, String)>,
-    ) -> BackendLogin<'a> {
+    ) -> BackendLogin<'_> {
+        let target = &self.target.target;
         BackendLogin {
-            addr: &self.addr,
-            user: &self.user,
-            database: &self.database,
-            password: grant.secret.as_ref(),
+            dialer: self.dialer.as_ref(),
+            addr: &target.addr,
+            user: &target.user,
+            database: &target.database,
+            password: target.secret.as_ref(),
             tls: self.tls.as_ref(),
             client_capabilities,
             collation,
@@ -467,9 +463,10 @@ impl BackendTarget {
 }
 
 /// Kills the query a server thread is running, over a connection of its own.
-async fn kill_query(backend: &BackendTarget, grant: &SessionGrant, thread: u32) {
+async fn kill_query(backend: &Backend, thread: u32, timeout: Duration) {
     let attrs = vec![("_client_name".to_string(), "warden".to_string())];
-    let Ok(mut s) = login(backend.login(grant, 0, DEFAULT_COLLATION, attrs)).await else {
+    let logging_in = login(backend.login(0, DEFAULT_COLLATION, attrs));
+    let Ok(Ok(mut s)) = tokio::time::timeout(timeout, logging_in).await else {
         return;
     };
     let mut out = BytesMut::new();
@@ -503,10 +500,38 @@ enum RowFormat {
 }
 
 /// Why the relay ends: `None` when the client quit.
-type End = Option<String>;
+type End = Option<EndReason>;
 
 fn protocol_end(who: &str, e: &MysqlProtocolError) -> End {
-    Some(format!("{who} sent a bad packet: {e}"))
+    Some(if who == "client" {
+        EndReason::ClientProtocol(e.to_string())
+    } else {
+        EndReason::BackendProtocol(e.to_string())
+    })
+}
+
+fn server_gone() -> End {
+    Some(EndReason::BackendGone(SERVER_GONE.into()))
+}
+
+/// The client's side of a statement held for review: MySQL has no message to show
+/// meanwhile; its socket is read (up to a bound) to notice it leaving.
+struct HeldClient<'a> {
+    stream: &'a mut BoxedStream,
+    buf: &'a mut BytesMut,
+}
+
+impl ClientWatch for HeldClient<'_> {
+    async fn held(&mut self, _notice: &str) {}
+
+    async fn gone(&mut self) {
+        while self.buf.len() < 1 << 20 {
+            if matches!(self.stream.read_buf(self.buf).await, Ok(0) | Err(_)) {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
 }
 
 fn denied_message(rule: &str, reason: &str) -> String {
@@ -530,7 +555,7 @@ async fn read_now(stream: &mut BoxedStream, buf: &mut BytesMut) -> Option<std::i
     .await
 }
 
-struct Relay<H> {
+struct Relay {
     client: BoxedStream,
     client_buf: BytesMut,
     client_out: BytesMut,
@@ -544,16 +569,9 @@ struct Relay<H> {
     client_eof: bool,
     server_eof: bool,
     local_infile: bool,
-    /// The database the connection names; `COM_INIT_DB` may not leave it.
-    pinned_database: String,
-    session_id: String,
-    guard: Arc<dyn Guard>,
-    masker: Arc<dyn Masker>,
-    recorder: Arc<dyn SessionRecorder>,
-    hooks: Arc<H>,
+    session: Arc<SessionHandle>,
     prepared: HashMap<u32, Prepared>,
     last_prepared: Option<u32>,
-    traffic: Traffic,
     /// A command is at the server and its answer not yet complete.
     awaiting: bool,
     threads: ThreadMap,
@@ -561,7 +579,7 @@ struct Relay<H> {
     this_thread: ServerThread,
 }
 
-impl<H: SessionHooks> Relay<H> {
+impl Relay {
     async fn run(&mut self) -> End {
         loop {
             let packet = match self.client_command().await {
@@ -587,7 +605,7 @@ impl<H: SessionHooks> Relay<H> {
     async fn flush_client(&mut self) -> Result<(), End> {
         if !self.client_out.is_empty() {
             if self.client.write_all(&self.client_out).await.is_err() {
-                return Err(Some(CLIENT_GONE.into()));
+                return Err(Some(EndReason::ClientGone));
             }
             self.client_out.clear();
         }
@@ -597,7 +615,8 @@ impl<H: SessionHooks> Relay<H> {
     fn send_client(&mut self, payload: &[u8]) {
         let before = self.client_out.len();
         put_packet(&mut self.client_out, &mut self.client_seq, payload);
-        self.traffic.to_client += (self.client_out.len() - before) as u64;
+        self.session
+            .count_out((self.client_out.len() - before) as u64);
     }
 
     async fn send_client_batched(&mut self, payload: &[u8]) -> Result<(), End> {
@@ -611,10 +630,7 @@ impl<H: SessionHooks> Relay<H> {
     async fn send_server(&mut self, payload: &[u8]) -> Result<(), End> {
         let mut out = BytesMut::with_capacity(payload.len() + 4);
         put_packet(&mut out, &mut self.server_seq, payload);
-        self.server
-            .write_all(&out)
-            .await
-            .map_err(|_| Some(SERVER_GONE.to_string()))
+        self.server.write_all(&out).await.map_err(|_| server_gone())
     }
 
     /// The next command: a packet with sequence id 0.
@@ -622,7 +638,7 @@ impl<H: SessionHooks> Relay<H> {
         loop {
             match self.decoder.decode(&mut self.client_buf) {
                 Ok(Some(p)) if p.seq == 0 => {
-                    self.traffic.from_client += p.wire_len();
+                    self.session.count_in(p.wire_len());
                     self.client_seq = p.next_seq();
                     self.server_seq = 0;
                     return Ok(p);
@@ -653,7 +669,7 @@ impl<H: SessionHooks> Relay<H> {
             self.flush_client().await?;
             self.client_buf.reserve(READ_CHUNK);
             match self.client.read_buf(&mut self.client_buf).await {
-                Ok(0) | Err(_) => return Err(Some(CLIENT_GONE.into())),
+                Ok(0) | Err(_) => return Err(Some(EndReason::ClientGone)),
                 Ok(_) => {}
             }
         }
@@ -685,7 +701,7 @@ impl<H: SessionHooks> Relay<H> {
             // answer is already here: one write per answer, not one per segment.
             self.server_buf.reserve(READ_CHUNK);
             match read_now(&mut self.server, &mut self.server_buf).await {
-                Some(Ok(0) | Err(_)) => return Err(Some(SERVER_GONE.into())),
+                Some(Ok(0) | Err(_)) => return Err(server_gone()),
                 Some(Ok(_)) => continue,
                 None => {}
             }
@@ -696,11 +712,11 @@ impl<H: SessionHooks> Relay<H> {
             self.client_buf.reserve(READ_CHUNK);
             tokio::select! {
                 r = self.server.read_buf(&mut self.server_buf) => match r {
-                    Ok(0) | Err(_) => return Err(Some(SERVER_GONE.into())),
+                    Ok(0) | Err(_) => return Err(server_gone()),
                     Ok(_) => {}
                 },
                 r = self.client.read_buf(&mut self.client_buf), if watch_client => match r {
-                    Ok(0) | Err(_) => return Err(Some(CLIENT_GONE.into())),
+                    Ok(0) | Err(_) => return Err(Some(EndReason::ClientGone)),
                     Ok(_) => {}
                 },
             }
@@ -708,7 +724,7 @@ impl<H: SessionHooks> Relay<H> {
     }
 
     fn record_timeline(&self, event: TimelineEvent) -> Result<(), End> {
-        self.recorder.record(event).map_err(|e| Some(e.to_string()))
+        self.session.record(event).map_err(Some)
     }
 
     /// Refuses a statement: the client's error, also in the recording.
@@ -738,7 +754,10 @@ impl<H: SessionHooks> Relay<H> {
             MysqlCommand::Query { sql } => {
                 let kill = kill_statement(&sql)
                     .and_then(|(query, id)| self.threads.get(&id).map(|t| (query, id, t)));
-                if !self.statement(&sql, "COM_QUERY", None).await? {
+                if !self
+                    .admit(self.sql(&sql, "COM_QUERY"), errno::DENIED)
+                    .await?
+                {
                     return Ok(());
                 }
                 match kill {
@@ -763,29 +782,9 @@ impl<H: SessionHooks> Relay<H> {
                 self.results(RowFormat::Text).await
             }
             MysqlCommand::InitDb { database } => {
-                if !self.pinned_database.is_empty() && database != self.pinned_database {
-                    let message = format!(
-                        "this connection is limited to the database `{}`",
-                        self.pinned_database
-                    );
-                    let decision = Decision::Deny {
-                        rule: "connection-database".into(),
-                        reason: message,
-                    };
-                    let sql = format!("USE `{database}`");
-                    self.admit(
-                        &sql,
-                        "COM_INIT_DB",
-                        decision,
-                        None,
-                        None,
-                        errno::DB_ACCESS_DENIED,
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                let sql = format!("USE `{}`", database.replace('`', "``"));
-                if !self.statement(&sql, "COM_INIT_DB", None).await? {
+                // The connection's database pin is the guard's to apply.
+                let command = Command::new(Action::UseDatabase { name: &database }, "COM_INIT_DB");
+                if !self.admit(command, errno::DB_ACCESS_DENIED).await? {
                     return Ok(());
                 }
                 self.forward(payload).await?;
@@ -793,18 +792,15 @@ impl<H: SessionHooks> Relay<H> {
             }
             MysqlCommand::StmtPrepare { sql } => {
                 // Decided here; an allowed statement is audited at each execution.
-                let (decision, review) = self.decide(&sql).await;
-                if matches!(decision, Decision::Deny { .. }) {
-                    self.admit(
-                        &sql,
-                        "COM_STMT_PREPARE",
-                        decision,
-                        None,
-                        review,
-                        errno::DENIED,
-                    )
-                    .await?;
-                    return Ok(());
+                let decision = self.session.guard.decide(&Action::Sql {
+                    dialect: SqlDialect::Mysql,
+                    text: &sql,
+                });
+                if decision != Decision::Allow {
+                    let command = self.sql(&sql, "COM_STMT_PREPARE").decided(decision);
+                    if !self.admit(command, errno::DENIED).await? {
+                        return Ok(());
+                    }
                 }
                 self.forward(payload).await?;
                 self.prepare(sql).await
@@ -874,119 +870,45 @@ impl<H: SessionHooks> Relay<H> {
         Ok(())
     }
 
-    /// Decides a statement; one a review rule matches waits here for its review
-    /// (the protocol has no message to tell the client meanwhile). Returns the
-    /// decision and the review that allowed it.
-    async fn decide(&mut self, sql: &str) -> (Decision, Option<String>) {
-        let rule = match self.guard.decide(&Action::Sql {
-            dialect: SqlDialect::Mysql,
-            text: sql,
-        }) {
-            Decision::Review { rule } => rule,
-            d => return (d, None),
+    /// Runs an action through the session's admission path; `Ok(true)` when it may
+    /// be forwarded. A refused one is answered here (`deny_code`, or the gateway's
+    /// own error when it could not be audited) and is in the recording.
+    async fn admit(&mut self, command: Command<'_>, deny_code: (u16, &str)) -> Result<bool, End> {
+        let decision = command
+            .decided
+            .clone()
+            .unwrap_or_else(|| self.session.guard.decide(&command.action));
+        if matches!(decision, Decision::Review { .. }) {
+            // Answers already handled reach the client before the wait.
+            let _ = self.flush_client().await;
+        }
+        let session = self.session.clone();
+        let mut client = HeldClient {
+            stream: &mut self.client,
+            buf: &mut self.client_buf,
         };
-        // Answers already handled reach the client before the wait.
-        let _ = self.flush_client().await;
-        let request = ReviewRequest {
-            session: &self.session_id,
-            command: sql,
-            rule: &rule,
-        };
-        match self.hooks.request_review(request).await {
-            Ok(ReviewHold::PreApproved { id }) => (Decision::Allow, Some(id)),
-            Ok(ReviewHold::Held { id, message }) => {
-                let _ = self.recorder.record(TimelineEvent::Activity {
-                    what: "review".into(),
-                    detail: serde_json::json!({"review": id, "message": message}),
-                    decision: Some(Decision::Review { rule: rule.clone() }),
-                });
-                let hooks = self.hooks.clone();
-                let wait_id = id.clone();
-                let waiting = hooks.await_review(&wait_id);
-                tokio::pin!(waiting);
-                // A client that leaves while its statement waits must not have it
-                // run for nobody; what it sends meanwhile is kept (bounded).
-                let outcome = loop {
-                    let watch_client = self.client_buf.len() < 1 << 20;
-                    tokio::select! {
-                        o = &mut waiting => break o,
-                        r = self.client.read_buf(&mut self.client_buf), if watch_client => {
-                            if matches!(r, Ok(0) | Err(_)) {
-                                return (
-                                    Decision::Deny {
-                                        rule,
-                                        reason: "the client left while the statement waited for review".into(),
-                                    },
-                                    None,
-                                );
-                            }
-                        }
-                    }
+        match session.admit(command.decided(decision), &mut client).await {
+            Admission::Admitted { .. } => Ok(true),
+            Admission::Denied(denial) => {
+                let code = match denial.cause {
+                    DenialCause::AuditUnavailable => errno::GATEWAY,
+                    _ => deny_code,
                 };
-                let approved = matches!(outcome, ReviewOutcome::Approved { .. });
-                (outcome.decision(&rule), approved.then_some(id))
+                self.deny(code, &denied_message(&denial.rule, &denial.reason))?;
+                Ok(false)
             }
-            Err(e) => (
-                Decision::Deny {
-                    rule,
-                    reason: format!("this statement needs a review, which cannot be held: {e}"),
-                },
-                None,
-            ),
+            Admission::End(reason) => Err(Some(reason)),
         }
     }
 
-    /// Decides and records a statement; `Ok(true)` when it may be forwarded.
-    async fn statement(
-        &mut self,
-        sql: &str,
-        via: &'static str,
-        parameters: Option<Vec<Option<u32>>>,
-    ) -> Result<bool, End> {
-        let (decision, review) = self.decide(sql).await;
-        self.admit(sql, via, decision, parameters, review, errno::DENIED)
-            .await
-    }
-
-    /// Records a decided statement in the recording and the audit log; `Ok(true)`
-    /// when it may be forwarded. A denied statement (answered with `deny_code`), or
-    /// one whose audit event cannot be written, is answered with an error here.
-    async fn admit(
-        &mut self,
-        sql: &str,
-        via: &'static str,
-        decision: Decision,
-        parameters: Option<Vec<Option<u32>>>,
-        review: Option<String>,
-        deny_code: (u16, &str),
-    ) -> Result<bool, End> {
-        self.record_timeline(TimelineEvent::Statement {
-            via: via.into(),
-            sql: sql.into(),
-            decision: decision.clone(),
-        })?;
-        let recorded = self
-            .hooks
-            .record(StatementRecord {
-                session: self.session_id.clone(),
-                sql: sql.into(),
-                via,
-                decision: decision.clone(),
-                parameters,
-                review,
-            })
-            .await;
-        // A denial stands whether or not its audit event could be written.
-        if let Decision::Deny { rule, reason } = &decision {
-            self.deny(deny_code, &denied_message(rule, reason))?;
-            return Ok(false);
-        }
-        if let Err(e) = recorded {
-            let message = format!("the statement cannot be audited, so it was not run: {e}");
-            self.deny(errno::GATEWAY, &message)?;
-            return Ok(false);
-        }
-        Ok(true)
+    fn sql<'a>(&self, sql: &'a str, via: &'static str) -> Command<'a> {
+        Command::new(
+            Action::Sql {
+                dialect: SqlDialect::Mysql,
+                text: sql,
+            },
+            via,
+        )
     }
 
     async fn execute(&mut self, execute: StmtExecute, payload: &Bytes) -> Result<(), End> {
@@ -1030,17 +952,9 @@ impl<H: SessionHooks> Relay<H> {
         }
         // Decided when it was prepared (only allowed statements are kept): the
         // session's guard does not change, so each execution is only audited.
-        if !self
-            .admit(
-                &sql,
-                "COM_STMT_EXECUTE",
-                Decision::Allow,
-                parameters,
-                None,
-                errno::DENIED,
-            )
-            .await?
-        {
+        let mut command = self.sql(&sql, "COM_STMT_EXECUTE").decided(Decision::Allow);
+        command.parameters = parameters;
+        if !self.admit(command, errno::DENIED).await? {
             return Ok(());
         }
         self.forward(payload).await?;
@@ -1061,8 +975,8 @@ impl<H: SessionHooks> Relay<H> {
 
     /// Relays a server `ERR`, masked, and records it.
     fn server_error(&mut self, payload: &[u8], started: Instant) -> Result<(), End> {
-        let masked = if self.masker.is_active() {
-            mask_error(payload, self.masker.as_ref())
+        let masked = if self.session.masker.is_active() {
+            mask_error(payload, self.session.masker.as_ref())
                 .map_err(|e| protocol_end("the database", &e))?
         } else {
             None
@@ -1092,9 +1006,9 @@ impl<H: SessionHooks> Relay<H> {
         if n > 0 && !self.server_eof {
             let p = self.server_packet().await?;
             if !is_terminator(&p.payload) {
-                return Err(Some(
-                    "the database sent no EOF after the column definitions".into(),
-                ));
+                return Err(Some(EndReason::BackendProtocol(
+                    "no EOF after the column definitions".into(),
+                )));
             }
             if !self.client_eof {
                 self.send_client(&p.payload);
@@ -1120,7 +1034,7 @@ impl<H: SessionHooks> Relay<H> {
     /// Relays the answer to a query or an execution: any number of OKs and result
     /// sets (multi-statements, procedures), until one says no more follow.
     async fn results(&mut self, format: RowFormat) -> Result<(), End> {
-        let keep = self.recorder.rows_per_result();
+        let keep = self.session.recorder().rows_per_result();
         loop {
             let started = Instant::now();
             let p = self.server_packet().await?;
@@ -1148,9 +1062,9 @@ impl<H: SessionHooks> Relay<H> {
                 ResponseHead::ResultSet { columns } => {
                     self.send_client(&p.payload);
                     let defs = self.column_definitions(columns).await?;
-                    let plans: Vec<ColumnPlan> = if self.masker.is_active() {
+                    let plans: Vec<ColumnPlan> = if self.session.masker.is_active() {
                         defs.iter()
-                            .map(|c| self.masker.plan(&c.column_ref()))
+                            .map(|c| self.session.masker.plan(&c.column_ref()))
                             .collect()
                     } else {
                         Vec::new()
@@ -1179,14 +1093,16 @@ impl<H: SessionHooks> Relay<H> {
                             None
                         } else {
                             match format {
-                                RowFormat::Text => {
-                                    mask_text_row(&row.payload, &plans, self.masker.as_ref())
-                                }
+                                RowFormat::Text => mask_text_row(
+                                    &row.payload,
+                                    &plans,
+                                    self.session.masker.as_ref(),
+                                ),
                                 RowFormat::Binary => mask_binary_row(
                                     &row.payload,
                                     &defs,
                                     &plans,
-                                    self.masker.as_ref(),
+                                    self.session.masker.as_ref(),
                                 ),
                             }
                             .map_err(|e| protocol_end("the database", &e))?
@@ -1255,12 +1171,12 @@ impl<H: SessionHooks> Relay<H> {
                     Err(e) => return Err(protocol_end("client", &e)),
                 }
                 match self.client.read_buf(&mut self.client_buf).await {
-                    Ok(0) | Err(_) => return Err(Some(CLIENT_GONE.into())),
+                    Ok(0) | Err(_) => return Err(Some(EndReason::ClientGone)),
                     Ok(_) => {}
                 }
             };
             self.client_seq = p.next_seq();
-            self.traffic.from_client += p.wire_len();
+            self.session.count_in(p.wire_len());
             bytes += p.payload.len() as u64;
             packets += 1;
             self.send_server(&p.payload).await?;

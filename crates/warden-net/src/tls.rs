@@ -5,14 +5,7 @@
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite};
-use warden_core::{SessionGrant, TlsMode};
-
-/// A byte stream to a client or a server, plain or TLS.
-pub trait ProxyStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> ProxyStream for T {}
-
-pub type BoxedStream = Box<dyn ProxyStream>;
+use warden_core::{BackendTarget, TlsMode};
 
 /// Where the system's trusted CA certificates are on Debian.
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -48,11 +41,11 @@ impl BackendTls {
     /// The TLS a granted session asks for: verified against the connection's CA (or
     /// the system's) and server name (or the target host), unverified only when the
     /// connection says `insecure`, none when it says `disable`.
-    pub fn for_grant(grant: &SessionGrant) -> Result<Option<Self>, TlsSetupError> {
-        let name = grant.tls_server_name();
-        match grant.tls.mode {
+    pub fn for_target(target: &BackendTarget) -> Result<Option<Self>, TlsSetupError> {
+        let name = target.tls_server_name();
+        match target.tls.mode {
             TlsMode::Disable => Ok(None),
-            TlsMode::Verify => Self::verified(grant.tls.ca_pem.as_deref(), name).map(Some),
+            TlsMode::Verify => Self::verified(target.tls.ca_pem.as_deref(), name).map(Some),
             TlsMode::Insecure => Self::unverified(name).map(Some),
         }
     }
@@ -155,4 +148,31 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Loads a certificate chain and key (PEM files) into a TLS acceptor for a listener,
+/// offering `alpn` (none: no ALPN). Errors name the files, never their contents.
+pub fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::PrivateKeyDer;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|_| format!("{}: no usable private key", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

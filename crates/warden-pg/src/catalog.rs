@@ -88,7 +88,7 @@ impl Catalog {
         put_frame(&mut q, b'S', |_| {});
         let mut fields = None;
         let mut error = None;
-        for frame in exchange(conn, &q).await? {
+        for frame in timed(session, exchange(conn, &q)).await? {
             match frame.message {
                 PgBackendMessage::RowDescription { fields: f } => fields = Some(f),
                 PgBackendMessage::ErrorResponse { message, .. } => error = Some(message),
@@ -107,17 +107,19 @@ impl Catalog {
     /// The catalog connection, logged in on first use.
     async fn connection(&mut self, session: &ProxySession) -> Result<&mut BoxedStream, String> {
         if self.conn.is_none() {
-            let mut c =
-                connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await?;
-            login(
+            let mut c = connect_backend(&session.handle, session.backend_tls.as_ref()).await?;
+            let target = &session.handle.target;
+            let logged_in = login(
                 &mut c,
-                &session.backend_user,
-                &session.backend_database,
-                session.secret.as_ref(),
+                &target.user,
+                &target.database,
+                target.secret.as_ref(),
                 &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            );
+            timed(session, async {
+                logged_in.await.map_err(|e| e.to_string())
+            })
+            .await?;
             self.conn = Some(c);
         }
         self.conn
@@ -156,7 +158,7 @@ impl Catalog {
         );
         let mut q = BytesMut::new();
         crate::wire::put_frame(&mut q, b'Q', |b| crate::wire::put_cstr(b, sql.as_bytes()));
-        for frame in exchange(conn, &q).await? {
+        for frame in timed(session, exchange(conn, &q)).await? {
             match frame.message {
                 PgBackendMessage::DataRow => {
                     let v =
@@ -254,4 +256,20 @@ fn value_kind(oid: u32) -> ValueKind {
 /// Types whose binary format is their text (so binary values can be masked as text).
 fn is_text_type(oid: u32) -> bool {
     matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142)
+}
+
+/// Bounds one exchange on the catalog connection by the session's login timeout: a
+/// database that stops answering ends the session instead of holding it.
+async fn timed<T>(
+    session: &ProxySession,
+    exchange: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(session.timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the database did not answer the catalog query within {} s",
+                session.timeout.as_secs()
+            ))
+        })
 }

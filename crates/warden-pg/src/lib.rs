@@ -14,11 +14,15 @@ mod catalog;
 pub mod copy;
 pub mod frontend;
 pub mod login;
+mod prepared;
 pub mod proxy;
+mod register;
 mod requests;
 pub mod results;
 pub mod tls;
 mod wire;
+
+pub use register::{PgSettings, register};
 
 pub use frontend::{Frame, FrontendDecoder, PgFrontendMessage, PgStartup};
 pub use results::{BackendDecoder, FieldDescription, PgBackendMessage};

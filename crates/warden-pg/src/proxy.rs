@@ -22,9 +22,9 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_core::{
-    Action, ConnectionKind, Decision, Guard, LoginRequest, Masker, RefusalKind, ReviewHold,
-    ReviewOutcome, ReviewRequest, Secret, SessionEnd, SessionGrant, SessionHooks, SessionRecorder,
-    SqlDialect, StatementRecord, TimelineEvent, Traffic, TunnelLogin,
+    Action, Admission, ClientWatch, Command, ConnectionKind, Decision, DenialCause, Dialer,
+    EndReason, LoginRequest, RefusalKind, SessionHandle, SessionHooks, SqlDialect, TimelineEvent,
+    TunnelLogin,
 };
 
 use crate::backend::{self as out, PgNotice};
@@ -33,43 +33,35 @@ use crate::catalog::{Catalog, Described, column_masking};
 use crate::copy::{CopyFormat, CopyOutPlan, mask_copy_row};
 use crate::frontend::{FrontendDecoder, PgFrontendMessage, PgStartup};
 use crate::login::login;
+use crate::prepared::PreparedStatements;
 use crate::requests::{Expect, RequestLog, Requests};
 use crate::results::{BackendDecoder, ColumnMasking, PgBackendMessage, mask_data_row};
 use crate::sqlstate;
 use crate::tls::{BackendTls, BoxedStream, TlsSetupError, connect_backend};
 use warden_net::{Batched, SessionRegistry};
 
-/// A granted session with its backend TLS built.
+/// An open session with its backend TLS built.
 pub(crate) struct ProxySession {
-    pub(crate) id: String,
-    pub(crate) backend_addr: String,
-    pub(crate) backend_user: String,
-    pub(crate) backend_database: String,
-    pub(crate) secret: Option<Secret<String>>,
+    pub(crate) handle: Arc<SessionHandle>,
     /// TLS towards the database; `None` is plain TCP.
     pub(crate) backend_tls: Option<BackendTls>,
-    pub(crate) guard: Arc<dyn Guard>,
-    pub(crate) masker: Arc<dyn Masker>,
-    pub(crate) recorder: Arc<dyn SessionRecorder>,
-    /// Fires when the gateway ends the session.
-    pub(crate) ended: SessionEnd,
+    /// Bounds each login and catalog exchange with the database.
+    pub(crate) timeout: std::time::Duration,
 }
 
 impl ProxySession {
-    fn new(grant: SessionGrant) -> Result<Self, TlsSetupError> {
-        let backend_tls = BackendTls::for_grant(&grant)?;
-        Ok(Self {
-            id: grant.id,
-            backend_addr: grant.backend_addr,
-            backend_user: grant.backend_user,
-            backend_database: grant.backend_database,
-            secret: grant.secret,
+    fn new(
+        handle: SessionHandle,
+        timeout: std::time::Duration,
+    ) -> (Arc<SessionHandle>, Result<Self, TlsSetupError>) {
+        let handle = Arc::new(handle);
+        let tls = BackendTls::for_target(&handle.target);
+        let session = tls.map(|backend_tls| Self {
+            handle: handle.clone(),
             backend_tls,
-            guard: grant.guard,
-            masker: grant.masker,
-            recorder: grant.recorder,
-            ended: grant.ended,
-        })
+            timeout,
+        });
+        (handle, session)
     }
 }
 
@@ -89,15 +81,23 @@ pub type CancelMap = SessionRegistry<CancelKey, ServerCancel>;
 
 /// A (process id, secret key) pair as in `BackendKeyData`.
 type CancelKey = (i32, i32);
-/// The server's address and its own cancel key for a session.
-type ServerCancel = (String, i32, i32);
+/// How to reach the server (its session's dialer and address) and its own cancel
+/// key for a session.
+#[derive(Clone)]
+pub struct ServerCancel {
+    dialer: Arc<dyn Dialer>,
+    addr: String,
+    process_id: i32,
+    secret_key: i32,
+}
 
 /// Forwards a client's CancelRequest to the server session it names, if any.
 async fn forward_cancel(map: &CancelMap, process_id: i32, secret_key: i32) {
-    let Some((addr, pid, key)) = map.get(&(process_id, secret_key)) else {
+    let Some(server) = map.get(&(process_id, secret_key)) else {
         return;
     };
-    if let Ok(mut s) = TcpStream::connect(&addr).await {
+    let (pid, key) = (server.process_id, server.secret_key);
+    if let Ok(mut s) = server.dialer.dial(&server.addr).await {
         let mut b = BytesMut::new();
         b.extend_from_slice(&16i32.to_be_bytes());
         b.extend_from_slice(&80_877_102i32.to_be_bytes());
@@ -145,14 +145,13 @@ async fn fatal(stream: &mut (impl AsyncWrite + Unpin), code: &str, message: &str
 
 /// Ends a session whose database leg failed before the relay started: recorded as
 /// ended for `reason`, the client told `message`.
-async fn end_at_login<H: SessionHooks>(
-    hooks: &H,
-    id: &str,
+async fn end_at_login(
+    handle: &SessionHandle,
     client: &mut BoxedStream,
     reason: String,
     message: &str,
 ) {
-    hooks.closed(id, Some(reason), Traffic::default()).await;
+    handle.close(Some(EndReason::BackendGone(reason))).await;
     fatal(client, sqlstate::CONNECTION_FAILURE, message).await;
 }
 
@@ -356,17 +355,16 @@ async fn serve_login<H: SessionHooks>(
     params: PgStartup,
     request: LoginRequest<'_>,
 ) {
-    let grant = match hooks.open(request).await {
-        Ok(g) => g,
+    let handle = match hooks.open(request).await {
+        Ok(h) => h,
         Err(r) => return fatal(&mut client, refusal_sqlstate(r.kind), &r.message).await,
     };
-    let id = grant.id.clone();
-    let session = match ProxySession::new(grant) {
+    let (handle, session) = ProxySession::new(handle, config.login_timeout);
+    let session = match session {
         Ok(s) => s,
         Err(e) => {
             return end_at_login(
-                hooks.as_ref(),
-                &id,
+                &handle,
                 &mut client,
                 format!("backend TLS settings unusable: {e}"),
                 &format!("the connection's TLS settings cannot be used: {e}"),
@@ -374,39 +372,52 @@ async fn serve_login<H: SessionHooks>(
             .await;
         }
     };
-    let mut server =
-        match connect_backend(&session.backend_addr, session.backend_tls.as_ref()).await {
-            Ok(s) => s,
-            Err(e) => {
-                return end_at_login(
-                    hooks.as_ref(),
-                    &id,
-                    &mut client,
-                    format!("backend unreachable: {e}"),
-                    &format!("the database behind this connection cannot be reached: {e}"),
-                )
-                .await;
-            }
-        };
+    let target = &handle.target;
+    let connecting = connect_backend(&handle, session.backend_tls.as_ref());
+    let connected = tokio::time::timeout(config.login_timeout, connecting)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no connection within {} s",
+                config.login_timeout.as_secs()
+            ))
+        });
+    let mut server = match connected {
+        Ok(s) => s,
+        Err(e) => {
+            return end_at_login(
+                &handle,
+                &mut client,
+                format!("backend unreachable: {e}"),
+                &format!("the database behind this connection cannot be reached: {e}"),
+            )
+            .await;
+        }
+    };
     let app = params
         .param("application_name")
         .map(|a| vec![("application_name".to_string(), a.to_string())])
         .unwrap_or_default();
-    let server_session = match login(
+    let logging_in = login(
         &mut server,
-        &session.backend_user,
-        &session.backend_database,
-        session.secret.as_ref(),
+        &target.user,
+        &target.database,
+        target.secret.as_ref(),
         &app,
-    )
-    .await
-    {
+    );
+    let logged_in = match tokio::time::timeout(config.login_timeout, logging_in).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the database did not complete the login within {} s",
+            config.login_timeout.as_secs()
+        )),
+    };
+    let server_session = match logged_in {
         Ok(s) => s,
         Err(e) => {
             // The server's message names the role, never the secret.
             return end_at_login(
-                hooks.as_ref(),
-                &id,
+                &handle,
                 &mut client,
                 "backend login failed".into(),
                 &format!("the gateway could not log in to the database: {e}"),
@@ -423,45 +434,44 @@ async fn serve_login<H: SessionHooks>(
     let ours = (random_i32() & i32::MAX, random_i32());
     config.cancels.insert(
         ours,
-        (
-            session.backend_addr.clone(),
-            server_session.process_id,
-            server_session.secret_key,
-        ),
+        ServerCancel {
+            dialer: handle.dialer(),
+            addr: target.addr.clone(),
+            process_id: server_session.process_id,
+            secret_key: server_session.secret_key,
+        },
     );
     out::backend_key_data(&mut b, ours.0, ours.1);
     out::ready_for_query(&mut b, b'I');
     if client.write_all(&b).await.is_err() {
         config.cancels.remove(&ours);
-        hooks
-            .closed(
-                &id,
-                Some("client left during login".into()),
-                Traffic::default(),
-            )
+        handle
+            .close(Some(EndReason::Internal("client left during login".into())))
             .await;
         return;
     }
     let cancels = config.cancels.clone();
-    let (reason, traffic) = relay(client, server, buf, session, hooks.clone(), config).await;
-    if reason.as_deref() == Some(CLIENT_GONE) {
+    let reason = relay(client, server, buf, session, config).await;
+    if reason == Some(EndReason::ClientGone) {
         // A query may still be running for nobody: the server only notices a closed
         // socket when it next writes to it.
         forward_cancel(&cancels, ours.0, ours.1).await;
     }
     cancels.remove(&ours);
-    hooks.closed(&id, reason, traffic).await;
+    handle.close(reason).await;
 }
 
 /// Why a session ends when answers can no longer be matched to requests: masking
 /// rows with the wrong columns must not follow.
 const LOST_TRACK: &str = "the gateway lost track of the client's requests; the session was ended";
 
-/// Why a session ended when its client went away without saying goodbye.
-const CLIENT_GONE: &str = "client disconnected";
+/// Marker → (SQLSTATE, rule, reason) for statements replaced by a failing stand-in.
+type Denials = Arc<Mutex<HashMap<String, (&'static str, String, String)>>>;
 
-/// Marker → (rule, reason) for statements replaced by a failing stand-in.
-type Denials = Arc<Mutex<HashMap<String, (String, String)>>>;
+/// A statement name as SQL writes it: a double-quoted identifier.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
 
 /// Bytes read ahead from a client while one of its statements waits for review.
 const HELD_READ_LIMIT: usize = 1 << 20;
@@ -474,17 +484,53 @@ fn denied_message(rule: &str, reason: &str) -> String {
     format!("Warden denied this statement: {reason} (rule {rule})")
 }
 
-async fn relay<H: SessionHooks>(
+/// The client's side of a statement held for review: the notice goes out between the
+/// server's messages; its socket is read (up to a bound) to notice it leaving.
+struct HeldClient<'a> {
+    rd: &'a mut tokio::io::ReadHalf<BoxedStream>,
+    buf: &'a mut BytesMut,
+    notices: &'a tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+impl ClientWatch for HeldClient<'_> {
+    async fn held(&mut self, notice: &str) {
+        let mut b = BytesMut::new();
+        out::notice_response(
+            &mut b,
+            &PgNotice {
+                severity: "NOTICE",
+                code: sqlstate::WARNING,
+                message: notice,
+                detail: None,
+                hint: None,
+            },
+        );
+        let _ = self.notices.send(b.freeze());
+    }
+
+    async fn gone(&mut self) {
+        // What the client sends meanwhile is kept for after the decision.
+        while self.buf.len() < HELD_READ_LIMIT {
+            if matches!(self.rd.read_buf(self.buf).await, Ok(0) | Err(_)) {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+fn database_lost() -> EndReason {
+    EndReason::BackendGone("database connection lost".into())
+}
+
+async fn relay(
     client: BoxedStream,
     server: BoxedStream,
     mut client_buf: BytesMut,
     session: ProxySession,
-    hooks: Arc<H>,
     config: ProxyConfig,
-) -> (Option<String>, Traffic) {
-    let from_client = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let to_client = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (up_count, down_count) = (from_client.clone(), to_client.clone());
+) -> Option<EndReason> {
+    let handle = session.handle.clone();
     let (mut client_rd, client_wr) = tokio::io::split(client);
     let (mut server_rd, server_wr) = tokio::io::split(server);
     let mut client_out_owned = Batched::new(client_wr);
@@ -496,25 +542,26 @@ async fn relay<H: SessionHooks>(
     // What the client asked, in order, so each answer can be matched to its request.
     let expected: Arc<Mutex<Requests>> = Arc::default();
     let upstream_expected = expected.clone();
-    let guard = session.guard.clone();
-    let masker = session.masker.clone();
-    let session_id = session.id.clone();
-
+    let masker = handle.masker.clone();
     let upstream_denials = denials.clone();
-    let up_recorder = session.recorder.clone();
-    let mut ended = session.ended.clone();
-    let end_signal = session.ended.clone();
+    let up = handle.clone();
+    let mut ended = handle.ended();
     // Messages the proxy itself sends the client between the server's (a held
     // statement's notice); the answering side writes them at a message boundary.
     let (notices, mut notices_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-    let recorder = session.recorder.clone();
+    let recorder = handle.recorder().clone();
+    let down = handle.clone();
+    // Which SQL each prepared statement name runs, for the audit events of its
+    // executions; the answering side confirms what the server took.
+    let prepared: Arc<Mutex<PreparedStatements>> = Arc::default();
+    let down_prepared = prepared.clone();
     let upstream = async move {
         let decoder = FrontendDecoder::new(config.max_message);
         let mut copy_in = CopyCount::default();
         let mut requests = RequestLog::default();
-        // Statements prepared with an allowed Parse, by name: their SQL for the
-        // audit events of their executions.
-        let mut prepared: HashMap<String, String> = HashMap::new();
+        // A stand-in of a denied extended-protocol message was sent: the server
+        // fails it and skips everything until the next Sync.
+        let mut skipping_until_sync = false;
         loop {
             let frame = loop {
                 match decoder.decode(&mut client_buf) {
@@ -523,17 +570,17 @@ async fn relay<H: SessionHooks>(
                         // Every whole message read so far is handled: send them on
                         // in one write before waiting for more.
                         if server_out.flush().await.is_err() {
-                            return Some("database connection lost".to_string());
+                            return Some(database_lost());
                         }
                         match client_rd.read_buf(&mut client_buf).await {
-                            Ok(0) | Err(_) => return Some(CLIENT_GONE.to_string()),
+                            Ok(0) | Err(_) => return Some(EndReason::ClientGone),
                             Ok(_) => {}
                         }
                     }
-                    Err(e) => return Some(format!("client sent a bad message: {e}")),
+                    Err(e) => return Some(EndReason::ClientProtocol(e.to_string())),
                 }
             };
-            up_count.fetch_add(frame.raw.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            up.count_in(frame.raw.len() as u64);
             if let Some(statement) = requests.sent(&frame.message, &upstream_expected) {
                 let mut d = BytesMut::new();
                 crate::wire::put_frame(&mut d, b'D', |b| {
@@ -541,7 +588,7 @@ async fn relay<H: SessionHooks>(
                     crate::wire::put_cstr(b, statement.as_bytes());
                 });
                 if server_out.send(&d).await.is_err() {
-                    return Some("database connection lost".to_string());
+                    return Some(database_lost());
                 }
             }
             match &frame.message {
@@ -551,150 +598,186 @@ async fn relay<H: SessionHooks>(
                 }
                 PgFrontendMessage::CopyDone | PgFrontendMessage::CopyFail { .. } => {
                     let done = std::mem::take(&mut copy_in);
-                    if let Err(e) = up_recorder.record(TimelineEvent::Copy {
+                    if let Err(e) = up.record(TimelineEvent::Copy {
                         direction: "in".into(),
                         bytes: done.bytes,
                         rows: done.rows,
                     }) {
-                        return Some(e.to_string());
+                        return Some(e);
                     }
+                }
+                PgFrontendMessage::Sync | PgFrontendMessage::Query { .. } => {
+                    skipping_until_sync = false;
                 }
                 _ => {}
             }
             // Query and Parse are decided here. An allowed Parse only prepares; each
             // Bind of it is an execution, audited (with its parameters summarized)
             // before it is forwarded.
-            let (sql, via, decided, parameters) = match &frame.message {
-                PgFrontendMessage::Query { sql } => (Some(sql.clone()), "Query", None, None),
-                PgFrontendMessage::Parse { sql, .. } => (Some(sql.clone()), "Parse", None, None),
+            let bind_sql: String;
+            let bound = match &frame.message {
+                PgFrontendMessage::Bind { statement, .. } => {
+                    lock(&prepared).sql_of(statement).map(str::to_string)
+                }
+                _ => None,
+            };
+            let command = match &frame.message {
+                PgFrontendMessage::Query { sql } => Command::new(
+                    Action::Sql {
+                        dialect: SqlDialect::Postgres,
+                        text: sql,
+                    },
+                    "Query",
+                ),
+                PgFrontendMessage::Parse { sql, .. } => Command::new(
+                    Action::Sql {
+                        dialect: SqlDialect::Postgres,
+                        text: sql,
+                    },
+                    "Parse",
+                ),
                 PgFrontendMessage::Bind {
                     statement,
                     param_lengths,
                     ..
-                } => match prepared.get(statement) {
-                    Some(sql) => (
-                        Some(sql.clone()),
+                } => match bound {
+                    Some(sql) => {
+                        bind_sql = sql;
+                        Command::new(
+                            Action::Sql {
+                                dialect: SqlDialect::Postgres,
+                                text: &bind_sql,
+                            },
+                            "Bind",
+                        )
+                        .decided(Decision::Allow)
+                        .with_parameters(param_lengths.clone())
+                    }
+                    // The server skips it: nothing runs, nothing to decide.
+                    None if skipping_until_sync => {
+                        if server_out.send(&frame.raw).await.is_err() {
+                            return Some(database_lost());
+                        }
+                        continue;
+                    }
+                    // A statement the proxy cannot attribute (SQL-level PREPARE,
+                    // server-side code, a name parsed twice): not run.
+                    None => {
+                        bind_sql = format!("EXECUTE {}", quoted(statement));
+                        Command::new(
+                        Action::Sql {
+                            dialect: SqlDialect::Postgres,
+                            text: &bind_sql,
+                        },
                         "Bind",
-                        Some(Decision::Allow),
-                        Some(param_lengths.clone()),
-                    ),
-                    None => (None, "", None, None),
+                    )
+                    .decided(Decision::Deny {
+                        rule: "pg.unattributed_statement".into(),
+                        reason: format!(
+                            "the prepared statement {} was not prepared by a statement Warden decided (SQL-level PREPARE, server-side code, or a name parsed twice); prepare it with Parse after closing the name",
+                            quoted(statement)
+                        ),
+                    })
+                    .with_parameters(param_lengths.clone())
+                    }
                 },
                 PgFrontendMessage::Close { target: b'S', name } => {
-                    prepared.remove(name);
-                    (None, "", None, None)
+                    lock(&prepared).closed(name);
+                    if server_out.send(&frame.raw).await.is_err() {
+                        return Some(database_lost());
+                    }
+                    continue;
                 }
-                // It calls functions by OID, around every SQL rule: end the session.
-                PgFrontendMessage::FunctionCall => {
-                    return Some("function-call protocol refused".to_string());
-                }
-                _ => (None, "", None, None),
-            };
-            let Some(sql) = sql else {
-                if matches!(frame.message, PgFrontendMessage::Terminate) {
+                // It calls functions by OID, around every SQL rule.
+                PgFrontendMessage::FunctionCall => Command::new(
+                    Action::Feature {
+                        name: "function_call",
+                    },
+                    "function_call",
+                ),
+                PgFrontendMessage::Terminate => {
                     let _ = server_out.send(&frame.raw).await;
                     let _ = server_out.flush().await;
                     return None;
                 }
-                if server_out.send(&frame.raw).await.is_err() {
-                    return Some("database connection lost".to_string());
-                }
-                continue;
-            };
-            let mut decision = decided.unwrap_or_else(|| {
-                guard.decide(&Action::Sql {
-                    dialect: SqlDialect::Postgres,
-                    text: &sql,
-                })
-            });
-            let mut review = None;
-            if let Decision::Review { rule } = &decision {
-                // Statements already sent run while this one waits.
-                if server_out.flush().await.is_err() {
-                    return Some("database connection lost".to_string());
-                }
-                let rule = rule.clone();
-                let held = hold_for_review(
-                    hooks.as_ref(),
-                    &session_id,
-                    &sql,
-                    &rule,
-                    &notices,
-                    up_recorder.as_ref(),
-                );
-                tokio::pin!(held);
-                // A client that leaves while its statement waits ends the session:
-                // an approval must not run it for nobody. What it sends meanwhile is
-                // kept (up to a bound) for after the decision.
-                let (outcome, id) = loop {
-                    tokio::select! {
-                        decided = &mut held => break decided,
-                        read = client_rd.read_buf(&mut client_buf), if client_buf.len() < HELD_READ_LIMIT => {
-                            if matches!(read, Ok(0) | Err(_)) {
-                                return Some(CLIENT_GONE.to_string());
-                            }
-                        }
-                    }
-                };
-                decision = outcome;
-                review = id;
-            }
-            if let PgFrontendMessage::Parse { statement, .. } = &frame.message {
-                // The server keeps a named statement until it is closed (a second
-                // Parse of the name fails) but replaces the unnamed one at every
-                // Parse, even one that fails: mirror that, so a Bind is always
-                // audited with the SQL the server will run.
-                let allowed = decision == Decision::Allow;
-                if statement.is_empty() {
-                    prepared.remove(statement);
-                }
-                if allowed {
-                    prepared.entry(statement.clone()).or_insert(sql);
+                _ => {
                     if server_out.send(&frame.raw).await.is_err() {
-                        return Some("database connection lost".to_string());
+                        return Some(database_lost());
                     }
                     continue;
                 }
+            };
+            let decision = command
+                .decided
+                .clone()
+                .unwrap_or_else(|| up.guard.decide(&command.action));
+            if matches!(decision, Decision::Review { .. }) && server_out.flush().await.is_err() {
+                // Statements already sent run while this one waits.
+                return Some(database_lost());
             }
-            if let Err(e) = hooks
-                .record(StatementRecord {
-                    session: session_id.clone(),
-                    sql: sql.clone(),
-                    via,
-                    decision: decision.clone(),
-                    parameters,
-                    review,
-                })
-                .await
-            {
-                decision = Decision::Deny {
-                    rule: "audit".into(),
-                    reason: format!("the audit log cannot record it ({e})"),
+            let parse_only = matches!(
+                (&frame.message, &decision),
+                (PgFrontendMessage::Parse { .. }, Decision::Allow)
+            );
+            let admission = if parse_only {
+                // Allowed and only prepared: audited at each execution.
+                Admission::Admitted { review: None }
+            } else {
+                let mut client = HeldClient {
+                    rd: &mut client_rd,
+                    buf: &mut client_buf,
+                    notices: &notices,
                 };
-            }
-            // Not forwarded unless it is in the recording too.
-            if let Err(e) = up_recorder.record(TimelineEvent::Statement {
-                via: via.to_string(),
-                sql,
-                decision: decision.clone(),
-            }) {
-                return Some(e.to_string());
-            }
-            let bytes: Bytes = match &decision {
-                Decision::Deny { rule, reason } => {
+                up.admit(command.clone().decided(decision), &mut client)
+                    .await
+            };
+            let text = match &command.action {
+                Action::Sql { text, .. } => Some(*text),
+                _ => None,
+            };
+            let bytes: Bytes = match admission {
+                Admission::Admitted { .. } => {
+                    match &frame.message {
+                        PgFrontendMessage::Parse { statement, .. } => {
+                            let mut prepared = lock(&prepared);
+                            prepared.statement(text.unwrap_or_default());
+                            prepared.parsed(statement, text);
+                        }
+                        PgFrontendMessage::Query { sql } => lock(&prepared).statement(sql),
+                        _ => {}
+                    }
+                    frame.raw.clone()
+                }
+                Admission::Denied(denial) => {
+                    if matches!(command.action, Action::Feature { .. }) {
+                        return Some(EndReason::Refused(format!(
+                            "function-call protocol refused: {}",
+                            denial.reason
+                        )));
+                    }
+                    if let PgFrontendMessage::Parse { statement, .. } = &frame.message {
+                        lock(&prepared).parsed(statement, None);
+                    }
+                    if !matches!(frame.message, PgFrontendMessage::Query { .. }) {
+                        skipping_until_sync = true;
+                    }
+                    let code = match denial.cause {
+                        DenialCause::AuditUnavailable => sqlstate::SYSTEM_ERROR,
+                        _ => sqlstate::INSUFFICIENT_PRIVILEGE,
+                    };
                     let mut raw = [0u8; 12];
                     let _ = aws_lc_rs::rand::fill(&mut raw);
                     let mut marker = String::from("warden-denied-");
                     crate::wire::push_hex(&mut marker, &raw);
                     if let Ok(mut d) = upstream_denials.lock() {
-                        d.insert(marker.clone(), (rule.clone(), reason.clone()));
+                        d.insert(marker.clone(), (code, denial.rule, denial.reason));
                     }
                     rewrite(&frame.message, &marker)
                 }
-                _ => frame.raw.clone(),
+                Admission::End(reason) => return Some(reason),
             };
             if server_out.send(&bytes).await.is_err() {
-                return Some("database connection lost".to_string());
+                return Some(database_lost());
             }
         }
     };
@@ -728,23 +811,23 @@ async fn relay<H: SessionHooks>(
                     Ok(Some(f)) => break f,
                     Ok(None) => {
                         if client_out.flush().await.is_err() {
-                            return Some(CLIENT_GONE.to_string());
+                            return Some(EndReason::ClientGone);
                         }
                         tokio::select! {
                             read = server_rd.read_buf(&mut buf) => match read {
                                 Ok(0) | Err(_) => {
-                                    return Some("database closed the connection".to_string());
+                                    return Some(EndReason::BackendGone("database closed the connection".into()));
                                 }
                                 Ok(_) => {}
                             },
                             Some(notice) = notices_rx.recv() => {
                                 if client_out.send(&notice).await.is_err() {
-                                    return Some(CLIENT_GONE.to_string());
+                                    return Some(EndReason::ClientGone);
                                 }
                             }
                         }
                     }
-                    Err(e) => return Some(format!("database sent a bad message: {e}")),
+                    Err(e) => return Some(EndReason::BackendProtocol(e.to_string())),
                 }
             };
             let bytes: Bytes = match &frame.message {
@@ -752,9 +835,9 @@ async fn relay<H: SessionHooks>(
                     if masker.is_active() {
                         let oids: Vec<u32> = fields.iter().map(|f| f.table_oid).collect();
                         if let Err(e) = catalog.resolve(&oids, &session).await {
-                            return Some(format!(
+                            return Some(EndReason::Unmaskable(format!(
                                 "column tables cannot be resolved for masking: {e}"
-                            ));
+                            )));
                         }
                     }
                     let described = catalog.describe_columns(fields, masker.as_ref());
@@ -824,6 +907,7 @@ async fn relay<H: SessionHooks>(
                         Expect::Parse(n) => Some(n.clone()),
                         _ => None,
                     }) {
+                        lock(&down_prepared).confirmed(&name);
                         statements.remove(&name);
                     }
                     frame.raw.clone()
@@ -843,12 +927,12 @@ async fn relay<H: SessionHooks>(
                         } => Some((statement.clone(), portal.clone(), formats.clone())),
                         _ => None,
                     }) else {
-                        return Some(LOST_TRACK.to_string());
+                        return Some(EndReason::Internal(LOST_TRACK.into()));
                     };
                     // Every bound statement was described (by the client or the
                     // proxy); one that was not cannot be masked by column.
                     let Some(described) = statements.get(&statement) else {
-                        return Some(LOST_TRACK.to_string());
+                        return Some(EndReason::Internal(LOST_TRACK.into()));
                     };
                     portals.insert(
                         portal,
@@ -860,10 +944,13 @@ async fn relay<H: SessionHooks>(
                     copy_masking = None;
                     result_open = false;
                     // Requests the server skipped after an error end with this cycle.
-                    expected
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .end_cycle();
+                    let failed = lock(&expected).end_cycle();
+                    if !failed.is_empty() {
+                        let mut prepared = lock(&down_prepared);
+                        for name in failed {
+                            prepared.failed(&name);
+                        }
+                    }
                     describing_statement = None;
                     frame.raw.clone()
                 }
@@ -877,20 +964,20 @@ async fn relay<H: SessionHooks>(
                     let (select, format) = match plan {
                         Some(CopyOutPlan::Maskable { select, format }) => (select, format),
                         Some(CopyOutPlan::Unmaskable(why)) => {
-                            return Some(format!(
+                            return Some(EndReason::Unmaskable(format!(
                                 "COPY TO cannot be masked ({why}); the session was ended before any data was sent"
-                            ));
+                            )));
                         }
                         None => {
-                            return Some("COPY TO from a statement the gateway could not read cannot be masked; the session was ended before any data was sent".to_string());
+                            return Some(EndReason::Unmaskable("COPY TO from a statement the gateway could not read cannot be masked; the session was ended before any data was sent".into()));
                         }
                     };
                     let fields = match catalog.describe(&select, &session).await {
                         Ok(f) => f,
                         Err(e) => {
-                            return Some(format!(
+                            return Some(EndReason::Unmaskable(format!(
                                 "the columns of a COPY TO cannot be resolved for masking ({e}); the session was ended before any data was sent"
-                            ));
+                            )));
                         }
                     };
                     let plans = catalog
@@ -910,7 +997,7 @@ async fn relay<H: SessionHooks>(
                     frame.raw.clone()
                 }
                 PgBackendMessage::CopyResponse { kind: b'W', .. } if masker.is_active() => {
-                    return Some("COPY BOTH (replication) cannot be masked; the session was ended before any data was sent".to_string());
+                    return Some(EndReason::Unmaskable("COPY BOTH (replication) cannot be masked; the session was ended before any data was sent".into()));
                 }
                 PgBackendMessage::CopyData => {
                     copy_out.bytes += frame.raw.len().saturating_sub(5) as u64;
@@ -931,7 +1018,9 @@ async fn relay<H: SessionHooks>(
                                 }
                                 Ok(None) => frame.raw.clone(),
                                 Err(e) => {
-                                    return Some(format!("a copied row cannot be masked: {e}"));
+                                    return Some(EndReason::Unmaskable(format!(
+                                        "a copied row cannot be masked: {e}"
+                                    )));
                                 }
                             }
                         }
@@ -946,7 +1035,7 @@ async fn relay<H: SessionHooks>(
                         bytes: done.bytes,
                         rows: done.rows,
                     }) {
-                        return Some(e.to_string());
+                        return Some(down.fail(e.into()));
                     }
                     frame.raw.clone()
                 }
@@ -960,13 +1049,15 @@ async fn relay<H: SessionHooks>(
                         {
                             Some(Some(portal)) => {
                                 let Some((c, described)) = portals.get(&portal) else {
-                                    return Some(LOST_TRACK.to_string());
+                                    return Some(EndReason::Internal(LOST_TRACK.into()));
                                 };
                                 columns = c.clone();
                                 capture.start(described);
                             }
                             // A simple query whose RowDescription was not seen.
-                            Some(None) | None => return Some(LOST_TRACK.to_string()),
+                            Some(None) | None => {
+                                return Some(EndReason::Internal(LOST_TRACK.into()));
+                            }
                         }
                         result_open = true;
                     }
@@ -975,14 +1066,18 @@ async fn relay<H: SessionHooks>(
                             Ok(Some(rewritten)) => rewritten.freeze(),
                             Ok(None) => frame.raw.clone(),
                             // A row that cannot be read is not passed on unmasked.
-                            Err(e) => return Some(format!("unreadable result row: {e}")),
+                            Err(e) => {
+                                return Some(EndReason::Unmaskable(format!(
+                                    "unreadable result row: {e}"
+                                )));
+                            }
                         }
                     } else {
                         frame.raw.clone()
                     };
                     // The recording keeps what the client got: masked values.
                     if let Err(e) = capture.row(&row, &columns) {
-                        return Some(format!("unreadable result row: {e}"));
+                        return Some(EndReason::Unmaskable(format!("unreadable result row: {e}")));
                     }
                     row
                 }
@@ -990,7 +1085,7 @@ async fn relay<H: SessionHooks>(
                     result_open = false;
                     let duration = finished(&expected, &mut last_done);
                     if let Err(e) = recorder.record(capture.finish(tag.clone(), duration)) {
-                        return Some(e.to_string());
+                        return Some(down.fail(e.into()));
                     }
                     frame.raw.clone()
                 }
@@ -1001,7 +1096,7 @@ async fn relay<H: SessionHooks>(
                     if let Err(e) =
                         recorder.record(capture.finish("(portal suspended)".into(), duration))
                     {
-                        return Some(e.to_string());
+                        return Some(down.fail(e.into()));
                     }
                     frame.raw.clone()
                 }
@@ -1018,24 +1113,20 @@ async fn relay<H: SessionHooks>(
                         key.and_then(|k| d.remove(&k))
                     });
                     let (bytes, code, recorded) = match hit {
-                        Some((rule, reason)) => {
+                        Some((code, rule, reason)) => {
                             let message = denied_message(&rule, &reason);
                             let mut b = BytesMut::new();
                             out::error_response(
                                 &mut b,
                                 &PgNotice {
                                     severity: "ERROR",
-                                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                                    code,
                                     message: &message,
                                     detail: None,
                                     hint: None,
                                 },
                             );
-                            (
-                                b.freeze(),
-                                sqlstate::INSUFFICIENT_PRIVILEGE.to_string(),
-                                message,
-                            )
+                            (b.freeze(), code.to_string(), message)
                         }
                         None if masker.is_active() => {
                             match crate::results::mask_notice(&frame.raw, masker.as_ref()) {
@@ -1047,9 +1138,9 @@ async fn relay<H: SessionHooks>(
                                 }
                                 Ok(None) => (frame.raw.clone(), code.clone(), message.clone()),
                                 Err(e) => {
-                                    return Some(format!(
+                                    return Some(EndReason::Unmaskable(format!(
                                         "unreadable error from the database: {e}"
-                                    ));
+                                    )));
                                 }
                             }
                         }
@@ -1061,7 +1152,7 @@ async fn relay<H: SessionHooks>(
                         message: recorded,
                         duration_us: duration,
                     }) {
-                        return Some(e.to_string());
+                        return Some(down.fail(e.into()));
                     }
                     bytes
                 }
@@ -1070,7 +1161,9 @@ async fn relay<H: SessionHooks>(
                         Ok(Some(b)) => b.freeze(),
                         Ok(None) => frame.raw.clone(),
                         Err(e) => {
-                            return Some(format!("unreadable notification from the database: {e}"));
+                            return Some(EndReason::Unmaskable(format!(
+                                "unreadable notification from the database: {e}"
+                            )));
                         }
                     }
                 }
@@ -1078,14 +1171,18 @@ async fn relay<H: SessionHooks>(
                     match crate::results::mask_notice(&frame.raw, masker.as_ref()) {
                         Ok(Some(b)) => b.freeze(),
                         Ok(None) => frame.raw.clone(),
-                        Err(e) => return Some(format!("unreadable notice from the database: {e}")),
+                        Err(e) => {
+                            return Some(EndReason::Unmaskable(format!(
+                                "unreadable notice from the database: {e}"
+                            )));
+                        }
                     }
                 }
                 _ => frame.raw.clone(),
             };
-            down_count.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            down.count_out(bytes.len() as u64);
             if client_out.send(&bytes).await.is_err() {
-                return Some("client disconnected".to_string());
+                return Some(EndReason::ClientGone);
             }
         }
     };
@@ -1093,19 +1190,20 @@ async fn relay<H: SessionHooks>(
     let reason = tokio::select! {
         r = upstream => r,
         r = downstream => r,
-        r = ended.wait() => Some(r),
+        r = ended.wait() => Some(EndReason::Ended(r)),
     };
-    if let Some(why) = reason.as_deref().filter(|r| *r != CLIENT_GONE) {
-        let code = if end_signal.reason().as_deref() == Some(why) {
-            sqlstate::ADMIN_SHUTDOWN
-        } else if why.starts_with("client sent") || why.starts_with("function-call") {
-            sqlstate::PROTOCOL_VIOLATION
-        } else if why.starts_with("database") {
-            sqlstate::CONNECTION_FAILURE
-        } else if why.contains("mask") {
-            sqlstate::INSUFFICIENT_PRIVILEGE
-        } else {
-            sqlstate::SYSTEM_ERROR
+    let reason = handle.failure().or(reason);
+    if let Some(why) = reason.as_ref().filter(|r| **r != EndReason::ClientGone) {
+        let code = match why {
+            EndReason::Ended(_) => sqlstate::ADMIN_SHUTDOWN,
+            EndReason::ClientProtocol(_) | EndReason::Refused(_) => sqlstate::PROTOCOL_VIOLATION,
+            EndReason::BackendGone(_) | EndReason::BackendProtocol(_) => {
+                sqlstate::CONNECTION_FAILURE
+            }
+            EndReason::Unmaskable(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
+            EndReason::ClientGone | EndReason::Recording(_) | EndReason::Internal(_) => {
+                sqlstate::SYSTEM_ERROR
+            }
         };
         let mut b = BytesMut::new();
         out::error_response(
@@ -1113,7 +1211,7 @@ async fn relay<H: SessionHooks>(
             &PgNotice {
                 severity: "FATAL",
                 code,
-                message: why,
+                message: &why.to_string(),
                 detail: None,
                 hint: None,
             },
@@ -1121,63 +1219,7 @@ async fn relay<H: SessionHooks>(
         let _ = client_out_owned.send(&b).await;
         let _ = client_out_owned.flush().await;
     }
-    let traffic = Traffic {
-        from_client: from_client.load(std::sync::atomic::Ordering::Relaxed),
-        to_client: to_client.load(std::sync::atomic::Ordering::Relaxed),
-    };
-    (reason, traffic)
-}
-
-/// Holds a statement a review rule matched until its review is decided: opens the
-/// review, tells the client where it is approved (a NoticeResponse) and waits.
-/// Returns the decision to apply and the review that allowed it.
-async fn hold_for_review<H: SessionHooks>(
-    hooks: &H,
-    session: &str,
-    sql: &str,
-    rule: &str,
-    notices: &tokio::sync::mpsc::UnboundedSender<Bytes>,
-    recorder: &dyn SessionRecorder,
-) -> (Decision, Option<String>) {
-    let request = ReviewRequest {
-        session,
-        command: sql,
-        rule,
-    };
-    match hooks.request_review(request).await {
-        Ok(ReviewHold::PreApproved { id }) => (Decision::Allow, Some(id)),
-        Ok(ReviewHold::Held { id, message }) => {
-            let mut b = BytesMut::new();
-            out::notice_response(
-                &mut b,
-                &PgNotice {
-                    severity: "NOTICE",
-                    code: sqlstate::WARNING,
-                    message: &message,
-                    detail: None,
-                    hint: None,
-                },
-            );
-            let _ = notices.send(b.freeze());
-            let _ = recorder.record(TimelineEvent::Activity {
-                what: "review".into(),
-                detail: serde_json::json!({"review": id, "message": message}),
-                decision: Some(Decision::Review {
-                    rule: rule.to_string(),
-                }),
-            });
-            let outcome = hooks.await_review(&id).await;
-            let approved = matches!(outcome, ReviewOutcome::Approved { .. });
-            (outcome.decision(rule), approved.then_some(id))
-        }
-        Err(e) => (
-            Decision::Deny {
-                rule: rule.to_string(),
-                reason: format!("this statement needs a review, which cannot be held: {e}"),
-            },
-            None,
-        ),
-    }
+    reason
 }
 
 /// The message a denied statement is replaced with: one that fails at the server
@@ -1203,6 +1245,11 @@ fn rewrite(message: &PgFrontendMessage, marker: &str) -> Bytes {
         _ => put_frame(&mut b, b'Q', |b| put_cstr(b, sql.as_bytes())),
     }
     b.freeze()
+}
+
+/// Locks state shared by the two directions (a panic in one would end both).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Takes the first request of the current cycle that `want` accepts.

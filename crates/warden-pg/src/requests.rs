@@ -100,13 +100,19 @@ impl Requests {
             })
     }
 
-    /// `ReadyForQuery` arrived: the current cycle is over, whatever it left unanswered.
-    pub(crate) fn end_cycle(&mut self) {
+    /// `ReadyForQuery` arrived: the current cycle is over, whatever it left
+    /// unanswered. Returns the statement names of the Parses it left unanswered
+    /// (they failed, or were skipped after an error).
+    pub(crate) fn end_cycle(&mut self) -> Vec<String> {
+        let mut failed = Vec::new();
         while let Some(e) = self.queue.pop_front() {
-            if matches!(e, Expect::ReadyForQuery(_)) {
-                return;
+            match e {
+                Expect::ReadyForQuery(_) => break,
+                Expect::Parse(name) => failed.push(name),
+                _ => {}
             }
         }
+        failed
     }
 
     /// `CopyInResponse` arrived: the COPY-in being executed started, so the `Sync`s

@@ -5,19 +5,18 @@
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use warden_core::SessionHandle;
 pub use warden_net::{BackendTls, BoxedStream, TlsSetupError};
 
-/// Opens a connection to the database at `addr`, over TLS when `tls` is given.
-pub async fn connect_backend(addr: &str, tls: Option<&BackendTls>) -> Result<BoxedStream, String> {
-    let mut tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    // Frames are written as they are decided; without this, Nagle and delayed ACKs
-    // add ~40 ms to each small request/response exchange.
-    let _ = tcp.set_nodelay(true);
+/// Opens a connection to the session's database through its dialer, over TLS when
+/// `tls` is given.
+pub async fn connect_backend(
+    session: &SessionHandle,
+    tls: Option<&BackendTls>,
+) -> Result<BoxedStream, String> {
+    let mut tcp = session.dial().await.map_err(|e| e.to_string())?;
     let Some(tls) = tls else {
-        return Ok(Box::new(tcp));
+        return Ok(tcp);
     };
     let mut request = BytesMut::with_capacity(8);
     request.put_i32(8);

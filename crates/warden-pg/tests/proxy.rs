@@ -3,41 +3,29 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio_postgres::NoTls;
+use warden_core::testing::{Audited, MemorySink, MemoryTimeline};
 use warden_core::{
-    Decision, LoginRequest, RecordingError, Refusal, RefusalKind, Secret, SessionGrant,
-    SessionHooks, SessionRecorder, StatementRecord, TimelineEvent, TlsMode, TlsOptions, Traffic,
+    BackendTarget, Decision, LoginRequest, Refusal, RefusalKind, Secret, SessionHandle,
+    SessionHooks, TimelineEvent, TlsMode, TlsOptions,
 };
 use warden_pg::proxy::{ProxyConfig, serve_client};
 use warden_policy::{Guardrails, MaskingEngine, PolicyConfig};
 
 const TOKEN: &str = "test-token-for-the-proxy";
 
+/// The test gateway: every session records into the same memory sink and timeline
+/// (two rows per result).
 struct Hooks {
-    records: Mutex<Vec<StatementRecord>>,
-    audit_down: AtomicBool,
-    timeline: Arc<Timeline>,
+    sink: Arc<MemorySink>,
+    timeline: Arc<MemoryTimeline>,
 }
 
-/// Keeps the timeline in memory, two rows per result; can be made to fail.
-#[derive(Default)]
-struct Timeline {
-    events: Mutex<Vec<TimelineEvent>>,
-    down: AtomicBool,
-}
-
-impl SessionRecorder for Timeline {
-    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(RecordingError("disk full".into()));
-        }
-        self.events.lock().unwrap().push(event);
-        Ok(())
-    }
-    fn rows_per_result(&self) -> usize {
-        2
+impl Hooks {
+    fn records(&self) -> Vec<Audited> {
+        self.sink.audited()
     }
 }
 
@@ -58,7 +46,7 @@ columns = [{ pattern = "warden_t.undescribed.pin" }]
 "#;
 
 impl SessionHooks for Hooks {
-    async fn open(&self, login: LoginRequest<'_>) -> Result<SessionGrant, Refusal> {
+    async fn open(&self, login: LoginRequest<'_>) -> Result<SessionHandle, Refusal> {
         if login.token != TOKEN {
             return Err(Refusal {
                 kind: RefusalKind::BadCredentials,
@@ -72,12 +60,11 @@ impl SessionHooks for Hooks {
             });
         }
         let policy: PolicyConfig = toml::from_str(POLICY).unwrap();
-        Ok(SessionGrant {
-            id: "s1".into(),
-            backend_addr: std::env::var("WARDEN_TEST_PG_HOSTPORT")
+        let target = BackendTarget {
+            addr: std::env::var("WARDEN_TEST_PG_HOSTPORT")
                 .unwrap_or_else(|_| "127.0.0.1:5432".into()),
-            backend_user: "warden_t_scram".into(),
-            backend_database: "postgres".into(),
+            user: "warden_t_scram".into(),
+            database: "postgres".into(),
             secret: Some(Secret::new("scram-pw-1".into())),
             secret_kind: Some(warden_core::SecretKind::Password),
             ssh: Default::default(),
@@ -85,29 +72,21 @@ impl SessionHooks for Hooks {
                 mode: TlsMode::Disable,
                 ..TlsOptions::default()
             },
-            guard: Arc::new(Guardrails::compile(&policy.guardrails, &[]).unwrap()),
-            masker: Arc::new(MaskingEngine::from_sets(&policy.masking, b"k").unwrap()),
-            recorder: self.timeline.clone(),
-            ended: warden_core::SessionEnd::never(),
-        })
+        };
+        Ok(self.sink.open(
+            target,
+            Arc::new(Guardrails::compile(&policy.guardrails, &[]).unwrap()),
+            Arc::new(MaskingEngine::from_sets(&policy.masking, b"k").unwrap()),
+            self.timeline.clone(),
+            warden_core::SessionEnd::never(),
+        ))
     }
-
-    async fn record(&self, record: StatementRecord) -> Result<(), String> {
-        if self.audit_down.load(Ordering::SeqCst) {
-            return Err("store unavailable".into());
-        }
-        self.records.lock().unwrap().push(record);
-        Ok(())
-    }
-
-    async fn closed(&self, _session: &str, _reason: Option<String>, _traffic: Traffic) {}
 }
 
 async fn start() -> (SocketAddr, Arc<Hooks>) {
     let hooks = Arc::new(Hooks {
-        records: Mutex::new(Vec::new()),
-        audit_down: AtomicBool::new(false),
-        timeline: Arc::default(),
+        sink: Arc::default(),
+        timeline: Arc::new(MemoryTimeline::new(2)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -224,11 +203,11 @@ async fn queries_are_relayed_masked_and_denied_in_order() {
     assert_eq!(code(&b.unwrap_err()), "42501");
     assert_eq!(d.unwrap().get::<_, i32>(0), 3);
 
-    let records = hooks.records.lock().unwrap().clone();
+    let records = hooks.records();
     assert!(
         records
             .iter()
-            .any(|r| r.sql == "DROP TABLE pg_class" && matches!(r.decision, Decision::Deny { .. }))
+            .any(|r| r.text == "DROP TABLE pg_class" && matches!(r.decision, Decision::Deny { .. }))
     );
     assert!(records.iter().any(|r| r.via == "Bind"
         && r.decision == Decision::Allow
@@ -239,9 +218,10 @@ async fn queries_are_relayed_masked_and_denied_in_order() {
 async fn audit_failure_denies_and_bad_logins_are_refused() {
     let (addr, hooks) = start().await;
     let c = client(addr, "billing", TOKEN).await.unwrap();
-    hooks.audit_down.store(true, Ordering::SeqCst);
+    hooks.sink.audit_down.store(true, Ordering::SeqCst);
+    // Refused with the code of a gateway fault, not of a policy: nothing ran.
     let err = c.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(code(&err), "42501");
+    assert_eq!(code(&err), "58000");
     assert!(
         err.as_db_error()
             .unwrap()
@@ -251,16 +231,16 @@ async fn audit_failure_denies_and_bad_logins_are_refused() {
     );
     // Extended protocol: the Parse prepares, the Bind (the execution) is refused.
     let err = c.query("SELECT 2::int4", &[]).await.unwrap_err();
-    assert_eq!(code(&err), "42501", "{err}");
+    assert_eq!(code(&err), "58000", "{err}");
     let prepared = {
-        hooks.audit_down.store(false, Ordering::SeqCst);
+        hooks.sink.audit_down.store(false, Ordering::SeqCst);
         let p = c.prepare("SELECT $1::int4 + 1").await.unwrap();
-        hooks.audit_down.store(true, Ordering::SeqCst);
+        hooks.sink.audit_down.store(true, Ordering::SeqCst);
         p
     };
     let err = c.query(&prepared, &[&1i32]).await.unwrap_err();
-    assert_eq!(code(&err), "42501", "{err}");
-    hooks.audit_down.store(false, Ordering::SeqCst);
+    assert_eq!(code(&err), "58000", "{err}");
+    hooks.sink.audit_down.store(false, Ordering::SeqCst);
     assert!(c.simple_query("SELECT 1").await.is_ok());
     let n: i32 = c.query_one(&prepared, &[&1i32]).await.unwrap().get(0);
     assert_eq!(n, 2);
@@ -287,7 +267,7 @@ async fn the_timeline_holds_statements_masked_rows_and_denials() {
     assert_eq!(rows.len(), 1);
     assert!(c.simple_query("DROP TABLE pg_class").await.is_err());
 
-    let events = hooks.timeline.events.lock().unwrap().clone();
+    let events = hooks.timeline.events();
     let results: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -463,11 +443,11 @@ async fn a_named_statement_keeps_its_sql_when_a_second_parse_of_the_name_fails()
         .await
         .unwrap();
     assert_eq!(read_cycle(&mut s, &mut buf).await, b"2DCZ");
-    let records = hooks.records.lock().unwrap().clone();
+    let records = hooks.records();
     let executed: Vec<&str> = records
         .iter()
         .filter(|r| r.via == "Bind")
-        .map(|r| r.sql.as_str())
+        .map(|r| r.text.as_str())
         .collect();
     assert_eq!(executed, ["SELECT 41 + 1"]);
 }
@@ -567,4 +547,128 @@ async fn rows_of_statements_the_client_never_described_are_masked_by_column() {
     let rows = data_rows(&frames);
     assert!(!rows[0].contains("4321"), "{rows:?}");
     assert!(rows[1].ends_with('7'), "{rows:?}");
+}
+
+/// A superuser connection straight to PostgreSQL, for setting up tables.
+async fn superuser() -> tokio_postgres::Client {
+    let url = std::env::var("WARDEN_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_of_statements_warden_cannot_attribute_are_refused_and_audited() {
+    use tokio::io::AsyncWriteExt;
+    let table = format!("warden_t_prep_{}", std::process::id());
+    let admin = superuser().await;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int);
+             INSERT INTO {table} VALUES (1), (2), (3), (4);
+             GRANT ALL ON {table} TO warden_t_scram"
+        ))
+        .await
+        .unwrap();
+    let remaining = || async {
+        let rows = admin
+            .query(&format!("SELECT id FROM {table} ORDER BY id"), &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
+    };
+    let (addr, hooks) = start().await;
+    let (mut s, mut buf) = raw_session(addr).await;
+    let sync = frame(b'S', b"");
+    let query = |sql: &str| {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        frame(b'Q', &b)
+    };
+    let execute = || [bind_frame("p1"), execute_portal(""), sync.clone()].concat();
+
+    // SQL-level PREPARE, then a protocol Bind of it: the DELETE never runs.
+    s.write_all(&query(&format!(
+        "PREPARE p1 AS DELETE FROM {table} WHERE id = 1"
+    )))
+    .await
+    .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"CZ");
+    s.write_all(&execute()).await.unwrap();
+    let tags = read_cycle(&mut s, &mut buf).await;
+    assert!(tags.contains(&b'E') && !tags.contains(&b'C'), "{tags:?}");
+    assert_eq!(remaining().await, [1, 2, 3, 4]);
+    let refused = hooks
+        .records()
+        .into_iter()
+        .find(|r| r.via == "Bind")
+        .expect("the Bind is audited");
+    assert_eq!(refused.text, "EXECUTE \"p1\"");
+    assert!(
+        matches!(&refused.decision, Decision::Deny { rule, .. } if rule == "pg.unattributed_statement"),
+        "{refused:?}"
+    );
+
+    // DEALLOCATE as a query, then a new Parse of the name: not attributable until the
+    // name is closed, then it runs as what it is.
+    let parse = |sql: &str| parse_frame("s2", sql);
+    s.write_all(&[parse("SELECT 1"), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1Z");
+    s.write_all(&query("DEALLOCATE s2")).await.unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"CZ");
+    let delete_2 = format!("DELETE FROM {table} WHERE id = 2");
+    s.write_all(&[parse(&delete_2), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1Z");
+    s.write_all(&[bind_frame("s2"), execute_portal(""), sync.clone()].concat())
+        .await
+        .unwrap();
+    let tags = read_cycle(&mut s, &mut buf).await;
+    assert!(tags.contains(&b'E') && !tags.contains(&b'C'), "{tags:?}");
+    assert_eq!(remaining().await, [1, 2, 3, 4]);
+    let close = frame(b'C', b"Ss2\0");
+    s.write_all(&[close, parse(&delete_2), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"31Z");
+    s.write_all(&[bind_frame("s2"), execute_portal(""), sync.clone()].concat())
+        .await
+        .unwrap();
+    let tags = read_cycle(&mut s, &mut buf).await;
+    assert!(tags.contains(&b'C'), "{tags:?}");
+    assert_eq!(remaining().await, [1, 3, 4]);
+
+    // A Parse the server refused lends its SQL to nothing: the next Parse of the name
+    // is what a Bind runs, and the audit says so.
+    let parse = |sql: &str| parse_frame("s3", sql);
+    s.write_all(&[parse("SELECT nothing FROM warden_t_missing"), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"EZ");
+    let delete_3 = format!("DELETE FROM {table} WHERE id = 3");
+    s.write_all(&[parse(&delete_3), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1Z");
+    s.write_all(&[bind_frame("s3"), execute_portal(""), sync.clone()].concat())
+        .await
+        .unwrap();
+    let tags = read_cycle(&mut s, &mut buf).await;
+    assert!(tags.contains(&b'C'), "{tags:?}");
+    assert_eq!(remaining().await, [1, 4]);
+    let executed: Vec<String> = hooks
+        .records()
+        .into_iter()
+        .filter(|r| r.via == "Bind" && r.decision == Decision::Allow)
+        .map(|r| r.text)
+        .collect();
+    assert_eq!(executed, [delete_2, delete_3]);
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }

@@ -452,6 +452,10 @@ impl Guard for Guardrails {
                     Err(e) => self.unevaluable(Domain::Http, "unparsable_path", &e.to_string()),
                 }
             }
+            // Connection settings decide these (see `ConnectionGuard`).
+            Action::UseDatabase { .. } | Action::Forward { .. } | Action::Feature { .. } => {
+                Decision::Allow
+            }
         }
     }
 }

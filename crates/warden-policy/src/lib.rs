@@ -9,6 +9,7 @@
 //!   checksums and column rules, in four styles.
 //! - [`spec`] holds the sets as users write them.
 
+mod connection;
 mod engine;
 pub mod glob;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod shell;
 pub mod spec;
 pub mod sql;
 
+pub use connection::{ConnectionGuard, DATABASE_PIN_RULE};
 pub use engine::Guardrails;
 pub use masking::{ColumnPattern, Detector, MaskStyle, MaskingEngine, MaskingRules};
 pub use spec::{

@@ -464,6 +464,41 @@ fn facts(s: &Statement) -> StatementFacts {
     }
 }
 
+/// The databases `USE` statements in `sql` switch to (MySQL), unquoted as the
+/// server reads them. A text that does not parse is an error: the caller fails
+/// closed.
+pub fn used_databases(d: SqlDialect, sql: &str) -> Result<Vec<String>, SqlParseError> {
+    let dialect = dialect(d);
+    let statements = Parser::new(dialect.as_ref())
+        .with_recursion_limit(64)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| SqlParseError(e.to_string()))?;
+    let mut names = Vec::new();
+    let _ = visit_statements(&statements, |s| {
+        if let Statement::Use(u) = s {
+            use sqlparser::ast::Use;
+            let name = match u {
+                Use::Catalog(n)
+                | Use::Schema(n)
+                | Use::Database(n)
+                | Use::Warehouse(n)
+                | Use::Role(n)
+                | Use::Object(n) => {
+                    n.0.iter()
+                        .map(|p| p.to_string().trim_matches('`').replace("``", "`"))
+                        .collect::<Vec<_>>()
+                        .join(".")
+                }
+                Use::SecondaryRoles(_) | Use::Default => String::new(),
+            };
+            names.push(name);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use russh::client;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
-use warden_core::{SecretKind, SessionGrant, SshHooks, SshTarget};
+use warden_core::{SecretKind, SessionHandle};
 
 use crate::keys::{PublicKeyLine, parse_private_key};
 
@@ -88,21 +88,18 @@ impl client::Handler for HostKeyCheck {
 }
 
 /// Connects and logs in to the session's target within `timeout`.
-pub async fn connect<H: SshHooks>(
-    grant: &SessionGrant,
-    hooks: &H,
+pub async fn connect(
+    session: &SessionHandle,
     timeout: Duration,
 ) -> Result<BackendHandle, BackendError> {
-    match tokio::time::timeout(timeout, connect_inner(grant, hooks)).await {
+    match tokio::time::timeout(timeout, connect_inner(session)).await {
         Ok(r) => r,
         Err(_) => Err(BackendError::TimedOut(timeout.as_secs())),
     }
 }
 
-async fn connect_inner<H: SshHooks>(
-    grant: &SessionGrant,
-    hooks: &H,
-) -> Result<BackendHandle, BackendError> {
+async fn connect_inner(session: &SessionHandle) -> Result<BackendHandle, BackendError> {
+    let grant = &session.target;
     let pinned = match &grant.ssh.host_key {
         Some(line) => Some(PublicKey::from_openssh(line).map_err(|_| {
             BackendError::PinFailed("the pinned host key is not an OpenSSH public key".into())
@@ -115,13 +112,13 @@ async fn connect_inner<H: SshHooks>(
         trust_on_first_use: grant.ssh.trust_on_first_use,
         outcome: outcome.clone(),
     };
-    let tcp = tokio::net::TcpStream::connect(&grant.backend_addr)
+    let tcp = session
+        .dial()
         .await
         .map_err(|e| BackendError::Unreachable {
-            addr: grant.backend_addr.clone(),
+            addr: grant.addr.clone(),
             message: e.to_string(),
         })?;
-    let _ = tcp.set_nodelay(true);
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
         ..Default::default()
@@ -138,15 +135,12 @@ async fn connect_inner<H: SshHooks>(
         let presented = presented.ok_or_else(|| BackendError::PinFailed("no key seen".into()))?;
         let line =
             PublicKeyLine::of(&presented).map_err(|e| BackendError::PinFailed(e.to_string()))?;
-        hooks
-            .pin_host_key(SshTarget {
-                session: &grant.id,
-                host_key: &line.line,
-            })
+        session
+            .pin_host_key(&line.line)
             .await
             .map_err(BackendError::PinFailed)?;
     }
-    let user = grant.backend_user.clone();
+    let user = grant.user.clone();
     let secret = grant
         .secret
         .as_ref()

@@ -12,4 +12,7 @@ pub mod backend;
 pub mod commands;
 pub mod keys;
 pub mod proxy;
+mod register;
 pub mod sftp;
+
+pub use register::{SshSettings, register};

@@ -8,7 +8,7 @@
 //! then forward; terminals are streamed to an asciicast recording as they run.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,9 +21,9 @@ use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 use warden_core::{
-    Action, ConnectionKind, Decision, KeyLogin, LoginRequest, Refusal, ReviewHold, ReviewOutcome,
-    ReviewRequest, SessionGrant, SshHooks, StatementRecord, TerminalRecorder, TerminalSpec,
-    TimelineEvent, Traffic, TunnelLogin,
+    Action, Admission, ClientWatch, Command, ConnectionKind, Decision, DenialCause, EndReason,
+    KeyLogin, LoginRequest, Refusal, SessionHandle, SessionHooks, TerminalRecorder, TerminalSpec,
+    TimelineEvent, TunnelLogin, Unwatched,
 };
 
 use crate::backend::{self, BackendError, BackendHandle};
@@ -56,7 +56,7 @@ pub struct SshProxy<H> {
     config: ProxyConfig,
 }
 
-impl<H: SshHooks> SshProxy<H> {
+impl<H: SessionHooks> SshProxy<H> {
     pub fn new(hooks: Arc<H>, config: ProxyConfig) -> Self {
         let server = server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-Warden".into()),
@@ -136,10 +136,8 @@ impl<H: SshHooks> SshProxy<H> {
                         }
                         end_slot.filled.notified().await;
                     };
-                    let reason = live.grant.ended.clone().wait().await;
-                    if let Ok(mut r) = live.end_reason.lock() {
-                        r.get_or_insert_with(|| reason.clone());
-                    }
+                    let reason = live.session.ended().wait().await;
+                    live.session.fail(EndReason::Ended(reason.clone()));
                     let _ = end_handle
                         .disconnect(
                             russh::Disconnect::ByApplication,
@@ -153,29 +151,28 @@ impl<H: SshHooks> SshProxy<H> {
                 ender.abort();
                 match result {
                     Ok(()) => None,
-                    Err(e) => Some(e.to_string()),
+                    Err(e) => Some(EndReason::ClientProtocol(e.to_string())),
                 }
             }
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(EndReason::ClientProtocol(e.to_string())),
         };
         if let Some(live) = slot.get() {
-            live.gone.store(true, Ordering::Relaxed);
+            let idle = live.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            live.gone.send_replace(true);
             if let Some(Ok(backend)) = live.backend.get() {
                 let _ = backend
                     .disconnect(russh::Disconnect::ByApplication, "", "en")
                     .await;
             }
-            let reason = live
-                .end_reason
-                .lock()
-                .ok()
-                .and_then(|mut r| r.take())
-                .or(reason);
-            let traffic = Traffic {
-                from_client: live.from_client.load(Ordering::Relaxed),
-                to_client: live.to_client.load(Ordering::Relaxed),
-            };
-            self.hooks.closed(&live.grant.id, reason, traffic).await;
+            // Channels finish what they record (a held command's refusal, a
+            // transfer) before the session's end is; the target is gone, so they end
+            // at once.
+            if live.channels.load(Ordering::SeqCst) > 0 {
+                let _ = tokio::time::timeout(CHANNELS_DRAIN, idle).await;
+            }
+            live.session.close(reason).await;
         }
     }
 }
@@ -204,30 +201,28 @@ impl SessionSlot {
     }
 }
 
-/// An open session: what the gateway granted and the connection to the target.
+/// An open session: its handle and the connection to the target.
 struct Live {
-    grant: SessionGrant,
+    session: Arc<SessionHandle>,
     backend: OnceCell<Result<BackendHandle, BackendError>>,
     channels: AtomicUsize,
-    from_client: AtomicU64,
-    to_client: AtomicU64,
-    end_reason: Mutex<Option<String>>,
-    /// The client's connection has ended.
-    gone: AtomicBool,
+    /// Set once the client's connection has ended.
+    gone: tokio::sync::watch::Sender<bool>,
+    /// Signalled when the last open channel ends.
+    idle: tokio::sync::Notify,
 }
+
+/// How long a closing session waits for its channels to finish recording.
+const CHANNELS_DRAIN: Duration = Duration::from_secs(5);
 
 impl Live {
     /// The logged-in target connection, connecting on first use.
-    async fn backend<H: SshHooks>(
-        &self,
-        hooks: &H,
-        timeout: Duration,
-    ) -> Result<&BackendHandle, BackendError> {
+    async fn backend(&self, timeout: Duration) -> Result<&BackendHandle, BackendError> {
         self.backend
             .get_or_init(|| async {
-                let r = backend::connect(&self.grant, hooks, timeout).await;
+                let r = backend::connect(&self.session, timeout).await;
                 if let Err(e) = &r {
-                    tracing::warn!(session = %self.grant.id, error = %e, "target login failed");
+                    tracing::warn!(session = %self.session.id(), error = %e, "target login failed");
                     self.record(TimelineEvent::Error {
                         code: "target".into(),
                         message: e.to_string(),
@@ -243,15 +238,19 @@ impl Live {
 
     /// Writes to the session's timeline; a failed write ends the session.
     fn record(&self, event: TimelineEvent) -> bool {
-        match self.grant.recorder.record(event) {
+        match self.session.record(event) {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(session = %self.grant.id, error = %e, "recording failed");
-                if let Ok(mut r) = self.end_reason.lock() {
-                    r.get_or_insert_with(|| e.to_string());
-                }
+                tracing::error!(session = %self.session.id(), error = %e, "recording failed");
                 false
             }
+        }
+    }
+
+    /// Something the session did: in its timeline and the audit log, in order.
+    fn note(&self, kind: &'static str, detail: serde_json::Value) {
+        if let Err(e) = self.session.activity(kind, detail) {
+            tracing::error!(session = %self.session.id(), error = %e, kind, "recording failed");
         }
     }
 }
@@ -284,9 +283,9 @@ fn token_prompt(instructions: String) -> Auth {
     }
 }
 
-impl<H: SshHooks> ClientHandler<H> {
+impl<H: SessionHooks> ClientHandler<H> {
     async fn login_with_token(&mut self, connection: &str, token: &str) -> Result<(), Refusal> {
-        let grant = self
+        let session = self
             .hooks
             .open(LoginRequest {
                 protocol: ConnectionKind::Ssh,
@@ -296,36 +295,33 @@ impl<H: SshHooks> ClientHandler<H> {
                 client: self.client,
             })
             .await?;
-        self.start(grant);
+        self.start(session);
         Ok(())
     }
 
     /// Keeps the grant and starts logging in to the target, so a bad target is
     /// reported as soon as the client opens a channel.
-    fn start(&mut self, grant: SessionGrant) {
+    fn start(&mut self, session: SessionHandle) {
         let live = Arc::new(Live {
-            grant,
+            session: Arc::new(session),
             backend: OnceCell::new(),
             channels: AtomicUsize::new(0),
-            from_client: AtomicU64::new(0),
-            to_client: AtomicU64::new(0),
-            end_reason: Mutex::new(None),
-            gone: AtomicBool::new(false),
+            gone: tokio::sync::watch::channel(false).0,
+            idle: tokio::sync::Notify::new(),
         });
-        tracing::info!(session = %live.grant.id, "ssh session opened");
+        tracing::info!(session = %live.session.id(), "ssh session opened");
         if let Ok(mut slot) = self.slot.live.lock() {
             *slot = Some(live.clone());
         }
         self.slot.filled.notify_one();
-        let hooks = self.hooks.clone();
         let timeout = self.config.login_timeout;
         tokio::spawn(async move {
-            let _ = live.backend(hooks.as_ref(), timeout).await;
+            let _ = live.backend(timeout).await;
         });
     }
 }
 
-impl<H: SshHooks> server::Handler for ClientHandler<H> {
+impl<H: SessionHooks> server::Handler for ClientHandler<H> {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
@@ -391,8 +387,8 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
             client: self.client,
         };
         Ok(match self.hooks.open_with_key(login).await {
-            Ok(grant) => {
-                self.start(grant);
+            Ok(session) => {
+                self.start(session);
                 Auth::Accept
             }
             Err(_) => reject(),
@@ -419,19 +415,20 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
         reply.accept().await;
         let task = SessionChannel {
             live: live.clone(),
-            hooks: self.hooks.clone(),
             handle: session.handle(),
             login_timeout: self.config.login_timeout,
             id: channel.id(),
             answered: AtomicBool::new(false),
         };
         let span =
-            tracing::info_span!("channel", session = %live.grant.id, channel = %channel.id());
+            tracing::info_span!("channel", session = %live.session.id(), channel = %channel.id());
         tokio::spawn(
             async move {
                 let live = task.live.clone();
                 task.run(channel).await;
-                live.channels.fetch_sub(1, Ordering::SeqCst);
+                if live.channels.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    live.idle.notify_waiters();
+                }
             }
             .instrument(span),
         );
@@ -460,9 +457,8 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
             originator: originator.to_string(),
             originator_port,
         };
-        let hooks = self.hooks.clone();
         let timeout = self.config.login_timeout;
-        tokio::spawn(forward.run(live, hooks, timeout, channel, reply));
+        tokio::spawn(forward.run(live, timeout, channel, reply));
         Ok(())
     }
 
@@ -543,8 +539,7 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
         // Remote forwarding (`ssh -R`) would open the target's ports to the client's
         // network; Warden does not offer it.
         if let Some(live) = self.slot.get() {
-            refused_note(
-                self.hooks.as_ref(),
+            refused_feature(
                 &live,
                 "remote_forward",
                 json!({"address": address, "port": *port}),
@@ -555,20 +550,15 @@ impl<H: SshHooks> server::Handler for ClientHandler<H> {
     }
 }
 
-/// Notes a request Warden refuses by design (agent or X11 forwarding, `ssh -R`, other
-/// subsystems) as an `ssh.refused` event that names it.
-async fn refused_note<H: SshHooks>(
-    hooks: &H,
-    live: &Live,
-    what: &str,
-    mut detail: serde_json::Value,
-) {
-    let decision = Decision::Deny {
-        rule: format!("ssh.{what}"),
-        reason: format!("{} is not allowed through Warden", what.replace('_', " ")),
-    };
-    detail["what"] = json!(what);
-    record_activity(hooks, live, "ssh.refused", what, detail, Some(decision)).await;
+/// Asks about a request Warden relays only if the guard allows it (agent or X11
+/// forwarding, `ssh -R`, other subsystems): audited as `ssh.refused` when refused,
+/// and refused (the client gets a failure) in any case but `Admitted`.
+async fn refused_feature(live: &Live, what: &'static str, detail: serde_json::Value) -> bool {
+    let command = Command::new(Action::Feature { name: what }, what).with_detail(detail);
+    matches!(
+        live.session.admit(command, &mut Unwatched).await,
+        Admission::Admitted { .. }
+    )
 }
 
 /// A client's PTY request, replayed to the target.
@@ -590,9 +580,8 @@ enum Start {
 }
 
 /// One session channel (shell, command or SFTP) from request to close.
-struct SessionChannel<H> {
+struct SessionChannel {
     live: Arc<Live>,
-    hooks: Arc<H>,
     handle: server::Handle,
     login_timeout: Duration,
     id: ChannelId,
@@ -610,7 +599,7 @@ enum Watch {
     Scp(ScpCommand, u64, u64),
 }
 
-impl<H: SshHooks> SessionChannel<H> {
+impl SessionChannel {
     async fn run(self, channel: Channel<Msg>) {
         let (mut from_client, to_client) = channel.split();
         let mut pty: Option<PtyRequest> = None;
@@ -660,27 +649,16 @@ impl<H: SshHooks> SessionChannel<H> {
                     break Start::Exec(String::from_utf8_lossy(&command).into_owned());
                 }
                 ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" => break Start::Sftp,
+                // Answered (refused) by the handler already: a relay would need a
+                // guard that allows it, and none does.
                 ChannelMsg::RequestSubsystem { name, .. } => {
-                    refused_note(
-                        self.hooks.as_ref(),
-                        &self.live,
-                        "subsystem",
-                        json!({"name": name}),
-                    )
-                    .await;
+                    refused_feature(&self.live, "subsystem", json!({"name": name})).await;
                 }
                 ChannelMsg::AgentForward { .. } => {
-                    refused_note(
-                        self.hooks.as_ref(),
-                        &self.live,
-                        "agent_forwarding",
-                        json!({}),
-                    )
-                    .await;
+                    refused_feature(&self.live, "agent_forwarding", json!({})).await;
                 }
                 ChannelMsg::RequestX11 { .. } => {
-                    refused_note(self.hooks.as_ref(), &self.live, "x11_forwarding", json!({}))
-                        .await;
+                    refused_feature(&self.live, "x11_forwarding", json!({})).await;
                 }
                 ChannelMsg::Eof | ChannelMsg::Close => {
                     let _ = to_client.close().await;
@@ -696,67 +674,53 @@ impl<H: SshHooks> SessionChannel<H> {
         };
         // Decide: commands (and the SFTP subsystem, as the command `sftp`) go through
         // the guardrails; an interactive shell is one action of its own.
-        let decision = match &start {
-            Start::Shell => Decision::Allow,
-            _ => self
-                .live
-                .grant
-                .guard
-                .decide(&Action::Shell { command: &command }),
-        };
-        let (decision, review) = match decision {
-            Decision::Review { rule } => self.hold_for_review(&to_client, &command, &rule).await,
-            d => (d, None),
-        };
-        let statement = TimelineEvent::Statement {
-            via: via.into(),
-            sql: command.clone(),
-            decision: decision.clone(),
-        };
-        let record = StatementRecord {
-            session: self.live.grant.id.clone(),
-            sql: command.clone(),
-            via,
-            decision: decision.clone(),
-            parameters: None,
-            review,
+        let mut decided = Command::new(Action::Shell { command: &command }, via);
+        if matches!(start, Start::Shell) {
+            decided = decided.decided(Decision::Allow);
+        }
+        let mut client = ChannelClient {
+            channel: &self,
+            to_client: &to_client,
         };
         // Audit before execute: a command that cannot be recorded does not run.
-        if let Err(e) = self.hooks.record(record).await {
-            tracing::error!(error = %e, "audit write failed; command refused");
-            return self
-                .refuse(
-                    &to_client,
-                    UNAVAILABLE_EXIT_STATUS,
-                    "the audit log cannot be written; nothing was run",
-                )
-                .await;
-        }
-        if !self.live.record(statement) {
-            return self
-                .refuse(
-                    &to_client,
-                    UNAVAILABLE_EXIT_STATUS,
-                    "the session cannot be recorded; nothing was run",
-                )
-                .await;
-        }
-        match &decision {
-            Decision::Allow => {}
-            Decision::Deny { rule, reason } => {
-                let message = format!("denied by rule `{rule}`: {reason}");
-                return self.refuse(&to_client, DENIED_EXIT_STATUS, &message).await;
+        match self.live.session.admit(decided, &mut client).await {
+            Admission::Admitted { .. } => {}
+            Admission::Denied(denial) => {
+                let (status, message) = match denial.cause {
+                    DenialCause::AuditUnavailable => (
+                        UNAVAILABLE_EXIT_STATUS,
+                        "the audit log cannot be written; nothing was run".to_string(),
+                    ),
+                    _ => (
+                        DENIED_EXIT_STATUS,
+                        format!("denied by rule `{}`: {}", denial.rule, denial.reason),
+                    ),
+                };
+                return self.refuse(&to_client, status, &message).await;
             }
-            Decision::Review { rule } => {
-                let message = format!("rule `{rule}` requires a review");
-                return self.refuse(&to_client, DENIED_EXIT_STATUS, &message).await;
+            Admission::End(EndReason::ClientGone) => return,
+            Admission::End(reason) => {
+                let message = match &reason {
+                    EndReason::Recording(_) => {
+                        "the session cannot be recorded; nothing was run".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                self.refuse(&to_client, UNAVAILABLE_EXIT_STATUS, &message)
+                    .await;
+                // The whole session ends, as in every protocol.
+                let _ = self
+                    .handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        format!("warden: {reason}"),
+                        "en".into(),
+                    )
+                    .await;
+                return;
             }
         }
-        let backend = match self
-            .live
-            .backend(self.hooks.as_ref(), self.login_timeout)
-            .await
-        {
+        let backend = match self.live.backend(self.login_timeout).await {
             Ok(b) => b,
             Err(e) => {
                 return self
@@ -784,7 +748,7 @@ impl<H: SshHooks> SessionChannel<H> {
                         _ => None,
                     },
                 };
-                match self.hooks.terminal(&self.live.grant.id, spec) {
+                match self.live.session.terminal(spec) {
                     Ok(recorder) => Watch::Terminal {
                         recorder,
                         typed: (pty.is_some() && matches!(start, Start::Shell))
@@ -873,7 +837,6 @@ impl<H: SshHooks> SessionChannel<H> {
         let up = tokio::spawn(
             ClientToTarget {
                 live: self.live.clone(),
-                hooks: self.hooks.clone(),
                 watch: watch.clone(),
             }
             .run(from_client, to_target),
@@ -898,60 +861,6 @@ impl<H: SshHooks> SessionChannel<H> {
         }
     }
 
-    /// Holds a command a review rule matched: opens its review, tells the client on
-    /// stderr where it is approved, and waits. Returns the decision to apply and
-    /// the review that allowed it.
-    async fn hold_for_review(
-        &self,
-        to_client: &russh::ChannelWriteHalf<Msg>,
-        command: &str,
-        rule: &str,
-    ) -> (Decision, Option<String>) {
-        let request = ReviewRequest {
-            session: &self.live.grant.id,
-            command,
-            rule,
-        };
-        match self.hooks.request_review(request).await {
-            Ok(ReviewHold::PreApproved { id }) => (Decision::Allow, Some(id)),
-            Ok(ReviewHold::Held { id, message }) => {
-                // The client waits on its request's answer before showing stderr.
-                self.answer().await;
-                let line = format!("warden: {message}\r\n");
-                let _ = to_client
-                    .extended_data_bytes(1, Bytes::from(line.into_bytes()))
-                    .await;
-                self.live.record(TimelineEvent::Activity {
-                    what: "review".into(),
-                    detail: json!({"review": id, "message": message}),
-                    decision: Some(Decision::Review {
-                        rule: rule.to_string(),
-                    }),
-                });
-                let outcome = self.hooks.await_review(&id).await;
-                // Approved after the client left: nobody would see it run.
-                if self.live.gone.load(Ordering::Relaxed) {
-                    return (
-                        Decision::Deny {
-                            rule: rule.to_string(),
-                            reason: "the client left while the command waited for review".into(),
-                        },
-                        None,
-                    );
-                }
-                let approved = matches!(outcome, ReviewOutcome::Approved { .. });
-                (outcome.decision(rule), approved.then_some(id))
-            }
-            Err(e) => (
-                Decision::Deny {
-                    rule: rule.to_string(),
-                    reason: format!("this command needs a review, which cannot be held: {e}"),
-                },
-                None,
-            ),
-        }
-    }
-
     /// Ends a channel that will run nothing: the reason on stderr and an exit status.
     async fn refuse(&self, to_client: &russh::ChannelWriteHalf<Msg>, status: u32, message: &str) {
         self.answer().await;
@@ -966,13 +875,13 @@ impl<H: SshHooks> SessionChannel<H> {
 
     /// Records what a finished channel did.
     async fn finish(&self, watch: &Mutex<Watch>, exit: ExitSeen) {
+        if let Some(recorder) = terminal_of(watch)
+            && let Err(e) = recorder.finish().await
+        {
+            tracing::error!(error = %e, "terminal recording not finished");
+        }
         let transfers = match watch.lock().ok().as_deref_mut() {
-            Some(Watch::Terminal { recorder, .. }) => {
-                if let Err(e) = recorder.finish() {
-                    tracing::error!(error = %e, "terminal recording not finished");
-                }
-                Vec::new()
-            }
+            Some(Watch::Terminal { .. }) => Vec::new(),
             Some(Watch::Sftp(o)) => o.finish().into_iter().map(sftp_detail).collect(),
             Some(Watch::Scp(scp, up, down)) => vec![(
                 "ssh.transfer",
@@ -986,7 +895,7 @@ impl<H: SshHooks> SessionChannel<H> {
             None => Vec::new(),
         };
         for (kind, detail) in transfers {
-            note(self.hooks.as_ref(), &self.live, kind, detail).await;
+            self.live.note(kind, detail);
         }
         self.live.record(TimelineEvent::Exit {
             channel: u32::from(self.id),
@@ -1023,32 +932,35 @@ fn sftp_detail(e: SftpEvent) -> (&'static str, serde_json::Value) {
     }
 }
 
-/// An audit event and a timeline line for something a channel did.
-async fn note<H: SshHooks>(hooks: &H, live: &Live, kind: &'static str, detail: serde_json::Value) {
-    let what = kind.trim_start_matches("ssh.");
-    record_activity(hooks, live, kind, what, detail, None).await;
+/// The client's side of a command held for review: its request is accepted (the
+/// client shows stderr only after that) and told where the review is; the client's
+/// connection ending is noticed.
+struct ChannelClient<'a> {
+    channel: &'a SessionChannel,
+    to_client: &'a russh::ChannelWriteHalf<Msg>,
 }
 
-/// A timeline line and an audit event (written with the next batch) for one thing
-/// a session did.
-async fn record_activity<H: SshHooks>(
-    hooks: &H,
-    live: &Live,
-    kind: &'static str,
-    what: &str,
-    detail: serde_json::Value,
-    decision: Option<Decision>,
-) {
-    live.record(TimelineEvent::Activity {
-        what: what.to_string(),
-        detail: detail.clone(),
-        decision: decision.clone(),
-    });
-    if let Err(e) = hooks
-        .note(&live.grant.id, kind, detail, decision, false)
-        .await
-    {
-        tracing::warn!(error = %e, kind, "could not note");
+impl ClientWatch for ChannelClient<'_> {
+    async fn held(&mut self, notice: &str) {
+        self.channel.answer().await;
+        let line = format!("warden: {notice}\r\n");
+        let _ = self
+            .to_client
+            .extended_data_bytes(1, Bytes::from(line.into_bytes()))
+            .await;
+    }
+
+    async fn gone(&mut self) {
+        let mut gone = self.channel.live.gone.subscribe();
+        let _ = gone.wait_for(|g| *g).await;
+    }
+}
+
+/// The terminal recorder a channel streams to, if it is a terminal.
+fn terminal_of(watch: &Mutex<Watch>) -> Option<Arc<dyn TerminalRecorder>> {
+    match watch.lock().ok().as_deref() {
+        Some(Watch::Terminal { recorder, .. }) => Some(recorder.clone()),
+        _ => None,
     }
 }
 
@@ -1059,13 +971,12 @@ struct ExitSeen {
     signal: Option<String>,
 }
 
-struct ClientToTarget<H> {
+struct ClientToTarget {
     live: Arc<Live>,
-    hooks: Arc<H>,
     watch: Arc<Mutex<Watch>>,
 }
 
-impl<H: SshHooks> ClientToTarget<H> {
+impl ClientToTarget {
     async fn run(
         self,
         mut from_client: russh::ChannelReadHalf,
@@ -1074,18 +985,11 @@ impl<H: SshHooks> ClientToTarget<H> {
         while let Some(msg) = from_client.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
-                    self.live
-                        .from_client
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    let (typed, ok) = self.watch_input(&data);
+                    self.live.session.count_in(data.len() as u64);
+                    let (typed, ok) = self.watch_input(&data).await;
                     for line in typed {
-                        note(
-                            self.hooks.as_ref(),
-                            &self.live,
-                            "ssh.command",
-                            json!({"command": line, "typed": true}),
-                        )
-                        .await;
+                        self.live
+                            .note("ssh.command", json!({"command": line, "typed": true}));
                     }
                     if !ok || to_target.data_bytes(data).await.is_err() {
                         break;
@@ -1101,8 +1005,8 @@ impl<H: SshHooks> ClientToTarget<H> {
                     pix_width,
                     pix_height,
                 } => {
-                    if let Ok(Watch::Terminal { recorder, .. }) = self.watch.lock().as_deref() {
-                        let _ = recorder.resize(col_width, row_height);
+                    if let Some(recorder) = terminal_of(&self.watch) {
+                        let _ = recorder.resize(col_width, row_height).await;
                     }
                     let _ = to_target
                         .window_change(col_width, row_height, pix_width, pix_height)
@@ -1118,33 +1022,29 @@ impl<H: SshHooks> ClientToTarget<H> {
     }
 
     /// Feeds client bytes to the watcher; false when the channel must end.
-    fn watch_input(&self, data: &[u8]) -> (Vec<String>, bool) {
+    async fn watch_input(&self, data: &[u8]) -> (Vec<String>, bool) {
+        // A terminal's recorder is awaited without the watch's lock held.
+        if let Some(recorder) = terminal_of(&self.watch)
+            && let Err(e) = recorder.input(data).await
+        {
+            tracing::error!(error = %e, "terminal recording failed");
+            return (Vec::new(), false);
+        }
         let Ok(mut watch) = self.watch.lock() else {
             return (Vec::new(), false);
         };
         match &mut *watch {
-            Watch::Terminal { recorder, typed } => {
-                if let Err(e) = recorder.input(data) {
-                    tracing::error!(error = %e, "terminal recording failed");
-                    return (Vec::new(), false);
-                }
-                (
-                    typed.as_mut().map(|t| t.feed(data)).unwrap_or_default(),
-                    true,
-                )
-            }
+            Watch::Terminal { typed, .. } => (
+                typed.as_mut().map(|t| t.feed(data)).unwrap_or_default(),
+                true,
+            ),
             Watch::Sftp(o) => match o.from_client(data) {
                 Ok(events) => {
                     drop(watch);
+                    // In order, before more of the stream is relayed.
                     for e in events {
                         let (kind, detail) = sftp_detail(e);
-                        let hooks = self.hooks.clone();
-                        let live = self.live.clone();
-                        // Not awaited here: the lock is released and order is kept by
-                        // the journal's queue.
-                        tokio::spawn(async move {
-                            note(hooks.as_ref(), &live, kind, detail).await;
-                        });
+                        self.live.note(kind, detail);
                     }
                     (Vec::new(), true)
                 }
@@ -1187,23 +1087,19 @@ impl TargetToClient {
             };
             match msg {
                 ChannelMsg::Data { data } => {
-                    if !self.watch_output(&data) {
+                    if !self.watch_output(&data).await {
                         break;
                     }
-                    self.live
-                        .to_client
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.live.session.count_out(data.len() as u64);
                     if to_client.data_bytes(data).await.is_err() {
                         break;
                     }
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
-                    if !self.watch_output(&data) {
+                    if !self.watch_output(&data).await {
                         break;
                     }
-                    self.live
-                        .to_client
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.live.session.count_out(data.len() as u64);
                     if to_client.extended_data_bytes(ext, data).await.is_err() {
                         break;
                     }
@@ -1242,18 +1138,21 @@ impl TargetToClient {
     }
 
     /// Feeds target bytes to the watcher; false when the channel must end.
-    fn watch_output(&self, data: &[u8]) -> bool {
-        let Ok(mut watch) = self.watch.lock() else {
-            return false;
-        };
-        match &mut *watch {
-            Watch::Terminal { recorder, .. } => match recorder.output(data) {
+    async fn watch_output(&self, data: &[u8]) -> bool {
+        if let Some(recorder) = terminal_of(&self.watch) {
+            return match recorder.output(data).await {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::error!(error = %e, "terminal recording failed");
                     false
                 }
-            },
+            };
+        }
+        let Ok(mut watch) = self.watch.lock() else {
+            return false;
+        };
+        match &mut *watch {
+            Watch::Terminal { .. } => true,
             Watch::Sftp(o) => match o.from_server(data) {
                 Ok(()) => true,
                 Err(e) => {
@@ -1279,45 +1178,33 @@ struct Forward {
 }
 
 impl Forward {
-    async fn run<H: SshHooks>(
+    async fn run(
         self,
         live: Arc<Live>,
-        hooks: Arc<H>,
         timeout: Duration,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
     ) {
-        let decision = if live.grant.ssh.port_forwarding {
-            Decision::Allow
-        } else {
-            Decision::Deny {
-                rule: "ssh.port_forwarding".into(),
-                reason: "port forwarding is not allowed on this connection".into(),
-            }
-        };
         let detail = json!({"host": self.host, "port": self.port,
                             "originator": format!("{}:{}", self.originator, self.originator_port)});
-        live.record(TimelineEvent::Activity {
-            what: "forward".into(),
-            detail: detail.clone(),
-            decision: Some(decision.clone()),
-        });
-        let recorded = hooks
-            .note(
-                &live.grant.id,
-                "ssh.forward",
-                detail,
-                Some(decision.clone()),
-                true,
-            )
-            .await;
-        if recorded.is_err() || decision != Decision::Allow {
+        let command = Command::new(
+            Action::Forward {
+                host: &self.host,
+                port: self.port,
+            },
+            "forward",
+        )
+        .with_detail(detail);
+        if !matches!(
+            live.session.admit(command, &mut Unwatched).await,
+            Admission::Admitted { .. }
+        ) {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return;
         }
-        let opened = match live.backend(hooks.as_ref(), timeout).await {
+        let opened = match live.backend(timeout).await {
             Ok(b) => {
                 b.channel_open_direct_tcpip(
                     self.host.clone(),
@@ -1344,9 +1231,9 @@ impl Forward {
         let (from_target, to_target) = target.split();
         let up_live = live.clone();
         let up = tokio::spawn(async move {
-            pump_bytes(from_client, &to_target, &up_live.from_client).await;
+            pump_bytes(from_client, &to_target, |n| up_live.session.count_in(n)).await;
         });
-        pump_bytes(from_target, &to_client, &live.to_client).await;
+        pump_bytes(from_target, &to_client, |n| live.session.count_out(n)).await;
         up.abort();
     }
 }
@@ -1356,14 +1243,14 @@ impl Forward {
 async fn pump_bytes<S>(
     mut from: russh::ChannelReadHalf,
     to: &russh::ChannelWriteHalf<S>,
-    counter: &AtomicU64,
+    count: impl Fn(u64),
 ) where
     S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
     while let Some(msg) = from.wait().await {
         match msg {
             ChannelMsg::Data { data } => {
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                count(data.len() as u64);
                 if to.data_bytes(data).await.is_err() {
                     break;
                 }

@@ -366,13 +366,13 @@ async fn gateway(config: Config) -> Result<ExitCode> {
             gw.api_url()
         );
     }
-    if let Some(mysql) = gw.mysql_addr() {
+    if let Some(mysql) = gw.listener(warden_core::ConnectionKind::Mysql) {
         println!("MySQL proxy listening on {mysql}");
     }
-    if let Some(ssh) = gw.ssh_addr() {
+    if let Some(ssh) = gw.listener(warden_core::ConnectionKind::Ssh) {
         println!("SSH proxy listening on {ssh}");
     }
-    if let Some(pg) = gw.pg_addr() {
+    if let Some(pg) = gw.listener(warden_core::ConnectionKind::Postgres) {
         println!("PostgreSQL proxy listening on {pg}");
     }
     println!("warden gateway listening on {}", gw.api_url());

@@ -1541,7 +1541,14 @@ fn exec_prints_results_and_waits_for_a_review() {
 #[test]
 fn connect_and_exec_reach_mysql_and_ssh_through_tunnels() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start_gateway(dir.path());
+    // A tunnel-only deployment: no MySQL or SSH listener, tunnels still lead in.
+    let running = start_gateway_with(
+        dir.path(),
+        &[
+            ("WARDEN_MYSQL__ENABLED", "false"),
+            ("WARDEN_SSH__ENABLED", "false"),
+        ],
+    );
     let (url, admin) = (running.url.clone(), running.printed_key.clone().unwrap());
     post_admin(
         &url,

@@ -148,10 +148,17 @@ fn check_common(conn: &Connection) -> Result<(), ApiError> {
     {
         return Err(invalid("tls.ca_pem must be a PEM certificate bundle"));
     }
-    if conn.kind == ConnectionKind::Ssh && conn.username.is_none() {
-        return Err(invalid(
-            "ssh connections need the username to log in to the target as",
-        ));
+    // The gateway logs in as the connection's account, never as whatever user a
+    // client names: database and SSH connections must name it.
+    if matches!(
+        conn.kind,
+        ConnectionKind::Ssh | ConnectionKind::Postgres | ConnectionKind::Mysql
+    ) && conn.username.is_none()
+    {
+        return Err(invalid(format!(
+            "{} connections need the username to log in to the target as",
+            conn.kind.as_str()
+        )));
     }
     let names = conn
         .policies
