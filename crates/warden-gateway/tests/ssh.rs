@@ -896,3 +896,53 @@ async fn held_commands_wait_for_review_and_grants_end_sessions() {
         text(&out.stderr)
     );
 }
+
+/// SFTP changes reach the audit log in the order they happened, every one of them,
+/// also those the client makes just before it quits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_changes_are_audited_in_order_and_none_is_lost() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_ssh(&gw, "box", json!({})).await;
+    let ops = token(&gw, &["ops"]).await;
+    let p = port(&gw).to_string();
+    let base = format!("/tmp/warden-t-order-{}", uuid::Uuid::now_v7().simple());
+    let mut batch = format!("mkdir {base}\n");
+    let mut expected = vec![("mkdir".to_string(), base.clone())];
+    for i in 0..12 {
+        batch.push_str(&format!("mkdir {base}/d{i}\n"));
+        expected.push(("mkdir".into(), format!("{base}/d{i}")));
+    }
+    for i in (0..12).rev() {
+        batch.push_str(&format!("rmdir {base}/d{i}\n"));
+        expected.push(("rmdir".into(), format!("{base}/d{i}")));
+    }
+    batch.push_str(&format!("rmdir {base}\n"));
+    expected.push(("rmdir".into(), base.clone()));
+    let file = gw.dir.path().join("order-batch");
+    std::fs::write(&file, batch).unwrap();
+    let sftp = with_token(
+        "sftp",
+        &ops,
+        &["-P", &p, "-b", file.to_str().unwrap(), "box@127.0.0.1"],
+    );
+    assert!(sftp.status.success(), "{}", text(&sftp.stderr));
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = events(&gw, "ssh.file")
+            .await
+            .iter()
+            .map(|e| {
+                let p = &e["event"]["payload"];
+                (
+                    p["op"].as_str().unwrap().to_string(),
+                    p["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>();
+        if seen.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, expected);
+}
