@@ -102,12 +102,19 @@ pub enum TimelineEvent {
 #[error("the session recording cannot be written: {0}")]
 pub struct RecordingError(pub String);
 
-/// Where a proxy writes a session's timeline. Implementations stamp the time and
-/// write each entry before returning.
+/// Where a proxy writes a session's timeline. Implementations stamp the time when
+/// `record` is called and write the entry without blocking a thread: a recorder that
+/// is behind makes `record` wait (a future), so a session that outruns its recording
+/// slows down instead of losing any of it. An error means the recording cannot be
+/// written: the session ends.
 pub trait SessionRecorder: Send + Sync {
-    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError>;
+    fn record(&self, event: TimelineEvent) -> BoxFuture<'_, Result<(), RecordingError>>;
     /// How many rows of each result to keep.
     fn rows_per_result(&self) -> usize;
+    /// Waits until everything recorded so far is written.
+    fn flush(&self) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// A terminal to record: one SSH channel's shell or command.
@@ -140,8 +147,8 @@ pub trait TerminalRecorder: Send + Sync {
 pub struct NoRecording;
 
 impl SessionRecorder for NoRecording {
-    fn record(&self, _event: TimelineEvent) -> Result<(), RecordingError> {
-        Ok(())
+    fn record(&self, _event: TimelineEvent) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
     fn rows_per_result(&self) -> usize {
         0

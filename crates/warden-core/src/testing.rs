@@ -39,12 +39,14 @@ impl MemoryTimeline {
 }
 
 impl SessionRecorder for MemoryTimeline {
-    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(RecordingError("disk full".into()));
-        }
-        self.events.lock().unwrap().push(event);
-        Ok(())
+    fn record(&self, event: TimelineEvent) -> BoxFuture<'_, Result<(), RecordingError>> {
+        let written = if self.down.load(Ordering::SeqCst) {
+            Err(RecordingError("disk full".into()))
+        } else {
+            self.events.lock().unwrap().push(event);
+            Ok(())
+        };
+        Box::pin(std::future::ready(written))
     }
     fn rows_per_result(&self) -> usize {
         self.rows_per_result
@@ -197,8 +199,13 @@ impl SessionSink for MemorySink {
         self.push(SinkEvent::ReviewAbandoned(id.to_string()));
     }
 
-    fn terminal(&self, _spec: TerminalSpec) -> Result<Arc<dyn TerminalRecorder>, RecordingError> {
-        Ok(Arc::new(crate::NoRecording))
+    fn terminal(
+        &self,
+        _spec: TerminalSpec,
+    ) -> BoxFuture<'_, Result<Arc<dyn TerminalRecorder>, RecordingError>> {
+        Box::pin(std::future::ready(Ok(
+            Arc::new(crate::NoRecording) as Arc<dyn TerminalRecorder>
+        )))
     }
 
     fn pin_host_key<'a>(&'a self, _host_key: &'a str) -> BoxFuture<'a, Result<(), String>> {

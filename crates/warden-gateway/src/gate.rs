@@ -21,7 +21,7 @@ use warden_store::{AuditJournal, Store};
 use crate::access::{AccessControl, GrantError, Holder};
 use crate::auth::{Authenticator, TokenShape};
 use crate::policy::PolicyRegistry;
-use crate::recording::{FileRecorder, RECORDING_VERSION, recording_name};
+use crate::recording::{FileRecorder, RECORDING_VERSION, RecordingWriter, recording_name};
 
 /// How often an active session's counters are written to its row.
 const COUNTS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -40,6 +40,8 @@ pub struct SessionGate {
     exec_output_bytes: u64,
     /// How sessions reach their targets.
     dialer: Arc<dyn Dialer>,
+    /// Writes every session's timeline.
+    writer: RecordingWriter,
 }
 
 /// The gateway's side of one open session: what its events name and where they go.
@@ -62,6 +64,8 @@ struct OpenSession {
     /// Counters not yet written to the session row: one row update per statement
     /// would double the store writes on the statement path.
     counts: Mutex<(SessionCounts, Instant)>,
+    /// Set when the session is closed: nothing is admitted after its end.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A session's recording file, plus the statements' outcomes as audit events.
@@ -75,8 +79,8 @@ struct StatementTimeline {
     session: Uuid,
 }
 
-impl SessionRecorder for StatementTimeline {
-    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
+impl StatementTimeline {
+    async fn write(&self, event: TimelineEvent) -> Result<(), RecordingError> {
         // The outcome follows the statement's (durable) event; nothing waits for it:
         // it is written with the next append or a moment later.
         let outcome = match &event {
@@ -100,7 +104,6 @@ impl SessionRecorder for StatementTimeline {
             } => Some(json!({"channel": channel, "exit_status": status, "signal": signal})),
             _ => None,
         };
-        self.file.record(event)?;
         if let Some(body) = outcome {
             let event = Event::new(self.outcome_kind, body)
                 .by(&self.identity)
@@ -108,12 +111,30 @@ impl SessionRecorder for StatementTimeline {
                 .in_session(self.session);
             self.journal.append_later(&event);
         }
-        Ok(())
+        self.file.record(event).await
+    }
+}
+
+impl SessionRecorder for StatementTimeline {
+    fn record(&self, event: TimelineEvent) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(self.write(event))
     }
 
     fn rows_per_result(&self) -> usize {
         self.file.rows_per_result()
     }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), RecordingError>> {
+        self.file.flush()
+    }
+}
+
+/// Where and how sessions are recorded.
+pub struct Recordings {
+    pub dir: PathBuf,
+    /// Rows kept per result.
+    pub rows_per_result: usize,
+    pub writer: RecordingWriter,
 }
 
 impl SessionGate {
@@ -123,9 +144,13 @@ impl SessionGate {
         auth: Arc<Authenticator>,
         policies: Arc<PolicyRegistry>,
         access: Arc<AccessControl>,
-        recordings_dir: PathBuf,
-        rows_per_result: usize,
+        recordings: Recordings,
     ) -> Self {
+        let Recordings {
+            dir: recordings_dir,
+            rows_per_result,
+            writer,
+        } = recordings;
         Self {
             store,
             journal,
@@ -138,6 +163,7 @@ impl SessionGate {
             dialer: Arc::new(TcpDialer {
                 connect_timeout: Duration::from_secs(10),
             }),
+            writer,
         }
     }
 
@@ -339,7 +365,7 @@ impl SessionGate {
             started_at: timefmt::rfc3339(session.started_at),
             rows_per_result: self.rows_per_result,
         };
-        let file = match FileRecorder::create(&self.recordings_dir, &header) {
+        let file = match FileRecorder::create(&self.recordings_dir, &header, self.writer.clone()) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a session recording");
@@ -395,6 +421,7 @@ impl SessionGate {
             recordings_dir: self.recordings_dir.clone(),
             exec_output_bytes: self.exec_output_bytes,
             counts: Mutex::new((SessionCounts::default(), Instant::now())),
+            closed: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(SessionHandle::new(SessionParts {
             id,
@@ -549,6 +576,9 @@ impl OpenSession {
 impl SessionSink for OpenSession {
     fn audit<'a>(&'a self, entry: AuditEntry<'a>) -> BoxFuture<'a, Result<(), AuditError>> {
         Box::pin(async move {
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(AuditError("the session has ended".into()));
+            }
             let event = self.audit_event(&entry);
             self.journal
                 .append(&event)
@@ -592,30 +622,37 @@ impl SessionSink for OpenSession {
         tracing::info!(session = %self.id, review = id, "client left while held for review");
     }
 
-    fn terminal(&self, spec: TerminalSpec) -> Result<Arc<dyn TerminalRecorder>, RecordingError> {
-        let title = match &spec.command {
-            Some(c) => format!("{}: {c}", self.connection),
-            None => format!("{}: shell", self.connection),
-        };
-        // Commands without a PTY move bulk data (`cat`, `tar`, dumps): keep their
-        // first bytes, count the rest. Terminals a person drives are kept whole.
-        let limit =
-            (spec.term.is_none() && self.exec_output_bytes > 0).then_some(self.exec_output_bytes);
-        let session = self.id.to_string();
-        let recorder = crate::terminal::CastRecorder::create(
-            &self.recordings_dir,
-            &session,
-            &title,
-            &spec,
-            limit,
-        )
-        .map_err(|e| RecordingError(e.to_string()))?;
-        self.timeline.record(TimelineEvent::Terminal {
-            channel: spec.channel,
-            file: crate::terminal::cast_name(&session, spec.channel),
-            command: spec.command.clone(),
-        })?;
-        Ok(recorder)
+    fn terminal(
+        &self,
+        spec: TerminalSpec,
+    ) -> BoxFuture<'_, Result<Arc<dyn TerminalRecorder>, RecordingError>> {
+        Box::pin(async move {
+            let title = match &spec.command {
+                Some(c) => format!("{}: {c}", self.connection),
+                None => format!("{}: shell", self.connection),
+            };
+            // Commands without a PTY move bulk data (`cat`, `tar`, dumps): keep their
+            // first bytes, count the rest. Terminals a person drives are kept whole.
+            let limit = (spec.term.is_none() && self.exec_output_bytes > 0)
+                .then_some(self.exec_output_bytes);
+            let session = self.id.to_string();
+            let recorder = crate::terminal::CastRecorder::create(
+                &self.recordings_dir,
+                &session,
+                &title,
+                &spec,
+                limit,
+            )
+            .map_err(|e| RecordingError(e.to_string()))?;
+            self.timeline
+                .record(TimelineEvent::Terminal {
+                    channel: spec.channel,
+                    file: crate::terminal::cast_name(&session, spec.channel),
+                    command: spec.command.clone(),
+                })
+                .await?;
+            Ok(recorder as Arc<dyn TerminalRecorder>)
+        })
     }
 
     fn pin_host_key<'a>(&'a self, host_key: &'a str) -> BoxFuture<'a, Result<(), String>> {
@@ -639,13 +676,24 @@ impl SessionSink for OpenSession {
 
     fn close<'a>(&'a self, reason: Option<&'a EndReason>, traffic: Traffic) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
             let reason = reason.map(ToString::to_string);
             if let Some(grant) = self.grant {
                 self.access.forget_session(grant, &self.id.to_string());
             }
-            if let Err(e) = self.timeline.record(TimelineEvent::End {
-                reason: reason.clone(),
-            }) {
+            let ended = self
+                .timeline
+                .record(TimelineEvent::End {
+                    reason: reason.clone(),
+                })
+                .await;
+            // Whoever reads the recording once the session has ended reads all of it.
+            if let Err(e) = async {
+                ended?;
+                self.timeline.flush().await
+            }
+            .await
+            {
                 tracing::error!(error = %e, "could not end the session recording");
             }
             let unflushed = self.counts.lock().map(|c| c.0).unwrap_or_default();

@@ -131,8 +131,16 @@ impl Gateway {
                 auth.clone(),
                 policies.clone(),
                 access.clone(),
-                config.recordings_dir(),
-                config.recordings.rows_per_result,
+                gate::Recordings {
+                    dir: config.recordings_dir(),
+                    rows_per_result: config.recordings.rows_per_result,
+                    writer: recording::RecordingWriter::start().map_err(|source| {
+                        GatewayError::Io {
+                            context: "starting the recording writer".into(),
+                            source,
+                        }
+                    })?,
+                },
             )
             .with_exec_output_limit(config.recordings.exec_output_bytes)
             .with_dialer(Arc::new(warden_net::TcpDialer {

@@ -1,13 +1,118 @@
-//! Session recording files: one JSON Lines file per database session in the
-//! recordings directory, written line by line as the session goes (see
+//! Session recording files: one JSON Lines file per session in the recordings
+//! directory, written line by line as the session goes (see
 //! [`warden_core::recording`] for the format), and read back for replay and the API.
+//!
+//! Lines are written by one thread for the whole gateway ([`RecordingWriter`]): a
+//! session queues its line (stamped when it happened) and goes on; the writer writes
+//! what is queued, grouped per file, and flushes whenever the queue is empty. The
+//! queue is bounded: sessions wait (a future, never a blocked runtime thread) while
+//! the disk is behind. A file that cannot be written fails the next entry of its
+//! session, which then ends.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
-use warden_core::{RecordingError, RecordingHeader, SessionRecorder, TimelineEntry, TimelineEvent};
+use warden_core::{
+    BoxFuture, RecordingError, RecordingHeader, SessionRecorder, TimelineEntry, TimelineEvent,
+};
+
+/// Lines queued for the writer, for all sessions together.
+const QUEUE: usize = 4096;
+
+/// Work for the writer thread.
+enum Job {
+    Line {
+        file: Arc<RecordingFile>,
+        line: Vec<u8>,
+    },
+    /// Answer once everything queued before is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// One recording file as the writer holds it.
+struct RecordingFile {
+    file: Mutex<std::io::BufWriter<std::fs::File>>,
+    /// Why it cannot be written, once it cannot.
+    failed: Mutex<Option<String>>,
+}
+
+impl RecordingFile {
+    fn fail(&self, e: &std::io::Error) {
+        tracing::error!(error = %e, "session recording cannot be written");
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// The gateway's recording writer: one thread writes every session's timeline.
+#[derive(Clone)]
+pub struct RecordingWriter {
+    queue: mpsc::Sender<Job>,
+}
+
+impl RecordingWriter {
+    /// Starts the writer thread; it ends when the last handle is dropped.
+    pub fn start() -> std::io::Result<Self> {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("warden-recordings".into())
+            .spawn(move || write_recordings(jobs))?;
+        Ok(Self { queue })
+    }
+}
+
+/// The writer thread: writes lines as they come, grouped per file, and flushes the
+/// files it wrote to whenever nothing more is queued.
+fn write_recordings(mut jobs: mpsc::Receiver<Job>) {
+    let mut dirty: HashMap<*const RecordingFile, Arc<RecordingFile>> = HashMap::new();
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(job) = jobs.blocking_recv() {
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Line { file, line } => {
+                    if file.failure().is_none() {
+                        let written = file
+                            .file
+                            .lock()
+                            .map_err(|_| std::io::Error::other("recording lock poisoned"))
+                            .and_then(|mut f| f.write_all(&line));
+                        match written {
+                            Ok(()) => {
+                                dirty.insert(Arc::as_ptr(&file), file);
+                            }
+                            Err(e) => file.fail(&e),
+                        }
+                    }
+                }
+                Job::Flush(reply) => waiting.push(reply),
+            }
+            next = jobs.try_recv().ok();
+        }
+        for (_, file) in dirty.drain() {
+            let flushed = file
+                .file
+                .lock()
+                .map_err(|_| std::io::Error::other("recording lock poisoned"))
+                .and_then(|mut f| f.flush());
+            if let Err(e) = flushed {
+                file.fail(&e);
+            }
+        }
+        for reply in waiting.drain(..) {
+            let _ = reply.send(());
+        }
+    }
+}
 
 /// Format version written in headers.
 pub const RECORDING_VERSION: u32 = 1;
@@ -20,7 +125,8 @@ pub fn recording_name(session: Uuid) -> String {
 /// Appends a session's timeline to its file. Each entry is one `write` of one line to
 /// a file opened for appending, so a killed gateway leaves whole lines behind.
 pub struct FileRecorder {
-    file: Mutex<std::fs::File>,
+    file: Arc<RecordingFile>,
+    writer: RecordingWriter,
     started: Instant,
     rows_per_result: usize,
 }
@@ -28,7 +134,11 @@ pub struct FileRecorder {
 impl FileRecorder {
     /// Creates `<dir>/<session>.jsonl` (owner-only: results in it may be sensitive even
     /// when masked) and writes the header.
-    pub fn create(dir: &Path, header: &RecordingHeader) -> std::io::Result<Self> {
+    pub fn create(
+        dir: &Path,
+        header: &RecordingHeader,
+        writer: RecordingWriter,
+    ) -> std::io::Result<Self> {
         create_private_dir(dir)?;
         let session: Uuid = header
             .session
@@ -46,7 +156,11 @@ impl FileRecorder {
         line.push(b'\n');
         file.write_all(&line)?;
         Ok(Self {
-            file: Mutex::new(file),
+            file: Arc::new(RecordingFile {
+                file: Mutex::new(std::io::BufWriter::new(file)),
+                failed: Mutex::new(None),
+            }),
+            writer,
             started: Instant::now(),
             rows_per_result: header.rows_per_result,
         })
@@ -64,24 +178,55 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-impl SessionRecorder for FileRecorder {
-    fn record(&self, event: TimelineEvent) -> Result<(), RecordingError> {
+impl FileRecorder {
+    async fn write(&self, event: TimelineEvent) -> Result<(), RecordingError> {
+        if let Some(e) = self.file.failure() {
+            return Err(RecordingError(e));
+        }
         let entry = TimelineEntry {
             t: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             event,
         };
         let mut line = serde_json::to_vec(&entry).map_err(|e| RecordingError(e.to_string()))?;
         line.push(b'\n');
-        let mut file = self
-            .file
-            .lock()
-            .map_err(|_| RecordingError("recording lock poisoned".into()))?;
-        file.write_all(&line)
-            .map_err(|e| RecordingError(e.to_string()))
+        let job = Job::Line {
+            file: self.file.clone(),
+            line,
+        };
+        self.writer
+            .queue
+            .send(job)
+            .await
+            .map_err(|_| RecordingError("the recording writer stopped".into()))
+    }
+
+    async fn written(&self) -> Result<(), RecordingError> {
+        let (reply, done) = oneshot::channel();
+        let stopped = || RecordingError("the recording writer stopped".into());
+        self.writer
+            .queue
+            .send(Job::Flush(reply))
+            .await
+            .map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?;
+        match self.file.failure() {
+            Some(e) => Err(RecordingError(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SessionRecorder for FileRecorder {
+    fn record(&self, event: TimelineEvent) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(self.write(event))
     }
 
     fn rows_per_result(&self) -> usize {
         self.rows_per_result
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(self.written())
     }
 }
 
@@ -164,8 +309,8 @@ mod tests {
     use super::*;
     use warden_core::Decision;
 
-    #[test]
-    fn a_recording_cut_mid_line_reads_up_to_its_last_whole_line() {
+    #[tokio::test]
+    async fn a_recording_cut_mid_line_reads_up_to_its_last_whole_line() {
         let dir = tempfile::tempdir().unwrap();
         let id = Uuid::now_v7();
         let header = RecordingHeader {
@@ -177,13 +322,16 @@ mod tests {
             started_at: "2026-01-01T00:00:00Z".into(),
             rows_per_result: 3,
         };
-        let rec = FileRecorder::create(dir.path(), &header).unwrap();
+        let writer = RecordingWriter::start().unwrap();
+        let rec = FileRecorder::create(dir.path(), &header, writer).unwrap();
         rec.record(TimelineEvent::Statement {
             via: "Query".into(),
             sql: "SELECT 1".into(),
             decision: Decision::Allow,
         })
+        .await
         .unwrap();
+        rec.flush().await.unwrap();
         drop(rec);
         let path = dir.path().join(recording_name(id));
         let mut f = std::fs::OpenOptions::new()

@@ -3,7 +3,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::PgProtocolError;
-use crate::wire::{cstr, done, need, split_tagged};
+use crate::wire::{cstr, done, need, object_name, split_tagged};
 
 /// Protocol 3.0.
 const PROTOCOL_3_0: i32 = 196_608;
@@ -221,7 +221,7 @@ impl FrontendDecoder {
                 PgFrontendMessage::Query { sql }
             }
             b'P' => {
-                let statement = cstr(&mut body, "Parse")?;
+                let statement = object_name(&mut body, "Parse")?;
                 let sql = cstr(&mut body, "Parse")?;
                 need(&body, 2, "Parse")?;
                 let n = usize::from(body.get_u16());
@@ -238,8 +238,8 @@ impl FrontendDecoder {
                 // Parameter values stay in `raw`; the result formats tell how rows of
                 // this portal will be encoded.
                 const M: &str = "Bind";
-                let portal = cstr(&mut body, M)?;
-                let statement = cstr(&mut body, M)?;
+                let portal = object_name(&mut body, M)?;
+                let statement = object_name(&mut body, M)?;
                 need(&body, 2, M)?;
                 let n = usize::from(body.get_u16());
                 need(&body, n * 2, M)?;
@@ -287,7 +287,7 @@ impl FrontendDecoder {
                         detail: "target is not S or P",
                     });
                 }
-                let name = cstr(&mut body, what)?;
+                let name = object_name(&mut body, what)?;
                 done(&body, what)?;
                 if tag == b'D' {
                     PgFrontendMessage::Describe { target, name }
@@ -296,7 +296,7 @@ impl FrontendDecoder {
                 }
             }
             b'E' => {
-                let portal = cstr(&mut body, "Execute")?;
+                let portal = object_name(&mut body, "Execute")?;
                 need(&body, 4, "Execute")?;
                 let max_rows = body.get_i32();
                 done(&body, "Execute")?;

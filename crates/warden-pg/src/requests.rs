@@ -23,9 +23,12 @@ use crate::frontend::PgFrontendMessage;
 /// A request whose answer the server side must recognise.
 #[derive(Debug, Clone)]
 pub(crate) enum Expect {
-    /// A `Parse` of this statement name: when it completes, what was known of the
-    /// name's columns no longer holds.
-    Parse(String),
+    /// A `Parse` of this statement name, of this generation (see
+    /// `crate::prepared`): when it completes, what was known of the name's columns
+    /// no longer holds.
+    Parse(String, u64),
+    /// A `Close` of a statement (`Some(name)`) or of a portal.
+    Close(Option<String>),
     /// A `Describe` of a statement; `true` when the proxy sent it itself, so the
     /// client must not see its answer.
     DescribeStatement(String, bool),
@@ -101,18 +104,26 @@ impl Requests {
     }
 
     /// `ReadyForQuery` arrived: the current cycle is over, whatever it left
-    /// unanswered. Returns the statement names of the Parses it left unanswered
-    /// (they failed, or were skipped after an error).
-    pub(crate) fn end_cycle(&mut self) -> Vec<String> {
-        let mut failed = Vec::new();
+    /// unanswered. Returns the Parses (name, generation) and statement Closes it
+    /// left unanswered: they failed, or were skipped after an error.
+    pub(crate) fn end_cycle(&mut self) -> Unanswered {
+        let mut unanswered = Unanswered::default();
         while let Some(e) = self.queue.pop_front() {
             match e {
                 Expect::ReadyForQuery(_) => break,
-                Expect::Parse(name) => failed.push(name),
+                Expect::Parse(name, generation) => unanswered.parses.push((name, generation)),
+                Expect::Close(Some(name)) => unanswered.closes.push(name),
                 _ => {}
             }
         }
-        failed
+        unanswered
+    }
+
+    /// Whether earlier cycles still wait for their `ReadyForQuery`.
+    pub(crate) fn awaits_cycle_end(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|e| matches!(e, Expect::ReadyForQuery(_)))
     }
 
     /// `CopyInResponse` arrived: the COPY-in being executed started, so the `Sync`s
@@ -130,12 +141,18 @@ impl Requests {
     }
 }
 
+/// What a cycle left unanswered.
+#[derive(Debug, Default)]
+pub(crate) struct Unanswered {
+    pub(crate) parses: Vec<(String, u64)>,
+    pub(crate) closes: Vec<String>,
+}
+
 /// What the client side remembers about statements and portals to classify requests.
 #[derive(Debug, Default)]
 pub(crate) struct RequestLog {
     /// Statements described since their last Parse (by the client or the proxy).
     described: HashSet<String>,
-    statements: HashMap<String, CopyStatement>,
     portals: HashMap<String, CopyStatement>,
     copies: u64,
     /// The COPY-in executed last, until the client ends it with CopyDone or CopyFail.
@@ -143,7 +160,8 @@ pub(crate) struct RequestLog {
 }
 
 impl RequestLog {
-    /// Records the answers `message` will get; call before it is forwarded. Returns
+    /// Records the answers `message` will get; call before it is forwarded, with the
+    /// generation of a `Parse` and the SQL a `Bind` runs (as attributed). Returns
     /// the name of a statement the proxy must describe (send `Describe`) before this
     /// message: a `Bind` of a statement whose columns are not known, so its rows can
     /// still be masked column by column.
@@ -151,6 +169,8 @@ impl RequestLog {
         &mut self,
         message: &PgFrontendMessage,
         shared: &Mutex<Requests>,
+        generation: u64,
+        bound_sql: Option<&str>,
     ) -> Option<String> {
         let mut r = shared
             .lock()
@@ -166,21 +186,23 @@ impl RequestLog {
                 }
                 r.queue.push_back(Expect::ReadyForQuery(None));
             }
-            PgFrontendMessage::Parse { statement, sql, .. } => {
-                match copy_statements(sql).into_iter().next() {
-                    Some(c) => self.statements.insert(statement.clone(), c),
-                    None => self.statements.remove(statement),
-                };
+            PgFrontendMessage::Parse { statement, .. } => {
                 self.described.remove(statement);
-                r.queue.push_back(Expect::Parse(statement.clone()));
+                r.queue
+                    .push_back(Expect::Parse(statement.clone(), generation));
             }
             PgFrontendMessage::Describe { target: b'S', name } => {
                 self.described.insert(name.clone());
                 r.queue
                     .push_back(Expect::DescribeStatement(name.clone(), false));
             }
-            PgFrontendMessage::Close { target: b'S', name } => {
-                self.described.remove(name);
+            PgFrontendMessage::Close { target, name } => {
+                let statement = *target == b'S';
+                if statement {
+                    self.described.remove(name);
+                }
+                r.queue
+                    .push_back(Expect::Close(statement.then(|| name.clone())));
             }
             PgFrontendMessage::Bind {
                 portal,
@@ -188,8 +210,10 @@ impl RequestLog {
                 result_formats,
                 ..
             } => {
-                match self.statements.get(statement) {
-                    Some(c) => self.portals.insert(portal.clone(), c.clone()),
+                // What the portal copies follows from the SQL the Bind runs, not
+                // from any Parse the server may not have taken.
+                match bound_sql.and_then(|sql| copy_statements(sql).into_iter().next()) {
+                    Some(c) => self.portals.insert(portal.clone(), c),
                     None => self.portals.remove(portal),
                 };
                 if self.described.insert(statement.clone()) {
@@ -279,7 +303,7 @@ mod tests {
             execute(),
             PgFrontendMessage::Sync,
         ] {
-            log.sent(&m, &shared);
+            log.sent(&m, &shared, 1, Some("COPY t FROM STDIN"));
         }
         // The server: ParseComplete.. ReadyForQuery; BindComplete; CopyInResponse.
         shared.lock().unwrap().end_cycle();
@@ -290,7 +314,7 @@ mod tests {
             PgFrontendMessage::Sync,
             bind("s2"),
         ] {
-            log.sent(&m, &shared);
+            log.sent(&m, &shared, 0, None);
         }
         // CommandComplete, then the one ReadyForQuery for both Syncs.
         shared.lock().unwrap().end_cycle();
@@ -316,7 +340,9 @@ mod tests {
             PgFrontendMessage::Sync,
             bind("after"),
         ] {
-            log.sent(&m, &shared);
+            let copying =
+                !matches!(&m, PgFrontendMessage::Bind { statement, .. } if statement == "after");
+            log.sent(&m, &shared, 1, copying.then_some("COPY nope FROM STDIN"));
         }
         // BindComplete, ErrorResponse, ReadyForQuery (first Sync), ReadyForQuery.
         assert_eq!(bound(&shared).as_deref(), Some(""));

@@ -56,6 +56,51 @@ pub(crate) fn cstr(buf: &mut Bytes, message: &'static str) -> Result<String, PgP
     String::from_utf8(field.to_vec()).map_err(|_| malformed(message, "string is not UTF-8"))
 }
 
+/// Longest statement and portal name the server keeps apart (NAMEDATALEN - 1):
+/// longer names are the same name as their first 63 bytes.
+const NAME_BYTES: usize = 63;
+
+/// A statement or portal name, as the server keys it: its first 63 bytes. A cut
+/// through a UTF-8 sequence keeps the cut bytes after a NUL (which no name can
+/// hold), as hex, so names the server tells apart stay apart (see [`name_bytes`]).
+pub(crate) fn object_name(
+    buf: &mut Bytes,
+    message: &'static str,
+) -> Result<String, PgProtocolError> {
+    let field = cbytes(buf, message)?;
+    let key = &field[..field.len().min(NAME_BYTES)];
+    match std::str::from_utf8(key) {
+        Ok(name) => Ok(name.to_string()),
+        // Cut inside a sequence at the end: the cut bytes are kept apart.
+        Err(e) if e.error_len().is_none() => {
+            let (valid, cut) = key.split_at(e.valid_up_to());
+            let mut name = std::str::from_utf8(valid)
+                .map_err(|_| malformed(message, "string is not UTF-8"))?
+                .to_string();
+            name.push('\0');
+            push_hex(&mut name, cut);
+            Ok(name)
+        }
+        Err(_) => Err(malformed(message, "string is not UTF-8")),
+    }
+}
+
+/// The bytes of a name [`object_name`] read, as they go back to the server.
+pub(crate) fn name_bytes(name: &str) -> Vec<u8> {
+    let Some((valid, hex)) = name.split_once('\0') else {
+        return name.as_bytes().to_vec();
+    };
+    let mut bytes = valid.as_bytes().to_vec();
+    let digits = hex.as_bytes();
+    for pair in digits.chunks(2) {
+        let text = std::str::from_utf8(pair).unwrap_or("");
+        if let Ok(b) = u8::from_str_radix(text, 16) {
+            bytes.push(b);
+        }
+    }
+    bytes
+}
+
 /// A `\0`-terminated string from a server, where any encoding may appear.
 pub(crate) fn cstr_lossy(
     buf: &mut Bytes,

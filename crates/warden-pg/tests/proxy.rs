@@ -667,6 +667,77 @@ async fn executions_of_statements_warden_cannot_attribute_are_refused_and_audite
         .map(|r| r.text)
         .collect();
     assert_eq!(executed, [delete_2, delete_3]);
+
+    // Names the server cuts to 63 bytes are one name: a Close and Parse of the long
+    // name's twin changes what a Bind of the first runs, and the audit follows.
+    let long = |c: char| format!("{}{c}", "p".repeat(63));
+    let (n1, n2) = (long('1'), long('2'));
+    s.write_all(&[parse_frame(&n1, "SELECT 1 AS n"), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1Z");
+    let mut close = b"S".to_vec();
+    close.extend_from_slice(n2.as_bytes());
+    close.push(0);
+    s.write_all(
+        &[
+            frame(b'C', &close),
+            parse_frame(&n2, "SELECT 2 AS n"),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"31Z");
+    s.write_all(&[bind_frame(&n1), execute_portal(""), sync.clone()].concat())
+        .await
+        .unwrap();
+    let frames = read_frames(&mut s, &mut buf).await;
+    let row = frames.iter().find(|f| f[0] == b'D').expect("a row");
+    assert_eq!(row.last(), Some(&b'2'), "{row:?}");
+    let last_bind = hooks
+        .records()
+        .into_iter()
+        .rfind(|r| r.via == "Bind")
+        .unwrap();
+    assert_eq!(last_bind.text, "SELECT 2 AS n");
+
+    // An error before a Close and a new Parse of the name in one pipeline: both are
+    // skipped by the server, and the name still runs (and is audited as) its SQL.
+    let delete_4 = format!("DELETE FROM {table} WHERE id = 4");
+    let parse = |sql: &str| parse_frame("s4", sql);
+    s.write_all(&[parse(&delete_4), sync.clone()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1Z");
+    let close = frame(b'C', b"Ss4\0");
+    s.write_all(
+        &[
+            bind_frame("nosuch"),
+            close,
+            parse("SELECT 1"),
+            sync.clone(),
+            bind_frame("s4"),
+            execute_portal(""),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let tags = read_cycle(&mut s, &mut buf).await;
+    assert!(tags.contains(&b'E'), "{tags:?}");
+    let tags = read_cycle(&mut s, &mut buf).await;
+    assert!(tags.contains(&b'C'), "{tags:?}");
+    assert_eq!(remaining().await, [1]);
+    let last_bind = hooks
+        .records()
+        .into_iter()
+        .rfind(|r| r.via == "Bind")
+        .unwrap();
+    assert_eq!(last_bind.text, delete_4);
+    assert_eq!(last_bind.decision, Decision::Allow);
     admin
         .batch_execute(&format!("DROP TABLE {table}"))
         .await

@@ -128,6 +128,16 @@ fn dialect(d: SqlDialect) -> Box<dyn Dialect> {
     }
 }
 
+/// Parses `sql` into statements, with a bounded recursion depth.
+fn parse(d: SqlDialect, sql: &str) -> Result<Vec<Statement>, SqlParseError> {
+    let dialect = dialect(d);
+    Parser::new(dialect.as_ref())
+        .with_recursion_limit(64)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| SqlParseError(e.to_string()))
+}
+
 /// Longest query text analyzed; longer texts are refused rather than parsed slowly.
 pub const MAX_SQL_BYTES: usize = 1 << 20;
 
@@ -145,12 +155,7 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
             functions: Vec::new(),
         });
     }
-    let dialect = dialect(d);
-    let statements = Parser::new(dialect.as_ref())
-        .with_recursion_limit(64)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| SqlParseError(e.to_string()))?;
+    let statements = parse(d, sql)?;
     let mut analysis = SqlAnalysis::default();
     let _ = visit_statements(&statements, |s| {
         analysis.statements.push(facts(s));
@@ -468,12 +473,7 @@ fn facts(s: &Statement) -> StatementFacts {
 /// server reads them. A text that does not parse is an error: the caller fails
 /// closed.
 pub fn used_databases(d: SqlDialect, sql: &str) -> Result<Vec<String>, SqlParseError> {
-    let dialect = dialect(d);
-    let statements = Parser::new(dialect.as_ref())
-        .with_recursion_limit(64)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| SqlParseError(e.to_string()))?;
+    let statements = parse(d, sql)?;
     let mut names = Vec::new();
     let _ = visit_statements(&statements, |s| {
         if let Statement::Use(u) = s {

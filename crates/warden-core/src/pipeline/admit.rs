@@ -175,7 +175,7 @@ impl SessionHandle {
                 decision: Some(decision.clone()),
             }
         };
-        if let Err(end) = self.record(entry) {
+        if let Err(end) = self.record(entry).await {
             return Admission::End(end);
         }
         if client_gone {
@@ -238,7 +238,8 @@ impl SessionHandle {
             decision: Some(Decision::Review {
                 rule: rule.to_string(),
             }),
-        })?;
+        })
+        .await?;
         let outcome = tokio::select! {
             outcome = self.sink().await_review(&id) => outcome,
             () = client.gone() => {

@@ -98,7 +98,10 @@ pub trait SessionSink: Send + Sync {
     /// The client left while `id` held its action: nothing will run.
     fn abandon_review(&self, id: &str);
     /// Starts the asciicast recording of one terminal of the session.
-    fn terminal(&self, spec: TerminalSpec) -> Result<Arc<dyn TerminalRecorder>, RecordingError>;
+    fn terminal(
+        &self,
+        spec: TerminalSpec,
+    ) -> BoxFuture<'_, Result<Arc<dyn TerminalRecorder>, RecordingError>>;
     /// Pins the host key an SSH target presented on first use.
     fn pin_host_key<'a>(&'a self, host_key: &'a str) -> BoxFuture<'a, Result<(), String>>;
     /// The session ended (`None`: by the client's choice).
@@ -181,8 +184,11 @@ impl SessionHandle {
     }
 
     /// Writes one timeline entry; a failure is the session's end.
-    pub fn record(&self, event: TimelineEvent) -> Result<(), EndReason> {
-        self.recorder.record(event).map_err(|e| self.fail(e.into()))
+    pub async fn record(&self, event: TimelineEvent) -> Result<(), EndReason> {
+        self.recorder
+            .record(event)
+            .await
+            .map_err(|e| self.fail(e.into()))
     }
 
     /// Remembers why the session must end (the first reason wins) and returns it.
@@ -210,20 +216,29 @@ impl SessionHandle {
 
     /// Something the session did that needs no decision: a timeline entry and an
     /// audit event of `kind`, in order with the session's other events.
-    pub fn activity(&self, kind: &'static str, detail: serde_json::Value) -> Result<(), EndReason> {
+    pub async fn activity(
+        &self,
+        kind: &'static str,
+        detail: serde_json::Value,
+    ) -> Result<(), EndReason> {
         let what = kind.rsplit('.').next().unwrap_or(kind);
+        // The audit event is queued first: its order with the session's other
+        // events does not depend on how long the recording takes.
+        self.sink.note(kind, detail.clone());
         self.record(TimelineEvent::Activity {
             what: what.to_string(),
-            detail: detail.clone(),
+            detail,
             decision: None,
-        })?;
-        self.sink.note(kind, detail);
-        Ok(())
+        })
+        .await
     }
 
     /// Starts recording one terminal; an error refuses the channel.
-    pub fn terminal(&self, spec: TerminalSpec) -> Result<Arc<dyn TerminalRecorder>, EndReason> {
-        self.sink.terminal(spec).map_err(EndReason::from)
+    pub async fn terminal(
+        &self,
+        spec: TerminalSpec,
+    ) -> Result<Arc<dyn TerminalRecorder>, EndReason> {
+        self.sink.terminal(spec).await.map_err(EndReason::from)
     }
 
     /// Pins the host key an SSH target presented on first use.

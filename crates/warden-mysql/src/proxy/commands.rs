@@ -45,7 +45,8 @@ impl Relay {
                             self.deny(
                                 errno::KILL_DENIED,
                                 &format!("You are not owner of thread {id}"),
-                            )?;
+                            )
+                            .await?;
                             return Ok(());
                         }
                         let what = if query { "QUERY " } else { "" };
@@ -203,7 +204,8 @@ impl Relay {
                 code: errno::NOT_ALLOWED.0.to_string(),
                 message: "LOAD DATA LOCAL INFILE refused by the gateway".into(),
                 duration_us: None,
-            })?;
+            })
+            .await?;
             return Ok(());
         }
         self.send_client(request);
@@ -244,7 +246,8 @@ impl Relay {
             direction: "in".into(),
             bytes,
             rows: packets.saturating_sub(1),
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -254,7 +257,7 @@ impl Relay {
         let p = self.server_packet().await?;
         if p.payload.first() == Some(&0xFF) {
             self.awaiting = false;
-            return self.server_error(&p.payload, started);
+            return self.server_error(&p.payload, started).await;
         }
         let bad = |d| {
             protocol_end(
@@ -295,7 +298,7 @@ impl Relay {
             let p = self.server_packet().await?;
             if p.payload.first() == Some(&0xFF) {
                 self.awaiting = false;
-                return self.server_error(&p.payload, started);
+                return self.server_error(&p.payload, started).await;
             }
             if is_terminator(&p.payload) {
                 self.terminator(&p.payload)?;

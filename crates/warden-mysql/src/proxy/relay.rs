@@ -64,12 +64,14 @@ impl ClientWatch for HeldClient<'_> {
     async fn held(&mut self, _notice: &str) {}
 
     async fn gone(&mut self) {
+        // What the client sends meanwhile is kept for after the decision, up to a
+        // bound: a client that sends more while it waits is treated as gone (the
+        // session ends; nothing it held runs).
         while self.buf.len() < 1 << 20 {
             if matches!(self.stream.read_buf(self.buf).await, Ok(0) | Err(_)) {
                 return;
             }
         }
-        std::future::pending().await
     }
 }
 
@@ -263,17 +265,22 @@ impl Relay {
         }
     }
 
-    pub(super) fn record_timeline(&self, event: TimelineEvent) -> Result<(), End> {
-        self.session.record(event).map_err(Some)
+    pub(super) async fn record_timeline(&mut self, event: TimelineEvent) -> Result<(), End> {
+        self.session.record(event).await.map_err(Some)
     }
 
     /// Refuses a statement: the client's error, also in the recording.
-    pub(super) fn deny(&mut self, (code, state): (u16, &str), message: &str) -> Result<(), End> {
+    pub(super) async fn deny(
+        &mut self,
+        (code, state): (u16, &str),
+        message: &str,
+    ) -> Result<(), End> {
         self.record_timeline(TimelineEvent::Error {
             code: code.to_string(),
             message: message.to_string(),
             duration_us: None,
-        })?;
+        })
+        .await?;
         self.refuse((code, state), message);
         Ok(())
     }
@@ -317,7 +324,8 @@ impl Relay {
                     DenialCause::AuditUnavailable => errno::GATEWAY,
                     _ => deny_code,
                 };
-                self.deny(code, &denied_message(&denial.rule, &denial.reason))?;
+                self.deny(code, &denied_message(&denial.rule, &denial.reason))
+                    .await?;
                 Ok(false)
             }
             Admission::End(reason) => Err(Some(reason)),

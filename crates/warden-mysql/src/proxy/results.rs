@@ -20,14 +20,18 @@ impl Relay {
         let p = self.server_packet().await?;
         self.awaiting = false;
         if p.payload.first() == Some(&0xFF) {
-            return self.server_error(&p.payload, started);
+            return self.server_error(&p.payload, started).await;
         }
         self.send_client(&p.payload);
         Ok(())
     }
 
     /// Relays a server `ERR`, masked, and records it.
-    pub(super) fn server_error(&mut self, payload: &[u8], started: Instant) -> Result<(), End> {
+    pub(super) async fn server_error(
+        &mut self,
+        payload: &[u8],
+        started: Instant,
+    ) -> Result<(), End> {
         let masked = if self.session.masker.is_active() {
             mask_error(payload, self.session.masker.as_ref())
                 .map_err(|e| protocol_end("the database", &e))?
@@ -40,7 +44,8 @@ impl Relay {
                 code: e.code.to_string(),
                 message: e.message,
                 duration_us: Some(started.elapsed().as_micros() as u64),
-            })?;
+            })
+            .await?;
         }
         self.send_client(shown);
         Ok(())
@@ -96,13 +101,13 @@ impl Relay {
             match head {
                 ResponseHead::Ok(ok) => {
                     self.send_client(&p.payload);
-                    self.record_ok(&ok, started)?;
+                    self.record_ok(&ok, started).await?;
                     if ok.status & status::MORE_RESULTS_EXISTS == 0 {
                         break;
                     }
                 }
                 ResponseHead::Err => {
-                    self.server_error(&p.payload, started)?;
+                    self.server_error(&p.payload, started).await?;
                     break;
                 }
                 ResponseHead::Eof { .. } => {
@@ -127,7 +132,7 @@ impl Relay {
                     let more = loop {
                         let row = self.server_packet().await?;
                         if row.payload.first() == Some(&0xFF) {
-                            self.server_error(&row.payload, started)?;
+                            self.server_error(&row.payload, started).await?;
                             break false;
                         }
                         if is_terminator(&row.payload) {
@@ -138,7 +143,8 @@ impl Relay {
                                 rows: std::mem::take(&mut rows),
                                 rows_total: total,
                                 duration_us: Some(started.elapsed().as_micros() as u64),
-                            })?;
+                            })
+                            .await?;
                             break status & status::MORE_RESULTS_EXISTS != 0;
                         }
                         total += 1;
@@ -181,7 +187,7 @@ impl Relay {
         Ok(())
     }
 
-    pub(super) fn record_ok(&self, ok: &OkInfo, started: Instant) -> Result<(), End> {
+    pub(super) async fn record_ok(&mut self, ok: &OkInfo, started: Instant) -> Result<(), End> {
         self.record_timeline(TimelineEvent::Result {
             tag: format!("OK {}", ok.affected_rows),
             columns: Vec::new(),
@@ -189,5 +195,6 @@ impl Relay {
             rows_total: ok.affected_rows,
             duration_us: Some(started.elapsed().as_micros() as u64),
         })
+        .await
     }
 }

@@ -8,6 +8,7 @@
 use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
 use warden_core::{
     Action, Admission, ClientWatch, Command, Decision, DenialCause, EndReason, SessionHandle,
     SqlDialect, TimelineEvent,
@@ -18,7 +19,7 @@ use super::relay::{Denials, lock};
 use crate::backend::{self as out, PgNotice};
 use crate::capture::{CopyCount, memchr_count};
 use crate::frontend::{FrontendDecoder, PgFrontendMessage};
-use crate::prepared::PreparedStatements;
+use crate::prepared::{Bound, PreparedStatements};
 use crate::requests::{RequestLog, Requests};
 use crate::sqlstate;
 use crate::tls::BoxedStream;
@@ -38,6 +39,8 @@ pub(super) struct ClientSide {
     pub(super) notices: tokio::sync::mpsc::UnboundedSender<Bytes>,
     pub(super) denials: Denials,
     pub(super) prepared: Arc<Mutex<PreparedStatements>>,
+    /// Signalled by the server side whenever a cycle's answers are all in.
+    pub(super) answered: Arc<Notify>,
     pub(super) max_message: usize,
 }
 
@@ -66,13 +69,14 @@ impl ClientWatch for HeldClient<'_> {
     }
 
     async fn gone(&mut self) {
-        // What the client sends meanwhile is kept for after the decision.
+        // What the client sends meanwhile is kept for after the decision, up to a
+        // bound: a client that sends more while it waits is treated as gone (the
+        // session ends; nothing it held runs).
         while self.buf.len() < HELD_READ_LIMIT {
             if matches!(self.rd.read_buf(self.buf).await, Ok(0) | Err(_)) {
                 return;
             }
         }
-        std::future::pending().await
     }
 }
 
@@ -97,6 +101,7 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
         notices,
         denials: upstream_denials,
         prepared,
+        answered,
         max_message,
     } = side;
     let decoder = FrontendDecoder::new(max_message);
@@ -124,16 +129,6 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
             }
         };
         up.count_in(frame.raw.len() as u64);
-        if let Some(statement) = requests.sent(&frame.message, &upstream_expected) {
-            let mut d = BytesMut::new();
-            crate::wire::put_frame(&mut d, b'D', |b| {
-                b.extend_from_slice(b"S");
-                crate::wire::put_cstr(b, statement.as_bytes());
-            });
-            if server_out.send(&d).await.is_err() {
-                return Some(database_lost());
-            }
-        }
         match &frame.message {
             PgFrontendMessage::CopyData => {
                 copy_in.bytes += frame.raw.len().saturating_sub(5) as u64;
@@ -141,11 +136,14 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
             }
             PgFrontendMessage::CopyDone | PgFrontendMessage::CopyFail { .. } => {
                 let done = std::mem::take(&mut copy_in);
-                if let Err(e) = up.record(TimelineEvent::Copy {
-                    direction: "in".into(),
-                    bytes: done.bytes,
-                    rows: done.rows,
-                }) {
+                if let Err(e) = up
+                    .record(TimelineEvent::Copy {
+                        direction: "in".into(),
+                        bytes: done.bytes,
+                        rows: done.rows,
+                    })
+                    .await
+                {
                     return Some(e);
                 }
             }
@@ -154,16 +152,45 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
             }
             _ => {}
         }
+        // What a Bind runs, once the answers it depends on are in.
+        let bound = match &frame.message {
+            PgFrontendMessage::Bind { statement, .. } => {
+                let mut bound = lock(&prepared).bound(statement);
+                if bound == Bound::Unanswered {
+                    if server_out.flush().await.is_err() {
+                        return Some(database_lost());
+                    }
+                    earlier_cycles_answered(&upstream_expected, &answered).await;
+                    bound = lock(&prepared).bound(statement);
+                }
+                Some(bound)
+            }
+            _ => None,
+        };
+        let generation = match &frame.message {
+            PgFrontendMessage::Parse { .. } => lock(&prepared).next_generation(),
+            _ => 0,
+        };
+        let bound_sql = match &bound {
+            Some(Bound::Sql(sql)) => Some(sql.as_str()),
+            _ => None,
+        };
+        if let Some(statement) =
+            requests.sent(&frame.message, &upstream_expected, generation, bound_sql)
+        {
+            let mut d = BytesMut::new();
+            crate::wire::put_frame(&mut d, b'D', |b| {
+                b.extend_from_slice(b"S");
+                crate::wire::put_cstr(b, &crate::wire::name_bytes(&statement));
+            });
+            if server_out.send(&d).await.is_err() {
+                return Some(database_lost());
+            }
+        }
         // Query and Parse are decided here. An allowed Parse only prepares; each
         // Bind of it is an execution, audited (with its parameters summarized)
         // before it is forwarded.
         let bind_sql: String;
-        let bound = match &frame.message {
-            PgFrontendMessage::Bind { statement, .. } => {
-                lock(&prepared).sql_of(statement).map(str::to_string)
-            }
-            _ => None,
-        };
         let command = match &frame.message {
             PgFrontendMessage::Query { sql } => Command::new(
                 Action::Sql {
@@ -184,7 +211,7 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                 param_lengths,
                 ..
             } => match bound {
-                Some(sql) => {
+                Some(Bound::Sql(sql)) => {
                     bind_sql = sql;
                     Command::new(
                         Action::Sql {
@@ -196,16 +223,21 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                     .decided(Decision::Allow)
                     .with_parameters(param_lengths.clone())
                 }
-                // The server skips it: nothing runs, nothing to decide.
-                None if skipping_until_sync => {
-                    if server_out.send(&frame.raw).await.is_err() {
+                // The server skips it: nothing runs, nothing to decide. Should it
+                // not be skipping after all, the stand-in fails there.
+                _ if skipping_until_sync => {
+                    if server_out
+                        .send(&rewrite(&frame.message, &marker()))
+                        .await
+                        .is_err()
+                    {
                         return Some(database_lost());
                     }
                     continue;
                 }
                 // A statement the proxy cannot attribute (SQL-level PREPARE,
                 // server-side code, a name parsed twice): not run.
-                None => {
+                _ => {
                     bind_sql = format!("EXECUTE {}", quoted(statement));
                     Command::new(
                         Action::Sql {
@@ -225,7 +257,7 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                 }
             },
             PgFrontendMessage::Close { target: b'S', name } => {
-                lock(&prepared).closed(name);
+                lock(&prepared).closing(name);
                 if server_out.send(&frame.raw).await.is_err() {
                     return Some(database_lost());
                 }
@@ -243,7 +275,10 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                 let _ = server_out.flush().await;
                 return None;
             }
-            _ => {
+            other => {
+                if matches!(other, PgFrontendMessage::Sync) {
+                    lock(&prepared).cycle_sent();
+                }
                 if server_out.send(&frame.raw).await.is_err() {
                     return Some(database_lost());
                 }
@@ -284,7 +319,7 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                     PgFrontendMessage::Parse { statement, .. } => {
                         let mut prepared = lock(&prepared);
                         prepared.statement(text.unwrap_or_default());
-                        prepared.parsed(statement, text);
+                        prepared.parsed(statement, text, generation);
                     }
                     PgFrontendMessage::Query { sql } => lock(&prepared).statement(sql),
                     _ => {}
@@ -299,7 +334,7 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                     )));
                 }
                 if let PgFrontendMessage::Parse { statement, .. } = &frame.message {
-                    lock(&prepared).parsed(statement, None);
+                    lock(&prepared).parsed(statement, None, generation);
                 }
                 if !matches!(frame.message, PgFrontendMessage::Query { .. }) {
                     skipping_until_sync = true;
@@ -308,10 +343,7 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                     DenialCause::AuditUnavailable => sqlstate::SYSTEM_ERROR,
                     _ => sqlstate::INSUFFICIENT_PRIVILEGE,
                 };
-                let mut raw = [0u8; 12];
-                let _ = aws_lc_rs::rand::fill(&mut raw);
-                let mut marker = String::from("warden-denied-");
-                crate::wire::push_hex(&mut marker, &raw);
+                let marker = marker();
                 if let Ok(mut d) = upstream_denials.lock() {
                     d.insert(marker.clone(), (code, denial.rule, denial.reason));
                 }
@@ -322,6 +354,31 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
         if server_out.send(&bytes).await.is_err() {
             return Some(database_lost());
         }
+        if matches!(frame.message, PgFrontendMessage::Query { .. }) {
+            lock(&prepared).cycle_sent();
+        }
+    }
+}
+
+/// A one-time name that appears in the error of a stand-in at the server.
+fn marker() -> String {
+    let mut raw = [0u8; 12];
+    let _ = aws_lc_rs::rand::fill(&mut raw);
+    let mut marker = String::from("warden-denied-");
+    crate::wire::push_hex(&mut marker, &raw);
+    marker
+}
+
+/// Waits until every cycle sent before now is answered (its `ReadyForQuery` is in).
+async fn earlier_cycles_answered(expected: &Mutex<Requests>, answered: &Notify) {
+    loop {
+        let notified = answered.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !lock(expected).awaits_cycle_end() {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -334,13 +391,13 @@ fn rewrite(message: &PgFrontendMessage, marker: &str) -> Bytes {
     let mut b = BytesMut::new();
     match message {
         PgFrontendMessage::Parse { statement, .. } => put_frame(&mut b, b'P', |b| {
-            put_cstr(b, statement.as_bytes());
+            put_cstr(b, &crate::wire::name_bytes(statement));
             put_cstr(b, sql.as_bytes());
             b.extend_from_slice(&0u16.to_be_bytes());
         }),
         // A Bind of a statement that does not exist fails like a parse error.
         PgFrontendMessage::Bind { portal, .. } => put_frame(&mut b, b'B', |b| {
-            put_cstr(b, portal.as_bytes());
+            put_cstr(b, &crate::wire::name_bytes(portal));
             put_cstr(b, marker.as_bytes());
             // No parameter formats, no parameters, no result formats.
             b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);

@@ -48,6 +48,7 @@ pub(super) async fn relay(
     // Which SQL each prepared statement name runs, for the audit events of its
     // executions; the answering side confirms what the server took.
     let prepared: Arc<Mutex<PreparedStatements>> = Arc::default();
+    let answered = Arc::new(tokio::sync::Notify::new());
     let mut ended = handle.ended();
     let client_side = client_side::run(client_side::ClientSide {
         rd: client_rd,
@@ -58,6 +59,7 @@ pub(super) async fn relay(
         notices,
         denials: denials.clone(),
         prepared: prepared.clone(),
+        answered: answered.clone(),
         max_message: config.max_message,
     });
     let server_side = server_side::run(server_side::ServerSide {
@@ -68,6 +70,7 @@ pub(super) async fn relay(
         session: &session,
         denials,
         prepared,
+        answered,
         max_message: config.max_message,
     });
     // Either side ending ends the session.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
 use warden_core::{EndReason, SessionHandle, TimelineEvent};
 use warden_net::Batched;
 
@@ -32,6 +33,8 @@ pub(super) struct ServerSide<'a> {
     pub(super) session: &'a ProxySession,
     pub(super) denials: Denials,
     pub(super) prepared: Arc<Mutex<PreparedStatements>>,
+    /// Signalled whenever a cycle's answers are all in.
+    pub(super) answered: Arc<Notify>,
     pub(super) max_message: usize,
 }
 
@@ -45,6 +48,7 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
         session,
         denials,
         prepared: down_prepared,
+        answered,
         max_message,
     } = side;
     let down: &SessionHandle = &session.handle;
@@ -166,14 +170,24 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
                 }
                 frame.raw.clone()
             }
+            // CloseComplete: a closed statement's name holds nothing now.
+            PgBackendMessage::Other { tag: b'3' } => {
+                if let Some(Some(name)) = take(&expected, |e| match e {
+                    Expect::Close(n) => Some(n.clone()),
+                    _ => None,
+                }) {
+                    lock(&down_prepared).closed(&name);
+                }
+                frame.raw.clone()
+            }
             // ParseComplete: the statement name now holds new SQL; what was known
             // of its columns is gone.
             PgBackendMessage::Other { tag: b'1' } => {
-                if let Some(name) = take(&expected, |e| match e {
-                    Expect::Parse(n) => Some(n.clone()),
+                if let Some((name, generation)) = take(&expected, |e| match e {
+                    Expect::Parse(n, g) => Some((n.clone(), *g)),
                     _ => None,
                 }) {
-                    lock(&down_prepared).confirmed(&name);
+                    lock(&down_prepared).confirmed(&name, generation);
                     statements.remove(&name);
                 }
                 frame.raw.clone()
@@ -210,13 +224,17 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
                 copy_masking = None;
                 result_open = false;
                 // Requests the server skipped after an error end with this cycle.
-                let failed = lock(&expected).end_cycle();
-                if !failed.is_empty() {
+                let unanswered = lock(&expected).end_cycle();
+                {
                     let mut prepared = lock(&down_prepared);
-                    for name in failed {
-                        prepared.failed(&name);
+                    for (name, generation) in unanswered.parses {
+                        prepared.failed(&name, generation);
+                    }
+                    for name in unanswered.closes {
+                        prepared.not_closed(&name);
                     }
                 }
+                answered.notify_waiters();
                 describing_statement = None;
                 frame.raw.clone()
             }
@@ -256,10 +274,9 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
                 frame.raw.clone()
             }
             PgBackendMessage::CopyResponse { kind: b'G', .. } => {
-                expected
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .copy_in_started();
+                // Syncs sent during the COPY are ignored: no answer is awaited.
+                lock(&expected).copy_in_started();
+                answered.notify_waiters();
                 frame.raw.clone()
             }
             PgBackendMessage::CopyResponse { kind: b'W', .. } if masker.is_active() => {
@@ -294,11 +311,14 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             PgBackendMessage::CopyDone => {
                 copy_masking = None;
                 let done = std::mem::take(&mut copy_out);
-                if let Err(e) = recorder.record(TimelineEvent::Copy {
-                    direction: "out".into(),
-                    bytes: done.bytes,
-                    rows: done.rows,
-                }) {
+                if let Err(e) = recorder
+                    .record(TimelineEvent::Copy {
+                        direction: "out".into(),
+                        bytes: done.bytes,
+                        rows: done.rows,
+                    })
+                    .await
+                {
                     return Some(down.fail(e.into()));
                 }
                 frame.raw.clone()
@@ -348,7 +368,7 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             PgBackendMessage::CommandComplete { tag } => {
                 result_open = false;
                 let duration = finished(&expected, &mut last_done);
-                if let Err(e) = recorder.record(capture.finish(tag.clone(), duration)) {
+                if let Err(e) = recorder.record(capture.finish(tag.clone(), duration)).await {
                     return Some(down.fail(e.into()));
                 }
                 frame.raw.clone()
@@ -357,8 +377,9 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             PgBackendMessage::Other { tag: b's' } => {
                 result_open = false;
                 let duration = finished(&expected, &mut last_done);
-                if let Err(e) =
-                    recorder.record(capture.finish("(portal suspended)".into(), duration))
+                if let Err(e) = recorder
+                    .record(capture.finish("(portal suspended)".into(), duration))
+                    .await
                 {
                     return Some(down.fail(e.into()));
                 }
@@ -411,11 +432,14 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
                     None => (frame.raw.clone(), code.clone(), message.clone()),
                 };
                 capture.reset();
-                if let Err(e) = recorder.record(TimelineEvent::Error {
-                    code,
-                    message: recorded,
-                    duration_us: duration,
-                }) {
+                if let Err(e) = recorder
+                    .record(TimelineEvent::Error {
+                        code,
+                        message: recorded,
+                        duration_us: duration,
+                    })
+                    .await
+                {
                     return Some(down.fail(e.into()));
                 }
                 bytes

@@ -208,7 +208,7 @@ impl SessionChannel {
                         _ => None,
                     },
                 };
-                match self.live.session.terminal(spec) {
+                match self.live.session.terminal(spec).await {
                     Ok(recorder) => Watch::Terminal {
                         recorder,
                         typed: (pty.is_some() && matches!(start, Start::Shell))
@@ -360,13 +360,15 @@ impl SessionChannel {
             None => Vec::new(),
         };
         for (kind, detail) in transfers {
-            self.live.note(kind, detail);
+            self.live.note(kind, detail).await;
         }
-        self.live.record(TimelineEvent::Exit {
-            channel: u32::from(self.id),
-            status: exit.status,
-            signal: exit.signal,
-        });
+        self.live
+            .record(TimelineEvent::Exit {
+                channel: u32::from(self.id),
+                status: exit.status,
+                signal: exit.signal,
+            })
+            .await;
     }
 }
 

@@ -57,12 +57,31 @@ pub(super) struct Live {
     pub(super) gone: tokio::sync::watch::Sender<bool>,
     /// Signalled when the last open channel ends.
     pub(super) idle: tokio::sync::Notify,
+    /// The session's channel and forward tasks, ended when the session is.
+    pub(super) tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// How long a closing session waits for its channels to finish recording.
 pub(super) const CHANNELS_DRAIN: Duration = Duration::from_secs(5);
 
 impl Live {
+    /// Keeps a task of the session, to end it with the session.
+    pub(super) fn track(&self, task: tokio::task::AbortHandle) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+        }
+    }
+
+    /// Ends the session's tasks that are still running.
+    pub(super) fn end_tasks(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+
     /// The logged-in target connection, connecting on first use.
     pub(super) async fn backend(&self, timeout: Duration) -> Result<&BackendHandle, BackendError> {
         self.backend
@@ -74,7 +93,8 @@ impl Live {
                         code: "target".into(),
                         message: e.to_string(),
                         duration_us: None,
-                    });
+                    })
+                    .await;
                 }
                 r
             })
@@ -84,8 +104,8 @@ impl Live {
     }
 
     /// Writes to the session's timeline; a failed write ends the session.
-    pub(super) fn record(&self, event: TimelineEvent) -> bool {
-        match self.session.record(event) {
+    pub(super) async fn record(&self, event: TimelineEvent) -> bool {
+        match self.session.record(event).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(session = %self.session.id(), error = %e, "recording failed");
@@ -95,8 +115,8 @@ impl Live {
     }
 
     /// Something the session did: in its timeline and the audit log, in order.
-    pub(super) fn note(&self, kind: &'static str, detail: serde_json::Value) {
-        if let Err(e) = self.session.activity(kind, detail) {
+    pub(super) async fn note(&self, kind: &'static str, detail: serde_json::Value) {
+        if let Err(e) = self.session.activity(kind, detail).await {
             tracing::error!(session = %self.session.id(), error = %e, kind, "recording failed");
         }
     }
@@ -159,6 +179,7 @@ impl<H: SessionHooks> ClientHandler<H> {
             channels: AtomicUsize::new(0),
             gone: tokio::sync::watch::channel(false).0,
             idle: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
         });
         tracing::info!(session = %live.session.id(), "ssh session opened");
         if let Ok(mut slot) = self.slot.live.lock() {
@@ -273,7 +294,7 @@ impl<H: SessionHooks> server::Handler for ClientHandler<H> {
         };
         let span =
             tracing::info_span!("channel", session = %live.session.id(), channel = %channel.id());
-        tokio::spawn(
+        let running = tokio::spawn(
             async move {
                 let live = task.live.clone();
                 task.run(channel).await;
@@ -283,6 +304,7 @@ impl<H: SessionHooks> server::Handler for ClientHandler<H> {
             }
             .instrument(span),
         );
+        live.track(running.abort_handle());
         Ok(())
     }
 
@@ -309,7 +331,8 @@ impl<H: SessionHooks> server::Handler for ClientHandler<H> {
             originator_port,
         };
         let timeout = self.config.login_timeout;
-        tokio::spawn(forward.run(live, timeout, channel, reply));
+        let running = tokio::spawn(forward.run(live.clone(), timeout, channel, reply));
+        live.track(running.abort_handle());
         Ok(())
     }
 
@@ -370,11 +393,20 @@ impl<H: SessionHooks> server::Handler for ClientHandler<H> {
     async fn channel_open_x11(
         &mut self,
         _channel: Channel<Msg>,
-        _originator: &str,
-        _port: u32,
+        originator: &str,
+        port: u32,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // Refused like every X11 request, and audited as the guard's decision.
+        if let Some(live) = self.slot.get() {
+            refused_feature(
+                &live,
+                "x11_forwarding",
+                json!({"originator": format!("{originator}:{port}")}),
+            )
+            .await;
+        }
         reply
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
             .await;

@@ -170,6 +170,9 @@ impl<H: SessionHooks> SshProxy<H> {
             if live.channels.load(Ordering::SeqCst) > 0 {
                 let _ = tokio::time::timeout(CHANNELS_DRAIN, idle).await;
             }
+            // What is still running (a target login that hangs) ends here: nothing
+            // runs for a session that has ended.
+            live.end_tasks();
             live.session.close(reason).await;
         }
     }

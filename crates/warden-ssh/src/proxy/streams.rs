@@ -28,7 +28,8 @@ impl ClientToTarget {
                     let (typed, ok) = self.watch_input(&data).await;
                     for line in typed {
                         self.live
-                            .note("ssh.command", json!({"command": line, "typed": true}));
+                            .note("ssh.command", json!({"command": line, "typed": true}))
+                            .await;
                     }
                     if !ok || to_target.data_bytes(data).await.is_err() {
                         break;
@@ -69,34 +70,36 @@ impl ClientToTarget {
             tracing::error!(error = %e, "terminal recording failed");
             return (Vec::new(), false);
         }
-        let Ok(mut watch) = self.watch.lock() else {
-            return (Vec::new(), false);
-        };
-        match &mut *watch {
-            Watch::Terminal { typed, .. } => (
-                typed.as_mut().map(|t| t.feed(data)).unwrap_or_default(),
-                true,
-            ),
-            Watch::Sftp(o) => match o.from_client(data) {
-                Ok(events) => {
-                    drop(watch);
-                    // In order, before more of the stream is relayed.
-                    for e in events {
-                        let (kind, detail) = sftp_detail(e);
-                        self.live.note(kind, detail);
+        let events = {
+            let Ok(mut watch) = self.watch.lock() else {
+                return (Vec::new(), false);
+            };
+            match &mut *watch {
+                Watch::Terminal { typed, .. } => {
+                    return (
+                        typed.as_mut().map(|t| t.feed(data)).unwrap_or_default(),
+                        true,
+                    );
+                }
+                Watch::Sftp(o) => match o.from_client(data) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SFTP stream not understood; channel closed");
+                        return (Vec::new(), false);
                     }
-                    (Vec::new(), true)
+                },
+                Watch::Scp(_, up, _) => {
+                    *up += data.len() as u64;
+                    return (Vec::new(), true);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "SFTP stream not understood; channel closed");
-                    (Vec::new(), false)
-                }
-            },
-            Watch::Scp(_, up, _) => {
-                *up += data.len() as u64;
-                (Vec::new(), true)
             }
+        };
+        // In order, before more of the stream is relayed.
+        for e in events {
+            let (kind, detail) = sftp_detail(e);
+            self.live.note(kind, detail).await;
         }
+        (Vec::new(), true)
     }
 }
 
