@@ -15,6 +15,16 @@ use crate::Decision;
 pub enum SqlDialect {
     Postgres,
     Mysql,
+    /// MySQL's protocol and grammar, plus what MariaDB alone reads: it runs the code
+    /// inside `/*M! ... */` comments, which MySQL ignores.
+    Mariadb,
+}
+
+impl SqlDialect {
+    /// MySQL or MariaDB.
+    pub fn is_mysql_family(self) -> bool {
+        matches!(self, SqlDialect::Mysql | SqlDialect::Mariadb)
+    }
 }
 
 /// One thing a client asks a target to do.

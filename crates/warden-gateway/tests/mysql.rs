@@ -1157,3 +1157,97 @@ async fn held_statements_wait_for_review_and_grants_end_sessions() {
         .await
         .unwrap();
 }
+
+/// MariaDB runs what `/*M! ... */` holds and MySQL ignores it: Warden reads it as the
+/// server behind the connection does. Account and server changes are not plain `SET`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_executable_comments_and_account_changes_are_guarded() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({
+                "name": "shop-ro", "kind": "mysql", "target": format!("{}/warden_t", mariadb()),
+                "username": "warden_t_native", "secret": NATIVE_PASSWORD,
+                "allowed_groups": ["dba"], "policies": {"guardrails": ["read-only"]},
+                "tls": {"mode": "disable"}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let table = unique("kept");
+    let mut admin = root().await;
+    admin
+        .query_drop(format!("CREATE TABLE {table} (id INT)"))
+        .await
+        .unwrap();
+    let max_connections = || async {
+        let mut admin = root().await;
+        admin
+            .query_first::<u64, _>("SELECT @@global.max_connections")
+            .await
+            .unwrap()
+    };
+    let before = max_connections().await;
+
+    // A DROP inside an executable comment, through mysql_async and the mariadb
+    // client keeping comments.
+    let mut c = connect(&gw, "shop", &token).await.unwrap();
+    for sql in [
+        format!("/*M! DROP TABLE {table} */"),
+        format!("/*M!100000 DROP TABLE {table} */"),
+        format!("SELECT 1; /*M!100100 DROP TABLE {table} */"),
+    ] {
+        let err = c.query_drop(&sql).await.unwrap_err();
+        assert_eq!(server_code(&err), 1227, "{sql}: {err}");
+    }
+    let out = std::process::Command::new("mysql")
+        .args([
+            "-h127.0.0.1",
+            &format!("-P{}", port(&gw)),
+            "-ume",
+            "--comments",
+        ])
+        .args(["shop", "-e", &format!("/*M! DROP TABLE {table} */")])
+        .env("MYSQL_PWD", &token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1227"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    admin
+        .query_drop(format!("SELECT * FROM {table}"))
+        .await
+        .unwrap();
+
+    // Account and server changes on a read-only connection.
+    let mut ro = connect(&gw, "shop-ro", &token).await.unwrap();
+    for sql in [
+        "SET PASSWORD = PASSWORD('changed-1')",
+        "SET PASSWORD FOR 'warden_t_native'@'%' = PASSWORD('changed-2')",
+        "/*M! SET PASSWORD = PASSWORD('changed-3') */",
+        "SET GLOBAL max_connections = 7",
+        "SET @@global.max_connections = 7",
+    ] {
+        let err = ro.query_drop(sql).await.unwrap_err();
+        assert_eq!(server_code(&err), 1227, "{sql}: {err}");
+    }
+    ro.query_drop("SELECT 1").await.unwrap();
+    drop(ro);
+    // The held account still logs in with its password; the server is unchanged.
+    let direct = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(mariadb().rsplit_once(':').unwrap().1.parse().unwrap())
+        .user(Some("warden_t_native"))
+        .pass(Some(NATIVE_PASSWORD));
+    Conn::new(direct).await.unwrap();
+    assert_eq!(max_connections().await, before);
+    admin
+        .query_drop(format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}

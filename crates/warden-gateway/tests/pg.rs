@@ -1071,3 +1071,97 @@ async fn oidc_tokens_from_the_real_provider_work_and_expired_ones_do_not() {
         "{starts:?}"
     );
 }
+
+/// Server and account changes on a read-only connection, through psql: `ALTER
+/// SYSTEM`, `DO` blocks and password changes are refused and change nothing; cursor
+/// forms the parser does not know (`FETCH ALL c`) are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_account_changes_are_refused_and_cursors_work_with_psql() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({
+                "name": "billing-ro", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                "username": "warden_t_scram", "secret": BACKEND_PASSWORD,
+                "allowed_groups": ["dba"], "policies": {"guardrails": ["read-only"]},
+                "tls": {"mode": "disable"}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port()
+        .to_string();
+    let psql = |commands: &[&str]| {
+        let mut cmd = std::process::Command::new("psql");
+        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-p", &port, "-U", "someone", "-d", "billing-ro"]);
+        for c in commands {
+            cmd.args(["-c", c]);
+        }
+        cmd.env("PGPASSWORD", &token)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    };
+    let admin = superuser().await;
+    let work_mem: String = admin.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    for sql in [
+        "ALTER SYSTEM SET work_mem = '77MB'",
+        "DO $$ BEGIN EXECUTE 'ALTER SYSTEM SET work_mem = ''77MB'''; END $$",
+        "ALTER USER warden_t_scram PASSWORD 'changed'",
+        "ALTER ROLE warden_t_scram WITH PASSWORD 'changed'",
+    ] {
+        let out = psql(&[sql]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sql} ran");
+        assert!(stderr.contains("Warden denied"), "{sql}: {stderr}");
+    }
+    // Nothing changed: the configuration file and the held account's password.
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let now: String = admin.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(now, work_mem);
+    let auto: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_file_settings WHERE name = 'work_mem' AND setting = '77MB'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(auto, 0);
+    let (direct, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port=5432 user=warden_t_scram dbname=postgres password={BACKEND_PASSWORD}"),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    direct.simple_query("SELECT 1").await.unwrap();
+    // Cursors, in the forms the parser does not know.
+    let out = psql(&[
+        "BEGIN",
+        "DECLARE c CURSOR FOR SELECT generate_series(1, 3)",
+        "FETCH 1 c",
+        "MOVE NEXT c",
+        "FETCH ALL c",
+        "COMMIT",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "BEGIN\nDECLARE CURSOR\n1\nMOVE 1\n3\nCOMMIT\n"
+    );
+}

@@ -43,7 +43,7 @@ impl<G: Guard> ConnectionGuard<G> {
     }
 
     /// `USE` statements inside a MySQL query must name the pinned database.
-    fn check_use(&self, text: &str) -> Option<Decision> {
+    fn check_use(&self, dialect: SqlDialect, text: &str) -> Option<Decision> {
         let pin = self.database_pin.as_deref()?;
         // Cheap test first: no `use` anywhere, no USE statement.
         if !text
@@ -53,7 +53,7 @@ impl<G: Guard> ConnectionGuard<G> {
         {
             return None;
         }
-        match sql::used_databases(SqlDialect::Mysql, text) {
+        match sql::used_databases(dialect, text) {
             Ok(names) => names
                 .iter()
                 .any(|n| n != pin)
@@ -77,15 +77,12 @@ impl<G: Guard> Guard for ConnectionGuard<G> {
                 Some(pin) if *name != pin => self.pin_refusal(pin),
                 _ => self.inner.decide(action),
             },
-            Action::Sql {
-                dialect: SqlDialect::Mysql,
-                text,
-            } => {
+            Action::Sql { dialect, text } if dialect.is_mysql_family() => {
                 let decision = self.inner.decide(action);
                 if matches!(decision, Decision::Deny { .. }) {
                     return decision;
                 }
-                self.check_use(text).unwrap_or(decision)
+                self.check_use(*dialect, text).unwrap_or(decision)
             }
             Action::Forward { .. } if !self.port_forwarding => Decision::Deny {
                 rule: format!("{}.port_forwarding", self.kind.as_str()),

@@ -278,6 +278,17 @@ impl Guardrails {
                 }
             }
         }
+        // Code and server settings no rule speaks about are decided like SQL that
+        // cannot be parsed: what they do is beyond what rules check.
+        if hits.is_empty()
+            && let Some(s) = analysis.statements.iter().find(|s| s.opaque)
+        {
+            return self.unevaluable(
+                Domain::Sql,
+                "unparsable_sql",
+                &format!("what {} does cannot be checked", kind_name(s.kind)),
+            );
+        }
         self.decide_hits(hits)
     }
 

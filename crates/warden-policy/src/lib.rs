@@ -11,6 +11,7 @@
 
 mod connection;
 mod engine;
+mod forms;
 pub mod glob;
 pub mod http;
 pub mod masking;

@@ -167,6 +167,8 @@ pub fn sql_kinds(name: &str) -> Result<Vec<SqlKind>, String> {
             SetSessionAuthorization,
         ],
         "dml" => vec![Insert, Update, Delete, Merge, CopyFrom, LoadData],
+        // What changes the server itself rather than the session or the data.
+        "server" => vec![SetGlobal, AlterSystem],
         other => vec![
             serde_json::from_value::<SqlKind>(serde_json::Value::String(other.to_string()))
                 .map_err(|_| format!("unknown SQL statement kind `{other}`"))?,

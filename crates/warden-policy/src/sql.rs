@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
-    Expr, FromTable, ObjectName, ObjectType, Query, Set, SetExpr, Statement, TableFactor,
-    TableObject, visit_expressions, visit_statements,
+    ContextModifier, Expr, FromTable, ObjectName, ObjectType, Query, Set, SetExpr, Statement,
+    TableFactor, TableObject, visit_expressions, visit_statements,
 };
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
@@ -55,6 +55,12 @@ pub enum SqlKind {
     SetSearchPath,
     /// Other session settings.
     Set,
+    /// Server-wide settings: MySQL `SET GLOBAL`, `SET @@global.x`, `SET PERSIST`.
+    SetGlobal,
+    /// PostgreSQL `ALTER SYSTEM`: server settings written to its configuration.
+    AlterSystem,
+    /// PostgreSQL `DO`: an anonymous code block.
+    Do,
     Transaction,
     /// Cursor and session housekeeping: FETCH, CLOSE, DEALLOCATE, DISCARD, DECLARE.
     Session,
@@ -107,6 +113,9 @@ pub struct StatementFacts {
     pub writes: Vec<String>,
     /// A DELETE or UPDATE without a WHERE clause.
     pub unbounded: bool,
+    /// What it does cannot be checked further (code, server settings): decided like
+    /// unparsable SQL unless a rule matches it.
+    pub opaque: bool,
 }
 
 /// Everything the guardrails need to know about a query string.
@@ -124,18 +133,30 @@ pub struct SqlParseError(pub String);
 fn dialect(d: SqlDialect) -> Box<dyn Dialect> {
     match d {
         SqlDialect::Postgres => Box::new(PostgreSqlDialect {}),
-        SqlDialect::Mysql => Box::new(MySqlDialect {}),
+        SqlDialect::Mysql | SqlDialect::Mariadb => Box::new(MySqlDialect {}),
     }
 }
 
-/// Parses `sql` into statements, with a bounded recursion depth.
+/// Parses `sql` into statements, with a bounded recursion depth. For MariaDB the
+/// code in `/*M! ... */` comments is read as code, as MariaDB runs it (MySQL's own
+/// `/*! ... */` the parser reads as code for both).
 fn parse(d: SqlDialect, sql: &str) -> Result<Vec<Statement>, SqlParseError> {
     let dialect = dialect(d);
+    let text = match d {
+        SqlDialect::Mariadb => std::borrow::Cow::Owned(mariadb_executable_comments(sql)),
+        _ => std::borrow::Cow::Borrowed(sql),
+    };
     Parser::new(dialect.as_ref())
         .with_recursion_limit(64)
-        .try_with_sql(sql)
+        .try_with_sql(&text)
         .and_then(|mut p| p.parse_statements())
         .map_err(|e| SqlParseError(e.to_string()))
+}
+
+/// `/*M!` (with or without a version) becomes `/*!`, which the parser expands. Done
+/// everywhere in the text: inside a string it only changes the string's content.
+fn mariadb_executable_comments(sql: &str) -> String {
+    sql.replace("/*M!", "/*!").replace("/*m!", "/*!")
 }
 
 /// Longest query text analyzed; longer texts are refused rather than parsed slowly.
@@ -147,7 +168,18 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
             "query longer than {MAX_SQL_BYTES} bytes"
         )));
     }
-    if d == SqlDialect::Mysql
+    if let Some(form) = crate::forms::recognize(d, sql) {
+        return Ok(SqlAnalysis {
+            statements: vec![StatementFacts {
+                kind: form.kind,
+                writes: Vec::new(),
+                unbounded: false,
+                opaque: form.opaque,
+            }],
+            functions: Vec::new(),
+        });
+    }
+    if d.is_mysql_family()
         && let Some(load) = mysql_load(sql)
     {
         return Ok(SqlAnalysis {
@@ -209,6 +241,7 @@ fn mysql_load(sql: &str) -> Option<StatementFacts> {
         },
         writes: vec![table],
         unbounded: false,
+        opaque: false,
     })
 }
 
@@ -244,12 +277,22 @@ fn selects_into(q: &Query) -> bool {
     set_expr(&q.body)
 }
 
-fn set_kind(variable: &ObjectName) -> SqlKind {
+fn set_kind(scope: Option<&ContextModifier>, variable: &ObjectName) -> SqlKind {
     let name = name_of(variable);
+    // `SET GLOBAL x`, `SET @@global.x` (and MySQL's persisted forms) change the server.
+    let server_wide = matches!(scope, Some(ContextModifier::Global))
+        || ["@@global.", "@@persist.", "@@persist_only."]
+            .iter()
+            .any(|p| name.starts_with(p));
+    if server_wide {
+        return SqlKind::SetGlobal;
+    }
     match name.rsplit('.').next().unwrap_or(&name) {
         "role" => SqlKind::SetRole,
         "session_authorization" => SqlKind::SetSessionAuthorization,
         "search_path" | "schema" => SqlKind::SetSearchPath,
+        // MySQL `SET PASSWORD = ...`: the held account's password.
+        "password" if variable.0.len() == 1 => SqlKind::AlterRole,
         _ => SqlKind::Set,
     }
 }
@@ -258,6 +301,8 @@ fn set_kind(variable: &ObjectName) -> SqlKind {
 fn strongest(kinds: impl Iterator<Item = SqlKind>) -> SqlKind {
     kinds
         .max_by_key(|k| match k {
+            SqlKind::SetGlobal => 5,
+            SqlKind::AlterRole => 4,
             SqlKind::SetSessionAuthorization => 3,
             SqlKind::SetRole => 2,
             SqlKind::SetSearchPath => 1,
@@ -413,13 +458,17 @@ fn facts(s: &Statement) -> StatementFacts {
         Statement::Set(set) => match set {
             Set::SetRole { .. } => SqlKind::SetRole,
             Set::SetSessionAuthorization(_) => SqlKind::SetSessionAuthorization,
-            Set::SingleAssignment { variable, .. } => set_kind(variable),
+            Set::SingleAssignment {
+                scope, variable, ..
+            } => set_kind(scope.as_ref(), variable),
             Set::ParenthesizedAssignments { variables, .. } => {
-                strongest(variables.iter().map(set_kind))
+                strongest(variables.iter().map(|v| set_kind(None, v)))
             }
-            Set::MultipleAssignments { assignments } => {
-                strongest(assignments.iter().map(|a| set_kind(&a.name)))
-            }
+            Set::MultipleAssignments { assignments } => strongest(
+                assignments
+                    .iter()
+                    .map(|a| set_kind(a.scope.as_ref(), &a.name)),
+            ),
             _ => SqlKind::Set,
         },
         Statement::Use { .. } => SqlKind::SetSearchPath,
@@ -463,6 +512,7 @@ fn facts(s: &Statement) -> StatementFacts {
         _ => SqlKind::Other,
     };
     StatementFacts {
+        opaque: kind == SqlKind::SetGlobal,
         kind,
         writes,
         unbounded,

@@ -167,6 +167,28 @@ const MYSQL_DENIED: &[&str] = &[
     "SELECT 1; DROP TABLE `users`",
 ];
 
+/// What MariaDB runs and MySQL ignores: denied when the server is MariaDB.
+const MARIADB_DENIED: &[&str] = &[
+    "/*M! DROP TABLE users */",
+    "/*M!100000 DROP TABLE users */",
+    "SELECT 1; /*M!100100 DROP TABLE users */",
+    "SELECT 1 /*M! ; DROP TABLE users */",
+    "/*M!100000 GRANT ALL ON *.* TO 'x'@'%' */",
+    // Account and server changes, in every spelling.
+    "SET PASSWORD = PASSWORD('x')",
+    "SET PASSWORD = 'x'",
+    "SET PASSWORD FOR 'bob'@'%' = PASSWORD('x')",
+    "set password for bob = 'x'",
+    "SET GLOBAL max_connections = 1",
+    "SET @@global.max_connections = 1",
+    "SET @@GLOBAL.read_only = 0, @@session.x = 1",
+    "SET x = 1, GLOBAL read_only = 0",
+    "SET PERSIST max_connections = 1",
+    "SET PERSIST_ONLY max_connections = 1",
+    "SET @@persist.max_connections = 1",
+    "/*!50000 SET GLOBAL read_only = 0 */",
+];
+
 const MYSQL_ALLOWED: &[&str] = &[
     "SELECT `a` FROM `users` WHERE id = 1",
     "SELECT 1 -- ; DROP TABLE x",
@@ -224,6 +246,81 @@ fn mysql_bypass_attempts_are_denied_and_ordinary_work_allowed() {
             }),
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn mariadb_executable_comments_and_server_changes_are_denied() {
+    let g = guard();
+    let mut failures = Vec::new();
+    for d in [SqlDialect::Mariadb, SqlDialect::Mysql] {
+        for s in MARIADB_DENIED {
+            // MySQL reads `/*M!` as a comment: nothing to deny there.
+            if d == SqlDialect::Mysql && s.contains("/*M!") {
+                continue;
+            }
+            if !matches!(sql(&g, d, s), Decision::Deny { .. }) {
+                failures.push(format!("{d:?} {s:?} -> {:?}", sql(&g, d, s)));
+            }
+        }
+    }
+    // The same comment is a comment to MySQL.
+    assert_eq!(
+        sql(&g, SqlDialect::Mysql, "SELECT 1 /*M! ; DROP TABLE users */"),
+        Decision::Allow
+    );
+    // Ordinary work reads the same on MariaDB.
+    for s in MYSQL_ALLOWED {
+        if sql(&g, SqlDialect::Mariadb, s) != Decision::Allow {
+            failures.push(format!("allow expected on MariaDB: {s:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn postgres_server_changes_and_code_blocks_are_denied_by_default_and_cursors_allowed() {
+    let g = guard();
+    for s in [
+        "ALTER SYSTEM SET work_mem = '1GB'",
+        "alter system reset all",
+        "DO $$ BEGIN EXECUTE 'DROP TABLE users'; END $$",
+        "DO 'BEGIN NULL; END'",
+        "FETCH ALL c; DROP TABLE users",
+        "ALTER USER bob PASSWORD 'x'",
+    ] {
+        assert!(
+            matches!(sql(&g, SqlDialect::Postgres, s), Decision::Deny { .. }),
+            "{s}"
+        );
+    }
+    for s in [
+        "FETCH ALL c",
+        "FETCH 10 c",
+        "fetch c",
+        "MOVE NEXT c",
+        "FETCH ALL FROM c",
+    ] {
+        assert_eq!(sql(&g, SqlDialect::Postgres, s), Decision::Allow, "{s}");
+    }
+    // A rule naming them holds them for review instead; the `server` group names
+    // `set_global` and `alter_system`.
+    let config: PolicyConfig = toml::from_str(
+        "[[guardrails]]\nname = \"ops\"\n[[guardrails.rules]]\nname = \"review-code\"\naction = \"review\"\nsql_statements = [\"do\", \"server\"]\n",
+    )
+    .unwrap();
+    let g = Guardrails::compile(&config.guardrails, &[]).unwrap();
+    for (d, s) in [
+        (SqlDialect::Postgres, "DO $$ BEGIN NULL; END $$"),
+        (SqlDialect::Postgres, "ALTER SYSTEM SET work_mem = '1GB'"),
+        (SqlDialect::Mariadb, "SET GLOBAL read_only = 0"),
+        (SqlDialect::Mysql, "SET PERSIST max_connections = 1"),
+    ] {
+        assert!(
+            matches!(sql(&g, d, s), Decision::Review { .. }),
+            "{s} -> {:?}",
+            sql(&g, d, s)
+        );
+    }
 }
 
 #[test]
@@ -422,6 +519,8 @@ fn read_only_connections() {
         "LOCK TABLE t",
         "SET ROLE x",
         "SELECT 1; UPDATE t SET a = 1 WHERE b = 2",
+        "ALTER SYSTEM SET fsync = off",
+        "DO $$ BEGIN NULL; END $$",
     ] {
         assert!(
             matches!(sql(&g, SqlDialect::Postgres, s), Decision::Deny { .. }),

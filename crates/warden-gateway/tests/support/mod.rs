@@ -219,6 +219,12 @@ name = "no-unbounded"
 sql_unbounded_writes = true
 
 [[guardrails]]
+name = "read-only"
+[[guardrails.rules]]
+name = "reads-only"
+sql_read_only = true
+
+[[guardrails]]
 name = "shell-safety"
 [[guardrails.rules]]
 name = "no-rm-rf"

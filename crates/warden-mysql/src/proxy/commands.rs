@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::time::Instant;
 use tokio::io::AsyncReadExt;
-use warden_core::{Action, Command, Decision, EndReason, SqlDialect, TimelineEvent};
+use warden_core::{Action, Command, Decision, EndReason, TimelineEvent};
 
 use super::kill_statement;
 use super::relay::{End, Prepared, Relay, RowFormat, protocol_end};
@@ -69,7 +69,7 @@ impl Relay {
             MysqlCommand::StmtPrepare { sql } => {
                 // Decided here; an allowed statement is audited at each execution.
                 let decision = self.session.guard.decide(&Action::Sql {
-                    dialect: SqlDialect::Mysql,
+                    dialect: self.dialect,
                     text: &sql,
                 });
                 if decision != Decision::Allow {

@@ -114,6 +114,8 @@ pub(super) struct Relay {
     pub(super) server_eof: bool,
     pub(super) local_infile: bool,
     pub(super) session: Arc<SessionHandle>,
+    /// How statements are read: as MariaDB reads them when the server is MariaDB.
+    pub(super) dialect: SqlDialect,
     pub(super) prepared: HashMap<u32, Prepared>,
     pub(super) last_prepared: Option<u32>,
     /// A command is at the server and its answer not yet complete.
@@ -335,7 +337,7 @@ impl Relay {
     pub(super) fn sql<'a>(&self, sql: &'a str, via: &'static str) -> Command<'a> {
         Command::new(
             Action::Sql {
-                dialect: SqlDialect::Mysql,
+                dialect: self.dialect,
                 text: sql,
             },
             via,

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_core::{
-    ConnectionKind, Dialer, EndReason, LoginRequest, SessionHandle, SessionHooks, TunnelLogin,
+    ConnectionKind, Dialer, EndReason, LoginRequest, SessionHandle, SessionHooks, SqlDialect,
+    TunnelLogin,
 };
 use warden_net::{BackendTls, BoxedStream, Rewind};
 
@@ -261,6 +262,7 @@ pub(super) async fn serve_stream<H: SessionHooks>(
         server_eof: server.capabilities & caps::DEPRECATE_EOF != 0,
         local_infile: config.allow_local_infile && server.capabilities & caps::LOCAL_FILES != 0,
         session: session.clone(),
+        dialect: server_dialect(&server.greeting.server_version),
         prepared: HashMap::new(),
         last_prepared: None,
         awaiting: false,
@@ -349,4 +351,14 @@ async fn kill_query(backend: &Backend, thread: u32, timeout: Duration) {
     let _ = s.stream.write_all(&out).await;
     let mut buf = BytesMut::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.stream.read_buf(&mut buf)).await;
+}
+
+/// How the server reads statements, from the version its greeting announces
+/// (MariaDB says so, behind a `5.5.5-` prefix on older versions).
+fn server_dialect(version: &str) -> SqlDialect {
+    if version.to_ascii_lowercase().contains("mariadb") {
+        SqlDialect::Mariadb
+    } else {
+        SqlDialect::Mysql
+    }
 }
