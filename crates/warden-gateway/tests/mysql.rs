@@ -1251,3 +1251,20 @@ async fn mariadb_executable_comments_and_account_changes_are_guarded() {
         .await
         .unwrap();
 }
+
+/// A card number the server spells as a double or with group separators is masked
+/// like its digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_in_other_spellings_are_masked() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let mut c = connect(&gw, "shop", &token).await.unwrap();
+    let row: Row = c
+        .query_first("SELECT CAST(4111111111111111 AS DOUBLE), FORMAT(4111111111111111, 0)")
+        .await
+        .unwrap()
+        .unwrap();
+    for i in 0..2 {
+        let v: String = row.get::<Value, _>(i).map(|v| format!("{v:?}")).unwrap();
+        assert!(!v.contains("4111") && !v.contains("4.111"), "{v}");
+    }
+}

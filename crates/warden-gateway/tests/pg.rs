@@ -1165,3 +1165,26 @@ async fn server_and_account_changes_are_refused_and_cursors_work_with_psql() {
         "BEGIN\nDECLARE CURSOR\n1\nMOVE 1\n3\nCOMMIT\n"
     );
 }
+
+/// A card number the server spells as a float (`4.111111111111111e+15`) is masked
+/// like its digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_in_other_spellings_are_masked() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    let rows = c
+        .simple_query("SELECT '4111111111111111'::float8, to_char(4111111111111111, 'FM9,999,999,999,999,999')")
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    for i in 0..2 {
+        let v = row.get(i).unwrap();
+        assert!(!v.contains("4111") && !v.contains("4.111"), "{v}");
+    }
+}

@@ -563,6 +563,16 @@ impl MaskingEngine {
         }
         let spans = self.find(value, prefilter);
         if spans.is_empty() {
+            // A number in another spelling (`4.111111111111111e+15`, `4,111,...`)
+            // is searched as its plain digits, and masked whole.
+            if let Some(digits) = plain_digits(value)
+                && digits != value
+            {
+                return match self.mask_with(plan, &digits, prefilter) {
+                    (Masked::Unchanged, _) => (Masked::Unchanged, Vec::new()),
+                    found => found,
+                };
+            }
             return (Masked::Unchanged, Vec::new());
         }
         let labels: Vec<String> = spans
@@ -583,6 +593,65 @@ impl MaskingEngine {
         out.extend_from_slice(&value[at..]);
         (Masked::Replaced(out), labels)
     }
+}
+
+/// The digits of a number written in scientific notation or with group
+/// separators, as the integer it spells (`4.1111e+15` → `4111100000000000`); `None`
+/// for anything that is not such a number. Fractional digits are kept in order, so
+/// the digit run a detector looks for survives any spelling.
+fn plain_digits(value: &[u8]) -> Option<Vec<u8>> {
+    // Checked before anything is allocated: most values are no such number.
+    let spelled = value
+        .iter()
+        .any(|c| matches!(c, b'e' | b'E' | b'.' | b',' | b'_' | b'\''));
+    let numeric = value.iter().all(|c| {
+        c.is_ascii_digit() || matches!(c, b'e' | b'E' | b'.' | b',' | b'_' | b'\'' | b'+' | b'-')
+    });
+    if !spelled || !numeric || value.len() > 64 || !value.iter().any(u8::is_ascii_digit) {
+        return None;
+    }
+    let (mantissa, exponent) = match value.iter().position(|c| matches!(c, b'e' | b'E')) {
+        Some(at) => {
+            let exp = std::str::from_utf8(&value[at + 1..]).ok()?;
+            (
+                &value[..at],
+                exp.trim_start_matches('+').parse::<i32>().ok()?,
+            )
+        }
+        None => (value, 0),
+    };
+    let mantissa = mantissa
+        .strip_prefix(b"-")
+        .or_else(|| mantissa.strip_prefix(b"+"))
+        .unwrap_or(mantissa);
+    if !mantissa.iter().any(u8::is_ascii_digit)
+        || !mantissa
+            .iter()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b',' | b'_' | b'\''))
+    {
+        return None;
+    }
+    let mut digits: Vec<u8> = mantissa
+        .iter()
+        .copied()
+        .filter(u8::is_ascii_digit)
+        .collect();
+    if exponent > 0 {
+        // Digits after the decimal point move left of it; zeros fill the rest.
+        let point = mantissa.iter().position(|c| *c == b'.');
+        let fraction = point.map_or(0, |p| {
+            mantissa[p + 1..]
+                .iter()
+                .filter(|c| c.is_ascii_digit())
+                .count()
+        });
+        let zeros = usize::try_from(exponent)
+            .ok()?
+            .saturating_sub(fraction)
+            .min(32);
+        digits.extend(std::iter::repeat_n(b'0', zeros));
+    }
+    Some(digits)
 }
 
 impl Masker for MaskingEngine {
@@ -633,6 +702,27 @@ mod tests {
             Masked::Replaced(b) => String::from_utf8_lossy(&b).into_owned(),
             Masked::Null => "NULL".into(),
         }
+    }
+
+    #[test]
+    fn numbers_in_other_spellings_are_searched_as_digits() {
+        let e = engine(MaskStyle::Full);
+        for v in [
+            "4.111111111111111e+15",
+            "4.111111111111111E15",
+            "-4.111111111111111e+15",
+            "4,111,111,111,111,111",
+            "4111111111111111.0",
+        ] {
+            assert_ne!(masked(&e, v), v, "{v}");
+        }
+        for v in ["1.5e+3", "3.14159", "1,234", "12e5", "e15", "4.1e+"] {
+            assert_eq!(masked(&e, v), v, "{v}");
+        }
+        assert_eq!(
+            plain_digits(b"4.1111e+15").as_deref(),
+            Some(&b"4111100000000000"[..])
+        );
     }
 
     #[test]
