@@ -151,6 +151,11 @@ pub struct PolicyRefs {
     pub masking: Vec<String>,
     #[serde(default)]
     pub reviews: Vec<String>,
+    /// Keep statement and command text verbatim in what Warden stores and sends
+    /// (audit events, recordings, reviews, webhooks, SIEM). Off: the `masking` sets
+    /// are applied to it first. What reaches the target never changes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verbatim_statements: bool,
 }
 
 /// SSH settings of a connection (ignored by other kinds).

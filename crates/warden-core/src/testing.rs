@@ -133,6 +133,7 @@ impl MemorySink {
             sink: self.clone(),
             dialer: Arc::new(DirectDialer),
             ended,
+            verbatim_statements: false,
         })
     }
 }

@@ -432,6 +432,7 @@ impl SessionGate {
             sink: Arc::new(sink),
             dialer: self.dialer.clone(),
             ended,
+            verbatim_statements: conn.policies.verbatim_statements,
         }))
     }
 }

@@ -1188,3 +1188,68 @@ async fn numbers_in_other_spellings_are_masked() {
         assert!(!v.contains("4111") && !v.contains("4.111"), "{v}");
     }
 }
+
+/// Literals in statements are masked in what Warden keeps (audit events, the
+/// recording) with the connection's masking sets; the database gets them as sent. A
+/// connection may keep statements verbatim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_text_is_masked_in_the_record_unless_kept_verbatim() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({
+                "name": "billing-verbatim", "kind": "postgres",
+                "target": "127.0.0.1:5432/postgres", "username": "warden_t_scram",
+                "secret": BACKEND_PASSWORD, "allowed_groups": ["dba"],
+                "policies": {"masking": ["pii"], "verbatim_statements": true},
+                "tls": {"mode": "disable"}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let sql = "SELECT count(*) FROM pg_roles WHERE rolname = 'alice@example.com'";
+    for db in ["billing", "billing-verbatim"] {
+        let c = connect(&gw, db, &token).await.unwrap();
+        // The database got the literal: the query ran as written.
+        let n: i64 = c.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(n, 0);
+        let rows = c.simple_query(sql).await.unwrap();
+        assert!(!rows.is_empty());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = gw.audit_events("pg.query").await;
+    let texts: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| {
+            let text = e["event"]["payload"]["sql"].as_str()?;
+            text.contains("pg_roles").then(|| {
+                (
+                    e["event"]["connection"].as_str().unwrap_or("").to_string(),
+                    text.to_string(),
+                )
+            })
+        })
+        .collect();
+    assert!(texts.len() >= 4, "{texts:?}");
+    for (connection, text) in &texts {
+        if connection == "billing" {
+            assert!(!text.contains("alice@example.com"), "{text}");
+            assert!(text.contains("[redacted:email]"), "{text}");
+        } else {
+            assert_eq!(text, sql);
+        }
+    }
+    // The masked connection's recordings hold no literal either.
+    let (_, sessions) = gw
+        .admin("GET", "/api/sessions?connection=billing", None)
+        .await;
+    for s in sessions.as_array().unwrap() {
+        let id = s["id"].as_str().unwrap();
+        let (_, recording) = gw
+            .admin("GET", &format!("/api/sessions/{id}/recording"), None)
+            .await;
+        assert!(!recording.to_string().contains("alice@example.com"));
+    }
+}

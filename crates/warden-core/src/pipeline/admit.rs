@@ -122,8 +122,9 @@ impl SessionHandle {
             decided,
             detail,
         } = command;
-        let text = action.text();
+        // Decided on the text as sent; kept (audited, recorded, reviewed) masked.
         let mut decision = decided.unwrap_or_else(|| self.guard.decide(&action));
+        let text = self.recorded_text(action.text());
         let mut cause = DenialCause::Policy;
         let mut review = None;
         let mut client_gone = false;

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::gate::{ReviewHold, ReviewOutcome, SessionEnd, Traffic};
 use crate::{
-    Action, Decision, Guard, Masker, RecordingError, Secret, SecretKind, SessionRecorder,
-    SshOptions, TerminalRecorder, TerminalSpec, TimelineEvent, TlsOptions,
+    Action, ColumnPlan, Decision, Guard, Masked, Masker, RecordingError, Secret, SecretKind,
+    SessionRecorder, SshOptions, TerminalRecorder, TerminalSpec, TimelineEvent, TlsOptions,
 };
 
 use super::{BoxedStream, DialError, Dialer, EndReason};
@@ -120,6 +120,7 @@ pub struct SessionHandle {
     sink: Arc<dyn SessionSink>,
     dialer: Arc<dyn Dialer>,
     ended: SessionEnd,
+    verbatim_statements: bool,
     from_client: AtomicU64,
     to_client: AtomicU64,
     /// The first reason something inside the session gave for ending it.
@@ -139,6 +140,9 @@ pub struct SessionParts {
     pub dialer: Arc<dyn Dialer>,
     /// Fires when the gateway ends the session.
     pub ended: SessionEnd,
+    /// Statement text is kept as sent (`false`: masked with the session's masker
+    /// before it is audited, recorded or held for review).
+    pub verbatim_statements: bool,
 }
 
 impl SessionHandle {
@@ -152,6 +156,7 @@ impl SessionHandle {
             sink: parts.sink,
             dialer: parts.dialer,
             ended: parts.ended,
+            verbatim_statements: parts.verbatim_statements,
             from_client: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
             end_reason: Mutex::new(None),
@@ -161,6 +166,19 @@ impl SessionHandle {
 
     pub fn id(&self) -> Uuid {
         self.id
+    }
+
+    /// An action's text as Warden keeps it: masked with the session's masking sets,
+    /// unless the connection keeps statements verbatim.
+    pub fn recorded_text(&self, text: String) -> String {
+        if self.verbatim_statements || !self.masker.is_active() {
+            return text;
+        }
+        match self.masker.mask(ColumnPlan::Detect, text.as_bytes()) {
+            Masked::Unchanged => text,
+            Masked::Replaced(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Masked::Null => "[masked]".to_string(),
+        }
     }
 
     /// Opens a new connection to the session's backend.
