@@ -1253,3 +1253,86 @@ async fn statement_text_is_masked_in_the_record_unless_kept_verbatim() {
         assert!(!recording.to_string().contains("alice@example.com"));
     }
 }
+
+/// Any value of a type whose binary form Warden reads without its text: nothing is
+/// kept but whether it is NULL and its bytes.
+#[derive(Debug)]
+struct RawValue(Option<Vec<u8>>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawValue {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawValue(Some(raw.to_vec())))
+    }
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawValue(None))
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// A client that asks for binary results (tokio-postgres does, as asyncpg does) gets
+/// every value masked that text format masks: containers, records, jsonb, numbers
+/// and bytea are decoded and masked, or become NULL when they cannot be masked in
+/// their own type — never plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_results_are_masked_or_nulled_never_plaintext() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    let leaks = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        text.contains("bob@example.com") || text.contains("4111") || text.contains("4.111")
+    };
+    for (sql, expect_null) in [
+        ("SELECT 4111111111111111::int8", true),
+        ("SELECT 4111111111111111::numeric", true),
+        ("SELECT '4111111111111111'::float8", true),
+        ("SELECT ARRAY['bob@example.com']", false),
+        (
+            "SELECT array_agg(x) FROM (VALUES ('bob@example.com')) v(x)",
+            false,
+        ),
+        ("SELECT ARRAY[4111111111111111::int8, 7]", false),
+        ("SELECT row('bob@example.com'::text, 1)", false),
+        ("SELECT to_tsvector('simple', 'bob@example.com')", true),
+        ("SELECT jsonb_build_object('e', 'bob@example.com')", false),
+        ("SELECT to_jsonb('4111 1111 1111 1111'::text)", false),
+        ("SELECT 'bob@example.com'::bytea", false),
+    ] {
+        // Text format masks it...
+        let rows = c.simple_query(sql).await.unwrap();
+        for m in &rows {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                assert!(!leaks(r.get(0).unwrap_or("").as_bytes()), "text: {sql}");
+            }
+        }
+        // ...and so does binary.
+        let row = c.query_one(sql, &[]).await.unwrap();
+        let RawValue(value) = row.get(0);
+        match value {
+            None => assert!(expect_null, "{sql}: NULL"),
+            Some(bytes) => {
+                assert!(!expect_null, "{sql}: {bytes:?}");
+                assert!(!leaks(&bytes), "{sql}: {}", String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    // Values with nothing sensitive come through as they are.
+    let row = c
+        .query_one(
+            "SELECT 42::int8, 3.5::numeric, ARRAY[1, 2], '{\"a\": 1}'::jsonb",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 42);
+    for i in 1..4 {
+        let RawValue(v) = row.get(i);
+        assert!(v.is_some(), "column {i}");
+    }
+}

@@ -67,7 +67,7 @@ impl ResultCapture {
             .enumerate()
             .map(|(i, v)| {
                 v.map(|v| {
-                    let binary = matches!(columns.get(i), Some(ColumnMasking::NullIfRule(_)));
+                    let binary = matches!(columns.get(i), Some(ColumnMasking::Binary { .. }));
                     render_value(&v, binary)
                 })
             })

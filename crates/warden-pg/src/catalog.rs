@@ -233,7 +233,10 @@ pub(crate) fn column_masking(
                 None => c.format,
             };
             if format == 1 && !is_text_type(c.type_oid) {
-                ColumnMasking::NullIfRule(c.plan)
+                ColumnMasking::Binary {
+                    plan: c.plan,
+                    oid: c.type_oid,
+                }
             } else {
                 ColumnMasking::Mask(c.plan)
             }
@@ -254,7 +257,7 @@ fn value_kind(oid: u32) -> ValueKind {
 }
 
 /// Types whose binary format is their text (so binary values can be masked as text).
-fn is_text_type(oid: u32) -> bool {
+pub(crate) fn is_text_type(oid: u32) -> bool {
     matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 142)
 }
 

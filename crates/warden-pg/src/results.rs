@@ -348,11 +348,215 @@ pub fn mask_notification(
 pub enum ColumnMasking {
     /// Hand the value bytes (text format, or binary text-like types) to the masker.
     Mask(ColumnPlan),
-    /// A binary-format value a rule covers: it cannot be rewritten type-correctly, so
-    /// it becomes NULL (fail closed).
-    NullIfRule(ColumnPlan),
+    /// A binary-format value of type `oid` (not text-like): decoded where Warden
+    /// can read it; what is sensitive, or cannot be read, becomes NULL (fail closed).
+    Binary { plan: ColumnPlan, oid: u32 },
     /// Leave it.
     Keep,
+}
+
+/// Masks one binary-format value of a type whose binary form is not its text.
+/// `bytea` is searched as its bytes and `jsonb` as its JSON text, both rewritten in
+/// place; numbers (`int2/4/8`, `float4/8`, `numeric`) are searched as the digits
+/// they spell and become NULL when something is found (a masked number is no
+/// number); anything else (arrays, records, `tsvector`, types Warden cannot read)
+/// becomes NULL whenever detectors would search it. A column rule makes it NULL.
+pub fn mask_binary(masker: &dyn Masker, plan: ColumnPlan, oid: u32, value: &[u8]) -> Masked {
+    match plan {
+        ColumnPlan::Skip => Masked::Unchanged,
+        ColumnPlan::Rule(_) => Masked::Null,
+        ColumnPlan::Detect => match oid {
+            // bytea
+            17 => masker.mask(plan, value),
+            // jsonb: a version byte, then the JSON text.
+            3802 => match value.split_first() {
+                Some((1, json)) => match masker.mask(plan, json) {
+                    Masked::Replaced(r) => {
+                        let mut out = Vec::with_capacity(r.len() + 1);
+                        out.push(1);
+                        out.extend_from_slice(&r);
+                        Masked::Replaced(out)
+                    }
+                    other => other,
+                },
+                _ => Masked::Null,
+            },
+            20 | 21 | 23 | 700 | 701 | 1700 => match binary_number(oid, value) {
+                Some(text) => match masker.mask(plan, text.as_bytes()) {
+                    Masked::Unchanged => Masked::Unchanged,
+                    _ => Masked::Null,
+                },
+                None => Masked::Null,
+            },
+            // Arrays of the types above and of text-like types.
+            1000 | 1001 | 1005 | 1007 | 1009 | 1014 | 1015 | 1016 | 1021 | 1022 | 1231 | 199
+            | 3807 | 143 => mask_container(masker, plan, value, Container::Array),
+            // Anonymous records (`row(...)`, a table's whole row in a function).
+            2249 => mask_container(masker, plan, value, Container::Record),
+            _ => Masked::Null,
+        },
+    }
+}
+
+/// A value inside an array or record: text-like types as text, the rest as binary.
+fn mask_element(masker: &dyn Masker, plan: ColumnPlan, oid: u32, value: &[u8]) -> Masked {
+    if crate::catalog::is_text_type(oid) {
+        masker.mask(plan, value)
+    } else {
+        mask_binary(masker, plan, oid, value)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Container {
+    Array,
+    Record,
+}
+
+/// Masks the elements of a binary array or the fields of a binary record, each by its
+/// own type; one that must go becomes a NULL element. The whole value becomes NULL
+/// when it cannot be read.
+fn mask_container(masker: &dyn Masker, plan: ColumnPlan, v: &[u8], kind: Container) -> Masked {
+    mask_container_checked(masker, plan, v, kind).unwrap_or(Masked::Null)
+}
+
+fn mask_container_checked(
+    masker: &dyn Masker,
+    plan: ColumnPlan,
+    v: &[u8],
+    kind: Container,
+) -> Option<Masked> {
+    let int = |at: usize| -> Option<i32> {
+        Some(i32::from_be_bytes(v.get(at..at + 4)?.try_into().ok()?))
+    };
+    // The header is kept as it is, up to where the elements start; arrays get
+    // their has-null flag set when an element becomes NULL.
+    let (mut at, count, elem_oid) = match kind {
+        Container::Array => {
+            let ndim = usize::try_from(int(0)?).ok()?;
+            if ndim > 6 {
+                return None;
+            }
+            let elem_oid = u32::try_from(int(8)?).ok()?;
+            let mut count = usize::from(ndim > 0);
+            for d in 0..ndim {
+                count = count.checked_mul(usize::try_from(int(12 + 8 * d)?).ok()?)?;
+            }
+            (12 + 8 * ndim, count, Some(elem_oid))
+        }
+        Container::Record => (4, usize::try_from(int(0)?).ok()?, None),
+    };
+    let header_end = at;
+    if count > v.len() {
+        return None;
+    }
+    let mut elements = Vec::with_capacity(count);
+    let mut changed = false;
+    for _ in 0..count {
+        let oid = match elem_oid {
+            Some(oid) => oid,
+            None => {
+                let oid = u32::try_from(int(at)?).ok()?;
+                at += 4;
+                oid
+            }
+        };
+        let len = int(at)?;
+        at += 4;
+        let value = if len < 0 {
+            None
+        } else {
+            let end = at.checked_add(usize::try_from(len).ok()?)?;
+            let bytes = v.get(at..end)?;
+            at = end;
+            Some(bytes)
+        };
+        let masked = value.map_or(Masked::Unchanged, |b| mask_element(masker, plan, oid, b));
+        changed |= masked != Masked::Unchanged;
+        elements.push((oid, value, masked));
+    }
+    if at != v.len() {
+        return None;
+    }
+    if !changed {
+        return Some(Masked::Unchanged);
+    }
+    let mut out = v[..header_end].to_vec();
+    if kind == Container::Array && elements.iter().any(|(_, _, m)| *m == Masked::Null) {
+        out[4..8].copy_from_slice(&1i32.to_be_bytes());
+    }
+    for (oid, value, masked) in elements {
+        if kind == Container::Record {
+            out.extend_from_slice(&oid.to_be_bytes());
+        }
+        let bytes: Option<Vec<u8>> = match masked {
+            Masked::Unchanged => value.map(<[u8]>::to_vec),
+            Masked::Replaced(r) => Some(r),
+            Masked::Null => None,
+        };
+        match bytes {
+            Some(b) => {
+                out.extend_from_slice(&i32::try_from(b.len()).ok()?.to_be_bytes());
+                out.extend_from_slice(&b);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    Some(Masked::Replaced(out))
+}
+
+/// A binary integer, float or numeric as decimal text.
+fn binary_number(oid: u32, v: &[u8]) -> Option<String> {
+    Some(match (oid, v.len()) {
+        (21, 2) => i16::from_be_bytes(v.try_into().ok()?).to_string(),
+        (23, 4) => i32::from_be_bytes(v.try_into().ok()?).to_string(),
+        (20, 8) => i64::from_be_bytes(v.try_into().ok()?).to_string(),
+        (700, 4) => format!("{}", f32::from_be_bytes(v.try_into().ok()?)),
+        (701, 8) => format!("{}", f64::from_be_bytes(v.try_into().ok()?)),
+        (1700, _) => binary_numeric(v)?,
+        _ => return None,
+    })
+}
+
+/// `numeric` in binary: digit count, weight (of the first base-10000 digit), sign,
+/// display scale, then the base-10000 digits. Rendered as all its decimal digits.
+fn binary_numeric(v: &[u8]) -> Option<String> {
+    let word = |i: usize| -> Option<i16> {
+        Some(i16::from_be_bytes([*v.get(2 * i)?, *v.get(2 * i + 1)?]))
+    };
+    let ndigits = usize::try_from(word(0)?).ok()?;
+    let weight = word(1)?;
+    let sign = word(2)? as u16;
+    if v.len() != 8 + 2 * ndigits || ndigits > 1000 {
+        return None;
+    }
+    if sign == 0xC000 {
+        return Some("NaN".into());
+    }
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    for i in 0..ndigits {
+        let d = word(4 + i)?;
+        if !(0..10000).contains(&d) {
+            return None;
+        }
+        if i == 0 {
+            out.push_str(&d.to_string());
+        } else {
+            out.push_str(&format!("{d:04}"));
+        }
+    }
+    // Whole base-10000 digits after the last one given are zeros.
+    let trailing = i32::from(weight) + 1 - i32::try_from(ndigits).ok()?;
+    for _ in 0..trailing.clamp(0, 256) {
+        out.push_str("0000");
+    }
+    if ndigits == 0 {
+        out.push('0');
+    }
+    Some(out)
 }
 
 /// Rewrites a `DataRow` frame with masked values and recomputed lengths. Returns
@@ -373,8 +577,7 @@ pub fn mask_data_row(
         let masked = match (&value, action) {
             (None, _) | (_, ColumnMasking::Keep) => Masked::Unchanged,
             (Some(v), ColumnMasking::Mask(plan)) => masker.mask(plan, v),
-            (Some(_), ColumnMasking::NullIfRule(ColumnPlan::Rule(_))) => Masked::Null,
-            (Some(_), ColumnMasking::NullIfRule(_)) => Masked::Unchanged,
+            (Some(v), ColumnMasking::Binary { plan, oid }) => mask_binary(masker, plan, oid, v),
         };
         if masked != Masked::Unchanged && out.is_none() {
             // First change: copy the values before this one as they are.
@@ -483,7 +686,10 @@ mod tests {
         let binary = data_row(&[Some(&[0, 0, 0, 42])]);
         let nulled = mask_data_row(
             &binary,
-            &[ColumnMasking::NullIfRule(ColumnPlan::Rule(ColumnRuleId(0)))],
+            &[ColumnMasking::Binary {
+                plan: ColumnPlan::Rule(ColumnRuleId(0)),
+                oid: 23,
+            }],
             &Stub,
         );
         assert_eq!(

@@ -528,10 +528,12 @@ detectors = ["email"]
     let out = run(warden(dir.path()).args(["replay", &session, "--config", "warden.toml"]));
     let replay = text(&out.stdout);
     assert!(out.status.success(), "{replay}{}", text(&out.stderr));
+    // The statement as kept: its literal masked like the results.
     assert!(
-        replay.contains("> SELECT 'reach me at eve@example.com'"),
+        replay.contains("> SELECT 'reach me at [redacted:email]'"),
         "{replay}"
     );
+    assert!(!replay.contains("eve@example.com"), "{replay}");
     assert!(replay.contains("reach me at [redacted:email]"), "{replay}");
     assert!(replay.contains("DENIED by no-drops/no-ddl"), "{replay}");
     assert!(replay.contains("ERROR 42501"), "{replay}");
