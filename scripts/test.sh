@@ -19,6 +19,12 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
+# asyncpg: a Python driver that asks for binary results (the masking tests use it).
+python3 -c 'import asyncpg' 2>/dev/null || {
+  log "installing asyncpg"
+  python3 -m pip install --quiet --disable-pip-version-check asyncpg==0.32.0
+}
+
 setup_postgres
 setup_mariadb
 setup_mariadb_tls

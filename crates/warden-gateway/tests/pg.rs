@@ -1336,3 +1336,59 @@ async fn binary_results_are_masked_or_nulled_never_plaintext() {
         assert!(v.is_some(), "column {i}");
     }
 }
+
+/// asyncpg asks for binary results for every type it knows: what it gets back is
+/// masked or NULL, never plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_binary_results_are_masked() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({
+                "name": "billing-plain", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                "username": "warden_t_scram", "secret": BACKEND_PASSWORD,
+                "allowed_groups": ["dba"], "policies": {"masking": ["pii"]},
+                "tls": {"mode": "disable"}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/asyncpg_binary.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("WARDEN_PG_PORT", port.to_string())
+        .env("WARDEN_TOKEN", &token)
+        .env("WARDEN_DB", "billing-plain")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 10, "{stdout}");
+    for r in &results[..9] {
+        let value = r["value"].as_str().unwrap_or("NULL");
+        assert!(
+            !value.contains("example.com") && !value.contains("4111") && !value.contains("4.111"),
+            "{r}"
+        );
+    }
+    assert_eq!(results[9]["value"], "42");
+}
