@@ -410,3 +410,17 @@ pub mod conformance {
         }
     }
 }
+
+/// Waits (up to 10 s) until `probe` holds; panics naming `what` otherwise.
+pub async fn eventually(what: &str, probe: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if probe() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    #[allow(clippy::panic)]
+    {
+        panic!("timed out waiting for {what}");
+    }
+}

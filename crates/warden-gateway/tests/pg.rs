@@ -42,6 +42,23 @@ async fn setup_with(gw: TestGateway) -> (TestGateway, String) {
     (gw, key["token"].as_str().unwrap().to_string())
 }
 
+/// Adds a connection to the test server without TLS, with `policies`.
+async fn add_plain(gw: &TestGateway, name: &str, policies: serde_json::Value) {
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({
+                "name": name, "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                "username": "warden_t_scram", "secret": BACKEND_PASSWORD,
+                "allowed_groups": ["dba"], "policies": policies,
+                "tls": {"mode": "disable"}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 async fn connect(
     gw: &TestGateway,
     db: &str,
@@ -1078,19 +1095,7 @@ async fn oidc_tokens_from_the_real_provider_work_and_expired_ones_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_and_account_changes_are_refused_and_cursors_work_with_psql() {
     let (gw, token) = setup(Backend::Sqlite).await;
-    let (status, body) = gw
-        .admin(
-            "POST",
-            "/api/connections",
-            Some(json!({
-                "name": "billing-ro", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
-                "username": "warden_t_scram", "secret": BACKEND_PASSWORD,
-                "allowed_groups": ["dba"], "policies": {"guardrails": ["read-only"]},
-                "tls": {"mode": "disable"}
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    add_plain(&gw, "billing-ro", json!({"guardrails": ["read-only"]})).await;
     let port = gw
         .gateway
         .listener(warden_core::ConnectionKind::Postgres)
@@ -1195,20 +1200,12 @@ async fn numbers_in_other_spellings_are_masked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_text_is_masked_in_the_record_unless_kept_verbatim() {
     let (gw, token) = setup(Backend::Sqlite).await;
-    let (status, body) = gw
-        .admin(
-            "POST",
-            "/api/connections",
-            Some(json!({
-                "name": "billing-verbatim", "kind": "postgres",
-                "target": "127.0.0.1:5432/postgres", "username": "warden_t_scram",
-                "secret": BACKEND_PASSWORD, "allowed_groups": ["dba"],
-                "policies": {"masking": ["pii"], "verbatim_statements": true},
-                "tls": {"mode": "disable"}
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    add_plain(
+        &gw,
+        "billing-verbatim",
+        json!({"masking": ["pii"], "verbatim_statements": true}),
+    )
+    .await;
     let sql = "SELECT count(*) FROM pg_roles WHERE rolname = 'alice@example.com'";
     for db in ["billing", "billing-verbatim"] {
         let c = connect(&gw, db, &token).await.unwrap();
@@ -1342,19 +1339,7 @@ async fn binary_results_are_masked_or_nulled_never_plaintext() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_binary_results_are_masked() {
     let (gw, token) = setup(Backend::Sqlite).await;
-    let (status, body) = gw
-        .admin(
-            "POST",
-            "/api/connections",
-            Some(json!({
-                "name": "billing-plain", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
-                "username": "warden_t_scram", "secret": BACKEND_PASSWORD,
-                "allowed_groups": ["dba"], "policies": {"masking": ["pii"]},
-                "tls": {"mode": "disable"}
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    add_plain(&gw, "billing-plain", json!({"masking": ["pii"]})).await;
     let port = gw
         .gateway
         .listener(warden_core::ConnectionKind::Postgres)

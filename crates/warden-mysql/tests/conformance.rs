@@ -4,12 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use warden_core::testing::conformance::{self, ConformanceGuard, Outcome, Scenario};
-use warden_core::testing::{MemorySink, MemoryTimeline};
+use warden_core::testing::{MemorySink, MemoryTimeline, eventually};
 use warden_core::{
     BackendTarget, LoginRequest, Refusal, Secret, SessionEnd, SessionHandle, SessionHooks, TlsMode,
     TlsOptions,
@@ -65,16 +64,6 @@ async fn start(hooks: Arc<Hooks>) -> SocketAddr {
         }
     });
     addr
-}
-
-async fn eventually(what: &str, probe: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if probe() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 use warden_core::testing::conformance::{self, ConformanceGuard, Outcome, Scenario};
-use warden_core::testing::{MemorySink, MemoryTimeline};
+use warden_core::testing::{MemorySink, MemoryTimeline, eventually};
 use warden_core::{
     BackendTarget, LoginRequest, Refusal, Secret, SessionEnd, SessionHandle, SessionHooks, TlsMode,
     TlsOptions,
@@ -62,16 +62,6 @@ async fn start(hooks: Arc<Hooks>) -> SocketAddr {
         }
     });
     addr
-}
-
-async fn eventually(what: &str, probe: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if probe() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_core::testing::conformance::{self, ConformanceGuard, Outcome, Scenario};
-use warden_core::testing::{MemorySink, MemoryTimeline};
+use warden_core::testing::{MemorySink, MemoryTimeline, eventually};
 use warden_core::{
     BackendTarget, LoginRequest, Refusal, Secret, SecretKind, SessionEnd, SessionHandle,
     SessionHooks, SshOptions,
@@ -105,16 +105,6 @@ fn ssh(addr: SocketAddr, command: &str) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
-}
-
-async fn eventually(what: &str, probe: impl Fn() -> bool) {
-    for _ in 0..400 {
-        if probe() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
