@@ -105,6 +105,9 @@ pub async fn open_store(config: &Config, key: &MasterKey) -> Result<Store, Gatew
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
+        if !file.to_string_lossy().starts_with(':') {
+            private_store_files(file)?;
+        }
     }
     match Store::open(url.expose(), key).await {
         Ok(s) => Ok(s),
@@ -115,6 +118,34 @@ pub async fn open_store(config: &Config, key: &MasterKey) -> Result<Store, Gatew
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The SQLite store holds sealed secrets, key hashes and the audit chain: its file
+/// is created owner-only before SQLite opens it (SQLite gives its `-wal` and `-shm`
+/// files the database file's mode), and an existing one and its companions are made
+/// owner-only.
+fn private_store_files(file: &Path) -> Result<(), GatewayError> {
+    let io = |context: String| move |source| GatewayError::Io { context, source };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(file)
+            .map_err(io(format!("creating {}", file.display())))?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = file.as_os_str().to_owned();
+            name.push(suffix);
+            let path = Path::new(&name);
+            if path.exists() {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io(format!("making {} owner-only", path.display())))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Makes sure an admin key exists. Returns a generated token, which the caller shows

@@ -160,6 +160,15 @@ fn embedded_default_start_admin_key_once_no_secrets_in_logs_and_tamper_evident_a
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // So are the store and SQLite's companion files (they hold sealed secrets, key
+    // hashes and the audit chain).
+    for name in ["warden.db", "warden.db-wal", "warden.db-shm"] {
+        let path = data.join(name);
+        if name == "warden.db" || path.exists() {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let http = reqwest::Client::new();
