@@ -263,6 +263,9 @@ impl AccessControl {
                 RequestStatus::Expired | RequestStatus::Revoked => {
                     return expired(format!("review {id} timed out without a decision"));
                 }
+                RequestStatus::Abandoned => {
+                    return expired(format!("review {id} was abandoned: the client left"));
+                }
                 RequestStatus::Pending if review.expires_at <= now => {
                     self.expire_review(&review).await;
                     continue;
@@ -274,6 +277,30 @@ impl AccessControl {
                 .unwrap_or(Duration::ZERO)
                 .min(REVIEW_POLL);
             let _ = tokio::time::timeout(left, woken).await;
+        }
+    }
+
+    /// The client whose command review `id` holds has left: a pending review is
+    /// closed as `abandoned` (audited), so no approval can claim the command runs.
+    pub async fn abandon_review(&self, id: Uuid) {
+        let review = match self.store.review(id).await {
+            Ok(Some(r)) if r.decision.status == RequestStatus::Pending => r,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, review = %id, "review not abandoned");
+                return;
+            }
+        };
+        let mut abandoned = review.clone();
+        abandoned.decision.status = RequestStatus::Abandoned;
+        abandoned.decision.decided_at = Some(timefmt::now());
+        let mut event = review_event("review.abandon", &abandoned);
+        if let Some(s) = review.session_id {
+            event = event.in_session(s);
+        }
+        match self.store.update_review(&review, &abandoned, &event).await {
+            Ok(_) => self.review_decided(review.id),
+            Err(e) => tracing::warn!(error = %e, review = %review.id, "review not abandoned"),
         }
     }
 

@@ -618,9 +618,14 @@ impl SessionSink for OpenSession {
     }
 
     fn abandon_review(&self, id: &str) {
-        // The wait is dropped with the session's admission: nothing runs if the
-        // review is approved later.
+        // Closed in the store (audited) so an approver is told nothing will run; the
+        // wait itself ended with the session's admission.
         tracing::info!(session = %self.id, review = id, "client left while held for review");
+        let Ok(id) = id.parse::<Uuid>() else {
+            return;
+        };
+        let access = self.access.clone();
+        tokio::spawn(async move { access.abandon_review(id).await });
     }
 
     fn terminal(

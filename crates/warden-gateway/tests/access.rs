@@ -553,8 +553,16 @@ async fn held_statements_wait_for_their_review() {
     let id7 = gw.pending_review(&bob, leaving).await;
     task.abort();
     conn.abort();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = gw
+    // The review is closed as abandoned (audited); an approver is told so.
+    let abandoned = eventually("the review abandoned", || async {
+        let (_, review) = gw
+            .call("GET", &format!("/api/reviews/{id7}"), Some(&bob), None)
+            .await;
+        (review["status"] == "abandoned").then_some(review)
+    })
+    .await;
+    assert!(abandoned["decided_at"].is_string(), "{abandoned}");
+    let (status, answer) = gw
         .call(
             "POST",
             &format!("/api/reviews/{id7}/approve"),
@@ -562,7 +570,10 @@ async fn held_statements_wait_for_their_review() {
             None,
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.to_string().contains("abandoned"), "{answer}");
+    let events = gw.audit_events("review.abandon").await;
+    assert_eq!(events.len(), 1, "{events:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rows = other
         .query_one("SELECT count(*) FROM warden_review_t WHERE id = 7", &[])

@@ -27,6 +27,8 @@ pub enum RequestStatus {
     Expired,
     /// A grant ended early by a reviewer or its requester.
     Revoked,
+    /// A review whose client left before anyone decided: nothing will run.
+    Abandoned,
 }
 
 impl RequestStatus {
@@ -37,6 +39,7 @@ impl RequestStatus {
             RequestStatus::Rejected => "rejected",
             RequestStatus::Expired => "expired",
             RequestStatus::Revoked => "revoked",
+            RequestStatus::Abandoned => "abandoned",
         }
     }
 
@@ -47,6 +50,7 @@ impl RequestStatus {
             RequestStatus::Rejected,
             RequestStatus::Expired,
             RequestStatus::Revoked,
+            RequestStatus::Abandoned,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

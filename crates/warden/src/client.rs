@@ -371,6 +371,7 @@ async fn decide(id: &str, verb: &str, comment: Option<String>, args: ApiArgs) ->
     let outcome = match (kind, status) {
         ("review", "approved") => "approved: the command runs now".to_string(),
         ("review", "rejected") => "rejected: the command is refused".to_string(),
+        ("review", "abandoned") => "abandoned: the client left, nothing runs".to_string(),
         (_, "approved") => format!("approved: granted until {}", str_of(&answer, "ends_at")),
         (_, "rejected") => "rejected".to_string(),
         _ => format!("{status}, {} approvals so far", approvals(&answer)),
