@@ -482,6 +482,40 @@ impl SessionHooks for SessionGate {
                 return Err(unavailable("the gateway's store is unavailable"));
             }
         };
+        // Registered with an API key: revoked or expired, it takes the key with it.
+        if let Some(key_id) = &key.api_key_id {
+            let origin = match self.store.api_key(key_id).await {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(error = %e, "api key lookup failed");
+                    return Err(unavailable("the gateway's store is unavailable"));
+                }
+            };
+            let now = timefmt::now();
+            let gone = match &origin {
+                None => Some("was deleted"),
+                Some(k) if k.revoked_at.is_some() => Some("was revoked"),
+                Some(k) if k.expires_at.is_some_and(|e| e <= now) => Some("has expired"),
+                Some(_) => None,
+            };
+            if let Some(how) = gone {
+                let event = Event::new(
+                    "auth.failure",
+                    json!({"code": "api_key_revoked", "reason": format!("the API key that registered this SSH key {how}"),
+                           "protocol": "ssh", "fingerprint": key.fingerprint, "subject": key.subject,
+                           "key_id": key_id, "client": login.client.to_string(), "connection": login.connection}),
+                );
+                return Err(self
+                    .refuse(
+                        event,
+                        RefusalKind::BadCredentials,
+                        format!(
+                            "the API key this SSH key was registered with {how}; register it again"
+                        ),
+                    )
+                    .await);
+            }
+        }
         if key.expires_at <= timefmt::now() {
             let event = Event::new(
                 "auth.failure",

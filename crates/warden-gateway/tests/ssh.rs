@@ -750,6 +750,50 @@ async fn registered_keys_log_in_until_deleted_or_expired() {
             .any(|e| e["event"]["payload"]["code"] == "key_expired"),
         "{failures:?}"
     );
+
+    // A registration never outlives the token that made it: its expiry is capped at
+    // the token's, and revoking the token revokes it.
+    let (status, short) = gw
+        .admin(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "short", "groups": ["ops"], "ttl_secs": 60})),
+        )
+        .await;
+    assert_eq!(status, 201, "{short}");
+    let short_token = short["token"].as_str().unwrap().to_string();
+    let (status, _) = gw.call("DELETE", &path, Some(&ops), None).await;
+    assert!(status == 204 || status == 404);
+    let (status, reg) = gw
+        .call(
+            "POST",
+            "/api/ssh-keys",
+            Some(&short_token),
+            Some(json!({"public_key": public, "ttl_secs": 43200})),
+        )
+        .await;
+    assert_eq!(status, 201, "{reg}");
+    let key_ends = time::OffsetDateTime::parse(
+        reg["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let token_ends = time::OffsetDateTime::parse(
+        short["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(key_ends <= token_ends, "{reg} outlives {short}");
+    let out = with_key("box");
+    assert_eq!(text(&out.stdout), "by-key\n", "{}", text(&out.stderr));
+    let key_id = short["id"].as_str().unwrap();
+    let (status, _) = gw
+        .admin("DELETE", &format!("/api/api-keys/{key_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let out = with_key("box");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stdout).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

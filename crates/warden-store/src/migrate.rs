@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "access requests, reviews, event delivery",
         include_str!("../migrations/0004_access.sql"),
     ),
+    (
+        5,
+        "the API key an SSH key was registered with",
+        include_str!("../migrations/0005_ssh_key_origin.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one

@@ -21,10 +21,15 @@ pub struct SshUserKey {
     pub subject: String,
     pub groups: Vec<String>,
     pub created_at: OffsetDateTime,
+    /// Never later than the expiry of the token that registered it.
     pub expires_at: OffsetDateTime,
+    /// The API key it was registered with, if it was: revoked or expired, it takes
+    /// the registration with it.
+    pub api_key_id: Option<String>,
 }
 
-const COLUMNS: &str = "fingerprint, public_key, name, subject, groups_json, created_at, expires_at";
+const COLUMNS: &str =
+    "fingerprint, public_key, name, subject, groups_json, created_at, expires_at, api_key_id";
 
 impl Store {
     /// Registers a key and records `event`, atomically. A fingerprint registered
@@ -32,7 +37,7 @@ impl Store {
     pub async fn insert_ssh_user_key(&self, key: &SshUserKey, event: &Event) -> Result<()> {
         let mut tx = self.begin_audited().await?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO ssh_user_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+            "INSERT INTO ssh_user_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (fingerprint) DO NOTHING"
         )))
         .bind(&key.fingerprint)
@@ -42,6 +47,7 @@ impl Store {
         .bind(serde_json::to_string(&key.groups)?)
         .bind(timefmt::to_micros(key.created_at))
         .bind(timefmt::to_micros(key.expires_at))
+        .bind(key.api_key_id.as_deref())
         .execute(tx.conn())
         .await?;
         if done.rows_affected() == 0 {
@@ -108,5 +114,6 @@ fn key_from_row(row: &AnyRow) -> Result<SshUserKey> {
         groups: serde_json::from_str(&row.try_get::<String, _>("groups_json")?)?,
         created_at: time_from_db(row.try_get("created_at")?)?,
         expires_at: time_from_db(row.try_get("expires_at")?)?,
+        api_key_id: row.try_get("api_key_id")?,
     })
 }

@@ -713,6 +713,7 @@ async fn ssh_options_host_key_pins_and_user_keys(backend: Backend) -> TestResult
         groups: vec!["ops".into()],
         created_at: timefmt::now(),
         expires_at: timefmt::now() + time::Duration::hours(1),
+        api_key_id: Some("k1".into()),
     };
     store
         .insert_ssh_user_key(&key, &ev("ssh_key.register"))

@@ -136,6 +136,16 @@ pub async fn create(
         )));
     }
     let now = timefmt::now();
+    // A registration never outlives the token that made it.
+    let asked = now + time::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2));
+    let expires_at = caller
+        .identity
+        .expires_at
+        .map_or(asked, |token_ends| asked.min(token_ends));
+    let api_key_id = match &caller.identity.method {
+        AuthMethod::ApiKey { key_id } => Some(key_id.clone()),
+        _ => None,
+    };
     let key = SshUserKey {
         fingerprint: line.fingerprint,
         public_key: line.line,
@@ -143,7 +153,8 @@ pub async fn create(
         subject: caller.identity.subject.clone(),
         groups: caller.identity.groups.clone(),
         created_at: now,
-        expires_at: now + time::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2)),
+        expires_at,
+        api_key_id,
     };
     let event = Event::new(
         "ssh_key.register",
