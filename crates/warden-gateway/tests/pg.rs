@@ -1377,3 +1377,63 @@ async fn asyncpg_binary_results_are_masked() {
     }
     assert_eq!(results[9]["value"], "42");
 }
+
+/// A whole-row reference to a table (`SELECT u FROM t u`) masks the fields its
+/// column rules cover, in text and in binary format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_row_references_mask_their_fields_in_both_formats() {
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let table = format!("warden_t_rows_{}", std::process::id());
+    let admin = superuser().await;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int, name text, ssn text);
+             INSERT INTO {table} VALUES (1, 'alice, a', 'secret-ssn-value');
+             GRANT SELECT ON {table} TO warden_t_scram"
+        ))
+        .await
+        .unwrap();
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    let sql = format!("SELECT u FROM {table} u");
+    let rows = c.simple_query(&sql).await.unwrap();
+    let text = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
+    assert!(!text.contains("secret-ssn-value"), "{text}");
+    assert!(text.starts_with("(1,\"alice, a\","), "{text}");
+    let row = c.query_one(&sql, &[]).await.unwrap();
+    let RawValue(binary) = row.get(0);
+    let binary = binary.expect("a record, its ssn field masked");
+    assert!(
+        !String::from_utf8_lossy(&binary).contains("secret-ssn-value"),
+        "{binary:?}"
+    );
+    assert!(String::from_utf8_lossy(&binary).contains("alice, a"));
+    // User types that are strings (enums) are masked as strings, not nulled.
+    admin
+        .batch_execute(&format!(
+            "CREATE TYPE {table}_mood AS ENUM ('happy', 'bob@example.com')"
+        ))
+        .await
+        .unwrap();
+    let row = c
+        .query_one(
+            &format!("SELECT 'happy'::{table}_mood, 'bob@example.com'::{table}_mood"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let RawValue(happy) = row.get(0);
+    assert_eq!(happy.as_deref(), Some(&b"happy"[..]));
+    let RawValue(email) = row.get(1);
+    let email = email.expect("masked, not NULL");
+    assert!(!String::from_utf8_lossy(&email).contains("bob@example.com"));
+    admin
+        .batch_execute(&format!("DROP TABLE {table}; DROP TYPE {table}_mood"))
+        .await
+        .unwrap();
+}

@@ -19,6 +19,30 @@ pub(crate) struct DescribedColumn {
     pub(crate) type_oid: u32,
     pub(crate) format: i16,
     pub(crate) name: String,
+    /// A table's row type: each field's plan and type, as that table's columns.
+    pub(crate) fields: Option<std::sync::Arc<[(warden_core::ColumnPlan, u32)]>>,
+}
+
+/// `text`, what string-like user types are masked as.
+const TEXT_OID: u32 = 25;
+
+/// The first OID of objects users create: types below it are built in.
+const FIRST_USER_OID: u32 = 16384;
+
+/// A table's row type: (table OID, attribute number, attribute type) per field.
+type RowType = Vec<(u32, i16, u32)>;
+
+/// What a user-defined type in a result is, for masking.
+#[derive(Debug, Clone)]
+enum UserType {
+    /// A table's row type.
+    Row(RowType),
+    /// Its values are strings, in both formats (enums, `citext`, string-like types).
+    Text,
+    /// A domain over this (built-in) type.
+    Domain(u32),
+    /// Anything else: read as nothing Warden can decode.
+    Other,
 }
 
 /// Columns of a result.
@@ -33,6 +57,8 @@ pub(crate) struct Catalog {
     /// (table OID, attribute number) → the column's real name, so `ssn AS x` is
     /// still the `ssn` column to masking rules.
     columns: HashMap<(u32, i16), String>,
+    /// User-defined types seen in results.
+    types: HashMap<u32, UserType>,
 }
 
 impl Catalog {
@@ -50,17 +76,42 @@ impl Catalog {
                     .columns
                     .get(&(f.table_oid, f.column_attr))
                     .map_or(f.name.as_str(), String::as_str);
+                // A user type is masked as what it is made of.
+                let type_oid = match self.types.get(&f.type_oid) {
+                    Some(UserType::Text) => TEXT_OID,
+                    Some(UserType::Domain(base)) => *base,
+                    _ => f.type_oid,
+                };
                 let plan = masker.plan(&ColumnRef {
                     schema: names.map(|n| n.0.as_str()),
                     table: names.map(|n| n.1.as_str()),
                     column,
-                    kind: value_kind(f.type_oid),
+                    kind: value_kind(type_oid),
                 });
+                let fields = match self.types.get(&f.type_oid) {
+                    Some(UserType::Row(row)) => Some(
+                        row.iter()
+                            .map(|(table, attnum, oid)| {
+                                let names = self.names.get(table);
+                                let column = self.columns.get(&(*table, *attnum));
+                                let plan = masker.plan(&ColumnRef {
+                                    schema: names.map(|n| n.0.as_str()),
+                                    table: names.map(|n| n.1.as_str()),
+                                    column: column.map_or("", String::as_str),
+                                    kind: value_kind(*oid),
+                                });
+                                (plan, *oid)
+                            })
+                            .collect(),
+                    ),
+                    _ => None,
+                };
                 DescribedColumn {
                     plan,
-                    type_oid: f.type_oid,
+                    type_oid,
                     format: f.format,
                     name: f.name.clone(),
+                    fields,
                 }
             })
             .collect()
@@ -125,6 +176,102 @@ impl Catalog {
         self.conn
             .as_mut()
             .ok_or_else(|| "no catalog connection".to_string())
+    }
+
+    /// Resolves what masking needs to know of a result's columns: their tables, and
+    /// for columns of a table's row type (`SELECT u FROM users u`), that table.
+    pub(crate) async fn resolve_fields(
+        &mut self,
+        fields: &[FieldDescription],
+        session: &ProxySession,
+    ) -> Result<(), String> {
+        let mut unknown: Vec<u32> = fields
+            .iter()
+            .map(|f| f.type_oid)
+            .filter(|o| *o >= FIRST_USER_OID && !self.types.contains_key(o))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            self.resolve_types(&unknown, session).await?;
+        }
+        let mut oids: Vec<u32> = fields.iter().map(|f| f.table_oid).collect();
+        for f in fields {
+            if let Some(UserType::Row(row)) = self.types.get(&f.type_oid) {
+                oids.extend(row.iter().map(|(table, _, _)| *table));
+            }
+        }
+        self.resolve(&oids, session).await
+    }
+
+    /// Which of `types` are tables' row types, and their fields.
+    async fn resolve_types(&mut self, types: &[u32], session: &ProxySession) -> Result<(), String> {
+        let conn = self.connection(session).await?;
+        // Only numbers are interpolated.
+        let list = types
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT t.oid::text, a.attrelid::text, a.attnum::text, a.atttypid::text, \
+             t.typtype::text, t.typcategory::text, t.typbasetype::text \
+             FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_attribute a \
+             ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE t.oid IN ({list}) ORDER BY t.oid, a.attnum"
+        );
+        let mut q = BytesMut::new();
+        crate::wire::put_frame(&mut q, b'Q', |b| crate::wire::put_cstr(b, sql.as_bytes()));
+        let mut found: HashMap<u32, UserType> = HashMap::new();
+        for frame in timed(session, exchange(conn, &q)).await? {
+            match frame.message {
+                PgBackendMessage::DataRow => {
+                    let v =
+                        crate::results::data_row_values(&frame.raw).map_err(|e| e.to_string())?;
+                    let number = |i: usize| {
+                        v.get(i)
+                            .cloned()
+                            .flatten()
+                            .and_then(|b| String::from_utf8_lossy(&b).parse::<i64>().ok())
+                    };
+                    let text = |i: usize| {
+                        v.get(i)
+                            .cloned()
+                            .flatten()
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    };
+                    let Some(ty) = number(0).and_then(|t| u32::try_from(t).ok()) else {
+                        continue;
+                    };
+                    let kind = match (text(4).as_deref(), text(5).as_deref()) {
+                        (Some("c"), _) => UserType::Row(Vec::new()),
+                        (Some("e"), _) | (_, Some("S")) => UserType::Text,
+                        (Some("d"), _) => number(6)
+                            .and_then(|b| u32::try_from(b).ok())
+                            .map_or(UserType::Other, UserType::Domain),
+                        _ => UserType::Other,
+                    };
+                    let entry = found.entry(ty).or_insert(kind);
+                    if let (UserType::Row(row), Some(table), Some(num), Some(attr_type)) =
+                        (entry, number(1), number(2), number(3))
+                        && let (Ok(table), Ok(num), Ok(attr_type)) = (
+                            u32::try_from(table),
+                            i16::try_from(num),
+                            u32::try_from(attr_type),
+                        )
+                    {
+                        row.push((table, num, attr_type));
+                    }
+                }
+                PgBackendMessage::ErrorResponse { message, .. } => return Err(message),
+                _ => {}
+            }
+        }
+        for ty in types {
+            self.types
+                .insert(*ty, found.remove(ty).unwrap_or(UserType::Other));
+        }
+        Ok(())
     }
 
     /// Resolves table OIDs not seen before. An error ends the session: column rules
@@ -232,7 +379,12 @@ pub(crate) fn column_masking(
                 Some(many) => many.get(i).copied().unwrap_or(0),
                 None => c.format,
             };
-            if format == 1 && !is_text_type(c.type_oid) {
+            if let Some(fields) = &c.fields {
+                ColumnMasking::Composite {
+                    fields: fields.clone(),
+                    binary: format == 1,
+                }
+            } else if format == 1 && !is_text_type(c.type_oid) {
                 ColumnMasking::Binary {
                     plan: c.plan,
                     oid: c.type_oid,

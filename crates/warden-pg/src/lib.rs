@@ -16,6 +16,7 @@ pub mod frontend;
 pub mod login;
 mod prepared;
 pub mod proxy;
+mod record;
 mod register;
 mod requests;
 pub mod results;

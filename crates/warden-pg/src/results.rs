@@ -344,13 +344,19 @@ pub fn mask_notification(
 }
 
 /// What to do with one column's values in a `DataRow`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnMasking {
     /// Hand the value bytes (text format, or binary text-like types) to the masker.
     Mask(ColumnPlan),
     /// A binary-format value of type `oid` (not text-like): decoded where Warden
     /// can read it; what is sensitive, or cannot be read, becomes NULL (fail closed).
     Binary { plan: ColumnPlan, oid: u32 },
+    /// A table's row type (`SELECT u FROM users u`): each field masked as that
+    /// table's column is, in text or binary format.
+    Composite {
+        fields: std::sync::Arc<[(ColumnPlan, u32)]>,
+        binary: bool,
+    },
     /// Leave it.
     Keep,
 }
@@ -381,16 +387,23 @@ pub fn mask_binary(masker: &dyn Masker, plan: ColumnPlan, oid: u32, value: &[u8]
                 },
                 _ => Masked::Null,
             },
-            20 | 21 | 23 | 700 | 701 | 1700 => match binary_number(oid, value) {
-                Some(text) => match masker.mask(plan, text.as_bytes()) {
-                    Masked::Unchanged => Masked::Unchanged,
-                    _ => Masked::Null,
-                },
-                None => Masked::Null,
-            },
+            // `"char"`: one byte, nothing a detector looks for (drivers read it in
+            // their catalog queries).
+            18 => Masked::Unchanged,
+            20 | 21 | 23 | 700 | 701 | 1700 | 26 | 24 | 28 | 29 | 2202..=2206 | 4089 | 4096 => {
+                match binary_number(oid, value) {
+                    Some(text) => match masker.mask(plan, text.as_bytes()) {
+                        Masked::Unchanged => Masked::Unchanged,
+                        _ => Masked::Null,
+                    },
+                    None => Masked::Null,
+                }
+            }
             // Arrays of the types above and of text-like types.
-            1000 | 1001 | 1005 | 1007 | 1009 | 1014 | 1015 | 1016 | 1021 | 1022 | 1231 | 199
-            | 3807 | 143 => mask_container(masker, plan, value, Container::Array),
+            1000 | 1001 | 1002 | 1003 | 1005 | 1007 | 1009 | 1014 | 1015 | 1016 | 1021 | 1022
+            | 1028 | 1231 | 199 | 3807 | 143 => {
+                mask_container(masker, plan, value, Container::Array)
+            }
             // Anonymous records (`row(...)`, a table's whole row in a function).
             2249 => mask_container(masker, plan, value, Container::Record),
             _ => Masked::Null,
@@ -417,14 +430,16 @@ enum Container {
 /// own type; one that must go becomes a NULL element. The whole value becomes NULL
 /// when it cannot be read.
 fn mask_container(masker: &dyn Masker, plan: ColumnPlan, v: &[u8], kind: Container) -> Masked {
-    mask_container_checked(masker, plan, v, kind).unwrap_or(Masked::Null)
+    mask_container_checked(masker, plan, v, kind, None).unwrap_or(Masked::Null)
 }
 
+/// `fields`: a record's own plan per field (a table's row type), instead of `plan`.
 fn mask_container_checked(
     masker: &dyn Masker,
     plan: ColumnPlan,
     v: &[u8],
     kind: Container,
+    fields: Option<&[(ColumnPlan, u32)]>,
 ) -> Option<Masked> {
     let int = |at: usize| -> Option<i32> {
         Some(i32::from_be_bytes(v.get(at..at + 4)?.try_into().ok()?))
@@ -452,7 +467,11 @@ fn mask_container_checked(
     }
     let mut elements = Vec::with_capacity(count);
     let mut changed = false;
-    for _ in 0..count {
+    if fields.is_some_and(|f| f.len() != count) {
+        return None;
+    }
+    for n in 0..count {
+        let plan = fields.and_then(|f| f.get(n)).map_or(plan, |(p, _)| *p);
         let oid = match elem_oid {
             Some(oid) => oid,
             None => {
@@ -471,7 +490,11 @@ fn mask_container_checked(
             at = end;
             Some(bytes)
         };
-        let masked = value.map_or(Masked::Unchanged, |b| mask_element(masker, plan, oid, b));
+        let masked = value.map_or(Masked::Unchanged, |b| match plan {
+            // A column rule rewrites text-like fields; others cannot stay their type.
+            ColumnPlan::Rule(_) if crate::catalog::is_text_type(oid) => masker.mask(plan, b),
+            _ => mask_element(masker, plan, oid, b),
+        });
         changed |= masked != Masked::Unchanged;
         elements.push((oid, value, masked));
     }
@@ -511,6 +534,10 @@ fn binary_number(oid: u32, v: &[u8]) -> Option<String> {
         (21, 2) => i16::from_be_bytes(v.try_into().ok()?).to_string(),
         (23, 4) => i32::from_be_bytes(v.try_into().ok()?).to_string(),
         (20, 8) => i64::from_be_bytes(v.try_into().ok()?).to_string(),
+        // oid, xid, cid and the reg* types: unsigned 32-bit.
+        (26 | 24 | 28 | 29 | 2202..=2206 | 4089 | 4096, 4) => {
+            u32::from_be_bytes(v.try_into().ok()?).to_string()
+        }
         (700, 4) => format!("{}", f32::from_be_bytes(v.try_into().ok()?)),
         (701, 8) => format!("{}", f64::from_be_bytes(v.try_into().ok()?)),
         (1700, _) => binary_numeric(v)?,
@@ -570,14 +597,33 @@ pub fn mask_data_row(
     let mut out: Option<BytesMut> = None;
     for (i, field) in DataRowFields::new(raw)?.enumerate() {
         let (at_value, value) = field?;
-        let action = columns
-            .get(i)
-            .copied()
-            .unwrap_or(ColumnMasking::Mask(ColumnPlan::Detect));
+        let detect = ColumnMasking::Mask(ColumnPlan::Detect);
+        let action = columns.get(i).unwrap_or(&detect);
         let masked = match (&value, action) {
             (None, _) | (_, ColumnMasking::Keep) => Masked::Unchanged,
-            (Some(v), ColumnMasking::Mask(plan)) => masker.mask(plan, v),
-            (Some(v), ColumnMasking::Binary { plan, oid }) => mask_binary(masker, plan, oid, v),
+            (Some(v), ColumnMasking::Mask(plan)) => masker.mask(*plan, v),
+            (Some(v), ColumnMasking::Binary { plan, oid }) => mask_binary(masker, *plan, *oid, v),
+            (
+                Some(v),
+                ColumnMasking::Composite {
+                    fields,
+                    binary: true,
+                },
+            ) => mask_container_checked(
+                masker,
+                ColumnPlan::Detect,
+                v,
+                Container::Record,
+                Some(fields),
+            )
+            .unwrap_or(Masked::Null),
+            (
+                Some(v),
+                ColumnMasking::Composite {
+                    fields,
+                    binary: false,
+                },
+            ) => crate::record::mask_record_text(masker, v, fields),
         };
         if masked != Masked::Unchanged && out.is_none() {
             // First change: copy the values before this one as they are.
@@ -661,9 +707,9 @@ mod tests {
         let row = data_row(&[Some(b"1"), Some(b"a secret value"), None, Some(b"x")]);
         let detect = ColumnMasking::Mask(ColumnPlan::Detect);
         let cols = [
-            detect,
-            detect,
-            detect,
+            detect.clone(),
+            detect.clone(),
+            detect.clone(),
             ColumnMasking::Mask(ColumnPlan::Rule(ColumnRuleId(0))),
         ];
         let out = mask_data_row(&row, &cols, &Stub)
@@ -681,7 +727,10 @@ mod tests {
         );
 
         let clean = data_row(&[Some(b"1"), Some(b"plain")]);
-        assert_eq!(mask_data_row(&clean, &[detect, detect], &Stub), Ok(None));
+        assert_eq!(
+            mask_data_row(&clean, &[detect.clone(), detect], &Stub),
+            Ok(None)
+        );
 
         let binary = data_row(&[Some(&[0, 0, 0, 42])]);
         let nulled = mask_data_row(

@@ -103,13 +103,12 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
         };
         let bytes: Bytes = match &frame.message {
             PgBackendMessage::RowDescription { fields } => {
-                if masker.is_active() {
-                    let oids: Vec<u32> = fields.iter().map(|f| f.table_oid).collect();
-                    if let Err(e) = catalog.resolve(&oids, session).await {
-                        return Some(EndReason::Unmaskable(format!(
-                            "column tables cannot be resolved for masking: {e}"
-                        )));
-                    }
+                if masker.is_active()
+                    && let Err(e) = catalog.resolve_fields(fields, session).await
+                {
+                    return Some(EndReason::Unmaskable(format!(
+                        "column tables cannot be resolved for masking: {e}"
+                    )));
                 }
                 let described = catalog.describe_columns(fields, masker.as_ref());
                 match describing_statement.take() {
