@@ -165,6 +165,50 @@ fn first_end(d: SqlDialect, b: &[u8], backslash: bool) -> Reading {
     Reading::Whole
 }
 
+/// Whether `sql` reads the same whether or not backslashes escape quotes in plain
+/// strings: which bytes are code (outside strings and comments) must not depend on
+/// it. The server's reading follows a session setting (PostgreSQL
+/// `standard_conforming_strings`, MySQL `NO_BACKSLASH_ESCAPES`) Warden does not
+/// track, so a text that depends on it is refused rather than guessed.
+pub(crate) fn reads_the_same(d: SqlDialect, sql: &str) -> bool {
+    let b = sql.as_bytes();
+    if !b.contains(&b'\\') {
+        return true;
+    }
+    code_map(d, b, false) == code_map(d, b, true)
+}
+
+/// For each byte, whether it is code; `None` when a quote is never closed.
+fn code_map(d: SqlDialect, b: &[u8], backslash: bool) -> Option<Vec<bool>> {
+    let mysql = d.is_mysql_family();
+    let mut code = vec![true; b.len()];
+    let mut i = 0;
+    while i < b.len() {
+        let end = if let Some(end) = comment_end(d, b, i) {
+            end
+        } else {
+            match b[i] {
+                b'\'' => quoted_end(b, i, backslash)?,
+                b'"' => quoted_end(b, i, mysql && backslash)?,
+                b'`' if mysql => quoted_end(b, i, false)?,
+                b'E' | b'e' if !mysql && b.get(i + 1) == Some(&b'\'') => {
+                    quoted_end(b, i + 1, true)?
+                }
+                b'$' if !mysql => dollar_end(b, i),
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            }
+        };
+        for c in &mut code[i..end.min(b.len())] {
+            *c = false;
+        }
+        i = end.max(i + 1);
+    }
+    Some(code)
+}
+
 /// Whether only white space, comments and `;` remain.
 fn rest_is_empty(d: SqlDialect, b: &[u8]) -> bool {
     let mut i = 0;
@@ -285,6 +329,14 @@ mod tests {
         ] {
             assert_eq!(kind(my, sql), None, "{sql}");
         }
+        // Text that reads differently with and without backslash escapes.
+        assert!(!reads_the_same(
+            pg,
+            "SELECT 'a\\', $$' ; DROP TABLE t; -- $$"
+        ));
+        assert!(!reads_the_same(pg, "SELECT 'a\\' -- ', (SELECT 1)"));
+        assert!(reads_the_same(pg, "SELECT 'a\\b', E'\\n'"));
+        assert!(reads_the_same(my, "SELECT 'no backslash'"));
         // Only PostgreSQL's forms in PostgreSQL, MySQL's in MySQL.
         assert_eq!(kind(my, "DO 1"), None);
         assert_eq!(kind(pg, "SET PASSWORD = 'x'"), None);

@@ -168,6 +168,17 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
             "query longer than {MAX_SQL_BYTES} bytes"
         )));
     }
+    // MySQL reads backslashes as escapes unless NO_BACKSLASH_ESCAPES is set, and
+    // setting `sql_mode` is opaque (below); PostgreSQL's reading follows
+    // `standard_conforming_strings`, which a session can turn off in many ways:
+    // a text whose reading depends on it is refused.
+    if d == SqlDialect::Postgres && !crate::forms::reads_the_same(d, sql) {
+        return Err(SqlParseError(
+            "the text reads differently depending on whether backslashes escape quotes \
+             (standard_conforming_strings, NO_BACKSLASH_ESCAPES)"
+                .into(),
+        ));
+    }
     if let Some(form) = crate::forms::recognize(d, sql) {
         return Ok(SqlAnalysis {
             statements: vec![StatementFacts {
@@ -294,6 +305,45 @@ fn set_kind(scope: Option<&ContextModifier>, variable: &ObjectName) -> SqlKind {
         // MySQL `SET PASSWORD = ...`: the held account's password.
         "password" if variable.0.len() == 1 => SqlKind::AlterRole,
         _ => SqlKind::Set,
+    }
+}
+
+/// Whether a statement sets MySQL's `sql_mode` to something that changes how the
+/// server reads quotes (`NO_BACKSLASH_ESCAPES`) or identifiers (`ANSI_QUOTES`), or
+/// to anything but a plain string (which could compute either). Frameworks that
+/// set a strict mode with a literal list are not affected.
+fn sets_sql_mode(s: &Statement) -> bool {
+    let is_mode = |n: &ObjectName| {
+        name_of(n)
+            .rsplit('.')
+            .next()
+            .map(|v| v.trim_start_matches('@'))
+            == Some("sql_mode")
+    };
+    let changes_reading = |value: &Expr| match value {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::SingleQuotedString(m)
+            | sqlparser::ast::Value::DoubleQuotedString(m) => {
+                let m = m.to_ascii_lowercase();
+                m.contains("no_backslash_escapes")
+                    || m.contains("ansi_quotes")
+                    || m.contains("ansi")
+            }
+            _ => true,
+        },
+        _ => true,
+    };
+    match s {
+        Statement::Set(Set::SingleAssignment {
+            variable, values, ..
+        }) => is_mode(variable) && values.iter().any(changes_reading),
+        Statement::Set(Set::MultipleAssignments { assignments }) => assignments
+            .iter()
+            .any(|a| is_mode(&a.name) && changes_reading(&a.value)),
+        Statement::Set(Set::ParenthesizedAssignments { variables, .. }) => {
+            variables.iter().any(is_mode)
+        }
+        _ => false,
     }
 }
 
@@ -512,7 +562,7 @@ fn facts(s: &Statement) -> StatementFacts {
         _ => SqlKind::Other,
     };
     StatementFacts {
-        opaque: kind == SqlKind::SetGlobal,
+        opaque: kind == SqlKind::SetGlobal || sets_sql_mode(s),
         kind,
         writes,
         unbounded,

@@ -187,6 +187,10 @@ const MARIADB_DENIED: &[&str] = &[
     "SET PERSIST_ONLY max_connections = 1",
     "SET @@persist.max_connections = 1",
     "/*!50000 SET GLOBAL read_only = 0 */",
+    // How the server reads quotes is not the session's to change.
+    "SET sql_mode = 'NO_BACKSLASH_ESCAPES'",
+    "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH', '_ESCAPES')",
+    "SET @@sql_mode = 'ANSI_QUOTES'",
 ];
 
 const MYSQL_ALLOWED: &[&str] = &[
