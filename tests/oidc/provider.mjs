@@ -15,6 +15,8 @@ const CLIENTS = {
   'ci-deployer': { secret: 'ci-deployer-secret', groups: ['dba', 'ci'], ttl: 600 },
   'dev-alice': { secret: 'dev-alice-secret', groups: ['developers'], ttl: 600 },
   'short-lived': { secret: 'short-lived-secret', groups: ['dba'], ttl: 2 },
+  // Long enough to open sessions with, short enough to watch them end.
+  'ten-seconds': { secret: 'ten-seconds-secret', groups: ['dba'], ttl: 10 },
 };
 
 // People, with their groups.

@@ -1,45 +1,37 @@
 //! Just-in-time access and command reviews at run time: which grant a session opens
-//! under, ending sessions when their grant ends or is revoked, holding commands
-//! until their review is decided, and expiring what nobody decided in time. The
-//! API records decisions in the store and calls [`AccessControl::review_decided`]
-//! and [`AccessControl::end_grant`] so waiting sessions learn at once; a periodic
-//! check catches what other gateways sharing the store decided.
+//! under, holding commands until their review is decided, and expiring grants and
+//! reviews nobody decided in time. The API records decisions in the store and calls
+//! [`AccessControl::review_decided`] and [`AccessControl::end_grant`] so waiting
+//! sessions learn at once; the [`SessionWatch`] ends sessions whose grant ended,
+//! also when another gateway sharing the store decided it.
 
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use time::OffsetDateTime;
 use tokio::sync::Notify;
 use uuid::Uuid;
 use warden_core::{
-    AccessOptions, Connection, Decision, Event, Identity, ReviewHold, ReviewOutcome, SessionEnder,
-    timefmt,
+    AccessOptions, Connection, Decision, Event, Identity, ReviewHold, ReviewOutcome, timefmt,
 };
 use warden_store::access::{AccessRequest, Approvals, RequestStatus, Review};
 use warden_store::{Store, StoreError};
 
+use crate::session_watch::{Cause, SessionWatch};
+
 /// How often grants and reviews are checked for their end.
 const TICK: Duration = Duration::from_secs(1);
-/// Every this many ticks, the store is asked whether grants of open sessions were
-/// revoked by another gateway.
-const STORE_CHECK_TICKS: u32 = 3;
 /// A waiting command re-reads its review at least this often (decisions made by
 /// another gateway sharing the store).
 const REVIEW_POLL: Duration = Duration::from_secs(2);
-
-/// Open sessions under one grant.
-struct GrantSessions {
-    ends_at: OffsetDateTime,
-    sessions: HashMap<String, SessionEnder>,
-}
 
 pub struct AccessControl {
     store: Arc<Store>,
     admin_groups: Vec<String>,
     /// Where reviewers reach the API, for the message a held client sees.
     api_url: String,
-    grants: Mutex<HashMap<Uuid, GrantSessions>>,
+    /// Ends the sessions under a grant that ends.
+    watch: Arc<SessionWatch>,
     /// Reviews commands wait on in this gateway.
     waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
 }
@@ -53,12 +45,17 @@ pub struct Holder<'a> {
 }
 
 impl AccessControl {
-    pub fn new(store: Arc<Store>, admin_groups: Vec<String>, api_url: String) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        admin_groups: Vec<String>,
+        api_url: String,
+        watch: Arc<SessionWatch>,
+    ) -> Self {
         Self {
             store,
             admin_groups,
             api_url,
-            grants: Mutex::new(HashMap::new()),
+            watch,
             waiting: Mutex::new(HashMap::new()),
         }
     }
@@ -97,44 +94,9 @@ impl AccessControl {
         }
     }
 
-    /// Ends `session` when `grant` ends or is revoked.
-    pub fn watch_session(&self, grant: &AccessRequest, session: &str, ender: SessionEnder) {
-        let Some(ends_at) = grant.ends_at else {
-            return;
-        };
-        let mut grants = self.grants.lock().unwrap_or_else(PoisonError::into_inner);
-        grants
-            .entry(grant.id)
-            .or_insert_with(|| GrantSessions {
-                ends_at,
-                sessions: HashMap::new(),
-            })
-            .sessions
-            .insert(session.to_string(), ender);
-    }
-
-    pub fn forget_session(&self, grant: Uuid, session: &str) {
-        let mut grants = self.grants.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(g) = grants.get_mut(&grant) {
-            g.sessions.remove(session);
-            if g.sessions.is_empty() {
-                grants.remove(&grant);
-            }
-        }
-    }
-
-    /// Ends every open session under `grant` now.
+    /// Ends every open session under `grant` now (it was revoked).
     pub fn end_grant(&self, grant: Uuid, reason: &str) {
-        let ended = self
-            .grants
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&grant);
-        if let Some(g) = ended {
-            for ender in g.sessions.values() {
-                ender.end(reason);
-            }
-        }
+        self.watch.end_grant(grant, Cause::GrantRevoked, reason);
     }
 
     /// Wakes the commands waiting on a review that was just decided.
@@ -329,32 +291,21 @@ impl AccessControl {
         {
             tracing::warn!(error = %e, request = %grant.id, "grant not expired");
         }
-        self.end_grant(grant.id, &grant_end_message(grant, "ended"));
+        self.watch.end_grant(
+            grant.id,
+            Cause::GrantEnded,
+            &grant_end_message(grant, "ended"),
+        );
     }
 
-    /// Ends grants and reviews whose time has come, every second, until shutdown.
+    /// Expires grants and reviews whose time has come, every second, until shutdown.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = shutdown.changed() => return,
             }
-            ticks = ticks.wrapping_add(1);
             let now = timefmt::now();
-            // Open sessions learn of their grant's end from memory, on time, even
-            // when the store is unreachable.
-            let due: Vec<Uuid> = self
-                .grants
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .filter(|(_, g)| g.ends_at <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                self.end_grant(id, &format!("your access grant {id} has ended"));
-            }
             match self.store.ended_grants(now).await {
                 Ok(grants) => {
                     for g in grants {
@@ -371,35 +322,6 @@ impl AccessControl {
                 }
                 Err(e) => tracing::warn!(error = %e, "reviews not checked"),
             }
-            if ticks.is_multiple_of(STORE_CHECK_TICKS) {
-                self.check_revoked().await;
-            }
-        }
-    }
-
-    /// Ends sessions whose grant another gateway revoked.
-    async fn check_revoked(&self) {
-        let ids: Vec<Uuid> = self
-            .grants
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .copied()
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        match self.store.access_statuses(&ids).await {
-            Ok(statuses) => {
-                for id in &ids {
-                    let status = statuses.iter().find(|(i, _)| i == id).map(|(_, s)| *s);
-                    if status != Some(RequestStatus::Approved) {
-                        let how = status.map_or("removed", RequestStatus::as_str);
-                        self.end_grant(*id, &format!("your access grant {id} was {how}"));
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "grant statuses not checked"),
         }
     }
 }

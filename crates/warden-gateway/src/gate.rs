@@ -22,6 +22,7 @@ use crate::access::{AccessControl, GrantError, Holder};
 use crate::auth::{Authenticator, TokenShape};
 use crate::policy::PolicyRegistry;
 use crate::recording::{FileRecorder, RECORDING_VERSION, RecordingWriter, recording_name};
+use crate::session_watch::{Credential, SessionWatch, Watched};
 
 /// How often an active session's counters are written to its row.
 const COUNTS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,6 +35,8 @@ pub struct SessionGate {
     pub auth: Arc<Authenticator>,
     pub policies: Arc<PolicyRegistry>,
     access: Arc<AccessControl>,
+    /// Ends sessions whose credential or grant ends.
+    watch: Arc<SessionWatch>,
     recordings_dir: PathBuf,
     rows_per_result: usize,
     /// Bytes of an SSH exec's terminal kept in its recording (0: all).
@@ -54,11 +57,10 @@ struct OpenSession {
     timeline: Arc<StatementTimeline>,
     /// The connection's review settings, as the session opened.
     access_options: AccessOptions,
-    /// The access grant the session opened under, when the connection needs one.
-    grant: Option<Uuid>,
     store: Arc<Store>,
     journal: Arc<AuditJournal>,
     access: Arc<AccessControl>,
+    watch: Arc<SessionWatch>,
     recordings_dir: PathBuf,
     exec_output_bytes: u64,
     /// Counters not yet written to the session row: one row update per statement
@@ -144,6 +146,7 @@ impl SessionGate {
         auth: Arc<Authenticator>,
         policies: Arc<PolicyRegistry>,
         access: Arc<AccessControl>,
+        watch: Arc<SessionWatch>,
         recordings: Recordings,
     ) -> Self {
         let Recordings {
@@ -157,6 +160,7 @@ impl SessionGate {
             auth,
             policies,
             access,
+            watch,
             recordings_dir,
             rows_per_result,
             exec_output_bytes: 0,
@@ -244,6 +248,7 @@ impl SessionGate {
     async fn open_for(
         &self,
         identity: Identity,
+        registered_with: Option<String>,
         protocol: ConnectionKind,
         database: &str,
         user: &str,
@@ -386,9 +391,17 @@ impl SessionGate {
             session: id,
         });
         let (ender, ended) = SessionEnd::pair();
-        if let Some(g) = &grant {
-            self.access.watch_session(g, &id.to_string(), ender);
-        }
+        self.watch.watch(
+            id,
+            Watched {
+                credential: Credential::of(&identity, registered_with),
+                credential_ends: self.auth.accepted_until(&identity),
+                identity: identity.clone(),
+                connection: conn.name.clone(),
+                grant: grant.as_ref().and_then(|g| g.ends_at.map(|e| (g.id, e))),
+                ender,
+            },
+        );
         let (addr, database) = split_target(&conn.target, protocol);
         // A MySQL session stays in the database its connection names.
         let database_pin = (protocol == ConnectionKind::Mysql).then(|| database.clone());
@@ -414,10 +427,10 @@ impl SessionGate {
             names,
             timeline: timeline.clone(),
             access_options: conn.access.clone(),
-            grant: grant.as_ref().map(|g| g.id),
             store: self.store.clone(),
             journal: self.journal.clone(),
             access: self.access.clone(),
+            watch: self.watch.clone(),
             recordings_dir: self.recordings_dir.clone(),
             exec_output_bytes: self.exec_output_bytes,
             counts: Mutex::new((SessionCounts::default(), Instant::now())),
@@ -464,7 +477,7 @@ impl SessionHooks for SessionGate {
                     .await);
             }
         };
-        self.open_for(identity, protocol, database, user, client)
+        self.open_for(identity, None, protocol, database, user, client)
             .await
     }
 
@@ -483,6 +496,7 @@ impl SessionHooks for SessionGate {
             }
         };
         // Registered with an API key: revoked or expired, it takes the key with it.
+        let registered_with = key.api_key_id.clone();
         if let Some(key_id) = &key.api_key_id {
             let origin = match self.store.api_key(key_id).await {
                 Ok(k) => k,
@@ -541,6 +555,7 @@ impl SessionHooks for SessionGate {
         };
         self.open_for(
             identity,
+            registered_with,
             ConnectionKind::Ssh,
             login.connection,
             login.user,
@@ -718,9 +733,7 @@ impl SessionSink for OpenSession {
         Box::pin(async move {
             self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
             let reason = reason.map(ToString::to_string);
-            if let Some(grant) = self.grant {
-                self.access.forget_session(grant, &self.id.to_string());
-            }
+            self.watch.forget(self.id);
             let ended = self
                 .timeline
                 .record(TimelineEvent::End {

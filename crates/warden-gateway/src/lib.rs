@@ -14,6 +14,7 @@ mod gate;
 pub mod policy;
 pub mod recording;
 mod server;
+pub mod session_watch;
 pub mod terminal;
 pub mod tunnel;
 
@@ -114,10 +115,16 @@ impl Gateway {
             let scheme = if tls.is_some() { "https" } else { "http" };
             format!("{scheme}://{api_addr}")
         });
+        let watch = Arc::new(session_watch::SessionWatch::new(
+            store.clone(),
+            journal.clone(),
+        ));
+        tokio::spawn(watch.clone().run(rx.clone()));
         let access = Arc::new(access::AccessControl::new(
             store.clone(),
             config.admin_groups.clone(),
             api_url,
+            watch.clone(),
         ));
         tokio::spawn(access.clone().run(rx.clone()));
         let delivery = events::Delivery::new(store.clone(), config.events.clone())
@@ -131,6 +138,7 @@ impl Gateway {
                 auth.clone(),
                 policies.clone(),
                 access.clone(),
+                watch.clone(),
                 gate::Recordings {
                     dir: config.recordings_dir(),
                     rows_per_result: config.recordings.rows_per_result,
@@ -170,6 +178,7 @@ impl Gateway {
             auth,
             policies,
             access,
+            watch,
             webhooks_changed,
             tunnels,
             config: config.clone(),

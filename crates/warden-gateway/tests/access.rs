@@ -1130,3 +1130,62 @@ decisions = ["deny"]
     let (_, sinks) = gw.admin("GET", "/api/event-sinks", None).await;
     assert_eq!(sinks.as_array().unwrap().len(), 3, "{sinks}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_statement_of_a_revoked_identity_never_runs() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    add_pg(
+        &gw,
+        "reviewed",
+        json!({"reviewers": ["sre"], "review_timeout_secs": 60}),
+        json!({"reviews": ["held-for-review"]}),
+    )
+    .await;
+    let alice = gw.key_for("alice", &["dev"]).await;
+    let bob = gw.key_for("bob", &["sre"]).await;
+    review_table("warden_revoked_review_t").await;
+    let (client, conn) = connect_watched(&gw, "reviewed", &alice).await.unwrap();
+    let delete = "DELETE FROM warden_revoked_review_t WHERE id = 1";
+    let held = tokio::spawn(async move { client.simple_query(delete).await });
+    let id = gw.pending_review(&bob, delete).await;
+
+    // Alice's key is revoked while her DELETE waits: the session ends, the review
+    // is abandoned, and approving it afterwards runs nothing.
+    let key_id = alice.split('_').nth(1).unwrap();
+    let (status, _) = gw
+        .admin("DELETE", &format!("/api/api-keys/{key_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    // The FATAL answers the waiting statement.
+    let err = held.await.unwrap().unwrap_err();
+    let _ = conn.await;
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("was revoked by admin"), "{message}");
+    let review = eventually("the review to be abandoned", || async {
+        let (_, r) = gw
+            .call("GET", &format!("/api/reviews/{id}"), Some(&bob), None)
+            .await;
+        (r["status"] == "abandoned").then_some(r)
+    })
+    .await;
+    assert_eq!(review["status"], "abandoned");
+    let (status, _) = gw
+        .call(
+            "POST",
+            &format!("/api/reviews/{id}/approve"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    let rows = superuser()
+        .await
+        .query_one("SELECT count(*) FROM warden_revoked_review_t", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 10, "the held DELETE never ran");
+    let ended = gw.audit_events("session.terminate").await;
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["event"]["payload"]["cause"], "credential_revoked");
+}

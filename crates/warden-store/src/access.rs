@@ -347,10 +347,9 @@ impl Store {
     pub async fn access_statuses(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, RequestStatus)>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(100) {
-            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT id, status FROM access_requests WHERE id IN ({})",
-                params.join(", ")
+                crate::util::placeholders(chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {

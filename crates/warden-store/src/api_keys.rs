@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use warden_core::{Event, timefmt};
 
-use crate::util::{opt_time_from_db, time_from_db};
+use crate::util::{opt_time_from_db, placeholders, time_from_db};
 use crate::{Result, Store, StoreError};
 
 /// A stored API key, without its secret.
@@ -81,6 +81,25 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    /// The keys among `ids` that exist (a deleted one is simply absent).
+    pub async fn api_keys_by_id(&self, ids: &[String]) -> Result<Vec<ApiKeyRecord>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(api_key_from_row(&row)?);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {

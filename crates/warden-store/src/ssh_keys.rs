@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use warden_core::{Event, timefmt};
 
-use crate::util::time_from_db;
+use crate::util::{placeholders, time_from_db};
 use crate::{Result, Store, StoreError};
 
 /// A registered key.
@@ -68,6 +68,28 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// The registrations among `fingerprints` that exist.
+    pub async fn ssh_user_keys_by_fingerprint(
+        &self,
+        fingerprints: &[String],
+    ) -> Result<Vec<SshUserKey>> {
+        let mut out = Vec::with_capacity(fingerprints.len());
+        for chunk in fingerprints.chunks(100) {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM ssh_user_keys WHERE fingerprint IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for f in chunk {
+                q = q.bind(f);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(key_from_row(&row)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Keys of one subject, or of everyone when `subject` is `None`.

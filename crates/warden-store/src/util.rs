@@ -30,6 +30,14 @@ pub(crate) fn opt_time_from_db(us: Option<i64>) -> Result<Option<OffsetDateTime>
     us.map(time_from_db).transpose()
 }
 
+/// `$1, $2, ... $n`: the placeholders of an `IN (...)` list.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Hides the password in a database URL before it goes into an error or a log line.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -8,138 +8,12 @@
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
+
+mod common;
+use common::*;
 
 const BACKEND_SECRET: &str = "cli-test-Backend-Secret-42!";
-
-fn warden(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
-    cmd.current_dir(dir)
-        // Only this test's settings: no WARDEN_* from the outer environment.
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("WARDEN_API__LISTEN", "127.0.0.1:0")
-        .env("WARDEN_PG__LISTEN", "127.0.0.1:0")
-        .env("WARDEN_MYSQL__LISTEN", "127.0.0.1:0")
-        .env("WARDEN_SSH__LISTEN", "127.0.0.1:0");
-    cmd
-}
-
-/// A gateway process: its URL, the admin key it printed (if any), and its output so far.
-struct Running {
-    child: Child,
-    url: String,
-    printed_key: Option<String>,
-    stdout_head: String,
-}
-
-fn start_gateway(dir: &Path) -> Running {
-    start_gateway_with(dir, &[])
-}
-
-/// A gateway with extra environment (such as `WARDEN_CONFIG`).
-fn start_gateway_with(dir: &Path, envs: &[(&str, &str)]) -> Running {
-    let mut child = warden(dir)
-        .arg("gateway")
-        .envs(envs.iter().copied())
-        .env("WARDEN_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("gateway exited early:\n{head}\n{err}");
-        }
-        head.push_str(&line);
-        if let Some(url) = line.trim().strip_prefix("warden gateway listening on ") {
-            let printed_key = head
-                .split_whitespace()
-                .find(|w| w.starts_with("wdn_admin_"))
-                .map(String::from);
-            // Keep draining stdout so the gateway never blocks on a full pipe.
-            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-            return Running {
-                child,
-                url: url.to_string(),
-                printed_key,
-                stdout_head: head,
-            };
-        }
-    }
-}
-
-/// SIGTERM, then the exit status and everything the gateway wrote to stderr.
-fn stop(mut running: Running) -> String {
-    Command::new("kill")
-        .args(["-TERM", &running.child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut err = String::new();
-    running
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = running.child.wait().unwrap();
-    assert!(
-        status.success(),
-        "gateway did not stop cleanly: {status}\n{err}"
-    );
-    err
-}
-
-/// POSTs JSON with the admin key and returns the (successful) answer.
-fn post_admin(url: &str, admin: &str, path: &str, body: &Value) -> Value {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let resp = reqwest::Client::new()
-            .post(format!("{url}{path}"))
-            .bearer_auth(admin)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-        resp.json::<Value>().await.unwrap()
-    })
-}
-
-/// The `box` SSH connection to the test OpenSSH server (`setup_sshd`), for `groups`,
-/// and the held key it carries.
-fn sshd_connection(groups: &[&str]) -> (Value, String) {
-    let dir = std::path::PathBuf::from(
-        std::env::var("WARDEN_TEST_SSHD_DIR")
-            .unwrap_or_else(|_| "/var/tmp/warden-test-sshd".into()),
-    );
-    let port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
-    let key = std::fs::read_to_string(dir.join("warden_t_key")).unwrap();
-    let host_key = std::fs::read_to_string(dir.join("host_ed25519.pub")).unwrap();
-    let body = json!({"name": "box", "kind": "ssh", "target": format!("127.0.0.1:{port}"),
-                      "username": "warden_t", "secret": key, "allowed_groups": groups,
-                      "ssh": {"host_key": host_key}});
-    (body, key)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap()
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
 
 #[test]
 fn embedded_default_start_admin_key_once_no_secrets_in_logs_and_tamper_evident_audit() {
@@ -1004,40 +878,6 @@ fn events_undelivered_when_the_gateway_is_killed_are_delivered_after_it_restarts
 }
 
 /// The test OpenID provider's issuer (scripts/test.sh starts it).
-fn provider_issuer() -> String {
-    std::env::var("WARDEN_TEST_OIDC_ISSUER")
-        .expect("the test OpenID provider (scripts/test.sh starts it)")
-}
-
-/// A gateway whose config file trusts the test provider (audience `urn:warden`)
-/// and holds `extra` TOML, with `envs` set.
-fn start_gateway_trusting_provider(dir: &Path, extra: &str, envs: &[(&str, &str)]) -> Running {
-    let issuer = provider_issuer();
-    let config = dir.join("warden.toml");
-    std::fs::write(
-        &config,
-        format!("[[auth.oidc]]\nissuer = \"{issuer}\"\naudiences = [\"urn:warden\"]\n\n{extra}"),
-    )
-    .unwrap();
-    let path = config.to_string_lossy().into_owned();
-    let mut all = vec![("WARDEN_CONFIG", path.as_str())];
-    all.extend_from_slice(envs);
-    start_gateway_with(dir, &all)
-}
-
-/// An API key for `subject` in `group`, issued with the admin key.
-fn api_key(url: &str, admin: &str, subject: &str, group: &str) -> String {
-    post_admin(
-        url,
-        admin,
-        "/api/api-keys",
-        &json!({"name": subject, "subject": subject, "groups": [group]}),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// The guardrail set the tunnel tests attach: no DDL.
 const NO_DROPS: &str = "[[policies.guardrails]]\nname = \"no-drops\"\n[[policies.guardrails.rules]]\nname = \"no-ddl\"\nsql_statements = [\"ddl\"]\n";
 
@@ -1107,28 +947,6 @@ fn hidden_fields(html: &str) -> Vec<(String, String)> {
                 .flatten()
         })
         .collect()
-}
-
-/// Reads a child's stdout until a line starting with `prefix`; returns the rest of
-/// that line, or the next line when the prefix ends its line.
-fn line_after(reader: &mut impl BufRead, prefix: &str) -> String {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "no `{prefix}` in {seen}"
-        );
-        seen.push_str(&line);
-        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
-            if rest.trim().is_empty() {
-                let mut next = String::new();
-                reader.read_line(&mut next).unwrap();
-                return next.trim().to_string();
-            }
-            return rest.trim().to_string();
-        }
-    }
 }
 
 #[test]

@@ -122,6 +122,11 @@ impl SessionHandle {
             decided,
             detail,
         } = command;
+        // Ended by the gateway (identity or grant revoked or expired) while this
+        // arrived: nothing more runs, whatever the proxy has not noticed yet.
+        if let Some(reason) = self.ended().reason() {
+            return Admission::End(EndReason::Ended(reason));
+        }
         // Decided on the text as sent; kept (audited, recorded, reviewed) masked.
         let mut decision = decided.unwrap_or_else(|| self.guard.decide(&action));
         let text = self.recorded_text(action.text());
@@ -241,10 +246,19 @@ impl SessionHandle {
             }),
         })
         .await?;
+        // However the wait ends without a decision — the client left, the session
+        // was ended, or the proxy dropped this future — the review is abandoned,
+        // so an approval afterwards cannot claim the command runs.
+        let mut pending = PendingReview {
+            sink: self.sink(),
+            id: &id,
+            decided: false,
+        };
+        let mut ended = self.ended();
         let outcome = tokio::select! {
             outcome = self.sink().await_review(&id) => outcome,
+            reason = ended.wait() => return Err(EndReason::Ended(reason)),
             () = client.gone() => {
-                self.sink().abandon_review(&id);
                 let mut held = deny(
                     "the client left while it waited for review".into(),
                     DenialCause::ReviewRejected,
@@ -253,6 +267,8 @@ impl SessionHandle {
                 return Ok(held);
             }
         };
+        pending.decided = true;
+        drop(pending);
         let cause = match &outcome {
             ReviewOutcome::Approved { .. } => DenialCause::Policy,
             ReviewOutcome::Rejected { .. } => DenialCause::ReviewRejected,
@@ -265,6 +281,21 @@ impl SessionHandle {
             review: approved.then_some(id),
             client_gone: false,
         })
+    }
+}
+
+/// A review the admission path waits on; abandoned when dropped undecided.
+struct PendingReview<'a> {
+    sink: &'a dyn super::SessionSink,
+    id: &'a str,
+    decided: bool,
+}
+
+impl Drop for PendingReview<'_> {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.sink.abandon_review(self.id);
+        }
     }
 }
 

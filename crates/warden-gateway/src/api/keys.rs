@@ -155,7 +155,8 @@ pub async fn create(
     ))
 }
 
-/// Revoke a key at once (admins). Requests with it fail from then on.
+/// Revoke a key at once (admins). Requests with it fail from then on, and open
+/// sessions that logged in with it (or with an SSH key it registered) end.
 #[utoipa::path(delete, path = "/api/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id (the part after `wdn_`)")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -174,5 +175,13 @@ pub async fn revoke(
     if !found {
         return Err(ApiError::not_found(format!("api key `{id}`")));
     }
+    // Open sessions of the key (and of SSH keys it registered) end now.
+    state.watch.end_api_key(
+        &id,
+        &format!(
+            "your API key {id} was revoked by {}",
+            caller.identity.subject
+        ),
+    );
     Ok(StatusCode::NO_CONTENT)
 }

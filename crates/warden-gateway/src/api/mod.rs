@@ -45,6 +45,8 @@ pub struct StateInner {
     pub auth: Arc<Authenticator>,
     pub policies: Arc<PolicyRegistry>,
     pub access: Arc<AccessControl>,
+    /// Ends open sessions whose credential is revoked.
+    pub watch: Arc<crate::session_watch::SessionWatch>,
     /// Poked after webhooks change, so delivery picks them up at once.
     pub webhooks_changed: Arc<tokio::sync::Notify>,
     /// Where `warden connect` tunnels lead.

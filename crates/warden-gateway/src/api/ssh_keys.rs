@@ -173,7 +173,8 @@ pub async fn create(
     }
 }
 
-/// Delete a registered key (its owner or an admin); logins with it stop at once.
+/// Delete a registered key (its owner or an admin); logins with it stop at once
+/// and its open sessions end.
 #[utoipa::path(delete, path = "/api/ssh-keys/{fingerprint}", tag = "ssh-keys", security(("bearer" = [])),
     params(("fingerprint" = String, Path, description = "`SHA256:...`, URL-encoded")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -206,5 +207,12 @@ pub async fn delete(
     if !found {
         return Err(not_found());
     }
+    state.watch.end_ssh_key(
+        &fingerprint,
+        &format!(
+            "your SSH key {fingerprint} was deleted by {}",
+            caller.identity.subject
+        ),
+    );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -135,6 +135,16 @@ impl Authenticator {
         }
     }
 
+    /// Until when `identity`'s credential is accepted: a JWT's `exp` plus the clock
+    /// skew tolerated at login, an API key's or SSH key registration's expiry.
+    pub fn accepted_until(&self, identity: &Identity) -> Option<time::OffsetDateTime> {
+        let skew = match identity.method {
+            warden_core::AuthMethod::Oidc { .. } => self.oidc.skew(),
+            _ => time::Duration::ZERO,
+        };
+        identity.expires_at.map(|at| at + skew)
+    }
+
     /// The id of the API key a token names, for audit records (never the secret).
     pub fn key_id_of(token: &str) -> Option<String> {
         api_key::parse(token).map(|(id, _)| id.to_string())

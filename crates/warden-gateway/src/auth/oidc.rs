@@ -95,6 +95,11 @@ impl OidcVerifier {
         })
     }
 
+    /// The clock skew tolerated on `exp` and `nbf`.
+    pub fn skew(&self) -> time::Duration {
+        time::Duration::seconds(i64::try_from(self.skew).unwrap_or(i64::MAX))
+    }
+
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = decode_part(token, 0)?;
         let alg = header
