@@ -18,6 +18,7 @@ pub mod masking;
 pub mod shell;
 pub mod spec;
 pub mod sql;
+pub mod weaken;
 
 pub use connection::{ConnectionGuard, DATABASE_PIN_RULE};
 pub use engine::Guardrails;

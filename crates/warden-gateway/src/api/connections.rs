@@ -4,8 +4,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer};
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, json};
 use warden_core::{
     AccessOptions, Connection, ConnectionKind, Event, PolicyRefs, Secret, SecretKind, SshOptions,
     TlsOptions, timefmt, validate_connection_name,
@@ -50,8 +51,10 @@ pub struct ConnectionCreate {
     pub description: Option<String>,
 }
 
-/// A partial update; absent fields stay, `null` clears optional ones. The name cannot
-/// change (sealed secrets are bound to it).
+/// A partial update, as a JSON merge patch (RFC 7396): absent fields keep their value,
+/// `null` clears one (a nested object's field returns to its default), nested objects
+/// (`tls`, `policies`, `ssh`, `access`) are merged field by field, lists are replaced
+/// whole. The name cannot change (sealed secrets are bound to it).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionUpdate {
@@ -65,11 +68,19 @@ pub struct ConnectionUpdate {
     #[schema(value_type = Option<String>, write_only)]
     pub secret: Option<Option<Secret<String>>>,
     pub secret_kind: Option<SecretKind>,
-    pub tls: Option<TlsOptions>,
+    #[serde(default, deserialize_with = "patch")]
+    #[schema(value_type = Option<TlsOptions>)]
+    pub tls: Option<Value>,
     pub allowed_groups: Option<Vec<String>>,
-    pub policies: Option<PolicyRefs>,
-    pub ssh: Option<SshOptions>,
-    pub access: Option<AccessOptions>,
+    #[serde(default, deserialize_with = "patch")]
+    #[schema(value_type = Option<PolicyRefs>)]
+    pub policies: Option<Value>,
+    #[serde(default, deserialize_with = "patch")]
+    #[schema(value_type = Option<SshOptions>)]
+    pub ssh: Option<Value>,
+    #[serde(default, deserialize_with = "patch")]
+    #[schema(value_type = Option<AccessOptions>)]
+    pub access: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
@@ -80,6 +91,48 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// A nested object's patch, `null` included (it resets the object to its defaults).
+fn patch<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// RFC 7396: members of `patch` replace those of `doc`, objects merge recursively,
+/// `null` removes.
+fn merge_patch(doc: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *doc = patch.clone();
+        return;
+    };
+    if !doc.is_object() {
+        *doc = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(target) = doc {
+        for (key, value) in fields {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+/// `current` with `patch` merged in, read back through the type (so unknown fields
+/// and wrong types are refused, and removed fields take their defaults).
+fn merged<T: Serialize + DeserializeOwned>(
+    field: &str,
+    current: &T,
+    patch: &Value,
+) -> Result<T, ApiError> {
+    let mut doc = serde_json::to_value(current).map_err(|e| invalid(format!("{field}: {e}")))?;
+    match patch {
+        Value::Null => doc = Value::Object(serde_json::Map::new()),
+        Value::Object(_) => merge_patch(&mut doc, patch),
+        _ => return Err(invalid(format!("{field} must be an object or null"))),
+    }
+    serde_json::from_value(doc).map_err(|e| invalid(format!("{field}: {e}")))
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -389,14 +442,14 @@ pub async fn get(
 #[utoipa::path(patch, path = "/api/connections/{name}", tag = "connections", security(("bearer" = [])),
     params(("name" = String, Path, description = "Connection name")),
     request_body = ConnectionUpdate,
-    responses((status = 200, body = Connection), (status = 400, body = ErrorBody),
+    responses((status = 200, body = ConnectionChanged), (status = 400, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<ConnectionUpdate>,
-) -> Result<Json<Connection>, ApiError> {
+) -> Result<Json<ConnectionChanged>, ApiError> {
     caller.require_admin(&state, "connection.update").await?;
     let mut conn = state
         .store
@@ -417,24 +470,25 @@ pub async fn update(
         conn.username = u;
         changed.push("username");
     }
-    if let Some(t) = req.tls {
-        conn.tls = t;
+    let before = conn.clone();
+    if let Some(t) = &req.tls {
+        conn.tls = merged("tls", &conn.tls, t)?;
         changed.push("tls");
     }
     if let Some(g) = req.allowed_groups {
         conn.allowed_groups = g;
         changed.push("allowed_groups");
     }
-    if let Some(p) = req.policies {
-        conn.policies = p;
+    if let Some(p) = &req.policies {
+        conn.policies = merged("policies", &conn.policies, p)?;
         changed.push("policies");
     }
-    if let Some(o) = req.access {
-        conn.access = o;
+    if let Some(o) = &req.access {
+        conn.access = merged("access", &conn.access, o)?;
         changed.push("access");
     }
-    if let Some(o) = req.ssh {
-        conn.ssh = o;
+    if let Some(o) = &req.ssh {
+        conn.ssh = merged("ssh", &conn.ssh, o)?;
         changed.push("ssh");
     }
     if let Some(d) = req.description {
@@ -466,8 +520,12 @@ pub async fn update(
     canonical_ssh(&mut conn)?;
     check_policy_refs(&state, &conn.policies).await?;
     conn.updated_at = timefmt::now();
+    let weakened = warden_policy::weaken::connection_weakening(&before, &conn);
     let mut payload = describe(&conn);
     payload["changed"] = json!(changed);
+    if !weakened.is_empty() {
+        payload["weakened"] = json!(weakened);
+    }
     let event = Event::new("connection.update", payload)
         .by(&caller.identity)
         .on_connection(&name);
@@ -476,7 +534,30 @@ pub async fn update(
         .update_connection(&conn, secret_change, &event)
         .await
         .map_err(|e| store_error(&name, &e))?;
-    Ok(Json(conn))
+    if !weakened.is_empty() {
+        let event = Event::new(
+            "policy.weakened",
+            json!({"object": "connection", "name": name, "weakened": weakened,
+                   "before": describe(&before), "after": describe(&conn)}),
+        )
+        .by(&caller.identity)
+        .on_connection(&name);
+        super::record_weakening(&state, &event).await;
+    }
+    Ok(Json(ConnectionChanged {
+        connection: conn,
+        weakened,
+    }))
+}
+
+/// A changed connection, and what the change took away.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConnectionChanged {
+    #[serde(flatten)]
+    pub connection: Connection,
+    /// Protections the change removed or relaxed (also a `policy.weakened` event).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weakened: Vec<String>,
 }
 
 /// Remove a connection and its held secret (admins).

@@ -61,6 +61,14 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// Records a `policy.weakened` event. The change itself is already recorded (with
+/// what it weakened) in its own event; a failure here is logged, not answered.
+pub(crate) async fn record_weakening(state: &AppState, event: &warden_core::Event) {
+    if let Err(e) = state.store.append_audit(event).await {
+        tracing::error!(error = %e, "could not record a policy.weakened event");
+    }
+}
+
 impl AppState {
     pub fn new(inner: StateInner) -> Self {
         Self(Arc::new(inner))

@@ -11,7 +11,7 @@ use warden_core::{
     Action, ColumnRef, ConnectionKind, Decision, Event, Guard, Masked, PolicyRefs, SqlDialect,
     ValueKind,
 };
-use warden_policy::{GuardrailSet, Guardrails, MaskingEngine, MaskingSet};
+use warden_policy::{GuardrailSet, Guardrails, MaskingEngine, MaskingSet, weaken};
 
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState, ErrorBody};
@@ -110,7 +110,10 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_policy", message)
 }
 
-/// Create or replace a set (admins). The body is the set; its `name` must match the path.
+/// Create or replace a set (admins). The body is the set; its `name` must match the
+/// path. A replacement that matches or masks less than the set it replaces (a rule
+/// removed or narrowed, an action or fallback relaxed, a detector or column dropped)
+/// answers with `weakened` naming each and records a `policy.weakened` event.
 #[utoipa::path(put, path = "/api/policies/{kind}/{name}", tag = "policies", security(("bearer" = [])),
     params(("kind" = String, Path, description = "`guardrails` or `masking`"), ("name" = String, Path)),
     request_body(content = Object, description = "A GuardrailSet or MaskingSet"),
@@ -140,23 +143,37 @@ pub async fn put(
             format!("{kind} policy `{name}` is defined in the config file"),
         ));
     }
-    // Parse and compile before storing: only sets that work are kept.
-    let canonical = if kind == GUARDRAILS {
+    // Parse and compile before storing: only sets that work are kept. What the new
+    // version no longer matches or masks, against the one it replaces, is reported.
+    let sets = state.policies.all().await.map_err(resolve_error)?;
+    let (canonical, old, weakened) = if kind == GUARDRAILS {
         let set: GuardrailSet = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
         Guardrails::compile(std::slice::from_ref(&set), &[]).map_err(|e| invalid(e.to_string()))?;
-        serde_json::to_value(&set)
+        let old = sets.guardrails.into_iter().find(|(_, s)| s.name == name);
+        let weakened = old
+            .as_ref()
+            .map(|(_, o)| weaken::guardrail_weakening(o, &set))
+            .unwrap_or_default();
+        let old = old.map(|(_, o)| serde_json::to_value(o));
+        (serde_json::to_value(&set), old, weakened)
     } else {
         let set: MaskingSet = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
         set.validate().map_err(|e| invalid(e.to_string()))?;
-        serde_json::to_value(&set)
-    }
-    .map_err(|e| invalid(e.to_string()))?;
+        let old = sets.masking.into_iter().find(|(_, s)| s.name == name);
+        let weakened = old
+            .as_ref()
+            .map(|(_, o)| weaken::masking_weakening(o, &set))
+            .unwrap_or_default();
+        let old = old.map(|(_, o)| serde_json::to_value(o));
+        (serde_json::to_value(&set), old, weakened)
+    };
+    let canonical = canonical.map_err(|e| invalid(e.to_string()))?;
     let text = canonical.to_string();
-    let event = Event::new(
-        "policy.put",
-        json!({"kind": kind, "name": name, "set": canonical}),
-    )
-    .by(&caller.identity);
+    let mut payload = json!({"kind": kind, "name": name, "set": canonical});
+    if !weakened.is_empty() {
+        payload["weakened"] = json!(weakened);
+    }
+    let event = Event::new("policy.put", payload).by(&caller.identity);
     let created = state
         .store
         .put_policy_set(&kind, &name, &text, &event)
@@ -167,7 +184,19 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(canonical)))
+    let mut answer = canonical.clone();
+    if !weakened.is_empty() {
+        let before = old.and_then(Result::ok);
+        let event = Event::new(
+            "policy.weakened",
+            json!({"object": kind, "name": name, "weakened": weakened,
+                   "before": before, "after": canonical}),
+        )
+        .by(&caller.identity);
+        super::record_weakening(&state, &event).await;
+        answer["weakened"] = json!(weakened);
+    }
+    Ok((status, Json(answer)))
 }
 
 /// Delete a set (admins); refused while a connection uses it.

@@ -1,0 +1,293 @@
+//! What a configuration change takes away: the protections an old connection or
+//! policy set had that the new one lacks, each named in words an admin reads in the
+//! `policy.weakened` event and the API answer. Every matcher is monotone (one more
+//! statement kind, glob, pattern, detector or column matches more), so anything but
+//! an addition can match less and is reported. Over-reporting a harmless edit costs a
+//! glance; missing a weakening costs an incident.
+
+use warden_core::{Connection, TlsMode};
+
+use crate::spec::{Fallback, GuardrailSet, MaskingSet, RuleAction, RuleSpec};
+
+fn fallback_rank(f: Fallback) -> u8 {
+    match f {
+        Fallback::Deny => 2,
+        Fallback::Review => 1,
+        Fallback::Allow => 0,
+    }
+}
+
+fn action_rank(a: RuleAction) -> u8 {
+    match a {
+        RuleAction::Deny => 1,
+        RuleAction::Review => 0,
+    }
+}
+
+fn tls_rank(m: TlsMode) -> u8 {
+    match m {
+        TlsMode::Verify => 2,
+        TlsMode::Insecure => 1,
+        TlsMode::Disable => 0,
+    }
+}
+
+fn as_str<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// `what: x, y dropped` for entries of `old` missing from `new`.
+fn dropped<T: PartialEq + std::fmt::Display>(
+    what: &str,
+    old: &[T],
+    new: &[T],
+    out: &mut Vec<String>,
+) {
+    let gone: Vec<String> = old
+        .iter()
+        .filter(|o| !new.contains(o))
+        .map(|o| format!("`{o}`"))
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let emptied = if new.is_empty() { " (now empty)" } else { "" };
+    out.push(format!("{what}: {} removed{emptied}", gone.join(", ")));
+}
+
+fn turned_off(what: &str, old: bool, new: bool, out: &mut Vec<String>) {
+    if old && !new {
+        out.push(format!("{what} turned off"));
+    }
+}
+
+fn turned_on(what: &str, old: bool, new: bool, out: &mut Vec<String>) {
+    if !old && new {
+        out.push(format!("{what} turned on"));
+    }
+}
+
+/// What `new` no longer protects that `old` did, for one connection.
+pub fn connection_weakening(old: &Connection, new: &Connection) -> Vec<String> {
+    let mut out = Vec::new();
+    let (o, n) = (&old.policies, &new.policies);
+    dropped(
+        "policies.guardrails",
+        &o.guardrails,
+        &n.guardrails,
+        &mut out,
+    );
+    dropped("policies.masking", &o.masking, &n.masking, &mut out);
+    dropped("policies.reviews", &o.reviews, &n.reviews, &mut out);
+    turned_on(
+        "policies.verbatim_statements (statement text no longer masked in the record)",
+        o.verbatim_statements,
+        n.verbatim_statements,
+        &mut out,
+    );
+    let (o, n) = (&old.access, &new.access);
+    turned_off(
+        "access.request_required",
+        o.request_required,
+        n.request_required,
+        &mut out,
+    );
+    if n.approvals < o.approvals {
+        out.push(format!(
+            "access.approvals lowered from {} to {}",
+            o.approvals, n.approvals
+        ));
+    }
+    let added: Vec<&String> = n
+        .reviewers
+        .iter()
+        .filter(|g| !o.reviewers.contains(g))
+        .collect();
+    if !added.is_empty() || (!o.reviewers.is_empty() && n.reviewers.is_empty()) {
+        out.push(format!(
+            "access.reviewers widened from {:?} to {:?} (empty: the admin groups)",
+            o.reviewers, n.reviewers
+        ));
+    }
+    if n.max_duration_secs > o.max_duration_secs {
+        out.push(format!(
+            "access.max_duration_secs raised from {} to {}",
+            o.max_duration_secs, n.max_duration_secs
+        ));
+    }
+    turned_on(
+        "access.reuse_approved_reviews",
+        o.reuse_approved_reviews,
+        n.reuse_approved_reviews,
+        &mut out,
+    );
+    let added: Vec<&String> = new
+        .allowed_groups
+        .iter()
+        .filter(|g| !old.allowed_groups.contains(g))
+        .collect();
+    if !added.is_empty() {
+        out.push(format!("allowed_groups: {added:?} added"));
+    }
+    let (o, n) = (&old.ssh, &new.ssh);
+    match (&o.host_key, &n.host_key) {
+        (Some(_), None) => out.push("ssh.host_key unpinned".into()),
+        (Some(a), Some(b)) if a != b => out.push("ssh.host_key replaced by another key".into()),
+        _ => {}
+    }
+    turned_on(
+        "ssh.trust_on_first_use",
+        o.trust_on_first_use,
+        n.trust_on_first_use,
+        &mut out,
+    );
+    turned_on(
+        "ssh.port_forwarding",
+        o.port_forwarding,
+        n.port_forwarding,
+        &mut out,
+    );
+    let (o, n) = (&old.tls, &new.tls);
+    if tls_rank(n.mode) < tls_rank(o.mode) {
+        out.push(format!(
+            "tls.mode lowered from {} to {}",
+            as_str(&o.mode),
+            as_str(&n.mode)
+        ));
+    } else if n.mode != TlsMode::Disable {
+        if o.ca_pem.is_some() && o.ca_pem != n.ca_pem {
+            out.push("tls.ca_pem: the trusted CA changed".into());
+        }
+        if o.server_name != n.server_name {
+            out.push("tls.server_name changed".into());
+        }
+    }
+    out
+}
+
+fn rule_weakening(set: &str, o: &RuleSpec, n: &RuleSpec, out: &mut Vec<String>) {
+    let what = |field: &str| format!("{set}: rule `{}` {field}", o.name);
+    if action_rank(n.action) < action_rank(o.action) {
+        out.push(format!(
+            "{set}: rule `{}` action lowered from {} to {}",
+            o.name,
+            as_str(&o.action),
+            as_str(&n.action)
+        ));
+    }
+    dropped(
+        &what("sql_statements"),
+        &o.sql_statements,
+        &n.sql_statements,
+        out,
+    );
+    dropped(
+        &what("sql_write_tables"),
+        &o.sql_write_tables,
+        &n.sql_write_tables,
+        out,
+    );
+    dropped(
+        &what("sql_functions"),
+        &o.sql_functions,
+        &n.sql_functions,
+        out,
+    );
+    dropped(&what("shell"), &o.shell, &n.shell, out);
+    dropped(&what("http"), &o.http, &n.http, out);
+    turned_off(
+        &what("sql_unbounded_writes"),
+        o.sql_unbounded_writes,
+        n.sql_unbounded_writes,
+        out,
+    );
+    turned_off(
+        &what("sql_read_only"),
+        o.sql_read_only,
+        n.sql_read_only,
+        out,
+    );
+}
+
+/// What `new` no longer guards that `old` did, for one guardrail (or review) set.
+pub fn guardrail_weakening(old: &GuardrailSet, new: &GuardrailSet) -> Vec<String> {
+    let mut out = Vec::new();
+    let set = &old.name;
+    for (field, o, n) in [
+        ("unparsable_sql", old.unparsable_sql, new.unparsable_sql),
+        (
+            "unparsable_shell",
+            old.unparsable_shell,
+            new.unparsable_shell,
+        ),
+    ] {
+        if fallback_rank(n) < fallback_rank(o) {
+            out.push(format!(
+                "{set}: {field} relaxed from {} to {}",
+                as_str(&o),
+                as_str(&n)
+            ));
+        }
+    }
+    if old.default_schema != new.default_schema {
+        out.push(format!(
+            "{set}: default_schema changed from {:?} to {:?} (unqualified tables match differently)",
+            old.default_schema, new.default_schema
+        ));
+    }
+    for o in &old.rules {
+        match new.rules.iter().find(|n| n.name == o.name) {
+            None => out.push(format!("{set}: rule `{}` removed", o.name)),
+            Some(n) => rule_weakening(set, o, n, &mut out),
+        }
+    }
+    out
+}
+
+/// What `new` no longer masks that `old` did, for one masking set.
+pub fn masking_weakening(old: &MaskingSet, new: &MaskingSet) -> Vec<String> {
+    let mut out = Vec::new();
+    let set = &old.name;
+    let detectors = |s: &MaskingSet| s.detectors.iter().map(as_str).collect::<Vec<_>>();
+    dropped(
+        &format!("{set}: detectors"),
+        &detectors(old),
+        &detectors(new),
+        &mut out,
+    );
+    if old.style != new.style {
+        out.push(format!(
+            "{set}: style changed from {} to {}",
+            old.style, new.style
+        ));
+    }
+    for o in &old.custom {
+        match new.custom.iter().find(|n| n.name == o.name) {
+            None => out.push(format!("{set}: custom detector `{}` removed", o.name)),
+            Some(n) if n.regex != o.regex => {
+                out.push(format!("{set}: custom detector `{}` regex changed", o.name));
+            }
+            Some(n) if n.style != o.style => {
+                out.push(format!("{set}: custom detector `{}` style changed", o.name));
+            }
+            Some(_) => {}
+        }
+    }
+    for o in &old.columns {
+        match new.columns.iter().find(|n| n.pattern == o.pattern) {
+            None => out.push(format!("{set}: column rule `{}` removed", o.pattern)),
+            Some(n) if n.style != o.style => {
+                out.push(format!("{set}: column rule `{}` style changed", o.pattern));
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "weaken_tests.rs"]
+mod tests;
