@@ -148,8 +148,18 @@ fn private_store_files(file: &Path) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// When an admin key stored now expires (`auth.admin_key_ttl_secs`, 0: never).
+fn admin_key_expiry(config: &Config) -> Option<time::OffsetDateTime> {
+    let ttl = config.auth.admin_key_ttl_secs;
+    (ttl > 0).then(|| {
+        warden_core::timefmt::now()
+            + time::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2))
+    })
+}
+
 /// Makes sure an admin key exists. Returns a generated token, which the caller shows
-/// once; a configured `admin_token` is stored (as a hash) and never shown.
+/// once; a configured `admin_token` is stored (as a hash) and never shown. Either
+/// expires `auth.admin_key_ttl_secs` after it is stored.
 pub async fn ensure_admin_key(
     store: &Store,
     config: &Config,
@@ -160,12 +170,14 @@ pub async fn ensure_admin_key(
         match existing {
             Some(rec) if rec.secret_hash == hash && rec.revoked_at.is_none() => {}
             Some(_) => {
+                let expires_at = admin_key_expiry(config);
                 let event = Event::new(
                     "api_key.bootstrap",
-                    json!({"key_id": ADMIN_KEY_ID, "source": "config", "replaced": true}),
+                    json!({"key_id": ADMIN_KEY_ID, "source": "config", "replaced": true,
+                           "expires_at": expires_at.map(warden_core::timefmt::rfc3339)}),
                 );
                 store
-                    .replace_api_key_secret(ADMIN_KEY_ID, &hash, &event)
+                    .replace_api_key_secret(ADMIN_KEY_ID, &hash, expires_at, &event)
                     .await?;
             }
             None => {
@@ -198,18 +210,89 @@ async fn insert_admin(
     issued: &api_key::IssuedKey,
     source: &str,
 ) -> Result<(), GatewayError> {
+    let expires_at = admin_key_expiry(config);
     let record = api_key::record(
         issued,
         "bootstrap admin",
         "admin",
         config.admin_groups.clone(),
         source,
-        None,
+        expires_at,
     );
     let event = Event::new(
         "api_key.bootstrap",
-        json!({"key_id": ADMIN_KEY_ID, "source": source}),
+        json!({"key_id": ADMIN_KEY_ID, "source": source,
+               "expires_at": expires_at.map(warden_core::timefmt::rfc3339)}),
     );
     store.insert_api_key(&record, &event).await?;
     Ok(())
+}
+
+/// Writes a generated admin key where only the gateway's user can read it, for a
+/// gateway whose standard output is not a terminal (a service manager would keep it
+/// in its journal). Returns the file's path.
+pub fn write_admin_key_file(
+    config: &Config,
+    token: &Secret<String>,
+) -> Result<PathBuf, GatewayError> {
+    create_private_dir(&config.data_dir)?;
+    let path = config.data_dir.join("admin.key");
+    if path.exists() {
+        // An older one nobody collected: it no longer works, the new one does.
+        std::fs::remove_file(&path).map_err(io(format!("replacing {}", path.display())))?;
+    }
+    write_private_file(&path, &format!("{}\n", token.expose()))?;
+    Ok(path)
+}
+
+/// A new admin key issued offline by `warden admin recover`: it does not depend on
+/// the old one, which is revoked (its sessions end). Audited as `api_key.recover`
+/// with the operating-system user who ran it.
+pub async fn recover_admin_key(
+    store: &Store,
+    config: &Config,
+    operator: &str,
+) -> Result<(Secret<String>, Option<time::OffsetDateTime>), GatewayError> {
+    if config.admin_token.is_some() {
+        return Err(GatewayError::Config(
+            "admin_token is set in the configuration: that is the admin key; change it there"
+                .into(),
+        ));
+    }
+    let issued =
+        api_key::issue_recovered_admin().map_err(|e| GatewayError::Config(e.to_string()))?;
+    let expires_at = admin_key_expiry(config);
+    let record = api_key::record(
+        &issued,
+        "recovered admin",
+        "admin",
+        config.admin_groups.clone(),
+        operator,
+        expires_at,
+    );
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let event = Event::new(
+        "api_key.recover",
+        json!({"key_id": issued.id, "operator": operator, "host": host,
+               "expires_at": expires_at.map(warden_core::timefmt::rfc3339)}),
+    );
+    store.insert_api_key(&record, &event).await?;
+    // Every earlier admin key (bootstrap or recovered) stops working.
+    for old in store.list_api_keys().await? {
+        if !api_key::is_bootstrap_admin(&old.id) || old.id == issued.id || old.revoked_at.is_some()
+        {
+            continue;
+        }
+        let event = Event::new(
+            "api_key.revoke",
+            json!({"key_id": old.id, "reason": "replaced by `warden admin recover`",
+                   "operator": operator, "replaced_by": issued.id}),
+        );
+        store
+            .revoke_api_key(&old.id, warden_core::timefmt::now(), &event)
+            .await?;
+    }
+    Ok((issued.token, expires_at))
 }

@@ -306,6 +306,10 @@ pub struct AuthConfig {
     /// Longest lifetime an API key may be issued with.
     #[serde(default = "default_api_key_max_ttl")]
     pub api_key_max_ttl_secs: u64,
+    /// Lifetime of the bootstrap admin key (generated, configured as `admin_token`, or
+    /// issued by `warden admin recover`) from when it is stored; 0: it never expires.
+    #[serde(default = "default_admin_key_ttl")]
+    pub admin_key_ttl_secs: u64,
     #[serde(default)]
     pub oidc: Vec<OidcIssuerConfig>,
     /// How the `warden` CLI logs people in (`warden login`); without it, people use
@@ -382,6 +386,9 @@ fn default_jwks_max_age() -> u64 {
 fn default_api_key_ttl() -> u64 {
     24 * 3600
 }
+fn default_admin_key_ttl() -> u64 {
+    24 * 3600
+}
 fn default_api_key_max_ttl() -> u64 {
     90 * 24 * 3600
 }
@@ -419,6 +426,7 @@ impl Default for AuthConfig {
             jwks_max_age_secs: default_jwks_max_age(),
             api_key_default_ttl_secs: default_api_key_ttl(),
             api_key_max_ttl_secs: default_api_key_max_ttl(),
+            admin_key_ttl_secs: default_admin_key_ttl(),
             oidc: Vec::new(),
             cli: None,
         }

@@ -18,6 +18,7 @@ pub mod session_watch;
 pub mod terminal;
 pub mod tunnel;
 
+pub use bootstrap::{recover_admin_key, write_admin_key_file};
 pub use config::Config;
 
 use serde_json::json;

@@ -61,12 +61,16 @@ impl Store {
         &self,
         id: &str,
         secret_hash: &str,
+        expires_at: Option<OffsetDateTime>,
         event: &Event,
     ) -> Result<()> {
         let mut tx = self.begin_audited().await?;
-        sqlx::query("UPDATE api_keys SET secret_hash = $1, revoked_at = NULL WHERE id = $2")
-            .bind(secret_hash)
-            .bind(id)
+        sqlx::query(
+            "UPDATE api_keys SET secret_hash = $1, revoked_at = NULL, expires_at = $2 WHERE id = $3",
+        )
+        .bind(secret_hash)
+        .bind(expires_at.map(timefmt::to_micros))
+        .bind(id)
             .execute(tx.conn())
             .await?;
         tx.commit_with(event).await?;

@@ -34,6 +34,11 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Offline administration, run with access to the data directory and store.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Inspect the audit log directly in the store (works while the gateway is down).
     Audit {
         #[command(subcommand)]
@@ -172,6 +177,16 @@ impl ConfigArg {
 }
 
 #[derive(Subcommand)]
+enum AdminCommand {
+    /// Issue a new admin API key when the bootstrap one is lost, revoked or expired
+    /// (every earlier admin key is revoked; audited as `api_key.recover`). Prints it.
+    Recover {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the hash chain; exit status 1 and the first broken event if it was tampered with.
     Verify {
@@ -267,6 +282,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             gateway(config).await
         }
         Command::Audit { command } => audit(command).await,
+        Command::Admin {
+            command: AdminCommand::Recover { config },
+        } => recover(&config.load()?).await,
         Command::Replay {
             session,
             config,
@@ -347,23 +365,52 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+async fn recover(config: &Config) -> Result<ExitCode> {
+    let store = warden_gateway::open_existing_store(config).await?;
+    let operator = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let (token, expires_at) =
+        warden_gateway::recover_admin_key(&store, config, &format!("local:{operator}")).await?;
+    println!("New Warden admin API key (shown once; every earlier admin key is revoked):");
+    println!();
+    println!("    {}", token.expose());
+    println!();
+    match expires_at {
+        Some(at) => println!("It expires at {}.", warden_core::timefmt::rfc3339(at)),
+        None => println!("It does not expire (auth.admin_key_ttl_secs = 0)."),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn gateway(config: Config) -> Result<ExitCode> {
     // Listen for stop signals before announcing readiness, so a supervisor that
     // signals right after the "listening" line still gets a clean stop.
     let stop = stop_signal()?;
-    let mut gw = Gateway::start(config)
+    let mut gw = Gateway::start(config.clone())
         .await
         .context("starting the gateway")?;
     if let Some(token) = gw.take_generated_admin_token() {
-        // Printed once, on stdout and not through the logger, so it does not end up
-        // in log aggregation. Only its hash is stored.
-        println!("Warden bootstrap admin API key (shown once; only its hash is stored):");
-        println!();
-        println!("    {}", token.expose());
-        println!();
+        // Shown once, on a terminal and not through the logger, so it does not end
+        // up in log aggregation; a service manager's stdout is a journal, so then it
+        // goes to an owner-only file instead. Only its hash is stored.
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            println!("Warden bootstrap admin API key (shown once; only its hash is stored):");
+            println!();
+            println!("    {}", token.expose());
+            println!();
+        } else {
+            let path = warden_gateway::write_admin_key_file(&config, &token)?;
+            println!(
+                "Warden bootstrap admin API key written to {} (owner-only): read it, then delete the file",
+                path.display()
+            );
+        }
         println!(
-            "Use it as `Authorization: Bearer <key>` against {}",
-            gw.api_url()
+            "Use it as `Authorization: Bearer <key>` against {}; it expires after auth.admin_key_ttl_secs ({} s, 0: never), and `warden admin recover` issues a new one",
+            gw.api_url(),
+            config.auth.admin_key_ttl_secs
         );
     }
     if let Some(mysql) = gw.listener(warden_core::ConnectionKind::Mysql) {

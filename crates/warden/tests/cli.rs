@@ -23,7 +23,14 @@ fn embedded_default_start_admin_key_once_no_secrets_in_logs_and_tamper_evident_a
         .printed_key
         .clone()
         .expect("first start prints the admin key");
-    assert!(gw.stdout_head.contains("shown once"));
+    // Its output is not a terminal: the key went to an owner-only file, not stdout.
+    assert!(
+        gw.stdout_head.contains("admin API key written to"),
+        "{}",
+        gw.stdout_head
+    );
+    assert!(!gw.stdout_head.contains(&key));
+    assert!(key.starts_with("wdn_admin_"), "{key}");
 
     // The embedded default keeps its state in ./warden-data, the master key 0600.
     let data = dir.path().join("warden-data");
@@ -34,6 +41,11 @@ fn embedded_default_start_admin_key_once_no_secrets_in_logs_and_tamper_evident_a
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    let mode = std::fs::metadata(data.join("admin.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.key");
     // So are the store and SQLite's companion files (they hold sealed secrets, key
     // hashes and the audit chain).
     for name in ["warden.db", "warden.db-wal", "warden.db-shm"] {
@@ -292,11 +304,13 @@ detectors = ["email"]
         field("MySQL proxy listening on "),
         field("SSH proxy listening on "),
     );
-    let admin = head
-        .split_whitespace()
-        .find(|w| w.starts_with("wdn_admin_"))
+    // Read, then deleted, as its output asks; no other file may hold it.
+    let admin_file = dir.path().join("warden-data/admin.key");
+    let admin = std::fs::read_to_string(&admin_file)
         .unwrap()
+        .trim()
         .to_string();
+    std::fs::remove_file(&admin_file).unwrap();
     let gw = Running {
         child,
         url,

@@ -77,10 +77,8 @@ impl FromRequestParts<AppState> for Caller {
             Ok(identity) => {
                 // The bootstrap key stays admin even if `admin_groups` changes later.
                 let is_admin = identity.in_any_group(&state.config.admin_groups)
-                    || identity.method
-                        == (warden_core::AuthMethod::ApiKey {
-                            key_id: crate::auth::api_key::ADMIN_KEY_ID.into(),
-                        });
+                    || matches!(&identity.method, warden_core::AuthMethod::ApiKey { key_id }
+                        if crate::auth::api_key::is_bootstrap_admin(key_id));
                 Ok(Caller {
                     identity,
                     is_admin,

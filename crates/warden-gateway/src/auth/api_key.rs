@@ -12,6 +12,18 @@ pub const PREFIX: &str = "wdn_";
 /// The id of the bootstrap admin key.
 pub const ADMIN_KEY_ID: &str = "admin";
 
+/// Whether `key_id` is the bootstrap admin key or one `warden admin recover` issued
+/// (`admin<hex>`; other keys' ids are plain hex, so never start with `admin`):
+/// admins whatever `admin_groups` says.
+pub fn is_bootstrap_admin(key_id: &str) -> bool {
+    key_id.starts_with(ADMIN_KEY_ID)
+}
+
+/// A new admin key for `warden admin recover`, with an id of its own.
+pub fn issue_recovered_admin() -> Result<IssuedKey, AuthError> {
+    issue(Some(&format!("{ADMIN_KEY_ID}{}", random_hex(6)?)))
+}
+
 /// A freshly issued key: the token is shown once and never stored.
 pub struct IssuedKey {
     pub id: String,

@@ -20,7 +20,8 @@ pub fn warden(dir: &Path) -> Command {
     cmd
 }
 
-/// A gateway process: its URL, the admin key it printed (if any), and its output so far.
+/// A gateway process: its URL, the admin key its first start handed over (shown or
+/// written to a file), and its output so far.
 pub struct Running {
     pub child: Child,
     pub url: String,
@@ -34,8 +35,46 @@ pub fn start_gateway(dir: &Path) -> Running {
 
 /// A gateway with extra environment (such as `WARDEN_CONFIG`).
 pub fn start_gateway_with(dir: &Path, envs: &[(&str, &str)]) -> Running {
-    let mut child = warden(dir)
-        .arg("gateway")
+    let mut cmd = warden(dir);
+    cmd.arg("gateway");
+    spawn_gateway(&mut cmd, dir, envs)
+}
+
+/// A gateway whose standard output is a terminal (run under `script`), as a person
+/// starts it by hand; its log goes to the same terminal.
+pub fn start_gateway_in_terminal(dir: &Path, envs: &[(&str, &str)]) -> Running {
+    let mut cmd = warden(dir);
+    let bin = env!("CARGO_BIN_EXE_warden");
+    let mut script = Command::new("script");
+    script
+        .current_dir(dir)
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .args(["-qfec", &format!("exec {bin} gateway"), "/dev/null"]);
+    cmd = script;
+    spawn_gateway(&mut cmd, dir, envs)
+}
+
+/// The admin key a first start handed over: shown on its terminal, or written to the
+/// file its output names.
+fn admin_key_of(dir: &Path, head: &str) -> Option<String> {
+    if let Some(key) = head.split_whitespace().find(|w| w.starts_with("wdn_admin")) {
+        return Some(key.to_string());
+    }
+    let path = head
+        .lines()
+        .find_map(|l| l.split("admin API key written to ").nth(1))?
+        .split_whitespace()
+        .next()?;
+    let key = std::fs::read_to_string(dir.join(path)).unwrap();
+    Some(key.trim().to_string())
+}
+
+fn spawn_gateway(cmd: &mut Command, dir: &Path, envs: &[(&str, &str)]) -> Running {
+    let mut child = cmd
         .envs(envs.iter().copied())
         .env("WARDEN_LOG", "debug")
         .stdout(Stdio::piped())
@@ -58,16 +97,12 @@ pub fn start_gateway_with(dir: &Path, envs: &[(&str, &str)]) -> Running {
         }
         head.push_str(&line);
         if let Some(url) = line.trim().strip_prefix("warden gateway listening on ") {
-            let printed_key = head
-                .split_whitespace()
-                .find(|w| w.starts_with("wdn_admin_"))
-                .map(String::from);
             // Keep draining stdout so the gateway never blocks on a full pipe.
             std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
             return Running {
                 child,
                 url: url.to_string(),
-                printed_key,
+                printed_key: admin_key_of(dir, &head),
                 stdout_head: head,
             };
         }
