@@ -1148,9 +1148,22 @@ async fn a_held_statement_of_a_revoked_identity_never_runs() {
     let delete = "DELETE FROM warden_revoked_review_t WHERE id = 1";
     let held = tokio::spawn(async move { client.simple_query(delete).await });
     let id = gw.pending_review(&bob, delete).await;
+    // And a long statement runs in another of her sessions.
+    let sleeper = connect(&gw, "reviewed", &alice).await.unwrap();
+    let sleeping =
+        tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(60.4242)").await });
+    let admin = superuser().await;
+    let running = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE query = 'SELECT pg_sleep(60.4242)' AND state = 'active'";
+    eventually("the sleep to run", || async {
+        let n: i64 = admin.query_one(running, &[]).await.unwrap().get(0);
+        (n == 1).then_some(())
+    })
+    .await;
 
     // Alice's key is revoked while her DELETE waits: the session ends, the review
-    // is abandoned, and approving it afterwards runs nothing.
+    // is abandoned, and approving it afterwards runs nothing; her running statement
+    // is cancelled on the server.
     let key_id = alice.split('_').nth(1).unwrap();
     let (status, _) = gw
         .admin("DELETE", &format!("/api/api-keys/{key_id}"), None)
@@ -1185,7 +1198,13 @@ async fn a_held_statement_of_a_revoked_identity_never_runs() {
         .await
         .unwrap();
     assert_eq!(rows.get::<_, i64>(0), 10, "the held DELETE never ran");
+    assert!(sleeping.await.unwrap().is_err());
+    eventually("the sleep to be cancelled on the server", || async {
+        let n: i64 = admin.query_one(running, &[]).await.unwrap().get(0);
+        (n == 0).then_some(())
+    })
+    .await;
     let ended = gw.audit_events("session.terminate").await;
-    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended.len(), 2, "{ended:?}");
     assert_eq!(ended[0]["event"]["payload"]["cause"], "credential_revoked");
 }

@@ -73,6 +73,12 @@ fn turned_on(what: &str, old: bool, new: bool, out: &mut Vec<String>) {
 /// What `new` no longer protects that `old` did, for one connection.
 pub fn connection_weakening(old: &Connection, new: &Connection) -> Vec<String> {
     let mut out = Vec::new();
+    if old.kind != new.kind {
+        out.push(format!(
+            "kind changed from {} to {}: rules written for one protocol may not apply to the other",
+            old.kind, new.kind
+        ));
+    }
     let (o, n) = (&old.policies, &new.policies);
     dropped(
         "policies.guardrails",

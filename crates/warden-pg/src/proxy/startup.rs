@@ -319,9 +319,14 @@ async fn serve_login<H: SessionHooks>(
     }
     let cancels = config.cancels.clone();
     let reason = relay(client, server, buf, session, config).await;
-    if reason == Some(EndReason::ClientGone) {
-        // A query may still be running for nobody: the server only notices a closed
-        // socket when it next writes to it.
+    let backend_alive = !matches!(
+        reason,
+        None | Some(EndReason::BackendGone(_) | EndReason::BackendProtocol(_))
+    );
+    if backend_alive {
+        // A query may still be running for nobody (the client left, or the gateway
+        // ended the session: a revoked identity's UPDATE must not run on): the
+        // server only notices a closed socket when it next writes to it.
         forward_cancel(&cancels, ours.0, ours.1).await;
     }
     cancels.remove(&ours);
