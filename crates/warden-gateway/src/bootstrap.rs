@@ -168,8 +168,19 @@ pub async fn ensure_admin_key(
     if let Some(token) = &config.admin_token {
         let hash = api_key::hash_token(token.expose());
         match existing {
-            Some(rec) if rec.secret_hash == hash && rec.revoked_at.is_none() => {}
+            Some(rec) if rec.secret_hash == hash && rec.revoked_at.is_none() => {
+                add_missing_expiry(store, config, &rec).await?;
+            }
+            // Revoked, it stays revoked: a restart must not revive a leaked token.
+            Some(rec) if rec.secret_hash == hash => {
+                tracing::error!(
+                    "the configured admin_token was revoked; configure a new one to have an admin key"
+                );
+            }
             Some(_) => {
+                // A new token: whatever the old one registered goes with it (its
+                // open sessions end: the watch sees the key's secret change).
+                drop_registrations_of_admin_key(store).await?;
                 let expires_at = admin_key_expiry(config);
                 let event = Event::new(
                     "api_key.bootstrap",
@@ -191,7 +202,8 @@ pub async fn ensure_admin_key(
         }
         return Ok(None);
     }
-    if existing.is_some() {
+    if let Some(rec) = existing {
+        add_missing_expiry(store, config, &rec).await?;
         return Ok(None);
     }
     let issued =
@@ -202,6 +214,45 @@ pub async fn ensure_admin_key(
         Err(GatewayError::Store(StoreError::Conflict(_))) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// An admin key stored before admin keys expired gets its expiry now.
+async fn add_missing_expiry(
+    store: &Store,
+    config: &Config,
+    rec: &warden_store::api_keys::ApiKeyRecord,
+) -> Result<(), GatewayError> {
+    if rec.expires_at.is_some() || rec.revoked_at.is_some() {
+        return Ok(());
+    }
+    let Some(expires_at) = admin_key_expiry(config) else {
+        return Ok(());
+    };
+    let event = Event::new(
+        "api_key.bootstrap",
+        json!({"key_id": rec.id, "expiry_added": warden_core::timefmt::rfc3339(expires_at)}),
+    );
+    store
+        .set_api_key_expiry(&rec.id, expires_at, &event)
+        .await?;
+    Ok(())
+}
+
+/// SSH keys registered with the admin key (`api_key_id = admin`) are deleted when
+/// its configured token changes, audited one by one.
+async fn drop_registrations_of_admin_key(store: &Store) -> Result<(), GatewayError> {
+    for key in store.list_ssh_user_keys(None).await? {
+        if key.api_key_id.as_deref() != Some(ADMIN_KEY_ID) {
+            continue;
+        }
+        let event = Event::new(
+            "ssh_key.delete",
+            json!({"fingerprint": key.fingerprint, "owner": key.subject,
+                   "reason": "the admin token that registered it was replaced"}),
+        );
+        store.delete_ssh_user_key(&key.fingerprint, &event).await?;
+    }
+    Ok(())
 }
 
 async fn insert_admin(

@@ -603,6 +603,15 @@ impl Config {
             warden_store::Backend::from_url(url.0.expose())
                 .map_err(|e| ConfigError::Invalid(format!("store.url: {e}")))?;
         }
+        const TEN_YEARS: u64 = 10 * 366 * 86_400;
+        for (field, value) in [
+            ("auth.admin_key_ttl_secs", self.auth.admin_key_ttl_secs),
+            ("auth.api_key_max_ttl_secs", self.auth.api_key_max_ttl_secs),
+        ] {
+            if value > TEN_YEARS {
+                return invalid(format!("{field} must be at most {TEN_YEARS} (ten years)"));
+            }
+        }
         if self.auth.api_key_default_ttl_secs > self.auth.api_key_max_ttl_secs {
             return invalid(
                 "auth.api_key_default_ttl_secs exceeds auth.api_key_max_ttl_secs".into(),

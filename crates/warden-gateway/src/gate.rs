@@ -317,6 +317,17 @@ impl SessionGate {
                 return Err(unavailable("the gateway's store is unavailable"));
             }
         };
+        // An API key's secret as it logged in: one replaced later ends the session.
+        let key_secret = match &identity.method {
+            AuthMethod::ApiKey { key_id } => match self.store.api_key(key_id).await {
+                Ok(k) => k.map(|k| k.secret_hash),
+                Err(e) => {
+                    tracing::error!(error = %e, "api key lookup failed");
+                    return Err(unavailable("the gateway's store is unavailable"));
+                }
+            },
+            _ => None,
+        };
         let secret = match self.store.connection_secret(&conn.name).await {
             Ok(Some((SecretKind::Password, s))) => Some((SecretKind::Password, s)),
             Ok(Some((SecretKind::PrivateKey, s))) if protocol == ConnectionKind::Ssh => {
@@ -394,7 +405,7 @@ impl SessionGate {
         self.watch.watch(
             id,
             Watched {
-                credential: Credential::of(&identity, registered_with),
+                credential: Credential::of(&identity, registered_with, key_secret),
                 credential_ends: self.auth.accepted_until(&identity),
                 identity: identity.clone(),
                 connection: conn.name.clone(),

@@ -31,7 +31,9 @@ const STORE_CHECK_TICKS: u32 = 2;
 pub enum Credential {
     /// A JWT: it cannot be revoked here, only expire.
     Token,
-    ApiKey(String),
+    /// An API key, and the hash of its secret at login: a key whose secret is
+    /// replaced (the configured admin token changed) ends its sessions too.
+    ApiKey { id: String, secret_hash: String },
     /// A registered SSH key, and the API key that registered it (which takes the
     /// registration with it).
     SshKey {
@@ -41,11 +43,19 @@ pub enum Credential {
 }
 
 impl Credential {
-    /// The credential of `identity`; `registered_with` is an SSH key's API key.
-    pub fn of(identity: &Identity, registered_with: Option<String>) -> Self {
+    /// The credential of `identity`; `registered_with` is an SSH key's API key,
+    /// `secret_hash` an API key's at login.
+    pub fn of(
+        identity: &Identity,
+        registered_with: Option<String>,
+        secret_hash: Option<String>,
+    ) -> Self {
         match &identity.method {
             AuthMethod::Oidc { .. } => Credential::Token,
-            AuthMethod::ApiKey { key_id } => Credential::ApiKey(key_id.clone()),
+            AuthMethod::ApiKey { key_id } => Credential::ApiKey {
+                id: key_id.clone(),
+                secret_hash: secret_hash.unwrap_or_default(),
+            },
             AuthMethod::SshKey { fingerprint } => Credential::SshKey {
                 fingerprint: fingerprint.clone(),
                 registered_with,
@@ -55,7 +65,7 @@ impl Credential {
 
     fn api_key(&self) -> Option<&str> {
         match self {
-            Credential::ApiKey(id) => Some(id),
+            Credential::ApiKey { id, .. } => Some(id),
             Credential::SshKey {
                 registered_with, ..
             } => registered_with.as_deref(),
@@ -77,7 +87,7 @@ impl Credential {
             Credential::Token => {
                 format!("your token expired at {at}: sign in again and reconnect")
             }
-            Credential::ApiKey(id) => format!("your API key {id} expired at {at}"),
+            Credential::ApiKey { id, .. } => format!("your API key {id} expired at {at}"),
             Credential::SshKey { fingerprint, .. } => format!(
                 "your SSH key registration {fingerprint} expired at {at}: register it again"
             ),
@@ -160,6 +170,19 @@ impl SessionWatch {
             Cause::CredentialRevoked,
             |_| reason.to_string(),
             |w| w.credential.api_key() == Some(key_id),
+        );
+    }
+
+    /// Ends the sessions that logged in with API key `key_id` when its secret was
+    /// something other than `secret_hash` (it was replaced since).
+    fn end_replaced(&self, key_id: &str, secret_hash: &str) {
+        self.end_where(
+            Cause::CredentialRevoked,
+            |_| format!("your API key {key_id} was replaced"),
+            |w| {
+                matches!(&w.credential, Credential::ApiKey { id, secret_hash: at_login }
+                    if id == key_id && at_login != secret_hash)
+            },
         );
     }
 
@@ -290,7 +313,10 @@ impl SessionWatch {
                             None => "was deleted",
                             Some(k) if k.revoked_at.is_some() => "was revoked",
                             Some(k) if k.expires_at.is_some_and(|e| e <= now) => "has expired",
-                            Some(_) => continue,
+                            Some(k) => {
+                                self.end_replaced(&id, &k.secret_hash);
+                                continue;
+                            }
                         };
                         self.end_api_key(&id, &format!("your API key {id} {how}"));
                     }

@@ -284,3 +284,92 @@ async fn unreachable_issuer_fails_closed_with_503() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "issuer_unavailable");
 }
+
+/// A configured admin token is the admin key of every gateway sharing the store:
+/// revoked, a restart does not revive it; replaced by another, what the old one
+/// registered and its open sessions go with it, on every gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_admin_token_revoked_or_replaced_stays_gone() {
+    let store_url = warden_store::testing::fresh_postgres_url().await.unwrap();
+    let config = |dir: &std::path::Path, token: &str| {
+        let mut c = base_config(dir, store_url.clone(), vec![]);
+        c.secrets.master_key = Some(
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="
+                .to_string()
+                .into(),
+        );
+        c.admin_token = Some(token.to_string().into());
+        c
+    };
+    let first = "first-admin-token-0123456789abcdef";
+    let second = "second-admin-token-0123456789abcdef";
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = TestGateway::with_config(config(dir_a.path(), first), dir_a).await;
+    let (status, body) = a
+        .call(
+            "POST",
+            "/api/connections",
+            Some(first),
+            Some(
+                json!({"name": "adm", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                        "username": "warden_t_scram", "secret": "scram-pw-1",
+                        "allowed_groups": ["warden-admins"], "tls": {"mode": "disable"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = a
+        .call(
+            "POST",
+            "/api/ssh-keys",
+            Some(first),
+            Some(json!({"name": "laptop", "public_key":
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let port = a
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .unwrap()
+        .port();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=admin dbname=adm password={first}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.unwrap();
+
+    // Gateway B starts with another token: the first is replaced everywhere.
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = TestGateway::with_config(config(dir_b.path(), second), dir_b).await;
+    assert_refused(&a, first, "invalid_api_key").await;
+    let (status, keys) = b
+        .call("GET", "/api/ssh-keys?all=true", Some(second), None)
+        .await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys, json!([]), "the old token's registration is gone");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), conn)
+        .await
+        .expect("the old token's session to end")
+        .unwrap()
+        .unwrap_err();
+    let message = ended.as_db_error().unwrap().message().to_string();
+    assert!(
+        message.contains("your API key admin was replaced"),
+        "{message}"
+    );
+
+    // Revoked, a restart with the same token does not bring it back.
+    let (status, _) = b
+        .call("DELETE", "/api/api-keys/admin", Some(second), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_refused(&b, second, "api_key_revoked").await;
+    let TestGateway { gateway, dir, .. } = b;
+    gateway.shutdown().await;
+    let b = TestGateway::with_config(config(dir.path(), second), dir).await;
+    assert_refused(&b, second, "api_key_revoked").await;
+}

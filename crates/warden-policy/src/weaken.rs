@@ -79,7 +79,29 @@ pub fn connection_weakening(old: &Connection, new: &Connection) -> Vec<String> {
             old.kind, new.kind
         ));
     }
+    if old.target != new.target {
+        out.push(format!(
+            "target changed from {} to {}: the held credential is sent there",
+            old.target, new.target
+        ));
+    }
+    if old.username != new.username {
+        out.push(format!(
+            "username changed from {:?} to {:?}: sessions run with that account's privileges",
+            old.username, new.username
+        ));
+    }
     let (o, n) = (&old.policies, &new.policies);
+    // The first set that names a column or detector decides its style: a set added
+    // or moved ahead of another can reveal what that one masked.
+    let kept: Vec<&String> = o.masking.iter().filter(|m| n.masking.contains(m)).collect();
+    let kept_new: Vec<&String> = n.masking.iter().filter(|m| o.masking.contains(m)).collect();
+    if kept != kept_new || n.masking.iter().any(|m| !o.masking.contains(m)) {
+        out.push(format!(
+            "policies.masking changed from {:?} to {:?}: a set added or moved ahead may decide a column's or detector's style first",
+            o.masking, n.masking
+        ));
+    }
     dropped(
         "policies.guardrails",
         &o.guardrails,
@@ -124,6 +146,12 @@ pub fn connection_weakening(old: &Connection, new: &Connection) -> Vec<String> {
             o.max_duration_secs, n.max_duration_secs
         ));
     }
+    if n.reuse_approved_reviews && n.review_timeout_secs > o.review_timeout_secs {
+        out.push(format!(
+            "access.review_timeout_secs raised from {} to {} (approved reviews stay reusable longer)",
+            o.review_timeout_secs, n.review_timeout_secs
+        ));
+    }
     turned_on(
         "access.reuse_approved_reviews",
         o.reuse_approved_reviews,
@@ -164,7 +192,7 @@ pub fn connection_weakening(old: &Connection, new: &Connection) -> Vec<String> {
             as_str(&n.mode)
         ));
     } else if n.mode != TlsMode::Disable {
-        if o.ca_pem.is_some() && o.ca_pem != n.ca_pem {
+        if o.ca_pem != n.ca_pem {
             out.push("tls.ca_pem: the trusted CA changed".into());
         }
         if o.server_name != n.server_name {
@@ -276,7 +304,10 @@ pub fn masking_weakening(old: &MaskingSet, new: &MaskingSet) -> Vec<String> {
             Some(n) if n.regex != o.regex => {
                 out.push(format!("{set}: custom detector `{}` regex changed", o.name));
             }
-            Some(n) if n.style != o.style => {
+            Some(n)
+                if n.style.as_deref().unwrap_or(&new.style)
+                    != o.style.as_deref().unwrap_or(&old.style) =>
+            {
                 out.push(format!("{set}: custom detector `{}` style changed", o.name));
             }
             Some(_) => {}
@@ -285,13 +316,70 @@ pub fn masking_weakening(old: &MaskingSet, new: &MaskingSet) -> Vec<String> {
     for o in &old.columns {
         match new.columns.iter().find(|n| n.pattern == o.pattern) {
             None => out.push(format!("{set}: column rule `{}` removed", o.pattern)),
-            Some(n) if n.style != o.style => {
+            Some(n)
+                if n.style.as_deref().unwrap_or("full") != o.style.as_deref().unwrap_or("full") =>
+            {
                 out.push(format!("{set}: column rule `{}` style changed", o.pattern));
             }
             Some(_) => {}
         }
     }
+    // The first column rule matching a column decides it, and content detectors are
+    // then not run on it: a rule added, or moved ahead, that shows more than `full`
+    // or `null` can reveal what detectors masked.
+    let order = |s: &MaskingSet| {
+        s.columns
+            .iter()
+            .map(|c| c.pattern.clone())
+            .collect::<Vec<_>>()
+    };
+    let (old_order, new_order) = (order(old), order(new));
+    let kept_new: Vec<&String> = new_order.iter().filter(|p| old_order.contains(p)).collect();
+    let kept_old: Vec<&String> = old_order.iter().filter(|p| new_order.contains(p)).collect();
+    if kept_new != kept_old {
+        out.push(format!(
+            "{set}: column rules reordered (the first match decides)"
+        ));
+    }
+    for n in &new.columns {
+        if !old_order.contains(&n.pattern) && !strict(n.style.as_deref().unwrap_or("full")) {
+            out.push(format!(
+                "{set}: column rule `{}` added with style {} (detectors no longer run on what it matches)",
+                n.pattern,
+                n.style.as_deref().unwrap_or("full")
+            ));
+        }
+    }
+    // A set's style decides a detector's style when it is the first set of a
+    // connection naming it: detectors added under a revealing style can override a
+    // stricter set's.
+    if !strict(&new.style) {
+        let added: Vec<String> = detectors(new)
+            .into_iter()
+            .filter(|d| !detectors(old).contains(d))
+            .collect();
+        if !added.is_empty() {
+            out.push(format!(
+                "{set}: detectors {added:?} added with style {} (it may take precedence over a stricter set)",
+                new.style
+            ));
+        }
+    }
+    for n in &new.custom {
+        let style = n.style.as_deref().unwrap_or(&new.style);
+        if !old.custom.iter().any(|o| o.name == n.name) && !strict(style) {
+            out.push(format!(
+                "{set}: custom detector `{}` added with style {style}",
+                n.name
+            ));
+        }
+    }
     out
+}
+
+/// Styles that reveal nothing of a value.
+fn strict(style: &str) -> bool {
+    matches!(style, "full" | "null")
 }
 
 #[cfg(test)]

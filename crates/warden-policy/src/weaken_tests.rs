@@ -33,7 +33,7 @@ fn an_unchanged_or_stricter_connection_weakens_nothing() {
     let old = connection(json!({}));
     assert!(connection_weakening(&old, &old).is_empty());
     let stricter = connection(json!({
-        "policies": {"guardrails": ["no-drops", "more"]},
+        "policies": {"guardrails": ["no-drops", "more"], "reviews": ["held", "more"]},
         "access": {"approvals": 3, "max_duration_secs": 60},
         "allowed_groups": [],
     }));
@@ -44,6 +44,24 @@ fn an_unchanged_or_stricter_connection_weakens_nothing() {
 fn each_weakening_of_a_connection_is_named() {
     let old = connection(json!({}));
     for (patch, expected) in [
+        (
+            json!({"kind": "mysql"}),
+            "kind changed from postgres to mysql",
+        ),
+        (json!({"target": "evil:5432"}), "target changed"),
+        (json!({"username": "postgres"}), "username changed"),
+        (
+            json!({"tls": {"ca_pem": "-----BEGIN CERTIFICATE-----"}}),
+            "tls.ca_pem",
+        ),
+        (
+            json!({"policies": {"masking": ["other", "pii"]}}),
+            "may decide a column's",
+        ),
+        (
+            json!({"access": {"reuse_approved_reviews": true, "review_timeout_secs": 600}}),
+            "reuse_approved_reviews",
+        ),
         (
             json!({"policies": {"guardrails": []}}),
             "policies.guardrails: `no-drops` removed (now empty)",
@@ -163,6 +181,52 @@ fn a_masking_set_that_masks_less_is_named() {
         "columns": [{"pattern": "*.ssn"}, {"pattern": "*password*"}]}),
     );
     assert!(masking_weakening(&old, &more).is_empty());
+    let with_null = set(json!({"name": "pii", "detectors": ["email", "card_number"],
+        "custom": [{"name": "emp", "regex": "EMP-[0-9]+"}, {"name": "x", "regex": "X-[0-9]+"}],
+        "columns": [{"pattern": "*.ssn"}, {"pattern": "*password*", "style": "null"}]}));
+    assert!(masking_weakening(&old, &with_null).is_empty());
+    // Additions that can reveal: a column rule that shows part of what a detector
+    // masked, rules reordered, custom detectors under a revealing style.
+    for (new, expected) in [
+        (
+            json!({"name": "pii", "detectors": ["email", "card_number"],
+                "custom": [{"name": "emp", "regex": "EMP-[0-9]+"}],
+                "columns": [{"pattern": "*.card", "style": "partial:64"}, {"pattern": "*.ssn"}]}),
+            vec!["column rule `*.card` added with style partial:64"],
+        ),
+        (
+            json!({"name": "pii", "detectors": ["email", "card_number"],
+                "custom": [{"name": "emp", "regex": "EMP-[0-9]+"}],
+                "columns": [{"pattern": "*.x"}, {"pattern": "*.ssn", "style": "full"}, {"pattern": "*.a"}]}),
+            vec![],
+        ),
+        (
+            json!({"name": "pii", "detectors": ["email", "card_number"],
+                "custom": [{"name": "emp", "regex": "EMP-[0-9]+"}, {"name": "y", "regex": "Y", "style": "hash"}],
+                "columns": [{"pattern": "*.ssn"}]}),
+            vec!["custom detector `y` added with style hash"],
+        ),
+    ] {
+        let found = masking_weakening(&old, &set(new.clone()));
+        assert_eq!(found.len(), expected.len(), "{new}: {found:?}");
+        for (f, e) in found.iter().zip(expected) {
+            assert!(f.contains(e), "{f} / {e}");
+        }
+    }
+    let two = set(
+        json!({"name": "p", "columns": [{"pattern": "*.a"}, {"pattern": "*.b", "style": "hash"}]}),
+    );
+    let swapped = set(
+        json!({"name": "p", "columns": [{"pattern": "*.b", "style": "hash"}, {"pattern": "*.a"}]}),
+    );
+    assert_eq!(
+        masking_weakening(&two, &swapped),
+        ["p: column rules reordered (the first match decides)"]
+    );
+    let partial = set(json!({"name": "p", "style": "partial:4", "detectors": ["email"]}));
+    let more_partial =
+        set(json!({"name": "p", "style": "partial:4", "detectors": ["email", "iban"]}));
+    assert_eq!(masking_weakening(&partial, &more_partial).len(), 1);
     let less = set(
         json!({"name": "pii", "detectors": ["email"], "style": "partial:4",
         "custom": [{"name": "emp", "regex": "EMP-[0-9]{9}"}],

@@ -77,6 +77,23 @@ impl Store {
         Ok(())
     }
 
+    /// Gives a key that has none an expiry, recording `event`, atomically.
+    pub async fn set_api_key_expiry(
+        &self,
+        id: &str,
+        expires_at: OffsetDateTime,
+        event: &Event,
+    ) -> Result<bool> {
+        let mut tx = self.begin_audited().await?;
+        let done =
+            sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2 AND expires_at IS NULL")
+                .bind(timefmt::to_micros(expires_at))
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+        tx.commit_if_changed(done.rows_affected(), event).await
+    }
+
     pub async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM api_keys WHERE id = $1"

@@ -365,17 +365,49 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Who runs this process, by its real user id (not `$USER`, which anyone sets).
+fn os_user() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|r| r.split_whitespace().next().map(String::from))
+        });
+    let name = uid.as_ref().and_then(|uid| {
+        std::fs::read_to_string("/etc/passwd")
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                let fields: Vec<&str> = l.split(':').collect();
+                (fields.len() > 2 && fields[2] == uid.as_str()).then(|| fields[0].to_string())
+            })
+    });
+    match (name, uid) {
+        (Some(name), _) => name,
+        (None, Some(uid)) => format!("uid {uid}"),
+        (None, None) => "unknown".into(),
+    }
+}
+
 async fn recover(config: &Config) -> Result<ExitCode> {
     let store = warden_gateway::open_existing_store(config).await?;
-    let operator = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
     let (token, expires_at) =
-        warden_gateway::recover_admin_key(&store, config, &format!("local:{operator}")).await?;
-    println!("New Warden admin API key (shown once; every earlier admin key is revoked):");
-    println!();
-    println!("    {}", token.expose());
-    println!();
+        warden_gateway::recover_admin_key(&store, config, &format!("local:{}", os_user())).await?;
+    // As at the first start: on a terminal, or else into an owner-only file.
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!("New Warden admin API key (shown once; every earlier admin key is revoked):");
+        println!();
+        println!("    {}", token.expose());
+        println!();
+    } else {
+        let path = warden_gateway::write_admin_key_file(config, &token)?;
+        println!(
+            "New Warden admin API key written to {} (owner-only; every earlier admin key is revoked): read it, then delete the file",
+            path.display()
+        );
+    }
     match expires_at {
         Some(at) => println!("It expires at {}.", warden_core::timefmt::rfc3339(at)),
         None => println!("It does not expire (auth.admin_key_ttl_secs = 0)."),

@@ -38,18 +38,22 @@ fn the_admin_key_is_shown_on_a_terminal_expires_and_is_recovered_offline() {
 
     // Recovery, run beside the running gateway with the data directory: a new key
     // that works at once, is admin, and is shown once.
+    // Not on a terminal here: the key goes to the owner-only file, not stdout.
     let out = run(warden(dir.path())
         .args(["admin", "recover"])
-        .env("USER", "ops-oncall")
+        .env("USER", "someone-else")
         .env("WARDEN_AUTH__ADMIN_KEY_TTL_SECS", "3600"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
-    let recovered = shown
-        .split_whitespace()
-        .find(|w| w.starts_with("wdn_admin"))
-        .unwrap()
-        .to_string();
     assert!(shown.contains("It expires at"), "{shown}");
+    assert!(!shown.contains("wdn_"), "{shown}");
+    let key_file = dir.path().join("warden-data/admin.key");
+    let recovered = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    std::fs::remove_file(&key_file).unwrap();
+    assert!(recovered.starts_with("wdn_admin"), "{recovered}");
     let (status, created) = call(
         &gw.url,
         &recovered,
@@ -61,16 +65,15 @@ fn the_admin_key_is_shown_on_a_terminal_expires_and_is_recovered_offline() {
     // A second recovery revokes the first recovered key.
     let out = run(warden(dir.path()).args(["admin", "recover"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let newest = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
     let (status, body) = call(&gw.url, &recovered, "GET", "/api/me", None);
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (401, Some("api_key_revoked"))
     );
-    let newest = text(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("wdn_admin"))
-        .unwrap()
-        .to_string();
     // Audited, naming who ran it; the audit log is intact.
     let (status, page) = call(
         &gw.url,
@@ -82,9 +85,11 @@ fn the_admin_key_is_shown_on_a_terminal_expires_and_is_recovered_offline() {
     assert_eq!(status, 200, "{page}");
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 2, "{page}");
+    // Named by its real user id, not by `$USER`.
+    let me = text(&run(Command::new("id").arg("-un")).stdout);
     assert_eq!(
         events[0]["event"]["payload"]["operator"],
-        "local:ops-oncall"
+        format!("local:{}", me.trim()).as_str()
     );
     assert!(!page.to_string().contains(&recovered), "no token in events");
     let (_, verify) = call(&gw.url, &newest, "GET", "/api/audit/verify", None);

@@ -457,6 +457,7 @@ pub async fn update(
         .await
         .map_err(|e| ApiError::store(&e))?
         .ok_or_else(|| ApiError::not_found(format!("connection `{name}`")))?;
+    let before = conn.clone();
     let mut changed: Vec<&str> = Vec::new();
     if let Some(k) = req.kind {
         conn.kind = k;
@@ -470,7 +471,6 @@ pub async fn update(
         conn.username = u;
         changed.push("username");
     }
-    let before = conn.clone();
     if let Some(t) = &req.tls {
         conn.tls = merged("tls", &conn.tls, t)?;
         changed.push("tls");
