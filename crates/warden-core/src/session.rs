@@ -11,6 +11,8 @@ pub enum SessionStatus {
     Closed,
     /// Ended by the gateway: an error, a policy, an expired grant.
     Terminated,
+    /// Open when its gateway died; closed at that gateway's next start.
+    Interrupted,
 }
 
 impl SessionStatus {
@@ -19,6 +21,7 @@ impl SessionStatus {
             SessionStatus::Active => "active",
             SessionStatus::Closed => "closed",
             SessionStatus::Terminated => "terminated",
+            SessionStatus::Interrupted => "interrupted",
         }
     }
 
@@ -27,6 +30,7 @@ impl SessionStatus {
             "active" => Some(SessionStatus::Active),
             "closed" => Some(SessionStatus::Closed),
             "terminated" => Some(SessionStatus::Terminated),
+            "interrupted" => Some(SessionStatus::Interrupted),
             _ => None,
         }
     }

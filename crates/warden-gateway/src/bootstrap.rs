@@ -347,3 +347,95 @@ pub async fn recover_admin_key(
     }
     Ok((issued.token, expires_at))
 }
+
+/// This gateway instance: its id (kept in the data directory, so a restart is the
+/// same instance) and whether its previous run died without stopping cleanly.
+pub struct Instance {
+    pub id: String,
+    /// What the previous run's marker said (`pid <n> started <time>`) when it was
+    /// never removed: that run was killed or crashed.
+    pub unclean_stop: Option<String>,
+    marker: PathBuf,
+}
+
+impl Instance {
+    /// Reads (or creates) the instance id and sets the running marker.
+    pub fn claim(config: &Config) -> Result<Instance, GatewayError> {
+        create_private_dir(&config.data_dir)?;
+        let id_file = config.data_dir.join("gateway.id");
+        let id = match std::fs::read_to_string(&id_file) {
+            Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+            _ => {
+                let id = uuid::Uuid::now_v7().to_string();
+                let _ = std::fs::remove_file(&id_file);
+                write_private_file(&id_file, &format!("{id}\n"))?;
+                id
+            }
+        };
+        let marker = config.data_dir.join("gateway.running");
+        let unclean_stop = std::fs::read_to_string(&marker)
+            .ok()
+            .map(|m| m.trim().to_string());
+        let _ = std::fs::remove_file(&marker);
+        write_private_file(
+            &marker,
+            &format!(
+                "pid {} started {}\n",
+                std::process::id(),
+                warden_core::timefmt::rfc3339(warden_core::timefmt::now())
+            ),
+        )?;
+        Ok(Instance {
+            id,
+            unclean_stop,
+            marker,
+        })
+    }
+
+    /// The run ended cleanly: the next start finds no marker.
+    pub fn stopped(&self) {
+        if let Err(e) = std::fs::remove_file(&self.marker) {
+            tracing::warn!(error = %e, "could not remove the running marker");
+        }
+    }
+}
+
+/// Closes the sessions a dead run of this instance left open, as `interrupted`, with
+/// a `session.end` each, and records the unclean stop (`gateway.unclean_stop`).
+pub async fn recover_from_unclean_stop(
+    store: &Store,
+    instance: &Instance,
+) -> Result<(), GatewayError> {
+    let reason = "interrupted: the gateway stopped without closing the session (killed or crashed)";
+    let sessions = store
+        .interrupt_sessions(&instance.id, reason, warden_core::timefmt::now())
+        .await?;
+    if instance.unclean_stop.is_none() && sessions.is_empty() {
+        return Ok(());
+    }
+    let mut events = vec![Event::new(
+        "gateway.unclean_stop",
+        json!({"instance": instance.id, "previous_run": instance.unclean_stop,
+               "sessions_interrupted": sessions.len()}),
+    )];
+    for s in &sessions {
+        let mut event = Event::new(
+            "session.end",
+            json!({"reason": reason, "status": "interrupted", "bytes_in": s.bytes_in,
+                   "bytes_out": s.bytes_out, "started_at": warden_core::timefmt::rfc3339(s.started_at)}),
+        )
+        .on_connection(&s.connection)
+        .in_session(s.id);
+        event.identity = Some(warden_core::EventIdentity {
+            subject: s.subject.clone(),
+            groups: s.groups.clone(),
+        });
+        events.push(event);
+    }
+    store.append_audit_batch(&events).await?;
+    tracing::warn!(
+        sessions = sessions.len(),
+        "the previous run stopped uncleanly; its open sessions were closed as interrupted"
+    );
+    Ok(())
+}

@@ -45,6 +45,8 @@ pub struct SessionGate {
     dialer: Arc<dyn Dialer>,
     /// Writes every session's timeline.
     writer: RecordingWriter,
+    /// This gateway instance, recorded with each session it serves.
+    instance: Option<String>,
 }
 
 /// The gateway's side of one open session: what its events name and where they go.
@@ -168,7 +170,14 @@ impl SessionGate {
                 connect_timeout: Duration::from_secs(10),
             }),
             writer,
+            instance: None,
         }
+    }
+
+    /// Sessions are recorded as served by gateway instance `id`.
+    pub fn with_instance(mut self, id: &str) -> Self {
+        self.instance = Some(id.to_string());
+        self
     }
 
     /// Sessions reach their targets through `dialer`.
@@ -388,7 +397,11 @@ impl SessionGate {
                 return Err(unavailable("the session cannot be recorded"));
             }
         };
-        if self.store.create_session(&session).await.is_err()
+        if self
+            .store
+            .create_session(&session, self.instance.as_deref())
+            .await
+            .is_err()
             || self.journal.append(&start).await.is_err()
         {
             return Err(unavailable("the session cannot be recorded"));

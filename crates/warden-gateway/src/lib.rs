@@ -60,6 +60,7 @@ pub struct Gateway {
     journal: Arc<AuditJournal>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
+    instance: bootstrap::Instance,
 }
 
 impl Gateway {
@@ -78,6 +79,8 @@ impl Gateway {
             },
         )
         .await?;
+        let instance = bootstrap::Instance::claim(&config)?;
+        bootstrap::recover_from_unclean_stop(&store, &instance).await?;
         let admin_token = bootstrap::ensure_admin_key(&store, &config).await?;
         let auth = Arc::new(auth::Authenticator::new(&config, store.clone())?);
         let tls = match (&config.api.tls_cert, &config.api.tls_key) {
@@ -98,6 +101,7 @@ impl Gateway {
             .append_audit(&Event::new(
                 "gateway.start",
                 json!({
+                    "instance": instance.id,
                     "version": env!("CARGO_PKG_VERSION"),
                     "store": format!("{:?}", store.backend()).to_lowercase(),
                     "api": api_addr.to_string(),
@@ -152,6 +156,7 @@ impl Gateway {
                 },
             )
             .with_exec_output_limit(config.recordings.exec_output_bytes)
+            .with_instance(&instance.id)
             .with_dialer(Arc::new(warden_net::TcpDialer {
                 connect_timeout: std::time::Duration::from_secs(
                     config.backends.connect_timeout_secs,
@@ -196,6 +201,7 @@ impl Gateway {
             journal,
             shutdown,
             server,
+            instance,
         })
     }
 
@@ -232,11 +238,15 @@ impl Gateway {
         }
         if let Err(e) = self
             .store
-            .append_audit(&Event::new("gateway.stop", json!({})))
+            .append_audit(&Event::new(
+                "gateway.stop",
+                json!({"instance": self.instance.id}),
+            ))
             .await
         {
             tracing::error!(error = %e, "could not record gateway stop");
         }
+        self.instance.stopped();
         self.store.close().await;
     }
 }

@@ -563,7 +563,7 @@ async fn sessions_api_shows_each_user_their_own(backend: Backend) {
             bytes_out: 0,
             recording: None,
         };
-        store.create_session(&s).await.unwrap();
+        store.create_session(&s, None).await.unwrap();
         ids.push(s.id);
     }
     store

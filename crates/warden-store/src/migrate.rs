@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the API key an SSH key was registered with",
         include_str!("../migrations/0005_ssh_key_origin.sql"),
     ),
+    (
+        6,
+        "the gateway instance serving a session",
+        include_str!("../migrations/0006_session_owner.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one

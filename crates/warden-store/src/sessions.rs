@@ -31,10 +31,11 @@ const COLUMNS: &str = "id, connection, protocol, subject, groups_json, client_ad
                        ended_at, status, end_reason, commands, denied, bytes_in, bytes_out, recording";
 
 impl Store {
-    pub async fn create_session(&self, s: &Session) -> Result<()> {
+    /// Records a new session, served by gateway instance `gateway` (when known).
+    pub async fn create_session(&self, s: &Session, gateway: Option<&str>) -> Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO sessions ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            "INSERT INTO sessions ({COLUMNS}, gateway_id) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         )))
         .bind(s.id.to_string())
         .bind(&s.connection)
@@ -51,9 +52,43 @@ impl Store {
         .bind(s.bytes_in)
         .bind(s.bytes_out)
         .bind(s.recording.as_deref())
+        .bind(gateway)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Closes as interrupted, at `at`, the sessions gateway instance `gateway` left
+    /// open (it died), and returns them. On SQLite, which one gateway owns, sessions
+    /// from before instances were recorded are included.
+    pub async fn interrupt_sessions(
+        &self,
+        gateway: &str,
+        reason: &str,
+        at: OffsetDateTime,
+    ) -> Result<Vec<Session>> {
+        let orphans = if self.backend == crate::Backend::Sqlite {
+            " OR gateway_id IS NULL"
+        } else {
+            ""
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sessions WHERE status = 'active' AND (gateway_id = $1{orphans})"
+        )))
+        .bind(gateway)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut s = session_from_row(row)?;
+            self.end_session(s.id, SessionStatus::Interrupted, Some(reason), at)
+                .await?;
+            s.status = SessionStatus::Interrupted;
+            s.ended_at = Some(at);
+            s.end_reason = Some(reason.to_string());
+            out.push(s);
+        }
+        Ok(out)
     }
 
     pub async fn add_session_counts(&self, id: Uuid, c: SessionCounts) -> Result<()> {

@@ -459,7 +459,7 @@ async fn sessions_lifecycle(backend: Backend) -> TestResult {
         bytes_out: 0,
         recording: None,
     };
-    store.create_session(&s).await?;
+    store.create_session(&s, Some("gw-1")).await?;
     store
         .add_session_counts(
             id,
@@ -505,6 +505,36 @@ async fn sessions_lifecycle(backend: Backend) -> TestResult {
         })
         .await?;
     assert!(none.is_empty());
+
+    // A dead instance's open sessions are closed as interrupted by it alone: another
+    // gateway's stay open.
+    let open_session = |gw: &'static str| {
+        let mut s = s.clone();
+        s.id = uuid::Uuid::now_v7();
+        s.ended_at = None;
+        s.status = SessionStatus::Active;
+        (s, gw)
+    };
+    let (mine, theirs) = (open_session("gw-1"), open_session("gw-2"));
+    for (s, gw) in [&mine, &theirs] {
+        store.create_session(s, Some(gw)).await?;
+    }
+    let at = timefmt::now();
+    let closed = store.interrupt_sessions("gw-1", "died", at).await?;
+    assert_eq!(closed.iter().map(|s| s.id).collect::<Vec<_>>(), [mine.0.id]);
+    let got = store.session(mine.0.id).await?.ok_or("missing")?;
+    assert_eq!(
+        (got.status, got.end_reason.as_deref(), got.ended_at),
+        (SessionStatus::Interrupted, Some("died"), Some(at))
+    );
+    let other = store.session(theirs.0.id).await?.ok_or("missing")?;
+    assert_eq!(other.status, SessionStatus::Active);
+    assert!(
+        store
+            .interrupt_sessions("gw-1", "died", at)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 

@@ -639,6 +639,55 @@ fn a_killed_gateway_leaves_a_playable_terminal_recording() {
         .unwrap();
     assert!(played.status.success(), "{}", text(&played.stdout));
     assert!(text(&played.stdout).contains("before-kill-42"));
+
+    // The restart closes the session the dead run left open, as interrupted, and
+    // records that the gateway died; a clean stop and start after it records nothing.
+    let session = name.split('.').next().unwrap().to_string();
+    let gw = start_gateway(dir.path());
+    let (status, view) = call(
+        &gw.url,
+        &admin,
+        "GET",
+        &format!("/api/sessions/{session}"),
+        None,
+    );
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["status"], "interrupted", "{view}");
+    assert!(view["ended_at"].is_string(), "{view}");
+    let events = |kind: &str| {
+        let (_, page) = call(
+            &gw.url,
+            &admin,
+            "GET",
+            &format!("/api/audit?kind={kind}"),
+            None,
+        );
+        page["events"].as_array().unwrap().clone()
+    };
+    let crashes = events("gateway.unclean_stop");
+    assert_eq!(crashes.len(), 1, "{crashes:?}");
+    assert_eq!(crashes[0]["event"]["payload"]["sessions_interrupted"], 1);
+    let ends: Vec<Value> = events("session.end")
+        .into_iter()
+        .filter(|e| e["event"]["session_id"] == session.as_str())
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["event"]["payload"]["status"], "interrupted");
+    stop(gw);
+    let gw = start_gateway(dir.path());
+    let (_, page) = call(
+        &gw.url,
+        &admin,
+        "GET",
+        "/api/audit?kind=gateway.unclean_stop",
+        None,
+    );
+    assert_eq!(
+        page["events"].as_array().unwrap().len(),
+        1,
+        "a clean stop is not a crash"
+    );
+    stop(gw);
 }
 
 #[test]
