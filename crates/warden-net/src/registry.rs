@@ -30,6 +30,26 @@ impl<K: Eq + Hash, V: Clone> SessionRegistry<K, V> {
         }
     }
 
+    /// Inserts `value` under a key drawn from `draw` that no entry holds (drawn
+    /// again while taken) and returns the key: unique by construction, so one
+    /// session's entry never overwrites another's, however the keys are drawn.
+    pub fn insert_unique(&self, mut draw: impl FnMut() -> K, value: V) -> K
+    where
+        K: Clone,
+    {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            let key = draw();
+            if !m.contains_key(&key) {
+                m.insert(key.clone(), value);
+                return key;
+            }
+        }
+    }
+
     pub fn remove(&self, key: &K) {
         if let Ok(mut m) = self.0.lock() {
             m.remove(key);
@@ -53,5 +73,18 @@ mod tests {
         assert_eq!(b.get(&7).as_deref(), Some("seven"));
         b.remove(&7);
         assert_eq!(a.get(&7), None);
+    }
+
+    #[test]
+    fn unique_keys_never_overwrite_even_when_draws_collide() {
+        let map: SessionRegistry<u32, &str> = SessionRegistry::default();
+        // A draw that repeats itself: 1, 1, 1, 2, 2, 3.
+        let mut draws = [1, 1, 1, 2, 2, 3].into_iter();
+        let mut draw = || draws.next().unwrap();
+        assert_eq!(map.insert_unique(&mut draw, "a"), 1);
+        assert_eq!(map.insert_unique(&mut draw, "b"), 2);
+        assert_eq!(map.insert_unique(&mut draw, "c"), 3);
+        assert_eq!(map.get(&1), Some("a"));
+        assert_eq!(map.get(&2), Some("b"));
     }
 }

@@ -27,8 +27,9 @@ impl Relay {
                 Err(None)
             }
             MysqlCommand::Query { sql } => {
-                let kill = kill_statement(&sql)
-                    .and_then(|(query, id)| self.threads.get(&id).map(|t| (query, id, t)));
+                let kill = kill_statement(&sql).and_then(|(query, id)| {
+                    self.threads.get(&id).flatten().map(|t| (query, id, t))
+                });
                 if !self
                     .admit(self.sql(&sql, "COM_QUERY"), errno::DENIED)
                     .await?

@@ -68,7 +68,41 @@ impl Default for ProxyConfig {
 /// thread behind each, so `KILL [QUERY] <id>` from another session — what the `mysql`
 /// client sends on Ctrl-C — reaches the right thread. Clients never see the servers'
 /// thread ids, and an id that is not one of ours is left to the server.
-pub type ThreadMap = SessionRegistry<u32, ServerThread>;
+/// An id is reserved (`None`) when the greeting names it, before the server thread
+/// behind it is known.
+pub type ThreadMap = SessionRegistry<u32, Option<ServerThread>>;
+
+/// A connection id this session holds in the [`ThreadMap`]; given back when dropped,
+/// however the session ends.
+pub(super) struct ConnectionId {
+    pub(super) id: u32,
+    threads: ThreadMap,
+}
+
+impl ConnectionId {
+    /// An id no other session of the listener holds.
+    pub(super) fn reserve(threads: &ThreadMap) -> Self {
+        let id = threads.insert_unique(
+            || u32::from_le_bytes(random_bytes::<4>()) & 0x7FFF_FFFF,
+            None,
+        );
+        Self {
+            id,
+            threads: threads.clone(),
+        }
+    }
+
+    /// The server thread behind it, once logged in.
+    pub(super) fn bind(&self, thread: ServerThread) {
+        self.threads.insert(self.id, Some(thread));
+    }
+}
+
+impl Drop for ConnectionId {
+    fn drop(&mut self) {
+        self.threads.remove(&self.id);
+    }
+}
 
 /// A server thread: where, as which account, which id.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use warden_core::{
 use warden_net::{BackendTls, BoxedStream, Rewind};
 
 use super::relay::Relay;
-use super::{ProxyConfig, ServerThread, random_bytes, refusal_errno, scramble};
+use super::{ConnectionId, ProxyConfig, ServerThread, refusal_errno, scramble};
 use crate::auth;
 use crate::errno;
 use crate::handshake::{
@@ -91,9 +91,10 @@ pub(super) async fn serve_stream<H: SessionHooks>(
     if config.allow_local_infile {
         offered |= caps::LOCAL_FILES;
     }
+    let connection_id = ConnectionId::reserve(&config.threads);
     let greeting = Greeting {
         server_version: config.server_version.clone(),
-        connection_id: u32::from_le_bytes(random_bytes::<4>()) & 0x7FFF_FFFF,
+        connection_id: connection_id.id,
         capabilities: offered,
         collation: DEFAULT_COLLATION,
         status: status::AUTOCOMMIT,
@@ -246,9 +247,7 @@ pub(super) async fn serve_stream<H: SessionHooks>(
         user: session.target.user.clone(),
         thread: server_thread,
     };
-    config
-        .threads
-        .insert(greeting.connection_id, this_thread.clone());
+    connection_id.bind(this_thread.clone());
     let mut relay = Relay {
         client: c.stream,
         client_buf: c.buf,
@@ -295,7 +294,7 @@ pub(super) async fn serve_stream<H: SessionHooks>(
         relay.refuse(errno::GATEWAY, &why.to_string());
         let _ = relay.flush_client().await;
     }
-    config.threads.remove(&greeting.connection_id);
+    drop(connection_id);
     if (reason == Some(EndReason::ClientGone) || by_gateway) && relay.awaiting {
         // The server notices a closed socket only when it next writes: stop the
         // query that was running for nobody.

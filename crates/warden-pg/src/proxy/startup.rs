@@ -298,9 +298,8 @@ async fn serve_login<H: SessionHooks>(
         out::parameter_status(&mut b, k, v);
     }
     // The client gets keys of our own; a cancel with them reaches this server session.
-    let ours = (random_i32() & i32::MAX, random_i32());
-    config.cancels.insert(
-        ours,
+    let ours = config.cancels.insert_unique(
+        || (random_i32() & i32::MAX, random_i32()),
         ServerCancel {
             dialer: handle.dialer(),
             addr: target.addr.clone(),
