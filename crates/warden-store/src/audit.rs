@@ -306,13 +306,19 @@ impl Store {
             head_hash: head_hash.clone(),
             problem: None,
         };
+        // The chain as of the head read above: events appended while this runs
+        // (shipping goes on) are beyond it and left to the next verification. The
+        // head and its event are written in one transaction, so every event up to it
+        // is visible now.
         let mut expected_seq = 1_i64;
         let mut prev_hash = GENESIS_HASH.to_string();
         loop {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT 1000"
+                "SELECT {COLUMNS} FROM audit_events WHERE seq >= $1 AND seq <= $2 \
+                 ORDER BY seq LIMIT 1000"
             )))
             .bind(expected_seq)
+            .bind(head_seq)
             .fetch_all(&self.pool)
             .await?;
             if rows.is_empty() {
@@ -330,6 +336,30 @@ impl Store {
             }
         }
         let last_seq = expected_seq - 1;
+        // Rows past any head are forged: the newest row is read before the head, so
+        // an honest append in between only moves the head further.
+        if last_seq == head_seq && prev_hash == head_hash {
+            let newest: Option<i64> = sqlx::query("SELECT MAX(seq) AS seq FROM audit_events")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("seq")?;
+            let now_head: i64 = sqlx::query("SELECT seq FROM audit_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("seq")?;
+            if let Some(newest) = newest.filter(|n| *n > now_head) {
+                report.ok = false;
+                report.problem = Some(ChainProblem {
+                    seq: now_head + 1,
+                    event_id: None,
+                    reason: format!(
+                        "events {} to {newest} lie beyond the chain head ({now_head}): they were added outside the chain",
+                        now_head + 1
+                    ),
+                });
+            }
+            return Ok(report);
+        }
         if last_seq != head_seq || prev_hash != head_hash {
             report.ok = false;
             report.problem = Some(ChainProblem {

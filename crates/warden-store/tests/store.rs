@@ -391,6 +391,50 @@ async fn verify_catches_removal_reordering_and_column_edits(backend: Backend) ->
         .ok_or("column edit not detected")?;
     assert_eq!(p.seq, 2);
     assert!(p.reason.contains("column"), "{}", p.reason);
+
+    // A row forged past the chain head.
+    let (store, _d5, _) = chain_of(backend, 3).await?;
+    sqlx::query(
+        "INSERT INTO audit_events (seq, id, time_us, session_id, subject, connection, kind, body, prev_hash, hash) \
+         SELECT 4, 'forged', time_us, session_id, subject, connection, kind, body, hash, hash \
+         FROM audit_events WHERE seq = 3",
+    )
+    .execute(store.pool())
+    .await?;
+    let p = store
+        .verify_audit()
+        .await?
+        .problem
+        .ok_or("a forged row past the head not detected")?;
+    assert_eq!(p.seq, 4);
+    assert!(p.reason.contains("beyond the chain head"), "{}", p.reason);
+    Ok(())
+}
+
+both_stores!(verify_under_load_never_cries_wolf);
+async fn verify_under_load_never_cries_wolf(backend: Backend) -> TestResult {
+    let (store, _url, _key, _dir) = open(backend).await?;
+    let store = std::sync::Arc::new(store);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..400 {
+                let events: Vec<Event> = (0..5)
+                    .map(|j| Event::new("test.load", json!({"i": i, "j": j})))
+                    .collect();
+                store.append_audit_batch(&events).await.unwrap();
+            }
+        })
+    };
+    let mut verified = 0;
+    while !writer.is_finished() {
+        let report = store.verify_audit().await?;
+        assert!(report.ok, "a false alarm under load: {:?}", report.problem);
+        verified += 1;
+    }
+    writer.await?;
+    assert!(store.verify_audit().await?.ok);
+    assert!(verified > 1, "verification ran while events were appended");
     Ok(())
 }
 
