@@ -422,8 +422,9 @@ async fn verify_under_load_never_cries_wolf(backend: Backend) -> TestResult {
                 let events: Vec<Event> = (0..5)
                     .map(|j| Event::new("test.load", json!({"i": i, "j": j})))
                     .collect();
-                store.append_audit_batch(&events).await.unwrap();
+                store.append_audit_batch(&events).await?;
             }
+            Ok::<(), StoreError>(())
         })
     };
     let mut verified = 0;
@@ -432,7 +433,7 @@ async fn verify_under_load_never_cries_wolf(backend: Backend) -> TestResult {
         assert!(report.ok, "a false alarm under load: {:?}", report.problem);
         verified += 1;
     }
-    writer.await?;
+    writer.await??;
     assert!(store.verify_audit().await?.ok);
     assert!(verified > 1, "verification ran while events were appended");
     Ok(())
