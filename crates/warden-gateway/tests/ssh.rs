@@ -990,3 +990,44 @@ async fn sftp_changes_are_audited_in_order_and_none_is_lost() {
     }
     assert_eq!(seen, expected);
 }
+
+/// Every phase before the login is timed: a socket that never sends its SSH
+/// identification, and one that sends it and stalls, are both dropped by
+/// `ssh.auth_timeout_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_log_in_in_time_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let mut config = base_config(dir.path(), store_url, vec![]);
+    config.ssh.auth_timeout_secs = 2;
+    let gw = TestGateway::with_config(config, dir).await;
+    let addr = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Ssh)
+        .unwrap();
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"SSH-2.0-OpenSSH_9.2 stalls\r\n")
+        .await
+        .unwrap();
+    for (what, mut s) in [("silent", silent), ("stalled after its banner", stalled)] {
+        let mut sink = Vec::new();
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut sink))
+                .await;
+        assert!(
+            matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+            "the {what} socket is still open"
+        );
+    }
+    // The listener still serves.
+    let fresh = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut banner = [0u8; 8];
+    let mut fresh = fresh;
+    fresh.read_exact(&mut banner).await.unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+}

@@ -6,6 +6,7 @@
 
 mod batched;
 mod dial;
+mod killable;
 mod protocol;
 mod registry;
 mod rewind;
@@ -13,6 +14,7 @@ mod tls;
 
 pub use batched::Batched;
 pub use dial::TcpDialer;
+pub use killable::{KillSwitch, Killable};
 pub use protocol::{ProtocolProxy, Registration};
 pub use registry::SessionRegistry;
 pub use rewind::Rewind;

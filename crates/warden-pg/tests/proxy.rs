@@ -373,6 +373,32 @@ async fn read_frames(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<Ve
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_message_before_login_is_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _hooks) = start().await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = b"\x00\x03\x00\x00user\x00alice\x00database\x00billing\x00\x00";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    s.write_all(&startup).await.unwrap();
+    // A password message announcing 1 MiB: refused from its header, before the
+    // gateway buffers it.
+    s.write_all(&[b'p']).await.unwrap();
+    s.write_all(&(1_048_580i32).to_be_bytes()).await.unwrap();
+    s.write_all(&[b'x'; 1024]).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the gateway closes the connection");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("08P01"), "{text}");
+    assert!(text.contains("65536"), "the limit is named: {text}");
+}
+
 /// A raw protocol session through the proxy, logged in.
 async fn raw_session(addr: SocketAddr) -> (tokio::net::TcpStream, Vec<u8>) {
     use tokio::io::AsyncWriteExt;

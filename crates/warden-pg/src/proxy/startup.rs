@@ -60,6 +60,11 @@ async fn read_before(
     )
 }
 
+/// The largest message a client may send before it has logged in (a startup packet,
+/// a password message carrying a token): PostgreSQL's own startup limit is 10,000
+/// bytes; JWTs with many groups reach a few KiB.
+pub const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
+
 pub(super) async fn serve_stream<H: SessionHooks>(
     mut client: BoxedStream,
     peer: SocketAddr,
@@ -68,7 +73,9 @@ pub(super) async fn serve_stream<H: SessionHooks>(
     tunnel: Option<TunnelLogin>,
 ) {
     let mut encrypted = false;
-    let decoder = FrontendDecoder::new(config.max_message);
+    // Before it has logged in, a client sends what a startup packet and a token
+    // need, not what `max_message` allows a session.
+    let decoder = FrontendDecoder::new(MAX_LOGIN_MESSAGE.min(config.max_message));
     let mut buf = BytesMut::new();
     // A client that does not finish its login in time is dropped, so idle sockets
     // cannot hold sessions open.

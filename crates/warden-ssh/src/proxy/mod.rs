@@ -47,6 +47,10 @@ pub struct ProxyConfig {
     pub auth_timeout: Duration,
 }
 
+/// How long a client that did not log in in time has to read the disconnect message
+/// before its connection is dropped.
+const LOGIN_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves SSH clients with one shared server configuration.
 pub struct SshProxy<H> {
     hooks: Arc<H>,
@@ -105,24 +109,44 @@ impl<H: SessionHooks> SshProxy<H> {
             retries: 0,
             tunnel,
         };
-        let auth_timeout = self.config.auth_timeout;
+        // Everything before the login — the identification line, the key exchange,
+        // the authentication — must be done by this deadline; then the connection is
+        // dropped, whether or not the client reads the disconnect message.
+        let deadline = tokio::time::Instant::now() + self.config.auth_timeout;
         let watchdog_slot = slot.clone();
-        let reason = match server::run_stream(self.server.clone(), stream, handler).await {
-            Ok(running) => {
+        // russh runs the connection in a task of its own: the switch is how a client
+        // that did not log in in time is cut.
+        let (stream, cut) = warden_net::Killable::new(stream);
+        let started = tokio::time::timeout_at(
+            deadline,
+            server::run_stream(self.server.clone(), stream, handler),
+        )
+        .await;
+        let reason = match started {
+            Err(_) => {
+                tracing::info!("no SSH identification before the login deadline; dropped");
+                Some(EndReason::ClientProtocol("login timed out".into()))
+            }
+            Ok(Err(e)) => Some(EndReason::ClientProtocol(e.to_string())),
+            Ok(Ok(running)) => {
                 let handle = running.handle();
-                // A client that never logs in is cut off.
-                let watchdog = tokio::spawn(async move {
-                    tokio::time::sleep(auth_timeout).await;
-                    if watchdog_slot.get().is_none() {
-                        let _ = handle
-                            .disconnect(
-                                russh::Disconnect::ByApplication,
-                                "login timed out".into(),
-                                "en".into(),
-                            )
-                            .await;
+                let login_watch = async move {
+                    tokio::time::sleep_until(deadline).await;
+                    if watchdog_slot.get().is_some() {
+                        return std::future::pending::<()>().await;
                     }
-                });
+                    let _ = tokio::time::timeout(
+                        LOGIN_TIMEOUT_GRACE,
+                        handle.disconnect(
+                            russh::Disconnect::ByApplication,
+                            "login timed out".into(),
+                            "en".into(),
+                        ),
+                    )
+                    .await;
+                    tokio::time::sleep(LOGIN_TIMEOUT_GRACE).await;
+                    cut.kill();
+                };
                 // The gateway may end the session (its access grant ended): the
                 // client is disconnected with the reason, which ssh prints.
                 let end_slot = slot.clone();
@@ -144,15 +168,16 @@ impl<H: SessionHooks> SshProxy<H> {
                         )
                         .await;
                 });
-                let result = running.await;
-                watchdog.abort();
+                let result = tokio::select! {
+                    r = running => r.map_err(|e| e.to_string()),
+                    () = login_watch => Err("login timed out".to_string()),
+                };
                 ender.abort();
                 match result {
                     Ok(()) => None,
-                    Err(e) => Some(EndReason::ClientProtocol(e.to_string())),
+                    Err(e) => Some(EndReason::ClientProtocol(e)),
                 }
             }
-            Err(e) => Some(EndReason::ClientProtocol(e.to_string())),
         };
         if let Some(live) = slot.get() {
             let idle = live.idle.notified();
