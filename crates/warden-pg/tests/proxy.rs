@@ -384,7 +384,7 @@ async fn a_password_message_before_login_is_bounded() {
     s.write_all(&startup).await.unwrap();
     // A password message announcing 1 MiB: refused from its header, before the
     // gateway buffers it.
-    s.write_all(&[b'p']).await.unwrap();
+    s.write_all(b"p").await.unwrap();
     s.write_all(&(1_048_580i32).to_be_bytes()).await.unwrap();
     s.write_all(&[b'x'; 1024]).await.unwrap();
     let mut answer = Vec::new();
