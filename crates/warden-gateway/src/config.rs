@@ -23,6 +23,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "pg",
     "mysql",
     "ssh",
+    "backends",
+    "connections",
     "recordings",
     "audit",
     "events",
@@ -59,12 +61,45 @@ pub struct Config {
     pub ssh: warden_ssh::SshSettings,
     #[serde(default)]
     pub backends: BackendsConfig,
+    /// How many client connections each proxy listener holds at once.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
     #[serde(default)]
     pub recordings: RecordingsConfig,
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
     pub events: EventsConfig,
+}
+
+/// Client connections each proxy listener (PostgreSQL, MySQL, SSH) holds at once.
+/// Beyond them, and beyond what the process's open-files limit leaves room for, new
+/// connections are turned away with the protocol's "too many connections" error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Per listener (0: only the open-files budget limits it).
+    #[serde(default = "default_max_per_listener")]
+    pub max_per_listener: usize,
+    /// Per client address, per listener (0: no limit).
+    #[serde(default = "default_max_per_client")]
+    pub max_per_client: usize,
+}
+
+fn default_max_per_listener() -> usize {
+    10_000
+}
+fn default_max_per_client() -> usize {
+    512
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            max_per_listener: default_max_per_listener(),
+            max_per_client: default_max_per_client(),
+        }
+    }
 }
 
 /// How the gateway reaches targets, for every protocol.
@@ -448,6 +483,7 @@ impl Default for Config {
             mysql: warden_mysql::MysqlSettings::default(),
             ssh: warden_ssh::SshSettings::default(),
             backends: BackendsConfig::default(),
+            connections: ConnectionsConfig::default(),
             recordings: RecordingsConfig::default(),
             audit: AuditConfig::default(),
             events: EventsConfig::default(),

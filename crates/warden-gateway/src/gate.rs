@@ -22,6 +22,7 @@ use crate::access::{AccessControl, GrantError, Holder};
 use crate::auth::{Authenticator, TokenShape};
 use crate::policy::PolicyRegistry;
 use crate::recording::{FileRecorder, RECORDING_VERSION, RecordingWriter, recording_name};
+use crate::repeats::RepeatLog;
 use crate::session_watch::{Credential, SessionWatch, Watched};
 
 /// How often an active session's counters are written to its row.
@@ -47,6 +48,8 @@ pub struct SessionGate {
     writer: RecordingWriter,
     /// This gateway instance, recorded with each session it serves.
     instance: Option<String>,
+    /// Where failed logins are recorded, repeats counted.
+    repeats: Arc<RepeatLog>,
 }
 
 /// The gateway's side of one open session: what its events name and where they go.
@@ -141,16 +144,30 @@ pub struct Recordings {
     pub writer: RecordingWriter,
 }
 
+/// What watches over open sessions and failed logins.
+pub struct Oversight {
+    /// Grants and reviews.
+    pub access: Arc<AccessControl>,
+    /// Ends sessions whose credential or grant ends.
+    pub watch: Arc<SessionWatch>,
+    /// Records failed logins, counting repeats.
+    pub repeats: Arc<RepeatLog>,
+}
+
 impl SessionGate {
     pub fn new(
         store: Arc<Store>,
         journal: Arc<AuditJournal>,
         auth: Arc<Authenticator>,
         policies: Arc<PolicyRegistry>,
-        access: Arc<AccessControl>,
-        watch: Arc<SessionWatch>,
+        oversight: Oversight,
         recordings: Recordings,
     ) -> Self {
+        let Oversight {
+            access,
+            watch,
+            repeats,
+        } = oversight;
         let Recordings {
             dir: recordings_dir,
             rows_per_result,
@@ -171,6 +188,7 @@ impl SessionGate {
             }),
             writer,
             instance: None,
+            repeats,
         }
     }
 
@@ -190,6 +208,22 @@ impl SessionGate {
     pub fn with_exec_output_limit(mut self, bytes: u64) -> Self {
         self.exec_output_bytes = bytes;
         self
+    }
+
+    /// A refused login: its `auth.failure` is recorded in full the first time this
+    /// window for the client and reason, then counted (see [`RepeatLog`]).
+    fn failed_login(
+        &self,
+        client: std::net::SocketAddr,
+        code: &str,
+        event: Event,
+        message: String,
+    ) -> Refusal {
+        self.repeats.record(&client.ip().to_string(), code, event);
+        Refusal {
+            kind: RefusalKind::BadCredentials,
+            message,
+        }
     }
 
     async fn refuse(&self, event: Event, kind: RefusalKind, message: String) -> Refusal {
@@ -492,13 +526,12 @@ impl SessionHooks for SessionGate {
                            "token_kind": TokenShape::of(token).as_str(), "key_id": Authenticator::key_id_of(token),
                            "client": client.to_string(), "connection": database, "user": user}),
                 );
-                return Err(self
-                    .refuse(
-                        event,
-                        RefusalKind::BadCredentials,
-                        format!("authentication failed: {e}"),
-                    )
-                    .await);
+                return Err(self.failed_login(
+                    client,
+                    e.code(),
+                    event,
+                    format!("authentication failed: {e}"),
+                ));
             }
         };
         self.open_for(identity, None, protocol, database, user, client)
@@ -543,15 +576,14 @@ impl SessionHooks for SessionGate {
                            "protocol": "ssh", "fingerprint": key.fingerprint, "subject": key.subject,
                            "key_id": key_id, "client": login.client.to_string(), "connection": login.connection}),
                 );
-                return Err(self
-                    .refuse(
-                        event,
-                        RefusalKind::BadCredentials,
-                        format!(
-                            "the API key this SSH key was registered with {how}; register it again"
-                        ),
-                    )
-                    .await);
+                return Err(self.failed_login(
+                    login.client,
+                    "api_key_revoked",
+                    event,
+                    format!(
+                        "the API key this SSH key was registered with {how}; register it again"
+                    ),
+                ));
             }
         }
         if key.expires_at <= timefmt::now() {
@@ -561,13 +593,12 @@ impl SessionHooks for SessionGate {
                        "protocol": "ssh", "fingerprint": key.fingerprint, "subject": key.subject,
                        "client": login.client.to_string(), "connection": login.connection}),
             );
-            return Err(self
-                .refuse(
-                    event,
-                    RefusalKind::BadCredentials,
-                    "the registered SSH key has expired; register it again".into(),
-                )
-                .await);
+            return Err(self.failed_login(
+                login.client,
+                "key_expired",
+                event,
+                "the registered SSH key has expired; register it again".into(),
+            ));
         }
         let identity = Identity {
             subject: key.subject,

@@ -13,6 +13,7 @@ pub mod events;
 mod gate;
 pub mod policy;
 pub mod recording;
+mod repeats;
 mod server;
 pub mod session_watch;
 pub mod terminal;
@@ -61,6 +62,7 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     instance: bootstrap::Instance,
+    repeats: Arc<repeats::RepeatLog>,
 }
 
 impl Gateway {
@@ -125,6 +127,8 @@ impl Gateway {
             journal.clone(),
         ));
         tokio::spawn(watch.clone().run(rx.clone()));
+        let repeats = repeats::RepeatLog::new(journal.clone());
+        tokio::spawn(repeats.clone().run(rx.clone()));
         let access = Arc::new(access::AccessControl::new(
             store.clone(),
             config.admin_groups.clone(),
@@ -142,8 +146,11 @@ impl Gateway {
                 journal.clone(),
                 auth.clone(),
                 policies.clone(),
-                access.clone(),
-                watch.clone(),
+                gate::Oversight {
+                    access: access.clone(),
+                    watch: watch.clone(),
+                    repeats: repeats.clone(),
+                },
                 gate::Recordings {
                     dir: config.recordings_dir(),
                     rows_per_result: config.recordings.rows_per_result,
@@ -163,6 +170,7 @@ impl Gateway {
                 ),
             })),
         );
+        let budget = descriptor_budget();
         let mut listeners = HashMap::new();
         let mut proxies = HashMap::new();
         for registration in protocols(&config, &gate)? {
@@ -172,7 +180,17 @@ impl Gateway {
                 proxy,
             } = registration;
             if let Some(addr) = listen {
-                let addr = start_listener(kind, addr, proxy.clone(), rx.clone()).await?;
+                let door = Door {
+                    gate: warden_net::ConnectionGate::new(
+                        warden_net::ConnectionLimits {
+                            max_per_listener: config.connections.max_per_listener,
+                            max_per_client: config.connections.max_per_client,
+                        },
+                        budget.clone(),
+                    ),
+                    repeats: repeats.clone(),
+                };
+                let addr = start_listener(kind, addr, proxy.clone(), door, rx.clone()).await?;
                 listeners.insert(kind, addr);
             }
             proxies.insert(kind, proxy);
@@ -185,6 +203,7 @@ impl Gateway {
             policies,
             access,
             watch,
+            repeats: repeats.clone(),
             webhooks_changed,
             tunnels,
             config: config.clone(),
@@ -202,6 +221,7 @@ impl Gateway {
             shutdown,
             server,
             instance,
+            repeats,
         })
     }
 
@@ -233,6 +253,7 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        self.repeats.flush();
         if let Err(e) = self.journal.close().await {
             tracing::error!(error = %e, "the audit journal could not be shipped; it will be at the next start");
         }
@@ -266,6 +287,32 @@ pub async fn open_existing_store(config: &Config) -> Result<Store, GatewayError>
     }
     let key = bootstrap::master_key(&config)?;
     bootstrap::open_store(&config, &key).await
+}
+
+/// Descriptors kept for everything but client connections: the store's pool, the
+/// journal, the API's connections, recordings being written.
+const RESERVED_DESCRIPTORS: usize = 512;
+/// What one client connection costs: its socket, the target's, its recording file.
+const DESCRIPTORS_PER_CONNECTION: usize = 3;
+
+/// Raises the soft open-files limit to the hard one and says how many client
+/// connections, over all listeners, it leaves room for.
+fn descriptor_budget() -> Arc<warden_net::DescriptorBudget> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read or raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let budget =
+        warden_net::DescriptorBudget::new(limit, DESCRIPTORS_PER_CONNECTION, RESERVED_DESCRIPTORS);
+    tracing::info!(
+        open_files = limit,
+        connections = budget.max(),
+        "client connections the open-files limit leaves room for"
+    );
+    budget
 }
 
 /// Binds a proxy listener; `what` names it in errors.
@@ -306,10 +353,20 @@ fn protocols(
 /// Binds a protocol's listener and serves each client on its own task until
 /// shutdown, in a span named after the protocol; a failing accept (out of
 /// descriptors) backs off.
+/// How long a client turned away at the door has to read why.
+const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A proxy listener's door: its connection limits, and where refusals are recorded.
+struct Door {
+    gate: Arc<warden_net::ConnectionGate>,
+    repeats: Arc<repeats::RepeatLog>,
+}
+
 async fn start_listener(
     kind: ConnectionKind,
     addr: SocketAddr,
     proxy: Arc<dyn warden_net::ProtocolProxy>,
+    door: Door,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, GatewayError> {
     use tracing::Instrument;
@@ -322,10 +379,32 @@ async fn start_listener(
                 _ = shutdown.changed() => break,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let span = tracing::info_span!("session", protocol, client = %peer);
-                    tokio::spawn(proxy.clone().serve(stream, peer).instrument(span));
-                }
+                Ok((stream, peer)) => match door.gate.admit(peer.ip()) {
+                    Ok(permit) => {
+                        let span = tracing::info_span!("session", protocol, client = %peer);
+                        let serving = proxy.clone().serve(stream, peer);
+                        tokio::spawn(
+                            async move {
+                                serving.await;
+                                drop(permit);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    Err(overload) => {
+                        let event = Event::new(
+                            "listener.refused",
+                            json!({"protocol": protocol, "client": peer.to_string(),
+                                   "code": overload.code(), "reason": overload.to_string()}),
+                        );
+                        door.repeats
+                            .record(&peer.ip().to_string(), overload.code(), event);
+                        let refusing = proxy.clone().refuse(stream, overload.to_string());
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusing).await;
+                        });
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, protocol, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -4,9 +4,11 @@
 
 mod support;
 
-use serde_json::json;
+use serde_json::{Value, json};
+use std::time::Duration;
 use support::*;
 use tokio_postgres::NoTls;
+use warden_core::ConnectionKind;
 use warden_store::Backend;
 
 const BACKEND_PASSWORD: &str = "scram-pw-1";
@@ -1436,4 +1438,90 @@ async fn whole_row_references_mask_their_fields_in_both_formats() {
         .batch_execute(&format!("DROP TABLE {table}; DROP TYPE {table}_mood"))
         .await
         .unwrap();
+}
+
+/// The door of every proxy listener: a client address holding its limit of
+/// connections is turned away with the protocol's "too many connections" error
+/// (PostgreSQL 53300, MySQL 1040), recorded once in full and then counted, and gets
+/// in again once it lets go; a flood of bad tokens is likewise one `auth.failure`
+/// in full and then a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_are_turned_away_at_the_door_and_counted_not_logged_one_by_one() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let mut config = base_config(dir.path(), store_url, vec![]);
+    config.connections.max_per_client = 3;
+    let gw = TestGateway::with_config(config, dir).await;
+    let pg = gw.gateway.listener(ConnectionKind::Postgres).unwrap();
+    let mysql = gw.gateway.listener(ConnectionKind::Mysql).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(pg).await.unwrap());
+        held.push(tokio::net::TcpStream::connect(mysql).await.unwrap());
+    }
+    let turned_away = |addr| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    for _ in 0..4 {
+        let answer = turned_away(pg).await;
+        assert!(
+            answer.contains("53300") && answer.contains("too many connections from your address"),
+            "{answer}"
+        );
+    }
+    let answer = turned_away(mysql).await;
+    assert!(
+        answer.contains("08004") && answer.contains("too many connections"),
+        "{answer}"
+    );
+    // Once it lets go, it gets in again (its login then goes on as usual).
+    drop(held);
+    let key = gw.key_for("flood", &["dev"]).await;
+    eventually("a connection after the held ones closed", || async {
+        let answer = turned_away(pg).await;
+        (!answer.contains("53300")).then_some(())
+    })
+    .await;
+
+    // Fifty bad tokens from one address: one event in full, then one count.
+    let bad = format!("{key}x");
+    for _ in 0..50 {
+        let refused = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=a dbname=none password={bad}",
+                pg.port()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await;
+        assert!(refused.is_err());
+    }
+    let failures = eventually("the count of repeated failures", || async {
+        let events = gw.audit_events("auth.failure").await;
+        events
+            .iter()
+            .any(|e| e["event"]["payload"]["repeats"].is_number())
+            .then_some(events)
+    })
+    .await;
+    let mine: Vec<&Value> = failures
+        .iter()
+        .filter(|e| e["event"]["payload"]["code"] == "invalid_api_key")
+        .collect();
+    assert_eq!(mine.len(), 2, "one in full, one count: {mine:?}");
+    assert!(mine[0]["event"]["payload"]["repeats"].is_null());
+    assert_eq!(mine[1]["event"]["payload"]["repeats"], 49);
+    let refused = gw.audit_events("listener.refused").await;
+    let pg_refusals: Vec<&Value> = refused
+        .iter()
+        .filter(|e| e["event"]["payload"]["protocol"] == "postgres")
+        .collect();
+    assert!(!pg_refusals.is_empty(), "{refused:?}");
+    assert_eq!(pg_refusals[0]["event"]["payload"]["code"], "client_limit");
 }

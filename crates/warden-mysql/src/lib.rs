@@ -42,6 +42,8 @@ pub mod errno {
     pub const ACCESS_DENIED: (u16, &str) = (1045, "28000");
     /// ER_NO_DB_ERROR: the client named no connection.
     pub const NO_DB: (u16, &str) = (1046, "3D000");
+    /// ER_CON_COUNT_ERROR: turned away at the door.
+    pub const TOO_MANY_CONNECTIONS: (u16, &str) = (1040, "08004");
     /// ER_HANDSHAKE_ERROR.
     pub const HANDSHAKE: (u16, &str) = (1043, "08S01");
     /// ER_UNKNOWN_COM_ERROR: a command the gateway does not relay.

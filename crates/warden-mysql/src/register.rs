@@ -107,6 +107,19 @@ impl<H: SessionHooks> ProtocolProxy for MysqlProxy<H> {
             tunnel,
         ))
     }
+
+    fn refuse(self: Arc<Self>, mut stream: TcpStream, reason: String) -> BoxFuture<'static, ()> {
+        // The server speaks first: an ERR in place of the greeting, as MySQL does.
+        Box::pin(async move {
+            let (code, state) = crate::errno::TOO_MANY_CONNECTIONS;
+            let body = crate::handshake::err_packet(code, state, &reason);
+            let len = u32::try_from(body.len()).unwrap_or(0).to_le_bytes();
+            let mut packet = vec![len[0], len[1], len[2], 0];
+            packet.extend_from_slice(&body);
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &packet).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        })
+    }
 }
 
 /// Registers the MySQL proxy; an error names what in the settings is unusable.

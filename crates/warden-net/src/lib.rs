@@ -7,6 +7,7 @@
 mod batched;
 mod dial;
 mod killable;
+mod limits;
 mod protocol;
 mod registry;
 mod rewind;
@@ -15,6 +16,7 @@ mod tls;
 pub use batched::Batched;
 pub use dial::TcpDialer;
 pub use killable::{KillSwitch, Killable};
+pub use limits::{ConnectionGate, ConnectionLimits, DescriptorBudget, Overload, Permit};
 pub use protocol::{ProtocolProxy, Registration};
 pub use registry::SessionRegistry;
 pub use rewind::Rewind;

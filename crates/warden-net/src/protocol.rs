@@ -22,6 +22,13 @@ pub trait ProtocolProxy: Send + Sync + 'static {
         peer: SocketAddr,
         tunnel: TunnelLogin,
     ) -> BoxFuture<'static, ()>;
+    /// Turns a client away at the door (too many connections), in the protocol's
+    /// words when it has some for it; by default the connection is just closed.
+    fn refuse(self: Arc<Self>, stream: TcpStream, reason: String) -> BoxFuture<'static, ()> {
+        let _ = reason;
+        drop(stream);
+        Box::pin(async {})
+    }
 }
 
 /// One protocol, registered with the gateway.

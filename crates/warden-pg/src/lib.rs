@@ -64,6 +64,8 @@ pub mod sqlstate {
     pub const SYSTEM_ERROR: &str = "58000";
     /// The session was ended by the gateway (its access grant ended or was revoked).
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// too_many_connections: turned away at the door.
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
     /// A notice that is only information (where a held statement is approved).
     pub const WARNING: &str = "01000";
 }

@@ -96,6 +96,25 @@ impl<H: SessionHooks> ProtocolProxy for PgProxy<H> {
             tunnel,
         ))
     }
+
+    fn refuse(self: Arc<Self>, mut stream: TcpStream, reason: String) -> BoxFuture<'static, ()> {
+        // libpq sends its startup packet and then reads: the error is its answer.
+        Box::pin(async move {
+            let mut b = bytes::BytesMut::new();
+            crate::backend::error_response(
+                &mut b,
+                &crate::backend::PgNotice {
+                    severity: "FATAL",
+                    code: crate::sqlstate::TOO_MANY_CONNECTIONS,
+                    message: &reason,
+                    detail: None,
+                    hint: None,
+                },
+            );
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &b).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        })
+    }
 }
 
 /// Registers the PostgreSQL proxy; an error names what in the settings is unusable.

@@ -100,7 +100,8 @@ impl FromRequestParts<AppState> for Caller {
                         "path": parts.uri.path(),
                     }),
                 );
-                state.audit(&event).await?;
+                let source = client.map_or_else(|| "unknown".into(), |c| c.ip().to_string());
+                state.repeats.record(&source, e.code(), event);
                 Err(ApiError::from_auth(&e))
             }
         }

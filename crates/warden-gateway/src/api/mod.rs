@@ -47,6 +47,8 @@ pub struct StateInner {
     pub access: Arc<AccessControl>,
     /// Ends open sessions whose credential is revoked.
     pub watch: Arc<crate::session_watch::SessionWatch>,
+    /// Where failed authentications are recorded, repeats counted.
+    pub repeats: Arc<crate::repeats::RepeatLog>,
     /// Poked after webhooks change, so delivery picks them up at once.
     pub webhooks_changed: Arc<tokio::sync::Notify>,
     /// Where `warden connect` tunnels lead.
