@@ -1031,3 +1031,88 @@ async fn clients_that_do_not_log_in_in_time_are_dropped() {
     fresh.read_exact(&mut banner).await.unwrap();
     assert_eq!(&banner, b"SSH-2.0-");
 }
+
+/// Forwarded ports count against `ssh.max_channels`, and a client that keeps asking
+/// for refused forwards is disconnected rather than made to cost an audit write each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_count_as_channels_and_refusals_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let mut config = base_config(dir.path(), store_url, vec![]);
+    config.ssh.max_channels = 2;
+    let gw = TestGateway::with_config(config, dir).await;
+    add_ssh(
+        &gw,
+        "fwd",
+        json!({"ssh": {"host_key": host_key(), "port_forwarding": true}}),
+    )
+    .await;
+    add_ssh(&gw, "nofwd", json!({})).await;
+    let ops = token(&gw, &["ops"]).await;
+    let (sshd_addr, _) = sshd();
+    let (host, sshd_port) = sshd_addr.rsplit_once(':').unwrap();
+    let sshd_port: u32 = sshd_port.parse().unwrap();
+
+    let handle = russh_login(&gw, "fwd", &ops).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(
+            handle
+                .channel_open_direct_tcpip(host, sshd_port, "127.0.0.1", 5000)
+                .await
+                .expect("within the channel limit"),
+        );
+    }
+    let third = handle
+        .channel_open_direct_tcpip(host, sshd_port, "127.0.0.1", 5000)
+        .await;
+    assert!(
+        matches!(
+            third,
+            Err(russh::Error::ChannelOpenFailure(
+                russh::ChannelOpenFailure::ResourceShortage
+            ))
+        ),
+        "{third:?}"
+    );
+    // A session channel counts against the same limit.
+    assert!(handle.channel_open_session().await.is_err());
+    // Closing one gives its place back.
+    open.pop().unwrap().close().await.unwrap();
+    let again = eventually("a channel's place back", || async {
+        handle
+            .channel_open_direct_tcpip(host, sshd_port, "127.0.0.1", 5000)
+            .await
+            .ok()
+    })
+    .await;
+    drop(again);
+
+    // Refused forwards: after 64 the connection is closed.
+    let refused = russh_login(&gw, "nofwd", &ops).await;
+    let mut outcomes = 0;
+    for _ in 0..100 {
+        match refused
+            .channel_open_direct_tcpip(host, sshd_port, "127.0.0.1", 5000)
+            .await
+        {
+            Err(russh::Error::ChannelOpenFailure(_)) => outcomes += 1,
+            Err(_) => break,
+            Ok(_) => panic!("a forward was allowed on a connection without forwarding"),
+        }
+    }
+    assert!(
+        (64..100).contains(&outcomes),
+        "the client was cut after {outcomes} refusals"
+    );
+    assert!(refused.is_closed());
+    let ended = events(&gw, "session.end").await;
+    assert!(
+        ended.iter().any(|e| e["event"]["payload"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("port forwards were refused"))),
+        "{ended:?}"
+    );
+}

@@ -53,6 +53,9 @@ pub(super) struct Live {
     pub(super) session: Arc<SessionHandle>,
     pub(super) backend: OnceCell<Result<BackendHandle, BackendError>>,
     pub(super) channels: AtomicUsize,
+    /// Port forwards refused so far; past [`MAX_REFUSED_FORWARDS`] the client is
+    /// disconnected (each refusal is a durable audit write).
+    pub(super) refused_forwards: AtomicUsize,
     /// Set once the client's connection has ended.
     pub(super) gone: tokio::sync::watch::Sender<bool>,
     /// Signalled when the last open channel ends.
@@ -177,6 +180,7 @@ impl<H: SessionHooks> ClientHandler<H> {
             session: Arc::new(session),
             backend: OnceCell::new(),
             channels: AtomicUsize::new(0),
+            refused_forwards: AtomicUsize::new(0),
             gone: tokio::sync::watch::channel(false).0,
             idle: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
@@ -316,7 +320,7 @@ impl<H: SessionHooks> server::Handler for ClientHandler<H> {
         originator: &str,
         originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(live) = self.slot.get() else {
             reply
@@ -324,6 +328,13 @@ impl<H: SessionHooks> server::Handler for ClientHandler<H> {
                 .await;
             return Ok(());
         };
+        // A forwarded port is a channel like any other: it counts against the limit.
+        if live.channels.fetch_add(1, Ordering::SeqCst) >= self.config.max_channels {
+            live.channels.fetch_sub(1, Ordering::SeqCst);
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        let client = session.handle();
         let forward = Forward {
             host: host.to_string(),
             port,
@@ -331,7 +342,15 @@ impl<H: SessionHooks> server::Handler for ClientHandler<H> {
             originator_port,
         };
         let timeout = self.config.login_timeout;
-        let running = tokio::spawn(forward.run(live.clone(), timeout, channel, reply));
+        let task_live = live.clone();
+        let running = tokio::spawn(async move {
+            forward
+                .run(task_live.clone(), timeout, channel, reply, client)
+                .await;
+            if task_live.channels.fetch_sub(1, Ordering::SeqCst) == 1 {
+                task_live.idle.notify_waiters();
+            }
+        });
         live.track(running.abort_handle());
         Ok(())
     }

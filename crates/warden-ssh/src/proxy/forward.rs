@@ -10,6 +10,11 @@ use warden_core::{Action, Admission, Command, Unwatched};
 
 use super::client::Live;
 
+/// Refused port forwards one client connection may ask for before it is
+/// disconnected: each refusal is a durable audit write, so a client cannot make the
+/// gateway write them without end.
+pub(super) const MAX_REFUSED_FORWARDS: usize = 64;
+
 /// A `direct-tcpip` channel (`ssh -L`): allowed per connection, audited, relayed
 /// through the target.
 pub(super) struct Forward {
@@ -26,6 +31,7 @@ impl Forward {
         timeout: Duration,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
+        client: russh::server::Handle,
     ) {
         let detail = json!({"host": self.host, "port": self.port,
                             "originator": format!("{}:{}", self.originator, self.originator_port)});
@@ -44,6 +50,23 @@ impl Forward {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
+            let refused = live
+                .refused_forwards
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            if refused >= MAX_REFUSED_FORWARDS {
+                // The session ends for this reason (recorded with its end).
+                live.session.fail(warden_core::EndReason::Refused(format!(
+                    "{refused} port forwards were refused; the connection was closed"
+                )));
+                let _ = client
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        format!("warden: {refused} port forwards were refused; disconnecting"),
+                        "en".into(),
+                    )
+                    .await;
+            }
             return;
         }
         let opened = match live.backend(timeout).await {
@@ -71,12 +94,15 @@ impl Forward {
         reply.accept().await;
         let (from_client, to_client) = channel.split();
         let (from_target, to_target) = target.split();
-        let up_live = live.clone();
-        let up = tokio::spawn(async move {
-            pump_bytes(from_client, &to_target, |n| up_live.session.count_in(n)).await;
-        });
-        pump_bytes(from_target, &to_client, |n| live.session.count_out(n)).await;
-        up.abort();
+        // A close from either side ends the forward (and frees its channel).
+        tokio::select! {
+            () = pump_bytes(from_client, &to_target, |n| live.session.count_in(n)) => {
+                let _ = to_client.close().await;
+            }
+            () = pump_bytes(from_target, &to_client, |n| live.session.count_out(n)) => {
+                let _ = to_target.close().await;
+            }
+        }
     }
 }
 
