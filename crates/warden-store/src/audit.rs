@@ -347,6 +347,27 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?
                 .try_get("seq")?;
+            // A journal found damaged at some start means events may be missing from
+            // an intact chain: verification keeps saying so.
+            if let Some(row) = sqlx::query(
+                "SELECT seq, id FROM audit_events WHERE kind = 'audit.journal_damaged' AND seq <= $1 \
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(head_seq)
+            .fetch_optional(&self.pool)
+            .await?
+            {
+                let seq: i64 = row.try_get("seq")?;
+                let id: String = row.try_get("id")?;
+                report.ok = false;
+                report.problem = Some(ChainProblem {
+                    seq,
+                    event_id: id.parse().ok(),
+                    reason: format!(
+                        "the chain is intact, but the audit journal was found damaged (event {seq}, audit.journal_damaged): events may be missing from the record"
+                    ),
+                });
+            }
             if let Some(newest) = newest.filter(|n| *n > now_head) {
                 report.ok = false;
                 report.problem = Some(ChainProblem {

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use warden_core::Event;
 
+use crate::journal_lines::{self, LineKey};
 use crate::{Result, Store, StoreError};
 
 /// When an appended event counts as written.
@@ -55,7 +56,7 @@ const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Work for the journal's writer thread, in order.
 enum Command {
-    /// A line to make durable, its event (shipped from memory), and who waits for it.
+    /// An event (and its JSON) to make durable, shipped from memory, and who waits.
     Append(Vec<u8>, Box<Event>, oneshot::Sender<Result<()>>),
     /// Hand over what was written since the last take.
     Take(oneshot::Sender<Taken>),
@@ -73,7 +74,7 @@ struct Taken {
     len: u64,
 }
 
-/// Lines appended with [`AuditJournal::append_later`], and their events.
+/// Events appended with [`AuditJournal::append_later`], with their JSON.
 type Later = Arc<Mutex<Vec<(Vec<u8>, Event)>>>;
 
 struct Segment {
@@ -90,11 +91,13 @@ enum Sink {
     Thread(std::sync::mpsc::Sender<Command>),
     /// Handed to the OS: the caller writes under a lock, which costs one `pwrite`
     /// and no hand-off to another thread and back.
-    Inline(Mutex<Writer>),
+    Inline(Box<Mutex<Writer>>),
 }
 
 pub struct AuditJournal {
     dir: PathBuf,
+    /// Authenticates its lines (see [`journal_lines`]).
+    key: Arc<LineKey>,
     store: Arc<Store>,
     writer: Sink,
     /// Lines nobody waits for, picked up by the writer whenever it next wakes (for an
@@ -177,24 +180,71 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// The events in the first `limit` bytes of a segment: lines up to the zero fill. A
-/// line cut by a crash mid-write was never acknowledged to anyone and is skipped.
-fn read_segment(path: &Path, limit: Option<u64>) -> Result<Vec<Event>> {
-    let mut data = std::fs::read(path).map_err(|e| io_error("reading a segment", e))?;
-    if let Some(limit) = limit {
-        data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    }
-    let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
-    let mut events = Vec::new();
-    for line in data[..end].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<Event>(line) {
-            Ok(e) => events.push(e),
-            Err(e) => {
-                tracing::warn!(segment = %path.display(), error = %e, "skipping a torn audit journal line")
+/// Segments read back from disk, checked line by line and against one another.
+struct ReadBack {
+    events: Vec<Event>,
+    problems: Vec<String>,
+}
+
+/// Reads `segments` (oldest first; the last one up to `last_len` bytes when given):
+/// their authentic events in order, and what was wrong — including segments missing
+/// between two of one run, or a segment not starting where the one before it ended.
+fn read_back(
+    key: &LineKey,
+    segments: &[(u64, PathBuf)],
+    last_len: Option<u64>,
+) -> Result<ReadBack> {
+    let mut out = ReadBack {
+        events: Vec::new(),
+        problems: Vec::new(),
+    };
+    let mut previous: Option<(u64, Option<String>, Option<u64>)> = None;
+    for (i, (number, path)) in segments.iter().enumerate() {
+        let mut data = std::fs::read(path).map_err(|e| io_error("reading a segment", e))?;
+        if i + 1 == segments.len()
+            && let Some(len) = last_len
+        {
+            data.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        }
+        let read = journal_lines::read(key, *number, &data);
+        if let (Some((before, run, next)), Some(this_run)) = (&previous, &read.run)
+            && run.as_ref() == Some(this_run)
+        {
+            if *number != before + 1 {
+                out.problems.push(format!(
+                    "segments {} to {} of the journal are missing",
+                    before + 1,
+                    number - 1
+                ));
+            } else if read.first_seq != *next {
+                out.problems.push(format!(
+                    "segment {number} starts at seq {:?}, not where segment {before} ended ({next:?}): lines were deleted",
+                    read.first_seq
+                ));
             }
         }
+        previous = Some((*number, read.run.clone(), read.next_seq));
+        out.events.extend(read.events);
+        out.problems.extend(read.problems);
     }
-    Ok(events)
+    Ok(out)
+}
+
+/// Chains what `read` recovered that the store lacks, and reports damage it found as
+/// an `audit.journal_damaged` event (never silently).
+async fn ship_read_back(store: &Store, read: ReadBack) -> Result<()> {
+    let recovered = read.events.len();
+    ship_unshipped(store, read.events).await?;
+    if !read.problems.is_empty() {
+        tracing::error!(problems = ?read.problems, "the audit journal was found damaged");
+        store
+            .append_audit(&Event::new(
+                "audit.journal_damaged",
+                serde_json::json!({"problems": read.problems, "events_recovered": recovered}),
+            ))
+            .await?;
+    }
+    Ok(())
 }
 
 impl AuditJournal {
@@ -211,15 +261,16 @@ impl AuditJournal {
         builder
             .create(dir)
             .map_err(|e| io_error("creating its directory", e))?;
+        let key = Arc::new(LineKey::new(store.journal_key().expose()));
         let left = segments(dir)?;
         let next = left.last().map_or(1, |(n, _)| n + 1);
+        ship_read_back(&store, read_back(&key, &left, None)?).await?;
         for (_, path) in &left {
-            ship_unshipped(&store, read_segment(path, None)?).await?;
             std::fs::remove_file(path).map_err(|e| io_error("removing a shipped segment", e))?;
         }
         let segment = create_segment(dir, next)?;
         let later = Later::default();
-        let w = Writer::new(dir, segment, sync);
+        let w = Writer::new(dir, segment, sync, key.clone());
         let writer = match sync {
             JournalSync::Disk => {
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -230,10 +281,11 @@ impl AuditJournal {
                     .map_err(|e| io_error("starting its writer", e))?;
                 Sink::Thread(tx)
             }
-            JournalSync::Os => Sink::Inline(Mutex::new(w)),
+            JournalSync::Os => Sink::Inline(Box::new(Mutex::new(w))),
         };
         let journal = Arc::new(Self {
             dir: dir.to_path_buf(),
+            key,
             store,
             writer,
             later,
@@ -274,13 +326,12 @@ impl AuditJournal {
                 "the store is not taking audit events: {why}"
             )));
         }
-        let mut line = serde_json::to_vec(event)?;
-        line.push(b'\n');
+        let json = serde_json::to_vec(event)?;
         match &self.writer {
             Sink::Thread(commands) => {
                 let (tx, rx) = oneshot::channel();
                 commands
-                    .send(Command::Append(line, Box::new(event.clone()), tx))
+                    .send(Command::Append(json, Box::new(event.clone()), tx))
                     .map_err(|_| writer_stopped())?;
                 rx.await
                     .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
@@ -288,8 +339,7 @@ impl AuditJournal {
             Sink::Inline(writer) => {
                 let mut w = lock_writer(writer)?;
                 w.take_later(&self.later);
-                w.bytes.extend_from_slice(&line);
-                w.pending.push(event.clone());
+                w.push(&json, event.clone());
                 w.flush()
             }
         }
@@ -302,8 +352,7 @@ impl AuditJournal {
     pub fn append_later(&self, event: &Event) {
         let queued = serde_json::to_vec(event)
             .map_err(StoreError::from)
-            .and_then(|mut line| {
-                line.push(b'\n');
+            .and_then(|line| {
                 let mut later = self
                     .later
                     .lock()
@@ -355,12 +404,18 @@ impl AuditJournal {
         if self.from_disk.load(Ordering::Acquire) {
             // What a failed shipment held is on disk, and so is everything taken
             // since, up to the point of this take.
-            for (n, path) in segments(&self.dir)? {
-                if n < taken.segment {
-                    ship_unshipped(&self.store, read_segment(&path, None)?).await?;
-                    remove_segment(&path).await?;
-                } else if n == taken.segment {
-                    ship_unshipped(&self.store, read_segment(&path, Some(taken.len))?).await?;
+            let on_disk: Vec<(u64, PathBuf)> = segments(&self.dir)?
+                .into_iter()
+                .filter(|(n, _)| *n <= taken.segment)
+                .collect();
+            ship_read_back(
+                &self.store,
+                read_back(&self.key, &on_disk, Some(taken.len))?,
+            )
+            .await?;
+            for (n, path) in &on_disk {
+                if *n < taken.segment {
+                    remove_segment(path).await?;
                 }
             }
             self.from_disk.store(false, Ordering::Release);
@@ -450,9 +505,8 @@ fn write_loop(mut w: Writer, commands: &std::sync::mpsc::Receiver<Command>, late
         batch.extend(commands.try_iter());
         for command in batch {
             match command {
-                Command::Append(line, event, reply) => {
-                    w.bytes.extend_from_slice(&line);
-                    w.pending.push(*event);
+                Command::Append(json, event, reply) => {
+                    w.push(&json, *event);
                     w.waiting.push(reply);
                 }
                 Command::Take(reply) => {
@@ -476,6 +530,12 @@ struct Writer {
     dir: PathBuf,
     segment: Segment,
     sync: JournalSync,
+    key: Arc<LineKey>,
+    /// This run's id: its lines' sequence numbers count from 1.
+    run: String,
+    next_seq: u64,
+    /// The sequence number of the first line buffered and not written yet.
+    batch_first: Option<u64>,
     /// Lines not written yet, their events, and who waits for them.
     bytes: Vec<u8>,
     pending: Vec<Event>,
@@ -488,11 +548,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(dir: &Path, segment: Segment, sync: JournalSync) -> Self {
+    fn new(dir: &Path, segment: Segment, sync: JournalSync, key: Arc<LineKey>) -> Self {
         Self {
             dir: dir.to_path_buf(),
             segment,
             sync,
+            key,
+            run: uuid::Uuid::now_v7().to_string(),
+            next_seq: 1,
+            batch_first: None,
             bytes: Vec::new(),
             pending: Vec::new(),
             waiting: Vec::new(),
@@ -512,13 +576,24 @@ impl Writer {
         }
     }
 
+    /// Buffers one event's line, numbered in write order.
+    fn push(&mut self, json: &[u8], event: Event) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.batch_first.get_or_insert(seq);
+        let line = self.key.line(&self.run, seq, json);
+        self.bytes.extend_from_slice(&line);
+        self.pending.push(event);
+    }
+
     /// Buffers the lines queued for later.
     fn take_later(&mut self, later: &Later) {
-        if let Ok(mut queued) = later.lock() {
-            for (line, event) in queued.drain(..) {
-                self.bytes.extend_from_slice(&line);
-                self.pending.push(event);
-            }
+        let queued: Vec<(Vec<u8>, Event)> = match later.lock() {
+            Ok(mut queued) => queued.drain(..).collect(),
+            Err(_) => return,
+        };
+        for (json, event) in queued {
+            self.push(&json, event);
         }
     }
 
@@ -535,8 +610,14 @@ impl Writer {
             Some(m) => {
                 tracing::error!(error = %m, lost = self.pending.len(), "audit journal write failed");
                 self.pending.clear();
+                // Nobody was told these were written: their numbers are reused, so
+                // the run has no gap.
+                if let Some(first) = self.batch_first {
+                    self.next_seq = first;
+                }
             }
         }
+        self.batch_first = None;
         self.bytes.clear();
         let answer = || match &message {
             None => Ok(()),
@@ -549,7 +630,8 @@ impl Writer {
     }
 
     fn write(&mut self) -> Result<()> {
-        let size = self.bytes.len() as u64;
+        let first = self.batch_first.unwrap_or(self.next_seq);
+        let mut size = self.bytes.len() as u64;
         if self.segment.len > 0 && self.segment.len + size > SEGMENT_BYTES {
             let fresh = match self.next.take() {
                 Some(handle) => handle.join().unwrap_or_else(|_| {
@@ -561,6 +643,14 @@ impl Writer {
             }?;
             let old = std::mem::replace(&mut self.segment, fresh);
             self.finished.push(old.number);
+        }
+        // A segment starts with its header: which run, which segment, which seq.
+        if self.segment.len == 0 {
+            let header = self.key.header(&self.run, self.segment.number, first);
+            size += header.len() as u64;
+            let mut bytes = header;
+            bytes.append(&mut self.bytes);
+            self.bytes = bytes;
         }
         // On failure the offset stays: the next write overwrites whatever part of
         // this one reached the file, as nobody was told it was written.

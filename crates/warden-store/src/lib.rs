@@ -13,6 +13,7 @@ pub mod audit;
 pub mod connections;
 mod error;
 mod journal;
+mod journal_lines;
 mod migrate;
 pub mod outbox;
 pub mod policies;
@@ -57,6 +58,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     sealer: SecretSealer,
+    /// Authenticates the audit journal's lines (derived from the master key).
+    journal_key: warden_core::Secret<Vec<u8>>,
     /// Serializes audit appends inside this process; the database lock on the chain
     /// head serializes them across gateways sharing a PostgreSQL store.
     audit_lock: tokio::sync::Mutex<()>,
@@ -76,6 +79,11 @@ const KEY_CHECK: &str = "master_key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"warden master key check";
 
 impl Store {
+    /// The key the audit journal authenticates its lines with.
+    pub(crate) fn journal_key(&self) -> &warden_core::Secret<Vec<u8>> {
+        &self.journal_key
+    }
+
     /// Connects, migrates, and checks that `master_key` is the one this store was
     /// created with (so a wrong key fails at start, not at the first backend dial).
     pub async fn open(url: &str, master_key: &MasterKey) -> Result<Self> {
@@ -132,6 +140,7 @@ impl Store {
             pool,
             backend,
             sealer: SecretSealer::new(master_key)?,
+            journal_key: master_key.derive("warden audit journal mac v1"),
             audit_lock: tokio::sync::Mutex::new(()),
             pending_audit: std::sync::Mutex::new(Vec::new()),
             chained: tokio::sync::watch::Sender::new(0),

@@ -36,3 +36,21 @@ pub async fn fresh_url(backend: Backend, dir: &std::path::Path) -> Result<String
         Backend::Postgres => fresh_postgres_url().await,
     }
 }
+
+/// A journal segment as the journal writes it (header, then one authenticated line
+/// per event, seq from `first_seq`), for tests that leave or damage one.
+pub fn journal_segment(
+    store: &crate::Store,
+    number: u64,
+    run: &str,
+    first_seq: u64,
+    events: &[warden_core::Event],
+) -> Vec<u8> {
+    let key = crate::journal_lines::LineKey::new(store.journal_key().expose());
+    let mut data = key.header(run, number, first_seq);
+    for (i, e) in events.iter().enumerate() {
+        let json = serde_json::to_vec(e).unwrap_or_default();
+        data.extend(key.line(run, first_seq + i as u64, &json));
+    }
+    data
+}

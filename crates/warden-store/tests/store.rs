@@ -598,13 +598,12 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
     store.append_audit(&shipped).await?;
     std::fs::write(
         jdir.join("segment-00000000000000000001.jsonl"),
-        format!("{}\n", serde_json::to_string(&shipped)?),
+        testing::journal_segment(&store, 1, "run-a", 1, std::slice::from_ref(&shipped)),
     )?;
     let lost = Event::new("test.left", json!({"n": 1}));
-    std::fs::write(
-        jdir.join("segment-00000000000000000002.jsonl"),
-        format!("{}\n{{\"id\":\"torn", serde_json::to_string(&lost)?),
-    )?;
+    let mut second = testing::journal_segment(&store, 2, "run-a", 2, std::slice::from_ref(&lost));
+    second.extend_from_slice(b"{\"run\":\"run-a\",\"seq\":3,\"mac\":\"to");
+    std::fs::write(jdir.join("segment-00000000000000000002.jsonl"), second)?;
     let journal =
         warden_store::AuditJournal::open(&jdir, store.clone(), Default::default()).await?;
     let kinds = |entries: Vec<warden_store::audit::AuditEntry>| {
@@ -817,5 +816,61 @@ async fn ssh_options_host_key_pins_and_user_keys(backend: Backend) -> TestResult
             .await?
     );
     assert!(store.ssh_user_key(&key.fingerprint).await?.is_none());
+    Ok(())
+}
+
+both_stores!(a_damaged_journal_is_reported_never_shipped_silently);
+async fn a_damaged_journal_is_reported_never_shipped_silently(backend: Backend) -> TestResult {
+    let (store, _url, _key, dir) = open(backend).await?;
+    let store = Arc::new(store);
+    let jdir = dir.path().join("journal");
+    std::fs::create_dir_all(&jdir)?;
+    // A crash left five unshipped events; then someone deleted the third line,
+    // altered the fourth and added a line of their own.
+    let events: Vec<Event> = (1..=5)
+        .map(|i| Event::new("test.left", json!({"i": i})))
+        .collect();
+    let segment = testing::journal_segment(&store, 1, "run-b", 1, &events);
+    let text = String::from_utf8(segment)?;
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[4] = lines[4].replace("\"i\":4", "\"i\":40");
+    lines.remove(3);
+    let forged = Event::new("test.forged", json!({"by": "mallory"}));
+    lines.push(serde_json::to_string(&forged)?);
+    std::fs::write(
+        jdir.join("segment-00000000000000000001.jsonl"),
+        format!("{}\n", lines.join("\n")),
+    )?;
+    let journal = unsynced_journal(&jdir, &store).await?;
+    journal.ship_now().await?;
+    let all = AuditFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let entries = store.list_audit(&all).await?;
+    let shipped: Vec<i64> = entries
+        .iter()
+        .filter(|e| e.event.kind == "test.left")
+        .filter_map(|e| e.event.payload["i"].as_i64())
+        .collect();
+    assert_eq!(shipped, [1, 2, 5], "only authentic lines are shipped");
+    assert!(!entries.iter().any(|e| e.event.kind == "test.forged"));
+    let damage = entries
+        .iter()
+        .find(|e| e.event.kind == "audit.journal_damaged")
+        .ok_or("no audit.journal_damaged event")?;
+    let problems = damage.event.payload["problems"].to_string();
+    for expected in [
+        "seq 3 to 4 are missing",
+        "fails its MAC",
+        "not a journal line",
+    ] {
+        assert!(problems.contains(expected), "{expected}: {problems}");
+    }
+    // Verification says so too: the chain is intact, the record is not complete.
+    let report = store.verify_audit().await?;
+    assert!(!report.ok);
+    let problem = report.problem.ok_or("no problem reported")?;
+    assert!(problem.reason.contains("journal"), "{}", problem.reason);
     Ok(())
 }
