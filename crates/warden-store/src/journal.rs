@@ -51,6 +51,12 @@ pub const SHIP_INTERVAL: Duration = Duration::from_millis(10);
 const BUSY_SHIP_INTERVAL: Duration = Duration::from_millis(40);
 const BUSY_SHIPMENT: usize = 256;
 
+/// Events the journal keeps in memory for shipping (written or queued, not yet handed
+/// to a shipment) before appends wait for the store to catch up: memory stays bounded
+/// (about 1 KB per event) however slow the store, and admissions slow down instead of
+/// events being dropped or skipped.
+pub const MAX_BACKLOG: usize = 16_384;
+
 /// Size a segment is created with (zero-filled).
 const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -109,6 +115,11 @@ pub struct AuditJournal {
     failing: Mutex<Option<String>>,
     /// A shipment failed, and what it held in memory is gone: read the disk next time.
     from_disk: AtomicBool,
+    /// Events in memory not yet handed to a shipment, and the bound appends wait at.
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
+    max_backlog: std::sync::atomic::AtomicUsize,
+    /// Signalled whenever a shipment takes the backlog.
+    drained: tokio::sync::Notify,
     stopped: AtomicBool,
 }
 
@@ -270,7 +281,8 @@ impl AuditJournal {
         }
         let segment = create_segment(dir, next)?;
         let later = Later::default();
-        let w = Writer::new(dir, segment, sync, key.clone());
+        let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = Writer::new(dir, segment, sync, key.clone(), backlog.clone());
         let writer = match sync {
             JournalSync::Disk => {
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -292,6 +304,9 @@ impl AuditJournal {
             ship_lock: tokio::sync::Mutex::new(()),
             failing: Mutex::new(None),
             from_disk: AtomicBool::new(false),
+            backlog,
+            max_backlog: std::sync::atomic::AtomicUsize::new(MAX_BACKLOG),
+            drained: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&journal);
@@ -326,7 +341,9 @@ impl AuditJournal {
                 "the store is not taking audit events: {why}"
             )));
         }
+        self.wait_for_room().await;
         let json = serde_json::to_vec(event)?;
+        self.backlog.fetch_add(1, Ordering::SeqCst);
         match &self.writer {
             Sink::Thread(commands) => {
                 let (tx, rx) = oneshot::channel();
@@ -358,11 +375,35 @@ impl AuditJournal {
                     .lock()
                     .map_err(|_| StoreError::AppendFailed("the audit journal broke".into()))?;
                 later.push((line, event.clone()));
+                self.backlog.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             });
         if let Err(e) = queued {
             tracing::error!(error = %e, kind = %event.kind, "an audit event was lost");
         }
+    }
+
+    /// Waits while the backlog is at its bound (the store is behind).
+    async fn wait_for_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.backlog.load(Ordering::SeqCst) < self.max_backlog.load(Ordering::Relaxed) {
+                return;
+            }
+            // Woken by the next shipment's take; re-checked now and then in case a
+            // take happened between the check and the wait.
+            let _ = tokio::time::timeout(Duration::from_millis(100), drained).await;
+        }
+    }
+
+    /// Lowers the backlog bound (tests of a slow store).
+    pub fn set_max_backlog(&self, events: usize) {
+        self.max_backlog.store(events.max(1), Ordering::Relaxed);
+    }
+
+    /// Events in memory waiting to be shipped.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::SeqCst)
     }
 
     /// Everything written since the last take (writing what waits first).
@@ -401,6 +442,9 @@ impl AuditJournal {
 
     async fn ship(&self) -> Result<usize> {
         let taken = self.take().await?;
+        // Out of the backlog: appends waiting for room may go on while this ships.
+        self.backlog.fetch_sub(taken.events.len(), Ordering::SeqCst);
+        self.drained.notify_waiters();
         if self.from_disk.load(Ordering::Acquire) {
             // What a failed shipment held is on disk, and so is everything taken
             // since, up to the point of this take.
@@ -531,6 +575,8 @@ struct Writer {
     segment: Segment,
     sync: JournalSync,
     key: Arc<LineKey>,
+    /// The journal's backlog: lowered by lines lost to a failed write.
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// This run's id: its lines' sequence numbers count from 1.
     run: String,
     next_seq: u64,
@@ -548,12 +594,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(dir: &Path, segment: Segment, sync: JournalSync, key: Arc<LineKey>) -> Self {
+    fn new(
+        dir: &Path,
+        segment: Segment,
+        sync: JournalSync,
+        key: Arc<LineKey>,
+        backlog: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
         Self {
             dir: dir.to_path_buf(),
             segment,
             sync,
             key,
+            backlog,
             run: uuid::Uuid::now_v7().to_string(),
             next_seq: 1,
             batch_first: None,
@@ -609,6 +662,7 @@ impl Writer {
             None => self.written.append(&mut self.pending),
             Some(m) => {
                 tracing::error!(error = %m, lost = self.pending.len(), "audit journal write failed");
+                self.backlog.fetch_sub(self.pending.len(), Ordering::SeqCst);
                 self.pending.clear();
                 // Nobody was told these were written: their numbers are reused, so
                 // the run has no gap.

@@ -874,3 +874,53 @@ async fn a_damaged_journal_is_reported_never_shipped_silently(backend: Backend) 
     assert!(problem.reason.contains("journal"), "{}", problem.reason);
     Ok(())
 }
+
+/// A store that cannot keep up: appends wait once the journal's in-memory backlog
+/// reaches its bound (memory stays bounded), nothing is dropped, and everything is
+/// chained once the store catches up.
+#[tokio::test]
+async fn a_slow_store_slows_appends_instead_of_growing_memory() -> TestResult {
+    let (store, url, _key, dir) = open(Backend::Postgres).await?;
+    let store = Arc::new(store);
+    let journal = unsynced_journal(&dir.path().join("journal"), &store).await?;
+    journal.set_max_backlog(50);
+    // Another session holds the chain head: shipments wait for it.
+    let blocker = sqlx::PgPool::connect(&url).await?;
+    let mut held = blocker.begin().await?;
+    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *held)
+        .await?;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (j, done) = (journal.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            j.append(&Event::new("test.slow", json!({"i": i}))).await?;
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<(), StoreError>(())
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let while_blocked = done.load(std::sync::atomic::Ordering::SeqCst);
+    // At most the bound in memory, plus the one shipment that took its events and
+    // waits for the head.
+    assert!(
+        while_blocked <= 2 * 50,
+        "{while_blocked} appends went through while the store was blocked"
+    );
+    assert!(journal.backlog() <= 50, "backlog {}", journal.backlog());
+    held.rollback().await?;
+    for t in tasks {
+        t.await??;
+    }
+    journal.ship_now().await?;
+    let all = AuditFilter {
+        limit: 1000,
+        kind: Some("test.slow".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.list_audit(&all).await?.len(), 300, "none dropped");
+    assert!(store.verify_audit().await?.ok);
+    assert_eq!(journal.backlog(), 0);
+    Ok(())
+}
