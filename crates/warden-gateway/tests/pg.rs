@@ -1525,3 +1525,80 @@ async fn floods_are_turned_away_at_the_door_and_counted_not_logged_one_by_one() 
     assert!(!pg_refusals.is_empty(), "{refused:?}");
     assert_eq!(pg_refusals[0]["event"]["payload"]["code"], "client_limit");
 }
+
+/// A COPY's columns are described on the gateway's own catalog connection, whose
+/// search_path is not the session's: an unqualified name that two schemas (or a
+/// temporary table) share is refused before any data leaves, instead of being masked
+/// by the rules of the wrong table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_of_a_name_two_schemas_share_is_refused_not_masked_as_the_wrong_table() {
+    let admin = superuser().await;
+    admin
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS warden_amb;
+             DROP TABLE IF EXISTS public.amb_people, warden_amb.amb_people, public.amb_unique;
+             CREATE TABLE public.amb_people (id int4, note text);
+             CREATE TABLE warden_amb.amb_people (id int4, ssn text);
+             INSERT INTO warden_amb.amb_people VALUES (1, '078-05-1120');
+             CREATE TABLE public.amb_unique (id int4, ssn text);
+             INSERT INTO public.amb_unique VALUES (1, '219-09-9999');
+             GRANT USAGE ON SCHEMA warden_amb TO warden_t_scram;
+             GRANT SELECT ON warden_amb.amb_people, public.amb_people, public.amb_unique
+               TO warden_t_scram;",
+        )
+        .await
+        .unwrap();
+    let (gw, token) = setup(Backend::Sqlite).await;
+    use futures_util::StreamExt;
+    let copy = |c: tokio_postgres::Client, sql: &'static str| async move {
+        match c.copy_out(sql).await {
+            Err(e) => Err(e.to_string()),
+            Ok(s) => {
+                let mut text = String::new();
+                for chunk in s.collect::<Vec<_>>().await {
+                    match chunk {
+                        Ok(b) => text.push_str(&String::from_utf8_lossy(&b)),
+                        Err(e) => return Err(format!("{text}{e}")),
+                    }
+                }
+                Ok(text)
+            }
+        }
+    };
+    // The session looks in warden_amb first: `amb_people` is the table with SSNs,
+    // while the catalog connection would describe public.amb_people (no ssn column).
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    c.batch_execute("SET search_path = warden_amb, public")
+        .await
+        .unwrap();
+    let refused = copy(c, "COPY amb_people TO STDOUT").await;
+    let shown = format!("{refused:?}");
+    assert!(!shown.contains("078-05-1120"), "an SSN leaked: {shown}");
+    assert!(refused.is_err(), "{shown}");
+    // Qualified, it is masked by its own table's rules; a name only one schema
+    // holds needs no qualification.
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    let masked = copy(c, "COPY warden_amb.amb_people TO STDOUT")
+        .await
+        .unwrap();
+    assert!(
+        masked.starts_with("1\t") && !masked.contains("078-05-1120"),
+        "{masked}"
+    );
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    let masked = copy(c, "COPY (SELECT * FROM amb_unique) TO STDOUT")
+        .await
+        .unwrap();
+    assert!(!masked.contains("219-09-9999"), "{masked}");
+    // The refusal names why.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, sessions) = gw
+        .admin("GET", "/api/sessions?connection=billing", None)
+        .await;
+    assert!(
+        sessions.as_array().unwrap().iter().any(|s| s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("qualify it"))),
+        "{sessions}"
+    );
+}

@@ -155,6 +155,76 @@ impl Catalog {
         Ok(fields)
     }
 
+    /// Checks that every relation a COPY's `select` names without a schema names
+    /// one relation in the whole database: the catalog connection describes it under
+    /// its own `search_path`, which may not be the session's (nor see its temporary
+    /// tables), so a name that could mean two tables fails closed.
+    pub(crate) async fn check_unambiguous(
+        &mut self,
+        select: &str,
+        session: &ProxySession,
+    ) -> Result<(), String> {
+        use crate::wire::{put_cstr, put_frame};
+        let names = crate::copy::unqualified_relations(select)
+            .ok_or("the statement cannot be read to check its table names")?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        let conn = self.connection(session).await?;
+        let mut q = BytesMut::new();
+        put_frame(&mut q, b'P', |b| {
+            put_cstr(b, b"");
+            put_cstr(
+                b,
+                b"SELECT count(*)::text FROM pg_catalog.pg_class \
+                  WHERE relname = $1 AND relkind IN ('r', 'v', 'm', 'f', 'p')",
+            );
+            b.extend_from_slice(&0u16.to_be_bytes());
+        });
+        for name in &names {
+            put_frame(&mut q, b'B', |b| {
+                put_cstr(b, b"");
+                put_cstr(b, b"");
+                b.extend_from_slice(&0u16.to_be_bytes());
+                b.extend_from_slice(&1u16.to_be_bytes());
+                b.extend_from_slice(&(name.len() as i32).to_be_bytes());
+                b.extend_from_slice(name.as_bytes());
+                b.extend_from_slice(&0u16.to_be_bytes());
+            });
+            put_frame(&mut q, b'E', |b| {
+                put_cstr(b, b"");
+                b.extend_from_slice(&0i32.to_be_bytes());
+            });
+        }
+        put_frame(&mut q, b'S', |_| {});
+        let mut counts = Vec::new();
+        for frame in timed(session, exchange(conn, &q)).await? {
+            match frame.message {
+                PgBackendMessage::DataRow => {
+                    let v =
+                        crate::results::data_row_values(&frame.raw).map_err(|e| e.to_string())?;
+                    let n = v
+                        .first()
+                        .cloned()
+                        .flatten()
+                        .and_then(|b| String::from_utf8_lossy(&b).parse::<u64>().ok())
+                        .unwrap_or(u64::MAX);
+                    counts.push(n);
+                }
+                PgBackendMessage::ErrorResponse { message, .. } => return Err(message),
+                _ => {}
+            }
+        }
+        for (name, count) in names.iter().zip(counts) {
+            if count > 1 {
+                return Err(format!(
+                    "`{name}` names {count} tables or views in different schemas (or a temporary table), and the gateway cannot tell which one the session's search_path picks; qualify it with its schema"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The catalog connection, logged in on first use.
     async fn connection(&mut self, session: &ProxySession) -> Result<&mut BoxedStream, String> {
         if self.conn.is_none() {

@@ -76,6 +76,31 @@ pub fn copy_statements(sql: &str) -> Vec<CopyStatement> {
         .collect()
 }
 
+/// The relations `select` names without a schema (lowercased as PostgreSQL folds
+/// them). The catalog connection does not share the session's `search_path` or its
+/// temporary tables, so each of these must name one relation only; `None` when the
+/// statement does not parse.
+pub fn unqualified_relations(select: &str) -> Option<Vec<String>> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, select).ok()?;
+    let mut names = Vec::new();
+    let _ = sqlparser::ast::visit_relations(&statements, |name| {
+        if let [part] = name.0.as_slice()
+            && let Some(ident) = part.as_ident()
+        {
+            let value = if ident.quote_style.is_some() {
+                ident.value.clone()
+            } else {
+                ident.value.to_lowercase()
+            };
+            if !names.contains(&value) {
+                names.push(value);
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    Some(names)
+}
+
 /// The COPY-out statements in `sql`, in order.
 pub fn copy_out_plans(sql: &str) -> Vec<CopyOutPlan> {
     copy_statements(sql)

@@ -255,7 +255,11 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
                         return Some(EndReason::Unmaskable("COPY TO from a statement the gateway could not read cannot be masked; the session was ended before any data was sent".into()));
                     }
                 };
-                let fields = match catalog.describe(&select, session).await {
+                let described = match catalog.check_unambiguous(&select, session).await {
+                    Ok(()) => catalog.describe(&select, session).await,
+                    Err(e) => Err(e),
+                };
+                let fields = match described {
                     Ok(f) => f,
                     Err(e) => {
                         return Some(EndReason::Unmaskable(format!(
