@@ -232,11 +232,37 @@ pub struct AuditConfig {
     /// gateway being killed but not the machine crashing.
     #[serde(default = "default_true")]
     pub journal_sync: bool,
+    /// Events kept in the store; older ones are moved into archive files (0: keep
+    /// everything in the store).
+    #[serde(default)]
+    pub keep_events: u64,
+    /// Where archives go; default `<data_dir>/audit-archive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_dir: Option<PathBuf>,
+    /// Events per archive file, at most.
+    #[serde(default = "default_archive_events")]
+    pub archive_events: u64,
+    /// How often retention (archiving, recording pruning) runs.
+    #[serde(default = "default_retention_interval")]
+    pub retention_interval_secs: u64,
+}
+
+fn default_archive_events() -> u64 {
+    100_000
+}
+fn default_retention_interval() -> u64 {
+    3600
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { journal_sync: true }
+        Self {
+            journal_sync: true,
+            keep_events: 0,
+            archive_dir: None,
+            archive_events: default_archive_events(),
+            retention_interval_secs: default_retention_interval(),
+        }
     }
 }
 
@@ -255,6 +281,13 @@ pub struct RecordingsConfig {
     /// PTY are always recorded whole.
     #[serde(default = "default_exec_output_bytes")]
     pub exec_output_bytes: u64,
+    /// Recordings of sessions that ended longer ago than this are deleted (0: kept).
+    #[serde(default)]
+    pub keep_days: u64,
+    /// When recordings take more than this, those of the oldest ended sessions are
+    /// deleted until they fit (0: no limit).
+    #[serde(default)]
+    pub max_total_bytes: u64,
 }
 
 fn default_rows_per_result() -> usize {
@@ -270,6 +303,8 @@ impl Default for RecordingsConfig {
             dir: None,
             rows_per_result: default_rows_per_result(),
             exec_output_bytes: default_exec_output_bytes(),
+            keep_days: 0,
+            max_total_bytes: 0,
         }
     }
 }
@@ -697,6 +732,13 @@ impl Config {
             .host_key
             .clone()
             .unwrap_or_else(|| self.data_dir.join("ssh_host_ed25519_key"))
+    }
+
+    pub fn audit_archive_dir(&self) -> PathBuf {
+        self.audit
+            .archive_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-archive"))
     }
 
     pub fn recordings_dir(&self) -> PathBuf {

@@ -14,6 +14,7 @@ mod gate;
 pub mod policy;
 pub mod recording;
 mod repeats;
+pub mod retention;
 mod server;
 pub mod session_watch;
 pub mod terminal;
@@ -127,6 +128,7 @@ impl Gateway {
             journal.clone(),
         ));
         tokio::spawn(watch.clone().run(rx.clone()));
+        tokio::spawn(retention::Retention::new(store.clone(), &config).run(rx.clone()));
         let repeats = repeats::RepeatLog::new(journal.clone());
         tokio::spawn(repeats.clone().run(rx.clone()));
         let access = Arc::new(access::AccessControl::new(

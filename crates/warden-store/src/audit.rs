@@ -294,6 +294,15 @@ impl Store {
     /// Walks the whole chain and reports the first event that was altered, removed
     /// or reordered. Reads in pages so memory stays flat on large logs.
     pub async fn verify_audit(&self) -> Result<VerifyReport> {
+        self.verify_audit_in(None).await
+    }
+
+    /// [`Self::verify_audit`], starting with the archives in `archives` (the chain's
+    /// oldest part, moved out of the store).
+    pub async fn verify_audit_in(
+        &self,
+        archives: Option<&std::path::Path>,
+    ) -> Result<VerifyReport> {
         let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(&self.pool)
             .await?;
@@ -310,8 +319,17 @@ impl Store {
         // (shipping goes on) are beyond it and left to the next verification. The
         // head and its event are written in one transaction, so every event up to it
         // is visible now.
-        let mut expected_seq = 1_i64;
-        let mut prev_hash = GENESIS_HASH.to_string();
+        let archived = match self.check_archives(archives).await? {
+            Ok(part) => part,
+            Err(problem) => {
+                report.ok = false;
+                report.problem = Some(problem);
+                return Ok(report);
+            }
+        };
+        report.events_checked = i64::try_from(archived.events).unwrap_or(i64::MAX);
+        let mut expected_seq = archived.next_seq;
+        let mut prev_hash = archived.prev_hash;
         loop {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM audit_events WHERE seq >= $1 AND seq <= $2 \

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod api_keys;
+pub mod archive;
 pub mod audit;
 pub mod connections;
 mod error;

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the gateway instance serving a session",
         include_str!("../migrations/0006_session_owner.sql"),
     ),
+    (
+        7,
+        "audit archives",
+        include_str!("../migrations/0007_audit_archives.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one

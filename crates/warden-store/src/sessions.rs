@@ -115,6 +115,41 @@ impl Store {
         Ok(())
     }
 
+    /// Ended sessions that still have a recording, the longest-ended first; with
+    /// `ended_before`, only those that ended before it.
+    pub async fn sessions_with_recordings(
+        &self,
+        ended_before: Option<OffsetDateTime>,
+        limit: i64,
+    ) -> Result<Vec<Session>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sessions WHERE status <> 'active' AND recording IS NOT NULL \
+             AND ended_at IS NOT NULL AND ended_at < $1 ORDER BY ended_at, id LIMIT $2"
+        )))
+        .bind(ended_before.map_or(i64::MAX, timefmt::to_micros))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// Forgets a session's recording (its files were deleted), recording `event`,
+    /// atomically.
+    pub async fn clear_session_recording(
+        &self,
+        id: Uuid,
+        event: &warden_core::Event,
+    ) -> Result<bool> {
+        let mut tx = self.begin_audited().await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET recording = NULL WHERE id = $1 AND recording IS NOT NULL",
+        )
+        .bind(id.to_string())
+        .execute(tx.conn())
+        .await?;
+        tx.commit_if_changed(done.rows_affected(), event).await
+    }
+
     /// Marks an active session ended. Ending an already-ended session changes nothing.
     pub async fn end_session(
         &self,

@@ -924,3 +924,77 @@ async fn a_slow_store_slows_appends_instead_of_growing_memory() -> TestResult {
     assert_eq!(journal.backlog(), 0);
     Ok(())
 }
+
+both_stores!(archives_keep_the_chain_whole_and_a_missing_or_altered_one_is_found);
+async fn archives_keep_the_chain_whole_and_a_missing_or_altered_one_is_found(
+    backend: Backend,
+) -> TestResult {
+    let (store, dir, _ids) = chain_of(backend, 25).await?;
+    let archive_dir = dir.path().join("archive");
+    // Keep 10 in the store, 6 per file: archives of 1-6, 7-12, then 13-15 (each
+    // archive adds its own event to the chain's head).
+    let mut made = Vec::new();
+    while let Some(a) = store.archive_audit(&archive_dir, 10, 6).await? {
+        made.push(a);
+    }
+    assert!(made.len() >= 3, "{made:?}");
+    assert_eq!(made[0].first_seq, 1);
+    for pair in made.windows(2) {
+        assert_eq!(pair[1].first_seq, pair[0].last_seq + 1);
+    }
+    let in_store: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+        .fetch_one(store.pool())
+        .await?;
+    // Ranges under a tenth of what is kept wait for the next round.
+    assert!(in_store <= 10 + 1, "{in_store} events left in the store");
+    let report = store.verify_audit_in(Some(&archive_dir)).await?;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        report.events_checked, report.head_seq,
+        "every event, archived or not"
+    );
+    // Without the archives, verification says what it could not check.
+    assert!(!store.verify_audit().await?.ok);
+    let archive_events = store
+        .list_audit(&AuditFilter {
+            kind: Some("audit.archive".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(archive_events.len(), made.len());
+
+    // An altered archive (recompressed with one event changed) is found.
+    let second = archive_dir.join(&made[1].file);
+    let original = std::fs::read(&second)?;
+    let text = String::from_utf8(zstd::decode_all(&original[..])?)?;
+    let altered = zstd::encode_all(text.replacen("hello", "hellp", 1).as_bytes(), 3)?;
+    std::fs::write(&second, &altered)?;
+    let p = store
+        .verify_audit_in(Some(&archive_dir))
+        .await?
+        .problem
+        .ok_or("an altered archive went unnoticed")?;
+    assert!(p.reason.contains("altered"), "{}", p.reason);
+    // A missing one too.
+    std::fs::remove_file(&second)?;
+    let p = store
+        .verify_audit_in(Some(&archive_dir))
+        .await?
+        .problem
+        .ok_or("a missing archive went unnoticed")?;
+    assert!(p.reason.contains("cannot be read"), "{}", p.reason);
+    std::fs::write(&second, &original)?;
+    assert!(store.verify_audit_in(Some(&archive_dir)).await?.ok);
+    // And an archive the store no longer lists leaves a hole that is named.
+    sqlx::query("DELETE FROM audit_archives WHERE first_seq = 1")
+        .execute(store.pool())
+        .await?;
+    let p = store
+        .verify_audit_in(Some(&archive_dir))
+        .await?
+        .problem
+        .ok_or("an unlisted archive went unnoticed")?;
+    assert!(p.reason.contains("in no listed archive"), "{}", p.reason);
+    Ok(())
+}

@@ -555,7 +555,9 @@ async fn audit(command: AuditCommand) -> Result<ExitCode> {
         }
         AuditCommand::Verify { config, json, .. } => {
             let store = warden_gateway::open_existing_store(&config.load()?).await?;
-            let report = store.verify_audit().await?;
+            let report = store
+                .verify_audit_in(Some(&config.load()?.audit_archive_dir()))
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.ok {

@@ -97,7 +97,7 @@ pub async fn verify(
         .map_err(|e| ApiError::store(&e))?;
     let report = state
         .store
-        .verify_audit()
+        .verify_audit_in(Some(&state.config.audit_archive_dir()))
         .await
         .map_err(|e| ApiError::store(&e))?;
     Ok(Json(report))
