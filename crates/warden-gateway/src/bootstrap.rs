@@ -356,12 +356,28 @@ pub struct Instance {
     /// never removed: that run was killed or crashed.
     pub unclean_stop: Option<String>,
     marker: PathBuf,
+    /// Held while the gateway runs: a second process on the same data directory is
+    /// refused instead of taking this one's sessions and journal for a dead run's.
+    _lock: std::fs::File,
 }
 
 impl Instance {
     /// Reads (or creates) the instance id and sets the running marker.
     pub fn claim(config: &Config) -> Result<Instance, GatewayError> {
         create_private_dir(&config.data_dir)?;
+        let lock_path = config.data_dir.join("gateway.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(format!("opening {}", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(GatewayError::Config(format!(
+                "another gateway is running with the data directory {}: each gateway needs its own",
+                config.data_dir.display()
+            )));
+        }
         let id_file = config.data_dir.join("gateway.id");
         let id = match std::fs::read_to_string(&id_file) {
             Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
@@ -389,6 +405,7 @@ impl Instance {
             id,
             unclean_stop,
             marker,
+            _lock: lock,
         })
     }
 

@@ -71,6 +71,7 @@ impl Gateway {
         let config = Arc::new(config);
         let key = bootstrap::master_key(&config)?;
         let store = Arc::new(bootstrap::open_store(&config, &key).await?);
+        let instance = bootstrap::Instance::claim(&config)?;
         // Ships what a previous run left in the journal before anything else happens.
         let journal = AuditJournal::open(
             &config.data_dir.join("audit-journal"),
@@ -82,7 +83,6 @@ impl Gateway {
             },
         )
         .await?;
-        let instance = bootstrap::Instance::claim(&config)?;
         bootstrap::recover_from_unclean_stop(&store, &instance).await?;
         let admin_token = bootstrap::ensure_admin_key(&store, &config).await?;
         let auth = Arc::new(auth::Authenticator::new(&config, store.clone())?);

@@ -43,7 +43,14 @@ impl RepeatLog {
     /// Records `event` (identified by `client` and `reason` with its kind): in full
     /// when it is the first of its key this window, else counted.
     pub fn record(&self, client: &str, reason: &str, event: Event) {
-        let mut key = format!("{}|{client}|{reason}", event.kind);
+        // What tells failures apart beyond address and reason: the key or issuer they
+        // named and the connection, so one flood does not hide another's failures.
+        let named = ["key_id", "issuer", "connection", "fingerprint"]
+            .iter()
+            .filter_map(|k| event.payload.get(*k).and_then(|v| v.as_str()))
+            .collect::<Vec<_>>()
+            .join("|");
+        let mut key = format!("{}|{client}|{reason}|{named}", event.kind);
         let now = timefmt::now();
         let first = {
             let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);

@@ -1575,6 +1575,15 @@ async fn copy_of_a_name_two_schemas_share_is_refused_not_masked_as_the_wrong_tab
     let shown = format!("{refused:?}");
     assert!(!shown.contains("078-05-1120"), "an SSN leaked: {shown}");
     assert!(refused.is_err(), "{shown}");
+    // The `TABLE name` form too.
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    c.batch_execute("SET search_path = warden_amb, public")
+        .await
+        .unwrap();
+    let refused = copy(c, "COPY (TABLE amb_people) TO STDOUT").await;
+    let shown = format!("{refused:?}");
+    assert!(!shown.contains("078-05-1120"), "an SSN leaked: {shown}");
+    assert!(refused.is_err(), "{shown}");
     // Qualified, it is masked by its own table's rules; a name only one schema
     // holds needs no qualification.
     let c = connect(&gw, "billing", &token).await.unwrap();

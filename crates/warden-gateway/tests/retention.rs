@@ -88,3 +88,25 @@ async fn old_events_are_archived_and_recordings_pruned_with_the_record_whole() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["events_checked"], report["head_seq"], "{report}");
 }
+
+/// Two gateways on one data directory would take each other's sessions and journal
+/// for a dead run's: the second is refused while the first runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let config = base_config(dir.path(), store_url, vec![]);
+    let first = warden_gateway::Gateway::start(config.clone())
+        .await
+        .unwrap();
+    let second = warden_gateway::Gateway::start(config.clone()).await;
+    let Err(e) = second else {
+        panic!("a second gateway started on the same data directory")
+    };
+    assert!(e.to_string().contains("another gateway is running"), "{e}");
+    first.shutdown().await;
+    let again = warden_gateway::Gateway::start(config).await.unwrap();
+    again.shutdown().await;
+}

@@ -106,6 +106,7 @@ impl ConnectionGate {
     /// Lets a connection from `client` in, or says why not. The permit gives its
     /// place back when dropped.
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Permit, Overload> {
+        let client = client_key(client);
         let mut per_client = self
             .per_client
             .lock()
@@ -140,6 +141,19 @@ impl ConnectionGate {
     /// Connections held now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// Who a connection counts against: an IPv4 address (IPv4-mapped IPv6 included), or
+/// an IPv6 /64 — what one client usually holds, so a /64 cannot multiply its share.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+        v4 => v4,
     }
 }
 
@@ -178,7 +192,7 @@ mod tests {
 
     #[test]
     fn each_limit_refuses_with_its_reason_and_places_come_back() {
-        let budget = DescriptorBudget::new(256 + 3 * 5, 3, 256);
+        let budget = DescriptorBudget::new(30, 3, 15);
         assert_eq!(budget.max(), 5);
         let gate = ConnectionGate::new(
             ConnectionLimits {
@@ -196,6 +210,18 @@ mod tests {
         drop(a1);
         let _c = gate.admit(ip(3)).unwrap();
         // Another listener shares the process's budget.
+        // One IPv6 /64 is one client; an IPv4-mapped address is its IPv4 address.
+        let v6 = ConnectionGate::new(
+            ConnectionLimits {
+                max_per_listener: 0,
+                max_per_client: 1,
+            },
+            DescriptorBudget::new(1 << 20, 1, 0),
+        );
+        let _a = v6.admit("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(v6.admit("2001:db8::ffff:2".parse().unwrap()).is_err());
+        let _m = v6.admit("10.9.9.9".parse().unwrap()).unwrap();
+        assert!(v6.admit("::ffff:10.9.9.9".parse().unwrap()).is_err());
         let other = ConnectionGate::new(
             ConnectionLimits {
                 max_per_listener: 0,

@@ -177,7 +177,7 @@ impl Catalog {
             put_cstr(
                 b,
                 b"SELECT count(*)::text FROM pg_catalog.pg_class \
-                  WHERE relname = $1 AND relkind IN ('r', 'v', 'm', 'f', 'p')",
+                  WHERE relname = $1 AND relkind IN ('r', 'v', 'm', 'f', 'p', 'S')",
             );
             b.extend_from_slice(&0u16.to_be_bytes());
         });

@@ -82,16 +82,26 @@ pub fn copy_statements(sql: &str) -> Vec<CopyStatement> {
 /// statement does not parse.
 pub fn unqualified_relations(select: &str) -> Option<Vec<String>> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, select).ok()?;
+    // `TABLE name` names a relation the relation visitor does not see: such a
+    // statement is not read (the COPY then fails closed).
+    if statements.iter().any(has_table_form) {
+        return None;
+    }
     let mut names = Vec::new();
     let _ = sqlparser::ast::visit_relations(&statements, |name| {
         if let [part] = name.0.as_slice()
             && let Some(ident) = part.as_ident()
         {
-            let value = if ident.quote_style.is_some() {
+            // PostgreSQL folds unquoted names to lower case in ASCII only, and
+            // truncates names to 63 bytes.
+            let mut value = if ident.quote_style.is_some() {
                 ident.value.clone()
             } else {
-                ident.value.to_lowercase()
+                ident.value.to_ascii_lowercase()
             };
+            while value.len() > 63 {
+                value.pop();
+            }
             if !names.contains(&value) {
                 names.push(value);
             }
@@ -99,6 +109,33 @@ pub fn unqualified_relations(select: &str) -> Option<Vec<String>> {
         std::ops::ControlFlow::<()>::Continue(())
     });
     Some(names)
+}
+
+/// Whether a statement holds a `TABLE name` query anywhere.
+fn has_table_form(statement: &Statement) -> bool {
+    use sqlparser::ast::{Query, SetExpr, Visit, Visitor};
+    struct Finder(bool);
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> std::ops::ControlFlow<()> {
+            fn table(e: &SetExpr) -> bool {
+                match e {
+                    SetExpr::Table(_) => true,
+                    SetExpr::SetOperation { left, right, .. } => table(left) || table(right),
+                    SetExpr::Query(q) => table(&q.body),
+                    _ => false,
+                }
+            }
+            if table(&query.body) {
+                self.0 = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut finder = Finder(false);
+    let _ = statement.visit(&mut finder);
+    finder.0
 }
 
 /// The COPY-out statements in `sql`, in order.

@@ -59,6 +59,9 @@ pub(crate) struct ArchivedPart {
     pub next_seq: i64,
     pub prev_hash: String,
     pub events: u64,
+    /// The last archived `audit.journal_damaged` event, if any: the record stays
+    /// known to be incomplete after it is archived.
+    pub journal_damaged: Option<i64>,
 }
 
 impl Store {
@@ -203,6 +206,7 @@ impl Store {
             next_seq: 1,
             prev_hash: GENESIS_HASH.to_string(),
             events: 0,
+            journal_damaged: None,
         };
         if archives.is_empty() {
             return Ok(Ok(part));
@@ -277,6 +281,9 @@ impl Store {
                 if let Some(p) = check_line(&line, expected, &prev) {
                     return Ok(Err(p));
                 }
+                if line.body.contains("\"kind\":\"audit.journal_damaged\"") {
+                    part.journal_damaged = Some(line.seq);
+                }
                 prev = line.hash;
                 expected += 1;
             }
@@ -313,7 +320,9 @@ fn check_line(line: &Line, expected: i64, prev_hash: &str) -> Option<ChainProble
     if sha256_hex(line.body.as_bytes()) != line.hash {
         return problem("archived event content was altered: it no longer matches its hash".into());
     }
-    let parsed: serde_json::Value = serde_json::from_str(&line.body).ok()?;
+    let Ok(parsed) = serde_json::from_str::<serde_json::Value>(&line.body) else {
+        return problem("an archived event is not valid JSON".into());
+    };
     if parsed.get("seq").and_then(serde_json::Value::as_i64) != Some(expected)
         || parsed.get("prev_hash").and_then(serde_json::Value::as_str) != Some(prev_hash)
     {

@@ -328,6 +328,7 @@ impl Store {
             }
         };
         report.events_checked = i64::try_from(archived.events).unwrap_or(i64::MAX);
+        let archived_damage = archived.journal_damaged;
         let mut expected_seq = archived.next_seq;
         let mut prev_hash = archived.prev_hash;
         loop {
@@ -367,20 +368,22 @@ impl Store {
                 .try_get("seq")?;
             // A journal found damaged at some start means events may be missing from
             // an intact chain: verification keeps saying so.
-            if let Some(row) = sqlx::query(
+            let in_store = sqlx::query(
                 "SELECT seq, id FROM audit_events WHERE kind = 'audit.journal_damaged' AND seq <= $1 \
                  ORDER BY seq DESC LIMIT 1",
             )
             .bind(head_seq)
             .fetch_optional(&self.pool)
             .await?
-            {
-                let seq: i64 = row.try_get("seq")?;
-                let id: String = row.try_get("id")?;
+            .map(|row| -> Result<(i64, Option<String>)> {
+                Ok((row.try_get("seq")?, Some(row.try_get("id")?)))
+            })
+            .transpose()?;
+            if let Some((seq, id)) = in_store.or(archived_damage.map(|s| (s, None))) {
                 report.ok = false;
                 report.problem = Some(ChainProblem {
                     seq,
-                    event_id: id.parse().ok(),
+                    event_id: id,
                     reason: format!(
                         "the chain is intact, but the audit journal was found damaged (event {seq}, audit.journal_damaged): events may be missing from the record"
                     ),

@@ -218,6 +218,23 @@ fn read_back(
             data.truncate(usize::try_from(len).unwrap_or(usize::MAX));
         }
         let read = journal_lines::read(key, *number, &data);
+        let last = i + 1 == segments.len();
+        // Only the segment being written may be empty: an emptied one hid its lines.
+        if read.run.is_none() && !last && read.problems.is_empty() {
+            out.problems.push(format!(
+                "segment {number} is empty or zeroed though later segments follow: its lines were removed"
+            ));
+        }
+        // A run begins at seq 1; a segment of another run in the middle of one that
+        // does not is a substitute.
+        if let (Some((_, Some(run), _)), Some(this_run)) = (&previous, &read.run)
+            && run != this_run
+            && read.first_seq != Some(1)
+        {
+            out.problems.push(format!(
+                "segment {number} belongs to another journal run and does not start it: it was substituted"
+            ));
+        }
         if let (Some((before, run, next)), Some(this_run)) = (&previous, &read.run)
             && run.as_ref() == Some(this_run)
         {
@@ -234,7 +251,9 @@ fn read_back(
                 ));
             }
         }
-        previous = Some((*number, read.run.clone(), read.next_seq));
+        if read.run.is_some() {
+            previous = Some((*number, read.run.clone(), read.next_seq));
+        }
         out.events.extend(read.events);
         out.problems.extend(read.problems);
     }

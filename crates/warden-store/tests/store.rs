@@ -998,3 +998,52 @@ async fn archives_keep_the_chain_whole_and_a_missing_or_altered_one_is_found(
     assert!(p.reason.contains("in no listed archive"), "{}", p.reason);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_emptied_or_substituted_journal_segment_is_reported() -> TestResult {
+    let (store, _url, _key, dir) = open(Backend::Sqlite).await?;
+    let store = Arc::new(store);
+    let jdir = dir.path().join("journal");
+    std::fs::create_dir_all(&jdir)?;
+    let events: Vec<Event> = (1..=6)
+        .map(|i| Event::new("test.left", json!({"i": i})))
+        .collect();
+    std::fs::write(
+        jdir.join("segment-00000000000000000001.jsonl"),
+        testing::journal_segment(&store, 1, "run-c", 1, &events[..2]),
+    )?;
+    // Segment 2 zeroed, as if its lines never were.
+    std::fs::write(
+        jdir.join("segment-00000000000000000002.jsonl"),
+        vec![0u8; 4096],
+    )?;
+    // Segment 3 from another run that does not start it.
+    std::fs::write(
+        jdir.join("segment-00000000000000000003.jsonl"),
+        testing::journal_segment(&store, 3, "run-other", 5, &events[4..]),
+    )?;
+    let journal = unsynced_journal(&jdir, &store).await?;
+    journal.ship_now().await?;
+    let damage = store
+        .list_audit(&AuditFilter {
+            kind: Some("audit.journal_damaged".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await?;
+    let problems = damage
+        .first()
+        .ok_or("no audit.journal_damaged event")?
+        .event
+        .payload["problems"]
+        .to_string();
+    assert!(
+        problems.contains("segment 2 is empty or zeroed"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("segment 3 belongs to another journal run"),
+        "{problems}"
+    );
+    Ok(())
+}

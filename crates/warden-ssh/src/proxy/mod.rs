@@ -145,6 +145,10 @@ impl<H: SessionHooks> SshProxy<H> {
                     )
                     .await;
                     tokio::time::sleep(LOGIN_TIMEOUT_GRACE).await;
+                    if watchdog_slot.get().is_some() {
+                        // Logged in during the grace after all: it stays.
+                        return std::future::pending::<()>().await;
+                    }
                     cut.kill();
                 };
                 // The gateway may end the session (its access grant ended): the
