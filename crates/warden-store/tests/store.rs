@@ -1047,3 +1047,39 @@ async fn an_emptied_or_substituted_journal_segment_is_reported() -> TestResult {
     );
     Ok(())
 }
+
+both_stores!(verify_while_archiving_never_cries_wolf);
+async fn verify_while_archiving_never_cries_wolf(backend: Backend) -> TestResult {
+    let (store, dir, _ids) = chain_of(backend, 40).await?;
+    let store = Arc::new(store);
+    let archive_dir = dir.path().join("archive");
+    let worker = {
+        let (store, archive_dir) = (store.clone(), archive_dir.clone());
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let events: Vec<Event> = (0..5)
+                    .map(|j| Event::new("test.load", json!({"i": i, "j": j})))
+                    .collect();
+                store.append_audit_batch(&events).await?;
+                if i % 3 == 0 {
+                    store.archive_audit(&archive_dir, 20, 10).await?;
+                }
+            }
+            Ok::<(), StoreError>(())
+        })
+    };
+    let mut verified = 0;
+    while !worker.is_finished() {
+        let report = store.verify_audit_in(Some(&archive_dir)).await?;
+        assert!(
+            report.ok,
+            "a false alarm while archiving: {:?}",
+            report.problem
+        );
+        verified += 1;
+    }
+    worker.await??;
+    assert!(store.verify_audit_in(Some(&archive_dir)).await?.ok);
+    assert!(verified > 1);
+    Ok(())
+}
