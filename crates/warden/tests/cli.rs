@@ -279,44 +279,15 @@ detectors = ["email"]
 "#,
     )
     .unwrap();
-    let mut child = warden(dir.path())
-        .args(["gateway", "--config", "warden.toml"])
-        .env("WARDEN_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut head = String::new();
-    while !head.contains("warden gateway listening on ") {
-        assert!(reader.read_line(&mut head).unwrap() > 0, "{head}");
-    }
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let field = |prefix: &str| {
-        head.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .unwrap()
-            .to_string()
-    };
-    let (url, pg, mysql, ssh) = (
-        field("warden gateway listening on "),
-        field("PostgreSQL proxy listening on "),
-        field("MySQL proxy listening on "),
-        field("SSH proxy listening on "),
+    let gw = start_gateway_with(dir.path(), &[("WARDEN_CONFIG", "warden.toml")]);
+    let (pg, mysql, ssh) = (
+        gw.listener("PostgreSQL"),
+        gw.listener("MySQL"),
+        gw.listener("SSH"),
     );
     // Read, then deleted, as its output asks; no other file may hold it.
-    let admin_file = dir.path().join("warden-data/admin.key");
-    let admin = std::fs::read_to_string(&admin_file)
-        .unwrap()
-        .trim()
-        .to_string();
-    std::fs::remove_file(&admin_file).unwrap();
-    let gw = Running {
-        child,
-        url,
-        printed_key: Some(admin.clone()),
-        stdout_head: head.clone(),
-    };
+    let admin = gw.printed_key.clone().unwrap();
+    std::fs::remove_file(dir.path().join("warden-data/admin.key")).unwrap();
 
     let post = |path: &str, body: Value| post_admin(&gw.url, &admin, path, &body);
     post(
@@ -1186,7 +1157,6 @@ fn login_with_the_device_flow_and_pkce_caches_and_renews_tokens() {
 
 #[test]
 fn connect_tunnels_psql_with_policies_applied_and_refuses_expired_tokens() {
-    let issuer = provider_issuer();
     let dir = tempfile::tempdir().unwrap();
     let running = start_gateway_trusting_provider(
         dir.path(),
@@ -1298,25 +1268,7 @@ fn connect_tunnels_psql_with_policies_applied_and_refuses_expired_tokens() {
     drop(out);
 
     // A token that expires while the tunnel listens: later connections are refused.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let short: Value = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{issuer}/token"))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", "short-lived"),
-                ("client_secret", "short-lived-secret"),
-                ("resource", "urn:warden"),
-                ("scope", "api"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
-    let short = short["access_token"].as_str().unwrap().to_string();
+    let short = client_token("short-lived");
     let (mut child, _out, port, head) = start_connect(&short);
     std::thread::sleep(std::time::Duration::from_secs(3));
     let refused = match &port {

@@ -259,25 +259,7 @@ fn revoked_or_expired_identities_lose_their_open_sessions_on_every_gateway() {
     again.finish();
 
     // Expiry: a 10-second JWT on A and a 6-second API key on B end their sessions.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let jwt: Value = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/token", provider_issuer()))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", "ten-seconds"),
-                ("client_secret", "ten-seconds-secret"),
-                ("resource", "urn:warden"),
-                ("scope", "api"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
-    let jwt = jwt["access_token"].as_str().unwrap().to_string();
+    let jwt = client_token("ten-seconds");
     let mut pg_jwt = psql(&a.port("PostgreSQL"), "billing", Some(&jwt));
     pg_jwt.send("SELECT 'alive' || 5;");
     pg_jwt.wait_for("alive5", "");

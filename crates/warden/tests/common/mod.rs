@@ -200,6 +200,30 @@ pub fn provider_issuer() -> String {
         .expect("the test OpenID provider (scripts/test.sh starts it)")
 }
 
+/// An access token of the test provider's client `client` (secret `<client>-secret`,
+/// audience `urn:warden`), through the client credentials grant.
+pub fn client_token(client: &str) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer: Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/token", provider_issuer()))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client),
+                ("client_secret", &format!("{client}-secret")),
+                ("resource", "urn:warden"),
+                ("scope", "api"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    answer["access_token"].as_str().unwrap().to_string()
+}
+
 /// A gateway whose config file trusts the test provider (audience `urn:warden`)
 /// and holds `extra` TOML, with `envs` set.
 pub fn start_gateway_trusting_provider(dir: &Path, extra: &str, envs: &[(&str, &str)]) -> Running {
