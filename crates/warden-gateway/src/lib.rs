@@ -11,10 +11,12 @@ mod bootstrap;
 pub mod config;
 pub mod events;
 mod gate;
+mod idle;
 pub mod policy;
 pub mod recording;
 mod repeats;
 pub mod retention;
+
 mod server;
 pub mod session_watch;
 pub mod terminal;
@@ -129,6 +131,11 @@ impl Gateway {
         ));
         tokio::spawn(watch.clone().run(rx.clone()));
         tokio::spawn(retention::Retention::new(store.clone(), &config).run(rx.clone()));
+        tokio::spawn(idle::release_when_idle(
+            store.clone(),
+            journal.clone(),
+            rx.clone(),
+        ));
         let repeats = repeats::RepeatLog::new(journal.clone());
         tokio::spawn(repeats.clone().run(rx.clone()));
         let access = Arc::new(access::AccessControl::new(

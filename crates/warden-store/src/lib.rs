@@ -164,6 +164,24 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Gives back the memory the database connections cache (SQLite's page cache, up
+    /// to `cache_size` per connection), for a gateway gone idle after a burst. Only
+    /// idle connections are touched; the cache refills on use.
+    pub async fn release_memory(&self) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        // Held together so that each `try_acquire` yields another connection.
+        let mut idle = Vec::new();
+        while let Some(conn) = self.pool.try_acquire() {
+            idle.push(conn);
+        }
+        for conn in &mut idle {
+            sqlx::query("PRAGMA shrink_memory").execute(&mut **conn).await?;
+        }
+        Ok(())
+    }
+
     async fn check_master_key(&self) -> Result<()> {
         match self.state(KEY_CHECK).await? {
             Some(sealed) => match self.sealer.open(&sealed, KEY_CHECK) {
