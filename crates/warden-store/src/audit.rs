@@ -474,7 +474,7 @@ impl AuditedTx<'_> {
 
 impl Store {
     /// Tells event delivery that the chain grew.
-    fn chained(&self) {
+    pub(crate) fn chained(&self) {
         self.chained.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -518,7 +518,7 @@ const APPEND_BYTES: usize = 12 * 1024;
 /// state change and its audit record commit together or not at all): the head is
 /// claimed once, rows go in as few INSERTs as [`APPEND_ROWS`] and [`APPEND_BYTES`]
 /// allow, and the head's hash is set last. Callers hold `Store::audit_lock`.
-async fn append_in<'a>(
+pub(crate) async fn append_in<'a>(
     conn: &mut AnyConnection,
     events: impl ExactSizeIterator<Item = &'a Event>,
 ) -> Result<Vec<Appended>> {

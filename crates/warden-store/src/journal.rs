@@ -78,6 +78,9 @@ struct Taken {
     /// The segment being written and how far, at the take.
     segment: u64,
     len: u64,
+    /// This run and the sequence number of its last line written.
+    run: Arc<str>,
+    written_through: u64,
 }
 
 /// Events appended with [`AuditJournal::append_later`], with their JSON.
@@ -193,7 +196,8 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Segments read back from disk, checked line by line and against one another.
 struct ReadBack {
-    events: Vec<Event>,
+    /// With their run and sequence number.
+    events: Vec<(Arc<str>, u64, Event)>,
     problems: Vec<String>,
 }
 
@@ -254,16 +258,27 @@ fn read_back(
         if read.run.is_some() {
             previous = Some((*number, read.run.clone(), read.next_seq));
         }
-        out.events.extend(read.events);
+        let run: Arc<str> = read.run.as_deref().unwrap_or_default().into();
+        out.events.extend(
+            read.events
+                .into_iter()
+                .map(|(seq, event)| (run.clone(), seq, event)),
+        );
         out.problems.extend(read.problems);
     }
     Ok(out)
 }
 
 /// Chains what `read` recovered that the store lacks, and reports damage it found as
-/// an `audit.journal_damaged` event (never silently).
-async fn ship_read_back(store: &Store, read: ReadBack) -> Result<()> {
+/// an `audit.journal_damaged` event (never silently). Returns the runs read.
+async fn ship_read_back(store: &Store, read: ReadBack) -> Result<Vec<Arc<str>>> {
     let recovered = read.events.len();
+    let mut runs: Vec<Arc<str>> = Vec::new();
+    for (run, _, _) in &read.events {
+        if !runs.contains(run) {
+            runs.push(run.clone());
+        }
+    }
     ship_unshipped(store, read.events).await?;
     if !read.problems.is_empty() {
         tracing::error!(problems = ?read.problems, "the audit journal was found damaged");
@@ -274,7 +289,7 @@ async fn ship_read_back(store: &Store, read: ReadBack) -> Result<()> {
             ))
             .await?;
     }
-    Ok(())
+    Ok(runs)
 }
 
 impl AuditJournal {
@@ -294,10 +309,13 @@ impl AuditJournal {
         let key = Arc::new(LineKey::new(store.journal_key().expose()));
         let left = segments(dir)?;
         let next = left.last().map_or(1, |(n, _)| n + 1);
-        ship_read_back(&store, read_back(&key, &left, None)?).await?;
+        let runs = ship_read_back(&store, read_back(&key, &left, None)?).await?;
         for (_, path) in &left {
             std::fs::remove_file(path).map_err(|e| io_error("removing a shipped segment", e))?;
         }
+        // Those runs' lines are gone with their segments: their marks are not needed.
+        let runs: Vec<&str> = runs.iter().map(|r| &**r).collect();
+        store.forget_journal_marks(&runs).await?;
         let segment = create_segment(dir, next)?;
         let later = Later::default();
         let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -485,7 +503,13 @@ impl AuditJournal {
             return Ok(0);
         }
         if !taken.events.is_empty()
-            && let Err(e) = self.store.append_audit_batch(&taken.events).await
+            && let Err(e) = self
+                .store
+                .append_journal_batch(
+                    &taken.events,
+                    &[(taken.run.to_string(), taken.written_through)],
+                )
+                .await
         {
             self.from_disk.store(true, Ordering::Release);
             return Err(e);
@@ -539,21 +563,35 @@ async fn remove_segment(path: &Path) -> Result<()> {
     }
 }
 
-/// Chains those of `events` the store does not hold yet, in one transaction.
-async fn ship_unshipped(store: &Store, events: Vec<Event>) -> Result<()> {
+/// Chains those of `events` (read back from segments) the store does not hold yet,
+/// in one transaction that also marks each run shipped through its last line read.
+/// What a run's mark covers is skipped without a lookup: it may have been archived
+/// out of the store since. The rest is looked up by id (lines from before marks).
+async fn ship_unshipped(store: &Store, events: Vec<(Arc<str>, u64, Event)>) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id).collect();
+    let mut reached: Vec<(String, u64)> = Vec::new();
+    for (run, seq, _) in &events {
+        match reached.iter_mut().find(|(r, _)| r.as_str() == &**run) {
+            Some((_, last)) => *last = (*last).max(*seq),
+            None => reached.push((run.to_string(), *seq)),
+        }
+    }
+    let runs: Vec<&str> = reached.iter().map(|(r, _)| r.as_str()).collect();
+    let marks = store.journal_marks(&runs).await?;
+    let past_marks: Vec<Event> = events
+        .into_iter()
+        .filter(|(run, seq, _)| marks.get(&**run).is_none_or(|m| seq > m))
+        .map(|(_, _, event)| event)
+        .collect();
+    let ids: Vec<uuid::Uuid> = past_marks.iter().map(|e| e.id).collect();
     let stored = store.existing_audit_ids(&ids).await?;
-    let missing: Vec<Event> = events
+    let missing: Vec<Event> = past_marks
         .into_iter()
         .filter(|e| !stored.contains(&e.id))
         .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    store.append_audit_batch(&missing).await
+    store.append_journal_batch(&missing, &reached).await
 }
 
 /// The writer thread: takes every command waiting, writes the lines with one write
@@ -597,7 +635,9 @@ struct Writer {
     /// The journal's backlog: lowered by lines lost to a failed write.
     backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// This run's id: its lines' sequence numbers count from 1.
-    run: String,
+    run: Arc<str>,
+    /// The sequence number of the last line written.
+    written_through: u64,
     next_seq: u64,
     /// The sequence number of the first line buffered and not written yet.
     batch_first: Option<u64>,
@@ -626,7 +666,8 @@ impl Writer {
             sync,
             key,
             backlog,
-            run: uuid::Uuid::now_v7().to_string(),
+            run: uuid::Uuid::now_v7().to_string().into(),
+            written_through: 0,
             next_seq: 1,
             batch_first: None,
             bytes: Vec::new(),
@@ -645,6 +686,8 @@ impl Writer {
             finished: std::mem::take(&mut self.finished),
             segment: self.segment.number,
             len: self.segment.len,
+            run: self.run.clone(),
+            written_through: self.written_through,
         }
     }
 
@@ -678,7 +721,10 @@ impl Writer {
         let result = self.write();
         let message = result.as_ref().err().map(ToString::to_string);
         match &message {
-            None => self.written.append(&mut self.pending),
+            None => {
+                self.written.append(&mut self.pending);
+                self.written_through = self.next_seq - 1;
+            }
             Some(m) => {
                 tracing::error!(error = %m, lost = self.pending.len(), "audit journal write failed");
                 self.backlog.fetch_sub(self.pending.len(), Ordering::SeqCst);
@@ -725,18 +771,30 @@ impl Writer {
             bytes.append(&mut self.bytes);
             self.bytes = bytes;
         }
-        // On failure the offset stays: the next write overwrites whatever part of
-        // this one reached the file, as nobody was told it was written.
-        self.segment
+        let offset = self.segment.len;
+        let mut written = self
+            .segment
             .file
-            .write_all_at(&self.bytes, self.segment.len)
-            .map_err(|e| io_error("writing", e))?;
-        if self.sync == JournalSync::Disk {
-            self.segment
+            .write_all_at(&self.bytes, offset)
+            .map_err(|e| io_error("writing", e));
+        if written.is_ok() && self.sync == JournalSync::Disk {
+            written = self
+                .segment
                 .file
                 .sync_data()
-                .map_err(|e| io_error("syncing", e))?;
+                .map_err(|e| io_error("syncing", e));
         }
+        if written.is_err() {
+            // Nobody was told these lines were written and the next write reuses
+            // their numbers at this offset: zero whatever part of them reached the
+            // file, so that a shorter next write leaves no stale line behind it
+            // (reading stops at the zero fill). Best effort: the disk is failing.
+            let _ = self
+                .segment
+                .file
+                .write_all_at(&vec![0; self.bytes.len()], offset);
+        }
+        written?;
         self.segment.len += size;
         if self.next.is_none() && self.segment.len > SEGMENT_BYTES / 2 {
             let (dir, number) = (self.dir.clone(), self.segment.number + 1);

@@ -101,7 +101,8 @@ pub(crate) struct SegmentRead {
     pub first_seq: Option<u64>,
     /// The sequence number the next segment of the run must start at.
     pub next_seq: Option<u64>,
-    pub events: Vec<Event>,
+    /// With their sequence numbers.
+    pub events: Vec<(u64, Event)>,
     pub problems: Vec<String>,
 }
 
@@ -182,7 +183,7 @@ pub(crate) fn read(key: &LineKey, number: u64, data: &[u8]) -> SegmentRead {
             ));
         }
         match serde_json::from_slice::<Event>(event_json) {
-            Ok(event) => out.events.push(event),
+            Ok(event) => out.events.push((line.seq, event)),
             Err(e) => out
                 .problems
                 .push(format!("segment {number}: seq {}: {e}", line.seq)),

@@ -15,6 +15,7 @@ pub mod connections;
 mod error;
 mod journal;
 mod journal_lines;
+mod journal_marks;
 mod migrate;
 pub mod outbox;
 pub mod policies;
@@ -177,7 +178,9 @@ impl Store {
             idle.push(conn);
         }
         for conn in &mut idle {
-            sqlx::query("PRAGMA shrink_memory").execute(&mut **conn).await?;
+            sqlx::query("PRAGMA shrink_memory")
+                .execute(&mut **conn)
+                .await?;
         }
         Ok(())
     }

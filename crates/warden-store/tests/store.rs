@@ -1083,3 +1083,51 @@ async fn verify_while_archiving_never_cries_wolf(backend: Backend) -> TestResult
     assert!(verified > 1);
     Ok(())
 }
+
+both_stores!(events_archived_since_shipping_are_not_chained_again_from_the_journal);
+async fn events_archived_since_shipping_are_not_chained_again_from_the_journal(
+    backend: Backend,
+) -> TestResult {
+    let (store, _url, _key, dir) = open(backend).await?;
+    let store = Arc::new(store);
+    let jdir = dir.path().join("journal");
+    let archive_dir = dir.path().join("archive");
+    let journal =
+        warden_store::AuditJournal::open(&jdir, store.clone(), Default::default()).await?;
+    for i in 0..30 {
+        journal
+            .append(&Event::new("test.journaled", json!({"i": i})))
+            .await?;
+    }
+    journal.ship_now().await?;
+    // The oldest are archived out of the store while their lines are still in the
+    // journal's current segment.
+    while store.archive_audit(&archive_dir, 10, 6).await?.is_some() {}
+    let journaled = AuditFilter {
+        kind: Some("test.journaled".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let in_store = store.list_audit(&journaled).await?.len();
+    assert!(in_store < 30, "nothing was archived");
+    // A crash: the next start reads the segment back and must not chain the
+    // archived events a second time.
+    drop(journal);
+    let journal =
+        warden_store::AuditJournal::open(&jdir, store.clone(), Default::default()).await?;
+    journal
+        .append(&Event::new("test.after-restart", json!({})))
+        .await?;
+    journal.ship_now().await?;
+    assert_eq!(store.list_audit(&journaled).await?.len(), in_store);
+    let report = store.verify_audit_in(Some(&archive_dir)).await?;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, report.head_seq);
+    // The run read back is done with: its mark is gone.
+    let marks: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM gateway_state WHERE key LIKE 'journal.shipped/%'")
+            .fetch_one(store.pool())
+            .await?;
+    assert_eq!(marks, 1, "only the current run's mark is left");
+    Ok(())
+}
