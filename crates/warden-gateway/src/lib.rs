@@ -182,6 +182,16 @@ impl Gateway {
         let budget = descriptor_budget();
         let mut listeners = HashMap::new();
         let mut proxies = HashMap::new();
+        let door = || Door {
+            gate: warden_net::ConnectionGate::new(
+                warden_net::ConnectionLimits {
+                    max_per_listener: config.connections.max_per_listener,
+                    max_per_client: config.connections.max_per_client,
+                },
+                budget.clone(),
+            ),
+            repeats: repeats.clone(),
+        };
         for registration in protocols(&config, &gate)? {
             let Registration {
                 kind,
@@ -189,16 +199,7 @@ impl Gateway {
                 proxy,
             } = registration;
             if let Some(addr) = listen {
-                let door = Door {
-                    gate: warden_net::ConnectionGate::new(
-                        warden_net::ConnectionLimits {
-                            max_per_listener: config.connections.max_per_listener,
-                            max_per_client: config.connections.max_per_client,
-                        },
-                        budget.clone(),
-                    ),
-                    repeats: repeats.clone(),
-                };
+                let door = door();
                 let addr = start_listener(kind, addr, proxy.clone(), door, rx.clone()).await?;
                 listeners.insert(kind, addr);
             }
@@ -218,7 +219,7 @@ impl Gateway {
             config: config.clone(),
         }));
         let has_tls = tls.is_some();
-        let server = tokio::spawn(server::serve(listener, tls, app, rx));
+        let server = tokio::spawn(server::serve(listener, tls, app, door(), rx));
         tracing::info!(api = %api_addr, tls = has_tls, "gateway started");
         Ok(Gateway {
             listeners,
@@ -363,12 +364,31 @@ fn protocols(
 /// shutdown, in a span named after the protocol; a failing accept (out of
 /// descriptors) backs off.
 /// How long a client turned away at the door has to read why.
-const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A proxy listener's door: its connection limits, and where refusals are recorded.
-struct Door {
+/// A listener's door: its connection limits, and where refusals are recorded.
+pub(crate) struct Door {
     gate: Arc<warden_net::ConnectionGate>,
     repeats: Arc<repeats::RepeatLog>,
+}
+
+impl Door {
+    /// Lets `peer` in, or records why not (`listener.refused`, repeats aggregated).
+    pub(crate) fn admit(
+        &self,
+        protocol: &str,
+        peer: SocketAddr,
+    ) -> Result<warden_net::Permit, warden_net::Overload> {
+        self.gate.admit(peer.ip()).inspect_err(|overload| {
+            let event = Event::new(
+                "listener.refused",
+                json!({"protocol": protocol, "client": peer.to_string(),
+                       "code": overload.code(), "reason": overload.to_string()}),
+            );
+            self.repeats
+                .record(&peer.ip().to_string(), overload.code(), event);
+        })
+    }
 }
 
 async fn start_listener(
@@ -388,7 +408,7 @@ async fn start_listener(
                 _ = shutdown.changed() => break,
             };
             match accepted {
-                Ok((stream, peer)) => match door.gate.admit(peer.ip()) {
+                Ok((stream, peer)) => match door.admit(protocol, peer) {
                     Ok(permit) => {
                         let span = tracing::info_span!("session", protocol, client = %peer);
                         let serving = proxy.clone().serve(stream, peer);
@@ -401,13 +421,6 @@ async fn start_listener(
                         );
                     }
                     Err(overload) => {
-                        let event = Event::new(
-                            "listener.refused",
-                            json!({"protocol": protocol, "client": peer.to_string(),
-                                   "code": overload.code(), "reason": overload.to_string()}),
-                        );
-                        door.repeats
-                            .record(&peer.ip().to_string(), overload.code(), event);
                         let refusing = proxy.clone().refuse(stream, overload.to_string());
                         tokio::spawn(async move {
                             let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusing).await;

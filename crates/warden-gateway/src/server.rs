@@ -12,8 +12,13 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::GatewayError;
 use crate::api::ClientAddr;
+use crate::{Door, GatewayError, REFUSAL_TIMEOUT};
+
+/// The connection's place within the listener's limits, held by each of its
+/// requests: a tunnel keeps it for as long as it carries a session.
+#[derive(Clone)]
+pub struct ConnectionPermit(#[allow(dead_code)] std::sync::Arc<warden_net::Permit>);
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,12 +37,14 @@ pub fn tls_acceptor_with_alpn(
     warden_net::server_tls(cert, key, alpn).map_err(GatewayError::Tls)
 }
 
-/// Accepts connections until `shutdown` changes. Each connection is served on its own
-/// task; a failing connection (bad TLS, bad HTTP) ends alone.
+/// Accepts connections until `shutdown` changes, within the door's limits (beyond
+/// them a client is answered `503` with the reason). Each connection is served on its
+/// own task; a failing connection (bad TLS, bad HTTP) ends alone.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,
+    door: Door,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -53,47 +60,92 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let app = app.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
-            let svc = app.map_request(move |mut req: axum::http::Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                req
-            });
-            let svc = TowerToHyperService::new(svc);
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let result = match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => {
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-                None => {
+        let (app, permit) = match door.admit("api", peer) {
+            Ok(permit) => (
+                app.clone(),
+                Some(ConnectionPermit(std::sync::Arc::new(permit))),
+            ),
+            Err(overload) => {
+                let refusal = refusal(&overload);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        REFUSAL_TIMEOUT,
+                        serve_connection(stream, peer, tls, refusal, None),
+                    )
+                    .await;
+                });
+                continue;
+            }
+        };
+        tokio::spawn(serve_connection(stream, peer, tls, app, permit));
+    }
+}
+
+/// Answers every request with `503` naming why the connection was turned away.
+fn refusal(overload: &warden_net::Overload) -> Router {
+    let body = axum::Json(serde_json::json!({
+        "error": overload.code(),
+        "message": overload.to_string(),
+    }));
+    Router::new().fallback(move || {
+        let body = body.clone();
+        async move {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::CONNECTION, "close")],
+                body,
+            )
+        }
+    })
+}
+
+/// Serves one connection (TLS first, when configured) to its end.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    permit: Option<ConnectionPermit>,
+) {
+    let svc = app.map_request(move |mut req: axum::http::Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        if let Some(permit) = &permit {
+            req.extensions_mut().insert(permit.clone());
+        }
+        req
+    });
+    let svc = TowerToHyperService::new(svc);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let result = match tls {
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
                     builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(s), svc)
                         .await
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
             }
-        });
+        }
+        None => {
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

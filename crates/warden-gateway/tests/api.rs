@@ -980,3 +980,83 @@ async fn policies_api_manages_sets_and_evaluates(backend: Backend) {
         403
     );
 }
+
+/// The API listener has a door like the proxies': a client address at its limit of
+/// connections is answered `503` naming the limit (recorded as `listener.refused`),
+/// and a `warden connect` tunnel, which outlives the HTTP exchange that opened it,
+/// holds its place for as long as it is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_door_turns_away_a_client_at_its_limit_and_tunnels_count() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let mut config = base_config(dir.path(), store_url, vec![]);
+    config.connections.max_per_client = 2;
+    let gw = TestGateway::with_config(config, dir).await;
+    let (status, _) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(pg_connection("tun", &["dev"])),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let token = gw.key_for("carol", &["dev"]).await;
+    let api: std::net::SocketAddr = gw.url.trim_start_matches("http://").parse().unwrap();
+    // From another loopback address than the test's own API client.
+    let connect = || async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(api).await.unwrap()
+    };
+    let ask = |request: String| async move {
+        let mut s = connect().await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        (s, String::from_utf8_lossy(&answer[..n]).into_owned())
+    };
+    let health = "GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_string();
+    let (tunnel, opened) = ask(format!(
+        "GET /api/connections/tun/tunnel HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\n\
+         Upgrade: warden-tunnel\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ))
+    .await;
+    assert!(opened.starts_with("HTTP/1.1 101"), "{opened}");
+    let held = connect().await;
+    let (_, refused) = ask(health.clone()).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.contains("client_limit"),
+        "{refused}"
+    );
+    // The held socket lets go: one place is free, the tunnel still holds the other.
+    drop(held);
+    eventually("a place once the held connection closed", || async {
+        let (_, answer) = ask(health.clone()).await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    let _second = connect().await;
+    let (_, refused) = ask(health.clone()).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503"),
+        "the tunnel lost its place: {refused}"
+    );
+    drop(tunnel);
+    let refusals = gw.audit_events("listener.refused").await;
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e["event"]["payload"]["protocol"] == "api"
+                && e["event"]["payload"]["client"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("127.0.0.2:"))),
+        "{refusals:?}"
+    );
+}

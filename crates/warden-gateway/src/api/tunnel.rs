@@ -55,6 +55,12 @@ pub async fn open(
     let peer = caller
         .client
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    // The API connection's place in the listener's limits stays taken while the
+    // tunnel carries its session.
+    let permit = req
+        .extensions()
+        .get::<crate::server::ConnectionPermit>()
+        .cloned();
     let upgrade = hyper::upgrade::on(&mut req);
     let tunnels = state.tunnels.clone();
     let kind = conn.kind;
@@ -71,6 +77,7 @@ pub async fn open(
             }
             Err(e) => tracing::warn!(error = %e, "tunnel upgrade failed"),
         }
+        drop(permit);
     });
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
     resp.headers_mut()
