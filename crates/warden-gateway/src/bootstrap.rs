@@ -417,25 +417,23 @@ impl Instance {
     }
 }
 
-/// Closes the sessions a dead run of this instance left open, as `interrupted`, with
-/// a `session.end` each, and records the unclean stop (`gateway.unclean_stop`).
-pub async fn recover_from_unclean_stop(
-    store: &Store,
-    instance: &Instance,
-) -> Result<(), GatewayError> {
-    let reason = "interrupted: the gateway stopped without closing the session (killed or crashed)";
-    let sessions = store
-        .interrupt_sessions(&instance.id, reason, warden_core::timefmt::now())
-        .await?;
-    if instance.unclean_stop.is_none() && sessions.is_empty() {
-        return Ok(());
+/// `gateway.unclean_stop` (when the previous run died or left sessions open) and a
+/// `session.end` for each session it left open.
+fn interruption_events(
+    instance: &str,
+    unclean_stop: Option<String>,
+    reason: &str,
+    sessions: &[warden_core::Session],
+) -> Vec<Event> {
+    if unclean_stop.is_none() && sessions.is_empty() {
+        return Vec::new();
     }
     let mut events = vec![Event::new(
         "gateway.unclean_stop",
-        json!({"instance": instance.id, "previous_run": instance.unclean_stop,
+        json!({"instance": instance, "previous_run": unclean_stop,
                "sessions_interrupted": sessions.len()}),
     )];
-    for s in &sessions {
+    for s in sessions {
         let mut event = Event::new(
             "session.end",
             json!({"reason": reason, "status": "interrupted", "bytes_in": s.bytes_in,
@@ -449,7 +447,28 @@ pub async fn recover_from_unclean_stop(
         });
         events.push(event);
     }
-    store.append_audit_batch(&events).await?;
+    events
+}
+
+/// Closes the sessions a dead run of this instance left open, as `interrupted`, with
+/// a `session.end` each, and records the unclean stop (`gateway.unclean_stop`).
+pub async fn recover_from_unclean_stop(
+    store: &Store,
+    instance: &Instance,
+) -> Result<(), GatewayError> {
+    let reason = "interrupted: the gateway stopped without closing the session (killed or crashed)";
+    let unclean_stop = instance.unclean_stop.clone();
+    let sessions = store
+        .interrupt_sessions(
+            &instance.id,
+            reason,
+            warden_core::timefmt::now(),
+            |sessions| interruption_events(&instance.id, unclean_stop, reason, sessions),
+        )
+        .await?;
+    if sessions.is_empty() && instance.unclean_stop.is_none() {
+        return Ok(());
+    }
     tracing::warn!(
         sessions = sessions.len(),
         "the previous run stopped uncleanly; its open sessions were closed as interrupted"

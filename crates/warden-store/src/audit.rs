@@ -450,6 +450,16 @@ impl AuditedTx<'_> {
         &mut self.tx
     }
 
+    /// Appends `events` (none: only commits) and commits.
+    pub(crate) async fn commit_with_all(mut self, events: &[Event]) -> Result<()> {
+        append_in(&mut self.tx, events.iter()).await?;
+        self.tx.commit().await?;
+        if !events.is_empty() {
+            self.chained.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(())
+    }
+
     /// Appends `event` and commits.
     pub(crate) async fn commit_with(mut self, event: &Event) -> Result<Appended> {
         let appended = append_in(&mut self.tx, std::iter::once(event)).await?;

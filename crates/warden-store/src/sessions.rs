@@ -61,33 +61,47 @@ impl Store {
     /// Closes as interrupted, at `at`, the sessions gateway instance `gateway` left
     /// open (it died), and returns them. On SQLite, which one gateway owns, sessions
     /// from before instances were recorded are included.
+    /// Ends the sessions `gateway` left active as `interrupted` and chains the events
+    /// `events_for` makes of them, in one transaction: a crash half-way leaves
+    /// either both or neither.
     pub async fn interrupt_sessions(
         &self,
         gateway: &str,
         reason: &str,
         at: OffsetDateTime,
+        events_for: impl FnOnce(&[Session]) -> Vec<warden_core::Event>,
     ) -> Result<Vec<Session>> {
         let orphans = if self.backend == crate::Backend::Sqlite {
             " OR gateway_id IS NULL"
         } else {
             ""
         };
+        let mut tx = self.begin_audited().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM sessions WHERE status = 'active' AND (gateway_id = $1{orphans})"
         )))
         .bind(gateway)
-        .fetch_all(&self.pool)
+        .fetch_all(tx.conn())
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut s = session_from_row(row)?;
-            self.end_session(s.id, SessionStatus::Interrupted, Some(reason), at)
-                .await?;
+            sqlx::query(
+                "UPDATE sessions SET status = $1, end_reason = $2, ended_at = $3 \
+                 WHERE id = $4 AND status = 'active'",
+            )
+            .bind(SessionStatus::Interrupted.as_str())
+            .bind(reason)
+            .bind(timefmt::to_micros(at))
+            .bind(s.id.to_string())
+            .execute(tx.conn())
+            .await?;
             s.status = SessionStatus::Interrupted;
             s.ended_at = Some(at);
             s.end_reason = Some(reason.to_string());
             out.push(s);
         }
+        tx.commit_with_all(&events_for(&out)).await?;
         Ok(out)
     }
 

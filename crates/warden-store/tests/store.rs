@@ -565,8 +565,25 @@ async fn sessions_lifecycle(backend: Backend) -> TestResult {
         store.create_session(s, Some(gw)).await?;
     }
     let at = timefmt::now();
-    let closed = store.interrupt_sessions("gw-1", "died", at).await?;
+    let closed = store
+        .interrupt_sessions("gw-1", "died", at, |closed| {
+            closed
+                .iter()
+                .map(|s| Event::new("test.interrupted", json!({})).in_session(s.id))
+                .collect()
+        })
+        .await?;
     assert_eq!(closed.iter().map(|s| s.id).collect::<Vec<_>>(), [mine.0.id]);
+    // Its event was chained in the same transaction.
+    let events = store
+        .list_audit(&AuditFilter {
+            kind: Some("test.interrupted".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event.session_id, Some(mine.0.id));
     let got = store.session(mine.0.id).await?.ok_or("missing")?;
     assert_eq!(
         (got.status, got.end_reason.as_deref(), got.ended_at),
@@ -576,7 +593,7 @@ async fn sessions_lifecycle(backend: Backend) -> TestResult {
     assert_eq!(other.status, SessionStatus::Active);
     assert!(
         store
-            .interrupt_sessions("gw-1", "died", at)
+            .interrupt_sessions("gw-1", "died", at, |_| Vec::new())
             .await?
             .is_empty()
     );
