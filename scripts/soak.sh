@@ -8,6 +8,8 @@
 #
 #   scripts/soak.sh                                  # 40 clients, 60 s
 #   SOAK_CLIENTS=200 SOAK_SECONDS=120 scripts/soak.sh
+#   SOAK_ROUNDS=3 scripts/soak.sh                    # load, idle, three times over:
+#                                                    # does settled memory stay flat?
 #
 # Not a test: nothing here asserts on time. Exit status 1 when an event was lost.
 set -euo pipefail
@@ -18,6 +20,7 @@ cd "$(dirname "$0")/.."
 clients=${SOAK_CLIENTS:-40}
 seconds=${SOAK_SECONDS:-60}
 idle=${SOAK_IDLE_SECONDS:-15}
+rounds=${SOAK_ROUNDS:-1}
 scale=${SOAK_SCALE:-5}
 api_port=${SOAK_API_PORT:-18109}
 pg_port=${SOAK_PG_PORT:-18532}
@@ -68,18 +71,21 @@ base_rss=$(rss_kb)
 ) &
 echo $! >>"$work/pids"
 
-log "pgbench -S: $clients clients, $seconds s, through Warden"
-out=$(cd "$work" && PGPASSWORD=$token pgbench -n -S -T "$seconds" -c "$clients" -j 2 \
-  -h 127.0.0.1 -p "$pg_port" -U soak soak 2>&1) || { echo "$out" >&2; exit 1; }
-statements=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1)
-
-log "idling $idle s"
-sleep "$idle"
+statements=0 settled=()
+for round in $(seq 1 "$rounds"); do
+  log "round $round of $rounds: pgbench -S: $clients clients, $seconds s, through Warden"
+  out=$(cd "$work" && PGPASSWORD=$token pgbench -n -S -T "$seconds" -c "$clients" -j 2 \
+    -h 127.0.0.1 -p "$pg_port" -U soak soak 2>&1) || { echo "$out" >&2; exit 1; }
+  done_now=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+  statements=$((statements + done_now))
+  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1)
+  log "idling $idle s"
+  sleep "$idle"
+  settled+=("$(($(rss_kb) / 1024))")
+done
 touch "$work/stop-sampling"
 sleep 1
 read -r peak_rss peak_fds <"$work/peaks"
-settled_rss=$(rss_kb)
 
 # Everything journaled is shipped before the count: verify ships first.
 curl -fsS -H "Authorization: Bearer $admin_token" "http://127.0.0.1:$api_port/api/audit/verify" \
@@ -97,13 +103,13 @@ EOF
 lost=$((statements > events ? statements - events : 0))
 
 printf '\n%-28s %s\n' "clients" "$clients"
-printf '%-28s %s s (then %s s idle)\n' "load" "$seconds" "$idle"
-printf '%-28s %s (%s tps)\n' "statements completed" "$statements" "$tps"
+printf '%-28s %s x %s s (each then %s s idle)\n' "load" "$rounds" "$seconds" "$idle"
+printf '%-28s %s (%s tps in the last round)\n' "statements completed" "$statements" "$tps"
 printf '%-28s %s\n' "pg.query events stored" "$events"
 printf '%-28s %s\n' "lost events" "$lost"
 printf '%-28s %s MB\n' "RSS at start" "$((base_rss / 1024))"
 printf '%-28s %s MB\n' "peak RSS under load" "$((peak_rss / 1024))"
-printf '%-28s %s MB\n' "RSS after idling" "$((settled_rss / 1024))"
+printf '%-28s %s MB\n' "RSS after each idle" "${settled[*]}"
 printf '%-28s %s\n' "peak open descriptors" "$peak_fds"
 printf '%-28s %s\n' "audit verify" "$(grep -o '"ok":[a-z]*' "$work/verify.json")"
 [ "$lost" -eq 0 ]
