@@ -15,9 +15,28 @@ use warden_store::AuditJournal;
 
 /// The window repeats are counted over.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(10);
-/// Distinct keys kept per window; beyond them, further keys are counted under one
-/// `overflow` key, so memory stays bounded under a flood from many addresses.
+/// Distinct keys kept per window; beyond them, further keys are counted together per
+/// kind, so memory stays bounded under a flood from many addresses.
 const MAX_KEYS: usize = 10_000;
+
+/// What the events of one key are counted under.
+#[derive(PartialEq, Eq, Hash)]
+enum Key {
+    /// Kind, client, reason and what the event names.
+    One(String),
+    /// Every further key of a kind once the window holds [`MAX_KEYS`].
+    Overflow(String),
+}
+
+/// Payload fields that belong to one client and so say nothing of an overflow count.
+const PER_CLIENT: [&str; 6] = [
+    "client",
+    "key_id",
+    "issuer",
+    "connection",
+    "fingerprint",
+    "path",
+];
 
 struct Repeats {
     /// The first event in full, as the summary's template.
@@ -29,7 +48,8 @@ struct Repeats {
 
 pub struct RepeatLog {
     journal: Arc<AuditJournal>,
-    window: Mutex<HashMap<String, Repeats>>,
+    window: Mutex<HashMap<Key, Repeats>>,
+    max_keys: usize,
 }
 
 impl RepeatLog {
@@ -37,6 +57,7 @@ impl RepeatLog {
         Arc::new(Self {
             journal,
             window: Mutex::new(HashMap::new()),
+            max_keys: MAX_KEYS,
         })
     }
 
@@ -50,12 +71,12 @@ impl RepeatLog {
             .filter_map(|k| event.payload.get(*k).and_then(|v| v.as_str()))
             .collect::<Vec<_>>()
             .join("|");
-        let mut key = format!("{}|{client}|{reason}|{named}", event.kind);
+        let mut key = Key::One(format!("{}|{client}|{reason}|{named}", event.kind));
         let now = timefmt::now();
         let first = {
             let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-            if window.len() >= MAX_KEYS && !window.contains_key(&key) {
-                key = format!("{}|overflow", event.kind);
+            if window.len() >= self.max_keys && !window.contains_key(&key) {
+                key = Key::Overflow(event.kind.clone());
             }
             match window.get_mut(&key) {
                 Some(r) => {
@@ -96,12 +117,23 @@ impl RepeatLog {
             payload["first_repeat_at"] = json!(r.first_repeat.map(timefmt::rfc3339));
             payload["last_repeat_at"] = json!(r.last_repeat.map(timefmt::rfc3339));
             payload["window_secs"] = json!(REPEAT_WINDOW.as_secs());
-            if key.ends_with("|overflow") {
+            let summary = if matches!(key, Key::Overflow(_)) {
+                // Many clients' events: the first one's address, key or connection
+                // would put all of them on it.
+                if let Some(fields) = payload.as_object_mut() {
+                    for field in PER_CLIENT {
+                        fields.remove(field);
+                    }
+                }
                 payload["overflow"] = json!(true);
-            }
-            let mut summary = Event::new(&r.first.kind, payload);
-            summary.identity = r.first.identity.clone();
-            summary.connection = r.first.connection.clone();
+                payload["distinct_keys_kept"] = json!(self.max_keys);
+                Event::new(&r.first.kind, payload)
+            } else {
+                let mut summary = Event::new(&r.first.kind, payload);
+                summary.identity = r.first.identity.clone();
+                summary.connection = r.first.connection.clone();
+                summary
+            };
             self.journal.append_later(&summary);
         }
     }
@@ -117,5 +149,57 @@ impl RepeatLog {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Beyond the distinct keys kept, events are counted per kind, and the count
+    /// names no client: it is many clients' count.
+    #[tokio::test]
+    async fn an_overflow_count_names_no_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = warden_store::testing::fresh_url(warden_store::Backend::Sqlite, dir.path())
+            .await
+            .unwrap();
+        let key = warden_store::MasterKey::generate().unwrap();
+        let store = Arc::new(warden_store::Store::open(&url, &key).await.unwrap());
+        let journal = AuditJournal::open(&dir.path().join("j"), store.clone(), Default::default())
+            .await
+            .unwrap();
+        let log = Arc::new(RepeatLog {
+            journal: journal.clone(),
+            window: Mutex::new(HashMap::new()),
+            max_keys: 2,
+        });
+        for i in 0..5 {
+            let client = format!("10.0.0.{i}:1234");
+            let event = Event::new(
+                "auth.failure",
+                json!({"client": client, "code": "invalid_token", "issuer": format!("i{i}")}),
+            );
+            log.record(&client, "invalid_token", event);
+        }
+        log.flush();
+        journal.ship_now().await.unwrap();
+        let events = store
+            .list_audit(&warden_store::audit::AuditFilter {
+                kind: Some("auth.failure".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.event.payload).collect();
+        // Two kept in full, the first overflowing one in full, then one count of two.
+        assert_eq!(payloads.len(), 4, "{payloads:?}");
+        let summary = payloads[3];
+        assert_eq!(summary["repeats"], 2);
+        assert_eq!(summary["overflow"], true);
+        assert!(summary.get("client").is_none() && summary.get("issuer").is_none());
+        assert_eq!(summary["code"], "invalid_token");
     }
 }
