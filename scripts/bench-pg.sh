@@ -4,7 +4,9 @@
 # recording and masking on; `warden` syncs each audit batch to disk, `warden-os` hands
 # it to the OS: `audit.journal_sync = false`) and through PgBouncer (session
 # pooling), all in the same run. Prints TPS, the ratio to direct, p50/p99 latency with
-# what each proxy adds, and each proxy's CPU time (user + system) per statement.
+# what each proxy adds, and each proxy's CPU time (user + system) per statement; then
+# the repeatable figure: each proxy's instructions per statement under callgrind
+# (`BENCH_INSTRUCTIONS=0` skips it).
 #
 #   scripts/bench-pg.sh                  # 15 s per run
 #   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-pg.sh
@@ -138,6 +140,61 @@ for c in $clients; do
       "$(awk -v a="$tps" -v b="$d_tps" 'BEGIN { print a / b }')" "$p50" "$p99" "$((p50 - d_p50))" "$((p99 - d_p99))" "$cpu"
   done
 done
+
+# --- instructions per statement: the repeatable figure ---------------------------
+# Each proxy again, under callgrind (about 50 times slower: only counts matter here).
+if [ "${BENCH_INSTRUCTIONS:-1}" = 1 ]; then
+  ensure_packages valgrind valgrind
+  log "instructions per statement (callgrind)"
+  cg_port=$((warden_port + 10))
+  cg_warden() { # NAME SYNC → instructions per statement
+    local t
+    t=$(BENCH_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=$work/cg.$1.%p" \
+      start_bench_warden "$1" $((api_port + 10)) "[pg]
+listen = \"127.0.0.1:$cg_port\"
+[mysql]
+enabled = false" "$2" '{"name":"bench","kind":"postgres","target":"127.0.0.1:5432/warden_bench",
+    "username":"warden_t_scram","secret":"scram-pw-1","allowed_groups":["bench"],
+    "policies":{"guardrails":["no-drops"],"masking":["pii"]},"tls":{"mode":"disable"}}')
+    local pid
+    pid=$(cat "$work/$1.pid")
+    callgrind_per_stmt "$pid" "$work/cg.$1" "$cg_port" bench bench "$t"
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  }
+  cg_w=$(cg_warden cg-warden true)
+  cg_o=$(cg_warden cg-warden-os false)
+  # PgBouncer runs as another user, whose process callgrind_control cannot reach:
+  # it runs twice instead, for 100 and for 100 + CG_STATEMENTS statements per client,
+  # and the difference of the totals it counted by its exit is the figure.
+  sed "s/listen_port = $bouncer_port/listen_port = $((bouncer_port + 10))/;s|logfile = .*|logfile = $work/pgbouncer-cg.log|" \
+    "$work/pgbouncer.ini" >"$work/pgbouncer-cg.ini"
+  chmod 644 "$work/pgbouncer-cg.ini"
+  cg_bouncer_total() { # STATEMENTS_PER_CLIENT → instructions PgBouncer counted
+    local as=() pid
+    [ "$(id -u)" = 0 ] && as=(runuser -u postgres --)
+    rm -f "$work"/cg.bouncer.*
+    "${as[@]}" valgrind --tool=callgrind --callgrind-out-file="$work/cg.bouncer.%p" \
+      pgbouncer "$work/pgbouncer-cg.ini" >/dev/null 2>&1 &
+    for _ in $(seq 1 300); do pg_isready -q -h 127.0.0.1 -p $((bouncer_port + 10)) && break; sleep 0.1; done
+    pid=$(pgrep -n -f "valgrind.* pgbouncer $work/pgbouncer-cg.ini")
+    PGPASSWORD=scram-pw-1 pgbench -n -S -t "$1" -c 4 -j 4 -h 127.0.0.1 -p $((bouncer_port + 10)) \
+      -U warden_t_scram warden_bench >/dev/null 2>&1
+    kill -INT "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    awk '/^summary:/ { print $2 }' "$work/cg.bouncer.$pid"
+  }
+  b0=$(cg_bouncer_total 100)
+  b1=$(cg_bouncer_total $((100 + ${CG_STATEMENTS:-500})))
+  cg_b=$(awk -v a="$b0" -v b="$b1" -v n=$((4 * ${CG_STATEMENTS:-500})) 'BEGIN { printf "%.0f", (b - a) / n }')
+  printf '\ninstructions per statement (callgrind, 4 clients x %s statements)\n' "${CG_STATEMENTS:-500}"
+  printf '%-10s %12s %8s\n' path instructions ratio
+  for row in "warden $cg_w" "warden-os $cg_o" "pgbouncer $cg_b"; do
+    read -r name n <<<"$row"
+    printf '%-10s %12s %8s\n' "$name" "$n" "$(awk -v a="$n" -v b="$cg_b" 'BEGIN { printf "%.1f", a / b }')"
+  done
+fi
+
 for port in "$api_port" $((api_port + 1)); do
   verify=$(curl -fsS -H "Authorization: Bearer $admin_token" "http://127.0.0.1:$port/api/audit/verify")
   printf '\naudit log of the Warden with API port %s: %s events, intact: %s\n' "$port" \

@@ -201,11 +201,13 @@ sql_statements = ["ddl"]
 name = "pii"
 detectors = ["email", "card_number"]
 EOF2
-  WARDEN_ADMIN_TOKEN=$admin_token target/release/warden gateway --config "$work/$name.toml" \
+  # BENCH_WRAPPER runs the gateway under a tool (valgrind), which starts it slowly.
+  # shellcheck disable=SC2086
+  WARDEN_ADMIN_TOKEN=$admin_token ${BENCH_WRAPPER:-} target/release/warden gateway --config "$work/$name.toml" \
     >"$work/$name.out" 2>"$work/$name.err" &
   echo $! >>"$work/pids"
   echo $! >"$work/$name.pid"
-  for _ in $(seq 1 100); do grep -q "listening on http" "$work/$name.out" && break; sleep 0.1; done
+  for _ in $(seq 1 1200); do grep -q "listening on http" "$work/$name.out" && break; sleep 0.1; done
   grep -q "listening on http" "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
   local api=http://127.0.0.1:$api_port
   curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
@@ -217,4 +219,24 @@ EOF2
 # cpu_us PID → the CPU time (user + system) the process has used so far, in µs.
 cpu_us() {
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"
+}
+
+# For the benchmarks' repeatable figure: the instructions a proxy running under
+# `valgrind --tool=callgrind --callgrind-out-file=OUT.%p` spends per pgbench -S
+# statement. Two runs of 4 clients, of 100 and of 100 + CG_STATEMENTS (500)
+# statements each, counted from zero: their difference leaves out what does not
+# depend on the number of statements (the logins: SCRAM alone is millions of
+# instructions). Counting instructions, not time, it is the same figure whatever else
+# the machine does.
+#   callgrind_per_stmt PID OUT PORT DBNAME USER PASSWORD
+callgrind_per_stmt() {
+  local pid=$1 out=$2 port=$3 db=$4 user=$5 pass=$6 n=${CG_STATEMENTS:-500}
+  local counts=()
+  for t in 100 $((100 + n)); do
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    PGPASSWORD=$pass pgbench -n -S -t "$t" -c 4 -j 4 -h 127.0.0.1 -p "$port" -U "$user" "$db" >/dev/null 2>&1
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    counts+=("$(awk '/^summary:/ { print $2 }' "$(ls -t "$out.$pid".* | head -1)")")
+  done
+  awk -v a="${counts[0]}" -v b="${counts[1]}" -v n=$((4 * n)) 'BEGIN { printf "%.0f\n", (b - a) / n }'
 }

@@ -70,6 +70,12 @@ impl RecordingWriter {
     }
 }
 
+/// How long the writer rests after writing, so that the lines of the next few
+/// milliseconds are written together: one wake-up and one `write` per file for many
+/// statements instead of per line. (A rest with nothing queued costs nothing: the
+/// writer then blocks until a line comes.)
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The writer thread: writes lines as they come, grouped per file, and flushes the
 /// files it wrote to whenever nothing more is queued.
 fn write_recordings(mut jobs: mpsc::Receiver<Job>) {
@@ -111,6 +117,7 @@ fn write_recordings(mut jobs: mpsc::Receiver<Job>) {
         for reply in waiting.drain(..) {
             let _ = reply.send(());
         }
+        std::thread::sleep(BATCH_PAUSE);
     }
 }
 

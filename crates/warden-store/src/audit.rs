@@ -605,9 +605,20 @@ impl ChainRow<'_> {
 }
 
 async fn insert_rows(conn: &mut AnyConnection, rows: &[ChainRow<'_>]) -> Result<()> {
+    // SQLite gets anonymous `?` parameters: sqlx looks each numbered one up by name,
+    // a scan of the statement's parameter list per parameter (160 per INSERT).
+    let anonymous = conn.backend_name() == "SQLite";
     let values = (0..rows.len())
         .map(|r| {
-            let p: Vec<String> = (1..=10).map(|c| format!("${}", r * 10 + c)).collect();
+            let p: Vec<String> = (1..=10)
+                .map(|c| {
+                    if anonymous {
+                        "?".to_string()
+                    } else {
+                        format!("${}", r * 10 + c)
+                    }
+                })
+                .collect();
             format!("({})", p.join(", "))
         })
         .collect::<Vec<_>>()
