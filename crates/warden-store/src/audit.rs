@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use warden_core::{Event, timefmt};
 
+use crate::canonical::canonical_body;
 use crate::util::sha256_hex;
 use crate::{Result, Store, StoreError};
 
@@ -72,69 +73,6 @@ pub struct ChainProblem {
     /// Its id, when the stored row still has one.
     pub event_id: Option<String>,
     pub reason: String,
-}
-
-/// The canonical text of a chained event: the event's fields plus `seq` and
-/// `prev_hash`, keys sorted, no insignificant whitespace.
-pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String> {
-    let mut value = serde_json::to_value(event)?;
-    if let Value::Object(map) = &mut value {
-        map.insert("seq".into(), Value::from(seq));
-        map.insert("prev_hash".into(), Value::from(prev_hash));
-    }
-    // serde_json's default map keeps keys sorted, and its compact writer then
-    // prints exactly the canonical text in one pass; a build whose maps keep
-    // insertion order takes the slow path.
-    if keys_sorted(&value) {
-        return Ok(serde_json::to_string(&value)?);
-    }
-    let mut out = String::new();
-    write_canonical(&value, &mut out)?;
-    Ok(out)
-}
-
-/// Whether every object in `value` lists its keys in sorted order.
-fn keys_sorted(value: &Value) -> bool {
-    match value {
-        Value::Object(map) => map.keys().is_sorted() && map.values().all(keys_sorted),
-        Value::Array(items) => items.iter().all(keys_sorted),
-        _ => true,
-    }
-}
-
-/// Writes JSON with object keys in sorted order, whatever map type serde_json was
-/// built with, so the hashed text is the same on every build.
-fn write_canonical(value: &Value, out: &mut String) -> Result<()> {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::to_string(key)?);
-                out.push(':');
-                if let Some(v) = map.get(key) {
-                    write_canonical(v, out)?;
-                }
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out)?;
-            }
-            out.push(']');
-        }
-        other => out.push_str(&serde_json::to_string(other)?),
-    }
-    Ok(())
 }
 
 const COLUMNS: &str =
@@ -728,48 +666,4 @@ fn entry_from_row(row: &AnyRow) -> Result<AuditEntry> {
         hash: row.try_get("hash")?,
         event,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn canonical_text_is_the_same_on_both_paths() {
-        let value = json!({"z": 1, "a": {"y": [2, {"d": 1.5, "c": "q\"uo\u{1}te\n"}], "b": null},
-                           "é": [true, false, -3, 1e300, "\u{2028}"]});
-        assert!(keys_sorted(&value));
-        let mut slow = String::new();
-        write_canonical(&value, &mut slow).unwrap_or_default();
-        assert_eq!(serde_json::to_string(&value).unwrap_or_default(), slow);
-    }
-
-    #[test]
-    fn canonical_body_sorts_keys_and_is_stable() {
-        let mut e = Event::new(
-            "test.kind",
-            json!({"z": 1, "a": {"y": [2, {"d": 1, "c": 0}], "b": null}}),
-        );
-        e.id = Uuid::nil();
-        e.time = timefmt::from_micros(0).unwrap_or_else(|| unreachable!());
-        let body = canonical_body(7, GENESIS_HASH, &e).unwrap_or_default();
-        assert!(
-            body.starts_with("{\"connection\":null,\"decision\":null,\"id\":"),
-            "{body}"
-        );
-        assert!(
-            body.contains("\"payload\":{\"a\":{\"b\":null,\"y\":[2,{\"c\":0,\"d\":1}]},\"z\":1}"),
-            "{body}"
-        );
-        assert!(body.contains("\"seq\":7"));
-        assert_eq!(
-            body,
-            canonical_body(7, GENESIS_HASH, &e).unwrap_or_default()
-        );
-        assert_ne!(
-            body,
-            canonical_body(8, GENESIS_HASH, &e).unwrap_or_default()
-        );
-    }
 }

@@ -11,6 +11,7 @@ pub mod access;
 pub mod api_keys;
 pub mod archive;
 pub mod audit;
+mod canonical;
 pub mod connections;
 mod error;
 mod journal;
