@@ -16,7 +16,6 @@ pub mod policy;
 pub mod recording;
 mod repeats;
 pub mod retention;
-
 mod server;
 pub mod session_watch;
 pub mod terminal;
