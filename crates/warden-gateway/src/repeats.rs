@@ -28,14 +28,17 @@ enum Key {
     Overflow(String),
 }
 
-/// Payload fields that belong to one client and so say nothing of an overflow count.
-const PER_CLIENT: [&str; 6] = [
-    "client",
-    "key_id",
-    "issuer",
-    "connection",
-    "fingerprint",
-    "path",
+/// The payload fields an overflow count keeps: what kind of failure or refusal, not
+/// whose (anything else — client, key, issuer, user, subject, a reason naming a key —
+/// belonged to the first overflowing event alone), and the count's own fields.
+const OVERFLOW_KEEPS: [&str; 7] = [
+    "protocol",
+    "code",
+    "token_kind",
+    "repeats",
+    "first_repeat_at",
+    "last_repeat_at",
+    "window_secs",
 ];
 
 struct Repeats {
@@ -121,9 +124,7 @@ impl RepeatLog {
                 // Many clients' events: the first one's address, key or connection
                 // would put all of them on it.
                 if let Some(fields) = payload.as_object_mut() {
-                    for field in PER_CLIENT {
-                        fields.remove(field);
-                    }
+                    fields.retain(|k, _| OVERFLOW_KEEPS.contains(&k.as_str()));
                 }
                 payload["overflow"] = json!(true);
                 payload["distinct_keys_kept"] = json!(self.max_keys);
@@ -179,7 +180,8 @@ mod tests {
             let client = format!("10.0.0.{i}:1234");
             let event = Event::new(
                 "auth.failure",
-                json!({"client": client, "code": "invalid_token", "issuer": format!("i{i}")}),
+                json!({"client": client, "code": "invalid_token", "issuer": format!("i{i}"),
+                       "user": format!("u{i}"), "reason": format!("signing key `k{i}` unknown")}),
             );
             log.record(&client, "invalid_token", event);
         }
@@ -200,6 +202,7 @@ mod tests {
         assert_eq!(summary["repeats"], 2);
         assert_eq!(summary["overflow"], true);
         assert!(summary.get("client").is_none() && summary.get("issuer").is_none());
+        assert!(summary.get("reason").is_none() && summary.get("user").is_none());
         assert_eq!(summary["code"], "invalid_token");
     }
 }

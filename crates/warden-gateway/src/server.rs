@@ -22,6 +22,10 @@ pub struct ConnectionPermit(#[allow(dead_code)] std::sync::Arc<warden_net::Permi
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may take to send its first request, TLS included.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings, so that a peer gone silent is found and its place freed.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Loads a certificate chain and key into a TLS acceptor offering h2 and http/1.1.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, GatewayError> {
@@ -108,7 +112,13 @@ async fn serve_connection(
     app: Router,
     permit: Option<ConnectionPermit>,
 ) {
+    // Until its first request a connection is anonymous, and hyper waits for the
+    // bytes that tell HTTP/1 from HTTP/2 without a limit: one that sends nothing (or
+    // only HTTP/2's preface) in FIRST_REQUEST_TIMEOUT is closed, freeing its place.
+    let requested = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = requested.clone();
     let svc = app.map_request(move |mut req: axum::http::Request<Incoming>| {
+        seen.store(true, std::sync::atomic::Ordering::Relaxed);
         req.extensions_mut().insert(ClientAddr(peer));
         if let Some(permit) = &permit {
             req.extensions_mut().insert(permit.clone());
@@ -121,31 +131,47 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    let result = match tls {
-        Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => {
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                        .await
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HTTP2_KEEP_ALIVE))
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE);
+    let serving = async move {
+        match tls {
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        Ok(())
+                    }
                 }
             }
-        }
-        None => {
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
+            None => {
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await
+            }
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let first_request = async {
+        tokio::time::sleep(FIRST_REQUEST_TIMEOUT).await;
+        if requested.load(std::sync::atomic::Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = serving => if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        },
+        () = first_request => tracing::debug!(%peer, "no request in time: connection closed"),
     }
 }

@@ -1042,13 +1042,33 @@ async fn the_api_door_turns_away_a_client_at_its_limit_and_tunnels_count() {
         answer.starts_with("HTTP/1.1 200").then_some(())
     })
     .await;
-    let _second = connect().await;
+    let second = connect().await;
     let (_, refused) = ask(health.clone()).await;
     assert!(
         refused.starts_with("HTTP/1.1 503"),
         "the tunnel lost its place: {refused}"
     );
     drop(tunnel);
+    drop(second);
+    eventually("places once the tunnel closed", || async {
+        let (_, answer) = ask(health.clone()).await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    // A connection that never sends a request is closed (after 30 s), freeing its
+    // place: an idle socket cannot hold the door shut.
+    let mut idle = connect().await;
+    let (_, answer) = ask(health.clone()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the idle one was turned away: {answer}"
+    );
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(90), idle.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "an idle connection kept its place: {closed:?}"
+    );
     let refusals = gw.audit_events("listener.refused").await;
     assert!(
         refusals

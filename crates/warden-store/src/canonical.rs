@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
-use warden_core::{Decision, Event};
+use warden_core::{Decision, Event, EventIdentity};
 
 use crate::Result;
 
@@ -48,7 +48,19 @@ pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String
     if !keys_sorted(&event.payload) {
         return canonical_via_value(seq, prev_hash, event);
     }
-    let decision = event.decision.as_ref().map(|d| match d {
+    // Every field named, so that one added to `Event` breaks the build here instead
+    // of being left out of what the hash covers.
+    let Event {
+        id,
+        time,
+        session_id,
+        identity,
+        connection,
+        kind,
+        decision,
+        payload,
+    } = event;
+    let decision = decision.as_ref().map(|d| match d {
         Decision::Allow => CanonicalDecision {
             outcome: "allow",
             reason: None,
@@ -66,19 +78,18 @@ pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String
         },
     });
     Ok(serde_json::to_string(&Canonical {
-        connection: &event.connection,
+        connection,
         decision,
-        id: &event.id,
-        identity: event.identity.as_ref().map(|i| CanonicalIdentity {
-            groups: &i.groups,
-            subject: &i.subject,
-        }),
-        kind: &event.kind,
-        payload: &event.payload,
+        id,
+        identity: identity
+            .as_ref()
+            .map(|EventIdentity { subject, groups }| CanonicalIdentity { groups, subject }),
+        kind,
+        payload,
         prev_hash,
         seq,
-        session_id: &event.session_id,
-        time: event.time,
+        session_id,
+        time: *time,
     })?)
 }
 
@@ -151,7 +162,7 @@ mod tests {
     use super::*;
     use crate::audit::GENESIS_HASH;
     use serde_json::json;
-    use warden_core::{EventIdentity, timefmt};
+    use warden_core::timefmt;
 
     #[test]
     fn canonical_body_sorts_keys_and_is_stable() {

@@ -12,7 +12,8 @@ use warden_core::Event;
 const PREFIX: &str = "journal.shipped/";
 
 impl Store {
-    /// Chains `events` and moves each `(run, seq)` mark to `seq`, in one transaction.
+    /// Chains `events` and moves each `(run, seq)` mark up to `seq` (never down), in
+    /// one transaction.
     pub(crate) async fn append_journal_batch(
         &self,
         events: &[Event],
@@ -24,7 +25,9 @@ impl Store {
         for (run, seq) in marks {
             sqlx::query(
                 "INSERT INTO gateway_state (key, value) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                 ON CONFLICT (key) DO UPDATE SET value = CASE \
+                 WHEN CAST(excluded.value AS BIGINT) > CAST(gateway_state.value AS BIGINT) \
+                 THEN excluded.value ELSE gateway_state.value END",
             )
             .bind(format!("{PREFIX}{run}"))
             .bind(seq.to_string())
