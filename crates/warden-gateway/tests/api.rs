@@ -989,13 +989,10 @@ async fn policies_api_manages_sets_and_evaluates(backend: Backend) {
 async fn the_api_door_turns_away_a_client_at_its_limit_and_tunnels_count() {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
-        .await
-        .unwrap();
-    let mut config = base_config(dir.path(), store_url, vec![]);
-    config.connections.max_per_client = 2;
-    let gw = TestGateway::with_config(config, dir).await;
+    let gw = TestGateway::sqlite_with(|c| {
+        c.connections.max_per_client = 2;
+    })
+    .await;
     let (status, _) = gw
         .admin(
             "POST",

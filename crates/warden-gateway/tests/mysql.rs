@@ -556,13 +556,13 @@ async fn session_end_reasons(gw: &TestGateway) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_packets_end_only_their_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
-        .await
-        .unwrap();
-    let mut config = base_config(dir.path(), store_url, vec![]);
-    config.mysql.max_packet_bytes = 1 << 20;
-    let (gw, token) = setup_with(TestGateway::with_config(config, dir).await).await;
+    let (gw, token) = setup_with(
+        TestGateway::sqlite_with(|c| {
+            c.mysql.max_packet_bytes = 1 << 20;
+        })
+        .await,
+    )
+    .await;
     let mut healthy = connect(&gw, "shop", &token).await.unwrap();
 
     // Garbage instead of a handshake response: an ERR that says so, then close.
@@ -1014,13 +1014,13 @@ async fn kill_query_by_the_id_the_client_was_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_never_answers_does_not_hold_the_client() {
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
-        .await
-        .unwrap();
-    let mut config = base_config(dir.path(), store_url, vec![]);
-    config.mysql.login_timeout_secs = 1;
-    let (gw, token) = setup_with(TestGateway::with_config(config, dir).await).await;
+    let (gw, token) = setup_with(
+        TestGateway::sqlite_with(|c| {
+            c.mysql.login_timeout_secs = 1;
+        })
+        .await,
+    )
+    .await;
     // A "database" that accepts connections and never sends its greeting.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();

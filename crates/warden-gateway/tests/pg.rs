@@ -1448,13 +1448,10 @@ async fn whole_row_references_mask_their_fields_in_both_formats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_are_turned_away_at_the_door_and_counted_not_logged_one_by_one() {
     use tokio::io::AsyncReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
-        .await
-        .unwrap();
-    let mut config = base_config(dir.path(), store_url, vec![]);
-    config.connections.max_per_client = 3;
-    let gw = TestGateway::with_config(config, dir).await;
+    let gw = TestGateway::sqlite_with(|c| {
+        c.connections.max_per_client = 3;
+    })
+    .await;
     let pg = gw.gateway.listener(ConnectionKind::Postgres).unwrap();
     let mysql = gw.gateway.listener(ConnectionKind::Mysql).unwrap();
     let mut held = Vec::new();

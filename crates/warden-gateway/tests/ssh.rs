@@ -997,13 +997,10 @@ async fn sftp_changes_are_audited_in_order_and_none_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_do_not_log_in_in_time_are_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
-        .await
-        .unwrap();
-    let mut config = base_config(dir.path(), store_url, vec![]);
-    config.ssh.auth_timeout_secs = 2;
-    let gw = TestGateway::with_config(config, dir).await;
+    let gw = TestGateway::sqlite_with(|c| {
+        c.ssh.auth_timeout_secs = 2;
+    })
+    .await;
     let addr = gw
         .gateway
         .listener(warden_core::ConnectionKind::Ssh)
@@ -1036,13 +1033,10 @@ async fn clients_that_do_not_log_in_in_time_are_dropped() {
 /// for refused forwards is disconnected rather than made to cost an audit write each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_count_as_channels_and_refusals_are_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
-        .await
-        .unwrap();
-    let mut config = base_config(dir.path(), store_url, vec![]);
-    config.ssh.max_channels = 2;
-    let gw = TestGateway::with_config(config, dir).await;
+    let gw = TestGateway::sqlite_with(|c| {
+        c.ssh.max_channels = 2;
+    })
+    .await;
     add_ssh(
         &gw,
         "fwd",

@@ -270,6 +270,18 @@ impl TestGateway {
         Self::with_config(base_config(dir.path(), store_url, issuers), dir).await
     }
 
+    /// A gateway on a fresh SQLite store with no OpenID issuer, its configuration
+    /// changed by `tweak` first (a limit or timeout a test exercises).
+    pub async fn sqlite_with(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let store_url = warden_store::testing::fresh_url(Backend::Sqlite, dir.path())
+            .await
+            .unwrap();
+        let mut config = base_config(dir.path(), store_url, vec![]);
+        tweak(&mut config);
+        Self::with_config(config, dir).await
+    }
+
     pub async fn with_config(config: Config, dir: tempfile::TempDir) -> TestGateway {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let gateway = Gateway::start(config).await.unwrap();
