@@ -5,10 +5,13 @@
 //! is allowed. When an action cannot be evaluated, each set that has rules for that
 //! kind of action applies its fallback, and the strictest fallback wins.
 
-use warden_core::{Action, Decision, Guard};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use warden_core::{Action, Decision, Guard, SqlDialect};
 
 use crate::glob;
 use crate::http::{HttpPattern, normalize_path};
+use crate::shape;
 use crate::shell::{self, Pipeline, SimpleCommand, expand_args};
 use crate::spec::{Fallback, GuardrailSet, PolicyError, RuleAction, sql_kinds};
 use crate::sql::{self, SqlAnalysis, SqlKind};
@@ -132,7 +135,14 @@ impl CompiledSet {
 #[derive(Debug, Default)]
 pub struct Guardrails {
     sets: Vec<CompiledSet>,
+    /// Decisions on SQL by statement shape ([`crate::shape`]). It lives and dies with
+    /// these compiled sets: a policy change compiles new ones, with an empty cache.
+    decisions: Mutex<HashMap<String, Decision>>,
 }
+
+/// Shapes whose decisions are kept at most (each key is at most
+/// [`crate::shape::MAX_SHAPED_BYTES`]); a full cache starts over.
+pub const DECISION_CACHE_ENTRIES: usize = 1024;
 
 /// A rule that matched, before the precedence between rules is applied.
 struct Hit {
@@ -218,7 +228,10 @@ impl Guardrails {
                 rules,
             });
         }
-        Ok(Self { sets })
+        Ok(Self {
+            sets,
+            decisions: Mutex::default(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -249,6 +262,42 @@ impl Guardrails {
             Some(rule) => Decision::Review { rule },
             None => Decision::Allow,
         }
+    }
+
+    /// Decides SQL, from the decision cache when a text of the same shape was
+    /// decided before.
+    fn decide_sql(&self, dialect: SqlDialect, text: &str) -> Decision {
+        let shape = shape::shape(dialect, text);
+        if let Some(s) = &shape
+            && let Some(hit) = self.cached(|c| c.get(&s.key).cloned())
+        {
+            return hit;
+        }
+        let literals = shape.as_ref().map(|s| s.literals.as_slice());
+        match sql::analyze_shaped(dialect, text, literals) {
+            Ok((analysis, all_literal)) => {
+                let decision = self.sql(&analysis);
+                if let Some(s) = shape
+                    && all_literal
+                {
+                    self.cached(|c| {
+                        if c.len() >= DECISION_CACHE_ENTRIES {
+                            c.clear();
+                        }
+                        c.insert(s.key, decision.clone());
+                    });
+                }
+                decision
+            }
+            Err(e) => self.unevaluable(Domain::Sql, "unparsable_sql", &e.to_string()),
+        }
+    }
+
+    fn cached<T>(&self, f: impl FnOnce(&mut HashMap<String, Decision>) -> T) -> T {
+        f(&mut self
+            .decisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     fn decide_hits(&self, hits: Vec<Hit>) -> Decision {
@@ -428,10 +477,7 @@ impl Guard for Guardrails {
                 if !self.sets.iter().any(|s| s.has(Domain::Sql)) {
                     return Decision::Allow;
                 }
-                match sql::analyze(*dialect, text) {
-                    Ok(a) => self.sql(&a),
-                    Err(e) => self.unevaluable(Domain::Sql, "unparsable_sql", &e.to_string()),
-                }
+                self.decide_sql(*dialect, text)
             }
             Action::Shell { command } => {
                 if !self.sets.iter().any(|s| s.has(Domain::Shell)) {
@@ -468,5 +514,62 @@ impl Guard for Guardrails {
                 Decision::Allow
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use crate::spec::PolicyConfig;
+
+    fn guard() -> Guardrails {
+        let config: PolicyConfig = from_json(
+            r#"{"guardrails":[{"name":"g","rules":[{"name":"no-drops","sql_statements":["drop"]}]}]}"#,
+        );
+        Guardrails::compile(&config.guardrails, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn from_json(json: &str) -> PolicyConfig {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn decide(g: &Guardrails, text: &str) -> Decision {
+        g.decide(&Action::Sql {
+            dialect: SqlDialect::Postgres,
+            text,
+        })
+    }
+
+    fn entries(g: &Guardrails) -> usize {
+        g.cached(|c| c.len())
+    }
+
+    #[test]
+    fn statements_differing_in_numbers_share_one_decision() {
+        let g = guard();
+        for aid in [1, 48213, 99_999] {
+            let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+            assert_eq!(decide(&g, &text), Decision::Allow);
+        }
+        assert_eq!(entries(&g), 1);
+        // A deny is cached as a deny, for its own shape only.
+        assert!(matches!(decide(&g, "DROP TABLE t"), Decision::Deny { .. }));
+        assert!(matches!(decide(&g, "DROP TABLE t"), Decision::Deny { .. }));
+        assert_eq!(entries(&g), 2);
+        // Numbers that are not literal values are not shaped away: nothing cached.
+        decide(&g, "CREATE TABLE t (c varchar(10))");
+        decide(&g, "SELECT * FROM s.1");
+        decide(&g, "SELECT 1 /* comment */");
+        assert_eq!(entries(&g), 2);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let g = guard();
+        for i in 0..DECISION_CACHE_ENTRIES + 10 {
+            decide(&g, &format!("SELECT c{i} FROM t"));
+        }
+        assert!(entries(&g) <= DECISION_CACHE_ENTRIES);
+        assert!(entries(&g) > 0);
     }
 }

@@ -130,7 +130,7 @@ pub struct SqlAnalysis {
 #[error("SQL could not be parsed: {0}")]
 pub struct SqlParseError(pub String);
 
-fn dialect(d: SqlDialect) -> Box<dyn Dialect> {
+pub(crate) fn dialect(d: SqlDialect) -> Box<dyn Dialect> {
     match d {
         SqlDialect::Postgres => Box::new(PostgreSqlDialect {}),
         SqlDialect::Mysql | SqlDialect::Mariadb => Box::new(MySqlDialect {}),
@@ -163,6 +163,17 @@ fn mariadb_executable_comments(sql: &str) -> String {
 pub const MAX_SQL_BYTES: usize = 1 << 20;
 
 pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
+    analyze_shaped(d, sql, None).map(|(analysis, _)| analysis)
+}
+
+/// [`analyze`], also saying whether every position in `literals` holds a number
+/// literal of the syntax tree (so that other digits there would be read alike; see
+/// [`crate::shape`]). Texts analyzed without the parser answer `false`.
+pub(crate) fn analyze_shaped(
+    d: SqlDialect,
+    sql: &str,
+    literals: Option<&[sqlparser::tokenizer::Location]>,
+) -> Result<(SqlAnalysis, bool), SqlParseError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(SqlParseError(format!(
             "query longer than {MAX_SQL_BYTES} bytes"
@@ -180,7 +191,7 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
         ));
     }
     if let Some(form) = crate::forms::recognize(d, sql) {
-        return Ok(SqlAnalysis {
+        let analysis = SqlAnalysis {
             statements: vec![StatementFacts {
                 kind: form.kind,
                 writes: Vec::new(),
@@ -188,15 +199,17 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
                 opaque: form.opaque,
             }],
             functions: Vec::new(),
-        });
+        };
+        return Ok((analysis, false));
     }
     if d.is_mysql_family()
         && let Some(load) = mysql_load(sql)
     {
-        return Ok(SqlAnalysis {
+        let analysis = SqlAnalysis {
             statements: vec![load],
             functions: Vec::new(),
-        });
+        };
+        return Ok((analysis, false));
     }
     let statements = parse(d, sql)?;
     let mut analysis = SqlAnalysis::default();
@@ -204,13 +217,21 @@ pub fn analyze(d: SqlDialect, sql: &str) -> Result<SqlAnalysis, SqlParseError> {
         analysis.statements.push(facts(s));
         ControlFlow::<()>::Continue(())
     });
+    let mut numbers = Vec::new();
     let _ = visit_expressions(&statements, |e| {
-        if let Expr::Function(f) = e {
-            analysis.functions.push(name_of(&f.name));
+        match e {
+            Expr::Function(f) => analysis.functions.push(name_of(&f.name)),
+            Expr::Value(v) if literals.is_some() => {
+                if let sqlparser::ast::Value::Number(..) = v.value {
+                    numbers.push(v.span.start);
+                }
+            }
+            _ => {}
         }
         ControlFlow::<()>::Continue(())
     });
-    Ok(analysis)
+    let all_literal = literals.is_some_and(|l| l.iter().all(|at| numbers.contains(at)));
+    Ok((analysis, all_literal))
 }
 
 /// MySQL's `LOAD DATA|XML [LOW_PRIORITY|CONCURRENT] [LOCAL] INFILE 'f' ... INTO TABLE t`,

@@ -558,3 +558,99 @@ fn invalid_policies_are_rejected_with_reasons() {
         assert!(err.contains(needle), "{text}: {err}");
     }
 }
+
+/// Texts with numbers in every place a number can stand, beside the corpora above.
+const NUMBERED: &[&str] = &[
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+    "UPDATE users SET a = 1 WHERE id = 2",
+    "UPDATE billing.invoices SET paid = 1 WHERE id = 2",
+    "UPDATE billing.invoices SET paid = 1",
+    "DELETE FROM t1 WHERE 1",
+    "DELETE FROM t WHERE id = 1 OR 1 = 1",
+    "SELECT * FROM t WHERE a = 1 LIMIT 2 OFFSET 3",
+    "SELECT * FROM t LIMIT 2, 3",
+    "SELECT 1e5, 0x1F, x'1F', 1.5, .5, 5., -7",
+    "SELECT 1abc FROM t",
+    "DELETE FROM 123abc WHERE x = 1",
+    "SELECT * FROM `1` WHERE a = 2",
+    "SELECT * FROM s.1",
+    "SELECT :1, @1, ?",
+    "UPDATE t SET a = 99999999999999999999999 WHERE b = 1",
+    "SELECT CAST(1 AS varchar(10)), 1::numeric(10, 2)",
+    "SELECT 1 FROM t AS t1",
+    "SELECT pg_read_file('x', 0, 100)",
+    "SELECT set_config('role', 'admin', false), 1",
+    "CREATE TABLE t (c varchar(10))",
+    "DROP TABLE t1",
+    "SET sql_mode = 1",
+    "SET @@global.max_connections = 10",
+    "SELECT 1; DROP TABLE users",
+    "PREPARE p AS DELETE FROM billing.invoices WHERE id = 1",
+    "EXPLAIN ANALYZE DELETE FROM t WHERE id = 1",
+    "WITH d AS (DELETE FROM billing.x WHERE id = 1 RETURNING 1) SELECT 1",
+    "COPY (SELECT 1) TO PROGRAM 'true'",
+];
+
+/// `text` with each run of digits replaced by other digits (shorter, equal, longer).
+fn digit_variants(text: &str) -> Vec<String> {
+    ["7", "00", "123456789", "1234567890123"]
+        .iter()
+        .map(|digits| {
+            let mut out = String::new();
+            let mut in_run = false;
+            for c in text.chars() {
+                if c.is_ascii_digit() {
+                    if !in_run {
+                        out.push_str(digits);
+                    }
+                    in_run = true;
+                } else {
+                    out.push(c);
+                    in_run = false;
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// The decision cache is invisible: every text, decided after another text that
+/// differs only in its digits warmed the cache, gets the decision a fresh guard gives
+/// it — whichever of the two is allowed or denied.
+#[test]
+fn cached_decisions_equal_fresh_ones_for_every_digit_variant() {
+    use SqlDialect::{Mariadb, Mysql, Postgres};
+    let corpora: &[(SqlDialect, &[&str])] = &[
+        (Postgres, PG_DENIED),
+        (Postgres, PG_ALLOWED),
+        (Postgres, NUMBERED),
+        (Mysql, MYSQL_DENIED),
+        (Mysql, MYSQL_ALLOWED),
+        (Mysql, NUMBERED),
+        (Mariadb, MARIADB_DENIED),
+        (Mariadb, MYSQL_ALLOWED),
+        (Mariadb, NUMBERED),
+    ];
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for (d, texts) in corpora {
+        for text in *texts {
+            for variant in digit_variants(text) {
+                for (first, then) in [(variant.as_str(), *text), (*text, variant.as_str())] {
+                    let warm = guard();
+                    sql(&warm, *d, first);
+                    let got = sql(&warm, *d, then);
+                    let fresh = sql(&guard(), *d, then);
+                    compared += 1;
+                    if got != fresh {
+                        failures.push(format!(
+                            "{d:?}: {then:?} after {first:?}: {got:?}, fresh {fresh:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(compared > 1000, "{compared}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
