@@ -482,6 +482,52 @@ async fn cancel_reaches_the_running_query() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_after_copy_from_stdin_in_one_query_are_refused() {
+    // PostgreSQL runs what follows `COPY ... FROM STDIN;` in one query as statements
+    // once the COPY ends; a parser that read it as the COPY's rows would miss a DROP.
+    let admin = superuser().await;
+    admin
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS warden_t;
+             DROP TABLE IF EXISTS warden_t.copy_guard;
+             CREATE TABLE warden_t.copy_guard (id int4);
+             GRANT USAGE ON SCHEMA warden_t TO warden_t_scram;
+             GRANT ALL ON warden_t.copy_guard TO warden_t_scram;",
+        )
+        .await
+        .unwrap();
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let c = connect(&gw, "billing", &token).await.unwrap();
+    for sql in [
+        "COPY warden_t.copy_guard FROM STDIN;\nDROP TABLE warden_t.copy_guard",
+        "COPY warden_t.copy_guard FROM STDIN; SELECT 1;\nDROP TABLE warden_t.copy_guard",
+    ] {
+        let err = c.simple_query(sql).await.err().unwrap();
+        assert_eq!(code(&err), "42501", "{sql}: {err}");
+        let message = err.as_db_error().unwrap().message();
+        assert!(message.contains("after COPY"), "{message}");
+    }
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'warden_t' AND tablename = 'copy_guard'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the table was dropped");
+    // The session goes on; a COPY sent on its own still works.
+    let sink = c
+        .copy_in::<_, bytes::Bytes>("COPY warden_t.copy_guard FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    use futures_util::SinkExt;
+    sink.send(bytes::Bytes::from_static(b"7\n")).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_both_ways_with_copied_rows_masked() {
     let admin = superuser().await;
     admin

@@ -137,12 +137,21 @@ pub struct Guardrails {
     sets: Vec<CompiledSet>,
     /// Decisions on SQL by statement shape ([`crate::shape`]). It lives and dies with
     /// these compiled sets: a policy change compiles new ones, with an empty cache.
-    decisions: Mutex<HashMap<String, Decision>>,
+    decisions: Mutex<DecisionCache>,
 }
 
-/// Shapes whose decisions are kept at most (each key is at most
-/// [`crate::shape::MAX_SHAPED_BYTES`]); a full cache starts over.
+#[derive(Debug, Default)]
+struct DecisionCache {
+    by_shape: HashMap<String, Decision>,
+    /// Bytes of the keys held.
+    bytes: usize,
+}
+
+/// Shapes whose decisions a session's guardrails keep at most, and their total
+/// bytes: a full cache starts over, so memory stays bounded per session whatever
+/// the client sends.
 pub const DECISION_CACHE_ENTRIES: usize = 1024;
+pub const DECISION_CACHE_BYTES: usize = 64 * 1024;
 
 /// A rule that matched, before the precedence between rules is applied.
 struct Hit {
@@ -269,7 +278,7 @@ impl Guardrails {
     fn decide_sql(&self, dialect: SqlDialect, text: &str) -> Decision {
         let shape = shape::shape(dialect, text);
         if let Some(s) = &shape
-            && let Some(hit) = self.cached(|c| c.get(&s.key).cloned())
+            && let Some(hit) = self.cached(|c| c.by_shape.get(&s.key).cloned())
         {
             return hit;
         }
@@ -281,10 +290,13 @@ impl Guardrails {
                     && all_literal
                 {
                     self.cached(|c| {
-                        if c.len() >= DECISION_CACHE_ENTRIES {
-                            c.clear();
+                        if c.by_shape.len() >= DECISION_CACHE_ENTRIES
+                            || c.bytes + s.key.len() > DECISION_CACHE_BYTES
+                        {
+                            *c = DecisionCache::default();
                         }
-                        c.insert(s.key, decision.clone());
+                        c.bytes += s.key.len();
+                        c.by_shape.insert(s.key, decision.clone());
                     });
                 }
                 decision
@@ -293,7 +305,7 @@ impl Guardrails {
         }
     }
 
-    fn cached<T>(&self, f: impl FnOnce(&mut HashMap<String, Decision>) -> T) -> T {
+    fn cached<T>(&self, f: impl FnOnce(&mut DecisionCache) -> T) -> T {
         f(&mut self
             .decisions
             .lock()
@@ -541,7 +553,7 @@ mod cache_tests {
     }
 
     fn entries(g: &Guardrails) -> usize {
-        g.cached(|c| c.len())
+        g.cached(|c| c.by_shape.len())
     }
 
     #[test]
@@ -571,5 +583,10 @@ mod cache_tests {
         }
         assert!(entries(&g) <= DECISION_CACHE_ENTRIES);
         assert!(entries(&g) > 0);
+        let long = "x".repeat(1000);
+        for i in 0..200 {
+            decide(&g, &format!("SELECT c{i} AS {long} FROM t"));
+            assert!(g.cached(|c| c.bytes) <= DECISION_CACHE_BYTES);
+        }
     }
 }

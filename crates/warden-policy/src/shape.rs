@@ -94,7 +94,8 @@ pub(crate) fn shape(d: SqlDialect, text: &str) -> Option<Shape> {
             i.and_then(|i| bytes.get(i))
                 .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | 0x80..))
         };
-        if (line, column) != (start.line, start.column)
+        if at < copied
+            || (line, column) != (start.line, start.column)
             || text.get(at..end) != Some(digits.as_str())
             || joined(Some(end))
             || joined(at.checked_sub(1))

@@ -212,6 +212,23 @@ pub(crate) fn analyze_shaped(
         return Ok((analysis, false));
     }
     let statements = parse(d, sql)?;
+    // PostgreSQL takes COPY's rows from CopyData messages, never from the query text:
+    // what follows `COPY ... FROM STDIN;` in one query, which the parser reads as
+    // inline rows, the server runs as more statements once the COPY ends.
+    let inline_rows = visit_statements(&statements, |s| match s {
+        Statement::Copy {
+            payload: Some(rows),
+            ..
+        } if !rows.data.trim().is_empty() => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    if inline_rows.is_break() {
+        return Err(SqlParseError(
+            "text after COPY ... FROM STDIN in the same query is run by the server as more \
+             statements; send the COPY as a query of its own"
+                .into(),
+        ));
+    }
     let mut analysis = SqlAnalysis::default();
     let _ = visit_statements(&statements, |s| {
         analysis.statements.push(facts(s));
@@ -230,7 +247,14 @@ pub(crate) fn analyze_shaped(
         }
         ControlFlow::<()>::Continue(())
     });
-    let all_literal = literals.is_some_and(|l| l.iter().all(|at| numbers.contains(at)));
+    numbers.sort_unstable_by_key(|l| (l.line, l.column));
+    let all_literal = literals.is_some_and(|l| {
+        l.iter().all(|at| {
+            numbers
+                .binary_search_by_key(&(at.line, at.column), |n| (n.line, n.column))
+                .is_ok()
+        })
+    });
     Ok((analysis, all_literal))
 }
 
@@ -645,6 +669,22 @@ mod tests {
         assert_eq!(kinds(pg, "COPY t TO PROGRAM 'sh'"), [SqlKind::CopyProgram]);
         assert_eq!(kinds(pg, "COPY t TO STDOUT"), [SqlKind::CopyTo]);
         assert_eq!(kinds(pg, "COPY t FROM STDIN"), [SqlKind::CopyFrom]);
+        // As clients send it (psql adds the semicolon, scripts a line end); nothing
+        // may follow it in the same query.
+        for text in [
+            "COPY t FROM STDIN;",
+            "COPY t FROM STDIN;\n",
+            "copy t (a, b) from stdin with (format csv) ;  \n\t",
+            "COPY t FROM STDIN; ",
+        ] {
+            assert_eq!(kinds(pg, text), [SqlKind::CopyFrom], "{text:?}");
+        }
+        for text in [
+            "COPY t FROM STDIN;\nDROP TABLE users",
+            "COPY t FROM STDIN;\n1\t2\n",
+        ] {
+            assert!(analyze(pg, text).is_err(), "{text:?}");
+        }
         assert_eq!(kinds(pg, "SELECT * INTO newt FROM t"), [SqlKind::Create]);
         let a = analyze(pg, "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d")
             .unwrap_or_default();

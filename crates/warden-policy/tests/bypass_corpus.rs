@@ -54,6 +54,11 @@ fn sql(g: &Guardrails, d: SqlDialect, text: &str) -> Decision {
 }
 
 const PG_DENIED: &[&str] = &[
+    // The server runs what follows COPY FROM STDIN in one query as statements.
+    "COPY t FROM STDIN;\nDROP TABLE users",
+    "COPY t FROM STDIN; SELECT 1;\nDROP TABLE users",
+    "COPY t (a) FROM STDIN WITH (FORMAT csv);\nDROP TABLE users",
+    "copy t from stdin;\n\nDROP TABLE users;\n",
     "DROP TABLE users",
     "drop table users",
     "DrOp TaBlE users",
