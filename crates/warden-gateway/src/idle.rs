@@ -1,13 +1,22 @@
 //! Gives memory back once a burst is over: when the audit chain has not grown for
 //! [`QUIET`] and the journal holds nothing unshipped, the store's connection caches
-//! are released. (The allocator returns freed pages to the system by itself.)
+//! are released, then the allocator's freed pages (through the hook the binary sets
+//! with [`set_allocator_release`]: the allocator is the binary's choice).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use warden_store::{AuditJournal, Store};
 
 /// How long the chain must stay unchanged before the gateway counts as idle.
 pub const QUIET: Duration = Duration::from_secs(5);
+
+static ALLOCATOR_RELEASE: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what returns the allocator's freed pages to the system when the gateway is
+/// idle (process-wide, like the allocator; the first call wins).
+pub fn set_allocator_release(release: fn()) {
+    let _ = ALLOCATOR_RELEASE.set(release);
+}
 
 pub async fn release_when_idle(
     store: Arc<Store>,
@@ -34,6 +43,9 @@ pub async fn release_when_idle(
         match store.release_memory().await {
             Ok(()) => tracing::debug!("idle: store caches released"),
             Err(e) => tracing::warn!(error = %e, "idle: store caches not released"),
+        }
+        if let Some(release) = ALLOCATOR_RELEASE.get() {
+            release();
         }
     }
 }

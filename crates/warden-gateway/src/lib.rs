@@ -11,7 +11,7 @@ mod bootstrap;
 pub mod config;
 pub mod events;
 mod gate;
-mod idle;
+pub mod idle;
 pub mod policy;
 pub mod recording;
 mod repeats;
