@@ -4,7 +4,9 @@
 # binary protocol) at 1 and 8 threads, direct to MariaDB and through Warden (audit,
 # recording and masking on; `warden` syncs each audit batch to disk, `warden-os`
 # hands it to the OS), in the same run. Prints transactions and statements per
-# second, the ratio to direct, and p50 / average latency with what Warden adds.
+# second, the ratio to direct, p50 / average latency with what Warden adds, Warden's
+# CPU time per statement, then the repeatable figure: its instructions per statement
+# under callgrind (`BENCH_INSTRUCTIONS=0` skips it).
 #
 #   scripts/bench-mysql.sh                  # 15 s per run
 #   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-mysql.sh
@@ -104,6 +106,37 @@ for c in $clients; do
       "$(awk -v a="$p50" -v b="$d_p50" 'BEGIN { print (a - b) * 1000 / 16 }')" "$cpu"
   done
 done
+# --- instructions per statement: the repeatable figure ---------------------------
+# Warden again, under callgrind (about 50 times slower: only counts matter here), in
+# both journal modes: sysbench with 4 threads, 20 and 20 + CG_TRANSACTIONS (60)
+# transactions of 16 statements, the difference divided by the statements it added.
+if [ "${BENCH_INSTRUCTIONS:-1}" = 1 ]; then
+  ensure_packages valgrind valgrind
+  log "instructions per statement (callgrind)"
+  cg_port=$((warden_port + 10))
+  sysbench_statements() { # TRANSACTIONS → statements run
+    local out
+    out=$(sb --mysql-host=127.0.0.1 --mysql-port="$cg_port" --mysql-user=bench \
+      --mysql-password="$cg_token" --mysql-db=bench --threads=4 --time=0 --events="$1" run 2>&1)
+    echo "$out" | sed -n 's/^ *total: *\([0-9]*\)$/\1/p' | head -1
+  }
+  cg_warden() { # NAME SYNC → instructions per statement
+    local pid
+    cg_token=$(BENCH_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=$work/cg.$1.%p" \
+      start_warden "$1" $((api_port + 10)) "$cg_port" "$2")
+    pid=$(cat "$work/$1.pid")
+    callgrind_per_unit "$pid" "$work/cg.$1" sysbench_statements 20 $((20 + ${CG_TRANSACTIONS:-60}))
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  }
+  cg_w=$(cg_warden cg-warden true)
+  cg_o=$(cg_warden cg-warden-os false)
+  printf '\ninstructions per statement (callgrind, 4 threads x %s transactions of 16 statements)\n' \
+    "${CG_TRANSACTIONS:-60}"
+  printf '%-10s %12s\n' path instructions
+  printf '%-10s %12s\n' warden "$cg_w" warden-os "$cg_o"
+fi
+
 for port in "$api_port" $((api_port + 1)); do
   verify=$(curl -fsS -H "Authorization: Bearer $admin_token" "http://127.0.0.1:$port/api/audit/verify")
   printf '\naudit log of the Warden with API port %s: %s events, intact: %s\n' "$port" \

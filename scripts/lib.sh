@@ -222,21 +222,35 @@ cpu_us() {
 }
 
 # For the benchmarks' repeatable figure: the instructions a proxy running under
-# `valgrind --tool=callgrind --callgrind-out-file=OUT.%p` spends per pgbench -S
-# statement. Two runs of 4 clients, of 100 and of 100 + CG_STATEMENTS (500)
-# statements each, counted from zero: their difference leaves out what does not
-# depend on the number of statements (the logins: SCRAM alone is millions of
-# instructions). Counting instructions, not time, it is the same figure whatever else
-# the machine does.
-#   callgrind_per_stmt PID OUT PORT DBNAME USER PASSWORD
-callgrind_per_stmt() {
-  local pid=$1 out=$2 port=$3 db=$4 user=$5 pass=$6 n=${CG_STATEMENTS:-500}
-  local counts=()
-  for t in 100 $((100 + n)); do
+# `valgrind --tool=callgrind --callgrind-out-file=OUT.%p` spends per unit of work
+# (a statement, a MiB). Two runs of the load, a small and a big one, each counted from
+# zero: their difference leaves out what does not depend on the amount of work (the
+# logins: SCRAM alone is millions of instructions). Counting instructions, not time,
+# it is the same figure whatever else the machine does.
+#   callgrind_per_unit PID OUT LOAD SMALL BIG
+# LOAD is a command run as `LOAD N`; it does N rounds of work and prints how many
+# units they were.
+callgrind_per_unit() {
+  local pid=$1 out=$2 load=$3 counts=() units=()
+  for n in "$4" "$5"; do
     callgrind_control -z "$pid" >/dev/null 2>&1
-    PGPASSWORD=$pass pgbench -n -S -t "$t" -c 4 -j 4 -h 127.0.0.1 -p "$port" -U "$user" "$db" >/dev/null 2>&1
+    units+=("$("$load" "$n")")
     callgrind_control -d "$pid" >/dev/null 2>&1
     counts+=("$(awk '/^summary:/ { print $2 }' "$(ls -t "$out.$pid".* | head -1)")")
   done
-  awk -v a="${counts[0]}" -v b="${counts[1]}" -v n=$((4 * n)) 'BEGIN { printf "%.0f\n", (b - a) / n }'
+  awk -v a="${counts[0]}" -v b="${counts[1]}" -v ua="${units[0]}" -v ub="${units[1]}" \
+    'BEGIN { printf "%.0f\n", (b - a) / (ub - ua) }'
+}
+
+# callgrind_per_unit for pgbench -S through a proxy: 4 clients, 100 and 100 +
+# CG_STATEMENTS (500) statements each.
+#   callgrind_per_stmt PID OUT PORT DBNAME USER PASSWORD
+callgrind_per_stmt() {
+  CG_PG=("$3" "$4" "$5" "$6")
+  callgrind_per_unit "$1" "$2" pgbench_statements 100 $((100 + ${CG_STATEMENTS:-500}))
+}
+pgbench_statements() {
+  PGPASSWORD=${CG_PG[3]} pgbench -n -S -t "$1" -c 4 -j 4 -h 127.0.0.1 -p "${CG_PG[0]}" \
+    -U "${CG_PG[2]}" "${CG_PG[1]}" >/dev/null 2>&1
+  echo $((4 * $1))
 }

@@ -161,24 +161,82 @@ struct Shape {
     token_prefix: bool,
     /// A `:` or `=` follows a name like password, pwd, secret, key or token.
     secret_assignment: bool,
+    /// It could be a number in another spelling than plain digits ([`plain_digits`]).
+    spelled_number: bool,
 }
 
+/// Byte classes [`Shape::of`] counts, one bit each.
+const DIGIT: u16 = 1;
+const UPPER: u16 = 2;
+const COLON: u16 = 4;
+const DOT: u16 = 8;
+const DASH: u16 = 16;
+/// `_` and `-`: where a token prefix may end.
+const PREFIX_END: u16 = 32;
+/// `:` and `=`: where a secret assignment may start.
+const ASSIGN: u16 = 64;
+const AT: u16 = 128;
+/// What a number spelled otherwise than in plain digits has (`4.1e+15`, `4,111`).
+const SPELLING: u16 = 256;
+/// What such a number is made of.
+const NUMERIC: u16 = 512;
+
+static CLASSES: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_digit() {
+            DIGIT | NUMERIC
+        } else if c.is_ascii_uppercase() {
+            UPPER | if c == b'E' { SPELLING | NUMERIC } else { 0 }
+        } else {
+            match c {
+                b':' => COLON | ASSIGN,
+                b'=' => ASSIGN,
+                b'.' => DOT | SPELLING | NUMERIC,
+                b'-' => DASH | PREFIX_END | NUMERIC,
+                b'_' => PREFIX_END | SPELLING | NUMERIC,
+                b'@' => AT,
+                b'e' | b',' | b'\'' => SPELLING | NUMERIC,
+                b'+' => NUMERIC,
+                _ => 0,
+            }
+        };
+        b += 1;
+    }
+    t
+};
+
 impl Shape {
-    fn of(value: &[u8]) -> Shape {
-        let count = |c: u8| value.iter().filter(|b| **b == c).count();
-        let upper = value.iter().filter(|b| b.is_ascii_uppercase()).count();
-        let (colons, dashes, underscores, equals) =
-            (count(b':'), count(b'-'), count(b'_'), count(b'='));
-        // The rarer checks look only at the few positions the counts point to.
-        let positions = |cs: &'static [u8]| {
+    /// One pass over the value, a table lookup per byte: values are mostly short, so
+    /// the cost is per value more than per byte, and one loop beats a pass per count.
+    /// The secret-token facts (prefixes, assignments, `AIza`) are only looked for when
+    /// that detector is on.
+    fn of(value: &[u8], secrets: bool) -> Shape {
+        let (mut digits, mut upper, mut colons, mut dots, mut dashes) = (0, 0, 0, 0, 0);
+        let (mut seen, mut all) = (0u16, u16::MAX);
+        for &b in value {
+            let class = CLASSES[usize::from(b)];
+            seen |= class;
+            all &= class;
+            digits += usize::from(class & DIGIT != 0);
+            upper += usize::from(class & UPPER != 0);
+            colons += usize::from(class & COLON != 0);
+            dots += usize::from(class & DOT != 0);
+            dashes += usize::from(class & DASH != 0);
+        }
+        // The rarer checks look only at the few positions the classes point to.
+        let positions = |class: u16| {
             value
                 .iter()
                 .enumerate()
-                .filter(move |(_, b)| cs.contains(b))
+                .filter(move |(_, b)| CLASSES[usize::from(**b)] & class != 0)
                 .map(|(i, _)| i)
         };
-        let token_prefix = underscores + dashes > 0
-            && positions(b"_-").any(|i| {
+        let token_prefix = secrets
+            && seen & PREFIX_END != 0
+            && positions(PREFIX_END).any(|i| {
                 let before = &value[..i];
                 [
                     &b"ghp"[..],
@@ -195,19 +253,26 @@ impl Shape {
                 .any(|p| before.ends_with(p))
                     || (before.len() >= 4 && &before[before.len() - 4..before.len() - 1] == b"xox")
             });
-        let secret_assignment =
-            colons + equals > 0 && positions(b":=").any(|i| ends_like_secret_name(&value[..i]));
+        let secret_assignment = secrets
+            && seen & ASSIGN != 0
+            && positions(ASSIGN).any(|i| ends_like_secret_name(&value[..i]));
         Shape {
             len: value.len(),
-            digits: value.iter().filter(|b| b.is_ascii_digit()).count(),
+            digits,
             upper,
             colons,
-            dots: count(b'.'),
+            dots,
             dashes,
-            at: value.contains(&b'@'),
-            aiza: upper > 0 && value.windows(4).any(|w| w == b"AIza"),
+            at: seen & AT != 0,
+            aiza: secrets
+                && upper > 0
+                && value
+                    .iter()
+                    .enumerate()
+                    .any(|(i, b)| *b == b'A' && value[i..].starts_with(b"AIza")),
             token_prefix,
             secret_assignment,
+            spelled_number: seen & SPELLING != 0 && all & NUMERIC != 0 && digits > 0,
         }
     }
 }
@@ -411,6 +476,8 @@ struct Finder {
 pub struct MaskingEngine {
     set: RegexSet,
     finders: Vec<Finder>,
+    /// The secret-token detector is on: values' shapes include its (costlier) facts.
+    secrets: bool,
     columns: Vec<(ColumnPattern, MaskStyle)>,
     key: hmac::Key,
 }
@@ -462,6 +529,9 @@ impl MaskingEngine {
         }
         Ok(Self {
             set: build_set(&finders)?,
+            secrets: finders
+                .iter()
+                .any(|f| f.detector == Some(Detector::SecretToken)),
             finders,
             columns: rules.columns,
             key: hmac::Key::new(hmac::HMAC_SHA256, hash_key),
@@ -502,20 +572,19 @@ impl MaskingEngine {
     }
 
     /// The accepted, non-overlapping matches in `value`, earliest (then longest) first.
-    fn find(&self, value: &[u8], prefilter: bool) -> Vec<(usize, usize, usize)> {
-        let shape = Shape::of(value);
+    fn find(&self, value: &[u8], shape: &Shape, prefilter: bool) -> Vec<(usize, usize, usize)> {
         let mut spans: Vec<(usize, usize, usize)> = Vec::new();
         // Most values fit no detector's shape; of the rest, most match nothing, which
         // one pass of the combined automaton tells faster than each regex would.
         let any_candidate = self
             .finders
             .iter()
-            .any(|f| f.detector.is_none_or(|d| d.candidate(&shape)));
+            .any(|f| f.detector.is_none_or(|d| d.candidate(shape)));
         if prefilter && (!any_candidate || !self.set.is_match(value)) {
             return spans;
         }
         for (idx, f) in self.finders.iter().enumerate() {
-            if prefilter && f.detector.is_some_and(|d| !d.candidate(&shape)) {
+            if prefilter && f.detector.is_some_and(|d| !d.candidate(shape)) {
                 continue;
             }
             for m in f.regex.find_iter(value) {
@@ -539,16 +608,24 @@ impl MaskingEngine {
 
     /// Masks `value` and also names what was found (for recordings and tests).
     pub fn mask_explained(&self, plan: ColumnPlan, value: &[u8]) -> (Masked, Vec<String>) {
-        self.mask_with(plan, value, true)
+        self.mask_with(plan, value, true, true)
     }
 
     /// The same as [`Masker::mask`] but running every detector's regex on every value:
     /// the reference the shape prefilter is tested against. Slower; not for proxies.
     pub fn mask_without_prefilter(&self, value: &[u8]) -> Masked {
-        self.mask_with(ColumnPlan::Detect, value, false).0
+        self.mask_with(ColumnPlan::Detect, value, false, false).0
     }
 
-    fn mask_with(&self, plan: ColumnPlan, value: &[u8], prefilter: bool) -> (Masked, Vec<String>) {
+    /// Masks `value`; names what was found only when `explain` (the proxies' path
+    /// does not, and allocates nothing for it).
+    fn mask_with(
+        &self,
+        plan: ColumnPlan,
+        value: &[u8],
+        prefilter: bool,
+        explain: bool,
+    ) -> (Masked, Vec<String>) {
         if plan == ColumnPlan::Skip {
             return (Masked::Unchanged, Vec::new());
         }
@@ -559,26 +636,37 @@ impl MaskingEngine {
                 Some(v) => Masked::Replaced(v),
                 None => Masked::Null,
             };
-            return (masked, vec!["column".into()]);
+            let labels = if explain {
+                vec!["column".into()]
+            } else {
+                Vec::new()
+            };
+            return (masked, labels);
         }
-        let spans = self.find(value, prefilter);
+        let shape = Shape::of(value, self.secrets);
+        let spans = self.find(value, &shape, prefilter);
         if spans.is_empty() {
             // A number in another spelling (`4.111111111111111e+15`, `4,111,...`)
             // is searched as its plain digits, and masked whole.
-            if let Some(digits) = plain_digits(value)
+            if (shape.spelled_number || !prefilter)
+                && let Some(digits) = plain_digits(value)
                 && digits != value
             {
-                return match self.mask_with(plan, &digits, prefilter) {
+                return match self.mask_with(plan, &digits, prefilter, explain) {
                     (Masked::Unchanged, _) => (Masked::Unchanged, Vec::new()),
                     found => found,
                 };
             }
             return (Masked::Unchanged, Vec::new());
         }
-        let labels: Vec<String> = spans
-            .iter()
-            .map(|s| self.finders[s.2].label.clone())
-            .collect();
+        let labels: Vec<String> = if explain {
+            spans
+                .iter()
+                .map(|s| self.finders[s.2].label.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::with_capacity(value.len());
         let mut at = 0;
         for (start, end, idx) in spans {
@@ -666,7 +754,7 @@ impl Masker for MaskingEngine {
     }
 
     fn mask(&self, plan: ColumnPlan, value: &[u8]) -> Masked {
-        self.mask_explained(plan, value).0
+        self.mask_with(plan, value, true, false).0
     }
 
     fn is_active(&self) -> bool {
