@@ -6,7 +6,8 @@
 #     for the recording: binary output escaped into asciicast) and of a text file of
 #     the same size (base64 lines, like a log); both are recorded as exec terminals;
 #   - interactive echo: one key through a PTY and back, p50 and p99 over 300 keys.
-# Prints each figure and the ratio through Warden / direct. Both paths log in with a
+# Prints each figure, the ratio through Warden / direct, and Warden's CPU time per MiB
+# of each transfer (user + system, from /proc). Both paths log in with a
 # key (Warden's with a key registered through the API).
 #
 #   scripts/bench-ssh.sh
@@ -85,14 +86,25 @@ timed() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); awk -v a="$t0" -v 
 
 ssh_to() { local port=$1 dest=$2; shift 2; ssh "${opts[@]}" -p "$port" "$dest" "$@"; }
 
+# Warden's CPU time (user + system) per MiB of the transfer just made: ms.
+warden_pid=$(cat "$work/warden.pid")
+cpu_mark() { cpu_before=$(cpu_us "$warden_pid"); }
+cpu_per_mib() { awk -v a="$cpu_before" -v b="$(cpu_us "$warden_pid")" -v m="${1:-$mib}" 'BEGIN { printf "%.1f", (b - a) / 1000 / m }'; }
+
 results=()
 for path in direct warden; do
   if [ $path = direct ]; then port=$WARDEN_TEST_SSHD_PORT; dest=warden_t@127.0.0.1; else port=$ssh_port; dest=bench@127.0.0.1; fi
+  cpu_mark
   up=$(timed scp "${opts[@]}" -P "$port" "$work/big" "$dest:$remote")
+  cpu_up=$(cpu_per_mib); cpu_mark
   down=$(timed scp "${opts[@]}" -P "$port" "$dest:$remote" "$work/back")
+  cpu_down=$(cpu_per_mib)
   cmp -s "$work/big" "$work/back" || { echo "scp $path: the file changed" >&2; exit 1; }
+  cpu_mark
   cat_s=$(timed ssh_to "$port" "$dest" "cat $remote")
+  cpu_cat=$(cpu_per_mib); cpu_mark
   cat_text_s=$(timed ssh_to "$port" "$dest" "cat $remote.text")
+  cpu_text=$(cpu_per_mib "$text_mib")
   # Interactive echo: a remote PTY echoes each key; time key → echo.
   echo_ms=$(python3 - "$port" "$dest" "${opts[@]}" <<'PY'
 import os, pty, select, statistics, sys, time
@@ -138,3 +150,5 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 printf '%-8s %12s %12s %12s %12s %12s %12s\n' ratio "$(ratio "$w_up" "$d_up")" "$(ratio "$w_down" "$d_down")" \
   "$(ratio "$w_cat" "$d_cat")" "$(ratio "$w_text" "$d_text")" "+$(awk -v a="$w_p50" -v b="$d_p50" 'BEGIN { printf "%.3f", a - b }')" \
   "+$(awk -v a="$w_p99" -v b="$d_p99" 'BEGIN { printf "%.3f", a - b }')"
+# The last transfers measured were Warden's (the loop's second path).
+printf '%-8s %12s %12s %12s %12s\n' cpu_ms/MiB "$cpu_up" "$cpu_down" "$cpu_cat" "$cpu_text"
