@@ -165,78 +165,90 @@ struct Shape {
     spelled_number: bool,
 }
 
-/// Byte classes [`Shape::of`] counts, one bit each.
-const DIGIT: u16 = 1;
-const UPPER: u16 = 2;
-const COLON: u16 = 4;
-const DOT: u16 = 8;
-const DASH: u16 = 16;
-/// `_` and `-`: where a token prefix may end.
-const PREFIX_END: u16 = 32;
-/// `:` and `=`: where a secret assignment may start.
-const ASSIGN: u16 = 64;
-const AT: u16 = 128;
+/// What [`Shape::of`] counts per byte, each an 8-bit field of one `u128`: a byte's
+/// entry in [`COUNTED`] has a 1 in the field of each count it adds to, so counting a
+/// byte is one table load and one addition (fields cannot carry into each other
+/// within [`COUNT_RUN`] bytes).
+const DIGIT: u32 = 0;
+const UPPER: u32 = 1;
+const COLON: u32 = 2;
+const DOT: u32 = 3;
+const DASH: u32 = 4;
+const UNDERSCORE: u32 = 5;
+const EQUALS: u32 = 6;
+const AT: u32 = 7;
 /// What a number spelled otherwise than in plain digits has (`4.1e+15`, `4,111`).
-const SPELLING: u16 = 256;
+const SPELLING: u32 = 8;
 /// What such a number is made of.
-const NUMERIC: u16 = 512;
+const NUMERIC: u32 = 9;
+const COUNTS: usize = 10;
+/// Bytes counted into one accumulator before its fields are moved out.
+const COUNT_RUN: usize = 255;
 
-static CLASSES: [u16; 256] = {
-    let mut t = [0u16; 256];
+static COUNTED: [u128; 256] = {
+    let mut t = [0u128; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = if c.is_ascii_digit() {
-            DIGIT | NUMERIC
+        let fields: &[u32] = if c.is_ascii_digit() {
+            &[DIGIT, NUMERIC]
+        } else if c == b'E' {
+            &[UPPER, SPELLING, NUMERIC]
         } else if c.is_ascii_uppercase() {
-            UPPER | if c == b'E' { SPELLING | NUMERIC } else { 0 }
+            &[UPPER]
         } else {
             match c {
-                b':' => COLON | ASSIGN,
-                b'=' => ASSIGN,
-                b'.' => DOT | SPELLING | NUMERIC,
-                b'-' => DASH | PREFIX_END | NUMERIC,
-                b'_' => PREFIX_END | SPELLING | NUMERIC,
-                b'@' => AT,
-                b'e' | b',' | b'\'' => SPELLING | NUMERIC,
-                b'+' => NUMERIC,
-                _ => 0,
+                b':' => &[COLON],
+                b'=' => &[EQUALS],
+                b'.' => &[DOT, SPELLING, NUMERIC],
+                b'-' => &[DASH, NUMERIC],
+                b'_' => &[UNDERSCORE, SPELLING, NUMERIC],
+                b'@' => &[AT],
+                b'e' | b',' | b'\'' => &[SPELLING, NUMERIC],
+                b'+' => &[NUMERIC],
+                _ => &[],
             }
         };
+        let mut i = 0;
+        while i < fields.len() {
+            t[b] |= 1u128 << (8 * fields[i]);
+            i += 1;
+        }
         b += 1;
     }
     t
 };
 
 impl Shape {
-    /// One pass over the value, a table lookup per byte: values are mostly short, so
-    /// the cost is per value more than per byte, and one loop beats a pass per count.
-    /// The secret-token facts (prefixes, assignments, `AIza`) are only looked for when
-    /// that detector is on.
+    /// One pass over the value, a table load and an addition per byte: values are
+    /// mostly short, so the cost is per value more than per byte, and one loop beats
+    /// a pass per count. The secret-token facts (prefixes, assignments, `AIza`) are
+    /// only looked for when that detector is on.
     fn of(value: &[u8], secrets: bool) -> Shape {
-        let (mut digits, mut upper, mut colons, mut dots, mut dashes) = (0, 0, 0, 0, 0);
-        let (mut seen, mut all) = (0u16, u16::MAX);
-        for &b in value {
-            let class = CLASSES[usize::from(b)];
-            seen |= class;
-            all &= class;
-            digits += usize::from(class & DIGIT != 0);
-            upper += usize::from(class & UPPER != 0);
-            colons += usize::from(class & COLON != 0);
-            dots += usize::from(class & DOT != 0);
-            dashes += usize::from(class & DASH != 0);
+        let mut counts = [0usize; COUNTS];
+        for run in value.chunks(COUNT_RUN) {
+            let mut packed = 0u128;
+            for &b in run {
+                packed += COUNTED[usize::from(b)];
+            }
+            for (i, count) in counts.iter_mut().enumerate() {
+                *count += usize::from((packed >> (8 * i)) as u8);
+            }
         }
+        let count = |field: u32| counts[field as usize];
+        let (digits, upper, colons, dashes) =
+            (count(DIGIT), count(UPPER), count(COLON), count(DASH));
         // The rarer checks look only at the few positions the classes point to.
-        let positions = |class: u16| {
+        let positions = |of: &'static [u8]| {
             value
                 .iter()
                 .enumerate()
-                .filter(move |(_, b)| CLASSES[usize::from(**b)] & class != 0)
+                .filter(move |(_, b)| of.contains(b))
                 .map(|(i, _)| i)
         };
         let token_prefix = secrets
-            && seen & PREFIX_END != 0
-            && positions(PREFIX_END).any(|i| {
+            && dashes + count(UNDERSCORE) > 0
+            && positions(b"_-").any(|i| {
                 let before = &value[..i];
                 [
                     &b"ghp"[..],
@@ -254,16 +266,16 @@ impl Shape {
                     || (before.len() >= 4 && &before[before.len() - 4..before.len() - 1] == b"xox")
             });
         let secret_assignment = secrets
-            && seen & ASSIGN != 0
-            && positions(ASSIGN).any(|i| ends_like_secret_name(&value[..i]));
+            && colons + count(EQUALS) > 0
+            && positions(b":=").any(|i| ends_like_secret_name(&value[..i]));
         Shape {
             len: value.len(),
             digits,
             upper,
             colons,
-            dots,
+            dots: count(DOT),
             dashes,
-            at: seen & AT != 0,
+            at: count(AT) > 0,
             aiza: secrets
                 && upper > 0
                 && value
@@ -272,7 +284,7 @@ impl Shape {
                     .any(|(i, b)| *b == b'A' && value[i..].starts_with(b"AIza")),
             token_prefix,
             secret_assignment,
-            spelled_number: seen & SPELLING != 0 && all & NUMERIC != 0 && digits > 0,
+            spelled_number: count(SPELLING) > 0 && count(NUMERIC) == value.len() && digits > 0,
         }
     }
 }
@@ -765,6 +777,38 @@ impl Masker for MaskingEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_counts_are_exact_past_a_counting_run() {
+        let naive = |v: &[u8], f: &dyn Fn(u8) -> bool| v.iter().filter(|b| f(**b)).count();
+        let mut values: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"2026-11-05 12:30:35+00".to_vec(),
+            b"4.1111e+15".to_vec(),
+            b"4,111,111,111,111,111".to_vec(),
+            b"-4_111'111E+3".to_vec(),
+            b"a@b.c: X=1 _-".to_vec(),
+        ];
+        // Longer than a counting run, every byte counted by several fields.
+        values.push(b"9".repeat(3 * COUNT_RUN + 7));
+        values.push((0..=255u8).cycle().take(2000).collect());
+        for v in &values {
+            let s = Shape::of(v, true);
+            assert_eq!(s.len, v.len());
+            assert_eq!(s.digits, naive(v, &|b| b.is_ascii_digit()));
+            assert_eq!(s.upper, naive(v, &|b| b.is_ascii_uppercase()));
+            assert_eq!(s.colons, naive(v, &|b| b == b':'));
+            assert_eq!(s.dots, naive(v, &|b| b == b'.'));
+            assert_eq!(s.dashes, naive(v, &|b| b == b'-'));
+            assert_eq!(s.at, v.contains(&b'@'));
+            // The prefilter may only skip what plain_digits would refuse.
+            assert!(
+                s.spelled_number || plain_digits(v).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
 
     fn engine(style: MaskStyle) -> MaskingEngine {
         let rules = MaskingRules {
