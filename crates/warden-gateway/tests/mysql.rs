@@ -1268,3 +1268,47 @@ async fn numbers_in_other_spellings_are_masked() {
         assert!(!v.contains("4111") && !v.contains("4.111"), "{v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_character_sets_that_can_hide_quotes_are_refused_at_login() {
+    // In gbk or sjis a character can end in `\`: the server would read quotes where
+    // the gateway does not. Chosen in the handshake, or later with SET NAMES.
+    let (gw, token) = setup(Backend::Sqlite).await;
+    let mysql = |charset: &str, sql: &str| {
+        std::process::Command::new("mysql")
+            .args([
+                "-h127.0.0.1",
+                &format!("-P{}", port(&gw)),
+                "-ume",
+                &format!("--default-character-set={charset}"),
+                "shop",
+                "-e",
+                sql,
+            ])
+            .env("MYSQL_PWD", &token)
+            .env("LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN", "1")
+            .output()
+            .unwrap()
+    };
+    for charset in ["gbk", "sjis", "big5"] {
+        let out = mysql(charset, "SELECT 1");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{charset} logged in");
+        assert!(
+            err.contains("1115") && err.contains("character set"),
+            "{err}"
+        );
+    }
+    let out = mysql("utf8mb4", "SET NAMES gbk");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Warden denied"),
+        "{err}"
+    );
+    let out = mysql("utf8mb4", "SET NAMES latin1; SELECT 1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

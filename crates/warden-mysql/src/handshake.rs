@@ -351,6 +351,17 @@ impl ServerError {
     }
 }
 
+/// Collations (handshake ids) of the character sets in which a multi-byte character
+/// can end in an ASCII byte such as `\` or `'` (big5, sjis, gbk, cp932, gb18030): a
+/// server reading the client's text in one of them sees quotes where the gateway,
+/// reading UTF-8, does not, so statements could hide from its checks.
+const QUOTE_UNSAFE_COLLATIONS: &[u8] = &[1, 13, 28, 84, 87, 88, 95, 96, 248, 249, 250];
+
+/// Whether a client may log in with this handshake collation.
+pub fn quote_safe_collation(id: u8) -> bool {
+    !QUOTE_UNSAFE_COLLATIONS.contains(&id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,8 @@ pub mod errno {
     pub const HANDSHAKE: (u16, &str) = (1043, "08S01");
     /// ER_UNKNOWN_COM_ERROR: a command the gateway does not relay.
     pub const UNKNOWN_COMMAND: (u16, &str) = (1047, "08S01");
+    /// ER_UNKNOWN_CHARACTER_SET: a client character set the gateway refuses.
+    pub const UNKNOWN_CHARACTER_SET: (u16, &str) = (1115, "42000");
     /// ER_UNKNOWN_ERROR with a communication SQLSTATE: the gateway cannot go on.
     pub const GATEWAY: (u16, &str) = (1105, "08S01");
     /// ER_NOT_ALLOWED_COMMAND: LOAD DATA LOCAL refused.

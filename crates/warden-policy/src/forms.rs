@@ -153,8 +153,10 @@ fn first_end(d: SqlDialect, b: &[u8], backslash: bool) -> Reading {
             b'\'' => quoted_end(b, i, backslash),
             b'"' => quoted_end(b, i, mysql && backslash),
             b'`' if mysql => quoted_end(b, i, false),
-            b'E' | b'e' if !mysql && b.get(i + 1) == Some(&b'\'') => quoted_end(b, i + 1, true),
-            b'$' if !mysql => Some(dollar_end(b, i)),
+            b'E' | b'e' if !mysql && !ident_before(b, i) && b.get(i + 1) == Some(&b'\'') => {
+                quoted_end(b, i + 1, true)
+            }
+            b'$' if !mysql && !ident_before(b, i) => Some(dollar_end(b, i)),
             _ => Some(i + 1),
         };
         match next {
@@ -191,10 +193,10 @@ fn code_map(d: SqlDialect, b: &[u8], backslash: bool) -> Option<Vec<bool>> {
                 b'\'' => quoted_end(b, i, backslash)?,
                 b'"' => quoted_end(b, i, mysql && backslash)?,
                 b'`' if mysql => quoted_end(b, i, false)?,
-                b'E' | b'e' if !mysql && b.get(i + 1) == Some(&b'\'') => {
+                b'E' | b'e' if !mysql && !ident_before(b, i) && b.get(i + 1) == Some(&b'\'') => {
                     quoted_end(b, i + 1, true)?
                 }
-                b'$' if !mysql => dollar_end(b, i),
+                b'$' if !mysql && !ident_before(b, i) => dollar_end(b, i),
                 _ => {
                     i += 1;
                     continue;
@@ -222,6 +224,32 @@ fn rest_is_empty(d: SqlDialect, b: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// Whether the byte before `i` continues a name: then an `E` there is part of the
+/// name, not an escape string's prefix (`name'x'` is a typed literal), and a `$` does
+/// not open a dollar quote (`a$b$`).
+fn ident_before(b: &[u8], i: usize) -> bool {
+    i.checked_sub(1)
+        .and_then(|p| b.get(p))
+        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$') || *c >= 0x80)
+}
+
+/// Whether a PostgreSQL dollar quote's tag has a non-ASCII byte: the server takes
+/// any such byte in a tag, the parser does not, so the two would disagree on where
+/// the string ends.
+pub(crate) fn non_ascii_dollar_tag(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    (0..b.len()).any(|i| {
+        b[i] == b'$' && !ident_before(b, i) && {
+            let rest = &b[i + 1..];
+            let tag_len = rest
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c >= 0x80)
+                .count();
+            rest.get(tag_len) == Some(&b'$') && rest[..tag_len].iter().any(|c| *c >= 0x80)
+        }
+    })
 }
 
 /// Past the quote closing the one at `i` (the quote doubled is the quote itself);

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
     ContextModifier, Expr, FromTable, ObjectName, ObjectType, Query, Set, SetExpr, Statement,
-    TableFactor, TableObject, visit_expressions, visit_statements,
+    TableFactor, TableObject, TableWithJoins, visit_expressions, visit_statements,
 };
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
@@ -190,6 +190,11 @@ pub(crate) fn analyze_shaped(
                 .into(),
         ));
     }
+    if let Some(why) = read_differently(d, sql) {
+        return Err(SqlParseError(format!(
+            "the server and the gateway would read this text differently ({why})"
+        )));
+    }
     if let Some(form) = crate::forms::recognize(d, sql) {
         let analysis = SqlAnalysis {
             statements: vec![StatementFacts {
@@ -211,11 +216,37 @@ pub(crate) fn analyze_shaped(
         };
         return Ok((analysis, false));
     }
-    let statements = parse(d, sql)?;
+    let mut analysis = SqlAnalysis::default();
+    let mut numbers = Vec::new();
+    for statements in parse_readings(d, sql)? {
+        analyze_statements(
+            &statements,
+            &mut analysis,
+            literals.is_some().then_some(&mut numbers),
+        )?;
+    }
+    numbers.sort_unstable_by_key(|l| (l.line, l.column));
+    let all_literal = literals.is_some_and(|l| {
+        l.iter().all(|at| {
+            numbers
+                .binary_search_by_key(&(at.line, at.column), |n| (n.line, n.column))
+                .is_ok()
+        })
+    });
+    Ok((analysis, all_literal))
+}
+
+/// Adds what `statements` do to `analysis`; collects where number literals start
+/// into `numbers` when asked.
+fn analyze_statements(
+    statements: &Vec<Statement>,
+    analysis: &mut SqlAnalysis,
+    mut numbers: Option<&mut Vec<sqlparser::tokenizer::Location>>,
+) -> Result<(), SqlParseError> {
     // PostgreSQL takes COPY's rows from CopyData messages, never from the query text:
     // what follows `COPY ... FROM STDIN;` in one query, which the parser reads as
     // inline rows, the server runs as more statements once the COPY ends.
-    let inline_rows = visit_statements(&statements, |s| match s {
+    let inline_rows = visit_statements(statements, |s| match s {
         Statement::Copy {
             payload: Some(rows),
             ..
@@ -229,17 +260,35 @@ pub(crate) fn analyze_shaped(
                 .into(),
         ));
     }
-    let mut analysis = SqlAnalysis::default();
-    let _ = visit_statements(&statements, |s| {
+    let _ = visit_statements(statements, |s| {
         analysis.statements.push(facts(s));
         ControlFlow::<()>::Continue(())
     });
-    let mut numbers = Vec::new();
-    let _ = visit_expressions(&statements, |e| {
+    // Functions called as tables (`FROM pg_read_file(...)`, `LATERAL f(...)`) are
+    // calls too.
+    struct TableFunctions<'a>(&'a mut Vec<String>);
+    impl sqlparser::ast::Visitor for TableFunctions<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+            match t {
+                TableFactor::Table {
+                    name,
+                    args: Some(_),
+                    ..
+                }
+                | TableFactor::Function { name, .. } => self.0.push(name_of(name)),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = sqlparser::ast::Visit::visit(statements, &mut TableFunctions(&mut analysis.functions));
+    let _ = visit_expressions(statements, |e| {
         match e {
             Expr::Function(f) => analysis.functions.push(name_of(&f.name)),
-            Expr::Value(v) if literals.is_some() => {
-                if let sqlparser::ast::Value::Number(..) = v.value {
+            Expr::Value(v) => {
+                if let (Some(numbers), sqlparser::ast::Value::Number(..)) = (&mut numbers, &v.value)
+                {
                     numbers.push(v.span.start);
                 }
             }
@@ -247,15 +296,107 @@ pub(crate) fn analyze_shaped(
         }
         ControlFlow::<()>::Continue(())
     });
-    numbers.sort_unstable_by_key(|l| (l.line, l.column));
-    let all_literal = literals.is_some_and(|l| {
-        l.iter().all(|at| {
-            numbers
-                .binary_search_by_key(&(at.line, at.column), |n| (n.line, n.column))
-                .is_ok()
-        })
-    });
-    Ok((analysis, all_literal))
+    Ok(())
+}
+
+/// Most distinct version thresholds of MySQL executable comments in one text.
+const MAX_COMMENT_VERSIONS: usize = 4;
+
+/// Every way the server may read `sql`'s versioned executable comments, parsed. A
+/// `/*!NNNNN ... */` (MariaDB also `/*M!NNNNNN ... */`) is code only on servers of
+/// that version or newer, and a comment on older ones; the gateway does not know the
+/// server's exact version, so it reads the text once per threshold (comments at or
+/// below it as code, the rest as comments) and decides on all readings together.
+fn parse_readings(d: SqlDialect, sql: &str) -> Result<Vec<Vec<Statement>>, SqlParseError> {
+    if !d.is_mysql_family() || !sql.contains("/*") {
+        return Ok(vec![parse(d, sql)?]);
+    }
+    let text = match d {
+        SqlDialect::Mariadb => mariadb_executable_comments(sql),
+        _ => sql.to_string(),
+    };
+    // (start, end, threshold) of each versioned comment.
+    let mut versioned = Vec::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("/*!").map(|i| from + i) {
+        let digits = text[at + 3..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let Some(end) = text[at + 3..].find("*/").map(|i| at + 3 + i + 2) else {
+            break;
+        };
+        if digits > 0 {
+            let threshold: u64 = text[at + 3..at + 3 + digits].parse().unwrap_or(u64::MAX);
+            versioned.push((at, end, threshold));
+        }
+        from = end;
+    }
+    let mut thresholds: Vec<u64> = versioned.iter().map(|v| v.2).collect();
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    if thresholds.len() > MAX_COMMENT_VERSIONS {
+        return Err(SqlParseError(format!(
+            "more than {MAX_COMMENT_VERSIONS} versions of executable comments"
+        )));
+    }
+    // Below every threshold (all comments), then each threshold in turn (the last
+    // reading is the text as written).
+    let mut readings = Vec::with_capacity(thresholds.len() + 1);
+    for cutoff in std::iter::once(0).chain(thresholds.iter().copied()) {
+        let mut reading = text.clone().into_bytes();
+        for (start, end, threshold) in &versioned {
+            if *threshold > cutoff {
+                reading[*start..*end].fill(b' ');
+            }
+        }
+        let reading = String::from_utf8(reading)
+            .map_err(|_| SqlParseError("an executable comment splits a character".into()))?;
+        readings.push(parse(d, &reading)?);
+    }
+    Ok(readings)
+}
+
+/// Why the server could read `sql` otherwise than the parser does, for the forms
+/// where the two are known to differ; such texts are refused, not guessed.
+fn read_differently(d: SqlDialect, sql: &str) -> Option<&'static str> {
+    let lower = sql.to_ascii_lowercase();
+    if d == SqlDialect::Postgres {
+        // PostgreSQL ends a `--` comment at a carriage return as well as a line feed.
+        let lone_cr = sql
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'\r' && w[1] != b'\n')
+            || sql.ends_with('\r');
+        if lone_cr && sql.contains("--") {
+            return Some("a carriage return in a `--` comment");
+        }
+        if lower.contains("u&\"") {
+            return Some("a `U&\"...\"` name with escapes");
+        }
+        if crate::forms::non_ascii_dollar_tag(sql) {
+            return Some("a dollar quote whose tag is not ASCII");
+        }
+    } else {
+        // MySQL's `-- ` needs an ASCII space or control character after it; the
+        // parser also takes other white space.
+        let odd_comment = sql.match_indices("--").any(|(at, _)| {
+            sql[at + 2..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_whitespace() && !c.is_ascii())
+        });
+        if odd_comment {
+            return Some("`--` followed by non-ASCII white space");
+        }
+        // Inside an executable comment, `#` and `--` run to the line's end past its
+        // `*/` for the server.
+        let executable = lower.contains("/*!") || lower.contains("/*m!");
+        if executable && (sql.contains('#') || sql.contains("--")) {
+            return Some("a comment inside an executable comment");
+        }
+    }
+    None
 }
 
 /// MySQL's `LOAD DATA|XML [LOW_PRIORITY|CONCURRENT] [LOCAL] INFILE 'f' ... INTO TABLE t`,
@@ -320,6 +461,176 @@ fn table_of(t: &TableFactor) -> Option<String> {
     }
 }
 
+/// The tables of a FROM item and everything joined to it (nested joins included).
+fn tables_in(t: &TableWithJoins) -> Vec<String> {
+    fn factor(f: &TableFactor, out: &mut Vec<String>) {
+        match f {
+            TableFactor::Table { name, .. } => out.push(name_of(name)),
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => out.extend(tables_in(table_with_joins)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    factor(&t.relation, &mut out);
+    for j in &t.joins {
+        factor(&j.relation, &mut out);
+    }
+    out
+}
+
+/// (alias, table) for every aliased table in these FROM items, lowercased.
+fn aliases_in<'a>(items: impl Iterator<Item = &'a TableWithJoins>) -> Vec<(String, String)> {
+    fn factor(f: &TableFactor, out: &mut Vec<(String, String)>) {
+        match f {
+            TableFactor::Table {
+                name,
+                alias: Some(a),
+                ..
+            } => out.push((a.name.value.to_lowercase(), name_of(name))),
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => {
+                factor(&table_with_joins.relation, out);
+                for j in &table_with_joins.joins {
+                    factor(&j.relation, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for t in items {
+        factor(&t.relation, &mut out);
+        for j in &t.joins {
+            factor(&j.relation, &mut out);
+        }
+    }
+    out
+}
+
+/// Client character sets and encodings in which no multi-byte character contains an
+/// ASCII byte: in the others (SJIS, BIG5, GBK, GB18030, UHC, JOHAB, cp932, ...) a
+/// character can end in `\` or `'`, so the server reads quotes where the gateway,
+/// reading UTF-8, does not.
+const QUOTE_SAFE_ENCODINGS: &[&str] = &[
+    "utf8",
+    "utf8mb3",
+    "utf8mb4",
+    "unicode",
+    "sqlascii",
+    "ascii",
+    "binary",
+    "latin1",
+    "latin2",
+    "latin3",
+    "latin4",
+    "latin5",
+    "latin6",
+    "latin7",
+    "latin8",
+    "latin9",
+    "latin10",
+    "win866",
+    "win874",
+    "win1250",
+    "win1251",
+    "win1252",
+    "win1253",
+    "win1254",
+    "win1255",
+    "win1256",
+    "win1257",
+    "win1258",
+    "cp1250",
+    "cp1251",
+    "cp1252",
+    "cp1256",
+    "cp1257",
+    "cp850",
+    "cp852",
+    "cp866",
+    "koi8r",
+    "koi8u",
+    "iso88595",
+    "iso88596",
+    "iso88597",
+    "iso88598",
+    "eucjp",
+    "euccn",
+    "euckr",
+    "euctw",
+    "eucjis2004",
+    "ujis",
+    "eucjpms",
+    "gb2312",
+    "euckr",
+    "greek",
+    "hebrew",
+    "armscii8",
+    "geostd8",
+    "keybcs2",
+    "macce",
+    "macroman",
+    "swe7",
+    "dec8",
+    "hp8",
+    "tis620",
+];
+
+/// Whether a statement sets the client's character set or encoding (PostgreSQL
+/// `SET client_encoding`, `SET NAMES`; MySQL `SET NAMES`, `character_set_client`) to
+/// anything but a plain name from [`QUOTE_SAFE_ENCODINGS`].
+fn sets_client_encoding(s: &Statement) -> bool {
+    let safe = |name: &str| {
+        let plain: String = name
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_'))
+            .collect::<String>()
+            .to_ascii_lowercase();
+        QUOTE_SAFE_ENCODINGS.contains(&plain.as_str())
+    };
+    let is_encoding = |n: &ObjectName| {
+        let name = name_of(n);
+        let last = name
+            .rsplit('.')
+            .next()
+            .unwrap_or(&name)
+            .trim_start_matches('@');
+        matches!(
+            last,
+            "client_encoding"
+                | "names"
+                | "character_set_client"
+                | "character_set_connection"
+                | "charset"
+        )
+    };
+    let unsafe_value = |value: &Expr| match value {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::SingleQuotedString(m)
+            | sqlparser::ast::Value::DoubleQuotedString(m) => !safe(m),
+            _ => true,
+        },
+        Expr::Identifier(i) => !safe(&i.value),
+        _ => true,
+    };
+    match s {
+        Statement::Set(Set::SetNames { charset_name, .. }) => !safe(&charset_name.value),
+        Statement::Set(Set::SingleAssignment {
+            variable, values, ..
+        }) => is_encoding(variable) && values.iter().any(unsafe_value),
+        Statement::Set(Set::MultipleAssignments { assignments }) => assignments
+            .iter()
+            .any(|a| is_encoding(&a.name) && unsafe_value(&a.value)),
+        Statement::Set(Set::ParenthesizedAssignments { variables, .. }) => {
+            variables.iter().any(is_encoding)
+        }
+        _ => false,
+    }
+}
+
 /// Whether any SELECT in the query is `SELECT ... INTO` (which creates a table).
 fn selects_into(q: &Query) -> bool {
     fn set_expr(e: &SetExpr) -> bool {
@@ -370,9 +681,19 @@ fn sets_sql_mode(s: &Statement) -> bool {
             sqlparser::ast::Value::SingleQuotedString(m)
             | sqlparser::ast::Value::DoubleQuotedString(m) => {
                 let m = m.to_ascii_lowercase();
-                m.contains("no_backslash_escapes")
-                    || m.contains("ansi_quotes")
-                    || m.contains("ansi")
+                // The combined modes that include ANSI_QUOTES too (MariaDB).
+                [
+                    "no_backslash_escapes",
+                    "ansi",
+                    "db2",
+                    "maxdb",
+                    "mssql",
+                    "oracle",
+                    "postgresql",
+                ]
+                .iter()
+                .any(|mode| m.contains(mode))
+                    || !m.is_ascii()
             }
             _ => true,
         },
@@ -424,17 +745,33 @@ fn facts(s: &Statement) -> StatementFacts {
             SqlKind::Insert
         }
         Statement::Update(u) => {
-            writes.extend(table_of(&u.table.relation));
+            // MySQL's multi-table UPDATE sets columns of any joined table: each of
+            // them may be written.
+            writes.extend(tables_in(&u.table));
             unbounded = u.selection.is_none();
             SqlKind::Update
         }
         Statement::Delete(d) => {
-            writes.extend(d.tables.iter().map(name_of));
             let from = match &d.from {
                 FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
             };
+            // The rows deleted are the targets' (MySQL `DELETE t1 FROM ...`, or the
+            // FROM list with `USING`), which may name aliases of the tables joined.
+            let aliases = aliases_in(from.iter().chain(d.using.iter().flatten()));
+            let resolve = |name: String| {
+                aliases
+                    .iter()
+                    .find(|(alias, _)| *alias == name)
+                    .map_or(name, |(_, table)| table.clone())
+            };
             if d.tables.is_empty() {
-                writes.extend(from.iter().filter_map(|t| table_of(&t.relation)));
+                if d.using.is_some() {
+                    writes.extend(from.iter().flat_map(tables_in).map(resolve));
+                } else {
+                    writes.extend(from.iter().flat_map(tables_in));
+                }
+            } else {
+                writes.extend(d.tables.iter().map(name_of).map(resolve));
             }
             unbounded = d.selection.is_none();
             SqlKind::Delete
@@ -607,7 +944,7 @@ fn facts(s: &Statement) -> StatementFacts {
         _ => SqlKind::Other,
     };
     StatementFacts {
-        opaque: kind == SqlKind::SetGlobal || sets_sql_mode(s),
+        opaque: kind == SqlKind::SetGlobal || sets_sql_mode(s) || sets_client_encoding(s),
         kind,
         writes,
         unbounded,
@@ -618,9 +955,9 @@ fn facts(s: &Statement) -> StatementFacts {
 /// server reads them. A text that does not parse is an error: the caller fails
 /// closed.
 pub fn used_databases(d: SqlDialect, sql: &str) -> Result<Vec<String>, SqlParseError> {
-    let statements = parse(d, sql)?;
+    let readings = parse_readings(d, sql)?;
     let mut names = Vec::new();
-    let _ = visit_statements(&statements, |s| {
+    let _ = visit_statements(&readings, |s| {
         if let Statement::Use(u) = s {
             use sqlparser::ast::Use;
             let name = match u {

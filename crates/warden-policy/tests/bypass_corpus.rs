@@ -54,6 +54,29 @@ fn sql(g: &Guardrails, d: SqlDialect, text: &str) -> Decision {
 }
 
 const PG_DENIED: &[&str] = &[
+    // Texts the server reads otherwise than the parser (a second statement in a string
+    // or comment only one of them sees), after `SET standard_conforming_strings = off`.
+    "SELECT name'x\\', ' ; DROP TABLE users; -- '",
+    "SELECT 'a' LIKE'x\\', ' ; DROP TABLE users; -- '",
+    "SELECT 1 AS a$b$, 'x\\', ' ; DROP TABLE users; -- $b$'",
+    "SELECT 1 -- \r, 'x\\', ' ; DROP TABLE users; -- '",
+    "SELECT 1 --x\rDROP TABLE users",
+    "FETCH ALL a$b$; DROP TABLE users; --$b$",
+    "MOVE NEXT a$b$; DROP TABLE users; --$b$",
+    "FETCH ALL c -- x\r; DROP TABLE users",
+    "SELECT $€$,'$€$ ; DROP TABLE users; -- '",
+    "SELECT $\u{a0}$,'$\u{a0}$ ; DROP TABLE users; -- '",
+    // Client encodings in which a character can end in a backslash.
+    "SET client_encoding = 'SJIS'",
+    "SET client_encoding TO 'BIG5'",
+    "SET NAMES 'GBK'",
+    // Functions called as tables.
+    "SELECT * FROM pg_read_file('/etc/passwd')",
+    "SELECT * FROM set_config('role', 'postgres', false)",
+    "SELECT * FROM pg_ls_dir('.')",
+    "SELECT * FROM t, LATERAL pg_read_file(t.f) f",
+    "SELECT * FROM t JOIN pg_read_file('x') f ON true",
+    "SELECT U&\"pg_read_fil\\0065\"('/etc/hostname')",
     // The server runs what follows COPY FROM STDIN in one query as statements.
     "COPY t FROM STDIN;\nDROP TABLE users",
     "COPY t FROM STDIN; SELECT 1;\nDROP TABLE users",
@@ -132,6 +155,10 @@ const PG_DENIED: &[&str] = &[
 ];
 
 const PG_ALLOWED: &[&str] = &[
+    "SET client_encoding = 'UTF8'",
+    "SET NAMES 'LATIN1'",
+    "DELETE FROM orders USING billing.invoices i WHERE orders.id = i.order_id",
+    "SELECT 'a\r\nb' -- comment\r\n",
     "SELECT * FROM users WHERE id = 1",
     "select count(*) from orders",
     "SELECT 'DROP TABLE users'",
@@ -156,6 +183,20 @@ const PG_ALLOWED: &[&str] = &[
 ];
 
 const MYSQL_DENIED: &[&str] = &[
+    // `--` followed by white space the server does not take as such.
+    "SELECT * FROM (SELECT 1 AS `\u{a0}`) t WHERE 1 = 1 --\u{a0}; DROP TABLE users; -- x",
+    "SELECT 1 --\u{3000}; DROP TABLE users",
+    // A comment inside an executable comment runs past its end.
+    "SELECT 1 /*!50000 # */ /*\n'*/' */ ; DROP TABLE users; -- '",
+    // Versioned comments are code only on servers that new.
+    "DELETE FROM users /*!99999 WHERE id = 1 */",
+    "UPDATE users SET admin = 1 /*!99999 WHERE id = 0 */",
+    // Multi-table writes through aliases and joins.
+    "DELETE i FROM billing.invoices AS i WHERE i.id = 1",
+    "DELETE FROM i USING billing.invoices AS i WHERE i.id = 1",
+    "UPDATE orders o JOIN billing.invoices i ON o.id = i.order_id SET i.paid = 1 WHERE o.id = 1",
+    "SET NAMES gbk",
+    "SET character_set_client = sjis",
     "DROP TABLE users",
     "SELECT 1 /*! ; DROP TABLE users */",
     "/*!50000 DROP TABLE users */",
@@ -174,6 +215,13 @@ const MYSQL_DENIED: &[&str] = &[
 
 /// What MariaDB runs and MySQL ignores: denied when the server is MariaDB.
 const MARIADB_DENIED: &[&str] = &[
+    "DELETE FROM users /*M!999999 WHERE id = 1 */",
+    "UPDATE /*M!999999 orders JOIN */ billing.invoices SET paid = 1 WHERE id = 1",
+    "DELETE /*M!999999 o */ FROM /*M!999999 orders o JOIN */ billing.invoices WHERE id = 1",
+    "SELECT 1 /*M!100000 # */ /*\n'*/' */ ; DROP TABLE users; -- '",
+    "SET sql_mode = 'MSSQL'",
+    "SET sql_mode = 'ORACLE'",
+    "SET sql_mode = 'POSTGRESQL'",
     "/*M! DROP TABLE users */",
     "/*M!100000 DROP TABLE users */",
     "SELECT 1; /*M!100100 DROP TABLE users */",
@@ -199,6 +247,9 @@ const MARIADB_DENIED: &[&str] = &[
 ];
 
 const MYSQL_ALLOWED: &[&str] = &[
+    "SET NAMES latin1",
+    "/*!40101 SET NAMES utf8mb4 */",
+    "DELETE o FROM orders AS o JOIN customers c ON c.id = o.customer_id WHERE c.id = 1",
     "SELECT `a` FROM `users` WHERE id = 1",
     "SELECT 1 -- ; DROP TABLE x",
     "SELECT 1 # ; DROP TABLE x",

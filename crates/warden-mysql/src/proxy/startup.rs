@@ -186,6 +186,16 @@ pub(super) async fn serve_stream<H: SessionHooks>(
         Err(r) => return c.error(refusal_errno(r.kind), &r.message).await,
     };
     let id = session.id().to_string();
+    if !crate::handshake::quote_safe_collation(hello.collation) {
+        let message = format!(
+            "the client's character set (collation {}) lets a character end in a quote or backslash, which would hide statements from the gateway's checks; connect with utf8mb4 (the default) or another ASCII-safe character set",
+            hello.collation
+        );
+        session
+            .close(Some(EndReason::Refused(message.clone())))
+            .await;
+        return c.error(errno::UNKNOWN_CHARACTER_SET, &message).await;
+    }
     let tls = match BackendTls::for_target(&session.target) {
         Ok(t) => t,
         Err(e) => {
