@@ -88,11 +88,7 @@ fn comment_end(d: SqlDialect, b: &[u8], i: usize) -> Option<usize> {
     if !rest.starts_with(b"/*") {
         return None;
     }
-    if d.is_mysql_family()
-        && (rest.starts_with(b"/*!")
-            || rest[2..].starts_with(b"M!")
-            || rest[2..].starts_with(b"m!"))
-    {
+    if d.is_mysql_family() && (rest.starts_with(b"/*!") || rest[2..].starts_with(b"M!")) {
         return None;
     }
     let nested = d == SqlDialect::Postgres;
@@ -178,6 +174,13 @@ pub(crate) fn reads_the_same(d: SqlDialect, sql: &str) -> bool {
         return true;
     }
     code_map(d, b, false) == code_map(d, b, true)
+}
+
+/// For each byte, whether it is code (outside strings, quoted names and comments;
+/// executable comments are code) as the server reads it by default; `None` when a
+/// quote is never closed.
+pub(crate) fn code_bytes(d: SqlDialect, b: &[u8]) -> Option<Vec<bool>> {
+    code_map(d, b, d.is_mysql_family())
 }
 
 /// For each byte, whether it is code; `None` when a quote is never closed.

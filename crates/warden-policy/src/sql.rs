@@ -156,7 +156,8 @@ fn parse(d: SqlDialect, sql: &str) -> Result<Vec<Statement>, SqlParseError> {
 /// `/*M!` (with or without a version) becomes `/*!`, which the parser expands. Done
 /// everywhere in the text: inside a string it only changes the string's content.
 fn mariadb_executable_comments(sql: &str) -> String {
-    sql.replace("/*M!", "/*!").replace("/*m!", "/*!")
+    // Only an upper-case M: MariaDB reads `/*m! ... */` as a plain comment.
+    sql.replace("/*M!", "/*!")
 }
 
 /// Longest query text analyzed; longer texts are refused rather than parsed slowly.
@@ -285,7 +286,20 @@ fn analyze_statements(
     let _ = sqlparser::ast::Visit::visit(statements, &mut TableFunctions(&mut analysis.functions));
     let _ = visit_expressions(statements, |e| {
         match e {
-            Expr::Function(f) => analysis.functions.push(name_of(&f.name)),
+            Expr::Function(f) => {
+                let name = name_of(&f.name);
+                if name.rsplit('.').next() == Some("set_config") && !sets_a_plain_setting(f) {
+                    // A setting the call may change is the client encoding (or cannot
+                    // be told): decided like the SET it stands for.
+                    analysis.statements.push(StatementFacts {
+                        kind: SqlKind::Set,
+                        writes: Vec::new(),
+                        unbounded: false,
+                        opaque: true,
+                    });
+                }
+                analysis.functions.push(name);
+            }
             Expr::Value(v) => {
                 if let (Some(numbers), sqlparser::ast::Value::Number(..)) = (&mut numbers, &v.value)
                 {
@@ -299,14 +313,18 @@ fn analyze_statements(
     Ok(())
 }
 
-/// Most distinct version thresholds of MySQL executable comments in one text.
-const MAX_COMMENT_VERSIONS: usize = 4;
+/// Most versioned executable comments in one text (each is read both ways: 2^n
+/// readings).
+const MAX_VERSIONED_COMMENTS: usize = 4;
 
 /// Every way the server may read `sql`'s versioned executable comments, parsed. A
-/// `/*!NNNNN ... */` (MariaDB also `/*M!NNNNNN ... */`) is code only on servers of
-/// that version or newer, and a comment on older ones; the gateway does not know the
-/// server's exact version, so it reads the text once per threshold (comments at or
-/// below it as code, the rest as comments) and decides on all readings together.
+/// `/*!NNNNN ... */` (MariaDB also `/*M!NNNNNN ... */`) is code only on some server
+/// versions — MySQL compares five digits with its version, MariaDB compares `/*!`
+/// with a MySQL-compatible version and `/*M!` with its own — and the gateway does not
+/// know the server's exact version, so each such comment is read both as code and as
+/// a comment, in every combination, and the text is decided on all readings
+/// together. Markers inside strings or quoted names, and versions of other than five
+/// or six digits (which the server and the parser split differently), are refused.
 fn parse_readings(d: SqlDialect, sql: &str) -> Result<Vec<Vec<Statement>>, SqlParseError> {
     if !d.is_mysql_family() || !sql.contains("/*") {
         return Ok(vec![parse(d, sql)?]);
@@ -315,10 +333,18 @@ fn parse_readings(d: SqlDialect, sql: &str) -> Result<Vec<Vec<Statement>>, SqlPa
         SqlDialect::Mariadb => mariadb_executable_comments(sql),
         _ => sql.to_string(),
     };
-    // (start, end, threshold) of each versioned comment.
+    let refuse = |why: &str| Err(SqlParseError(why.to_string()));
+    // Which bytes are code, as the server reads them by default (backslashes escape).
+    let Some(code) = crate::forms::code_bytes(d, text.as_bytes()) else {
+        return refuse("an unterminated string");
+    };
+    // (start, end) of each versioned comment.
     let mut versioned = Vec::new();
     let mut from = 0;
     while let Some(at) = text[from..].find("/*!").map(|i| from + i) {
+        if !code[at] {
+            return refuse("an executable comment marker inside a string or quoted name");
+        }
         let digits = text[at + 3..]
             .bytes()
             .take_while(u8::is_ascii_digit)
@@ -326,27 +352,21 @@ fn parse_readings(d: SqlDialect, sql: &str) -> Result<Vec<Vec<Statement>>, SqlPa
         let Some(end) = text[at + 3..].find("*/").map(|i| at + 3 + i + 2) else {
             break;
         };
-        if digits > 0 {
-            let threshold: u64 = text[at + 3..at + 3 + digits].parse().unwrap_or(u64::MAX);
-            versioned.push((at, end, threshold));
+        match digits {
+            0 => {}
+            5 | 6 => versioned.push((at, end)),
+            _ => return refuse("an executable comment version of other than five or six digits"),
         }
         from = end;
     }
-    let mut thresholds: Vec<u64> = versioned.iter().map(|v| v.2).collect();
-    thresholds.sort_unstable();
-    thresholds.dedup();
-    if thresholds.len() > MAX_COMMENT_VERSIONS {
-        return Err(SqlParseError(format!(
-            "more than {MAX_COMMENT_VERSIONS} versions of executable comments"
-        )));
+    if versioned.len() > MAX_VERSIONED_COMMENTS {
+        return refuse("more than four versioned executable comments");
     }
-    // Below every threshold (all comments), then each threshold in turn (the last
-    // reading is the text as written).
-    let mut readings = Vec::with_capacity(thresholds.len() + 1);
-    for cutoff in std::iter::once(0).chain(thresholds.iter().copied()) {
+    let mut readings = Vec::with_capacity(1 << versioned.len());
+    for on in 0..(1u32 << versioned.len()) {
         let mut reading = text.clone().into_bytes();
-        for (start, end, threshold) in &versioned {
-            if *threshold > cutoff {
+        for (n, (start, end)) in versioned.iter().enumerate() {
+            if on & (1 << n) == 0 {
                 reading[*start..*end].fill(b' ');
             }
         }
@@ -508,6 +528,25 @@ fn aliases_in<'a>(items: impl Iterator<Item = &'a TableWithJoins>) -> Vec<(Strin
         }
     }
     out
+}
+
+/// Whether a `set_config` call names, as a literal, a setting other than the client
+/// encoding.
+fn sets_a_plain_setting(f: &sqlparser::ast::Function) -> bool {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let FunctionArguments::List(list) = &f.args else {
+        return false;
+    };
+    match list.args.first() {
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
+            sqlparser::ast::Value::SingleQuotedString(name) => {
+                let name = name.trim().to_ascii_lowercase();
+                name != "client_encoding" && name != "names" && name.is_ascii()
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Client character sets and encodings in which no multi-byte character contains an
@@ -758,20 +797,28 @@ fn facts(s: &Statement) -> StatementFacts {
             // The rows deleted are the targets' (MySQL `DELETE t1 FROM ...`, or the
             // FROM list with `USING`), which may name aliases of the tables joined.
             let aliases = aliases_in(from.iter().chain(d.using.iter().flatten()));
-            let resolve = |name: String| {
-                aliases
+            // Aliases are case-sensitive on some servers and not on others: every
+            // table an alias could name, in any case, counts.
+            let resolve = |name: String| -> Vec<String> {
+                let tables: Vec<String> = aliases
                     .iter()
-                    .find(|(alias, _)| *alias == name)
-                    .map_or(name, |(_, table)| table.clone())
+                    .filter(|(alias, _)| alias.eq_ignore_ascii_case(&name))
+                    .map(|(_, table)| table.clone())
+                    .collect();
+                if tables.is_empty() {
+                    vec![name]
+                } else {
+                    tables
+                }
             };
             if d.tables.is_empty() {
                 if d.using.is_some() {
-                    writes.extend(from.iter().flat_map(tables_in).map(resolve));
+                    writes.extend(from.iter().flat_map(tables_in).flat_map(resolve));
                 } else {
                     writes.extend(from.iter().flat_map(tables_in));
                 }
             } else {
-                writes.extend(d.tables.iter().map(name_of).map(resolve));
+                writes.extend(d.tables.iter().map(name_of).flat_map(resolve));
             }
             unbounded = d.selection.is_none();
             SqlKind::Delete
@@ -944,7 +991,13 @@ fn facts(s: &Statement) -> StatementFacts {
         _ => SqlKind::Other,
     };
     StatementFacts {
-        opaque: kind == SqlKind::SetGlobal || sets_sql_mode(s) || sets_client_encoding(s),
+        // Writing `pg_settings` is `SET` by another name.
+        opaque: kind == SqlKind::SetGlobal
+            || sets_sql_mode(s)
+            || sets_client_encoding(s)
+            || writes
+                .iter()
+                .any(|t| t.rsplit('.').next() == Some("pg_settings")),
         kind,
         writes,
         unbounded,
@@ -1006,6 +1059,33 @@ mod tests {
         assert_eq!(kinds(pg, "COPY t TO PROGRAM 'sh'"), [SqlKind::CopyProgram]);
         assert_eq!(kinds(pg, "COPY t TO STDOUT"), [SqlKind::CopyTo]);
         assert_eq!(kinds(pg, "COPY t FROM STDIN"), [SqlKind::CopyFrom]);
+        // The client encoding set by other names than SET is opaque too.
+        let opaque = |d, sql: &str| {
+            analyze(d, sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .statements
+                .iter()
+                .any(|s| s.opaque)
+        };
+        for sql in [
+            "UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'",
+            "UPDATE pg_catalog.pg_settings SET setting = 'x'",
+            "SELECT set_config('client_encoding', 'SJIS', false)",
+            "SELECT set_config(lower('CLIENT_ENCODING'), 'SJIS', false)",
+            "SELECT pg_catalog.set_config($1, $2, false)",
+            "SET client_encoding = 'SJIS'",
+            "SET NAMES 'BIG5'",
+        ] {
+            assert!(opaque(pg, sql), "{sql}");
+        }
+        for sql in [
+            "SELECT set_config('application_name', 'report', false)",
+            "SET client_encoding = 'UTF8'",
+            "SET NAMES 'latin1'",
+            "UPDATE settings SET v = 1 WHERE k = 2",
+        ] {
+            assert!(!opaque(pg, sql), "{sql}");
+        }
         // As clients send it (psql adds the semicolon, scripts a line end); nothing
         // may follow it in the same query.
         for text in [

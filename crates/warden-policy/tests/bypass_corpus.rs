@@ -54,6 +54,10 @@ fn sql(g: &Guardrails, d: SqlDialect, text: &str) -> Decision {
 }
 
 const PG_DENIED: &[&str] = &[
+    // The client encoding by other names.
+    "UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'",
+    "SELECT set_config('client_encoding', 'SJIS', false)",
+    "SELECT set_config(lower('CLIENT_ENCODING'), 'SJIS', false)",
     // Texts the server reads otherwise than the parser (a second statement in a string
     // or comment only one of them sees), after `SET standard_conforming_strings = off`.
     "SELECT name'x\\', ' ; DROP TABLE users; -- '",
@@ -183,6 +187,13 @@ const PG_ALLOWED: &[&str] = &[
 ];
 
 const MYSQL_DENIED: &[&str] = &[
+    // Executable-comment markers in strings, odd version lengths, alias case.
+    "SELECT '/*!' ; DELETE FROM users /*!99999 WHERE id = 1 */",
+    "SELECT 1 AS `/*!`; DELETE FROM users /*!99999 WHERE id = 1 */",
+    "DELETE 12i FROM orders AS o JOIN billing.invoices /*!12i */ ON true WHERE o.id = 1",
+    "DELETE FROM users /*!1234567 WHERE id = 1 */",
+    "DELETE I FROM orders AS i, billing.invoices AS I WHERE I.id = 1",
+    "DELETE FROM I USING orders AS i, billing.invoices AS I WHERE I.id = 1",
     // `--` followed by white space the server does not take as such.
     "SELECT * FROM (SELECT 1 AS `\u{a0}`) t WHERE 1 = 1 --\u{a0}; DROP TABLE users; -- x",
     "SELECT 1 --\u{3000}; DROP TABLE users",
@@ -215,6 +226,11 @@ const MYSQL_DENIED: &[&str] = &[
 
 /// What MariaDB runs and MySQL ignores: denied when the server is MariaDB.
 const MARIADB_DENIED: &[&str] = &[
+    "SELECT '/*M!' ; DELETE FROM users /*M!999999 WHERE id = 1 */",
+    "DELETE i FROM orders o /*!50700 , orders AS i */ /*M!50700 , billing.invoices AS i */ WHERE o.id = 1",
+    "DELETE i FROM orders o /*!100000 , orders AS i */ /*M!50700 , billing.invoices AS i */ WHERE o.id = 1",
+    // MariaDB reads only an upper-case M as executable.
+    "DELETE FROM users /*m! WHERE id = 1 */",
     "DELETE FROM users /*M!999999 WHERE id = 1 */",
     "UPDATE /*M!999999 orders JOIN */ billing.invoices SET paid = 1 WHERE id = 1",
     "DELETE /*M!999999 o */ FROM /*M!999999 orders o JOIN */ billing.invoices WHERE id = 1",
