@@ -12,7 +12,9 @@ set -euo pipefail
 k8s=${WARDEN_K8S_VERSION:-1.37.2}
 etcd=${WARDEN_ETCD_VERSION:-3.6.16}
 kwok=${WARDEN_KWOK_VERSION:-0.8.0}
-dir=${WARDEN_K8S_CACHE:-/var/cache/warden-test/k8s-$k8s-etcd-$etcd-kwok-$kwok}
+# The last part names this script's revision: a change to how the binaries are built
+# builds them again.
+dir=${WARDEN_K8S_CACHE:-/var/cache/warden-test/k8s-$k8s-etcd-$etcd-kwok-$kwok-r2}
 if [ -f "$dir/.complete" ]; then
   echo "$dir"
   exit 0
@@ -39,8 +41,12 @@ mkdir "$work/k8s"
   for m in $staging; do
     printf 'replace %s => %s v0.%s\n' "$m" "$m" "${k8s#1.}" >>go.mod
   done
-  go build -ldflags="$ldflags" -o "$dir/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-  go build -ldflags="$ldflags" -o "$dir/kubectl" k8s.io/kubernetes/cmd/kubectl
+  # The version the binaries report (kubectl compares its own with the server's).
+  version="-X k8s.io/component-base/version.gitVersion=v$k8s -X k8s.io/component-base/version.gitMajor=${k8s%%.*}"
+  version="$version -X k8s.io/component-base/version.gitMinor=$(echo "$k8s" | cut -d. -f2)"
+  version="$version -X k8s.io/client-go/pkg/version.gitVersion=v$k8s"
+  go build -ldflags="$ldflags $version" -o "$dir/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  go build -ldflags="$ldflags $version" -o "$dir/kubectl" k8s.io/kubernetes/cmd/kubectl
 )
 
 # etcd: its root module replaces its own submodules too; the server's module exports

@@ -414,6 +414,17 @@ fn kind_name(k: SqlKind) -> String {
 /// Whether a table name (as written) matches a pattern, qualifying unqualified names
 /// with the default schema. Patterns without a schema match the table in any schema.
 fn table_matches(pattern: &str, table: &str, default_schema: Option<&str>) -> bool {
+    // A whole schema (`billing.*`: dropped, renamed) holds every table a pattern for
+    // that schema names, and whatever a pattern without a schema names.
+    if let Some(schema) = table.strip_suffix(".*") {
+        return match pattern.rsplit_once('.') {
+            Some((pattern_schema, _)) => {
+                let last = schema.rsplit('.').next().unwrap_or(schema);
+                glob::matches(pattern_schema, last) || glob::matches(pattern_schema, schema)
+            }
+            None => true,
+        };
+    }
     let qualified = match (table.contains('.'), default_schema) {
         (false, Some(s)) => format!("{s}.{table}"),
         _ => table.to_string(),
@@ -448,6 +459,24 @@ fn sql_match(m: &Matcher, a: &SqlAnalysis, default_schema: Option<&str>) -> Opti
                 if s.kind == SqlKind::SetSearchPath {
                     return Some("changing the search path is not allowed where writes to some tables are protected".into());
                 }
+                // Schema changes that name no table (rules, views, triggers, indexes
+                // the parser does not attribute) may touch a protected one.
+                if s.writes.is_empty()
+                    && matches!(
+                        s.kind,
+                        SqlKind::Create
+                            | SqlKind::Alter
+                            | SqlKind::Drop
+                            | SqlKind::Comment
+                            | SqlKind::Truncate
+                            | SqlKind::Other
+                    )
+                {
+                    return Some(format!(
+                        "{} statements whose tables Warden cannot name are not allowed where writes to some tables are protected",
+                        kind_name(s.kind)
+                    ));
+                }
                 if let Some(t) = s
                     .writes
                     .iter()
@@ -467,6 +496,15 @@ fn sql_match(m: &Matcher, a: &SqlAnalysis, default_schema: Option<&str>) -> Opti
                     "the connection is read-only: {} is not allowed",
                     kind_name(s.kind)
                 )
+            })
+            .or_else(|| {
+                a.functions
+                    .iter()
+                    .find(|f| {
+                        let last = f.rsplit('.').next().unwrap_or(f);
+                        WRITING_FUNCTIONS.iter().any(|p| glob::matches(p, last))
+                    })
+                    .map(|f| format!("the connection is read-only: `{f}` changes state"))
             }),
         Matcher::SqlFunctions(patterns) => a
             .functions
@@ -481,6 +519,40 @@ fn sql_match(m: &Matcher, a: &SqlAnalysis, default_schema: Option<&str>) -> Opti
         Matcher::Shell(_) | Matcher::Http(_) => None,
     }
 }
+
+/// Built-in functions known to change data or server state, which a read-only
+/// connection refuses even inside a `SELECT` (user-defined functions cannot be told
+/// apart: name them in `sql_functions`).
+const WRITING_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "lastval",
+    "lo_*",
+    "pg_notify",
+    "pg_advisory_*",
+    "pg_try_advisory_*",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_stat_reset*",
+    "pg_switch_wal",
+    "pg_create_*",
+    "pg_drop_*",
+    "pg_replication_*",
+    "pg_promote",
+    "pg_file_*",
+    "set_config",
+    "dblink*",
+    "txid_current",
+    "pg_current_xact_id",
+    "get_lock",
+    "release_lock",
+    "release_all_locks",
+    "pg_import_system_collations",
+    "pg_copy_*",
+    "pg_logical_emit_message",
+];
 
 impl Guard for Guardrails {
     fn decide(&self, action: &Action<'_>) -> Decision {

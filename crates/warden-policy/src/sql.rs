@@ -288,14 +288,17 @@ fn analyze_statements(
         match e {
             Expr::Function(f) => {
                 let name = name_of(&f.name);
-                if name.rsplit('.').next() == Some("set_config") && !sets_a_plain_setting(f) {
-                    // A setting the call may change is the client encoding (or cannot
-                    // be told): decided like the SET it stands for.
+                if name.rsplit('.').next() == Some("set_config") {
+                    // Decided like the SET it stands for: by the setting it names, and
+                    // opaque when that is the client encoding or cannot be told.
+                    let setting = set_config_setting(f);
                     analysis.statements.push(StatementFacts {
-                        kind: SqlKind::Set,
+                        kind: setting.as_deref().map_or(SqlKind::Set, setting_kind),
                         writes: Vec::new(),
                         unbounded: false,
-                        opaque: true,
+                        opaque: setting
+                            .as_deref()
+                            .is_none_or(|s| matches!(s, "client_encoding" | "names")),
                     });
                 }
                 analysis.functions.push(name);
@@ -530,22 +533,20 @@ fn aliases_in<'a>(items: impl Iterator<Item = &'a TableWithJoins>) -> Vec<(Strin
     out
 }
 
-/// Whether a `set_config` call names, as a literal, a setting other than the client
-/// encoding.
-fn sets_a_plain_setting(f: &sqlparser::ast::Function) -> bool {
+/// The setting a `set_config` call names, lowercased, when it is a plain literal.
+fn set_config_setting(f: &sqlparser::ast::Function) -> Option<String> {
     use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
     let FunctionArguments::List(list) = &f.args else {
-        return false;
+        return None;
     };
     match list.args.first() {
         Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
-            sqlparser::ast::Value::SingleQuotedString(name) => {
-                let name = name.trim().to_ascii_lowercase();
-                name != "client_encoding" && name != "names" && name.is_ascii()
+            sqlparser::ast::Value::SingleQuotedString(name) if name.is_ascii() => {
+                Some(name.trim().to_ascii_lowercase())
             }
-            _ => false,
+            _ => None,
         },
-        _ => false,
+        _ => None,
     }
 }
 
@@ -694,13 +695,26 @@ fn set_kind(scope: Option<&ContextModifier>, variable: &ObjectName) -> SqlKind {
         return SqlKind::SetGlobal;
     }
     match name.rsplit('.').next().unwrap_or(&name) {
+        // MySQL `SET PASSWORD = ...`: the held account's password.
+        "password" if variable.0.len() == 1 => SqlKind::AlterRole,
+        setting => setting_kind(setting),
+    }
+}
+
+/// The kind of setting a session setting's name makes a change of.
+fn setting_kind(setting: &str) -> SqlKind {
+    match setting {
         "role" => SqlKind::SetRole,
         "session_authorization" => SqlKind::SetSessionAuthorization,
         "search_path" | "schema" => SqlKind::SetSearchPath,
-        // MySQL `SET PASSWORD = ...`: the held account's password.
-        "password" if variable.0.len() == 1 => SqlKind::AlterRole,
         _ => SqlKind::Set,
     }
+}
+
+/// How a schema-wide change is recorded among written tables: `schema.*`, which
+/// `sql_write_tables` matches against every pattern for that schema.
+fn schema_wide(schema: &ObjectName) -> String {
+    format!("{}.*", name_of(schema))
 }
 
 /// Whether a statement sets MySQL's `sql_mode` to something that changes how the
@@ -848,7 +862,13 @@ fn facts(s: &Statement) -> StatementFacts {
         Statement::Drop {
             object_type, names, ..
         } => {
-            writes.extend(names.iter().map(name_of));
+            // A schema (a MySQL database) goes with every table in it.
+            let whole = matches!(object_type, ObjectType::Schema | ObjectType::Database);
+            writes.extend(
+                names
+                    .iter()
+                    .map(|n| if whole { schema_wide(n) } else { name_of(n) }),
+            );
             match object_type {
                 ObjectType::Role | ObjectType::User | ObjectType::Group => SqlKind::DropRole,
                 _ => SqlKind::Drop,
@@ -909,8 +929,18 @@ fn facts(s: &Statement) -> StatementFacts {
             writes.push(name_of(&a.name));
             SqlKind::Alter
         }
-        Statement::AlterSchema { .. }
-        | Statement::AlterIndex { .. }
+        Statement::AlterSchema(a) => {
+            writes.push(schema_wide(&a.name));
+            SqlKind::Alter
+        }
+        Statement::RenameTable(renames) => {
+            for r in renames {
+                writes.push(name_of(&r.old_name));
+                writes.push(name_of(&r.new_name));
+            }
+            SqlKind::Alter
+        }
+        Statement::AlterIndex { .. }
         | Statement::AlterView { .. }
         | Statement::AlterFunction { .. }
         | Statement::AlterType { .. }
@@ -922,8 +952,7 @@ fn facts(s: &Statement) -> StatementFacts {
         | Statement::AlterPolicy { .. }
         | Statement::AlterTrigger { .. }
         | Statement::AlterConnector { .. }
-        | Statement::AlterSession { .. }
-        | Statement::RenameTable { .. } => SqlKind::Alter,
+        | Statement::AlterSession { .. } => SqlKind::Alter,
         Statement::AlterRole { .. } | Statement::AlterUser { .. } => SqlKind::AlterRole,
         Statement::Grant { .. }
         | Statement::GrantRole { .. }
@@ -993,6 +1022,10 @@ fn facts(s: &Statement) -> StatementFacts {
     StatementFacts {
         // Writing `pg_settings` is `SET` by another name.
         opaque: kind == SqlKind::SetGlobal
+            // MariaDB's `EXECUTE IMMEDIATE 'sql'` runs text never analyzed (the
+            // parser reads it as executing a statement named `immediate`).
+            || matches!(s, Statement::Execute { immediate: true, .. })
+            || matches!(s, Statement::Execute { name: Some(n), .. } if name_of(n) == "immediate")
             || sets_sql_mode(s)
             || sets_client_encoding(s)
             || writes

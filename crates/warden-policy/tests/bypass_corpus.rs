@@ -597,11 +597,82 @@ fn read_only_connections() {
         "SELECT 1; UPDATE t SET a = 1 WHERE b = 2",
         "ALTER SYSTEM SET fsync = off",
         "DO $$ BEGIN NULL; END $$",
+        // Functions that change state, inside a SELECT.
+        "SELECT nextval('s')",
+        "SELECT setval('s', 100)",
+        "SELECT lo_from_bytea(4242, 'x')",
+        "SELECT lo_unlink(4242)",
+        "SELECT pg_notify('ch', 'x')",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT set_config('role', 'admin', false)",
+        "SELECT set_config('search_path', 'billing', false)",
     ] {
         assert!(
             matches!(sql(&g, SqlDialect::Postgres, s), Decision::Deny { .. }),
             "{s}"
         );
+    }
+    for s in [
+        "SELECT NEXTVAL(s)",
+        "SELECT SETVAL(s, 100)",
+        "SELECT GET_LOCK('x', 1)",
+    ] {
+        assert!(
+            matches!(sql(&g, SqlDialect::Mariadb, s), Decision::Deny { .. }),
+            "{s}"
+        );
+    }
+}
+
+/// Writes reached without naming a protected table: a whole schema, a rename, a
+/// rule or view the parser does not attribute, dynamic SQL, settings by function.
+#[test]
+fn protected_tables_and_roles_are_not_reached_around() {
+    let config: PolicyConfig = toml::from_str(
+        "[[guardrails]]\nname = \"p\"\ndefault_schema = \"public\"\n\
+         [[guardrails.rules]]\nname = \"protect-billing\"\nsql_write_tables = [\"billing.*\"]\n\
+         [[guardrails.rules]]\nname = \"no-dcl\"\nsql_statements = [\"dcl\"]\n\
+         [[guardrails.rules]]\nname = \"no-dml\"\nsql_statements = [\"delete\"]\n",
+    )
+    .unwrap();
+    let g = Guardrails::compile(&config.guardrails, &[]).unwrap();
+    use SqlDialect::{Mariadb, Postgres};
+    for (d, s) in [
+        (Postgres, "DROP SCHEMA billing CASCADE"),
+        (Postgres, "ALTER SCHEMA billing RENAME TO billing_old"),
+        (Mariadb, "DROP DATABASE billing"),
+        (Mariadb, "RENAME TABLE billing.invoices TO kt_pub.stolen"),
+        (
+            Postgres,
+            "CREATE RULE r AS ON INSERT TO billing.invoices DO INSTEAD NOTHING",
+        ),
+        (Postgres, "CREATE OR REPLACE VIEW billing.v AS SELECT 1"),
+        (Postgres, "SELECT set_config('role', 'kt_high', false)"),
+        (
+            Postgres,
+            "SELECT set_config('session_authorization', 'kt_high', false)",
+        ),
+        (
+            Postgres,
+            "SELECT set_config('search_path', 'billing', false)",
+        ),
+        (
+            Mariadb,
+            "EXECUTE IMMEDIATE 'DELETE FROM billing.invoices WHERE id = 2'",
+        ),
+    ] {
+        assert!(matches!(sql(&g, d, s), Decision::Deny { .. }), "{d:?}: {s}");
+    }
+    for (d, s) in [
+        (Postgres, "DROP SCHEMA scratch CASCADE"),
+        (Postgres, "CREATE TABLE public.notes (id int)"),
+        (
+            Postgres,
+            "SELECT set_config('application_name', 'report', false)",
+        ),
+        (Mariadb, "RENAME TABLE shop.a TO shop.b"),
+    ] {
+        assert_eq!(sql(&g, d, s), Decision::Allow, "{d:?}: {s}");
     }
 }
 
