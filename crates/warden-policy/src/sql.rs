@@ -658,14 +658,26 @@ fn sets_client_encoding(s: &Statement) -> bool {
     };
     match s {
         Statement::Set(Set::SetNames { charset_name, .. }) => !safe(&charset_name.value),
+        _ => assigns(s, is_encoding, unsafe_value),
+    }
+}
+
+/// Whether `s` is a SET that gives a setting `is_setting` names a value `flagged`
+/// flags (a parenthesized assignment's values are not told apart: any counts).
+fn assigns(
+    s: &Statement,
+    is_setting: impl Fn(&ObjectName) -> bool,
+    flagged: impl Fn(&Expr) -> bool,
+) -> bool {
+    match s {
         Statement::Set(Set::SingleAssignment {
             variable, values, ..
-        }) => is_encoding(variable) && values.iter().any(unsafe_value),
+        }) => is_setting(variable) && values.iter().any(flagged),
         Statement::Set(Set::MultipleAssignments { assignments }) => assignments
             .iter()
-            .any(|a| is_encoding(&a.name) && unsafe_value(&a.value)),
+            .any(|a| is_setting(&a.name) && flagged(&a.value)),
         Statement::Set(Set::ParenthesizedAssignments { variables, .. }) => {
-            variables.iter().any(is_encoding)
+            variables.iter().any(is_setting)
         }
         _ => false,
     }
@@ -752,18 +764,7 @@ fn sets_sql_mode(s: &Statement) -> bool {
         },
         _ => true,
     };
-    match s {
-        Statement::Set(Set::SingleAssignment {
-            variable, values, ..
-        }) => is_mode(variable) && values.iter().any(changes_reading),
-        Statement::Set(Set::MultipleAssignments { assignments }) => assignments
-            .iter()
-            .any(|a| is_mode(&a.name) && changes_reading(&a.value)),
-        Statement::Set(Set::ParenthesizedAssignments { variables, .. }) => {
-            variables.iter().any(is_mode)
-        }
-        _ => false,
-    }
+    assigns(s, is_mode, changes_reading)
 }
 
 /// The most sensitive kind among several session assignments.
