@@ -15,6 +15,7 @@ mod forms;
 pub mod glob;
 pub mod http;
 pub mod masking;
+mod reading;
 mod shape;
 pub mod shell;
 pub mod spec;
