@@ -482,6 +482,9 @@ fn setting_kind(setting: &str) -> SqlKind {
         "role" => SqlKind::SetRole,
         "session_authorization" => SqlKind::SetSessionAuthorization,
         "search_path" | "schema" => SqlKind::SetSearchPath,
+        // Settings whose effect reaches past the session's own reads: triggers and
+        // foreign keys switched off (PostgreSQL), writes kept from replication (MySQL).
+        "session_replication_role" | "sql_log_bin" => SqlKind::SetGlobal,
         _ => SqlKind::Set,
     }
 }
@@ -705,6 +708,15 @@ fn facts(s: &Statement) -> StatementFacts {
             ),
             _ => SqlKind::Set,
         },
+        // RESET undoes a SET: the same kind of change.
+        Statement::Reset(r) => {
+            use sqlparser::ast::Reset;
+            match &r.reset {
+                Reset::ALL => SqlKind::SetRole,
+                Reset::SessionAuthorization => SqlKind::SetSessionAuthorization,
+                Reset::ConfigurationParameter(name) => set_kind(None, name),
+            }
+        }
         Statement::Use { .. } => SqlKind::SetSearchPath,
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }

@@ -54,6 +54,11 @@ fn sql(g: &Guardrails, d: SqlDialect, text: &str) -> Decision {
 }
 
 const PG_DENIED: &[&str] = &[
+    // RESET undoes a SET of the same kind; settings that reach past the session.
+    "RESET ROLE",
+    "RESET SESSION AUTHORIZATION",
+    "RESET ALL",
+    "SET session_replication_role = replica",
     // The client encoding by other names.
     "UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'",
     "SELECT set_config('client_encoding', 'SJIS', false)",
@@ -159,6 +164,7 @@ const PG_DENIED: &[&str] = &[
 ];
 
 const PG_ALLOWED: &[&str] = &[
+    "RESET statement_timeout",
     "SET client_encoding = 'UTF8'",
     "SET NAMES 'LATIN1'",
     "DELETE FROM orders USING billing.invoices i WHERE orders.id = i.order_id",
@@ -187,6 +193,7 @@ const PG_ALLOWED: &[&str] = &[
 ];
 
 const MYSQL_DENIED: &[&str] = &[
+    "SET sql_log_bin = 0",
     // Executable-comment markers in strings, odd version lengths, alias case.
     "SELECT '/*!' ; DELETE FROM users /*!99999 WHERE id = 1 */",
     "SELECT 1 AS `/*!`; DELETE FROM users /*!99999 WHERE id = 1 */",
