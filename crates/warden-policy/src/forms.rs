@@ -244,14 +244,9 @@ fn ident_before(b: &[u8], i: usize) -> bool {
 pub(crate) fn non_ascii_dollar_tag(sql: &str) -> bool {
     let b = sql.as_bytes();
     (0..b.len()).any(|i| {
-        b[i] == b'$' && !ident_before(b, i) && {
-            let rest = &b[i + 1..];
-            let tag_len = rest
-                .iter()
-                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c >= 0x80)
-                .count();
-            rest.get(tag_len) == Some(&b'$') && rest[..tag_len].iter().any(|c| *c >= 0x80)
-        }
+        b[i] == b'$'
+            && !ident_before(b, i)
+            && dollar_tag(b, i).is_some_and(|tag| tag.iter().any(|c| *c >= 0x80))
     })
 }
 
@@ -274,17 +269,9 @@ fn quoted_end(b: &[u8], i: usize, backslash: bool) -> Option<usize> {
 /// Past a dollar-quoted string opening at `i` (or just past the `$` when none
 /// opens there: a parameter like `$1`).
 fn dollar_end(b: &[u8], i: usize) -> usize {
-    let rest = &b[i + 1..];
-    let Some(close) = rest.iter().position(|c| *c == b'$') else {
+    let Some(tag) = dollar_tag(b, i) else {
         return i + 1;
     };
-    let tag = &rest[..close];
-    let is_tag = tag.iter().enumerate().all(|(n, c)| {
-        c.is_ascii_alphabetic() || *c == b'_' || *c >= 0x80 || (n > 0 && c.is_ascii_digit())
-    });
-    if !is_tag {
-        return i + 1;
-    }
     let open = tag.len() + 2;
     let mut j = i + open;
     while j + open <= b.len() {
@@ -294,6 +281,20 @@ fn dollar_end(b: &[u8], i: usize) -> usize {
         j += 1;
     }
     b.len()
+}
+
+/// The tag of the dollar quote whose opening `$` is at `i` (what lies between its two
+/// `$`, possibly nothing), when one opens there as PostgreSQL reads tags: letters,
+/// `_`, any non-ASCII byte, and digits after the first.
+fn dollar_tag(b: &[u8], i: usize) -> Option<&[u8]> {
+    let rest = &b[i + 1..];
+    let tag = &rest[..rest.iter().position(|c| *c == b'$')?];
+    tag.iter()
+        .enumerate()
+        .all(|(n, c)| {
+            c.is_ascii_alphabetic() || *c == b'_' || *c >= 0x80 || (n > 0 && c.is_ascii_digit())
+        })
+        .then_some(tag)
 }
 
 #[cfg(test)]

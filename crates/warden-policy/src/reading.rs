@@ -77,7 +77,12 @@ pub(crate) fn parse_readings(
 /// Why the server could read `sql` otherwise than the parser does, for the forms
 /// where the two are known to differ; such texts are refused, not guessed.
 pub(crate) fn read_differently(d: SqlDialect, sql: &str) -> Option<&'static str> {
-    let lower = sql.to_ascii_lowercase();
+    // Runs on every statement the parser reads: searched in place, no copy.
+    let has = |needle: &[u8]| {
+        sql.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
     if d == SqlDialect::Postgres {
         // PostgreSQL ends a `--` comment at a carriage return as well as a line feed.
         let lone_cr = sql
@@ -88,7 +93,7 @@ pub(crate) fn read_differently(d: SqlDialect, sql: &str) -> Option<&'static str>
         if lone_cr && sql.contains("--") {
             return Some("a carriage return in a `--` comment");
         }
-        if lower.contains("u&\"") {
+        if has(b"u&\"") {
             return Some("a `U&\"...\"` name with escapes");
         }
         if crate::forms::non_ascii_dollar_tag(sql) {
@@ -108,7 +113,7 @@ pub(crate) fn read_differently(d: SqlDialect, sql: &str) -> Option<&'static str>
         }
         // Inside an executable comment, `#` and `--` run to the line's end past its
         // `*/` for the server.
-        let executable = lower.contains("/*!") || lower.contains("/*m!");
+        let executable = has(b"/*!") || has(b"/*m!");
         if executable && (sql.contains('#') || sql.contains("--")) {
             return Some("a comment inside an executable comment");
         }

@@ -380,53 +380,47 @@ fn table_of(t: &TableFactor) -> Option<String> {
     }
 }
 
-/// The tables of a FROM item and everything joined to it (nested joins included).
-fn tables_in(t: &TableWithJoins) -> Vec<String> {
-    fn factor(f: &TableFactor, out: &mut Vec<String>) {
-        match f {
-            TableFactor::Table { name, .. } => out.push(name_of(name)),
-            TableFactor::NestedJoin {
-                table_with_joins, ..
-            } => out.extend(tables_in(table_with_joins)),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    factor(&t.relation, &mut out);
-    for j in &t.joins {
-        factor(&j.relation, &mut out);
-    }
-    out
-}
-
-/// (alias, table) for every aliased table in these FROM items, lowercased.
-fn aliases_in<'a>(items: impl Iterator<Item = &'a TableWithJoins>) -> Vec<(String, String)> {
-    fn factor(f: &TableFactor, out: &mut Vec<(String, String)>) {
-        match f {
-            TableFactor::Table {
-                name,
-                alias: Some(a),
-                ..
-            } => out.push((a.name.value.to_lowercase(), name_of(name))),
-            TableFactor::NestedJoin {
-                table_with_joins, ..
-            } => {
-                factor(&table_with_joins.relation, out);
-                for j in &table_with_joins.joins {
-                    factor(&j.relation, out);
-                }
+/// Every table factor of FROM items and what is joined to them, nested joins
+/// flattened.
+fn factors<'a>(items: impl Iterator<Item = &'a TableWithJoins>) -> Vec<&'a TableFactor> {
+    fn walk<'a>(t: &'a TableWithJoins, out: &mut Vec<&'a TableFactor>) {
+        for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
+            match f {
+                TableFactor::NestedJoin {
+                    table_with_joins, ..
+                } => walk(table_with_joins, out),
+                _ => out.push(f),
             }
-            _ => {}
         }
     }
     let mut out = Vec::new();
     for t in items {
-        factor(&t.relation, &mut out);
-        for j in &t.joins {
-            factor(&j.relation, &mut out);
-        }
+        walk(t, &mut out);
     }
     out
+}
+
+/// The tables of a FROM item and everything joined to it (nested joins included).
+fn tables_in(t: &TableWithJoins) -> Vec<String> {
+    factors(std::iter::once(t))
+        .into_iter()
+        .filter_map(table_of)
+        .collect()
+}
+
+/// (alias, table) for every aliased table in these FROM items, lowercased.
+fn aliases_in<'a>(items: impl Iterator<Item = &'a TableWithJoins>) -> Vec<(String, String)> {
+    factors(items)
+        .into_iter()
+        .filter_map(|f| match f {
+            TableFactor::Table {
+                name,
+                alias: Some(a),
+                ..
+            } => Some((a.name.value.to_lowercase(), name_of(name))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The setting a `set_config` call names, lowercased, when it is a plain literal.
