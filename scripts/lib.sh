@@ -173,6 +173,364 @@ EOF2
   as_root chmod 644 "$dir/warden_t_key" "$dir/host_ed25519.pub"
 }
 
+# Runs a daemon in its own session, so that it outlives the script that starts it and
+# its terminal: `start_daemon PIDFILE LOGFILE CMD ARGS...`; its pid goes to PIDFILE.
+start_daemon() {
+  local pidfile=$1 logfile=$2
+  shift 2
+  rm -f "$pidfile"
+  # shellcheck disable=SC2016
+  setsid sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" >"$logfile" 2>&1 </dev/null &
+  for _ in $(seq 1 100); do [ -s "$pidfile" ] && return 0; sleep 0.02; done
+  echo "$1 did not start" >&2
+  return 1
+}
+
+# Stops the daemon PIDFILE names if it is alive and still ours (its command line holds
+# MARK: a pid from an old run may name another process by now): `stop_daemon PIDFILE MARK`.
+stop_daemon() {
+  local pid
+  [ -f "$1" ] || return 0
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$2" || return 0
+  kill "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# go-httpbin on 127.0.0.1:18080: an HTTP service for the proxy tests, and what the
+# Kubernetes test pods' port-forwards reach. Built once into a versioned cache
+# directory (marked complete when built), as scripts/k8s-stack.sh does. Idempotent.
+setup_httpbin() {
+  local version=2.26.0 dir=/var/tmp/warden-test-httpbin
+  local bin=/var/cache/warden-test/go-httpbin-$version
+  export WARDEN_TEST_HTTPBIN_URL=http://127.0.0.1:18080
+  if [ -f "$dir/httpbin.pid" ] && kill -0 "$(cat "$dir/httpbin.pid")" 2>/dev/null &&
+    curl -fsS -o /dev/null "$WARDEN_TEST_HTTPBIN_URL/status/200"; then
+    return 0
+  fi
+  if [ ! -f "$bin/.complete" ]; then
+    log "building go-httpbin $version"
+    mkdir -p "$bin"
+    GOBIN=$bin GOFLAGS=-trimpath CGO_ENABLED=0 \
+      go install "github.com/mccutchen/go-httpbin/v2/cmd/go-httpbin@v$version"
+    touch "$bin/.complete"
+  fi
+  log "starting go-httpbin on $WARDEN_TEST_HTTPBIN_URL"
+  mkdir -p "$dir"
+  stop_daemon "$dir/httpbin.pid" "$bin/go-httpbin"
+  start_daemon "$dir/httpbin.pid" "$dir/httpbin.log" "$bin/go-httpbin" -host 127.0.0.1 -port 18080
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "$WARDEN_TEST_HTTPBIN_URL/status/200" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$dir/httpbin.log" >&2
+  echo "go-httpbin did not start" >&2
+  return 1
+}
+
+# A minimal Kubernetes for the Kubernetes proxy tests, from the binaries
+# scripts/k8s-stack.sh builds: etcd, kube-apiserver on https://127.0.0.1:16443 (RBAC,
+# static tokens) and kwok, which plays the kubelet of one fake node, warden-fake-node.
+# There is no scheduler nor controller manager: a pod must name its node, nothing
+# garbage-collects, and a deleted namespace stays Terminating.
+#
+# Pods on the fake node are Running, and kwok serves their kubelet API for real:
+# `exec` runs the command on this machine (as the user who ran setup_k8s, in
+# $WARDEN_TEST_K8S_DIR/pod); `logs [-f]` and `attach` read $WARDEN_TEST_K8S_LOG_FILE
+# (CRI log lines, "<RFC 3339 time> stdout F <text>": append to it; attach only prints,
+# its stdin goes nowhere); `port-forward` to any port reaches go-httpbin (setup_httpbin).
+#
+# Users (tokens in files): warden-gateway, in system:masters (the cluster credential
+# Warden holds); warden-impersonator, who may only impersonate users and groups; and
+# alice@example.com (to impersonate), who may get/list/watch pods in `default` and
+# nothing in `prod`. Pods: default/web, prod/api.
+# Idempotent: a running stack is kept; otherwise one starts afresh (new data, tokens).
+setup_k8s() {
+  export WARDEN_TEST_K8S_DIR="${WARDEN_TEST_K8S_DIR:-/var/tmp/warden-test-k8s}"
+  local dir=$WARDEN_TEST_K8S_DIR bin api=https://127.0.0.1:16443 kubelet_port=10347 up=1 p
+  bin=$(scripts/k8s-stack.sh)
+  setup_httpbin
+  export WARDEN_TEST_K8S_URL=$api
+  export WARDEN_TEST_K8S_CA=$dir/ca.crt
+  export WARDEN_TEST_K8S_TOKEN_FILE=$dir/admin.token
+  export WARDEN_TEST_K8S_IMPERSONATOR_TOKEN_FILE=$dir/impersonator.token
+  export WARDEN_TEST_K8S_KUBECONFIG=$dir/admin.kubeconfig
+  export WARDEN_TEST_K8S_NODE=warden-fake-node
+  export WARDEN_TEST_K8S_LOG_FILE=$dir/web.log
+  export WARDEN_TEST_KUBECTL=$bin/kubectl
+  for p in etcd kube-apiserver kwok; do
+    [ -f "$dir/$p.pid" ] && kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null || up=
+  done
+  if [ -n "$up" ] && curl -fsS -o /dev/null --cacert "$dir/ca.crt" \
+    -H "Authorization: Bearer $(cat "$dir/admin.token")" "$api/readyz" 2>/dev/null; then
+    return 0
+  fi
+
+  log "starting Kubernetes (etcd, kube-apiserver, kwok) on $api"
+  for p in kwok kube-apiserver etcd; do stop_daemon "$dir/$p.pid" "$dir"; done
+  rm -rf "$dir"
+  mkdir -p "$dir/pod"
+  # Tokens and keys inside: only the user who runs the tests (and these daemons) reads them.
+  chmod 700 "$dir"
+
+  # One CA signs the API server's serving certificate (clients verify it with
+  # $WARDEN_TEST_K8S_CA; it is the --client-ca-file too, though no client certificate is
+  # issued); a separate key signs service-account tokens.
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -days 3650 -subj /CN=warden-test-k8s-ca \
+    -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+  openssl req "${ec[@]}" -subj /CN=kube-apiserver -keyout "$dir/apiserver.key" 2>/dev/null |
+    openssl x509 -req -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -days 3650 -out "$dir/apiserver.crt" \
+      -extfile <(printf '%s\n' 'extendedKeyUsage=serverAuth' \
+        'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1') 2>/dev/null
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/sa.key"
+  openssl pkey -in "$dir/sa.key" -pubout -out "$dir/sa.pub"
+
+  # Static tokens (--token-auth-file: token,user,uid,"groups"). kwok has its own admin.
+  for p in admin impersonator kwok; do openssl rand -hex 24 >"$dir/$p.token"; done
+  cat >"$dir/tokens.csv" <<EOF2
+$(cat "$dir/admin.token"),warden-gateway,warden-gateway,"system:masters"
+$(cat "$dir/kwok.token"),kwok-controller,kwok-controller,"system:masters"
+$(cat "$dir/impersonator.token"),warden-impersonator,warden-impersonator
+EOF2
+  for p in admin kwok; do
+    cat >"$dir/$p.kubeconfig" <<EOF2
+apiVersion: v1
+kind: Config
+clusters:
+- name: warden-test
+  cluster: {server: "$api", certificate-authority: "$dir/ca.crt"}
+users:
+- name: $p
+  user: {tokenFile: "$dir/$p.token"}
+contexts:
+- name: warden-test
+  context: {cluster: warden-test, user: $p, namespace: default}
+current-context: warden-test
+EOF2
+  done
+
+  # etcd on ports of its own (not 2379/2380: a machine's etcd may hold those). The data
+  # is thrown away with the stack: no fsync.
+  start_daemon "$dir/etcd.pid" "$dir/etcd.log" "$bin/etcd" --name warden-test \
+    --data-dir "$dir/etcd" --unsafe-no-fsync --log-level warn \
+    --listen-client-urls http://127.0.0.1:23791 --advertise-client-urls http://127.0.0.1:23791 \
+    --listen-peer-urls http://127.0.0.1:23801 --initial-advertise-peer-urls http://127.0.0.1:23801 \
+    --initial-cluster warden-test=http://127.0.0.1:23801
+
+  # No ServiceAccount admission: with no controller manager there are no service
+  # accounts to give pods. No endpoint reconciler: the `kubernetes` service's endpoint
+  # would be 127.0.0.1, which Endpoints refuse. The kubelet (kwok) is reached at the
+  # node's InternalIP; with no --kubelet-certificate-authority its certificate is not
+  # verified (kwok serves a self-signed one).
+  start_daemon "$dir/kube-apiserver.pid" "$dir/kube-apiserver.log" "$bin/kube-apiserver" \
+    --bind-address=127.0.0.1 --secure-port=16443 --advertise-address=127.0.0.1 \
+    --etcd-servers=http://127.0.0.1:23791 --endpoint-reconciler-type=none \
+    --authorization-mode=RBAC --token-auth-file="$dir/tokens.csv" --client-ca-file="$dir/ca.crt" \
+    --tls-cert-file="$dir/apiserver.crt" --tls-private-key-file="$dir/apiserver.key" \
+    --service-account-issuer=https://kubernetes.default.svc \
+    --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 --disable-admission-plugins=ServiceAccount \
+    --kubelet-preferred-address-types=InternalIP --profiling=false
+  for _ in $(seq 1 1200); do
+    curl -fsS -o /dev/null --cacert "$dir/ca.crt" -H "Authorization: Bearer $(cat "$dir/admin.token")" \
+      "$api/readyz" 2>/dev/null && break
+    kill -0 "$(cat "$dir/kube-apiserver.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  curl -fsS -o /dev/null --cacert "$dir/ca.crt" -H "Authorization: Bearer $(cat "$dir/admin.token")" "$api/readyz" || {
+    tail -20 "$dir/etcd.log" "$dir/kube-apiserver.log" >&2
+    echo "kube-apiserver did not become ready" >&2
+    return 1
+  }
+
+  # kwok: its stages (the fast ones of kwokctl, trimmed: nodes and pods become ready at
+  # once, deleted pods go) and what its kubelet API does for every pod (see above).
+  printf '%s\n' "2000-01-01T00:00:00.000000000Z stdout F web: started" >"$dir/web.log"
+  # (No KwokConfiguration here: one read from a file is not defaulted, and kwok refuses it.)
+  cat >"$dir/kwok.yaml" <<'EOF2'
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {name: node-initialize}
+spec:
+  resourceRef: {apiGroup: v1, kind: Node}
+  selector:
+    matchExpressions:
+    - {key: '.status.conditions.[] | select( .type == "Ready" ) | .status', operator: NotIn, values: ['True']}
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      {{ range NodeConditions }}
+      - lastHeartbeatTime: {{ $now | Quote }}
+        lastTransitionTime: {{ $now | Quote }}
+        message: {{ .message | Quote }}
+        reason: {{ .reason | Quote }}
+        status: {{ .status | Quote }}
+        type: {{ .type | Quote }}
+      {{ end }}
+      addresses:
+      - {address: {{ NodeIP | Quote }}, type: InternalIP}
+      daemonEndpoints: {kubeletEndpoint: {Port: {{ NodePort }}}}
+      allocatable: {cpu: 1k, memory: 1Ti, pods: 1M}
+      capacity: {cpu: 1k, memory: 1Ti, pods: 1M}
+      nodeInfo:
+        architecture: amd64
+        operatingSystem: linux
+        kubeletVersion: {{ printf "kwok-%s" Version }}
+        containerRuntimeVersion: {{ printf "kwok-%s" Version }}
+        kernelVersion: ""
+        kubeProxyVersion: ""
+        osImage: ""
+        machineID: ""
+        systemUUID: ""
+        bootID: ""
+      phase: Running
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {name: pod-ready}
+spec:
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+    - {key: .metadata.deletionTimestamp, operator: DoesNotExist}
+    - {key: .status.phase, operator: In, values: [Pending]}
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
+      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Ready}
+      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: ContainersReady}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: true
+        started: true
+        restartCount: 0
+        state: {running: {startedAt: {{ $now | Quote }}}}
+      {{ end }}
+      {{ with NodeIPsWith .spec.nodeName }}
+      hostIP: {{ index . 0 | Quote }}
+      {{ end }}
+      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
+      podIP: {{ index . 0 | Quote }}
+      {{ end }}
+      phase: Running
+      startTime: {{ $now | Quote }}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {name: pod-delete}
+spec:
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+    - {key: .metadata.deletionTimestamp, operator: Exists}
+  next: {delete: true}
+EOF2
+  cat >>"$dir/kwok.yaml" <<EOF2
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterExec
+metadata: {name: local}
+spec:
+  execs:
+  - local: {workDir: "$dir/pod", envs: [{name: TERM, value: xterm}]}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata: {name: local}
+spec:
+  logs:
+  - {logsFile: "$dir/web.log", follow: true}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterAttach
+metadata: {name: local}
+spec:
+  attaches:
+  - {logsFile: "$dir/web.log"}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterPortForward
+metadata: {name: httpbin}
+spec:
+  forwards:
+  - target: {address: 127.0.0.1, port: 18080}
+EOF2
+  # A clean environment: exec'd commands inherit kwok's.
+  start_daemon "$dir/kwok.pid" "$dir/kwok.log" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$dir/pod" \
+    "$bin/kwok" --config="$dir/kwok.yaml" --kubeconfig="$dir/kwok.kubeconfig" \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-ip=127.0.0.1 --node-port=$kubelet_port --server-address=127.0.0.1:$kubelet_port
+
+  "$bin/kubectl" --kubeconfig="$dir/admin.kubeconfig" apply -f - >/dev/null <<EOF2
+apiVersion: v1
+kind: Node
+metadata:
+  name: $WARDEN_TEST_K8S_NODE
+  annotations: {kwok.x-k8s.io/node: fake}
+  labels: {kubernetes.io/hostname: $WARDEN_TEST_K8S_NODE, kubernetes.io/os: linux, type: kwok}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: warden-test-impersonate}
+rules:
+- {apiGroups: [""], resources: [users, groups, serviceaccounts], verbs: [impersonate]}
+- {apiGroups: [authentication.k8s.io], resources: [uids], verbs: [impersonate]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: warden-test-impersonator}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: warden-test-impersonate}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: warden-impersonator}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader, namespace: default}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-pod-reader, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice@example.com}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  nodeName: $WARDEN_TEST_K8S_NODE
+  containers:
+  - {name: web, image: nginx, ports: [{containerPort: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: prod, labels: {app: api}}
+spec:
+  nodeName: $WARDEN_TEST_K8S_NODE
+  containers:
+  - {name: api, image: nginx, ports: [{containerPort: 80}]}
+EOF2
+  "$bin/kubectl" --kubeconfig="$dir/admin.kubeconfig" wait --timeout=60s \
+    --for=jsonpath='{.status.phase}'=Running -n default pod/web >/dev/null || {
+    tail -20 "$dir/kwok.log" >&2
+    echo "kwok did not run pod web" >&2
+    return 1
+  }
+}
+
 # For the benchmarks: starts a release Warden in "$work" with the benchmark policies,
 # adds one connection and prints an API key that may use it. The caller sets
 # $work and $admin_token and kills the pids listed in "$work/pids".

@@ -34,8 +34,10 @@ pub enum Action<'a> {
     Sql { dialect: SqlDialect, text: &'a str },
     /// A command line (SSH exec, or a line typed into a shell).
     Shell { command: &'a str },
-    /// An HTTP request (Kubernetes API or an internal web service).
+    /// An HTTP request to an internal web service.
     Http { method: &'a str, path: &'a str },
+    /// A Kubernetes API request, read the way the API server reads it.
+    Kube(&'a KubeRequest),
     /// Switch the session's default database (MySQL `COM_INIT_DB`).
     UseDatabase { name: &'a str },
     /// Open a TCP stream to `host:port` through the target (SSH `direct-tcpip`).
@@ -53,6 +55,7 @@ impl Action<'_> {
             Action::Sql { text, .. } => (*text).to_string(),
             Action::Shell { command } => (*command).to_string(),
             Action::Http { method, path } => format!("{method} {path}"),
+            Action::Kube(request) => request.text(),
             Action::UseDatabase { name } => format!("USE `{}`", name.replace('`', "``")),
             Action::Forward { host, port } => format!("{host}:{port}"),
             Action::Feature { name } => (*name).to_string(),
@@ -63,6 +66,61 @@ impl Action<'_> {
     /// line, a request), as opposed to a session feature (a forward, a subsystem).
     pub fn is_command(&self) -> bool {
         !matches!(self, Action::Forward { .. } | Action::Feature { .. })
+    }
+}
+
+/// A Kubernetes API request as the API server reads it (its "request info"): the
+/// verb and the resource the server authorizes, decoded by the proxy from the method,
+/// path and query.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KubeRequest {
+    /// The HTTP method as sent (`GET`, `POST`, ...).
+    pub method: String,
+    /// The request path as the server reads it (decoded, without the query).
+    pub path: String,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection`; for a URL that names no resource, the method in lower case.
+    pub verb: String,
+    /// The API group; empty for the core group (`/api/v1`).
+    pub group: String,
+    /// Empty for a URL that names no resource (`/version`, `/healthz`, `/apis`).
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl KubeRequest {
+    /// `resource[.group][/subresource]`, as rules and people name it.
+    pub fn resource_name(&self) -> String {
+        let mut out = self.resource.clone();
+        if !self.group.is_empty() {
+            out.push('.');
+            out.push_str(&self.group);
+        }
+        if !self.subresource.is_empty() {
+            out.push('/');
+            out.push_str(&self.subresource);
+        }
+        out
+    }
+
+    /// One line for audit events and recordings: `delete deployments.apps web -n prod`,
+    /// or `get /version` for a URL that names no resource.
+    pub fn text(&self) -> String {
+        if self.resource.is_empty() {
+            return format!("{} {}", self.verb, self.path);
+        }
+        let mut out = format!("{} {}", self.verb, self.resource_name());
+        if !self.name.is_empty() {
+            out.push(' ');
+            out.push_str(&self.name);
+        }
+        if !self.namespace.is_empty() {
+            out.push_str(" -n ");
+            out.push_str(&self.namespace);
+        }
+        out
     }
 }
 

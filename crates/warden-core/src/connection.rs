@@ -175,6 +175,36 @@ pub struct SshOptions {
     pub port_forwarding: bool,
 }
 
+/// Kubernetes settings of a connection (ignored by other kinds).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesOptions {
+    /// Act on the cluster as the person: each request carries `Impersonate-User` (the
+    /// token's subject) and `Impersonate-Group` (its groups), so the cluster's RBAC and
+    /// audit log see who it is. The held credential must be allowed to impersonate.
+    #[serde(default)]
+    pub impersonate: bool,
+    /// Whether `kubectl port-forward` may be used.
+    #[serde(default)]
+    pub port_forwarding: bool,
+    /// Show the values of Secret objects (`data`, `stringData` and the copy kubectl
+    /// keeps in the last-applied annotation). Off (the default): they are masked in
+    /// every answer.
+    #[serde(default)]
+    pub reveal_secrets: bool,
+}
+
+/// HTTP service settings of a connection (ignored by other kinds).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpOptions {
+    /// The request header that carries the held credential. Default `Authorization`:
+    /// a token is sent as `Bearer <token>`, a password (with the connection's username)
+    /// as HTTP Basic. Any other header name gets the secret as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_header: Option<String>,
+}
+
 /// Just-in-time access and review settings of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -280,6 +310,12 @@ pub struct Connection {
     /// Just-in-time access and review settings.
     #[serde(default)]
     pub access: AccessOptions,
+    /// Kubernetes settings; present for every connection, used by `kubernetes` ones.
+    #[serde(default)]
+    pub kubernetes: KubernetesOptions,
+    /// HTTP settings; present for every connection, used by `http` ones.
+    #[serde(default)]
+    pub http: HttpOptions,
     pub description: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]

@@ -20,11 +20,12 @@ pub mod testing;
 pub mod timefmt;
 
 pub use action::{
-    Action, ColumnPlan, ColumnRef, ColumnRuleId, Guard, Masked, Masker, SqlDialect, ValueKind,
+    Action, ColumnPlan, ColumnRef, ColumnRuleId, Guard, KubeRequest, Masked, Masker, SqlDialect,
+    ValueKind,
 };
 pub use connection::{
-    AccessOptions, Connection, ConnectionKind, ConnectionNameError, PolicyRefs, SecretKind,
-    SshOptions, TlsMode, TlsOptions, validate_connection_name,
+    AccessOptions, Connection, ConnectionKind, ConnectionNameError, HttpOptions, KubernetesOptions,
+    PolicyRefs, SecretKind, SshOptions, TlsMode, TlsOptions, validate_connection_name,
 };
 pub use event::{Decision, Event, EventIdentity};
 pub use gate::{
@@ -34,8 +35,8 @@ pub use gate::{
 pub use identity::{AuthMethod, Identity};
 pub use pipeline::{
     Admission, AuditEntry, AuditError, BackendTarget, BoxFuture, BoxedStream, ByteStream,
-    ClientWatch, Command, Denial, DenialCause, DialError, Dialer, EndReason, SessionHandle,
-    SessionParts, SessionSink, Unwatched,
+    ClientWatch, Command, Denial, DenialCause, DialError, Dialer, EndReason, HttpTarget,
+    Impersonation, SessionHandle, SessionParts, SessionSink, Unwatched,
 };
 pub use recording::{
     NoRecording, RecordingError, RecordingHeader, SessionRecorder, TerminalRecorder, TerminalSpec,

@@ -82,6 +82,14 @@ pub enum TimelineEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         decision: Option<Decision>,
     },
+    /// An HTTP or Kubernetes request was answered: its status and the body bytes the
+    /// client received (for streams: when the stream ended).
+    Response {
+        status: u16,
+        bytes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_us: Option<u64>,
+    },
     /// A command (or shell) finished.
     Exit {
         channel: u32,

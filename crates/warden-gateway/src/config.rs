@@ -60,6 +60,10 @@ pub struct Config {
     #[serde(default)]
     pub ssh: warden_ssh::SshSettings,
     #[serde(default)]
+    pub kubernetes: warden_http::KubernetesSettings,
+    #[serde(default)]
+    pub http: warden_http::HttpSettings,
+    #[serde(default)]
     pub backends: BackendsConfig,
     /// How many client connections each proxy listener holds at once.
     #[serde(default)]
@@ -517,6 +521,8 @@ impl Default for Config {
             pg: warden_pg::PgSettings::default(),
             mysql: warden_mysql::MysqlSettings::default(),
             ssh: warden_ssh::SshSettings::default(),
+            kubernetes: warden_http::KubernetesSettings::default(),
+            http: warden_http::HttpSettings::default(),
             backends: BackendsConfig::default(),
             connections: ConnectionsConfig::default(),
             recordings: RecordingsConfig::default(),
@@ -623,6 +629,10 @@ impl Config {
         if self.mysql.tls_cert.is_some() != self.mysql.tls_key.is_some() {
             return invalid("mysql.tls_cert and mysql.tls_key must be set together".into());
         }
+        self.kubernetes
+            .validate("kubernetes")
+            .and_then(|()| self.http.validate("http"))
+            .map_err(ConfigError::Invalid)?;
         if let Some(token) = &self.admin_token {
             let t = token.expose();
             if t.len() < 24 {

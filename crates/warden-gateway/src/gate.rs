@@ -109,6 +109,11 @@ impl StatementTimeline {
                 status,
                 signal,
             } => Some(json!({"channel": channel, "exit_status": status, "signal": signal})),
+            TimelineEvent::Response {
+                status,
+                bytes,
+                duration_us,
+            } => Some(json!({"status": status, "bytes": bytes, "duration_us": duration_us})),
             _ => None,
         };
         if let Some(body) = outcome {
@@ -266,10 +271,10 @@ fn protocol_names(kind: ConnectionKind) -> ProtocolNames {
         display,
         query,
         outcome,
-        text_key: if kind == ConnectionKind::Ssh {
-            "command"
-        } else {
-            "sql"
+        text_key: match kind {
+            ConnectionKind::Ssh => "command",
+            ConnectionKind::Kubernetes | ConnectionKind::Http => "request",
+            ConnectionKind::Postgres | ConnectionKind::Mysql => "sql",
         },
     }
 }
@@ -460,15 +465,32 @@ impl SessionGate {
                 ender,
             },
         );
-        let (addr, database) = split_target(&conn.target, protocol);
+        let (addr, database) = match protocol {
+            // The proxy reads the URL itself (scheme, host, port, base path).
+            ConnectionKind::Kubernetes | ConnectionKind::Http => {
+                (conn.target.clone(), String::new())
+            }
+            _ => split_target(&conn.target, protocol),
+        };
+        let port_forwarding = match protocol {
+            ConnectionKind::Kubernetes => conn.kubernetes.port_forwarding,
+            _ => conn.ssh.port_forwarding,
+        };
+        let http = warden_core::HttpTarget {
+            kubernetes: conn.kubernetes.clone(),
+            http: conn.http.clone(),
+            impersonate: conn
+                .kubernetes
+                .impersonate
+                .then(|| warden_core::Impersonation {
+                    user: identity.subject.clone(),
+                    groups: identity.groups.clone(),
+                }),
+        };
         // A MySQL session stays in the database its connection names.
         let database_pin = (protocol == ConnectionKind::Mysql).then(|| database.clone());
-        let guard = warden_policy::ConnectionGuard::new(
-            guard,
-            protocol,
-            database_pin,
-            conn.ssh.port_forwarding,
-        );
+        let guard =
+            warden_policy::ConnectionGuard::new(guard, protocol, database_pin, port_forwarding);
         let target = BackendTarget {
             addr,
             user: backend_user,
@@ -477,6 +499,7 @@ impl SessionGate {
             secret: secret.map(|s| s.1),
             ssh: conn.ssh.clone(),
             tls: conn.tls.clone(),
+            http,
         };
         let sink = OpenSession {
             id,
@@ -640,10 +663,13 @@ impl OpenSession {
                 detail["what"] = json!(name);
                 (format!("{}.refused", self.names.prefix), detail)
             }
-            _ => (
-                self.names.query.to_string(),
-                json!({self.names.text_key: entry.text, "via": entry.via}),
-            ),
+            _ => {
+                let mut payload = json!({self.names.text_key: entry.text, "via": entry.via});
+                if let Some(detail) = entry.detail {
+                    payload["detail"] = detail.clone();
+                }
+                (self.names.query.to_string(), payload)
+            }
         };
         if let Some(review) = entry.review {
             payload["review"] = json!(review);

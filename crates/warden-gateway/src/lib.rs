@@ -352,6 +352,8 @@ fn protocols(
         warden_pg::register(&config.pg, gate.clone()),
         warden_mysql::register(&config.mysql, gate.clone()),
         warden_ssh::register(&config.ssh, &config.ssh_host_key_path(), gate.clone()),
+        warden_http::register_kubernetes(&config.kubernetes, gate.clone()),
+        warden_http::register_http(&config.http, gate.clone()),
     ];
     registered
         .into_iter()

@@ -37,6 +37,7 @@ impl SessionHooks for Hooks {
                 mode: TlsMode::Disable,
                 ..TlsOptions::default()
             },
+            http: Default::default(),
         };
         let masker = warden_policy::MaskingEngine::from_sets(&[], b"k").unwrap();
         Ok(self.sink.open(

@@ -50,27 +50,39 @@ impl BackendTls {
         }
     }
 
+    /// TLS for an HTTP target, which may also ask for a client certificate
+    /// (`identity`); `mode` must not be `disable`.
+    pub fn for_http(
+        mode: TlsMode,
+        ca_pem: Option<&str>,
+        server_name: &str,
+        identity: Option<ClientIdentity>,
+    ) -> Result<Self, TlsSetupError> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+        let builder = match mode {
+            TlsMode::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))),
+            TlsMode::Verify | TlsMode::Disable => builder.with_root_certificates(roots(ca_pem)?),
+        };
+        let config = match identity {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TlsSetupError::Config(format!("client certificate: {e}")))?,
+            None => builder.with_no_client_auth(),
+        };
+        Self::with(config, server_name)
+    }
+
     /// Verifying TLS: trusts `ca_pem` (or the system roots) and checks the
     /// certificate against `server_name`.
     pub fn verified(ca_pem: Option<&str>, server_name: &str) -> Result<Self, TlsSetupError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let certs: Vec<CertificateDer<'static>> = match ca_pem {
-            Some(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| TlsSetupError::BadCa(e.to_string()))?,
-            None => CertificateDer::pem_file_iter(SYSTEM_ROOTS)
-                .map_err(|e| TlsSetupError::BadCa(format!("{SYSTEM_ROOTS}: {e}")))?
-                .filter_map(Result::ok)
-                .collect(),
-        };
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(TlsSetupError::NoRoots);
-        }
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsSetupError::Config(e.to_string()))?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots(ca_pem)?)
             .with_no_client_auth();
         Self::with(config, server_name)
     }
@@ -95,6 +107,31 @@ impl BackendTls {
             server_name,
         })
     }
+}
+
+/// A certificate chain and its private key, for TLS client authentication.
+pub type ClientIdentity = (
+    Vec<CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+);
+
+/// The CA certificates to trust: `ca_pem`, or the system's.
+fn roots(ca_pem: Option<&str>) -> Result<rustls::RootCertStore, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = match ca_pem {
+        Some(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsSetupError::BadCa(e.to_string()))?,
+        None => CertificateDer::pem_file_iter(SYSTEM_ROOTS)
+            .map_err(|e| TlsSetupError::BadCa(format!("{SYSTEM_ROOTS}: {e}")))?
+            .filter_map(Result::ok)
+            .collect(),
+    };
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(TlsSetupError::NoRoots);
+    }
+    Ok(roots)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -42,6 +42,7 @@ impl SessionHooks for Hooks {
                 mode: TlsMode::Disable,
                 ..TlsOptions::default()
             },
+            http: Default::default(),
         };
         Ok(self.sink.open(
             target,

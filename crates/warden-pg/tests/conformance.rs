@@ -33,6 +33,7 @@ impl SessionHooks for Hooks {
                 mode: TlsMode::Disable,
                 ..TlsOptions::default()
             },
+            http: Default::default(),
         };
         let masker = warden_policy::MaskingEngine::from_sets(&[], b"k").unwrap();
         Ok(self.sink.open(

@@ -1,5 +1,5 @@
 //! The rules a connection's own settings add to its guardrails: the database a MySQL
-//! session is pinned to, whether SSH port forwarding is allowed, and the protocol
+//! session is pinned to, whether SSH and Kubernetes port forwarding is allowed, and the protocol
 //! features Warden never relays. Proxies ask for all of them as [`Action`]s, so each
 //! refusal is a decision like any other: audited, and in the recording.
 
@@ -88,6 +88,15 @@ impl<G: Guard> Guard for ConnectionGuard<G> {
                 rule: format!("{}.port_forwarding", self.kind.as_str()),
                 reason: "port forwarding is not allowed on this connection".into(),
             },
+            Action::Kube(request)
+                if request.subresource.eq_ignore_ascii_case("portforward")
+                    && !self.port_forwarding =>
+            {
+                Decision::Deny {
+                    rule: format!("{}.port_forwarding", self.kind.as_str()),
+                    reason: "port forwarding is not allowed on this connection".into(),
+                }
+            }
             Action::Feature { name } => Decision::Deny {
                 rule: format!("{}.{name}", self.kind.as_str()),
                 reason: format!("{} is not allowed through Warden", name.replace('_', " ")),

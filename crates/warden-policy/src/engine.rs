@@ -11,6 +11,7 @@ use warden_core::{Action, Decision, Guard, SqlDialect};
 
 use crate::glob;
 use crate::http::{HttpPattern, normalize_path};
+use crate::kube::KubePattern;
 use crate::shape;
 use crate::shell::{self, Pipeline, SimpleCommand, expand_args};
 use crate::spec::{Fallback, GuardrailSet, PolicyError, RuleAction, sql_kinds};
@@ -25,6 +26,7 @@ enum Matcher {
     SqlFunctions(Vec<String>),
     Shell(Vec<ShellPattern>),
     Http(Vec<(String, HttpPattern)>),
+    Kube(Vec<(String, KubePattern)>),
 }
 
 impl Matcher {
@@ -32,6 +34,7 @@ impl Matcher {
         match self {
             Matcher::Shell(_) => Domain::Shell,
             Matcher::Http(_) => Domain::Http,
+            Matcher::Kube(_) => Domain::Kube,
             _ => Domain::Sql,
         }
     }
@@ -42,6 +45,7 @@ enum Domain {
     Sql,
     Shell,
     Http,
+    Kube,
 }
 
 #[derive(Debug)]
@@ -209,6 +213,14 @@ impl Guardrails {
                             .collect::<Result<_, _>>()
                             .map_err(err)?,
                     )
+                } else if !r.kubernetes.is_empty() {
+                    Matcher::Kube(
+                        r.kubernetes
+                            .iter()
+                            .map(|p| KubePattern::parse(p).map(|c| (p.clone(), c)))
+                            .collect::<Result<_, _>>()
+                            .map_err(err)?,
+                    )
                 } else {
                     Matcher::Http(
                         r.http
@@ -253,7 +265,7 @@ impl Guardrails {
         for set in self.sets.iter().filter(|s| s.has(domain)) {
             let fallback = match domain {
                 Domain::Sql => set.unparsable_sql,
-                Domain::Shell | Domain::Http => set.unparsable_shell,
+                Domain::Shell | Domain::Http | Domain::Kube => set.unparsable_shell,
             };
             let rule = format!("{}/{what}", set.name);
             match fallback {
@@ -380,6 +392,41 @@ impl Guardrails {
 
     fn http(&self, method: &str, path: &[String]) -> Decision {
         let mut hits = Vec::new();
+        self.http_hits(method, path, &mut hits);
+        self.decide_hits(hits)
+    }
+
+    /// Kubernetes requests answer to `kubernetes` rules and to `http` rules on their
+    /// method and path alike.
+    fn kube(&self, request: &warden_core::KubeRequest) -> Decision {
+        let mut hits = Vec::new();
+        for set in &self.sets {
+            for rule in &set.rules {
+                let Matcher::Kube(patterns) = &rule.matcher else {
+                    continue;
+                };
+                if let Some((text, _)) = patterns.iter().find(|(_, p)| p.matches(request)) {
+                    hits.push(Hit {
+                        rule: rule.id.clone(),
+                        action: rule.action,
+                        reason: rule
+                            .reason
+                            .clone()
+                            .unwrap_or_else(|| format!("`{}` matches `{text}`", request.text())),
+                    });
+                }
+            }
+        }
+        if self.sets.iter().any(|s| s.has(Domain::Http)) {
+            match normalize_path(&request.path) {
+                Ok(p) => self.http_hits(&request.method, &p, &mut hits),
+                Err(e) => return self.unevaluable(Domain::Http, "unparsable_path", &e.to_string()),
+            }
+        }
+        self.decide_hits(hits)
+    }
+
+    fn http_hits(&self, method: &str, path: &[String], hits: &mut Vec<Hit>) {
         for set in &self.sets {
             for rule in &set.rules {
                 let Matcher::Http(patterns) = &rule.matcher else {
@@ -400,7 +447,6 @@ impl Guardrails {
                 }
             }
         }
-        self.decide_hits(hits)
     }
 }
 
@@ -516,7 +562,7 @@ fn sql_match(m: &Matcher, a: &SqlAnalysis, default_schema: Option<&str>) -> Opti
                     .any(|p| glob::matches(p, f) || glob::matches(p, last))
             })
             .map(|f| format!("calling `{f}` is not allowed")),
-        Matcher::Shell(_) | Matcher::Http(_) => None,
+        Matcher::Shell(_) | Matcher::Http(_) | Matcher::Kube(_) => None,
     }
 }
 
@@ -592,6 +638,16 @@ impl Guard for Guardrails {
                     Ok(p) => self.http(method, &p),
                     Err(e) => self.unevaluable(Domain::Http, "unparsable_path", &e.to_string()),
                 }
+            }
+            Action::Kube(request) => {
+                if !self
+                    .sets
+                    .iter()
+                    .any(|s| s.has(Domain::Kube) || s.has(Domain::Http))
+                {
+                    return Decision::Allow;
+                }
+                self.kube(request)
             }
             // Connection settings decide these (see `ConnectionGuard`).
             Action::UseDatabase { .. } | Action::Forward { .. } | Action::Feature { .. } => {

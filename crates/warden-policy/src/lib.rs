@@ -2,7 +2,7 @@
 //! wire protocols or storage.
 //!
 //! - [`Guardrails`] implements [`warden_core::Guard`]: SQL rules on a real parser
-//!   ([`sql`]), argv-aware shell rules ([`shell`]), HTTP method/path rules ([`http`]),
+//!   ([`sql`]), argv-aware shell rules ([`shell`]), HTTP method/path rules ([`http`]), Kubernetes verb/resource rules ([`kube`]),
 //!   and review rules with the same matchers. It fails closed: what cannot be
 //!   evaluated is denied unless a set says otherwise.
 //! - [`MaskingEngine`] implements [`warden_core::Masker`]: content detectors with
@@ -14,6 +14,7 @@ mod engine;
 mod forms;
 pub mod glob;
 pub mod http;
+pub mod kube;
 pub mod masking;
 mod reading;
 mod shape;

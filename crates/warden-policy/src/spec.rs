@@ -77,6 +77,10 @@ pub struct RuleSpec {
     /// Request patterns: `DELETE /api/v1/namespaces/*`, `* /admin/**`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<String>,
+    /// Kubernetes request patterns: `delete namespaces`, `create pods/exec in prod`,
+    /// `get,list,watch secrets named db-*` (see [`crate::kube`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kubernetes: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -206,10 +210,11 @@ impl GuardrailSet {
                 !r.sql_functions.is_empty(),
                 !r.shell.is_empty(),
                 !r.http.is_empty(),
+                !r.kubernetes.is_empty(),
             ];
             if matchers.iter().filter(|m| **m).count() != 1 {
                 return Err(err(format!(
-                    "rule `{}` must have exactly one matcher (sql_statements, sql_unbounded_writes, sql_write_tables, sql_read_only, sql_functions, shell or http)",
+                    "rule `{}` must have exactly one matcher (sql_statements, sql_unbounded_writes, sql_write_tables, sql_read_only, sql_functions, shell, http or kubernetes)",
                     r.name
                 )));
             }

@@ -184,6 +184,31 @@ pub fn connection_weakening(old: &Connection, new: &Connection) -> Vec<String> {
         n.port_forwarding,
         &mut out,
     );
+    let (o, n) = (&old.kubernetes, &new.kubernetes);
+    turned_off(
+        "kubernetes.impersonate (requests run with the held credential's rights, not the person's)",
+        o.impersonate,
+        n.impersonate,
+        &mut out,
+    );
+    turned_on(
+        "kubernetes.port_forwarding",
+        o.port_forwarding,
+        n.port_forwarding,
+        &mut out,
+    );
+    turned_on(
+        "kubernetes.reveal_secrets (Secret values no longer masked)",
+        o.reveal_secrets,
+        n.reveal_secrets,
+        &mut out,
+    );
+    if old.http.credential_header != new.http.credential_header {
+        out.push(format!(
+            "http.credential_header changed from {:?} to {:?}: the held credential goes in another header",
+            old.http.credential_header, new.http.credential_header
+        ));
+    }
     let (o, n) = (&old.tls, &new.tls);
     if tls_rank(n.mode) < tls_rank(o.mode) {
         out.push(format!(
@@ -232,6 +257,7 @@ fn rule_weakening(set: &str, o: &RuleSpec, n: &RuleSpec, out: &mut Vec<String>) 
     );
     dropped(&what("shell"), &o.shell, &n.shell, out);
     dropped(&what("http"), &o.http, &n.http, out);
+    dropped(&what("kubernetes"), &o.kubernetes, &n.kubernetes, out);
     turned_off(
         &what("sql_unbounded_writes"),
         o.sql_unbounded_writes,

@@ -51,6 +51,7 @@ impl SessionHooks for Hooks {
                 ..SshOptions::default()
             },
             tls: Default::default(),
+            http: Default::default(),
         };
         let masker = warden_policy::MaskingEngine::from_sets(&[], b"k").unwrap();
         Ok(self.sink.open(

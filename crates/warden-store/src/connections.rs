@@ -19,7 +19,8 @@ fn seal_context(name: &str) -> String {
 }
 
 const COLUMNS: &str = "name, kind, target, username, secret_kind, tls, allowed_groups, policies, \
-                       ssh_options, access_options, description, created_at, updated_at";
+                       ssh_options, access_options, kubernetes_options, http_options, description, \
+                       created_at, updated_at";
 
 impl Store {
     /// Registers a connection and records `event`, atomically.
@@ -43,8 +44,8 @@ impl Store {
         let done = sqlx::query(
             "INSERT INTO connections (name, kind, target, username, secret_kind, secret_sealed, \
              tls, allowed_groups, policies, description, created_at, updated_at, ssh_options, \
-             access_options) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             access_options, kubernetes_options, http_options) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&conn.name)
@@ -61,6 +62,8 @@ impl Store {
         .bind(timefmt::to_micros(conn.updated_at))
         .bind(serde_json::to_string(&conn.ssh)?)
         .bind(serde_json::to_string(&conn.access)?)
+        .bind(serde_json::to_string(&conn.kubernetes)?)
+        .bind(serde_json::to_string(&conn.http)?)
         .execute(tx.conn())
         .await?;
         if done.rows_affected() == 0 {
@@ -100,7 +103,7 @@ impl Store {
         let mut sql = String::from(
             "UPDATE connections SET kind = $1, target = $2, username = $3, tls = $4, \
              allowed_groups = $5, policies = $6, description = $7, updated_at = $8, ssh_options = $10, \
-             access_options = $11",
+             access_options = $11, kubernetes_options = $12, http_options = $13",
         );
         let (secret_kind, sealed) = match &secret {
             SecretChange::Keep => (None, None),
@@ -114,7 +117,7 @@ impl Store {
             SecretChange::Clear => (None, None),
         };
         if !matches!(secret, SecretChange::Keep) {
-            sql.push_str(", secret_kind = $12, secret_sealed = $13");
+            sql.push_str(", secret_kind = $14, secret_sealed = $15");
         }
         sql.push_str(" WHERE name = $9");
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -128,7 +131,9 @@ impl Store {
             .bind(timefmt::to_micros(conn.updated_at))
             .bind(&conn.name)
             .bind(serde_json::to_string(&conn.ssh)?)
-            .bind(serde_json::to_string(&conn.access)?);
+            .bind(serde_json::to_string(&conn.access)?)
+            .bind(serde_json::to_string(&conn.kubernetes)?)
+            .bind(serde_json::to_string(&conn.http)?);
         if !matches!(secret, SecretChange::Keep) {
             query = query.bind(secret_kind).bind(sealed);
         }
@@ -234,6 +239,8 @@ fn connection_from_row(row: &AnyRow) -> Result<Connection> {
         policies: serde_json::from_str(&row.try_get::<String, _>("policies")?)?,
         ssh: serde_json::from_str(&row.try_get::<String, _>("ssh_options")?)?,
         access: serde_json::from_str(&row.try_get::<String, _>("access_options")?)?,
+        kubernetes: serde_json::from_str(&row.try_get::<String, _>("kubernetes_options")?)?,
+        http: serde_json::from_str(&row.try_get::<String, _>("http_options")?)?,
         description: row.try_get("description")?,
         created_at: time_from_db(row.try_get("created_at")?)?,
         updated_at: time_from_db(row.try_get("updated_at")?)?,

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit archives",
         include_str!("../migrations/0007_audit_archives.sql"),
     ),
+    (
+        8,
+        "kubernetes and http options",
+        include_str!("../migrations/0008_http.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one

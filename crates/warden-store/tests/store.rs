@@ -46,6 +46,8 @@ fn connection(name: &str) -> Connection {
         policies: PolicyRefs::default(),
         ssh: Default::default(),
         access: Default::default(),
+        kubernetes: Default::default(),
+        http: Default::default(),
         description: None,
         created_at: now,
         updated_at: now,

@@ -37,6 +37,13 @@ pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<Exi
         "ssh" => {
             format!("ssh -p {p} -o NoHostAuthenticationForLocalhost=yes {connection}@127.0.0.1")
         }
+        "kubernetes" => {
+            let path = write_kubeconfig(&connection, p)?;
+            format!(
+                "kubectl --kubeconfig {path} get pods\n  (context `warden-{connection}`; add the file to KUBECONFIG to keep your other contexts)"
+            )
+        }
+        "http" => format!("curl http://127.0.0.1:{p}/   (or open it in a browser)"),
         other => bail!("`warden connect` does not tunnel {other} connections"),
     };
     println!(
@@ -64,6 +71,21 @@ pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<Exi
             }
         }
     }
+}
+
+/// Writes a kubeconfig whose context `warden-<connection>` points kubectl at the local
+/// port (no credential in it: the tunnel carries the token); returns its path.
+fn write_kubeconfig(connection: &str, port: u16) -> Result<String> {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("warden-{connection}.kubeconfig"));
+    let name = format!("warden-{connection}");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: {name}\n  user: {{}}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\ncurrent-context: {name}\n"
+    );
+    std::fs::write(&path, config).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path.display().to_string())
 }
 
 /// Carries one local connection through its own tunnel.

@@ -187,6 +187,15 @@ fn write_entry(entry: &TimelineEntry, out: &mut impl Write) -> std::io::Result<(
             };
             writeln!(out, "{at} {what} {detail}{verdict}")?;
         }
+        TimelineEvent::Response {
+            status,
+            bytes,
+            duration_us,
+        } => writeln!(
+            out,
+            "{at} answered {status}, {bytes} bytes{}",
+            took(*duration_us)
+        )?,
         TimelineEvent::Exit {
             channel,
             status,

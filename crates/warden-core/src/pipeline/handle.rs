@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use crate::gate::{ReviewHold, ReviewOutcome, SessionEnd, Traffic};
 use crate::{
-    Action, ColumnPlan, Decision, Guard, Masked, Masker, RecordingError, Secret, SecretKind,
-    SessionRecorder, SshOptions, TerminalRecorder, TerminalSpec, TimelineEvent, TlsOptions,
+    Action, ColumnPlan, Decision, Guard, HttpOptions, KubernetesOptions, Masked, Masker,
+    RecordingError, Secret, SecretKind, SessionRecorder, SshOptions, TerminalRecorder,
+    TerminalSpec, TimelineEvent, TlsOptions,
 };
 
 use super::{BoxedStream, DialError, Dialer, EndReason};
@@ -35,6 +36,24 @@ pub struct BackendTarget {
     pub ssh: SshOptions,
     /// TLS towards the backend.
     pub tls: TlsOptions,
+    /// HTTP and Kubernetes targets: how the credential is sent, and as whom.
+    pub http: HttpTarget,
+}
+
+/// What an HTTP or Kubernetes proxy needs beyond an address and a credential.
+#[derive(Debug, Clone, Default)]
+pub struct HttpTarget {
+    pub kubernetes: KubernetesOptions,
+    pub http: HttpOptions,
+    /// Set when the connection acts as the person (Kubernetes impersonation).
+    pub impersonate: Option<Impersonation>,
+}
+
+/// The person a Kubernetes request is made as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Impersonation {
+    pub user: String,
+    pub groups: Vec<String>,
 }
 
 impl BackendTarget {

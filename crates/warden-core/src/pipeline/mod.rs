@@ -11,7 +11,8 @@ pub use admit::{Admission, ClientWatch, Command, Denial, DenialCause, Unwatched}
 pub use dial::{BoxedStream, ByteStream, DialError, Dialer};
 pub use end::EndReason;
 pub use handle::{
-    AuditEntry, AuditError, BackendTarget, BoxFuture, SessionHandle, SessionParts, SessionSink,
+    AuditEntry, AuditError, BackendTarget, BoxFuture, HttpTarget, Impersonation, SessionHandle,
+    SessionParts, SessionSink,
 };
 #[cfg(test)]
 mod tests;

@@ -54,6 +54,7 @@ fn session(reviews: ReviewScript) -> (SessionHandle, Arc<MemorySink>, Arc<Memory
         secret_kind: None,
         ssh: Default::default(),
         tls: Default::default(),
+        http: Default::default(),
     };
     let handle = sink.open(
         target,

@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use warden_core::{
-    AccessOptions, Connection, ConnectionKind, Event, PolicyRefs, Secret, SecretKind, SshOptions,
-    TlsOptions, timefmt, validate_connection_name,
+    AccessOptions, Connection, ConnectionKind, Event, HttpOptions, KubernetesOptions, PolicyRefs,
+    Secret, SecretKind, SshOptions, TlsOptions, timefmt, validate_connection_name,
 };
 use warden_store::StoreError;
 use warden_store::connections::SecretChange;
@@ -48,12 +48,18 @@ pub struct ConnectionCreate {
     /// Just-in-time access requests and reviewers.
     #[serde(default)]
     pub access: AccessOptions,
+    /// Impersonation, port forwarding and Secret values (kubernetes connections).
+    #[serde(default)]
+    pub kubernetes: KubernetesOptions,
+    /// The header the held credential goes in (http connections).
+    #[serde(default)]
+    pub http: HttpOptions,
     pub description: Option<String>,
 }
 
 /// A partial update, as a JSON merge patch (RFC 7396): absent fields keep their value,
 /// `null` clears one (a nested object's field returns to its default), nested objects
-/// (`tls`, `policies`, `ssh`, `access`) are merged field by field, lists are replaced
+/// (`tls`, `policies`, `ssh`, `access`, `kubernetes`, `http`) are merged field by field, lists are replaced
 /// whole. The name cannot change (sealed secrets are bound to it).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +87,12 @@ pub struct ConnectionUpdate {
     #[serde(default, deserialize_with = "patch")]
     #[schema(value_type = Option<AccessOptions>)]
     pub access: Option<Value>,
+    #[serde(default, deserialize_with = "patch")]
+    #[schema(value_type = Option<KubernetesOptions>)]
+    pub kubernetes: Option<Value>,
+    #[serde(default, deserialize_with = "patch")]
+    #[schema(value_type = Option<HttpOptions>)]
+    pub http: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
@@ -196,6 +208,28 @@ fn check_common(conn: &Connection) -> Result<(), ApiError> {
             "allowed_groups must hold at most 256 non-empty names",
         ));
     }
+    if let Some(h) = &conn.http.credential_header {
+        let name = h.to_ascii_lowercase();
+        let forbidden = [
+            "host",
+            "connection",
+            "transfer-encoding",
+            "content-length",
+            "upgrade",
+        ];
+        if h.is_empty()
+            || h.len() > 128
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            || forbidden.contains(&name.as_str())
+            || name.starts_with("impersonate-")
+        {
+            return Err(invalid(
+                "http.credential_header must be a header name (letters, digits, `-`, `_`), not a hop-by-hop, Host or Impersonate-* header",
+            ));
+        }
+    }
     if let Some(ca) = &conn.tls.ca_pem
         && (ca.len() > MAX_SECRET_BYTES || !ca.contains("-----BEGIN CERTIFICATE-----"))
     {
@@ -298,6 +332,14 @@ fn check_secret_kind(
         warden_ssh::keys::parse_private_key(secret.expose())
             .map_err(|e| invalid(format!("secret: {e}")))?;
     }
+    // Kubernetes and HTTP targets take a private key as a TLS client certificate:
+    // the PEM bundle must hold the certificate chain and its key.
+    if secret_kind == SecretKind::PrivateKey
+        && matches!(kind, ConnectionKind::Kubernetes | ConnectionKind::Http)
+    {
+        warden_http::check_client_identity(secret.expose())
+            .map_err(|e| invalid(format!("secret: {e}")))?;
+    }
     Ok(())
 }
 
@@ -337,6 +379,8 @@ fn describe(conn: &Connection) -> serde_json::Value {
         "policies": conn.policies,
         "ssh": conn.ssh,
         "access": conn.access,
+        "kubernetes": conn.kubernetes,
+        "http": conn.http,
     })
 }
 
@@ -397,6 +441,8 @@ pub async fn create(
         policies: req.policies,
         ssh: req.ssh,
         access: req.access,
+        kubernetes: req.kubernetes,
+        http: req.http,
         description: req.description,
         created_at: now,
         updated_at: now,
@@ -490,6 +536,14 @@ pub async fn update(
     if let Some(o) = &req.ssh {
         conn.ssh = merged("ssh", &conn.ssh, o)?;
         changed.push("ssh");
+    }
+    if let Some(o) = &req.kubernetes {
+        conn.kubernetes = merged("kubernetes", &conn.kubernetes, o)?;
+        changed.push("kubernetes");
+    }
+    if let Some(o) = &req.http {
+        conn.http = merged("http", &conn.http, o)?;
+        changed.push("http");
     }
     if let Some(d) = req.description {
         conn.description = d;

@@ -1,0 +1,362 @@
+//! One request through the pipeline: read it the way the target will, admit it
+//! (guard → review → audit → recording, in core), send it to the target with the
+//! held credential instead of the client's token, and relay the answer — masked
+//! where the connection says so, recorded when it ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+use warden_core::{
+    Action, Admission, Command, DenialCause, EndReason, KubeRequest, SessionHooks, Unwatched,
+};
+
+use crate::body::{Body, boxed};
+use crate::kube::info;
+use crate::path::RequestPath;
+use crate::proxy::{Client, HttpSession};
+use crate::relay::{self, Masking};
+use crate::reply::{Flavor, Refused, refusal};
+use crate::upgrade;
+
+/// Headers that describe one hop, not the request; never relayed as they are.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What the request is, once read.
+pub(crate) enum Read {
+    Kube(KubeRequest),
+    Http,
+}
+
+pub(crate) async fn request<H: SessionHooks>(
+    client: &Client<H>,
+    session: &Arc<HttpSession>,
+    req: Request<Incoming>,
+    target: &str,
+) -> Response<Body> {
+    let flavor = client.proxy.flavor;
+    let handle = &session.handle;
+    // A target the server could read otherwise than Warden is refused, as a
+    // decision (audited), before anything else.
+    let path = match RequestPath::parse(target) {
+        Ok(p) => p,
+        Err(e) => return refuse_unreadable(session, flavor, &e.to_string()).await,
+    };
+    let method = req.method().as_str().to_string();
+    let read = match flavor {
+        Flavor::Kubernetes => match info::read(&method, &path) {
+            Ok(r) => Read::Kube(r),
+            Err(e) => return refuse_unreadable(session, flavor, &e.to_string()).await,
+        },
+        Flavor::Http => Read::Http,
+    };
+    // The gateway's credential acts for the client: a client may not choose another
+    // identity for it.
+    if req
+        .headers()
+        .keys()
+        .any(|k| k.as_str().starts_with("impersonate-"))
+    {
+        let command = Command::new(
+            Action::Feature {
+                name: "impersonation",
+            },
+            "impersonation",
+        )
+        .with_detail(json!({"request": format!("{method} {}", path.raw_path)}));
+        return match handle.admit(command, &mut Unwatched).await {
+            Admission::End(reason) => end_response(flavor, &reason),
+            _ => refusal(
+                flavor,
+                Refused::Forbidden,
+                "Impersonate-* headers are not relayed: Warden sends the request as the connection says",
+            ),
+        };
+    }
+    let action = match &read {
+        Read::Kube(r) => Action::Kube(r),
+        Read::Http => Action::Http {
+            method: &method,
+            path: &path.raw_path,
+        },
+    };
+    let mut command = Command::new(action, "request");
+    if let Read::Kube(r) = &read {
+        command = command.with_detail(json!({
+            "verb": r.verb, "group": r.group, "resource": r.resource,
+            "subresource": r.subresource, "namespace": r.namespace, "name": r.name,
+            "path": r.path,
+        }));
+    } else {
+        command = command.with_detail(json!({"method": method, "path": path.raw_path}));
+    }
+    if let Some(response) = admitted(session, flavor, command).await {
+        return response;
+    }
+    // An exec runs a command in the container: it answers to the shell rules too.
+    if let Read::Kube(r) = &read
+        && r.resource == "pods"
+        && r.subresource == "exec"
+    {
+        let argv = info::exec_command(&path);
+        let line = shell_line(&argv);
+        let command = Command::new(Action::Shell { command: &line }, "exec")
+            .with_detail(json!({"pod": r.name, "namespace": r.namespace, "argv": argv}));
+        if let Some(response) = admitted(session, flavor, command).await {
+            return response;
+        }
+    }
+    let masking = relay::masking_for(session, flavor, &read);
+    send(client, session, req, &path, read, masking).await
+}
+
+/// Runs `command` through the admission path; `Some` is the answer when it may not
+/// be forwarded.
+async fn admitted(
+    session: &HttpSession,
+    flavor: Flavor,
+    command: Command<'_>,
+) -> Option<Response<Body>> {
+    match session.handle.admit(command, &mut Unwatched).await {
+        Admission::Admitted { .. } => None,
+        Admission::Denied(d) => {
+            let why = match d.cause {
+                DenialCause::AuditUnavailable => Refused::Unavailable,
+                _ => Refused::Forbidden,
+            };
+            Some(refusal(
+                flavor,
+                why,
+                &format!("denied by Warden rule `{}`: {}", d.rule, d.reason),
+            ))
+        }
+        Admission::End(reason) => Some(end_response(flavor, &reason)),
+    }
+}
+
+/// A request that cannot be read the way its target would read it.
+async fn refuse_unreadable(session: &HttpSession, flavor: Flavor, why: &str) -> Response<Body> {
+    let command = Command::new(
+        Action::Feature {
+            name: "unreadable_request",
+        },
+        "request",
+    )
+    .with_detail(json!({"reason": why}));
+    match session.handle.admit(command, &mut Unwatched).await {
+        Admission::End(reason) => end_response(flavor, &reason),
+        _ => refusal(flavor, Refused::BadRequest, why),
+    }
+}
+
+/// The answer when the session must end.
+pub(crate) fn end_response(flavor: Flavor, reason: &EndReason) -> Response<Body> {
+    let why = match reason {
+        EndReason::Ended(_) => Refused::Unauthenticated,
+        EndReason::Recording(_) | EndReason::Internal(_) => Refused::Unavailable,
+        EndReason::ClientProtocol(_) => Refused::BadRequest,
+        EndReason::Refused(_) => Refused::Forbidden,
+        EndReason::ClientGone
+        | EndReason::BackendGone(_)
+        | EndReason::BackendProtocol(_)
+        | EndReason::Unmaskable(_) => Refused::BadGateway,
+    };
+    refusal(flavor, why, &format!("the Warden session ended: {reason}"))
+}
+
+/// Builds the target's request, sends it, and relays the answer.
+async fn send<H: SessionHooks>(
+    client: &Client<H>,
+    session: &Arc<HttpSession>,
+    mut req: Request<Incoming>,
+    path: &RequestPath,
+    read: Read,
+    masking: Masking,
+) -> Response<Body> {
+    let flavor = client.proxy.flavor;
+    let upstream = &session.upstream;
+    let started = Instant::now();
+    let upgrade_to = upgrade::requested(&req);
+    let client_upgrade = upgrade_to.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let uri =
+        match format!("{}{}", upstream.path(&path.raw_path), query(path)).parse::<hyper::Uri>() {
+            Ok(u) => u,
+            Err(e) => {
+                return refusal(
+                    flavor,
+                    Refused::BadRequest,
+                    &format!("bad request target: {e}"),
+                );
+            }
+        };
+    let (parts, body) = req.into_parts();
+    let mut out = Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(boxed(body))
+        .unwrap_or_else(|_| Request::new(crate::body::empty()));
+    *out.headers_mut() = forwarded_headers(&parts.headers, upstream.credential_header());
+    let headers = out.headers_mut();
+    if let Ok(host) = HeaderValue::from_str(upstream.authority()) {
+        headers.insert(header::HOST, host);
+    }
+    upstream.authorize(headers);
+    if let Some(who) = &session.handle.target.http.impersonate {
+        impersonate(headers, who);
+    }
+    if let Some(protocol) = &upgrade_to {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    if masking.reads_body() {
+        // Masking reads the answer: it must come uncompressed, in a format Warden
+        // reads (Kubernetes: JSON, never protobuf or CBOR).
+        headers.remove(header::ACCEPT_ENCODING);
+        if flavor == Flavor::Kubernetes {
+            relay::json_only(headers);
+        }
+    }
+    let mut sender = match upstream.sender().await {
+        Ok(s) => s,
+        Err(e) => return refusal(flavor, Refused::BadGateway, &e.to_string()),
+    };
+    let sent = sender.send_request(out).await;
+    if upgrade_to.is_none() {
+        upstream.give_back(sender);
+    }
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            return refusal(
+                flavor,
+                Refused::BadGateway,
+                &format!("the target did not answer: {e}"),
+            );
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = client_upgrade
+    {
+        return upgrade::bridge(
+            session.clone(),
+            flavor,
+            response,
+            client_side,
+            &read,
+            path,
+            started,
+        )
+        .await;
+    }
+    relay::answer(
+        session.clone(),
+        flavor,
+        response,
+        masking,
+        started,
+        client.proxy.limits.max_masked_bytes,
+    )
+    .await
+}
+
+fn query(path: &RequestPath) -> String {
+    if path.raw_query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", path.raw_query)
+    }
+}
+
+/// The client's headers minus what describes the hop, the client's own credential
+/// for Warden, and whatever would carry a credential the gateway sends itself.
+fn forwarded_headers(from: &HeaderMap, credential: Option<&HeaderName>) -> HeaderMap {
+    // Headers the client's `Connection` header names are hop-by-hop too.
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(from.len() + 4);
+    for (name, value) in from {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || named.iter().any(|c| c == n)
+            || name == header::HOST
+            || name == header::AUTHORIZATION
+            || credential.is_some_and(|c| c == name)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Acts as the person: Kubernetes RBAC and audit see them, not the gateway.
+fn impersonate(headers: &mut HeaderMap, who: &warden_core::Impersonation) {
+    if let Ok(user) = HeaderValue::from_str(&who.user) {
+        headers.insert(HeaderName::from_static("impersonate-user"), user);
+    }
+    for group in &who.groups {
+        if let Ok(g) = HeaderValue::from_str(group) {
+            headers.append(HeaderName::from_static("impersonate-group"), g);
+        }
+    }
+}
+
+/// An argv as one shell line, quoted so the shell rules read the same words.
+pub(crate) fn shell_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_is_quoted_for_the_shell_rules() {
+        let argv: Vec<String> = ["sh", "-c", "rm -rf /", "it's"].map(String::from).to_vec();
+        assert_eq!(shell_line(&argv), "sh -c 'rm -rf /' 'it'\\''s'");
+    }
+
+    #[test]
+    fn client_credentials_and_hop_headers_stay_behind() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer wt"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-api-key", HeaderValue::from_static("client"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let key = HeaderName::from_static("x-api-key");
+        let out = forwarded_headers(&h, Some(&key));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out.contains_key(header::ACCEPT));
+    }
+}

@@ -1,0 +1,350 @@
+//! The listener side: one client connection (HTTP/1.1 or HTTP/2, TLS when the
+//! listener has a certificate), the Warden sessions opened on it, and the routing of
+//! each request to its session.
+//!
+//! A client names the connection as the first path segment
+//! (`https://gw:8443/prod-k8s/api/v1/pods`) and sends its Warden token as a bearer
+//! token; a client that came through `warden connect` names neither. Each distinct
+//! (connection, token) on a client connection is one Warden session, opened on its
+//! first request and closed when the client connection ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use warden_core::{
+    BoxedStream, ConnectionKind, EndReason, LoginRequest, RefusalKind, SessionHandle, SessionHooks,
+    TunnelLogin,
+};
+
+use crate::body::Body;
+use crate::forward;
+use crate::reply::{Flavor, Refused, refusal};
+use crate::upstream::Upstream;
+
+/// Limits of the HTTP and Kubernetes listeners.
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+    /// Request line and headers of one request, in bytes.
+    pub max_header_bytes: usize,
+    /// How long a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// Warden sessions (connection and token pairs) one client connection may open.
+    pub sessions_per_client: usize,
+    /// An answer Warden must read whole to mask it (or one line of a watch stream).
+    pub max_masked_bytes: usize,
+    /// HTTP/2 requests one client connection may have open at once.
+    pub max_streams: u32,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(30),
+            sessions_per_client: 8,
+            max_masked_bytes: 64 * 1024 * 1024,
+            max_streams: 128,
+        }
+    }
+}
+
+/// The proxy for one kind (`kubernetes` or `http`).
+pub struct HttpProxy<H> {
+    pub(crate) hooks: Arc<H>,
+    pub(crate) kind: ConnectionKind,
+    pub(crate) flavor: Flavor,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) limits: ProxyLimits,
+}
+
+/// One Warden session on a client connection: its handle and its target.
+pub(crate) struct HttpSession {
+    pub handle: SessionHandle,
+    pub upstream: Upstream,
+}
+
+/// A client connection: who it is, and the sessions it opened.
+pub(crate) struct Client<H> {
+    pub proxy: Arc<HttpProxy<H>>,
+    pub peer: SocketAddr,
+    /// Set for clients that came through `warden connect`.
+    pub tunnel: Option<TunnelLogin>,
+    sessions: Mutex<HashMap<(String, String), Arc<HttpSession>>>,
+}
+
+impl<H: SessionHooks> HttpProxy<H> {
+    pub fn new(
+        hooks: Arc<H>,
+        kind: ConnectionKind,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        limits: ProxyLimits,
+    ) -> Self {
+        let flavor = match kind {
+            ConnectionKind::Kubernetes => Flavor::Kubernetes,
+            _ => Flavor::Http,
+        };
+        Self {
+            hooks,
+            kind,
+            flavor,
+            tls,
+            limits,
+        }
+    }
+
+    /// Serves a client of the listener until it leaves.
+    pub async fn serve(self: &Arc<Self>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        match &self.tls {
+            Some(acceptor) => {
+                let accepted =
+                    tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await;
+                match accepted {
+                    Ok(Ok(tls)) => self.serve_stream(Box::new(tls), peer, None).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
+            None => self.serve_stream(Box::new(stream), peer, None).await,
+        }
+    }
+
+    /// Serves a client that came through a tunnel naming the connection and token.
+    pub async fn serve_tunnel(
+        self: &Arc<Self>,
+        stream: BoxedStream,
+        peer: SocketAddr,
+        tunnel: TunnelLogin,
+    ) {
+        self.serve_stream(stream, peer, Some(tunnel)).await;
+    }
+
+    async fn serve_stream(
+        self: &Arc<Self>,
+        stream: BoxedStream,
+        peer: SocketAddr,
+        tunnel: Option<TunnelLogin>,
+    ) {
+        let client = Arc::new(Client {
+            proxy: self.clone(),
+            peer,
+            tunnel,
+            sessions: Mutex::new(HashMap::new()),
+        });
+        let service = {
+            let client = client.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let client = client.clone();
+                async move { Ok::<_, std::convert::Infallible>(client.handle(req).await) }
+            })
+        };
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(self.limits.max_streams);
+        if let Err(e) = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(error = %e, "client connection ended with an error");
+        }
+        client.close_all().await;
+    }
+}
+
+impl<H: SessionHooks> Client<H> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let flavor = self.proxy.flavor;
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        // The connection: the tunnel's, or the path's first segment.
+        let (connection, token, target) = match &self.tunnel {
+            Some(t) => (t.connection.clone(), t.token.expose().clone(), target),
+            None => {
+                let Some((name, rest)) = split_connection(&target) else {
+                    return refusal(
+                        flavor,
+                        Refused::NotFound,
+                        "name the Warden connection as the first path segment: /<connection>/...",
+                    );
+                };
+                let Some(token) = bearer(&req) else {
+                    return refusal(
+                        flavor,
+                        Refused::Unauthenticated,
+                        "send your Warden token as a bearer token (Authorization: Bearer <token>)",
+                    );
+                };
+                (name, token, rest)
+            }
+        };
+        let session = match self.session(&connection, token).await {
+            Ok(s) => s,
+            Err(response) => return *response,
+        };
+        let response = forward::request(&self, &session, req, &target).await;
+        if let Some(reason) = session.handle.failure() {
+            self.end(&connection, &session, reason).await;
+        }
+        response
+    }
+
+    /// The session for `connection` and `token` on this client connection, opened on
+    /// first use.
+    async fn session(
+        &self,
+        connection: &str,
+        token: String,
+    ) -> Result<Arc<HttpSession>, Box<Response<Body>>> {
+        let flavor = self.proxy.flavor;
+        let key = (connection.to_string(), token);
+        if let Some(s) = self.lock().get(&key) {
+            return Ok(s.clone());
+        }
+        if self.lock().len() >= self.proxy.limits.sessions_per_client {
+            return Err(Box::new(refusal(
+                flavor,
+                Refused::TooMany,
+                &format!(
+                    "one client connection may open {} sessions (connection and token pairs)",
+                    self.proxy.limits.sessions_per_client
+                ),
+            )));
+        }
+        let handle = self
+            .proxy
+            .hooks
+            .open(LoginRequest {
+                protocol: self.proxy.kind,
+                connection,
+                user: "",
+                token: &key.1,
+                client: self.peer,
+            })
+            .await
+            .map_err(|r| {
+                let why = match r.kind {
+                    RefusalKind::BadCredentials => Refused::Unauthenticated,
+                    RefusalKind::NoAccess | RefusalKind::PolicyUnusable => Refused::Forbidden,
+                    RefusalKind::Unavailable => Refused::Unavailable,
+                };
+                Box::new(refusal(flavor, why, &r.message))
+            })?;
+        let upstream = match Upstream::new(&handle.target, handle.dialer()) {
+            Ok(u) => u,
+            Err(e) => {
+                let message = format!("the connection's target cannot be used: {e}");
+                handle
+                    .close(Some(EndReason::BackendGone(message.clone())))
+                    .await;
+                return Err(Box::new(refusal(flavor, Refused::BadGateway, &message)));
+            }
+        };
+        let session = Arc::new(HttpSession { handle, upstream });
+        // Two first requests may race; one session per key stays, the other closes.
+        let (kept, extra) = {
+            let mut sessions = self.lock();
+            match sessions.get(&key) {
+                Some(existing) => (existing.clone(), Some(session)),
+                None => {
+                    sessions.insert(key, session.clone());
+                    (session, None)
+                }
+            }
+        };
+        if let Some(extra) = extra {
+            extra.handle.close(None).await;
+        }
+        Ok(kept)
+    }
+
+    /// Ends one session (its failure, or the gateway ended it); later requests with
+    /// the same token open a new one, if the token is still good.
+    pub(crate) async fn end(
+        &self,
+        connection: &str,
+        session: &Arc<HttpSession>,
+        reason: EndReason,
+    ) {
+        self.lock()
+            .retain(|(c, _), s| !(c == connection && Arc::ptr_eq(s, session)));
+        session.handle.close(Some(reason)).await;
+    }
+
+    async fn close_all(&self) {
+        let sessions: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            s.handle.close(None).await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<HttpSession>>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// `/<connection>/rest` → (`connection`, `/rest`); the name's charset needs no
+/// decoding (see `validate_connection_name`).
+fn split_connection(target: &str) -> Option<(String, String)> {
+    let rest = target.strip_prefix('/')?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let name = &rest[..end];
+    warden_core::validate_connection_name(name).ok()?;
+    let tail = &rest[end..];
+    let tail = if tail.starts_with('/') {
+        tail.to_string()
+    } else {
+        format!("/{tail}")
+    };
+    Some((name.to_string(), tail))
+}
+
+/// The bearer token of a request.
+fn bearer<B>(req: &Request<B>) -> Option<String> {
+    let value = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_segment_names_the_connection() {
+        assert_eq!(
+            split_connection("/prod-k8s/api/v1/pods?watch=1"),
+            Some(("prod-k8s".into(), "/api/v1/pods?watch=1".into()))
+        );
+        assert_eq!(
+            split_connection("/wiki?x=1"),
+            Some(("wiki".into(), "/?x=1".into()))
+        );
+        assert_eq!(split_connection("/wiki"), Some(("wiki".into(), "/".into())));
+        assert_eq!(split_connection("/Bad/x"), None);
+        assert_eq!(split_connection("/"), None);
+        assert_eq!(split_connection("/%70rod/x"), None);
+    }
+}

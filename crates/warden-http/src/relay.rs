@@ -1,0 +1,423 @@
+//! Relaying the target's answer: streamed as it arrives (watches and logs are never
+//! buffered), masked where the connection says so (whole for JSON documents, event by
+//! event for watch streams), cut when the session is ended, and recorded — status,
+//! bytes, duration — when it is over.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Response, StatusCode};
+use warden_core::{Masker, TimelineEvent};
+
+use crate::body::{Body, BoxError, boxed, collect_limited, full};
+use crate::forward::Read;
+use crate::kube::secrets;
+use crate::mask::{BodyKind, mask_body};
+use crate::proxy::HttpSession;
+use crate::reply::{Flavor, Refused, refusal};
+
+/// How an answer is masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Masking {
+    None,
+    /// Kubernetes Secrets' values; `watch`: the answer is a stream of events.
+    Secrets {
+        watch: bool,
+    },
+    /// The connection's masking sets (HTTP services).
+    Sets,
+}
+
+impl Masking {
+    /// Whether Warden reads the answer's body (so it must be uncompressed).
+    pub fn reads_body(self) -> bool {
+        self != Masking::None
+    }
+}
+
+/// How the answer to a request is masked.
+pub(crate) fn masking_for(session: &HttpSession, flavor: Flavor, read: &Read) -> Masking {
+    match (flavor, read) {
+        (Flavor::Kubernetes, Read::Kube(r))
+            if !session.handle.target.http.kubernetes.reveal_secrets
+                && r.resource.eq_ignore_ascii_case("secrets") =>
+        {
+            Masking::Secrets {
+                watch: r.verb == "watch",
+            }
+        }
+        (Flavor::Http, _) if session.handle.masker.is_active() => Masking::Sets,
+        _ => Masking::None,
+    }
+}
+
+/// Keeps only the JSON media types a client accepts, so the API server never answers
+/// in protobuf or CBOR, which Warden would have to pass unread.
+pub(crate) fn json_only(headers: &mut HeaderMap) {
+    let accepted: Vec<String> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|m| {
+            let essence = m.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+        })
+        .map(String::from)
+        .collect();
+    let value = if accepted.is_empty() {
+        "application/json".to_string()
+    } else {
+        accepted.join(", ")
+    };
+    headers.remove(header::ACCEPT);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(header::ACCEPT, v);
+    }
+}
+
+/// Relays the target's answer to the client.
+pub(crate) async fn answer(
+    session: Arc<HttpSession>,
+    flavor: Flavor,
+    response: Response<Incoming>,
+    masking: Masking,
+    started: Instant,
+    limit: usize,
+) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_headers(&mut parts.headers);
+    let status = parts.status;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    let kind = BodyKind::of(content_type.as_deref());
+    let body: Body = match masking {
+        Masking::None => boxed(body),
+        Masking::Sets if kind == BodyKind::Opaque => boxed(body),
+        _ if encoded => {
+            return unmaskable(&session, flavor, "the answer is compressed").await;
+        }
+        Masking::Secrets { .. } if kind != BodyKind::Json => {
+            return unmaskable(&session, flavor, "the answer is not JSON").await;
+        }
+        Masking::Secrets { watch: true } => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            line_masked(body, limit, |line| {
+                let mut event: serde_json::Value = serde_json::from_slice(line)
+                    .map_err(|e| format!("a watch event that is not JSON: {e}"))?;
+                secrets::mask(&mut event, true);
+                serde_json::to_vec(&event).map_err(|e| e.to_string())
+            })
+        }
+        Masking::Sets
+            if content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("text/event-stream")) =>
+        {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let masker = session.handle.masker.clone();
+            line_masked(body, limit, move |line| {
+                Ok(mask_body(masker.as_ref(), BodyKind::Text, line)?
+                    .unwrap_or_else(|| line.to_vec()))
+            })
+        }
+        Masking::Secrets { watch: false } | Masking::Sets => {
+            let whole = match collect_limited(body, limit).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let why = format!(
+                        "the answer cannot be read whole to mask it ({e}; the limit is {limit} bytes)"
+                    );
+                    return unmaskable(&session, flavor, &why).await;
+                }
+            };
+            let masked = match masking {
+                Masking::Secrets { .. } => mask_secrets_document(&whole),
+                _ => mask_body(session.handle.masker.as_ref() as &dyn Masker, kind, &whole),
+            };
+            let bytes = match masked {
+                Ok(Some(m)) => Bytes::from(m),
+                Ok(None) => whole,
+                Err(e) => return unmaskable(&session, flavor, &e).await,
+            };
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            full(bytes)
+        }
+    };
+    let tracked = Tracked::new(body, session, status, started);
+    Response::from_parts(parts, crate::body::boxed(tracked))
+}
+
+fn mask_secrets_document(whole: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut value: serde_json::Value = serde_json::from_slice(whole)
+        .map_err(|e| format!("the JSON answer cannot be read to mask it: {e}"))?;
+    if secrets::mask(&mut value, true) {
+        serde_json::to_vec(&value)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    } else {
+        Ok(None)
+    }
+}
+
+/// An answer that cannot be masked is not relayed: the client gets a 502 naming why,
+/// and the recording says so.
+async fn unmaskable(session: &HttpSession, flavor: Flavor, why: &str) -> Response<Body> {
+    let message = format!("Warden cannot mask this answer, so it is withheld: {why}");
+    let _ = session
+        .handle
+        .record(TimelineEvent::Error {
+            code: "unmaskable".into(),
+            message: message.clone(),
+            duration_us: None,
+        })
+        .await;
+    refusal(flavor, Refused::BadGateway, &message)
+}
+
+pub(crate) fn strip_hop_headers(headers: &mut HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+    ] {
+        headers.remove(name);
+    }
+}
+
+type LineMask = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send>;
+
+/// A stream masked line by line (watch events, server-sent events), each line as it
+/// completes; a line longer than `limit` ends the stream.
+fn line_masked(
+    body: Incoming,
+    limit: usize,
+    mask: impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + 'static,
+) -> Body {
+    boxed(LineMasked {
+        inner: boxed(body),
+        buf: BytesMut::new(),
+        limit,
+        mask: Box::new(mask),
+        finished: false,
+    })
+}
+
+struct LineMasked {
+    inner: Body,
+    buf: BytesMut,
+    limit: usize,
+    mask: LineMask,
+    finished: bool,
+}
+
+impl LineMasked {
+    /// Masks every complete line in the buffer.
+    fn drain(&mut self, all: bool) -> Result<BytesMut, BoxError> {
+        let mut out = BytesMut::new();
+        while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+            let line = self.buf.split_to(end + 1);
+            self.mask_line(&line[..end], &mut out)?;
+            out.extend_from_slice(b"\n");
+        }
+        if all && !self.buf.is_empty() {
+            let rest = self.buf.split();
+            self.mask_line(&rest, &mut out)?;
+        }
+        if self.buf.len() > self.limit {
+            return Err(format!("a line of the answer is longer than {} bytes", self.limit).into());
+        }
+        Ok(out)
+    }
+
+    fn mask_line(&self, line: &[u8], out: &mut BytesMut) -> Result<(), BoxError> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            out.extend_from_slice(line);
+            return Ok(());
+        }
+        out.extend_from_slice(&(self.mask)(line)?);
+        Ok(())
+    }
+}
+
+impl hyper::body::Body for LineMasked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    this.buf.extend_from_slice(&data);
+                    let out = this.drain(false)?;
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.finished = true;
+                    let out = this.drain(true)?;
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Counts what reaches the client, stops when the session is ended, and records the
+/// answer's outcome when it is over (or the client left).
+pub(crate) struct Tracked {
+    inner: Body,
+    session: Arc<HttpSession>,
+    status: StatusCode,
+    started: Instant,
+    bytes: u64,
+    ended: Pin<Box<dyn Future<Output = String> + Send>>,
+    done: bool,
+}
+
+impl Tracked {
+    pub fn new(
+        inner: Body,
+        session: Arc<HttpSession>,
+        status: StatusCode,
+        started: Instant,
+    ) -> Self {
+        let mut end = session.handle.ended();
+        Self {
+            inner,
+            session,
+            status,
+            started,
+            bytes: 0,
+            ended: Box::pin(async move { end.wait().await }),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let session = self.session.clone();
+        let event = TimelineEvent::Response {
+            status: self.status.as_u16(),
+            bytes: self.bytes,
+            duration_us: Some(
+                u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = session.handle.record(event).await;
+            });
+        }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(reason) = this.ended.as_mut().poll(cx) {
+            this.finish();
+            return Poll::Ready(Some(Err(
+                format!("the Warden session ended: {reason}").into()
+            )));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                    this.session.handle.count_out(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_is_asked_for() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(
+                "application/vnd.kubernetes.protobuf, application/json;as=Table;v=v1;g=meta.k8s.io, application/cbor",
+            ),
+        );
+        json_only(&mut h);
+        assert_eq!(
+            h.get(header::ACCEPT).map(|v| v.as_bytes()),
+            Some(&b"application/json;as=Table;v=v1;g=meta.k8s.io"[..])
+        );
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        json_only(&mut h);
+        assert_eq!(
+            h.get(header::ACCEPT).map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+    }
+}
