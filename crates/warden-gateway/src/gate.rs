@@ -339,7 +339,15 @@ impl SessionGate {
         })?;
         // Stored connections from before `username` was required may lack it: the
         // backend account is never the one a client names.
-        let Some(backend_user) = conn.username.clone().filter(|u| !u.is_empty()) else {
+        // Kubernetes and HTTP targets need none: their credential is a token or a
+        // certificate (a username only joins a password for HTTP Basic).
+        let needs_user = !matches!(protocol, ConnectionKind::Kubernetes | ConnectionKind::Http);
+        let Some(backend_user) = conn
+            .username
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| (!needs_user).then(String::new))
+        else {
             return Err(Refusal {
                 kind: RefusalKind::PolicyUnusable,
                 message: format!(
@@ -380,6 +388,14 @@ impl SessionGate {
             Ok(Some((SecretKind::Password, s))) => Some((SecretKind::Password, s)),
             Ok(Some((SecretKind::PrivateKey, s))) if protocol == ConnectionKind::Ssh => {
                 Some((SecretKind::PrivateKey, s))
+            }
+            // Kubernetes and HTTP targets take any of them: a token (bearer or a
+            // named header), a password (HTTP Basic), a private key (TLS client
+            // certificate).
+            Ok(Some((kind, s)))
+                if matches!(protocol, ConnectionKind::Kubernetes | ConnectionKind::Http) =>
+            {
+                Some((kind, s))
             }
             Ok(None) => None,
             Ok(Some(_)) => {

@@ -199,6 +199,8 @@ pub fn base_config(
     config.pg.listen = "127.0.0.1:0".parse().unwrap();
     config.mysql.listen = "127.0.0.1:0".parse().unwrap();
     config.ssh.listen = "127.0.0.1:0".parse().unwrap();
+    config.kubernetes.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.store.url = Some(StoreUrl(store_url.into()));
     config.auth.clock_skew_secs = 1;
     config.auth.jwks_min_refresh_secs = 1;
@@ -238,6 +240,30 @@ sql_statements = ["delete"]
 [[guardrails.rules]]
 name = "held-commands"
 shell = ["echo held*"]
+
+[[guardrails]]
+name = "http-safety"
+[[guardrails.rules]]
+name = "no-deletes"
+http = ["DELETE /**"]
+
+[[guardrails]]
+name = "k8s-safety"
+[[guardrails.rules]]
+name = "no-namespace-deletes"
+kubernetes = ["delete namespaces"]
+[[guardrails.rules]]
+name = "no-prod-exec"
+kubernetes = ["create pods/exec in prod"]
+[[guardrails.rules]]
+name = "no-rm-rf"
+shell = ["rm -rf *"]
+
+[[guardrails]]
+name = "k8s-review"
+[[guardrails.rules]]
+name = "deployment-deletes"
+kubernetes = ["delete deployments.apps"]
 
 [[masking]]
 name = "pii"

@@ -1,0 +1,296 @@
+//! HTTP connections end to end: curl-like clients (reqwest, HTTP/1.1 and HTTP/2)
+//! through the gateway's `[http]` listener to a real go-httpbin
+//! (`WARDEN_TEST_HTTPBIN_URL`, started by scripts/test.sh).
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warden_core::ConnectionKind;
+use warden_store::Backend;
+
+const HELD_TOKEN: &str = "held-http-token-5f2c9e1d7a";
+
+fn httpbin() -> String {
+    std::env::var("WARDEN_TEST_HTTPBIN_URL").unwrap_or_else(|_| "http://127.0.0.1:18080".into())
+}
+
+/// A gateway with an `http` connection `wiki` to httpbin holding `HELD_TOKEN`, and a
+/// key for a member of `eng`; `extra` is merged into the connection.
+async fn setup(extra: Value) -> (TestGateway, String, String) {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    let mut conn = json!({
+        "name": "wiki", "kind": "http", "target": httpbin(),
+        "secret": HELD_TOKEN, "allowed_groups": ["eng"],
+        "policies": {"guardrails": ["http-safety"]},
+    });
+    if let (Some(c), Some(e)) = (conn.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    let (status, body) = gw.admin("POST", "/api/connections", Some(conn)).await;
+    assert_eq!(status, 201, "{body}");
+    let key = gw.key_for("alice@example.com", &["eng"]).await;
+    let base = format!(
+        "http://{}/wiki",
+        gw.gateway.listener(ConnectionKind::Http).unwrap()
+    );
+    (gw, key, base)
+}
+
+async fn get(client: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_service_with_the_held_credential_and_are_audited() {
+    let (gw, key, base) = setup(json!({})).await;
+    let client = reqwest::Client::new();
+
+    let (status, body) = get(&client, &format!("{base}/headers"), Some(&key)).await;
+    assert_eq!(status, 200, "{body}");
+    // The service sees the held credential, never the client's Warden token.
+    let auth = body["headers"]["Authorization"].to_string();
+    assert!(auth.contains(&format!("Bearer {HELD_TOKEN}")), "{body}");
+    assert!(!body.to_string().contains(&key), "{body}");
+
+    // HTTP/2 (prior knowledge) works the same.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .get(format!("{base}/get?x=1"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+
+    // A rule refuses DELETE with a JSON error naming it.
+    let resp = client
+        .delete(format!("{base}/delete"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "Forbidden");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("http-safety/no-deletes"), "{message}");
+
+    // Without a token, or with a bad one: 401; an unknown connection: refused.
+    assert_eq!(get(&client, &format!("{base}/get"), None).await.0, 401);
+    assert_eq!(
+        get(&client, &format!("{base}/get"), Some("nope")).await.0,
+        401
+    );
+    let other = base.replace("/wiki", "/nosuch");
+    assert_eq!(
+        get(&client, &format!("{other}/get"), Some(&key)).await.0,
+        403
+    );
+
+    // Every request is an audit event before it is forwarded; outcomes follow.
+    let events = eventually("http audit events", || async {
+        let e = gw.audit_events("http.request").await;
+        (e.len() >= 3).then_some(e)
+    })
+    .await;
+    let texts: Vec<String> = events
+        .iter()
+        .map(|e| e["event"]["payload"]["request"].to_string())
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("GET /headers")),
+        "{texts:?}"
+    );
+    let denied = events
+        .iter()
+        .find(|e| e["event"]["payload"]["request"] == "DELETE /delete")
+        .unwrap();
+    assert_eq!(
+        denied["event"]["decision"]["rule"],
+        "http-safety/no-deletes"
+    );
+    let outcomes = eventually("http outcomes", || async {
+        let e = gw.audit_events("http.outcome").await;
+        (e.len() >= 2).then_some(e)
+    })
+    .await;
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o["event"]["payload"]["status"] == 200),
+        "{outcomes:?}"
+    );
+
+    // The held credential is nowhere Warden keeps or shows things.
+    let (_, conn) = gw.admin("GET", "/api/connections/wiki", None).await;
+    let visible = gw.everything_visible(&[&conn]).await;
+    assert!(!visible.contains(HELD_TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_the_service_could_read_otherwise_are_refused() {
+    let (gw, key, base) = setup(json!({})).await;
+    let client = reqwest::Client::new();
+    // reqwest would normalize dot segments itself: send these raw.
+    let addr = gw.gateway.listener(ConnectionKind::Http).unwrap();
+    for path in [
+        "/wiki/anything/../delete",
+        "/wiki/anything/%2e%2e/delete",
+        "/wiki/anything%2F..%2Fdelete",
+        "/wiki//delete",
+        "/wiki/anything?a=1;b=2",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    // The refusals are audited as decisions.
+    let refused = eventually("refused requests", || async {
+        let e = gw.audit_events("http.refused").await;
+        (e.len() >= 5).then_some(e)
+    })
+    .await;
+    assert_eq!(refused[0]["event"]["payload"]["what"], "unreadable_request");
+    // The gateway goes on.
+    assert_eq!(
+        get(&client, &format!("{base}/get"), Some(&key)).await.0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_masked_and_what_cannot_be_masked_is_withheld() {
+    let (gw, key, base) = setup(json!({"policies": {"guardrails": [], "masking": ["pii"]}})).await;
+    let client = reqwest::Client::new();
+    // JSON: httpbin echoes the query; the email is masked in the answer.
+    let (status, body) = get(
+        &client,
+        &format!("{base}/anything?contact=alice.smith@example.com&card=4111111111111111"),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let text = body.to_string();
+    assert!(!text.contains("alice.smith@example.com"), "{text}");
+    assert!(!text.contains("4111111111111111"), "{text}");
+    // Plain text: masked too.
+    let encoded = base64_of("write to bob.jones@example.org today");
+    let (status, body) = get(&client, &format!("{base}/base64/{encoded}"), Some(&key)).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains("today") && !text.contains("bob.jones@example.org"),
+        "{text}"
+    );
+    // A compressed answer cannot be read: withheld with a 502 that says why.
+    let (status, body) = get(&client, &format!("{base}/gzip"), Some(&key)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("compressed")
+    );
+    // Binary answers pass as they are.
+    let resp = client
+        .get(format!("{base}/bytes/64"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().len(), 64);
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_end_only_their_own_request() {
+    let gw = TestGateway::sqlite_with(|c| {
+        c.http.header_timeout_secs = 1;
+        c.http.max_header_bytes = 16 * 1024;
+    })
+    .await;
+    let (status, body) = gw
+        .admin(
+            "POST",
+            "/api/connections",
+            Some(json!({"name": "wiki", "kind": "http", "target": httpbin(), "allowed_groups": ["eng"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let key = gw.key_for("bob@example.com", &["eng"]).await;
+    let addr = gw.gateway.listener(ConnectionKind::Http).unwrap();
+    let base = format!("http://{addr}/wiki");
+    let client = reqwest::Client::new();
+
+    // Garbage instead of a request: a 400, the connection closes.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"\x16\x03\x01 not http at all\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"),
+        "{answer:?}"
+    );
+
+    // Oversized headers: refused (431), nothing else affected.
+    let resp = client
+        .get(format!("{base}/get"))
+        .bearer_auth(&key)
+        .header("x-big", "a".repeat(32 * 1024))
+        .send()
+        .await;
+    match resp {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(e.is_request() || e.is_connect(), "{e}"),
+    }
+
+    // A slow client that never finishes its headers is cut off after the timeout.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /wiki/get HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the slow client was not cut off");
+
+    // Meanwhile, and afterwards, other clients are served.
+    assert_eq!(
+        get(&client, &format!("{base}/get"), Some(&key)).await.0,
+        200
+    );
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE.encode(text)
+}
