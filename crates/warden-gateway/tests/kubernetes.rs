@@ -1,0 +1,424 @@
+//! Kubernetes connections end to end: the real `kubectl` (built with the API server)
+//! through the gateway's `[kubernetes]` listener (TLS, so kubectl speaks HTTP/2) to a
+//! real kube-apiserver with etcd and kwok (started by scripts/test.sh; see
+//! `setup_k8s` in scripts/lib.sh).
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::{Value, json};
+use support::*;
+use warden_core::ConnectionKind;
+
+const STACK: &str = "/var/tmp/warden-test-k8s";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn kubectl_path() -> String {
+    env_or(
+        "WARDEN_TEST_KUBECTL",
+        "/var/cache/warden-test/k8s-1.37.2-etcd-3.6.16-kwok-0.8.0-r2/kubectl",
+    )
+}
+
+/// The cluster's URL, CA and the token the gateway holds (cluster admin).
+fn cluster() -> (String, String, String) {
+    let url = env_or("WARDEN_TEST_K8S_URL", "https://127.0.0.1:16443");
+    let ca = std::fs::read_to_string(env_or("WARDEN_TEST_K8S_CA", &format!("{STACK}/ca.crt")))
+        .expect("the test cluster's CA (scripts/test.sh starts the cluster)");
+    let token = std::fs::read_to_string(env_or(
+        "WARDEN_TEST_K8S_TOKEN_FILE",
+        &format!("{STACK}/admin.token"),
+    ))
+    .unwrap()
+    .trim()
+    .to_string();
+    (url, ca, token)
+}
+
+struct Cluster {
+    gw: TestGateway,
+    held_token: String,
+    dir: tempfile::TempDir,
+    ca_path: String,
+    port: u16,
+}
+
+/// A gateway whose Kubernetes listener speaks TLS, with a connection `name` to the
+/// test cluster; `extra` is merged into the connection.
+async fn start(name: &str, extra: Value) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert_path = dir.path().join("gw.crt");
+    let key_path = dir.path().join("gw.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let gw = TestGateway::sqlite_with(|c| {
+        c.kubernetes.tls_cert = Some(cert_path.clone());
+        c.kubernetes.tls_key = Some(key_path.clone());
+    })
+    .await;
+    let (url, ca, held_token) = cluster();
+    let mut conn = json!({
+        "name": name, "kind": "kubernetes", "target": url,
+        "tls": {"ca_pem": ca}, "secret": held_token, "allowed_groups": ["eng", "sre"],
+        "policies": {"guardrails": ["k8s-safety"]},
+        "access": {"reviewers": ["sre"], "review_timeout_secs": 60},
+    });
+    if let (Some(c), Some(e)) = (conn.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    let (status, body) = gw.admin("POST", "/api/connections", Some(conn)).await;
+    assert_eq!(status, 201, "{body}");
+    let port = gw
+        .gateway
+        .listener(ConnectionKind::Kubernetes)
+        .unwrap()
+        .port();
+    Cluster {
+        gw,
+        held_token,
+        ca_path: cert_path.display().to_string(),
+        dir,
+        port,
+    }
+}
+
+impl Cluster {
+    /// A kubeconfig for `token` pointing at connection `name` through the gateway.
+    fn kubeconfig(&self, name: &str, token: &str) -> String {
+        let path = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.kubeconfig", &token[..8]));
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: w\n  cluster:\n    server: https://127.0.0.1:{}/{name}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: warden-{name}\n  context: {{cluster: w, user: u}}\ncurrent-context: warden-{name}\n",
+            self.port, self.ca_path
+        );
+        std::fs::write(&path, config).unwrap();
+        path.display().to_string()
+    }
+
+    /// Runs kubectl with `kubeconfig` (off the async runtime).
+    async fn kubectl(&self, kubeconfig: &str, args: &[&str]) -> Output {
+        let kubeconfig = kubeconfig.to_string();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(kubectl_path())
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .arg("--request-timeout=60s")
+                .args(&args)
+                .output()
+                .expect("kubectl from the test stack")
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_works_through_warden_under_its_rules() {
+    let k = start("k8s", json!({})).await;
+    let key = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s", &key);
+    let mut outputs = String::new();
+
+    let out = k.kubectl(&cfg, &["get", "pods", "-n", "default"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("web"), "{}", text(&out.stdout));
+    outputs += &text(&out.stdout);
+
+    // apply, read back, delete.
+    let cm = unique("cm");
+    let manifest = k.dir.path().join("cm.yaml");
+    std::fs::write(
+        &manifest,
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {cm}\n  namespace: default\ndata:\n  greeting: hello\n"),
+    )
+    .unwrap();
+    let out = k
+        .kubectl(&cfg, &["apply", "-f", &manifest.display().to_string()])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = k
+        .kubectl(
+            &cfg,
+            &["get", "configmap", &cm, "-o", "jsonpath={.data.greeting}"],
+        )
+        .await;
+    assert_eq!(text(&out.stdout), "hello", "{}", text(&out.stderr));
+    let out = k.kubectl(&cfg, &["delete", "configmap", &cm]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A denied delete shows the rule, and nothing is deleted.
+    let out = k.kubectl(&cfg, &["delete", "namespace", "prod"]).await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Forbidden") && err.contains("k8s-safety/no-namespace-deletes"),
+        "{err}"
+    );
+    let out = k
+        .kubectl(&cfg, &["get", "namespace", "prod", "-o", "name"])
+        .await;
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "namespace/prod",
+        "{}",
+        text(&out.stderr)
+    );
+
+    // exec runs (WebSocket), and answers to the Kubernetes and the shell rules.
+    let out = k
+        .kubectl(&cfg, &["exec", "web", "--", "echo", "hi-from-web"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "hi-from-web");
+    let out = k
+        .kubectl(&cfg, &["exec", "-n", "prod", "api", "--", "echo", "x"])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("k8s-safety/no-prod-exec"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = k
+        .kubectl(
+            &cfg,
+            &["exec", "web", "--", "sh", "-c", "rm -rf /tmp/nothing"],
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("k8s-safety/no-rm-rf"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // logs.
+    let out = k.kubectl(&cfg, &["logs", "web"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    outputs += &(text(&out.stdout) + &text(&out.stderr));
+
+    // Every request was audited, denials with their rule.
+    let events = k.gw.audit_events("k8s.request").await;
+    let denied: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"]["decision"]["outcome"] == "deny")
+        .collect();
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["event"]["payload"]["request"] == "delete namespaces prod -n prod"),
+        "{denied:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"]["payload"]["detail"]["resource"] == "configmaps")
+    );
+
+    // The held token is nowhere a client or an admin can read.
+    let (_, conn) = k.gw.admin("GET", "/api/connections/k8s", None).await;
+    let visible = k.gw.everything_visible(&[&conn]).await + &outputs;
+    assert!(!visible.contains(&k.held_token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_are_masked_unless_the_connection_reveals_them() {
+    let k = start("k8s", json!({})).await;
+    let key = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s", &key);
+    let name = unique("db");
+    let password = unique("hunter2");
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&password)
+    };
+    let out = k
+        .kubectl(
+            &cfg,
+            &[
+                "create",
+                "secret",
+                "generic",
+                &name,
+                &format!("--from-literal=password={password}"),
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // kubectl apply keeps a copy in an annotation: that is masked too.
+    let manifest = k.dir.path().join("secret.yaml");
+    let applied = unique("applied");
+    std::fs::write(
+        &manifest,
+        format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {applied}\nstringData:\n  token: {password}\n"),
+    )
+    .unwrap();
+    let out = k
+        .kubectl(&cfg, &["apply", "-f", &manifest.display().to_string()])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut seen = String::new();
+    for args in [
+        vec!["get", "secret", name.as_str(), "-o", "yaml"],
+        vec!["get", "secret", applied.as_str(), "-o", "json"],
+        vec!["get", "secrets", "-o", "json"],
+        vec!["get", "secrets", "-A", "-o", "yaml"],
+        vec!["describe", "secret", name.as_str()],
+    ] {
+        let out = k.kubectl(&cfg, &args).await;
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        seen += &text(&out.stdout);
+    }
+    // A watch is masked event by event.
+    let out = k
+        .kubectl(
+            &cfg,
+            &[
+                "get",
+                "secrets",
+                "--watch",
+                "-o",
+                "json",
+                "--request-timeout=3s",
+            ],
+        )
+        .await;
+    seen += &text(&out.stdout);
+    assert!(seen.contains(&name) && seen.contains(&applied), "{seen}");
+    assert!(seen.contains("W21hc2tlZF0="), "{seen}");
+    assert!(
+        !seen.contains(&encoded) && !seen.contains(&password),
+        "{seen}"
+    );
+
+    // A connection that reveals them shows the value (the masking is what hid it).
+    let k2 = start("k8s-open", json!({"kubernetes": {"reveal_secrets": true}})).await;
+    let key2 = k2.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg2 = k2.kubeconfig("k8s-open", &key2);
+    let out = k2
+        .kubectl(
+            &cfg2,
+            &["get", "secret", &name, "-o", "jsonpath={.data.password}"],
+        )
+        .await;
+    assert_eq!(text(&out.stdout), encoded, "{}", text(&out.stderr));
+    for s in [&name, &applied] {
+        let _ = k.kubectl(&cfg, &["delete", "secret", s]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_delete_runs_once_a_reviewer_approves() {
+    let k = start(
+        "k8s",
+        json!({"policies": {"guardrails": ["k8s-safety"], "reviews": ["k8s-review"]}}),
+    )
+    .await;
+    let ops = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let sre = k.gw.key_for("sam@example.com", &["sre"]).await;
+    let cfg = k.kubeconfig("k8s", &ops);
+    let deploy = unique("dep");
+    let manifest = k.dir.path().join("deploy.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {deploy}\n  namespace: default\nspec:\n  replicas: 0\n  selector:\n    matchLabels: {{app: {deploy}}}\n  template:\n    metadata:\n      labels: {{app: {deploy}}}\n    spec:\n      containers:\n      - {{name: c, image: busybox}}\n"
+        ),
+    )
+    .unwrap();
+    let out = k
+        .kubectl(&cfg, &["apply", "-f", &manifest.display().to_string()])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let held = {
+        let (kubectl, cfg, deploy) = (kubectl_path(), cfg.clone(), deploy.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(kubectl)
+                .args([
+                    "--kubeconfig",
+                    &cfg,
+                    "delete",
+                    "deployment",
+                    &deploy,
+                    "--wait=false",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let id =
+        k.gw.pending_review(
+            &sre,
+            &format!("delete deployments.apps {deploy} -n default"),
+        )
+        .await;
+    let (status, body) =
+        k.gw.call(
+            "POST",
+            &format!("/api/reviews/{id}/approve"),
+            Some(&sre),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let out = held.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = k.kubectl(&cfg, &["get", "deployment", &deploy]).await;
+    assert!(
+        text(&out.stderr).contains("NotFound"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonation_lets_the_cluster_decide_as_the_person() {
+    let k = start("k8s", json!({"kubernetes": {"impersonate": true}})).await;
+    let alice = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s", &alice);
+    // The cluster's RBAC lets alice read pods in `default` only.
+    let out = k.kubectl(&cfg, &["get", "pods", "-n", "default"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = k.kubectl(&cfg, &["get", "pods", "-n", "prod"]).await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("alice@example.com") && err.contains("forbidden"),
+        "{err}"
+    );
+    // A client may not pick another identity for the gateway's credential.
+    let out = k
+        .kubectl(&cfg, &["--as", "system:admin", "get", "pods", "-n", "prod"])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Impersonate"),
+        "{}",
+        text(&out.stderr)
+    );
+}
