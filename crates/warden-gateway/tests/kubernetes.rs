@@ -422,3 +422,69 @@ async fn impersonation_lets_the_cluster_decide_as_the_person() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_are_recorded_and_the_older_transport_still_works() {
+    let k = start("k8s", json!({})).await;
+    let key = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s", &key);
+    let marker = unique("typed");
+    // An interactive shell (stdin over the v5 WebSocket channels): what was typed
+    // and what came back are both in the session's terminal recording.
+    let run = {
+        let (kubectl, cfg, marker) = (kubectl_path(), cfg.clone(), marker.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut child = std::process::Command::new(kubectl)
+                .args(["--kubeconfig", &cfg, "exec", "-i", "web", "--", "sh"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(stdin, "echo out-$(echo {marker} | tr a-z A-Z)").unwrap();
+            writeln!(stdin, "exit").unwrap();
+            drop(stdin);
+            child.wait_with_output().unwrap()
+        })
+    };
+    let out = run.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shouted = format!("out-{}", marker.to_uppercase());
+    assert!(
+        text(&out.stdout).contains(&shouted),
+        "{}",
+        text(&out.stdout)
+    );
+    let recorded = eventually("the exec recording", || async {
+        let all = k.gw.recordings_text();
+        (all.contains(&shouted) && all.contains(&marker)).then_some(all)
+    })
+    .await;
+    assert!(recorded.contains("\"i\""), "stdin is recorded as input");
+
+    // kubectl's older transport (SPDY/3.1) is relayed too.
+    let out = tokio::task::spawn_blocking({
+        let (kubectl, cfg) = (kubectl_path(), cfg.clone());
+        move || {
+            std::process::Command::new(kubectl)
+                .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+                .args([
+                    "--kubeconfig",
+                    &cfg,
+                    "exec",
+                    "web",
+                    "--",
+                    "echo",
+                    "via-spdy",
+                ])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "via-spdy");
+}

@@ -221,6 +221,17 @@ async fn send<H: SessionHooks>(
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
+    let websocket = upgrade_to
+        .as_ref()
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if websocket
+        && let Read::Kube(r) = &read
+        && r.resource == "pods"
+        && matches!(r.subresource.as_str(), "exec" | "attach")
+        && let Err(why) = upgrade::keep_recordable_protocols(headers)
+    {
+        return refusal(flavor, Refused::BadRequest, &why);
+    }
     if masking.reads_body() {
         // Masking reads the answer: it must come uncompressed, in a format Warden
         // reads (Kubernetes: JSON, never protobuf or CBOR).

@@ -66,6 +66,16 @@ pub struct HttpProxy<H> {
 pub(crate) struct HttpSession {
     pub handle: SessionHandle,
     pub upstream: Upstream,
+    /// Numbers the session's recorded terminals (exec and attach streams).
+    terminals: std::sync::atomic::AtomicU32,
+}
+
+impl HttpSession {
+    /// The next terminal number of the session.
+    pub fn next_channel(&self) -> u32 {
+        self.terminals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A client connection: who it is, and the sessions it opened.
@@ -255,7 +265,11 @@ impl<H: SessionHooks> Client<H> {
                 return Err(Box::new(refusal(flavor, Refused::BadGateway, &message)));
             }
         };
-        let session = Arc::new(HttpSession { handle, upstream });
+        let session = Arc::new(HttpSession {
+            handle,
+            upstream,
+            terminals: std::sync::atomic::AtomicU32::new(0),
+        });
         // Two first requests may race; one session per key stays, the other closes.
         let (kept, extra) = {
             let mut sessions = self.lock();

@@ -12,10 +12,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use warden_core::TimelineEvent;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use warden_core::{TerminalRecorder, TerminalSpec, TimelineEvent};
 
 use crate::body::{Body, empty};
-use crate::forward::Read;
+use crate::forward::{Read, shell_line};
+use crate::kube::channels::{ChannelData, ChannelReader, RECORDABLE};
 use crate::path::RequestPath;
 use crate::proxy::HttpSession;
 use crate::reply::Flavor;
@@ -58,6 +60,7 @@ pub(crate) async fn bridge(
         Read::Kube(r) => format!("{} {}", r.subresource, r.name),
         Read::Http => path.raw_path.clone(),
     };
+    let recording = recording_of(&response, read, path);
     tokio::spawn(async move {
         let (client, target) = match tokio::try_join!(client_side, target_side) {
             Ok(both) => both,
@@ -66,16 +69,41 @@ pub(crate) async fn bridge(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut target = TokioIo::new(target);
+        // An interactive stream is recorded as a terminal; without a recording it
+        // does not run.
+        let recorder = match recording {
+            Some(spec) => {
+                let spec = TerminalSpec {
+                    channel: session.next_channel(),
+                    ..spec
+                };
+                match session.handle.terminal(spec).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the stream cannot be recorded; closed");
+                        session.handle.fail(e);
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
+        let (target_read, target_write) = tokio::io::split(TokioIo::new(target));
+        let channels = recorder.is_some();
+        let up = pump(client_read, target_write, channels, recorder.clone());
+        let down = pump(target_read, client_write, channels, recorder.clone());
         let mut ended = session.handle.ended();
         let (up, down, reason) = tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut target) => match copied {
+            copied = async { tokio::try_join!(up, down) } => match copied {
                 Ok((up, down)) => (up, down, None),
                 Err(e) => (0, 0, Some(e.to_string())),
             },
             reason = ended.wait() => (0, 0, Some(format!("the Warden session ended: {reason}"))),
         };
+        if let Some(r) = &recorder {
+            let _ = r.finish().await;
+        }
         session.handle.count_in(up);
         session.handle.count_out(down);
         tracing::debug!(stream = %what, up, down, reason = ?reason, "upgraded stream closed");
@@ -89,4 +117,98 @@ pub(crate) async fn bridge(
             .await;
     });
     answer
+}
+
+/// The terminal an answer opens, when it is an exec or attach over a WebSocket
+/// channel protocol (the channel number is set when it starts).
+fn recording_of(
+    response: &Response<Incoming>,
+    read: &Read,
+    path: &RequestPath,
+) -> Option<TerminalSpec> {
+    let Read::Kube(r) = read else {
+        return None;
+    };
+    if r.resource != "pods" || !matches!(r.subresource.as_str(), "exec" | "attach") {
+        return None;
+    }
+    let protocol = response
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())?;
+    if !RECORDABLE.contains(&protocol.trim()) {
+        return None;
+    }
+    let tty = path
+        .query_first("tty")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "t" | "T"));
+    let command = match r.subresource.as_str() {
+        "exec" => shell_line(&crate::kube::info::exec_command(path)),
+        _ => format!("attach {}", r.name),
+    };
+    Some(TerminalSpec {
+        channel: 0,
+        width: 80,
+        height: 24,
+        term: tty.then(|| "xterm".to_string()),
+        command: Some(format!("{command} (pod {} -n {})", r.name, r.namespace)),
+    })
+}
+
+/// Copies one direction of an upgraded stream; with `channels`, what it carries is
+/// read as Kubernetes channel frames and recorded (a recording that fails ends it).
+async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut from: R,
+    mut to: W,
+    channels: bool,
+    recorder: Option<std::sync::Arc<dyn TerminalRecorder>>,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut reader = channels.then(ChannelReader::default);
+    let mut events = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
+        if let (Some(reader), Some(rec)) = (reader.as_mut(), recorder.as_ref()) {
+            events.clear();
+            reader.feed(&buf[..n], &mut events);
+            for event in events.drain(..) {
+                let written = match event {
+                    ChannelData::Stdin(b) => rec.input(&b).await,
+                    ChannelData::Output(b) => rec.output(&b).await,
+                    ChannelData::Resize { width, height } => rec.resize(width, height).await,
+                };
+                written.map_err(std::io::Error::other)?;
+            }
+        }
+    }
+}
+
+/// An exec or attach over WebSocket may only speak a channel protocol Warden can
+/// record: other offers (the base64 variants) are dropped; with none left, it is
+/// refused.
+pub(crate) fn keep_recordable_protocols(headers: &mut hyper::HeaderMap) -> Result<(), String> {
+    let offers: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| RECORDABLE.contains(&p.as_str()))
+        .collect();
+    if offers.is_empty() {
+        return Err(format!(
+            "exec and attach over WebSocket must offer one of {} (the streams Warden records)",
+            RECORDABLE.join(", ")
+        ));
+    }
+    let value = HeaderValue::from_str(&offers.join(", ")).map_err(|e| e.to_string())?;
+    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    Ok(())
 }

@@ -120,7 +120,7 @@ mod tests {
         let mut odd = json!({"kind": "Secret", "data": "c2VjcmV0",
             "metadata": {"annotations": {LAST_APPLIED: "not json"}}});
         assert!(mask(&mut odd, false));
-        assert_eq!(odd["data"], MASKED);
+        assert_eq!(odd["data"], MASKED_BASE64);
         assert_eq!(odd["metadata"]["annotations"][LAST_APPLIED], MASKED);
     }
 }
