@@ -187,13 +187,14 @@ start_daemon() {
 }
 
 # Stops the daemon PIDFILE names if it is alive and still ours (its command line holds
-# MARK: a pid from an old run may name another process by now): `stop_daemon PIDFILE MARK`.
+# MARK: a pid from an old run may name another process by now), with SIGNAL (TERM):
+# `stop_daemon PIDFILE MARK [SIGNAL]`.
 stop_daemon() {
   local pid
   [ -f "$1" ] || return 0
   pid=$(cat "$1")
   kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$2" || return 0
-  kill "$pid"
+  kill -s "${3:-TERM}" "$pid"
   for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
 }
@@ -235,11 +236,16 @@ setup_httpbin() {
 # There is no scheduler nor controller manager: a pod must name its node, nothing
 # garbage-collects, and a deleted namespace stays Terminating.
 #
-# Pods on the fake node are Running, and kwok serves their kubelet API for real:
-# `exec` runs the command on this machine (as the user who ran setup_k8s, in
-# $WARDEN_TEST_K8S_DIR/pod); `logs [-f]` and `attach` read $WARDEN_TEST_K8S_LOG_FILE
-# (CRI log lines, "<RFC 3339 time> stdout F <text>": append to it; attach only prints,
-# its stdin goes nowhere); `port-forward` to any port reaches go-httpbin (setup_httpbin).
+# Pods on the fake node are Running, and kwok serves their kubelet API for real, the
+# same for every pod:
+# - `exec` runs the command on this machine, as the user who ran setup_k8s, in
+#   $WARDEN_TEST_K8S_DIR/pod (with -t, on a pty). kwok neither passes on the end of
+#   stdin (`echo x | kubectl exec -i web -- cat` never ends) nor the exit status (one
+#   not 0 comes back as an "Internal error ... exit status N" and kubectl exits 1).
+# - `logs [-f]` and `attach` read $WARDEN_TEST_K8S_LOG_FILE: CRI log lines,
+#   "<RFC 3339 time> stdout F <text>", that a test appends. attach only prints what
+#   is appended from then on; its stdin goes nowhere.
+# - `port-forward`, to any port, reaches go-httpbin (setup_httpbin).
 #
 # Users (tokens in files): warden-gateway, in system:masters (the cluster credential
 # Warden holds); warden-impersonator, who may only impersonate users and groups; and
@@ -257,7 +263,7 @@ setup_k8s() {
   export WARDEN_TEST_K8S_IMPERSONATOR_TOKEN_FILE=$dir/impersonator.token
   export WARDEN_TEST_K8S_KUBECONFIG=$dir/admin.kubeconfig
   export WARDEN_TEST_K8S_NODE=warden-fake-node
-  export WARDEN_TEST_K8S_LOG_FILE=$dir/web.log
+  export WARDEN_TEST_K8S_LOG_FILE=$dir/pods.log
   export WARDEN_TEST_KUBECTL=$bin/kubectl
   for p in etcd kube-apiserver kwok; do
     [ -f "$dir/$p.pid" ] && kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null || up=
@@ -268,7 +274,9 @@ setup_k8s() {
   fi
 
   log "starting Kubernetes (etcd, kube-apiserver, kwok) on $api"
-  for p in kwok kube-apiserver etcd; do stop_daemon "$dir/$p.pid" "$dir"; done
+  # What is left of an earlier stack goes, killed outright: its data goes with it
+  # (etcd stopped politely waits seconds for the API server's connections).
+  for p in kwok kube-apiserver etcd; do stop_daemon "$dir/$p.pid" "$dir" KILL; done
   rm -rf "$dir"
   mkdir -p "$dir/pod"
   # Tokens and keys inside: only the user who runs the tests (and these daemons) reads them.
@@ -347,7 +355,7 @@ EOF2
 
   # kwok: its stages (the fast ones of kwokctl, trimmed: nodes and pods become ready at
   # once, deleted pods go) and what its kubelet API does for every pod (see above).
-  printf '%s\n' "2000-01-01T00:00:00.000000000Z stdout F web: started" >"$dir/web.log"
+  printf '%s\n' "2000-01-01T00:00:00.000000000Z stdout F started" >"$WARDEN_TEST_K8S_LOG_FILE"
   # (No KwokConfiguration here: one read from a file is not defaulted, and kwok refuses it.)
   cat >"$dir/kwok.yaml" <<'EOF2'
 apiVersion: kwok.x-k8s.io/v1alpha1
@@ -380,9 +388,9 @@ spec:
         operatingSystem: linux
         kubeletVersion: {{ printf "kwok-%s" Version }}
         containerRuntimeVersion: {{ printf "kwok-%s" Version }}
-        kernelVersion: ""
+        kernelVersion: {{ printf "kwok-%s" Version }}
         kubeProxyVersion: ""
-        osImage: ""
+        osImage: kwok
         machineID: ""
         systemUUID: ""
         bootID: ""
@@ -446,14 +454,14 @@ kind: ClusterLogs
 metadata: {name: local}
 spec:
   logs:
-  - {logsFile: "$dir/web.log", follow: true}
+  - {logsFile: "$WARDEN_TEST_K8S_LOG_FILE", follow: true}
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: ClusterAttach
 metadata: {name: local}
 spec:
   attaches:
-  - {logsFile: "$dir/web.log"}
+  - {logsFile: "$WARDEN_TEST_K8S_LOG_FILE"}
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: ClusterPortForward

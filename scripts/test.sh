@@ -2,7 +2,8 @@
 # Runs Warden's whole test suite, on this machine or a fresh Debian one.
 #
 # Installs what the tests need when it is missing (apt-get, npm), starts each service
-# once for all tests (PostgreSQL, MariaDB, the OpenID provider), then runs `cargo test`.
+# once for all tests (PostgreSQL, MariaDB, sshd, a Kubernetes control plane, go-httpbin,
+# the OpenID provider), then runs `cargo test`.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p warden-store`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ cd "$(dirname "$0")/.."
 
 # --- packages ---------------------------------------------------------------
 ensure_packages cc build-essential psql postgresql-client pg_ctlcluster postgresql \
-  node nodejs npm npm openssl openssl mysql mariadb-client mariadbd mariadb-server
+  node nodejs npm npm openssl openssl mysql mariadb-client mariadbd mariadb-server \
+  curl curl script bsdutils
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 20 ]; then
@@ -29,6 +31,9 @@ setup_postgres
 setup_mariadb
 setup_mariadb_tls
 setup_sshd
+# Kubernetes (etcd, kube-apiserver, kwok; built once into a cache outside the
+# repository, 15–25 minutes the first time) and go-httpbin for the HTTP proxy.
+setup_k8s
 
 # Databases left by earlier runs (each test creates its own warden_t_*).
 for db in $(psql "$WARDEN_TEST_PG_URL" -qAtc "SELECT datname FROM pg_database WHERE datname LIKE 'warden\_t\_%'"); do

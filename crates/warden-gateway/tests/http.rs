@@ -1,6 +1,7 @@
 //! HTTP connections end to end: curl-like clients (reqwest, HTTP/1.1 and HTTP/2)
 //! through the gateway's `[http]` listener to a real go-httpbin
 //! (`WARDEN_TEST_HTTPBIN_URL`, started by scripts/test.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 

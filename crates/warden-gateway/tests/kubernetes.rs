@@ -2,6 +2,7 @@
 //! through the gateway's `[kubernetes]` listener (TLS, so kubectl speaks HTTP/2) to a
 //! real kube-apiserver with etcd and kwok (started by scripts/test.sh; see
 //! `setup_k8s` in scripts/lib.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
@@ -487,4 +488,172 @@ async fn exec_streams_are_recorded_and_the_older_transport_still_works() {
     .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "via-spdy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_stream_events_as_they_happen() {
+    let k = start("k8s", json!({})).await;
+    let key = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s", &key);
+    let name = unique("watched");
+    let mut watch = tokio::process::Command::new(kubectl_path())
+        .args([
+            "--kubeconfig",
+            &cfg,
+            "get",
+            "configmaps",
+            "--watch-only",
+            "-o",
+            "name",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    // Once the watch is open, an event arrives while it stays open: nothing waits
+    // for its end.
+    eventually("the watch to open", || async {
+        let events = k.gw.audit_events("k8s.request").await;
+        events
+            .iter()
+            .any(|e| e["event"]["payload"]["request"] == "watch configmaps -n default")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut seen = false;
+    for _ in 0..5 {
+        let out = k.kubectl(&cfg, &["create", "configmap", &name]).await;
+        if out.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        if line.contains(&name) {
+            seen = true;
+            break;
+        }
+    }
+    if !seen {
+        let _ = watch.kill().await;
+        let out = watch.wait_with_output().await.unwrap();
+        panic!(
+            "the watch did not deliver the new configmap while open: {:?} {} {}",
+            out.status,
+            text(&out.stderr),
+            k.gw.recordings_text()
+        );
+    }
+    let _ = watch.kill().await;
+    let _ = k.kubectl(&cfg, &["delete", "configmap", &name]).await;
+}
+
+/// Starts a long-running kubectl and returns it with its stdout as lines.
+fn kubectl_stream(
+    cfg: &str,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = tokio::process::Command::new(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(cfg)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    (child, lines)
+}
+
+/// The first line of `lines` containing `needle`, within 30 s.
+async fn line_with(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    needle: &str,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        if line.contains(needle) {
+            return Some(line);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_is_the_connections_choice_and_logs_follow() {
+    // Refused by default, as a decision naming the setting.
+    let k = start("k8s", json!({})).await;
+    let key = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s", &key);
+    let (mut child, _) = kubectl_stream(&cfg, &["port-forward", "pod/web", "0:80"]);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .expect("a refused port-forward ends");
+    assert!(!out.unwrap().success());
+    let refused = eventually("the refused port-forward", || async {
+        let events = k.gw.audit_events("k8s.request").await;
+        events
+            .into_iter()
+            .find(|e| e["event"]["decision"]["rule"] == "kubernetes.port_forwarding")
+    })
+    .await;
+    assert_eq!(
+        refused["event"]["payload"]["detail"]["subresource"],
+        "portforward"
+    );
+
+    // Allowed: the forwarded port reaches the pod (kwok forwards it to httpbin).
+    let open = start("k8s-pf", json!({"kubernetes": {"port_forwarding": true}})).await;
+    let key = open.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = open.kubeconfig("k8s-pf", &key);
+    let (_child, mut lines) = kubectl_stream(&cfg, &["port-forward", "pod/web", "0:80"]);
+    let line = line_with(&mut lines, "Forwarding from 127.0.0.1:")
+        .await
+        .expect("kubectl port-forward listening");
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let body: Value = reqwest::get(format!("http://127.0.0.1:{port}/get?via=warden"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["args"]["via"][0], "warden", "{body}");
+
+    // logs -f: a line written while it runs arrives while it runs.
+    let log = env_or("WARDEN_TEST_K8S_LOG_FILE", &format!("{STACK}/pods.log"));
+    let marker = unique("logged");
+    let (_logs, mut lines) = kubectl_stream(&cfg, &["logs", "-f", "--tail=0", "web"]);
+    eventually("logs -f to open", || async {
+        let events = open.gw.audit_events("k8s.request").await;
+        events
+            .iter()
+            .any(|e| e["event"]["payload"]["request"] == "get pods/log web -n default")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        writeln!(f, "2026-12-02T00:00:00.000000000Z stdout F {marker}").unwrap();
+    }
+    assert!(
+        line_with(&mut lines, &marker).await.is_some(),
+        "logs -f did not deliver the new line"
+    );
 }

@@ -242,7 +242,7 @@ async fn send<H: SessionHooks>(
     }
     let mut sender = match upstream.sender().await {
         Ok(s) => s,
-        Err(e) => return refusal(flavor, Refused::BadGateway, &e.to_string()),
+        Err(e) => return target_failed(session, flavor, e.to_string()).await,
     };
     let sent = sender.send_request(out).await;
     if upgrade_to.is_none() {
@@ -251,11 +251,7 @@ async fn send<H: SessionHooks>(
     let response = match sent {
         Ok(r) => r,
         Err(e) => {
-            return refusal(
-                flavor,
-                Refused::BadGateway,
-                &format!("the target did not answer: {e}"),
-            );
+            return target_failed(session, flavor, format!("the target did not answer: {e}")).await;
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -281,6 +277,20 @@ async fn send<H: SessionHooks>(
         client.proxy.limits.max_masked_bytes,
     )
     .await
+}
+
+/// The target could not be reached or did not answer: the client gets a 502 naming
+/// why, and the recording says so.
+async fn target_failed(session: &HttpSession, flavor: Flavor, message: String) -> Response<Body> {
+    let _ = session
+        .handle
+        .record(warden_core::TimelineEvent::Error {
+            code: "target".into(),
+            message: message.clone(),
+            duration_us: None,
+        })
+        .await;
+    refusal(flavor, Refused::BadGateway, &message)
 }
 
 fn query(path: &RequestPath) -> String {

@@ -68,9 +68,47 @@ pub(crate) struct HttpSession {
     pub upstream: Upstream,
     /// Numbers the session's recorded terminals (exec and attach streams).
     terminals: std::sync::atomic::AtomicU32,
+    /// Outcomes being recorded in the background: the session closes after them.
+    pending: std::sync::atomic::AtomicUsize,
+    recorded: tokio::sync::Notify,
 }
 
+/// How long closing a session waits for its last outcomes to be recorded.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 impl HttpSession {
+    /// Records `event` without making the caller wait; closing the session waits
+    /// for it.
+    pub fn record_later(self: &Arc<Self>, event: warden_core::TimelineEvent) {
+        use std::sync::atomic::Ordering;
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let session = self.clone();
+        rt.spawn(async move {
+            let _ = session.handle.record(event).await;
+            session.pending.fetch_sub(1, Ordering::SeqCst);
+            session.recorded.notify_waiters();
+        });
+    }
+
+    /// Closes the session once its outcomes are recorded (bounded).
+    pub async fn close(&self, reason: Option<EndReason>) {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        while self.pending.load(Ordering::SeqCst) > 0 {
+            let notified = self.recorded.notified();
+            if self.pending.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        self.handle.close(reason).await;
+    }
+
     /// The next terminal number of the session.
     pub fn next_channel(&self) -> u32 {
         self.terminals
@@ -269,6 +307,8 @@ impl<H: SessionHooks> Client<H> {
             handle,
             upstream,
             terminals: std::sync::atomic::AtomicU32::new(0),
+            pending: std::sync::atomic::AtomicUsize::new(0),
+            recorded: tokio::sync::Notify::new(),
         });
         // Two first requests may race; one session per key stays, the other closes.
         let (kept, extra) = {
@@ -282,7 +322,7 @@ impl<H: SessionHooks> Client<H> {
             }
         };
         if let Some(extra) = extra {
-            extra.handle.close(None).await;
+            extra.close(None).await;
         }
         Ok(kept)
     }
@@ -297,13 +337,13 @@ impl<H: SessionHooks> Client<H> {
     ) {
         self.lock()
             .retain(|(c, _), s| !(c == connection && Arc::ptr_eq(s, session)));
-        session.handle.close(Some(reason)).await;
+        session.close(Some(reason)).await;
     }
 
     async fn close_all(&self) {
         let sessions: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
         for s in sessions {
-            s.handle.close(None).await;
+            s.close(None).await;
         }
     }
 

@@ -332,19 +332,13 @@ impl Tracked {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let session = self.session.clone();
-        let event = TimelineEvent::Response {
+        self.session.record_later(TimelineEvent::Response {
             status: self.status.as_u16(),
             bytes: self.bytes,
             duration_us: Some(
                 u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             ),
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = session.handle.record(event).await;
-            });
-        }
+        });
     }
 }
 

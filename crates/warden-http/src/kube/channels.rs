@@ -165,12 +165,12 @@ impl ChannelReader {
             return;
         }
         if self.frame_fin {
-            if self.channel == Some(4) && !self.resize.is_empty() {
-                if let Ok(size) = serde_json::from_slice::<serde_json::Value>(&self.resize) {
-                    let dim = |k: &str| size[k].as_u64().and_then(|v| u32::try_from(v).ok());
-                    if let (Some(width), Some(height)) = (dim("Width"), dim("Height")) {
-                        out.push(ChannelData::Resize { width, height });
-                    }
+            if self.channel == Some(4)
+                && let Ok(size) = serde_json::from_slice::<serde_json::Value>(&self.resize)
+            {
+                let dim = |k: &str| size[k].as_u64().and_then(|v| u32::try_from(v).ok());
+                if let (Some(width), Some(height)) = (dim("Width"), dim("Height")) {
+                    out.push(ChannelData::Resize { width, height });
                 }
             }
             self.resize.clear();
