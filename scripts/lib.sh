@@ -546,9 +546,12 @@ EOF2
 start_bench_warden() {
   local name=$1 api_port=$2 listeners=$3 sync=$4 connection=$5
   # Listeners a benchmark does not name stay off (two Wardens run side by side).
-  case $listeners in *"[ssh]"*) ;; *) listeners="$listeners
-[ssh]
+  local section
+  for section in ssh kubernetes http; do
+    case $listeners in *"[$section]"*) ;; *) listeners="$listeners
+[$section]
 enabled = false" ;; esac
+  done
   cat >"$work/$name.toml" <<EOF2
 data_dir = "$work/$name-data"
 [api]

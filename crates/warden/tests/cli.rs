@@ -1534,3 +1534,106 @@ fn connect_and_exec_reach_mysql_and_ssh_through_tunnels() {
     let _ = mysql_tunnel.wait();
     stop(running);
 }
+
+#[test]
+fn connect_gives_kubectl_a_context_and_http_a_local_url() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tunnels only: no Kubernetes or HTTP listener.
+    let running = start_gateway_with(
+        dir.path(),
+        &[
+            ("WARDEN_KUBERNETES__ENABLED", "false"),
+            ("WARDEN_HTTP__ENABLED", "false"),
+        ],
+    );
+    let (url, admin) = (running.url.clone(), running.printed_key.clone().unwrap());
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let stack = "/var/tmp/warden-test-k8s";
+    let held = std::fs::read_to_string(env(
+        "WARDEN_TEST_K8S_TOKEN_FILE",
+        &format!("{stack}/admin.token"),
+    ))
+    .unwrap();
+    post_admin(
+        &url,
+        &admin,
+        "/api/connections",
+        &json!({"name": "cluster", "kind": "kubernetes",
+                "target": env("WARDEN_TEST_K8S_URL", "https://127.0.0.1:16443"),
+                "tls": {"ca_pem": std::fs::read_to_string(env("WARDEN_TEST_K8S_CA", &format!("{stack}/ca.crt"))).unwrap()},
+                "secret": held.trim(), "allowed_groups": ["ops"]}),
+    );
+    post_admin(
+        &url,
+        &admin,
+        "/api/connections",
+        &json!({"name": "wiki", "kind": "http",
+                "target": env("WARDEN_TEST_HTTPBIN_URL", "http://127.0.0.1:18080"),
+                "allowed_groups": ["ops"]}),
+    );
+    let token = api_key(&url, &admin, "dave", "ops");
+    let runtime = dir.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let connect = |name: &str| {
+        let mut child = warden(dir.path())
+            .env("WARDEN_GATEWAY", &url)
+            .env("WARDEN_TOKEN", &token)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .args(["connect", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let _ = line_after(&mut out, "Forwarding");
+        (child, line_after(&mut out, ""))
+    };
+
+    // kubectl with the written kubeconfig: no token in it, the tunnel carries it.
+    let (mut k8s, printed) = connect("cluster");
+    assert!(
+        printed.trim_start().starts_with("kubectl --kubeconfig "),
+        "{printed}"
+    );
+    let kubeconfig = printed.split_whitespace().nth(2).unwrap().to_string();
+    let config = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(config.contains("current-context: warden-cluster") && !config.contains(&token));
+    let kubectl = env(
+        "WARDEN_TEST_KUBECTL",
+        "/var/cache/warden-test/k8s-1.37.2-etcd-3.6.16-kwok-0.8.0-r2/kubectl",
+    );
+    let out = run(Command::new(&kubectl).args([
+        "--kubeconfig",
+        &kubeconfig,
+        "--context",
+        "warden-cluster",
+        "get",
+        "pods",
+        "-n",
+        "default",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("web"), "{}", text(&out.stdout));
+    let _ = k8s.kill();
+    let _ = k8s.wait();
+
+    // HTTP: a local URL that needs no token.
+    let (mut wiki, printed) = connect("wiki");
+    let local = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let out = run(Command::new("curl").args(["-fsS", &format!("{local}/get?from=tunnel")]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("tunnel"),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = wiki.kill();
+    let _ = wiki.wait();
+    let log = stop(running);
+    assert!(!log.contains(held.trim()));
+}

@@ -16,7 +16,9 @@ pub fn warden(dir: &Path) -> Command {
         .env("WARDEN_API__LISTEN", "127.0.0.1:0")
         .env("WARDEN_PG__LISTEN", "127.0.0.1:0")
         .env("WARDEN_MYSQL__LISTEN", "127.0.0.1:0")
-        .env("WARDEN_SSH__LISTEN", "127.0.0.1:0");
+        .env("WARDEN_SSH__LISTEN", "127.0.0.1:0")
+        .env("WARDEN_KUBERNETES__LISTEN", "127.0.0.1:0")
+        .env("WARDEN_HTTP__LISTEN", "127.0.0.1:0");
     cmd
 }
 
