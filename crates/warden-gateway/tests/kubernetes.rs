@@ -657,3 +657,73 @@ async fn port_forward_is_the_connections_choice_and_logs_follow() {
         "logs -f did not deliver the new line"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ways_around_masking_and_rules_are_closed() {
+    let k = start("k8s", json!({"kubernetes": {"port_forwarding": true}})).await;
+    let key = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s", &key);
+
+    // A service account token minted through Warden would let its holder go around
+    // it: the TokenRequest's answer is masked.
+    let sa = unique("sa");
+    let out = k.kubectl(&cfg, &["create", "serviceaccount", &sa]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = k.kubectl(&cfg, &["create", "token", &sa]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "[masked]");
+    let _ = k.kubectl(&cfg, &["delete", "serviceaccount", &sa]).await;
+
+    // The kubelet's API behind the node proxy is never relayed.
+    let node = env_or("WARDEN_TEST_K8S_NODE", "warden-fake-node");
+    let out = k
+        .kubectl(
+            &cfg,
+            &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/pods")],
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Forbidden"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A watch over WebSocket would carry Secrets unread: only exec, attach,
+    // port-forward and the proxies may switch protocols.
+    let addr = format!("127.0.0.1:{}", k.port);
+    let connector = {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&k.ca_path).unwrap();
+        for cert in rustls_pemfile_certs(&pem) {
+            roots.add(cert).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tls = connector
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "GET /k8s/api/v1/secrets?watch=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: base64.binary.k8s.io\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tls.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("cannot switch protocols"), "{answer}");
+}
+
+/// The certificates of a PEM bundle.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
+}

@@ -221,6 +221,11 @@ async fn send<H: SessionHooks>(
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
+    if upgrade_to.is_some()
+        && let Err(why) = upgrade::allowed(&read, masking)
+    {
+        return refusal(flavor, Refused::BadRequest, &why);
+    }
     let websocket = upgrade_to
         .as_ref()
         .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));

@@ -30,6 +30,9 @@ pub(crate) enum Masking {
     Secrets {
         watch: bool,
     },
+    /// A service account token a TokenRequest answers with: a credential to the
+    /// cluster that would let its holder go around Warden.
+    TokenRequest,
     /// The connection's masking sets (HTTP services).
     Sets,
 }
@@ -51,6 +54,13 @@ pub(crate) fn masking_for(session: &HttpSession, flavor: Flavor, read: &Read) ->
             Masking::Secrets {
                 watch: r.verb == "watch",
             }
+        }
+        (Flavor::Kubernetes, Read::Kube(r))
+            if !session.handle.target.http.kubernetes.reveal_secrets
+                && r.resource.eq_ignore_ascii_case("serviceaccounts")
+                && r.subresource.eq_ignore_ascii_case("token") =>
+        {
+            Masking::TokenRequest
         }
         (Flavor::Http, _) if session.handle.masker.is_active() => Masking::Sets,
         _ => Masking::None,
@@ -111,10 +121,11 @@ pub(crate) async fn answer(
         _ if encoded => {
             return unmaskable(&session, flavor, "the answer is compressed").await;
         }
-        Masking::Secrets { .. } if kind != BodyKind::Json => {
+        Masking::Secrets { .. } | Masking::TokenRequest if kind != BodyKind::Json => {
             return unmaskable(&session, flavor, "the answer is not JSON").await;
         }
-        Masking::Secrets { watch: true } => {
+        // A stream of events, however it was asked for.
+        Masking::Secrets { watch } if watch || is_watch_stream(content_type.as_deref()) => {
             parts.headers.remove(header::CONTENT_LENGTH);
             line_masked(body, limit, |line| {
                 let mut event: serde_json::Value = serde_json::from_slice(line)
@@ -135,7 +146,7 @@ pub(crate) async fn answer(
                     .unwrap_or_else(|| line.to_vec()))
             })
         }
-        Masking::Secrets { watch: false } | Masking::Sets => {
+        Masking::Secrets { .. } | Masking::TokenRequest | Masking::Sets => {
             let whole = match collect_limited(body, limit).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -147,6 +158,7 @@ pub(crate) async fn answer(
             };
             let masked = match masking {
                 Masking::Secrets { .. } => mask_secrets_document(&whole),
+                Masking::TokenRequest => mask_token_request(&whole),
                 _ => mask_body(session.handle.masker.as_ref() as &dyn Masker, kind, &whole),
             };
             let bytes = match masked {
@@ -162,6 +174,30 @@ pub(crate) async fn answer(
     };
     let tracked = Tracked::new(body, session, status, started);
     Response::from_parts(parts, crate::body::boxed(tracked))
+}
+
+/// `application/json;stream=watch`: the API server's event stream.
+fn is_watch_stream(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|c| {
+        c.split(';')
+            .skip(1)
+            .any(|p| p.trim().eq_ignore_ascii_case("stream=watch"))
+    })
+}
+
+/// Masks the token of a TokenRequest answer (`status.token`).
+fn mask_token_request(whole: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut value: serde_json::Value = serde_json::from_slice(whole)
+        .map_err(|e| format!("the JSON answer cannot be read to mask it: {e}"))?;
+    match value.pointer_mut("/status/token") {
+        Some(token @ serde_json::Value::String(_)) => {
+            *token = serde_json::Value::String(secrets::MASKED.to_string());
+            serde_json::to_vec(&value)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        _ => Ok(None),
+    }
 }
 
 fn mask_secrets_document(whole: &[u8]) -> Result<Option<Vec<u8>>, String> {

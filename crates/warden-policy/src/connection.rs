@@ -88,13 +88,18 @@ impl<G: Guard> Guard for ConnectionGuard<G> {
                 rule: format!("{}.port_forwarding", self.kind.as_str()),
                 reason: "port forwarding is not allowed on this connection".into(),
             },
-            Action::Kube(request)
-                if request.subresource.eq_ignore_ascii_case("portforward")
-                    && !self.port_forwarding =>
-            {
+            // The kubelet's API behind a node proxy runs commands in any pod (`exec`,
+            // `run`) around every rule: never relayed.
+            Action::Kube(request) if reaches_kubelet(request) => Decision::Deny {
+                rule: format!("{}.node_proxy", self.kind.as_str()),
+                reason: "the node proxy reaches the kubelet API (exec, run, logs of any pod) around Warden's rules".into(),
+            },
+            // Port-forwards and the pod and service proxies open the cluster's ports
+            // to the client.
+            Action::Kube(request) if reaches_ports(request) && !self.port_forwarding => {
                 Decision::Deny {
                     rule: format!("{}.port_forwarding", self.kind.as_str()),
-                    reason: "port forwarding is not allowed on this connection".into(),
+                    reason: "port forwarding (and the pod and service proxies) is not allowed on this connection".into(),
                 }
             }
             Action::Feature { name } => Decision::Deny {
@@ -104,6 +109,24 @@ impl<G: Guard> Guard for ConnectionGuard<G> {
             _ => self.inner.decide(action),
         }
     }
+}
+
+/// A request to a node's proxy subresource (or the legacy `/proxy/nodes/` form).
+fn reaches_kubelet(request: &warden_core::KubeRequest) -> bool {
+    request.resource.eq_ignore_ascii_case("nodes")
+        && (request.subresource.eq_ignore_ascii_case("proxy")
+            || request.verb.eq_ignore_ascii_case("proxy"))
+}
+
+/// A port-forward, or a pod or service proxy request.
+fn reaches_ports(request: &warden_core::KubeRequest) -> bool {
+    let proxied = request.subresource.eq_ignore_ascii_case("proxy")
+        || request.verb.eq_ignore_ascii_case("proxy");
+    (request.resource.eq_ignore_ascii_case("pods")
+        && request.subresource.eq_ignore_ascii_case("portforward"))
+        || (proxied
+            && (request.resource.eq_ignore_ascii_case("pods")
+                || request.resource.eq_ignore_ascii_case("services")))
 }
 
 #[cfg(test)]
@@ -173,6 +196,33 @@ mod tests {
                 host: "db",
                 port: 5432
             }),
+            Decision::Allow
+        );
+        // Kubernetes: the kubelet's proxy never; ports only when allowed.
+        let kube = |resource: &str, sub: &str, verb: &str| warden_core::KubeRequest {
+            verb: verb.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            ..Default::default()
+        };
+        let k8s = ConnectionGuard::new(AllowAll, ConnectionKind::Kubernetes, None, true);
+        for r in [kube("nodes", "proxy", "get"), kube("nodes", "", "proxy")] {
+            assert!(matches!(k8s.decide(&Action::Kube(&r)),
+                Decision::Deny { rule, .. } if rule == "kubernetes.node_proxy"));
+        }
+        let closed = ConnectionGuard::new(AllowAll, ConnectionKind::Kubernetes, None, false);
+        for r in [
+            kube("pods", "portforward", "create"),
+            kube("pods", "proxy", "get"),
+            kube("services", "proxy", "create"),
+            kube("services", "", "proxy"),
+        ] {
+            assert!(matches!(closed.decide(&Action::Kube(&r)),
+                Decision::Deny { rule, .. } if rule == "kubernetes.port_forwarding"));
+            assert_eq!(k8s.decide(&Action::Kube(&r)), Decision::Allow);
+        }
+        assert_eq!(
+            closed.decide(&Action::Kube(&kube("pods", "log", "get"))),
             Decision::Allow
         );
         // Without a pin, USE is the guardrails' to decide.
