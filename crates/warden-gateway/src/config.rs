@@ -23,6 +23,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "pg",
     "mysql",
     "ssh",
+    "kubernetes",
+    "http",
     "backends",
     "connections",
     "recordings",
@@ -850,6 +852,17 @@ mod tests {
             err.contains("line 2") && err.contains("max_body_bytes") || err.contains("line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_section_can_be_overridden_from_the_environment() {
+        let table = toml::Table::try_from(Config::default()).unwrap();
+        for key in table.keys() {
+            assert!(
+                TOP_LEVEL_KEYS.contains(&key.as_str()),
+                "`{key}` is not in TOP_LEVEL_KEYS"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 use warden_core::{
-    Action, Admission, Command, DenialCause, EndReason, KubeRequest, SessionHooks, Unwatched,
+    Action, Admission, ClientWatch, Command, DenialCause, EndReason, KubeRequest, SessionHooks,
 };
 
 use crate::body::{Body, boxed};
@@ -48,7 +48,6 @@ pub(crate) async fn request<H: SessionHooks>(
     target: &str,
 ) -> Response<Body> {
     let flavor = client.proxy.flavor;
-    let handle = &session.handle;
     // A target the server could read otherwise than Warden is refused, as a
     // decision (audited), before anything else.
     let path = match RequestPath::parse(target) {
@@ -70,14 +69,15 @@ pub(crate) async fn request<H: SessionHooks>(
         .keys()
         .any(|k| k.as_str().starts_with("impersonate-"))
     {
-        let command = Command::new(
-            Action::Feature {
-                name: "impersonation",
-            },
+        let detail = json!({"request": format!("{method} {}", path.raw_path)});
+        return match admit(
+            session,
+            Ask::Feature("impersonation"),
             "impersonation",
+            detail,
         )
-        .with_detail(json!({"request": format!("{method} {}", path.raw_path)}));
-        return match handle.admit(command, &mut Unwatched).await {
+        .await
+        {
             Admission::End(reason) => end_response(flavor, &reason),
             _ => refusal(
                 flavor,
@@ -86,24 +86,24 @@ pub(crate) async fn request<H: SessionHooks>(
             ),
         };
     }
-    let action = match &read {
-        Read::Kube(r) => Action::Kube(r),
-        Read::Http => Action::Http {
-            method: &method,
-            path: &path.raw_path,
-        },
+    let (ask, detail) = match &read {
+        Read::Kube(r) => (
+            Ask::Kube(r.clone()),
+            json!({
+                "verb": r.verb, "group": r.group, "resource": r.resource,
+                "subresource": r.subresource, "namespace": r.namespace, "name": r.name,
+                "path": r.path,
+            }),
+        ),
+        Read::Http => (
+            Ask::Http {
+                method: method.clone(),
+                path: path.raw_path.clone(),
+            },
+            json!({"method": method, "path": path.raw_path}),
+        ),
     };
-    let mut command = Command::new(action, "request");
-    if let Read::Kube(r) = &read {
-        command = command.with_detail(json!({
-            "verb": r.verb, "group": r.group, "resource": r.resource,
-            "subresource": r.subresource, "namespace": r.namespace, "name": r.name,
-            "path": r.path,
-        }));
-    } else {
-        command = command.with_detail(json!({"method": method, "path": path.raw_path}));
-    }
-    if let Some(response) = admitted(session, flavor, command).await {
+    if let Some(response) = admitted(session, flavor, ask, "request", detail).await {
         return response;
     }
     // An exec runs a command in the container: it answers to the shell rules too.
@@ -113,9 +113,8 @@ pub(crate) async fn request<H: SessionHooks>(
     {
         let argv = info::exec_command(&path);
         let line = shell_line(&argv);
-        let command = Command::new(Action::Shell { command: &line }, "exec")
-            .with_detail(json!({"pod": r.name, "namespace": r.namespace, "argv": argv}));
-        if let Some(response) = admitted(session, flavor, command).await {
+        let detail = json!({"pod": r.name, "namespace": r.namespace, "argv": argv});
+        if let Some(response) = admitted(session, flavor, Ask::Shell(line), "exec", detail).await {
             return response;
         }
     }
@@ -126,11 +125,13 @@ pub(crate) async fn request<H: SessionHooks>(
 /// Runs `command` through the admission path; `Some` is the answer when it may not
 /// be forwarded.
 async fn admitted(
-    session: &HttpSession,
+    session: &Arc<HttpSession>,
     flavor: Flavor,
-    command: Command<'_>,
+    ask: Ask,
+    via: &'static str,
+    detail: serde_json::Value,
 ) -> Option<Response<Body>> {
-    match session.handle.admit(command, &mut Unwatched).await {
+    match admit(session, ask, via, detail).await {
         Admission::Admitted { .. } => None,
         Admission::Denied(d) => {
             let why = match d.cause {
@@ -148,17 +149,91 @@ async fn admitted(
 }
 
 /// A request that cannot be read the way its target would read it.
-async fn refuse_unreadable(session: &HttpSession, flavor: Flavor, why: &str) -> Response<Body> {
-    let command = Command::new(
-        Action::Feature {
-            name: "unreadable_request",
-        },
+async fn refuse_unreadable(
+    session: &Arc<HttpSession>,
+    flavor: Flavor,
+    why: &str,
+) -> Response<Body> {
+    let detail = json!({"reason": why});
+    match admit(
+        session,
+        Ask::Feature("unreadable_request"),
         "request",
+        detail,
     )
-    .with_detail(json!({"reason": why}));
-    match session.handle.admit(command, &mut Unwatched).await {
+    .await
+    {
         Admission::End(reason) => end_response(flavor, &reason),
         _ => refusal(flavor, Refused::BadRequest, why),
+    }
+}
+
+/// An action to admit, owned: its admission runs on a task of its own, which a
+/// client that leaves does not cancel.
+enum Ask {
+    Kube(KubeRequest),
+    Http { method: String, path: String },
+    Shell(String),
+    Feature(&'static str),
+}
+
+impl Ask {
+    fn action(&self) -> Action<'_> {
+        match self {
+            Ask::Kube(r) => Action::Kube(r),
+            Ask::Http { method, path } => Action::Http { method, path },
+            Ask::Shell(command) => Action::Shell { command },
+            Ask::Feature(name) => Action::Feature { name },
+        }
+    }
+}
+
+/// Runs the admission path on its own task. A client that leaves drops this future
+/// (HTTP has no other sign of it): the task sees it through [`LeavingClient`] while
+/// the request waits for review, and the refusal is still audited and the review
+/// abandoned, as for every protocol.
+async fn admit(
+    session: &Arc<HttpSession>,
+    ask: Ask,
+    via: &'static str,
+    detail: serde_json::Value,
+) -> Admission {
+    let (alive, gone) = tokio::sync::oneshot::channel::<()>();
+    let busy = session.busy();
+    let task = tokio::spawn(async move {
+        let command = Command::new(ask.action(), via).with_detail(detail);
+        let admission = busy
+            .session()
+            .handle
+            .admit(command, &mut LeavingClient(Some(gone)))
+            .await;
+        drop(busy);
+        admission
+    });
+    let admission = task.await.unwrap_or_else(|e| {
+        Admission::End(EndReason::Internal(format!("the admission failed: {e}")))
+    });
+    drop(alive);
+    admission
+}
+
+/// The client of one request, gone when the request's future is dropped.
+struct LeavingClient(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl ClientWatch for LeavingClient {
+    async fn held(&mut self, notice: &str) {
+        tracing::info!(notice, "request held for review");
+    }
+
+    async fn gone(&mut self) {
+        match self.0.take() {
+            // Nothing is ever sent: the sender is dropped when the client leaves (or
+            // once the admission is over).
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
     }
 }
 

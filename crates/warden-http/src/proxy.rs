@@ -68,32 +68,55 @@ pub(crate) struct HttpSession {
     pub upstream: Upstream,
     /// Numbers the session's recorded terminals (exec and attach streams).
     terminals: std::sync::atomic::AtomicU32,
-    /// Outcomes being recorded in the background: the session closes after them.
+    /// Admissions and outcomes under way: the session closes after them.
     pending: std::sync::atomic::AtomicUsize,
     recorded: tokio::sync::Notify,
+}
+
+/// Work in a session that its close waits for; done when dropped.
+pub(crate) struct Busy(Arc<HttpSession>);
+
+impl Busy {
+    pub fn session(&self) -> &HttpSession {
+        &self.0
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .pending
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.recorded.notify_waiters();
+    }
 }
 
 /// How long closing a session waits for its last outcomes to be recorded.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl HttpSession {
+    /// Marks work the session's close must wait for (an admission, an outcome being
+    /// recorded) until the returned guard is dropped.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
     /// Records `event` without making the caller wait; closing the session waits
     /// for it.
     pub fn record_later(self: &Arc<Self>, event: warden_core::TimelineEvent) {
-        use std::sync::atomic::Ordering;
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        self.pending.fetch_add(1, Ordering::SeqCst);
-        let session = self.clone();
+        let busy = self.busy();
         rt.spawn(async move {
-            let _ = session.handle.record(event).await;
-            session.pending.fetch_sub(1, Ordering::SeqCst);
-            session.recorded.notify_waiters();
+            let _ = busy.0.handle.record(event).await;
+            drop(busy);
         });
     }
 
-    /// Closes the session once its outcomes are recorded (bounded).
+    /// Closes the session once its admissions and outcomes are done (bounded).
     pub async fn close(&self, reason: Option<EndReason>) {
         use std::sync::atomic::Ordering;
         let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
