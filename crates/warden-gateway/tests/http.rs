@@ -215,6 +215,37 @@ async fn answers_are_masked_and_what_cannot_be_masked_is_withheld() {
             .unwrap()
             .contains("compressed")
     );
+    // Headers echoing input, and answers whose type is not in any list, are masked.
+    let resp = client
+        .get(format!(
+            "{base}/response-headers?X-Contact=carol@example.com&Content-Type=application/x-whatever"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let header = resp
+        .headers()
+        .get("x-contact")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(!header.contains("carol@example.com"), "{header}");
+    let body = resp.text().await.unwrap();
+    assert!(!body.contains("carol@example.com"), "{body}");
+    // A WebSocket would carry the service's data unread: refused on a masked connection.
+    let resp = client
+        .get(format!("{base}/websocket/echo"))
+        .bearer_auth(&key)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
     // Binary answers pass as they are.
     let resp = client
         .get(format!("{base}/bytes/64"))
@@ -294,4 +325,46 @@ async fn bad_clients_end_only_their_own_request() {
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE.encode(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_and_named_header_credentials_reach_the_service() {
+    // A password with a username is sent as HTTP Basic (httpbin checks it).
+    let (gw, key, base) = setup(
+        json!({"username": "svc", "secret": "basic-pw-77", "secret_kind": "password",
+        "policies": {"guardrails": []}}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        get(
+            &client,
+            &format!("{base}/basic-auth/svc/basic-pw-77"),
+            Some(&key)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        get(&client, &format!("{base}/basic-auth/svc/other"), Some(&key))
+            .await
+            .0,
+        401
+    );
+    drop(gw);
+    // A named header gets the secret as it is; the client's own copy is dropped.
+    let (_gw, key, base) = setup(json!({"http": {"credential_header": "X-Api-Key"},
+        "policies": {"guardrails": []}}))
+    .await;
+    let resp = client
+        .get(format!("{base}/headers"))
+        .bearer_auth(&key)
+        .header("X-Api-Key", "from-the-client")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["X-Api-Key"][0], HELD_TOKEN, "{body}");
+    assert!(body["headers"].get("Authorization").is_none(), "{body}");
 }

@@ -412,6 +412,17 @@ async fn impersonation_lets_the_cluster_decide_as_the_person() {
         err.contains("alice@example.com") && err.contains("forbidden"),
         "{err}"
     );
+    // An identity that cannot travel as a header is refused, never dropped (the
+    // request would run as the gateway's own credential).
+    let odd = k.gw.key_for("ctl\u{1}user", &["eng"]).await;
+    let cfg_odd = k.kubeconfig("k8s", &odd);
+    let out = k.kubectl(&cfg_odd, &["get", "pods", "-n", "default"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be sent to the cluster"),
+        "{}",
+        text(&out.stderr)
+    );
     // A client may not pick another identity for the gateway's credential.
     let out = k
         .kubectl(&cfg, &["--as", "system:admin", "get", "pods", "-n", "prod"])
@@ -674,6 +685,68 @@ async fn ways_around_masking_and_rules_are_closed() {
     assert_eq!(text(&out.stdout).trim(), "[masked]");
     let _ = k.kubectl(&cfg, &["delete", "serviceaccount", &sa]).await;
 
+    // A JSON patch may not copy, move or test a masked Secret's values.
+    let secret = unique("patched");
+    let out = k
+        .kubectl(
+            &cfg,
+            &[
+                "create",
+                "secret",
+                "generic",
+                &secret,
+                "--from-literal=password=s3cr3t-value",
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copy = r#"[{"op":"add","path":"/metadata/annotations","value":{}},{"op":"copy","from":"/data/password","path":"/metadata/annotations/leak"}]"#;
+    let out = k
+        .kubectl(
+            &cfg,
+            &[
+                "patch",
+                "secret",
+                &secret,
+                "--type=json",
+                "-p",
+                copy,
+                "--dry-run=server",
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("copies, moves or tests"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("czNjcjN0LXZhbHVl"));
+    let out = k
+        .kubectl(
+            &cfg,
+            &[
+                "patch",
+                "secret",
+                &secret,
+                "--type=json",
+                "-p",
+                r#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#,
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("czNjcjN0LXZhbHVl"),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = k.kubectl(&cfg, &["delete", "secret", &secret]).await;
+
     // The kubelet's API behind the node proxy is never relayed.
     let node = env_or("WARDEN_TEST_K8S_NODE", "warden-fake-node");
     let out = k
@@ -726,4 +799,233 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .map(|c| c.unwrap())
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_ends_its_open_watch_and_its_next_request() {
+    let k = start("k8s", json!({})).await;
+    let key = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&k.ca_path).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}/k8s", k.port);
+    let mut watch = client
+        .get(format!(
+            "{base}/api/v1/namespaces/default/configmaps?watch=1"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    // An exec stream runs on its own connection, which the upgrade took over.
+    let cfg = k.kubeconfig("k8s", &key);
+    let (mut exec, mut ticks) = kubectl_stream(
+        &cfg,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 1; done",
+        ],
+    );
+    assert!(
+        line_with(&mut ticks, "tick").await.is_some(),
+        "the exec did not start"
+    );
+    // The same client connection asks again once the key is gone.
+    let key_id = key.split('_').nth(1).unwrap();
+    let (status, _) =
+        k.gw.admin("DELETE", &format!("/api/api-keys/{key_id}"), None)
+            .await;
+    assert_eq!(status, 204);
+    // The open watch is cut (its stream ends with an error, or ends).
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Ok(Some(_)) = watch.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch outlived its key");
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(30), exec.wait()).await;
+    assert!(exited.is_ok(), "the exec outlived its key");
+    let (status, body) = {
+        let r = client
+            .get(format!("{base}/api/v1/namespaces/default/pods"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_can_be_the_held_credential() {
+    // A certificate the cluster's CA signs for a user in system:masters.
+    let dir = tempfile::tempdir().unwrap();
+    let stack = env_or("WARDEN_TEST_K8S_DIR", STACK);
+    let ca_key = format!("{stack}/ca.key");
+    let ca_crt = env_or("WARDEN_TEST_K8S_CA", &format!("{stack}/ca.crt"));
+    let (key, csr, crt) = (
+        dir.path().join("c.key"),
+        dir.path().join("c.csr"),
+        dir.path().join("c.crt"),
+    );
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        key.to_str().unwrap(),
+        "-subj",
+        "/O=system:masters/CN=warden-cert-user",
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    let ext = dir.path().join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        &ca_crt,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
+        crt.to_str().unwrap(),
+    ]);
+    let pem = std::fs::read_to_string(&crt).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    let k = start(
+        "k8s-cert",
+        json!({"secret": pem, "secret_kind": "private_key"}),
+    )
+    .await;
+    let user = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s-cert", &user);
+    let out = k
+        .kubectl(
+            &cfg,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "warden-cert-user");
+    // The key never shows.
+    let visible = k.gw.everything_visible(&[]).await;
+    let key_pem = std::fs::read_to_string(&key).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap();
+    assert!(!visible.contains(key_body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_exec_and_attach_work_and_are_recorded() {
+    let k = start("k8s", json!({})).await;
+    let key = k.gw.key_for("alice@example.com", &["eng"]).await;
+    let cfg = k.kubeconfig("k8s", &key);
+    // exec -it under a real terminal (script gives kubectl one).
+    let marker = unique("pty");
+    let command = format!("{} --kubeconfig {cfg} exec -it web -- sh", kubectl_path());
+    let out = tokio::task::spawn_blocking({
+        let marker = marker.clone();
+        move || {
+            use std::io::Write;
+            let mut child = std::process::Command::new("script")
+                .args(["-qec", &command, "/dev/null"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            write!(stdin, "echo tty-$(tty | cut -c1-8)-{marker}\r").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1000));
+            write!(stdin, "exit\r").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            drop(stdin);
+            child.wait_with_output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!("tty-/dev/pts-{marker}")),
+        "{shown} {}",
+        text(&out.stderr)
+    );
+    let recorded = eventually("the terminal recording", || async {
+        let all = k.gw.recordings_text();
+        all.contains(&format!("tty-/dev/pts-{marker}"))
+            .then_some(all)
+    })
+    .await;
+    assert!(
+        recorded.contains("\"TERM\""),
+        "a PTY exec is recorded as a terminal"
+    );
+
+    // attach streams what the container writes while it is attached.
+    let log = env_or("WARDEN_TEST_K8S_LOG_FILE", &format!("{STACK}/pods.log"));
+    let attached = unique("attached");
+    let (_attach, mut lines) = kubectl_stream(&cfg, &["attach", "web"]);
+    eventually("attach to open", || async {
+        let events = k.gw.audit_events("k8s.request").await;
+        events
+            .iter()
+            .any(|e| e["event"]["payload"]["request"] == "create pods/attach web -n default")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        writeln!(f, "2026-12-02T00:00:00.000000000Z stdout F {attached}").unwrap();
+    }
+    assert!(
+        line_with(&mut lines, &attached).await.is_some(),
+        "attach did not stream"
+    );
+    eventually("the attach recording", || async {
+        let all = k.gw.recordings_text();
+        all.contains(&attached).then_some(())
+    })
+    .await;
 }

@@ -119,7 +119,68 @@ pub(crate) async fn request<H: SessionHooks>(
         }
     }
     let masking = relay::masking_for(session, flavor, &read);
+    let req = match masked_patch(session, flavor, req, masking).await {
+        Ok(req) => req,
+        Err(refused) => return *refused,
+    };
     send(client, session, req, &path, read, masking).await
+}
+
+/// Largest JSON patch to a masked Secret Warden reads to check it.
+const MAX_PATCH_BYTES: usize = 1024 * 1024;
+
+/// A JSON patch can copy or move a masked Secret's value to where masking does not
+/// look (an annotation, an error message) or test it against a guess: on masked
+/// Secrets those operations are refused, as a decision.
+async fn masked_patch(
+    session: &Arc<HttpSession>,
+    flavor: Flavor,
+    req: Request<Incoming>,
+    masking: Masking,
+) -> Result<Request<Body>, Box<Response<Body>>> {
+    let is_json_patch = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json-patch+json"))
+        });
+    let (parts, body) = req.into_parts();
+    if !matches!(masking, Masking::Secrets { .. }) || !is_json_patch {
+        return Ok(Request::from_parts(parts, boxed(body)));
+    }
+    let why = match crate::body::collect_limited(body, MAX_PATCH_BYTES).await {
+        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Array(ops))
+                if !ops.iter().any(|op| {
+                    matches!(op["op"].as_str(), Some("copy" | "move" | "test")) || !op.is_object()
+                }) =>
+            {
+                return Ok(Request::from_parts(parts, crate::body::full(bytes)));
+            }
+            Ok(_) => {
+                "a JSON patch that copies, moves or tests values of a masked Secret".to_string()
+            }
+            Err(e) => format!("a JSON patch of a masked Secret that cannot be read ({e})"),
+        },
+        Err(e) => format!("a JSON patch of a masked Secret that cannot be read whole ({e})"),
+    };
+    let detail = json!({"reason": why});
+    Err(Box::new(
+        match admit(
+            session,
+            Ask::Feature("secret_value_patch"),
+            "request",
+            detail,
+        )
+        .await
+        {
+            Admission::End(reason) => end_response(flavor, &reason),
+            _ => refusal(flavor, Refused::Forbidden, &format!("refused: {why}")),
+        },
+    ))
 }
 
 /// Runs `command` through the admission path; `Some` is the answer when it may not
@@ -256,7 +317,7 @@ pub(crate) fn end_response(flavor: Flavor, reason: &EndReason) -> Response<Body>
 async fn send<H: SessionHooks>(
     client: &Client<H>,
     session: &Arc<HttpSession>,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     path: &RequestPath,
     read: Read,
     masking: Masking,
@@ -281,7 +342,7 @@ async fn send<H: SessionHooks>(
     let mut out = Request::builder()
         .method(parts.method.clone())
         .uri(uri)
-        .body(boxed(body))
+        .body(body)
         .unwrap_or_else(|_| Request::new(crate::body::empty()));
     *out.headers_mut() = forwarded_headers(&parts.headers, upstream.credential_header());
     let headers = out.headers_mut();
@@ -289,9 +350,6 @@ async fn send<H: SessionHooks>(
         headers.insert(header::HOST, host);
     }
     upstream.authorize(headers);
-    if let Some(who) = &session.handle.target.http.impersonate {
-        impersonate(headers, who);
-    }
     if let Some(protocol) = &upgrade_to {
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
@@ -406,18 +464,6 @@ fn forwarded_headers(from: &HeaderMap, credential: Option<&HeaderName>) -> Heade
         out.append(name.clone(), value.clone());
     }
     out
-}
-
-/// Acts as the person: Kubernetes RBAC and audit see them, not the gateway.
-fn impersonate(headers: &mut HeaderMap, who: &warden_core::Impersonation) {
-    if let Ok(user) = HeaderValue::from_str(&who.user) {
-        headers.insert(HeaderName::from_static("impersonate-user"), user);
-    }
-    for group in &who.groups {
-        if let Ok(g) = HeaderValue::from_str(group) {
-            headers.append(HeaderName::from_static("impersonate-group"), g);
-        }
-    }
 }
 
 /// An argv as one shell line, quoted so the shell rules read the same words.

@@ -1,8 +1,9 @@
 //! Masking HTTP answers with a connection's masking sets. JSON is walked value by
 //! value: a member's key is its column name (so a column rule `*password*` or
 //! `customers.email` masks it whatever it holds; the parent's key is the table), and
-//! the content detectors run on every string and number. Other text is masked as one
-//! value. What cannot be read (compressed, or not text) is never relayed unmasked.
+//! the content detectors run on every string, number and key. Anything else is masked
+//! as one text value unless its type cannot hold text (images, archives); what cannot
+//! be read (compressed) is never relayed unmasked. Header values are masked too.
 
 use serde_json::Value;
 use warden_core::{ColumnPlan, ColumnRef, Masked, Masker, ValueKind};
@@ -17,6 +18,10 @@ pub enum BodyKind {
 }
 
 impl BodyKind {
+    /// JSON when the type says JSON (`application/json`, `+json`, `x-json`);
+    /// opaque only for types that cannot hold text (images, audio, video, fonts,
+    /// archives, PDF); everything else — unknown, missing or malformed types
+    /// included — is masked as text, since the server picks the label.
     pub fn of(content_type: Option<&str>) -> Self {
         let Some(ct) = content_type else {
             return BodyKind::Text;
@@ -27,22 +32,26 @@ impl BodyKind {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        if essence == "application/json" || essence.ends_with("+json") {
-            BodyKind::Json
-        } else if essence.starts_with("text/")
-            || essence.ends_with("+xml")
-            || matches!(
-                essence.as_str(),
-                "application/xml"
-                    | "application/javascript"
-                    | "application/x-www-form-urlencoded"
-                    | "application/yaml"
-                    | "application/x-ndjson"
-            )
+        let Some((kind, subtype)) = essence.split_once('/') else {
+            return BodyKind::Text;
+        };
+        if subtype.contains([',', ' ']) {
+            return BodyKind::Text;
+        }
+        if kind == "application" && matches!(subtype, "json" | "x-json")
+            || subtype.ends_with("+json")
         {
-            BodyKind::Text
-        } else {
+            BodyKind::Json
+        } else if matches!(kind, "image" | "audio" | "video" | "font")
+            || (kind == "application"
+                && matches!(
+                    subtype,
+                    "zip" | "gzip" | "x-gzip" | "x-tar" | "x-7z-compressed" | "pdf" | "wasm"
+                ))
+        {
             BodyKind::Opaque
+        } else {
+            BodyKind::Text
         }
     }
 }
@@ -82,9 +91,28 @@ fn mask_value(
     key: Option<&str>,
 ) -> bool {
     match value {
-        Value::Object(map) => map
-            .iter_mut()
-            .fold(false, |c, (k, v)| mask_value(masker, v, key, Some(k)) | c),
+        Value::Object(map) => {
+            let mut changed = map
+                .iter_mut()
+                .fold(false, |c, (k, v)| mask_value(masker, v, key, Some(k)) | c);
+            // Keys are data too (`{"alice@example.com": 3}`).
+            if map
+                .keys()
+                .any(|k| masker.mask(ColumnPlan::Detect, k.as_bytes()) != Masked::Unchanged)
+            {
+                let old = std::mem::take(map);
+                for (k, v) in old {
+                    let k = match masker.mask(ColumnPlan::Detect, k.as_bytes()) {
+                        Masked::Unchanged => k,
+                        Masked::Replaced(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                        Masked::Null => "[masked]".to_string(),
+                    };
+                    map.insert(k, v);
+                }
+                changed = true;
+            }
+            changed
+        }
         Value::Array(items) => items
             .iter_mut()
             .fold(false, |c, v| mask_value(masker, v, parent, key) | c),
@@ -135,5 +163,35 @@ mod tests {
         assert_eq!(BodyKind::of(Some("text/html")), BodyKind::Text);
         assert_eq!(BodyKind::of(Some("image/png")), BodyKind::Opaque);
         assert_eq!(BodyKind::of(None), BodyKind::Text);
+        for text in [
+            "application/x-json; charset=utf-8",
+            "application/jsonl",
+            "application/csv",
+            "application/octet-stream",
+            "application/json, text/plain",
+            "nonsense",
+        ] {
+            assert_ne!(BodyKind::of(Some(text)), BodyKind::Opaque, "{text}");
+        }
+    }
+}
+
+/// Masks an answer's header values (`Location`, custom headers echoing input) with
+/// the detectors; framing headers are left alone.
+pub fn mask_headers(masker: &dyn Masker, headers: &mut hyper::HeaderMap) {
+    for (name, value) in headers.iter_mut() {
+        if matches!(
+            name.as_str(),
+            "content-type" | "content-length" | "content-encoding" | "date" | "etag"
+        ) {
+            continue;
+        }
+        let replaced = match masker.mask(ColumnPlan::Detect, value.as_bytes()) {
+            Masked::Unchanged => continue,
+            Masked::Replaced(bytes) => bytes,
+            Masked::Null => b"[masked]".to_vec(),
+        };
+        *value = hyper::header::HeaderValue::from_bytes(&replaced)
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("[masked]"));
     }
 }

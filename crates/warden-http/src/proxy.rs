@@ -71,6 +71,9 @@ pub(crate) struct HttpSession {
     /// Admissions and outcomes under way: the session closes after them.
     pending: std::sync::atomic::AtomicUsize,
     recorded: tokio::sync::Notify,
+    /// Upgraded streams (exec, attach, port-forward) still open, and whether the
+    /// client connection they came from is over: the last of them closes the session.
+    streams: Mutex<(usize, bool)>,
 }
 
 /// Work in a session that its close waits for; done when dropped.
@@ -114,6 +117,44 @@ impl HttpSession {
             let _ = busy.0.handle.record(event).await;
             drop(busy);
         });
+    }
+
+    /// An upgraded stream starts: the session stays open until it ends, even after
+    /// the client connection that asked for it is over (the upgrade took it).
+    pub fn stream_opened(&self) {
+        self.streams_state().0 += 1;
+    }
+
+    /// An upgraded stream ended; the last one closes a session whose client
+    /// connection is over.
+    pub async fn stream_closed(&self) {
+        let last = {
+            let mut s = self.streams_state();
+            s.0 = s.0.saturating_sub(1);
+            s.0 == 0 && s.1
+        };
+        if last {
+            self.close(None).await;
+        }
+    }
+
+    /// The client connection is over: the session closes now, or when its last
+    /// upgraded stream ends.
+    async fn client_done(&self) {
+        let now = {
+            let mut s = self.streams_state();
+            s.1 = true;
+            s.0 == 0
+        };
+        if now {
+            self.close(None).await;
+        }
+    }
+
+    fn streams_state(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Closes the session once its admissions and outcomes are done (bounded).
@@ -316,6 +357,15 @@ impl<H: SessionHooks> Client<H> {
                 };
                 Box::new(refusal(flavor, why, &r.message))
             })?;
+        if let Some(who) = &handle.target.http.impersonate
+            && let Err(e) = crate::upstream::identity_headers(who)
+        {
+            let message = e.to_string();
+            handle
+                .close(Some(EndReason::Refused(message.clone())))
+                .await;
+            return Err(Box::new(refusal(flavor, Refused::Forbidden, &message)));
+        }
         let upstream = match Upstream::new(&handle.target, handle.dialer()) {
             Ok(u) => u,
             Err(e) => {
@@ -332,6 +382,7 @@ impl<H: SessionHooks> Client<H> {
             terminals: std::sync::atomic::AtomicU32::new(0),
             pending: std::sync::atomic::AtomicUsize::new(0),
             recorded: tokio::sync::Notify::new(),
+            streams: Mutex::new((0, false)),
         });
         // Two first requests may race; one session per key stays, the other closes.
         let (kept, extra) = {
@@ -366,7 +417,7 @@ impl<H: SessionHooks> Client<H> {
     async fn close_all(&self) {
         let sessions: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
         for s in sessions {
-            s.close(None).await;
+            s.client_done().await;
         }
     }
 

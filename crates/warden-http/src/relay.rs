@@ -104,6 +104,9 @@ pub(crate) async fn answer(
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_headers(&mut parts.headers);
+    if masking == Masking::Sets {
+        crate::mask::mask_headers(session.handle.masker.as_ref(), &mut parts.headers);
+    }
     let status = parts.status;
     let content_type = parts
         .headers

@@ -23,7 +23,7 @@ use crate::proxy::HttpSession;
 use crate::reply::Flavor;
 
 /// The protocol a client asks to upgrade to, if it asks.
-pub(crate) fn requested(req: &Request<Incoming>) -> Option<HeaderValue> {
+pub(crate) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     let asks = req
         .headers()
         .get_all(header::CONNECTION)
@@ -61,7 +61,34 @@ pub(crate) async fn bridge(
         Read::Http => path.raw_path.clone(),
     };
     let recording = recording_of(&response, read, path);
+    // Counted before the 101 goes out: the client connection ends with the upgrade,
+    // and the session must outlive it as long as the stream runs.
+    session.stream_opened();
     tokio::spawn(async move {
+        relay(
+            &session,
+            client_side,
+            target_side,
+            recording,
+            &what,
+            started,
+        )
+        .await;
+        session.stream_closed().await;
+    });
+    answer
+}
+
+/// Joins the two sides of an upgrade until either closes or the session is ended.
+async fn relay(
+    session: &Arc<HttpSession>,
+    client_side: OnUpgrade,
+    target_side: OnUpgrade,
+    recording: Option<TerminalSpec>,
+    what: &str,
+    started: Instant,
+) {
+    {
         let (client, target) = match tokio::try_join!(client_side, target_side) {
             Ok(both) => both,
             Err(e) => {
@@ -115,8 +142,7 @@ pub(crate) async fn bridge(
                 duration_us: Some(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
             })
             .await;
-    });
-    answer
+    }
 }
 
 /// The terminal an answer opens, when it is an exec or attach over a WebSocket

@@ -26,6 +26,15 @@ const MAX_IDLE: usize = 4;
 #[error("{0}")]
 pub struct UpstreamError(pub String);
 
+/// One open connection to the target, counted until dropped.
+struct OpenSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// How the held credential reaches the target.
 enum Credential {
     None,
@@ -43,8 +52,13 @@ pub struct Upstream {
     base_path: String,
     tls: Option<BackendTls>,
     credential: Credential,
+    /// `Impersonate-User` and `Impersonate-Group`, when the connection acts as the
+    /// person.
+    identity: Vec<(HeaderName, HeaderValue)>,
     dialer: Arc<dyn Dialer>,
     pool: Mutex<Pool>,
+    /// Connections open to the target, idle or busy (upgraded ones included).
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -103,14 +117,20 @@ impl Upstream {
             None
         };
         let credential = credential(target, client_pem.is_some() && tls.is_some())?;
+        let identity = match &target.http.impersonate {
+            Some(who) => identity_headers(who)?,
+            None => Vec::new(),
+        };
         Ok(Self {
             dial_addr,
             authority: authority.to_string(),
             base_path: path.trim_end_matches('/').to_string(),
             tls,
             credential,
+            identity,
             dialer,
             pool: Mutex::new(Pool::default()),
+            open: Arc::default(),
         })
     }
 
@@ -124,10 +144,13 @@ impl Upstream {
         format!("{}{path}", self.base_path)
     }
 
-    /// Adds the held credential to a request's headers.
+    /// Adds the held credential, and the person it acts as, to a request's headers.
     pub fn authorize(&self, headers: &mut hyper::HeaderMap) {
         if let Credential::Header(name, value) = &self.credential {
             headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.identity {
+            headers.append(name.clone(), value.clone());
         }
     }
 
@@ -147,13 +170,19 @@ impl Upstream {
             if let Some(i) = pool.senders.iter().position(SendRequest::is_ready) {
                 return Ok(pool.senders.swap_remove(i));
             }
-            if pool.senders.len() >= MAX_CONNECTIONS_PER_SESSION {
-                return Err(UpstreamError(format!(
-                    "this session already has {MAX_CONNECTIONS_PER_SESSION} requests open to the target"
-                )));
-            }
         }
-        self.connect().await
+        // Counted when opened, uncounted when the connection's task ends: busy and
+        // upgraded connections count too.
+        let open = self.open.clone();
+        let counted = open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if counted >= MAX_CONNECTIONS_PER_SESSION {
+            open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(UpstreamError(format!(
+                "this session already has {MAX_CONNECTIONS_PER_SESSION} connections open to the target"
+            )));
+        }
+        let slot = OpenSlot(open);
+        self.connect(slot).await
     }
 
     /// Returns a connection whose request is under way; it is reused once its answer
@@ -173,7 +202,7 @@ impl Upstream {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+    async fn connect(&self, slot: OpenSlot) -> Result<SendRequest<Body>, UpstreamError> {
         let stream = self
             .dialer
             .dial(&self.dial_addr)
@@ -193,6 +222,7 @@ impl Upstream {
                     .map_err(|e| UpstreamError(format!("the target: {e}")))?;
                 tokio::spawn(async move {
                     let _ = conn.with_upgrades().await;
+                    drop(slot);
                 });
                 Ok(sender)
             }
@@ -203,11 +233,43 @@ impl Upstream {
                     .map_err(|e| UpstreamError(format!("the target: {e}")))?;
                 tokio::spawn(async move {
                     let _ = conn.with_upgrades().await;
+                    drop(slot);
                 });
                 Ok(sender)
             }
         }
     }
+}
+
+/// The person as impersonation headers. A subject or group that cannot travel as a
+/// header value exactly as it is (control characters, edge spaces, empty) refuses
+/// the session: without its header the request would run as the gateway itself.
+pub(crate) fn identity_headers(
+    who: &warden_core::Impersonation,
+) -> Result<Vec<(HeaderName, HeaderValue)>, UpstreamError> {
+    let value = |what: &str, v: &str| {
+        let exact = !v.is_empty() && v.trim() == v;
+        HeaderValue::from_str(v)
+            .ok()
+            .filter(|_| exact)
+            .ok_or_else(|| {
+                UpstreamError(format!(
+                    "the {what} `{}` cannot be sent to the cluster to act as you",
+                    v.escape_debug()
+                ))
+            })
+    };
+    let mut out = vec![(
+        HeaderName::from_static("impersonate-user"),
+        value("subject", &who.user)?,
+    )];
+    for g in &who.groups {
+        out.push((
+            HeaderName::from_static("impersonate-group"),
+            value("group", g)?,
+        ));
+    }
+    Ok(out)
 }
 
 /// The header form of the held credential.

@@ -1,7 +1,9 @@
 //! Kubernetes request patterns: `VERBS RESOURCE [in NAMESPACE] [named NAME]`, matched
 //! against the request as the API server reads it ([`KubeRequest`]).
 //!
-//! - `VERBS`: `*` or a comma list of API verbs (`get,list,watch`, `delete`, `create`).
+//! - `VERBS`: `*` or a comma list of API verbs (`get,list,watch`, `delete`, `create`);
+//!   `get` also covers `list` and `watch`, `delete` covers `deletecollection`,
+//!   `update` covers `patch`.
 //! - `RESOURCE`: `*` (everything, subresources included), `pods`, `pods/exec`,
 //!   `pods/*` (every subresource of pods), `deployments.apps`, `*.apps`. Without a
 //!   group the resource matches in any group. `pods` alone does not cover its
@@ -92,7 +94,7 @@ impl KubePattern {
             return false;
         }
         if let Some(verbs) = &self.verbs
-            && !verbs.iter().any(|v| v.eq_ignore_ascii_case(&request.verb))
+            && !verbs.iter().any(|v| covers(v, &request.verb))
         {
             return false;
         }
@@ -135,6 +137,20 @@ impl KubePattern {
     }
 }
 
+/// Whether a pattern's verb covers a request's: a verb also names those that do the
+/// same thing to many objects at once or by another method — `get` covers `list`
+/// and `watch` (they return the same objects), `delete` covers `deletecollection`,
+/// `update` covers `patch` — so a deny rule cannot be walked around by asking the
+/// other way. (RBAC keeps them apart; a guardrail must not.)
+fn covers(pattern: &str, verb: &str) -> bool {
+    let verb = verb.to_ascii_lowercase();
+    pattern == verb
+        || matches!(
+            (pattern, verb.as_str()),
+            ("get", "list" | "watch") | ("delete", "deletecollection") | ("update", "patch")
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,9 +182,32 @@ mod tests {
         assert!(deploy.matches(&req("delete", "deployments.apps", "", "prod", "web")));
         assert!(!deploy.matches(&req("delete", "deployments.apps", "", "dev", "web")));
         assert!(!deploy.matches(&req("delete", "deployments.other", "", "prod", "web")));
-        let any_group = p("get,list secrets");
+        let any_group = p("list secrets");
         assert!(any_group.matches(&req("list", "secrets", "", "default", "")));
         assert!(!any_group.matches(&req("watch", "secrets", "", "default", "")));
+        // A verb covers the ways to do the same to many objects, or by another method.
+        let reads = p("get secrets");
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                reads.matches(&req(verb, "secrets", "", "prod", "")),
+                "{verb}"
+            );
+        }
+        assert!(p("delete deployments.apps").matches(&req(
+            "deletecollection",
+            "deployments.apps",
+            "",
+            "prod",
+            ""
+        )));
+        assert!(p("update deployments").matches(&req(
+            "patch",
+            "deployments.apps",
+            "",
+            "prod",
+            "x"
+        )));
+        assert!(!p("list secrets").matches(&req("get", "secrets", "", "prod", "x")));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Reading the Kubernetes WebSocket channel protocols (`v5.channel.k8s.io` down to
 //! `channel.k8s.io`) that `kubectl exec` and `attach` speak, so the terminal can be
-//! recorded: every binary message starts with its channel — 0 stdin, 1 stdout,
+//! recorded: every data message (binary, or text: the server reads both) starts with its channel — 0 stdin, 1 stdout,
 //! 2 stderr, 3 the server's status, 4 terminal resizes (`{"Width":..,"Height":..}`),
 //! 255 (v5) a stream's close. Frames are parsed as the bytes pass, without holding
 //! more than a frame header: a `kubectl cp` through exec streams as fast as before.
@@ -135,7 +135,9 @@ impl ChannelReader {
     }
 
     fn payload(&mut self, mut chunk: &[u8], out: &mut Vec<ChannelData>) {
-        if self.in_control || self.message_opcode != 2 {
+        // The API server reads a text frame's bytes like a binary one's: both are
+        // channel data.
+        if self.in_control || !matches!(self.message_opcode, 1 | 2) {
             return;
         }
         if self.channel.is_none() {
@@ -211,6 +213,7 @@ mod tests {
     fn reads_channels_across_any_split() {
         let mut stream = Vec::new();
         stream.extend(frame(true, 2, b"\x00ls -l\n", Some([1, 2, 3, 4])));
+        stream.extend(frame(true, 1, b"\x00pwd\n", Some([5, 6, 7, 8])));
         stream.extend(frame(true, 9, b"ping", Some([9, 9, 9, 9])));
         stream.extend(frame(false, 2, b"\x01hel", None));
         stream.extend(frame(true, 10, b"", None));
@@ -241,7 +244,7 @@ mod tests {
                     ChannelData::Resize { width, height } => sizes.push((width, height)),
                 }
             }
-            assert_eq!(stdin, b"ls -l\n", "step {step}");
+            assert_eq!(stdin, b"ls -l\npwd\n", "step {step}");
             assert_eq!(&output[..5], b"hello", "step {step}");
             assert_eq!(output.len(), 5 + big.len(), "step {step}");
             assert_eq!(sizes, [(120, 40)], "step {step}");
