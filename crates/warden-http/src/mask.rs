@@ -146,6 +146,26 @@ fn mask_value(
     }
 }
 
+/// Masks an answer's header values (`Location`, custom headers echoing input) with
+/// the detectors; framing headers are left alone.
+pub fn mask_headers(masker: &dyn Masker, headers: &mut hyper::HeaderMap) {
+    for (name, value) in headers.iter_mut() {
+        if matches!(
+            name.as_str(),
+            "content-type" | "content-length" | "content-encoding" | "date" | "etag"
+        ) {
+            continue;
+        }
+        let replaced = match masker.mask(ColumnPlan::Detect, value.as_bytes()) {
+            Masked::Unchanged => continue,
+            Masked::Replaced(bytes) => bytes,
+            Masked::Null => b"[masked]".to_vec(),
+        };
+        *value = hyper::header::HeaderValue::from_bytes(&replaced)
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("[masked]"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,25 +193,5 @@ mod tests {
         ] {
             assert_ne!(BodyKind::of(Some(text)), BodyKind::Opaque, "{text}");
         }
-    }
-}
-
-/// Masks an answer's header values (`Location`, custom headers echoing input) with
-/// the detectors; framing headers are left alone.
-pub fn mask_headers(masker: &dyn Masker, headers: &mut hyper::HeaderMap) {
-    for (name, value) in headers.iter_mut() {
-        if matches!(
-            name.as_str(),
-            "content-type" | "content-length" | "content-encoding" | "date" | "etag"
-        ) {
-            continue;
-        }
-        let replaced = match masker.mask(ColumnPlan::Detect, value.as_bytes()) {
-            Masked::Unchanged => continue,
-            Masked::Replaced(bytes) => bytes,
-            Masked::Null => b"[masked]".to_vec(),
-        };
-        *value = hyper::header::HeaderValue::from_bytes(&replaced)
-            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("[masked]"));
     }
 }
