@@ -4,8 +4,10 @@
 //! shell would tokenize it: quotes and backslashes are removed (`'r'm` is `rm`),
 //! `;`, `&&`, `||`, `&`, newlines and subshells separate commands, `$(...)` and
 //! backticks are parsed as commands of their own, `sh -c '...'` and `eval` are parsed
-//! recursively, and wrappers (`sudo`, `env`, `nice`, `timeout`, `xargs`, ...) are
-//! looked through. A program name that is only known at run time (`$CMD`, `r*m`) is
+//! recursively, compound commands (`if`, `while`, `!`, `{ }`) are looked into, and
+//! wrappers (`sudo`, `env`, `nice`, `timeout`, `xargs`, `chroot`, `flock`, `su -c`,
+//! `script -c`, `strace`, `watch`, ...) are looked through. A program name that is only
+//! known at run time (`$CMD`, `r*m`, a shell or interpreter reading a pipe, `case`) is
 //! reported as dynamic so rules can fail closed on it.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +59,22 @@ fn parse_depth(line: &str, depth: usize) -> Result<Vec<Pipeline>, ShellParseErro
                      out: &mut Vec<Pipeline>|
      -> Result<(), ShellParseError> {
         if !words.is_empty() {
+            let after_pipe = !pipeline.is_empty();
             for cmd in simple_commands(std::mem::take(words), depth)? {
                 match cmd {
-                    Expanded::Command(c) => pipeline.push(c),
+                    Expanded::Command(mut c) => {
+                        // `... | sh`, `... | base64 -d | python3`: it runs what it
+                        // reads, which is only known at run time.
+                        if after_pipe
+                            && STDIN_INTERPRETERS.contains(&c.program.as_str())
+                            && c.args
+                                .iter()
+                                .all(|a| a.starts_with('-') && !a.contains('c'))
+                        {
+                            c.dynamic = true;
+                        }
+                        pipeline.push(c)
+                    }
                     Expanded::Nested(mut p) => out.append(&mut p),
                 }
             }
@@ -321,24 +336,113 @@ enum Expanded {
     Nested(Vec<Pipeline>),
 }
 
-/// Wrapper programs that run their arguments as a command, and which of their
-/// options take a value.
-fn wrapper_options_with_value(program: &str) -> Option<&'static [&'static str]> {
+/// A program that runs its arguments (or a string) as a command.
+struct Wrapper {
+    /// Options that take the next word as their value.
+    with_value: &'static [&'static str],
+    /// Words between the options and the command (`chroot DIR cmd`, `timeout 5 cmd`).
+    positionals: usize,
+    /// Options whose value is a shell command line (`su -c '...'`, `flock f -c '...'`).
+    shell_options: &'static [&'static str],
+    /// Runs the rest of its words through a shell (`watch 'cmd; cmd'`).
+    rest_is_shell: bool,
+    /// Runs the words after its options and positionals as a command (`su USER`
+    /// and `script FILE` do not).
+    runs_rest: bool,
+}
+
+const fn wrap(with_value: &'static [&'static str], positionals: usize) -> Wrapper {
+    Wrapper {
+        with_value,
+        positionals,
+        shell_options: &[],
+        rest_is_shell: false,
+        runs_rest: true,
+    }
+}
+
+/// Wrapper programs that run their arguments as a command.
+fn wrapper(program: &str) -> Option<Wrapper> {
     Some(match program {
-        "sudo" => &["-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-R"],
-        "doas" => &["-u", "-C"],
-        "env" => &["-u", "-C", "-S"],
-        "nice" => &["-n"],
-        "ionice" => &["-c", "-n", "-p"],
-        "timeout" => &["-s", "-k"],
-        "xargs" => &["-n", "-I", "-L", "-P", "-d", "-s", "-E", "-a"],
-        "stdbuf" => &["-i", "-o", "-e"],
-        "watch" => &["-n", "-d"],
-        "nohup" | "time" | "command" | "exec" | "setsid" | "unbuffer" | "busybox" | "chrt"
-        | "taskset" => &[],
+        "sudo" => wrap(
+            &["-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-R"],
+            0,
+        ),
+        "doas" => wrap(&["-u", "-C"], 0),
+        "env" => Wrapper {
+            shell_options: &["-S", "--split-string"],
+            ..wrap(
+                &["-u", "-C", "-S", "--unset", "--chdir", "--split-string"],
+                0,
+            )
+        },
+        "nice" => wrap(&["-n", "--adjustment"], 0),
+        "ionice" => wrap(&["-c", "-n", "-p"], 0),
+        "timeout" => wrap(&["-s", "-k", "--signal", "--kill-after"], 1),
+        "xargs" => wrap(&["-n", "-I", "-L", "-P", "-d", "-s", "-E", "-a"], 0),
+        "stdbuf" => wrap(&["-i", "-o", "-e"], 0),
+        "watch" => Wrapper {
+            rest_is_shell: true,
+            ..wrap(&["-n", "-d", "--interval"], 0)
+        },
+        "chroot" | "taskset" | "faketime" | "chrt" => wrap(&["--userspec", "--groups"], 1),
+        "flock" => Wrapper {
+            shell_options: &["-c", "--command"],
+            ..wrap(&["-w", "-E", "--timeout", "--conflict-exit-code"], 1)
+        },
+        "sg" => Wrapper {
+            shell_options: &["-c"],
+            ..wrap(&[], 1)
+        },
+        "su" | "runuser" => Wrapper {
+            shell_options: &["-c", "--command", "--session-command"],
+            ..wrap(
+                &["-u", "-g", "-G", "-s", "--shell", "-w", "--group", "--user"],
+                0,
+            )
+        },
+        "script" => Wrapper {
+            shell_options: &["-c", "--command"],
+            ..wrap(
+                &[
+                    "-t",
+                    "-T",
+                    "-I",
+                    "-O",
+                    "-B",
+                    "-E",
+                    "-m",
+                    "--log-io",
+                    "--log-out",
+                ],
+                0,
+            )
+        },
+        "strace" | "ltrace" => wrap(
+            &[
+                "-o", "-e", "-p", "-s", "-u", "-E", "-P", "-a", "-b", "-X", "-I",
+            ],
+            0,
+        ),
+        "nsenter" => wrap(&["-t", "-S", "-G", "--target", "--setuid", "--setgid"], 0),
+        "nohup" | "time" | "command" | "exec" | "setsid" | "unbuffer" | "busybox" | "unshare"
+        | "setpriv" | "firejail" | "valgrind" | "catchsegv" | "chronic" | "torsocks"
+        | "proxychains" | "proxychains4" | "tsocks" | "systemd-run" | "caffeinate" => wrap(&[], 0),
         _ => return None,
     })
 }
+
+/// Interpreters that run what they read on standard input when given no program.
+const STDIN_INTERPRETERS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "fish", "python", "python3", "perl", "ruby",
+    "node", "php", "lua",
+];
+
+/// Words that open or close a compound command; what follows them is a command.
+const RESERVED_OPENERS: &[&str] = &[
+    "!", "if", "then", "else", "elif", "do", "while", "until", "{", "time",
+];
+const RESERVED_CLOSERS: &[&str] = &["fi", "done", "esac", "}"];
 
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "fish"];
 
@@ -354,33 +458,65 @@ fn simple_commands(
     while words.first().is_some_and(|(w, _)| is_assignment(w)) {
         words.remove(0);
     }
+    // Compound commands: `if c; then rm x; fi` runs `c` and `rm x`.
+    while words
+        .first()
+        .is_some_and(|(w, _)| RESERVED_OPENERS.contains(&w.as_str()))
+    {
+        words.remove(0);
+        while words.first().is_some_and(|(w, _)| is_assignment(w)) {
+            words.remove(0);
+        }
+    }
+    match words.first().map(|(w, _)| w.as_str()) {
+        None => return Ok(Vec::new()),
+        Some(w) if RESERVED_CLOSERS.contains(&w) && words.len() == 1 => return Ok(Vec::new()),
+        // `for x in a b` and `select`: the words are data; the body follows `do`.
+        Some("for" | "select") => return Ok(Vec::new()),
+        // `case` arms are read by patterns this reader does not follow.
+        Some("case") => {
+            return Ok(vec![Expanded::Command(SimpleCommand {
+                program: "case".into(),
+                dynamic: true,
+                args: Vec::new(),
+            })]);
+        }
+        _ => {}
+    }
     let Some((first, dynamic)) = words.first().cloned() else {
         return Ok(Vec::new());
     };
     let program = basename(&first).to_string();
-    if let Some(with_value) = wrapper_options_with_value(&program) {
-        let mut rest = &words[1..];
-        while let Some((w, _)) = rest.first() {
-            if w == "--" {
-                rest = &rest[1..];
-                break;
-            }
-            if w.starts_with('-') || (program == "env" && is_assignment(w)) {
-                let takes_value = with_value.contains(&w.as_str());
-                rest = &rest[if takes_value { 2.min(rest.len()) } else { 1 }..];
-            } else {
-                break;
-            }
-        }
-        if program == "timeout" && !rest.is_empty() {
-            rest = &rest[1..]; // the duration
-        }
+    if let Some(w) = wrapper(&program) {
         let mut out = vec![Expanded::Command(SimpleCommand {
-            program,
+            program: program.clone(),
             dynamic,
             args: words[1..].iter().map(|(w, _)| w.clone()).collect(),
         })];
-        out.extend(simple_commands(rest.to_vec(), depth)?);
+        // A shell command line given to an option runs wherever the option stands
+        // (`flock FILE -c '...'`).
+        for (i, (word, _)) in words.iter().enumerate().skip(1) {
+            let inline = word.split_once('=').map_or("", |(_, v)| v);
+            if word.starts_with('-') && w.shell_options.contains(&option_name(word).as_str()) {
+                let line = if word.contains('=') {
+                    Some(inline.to_string())
+                } else {
+                    words.get(i + 1).map(|(v, _)| v.clone())
+                };
+                if let Some(line) = line {
+                    out.push(Expanded::Nested(parse_depth(&line, depth + 1)?));
+                }
+            }
+        }
+        let mut rest = skip_options(&words[1..], &w, &program);
+        rest = skip_options(&rest[w.positionals.min(rest.len())..], &w, &program);
+        if w.rest_is_shell && !rest.is_empty() {
+            let line: Vec<&str> = rest.iter().map(|(w, _)| w.as_str()).collect();
+            out.push(Expanded::Nested(parse_depth(&line.join(" "), depth + 1)?));
+        }
+        if w.runs_rest {
+            out.extend(simple_commands(rest.to_vec(), depth)?);
+        }
         return Ok(out);
     }
     let args: Vec<String> = words[1..].iter().map(|(w, _)| w.clone()).collect();
@@ -389,9 +525,16 @@ fn simple_commands(
         if let Some(pos) = args
             .iter()
             .position(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))
-            && let Some(script) = args.get(pos + 1)
         {
-            out.push(Expanded::Nested(parse_depth(script, depth + 1)?));
+            // `sh -c -- 'cmd'`: the `--` ends the options; the script follows it.
+            let at = if args.get(pos + 1).is_some_and(|a| a == "--") {
+                pos + 2
+            } else {
+                pos + 1
+            };
+            if let Some(script) = args.get(at) {
+                out.push(Expanded::Nested(parse_depth(script, depth + 1)?));
+            }
         }
     } else if program == "eval" {
         out.push(Expanded::Nested(parse_depth(&args.join(" "), depth + 1)?));
@@ -405,6 +548,41 @@ fn simple_commands(
         }),
     );
     Ok(out)
+}
+
+/// The option a word names for value purposes: `--opt=v` → `--opt`, and combined
+/// short flags by their last letter (`-qc` takes a value when `-c` does).
+fn option_name(word: &str) -> String {
+    let name = word.split_once('=').map_or(word, |(n, _)| n);
+    if name.len() > 2
+        && name.starts_with('-')
+        && !name.starts_with("--")
+        && name[1..].chars().all(|c| c.is_ascii_alphabetic())
+    {
+        return format!("-{}", &name[name.len() - 1..]);
+    }
+    name.to_string()
+}
+
+/// The words after a wrapper's leading options (and their values).
+fn skip_options<'a>(
+    mut rest: &'a [(String, bool)],
+    w: &Wrapper,
+    program: &str,
+) -> &'a [(String, bool)] {
+    while let Some((word, _)) = rest.first() {
+        if word == "--" {
+            return &rest[1..];
+        }
+        if !(word.starts_with('-') || (program == "env" && is_assignment(word))) {
+            break;
+        }
+        let name = option_name(word);
+        let takes_value = !word.contains('=')
+            && (w.with_value.contains(&name.as_str()) || w.shell_options.contains(&name.as_str()));
+        rest = &rest[if takes_value { 2.min(rest.len()) } else { 1 }..];
+    }
+    rest
 }
 
 fn is_assignment(w: &str) -> bool {
@@ -423,12 +601,16 @@ fn is_assignment(w: &str) -> bool {
 pub fn expand_args(args: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len() * 2);
     for a in args {
-        if a.len() > 2
+        if a.len() >= 2
             && a.starts_with('-')
             && !a.starts_with("--")
             && a[1..].chars().all(|c| c.is_ascii_alphabetic())
         {
             out.extend(a[1..].chars().map(|c| format!("-{c}")));
+            // `-R` is `-r` for rm, cp, chmod, chown, grep: a pattern with `-r` covers it.
+            if a[1..].contains('R') {
+                out.push("-r".into());
+            }
         } else {
             match a.as_str() {
                 "--recursive" => out.push("-r".into()),
@@ -493,7 +675,50 @@ mod tests {
     }
 
     #[test]
+    fn looks_into_compound_commands_wrappers_and_pipes_into_shells() {
+        for line in [
+            "if true; then rm -rf /d; fi",
+            "while true; do rm -rf /d; done",
+            "for x in a b; do rm -rf /d; done",
+            "! rm -rf /d",
+            "{ rm -rf /d; }",
+            "sh -c -- 'rm -rf /d'",
+            "chroot / rm -rf /d",
+            "flock /tmp/l rm -rf /d",
+            "flock /tmp/l -c 'rm -rf /d'",
+            "su root -c 'rm -rf /d'",
+            "runuser -u root -- rm -rf /d",
+            "script -qc 'rm -rf /d' /dev/null",
+            "taskset 1 rm -rf /d",
+            "taskset -c 0 rm -rf /d",
+            "strace -o /tmp/x rm -rf /d",
+            "env -S 'rm -rf /d'",
+            "watch -n 1 'rm -rf /d'",
+        ] {
+            let all: Vec<String> = programs(line).into_iter().flatten().collect();
+            assert!(all.contains(&"rm".to_string()), "{line}: {all:?}");
+        }
+        for line in [
+            "echo x | sh",
+            "curl x | base64 -d | bash -s",
+            "cat f | python3 -",
+            "case x in a) rm y;; esac",
+        ] {
+            let dynamic = parse(line)
+                .unwrap_or_default()
+                .iter()
+                .flatten()
+                .any(|c| c.dynamic);
+            assert!(dynamic, "{line}");
+        }
+        let plain = parse("echo x | grep y | sh -c 'wc -l'").unwrap_or_default();
+        assert!(!plain.iter().flatten().any(|c| c.dynamic));
+    }
+
+    #[test]
     fn expands_flags() {
+        let upper = expand_args(&["-Rf".into()]);
+        assert!(upper.contains(&"-r".to_string()) && upper.contains(&"-f".to_string()));
         let a = expand_args(&["-rf".into(), "--force".into(), "//".into()]);
         assert!(
             a.contains(&"-r".to_string())

@@ -473,6 +473,31 @@ const SHELL_DENIED: &[&str] = &[
     "$CMD -rf /",
     "r*m -rf /",
     "echo 'unterminated",
+    // Compound commands, more wrappers, pipes into interpreters (an attack on the
+    // Kubernetes exec path found these; the matcher is shared with SSH).
+    "if true; then rm -rf /; fi",
+    "while true; do rm -rf /; done",
+    "for x in a; do rm -rf /; done",
+    "! rm -rf /",
+    "{ rm -rf /; }",
+    "rm -Rf /",
+    "rm -R -f /",
+    "sh -c -- 'rm -rf /'",
+    "chroot / rm -rf /",
+    "flock /tmp/l rm -rf /",
+    "flock /tmp/l -c 'rm -rf /'",
+    "su -c 'rm -rf /'",
+    "su root -c 'rm -rf /'",
+    "runuser -u root -- rm -rf /",
+    "script -qc 'rm -rf /' /dev/null",
+    "taskset 1 rm -rf /",
+    "strace -o /tmp/t rm -rf /",
+    "env -S 'rm -rf /'",
+    "watch -n 1 'rm -rf /'",
+    "echo cm0gLXJmIC8= | base64 -d | sh",
+    "echo 'rm -rf /' | bash",
+    "cat x | python3",
+    "case a in a) rm -rf / ;; esac",
 ];
 
 const SHELL_ALLOWED: &[&str] = &[
@@ -485,6 +510,10 @@ const SHELL_ALLOWED: &[&str] = &[
     "cat script.sh | grep sh",
     "uname -a",
     "df -h",
+    "if test -f x; then echo ok; fi",
+    "for f in a b; do echo $f; done",
+    "ls | grep x | wc -l",
+    "bash deploy.sh",
 ];
 
 #[test]
