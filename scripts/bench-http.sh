@@ -47,6 +47,12 @@ print(json.dumps({"name": "bench-k8s", "kind": "kubernetes", "target": url,
 PY
 )
 
+# kubectl sends a bearer token only over TLS: the Kubernetes listener gets a
+# certificate of its own.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$work/gw.key" -out "$work/gw.crt" 2>/dev/null
+
 # Two Wardens side by side: journal synced, and not.
 start() { # NAME API HTTP K8S SYNC → token
   local token
@@ -57,7 +63,9 @@ enabled = false
 [http]
 listen = \"127.0.0.1:$3\"
 [kubernetes]
-listen = \"127.0.0.1:$4\"" "$5" "$http_conn")
+listen = \"127.0.0.1:$4\"
+tls_cert = \"$work/gw.crt\"
+tls_key = \"$work/gw.key\"" "$5" "$http_conn")
   curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
     -d "$k8s_conn" "http://127.0.0.1:$2/api/connections" >/dev/null
   echo "$token"
@@ -107,11 +115,11 @@ kubeconfig() { # FILE SERVER TOKEN [CA]
   } >"$1"
 }
 kubeconfig "$work/direct.kc" "$WARDEN_TEST_K8S_URL" "$(cat "$WARDEN_TEST_K8S_TOKEN_FILE")" "$WARDEN_TEST_K8S_CA"
-kubeconfig "$work/synced.kc" "http://127.0.0.1:$((http_port + 1))/bench-k8s" "$tok_sync"
-kubeconfig "$work/unsynced.kc" "http://127.0.0.1:$((http_port + 3))/bench-k8s" "$tok_os"
+kubeconfig "$work/synced.kc" "https://127.0.0.1:$((http_port + 1))/bench-k8s" "$tok_sync" "$work/gw.crt"
+kubeconfig "$work/unsynced.kc" "https://127.0.0.1:$((http_port + 3))/bench-k8s" "$tok_os" "$work/gw.crt"
 kubectl_p50() { # KUBECONFIG → p50 ms
   local i t0 t1
-  "$WARDEN_TEST_KUBECTL" --kubeconfig "$1" get pods >/dev/null
+  "$WARDEN_TEST_KUBECTL" --kubeconfig "$1" get pods >/dev/null || { echo "kubectl failed with $1" >&2; exit 1; }
   for i in $(seq 1 "$runs"); do
     t0=$(date +%s%N)
     "$WARDEN_TEST_KUBECTL" --kubeconfig "$1" get pods >/dev/null
@@ -139,7 +147,7 @@ if [ "${BENCH_INSTRUCTIONS:-1}" = 1 ]; then
   cg_requests() { # N → N (requests sent on one connection)
     local urls=() i
     for i in $(seq 1 "$1"); do urls+=("http://127.0.0.1:$((http_port + 20))/bench/get"); done
-    curl -fsS -o /dev/null -H "Authorization: Bearer $cg_token" "${urls[@]}"
+    curl -fsS -H "Authorization: Bearer $cg_token" "${urls[@]}" >/dev/null
     echo "$1"
   }
   cg_warden() { # NAME SYNC → instructions per request

@@ -310,7 +310,16 @@ impl<H: SessionHooks> Client<H> {
             Err(response) => return *response,
         };
         let response = forward::request(&self, &session, req, &target).await;
-        if let Some(reason) = session.handle.failure() {
+        // A session that failed, or that the gateway ended (its token revoked or
+        // expired), is closed now; a later request opens a new one if it may.
+        let over = session.handle.failure().or_else(|| {
+            session
+                .handle
+                .ended()
+                .reason()
+                .map(warden_core::EndReason::Ended)
+        });
+        if let Some(reason) = over {
             self.end(&connection, &session, reason).await;
         }
         response
