@@ -63,8 +63,9 @@ async fn exec_streams_are_recorded_and_the_older_transport_still_works() {
                     "exec",
                     "web",
                     "--",
-                    "echo",
-                    "via-spdy",
+                    "sh",
+                    "-c",
+                    "echo via-spdy-$((6*7))",
                 ])
                 .output()
                 .unwrap()
@@ -73,7 +74,12 @@ async fn exec_streams_are_recorded_and_the_older_transport_still_works() {
     .await
     .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "via-spdy");
+    assert_eq!(text(&out.stdout).trim(), "via-spdy-42");
+    // ... and recorded like the WebSocket one.
+    eventually("the SPDY exec recording", || async {
+        k.gw.recordings_text().contains("via-spdy-42").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ use warden_core::{TerminalRecorder, TerminalSpec, TimelineEvent};
 use crate::body::{Body, empty};
 use crate::forward::{Read, shell_line};
 use crate::kube::channels::{ChannelData, ChannelReader, RECORDABLE};
+use crate::kube::spdy::SpdyReader;
 use crate::path::RequestPath;
 use crate::proxy::HttpSession;
 use crate::reply::Flavor;
@@ -84,7 +85,7 @@ async fn relay(
     session: &Arc<HttpSession>,
     client_side: OnUpgrade,
     target_side: OnUpgrade,
-    recording: Option<TerminalSpec>,
+    recording: Option<(TerminalSpec, Framing)>,
     what: &str,
     started: Instant,
 ) {
@@ -98,8 +99,9 @@ async fn relay(
         };
         // An interactive stream is recorded as a terminal; without a recording it
         // does not run.
+        let framing = recording.as_ref().map(|(_, f)| *f);
         let recorder = match recording {
-            Some(spec) => {
+            Some((spec, _)) => {
                 let spec = TerminalSpec {
                     channel: session.next_channel(),
                     ..spec
@@ -117,9 +119,8 @@ async fn relay(
         };
         let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
         let (target_read, target_write) = tokio::io::split(TokioIo::new(target));
-        let channels = recorder.is_some();
-        let up = pump(client_read, target_write, channels, recorder.clone());
-        let down = pump(target_read, client_write, channels, recorder.clone());
+        let up = pump(client_read, target_write, framing, true, recorder.clone());
+        let down = pump(target_read, client_write, framing, false, recorder.clone());
         let mut ended = session.handle.ended();
         let (up, down, reason) = tokio::select! {
             copied = async { tokio::try_join!(up, down) } => match copied {
@@ -145,26 +146,42 @@ async fn relay(
     }
 }
 
+/// How a recorded stream frames its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// WebSocket messages of a channel protocol.
+    WebSocket,
+    /// SPDY/3.1 data frames.
+    Spdy,
+}
+
 /// The terminal an answer opens, when it is an exec or attach over a WebSocket
-/// channel protocol (the channel number is set when it starts).
+/// channel protocol or SPDY (the channel number is set when it starts).
 fn recording_of(
     response: &Response<Incoming>,
     read: &Read,
     path: &RequestPath,
-) -> Option<TerminalSpec> {
+) -> Option<(TerminalSpec, Framing)> {
     let Read::Kube(r) = read else {
         return None;
     };
     if r.resource != "pods" || !matches!(r.subresource.as_str(), "exec" | "attach") {
         return None;
     }
-    let protocol = response
-        .headers()
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())?;
-    if !RECORDABLE.contains(&protocol.trim()) {
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let framing = if header(header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
+        Framing::Spdy
+    } else if header(header::SEC_WEBSOCKET_PROTOCOL).is_some_and(|p| RECORDABLE.contains(&p)) {
+        Framing::WebSocket
+    } else {
         return None;
-    }
+    };
     let tty = path
         .query_first("tty")
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "t" | "T"));
@@ -172,25 +189,36 @@ fn recording_of(
         "exec" => shell_line(&crate::kube::info::exec_command(path)),
         _ => format!("attach {}", r.name),
     };
-    Some(TerminalSpec {
+    let spec = TerminalSpec {
         channel: 0,
         width: 80,
         height: 24,
         term: tty.then(|| "xterm".to_string()),
         command: Some(format!("{command} (pod {} -n {})", r.name, r.namespace)),
-    })
+    };
+    Some((spec, framing))
 }
 
-/// Copies one direction of an upgraded stream; with `channels`, what it carries is
-/// read as Kubernetes channel frames and recorded (a recording that fails ends it).
+/// Reads what one direction of a recorded stream carries.
+enum Reader {
+    WebSocket(ChannelReader),
+    Spdy(SpdyReader),
+}
+
+/// Copies one direction of an upgraded stream; with a `framing`, what it carries is
+/// read and recorded (`from_client`: as input). A recording that fails ends it.
 async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut from: R,
     mut to: W,
-    channels: bool,
+    framing: Option<Framing>,
+    from_client: bool,
     recorder: Option<std::sync::Arc<dyn TerminalRecorder>>,
 ) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 32 * 1024];
-    let mut reader = channels.then(ChannelReader::default);
+    let mut reader = framing.map(|f| match f {
+        Framing::WebSocket => Reader::WebSocket(ChannelReader::default()),
+        Framing::Spdy => Reader::Spdy(SpdyReader::default()),
+    });
     let mut events = Vec::new();
     let mut total = 0u64;
     loop {
@@ -203,7 +231,10 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         total += n as u64;
         if let (Some(reader), Some(rec)) = (reader.as_mut(), recorder.as_ref()) {
             events.clear();
-            reader.feed(&buf[..n], &mut events);
+            match reader {
+                Reader::WebSocket(r) => r.feed(&buf[..n], &mut events),
+                Reader::Spdy(r) => r.feed(&buf[..n], from_client, &mut events),
+            }
             for event in events.drain(..) {
                 let written = match event {
                     ChannelData::Stdin(b) => rec.input(&b).await,
@@ -211,57 +242,6 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     ChannelData::Resize { width, height } => rec.resize(width, height).await,
                 };
                 written.map_err(std::io::Error::other)?;
-            }
-        }
-    }
-}
-
-/// An exec or attach over WebSocket may only speak a channel protocol Warden can
-/// record: other offers (the base64 variants) are dropped; with none left, it is
-/// refused.
-pub(crate) fn keep_recordable_protocols(headers: &mut hyper::HeaderMap) -> Result<(), String> {
-    let offers: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_string())
-        .filter(|p| RECORDABLE.contains(&p.as_str()))
-        .collect();
-    if offers.is_empty() {
-        return Err(format!(
-            "exec and attach over WebSocket must offer one of {} (the streams Warden records)",
-            RECORDABLE.join(", ")
-        ));
-    }
-    let value = HeaderValue::from_str(&offers.join(", ")).map_err(|e| e.to_string())?;
-    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
-    Ok(())
-}
-
-/// Which requests may switch protocols. An upgraded connection is relayed unread, so
-/// only streams that carry no API objects are: exec, attach and port-forward, and the
-/// pod and service proxies (an application's own WebSocket). Anything else — a watch
-/// over WebSocket would carry Secrets unmasked — is refused, and so is any upgrade of
-/// an answer that must be masked.
-pub(crate) fn allowed(read: &Read, masking: crate::relay::Masking) -> Result<(), String> {
-    if masking.reads_body() {
-        return Err("this answer is masked, so its connection cannot switch protocols".into());
-    }
-    match read {
-        Read::Http => Ok(()),
-        Read::Kube(r) => {
-            let stream = r.resource == "pods"
-                && matches!(r.subresource.as_str(), "exec" | "attach" | "portforward");
-            let proxy = matches!(r.resource.as_str(), "pods" | "services")
-                && (r.subresource == "proxy" || r.verb == "proxy");
-            if stream || proxy {
-                Ok(())
-            } else {
-                Err(format!(
-                    "`{}` cannot switch protocols through Warden: only exec, attach, port-forward and the pod and service proxies do",
-                    r.text()
-                ))
             }
         }
     }
