@@ -246,3 +246,54 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
     }
 }
+
+/// An exec or attach over WebSocket may only speak a channel protocol Warden can
+/// record: other offers (the base64 variants) are dropped; with none left, it is
+/// refused.
+pub(crate) fn keep_recordable_protocols(headers: &mut hyper::HeaderMap) -> Result<(), String> {
+    let offers: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| RECORDABLE.contains(&p.as_str()))
+        .collect();
+    if offers.is_empty() {
+        return Err(format!(
+            "exec and attach over WebSocket must offer one of {} (the streams Warden records)",
+            RECORDABLE.join(", ")
+        ));
+    }
+    let value = HeaderValue::from_str(&offers.join(", ")).map_err(|e| e.to_string())?;
+    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    Ok(())
+}
+
+/// Which requests may switch protocols. An upgraded connection is relayed unread, so
+/// only streams that carry no API objects are: exec, attach and port-forward, and the
+/// pod and service proxies (an application's own WebSocket). Anything else — a watch
+/// over WebSocket would carry Secrets unmasked — is refused, and so is any upgrade of
+/// an answer that must be masked.
+pub(crate) fn allowed(read: &Read, masking: crate::relay::Masking) -> Result<(), String> {
+    if masking.reads_body() {
+        return Err("this answer is masked, so its connection cannot switch protocols".into());
+    }
+    match read {
+        Read::Http => Ok(()),
+        Read::Kube(r) => {
+            let stream = r.resource == "pods"
+                && matches!(r.subresource.as_str(), "exec" | "attach" | "portforward");
+            let proxy = matches!(r.resource.as_str(), "pods" | "services")
+                && (r.subresource == "proxy" || r.verb == "proxy");
+            if stream || proxy {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{}` cannot switch protocols through Warden: only exec, attach, port-forward and the pod and service proxies do",
+                    r.text()
+                ))
+            }
+        }
+    }
+}

@@ -31,7 +31,8 @@ impl SpdyReader {
                 }
                 let h = std::mem::take(&mut self.header);
                 self.data = h[0] & 0x80 == 0;
-                self.remaining = usize::from(h[5]) << 16 | usize::from(h[6]) << 8 | usize::from(h[7]);
+                self.remaining =
+                    usize::from(h[5]) << 16 | usize::from(h[6]) << 8 | usize::from(h[7]);
                 continue;
             }
             let take = self.remaining.min(bytes.len());
