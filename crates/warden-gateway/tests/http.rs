@@ -368,3 +368,27 @@ async fn basic_and_named_header_credentials_reach_the_service() {
     assert_eq!(body["headers"]["X-Api-Key"][0], HELD_TOKEN, "{body}");
     assert!(body["headers"].get("Authorization").is_none(), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_can_log_in_with_its_token_as_a_password() {
+    let (_gw, key, base) = setup(json!({})).await;
+    let client = reqwest::Client::new();
+    // Without credentials the gateway asks for them the way browsers understand.
+    let resp = client.get(format!("{base}/get")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.starts_with("Basic "), "{challenge}");
+    // Any user name, the token as the password.
+    let resp = client
+        .get(format!("{base}/get"))
+        .basic_auth("me", Some(&key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert!(!body.to_string().contains(&key), "{body}");
+}

@@ -453,8 +453,10 @@ fn split_connection(target: &str) -> Option<(String, String)> {
     Some((name.to_string(), tail))
 }
 
-/// The bearer token of a request.
+/// The Warden token of a request: a bearer token, or the password of HTTP Basic
+/// credentials (any user name) — what a browser sends once the gateway asks for them.
 fn bearer<B>(req: &Request<B>) -> Option<String> {
+    use base64::Engine as _;
     let value = req
         .headers()
         .get(hyper::header::AUTHORIZATION)?
@@ -462,12 +464,39 @@ fn bearer<B>(req: &Request<B>) -> Option<String> {
         .ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        token.to_string()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .ok()?;
+        let pair = String::from_utf8(decoded).ok()?;
+        pair.split_once(':')?.1.to_string()
+    } else {
+        return None;
+    };
+    (!token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_come_as_bearer_or_as_a_basic_password() {
+        let with = |v: &str| {
+            let req = Request::builder()
+                .header(hyper::header::AUTHORIZATION, v)
+                .body(())
+                .unwrap_or_else(|_| unreachable!());
+            bearer(&req)
+        };
+        assert_eq!(with("Bearer abc").as_deref(), Some("abc"));
+        // `me:wk_token` in base64.
+        assert_eq!(with("Basic bWU6d2tfdG9rZW4=").as_deref(), Some("wk_token"));
+        assert_eq!(with("Basic bWU6").as_deref(), None);
+        assert_eq!(with("Digest x").as_deref(), None);
+    }
 
     #[test]
     fn the_first_segment_names_the_connection() {

@@ -83,9 +83,16 @@ pub fn refusal(flavor: Flavor, why: Refused, message: &str) -> Response<Body> {
         header::HeaderValue::from_static("application/json"),
     );
     if why == Refused::Unauthenticated {
+        let challenge = match flavor {
+            Flavor::Kubernetes => "Bearer realm=\"warden\"",
+            // A browser asks for credentials: any user name, the token as password.
+            Flavor::Http => {
+                "Basic realm=\"warden: your token as the password\", Bearer realm=\"warden\""
+            }
+        };
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer realm=\"warden\""),
+            header::HeaderValue::from_static(challenge),
         );
     }
     response

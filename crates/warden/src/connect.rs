@@ -46,9 +46,10 @@ pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<Exi
         "http" => format!("curl http://127.0.0.1:{p}/   (or open it in a browser)"),
         other => bail!("`warden connect` does not tunnel {other} connections"),
     };
-    println!(
+    // One write, and a reader that went away (`| head`) does not stop the tunnels.
+    say(&format!(
         "Forwarding {local} to `{connection}` through {gateway}. Connect with:\n  {client}\nCtrl-C to stop."
-    );
+    ));
     // The tunnels' own client: no overall timeout (sessions last), HTTP/1.1 for the
     // upgrade.
     let tunnel_http = reqwest::Client::builder().http1_only().build()?;
@@ -66,11 +67,20 @@ pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<Exi
                 });
             }
             _ = tokio::signal::ctrl_c() => {
-                println!("closed");
+                say("closed");
                 return Ok(ExitCode::SUCCESS);
             }
         }
     }
+}
+
+/// Prints a line on standard output in one write; an error (the reader is gone) is
+/// ignored.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(format!("{text}\n").as_bytes());
+    let _ = out.flush();
 }
 
 /// Writes a kubeconfig whose context `warden-<connection>` points kubectl at the local
