@@ -60,12 +60,26 @@ async fn requests_reach_the_service_with_the_held_credential_and_are_audited() {
     let (gw, key, base) = setup(json!({})).await;
     let client = reqwest::Client::new();
 
+    // The service gets the held credential (httpbin's /bearer checks there is one)
+    // and never the client's Warden token; an answer echoing the credential has it
+    // overwritten.
+    let (status, body) = get(&client, &format!("{base}/bearer"), Some(&key)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token"], "*".repeat(HELD_TOKEN.len()), "{body}");
     let (status, body) = get(&client, &format!("{base}/headers"), Some(&key)).await;
     assert_eq!(status, 200, "{body}");
-    // The service sees the held credential, never the client's Warden token.
-    let auth = body["headers"]["Authorization"].to_string();
-    assert!(auth.contains(&format!("Bearer {HELD_TOKEN}")), "{body}");
-    assert!(!body.to_string().contains(&key), "{body}");
+    let echoed = body.to_string();
+    assert!(
+        !echoed.contains(HELD_TOKEN) && !echoed.contains(&key),
+        "{body}"
+    );
+    let resp = client
+        .get(format!("{base}/response-headers?X-Echo={HELD_TOKEN}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert!(!format!("{:?}", resp.headers()).contains(HELD_TOKEN));
 
     // HTTP/2 (prior knowledge) works the same.
     let h2 = reqwest::Client::builder()
@@ -158,6 +172,7 @@ async fn paths_the_service_could_read_otherwise_are_refused() {
         "/wiki/anything%2F..%2Fdelete",
         "/wiki//delete",
         "/wiki/anything?a=1;b=2",
+        "/wiki/delete;x/y",
     ] {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let req = format!(
@@ -171,10 +186,30 @@ async fn paths_the_service_could_read_otherwise_are_refused() {
     // The refusals are audited as decisions.
     let refused = eventually("refused requests", || async {
         let e = gw.audit_events("http.refused").await;
-        (e.len() >= 5).then_some(e)
+        (e.len() >= 6).then_some(e)
     })
     .await;
     assert_eq!(refused[0]["event"]["payload"]["what"], "unreadable_request");
+    // Only WebSocket may switch protocols (h2c would carry later requests unread).
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /wiki/get HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 2048];
+    let n = s.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // The gateway says where requests come from; a client cannot.
+    let resp = client
+        .get(format!("{base}/headers"))
+        .bearer_auth(&key)
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["X-Forwarded-For"][0], "127.0.0.1", "{body}");
     // The gateway goes on.
     assert_eq!(
         get(&client, &format!("{base}/get"), Some(&key)).await.0,
@@ -365,7 +400,13 @@ async fn basic_and_named_header_credentials_reach_the_service() {
         .await
         .unwrap();
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["headers"]["X-Api-Key"][0], HELD_TOKEN, "{body}");
+    // What the service received is the held secret (echoed back overwritten: same
+    // length), not the client's value.
+    assert_eq!(
+        body["headers"]["X-Api-Key"][0],
+        "*".repeat(HELD_TOKEN.len()),
+        "{body}"
+    );
     assert!(body["headers"].get("Authorization").is_none(), "{body}");
 }
 

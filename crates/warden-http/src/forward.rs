@@ -35,6 +35,16 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Headers a client could use to pass for another address or origin; the gateway
+/// says where the request came from itself (`X-Forwarded-For`).
+const SPOOFABLE: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
 /// What the request is, once read.
 pub(crate) enum Read {
     Kube(KubeRequest),
@@ -349,13 +359,16 @@ async fn send<H: SessionHooks>(
     if let Ok(host) = HeaderValue::from_str(upstream.authority()) {
         headers.insert(header::HOST, host);
     }
+    if let Ok(peer) = HeaderValue::from_str(&client.peer.ip().to_string()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), peer);
+    }
     upstream.authorize(headers);
     if let Some(protocol) = &upgrade_to {
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
-    if upgrade_to.is_some()
-        && let Err(why) = upgrade::allowed(&read, masking)
+    if let Some(protocol) = &upgrade_to
+        && let Err(why) = upgrade::allowed(&read, masking, protocol)
     {
         return refusal(flavor, Refused::BadRequest, &why);
     }
@@ -374,6 +387,9 @@ async fn send<H: SessionHooks>(
         // Masking reads the answer: it must come uncompressed, in a format Warden
         // reads (Kubernetes: JSON, never protobuf or CBOR).
         headers.remove(header::ACCEPT_ENCODING);
+        // A byte range could cut a value so no piece shows what detectors look for.
+        headers.remove(header::RANGE);
+        headers.remove(header::IF_RANGE);
         if flavor == Flavor::Kubernetes {
             relay::json_only(headers);
         }
@@ -454,6 +470,7 @@ fn forwarded_headers(from: &HeaderMap, credential: Option<&HeaderName>) -> Heade
     for (name, value) in from {
         let n = name.as_str();
         if HOP_BY_HOP.contains(&n)
+            || SPOOFABLE.contains(&n)
             || named.iter().any(|c| c == n)
             || name == header::HOST
             || name == header::AUTHORIZATION

@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod register;
 pub mod relay;
 pub mod reply;
+pub mod scrub;
 pub mod upgrade;
 pub mod upstream;
 

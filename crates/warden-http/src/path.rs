@@ -48,9 +48,10 @@ impl RequestPath {
                         "the path `{raw_path}` has an empty, `.` or `..` segment"
                     )));
                 }
-                if seg.contains(['/', '\\']) || seg.chars().any(char::is_control) {
+                // `;` starts path parameters that Java servers drop (`/admin;x/`).
+                if seg.contains(['/', '\\', ';']) || seg.chars().any(char::is_control) {
                     return Err(PathError(format!(
-                        "the path `{raw_path}` has an encoded `/`, a `\\` or a control character"
+                        "the path `{raw_path}` has an encoded `/`, a `\\`, a `;` or a control character"
                     )));
                 }
                 segments.push(seg);
@@ -173,6 +174,8 @@ mod tests {
             "/api/%ff",
             "api/v1",
             "/api/v1?a=1;b=2",
+            "/admin;x/users",
+            "/admin%3bx/users",
             "/api/v1?a=%zz",
         ] {
             assert!(RequestPath::parse(bad).is_err(), "{bad}");

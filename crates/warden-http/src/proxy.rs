@@ -186,7 +186,31 @@ pub(crate) struct Client<H> {
     pub peer: SocketAddr,
     /// Set for clients that came through `warden connect`.
     pub tunnel: Option<TunnelLogin>,
-    sessions: Mutex<HashMap<(String, String), Arc<HttpSession>>>,
+    sessions: Mutex<Sessions>,
+}
+
+/// The sessions of a client connection, those being opened, and whether the
+/// connection is over (nothing more opens then).
+#[derive(Default)]
+struct Sessions {
+    open: HashMap<(String, String), Arc<HttpSession>>,
+    opening: usize,
+    closed: bool,
+}
+
+/// A session being opened: counted against the client connection's limit until
+/// it is in the map or failed.
+struct Opening<'a, H>(&'a Client<H>);
+
+impl<H> Drop for Opening<'_, H> {
+    fn drop(&mut self) {
+        let mut s = self
+            .0
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.opening = s.opening.saturating_sub(1);
+    }
 }
 
 impl<H: SessionHooks> HttpProxy<H> {
@@ -246,7 +270,7 @@ impl<H: SessionHooks> HttpProxy<H> {
             proxy: self.clone(),
             peer,
             tunnel,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
         });
         let service = {
             let client = client.clone();
@@ -334,19 +358,28 @@ impl<H: SessionHooks> Client<H> {
     ) -> Result<Arc<HttpSession>, Box<Response<Body>>> {
         let flavor = self.proxy.flavor;
         let key = (connection.to_string(), token);
-        if let Some(s) = self.lock().get(&key) {
-            return Ok(s.clone());
-        }
-        if self.lock().len() >= self.proxy.limits.sessions_per_client {
-            return Err(Box::new(refusal(
-                flavor,
-                Refused::TooMany,
-                &format!(
-                    "one client connection may open {} sessions (connection and token pairs)",
-                    self.proxy.limits.sessions_per_client
-                ),
-            )));
-        }
+        let opening = {
+            let mut sessions = self.lock();
+            if let Some(s) = sessions.open.get(&key) {
+                return Ok(s.clone());
+            }
+            // Sessions being opened count too: concurrent first requests (HTTP/2)
+            // cannot open more than the limit.
+            if sessions.closed
+                || sessions.open.len() + sessions.opening >= self.proxy.limits.sessions_per_client
+            {
+                return Err(Box::new(refusal(
+                    flavor,
+                    Refused::TooMany,
+                    &format!(
+                        "one client connection may open {} sessions (connection and token pairs)",
+                        self.proxy.limits.sessions_per_client
+                    ),
+                )));
+            }
+            sessions.opening += 1;
+            Opening(self)
+        };
         let handle = self
             .proxy
             .hooks
@@ -396,18 +429,29 @@ impl<H: SessionHooks> Client<H> {
         // Two first requests may race; one session per key stays, the other closes.
         let (kept, extra) = {
             let mut sessions = self.lock();
-            match sessions.get(&key) {
-                Some(existing) => (existing.clone(), Some(session)),
-                None => {
-                    sessions.insert(key, session.clone());
-                    (session, None)
+            if sessions.closed {
+                (None, Some(session))
+            } else {
+                match sessions.open.get(&key) {
+                    Some(existing) => (Some(existing.clone()), Some(session)),
+                    None => {
+                        sessions.open.insert(key, session.clone());
+                        (Some(session), None)
+                    }
                 }
             }
         };
+        drop(opening);
         if let Some(extra) = extra {
             extra.close(None).await;
         }
-        Ok(kept)
+        kept.ok_or_else(|| {
+            Box::new(refusal(
+                flavor,
+                Refused::Unavailable,
+                "the client connection is closing",
+            ))
+        })
     }
 
     /// Ends one session (its failure, or the gateway ended it); later requests with
@@ -419,18 +463,23 @@ impl<H: SessionHooks> Client<H> {
         reason: EndReason,
     ) {
         self.lock()
+            .open
             .retain(|(c, _), s| !(c == connection && Arc::ptr_eq(s, session)));
         session.close(Some(reason)).await;
     }
 
     async fn close_all(&self) {
-        let sessions: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
+        let sessions: Vec<_> = {
+            let mut all = self.lock();
+            all.closed = true;
+            all.open.drain().map(|(_, s)| s).collect()
+        };
         for s in sessions {
             s.client_done().await;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<HttpSession>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -104,6 +104,8 @@ pub(crate) async fn answer(
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_headers(&mut parts.headers);
+    let needles = session.upstream.needles().clone();
+    needles.scrub_headers(&mut parts.headers);
     if masking == Masking::Sets {
         crate::mask::mask_headers(session.handle.masker.as_ref(), &mut parts.headers);
     }
@@ -174,6 +176,11 @@ pub(crate) async fn answer(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             full(bytes)
         }
+    };
+    let body = if needles.is_empty() {
+        body
+    } else {
+        crate::scrub::scrubbed(body, needles)
     };
     let tracked = Tracked::new(body, session, status, started);
     Response::from_parts(parts, crate::body::boxed(tracked))

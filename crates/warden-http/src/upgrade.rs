@@ -54,6 +54,10 @@ pub(crate) async fn bridge(
     for (name, value) in response.headers() {
         answer.headers_mut().append(name.clone(), value.clone());
     }
+    session
+        .upstream
+        .needles()
+        .scrub_headers(answer.headers_mut());
     answer
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -227,8 +231,8 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             let _ = to.shutdown().await;
             return Ok(total);
         }
-        to.write_all(&buf[..n]).await?;
-        total += n as u64;
+        // Recorded before it is passed on: what the recording cannot take does not
+        // reach the other side.
         if let (Some(reader), Some(rec)) = (reader.as_mut(), recorder.as_ref()) {
             events.clear();
             match reader {
@@ -244,6 +248,8 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 written.map_err(std::io::Error::other)?;
             }
         }
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
     }
 }
 
@@ -275,12 +281,22 @@ pub(crate) fn keep_recordable_protocols(headers: &mut hyper::HeaderMap) -> Resul
 /// pod and service proxies (an application's own WebSocket). Anything else — a watch
 /// over WebSocket would carry Secrets unmasked — is refused, and so is any upgrade of
 /// an answer that must be masked.
-pub(crate) fn allowed(read: &Read, masking: crate::relay::Masking) -> Result<(), String> {
+pub(crate) fn allowed(
+    read: &Read,
+    masking: crate::relay::Masking,
+    upgrade: &HeaderValue,
+) -> Result<(), String> {
     if masking.reads_body() {
         return Err("this answer is masked, so its connection cannot switch protocols".into());
     }
     match read {
-        Read::Http => Ok(()),
+        // WebSocket only: another protocol (`h2c`) would carry later requests past
+        // the admission path.
+        Read::Http if upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") => Ok(()),
+        Read::Http => Err(format!(
+            "only WebSocket upgrades are relayed, not `{}`",
+            String::from_utf8_lossy(upgrade.as_bytes())
+        )),
         Read::Kube(r) => {
             let stream = r.resource == "pods"
                 && matches!(r.subresource.as_str(), "exec" | "attach" | "portforward");

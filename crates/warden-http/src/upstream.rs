@@ -55,6 +55,8 @@ pub struct Upstream {
     /// `Impersonate-User` and `Impersonate-Group`, when the connection acts as the
     /// person.
     identity: Vec<(HeaderName, HeaderValue)>,
+    /// The credential as the target receives it, to keep it out of answers.
+    needles: crate::scrub::Needles,
     dialer: Arc<dyn Dialer>,
     pool: Mutex<Pool>,
     /// Connections open to the target, idle or busy (upgraded ones included).
@@ -72,17 +74,19 @@ impl Upstream {
         let url = target.addr.as_str();
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| UpstreamError(format!("the target `{url}` is not a URL")))?;
+            .ok_or_else(|| UpstreamError("the connection's target is not a URL".into()))?;
         let default_port = match scheme.to_ascii_lowercase().as_str() {
             "https" => 443,
             "http" => 80,
             other => return Err(UpstreamError(format!("unsupported scheme `{other}`"))),
         };
         let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+        // The URL is not repeated: user information in it would be a credential.
         if authority.is_empty() || authority.contains('@') {
-            return Err(UpstreamError(format!(
-                "the target `{url}` has no usable host"
-            )));
+            return Err(UpstreamError(
+                "the connection's target URL has no usable host (or carries user information)"
+                    .into(),
+            ));
         }
         let has_port = authority
             .rsplit_once(':')
@@ -117,6 +121,15 @@ impl Upstream {
             None
         };
         let credential = credential(target, client_pem.is_some() && tls.is_some())?;
+        let needles = crate::scrub::Needles::new(match (&target.secret, &credential) {
+            (Some(secret), Credential::Header(_, value)) => vec![
+                secret.expose().trim().to_string(),
+                String::from_utf8_lossy(value.as_bytes())
+                    .split_once(' ')
+                    .map_or_else(String::new, |(_, v)| v.to_string()),
+            ],
+            _ => Vec::new(),
+        });
         let identity = match &target.http.impersonate {
             Some(who) => identity_headers(who)?,
             None => Vec::new(),
@@ -128,6 +141,7 @@ impl Upstream {
             tls,
             credential,
             identity,
+            needles,
             dialer,
             pool: Mutex::new(Pool::default()),
             open: Arc::default(),
@@ -152,6 +166,11 @@ impl Upstream {
         for (name, value) in &self.identity {
             headers.append(name.clone(), value.clone());
         }
+    }
+
+    /// What answers are searched for: the credential as the target received it.
+    pub fn needles(&self) -> &crate::scrub::Needles {
+        &self.needles
     }
 
     /// The header the credential goes in, which a client's own copy must not reach.

@@ -65,12 +65,7 @@ fn parse_depth(line: &str, depth: usize) -> Result<Vec<Pipeline>, ShellParseErro
                     Expanded::Command(mut c) => {
                         // `... | sh`, `... | base64 -d | python3`: it runs what it
                         // reads, which is only known at run time.
-                        if after_pipe
-                            && STDIN_INTERPRETERS.contains(&c.program.as_str())
-                            && c.args
-                                .iter()
-                                .all(|a| a.starts_with('-') && !a.contains('c'))
-                        {
+                        if after_pipe && reads_program_from_stdin(&c) {
                             c.dynamic = true;
                         }
                         pipeline.push(c)
@@ -147,6 +142,12 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
                 let doubled = chars.get(i + 1) == Some(&c);
                 if c == '&' && chars.get(i + 1) == Some(&'>') {
                     toks.push(Tok::Redirect);
+                    i += 2;
+                    continue;
+                }
+                // `|&` pipes standard error too: still a pipe.
+                if c == '|' && chars.get(i + 1) == Some(&'&') {
+                    toks.push(Tok::Pipe);
                     i += 2;
                     continue;
                 }
@@ -438,6 +439,24 @@ const STDIN_INTERPRETERS: &[&str] = &[
     "node", "php", "lua",
 ];
 
+/// Whether an interpreter runs what it reads on standard input: no `-c` program and
+/// no script file (`-`, `/dev/stdin` and `-s` read standard input).
+fn reads_program_from_stdin(c: &SimpleCommand) -> bool {
+    if !STDIN_INTERPRETERS.contains(&c.program.as_str()) {
+        return false;
+    }
+    let short = |a: &String| a.starts_with('-') && !a.starts_with("--");
+    if c.args.iter().any(|a| short(a) && a.contains('c')) {
+        return false;
+    }
+    if c.args.iter().any(|a| short(a) && a.contains('s')) {
+        return true;
+    }
+    !c.args
+        .iter()
+        .any(|a| !a.starts_with('-') && a != "/dev/stdin" && a != "/proc/self/fd/0")
+}
+
 /// Words that open or close a compound command; what follows them is a command.
 const RESERVED_OPENERS: &[&str] = &[
     "!", "if", "then", "else", "elif", "do", "while", "until", "{", "time",
@@ -526,12 +545,15 @@ fn simple_commands(
             .iter()
             .position(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))
         {
-            // `sh -c -- 'cmd'`: the `--` ends the options; the script follows it.
-            let at = if args.get(pos + 1).is_some_and(|a| a == "--") {
-                pos + 2
-            } else {
-                pos + 1
-            };
+            // `sh -c -x -- 'cmd'`: the script is the first word after the options.
+            let mut at = pos + 1;
+            while args.get(at).is_some_and(|a| a.starts_with('-') && a != "-") {
+                let end = args[at] == "--";
+                at += 1;
+                if end {
+                    break;
+                }
+            }
             if let Some(script) = args.get(at) {
                 out.push(Expanded::Nested(parse_depth(script, depth + 1)?));
             }
@@ -683,6 +705,7 @@ mod tests {
             "! rm -rf /d",
             "{ rm -rf /d; }",
             "sh -c -- 'rm -rf /d'",
+            "sh -c -x 'rm -rf /d'",
             "chroot / rm -rf /d",
             "flock /tmp/l rm -rf /d",
             "flock /tmp/l -c 'rm -rf /d'",
@@ -703,6 +726,10 @@ mod tests {
             "curl x | base64 -d | bash -s",
             "cat f | python3 -",
             "case x in a) rm y;; esac",
+            "echo x |& sh",
+            "echo x | bash --norc",
+            "echo x | sh -s arg",
+            "echo x | bash /dev/stdin",
         ] {
             let dynamic = parse(line)
                 .unwrap_or_default()

@@ -181,6 +181,12 @@ fn check_target(kind: ConnectionKind, target: &str) -> Result<(), ApiError> {
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
                 return Err(invalid(format!("target for {kind} must be an http(s) URL")));
             }
+            // A credential belongs in `secret` (sealed), never in the target.
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(invalid(format!(
+                    "target for {kind} must not carry a user name or password: put the credential in `secret`"
+                )));
+            }
         }
     }
     Ok(())

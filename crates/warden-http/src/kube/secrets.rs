@@ -23,6 +23,10 @@ pub fn mask(value: &mut Value, secrets_request: bool) -> bool {
                 || (secrets_request && (map.contains_key("data") || map.contains_key("stringData")))
             {
                 changed |= mask_secret(map);
+            } else if secrets_request && map.contains_key("metadata") {
+                // Metadata-only answers (`as=PartialObjectMetadata`, table rows) still
+                // carry the last-applied copy of the values.
+                changed |= mask_last_applied(map);
             }
             for (key, child) in map.iter_mut() {
                 // A Secret's own fields are done; its metadata may hold the annotation,
@@ -62,21 +66,28 @@ fn mask_secret(secret: &mut Map<String, Value>) -> bool {
             }
         }
     }
-    if let Some(Value::Object(annotations)) = secret
+    changed | mask_last_applied(secret)
+}
+
+/// Masks the values in the copy `kubectl apply` keeps in an object's annotations.
+fn mask_last_applied(object: &mut Map<String, Value>) -> bool {
+    let Some(Value::Object(annotations)) = object
         .get_mut("metadata")
         .and_then(|m| m.get_mut("annotations"))
-        && let Some(Value::String(applied)) = annotations.get_mut(LAST_APPLIED)
-    {
-        *applied = match serde_json::from_str::<Value>(applied) {
-            Ok(Value::Object(mut copy)) => {
-                mask_secret(&mut copy);
-                Value::Object(copy).to_string()
-            }
-            _ => MASKED.to_string(),
-        };
-        changed = true;
-    }
-    changed
+    else {
+        return false;
+    };
+    let Some(Value::String(applied)) = annotations.get_mut(LAST_APPLIED) else {
+        return false;
+    };
+    *applied = match serde_json::from_str::<Value>(applied) {
+        Ok(Value::Object(mut copy)) => {
+            mask_secret(&mut copy);
+            Value::Object(copy).to_string()
+        }
+        _ => MASKED.to_string(),
+    };
+    true
 }
 
 #[cfg(test)]
@@ -113,6 +124,19 @@ mod tests {
         let mut cm = json!({"kind": "ConfigMap", "data": {"k": "v"}});
         assert!(!mask(&mut cm, false));
         assert_eq!(cm["data"]["k"], "v");
+    }
+
+    #[test]
+    fn metadata_only_answers_hide_the_last_applied_copy() {
+        let applied = "{\"kind\":\"Secret\",\"data\":{\"k\":\"c2VjcmV0\"}}";
+        let mut partial = json!({"kind": "PartialObjectMetadataList", "items": [
+            {"kind": "PartialObjectMetadata", "metadata": {"name": "a", "annotations": {LAST_APPLIED: applied}}}]});
+        assert!(mask(&mut partial, true));
+        assert!(!partial.to_string().contains("c2VjcmV0"), "{partial}");
+        let mut table = json!({"kind": "Table", "rows": [{"cells": ["a"], "object":
+            {"kind": "PartialObjectMetadata", "metadata": {"annotations": {LAST_APPLIED: applied}}}}]});
+        assert!(mask(&mut table, true));
+        assert!(!table.to_string().contains("c2VjcmV0"), "{table}");
     }
 
     #[test]

@@ -1,0 +1,178 @@
+//! Keeping the held credential out of answers. A target that echoes its request (a
+//! debug page, an echo endpoint, an error that quotes a header) would hand the
+//! credential Warden sent it to the client; every answer's headers and body are
+//! searched for it (as sent: the token or password itself, and the Basic form) and
+//! each occurrence is overwritten with `*` of the same length, so lengths hold.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Frame, SizeHint};
+
+use crate::body::{Body, BoxError};
+
+/// Credentials shorter than this are not searched for: they would match by chance.
+pub const MIN_SCRUBBED_BYTES: usize = 8;
+
+/// What to search answers for.
+#[derive(Debug, Clone, Default)]
+pub struct Needles(Vec<Vec<u8>>);
+
+impl Needles {
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut all: Vec<Vec<u8>> = values
+            .into_iter()
+            .filter(|v| v.len() >= MIN_SCRUBBED_BYTES)
+            .map(String::into_bytes)
+            .collect();
+        all.sort();
+        all.dedup();
+        Self(all)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn longest(&self) -> usize {
+        self.0.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// Overwrites every occurrence in `data`; returns whether any was found.
+    pub fn scrub(&self, data: &mut [u8]) -> bool {
+        let mut found = false;
+        for needle in &self.0 {
+            let mut from = 0;
+            while let Some(at) = memchr::memmem::find(&data[from..], needle) {
+                let start = from + at;
+                data[start..start + needle.len()].fill(b'*');
+                from = start + needle.len();
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// How many bytes at the end of `data` could be the start of a needle that the
+    /// next chunk completes: they wait for it.
+    fn held_back(&self, data: &[u8]) -> usize {
+        let max = self.longest().saturating_sub(1).min(data.len());
+        (1..=max)
+            .rev()
+            .find(|&n| {
+                let tail = &data[data.len() - n..];
+                self.0.iter().any(|needle| needle.starts_with(tail))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Scrubs header values.
+    pub fn scrub_headers(&self, headers: &mut hyper::HeaderMap) {
+        for value in headers.values_mut() {
+            let mut bytes = value.as_bytes().to_vec();
+            if self.scrub(&mut bytes)
+                && let Ok(v) = hyper::header::HeaderValue::from_bytes(&bytes)
+            {
+                *value = v;
+            }
+        }
+    }
+}
+
+/// A body with the needles overwritten, across chunk boundaries.
+pub fn scrubbed(inner: Body, needles: Needles) -> Body {
+    crate::body::boxed(Scrubbed {
+        inner,
+        needles,
+        pending: BytesMut::new(),
+        done: false,
+    })
+}
+
+struct Scrubbed {
+    inner: Body,
+    needles: Needles,
+    /// Bytes that may begin a needle, waiting for the next chunk.
+    pending: BytesMut,
+    done: bool,
+}
+
+impl hyper::body::Body for Scrubbed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = match frame.into_data() {
+                        Ok(d) => d,
+                        Err(other) => return Poll::Ready(Some(Ok(other))),
+                    };
+                    this.pending.extend_from_slice(&data);
+                    this.needles.scrub(&mut this.pending);
+                    let keep = this.needles.held_back(&this.pending);
+                    let ready = this.pending.split_to(this.pending.len() - keep);
+                    if !ready.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(ready.freeze()))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if !this.pending.is_empty() {
+                        let rest = this.pending.split();
+                        return Poll::Ready(Some(Ok(Frame::data(rest.freeze()))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occurrences_are_overwritten_across_any_split() {
+        let needles = Needles::new(["held-secret-123".to_string(), "short".to_string()]);
+        let text = b"a held-secret-123 b held-secret-123held-secret-123 short";
+        for step in [1, 2, 5, 7, text.len()] {
+            let mut out = Vec::new();
+            let mut pending = Vec::new();
+            for chunk in text.chunks(step) {
+                pending.extend_from_slice(chunk);
+                needles.scrub(&mut pending);
+                let keep = needles.held_back(&pending);
+                out.extend(pending.drain(..pending.len() - keep));
+            }
+            out.extend(pending);
+            let shown = String::from_utf8_lossy(&out).to_string();
+            assert_eq!(shown.len(), text.len());
+            assert!(!shown.contains("held-secret-123"), "step {step}: {shown}");
+            // Too short to search for.
+            assert!(shown.ends_with(" short"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn nothing_waits_unless_it_could_start_a_credential() {
+        let needles = Needles::new(["held-secret-123".to_string()]);
+        assert_eq!(needles.held_back(b"{\"event\":1}\n"), 0);
+        assert_eq!(needles.held_back(b"x held-"), 5);
+    }
+}
