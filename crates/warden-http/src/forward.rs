@@ -429,6 +429,7 @@ async fn send<H: SessionHooks>(
         masking,
         started,
         client.proxy.limits.max_masked_bytes,
+        &client.proxy.masking_budget,
     )
     .await
 }

@@ -39,6 +39,8 @@ pub struct ProxyLimits {
     pub max_masked_bytes: usize,
     /// HTTP/2 requests one client connection may have open at once.
     pub max_streams: u32,
+    /// Bytes of answers held to be masked at once, over the whole listener.
+    pub masked_bytes_in_flight: usize,
 }
 
 impl Default for ProxyLimits {
@@ -49,6 +51,7 @@ impl Default for ProxyLimits {
             sessions_per_client: 8,
             max_masked_bytes: 64 * 1024 * 1024,
             max_streams: 128,
+            masked_bytes_in_flight: 256 * 1024 * 1024,
         }
     }
 }
@@ -60,6 +63,8 @@ pub struct HttpProxy<H> {
     pub(crate) flavor: Flavor,
     tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) limits: ProxyLimits,
+    /// Kibibytes of answers that may be held for masking at once.
+    pub(crate) masking_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// One Warden session on a client connection: its handle and its target.
@@ -224,12 +229,15 @@ impl<H: SessionHooks> HttpProxy<H> {
             ConnectionKind::Kubernetes => Flavor::Kubernetes,
             _ => Flavor::Http,
         };
+        let kib =
+            (limits.masked_bytes_in_flight / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             hooks,
             kind,
             flavor,
             tls,
             limits,
+            masking_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
         }
     }
 
@@ -326,6 +334,15 @@ impl<H: SessionHooks> Client<H> {
                         "send your Warden token as a bearer token (Authorization: Bearer <token>)",
                     );
                 };
+                // A browser sends the credentials it cached with requests other sites
+                // make it send: those are refused.
+                if cross_site(&req) {
+                    return refusal(
+                        flavor,
+                        Refused::Forbidden,
+                        "a request another site made the browser send is refused",
+                    );
+                }
                 (name, token, rest)
             }
         };
@@ -500,6 +517,14 @@ fn split_connection(target: &str) -> Option<(String, String)> {
         format!("/{tail}")
     };
     Some((name.to_string(), tail))
+}
+
+/// Whether a browser says another site made it send the request (`Sec-Fetch-Site`).
+fn cross_site<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v, "cross-site" | "same-site"))
 }
 
 /// The Warden token of a request: a bearer token, or the password of HTTP Basic

@@ -45,6 +45,10 @@ pub struct ListenerSettings<const PORT: u16> {
     /// HTTP/2 requests one client connection may have open at once.
     #[serde(default = "default_streams")]
     pub max_streams: u32,
+    /// Bytes of answers held for masking at once over the whole listener; an answer
+    /// that would go beyond is refused (503).
+    #[serde(default = "default_masked_in_flight")]
+    pub masked_bytes_in_flight: usize,
 }
 
 /// `[kubernetes]`: kubectl and other Kubernetes clients (default 127.0.0.1:8443).
@@ -70,6 +74,9 @@ fn default_sessions() -> usize {
 fn default_masked_bytes() -> usize {
     ProxyLimits::default().max_masked_bytes
 }
+fn default_masked_in_flight() -> usize {
+    ProxyLimits::default().masked_bytes_in_flight
+}
 fn default_streams() -> u32 {
     ProxyLimits::default().max_streams
 }
@@ -86,6 +93,7 @@ impl<const PORT: u16> Default for ListenerSettings<PORT> {
             sessions_per_client: default_sessions(),
             max_masked_bytes: default_masked_bytes(),
             max_streams: default_streams(),
+            masked_bytes_in_flight: default_masked_in_flight(),
         }
     }
 }
@@ -113,6 +121,7 @@ impl<const PORT: u16> ListenerSettings<PORT> {
             sessions_per_client: self.sessions_per_client,
             max_masked_bytes: self.max_masked_bytes,
             max_streams: self.max_streams,
+            masked_bytes_in_flight: self.masked_bytes_in_flight,
         }
     }
 

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use warden_core::{Masker, TimelineEvent};
 
-use crate::body::{Body, BoxError, boxed, collect_limited, full};
+use crate::body::{Body, BoxError, boxed, full};
 use crate::forward::Read;
 use crate::kube::secrets;
 use crate::mask::{BodyKind, mask_body};
@@ -101,6 +101,7 @@ pub(crate) async fn answer(
     masking: Masking,
     started: Instant,
     limit: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_headers(&mut parts.headers);
@@ -152,8 +153,17 @@ pub(crate) async fn answer(
             })
         }
         Masking::Secrets { .. } | Masking::TokenRequest | Masking::Sets => {
-            let whole = match collect_limited(body, limit).await {
-                Ok(b) => b,
+            // Held whole: counted against the listener's budget as it arrives, so
+            // many large answers at once are refused rather than exhaust memory.
+            let (whole, _held) = match collect_budgeted(body, limit, budget).await {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    return refusal(
+                        flavor,
+                        Refused::Unavailable,
+                        "too many answers are being masked at once; try again",
+                    );
+                }
                 Err(e) => {
                     let why = format!(
                         "the answer cannot be read whole to mask it ({e}; the limit is {limit} bytes)"
@@ -184,6 +194,40 @@ pub(crate) async fn answer(
     };
     let tracked = Tracked::new(body, session, status, started);
     Response::from_parts(parts, crate::body::boxed(tracked))
+}
+
+/// Reads a whole body, up to `limit` bytes, taking a permit of `budget` per KiB as
+/// it arrives; `None` when the budget runs out.
+async fn collect_budgeted(
+    mut body: Incoming,
+    limit: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
+) -> Result<Option<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>)>, BoxError> {
+    use http_body_util::BodyExt;
+    let mut whole = BytesMut::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut counted = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        whole.extend_from_slice(&data);
+        if whole.len() > limit {
+            return Err(format!("longer than {limit} bytes").into());
+        }
+        let need = u32::try_from(whole.len().div_ceil(1024) - counted).unwrap_or(u32::MAX);
+        if need > 0 {
+            let Ok(permit) = budget.clone().try_acquire_many_owned(need) else {
+                return Ok(None);
+            };
+            counted += need as usize;
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+    }
+    Ok(Some((whole.freeze(), held)))
 }
 
 /// `application/json;stream=watch`: the API server's event stream.
