@@ -76,7 +76,8 @@ impl Action<'_> {
 pub struct KubeRequest {
     /// The HTTP method as sent (`GET`, `POST`, ...).
     pub method: String,
-    /// The request path as the server reads it (decoded, without the query).
+    /// The request path as the client sent it (without the query); `http` rules
+    /// decode it once.
     pub path: String,
     /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
     /// `deletecollection`; for a URL that names no resource, the method in lower case.

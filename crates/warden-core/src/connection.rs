@@ -184,7 +184,8 @@ pub struct KubernetesOptions {
     /// audit log see who it is. The held credential must be allowed to impersonate.
     #[serde(default)]
     pub impersonate: bool,
-    /// Whether `kubectl port-forward` may be used.
+    /// Whether `kubectl port-forward` and the pod and service proxies (which open the
+    /// cluster's ports to the client) may be used.
     #[serde(default)]
     pub port_forwarding: bool,
     /// Show the values of Secret objects (`data`, `stringData` and the copy kubectl
