@@ -80,6 +80,12 @@ async fn requests_reach_the_service_with_the_held_credential_and_are_audited() {
         .await
         .unwrap();
     assert!(!format!("{:?}", resp.headers()).contains(HELD_TOKEN));
+    // A compressed answer could hide an echo: withheld on a connection that holds a
+    // credential.
+    assert_eq!(
+        get(&client, &format!("{base}/gzip"), Some(&key)).await.0,
+        502
+    );
 
     // HTTP/2 (prior knowledge) works the same.
     let h2 = reqwest::Client::builder()
@@ -472,4 +478,24 @@ async fn masking_memory_is_bounded_and_cross_site_requests_are_refused() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+    // Browsers without Fetch Metadata still send Origin.
+    for origin in ["https://evil.example", "null"] {
+        let resp = client
+            .post(format!("{base}/post"))
+            .basic_auth("me", Some(&key))
+            .header("Origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{origin}");
+    }
+    // A bearer token is sent on purpose: no browser sends it by itself.
+    let resp = client
+        .get(format!("{base}/status/204"))
+        .bearer_auth(&key)
+        .header("Origin", "https://tool.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
 }

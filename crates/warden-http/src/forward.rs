@@ -37,12 +37,20 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Headers a client could use to pass for another address or origin; the gateway
 /// says where the request came from itself (`X-Forwarded-For`).
-const SPOOFABLE: [&str; 5] = [
+const SPOOFABLE: [&str; 13] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-original-forwarded-for",
     "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
 ];
 
 /// What the request is, once read.
@@ -383,6 +391,10 @@ async fn send<H: SessionHooks>(
     {
         return refusal(flavor, Refused::BadRequest, &why);
     }
+    // An answer searched for the held credential must come uncompressed too.
+    if !upstream.needles().is_empty() {
+        headers.remove(header::ACCEPT_ENCODING);
+    }
     if masking.reads_body() {
         // Masking reads the answer: it must come uncompressed, in a format Warden
         // reads (Kubernetes: JSON, never protobuf or CBOR).
@@ -470,8 +482,10 @@ fn forwarded_headers(from: &HeaderMap, credential: Option<&HeaderName>) -> Heade
     let mut out = HeaderMap::with_capacity(from.len() + 4);
     for (name, value) in from {
         let n = name.as_str();
+        // Servers that read `_` as `-` (CGI) see `x_forwarded_for` as the real one.
+        let dashed = n.replace('_', "-");
         if HOP_BY_HOP.contains(&n)
-            || SPOOFABLE.contains(&n)
+            || SPOOFABLE.contains(&dashed.as_str())
             || named.iter().any(|c| c == n)
             || name == header::HOST
             || name == header::AUTHORIZATION

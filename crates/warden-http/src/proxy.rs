@@ -519,12 +519,49 @@ fn split_connection(target: &str) -> Option<(String, String)> {
     Some((name.to_string(), tail))
 }
 
-/// Whether a browser says another site made it send the request (`Sec-Fetch-Site`).
+/// Whether a browser says another site made it send the request: `Sec-Fetch-Site`,
+/// or, for browsers without it, an `Origin` that is not the gateway's own address.
+/// Only credentials a browser sends by itself (Basic) need this.
 fn cross_site<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get("sec-fetch-site")
+    let basic = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| matches!(v, "cross-site" | "same-site"))
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..6)
+                .is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+        });
+    if !basic {
+        return false;
+    }
+    let fetch_site = req
+        .headers()
+        .get_all("sec-fetch-site")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            !v.trim().eq_ignore_ascii_case("same-origin") && !v.trim().eq_ignore_ascii_case("none")
+        });
+    if fetch_site {
+        return true;
+    }
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    req.headers()
+        .get_all(hyper::header::ORIGIN)
+        .iter()
+        .any(|origin| {
+            let origin = origin.to_str().unwrap_or("null");
+            let authority = origin
+                .split_once("://")
+                .map(|(_, a)| a.trim_end_matches('/'));
+            authority.is_none_or(|a| host.as_deref() != Some(a))
+        })
 }
 
 /// The Warden token of a request: a bearer token, or the password of HTTP Basic

@@ -105,8 +105,7 @@ pub(crate) async fn answer(
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_headers(&mut parts.headers);
-    let needles = session.upstream.needles().clone();
-    needles.scrub_headers(&mut parts.headers);
+    session.upstream.needles().scrub_headers(&mut parts.headers);
     if masking == Masking::Sets {
         crate::mask::mask_headers(session.handle.masker.as_ref(), &mut parts.headers);
     }
@@ -121,6 +120,12 @@ pub(crate) async fn answer(
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");
     let kind = BodyKind::of(content_type.as_deref());
+    let needles = session.upstream.needles().clone();
+    // The credential cannot be searched for in compressed bytes: such an answer is
+    // withheld on a connection whose credential a target could echo.
+    if encoded && !needles.is_empty() {
+        return unmaskable(&session, flavor, "the answer is compressed").await;
+    }
     let body: Body = match masking {
         Masking::None => boxed(body),
         Masking::Sets if kind == BodyKind::Opaque => boxed(body),

@@ -20,12 +20,37 @@ pub const MIN_SCRUBBED_BYTES: usize = 8;
 pub struct Needles(Vec<Vec<u8>>);
 
 impl Needles {
+    /// The values, and the forms a target's JSON echo gives them (`"` and `\`
+    /// escaped, `/` as `\/`, non-ASCII as `\uXXXX`).
     pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut all: Vec<Vec<u8>> = values
-            .into_iter()
-            .filter(|v| v.len() >= MIN_SCRUBBED_BYTES)
-            .map(String::into_bytes)
-            .collect();
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        for v in values.into_iter().filter(|v| v.len() >= MIN_SCRUBBED_BYTES) {
+            let json = serde_json::to_string(&v).unwrap_or_default();
+            let json = json.trim_matches('"').to_string();
+            let ascii: String = json
+                .chars()
+                .map(|c| {
+                    if c.is_ascii() {
+                        c.to_string()
+                    } else {
+                        let mut buf = [0u16; 2];
+                        c.encode_utf16(&mut buf)
+                            .iter()
+                            .map(|u| format!("\\u{u:04x}"))
+                            .collect()
+                    }
+                })
+                .collect();
+            for form in [
+                json.replace('/', "\\/"),
+                ascii.replace('/', "\\/"),
+                ascii,
+                json,
+                v,
+            ] {
+                all.push(form.into_bytes());
+            }
+        }
         all.sort();
         all.dedup();
         Self(all)
@@ -167,6 +192,16 @@ mod tests {
             // Too short to search for.
             assert!(shown.ends_with(" short"), "{shown}");
         }
+    }
+
+    #[test]
+    fn json_escaped_echoes_are_found_too() {
+        let needles = Needles::new(["p@ss\"w\\rd/é-Held-99".to_string()]);
+        let mut echo =
+            br#"{"h":"p@ss\"w\\rd\/\u00e9-Held-99","g":"p@ss\"w\\rd/\u00e9-Held-99"}"#.to_vec();
+        assert!(needles.scrub(&mut echo));
+        let shown = String::from_utf8_lossy(&echo).to_string();
+        assert!(!shown.contains("Held-99"), "{shown}");
     }
 
     #[test]

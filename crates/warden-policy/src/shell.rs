@@ -86,8 +86,12 @@ fn parse_depth(line: &str, depth: usize) -> Result<Vec<Pipeline>, ShellParseErro
                 }
             }
             Tok::Redirect => skip_next_word = true,
-            Tok::Pipe => flush_cmd(&mut words, &mut pipeline, &mut out)?,
+            Tok::Pipe => {
+                skip_next_word = false;
+                flush_cmd(&mut words, &mut pipeline, &mut out)?
+            }
             Tok::Sep => {
+                skip_next_word = false;
                 flush_cmd(&mut words, &mut pipeline, &mut out)?;
                 if !pipeline.is_empty() {
                     out.push(std::mem::take(&mut pipeline));
@@ -165,9 +169,29 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
                     in_word = false;
                 }
                 push_word(&mut toks, &mut word, &mut in_word, &mut dynamic);
+                let op_start = i;
                 i += 1;
                 while i < chars.len() && matches!(chars[i], '<' | '>' | '|') {
                     i += 1;
+                }
+                // `<(cmd)` / `>(cmd)`: process substitution runs `cmd` (parsed as the
+                // subshell that follows) with its output where the shell puts it: a
+                // program known only at run time. A here-string or here-document
+                // fed to a shell or interpreter is a program too.
+                let op: String = chars[op_start..i].iter().collect();
+                let into_interpreter = op.starts_with("<<")
+                    && current_program(&toks)
+                        .is_some_and(|p| STDIN_INTERPRETERS.contains(&basename(&p)));
+                if chars.get(i) == Some(&'(') || into_interpreter {
+                    toks.push(Tok::Sep);
+                    toks.push(Tok::Word {
+                        text: "run-time-program".into(),
+                        dynamic: true,
+                    });
+                    toks.push(Tok::Sep);
+                    if chars.get(i) == Some(&'(') {
+                        continue;
+                    }
                 }
                 if chars.get(i) == Some(&'&') {
                     // `>&2`: the target is a descriptor, not a word to skip.
@@ -332,6 +356,18 @@ fn substitution(
     }
 }
 
+/// The first word of the command being tokenized (after the last `;` or `|`).
+fn current_program(toks: &[Tok]) -> Option<String> {
+    let start = toks
+        .iter()
+        .rposition(|t| matches!(t, Tok::Sep | Tok::Pipe))
+        .map_or(0, |p| p + 1);
+    toks[start..].iter().find_map(|t| match t {
+        Tok::Word { text, .. } if !is_assignment(text) => Some(text.clone()),
+        _ => None,
+    })
+}
+
 enum Expanded {
     Command(SimpleCommand),
     Nested(Vec<Pipeline>),
@@ -426,9 +462,13 @@ fn wrapper(program: &str) -> Option<Wrapper> {
             0,
         ),
         "nsenter" => wrap(&["-t", "-S", "-G", "--target", "--setuid", "--setgid"], 0),
-        "nohup" | "time" | "command" | "exec" | "setsid" | "unbuffer" | "busybox" | "unshare"
+        "exec" => wrap(&["-a"], 0),
+        "nohup" | "time" | "command" | "setsid" | "unbuffer" | "busybox" | "unshare"
         | "setpriv" | "firejail" | "valgrind" | "catchsegv" | "chronic" | "torsocks"
-        | "proxychains" | "proxychains4" | "tsocks" | "systemd-run" | "caffeinate" => wrap(&[], 0),
+        | "proxychains" | "proxychains4" | "tsocks" | "systemd-run" | "caffeinate" | "prlimit" => {
+            wrap(&[], 0)
+        }
+        "parallel" => wrap(&["-j", "-S", "--jobs"], 0),
         _ => return None,
     })
 }
@@ -459,7 +499,7 @@ fn reads_program_from_stdin(c: &SimpleCommand) -> bool {
 
 /// Words that open or close a compound command; what follows them is a command.
 const RESERVED_OPENERS: &[&str] = &[
-    "!", "if", "then", "else", "elif", "do", "while", "until", "{", "time",
+    "!", "if", "then", "else", "elif", "do", "while", "until", "{", "time", "coproc",
 ];
 const RESERVED_CLOSERS: &[&str] = &["fi", "done", "esac", "}"];
 
@@ -560,6 +600,28 @@ fn simple_commands(
         }
     } else if program == "eval" {
         out.push(Expanded::Nested(parse_depth(&args.join(" "), depth + 1)?));
+    } else if program == "trap" {
+        // `trap 'cmd' EXIT`: the handler runs.
+        if let Some(handler) = args.iter().find(|a| !a.starts_with('-')) {
+            out.push(Expanded::Nested(parse_depth(handler, depth + 1)?));
+        }
+    } else if program == "find" {
+        // `find ... -exec cmd {} ;`: each action runs a command.
+        let mut rest = args.as_slice();
+        while let Some(at) = rest
+            .iter()
+            .position(|a| matches!(a.as_str(), "-exec" | "-execdir" | "-ok" | "-okdir"))
+        {
+            let cmd = &rest[at + 1..];
+            let end = cmd
+                .iter()
+                .position(|a| a == ";" || a == "+")
+                .unwrap_or(cmd.len());
+            let words: Vec<(String, bool)> =
+                cmd[..end].iter().map(|a| (a.clone(), false)).collect();
+            out.extend(simple_commands(words, depth + 1)?);
+            rest = &cmd[end.min(cmd.len())..];
+        }
     }
     out.insert(
         0,
@@ -635,8 +697,9 @@ pub fn expand_args(args: &[String]) -> Vec<String> {
             }
         } else {
             match a.as_str() {
-                "--recursive" => out.push("-r".into()),
-                "--force" => out.push("-f".into()),
+                // GNU tools accept unambiguous prefixes of long options.
+                l if l.len() >= 5 && "--recursive".starts_with(l) => out.push("-r".into()),
+                l if l.len() >= 4 && "--force".starts_with(l) => out.push("-f".into()),
                 _ => out.push(normalize_path_arg(a)),
             }
         }
@@ -717,6 +780,11 @@ mod tests {
             "strace -o /tmp/x rm -rf /d",
             "env -S 'rm -rf /d'",
             "watch -n 1 'rm -rf /d'",
+            "find / -exec rm -rf /d {} ;",
+            "sh -c \"trap 'rm -rf /d' EXIT\"",
+            "coproc rm -rf /d",
+            "exec -a foo rm -rf /d",
+            "parallel rm -rf ::: /d",
         ] {
             let all: Vec<String> = programs(line).into_iter().flatten().collect();
             assert!(all.contains(&"rm".to_string()), "{line}: {all:?}");
@@ -730,6 +798,9 @@ mod tests {
             "echo x | bash --norc",
             "echo x | sh -s arg",
             "echo x | bash /dev/stdin",
+            "bash <<< 'rm -rf /d'",
+            "cat < <(curl x)",
+            "ls >(sh)",
         ] {
             let dynamic = parse(line)
                 .unwrap_or_default()

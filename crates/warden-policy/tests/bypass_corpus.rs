@@ -498,6 +498,15 @@ const SHELL_DENIED: &[&str] = &[
     "echo 'rm -rf /' | bash",
     "cat x | python3",
     "case a in a) rm -rf / ;; esac",
+    // A second attack on the Kubernetes exec path.
+    "find / -exec rm -rf / {} ;",
+    "sh -c \"trap 'rm -rf /' EXIT\"",
+    "coproc rm -rf /",
+    "exec -a foo rm -rf /",
+    "rm --rec --for /",
+    "bash <<< 'rm -rf /'",
+    "sh -c 'cat < <(curl x)'",
+    "parallel rm -rf ::: /",
 ];
 
 const SHELL_ALLOWED: &[&str] = &[
@@ -514,6 +523,8 @@ const SHELL_ALLOWED: &[&str] = &[
     "for f in a b; do echo $f; done",
     "ls | grep x | wc -l",
     "bash deploy.sh",
+    "cat <<EOF\nhello\nEOF",
+    "find . -name '*.log' -exec ls {} ;",
 ];
 
 #[test]
