@@ -135,7 +135,11 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
                 i += 1;
             }
             '\n' | ';' | '(' | ')' | '{' | '}'
-                if !in_word || c == '\n' || c == ';' || c == '(' || c == ')' =>
+                if (!in_word && !(c == '{' && brace_expands(&chars[i..])))
+                    || c == '\n'
+                    || c == ';'
+                    || c == '('
+                    || c == ')' =>
             {
                 push_word(&mut toks, &mut word, &mut in_word, &mut dynamic);
                 toks.push(Tok::Sep);
@@ -257,9 +261,11 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
                 in_word = true;
                 i = substitution(&chars, i, nested, &mut word, &mut dynamic)?;
             }
-            '*' | '?' | '[' => {
+            // Globs, and brace expansion (`{curl,-s,x}` runs `curl -s x`): only known
+            // once expanded.
+            '*' | '?' | '[' | '{' if c != '{' || (i + 1 < chars.len() && chars[i + 1] != '}') => {
                 in_word = true;
-                dynamic = true;
+                dynamic = dynamic || c != '{' || brace_expands(&chars[i..]);
                 word.push(c);
                 i += 1;
             }
@@ -326,18 +332,37 @@ fn substitution(
                 return Err(ShellParseError("unterminated $(".into()));
             }
             let inner: String = chars[start..i].iter().collect();
-            if !inner.starts_with('(') {
+            if inner.starts_with('(') {
+                // Arithmetic: substitutions inside it still run.
+                scan_substitutions(&chars[start..i], nested)?;
+            } else {
                 nested.push(inner);
             }
             Ok(i + 1)
         }
         Some('{') => {
-            while i < chars.len() && chars[i] != '}' {
+            // `${a:-$(cmd)}`: substitutions inside a parameter expansion run too.
+            let start = i + 2;
+            let mut depth = 1;
+            i = start;
+            while i < chars.len() {
+                match chars[i] {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    '\\' => i += 1,
+                    _ => {}
+                }
                 i += 1;
             }
             if i >= chars.len() {
                 return Err(ShellParseError("unterminated ${".into()));
             }
+            scan_substitutions(&chars[start..i], nested)?;
             Ok(i + 1)
         }
         _ => {
@@ -366,6 +391,33 @@ fn current_program(toks: &[Tok]) -> Option<String> {
         Tok::Word { text, .. } if !is_assignment(text) => Some(text.clone()),
         _ => None,
     })
+}
+
+/// Finds the command substitutions inside a text that is otherwise not tokenized
+/// (arithmetic, parameter expansions) and adds them to `nested`.
+fn scan_substitutions(chars: &[char], nested: &mut Vec<String>) -> Result<(), ShellParseError> {
+    let mut i = 0;
+    let (mut word, mut dynamic) = (String::new(), false);
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 2,
+            '`' => i = substitution(chars, i, nested, &mut word, &mut dynamic)?,
+            '$' if matches!(chars.get(i + 1), Some('(' | '{')) => {
+                i = substitution(chars, i, nested, &mut word, &mut dynamic)?;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Whether a word starting with `{` is a brace expansion (`{a,b}` or `{1..3}`).
+fn brace_expands(chars: &[char]) -> bool {
+    let end = chars.iter().position(|c| *c == '}').unwrap_or(chars.len());
+    let inner: String = chars[1..end.max(1)].iter().collect();
+    end < chars.len()
+        && !inner.chars().any(char::is_whitespace)
+        && (inner.contains(',') || inner.contains(".."))
 }
 
 enum Expanded {
@@ -785,6 +837,9 @@ mod tests {
             "coproc rm -rf /d",
             "exec -a foo rm -rf /d",
             "parallel rm -rf ::: /d",
+            "echo ${a:-$(rm -rf /d)}",
+            "echo $((`rm -rf /d`))",
+            "echo $(( $(rm -rf /d) + 1 ))",
         ] {
             let all: Vec<String> = programs(line).into_iter().flatten().collect();
             assert!(all.contains(&"rm".to_string()), "{line}: {all:?}");
@@ -799,6 +854,7 @@ mod tests {
             "echo x | sh -s arg",
             "echo x | bash /dev/stdin",
             "bash <<< 'rm -rf /d'",
+            "{rm,-rf,/d}",
             "cat < <(curl x)",
             "ls >(sh)",
         ] {

@@ -507,6 +507,9 @@ const SHELL_DENIED: &[&str] = &[
     "bash <<< 'rm -rf /'",
     "sh -c 'cat < <(curl x)'",
     "parallel rm -rf ::: /",
+    "echo ${a:-$(rm -rf /)}",
+    "echo $((`rm -rf /`))",
+    "{rm,-rf,/}",
 ];
 
 const SHELL_ALLOWED: &[&str] = &[
