@@ -135,7 +135,7 @@ fn tokenize(line: &str, nested: &mut Vec<String>) -> Result<Vec<Tok>, ShellParse
                 i += 1;
             }
             '\n' | ';' | '(' | ')' | '{' | '}'
-                if (!in_word && !(c == '{' && brace_expands(&chars[i..])))
+                if !(in_word || c == '{' && brace_expands(&chars[i..]))
                     || c == '\n'
                     || c == ';'
                     || c == '('
