@@ -88,21 +88,15 @@ pub(crate) async fn request<H: SessionHooks>(
         .any(|k| k.as_str().starts_with("impersonate-"))
     {
         let detail = json!({"request": format!("{method} {}", path.raw_path)});
-        return match admit(
+        return refuse_feature(
             session,
-            Ask::Feature("impersonation"),
+            flavor,
             "impersonation",
             detail,
+            Refused::Forbidden,
+            "Impersonate-* headers are not relayed: Warden sends the request as the connection says",
         )
-        .await
-        {
-            Admission::End(reason) => end_response(flavor, &reason),
-            _ => refusal(
-                flavor,
-                Refused::Forbidden,
-                "Impersonate-* headers are not relayed: Warden sends the request as the connection says",
-            ),
-        };
+        .await;
     }
     let (ask, detail) = match &read {
         Read::Kube(r) => (
@@ -186,18 +180,17 @@ async fn masked_patch(
         Err(e) => format!("a JSON patch of a masked Secret that cannot be read whole ({e})"),
     };
     let detail = json!({"reason": why});
+    let message = format!("refused: {why}");
     Err(Box::new(
-        match admit(
+        refuse_feature(
             session,
-            Ask::Feature("secret_value_patch"),
-            "request",
+            flavor,
+            "secret_value_patch",
             detail,
+            Refused::Forbidden,
+            &message,
         )
-        .await
-        {
-            Admission::End(reason) => end_response(flavor, &reason),
-            _ => refusal(flavor, Refused::Forbidden, &format!("refused: {why}")),
-        },
+        .await,
     ))
 }
 
@@ -234,16 +227,31 @@ async fn refuse_unreadable(
     why: &str,
 ) -> Response<Body> {
     let detail = json!({"reason": why});
-    match admit(
+    refuse_feature(
         session,
-        Ask::Feature("unreadable_request"),
-        "request",
+        flavor,
+        "unreadable_request",
         detail,
+        Refused::BadRequest,
+        why,
     )
     .await
-    {
+}
+
+/// Refuses something the connection's rules never relay (`ConnectionGuard` denies
+/// every feature), as a decision: audited and recorded, then answered with `why`
+/// and `message` (or the session's end, if it ended meanwhile).
+async fn refuse_feature(
+    session: &Arc<HttpSession>,
+    flavor: Flavor,
+    feature: &'static str,
+    detail: serde_json::Value,
+    why: Refused,
+    message: &str,
+) -> Response<Body> {
+    match admit(session, Ask::Feature(feature), feature, detail).await {
         Admission::End(reason) => end_response(flavor, &reason),
-        _ => refusal(flavor, Refused::BadRequest, why),
+        _ => refusal(flavor, why, message),
     }
 }
 

@@ -299,8 +299,6 @@ pub(crate) fn strip_hop_headers(headers: &mut HeaderMap) {
     }
 }
 
-type LineMask = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send>;
-
 /// A stream masked line by line (watch events, server-sent events), each line as it
 /// completes; a line longer than `limit` ends the stream.
 fn line_masked(
@@ -308,88 +306,33 @@ fn line_masked(
     limit: usize,
     mask: impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + 'static,
 ) -> Body {
-    boxed(LineMasked {
-        inner: boxed(body),
-        buf: BytesMut::new(),
-        limit,
-        mask: Box::new(mask),
-        finished: false,
-    })
-}
-
-struct LineMasked {
-    inner: Body,
-    buf: BytesMut,
-    limit: usize,
-    mask: LineMask,
-    finished: bool,
-}
-
-impl LineMasked {
-    /// Masks every complete line in the buffer.
-    fn drain(&mut self, all: bool) -> Result<BytesMut, BoxError> {
-        let mut out = BytesMut::new();
-        while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
-            let line = self.buf.split_to(end + 1);
-            self.mask_line(&line[..end], &mut out)?;
-            out.extend_from_slice(b"\n");
-        }
-        if all && !self.buf.is_empty() {
-            let rest = self.buf.split();
-            self.mask_line(&rest, &mut out)?;
-        }
-        if self.buf.len() > self.limit {
-            return Err(format!("a line of the answer is longer than {} bytes", self.limit).into());
-        }
-        Ok(out)
-    }
-
-    fn mask_line(&self, line: &[u8], out: &mut BytesMut) -> Result<(), BoxError> {
+    let mask_line = move |line: &[u8], out: &mut BytesMut| -> Result<(), BoxError> {
         if line.iter().all(u8::is_ascii_whitespace) {
             out.extend_from_slice(line);
-            return Ok(());
+        } else {
+            out.extend_from_slice(&mask(line)?);
         }
-        out.extend_from_slice(&(self.mask)(line)?);
         Ok(())
-    }
-}
-
-impl hyper::body::Body for LineMasked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        loop {
-            if this.finished {
-                return Poll::Ready(None);
+    };
+    crate::body::rewritten(
+        boxed(body),
+        Box::new(move |pending: &mut BytesMut, end: bool| {
+            let mut out = BytesMut::new();
+            while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+                let line = pending.split_to(at + 1);
+                mask_line(&line[..at], &mut out)?;
+                out.extend_from_slice(b"\n");
             }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    this.buf.extend_from_slice(&data);
-                    let out = this.drain(false)?;
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                    }
-                }
-                Poll::Ready(None) => {
-                    this.finished = true;
-                    let out = this.drain(true)?;
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Pending => return Poll::Pending,
+            if end && !pending.is_empty() {
+                let rest = pending.split();
+                mask_line(&rest, &mut out)?;
             }
-        }
-    }
+            if pending.len() > limit {
+                return Err(format!("a line of the answer is longer than {limit} bytes").into());
+            }
+            Ok(out)
+        }),
+    )
 }
 
 /// Counts what reaches the client, stops when the session is ended, and records the

@@ -4,13 +4,9 @@
 //! searched for it (as sent: the token or password itself, and the Basic form) and
 //! each occurrence is overwritten with `*` of the same length, so lengths hold.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use bytes::BytesMut;
 
-use bytes::{Bytes, BytesMut};
-use hyper::body::{Frame, SizeHint};
-
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 
 /// Credentials shorter than this are not searched for: they would match by chance.
 pub const MIN_SCRUBBED_BYTES: usize = 8;
@@ -107,65 +103,14 @@ impl Needles {
 
 /// A body with the needles overwritten, across chunk boundaries.
 pub fn scrubbed(inner: Body, needles: Needles) -> Body {
-    crate::body::boxed(Scrubbed {
+    crate::body::rewritten(
         inner,
-        needles,
-        pending: BytesMut::new(),
-        done: false,
-    })
-}
-
-struct Scrubbed {
-    inner: Body,
-    needles: Needles,
-    /// Bytes that may begin a needle, waiting for the next chunk.
-    pending: BytesMut,
-    done: bool,
-}
-
-impl hyper::body::Body for Scrubbed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let data = match frame.into_data() {
-                        Ok(d) => d,
-                        Err(other) => return Poll::Ready(Some(Ok(other))),
-                    };
-                    this.pending.extend_from_slice(&data);
-                    this.needles.scrub(&mut this.pending);
-                    let keep = this.needles.held_back(&this.pending);
-                    let ready = this.pending.split_to(this.pending.len() - keep);
-                    if !ready.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(ready.freeze()))));
-                    }
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    if !this.pending.is_empty() {
-                        let rest = this.pending.split();
-                        return Poll::Ready(Some(Ok(Frame::data(rest.freeze()))));
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+        Box::new(move |pending: &mut BytesMut, end: bool| {
+            needles.scrub(pending);
+            let keep = if end { 0 } else { needles.held_back(pending) };
+            Ok(pending.split_to(pending.len() - keep))
+        }),
+    )
 }
 
 #[cfg(test)]
