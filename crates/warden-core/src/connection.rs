@@ -317,6 +317,10 @@ pub struct Connection {
     /// HTTP settings; present for every connection, used by `http` ones.
     #[serde(default)]
     pub http: HttpOptions,
+    /// The network agent that reaches the target (`warden agent`), or none: the
+    /// gateway dials it directly.
+    #[serde(default)]
+    pub agent: Option<String>,
     pub description: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]

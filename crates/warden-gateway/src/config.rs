@@ -26,6 +26,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "kubernetes",
     "http",
     "backends",
+    "agents",
     "connections",
     "recordings",
     "audit",
@@ -67,6 +68,9 @@ pub struct Config {
     pub http: warden_http::HttpSettings,
     #[serde(default)]
     pub backends: BackendsConfig,
+    /// Network agents (`warden agent`) that carry connections into private networks.
+    #[serde(default)]
+    pub agents: AgentsConfig,
     /// How many client connections each proxy listener holds at once.
     #[serde(default)]
     pub connections: ConnectionsConfig,
@@ -104,6 +108,35 @@ impl Default for ConnectionsConfig {
         Self {
             max_per_listener: default_max_per_listener(),
             max_per_client: default_max_per_client(),
+        }
+    }
+}
+
+/// How the gateway uses network agents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// How long a session's dial waits for its connection's agent to be connected
+    /// (an agent reconnecting after a restart) before it fails, naming the agent.
+    #[serde(default = "default_agent_dial_wait")]
+    pub dial_wait_secs: u64,
+    /// Processes of one agent connected to this gateway at once; more are refused.
+    #[serde(default = "default_agent_processes")]
+    pub max_processes: usize,
+}
+
+fn default_agent_dial_wait() -> u64 {
+    10
+}
+fn default_agent_processes() -> usize {
+    32
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            dial_wait_secs: default_agent_dial_wait(),
+            max_processes: default_agent_processes(),
         }
     }
 }
@@ -526,6 +559,7 @@ impl Default for Config {
             kubernetes: warden_http::KubernetesSettings::default(),
             http: warden_http::HttpSettings::default(),
             backends: BackendsConfig::default(),
+            agents: AgentsConfig::default(),
             connections: ConnectionsConfig::default(),
             recordings: RecordingsConfig::default(),
             audit: AuditConfig::default(),

@@ -44,6 +44,8 @@ pub struct SessionGate {
     exec_output_bytes: u64,
     /// How sessions reach their targets.
     dialer: Arc<dyn Dialer>,
+    /// Connections that name an agent are dialed through it.
+    agents: Option<Arc<warden_agent::AgentHub>>,
     /// Writes every session's timeline.
     writer: RecordingWriter,
     /// This gateway instance, recorded with each session it serves.
@@ -191,6 +193,7 @@ impl SessionGate {
             dialer: Arc::new(TcpDialer {
                 connect_timeout: Duration::from_secs(10),
             }),
+            agents: None,
             writer,
             instance: None,
             repeats,
@@ -207,6 +210,29 @@ impl SessionGate {
     pub fn with_dialer(mut self, dialer: Arc<dyn Dialer>) -> Self {
         self.dialer = dialer;
         self
+    }
+
+    /// Sessions of connections that name an agent reach their targets through it.
+    pub fn with_agents(mut self, hub: Arc<warden_agent::AgentHub>) -> Self {
+        self.agents = Some(hub);
+        self
+    }
+
+    /// The dialer of a session of `conn`: through its agent, or direct.
+    fn dialer_for(&self, conn: &warden_core::Connection, session: Uuid) -> Arc<dyn Dialer> {
+        let Some(agent) = &conn.agent else {
+            return self.dialer.clone();
+        };
+        match &self.agents {
+            Some(hub) => hub.dialer(
+                agent,
+                warden_agent::DialContext {
+                    session: Some(session),
+                    connection: conn.name.clone(),
+                },
+            ),
+            None => Arc::new(NoAgents),
+        }
     }
 
     /// Caps SSH exec recordings (see `recordings.exec_output_bytes`).
@@ -540,7 +566,7 @@ impl SessionGate {
             masker: Arc::new(masker),
             recorder: timeline,
             sink: Arc::new(sink),
-            dialer: self.dialer.clone(),
+            dialer: self.dialer_for(&conn, id),
             ended,
             verbatim_statements: conn.policies.verbatim_statements,
         }))
@@ -874,6 +900,24 @@ impl SessionSink for OpenSession {
             if let Err(e) = self.journal.append(&event).await {
                 tracing::error!(error = %e, "could not record session end");
             }
+        })
+    }
+}
+
+/// Without an agent hub (embedded uses), a connection that names an agent is
+/// unreachable rather than dialed directly.
+struct NoAgents;
+
+impl Dialer for NoAgents {
+    fn dial<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> warden_core::BoxFuture<'a, Result<warden_core::BoxedStream, warden_core::DialError>> {
+        Box::pin(async move {
+            Err(warden_core::DialError::Refused {
+                addr: addr.to_string(),
+                message: "this gateway carries no agent connections".to_string(),
+            })
         })
     }
 }

@@ -5,6 +5,7 @@
 //! as their own crates land; this crate holds no wire-protocol code.
 
 pub mod access;
+pub mod agents;
 pub mod api;
 pub mod auth;
 mod bootstrap;
@@ -148,6 +149,19 @@ impl Gateway {
             .map_err(GatewayError::Config)?;
         let webhooks_changed = delivery.webhooks_changed.clone();
         tokio::spawn(delivery.run(rx.clone()));
+        let agent_hub = Arc::new(warden_agent::AgentHub::new(
+            Arc::new(agents::AuditedHub {
+                journal: journal.clone(),
+                store: store.clone(),
+            }),
+            std::time::Duration::from_secs(config.agents.dial_wait_secs),
+            std::time::Duration::from_secs(config.backends.connect_timeout_secs),
+        ));
+        tokio::spawn(agents::keep_in_step(
+            agent_hub.clone(),
+            store.clone(),
+            rx.clone(),
+        ));
         let gate = Arc::new(
             gate::SessionGate::new(
                 store.clone(),
@@ -176,7 +190,8 @@ impl Gateway {
                 connect_timeout: std::time::Duration::from_secs(
                     config.backends.connect_timeout_secs,
                 ),
-            })),
+            }))
+            .with_agents(agent_hub.clone()),
         );
         let budget = descriptor_budget();
         let mut listeners = HashMap::new();
@@ -215,6 +230,7 @@ impl Gateway {
             repeats: repeats.clone(),
             webhooks_changed,
             tunnels,
+            agents: agent_hub,
             config: config.clone(),
         }));
         let has_tls = tls.is_some();

@@ -20,7 +20,7 @@ fn seal_context(name: &str) -> String {
 
 const COLUMNS: &str = "name, kind, target, username, secret_kind, tls, allowed_groups, policies, \
                        ssh_options, access_options, kubernetes_options, http_options, description, \
-                       created_at, updated_at";
+                       created_at, updated_at, agent";
 
 impl Store {
     /// Registers a connection and records `event`, atomically.
@@ -44,8 +44,8 @@ impl Store {
         let done = sqlx::query(
             "INSERT INTO connections (name, kind, target, username, secret_kind, secret_sealed, \
              tls, allowed_groups, policies, description, created_at, updated_at, ssh_options, \
-             access_options, kubernetes_options, http_options) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             access_options, kubernetes_options, http_options, agent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&conn.name)
@@ -64,6 +64,7 @@ impl Store {
         .bind(serde_json::to_string(&conn.access)?)
         .bind(serde_json::to_string(&conn.kubernetes)?)
         .bind(serde_json::to_string(&conn.http)?)
+        .bind(conn.agent.as_deref())
         .execute(tx.conn())
         .await?;
         if done.rows_affected() == 0 {
@@ -103,7 +104,7 @@ impl Store {
         let mut sql = String::from(
             "UPDATE connections SET kind = $1, target = $2, username = $3, tls = $4, \
              allowed_groups = $5, policies = $6, description = $7, updated_at = $8, ssh_options = $10, \
-             access_options = $11, kubernetes_options = $12, http_options = $13",
+             access_options = $11, kubernetes_options = $12, http_options = $13, agent = $14",
         );
         let (secret_kind, sealed) = match &secret {
             SecretChange::Keep => (None, None),
@@ -117,7 +118,7 @@ impl Store {
             SecretChange::Clear => (None, None),
         };
         if !matches!(secret, SecretChange::Keep) {
-            sql.push_str(", secret_kind = $14, secret_sealed = $15");
+            sql.push_str(", secret_kind = $15, secret_sealed = $16");
         }
         sql.push_str(" WHERE name = $9");
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -133,7 +134,8 @@ impl Store {
             .bind(serde_json::to_string(&conn.ssh)?)
             .bind(serde_json::to_string(&conn.access)?)
             .bind(serde_json::to_string(&conn.kubernetes)?)
-            .bind(serde_json::to_string(&conn.http)?);
+            .bind(serde_json::to_string(&conn.http)?)
+            .bind(conn.agent.as_deref());
         if !matches!(secret, SecretChange::Keep) {
             query = query.bind(secret_kind).bind(sealed);
         }
@@ -241,6 +243,7 @@ fn connection_from_row(row: &AnyRow) -> Result<Connection> {
         access: serde_json::from_str(&row.try_get::<String, _>("access_options")?)?,
         kubernetes: serde_json::from_str(&row.try_get::<String, _>("kubernetes_options")?)?,
         http: serde_json::from_str(&row.try_get::<String, _>("http_options")?)?,
+        agent: row.try_get("agent")?,
         description: row.try_get("description")?,
         created_at: time_from_db(row.try_get("created_at")?)?,
         updated_at: time_from_db(row.try_get("updated_at")?)?,

@@ -8,6 +8,7 @@
 //! ([`AuditJournal`]) for events that must be durable before an action proceeds.
 
 pub mod access;
+pub mod agents;
 pub mod api_keys;
 pub mod archive;
 pub mod audit;

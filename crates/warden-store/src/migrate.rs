@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "kubernetes and http options",
         include_str!("../migrations/0008_http.sql"),
     ),
+    (
+        9,
+        "network agents",
+        include_str!("../migrations/0009_agents.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one

@@ -48,6 +48,7 @@ fn connection(name: &str) -> Connection {
         access: Default::default(),
         kubernetes: Default::default(),
         http: Default::default(),
+        agent: None,
         description: None,
         created_at: now,
         updated_at: now,

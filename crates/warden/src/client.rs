@@ -20,7 +20,7 @@ pub struct ApiArgs {
     pub(crate) token: Option<String>,
     /// Print the API's JSON answer instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -58,7 +58,7 @@ pub enum ReviewCommand {
     },
 }
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
@@ -73,7 +73,7 @@ impl ApiArgs {
 }
 
 impl Api {
-    async fn new(args: &ApiArgs) -> Result<Self> {
+    pub(crate) async fn new(args: &ApiArgs) -> Result<Self> {
         let token = crate::login::token_for(&args.gateway, args.token.as_deref()).await?;
         Ok(Self {
             base: crate::login::gateway_key(&args.gateway),
@@ -87,7 +87,7 @@ impl Api {
 
     /// Sends a request; `Ok(None)` for 404, an error naming the gateway's reason
     /// for other failures.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -127,7 +127,7 @@ impl Api {
         bail!("{message} ({code}, HTTP {})", status.as_u16())
     }
 
-    async fn get(&self, path: &str) -> Result<Option<Value>> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Option<Value>> {
         self.call(reqwest::Method::GET, path, None).await
     }
 
@@ -148,7 +148,7 @@ impl Api {
     }
 }
 
-fn short(text: &str, max: usize) -> String {
+pub(crate) fn short(text: &str, max: usize) -> String {
     let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.chars().count() <= max {
         one_line
@@ -159,7 +159,7 @@ fn short(text: &str, max: usize) -> String {
     }
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+pub(crate) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("-")
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use warden_gateway::{Config, Gateway};
 use warden_store::audit::AuditFilter;
 
+mod agent;
 mod client;
 mod connect;
 mod exec;
@@ -171,6 +172,17 @@ enum Command {
     },
     /// Who the gateway takes you for: subject, groups, admin, token expiry.
     Whoami {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Run the network agent inside a private network: it dials out to the gateway
+    /// and carries connections that name it to the targets its allowlist permits.
+    Agent(agent::AgentArgs),
+    /// Network agents (admins): list (the default), add, revoke, rotate, delete.
+    #[command(args_conflicts_with_subcommands = true)]
+    Agents {
+        #[command(subcommand)]
+        command: Option<agent::AgentsCommand>,
         #[command(flatten)]
         api: client::ApiArgs,
     },
@@ -345,6 +357,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             api,
         } => client::request(connection, duration, reason, wait, api).await,
         Command::Review { command } => client::review(command).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::Agents { command, api } => agent::agents(command, api).await,
         Command::Login {
             gateway,
             device,

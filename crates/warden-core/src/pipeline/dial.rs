@@ -1,7 +1,7 @@
 //! The dialer seam: every backend connection a proxy opens (the session's own, a
 //! PostgreSQL catalog or cancel leg, a MySQL kill leg, an SSH target) goes through
 //! the session's [`Dialer`]. The gateway picks it: a direct TCP dialer with a connect
-//! timeout, or (later) a network agent's stream.
+//! timeout, or a stream through a network agent (`warden-agent`).
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -20,6 +20,8 @@ pub enum DialError {
     Refused { addr: String, message: String },
     #[error("connecting to {addr} took longer than {secs} s")]
     TimedOut { addr: String, secs: u64 },
+    #[error("network agent `{agent}` is not connected to the gateway (waited {secs} s for it)")]
+    AgentOffline { agent: String, secs: u64 },
 }
 
 /// Opens byte streams to backends.

@@ -54,6 +54,9 @@ pub struct ConnectionCreate {
     /// The header the held credential goes in (http connections).
     #[serde(default)]
     pub http: HttpOptions,
+    /// The registered network agent that reaches the target; none: the gateway
+    /// dials it directly.
+    pub agent: Option<String>,
     pub description: Option<String>,
 }
 
@@ -93,6 +96,10 @@ pub struct ConnectionUpdate {
     #[serde(default, deserialize_with = "patch")]
     #[schema(value_type = Option<HttpOptions>)]
     pub http: Option<Value>,
+    /// An agent's name, or `null` to dial the target directly.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub agent: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
@@ -387,7 +394,22 @@ fn describe(conn: &Connection) -> serde_json::Value {
         "access": conn.access,
         "kubernetes": conn.kubernetes,
         "http": conn.http,
+        "agent": conn.agent,
     })
+}
+
+/// A named agent must be registered, so a typo cannot leave a connection unreachable
+/// (or waiting for an agent someone registers later under that name).
+async fn check_agent(state: &AppState, agent: Option<&str>) -> Result<(), ApiError> {
+    let Some(name) = agent else { return Ok(()) };
+    match state.store.agent(name).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ApiError::bad_request(
+            "unknown_agent",
+            format!("no agent named `{name}` is registered (POST /api/agents)"),
+        )),
+        Err(e) => Err(ApiError::store(&e)),
+    }
 }
 
 /// Connections the caller may use (all of them for admins).
@@ -449,6 +471,7 @@ pub async fn create(
         access: req.access,
         kubernetes: req.kubernetes,
         http: req.http,
+        agent: req.agent,
         description: req.description,
         created_at: now,
         updated_at: now,
@@ -456,6 +479,7 @@ pub async fn create(
     check_common(&conn)?;
     canonical_ssh(&mut conn)?;
     check_policy_refs(&state, &conn.policies).await?;
+    check_agent(&state, conn.agent.as_deref()).await?;
     let event = Event::new("connection.create", describe(&conn))
         .by(&caller.identity)
         .on_connection(&conn.name);
@@ -550,6 +574,11 @@ pub async fn update(
     if let Some(o) = &req.http {
         conn.http = merged("http", &conn.http, o)?;
         changed.push("http");
+    }
+    if let Some(a) = req.agent {
+        check_agent(&state, a.as_deref()).await?;
+        conn.agent = a;
+        changed.push("agent");
     }
     if let Some(d) = req.description {
         conn.description = d;

@@ -2,6 +2,7 @@
 //! handlers' annotations.
 
 mod access_requests;
+mod agents;
 mod audit;
 mod connections;
 mod error;
@@ -53,6 +54,8 @@ pub struct StateInner {
     pub webhooks_changed: Arc<tokio::sync::Notify>,
     /// Where `warden connect` tunnels lead.
     pub tunnels: Arc<crate::tunnel::TunnelTargets>,
+    /// Connected network agents.
+    pub agents: Arc<warden_agent::AgentHub>,
     pub config: Arc<Config>,
 }
 
@@ -105,6 +108,7 @@ impl AppState {
         (name = "access-requests", description = "Just-in-time access: time-boxed grants approved by reviewers"),
         (name = "reviews", description = "Commands held until reviewers approve them"),
         (name = "webhooks", description = "Signed event deliveries, with retries and dead letters"),
+        (name = "agents", description = "Network agents that carry connections into private networks"),
     )
 )]
 struct ApiDoc;
@@ -163,6 +167,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(webhooks::sinks))
         .routes(routes!(tunnel::open))
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::get, agents::delete))
+        .routes(routes!(agents::revoke))
+        .routes(routes!(agents::rotate))
+        .routes(routes!(agents::tunnel))
         .split_for_parts();
     let spec = openapi.to_json().unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.api.max_body_bytes;

@@ -31,7 +31,7 @@ pub struct IssuedKey {
     pub secret_hash: String,
 }
 
-fn random_hex(bytes: usize) -> Result<String, AuthError> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String, AuthError> {
     let mut buf = vec![0u8; bytes];
     SystemRandom::new()
         .fill(&mut buf)
@@ -65,7 +65,7 @@ pub fn parse(token: &str) -> Option<(&str, &str)> {
     (id_ok && !secret.is_empty()).then_some((id, secret))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -1,0 +1,475 @@
+//! The gateway side of agent tunnels: which agents are connected, and a [`Dialer`]
+//! that opens a backend connection through one of them.
+//!
+//! Each connected agent process is one [`Tunnel`]: an HTTP/2 client connection over
+//! the upgraded API connection, driven on its own task. A dial picks the tunnel of the
+//! named agent carrying the fewest streams and sends `CONNECT host:port`; the agent
+//! answers `200` (the stream is then the backend connection) or refuses with its
+//! reason. With no tunnel for the agent a dial waits up to the hub's `dial_wait` for
+//! one to connect, so a session started while an agent reconnects still succeeds.
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http2;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use warden_core::{BoxFuture, BoxedStream, DialError, Dialer};
+
+use crate::wire::{CONNECTION_WINDOW, DIAL_ERROR_HEADER, KEEP_ALIVE, STREAM_WINDOW};
+
+/// Who a connected agent process is, as its tunnel was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPeer {
+    /// The registered agent's name (what connections name).
+    pub agent: String,
+    /// The key it authenticated with (revoking or rotating it closes the tunnel).
+    pub key_id: String,
+    /// The process's own random id, host name and version, as it reports them.
+    pub instance: String,
+    pub host: String,
+    pub version: String,
+    /// Where its connection came from, as the gateway sees it.
+    pub address: SocketAddr,
+}
+
+/// A connected agent process, for the API.
+#[derive(Debug, Clone)]
+pub struct TunnelStatus {
+    pub peer: AgentPeer,
+    pub connected_at: SystemTime,
+    /// Backend connections open through it now.
+    pub open_streams: usize,
+    /// Backend connections it has opened since it connected.
+    pub dials: u64,
+}
+
+/// Who asked for a dial, for its audit event.
+#[derive(Debug, Clone, Default)]
+pub struct DialContext {
+    pub session: Option<uuid::Uuid>,
+    pub connection: String,
+}
+
+/// How a dial through an agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialOutcome {
+    Connected,
+    /// The agent refused it (outside its allowlist) or could not reach the target.
+    Refused,
+    /// No agent of that name connected in time.
+    Offline,
+}
+
+impl DialOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialOutcome::Connected => "connected",
+            DialOutcome::Refused => "refused",
+            DialOutcome::Offline => "offline",
+        }
+    }
+}
+
+/// What the hub reports; the gateway turns these into audit events.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    Connected(AgentPeer),
+    Disconnected {
+        peer: AgentPeer,
+        reason: String,
+        dials: u64,
+    },
+    Dialed {
+        agent: String,
+        /// The process that carried (or refused) it; none when no agent was online.
+        peer: Option<AgentPeer>,
+        addr: String,
+        context: DialContext,
+        outcome: DialOutcome,
+        message: Option<String>,
+        /// The session's first connected dial (its later ones are extra legs).
+        new_session: bool,
+    },
+}
+
+/// Where the hub's events go. `record` is awaited before the dial it reports
+/// returns, and says whether the event was kept: a dial that cannot be audited is
+/// not used (fail closed).
+pub trait HubEvents: Send + Sync {
+    fn record(&self, event: HubEvent) -> BoxFuture<'_, bool>;
+}
+
+/// Every agent connected to this gateway.
+pub struct AgentHub {
+    tunnels: Mutex<HashMap<String, Vec<Arc<Tunnel>>>>,
+    /// Woken when a tunnel connects.
+    connected: Notify,
+    events: Arc<dyn HubEvents>,
+    /// How long a dial waits for an agent of the name to be connected.
+    dial_wait: Duration,
+    /// How long the agent may take to answer a dial (it dials the target meanwhile).
+    dial_timeout: Duration,
+    next_id: AtomicU64,
+}
+
+struct Tunnel {
+    id: u64,
+    peer: AgentPeer,
+    connected_at: SystemTime,
+    sender: http2::SendRequest<Empty<Bytes>>,
+    open_streams: Arc<AtomicUsize>,
+    dials: AtomicU64,
+    /// Set with the reason when the gateway closes the tunnel (revocation).
+    closing: Mutex<Option<String>>,
+    close: Notify,
+}
+
+enum OpenError {
+    /// The tunnel is gone; another may serve the dial.
+    Gone,
+    Refused(String),
+    TimedOut,
+}
+
+impl AgentHub {
+    pub fn new(events: Arc<dyn HubEvents>, dial_wait: Duration, dial_timeout: Duration) -> Self {
+        Self {
+            tunnels: Mutex::new(HashMap::new()),
+            connected: Notify::new(),
+            events,
+            dial_wait,
+            dial_timeout,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A dialer for sessions of a connection that names `agent`.
+    pub fn dialer(self: &Arc<Self>, agent: &str, context: DialContext) -> Arc<dyn Dialer> {
+        Arc::new(AgentDialer {
+            hub: self.clone(),
+            agent: agent.to_string(),
+            context,
+            carried: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// How many processes of `agent` are connected.
+    pub fn connected_count(&self, agent: &str) -> usize {
+        self.lock().get(agent).map_or(0, Vec::len)
+    }
+
+    /// Every connected agent process.
+    pub fn status(&self) -> Vec<TunnelStatus> {
+        let tunnels = self.lock();
+        let mut out: Vec<TunnelStatus> = tunnels
+            .values()
+            .flatten()
+            .map(|t| TunnelStatus {
+                peer: t.peer.clone(),
+                connected_at: t.connected_at,
+                open_streams: t.open_streams.load(Ordering::Relaxed),
+                dials: t.dials.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.peer.agent, a.connected_at).cmp(&(&b.peer.agent, b.connected_at)));
+        out
+    }
+
+    /// Closes at once every tunnel `which` selects (a revoked or rotated key, a
+    /// deleted agent); the sessions they carry end with them.
+    pub fn close_where(&self, which: impl Fn(&AgentPeer) -> bool, reason: &str) -> usize {
+        let tunnels = self.lock();
+        let mut closed = 0;
+        for t in tunnels.values().flatten().filter(|t| which(&t.peer)) {
+            if let Ok(mut closing) = t.closing.lock() {
+                closing.get_or_insert_with(|| reason.to_string());
+            }
+            t.close.notify_one();
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Carries dials over `io` (an upgraded, authenticated agent connection) until it
+    /// ends or the gateway closes it.
+    pub async fn serve<I>(&self, io: I, peer: AgentPeer)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let handshake = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(io))
+            .await;
+        let (sender, connection) = match handshake {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::warn!(agent = %peer.agent, error = %e, "agent tunnel handshake failed");
+                return;
+            }
+        };
+        let tunnel = Arc::new(Tunnel {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            peer: peer.clone(),
+            connected_at: SystemTime::now(),
+            sender,
+            open_streams: Arc::new(AtomicUsize::new(0)),
+            dials: AtomicU64::new(0),
+            closing: Mutex::new(None),
+            close: Notify::new(),
+        });
+        if !self.events.record(HubEvent::Connected(peer.clone())).await {
+            // Unaudited tunnels carry nothing; the agent will try again.
+            return;
+        }
+        self.lock()
+            .entry(peer.agent.clone())
+            .or_default()
+            .push(tunnel.clone());
+        self.connected.notify_waiters();
+        tracing::info!(agent = %peer.agent, instance = %peer.instance, address = %peer.address, "agent connected");
+        let reason = tokio::select! {
+            ended = connection => match ended {
+                Ok(()) => "the agent closed its tunnel".to_string(),
+                Err(e) => format!("the tunnel failed: {e}"),
+            },
+            () = tunnel.close.notified() => tunnel
+                .closing
+                .lock()
+                .ok()
+                .and_then(|c| c.clone())
+                .unwrap_or_else(|| "closed by the gateway".to_string()),
+        };
+        self.remove(&tunnel);
+        tracing::info!(agent = %peer.agent, instance = %peer.instance, %reason, "agent disconnected");
+        self.events
+            .record(HubEvent::Disconnected {
+                peer,
+                reason,
+                dials: tunnel.dials.load(Ordering::Relaxed),
+            })
+            .await;
+    }
+
+    fn remove(&self, tunnel: &Tunnel) {
+        let mut tunnels = self.lock();
+        if let Some(list) = tunnels.get_mut(&tunnel.peer.agent) {
+            list.retain(|t| t.id != tunnel.id);
+            if list.is_empty() {
+                tunnels.remove(&tunnel.peer.agent);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Tunnel>>>> {
+        // A panic while holding this lock leaves plain data behind; keep serving.
+        self.tunnels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live tunnel of `agent` carrying the fewest streams, skipping `tried`.
+    fn pick(&self, agent: &str, tried: &[u64]) -> Option<Arc<Tunnel>> {
+        self.lock()
+            .get(agent)?
+            .iter()
+            .filter(|t| !tried.contains(&t.id) && !t.sender.is_closed())
+            .min_by_key(|t| t.open_streams.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    async fn dial(
+        &self,
+        agent: &str,
+        addr: &str,
+        context: &DialContext,
+        new_session: bool,
+    ) -> Result<BoxedStream, DialError> {
+        let deadline = tokio::time::Instant::now() + self.dial_wait;
+        let mut tried = Vec::new();
+        loop {
+            let connected = self.connected.notified();
+            tokio::pin!(connected);
+            connected.as_mut().enable();
+            let Some(tunnel) = self.pick(agent, &tried) else {
+                if tokio::time::timeout_at(deadline, connected).await.is_err() {
+                    return Err(self.offline(agent, addr, context).await);
+                }
+                continue;
+            };
+            let outcome = tunnel.open(addr, self.dial_timeout).await;
+            let (outcome, message, result) = match outcome {
+                Ok(stream) => (DialOutcome::Connected, None, Ok(stream)),
+                Err(OpenError::Gone) => {
+                    tried.push(tunnel.id);
+                    continue;
+                }
+                Err(OpenError::Refused(message)) => (
+                    DialOutcome::Refused,
+                    Some(message.clone()),
+                    Err(DialError::Refused {
+                        addr: addr.to_string(),
+                        message: format!("agent `{agent}`: {message}"),
+                    }),
+                ),
+                Err(OpenError::TimedOut) => (
+                    DialOutcome::Refused,
+                    Some("timed out".to_string()),
+                    Err(DialError::TimedOut {
+                        addr: addr.to_string(),
+                        secs: self.dial_timeout.as_secs(),
+                    }),
+                ),
+            };
+            let recorded = self
+                .events
+                .record(HubEvent::Dialed {
+                    agent: agent.to_string(),
+                    peer: Some(tunnel.peer.clone()),
+                    addr: addr.to_string(),
+                    context: context.clone(),
+                    outcome,
+                    message,
+                    new_session: new_session && outcome == DialOutcome::Connected,
+                })
+                .await;
+            if !recorded && result.is_ok() {
+                return Err(DialError::Refused {
+                    addr: addr.to_string(),
+                    message: "the dial could not be recorded in the audit log".to_string(),
+                });
+            }
+            return result;
+        }
+    }
+
+    async fn offline(&self, agent: &str, addr: &str, context: &DialContext) -> DialError {
+        self.events
+            .record(HubEvent::Dialed {
+                agent: agent.to_string(),
+                peer: None,
+                addr: addr.to_string(),
+                context: context.clone(),
+                outcome: DialOutcome::Offline,
+                message: None,
+                new_session: false,
+            })
+            .await;
+        DialError::AgentOffline {
+            agent: agent.to_string(),
+            secs: self.dial_wait.as_secs(),
+        }
+    }
+}
+
+impl Tunnel {
+    async fn open(&self, addr: &str, timeout: Duration) -> Result<BoxedStream, OpenError> {
+        let mut sender = self.sender.clone();
+        if sender.ready().await.is_err() {
+            return Err(OpenError::Gone);
+        }
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(addr)
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| OpenError::Refused(format!("`{addr}` is not a host:port address")))?;
+        let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
+            Err(_) => return Err(OpenError::TimedOut),
+            Ok(Err(_)) if sender.is_closed() => return Err(OpenError::Gone),
+            Ok(Err(e)) => return Err(OpenError::Refused(format!("the tunnel refused it: {e}"))),
+            Ok(Ok(response)) => response,
+        };
+        if response.status() != StatusCode::OK {
+            let reason = response
+                .headers()
+                .get(DIAL_ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("answered {}", response.status()));
+            return Err(OpenError::Refused(reason));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|_| OpenError::Gone)?;
+        self.dials.fetch_add(1, Ordering::Relaxed);
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(CarriedStream {
+            io: TokioIo::new(upgraded),
+            open_streams: self.open_streams.clone(),
+        }))
+    }
+}
+
+/// A backend connection carried by a tunnel; counted while open.
+struct CarriedStream {
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    open_streams: Arc<AtomicUsize>,
+}
+
+impl Drop for CarriedStream {
+    fn drop(&mut self) {
+        self.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for CarriedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CarriedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Opens a session's backend connections through the agent its connection names.
+struct AgentDialer {
+    hub: Arc<AgentHub>,
+    agent: String,
+    context: DialContext,
+    /// Whether a dial of this session has connected (counts sessions carried).
+    carried: std::sync::atomic::AtomicBool,
+}
+
+impl Dialer for AgentDialer {
+    fn dial<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<BoxedStream, DialError>> {
+        Box::pin(async move {
+            let first = !self.carried.load(Ordering::Relaxed);
+            let stream = self
+                .hub
+                .dial(&self.agent, addr, &self.context, first)
+                .await?;
+            self.carried.store(true, Ordering::Relaxed);
+            Ok(stream)
+        })
+    }
+}
