@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # --- packages ---------------------------------------------------------------
 ensure_packages cc build-essential psql postgresql-client pg_ctlcluster postgresql \
   node nodejs npm npm openssl openssl mysql mariadb-client mariadbd mariadb-server \
-  curl curl script bsdutils
+  curl curl script bsdutils ip iproute2
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 20 ]; then
@@ -39,6 +39,15 @@ setup_k8s
 for db in $(psql "$WARDEN_TEST_PG_URL" -qAtc "SELECT datname FROM pg_database WHERE datname LIKE 'warden\_t\_%'"); do
   psql "$WARDEN_TEST_PG_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null
 done
+
+# The network agent's tests put gateways in network namespaces: as root (CI) they
+# must run, not skip. Namespaces a killed earlier run left behind are removed.
+if [ "$(id -u)" = 0 ]; then
+  export WARDEN_TEST_REQUIRE_NETNS=1
+  for ns in $(ip netns list 2>/dev/null | awk '/^wdn-gw-/ {print $1}'); do
+    ip netns del "$ns" 2>/dev/null || true
+  done
+fi
 
 # --- OpenID provider (npm oidc-provider, one for all tests) ------------------
 if [ ! -d tests/oidc/node_modules/oidc-provider ] || [ tests/oidc/package-lock.json -nt tests/oidc/node_modules/.package-lock.json ]; then

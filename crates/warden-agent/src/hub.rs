@@ -113,6 +113,8 @@ pub struct AgentHub {
     tunnels: Mutex<HashMap<String, Vec<Arc<Tunnel>>>>,
     /// Woken when a tunnel connects.
     connected: Notify,
+    /// Woken when a tunnel has ended (and its disconnect was recorded).
+    removed: Notify,
     events: Arc<dyn HubEvents>,
     /// How long a dial waits for an agent of the name to be connected.
     dial_wait: Duration,
@@ -145,6 +147,7 @@ impl AgentHub {
         Self {
             tunnels: Mutex::new(HashMap::new()),
             connected: Notify::new(),
+            removed: Notify::new(),
             events,
             dial_wait,
             dial_timeout,
@@ -199,12 +202,33 @@ impl AgentHub {
         closed
     }
 
+    /// Closes every tunnel and waits (at most `wait`) until each has recorded its
+    /// end: a stopping gateway leaves no tunnel unaccounted for in the audit log.
+    pub async fn shut_down(&self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let removed = self.removed.notified();
+            tokio::pin!(removed);
+            removed.as_mut().enable();
+            if self.close_where(|_| true, "the gateway is stopping") == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, removed).await.is_err() {
+                tracing::warn!("agent tunnels still open at shutdown");
+                return;
+            }
+        }
+    }
+
     /// Carries dials over `io` (an upgraded, authenticated agent connection) until it
     /// ends or the gateway closes it.
     pub async fn serve<I>(&self, io: I, peer: AgentPeer)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        // hyper drives the HTTP/2 connection on a task of its own, which dropping
+        // `connection` below does not stop: closing the tunnel cuts its I/O instead.
+        let (io, kill) = warden_net::Killable::new(io);
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -253,8 +277,9 @@ impl AgentHub {
                 .and_then(|c| c.clone())
                 .unwrap_or_else(|| "closed by the gateway".to_string()),
         };
-        self.remove(&tunnel);
+        kill.kill();
         tracing::info!(agent = %peer.agent, instance = %peer.instance, %reason, "agent disconnected");
+        // Recorded before the tunnel leaves the map, so `shut_down` waits for it.
         self.events
             .record(HubEvent::Disconnected {
                 peer,
@@ -262,6 +287,8 @@ impl AgentHub {
                 dials: tunnel.dials.load(Ordering::Relaxed),
             })
             .await;
+        self.remove(&tunnel);
+        self.removed.notify_waiters();
     }
 
     fn remove(&self, tunnel: &Tunnel) {

@@ -66,6 +66,7 @@ pub struct Gateway {
     server: JoinHandle<()>,
     instance: bootstrap::Instance,
     repeats: Arc<repeats::RepeatLog>,
+    agents: Arc<warden_agent::AgentHub>,
 }
 
 impl Gateway {
@@ -230,7 +231,7 @@ impl Gateway {
             repeats: repeats.clone(),
             webhooks_changed,
             tunnels,
-            agents: agent_hub,
+            agents: agent_hub.clone(),
             config: config.clone(),
         }));
         let has_tls = tls.is_some();
@@ -247,6 +248,7 @@ impl Gateway {
             server,
             instance,
             repeats,
+            agents: agent_hub,
         })
     }
 
@@ -278,6 +280,8 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        // Agent tunnels end before the journal closes, each with its event.
+        self.agents.shut_down(AGENT_SHUTDOWN_WAIT).await;
         self.repeats.flush();
         if let Err(e) = self.journal.close().await {
             tracing::error!(error = %e, "the audit journal could not be shipped; it will be at the next start");
@@ -296,6 +300,9 @@ impl Gateway {
         self.store.close().await;
     }
 }
+
+/// How long a stopping gateway waits for its agent tunnels to record their end.
+const AGENT_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens an existing store for offline tools (`warden audit verify`): never generates
 /// a master key, so pointing at the wrong directory fails instead of creating one.

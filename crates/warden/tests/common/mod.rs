@@ -75,10 +75,12 @@ fn admin_key_of(dir: &Path, head: &str) -> Option<String> {
     Some(key.trim().to_string())
 }
 
-fn spawn_gateway(cmd: &mut Command, dir: &Path, envs: &[(&str, &str)]) -> Running {
+pub fn spawn_gateway(cmd: &mut Command, dir: &Path, envs: &[(&str, &str)]) -> Running {
+    // stderr is read only when the gateway stops: a test that moves much data sets
+    // a quieter WARDEN_LOG in `envs`, or a full pipe would stall the gateway.
     let mut child = cmd
-        .envs(envs.iter().copied())
         .env("WARDEN_LOG", "debug")
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
