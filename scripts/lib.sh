@@ -578,10 +578,12 @@ EOF2
   echo $! >"$work/$name.pid"
   for _ in $(seq 1 1200); do grep -q "listening on http" "$work/$name.out" && break; sleep 0.1; done
   grep -q "listening on http" "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
-  local api=http://127.0.0.1:$api_port
-  curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+  # With WARDEN_API__TLS_CERT/KEY exported, the API is https and BENCH_API_CA its CA.
+  local api=http://127.0.0.1:$api_port tls=()
+  if [ -n "${WARDEN_API__TLS_CERT:-}" ]; then api=https://127.0.0.1:$api_port tls=(--cacert "$BENCH_API_CA"); fi
+  curl -fsS "${tls[@]}" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
     -d "$connection" "$api/api/connections" >/dev/null
-  curl -fsS -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+  curl -fsS "${tls[@]}" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
     -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4
 }
 

@@ -28,6 +28,9 @@ pub struct AgentArgs {
     /// The agent key from `warden agents add`.
     #[arg(long, env = "WARDEN_AGENT_KEY", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the agent key (e.g. a systemd credential); `--token` wins.
+    #[arg(long, env = "WARDEN_AGENT_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// PEM file of the CA the gateway's certificate must chain to (default: the
     /// system's trusted CAs).
     #[arg(long = "ca", env = "WARDEN_AGENT_CA")]
@@ -85,7 +88,8 @@ impl AgentArgs {
         if gateways.is_empty() {
             bail!("no gateway: pass --gateway https://GATEWAY:8009 (or WARDEN_AGENT_GATEWAY)");
         }
-        let key = match (self.token, file.key, file.key_file) {
+        let key_file = self.key_file.or(file.key_file);
+        let key = match (self.token, file.key, key_file) {
             (Some(k), _, _) | (None, Some(k), _) => k,
             (None, None, Some(path)) => std::fs::read_to_string(&path)
                 .with_context(|| format!("reading the agent key from {}", path.display()))?,
