@@ -27,6 +27,11 @@ use crate::wire::{
     TUNNEL_PATH, UPGRADE_PROTOCOL, VERSION_HEADER,
 };
 
+/// Name lookups in flight at once, per gateway link.
+const MAX_LOOKUPS: usize = 32;
+/// How long connecting to a gateway and opening the tunnel may take.
+const TUNNEL_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How the agent reaches its gateways and what it may dial for them.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
@@ -195,6 +200,7 @@ pub async fn run(
             tls,
             settings: settings.clone(),
             instance: instance.clone(),
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
         });
         tasks.spawn(link.keep_up(shutdown.clone()));
     }
@@ -208,6 +214,8 @@ struct Link {
     tls: Option<BackendTls>,
     settings: AgentSettings,
     instance: String,
+    /// Name lookups run on blocking threads and outlive a cancelled dial: bounded.
+    lookups: tokio::sync::Semaphore,
 }
 
 impl Link {
@@ -241,6 +249,33 @@ impl Link {
 
     /// One tunnel, from connecting to its end.
     async fn tunnel(self: Arc<Self>) -> Result<(), TunnelError> {
+        // A gateway (or a middlebox) that accepts and then says nothing must not hold
+        // the link: pings only start once the tunnel is open.
+        let upgraded = tokio::time::timeout(TUNNEL_SETUP_TIMEOUT, self.open())
+            .await
+            .map_err(|_| {
+                TunnelError::Connect(format!(
+                    "no tunnel within {} s",
+                    TUNNEL_SETUP_TIMEOUT.as_secs()
+                ))
+            })??;
+        tracing::info!(gateway = %self.gateway, instance = %self.instance, "tunnel open");
+        let dials = self.clone();
+        let service = hyper::service::service_fn(move |req| dials.clone().serve_dial(req));
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(self.settings.max_streams)
+            .keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE)
+            .serve_connection(upgraded, service)
+            .await
+            .map_err(|e| TunnelError::Http(e.to_string()))
+    }
+
+    /// Connects, logs in with the key and upgrades: the connection the tunnel runs on.
+    async fn open(&self) -> Result<hyper::upgrade::Upgraded, TunnelError> {
         let stream = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -273,20 +308,7 @@ impl Link {
                 .unwrap_or_default();
             return Err(TunnelError::Refused { status, message });
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|e| TunnelError::Http(e.to_string()))?;
-        tracing::info!(gateway = %self.gateway, instance = %self.instance, "tunnel open");
-        let dials = self.clone();
-        let service = hyper::service::service_fn(move |req| dials.clone().serve_dial(req));
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_concurrent_streams(self.settings.max_streams)
-            .keep_alive_interval(KEEP_ALIVE)
-            .keep_alive_timeout(KEEP_ALIVE)
-            .serve_connection(upgraded, service)
+        hyper::upgrade::on(response)
             .await
             .map_err(|e| TunnelError::Http(e.to_string()))
     }
@@ -357,8 +379,23 @@ impl Link {
         Ok(Response::new(Full::new(Bytes::new())))
     }
 
-    /// Dials `host:port` if the allowlist lets it, only at addresses it checked.
+    /// Dials `host:port` if the allowlist lets it, only at addresses it checked, all
+    /// within one deadline (name lookup included).
     async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, (StatusCode, String)> {
+        let deadline = self.settings.dial_timeout;
+        match tokio::time::timeout(deadline, self.dial_checked(host, port)).await {
+            Ok(result) => result,
+            Err(_) => Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "reaching {host}:{port} took longer than {} s",
+                    deadline.as_secs()
+                ),
+            )),
+        }
+    }
+
+    async fn dial_checked(&self, host: &str, port: u16) -> Result<TcpStream, (StatusCode, String)> {
         let allow = &self.settings.allow;
         let not_allowed = || {
             (
@@ -366,12 +403,25 @@ impl Link {
                 "not in the agent's allowlist".to_string(),
             )
         };
+        // A zone id would let the gateway pick the interface.
+        if host.contains('%') || host.is_empty() {
+            return Err(not_allowed());
+        }
         let candidates: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) if allow.allows_addr(ip, port) => vec![SocketAddr::new(ip, port)],
             Ok(_) => return Err(not_allowed()),
             Err(_) => {
                 let by_name = allow.allows_name(host, port);
-                let resolved = tokio::net::lookup_host((host, port)).await.map_err(|e| {
+                // Nothing to check an address against: no lookup (no DNS query made
+                // on the gateway's behalf for a name that cannot be allowed).
+                if !by_name && !allow.has_networks() {
+                    return Err(not_allowed());
+                }
+                let resolved = {
+                    let _slot = self.lookups.acquire().await.map_err(|_| not_allowed())?;
+                    tokio::net::lookup_host((host, port)).await
+                };
+                let resolved = resolved.map_err(|e| {
                     if by_name {
                         (
                             StatusCode::BAD_GATEWAY,
@@ -381,8 +431,13 @@ impl Link {
                         not_allowed()
                     }
                 })?;
+                // A name entry trusts DNS, but not to point at this host's own
+                // loopback or link-local services unless a network entry allows them.
                 resolved
-                    .filter(|a| by_name || allow.allows_addr(a.ip(), port))
+                    .filter(|a| {
+                        allow.allows_addr(a.ip(), port)
+                            || (by_name && !a.ip().is_unspecified() && !is_local(a.ip()))
+                    })
                     .collect()
             }
         };
@@ -391,24 +446,26 @@ impl Link {
         }
         let mut last = String::new();
         for addr in candidates {
-            match tokio::time::timeout(self.settings.dial_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(tcp)) => {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
                     let _ = tcp.set_nodelay(true);
                     return Ok(tcp);
                 }
-                Ok(Err(e)) => last = format!("cannot connect to {addr}: {e}"),
-                Err(_) => {
-                    return Err((
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "connecting to {addr} took longer than {} s",
-                            self.settings.dial_timeout.as_secs()
-                        ),
-                    ));
-                }
+                Err(e) => last = format!("cannot connect to {addr}: {e}"),
             }
         }
         Err((StatusCode::BAD_GATEWAY, last))
+    }
+}
+
+/// Addresses of this host or its link: loopback, link-local, and the cloud metadata
+/// address that lives there.
+fn is_local(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
     }
 }
 

@@ -19,6 +19,31 @@ pub struct AllowlistError {
     pub reason: String,
 }
 
+/// Reads a list of networks (`10.1.0.0/16`, `192.0.2.7`, `fd00::/8`), as an agent's
+/// registration limits where its tunnels may come from.
+pub fn parse_networks<S: AsRef<str>>(list: &[S]) -> Result<Vec<IpNet>, String> {
+    list.iter()
+        .map(|s| {
+            let s = s.as_ref().trim();
+            s.parse::<IpNet>()
+                .ok()
+                .filter(|n| *n == n.trunc())
+                .or_else(|| {
+                    s.parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| IpNet::from(ip.to_canonical()))
+                })
+                .ok_or_else(|| format!("`{s}` is not an address or a network (a.b.c.0/n)"))
+        })
+        .collect()
+}
+
+/// Whether `ip` is in one of `networks`.
+pub fn in_networks(networks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    networks.iter().any(|n| n.contains(&ip))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Hosts {
     Net(IpNet),
@@ -58,6 +83,13 @@ impl Allowlist {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether any entry is an address or a network (else names are never looked up).
+    pub fn has_networks(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.hosts, Hosts::Net(_)))
     }
 
     /// Whether a target named `host` (not an address) may be dialed on `port` by its
@@ -167,7 +199,8 @@ fn parse_ports(p: &str) -> Option<Ports> {
 
 fn parse_hosts(host: &str) -> Option<Hosts> {
     if let Ok(net) = host.parse::<IpNet>() {
-        return Some(Hosts::Net(net.trunc()));
+        // `10.0.0.5/8` is a typo or a misunderstanding: refused, not widened.
+        return (net == net.trunc()).then_some(Hosts::Net(net));
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Some(Hosts::Net(IpNet::from(ip.to_canonical())));
@@ -185,7 +218,13 @@ fn parse_hosts(host: &str) -> Option<Hosts> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
-    if !valid {
+    // A name whose last label is a number (`10.0.0`, `0x7f`) is an address to the
+    // resolver: not a name entry.
+    let numeric_tld = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()) || tld.starts_with("0x"));
+    if !valid || numeric_tld {
         return None;
     }
     Some(if under {
@@ -262,6 +301,9 @@ mod tests {
             "a..b",
             "*.",
             "*",
+            "10.0.0.5/8",
+            "10.0.0",
+            "db.0x7f",
         ] {
             assert!(
                 Allowlist::parse(&[entry]).is_err(),

@@ -13,7 +13,7 @@ use http_body_util::Empty;
 use hyper::client::conn::http2;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -110,7 +110,7 @@ pub trait HubEvents: Send + Sync {
 
 /// Every agent connected to this gateway.
 pub struct AgentHub {
-    tunnels: Mutex<HashMap<String, Vec<Arc<Tunnel>>>>,
+    state: Mutex<HubState>,
     /// Woken when a tunnel connects.
     connected: Notify,
     /// Woken when a tunnel has ended (and its disconnect was recorded).
@@ -121,6 +121,48 @@ pub struct AgentHub {
     /// How long the agent may take to answer a dial (it dials the target meanwhile).
     dial_timeout: Duration,
     next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct HubState {
+    /// Connected processes by agent name.
+    tunnels: HashMap<String, Vec<Arc<Tunnel>>>,
+    /// Logins admitted (key checked) whose tunnels are not in `tunnels` yet.
+    pending: HashMap<String, usize>,
+    /// Keys revoked, replaced or deleted while this gateway runs: a login checked
+    /// just before that must not slip in after the tunnels were closed.
+    closed_keys: HashSet<String>,
+    stopping: bool,
+}
+
+/// Why a tunnel login is turned away before its tunnel starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    #[error("agent `{agent}` already has {max} processes connected to this gateway")]
+    TooMany { agent: String, max: usize },
+    #[error("this agent key was just revoked or replaced")]
+    KeyClosed,
+    #[error("the gateway is stopping")]
+    Stopping,
+}
+
+/// A login's place among its agent's processes, held from the key check until its
+/// tunnel is in the hub (or the login fails).
+pub struct Reservation {
+    hub: Arc<AgentHub>,
+    agent: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut state = self.hub.lock();
+        if let Some(n) = state.pending.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.pending.remove(&self.agent);
+            }
+        }
+    }
 }
 
 struct Tunnel {
@@ -135,6 +177,9 @@ struct Tunnel {
     close: Notify,
 }
 
+/// The most of an agent's refusal text that is kept.
+const MAX_DIAL_ERROR: usize = 200;
+
 enum OpenError {
     /// The tunnel is gone; another may serve the dial.
     Gone,
@@ -145,7 +190,7 @@ enum OpenError {
 impl AgentHub {
     pub fn new(events: Arc<dyn HubEvents>, dial_wait: Duration, dial_timeout: Duration) -> Self {
         Self {
-            tunnels: Mutex::new(HashMap::new()),
+            state: Mutex::new(HubState::default()),
             connected: Notify::new(),
             removed: Notify::new(),
             events,
@@ -165,15 +210,43 @@ impl AgentHub {
         })
     }
 
-    /// How many processes of `agent` are connected.
-    pub fn connected_count(&self, agent: &str) -> usize {
-        self.lock().get(agent).map_or(0, Vec::len)
+    /// Admits a login of `agent` with key `key_id` if fewer than `max` of its
+    /// processes are connected or logging in (counted together, so simultaneous logins
+    /// cannot pass the limit), the key was not closed meanwhile, and the gateway is
+    /// not stopping.
+    pub fn reserve(
+        self: &Arc<Self>,
+        agent: &str,
+        key_id: &str,
+        max: usize,
+    ) -> Result<Reservation, ReserveError> {
+        let mut state = self.lock();
+        if state.stopping {
+            return Err(ReserveError::Stopping);
+        }
+        if state.closed_keys.contains(key_id) {
+            return Err(ReserveError::KeyClosed);
+        }
+        let connected = state.tunnels.get(agent).map_or(0, Vec::len);
+        let pending = state.pending.entry(agent.to_string()).or_default();
+        if connected + *pending >= max {
+            return Err(ReserveError::TooMany {
+                agent: agent.to_string(),
+                max,
+            });
+        }
+        *pending += 1;
+        Ok(Reservation {
+            hub: self.clone(),
+            agent: agent.to_string(),
+        })
     }
 
     /// Every connected agent process.
     pub fn status(&self) -> Vec<TunnelStatus> {
-        let tunnels = self.lock();
-        let mut out: Vec<TunnelStatus> = tunnels
+        let state = self.lock();
+        let mut out: Vec<TunnelStatus> = state
+            .tunnels
             .values()
             .flatten()
             .map(|t| TunnelStatus {
@@ -190,9 +263,21 @@ impl AgentHub {
     /// Closes at once every tunnel `which` selects (a revoked or rotated key, a
     /// deleted agent); the sessions they carry end with them.
     pub fn close_where(&self, which: impl Fn(&AgentPeer) -> bool, reason: &str) -> usize {
-        let tunnels = self.lock();
+        let state = self.lock();
+        Self::close_in(&state, which, reason)
+    }
+
+    /// Closes the tunnels of key `key_id` and refuses its logins from now on, even
+    /// one whose key was checked a moment ago.
+    pub fn close_key(&self, key_id: &str, reason: &str) -> usize {
+        let mut state = self.lock();
+        state.closed_keys.insert(key_id.to_string());
+        Self::close_in(&state, |p| p.key_id == key_id, reason)
+    }
+
+    fn close_in(state: &HubState, which: impl Fn(&AgentPeer) -> bool, reason: &str) -> usize {
         let mut closed = 0;
-        for t in tunnels.values().flatten().filter(|t| which(&t.peer)) {
+        for t in state.tunnels.values().flatten().filter(|t| which(&t.peer)) {
             if let Ok(mut closing) = t.closing.lock() {
                 closing.get_or_insert_with(|| reason.to_string());
             }
@@ -206,6 +291,7 @@ impl AgentHub {
     /// end: a stopping gateway leaves no tunnel unaccounted for in the audit log.
     pub async fn shut_down(&self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
+        self.lock().stopping = true;
         loop {
             let removed = self.removed.notified();
             tokio::pin!(removed);
@@ -222,7 +308,7 @@ impl AgentHub {
 
     /// Carries dials over `io` (an upgraded, authenticated agent connection) until it
     /// ends or the gateway closes it.
-    pub async fn serve<I>(&self, io: I, peer: AgentPeer)
+    pub async fn serve<I>(&self, io: I, peer: AgentPeer, reservation: Reservation)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -241,6 +327,7 @@ impl AgentHub {
         let (sender, connection) = match handshake {
             Ok(parts) => parts,
             Err(e) => {
+                kill.kill();
                 tracing::warn!(agent = %peer.agent, error = %e, "agent tunnel handshake failed");
                 return;
             }
@@ -257,12 +344,36 @@ impl AgentHub {
         });
         if !self.events.record(HubEvent::Connected(peer.clone())).await {
             // Unaudited tunnels carry nothing; the agent will try again.
+            kill.kill();
             return;
         }
-        self.lock()
-            .entry(peer.agent.clone())
-            .or_default()
-            .push(tunnel.clone());
+        let refused = {
+            let mut state = self.lock();
+            if state.stopping {
+                Some("the gateway is stopping")
+            } else if state.closed_keys.contains(&peer.key_id) {
+                Some("the agent's key was revoked or replaced as it connected")
+            } else {
+                state
+                    .tunnels
+                    .entry(peer.agent.clone())
+                    .or_default()
+                    .push(tunnel.clone());
+                None
+            }
+        };
+        drop(reservation);
+        if let Some(reason) = refused {
+            kill.kill();
+            self.events
+                .record(HubEvent::Disconnected {
+                    peer,
+                    reason: reason.to_string(),
+                    dials: 0,
+                })
+                .await;
+            return;
+        }
         self.connected.notify_waiters();
         tracing::info!(agent = %peer.agent, instance = %peer.instance, address = %peer.address, "agent connected");
         let reason = tokio::select! {
@@ -292,26 +403,31 @@ impl AgentHub {
     }
 
     fn remove(&self, tunnel: &Tunnel) {
-        let mut tunnels = self.lock();
-        if let Some(list) = tunnels.get_mut(&tunnel.peer.agent) {
+        let mut state = self.lock();
+        if let Some(list) = state.tunnels.get_mut(&tunnel.peer.agent) {
             list.retain(|t| t.id != tunnel.id);
             if list.is_empty() {
-                tunnels.remove(&tunnel.peer.agent);
+                state.tunnels.remove(&tunnel.peer.agent);
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Tunnel>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
         // A panic while holding this lock leaves plain data behind; keep serving.
-        self.tunnels.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The live tunnel of `agent` carrying the fewest streams, skipping `tried`.
     fn pick(&self, agent: &str, tried: &[u64]) -> Option<Arc<Tunnel>> {
         self.lock()
+            .tunnels
             .get(agent)?
             .iter()
-            .filter(|t| !tried.contains(&t.id) && !t.sender.is_closed())
+            .filter(|t| {
+                !tried.contains(&t.id)
+                    && !t.sender.is_closed()
+                    && t.closing.lock().map_or(true, |c| c.is_none())
+            })
             .min_by_key(|t| t.open_streams.load(Ordering::Relaxed))
             .cloned()
     }
@@ -418,11 +534,17 @@ impl Tunnel {
             Ok(Ok(response)) => response,
         };
         if response.status() != StatusCode::OK {
+            // The agent's words reach the client and the audit log: short and printable.
             let reason = response
                 .headers()
                 .get(DIAL_ERROR_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+                .map(|v| {
+                    v.chars()
+                        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                        .take(MAX_DIAL_ERROR)
+                        .collect()
+                })
                 .unwrap_or_else(|| format!("answered {}", response.status()));
             return Err(OpenError::Refused(reason));
         }
@@ -490,13 +612,13 @@ struct AgentDialer {
 impl Dialer for AgentDialer {
     fn dial<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<BoxedStream, DialError>> {
         Box::pin(async move {
-            let first = !self.carried.load(Ordering::Relaxed);
-            let stream = self
-                .hub
-                .dial(&self.agent, addr, &self.context, first)
-                .await?;
-            self.carried.store(true, Ordering::Relaxed);
-            Ok(stream)
+            // Claimed before dialing, so two first dials at once count one session.
+            let first = !self.carried.swap(true, Ordering::Relaxed);
+            let dialed = self.hub.dial(&self.agent, addr, &self.context, first).await;
+            if first && dialed.is_err() {
+                self.carried.store(false, Ordering::Relaxed);
+            }
+            dialed
         })
     }
 }

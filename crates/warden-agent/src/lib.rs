@@ -14,4 +14,7 @@ pub mod wire;
 
 pub use agent::{AgentError, AgentSettings, GatewayAddress};
 pub use allow::{Allowlist, AllowlistError};
-pub use hub::{AgentHub, AgentPeer, DialContext, DialOutcome, HubEvent, HubEvents, TunnelStatus};
+pub use hub::{
+    AgentHub, AgentPeer, DialContext, DialOutcome, HubEvent, HubEvents, Reservation, ReserveError,
+    TunnelStatus,
+};

@@ -101,8 +101,9 @@ impl HubEvents for AuditedHub {
                 HubEvent::Connected(peer) => (
                     Event::new(
                         "agent.connect",
-                        json!({"agent": peer.agent, "instance": peer.instance, "host": peer.host,
-                               "version": peer.version, "address": peer.address.to_string()}),
+                        json!({"agent": peer.agent, "key_id": peer.key_id, "instance": peer.instance,
+                               "host": peer.host, "version": peer.version,
+                               "address": peer.address.to_string()}),
                     ),
                     Some((peer, 0)),
                 ),
@@ -131,6 +132,8 @@ impl HubEvents for AuditedHub {
                     let mut event = Event::new(
                         "agent.dial",
                         json!({"agent": agent, "instance": peer.as_ref().map(|p| p.instance.clone()),
+                               "key_id": peer.as_ref().map(|p| p.key_id.clone()),
+                               "address": peer.as_ref().map(|p| p.address.to_string()),
                                "target": addr, "outcome": outcome.as_str(), "message": message}),
                     );
                     if !context.connection.is_empty() {
@@ -185,6 +188,8 @@ pub async fn keep_in_step(
         if connected.is_empty() {
             continue;
         }
+        // Tunnels that connect after this snapshot are judged at the next round.
+        let snapshot = std::time::SystemTime::now();
         let records = match store.list_agents().await {
             Ok(r) => r,
             Err(e) => {
@@ -192,14 +197,18 @@ pub async fn keep_in_step(
                 continue;
             }
         };
-        hub.close_where(
-            |peer| {
-                !records.iter().any(|r| {
-                    r.name == peer.agent && r.key_id == peer.key_id && r.revoked_at.is_none()
-                })
-            },
-            "the agent was revoked, deleted or given a new key",
-        );
+        for status in connected.iter().filter(|t| t.connected_at < snapshot) {
+            let peer = &status.peer;
+            let valid = records
+                .iter()
+                .any(|r| r.name == peer.agent && r.key_id == peer.key_id && r.revoked_at.is_none());
+            if !valid {
+                hub.close_key(
+                    &peer.key_id,
+                    "the agent was revoked, deleted or given a new key",
+                );
+            }
+        }
         if last_seen_note.elapsed() >= SEEN_EVERY {
             last_seen_note = tokio::time::Instant::now();
             for status in &connected {

@@ -85,6 +85,18 @@ pub fn connection_weakening(old: &Connection, new: &Connection) -> Vec<String> {
             old.target, new.target
         ));
     }
+    if old.agent != new.agent {
+        let route = |a: &Option<String>| {
+            a.as_ref().map_or("the gateway directly".to_string(), |a| {
+                format!("agent `{a}`")
+            })
+        };
+        out.push(format!(
+            "the route changed from {} to {}: the held credential and every session cross that path",
+            route(&old.agent),
+            route(&new.agent)
+        ));
+    }
     if old.username != new.username {
         out.push(format!(
             "username changed from {:?} to {:?}: sessions run with that account's privileges",

@@ -49,6 +49,10 @@ fn each_weakening_of_a_connection_is_named() {
             "kind changed from postgres to mysql",
         ),
         (json!({"target": "evil:5432"}), "target changed"),
+        (
+            json!({"agent": "dc-east"}),
+            "route changed from the gateway directly to agent `dc-east`",
+        ),
         (json!({"username": "postgres"}), "username changed"),
         (
             json!({"tls": {"ca_pem": "-----BEGIN CERTIFICATE-----"}}),

@@ -5,6 +5,8 @@ CREATE TABLE agents (
     key_id TEXT NOT NULL UNIQUE,
     key_hash TEXT NOT NULL,
     description TEXT,
+    -- JSON list of networks its tunnels may come from; empty: anywhere.
+    sources TEXT NOT NULL DEFAULT '[]',
     created_by TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     revoked_at BIGINT,

@@ -17,6 +17,8 @@ pub struct AgentRecord {
     pub key_id: String,
     pub key_hash: String,
     pub description: Option<String>,
+    /// Networks (CIDR) the agent's tunnels may come from; empty: anywhere.
+    pub sources: Vec<String>,
     pub created_by: String,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
@@ -26,21 +28,22 @@ pub struct AgentRecord {
     pub sessions_carried: i64,
 }
 
-const COLUMNS: &str = "name, key_id, key_hash, description, created_by, created_at, revoked_at, \
-                       last_seen_at, last_address, last_version, sessions_carried";
+const COLUMNS: &str = "name, key_id, key_hash, description, sources, created_by, created_at, \
+                       revoked_at, last_seen_at, last_address, last_version, sessions_carried";
 
 impl Store {
     /// Registers an agent and records `event`, atomically.
     pub async fn insert_agent(&self, agent: &AgentRecord, event: &Event) -> Result<()> {
         let mut tx = self.begin_audited().await?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, NULL, 0) \
+            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, 0) \
              ON CONFLICT (name) DO NOTHING"
         )))
         .bind(&agent.name)
         .bind(&agent.key_id)
         .bind(&agent.key_hash)
         .bind(agent.description.as_deref())
+        .bind(serde_json::to_string(&agent.sources)?)
         .bind(&agent.created_by)
         .bind(timefmt::to_micros(agent.created_at))
         .execute(tx.conn())
@@ -77,6 +80,25 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Sets an agent's description and source networks, recording `event`,
+    /// atomically; false (nothing recorded) when there is no such agent.
+    pub async fn update_agent(
+        &self,
+        name: &str,
+        description: Option<&str>,
+        sources: &[String],
+        event: &Event,
+    ) -> Result<bool> {
+        let mut tx = self.begin_audited().await?;
+        let done = sqlx::query("UPDATE agents SET description = $1, sources = $2 WHERE name = $3")
+            .bind(description)
+            .bind(serde_json::to_string(sources)?)
+            .bind(name)
+            .execute(tx.conn())
+            .await?;
+        tx.commit_if_changed(done.rows_affected(), event).await
     }
 
     /// Marks an agent revoked (keeping the first time) and records `event`,
@@ -174,6 +196,7 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord> {
         key_id: row.try_get("key_id")?,
         key_hash: row.try_get("key_hash")?,
         description: row.try_get("description")?,
+        sources: serde_json::from_str(&row.try_get::<String, _>("sources")?)?,
         created_by: row.try_get("created_by")?,
         created_at: time_from_db(row.try_get("created_at")?)?,
         revoked_at: opt_time_from_db(row.try_get("revoked_at")?)?,

@@ -171,6 +171,9 @@ pub enum AgentsCommand {
         name: String,
         #[arg(long)]
         description: Option<String>,
+        /// A network its tunnels may come from (repeat); none: anywhere.
+        #[arg(long = "source", value_name = "CIDR")]
+        sources: Vec<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -212,9 +215,10 @@ pub async fn agents(command: Option<AgentsCommand>, list_api: ApiArgs) -> Result
         AgentsCommand::Add {
             name,
             description,
+            sources,
             api,
         } => {
-            let body = json!({"name": name, "description": description});
+            let body = json!({"name": name, "description": description, "sources": sources});
             let answer = Api::new(&api)
                 .await?
                 .call(post, "/api/agents", Some(&body))
@@ -259,8 +263,8 @@ pub async fn agents(command: Option<AgentsCommand>, list_api: ApiArgs) -> Result
     } else if let Some(key) = answer["key"].as_str() {
         println!(
             "Agent `{}` key (shown once; only its hash is stored):\n\n    {key}\n\n\
-             Run inside the private network:\n    \
-             WARDEN_AGENT_KEY=... warden agent --gateway {} --allow HOST_OR_NETWORK:PORT",
+             Run inside the private network (the key in a file, not on the command line):\n    \
+             warden agent --gateway {} --key-file KEY_FILE --allow HOST_OR_NETWORK:PORT",
             str_of(&answer, "name"),
             api.gateway
         );

@@ -878,6 +878,38 @@ fn an_agent_refuses_what_it_is_not_given() {
     );
     assert_eq!(site.events("agent.refused").len(), 1);
     let _ = bad.wait();
+    assert!(
+        text(&out.stderr).is_empty() || !text(&out.stderr).contains("wagt_0123456789abcdef_00"),
+        "the key reached the agent's log"
+    );
+    // A registration limited to other networks refuses its key from here.
+    let fenced = site.api(
+        "POST",
+        "/api/agents",
+        Some(&json!({"name": "fenced", "sources": ["192.0.2.0/24"]})),
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut site = site;
+    site.run_agent(&fenced, "127.0.0.1:1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !site
+        .events("agent.refused")
+        .iter()
+        .any(|e| e["event"]["payload"]["code"] == "agent_source_refused")
+    {
+        assert!(Instant::now() < deadline, "no agent_source_refused event");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(site.processes("fenced").is_empty());
+    let widened = site.api(
+        "PATCH",
+        "/api/agents/fenced",
+        Some(&json!({"sources": [format!("{}/32", site.netns.host_ip)]})),
+    );
+    assert_eq!(widened["sources"][0], format!("{}/32", site.netns.host_ip));
+    site.wait_processes("fenced", 1);
     // Unknown agents cannot be named by a connection.
     let (status, answer) = site.api_as(
         ADMIN,

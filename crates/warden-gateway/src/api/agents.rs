@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 use warden_agent::wire::{HOST_HEADER, INSTANCE_HEADER, UPGRADE_PROTOCOL, VERSION_HEADER};
-use warden_agent::{AgentPeer, TunnelStatus};
+use warden_agent::{AgentPeer, ReserveError, TunnelStatus};
 use warden_core::{Event, timefmt, validate_connection_name};
 use warden_store::StoreError;
 use warden_store::agents::AgentRecord;
@@ -27,6 +27,18 @@ pub struct AgentCreate {
     /// What connections name (`"agent": "dc-east"`): lowercase letters, digits, `-`, `_`.
     pub name: String,
     pub description: Option<String>,
+    /// Networks its tunnels may come from (`10.20.0.0/16`); empty: anywhere. A copy
+    /// of the key used from elsewhere is refused.
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+/// A change to an agent (admins): fields left out keep their value.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUpdate {
+    pub description: Option<String>,
+    pub sources: Option<Vec<String>>,
 }
 
 /// One connected agent process.
@@ -51,6 +63,8 @@ pub struct AgentProcess {
 pub struct AgentView {
     pub name: String,
     pub description: Option<String>,
+    /// Networks its tunnels may come from; empty: anywhere.
+    pub sources: Vec<String>,
     /// `online` (a process is connected to this gateway), `offline` or `revoked`.
     pub status: &'static str,
     pub created_by: String,
@@ -103,6 +117,7 @@ fn view(record: &AgentRecord, live: &[TunnelStatus]) -> AgentView {
     AgentView {
         name: record.name.clone(),
         description: record.description.clone(),
+        sources: record.sources.clone(),
         status,
         created_by: record.created_by.clone(),
         created_at: record.created_at,
@@ -184,9 +199,11 @@ pub async fn create(
             "description must be at most 2048 characters",
         ));
     }
+    check_sources(&req.sources)?;
     let issued = agents::issue_key().map_err(|e| ApiError::from_auth(&e))?;
     let record = AgentRecord {
         name: req.name,
+        sources: req.sources,
         key_id: issued.key_id,
         key_hash: issued.key_hash,
         description: req.description,
@@ -200,7 +217,7 @@ pub async fn create(
     };
     let event = Event::new(
         "agent.create",
-        json!({"agent": record.name, "key_id": record.key_id}),
+        json!({"agent": record.name, "key_id": record.key_id, "sources": record.sources}),
     )
     .by(&caller.identity);
     state
@@ -224,6 +241,74 @@ pub async fn create(
     ))
 }
 
+fn check_sources(sources: &[String]) -> Result<(), ApiError> {
+    if sources.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_agent",
+            "sources must hold at most 256 networks",
+        ));
+    }
+    warden_agent::allow::parse_networks(sources)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request("invalid_agent", format!("sources: {e}")))
+}
+
+/// Change an agent's description or source networks (admins). New sources apply to
+/// tunnels that connect from now on; open ones from elsewhere are closed.
+#[utoipa::path(patch, path = "/api/agents/{name}", tag = "agents", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body = AgentUpdate,
+    responses((status = 200, body = AgentView), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AgentUpdate>,
+) -> Result<Json<AgentView>, ApiError> {
+    caller.require_admin(&state, "agent.update").await?;
+    let before = find(&state, &name).await?;
+    let sources = req.sources.unwrap_or_else(|| before.sources.clone());
+    check_sources(&sources)?;
+    let description = req.description.or_else(|| before.description.clone());
+    if description.as_ref().is_some_and(|d| d.len() > 2048) {
+        return Err(ApiError::bad_request(
+            "invalid_agent",
+            "description must be at most 2048 characters",
+        ));
+    }
+    // Fewer or no source limits let a copied key in from more places.
+    let widened = !before.sources.is_empty()
+        && (sources.is_empty() || sources.iter().any(|s| !before.sources.contains(s)));
+    let event = Event::new(
+        "agent.update",
+        json!({"agent": name, "sources": {"from": before.sources, "to": sources},
+               "widened": widened}),
+    )
+    .by(&caller.identity);
+    let found = state
+        .store
+        .update_agent(&name, description.as_deref(), &sources, &event)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    if !found {
+        return Err(ApiError::not_found(format!("agent `{name}`")));
+    }
+    if let Ok(networks) = warden_agent::allow::parse_networks(&sources)
+        && !networks.is_empty()
+    {
+        state.agents.close_where(
+            |p| p.agent == name && !warden_agent::allow::in_networks(&networks, p.address.ip()),
+            "the agent's source networks changed",
+        );
+    }
+    let record = AgentRecord {
+        description,
+        sources,
+        ..before
+    };
+    Ok(Json(view(&record, &state.agents.status())))
+}
+
 /// Revoke an agent (admins): its key stops working and its tunnels close now,
 /// ending the sessions they carry. `rotate` makes it usable again with a new key.
 #[utoipa::path(post, path = "/api/agents/{name}/revoke", tag = "agents", security(("bearer" = [])),
@@ -235,7 +320,12 @@ pub async fn revoke(
     Path(name): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     caller.require_admin(&state, "agent.revoke").await?;
-    let event = Event::new("agent.revoke", json!({"agent": name})).by(&caller.identity);
+    let before = find(&state, &name).await?;
+    let event = Event::new(
+        "agent.revoke",
+        json!({"agent": name, "key_id": before.key_id}),
+    )
+    .by(&caller.identity);
     let found = state
         .store
         .revoke_agent(&name, timefmt::now(), &event)
@@ -245,8 +335,12 @@ pub async fn revoke(
         return Err(ApiError::not_found(format!("agent `{name}`")));
     }
     let reason = format!("the agent was revoked by {}", caller.identity.subject);
+    state.agents.close_key(&before.key_id, &reason);
     state.agents.close_where(|p| p.agent == name, &reason);
-    let record = find(&state, &name).await?;
+    let record = AgentRecord {
+        revoked_at: before.revoked_at.or_else(|| Some(timefmt::now())),
+        ..before
+    };
     Ok(Json(view(&record, &state.agents.status())))
 }
 
@@ -261,6 +355,7 @@ pub async fn rotate(
     Path(name): Path<String>,
 ) -> Result<Json<AgentIssued>, ApiError> {
     caller.require_admin(&state, "agent.rotate").await?;
+    let before = find(&state, &name).await?;
     let issued = agents::issue_key().map_err(|e| ApiError::from_auth(&e))?;
     let event = Event::new(
         "agent.rotate",
@@ -279,10 +374,17 @@ pub async fn rotate(
         "the agent's key was replaced by {}",
         caller.identity.subject
     );
+    state.agents.close_key(&before.key_id, &reason);
     state
         .agents
         .close_where(|p| p.agent == name && p.key_id != issued.key_id, &reason);
-    let record = find(&state, &name).await?;
+    // The answer is built from what is in hand: the new key must reach the caller.
+    let record = AgentRecord {
+        key_id: issued.key_id.clone(),
+        key_hash: issued.key_hash.clone(),
+        revoked_at: None,
+        ..before
+    };
     Ok(Json(AgentIssued {
         agent: view(&record, &state.agents.status()),
         key: issued.token.expose().clone(),
@@ -299,6 +401,7 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin(&state, "agent.delete").await?;
+    let before = find(&state, &name).await?;
     let event = Event::new("agent.delete", json!({"agent": name})).by(&caller.identity);
     let found = state
         .store
@@ -314,6 +417,7 @@ pub async fn delete(
         return Err(ApiError::not_found(format!("agent `{name}`")));
     }
     let reason = format!("the agent was deleted by {}", caller.identity.subject);
+    state.agents.close_key(&before.key_id, &reason);
     state.agents.close_where(|p| p.agent == name, &reason);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -376,19 +480,37 @@ pub async fn tunnel(State(state): State<AppState>, mut req: Request) -> Result<R
             return Err(ApiError::new(status, refusal.code(), refusal.message()));
         }
     };
-    let limit = state.config.agents.max_processes;
-    if state.agents.connected_count(&record.name) >= limit {
+    // A registration limited to some networks refuses its key from anywhere else.
+    let sources = warden_agent::allow::parse_networks(&record.sources).unwrap_or_default();
+    if !record.sources.is_empty()
+        && (sources.is_empty() || !warden_agent::allow::in_networks(&sources, client.ip()))
+    {
         let message = format!(
-            "agent `{}` already has {limit} processes connected to this gateway (agents.max_processes)",
-            record.name
+            "agent `{}` may not connect from {}",
+            record.name,
+            client.ip()
         );
-        state.audit(&refuse("too_many_processes", &message)).await?;
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_processes",
-            message,
-        ));
+        state
+            .audit(&refuse("agent_source_refused", &message))
+            .await?;
+        return Err(ApiError::forbidden(message));
     }
+    let limit = state.config.agents.max_processes;
+    let reservation = match state.agents.reserve(&record.name, &record.key_id, limit) {
+        Ok(r) => r,
+        Err(e) => {
+            let (status, code) = match e {
+                ReserveError::TooMany { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "too_many_processes")
+                }
+                ReserveError::KeyClosed => (StatusCode::UNAUTHORIZED, "agent_revoked"),
+                ReserveError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "gateway_stopping"),
+            };
+            let message = e.to_string();
+            state.audit(&refuse(code, &message)).await?;
+            return Err(ApiError::new(status, code, message));
+        }
+    };
     let peer = AgentPeer {
         agent: record.name,
         key_id: record.key_id,
@@ -407,7 +529,7 @@ pub async fn tunnel(State(state): State<AppState>, mut req: Request) -> Result<R
     let hub = state.agents.clone();
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => hub.serve(TokioIo::new(upgraded), peer).await,
+            Ok(upgraded) => hub.serve(TokioIo::new(upgraded), peer, reservation).await,
             Err(e) => tracing::warn!(error = %e, "agent tunnel upgrade failed"),
         }
         drop(permit);

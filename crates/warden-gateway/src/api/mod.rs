@@ -168,7 +168,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::sinks))
         .routes(routes!(tunnel::open))
         .routes(routes!(agents::list, agents::create))
-        .routes(routes!(agents::get, agents::delete))
+        .routes(routes!(agents::get, agents::update, agents::delete))
         .routes(routes!(agents::revoke))
         .routes(routes!(agents::rotate))
         .routes(routes!(agents::tunnel))
