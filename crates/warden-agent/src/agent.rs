@@ -23,8 +23,8 @@ use warden_net::BackendTls;
 
 use crate::allow::Allowlist;
 use crate::wire::{
-    CONNECTION_WINDOW, DIAL_ERROR_HEADER, HOST_HEADER, INSTANCE_HEADER, KEEP_ALIVE, STREAM_WINDOW,
-    TUNNEL_PATH, UPGRADE_PROTOCOL, VERSION_HEADER,
+    CONNECTION_WINDOW, DIAL_ERROR_HEADER, HOST_HEADER, INSTANCE_HEADER, KEEP_ALIVE, MAX_FRAME,
+    STREAM_WINDOW, TUNNEL_PATH, UPGRADE_PROTOCOL, VERSION_HEADER,
 };
 
 /// Name lookups in flight at once, per gateway link.
@@ -266,6 +266,7 @@ impl Link {
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(self.settings.max_streams)
             .keep_alive_interval(KEEP_ALIVE)
             .keep_alive_timeout(KEEP_ALIVE)

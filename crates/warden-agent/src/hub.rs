@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use warden_core::{BoxFuture, BoxedStream, DialError, Dialer};
 
-use crate::wire::{CONNECTION_WINDOW, DIAL_ERROR_HEADER, KEEP_ALIVE, STREAM_WINDOW};
+use crate::wire::{CONNECTION_WINDOW, DIAL_ERROR_HEADER, KEEP_ALIVE, MAX_FRAME, STREAM_WINDOW};
 
 /// Who a connected agent process is, as its tunnel was authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +319,7 @@ impl AgentHub {
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .keep_alive_interval(KEEP_ALIVE)
             .keep_alive_timeout(KEEP_ALIVE)
             .keep_alive_while_idle(true)

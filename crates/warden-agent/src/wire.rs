@@ -26,5 +26,8 @@ pub const DIAL_ERROR_HEADER: &str = "warden-dial-error";
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Per-tunnel receive window: the most one agent connection buffers in all.
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// The largest HTTP/2 frame either side accepts: bulk copies move in frames this big
+/// rather than in HTTP/2's default 16 KiB ones: fewer wake-ups per MiB on both sides.
+pub const MAX_FRAME: u32 = 256 * 1024;
 /// HTTP/2 pings in both directions; a peer that misses one for this long is gone.
 pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -64,6 +64,9 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        // Agent tunnels and `warden connect` carry interactive protocols here: small
+        // writes must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
         let tls = tls.clone();
         let (app, permit) = match door.admit("api", peer) {
             Ok(permit) => (

@@ -678,10 +678,18 @@ fn a_killed_agent_ends_only_its_sessions_and_revocation_closes_the_tunnel_at_onc
     one.send("SELECT 'one-' || 1;");
     one.wait_for("one-1", "");
     let victim = carrier(&site, "dc-west", 2);
+    // A second session goes to the other process (the one carrying fewer).
+    let mut kept = site.psql_session("ledger", &token);
+    kept.send("SELECT 'kept-' || 1;");
+    kept.wait_for("kept-1", "");
     site.agents[victim].kill().unwrap();
     site.agents[victim].wait().unwrap();
     // Its session ends: the next statement fails with the connection.
     one.wait_for("database closed the connection", "SELECT 'still-' || 1;");
+    // The other process's session goes on.
+    kept.send("SELECT 'kept-' || 2;");
+    kept.wait_for("kept-2", "");
+    assert!(!kept.output().contains("closed"), "{}", kept.output());
     // New sessions go to the other process straight away.
     let out = site.psql("ledger", &token, "SELECT 'two-' || 2");
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -756,6 +764,7 @@ fn a_killed_agent_ends_only_its_sessions_and_revocation_closes_the_tunnel_at_onc
     let (status, answer) = site.api_as(ADMIN, "DELETE", "/api/agents/dc-west", None);
     assert_eq!(status, 409, "{answer}");
     one.finish();
+    kept.finish();
     three.finish();
 }
 
