@@ -200,7 +200,7 @@ pub async fn run(
             tls,
             settings: settings.clone(),
             instance: instance.clone(),
-            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+            lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
         });
         tasks.spawn(link.keep_up(shutdown.clone()));
     }
@@ -215,7 +215,7 @@ struct Link {
     settings: AgentSettings,
     instance: String,
     /// Name lookups run on blocking threads and outlive a cancelled dial: bounded.
-    lookups: tokio::sync::Semaphore,
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl Link {
@@ -415,13 +415,25 @@ impl Link {
                 let by_name = allow.allows_name(host, port);
                 // Nothing to check an address against: no lookup (no DNS query made
                 // on the gateway's behalf for a name that cannot be allowed).
-                if !by_name && !allow.has_networks() {
+                if !by_name && !allow.has_networks_for(port) {
                     return Err(not_allowed());
                 }
-                let resolved = {
-                    let _slot = self.lookups.acquire().await.map_err(|_| not_allowed())?;
-                    tokio::net::lookup_host((host, port)).await
-                };
+                // The permit goes with the blocking lookup, which outlives a cancelled
+                // dial: at most MAX_LOOKUPS run, whatever the gateway asks.
+                let slot = self
+                    .lookups
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| not_allowed())?;
+                let name = host.to_string();
+                let resolved = tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port))
+                        .map(Iterator::collect::<Vec<SocketAddr>>)
+                })
+                .await
+                .map_err(|_| not_allowed())?;
                 let resolved = resolved.map_err(|e| {
                     if by_name {
                         (
@@ -435,6 +447,7 @@ impl Link {
                 // A name entry trusts DNS, but not to point at this host's own
                 // loopback or link-local services unless a network entry allows them.
                 resolved
+                    .into_iter()
                     .filter(|a| {
                         allow.allows_addr(a.ip(), port)
                             || (by_name && !a.ip().is_unspecified() && !is_local(a.ip()))
@@ -459,13 +472,29 @@ impl Link {
     }
 }
 
-/// Addresses of this host or its link: loopback, link-local, and the cloud metadata
-/// address that lives there.
+/// Addresses of this host or its link, and cloud metadata services: loopback,
+/// link-local (169.254.169.254 among them), unspecified, Alibaba's 100.100.100.200,
+/// AWS's fd00:ec2::254, and those written as NAT64 (`64:ff9b::/96`) or
+/// IPv4-compatible IPv6.
 fn is_local(ip: IpAddr) -> bool {
+    let v4_local = |v4: std::net::Ipv4Addr| {
+        v4.is_loopback()
+            || v4.is_link_local()
+            || v4.is_unspecified()
+            || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200)
+    };
     match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V4(v4) => v4_local(v4),
         IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+            let seg = v6.segments();
+            let embedded = std::net::Ipv4Addr::from((u128::from(v6) & 0xffff_ffff) as u32);
+            let nat64 = seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            let compatible = seg[..6] == [0, 0, 0, 0, 0, 0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || ((nat64 || compatible) && v4_local(embedded))
         }
     }
 }
@@ -513,6 +542,35 @@ mod tests {
             "https://",
         ] {
             assert!(GatewayAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_and_metadata_addresses_are_recognised() {
+        for local in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.100.100.200",
+            "::1",
+            "::",
+            "fe80::1",
+            "febf::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+        ] {
+            assert!(is_local(local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.1",
+            "8.8.8.8",
+            "fd00::1",
+            "fec0::1",
+            "64:ff9b::808:808",
+        ] {
+            assert!(!is_local(remote.parse().unwrap()), "{remote}");
         }
     }
 

@@ -85,11 +85,12 @@ impl Allowlist {
         self.entries.is_empty()
     }
 
-    /// Whether any entry is an address or a network (else names are never looked up).
-    pub fn has_networks(&self) -> bool {
+    /// Whether any address or network entry covers `port` (else a name that no
+    /// name entry allows is not even looked up).
+    pub fn has_networks_for(&self, port: u16) -> bool {
         self.entries
             .iter()
-            .any(|e| matches!(e.hosts, Hosts::Net(_)))
+            .any(|e| e.ports.contains(port) && matches!(e.hosts, Hosts::Net(_)))
     }
 
     /// Whether a target named `host` (not an address) may be dialed on `port` by its

@@ -155,13 +155,31 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut state = self.hub.lock();
-        if let Some(n) = state.pending.get_mut(&self.agent) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                state.pending.remove(&self.agent);
+        {
+            let mut state = self.hub.lock();
+            if let Some(n) = state.pending.get_mut(&self.agent) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    state.pending.remove(&self.agent);
+                }
             }
         }
+        self.hub.removed.notify_waiters();
+    }
+}
+
+/// A tunnel's place in the hub: dropping it cuts the tunnel and takes it out.
+struct Registered<'a> {
+    hub: &'a AgentHub,
+    tunnel: Arc<Tunnel>,
+    kill: warden_net::KillSwitch,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.kill.kill();
+        self.hub.remove(&self.tunnel);
+        self.hub.removed.notify_waiters();
     }
 }
 
@@ -296,7 +314,8 @@ impl AgentHub {
             let removed = self.removed.notified();
             tokio::pin!(removed);
             removed.as_mut().enable();
-            if self.close_where(|_| true, "the gateway is stopping") == 0 {
+            let closed = self.close_where(|_| true, "the gateway is stopping");
+            if closed == 0 && self.lock().pending.is_empty() {
                 return;
             }
             if tokio::time::timeout_at(deadline, removed).await.is_err() {
@@ -363,7 +382,6 @@ impl AgentHub {
                 None
             }
         };
-        drop(reservation);
         if let Some(reason) = refused {
             kill.kill();
             self.events
@@ -373,8 +391,17 @@ impl AgentHub {
                     dials: 0,
                 })
                 .await;
+            // Held until now: `shut_down` waits for pending logins' events too.
+            drop(reservation);
             return;
         }
+        drop(reservation);
+        // Leaves the map however this task ends (a panic, a dropped future).
+        let registered = Registered {
+            hub: self,
+            tunnel: tunnel.clone(),
+            kill: kill.clone(),
+        };
         self.connected.notify_waiters();
         tracing::info!(agent = %peer.agent, instance = %peer.instance, address = %peer.address, "agent connected");
         let reason = tokio::select! {
@@ -399,8 +426,7 @@ impl AgentHub {
                 dials: tunnel.dials.load(Ordering::Relaxed),
             })
             .await;
-        self.remove(&tunnel);
-        self.removed.notify_waiters();
+        drop(registered);
     }
 
     fn remove(&self, tunnel: &Tunnel) {

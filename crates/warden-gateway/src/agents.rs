@@ -209,6 +209,17 @@ pub async fn keep_in_step(
                 );
             }
         }
+        // Source networks narrowed here or on another gateway sharing the store.
+        for record in records.iter().filter(|r| !r.sources.is_empty()) {
+            let networks = warden_agent::allow::parse_networks(&record.sources).unwrap_or_default();
+            hub.close_where(
+                |p| {
+                    p.agent == record.name
+                        && !warden_agent::allow::in_networks(&networks, p.address.ip())
+                },
+                "the agent's tunnel comes from outside its source networks",
+            );
+        }
         if last_seen_note.elapsed() >= SEEN_EVERY {
             last_seen_note = tokio::time::Instant::now();
             for status in &connected {

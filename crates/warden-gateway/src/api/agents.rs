@@ -455,24 +455,33 @@ pub async fn tunnel(State(state): State<AppState>, mut req: Request) -> Result<R
             format!("send `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}` over HTTP/1.1"),
         ));
     }
+    // The TCP peer, as the listener saw it (no forwarding header is trusted); a
+    // login without one is refused rather than given a made-up address.
     let client = req
         .extensions()
         .get::<ClientAddr>()
-        .map_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
-    let refuse = |code: &str, reason: &str| {
+        .map(|c| c.0)
+        .ok_or_else(|| ApiError::internal("the client address is unknown"))?;
+    let refuse = |code: &str, reason: &str, key_id: Option<&str>| {
         Event::new(
             "agent.refused",
-            json!({"client": client.to_string(), "code": code, "reason": reason}),
+            json!({"client": client.to_string(), "code": code, "reason": reason,
+                   "key_id": key_id}),
         )
+    };
+    // Refusals are counted per address and reason, not each written: a copied key
+    // looping logins cannot flood the audit log.
+    let repeat = |code: &str, event: Event| {
+        state.repeats.record(&client.ip().to_string(), code, event);
     };
     let token = bearer_of(req.headers()).unwrap_or_default().to_string();
     let record = match agents::verify_key(&state.store, &token).await {
         Ok(record) => record,
         Err(refusal) => {
-            let event = refuse(refusal.code(), refusal.message());
-            state
-                .repeats
-                .record(&client.ip().to_string(), refusal.code(), event);
+            repeat(
+                refusal.code(),
+                refuse(refusal.code(), refusal.message(), None),
+            );
             let status = match refusal {
                 KeyRefusal::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
                 KeyRefusal::Invalid | KeyRefusal::Revoked => StatusCode::UNAUTHORIZED,
@@ -490,9 +499,10 @@ pub async fn tunnel(State(state): State<AppState>, mut req: Request) -> Result<R
             record.name,
             client.ip()
         );
-        state
-            .audit(&refuse("agent_source_refused", &message))
-            .await?;
+        repeat(
+            "agent_source_refused",
+            refuse("agent_source_refused", &message, Some(&record.key_id)),
+        );
         return Err(ApiError::forbidden(message));
     }
     let limit = state.config.agents.max_processes;
@@ -507,7 +517,7 @@ pub async fn tunnel(State(state): State<AppState>, mut req: Request) -> Result<R
                 ReserveError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "gateway_stopping"),
             };
             let message = e.to_string();
-            state.audit(&refuse(code, &message)).await?;
+            repeat(code, refuse(code, &message, Some(&record.key_id)));
             return Err(ApiError::new(status, code, message));
         }
     };
