@@ -545,16 +545,18 @@ impl AgentHub {
 
 impl Tunnel {
     async fn open(&self, addr: &str, timeout: Duration) -> Result<BoxedStream, OpenError> {
-        let mut sender = self.sender.clone();
-        if sender.ready().await.is_err() {
-            return Err(OpenError::Gone);
-        }
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(addr)
             .body(Empty::<Bytes>::new())
             .map_err(|_| OpenError::Refused(format!("`{addr}` is not a host:port address")))?;
-        let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
+        let mut sender = self.sender.clone();
+        // Waiting for a free stream (the agent's `max_streams`) counts in the timeout.
+        let asked = tokio::time::timeout(timeout, async {
+            sender.ready().await?;
+            sender.send_request(request).await
+        });
+        let response = match asked.await {
             Err(_) => return Err(OpenError::TimedOut),
             Ok(Err(_)) if sender.is_closed() => return Err(OpenError::Gone),
             Ok(Err(e)) => return Err(OpenError::Refused(format!("the tunnel refused it: {e}"))),
