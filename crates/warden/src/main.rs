@@ -490,6 +490,12 @@ async fn gateway(config: Config) -> Result<ExitCode> {
     if let Some(pg) = gw.listener(warden_core::ConnectionKind::Postgres) {
         println!("PostgreSQL proxy listening on {pg}");
     }
+    if let Some(k8s) = gw.listener(warden_core::ConnectionKind::Kubernetes) {
+        println!("Kubernetes proxy listening on {k8s}");
+    }
+    if let Some(http) = gw.listener(warden_core::ConnectionKind::Http) {
+        println!("HTTP proxy listening on {http}");
+    }
     println!("warden gateway listening on {}", gw.api_url());
     stop.await;
     tracing::info!("stopping");

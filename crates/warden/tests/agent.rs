@@ -214,8 +214,8 @@ impl Site {
             ("WARDEN_PG__LISTEN", any.clone()),
             ("WARDEN_MYSQL__LISTEN", any.clone()),
             ("WARDEN_SSH__LISTEN", any.clone()),
-            ("WARDEN_KUBERNETES__ENABLED", "false".to_string()),
-            ("WARDEN_HTTP__ENABLED", "false".to_string()),
+            ("WARDEN_KUBERNETES__LISTEN", any.clone()),
+            ("WARDEN_HTTP__LISTEN", any.clone()),
         ];
         let mut site = Site {
             netns,
@@ -236,8 +236,8 @@ impl Site {
             ("WARDEN_PG__LISTEN", gw.listener("PostgreSQL")),
             ("WARDEN_MYSQL__LISTEN", gw.listener("MySQL")),
             ("WARDEN_SSH__LISTEN", gw.listener("SSH")),
-            ("WARDEN_KUBERNETES__ENABLED", "false".to_string()),
-            ("WARDEN_HTTP__ENABLED", "false".to_string()),
+            ("WARDEN_KUBERNETES__LISTEN", gw.listener("Kubernetes")),
+            ("WARDEN_HTTP__LISTEN", gw.listener("HTTP")),
         ];
         Some(site)
     }
@@ -262,6 +262,10 @@ impl Site {
             ("WARDEN_PG__TLS_KEY", key.to_str().unwrap()),
             ("WARDEN_MYSQL__TLS_CERT", cert.to_str().unwrap()),
             ("WARDEN_MYSQL__TLS_KEY", key.to_str().unwrap()),
+            ("WARDEN_KUBERNETES__TLS_CERT", cert.to_str().unwrap()),
+            ("WARDEN_KUBERNETES__TLS_KEY", key.to_str().unwrap()),
+            ("WARDEN_HTTP__TLS_CERT", cert.to_str().unwrap()),
+            ("WARDEN_HTTP__TLS_KEY", key.to_str().unwrap()),
             ("WARDEN_AGENTS__DIAL_WAIT_SECS", "2"),
             ("WARDEN_BACKENDS__CONNECT_TIMEOUT_SECS", "3"),
         ];
@@ -512,7 +516,25 @@ fn psql_mysql_ssh_and_scp_reach_private_targets_only_through_the_agent() {
     let mariadb =
         std::env::var("WARDEN_TEST_MYSQL_HOSTPORT").unwrap_or_else(|_| "127.0.0.1:3306".into());
     let sshd_port = std::env::var("WARDEN_TEST_SSHD_PORT").unwrap_or_else(|_| "2201".into());
-    site.run_agent(&key, &format!("{pg},{mariadb},127.0.0.1:{sshd_port}"));
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let stack = "/var/tmp/warden-test-k8s";
+    let k8s_url = env("WARDEN_TEST_K8S_URL", "https://127.0.0.1:16443");
+    let httpbin = env("WARDEN_TEST_HTTPBIN_URL", "http://127.0.0.1:18080");
+    let authority = |url: &str| {
+        url.split("//")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string()
+    };
+    site.run_agent(
+        &key,
+        &format!(
+            "{pg},{mariadb},127.0.0.1:{sshd_port},{},{}",
+            authority(&k8s_url),
+            authority(&httpbin)
+        ),
+    );
     site.wait_processes("dc-east", 1);
 
     site.add_pg("billing", &format!("{pg}/postgres"), Some("dc-east"));
@@ -531,6 +553,28 @@ fn psql_mysql_ssh_and_scp_reach_private_targets_only_through_the_agent() {
     let (mut ssh_body, _) = sshd_connection(&["ops"]);
     ssh_body["agent"] = json!("dc-east");
     site.api("POST", "/api/connections", Some(&ssh_body));
+    let held = std::fs::read_to_string(env(
+        "WARDEN_TEST_K8S_TOKEN_FILE",
+        &format!("{stack}/admin.token"),
+    ))
+    .unwrap();
+    let cluster_ca =
+        std::fs::read_to_string(env("WARDEN_TEST_K8S_CA", &format!("{stack}/ca.crt"))).unwrap();
+    site.api(
+        "POST",
+        "/api/connections",
+        Some(
+            &json!({"name": "cluster", "kind": "kubernetes", "target": k8s_url,
+                     "tls": {"ca_pem": cluster_ca}, "secret": held.trim(),
+                     "allowed_groups": ["ops"], "agent": "dc-east"}),
+        ),
+    );
+    site.api(
+        "POST",
+        "/api/connections",
+        Some(&json!({"name": "wiki", "kind": "http", "target": httpbin,
+                     "allowed_groups": ["ops"], "agent": "dc-east"})),
+    );
     let token = site.user_token();
 
     // The gateway alone cannot reach the database: the namespace is real.
@@ -560,6 +604,38 @@ fn psql_mysql_ssh_and_scp_reach_private_targets_only_through_the_agent() {
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "via agent\n");
+
+    // kubectl and curl: the cluster's TLS (its CA pinned) runs inside the tunnel.
+    let kubectl = env(
+        "WARDEN_TEST_KUBECTL",
+        "/var/cache/warden-test/k8s-1.37.2-etcd-3.6.16-kwok-0.8.0-r2/kubectl",
+    );
+    let k8s_port = site.port("Kubernetes");
+    let out = run(Command::new(&kubectl).args([
+        &format!("--server=https://{}:{k8s_port}/cluster", site.netns.ns_ip),
+        &format!("--certificate-authority={}", site.ca.display()),
+        &format!("--token={token}"),
+        "get",
+        "namespaces",
+        "-o",
+        "name",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("namespace/default"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(Command::new("curl")
+        .args(["-fsS", "--cacert", site.ca.to_str().unwrap()])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!(
+            "https://{}:{}/wiki/get?via=agent",
+            site.netns.ns_ip,
+            site.port("HTTP")
+        )));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("agent"), "{}", text(&out.stdout));
 
     // 100 MiB each way with scp, intact.
     let local = site.dir.path().join("big.bin");
