@@ -503,16 +503,7 @@ fn refusal(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(message.to_string())));
     *response.status_mut() = status;
     // Header values cannot hold every character a message may: keep what can be sent.
-    let clean: String = message
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
+    let clean = crate::wire::printable(message, message.len());
     if let Ok(value) = hyper::header::HeaderValue::from_str(&clean) {
         response.headers_mut().insert(DIAL_ERROR_HEADER, value);
     }

@@ -568,12 +568,7 @@ impl Tunnel {
                 .headers()
                 .get(DIAL_ERROR_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.chars()
-                        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-                        .take(MAX_DIAL_ERROR)
-                        .collect()
-                })
+                .map(|v| crate::wire::printable(v, MAX_DIAL_ERROR))
                 .unwrap_or_else(|| format!("answered {}", response.status()));
             return Err(OpenError::Refused(reason));
         }

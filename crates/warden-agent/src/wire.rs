@@ -20,6 +20,15 @@ pub const INSTANCE_HEADER: &str = "warden-agent-instance";
 /// On a refused dial: why, in words meant for the person whose client sees it.
 pub const DIAL_ERROR_HEADER: &str = "warden-dial-error";
 
+/// `text` as one side may show what the other sent (a header, an error): printable
+/// ASCII and spaces only, at most `max` characters.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(max)
+        .collect()
+}
+
 /// Per-stream receive window: what one backend connection may have in flight in one
 /// direction. Large enough that bulk copies (scp, big results) are not window-bound
 /// on a fast network, small enough that many streams fit in memory.

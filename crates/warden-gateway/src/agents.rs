@@ -142,7 +142,8 @@ impl HubEvents for AuditedHub {
                     if let Some(session) = context.session {
                         event = event.in_session(session);
                     }
-                    (event, peer.map(|p| (p, i64::from(new_session))))
+                    // A session's extra legs (cancels, catalog reads) write nothing more.
+                    (event, peer.filter(|_| new_session).map(|p| (p, 1)))
                 }
             };
             if let Some((peer, sessions)) = seen {

@@ -14,7 +14,6 @@ use warden_core::{
     Session, SessionEnd, SessionHandle, SessionHooks, SessionParts, SessionRecorder, SessionSink,
     SessionStatus, TerminalRecorder, TerminalSpec, TimelineEvent, Traffic, timefmt,
 };
-use warden_net::TcpDialer;
 use warden_store::sessions::SessionCounts;
 use warden_store::{AuditJournal, Store};
 
@@ -45,7 +44,7 @@ pub struct SessionGate {
     /// How sessions reach their targets.
     dialer: Arc<dyn Dialer>,
     /// Connections that name an agent are dialed through it.
-    agents: Option<Arc<warden_agent::AgentHub>>,
+    agents: Arc<warden_agent::AgentHub>,
     /// Writes every session's timeline.
     writer: RecordingWriter,
     /// This gateway instance, recorded with each session it serves.
@@ -151,6 +150,13 @@ pub struct Recordings {
     pub writer: RecordingWriter,
 }
 
+/// How sessions reach their targets: directly, or through the agent their
+/// connection names.
+pub struct Routes {
+    pub direct: Arc<dyn Dialer>,
+    pub agents: Arc<warden_agent::AgentHub>,
+}
+
 /// What watches over open sessions and failed logins.
 pub struct Oversight {
     /// Grants and reviews.
@@ -169,6 +175,7 @@ impl SessionGate {
         policies: Arc<PolicyRegistry>,
         oversight: Oversight,
         recordings: Recordings,
+        routes: Routes,
     ) -> Self {
         let Oversight {
             access,
@@ -190,10 +197,8 @@ impl SessionGate {
             recordings_dir,
             rows_per_result,
             exec_output_bytes: 0,
-            dialer: Arc::new(TcpDialer {
-                connect_timeout: Duration::from_secs(10),
-            }),
-            agents: None,
+            dialer: routes.direct,
+            agents: routes.agents,
             writer,
             instance: None,
             repeats,
@@ -206,33 +211,18 @@ impl SessionGate {
         self
     }
 
-    /// Sessions reach their targets through `dialer`.
-    pub fn with_dialer(mut self, dialer: Arc<dyn Dialer>) -> Self {
-        self.dialer = dialer;
-        self
-    }
-
-    /// Sessions of connections that name an agent reach their targets through it.
-    pub fn with_agents(mut self, hub: Arc<warden_agent::AgentHub>) -> Self {
-        self.agents = Some(hub);
-        self
-    }
-
     /// The dialer of a session of `conn`: through its agent, or direct.
     fn dialer_for(&self, conn: &warden_core::Connection, session: Uuid) -> Arc<dyn Dialer> {
         let Some(agent) = &conn.agent else {
             return self.dialer.clone();
         };
-        match &self.agents {
-            Some(hub) => hub.dialer(
-                agent,
-                warden_agent::DialContext {
-                    session: Some(session),
-                    connection: conn.name.clone(),
-                },
-            ),
-            None => Arc::new(NoAgents),
-        }
+        self.agents.dialer(
+            agent,
+            warden_agent::DialContext {
+                session: Some(session),
+                connection: conn.name.clone(),
+            },
+        )
     }
 
     /// Caps SSH exec recordings (see `recordings.exec_output_bytes`).
@@ -900,24 +890,6 @@ impl SessionSink for OpenSession {
             if let Err(e) = self.journal.append(&event).await {
                 tracing::error!(error = %e, "could not record session end");
             }
-        })
-    }
-}
-
-/// Without an agent hub (embedded uses), a connection that names an agent is
-/// unreachable rather than dialed directly.
-struct NoAgents;
-
-impl Dialer for NoAgents {
-    fn dial<'a>(
-        &'a self,
-        addr: &'a str,
-    ) -> warden_core::BoxFuture<'a, Result<warden_core::BoxedStream, warden_core::DialError>> {
-        Box::pin(async move {
-            Err(warden_core::DialError::Refused {
-                addr: addr.to_string(),
-                message: "this gateway carries no agent connections".to_string(),
-            })
         })
     }
 }

@@ -184,15 +184,17 @@ impl Gateway {
                         }
                     })?,
                 },
+                gate::Routes {
+                    direct: Arc::new(warden_net::TcpDialer {
+                        connect_timeout: std::time::Duration::from_secs(
+                            config.backends.connect_timeout_secs,
+                        ),
+                    }),
+                    agents: agent_hub.clone(),
+                },
             )
             .with_exec_output_limit(config.recordings.exec_output_bytes)
-            .with_instance(&instance.id)
-            .with_dialer(Arc::new(warden_net::TcpDialer {
-                connect_timeout: std::time::Duration::from_secs(
-                    config.backends.connect_timeout_secs,
-                ),
-            }))
-            .with_agents(agent_hub.clone()),
+            .with_instance(&instance.id),
         );
         let budget = descriptor_budget();
         let mut listeners = HashMap::new();

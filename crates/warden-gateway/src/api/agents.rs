@@ -5,13 +5,14 @@
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
-use warden_agent::wire::{HOST_HEADER, INSTANCE_HEADER, UPGRADE_PROTOCOL, VERSION_HEADER};
+use warden_agent::wire::{
+    HOST_HEADER, INSTANCE_HEADER, UPGRADE_PROTOCOL, VERSION_HEADER, printable,
+};
 use warden_agent::{AgentPeer, ReserveError, TunnelStatus};
 use warden_core::{Event, timefmt, validate_connection_name};
 use warden_store::StoreError;
@@ -427,12 +428,7 @@ fn reported(headers: &HeaderMap, name: &str, max: usize) -> String {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.chars()
-                .filter(|c| c.is_ascii_graphic() || *c == ' ')
-                .take(max)
-                .collect()
-        })
+        .map(|v| printable(v, max))
         .unwrap_or_default()
 }
 
@@ -443,18 +439,7 @@ fn reported(headers: &HeaderMap, name: &str, max: usize) -> String {
     responses((status = 101, description = "the tunnel is open"), (status = 401, body = ErrorBody),
               (status = 426, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn tunnel(State(state): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
-    let wants_tunnel = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
-    if !wants_tunnel {
-        return Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            format!("send `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}` over HTTP/1.1"),
-        ));
-    }
+    super::upgrade::require(req.headers(), UPGRADE_PROTOCOL)?;
     // The TCP peer, as the listener saw it (no forwarding header is trusted); a
     // login without one is refused rather than given a made-up address.
     let client = req
@@ -529,25 +514,10 @@ pub async fn tunnel(State(state): State<AppState>, mut req: Request) -> Result<R
         version: reported(req.headers(), VERSION_HEADER, 64),
         address: client,
     };
-    // The API connection's place in the listener's limits stays taken while the
-    // tunnel is up.
-    let permit = req
-        .extensions()
-        .get::<crate::server::ConnectionPermit>()
-        .cloned();
-    let upgrade = hyper::upgrade::on(&mut req);
     let hub = state.agents.clone();
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => hub.serve(TokioIo::new(upgraded), peer, reservation).await,
-            Err(e) => tracing::warn!(error = %e, "agent tunnel upgrade failed"),
-        }
-        drop(permit);
-    });
-    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    resp.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
-    Ok(resp)
+    Ok(super::upgrade::switch(
+        &mut req,
+        UPGRADE_PROTOCOL,
+        move |io| async move { hub.serve(io, peer, reservation).await },
+    ))
 }

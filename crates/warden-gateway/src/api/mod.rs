@@ -14,6 +14,7 @@ mod sessions;
 mod ssh_keys;
 mod system;
 mod tunnel;
+mod upgrade;
 mod webhooks;
 
 pub use error::{ApiError, ErrorBody};

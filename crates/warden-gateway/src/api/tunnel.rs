@@ -2,9 +2,7 @@
 //! carries each local client's connection through (see `crate::tunnel`).
 
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
+use axum::response::Response;
 use warden_core::{Secret, TunnelLogin};
 
 use super::extract::{Caller, bearer_of};
@@ -24,18 +22,7 @@ pub async fn open(
     Path(name): Path<String>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let wants_tunnel = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(TUNNEL_PROTOCOL));
-    if !wants_tunnel {
-        return Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            format!("send `Connection: Upgrade` and `Upgrade: {TUNNEL_PROTOCOL}` over HTTP/1.1"),
-        ));
-    }
+    super::upgrade::require(req.headers(), TUNNEL_PROTOCOL)?;
     let conn = state
         .store
         .get_connection(&name)
@@ -55,34 +42,15 @@ pub async fn open(
     let peer = caller
         .client
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    // The API connection's place in the listener's limits stays taken while the
-    // tunnel carries its session.
-    let permit = req
-        .extensions()
-        .get::<crate::server::ConnectionPermit>()
-        .cloned();
-    let upgrade = hyper::upgrade::on(&mut req);
     let tunnels = state.tunnels.clone();
     let kind = conn.kind;
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let login = TunnelLogin {
-                    connection: conn.name,
-                    token: Secret::new(token),
-                };
-                tunnels
-                    .serve(kind, Box::new(TokioIo::new(upgraded)), peer, login)
-                    .await;
-            }
-            Err(e) => tracing::warn!(error = %e, "tunnel upgrade failed"),
-        }
-        drop(permit);
-    });
-    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    resp.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(TUNNEL_PROTOCOL));
-    Ok(resp)
+    let login = TunnelLogin {
+        connection: conn.name,
+        token: Secret::new(token),
+    };
+    Ok(super::upgrade::switch(
+        &mut req,
+        TUNNEL_PROTOCOL,
+        move |io| async move { tunnels.serve(kind, Box::new(io), peer, login).await },
+    ))
 }
