@@ -3,9 +3,10 @@
 // Workloads get JWT access tokens through the client credentials grant, the way a
 // CI job or agent would. Each client's groups go into a `groups` claim. People log in
 // through the public client `warden-cli` (authorization code with PKCE, or the device
-// flow); the interaction pages finish on their own as the account named by
-// `login_hint`, else as the one set with GET /test/next-account?name=..., so a test can
-// play the browser with plain HTTP. Prints one JSON line `{"issuer": ...}` once it
+// flow), and into the web console through `warden-console`. The interaction pages
+// finish on their own as the account named by `login_hint`, else as the one set with
+// GET /test/next-account?name=..., so a test can play the browser with plain HTTP, or
+// drive a real one without typing. Prints one JSON line `{"issuer": ...}` once it
 // listens; the port is free-chosen unless PORT is set.
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -68,6 +69,19 @@ server.listen(Number(process.env.PORT || 0), '127.0.0.1', async () => {
         response_types: ['code'],
         // Native clients' loopback redirects may use any port (RFC 8252 7.3).
         redirect_uris: ['http://127.0.0.1/callback'],
+        scope: 'openid offline_access api',
+      },
+      {
+        // The web console: a confidential client (the gateway exchanges the code).
+        // Registered as native so its loopback redirect may use any port, as the
+        // tests' gateways listen on free ports.
+        client_id: 'warden-console',
+        client_secret: 'warden-console-secret',
+        application_type: 'native',
+        token_endpoint_auth_method: 'client_secret_basic',
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        redirect_uris: ['http://127.0.0.1/auth/callback'],
         scope: 'openid offline_access api',
       },
     ],

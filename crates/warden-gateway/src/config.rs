@@ -31,6 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "recordings",
     "audit",
     "events",
+    "web",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +81,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub events: EventsConfig,
+    #[serde(default)]
+    pub web: crate::web::WebConfig,
 }
 
 /// Client connections each proxy listener (PostgreSQL, MySQL, SSH) holds at once.
@@ -564,6 +567,7 @@ impl Default for Config {
             recordings: RecordingsConfig::default(),
             audit: AuditConfig::default(),
             events: EventsConfig::default(),
+            web: crate::web::WebConfig::default(),
         }
     }
 }
@@ -691,6 +695,8 @@ impl Config {
                 cli.issuer
             ));
         }
+        let issuers: Vec<&str> = self.auth.oidc.iter().map(|o| o.issuer.as_str()).collect();
+        self.web.validate(&issuers).map_err(ConfigError::Invalid)?;
         if self.events.max_attempts == 0 || self.events.webhook_timeout_secs == 0 {
             return invalid(
                 "events.max_attempts and events.webhook_timeout_secs must be at least 1".into(),

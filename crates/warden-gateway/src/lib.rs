@@ -21,6 +21,7 @@ mod server;
 pub mod session_watch;
 pub mod terminal;
 pub mod tunnel;
+pub mod web;
 
 pub use bootstrap::{recover_admin_key, write_admin_key_file};
 pub use config::Config;
@@ -199,6 +200,7 @@ impl Gateway {
         let budget = descriptor_budget();
         let mut listeners = HashMap::new();
         let mut proxies = HashMap::new();
+        let mut endpoints = Vec::new();
         let door = || Door {
             gate: warden_net::ConnectionGate::new(
                 warden_net::ConnectionLimits {
@@ -213,12 +215,18 @@ impl Gateway {
             let Registration {
                 kind,
                 listen,
+                encrypted,
                 proxy,
             } = registration;
             if let Some(addr) = listen {
                 let door = door();
                 let addr = start_listener(kind, addr, proxy.clone(), door, rx.clone()).await?;
                 listeners.insert(kind, addr);
+                endpoints.push(web::Endpoint {
+                    kind: kind.as_str(),
+                    port: addr.port(),
+                    tls: encrypted,
+                });
             }
             proxies.insert(kind, proxy);
         }
@@ -234,6 +242,10 @@ impl Gateway {
             webhooks_changed,
             tunnels,
             agents: agent_hub.clone(),
+            web: Arc::new(
+                web::WebConsole::new(&config.web, tls.is_some(), endpoints)
+                    .map_err(GatewayError::Config)?,
+            ),
             config: config.clone(),
         }));
         let has_tls = tls.is_some();

@@ -163,6 +163,7 @@ fn register<H: SessionHooks, const PORT: u16>(
     Ok(Registration {
         kind,
         listen: settings.enabled.then_some(settings.listen),
+        encrypted: tls.is_some(),
         proxy: Arc::new(HttpProxy::new(hooks, kind, tls, settings.limits())),
     })
 }

@@ -131,6 +131,7 @@ pub fn register<H: SessionHooks>(
         (Some(cert), Some(key)) => Some(warden_net::server_tls(cert, key, &[])?),
         _ => None,
     };
+    let encrypted = tls.is_some();
     let config = ProxyConfig {
         allow_plaintext_tokens: settings.allow_plaintext_tokens,
         tls,
@@ -143,6 +144,7 @@ pub fn register<H: SessionHooks>(
     Ok(Registration {
         kind: ConnectionKind::Mysql,
         listen: settings.enabled.then_some(settings.listen),
+        encrypted,
         proxy: Arc::new(MysqlProxy { hooks, config }),
     })
 }

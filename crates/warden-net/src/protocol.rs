@@ -36,5 +36,8 @@ pub struct Registration {
     pub kind: ConnectionKind,
     /// Where its listener binds; `None`: served through tunnels only.
     pub listen: Option<SocketAddr>,
+    /// Whether clients reach that listener over TLS (SSH is always encrypted): the
+    /// console shows commands that fit.
+    pub encrypted: bool,
     pub proxy: Arc<dyn ProtocolProxy>,
 }

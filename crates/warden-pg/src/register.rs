@@ -128,6 +128,7 @@ pub fn register<H: SessionHooks>(
         (Some(cert), Some(key)) => Some(warden_net::server_tls(cert, key, &[])?),
         _ => None,
     };
+    let encrypted = tls.is_some();
     let config = ProxyConfig {
         cancels: CancelMap::default(),
         allow_plaintext_tokens: settings.allow_plaintext_tokens,
@@ -138,6 +139,7 @@ pub fn register<H: SessionHooks>(
     Ok(Registration {
         kind: ConnectionKind::Postgres,
         listen: settings.enabled.then_some(settings.listen),
+        encrypted,
         proxy: Arc::new(PgProxy { hooks, config }),
     })
 }

@@ -108,6 +108,7 @@ pub fn register<H: SessionHooks>(
     Ok(Registration {
         kind: ConnectionKind::Ssh,
         listen: settings.enabled.then_some(settings.listen),
+        encrypted: true,
         proxy: Arc::new(proxy),
     })
 }

@@ -59,11 +59,61 @@ pub(super) fn bearer_of(headers: &axum::http::HeaderMap) -> Result<&str, ()> {
     Ok(token.trim())
 }
 
+/// Whether `identity` may administer the gateway.
+pub(crate) fn is_admin(state: &AppState, identity: &Identity) -> bool {
+    // The bootstrap key stays admin even if `admin_groups` changes later.
+    identity.in_any_group(&state.config.admin_groups)
+        || matches!(&identity.method, warden_core::AuthMethod::ApiKey { key_id }
+            if crate::auth::api_key::is_bootstrap_admin(key_id))
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
+        // A console page's request: its cookie names a session whose credential the
+        // gateway holds. A bearer token, when present, always wins.
+        if parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .is_none()
+            && let Some(result) = state.web.authenticate(&state.auth, &parts.headers).await
+        {
+            return match result {
+                Ok(identity) => Ok(Caller {
+                    is_admin: is_admin(state, &identity),
+                    identity,
+                    client,
+                }),
+                Err(e) => {
+                    let event = Event::new(
+                        "auth.failure",
+                        json!({
+                            "code": e.code(),
+                            "reason": e.to_string(),
+                            "token_kind": "console_session",
+                            "client": client.map(|c| c.to_string()),
+                            "method": parts.method.as_str(),
+                            "path": parts.uri.path(),
+                        }),
+                    );
+                    let source = client.map_or_else(|| "unknown".into(), |c| c.ip().to_string());
+                    state.repeats.record(&source, e.code(), event);
+                    Err(match e {
+                        crate::web::WebAuthError::Credential(e) => ApiError::from_auth(&e),
+                        crate::web::WebAuthError::Session(e) => ApiError::new(
+                            match e {
+                                crate::web::SessionError::Csrf => StatusCode::FORBIDDEN,
+                                crate::web::SessionError::Ended => StatusCode::UNAUTHORIZED,
+                            },
+                            e.code(),
+                            e.to_string(),
+                        ),
+                    })
+                }
+            };
+        }
         let (token, result) = match bearer(parts) {
             Ok(token) => (token, state.auth.authenticate(token).await),
             Err(()) => (
@@ -74,17 +124,11 @@ impl FromRequestParts<AppState> for Caller {
             ),
         };
         match result {
-            Ok(identity) => {
-                // The bootstrap key stays admin even if `admin_groups` changes later.
-                let is_admin = identity.in_any_group(&state.config.admin_groups)
-                    || matches!(&identity.method, warden_core::AuthMethod::ApiKey { key_id }
-                        if crate::auth::api_key::is_bootstrap_admin(key_id));
-                Ok(Caller {
-                    identity,
-                    is_admin,
-                    client,
-                })
-            }
+            Ok(identity) => Ok(Caller {
+                is_admin: is_admin(state, &identity),
+                identity,
+                client,
+            }),
             Err(e) => {
                 // What identifies the attempt, never the token itself.
                 let event = Event::new(

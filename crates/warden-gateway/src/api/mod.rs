@@ -19,6 +19,7 @@ mod webhooks;
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::ClientAddr;
+pub(crate) use extract::{ApiJson, is_admin};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -57,6 +58,8 @@ pub struct StateInner {
     pub tunnels: Arc<crate::tunnel::TunnelTargets>,
     /// Connected network agents.
     pub agents: Arc<warden_agent::AgentHub>,
+    /// The web console's sessions and login.
+    pub web: Arc<crate::web::WebConsole>,
     pub config: Arc<Config>,
 }
 
@@ -177,6 +180,7 @@ pub fn router(state: AppState) -> Router {
     let spec = openapi.to_json().unwrap_or_else(|_| "{}".to_string());
     let max_body = state.config.api.max_body_bytes;
     router
+        .merge(crate::web::router(&state))
         .route(
             "/api/openapi.json",
             axum::routing::get(move || {

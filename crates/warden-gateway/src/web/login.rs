@@ -1,0 +1,613 @@
+//! Logging in to the console: through the OpenID provider (authorization code with
+//! PKCE and `state`, the code exchanged by the gateway, never seen by page scripts),
+//! or with an API key; logging out; and the page's view of its session.
+//!
+//! Either way the credential stays in the gateway ([`super::sessions`]); the browser
+//! gets an `HttpOnly` cookie naming the session and, through `GET /auth/session`, the
+//! session's CSRF token.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use warden_core::{Event, EventIdentity, Identity, Secret};
+
+use super::{CSRF_HEADER, WebOidcConfig, cookie, random_token};
+use crate::api::{ApiError, AppState, ClientAddr};
+
+/// The cookie that ties a provider's answer to the browser that asked for the login.
+const LOGIN_COOKIE: &str = "warden_login";
+/// How long a browser has to come back from the provider.
+const LOGIN_WINDOW: Duration = Duration::from_secs(600);
+/// Logins under way at once; beyond, the oldest is forgotten.
+const MAX_PENDING: usize = 1_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/login", get(start))
+        .route("/auth/callback", get(callback))
+        .route("/auth/key", post(key_login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/session", get(session))
+}
+
+/// Tokens from the provider's token endpoint.
+pub struct Tokens {
+    pub access: Secret<String>,
+    pub refresh: Option<Secret<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("the identity provider could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the identity provider answered: {0}")]
+    Refused(String),
+    #[error("the login expired or was not started in this browser")]
+    UnknownState,
+}
+
+impl LoginError {
+    fn code(&self) -> &'static str {
+        match self {
+            LoginError::Unreachable(_) => "issuer_unavailable",
+            LoginError::Refused(_) => "login_refused",
+            LoginError::UnknownState => "login_state_mismatch",
+        }
+    }
+}
+
+struct Endpoints {
+    authorization: String,
+    token: String,
+}
+
+struct Pending {
+    verifier: String,
+    redirect_uri: String,
+    started: Instant,
+}
+
+/// The console's client of its OpenID provider.
+pub struct OidcLogin {
+    config: WebOidcConfig,
+    http: reqwest::Client,
+    endpoints: tokio::sync::Mutex<Option<std::sync::Arc<Endpoints>>>,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl OidcLogin {
+    pub fn new(config: &WebOidcConfig) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("web.oidc: {e}"))?;
+        Ok(Self {
+            config: config.clone(),
+            http,
+            endpoints: tokio::sync::Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The provider's endpoints, by discovery; fetched again after a failure.
+    async fn endpoints(&self) -> Result<std::sync::Arc<Endpoints>, LoginError> {
+        let mut cached = self.endpoints.lock().await;
+        if let Some(e) = cached.as_ref() {
+            return Ok(e.clone());
+        }
+        let issuer = self.config.issuer.trim_end_matches('/');
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        let doc: serde_json::Value = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| LoginError::Unreachable(e.without_url().to_string()))?
+            .json()
+            .await
+            .map_err(|e| LoginError::Unreachable(e.without_url().to_string()))?;
+        if doc["issuer"].as_str() != Some(self.config.issuer.as_str()) {
+            return Err(LoginError::Unreachable(
+                "the discovery document names another issuer".into(),
+            ));
+        }
+        let field = |name: &str| {
+            doc[name]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| LoginError::Unreachable(format!("discovery lacks `{name}`")))
+        };
+        let endpoints = std::sync::Arc::new(Endpoints {
+            authorization: field("authorization_endpoint")?,
+            token: field("token_endpoint")?,
+        });
+        *cached = Some(endpoints.clone());
+        Ok(endpoints)
+    }
+
+    /// Where to send the browser, and the `state` the login cookie must carry back.
+    async fn start(&self, redirect_uri: String) -> Result<(String, String), LoginError> {
+        let endpoints = self.endpoints().await?;
+        let state = random_token(24);
+        let verifier = random_token(32);
+        let challenge =
+            b64(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
+            );
+        let mut url = reqwest::Url::parse(&endpoints.authorization)
+            .map_err(|e| LoginError::Unreachable(format!("authorization endpoint: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &self.config.client_id)
+                .append_pair("redirect_uri", &redirect_uri)
+                .append_pair("scope", &self.config.scopes.join(" "))
+                .append_pair("state", &state)
+                .append_pair("code_challenge", &challenge)
+                .append_pair("code_challenge_method", "S256");
+            if self.config.scopes.iter().any(|s| s == "offline_access") {
+                q.append_pair("prompt", "consent");
+            }
+            if let Some(resource) = &self.config.resource {
+                q.append_pair("resource", resource);
+            }
+        }
+        let now = Instant::now();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|_, p| now.duration_since(p.started) < LOGIN_WINDOW);
+        while pending.len() >= MAX_PENDING {
+            let Some(oldest) = pending
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            pending.remove(&oldest);
+        }
+        pending.insert(
+            state.clone(),
+            Pending {
+                verifier,
+                redirect_uri,
+                started: now,
+            },
+        );
+        Ok((url.to_string(), state))
+    }
+
+    /// Exchanges the code of the login `state` names.
+    async fn finish(&self, state: &str, code: &str) -> Result<Tokens, LoginError> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(state)
+            .filter(|p| p.started.elapsed() < LOGIN_WINDOW)
+            .ok_or(LoginError::UnknownState)?;
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code.to_string()),
+            ("redirect_uri", pending.redirect_uri),
+            ("code_verifier", pending.verifier),
+        ];
+        if let Some(resource) = &self.config.resource {
+            form.push(("resource", resource.clone()));
+        }
+        self.token_request(form).await
+    }
+
+    /// New tokens for a refresh token.
+    pub async fn refresh(&self, refresh: &Secret<String>) -> Result<Tokens, LoginError> {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", refresh.expose().clone()),
+        ];
+        if let Some(resource) = &self.config.resource {
+            form.push(("resource", resource.clone()));
+        }
+        self.token_request(form).await
+    }
+
+    async fn token_request(
+        &self,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<Tokens, LoginError> {
+        let endpoints = self.endpoints().await?;
+        let mut req = self.http.post(&endpoints.token);
+        match &self.config.client_secret {
+            Some(secret) => req = req.basic_auth(&self.config.client_id, Some(secret.expose())),
+            None => form.push(("client_id", self.config.client_id.clone())),
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| LoginError::Unreachable(e.without_url().to_string()))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| LoginError::Unreachable(e.without_url().to_string()))?;
+        if !status.is_success() {
+            // The provider's error code only: its description could echo what we sent.
+            let error = body["error"].as_str().unwrap_or("unknown_error");
+            return Err(LoginError::Refused(printable(error)));
+        }
+        let access = body["access_token"]
+            .as_str()
+            .ok_or_else(|| LoginError::Refused("no access token in the answer".into()))?;
+        Ok(Tokens {
+            access: Secret::new(access.to_string()),
+            refresh: body["refresh_token"]
+                .as_str()
+                .map(|r| Secret::new(r.to_string())),
+        })
+    }
+}
+
+/// At most 100 plain characters of text that came from elsewhere.
+fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_-. ".contains(*c))
+        .take(100)
+        .collect()
+}
+
+/// `scheme://host` the browser used, from `Host` (HTTP/1) or the authority (HTTP/2);
+/// `None` when it is not a plain host name or address.
+fn origin(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))?;
+    let plain = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    let scheme = if state.web.tls { "https" } else { "http" };
+    plain.then(|| format!("{scheme}://{host}"))
+}
+
+/// A state-changing request from a page: refused when the browser says another site
+/// made it (`Origin` or `Sec-Fetch-Site`).
+fn same_origin(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site")
+    {
+        return false;
+    }
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(o) => o.to_str().ok() == origin(state, headers, uri).as_deref(),
+    }
+}
+
+fn client(addr: Option<&ClientAddr>) -> Option<String> {
+    addr.map(|c| c.0.to_string())
+}
+
+/// Back to the console's login page with a reason it shows.
+fn to_login_page(code: &str) -> Response {
+    let location = format!("/#/login?error={}", printable(code).replace(' ', "_"));
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn login_cookie(state: &AppState, value: Option<&str>) -> HeaderValue {
+    let secure = if state.web.tls { "; Secure" } else { "" };
+    let text = match value {
+        Some(v) => format!(
+            "{LOGIN_COOKIE}={v}; Path=/auth/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+            LOGIN_WINDOW.as_secs()
+        ),
+        None => format!("{LOGIN_COOKIE}=; Path=/auth/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Records a failed console login (repeats counted, as for the API).
+fn record_failure(
+    state: &AppState,
+    client: Option<String>,
+    method: &str,
+    code: &str,
+    reason: &str,
+) {
+    let event = Event::new(
+        "auth.failure",
+        json!({"via": "console", "method": method, "code": code, "reason": reason,
+               "client": client}),
+    );
+    let source = client
+        .as_deref()
+        .and_then(|c| c.parse::<std::net::SocketAddr>().ok())
+        .map_or_else(|| "unknown".into(), |c| c.ip().to_string());
+    state.repeats.record(&source, code, event);
+}
+
+/// Starts a session for a checked identity: records `auth.login`, sets the cookie.
+async fn open_session(
+    state: &AppState,
+    identity: &Identity,
+    method: &str,
+    client: Option<String>,
+    token: Secret<String>,
+    refresh: Option<Secret<String>>,
+) -> Result<HeaderValue, ApiError> {
+    let event = Event::new(
+        "auth.login",
+        json!({"via": "console", "method": method, "client": client}),
+    )
+    .by(identity);
+    state.audit(&event).await?;
+    let cookie = state.web.sessions.create(token, refresh, &identity.subject);
+    Ok(state.web.set_session_cookie(Some(cookie.expose())))
+}
+
+/// `GET /auth/login`: off to the provider.
+async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let Some(oidc) = &state.web.oidc else {
+        return to_login_page("oidc_not_configured");
+    };
+    let redirect_uri = match &oidc.config.redirect_url {
+        Some(url) => url.clone(),
+        None => match origin(&state, &headers, &uri) {
+            Some(o) => format!("{o}/auth/callback"),
+            None => return to_login_page("bad_host"),
+        },
+    };
+    match oidc.start(redirect_uri).await {
+        Ok((location, login_state)) => {
+            let mut resp = StatusCode::SEE_OTHER.into_response();
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(header::LOCATION, v);
+            }
+            h.insert(header::SET_COOKIE, login_cookie(&state, Some(&login_state)));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "console login could not start");
+            to_login_page(e.code())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /auth/callback`: the provider sends the browser back with a code.
+async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    addr: Option<axum::Extension<ClientAddr>>,
+    query: Result<Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let client = client(addr.as_deref());
+    let clear = login_cookie(&state, None);
+    let result = callback_session(&state, &headers, client.clone(), query.ok().map(|q| q.0)).await;
+    let mut resp = match result {
+        Ok(cookie) => {
+            let mut resp = StatusCode::SEE_OTHER.into_response();
+            resp.headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static("/"));
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+            resp
+        }
+        Err((code, reason)) => {
+            record_failure(&state, client, "oidc", &code, &reason);
+            to_login_page(&code)
+        }
+    };
+    resp.headers_mut().append(header::SET_COOKIE, clear);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn callback_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<String>,
+    query: Option<CallbackQuery>,
+) -> Result<HeaderValue, (String, String)> {
+    let fail = |code: &str, reason: String| (code.to_string(), reason);
+    let oidc = state.web.oidc.as_ref().ok_or_else(|| {
+        fail(
+            "oidc_not_configured",
+            "no console login is configured".into(),
+        )
+    })?;
+    let q =
+        query.ok_or_else(|| fail("login_refused", "the callback lacks its parameters".into()))?;
+    if let Some(error) = q.error {
+        let error = printable(&error);
+        return Err(fail(
+            "login_refused",
+            format!("the provider answered {error}"),
+        ));
+    }
+    let (Some(code), Some(login_state)) = (q.code, q.state) else {
+        return Err(fail(
+            "login_refused",
+            "the callback lacks code or state".into(),
+        ));
+    };
+    // The browser that started the login must be the one that finishes it.
+    let bound = cookie(headers, LOGIN_COOKIE).is_some_and(|c| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(c.as_bytes(), login_state.as_bytes())
+            .is_ok()
+    });
+    if !bound {
+        return Err(fail(
+            "login_state_mismatch",
+            "the login was not started in this browser".into(),
+        ));
+    }
+    let tokens = oidc
+        .finish(&login_state, &code)
+        .await
+        .map_err(|e| fail(e.code(), e.to_string()))?;
+    let identity = state
+        .auth
+        .authenticate(tokens.access.expose())
+        .await
+        .map_err(|e| fail(e.code(), e.to_string()))?;
+    open_session(
+        state,
+        &identity,
+        "oidc",
+        client,
+        tokens.access,
+        tokens.refresh,
+    )
+    .await
+    .map_err(|e| fail(e.code, e.message))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyLogin {
+    key: Secret<String>,
+}
+
+/// `POST /auth/key`: log in with an API key (setups without OIDC, break-glass).
+async fn key_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    addr: Option<axum::Extension<ClientAddr>>,
+    body: crate::api::ApiJson<KeyLogin>,
+) -> Result<Response, ApiError> {
+    let client = client(addr.as_deref());
+    if !same_origin(&state, &headers, &uri) {
+        record_failure(
+            &state,
+            client,
+            "api_key",
+            "csrf_failed",
+            "another site sent the login",
+        );
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "the login did not come from this console",
+        ));
+    }
+    let key = body.0.key;
+    let identity = match state.auth.authenticate(key.expose()).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            record_failure(&state, client, "api_key", e.code(), &e.to_string());
+            return Err(ApiError::from_auth(&e));
+        }
+    };
+    let cookie = open_session(&state, &identity, "api_key", client, key, None).await?;
+    let mut resp = Json(json!({"subject": identity.subject})).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(resp)
+}
+
+/// `POST /auth/logout`: ends the console session (the cookie and its CSRF token).
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    addr: Option<axum::Extension<ClientAddr>>,
+) -> Result<Response, ApiError> {
+    let cookie_value = cookie(&headers, state.web.session_cookie())
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "session_ended", "not logged in"))?;
+    let csrf = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let current = state
+        .web
+        .sessions
+        .use_session(cookie_value, Some(csrf), false)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()))?;
+    state.web.sessions.remove(cookie_value);
+    let mut event = Event::new(
+        "auth.logout",
+        json!({"via": "console", "client": client(addr.as_deref())}),
+    );
+    event.identity = Some(EventIdentity {
+        subject: current.subject,
+        groups: Vec::new(),
+    });
+    state.audit(&event).await?;
+    let mut resp = Json(json!({"logged_out": true})).into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, state.web.set_session_cookie(None));
+    Ok(resp)
+}
+
+/// `GET /auth/session`: who the page is logged in as, its CSRF token, how to log in
+/// otherwise, and the listeners the connection commands name.
+async fn session(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let login = json!({"oidc": state.web.oidc.is_some(), "api_key": true});
+    let endpoints = &state.web.endpoints;
+    let anonymous = |reason: &str| {
+        let mut resp =
+            Json(json!({"logged_in": false, "reason": reason, "login": login})).into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    };
+    let Some(cookie_value) = cookie(&headers, state.web.session_cookie()) else {
+        return anonymous("no_session");
+    };
+    let Some(csrf) = state.web.sessions.csrf_of(cookie_value) else {
+        return anonymous("session_ended");
+    };
+    // The page learns its CSRF token here, so this answer is checked as any other.
+    let mut checked = headers.clone();
+    if let Ok(v) = HeaderValue::from_str(&csrf) {
+        checked.insert(CSRF_HEADER, v);
+    }
+    let identity = match state.web.authenticate(&state.auth, &checked).await {
+        Some(Ok(identity)) => identity,
+        Some(Err(e)) => return anonymous(e.code()),
+        None => return anonymous("no_session"),
+    };
+    let is_admin = crate::api::is_admin(&state, &identity);
+    let mut resp = Json(json!({
+        "logged_in": true,
+        "csrf": csrf,
+        "identity": identity,
+        "is_admin": is_admin,
+        "login": login,
+        "endpoints": endpoints,
+    }))
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,215 @@
+//! The web console: its pages (embedded, served at `/`), its login routes under
+//! `/auth/`, and the cookie sessions through which its pages call the same `/api` as
+//! every other client, with the same authorization and nothing more.
+
+mod assets;
+mod config;
+mod login;
+mod sessions;
+
+pub use config::{WebConfig, WebOidcConfig};
+pub use sessions::SessionError;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, header};
+use std::time::Duration;
+use warden_core::Identity;
+
+use crate::api::AppState;
+use crate::auth::{AuthError, Authenticator};
+
+/// The header through which console pages send their session's CSRF token.
+pub const CSRF_HEADER: &str = "x-warden-csrf";
+
+/// A client listener, for the commands the console shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Endpoint {
+    pub kind: &'static str,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// The console's state: sessions, pending browser logins, its provider client.
+pub struct WebConsole {
+    sessions: sessions::SessionStore,
+    oidc: Option<login::OidcLogin>,
+    /// The API listener has TLS: cookies are `Secure` and `__Host-` named.
+    tls: bool,
+    enabled: bool,
+    endpoints: Vec<Endpoint>,
+}
+
+/// Why a request made with the console's cookie is refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WebAuthError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Credential(#[from] AuthError),
+}
+
+impl WebAuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            WebAuthError::Session(e) => e.code(),
+            WebAuthError::Credential(e) => e.code(),
+        }
+    }
+}
+
+/// `n` random bytes, base64url without padding.
+pub(crate) fn random_token(n: usize) -> String {
+    use base64::Engine;
+    let mut bytes = vec![0u8; n];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // The system's random source failing is not something to go on without.
+        panic!("the system random source failed");
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The value of one cookie in a request's `Cookie` headers.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+impl WebConsole {
+    pub fn new(config: &WebConfig, tls: bool, endpoints: Vec<Endpoint>) -> Result<Self, String> {
+        Ok(Self {
+            sessions: sessions::SessionStore::new(
+                Duration::from_secs(config.session_idle_secs),
+                Duration::from_secs(config.session_max_secs),
+                config.max_sessions,
+            ),
+            oidc: config
+                .oidc
+                .as_ref()
+                .map(login::OidcLogin::new)
+                .transpose()?,
+            tls,
+            enabled: config.enabled,
+            endpoints,
+        })
+    }
+
+    fn session_cookie(&self) -> &'static str {
+        if self.tls {
+            "__Host-warden_session"
+        } else {
+            "warden_session"
+        }
+    }
+
+    /// `Set-Cookie` for a session cookie (`None`: clears it).
+    fn set_session_cookie(&self, value: Option<&str>) -> HeaderValue {
+        let secure = if self.tls { "; Secure" } else { "" };
+        let text = match value {
+            Some(v) => format!(
+                "{}={v}; Path=/; HttpOnly; SameSite=Lax{secure}",
+                self.session_cookie()
+            ),
+            None => format!(
+                "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
+                self.session_cookie()
+            ),
+        };
+        // Cookie values are base64url: always a valid header value.
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The identity of a request made with the console's cookie and no bearer token;
+    /// `None` when it carries no such cookie. The session's credential is checked as
+    /// a bearer token would be; an OIDC token that has expired is renewed once with
+    /// its refresh token. A session whose credential is refused ends.
+    pub async fn authenticate(
+        &self,
+        auth: &Authenticator,
+        headers: &HeaderMap,
+    ) -> Option<Result<Identity, WebAuthError>> {
+        let cookie = cookie(headers, self.session_cookie())?;
+        Some(self.check(auth, headers, cookie).await)
+    }
+
+    async fn check(
+        &self,
+        auth: &Authenticator,
+        headers: &HeaderMap,
+        cookie: &str,
+    ) -> Result<Identity, WebAuthError> {
+        // A page of another site can make the browser send the cookie, but cannot set
+        // this header: every request made with the cookie must carry it.
+        let csrf = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"cross-site")
+        {
+            return Err(SessionError::Csrf.into());
+        }
+        let current = self.sessions.use_session(cookie, Some(csrf), false)?;
+        match auth.authenticate(current.token.expose()).await {
+            Ok(identity) => Ok(identity),
+            Err(AuthError::Expired) => self.renew(auth, cookie).await,
+            Err(e) => {
+                if !e.is_unavailable() {
+                    self.sessions.remove(cookie);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn renew(&self, auth: &Authenticator, cookie: &str) -> Result<Identity, WebAuthError> {
+        let current = self.sessions.use_session(cookie, None, true)?;
+        let (Some(oidc), Some(refresh)) = (&self.oidc, current.refresh) else {
+            self.sessions.remove(cookie);
+            return Err(AuthError::Expired.into());
+        };
+        match oidc.refresh(&refresh).await {
+            Ok(tokens) => {
+                let identity = auth.authenticate(tokens.access.expose()).await;
+                match identity {
+                    Ok(identity) => {
+                        self.sessions.renewed(
+                            cookie,
+                            Some(tokens.access),
+                            Some(tokens.refresh.unwrap_or(refresh)),
+                        );
+                        Ok(identity)
+                    }
+                    Err(e) => {
+                        self.sessions.remove(cookie);
+                        Err(e.into())
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "a console session's token could not be renewed");
+                self.sessions.remove(cookie);
+                Err(AuthError::Expired.into())
+            }
+        }
+    }
+
+    pub fn sessions_open(&self) -> usize {
+        self.sessions.count()
+    }
+}
+
+/// The console's routes: its pages and its login routes. Empty when `web.enabled` is
+/// off.
+pub fn router(state: &AppState) -> Router<AppState> {
+    if !state.web.enabled {
+        return Router::new();
+    }
+    assets::router().merge(login::router())
+}
