@@ -101,7 +101,7 @@ function read(type, el, path) {
   }
 }
 
-export async function render(main, [name]) {
+export async function render(main, [name], params) {
   const editing = !!name;
   const [original, policies, agents] = await Promise.all([
     editing ? api.get(`/api/connections/${enc(name)}`) : Promise.resolve(null),
@@ -171,7 +171,7 @@ export async function render(main, [name]) {
       clear(status, notice(`Saved ${saved.name}.`, 'ok'),
         saved.weakened ? notice(`This change weakens protection (recorded): ${saved.weakened.join('; ')}`, 'warn') : null,
         h('p', {}, h('a', { href: '#/admin/connections' }, 'Back to the list')));
-      if (!editing) location.hash = `#/admin/connections/${enc(saved.name)}`;
+      if (!editing) location.hash = `#/admin/connections/${enc(saved.name)}?created=1`;
     } catch (e) { clear(status, notice(`${e.code}: ${e.message}`, 'error')); }
   }, oninput: showPreview, onchange: showPreview },
   h('fieldset', {}, h('legend', {}, 'Identity and credential'), field('Name', nameInput, editing ? 'names cannot change' : 'lowercase letters, digits, - and _'),
@@ -184,6 +184,7 @@ export async function render(main, [name]) {
       try { await api.del(`/api/connections/${enc(name)}`); location.hash = '#/admin/connections'; } catch (e) { clear(status, notice(e.message, 'error')); }
     } }, 'Delete') : null),
   status);
+  if (editing && params?.get('created')) clear(status, notice(`Created ${name}.`, 'ok'));
   clear(main, h('h1', {}, editing ? `Edit ${name}` : 'New connection'), form);
   showForKind();
   showPreview();

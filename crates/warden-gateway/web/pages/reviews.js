@@ -4,14 +4,15 @@
 import { h, clear, notice, ago, fmtTime, statusBadge, table } from '../dom.js';
 import { api, session, qs, enc } from '../api.js';
 
-function card(r, onDecided) {
+function card(r, onDecided, flash) {
   const mine = r.subject === session.identity.subject;
   const comment = h('textarea', { rows: 2, 'aria-label': `Comment on review ${r.id}`, placeholder: 'Comment (optional)' });
   const status = h('div', { 'aria-live': 'polite' });
   const decide = (verb) => async () => {
     try {
       await api.post(`/api/reviews/${enc(r.id)}/${verb}`, comment.value.trim() ? { comment: comment.value } : {});
-      clear(status, notice(verb === 'approve' ? 'Approved.' : 'Rejected.'));
+      // The card leaves the list once decided: the outcome is said above the list.
+      clear(flash, notice(`${verb === 'approve' ? 'Approved' : 'Rejected'}: ${r.command.slice(0, 200)}`, 'ok'));
       onDecided();
     } catch (e) { clear(status, notice(e.message, 'error')); }
   };
@@ -31,6 +32,7 @@ function card(r, onDecided) {
 
 export async function render(main, _m, params) {
   const pending = h('div', { class: 'cards', 'aria-live': 'polite' });
+  const flash = h('div', { 'aria-live': 'polite', id: 'review-outcome' });
   const recent = h('div', {});
   const focus = params.get('id');
   let seen = '';
@@ -44,7 +46,7 @@ export async function render(main, _m, params) {
     // Redraw only when something changed, so a comment being typed survives.
     if (key !== seen) {
       seen = key;
-      clear(pending, live.length ? live.map(r => card(r, load)) : notice('Nothing is waiting for a review.'));
+      clear(pending, live.length ? live.map(r => card(r, load, flash)) : notice('Nothing is waiting for a review.'));
     }
     const decided = all.filter(r => r.status !== 'pending' || (focus && r.id === focus));
     clear(recent, table(['Asked', 'Connection', 'Command', 'By', 'Status', 'Decided by'],
@@ -53,7 +55,7 @@ export async function render(main, _m, params) {
   }
   clear(main, h('h1', {}, 'Reviews'),
     h('p', { class: 'muted' }, 'Commands held for review. This list updates by itself.'),
-    pending, h('h2', {}, 'Recent'), recent);
+    flash, pending, h('h2', {}, 'Recent'), recent);
   await load();
   const timer = setInterval(() => load().catch(() => {}), 2000);
   return () => clearInterval(timer);
