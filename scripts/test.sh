@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # --- packages ---------------------------------------------------------------
 ensure_packages cc build-essential psql postgresql-client pg_ctlcluster postgresql \
   node nodejs npm npm openssl openssl mysql mariadb-client mariadbd mariadb-server \
-  curl curl script bsdutils ip iproute2
+  curl curl script bsdutils ip iproute2 chromium chromium
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 20 ]; then
@@ -53,6 +53,12 @@ fi
 if [ ! -d tests/oidc/node_modules/oidc-provider ] || [ tests/oidc/package-lock.json -nt tests/oidc/node_modules/.package-lock.json ]; then
   log "installing the test OpenID provider"
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# --- the console's browser tests: playwright-core drives Debian's Chromium -------
+# (the package has no browser of its own to download)
+if [ ! -d tests/web/node_modules/playwright-core ] || [ tests/web/package-lock.json -nt tests/web/node_modules/.package-lock.json ]; then
+  log "installing playwright-core for the console tests"
+  (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
 fi
 oidc_out=$(mktemp)
 (cd tests/oidc && exec node provider.mjs) >"$oidc_out" 2>&1 &

@@ -38,7 +38,10 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = probe() {
             return v;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "no {what} in 30 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {what} in 30 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -59,7 +62,10 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
              [web.oidc]\nissuer = \"{issuer}\"\nclient_id = \"warden-console\"\n\
              client_secret = \"warden-console-secret\"\nresource = \"urn:warden\"\n"
         ),
-        &[("WARDEN_LOG", "info"), ("WARDEN_ADMIN_GROUPS", "[\"admins\"]")],
+        &[
+            ("WARDEN_LOG", "info"),
+            ("WARDEN_ADMIN_GROUPS", "[\"admins\"]"),
+        ],
     );
     let (url, admin) = (running.url.clone(), running.printed_key.clone().unwrap());
     post_admin(
@@ -92,7 +98,13 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
     let ssh = run(Command::new("sshpass")
         .args(["-e", "ssh", "-tt", "-o", "StrictHostKeyChecking=no"])
         .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-        .args(["-o", "PubkeyAuthentication=no", "-p", &ssh_port, "box@127.0.0.1"])
+        .args([
+            "-o",
+            "PubkeyAuthentication=no",
+            "-p",
+            &ssh_port,
+            "box@127.0.0.1",
+        ])
         .arg("echo marker-from-$((6*7))-terminal")
         .env("SSHPASS", &carol)
         .stdin(Stdio::null()));
@@ -147,8 +159,14 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
         .env("SECRETS_OUT", &secrets_file)
         .env(
             "NEVER_SHOWN",
-            json!(["scram-pw-1", ssh_key.lines().nth(1).unwrap(), "warden-console-secret",
-                   &carol, &console_admin, &admin])
+            json!([
+                "scram-pw-1",
+                ssh_key.lines().nth(1).unwrap(),
+                "warden-console-secret",
+                &carol,
+                &console_admin,
+                &admin
+            ])
             .to_string(),
         )
         .output()
@@ -157,7 +175,11 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
     // psql saw its statement run once the browser approved it.
     let mut out = String::new();
     if node.status.success() {
-        psql.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        psql.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
     } else {
         let _ = psql.kill();
     }
@@ -167,7 +189,10 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
     let approved = get(&url, &admin, &format!("/api/reviews/{review}"));
     assert_eq!(approved["status"], "approved", "{approved}");
     assert_eq!(approved["approvals"][0]["subject"], "bob");
-    assert_eq!(approved["approvals"][0]["comment"], "checked: one row, INC-7");
+    assert_eq!(
+        approved["approvals"][0]["comment"],
+        "checked: one row, INC-7"
+    );
 
     // The browser's session cookie, CSRF token and the keys typed in never reach the
     // gateway's log or the audit log.
@@ -176,7 +201,12 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
     let mut audit = String::new();
     for entry in std::fs::read_dir(dir.path().join("warden-data")).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("warden.db") {
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("warden.db")
+        {
             audit.push_str(&String::from_utf8_lossy(&std::fs::read(path).unwrap()));
         }
     }

@@ -21,7 +21,8 @@ function card(r, onDecided, flash) {
     h('pre', { class: 'command' }, r.command),
     h('p', {}, 'Asked by ', h('strong', {}, r.subject), ` ${ago(r.created_at)} · `,
       `${r.approvals.length} of ${r.required} approval(s) · expires ${fmtTime(r.expires_at)}`,
-      r.session_id ? [' · ', h('a', { href: `#/sessions/${enc(r.session_id)}` }, 'session')] : null),
+      // Sessions are their owner's and admins' to see.
+      r.session_id && session.isAdmin ? [' · ', h('a', { href: `#/sessions/${enc(r.session_id)}` }, 'session')] : null),
     r.approvals.length ? h('ul', {}, r.approvals.map(a => h('li', {}, `${a.subject} approved ${ago(a.at)}`, a.comment ? `: ${a.comment}` : ''))) : null,
     mine ? notice('You asked for this: another reviewer must decide.', 'info')
       : h('div', { class: 'decide' }, comment,
