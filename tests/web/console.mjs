@@ -144,13 +144,30 @@ assert.equal((await card.locator('pre.command').textContent()).trim(), HELD_SQL)
 assert.match(await card.textContent(), /carol/);
 assert.match(await card.textContent(), /deletes/);
 await card.locator('textarea').fill('checked: one row, INC-7');
+// A new request arrives while bob reads: it is added at the end, his card does not
+// move, and his comment stays. Its hidden direction override is shown, not obeyed.
+const before = await card.boundingBox();
+const sneaky = await fetch(`${GW}/api/reviews`, { method: 'POST',
+  headers: { Authorization: `Bearer ${env('CAROL_KEY')}`, 'Content-Type': 'application/json' },
+  body: JSON.stringify({ connection: 'ledger', command: 'SELECT 1; -- \u202E;sresu ELBAT PORD' }) });
+assert.equal(sneaky.status, 201);
+const sneakyId = (await sneaky.json()).id;
+const later = bob.locator(`article.review[data-id="${sneakyId}"]`);
+await later.waitFor();
+assert.deepEqual(await card.boundingBox(), before, 'a card moved when another arrived');
+const placed = await later.boundingBox();
+assert.ok(placed.y > before.y || (placed.y === before.y && placed.x > before.x), 'new requests go after the ones already shown');
+assert.equal(await card.locator('textarea').inputValue(), 'checked: one row, INC-7');
+assert.match(await later.locator('pre.command').textContent(), /⟦U\+202E⟧/);
 await shot(bob, '02-review-inbox');
 await card.locator('button.approve').click();
 await bob.locator('#review-outcome', { hasText: `Approved: ${HELD_SQL}` }).waitFor();
-step('bob approved the held DELETE from the inbox, with a comment');
+step('bob approved the held DELETE from the inbox, with a comment; a newer request neither moved it nor hid characters');
 
-// The inbox updates without a reload: the approved review leaves the pending list.
-await bob.locator(`article.review[data-id="${REVIEW_ID}"]`).waitFor({ state: 'detached', timeout: 10000 });
+// The inbox updates without a reload: the decided card says so and loses its buttons.
+await bob.locator(`article.review.decided[data-id="${REVIEW_ID}"]`).waitFor({ timeout: 10000 });
+assert.equal(await card.locator('button').count(), 0);
+assert.match(await card.textContent(), /approved/);
 step('the inbox updated by itself');
 
 // --- carol, with an API key, by keyboard alone ------------------------------------

@@ -95,6 +95,8 @@ const LOGIN_ERRORS = {
   login_state_mismatch: 'That login was not started in this browser, or took too long. Try again.',
   issuer_unavailable: 'The identity provider could not be reached.',
   session_ended: 'Your session has ended. Log in again.',
+  login_refused: 'The identity provider refused the login.',
+  bad_host: 'This address cannot be used for single sign-on: use the one the gateway is configured with.',
 };
 
 function renderLogin(params) {
@@ -116,7 +118,8 @@ function renderLogin(params) {
   } }, h('h2', {}, 'API key'), field('Warden API key', key), h('button', { type: 'submit' }, 'Log in with key'), status);
   clear(main,
     h('h1', {}, 'Log in to Warden'),
-    error ? notice(LOGIN_ERRORS[error] || `Login failed: ${error}`, 'error') : null,
+    // Only the gateway's own words: the address is anyone's to write.
+    error ? notice(LOGIN_ERRORS[error] || 'The login did not complete. Try again.', 'error') : null,
     session.login.oidc ? h('div', { class: 'card' }, h('h2', {}, 'Single sign-on'),
       h('a', { class: 'button', href: '/auth/login', id: 'sso' }, 'Log in with your identity provider')) : null,
     form);

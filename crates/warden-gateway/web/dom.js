@@ -89,3 +89,24 @@ export function commandLine(text) {
 export function listValue(s) {
   return s.split(/[,\s]+/).map(x => x.trim()).filter(Boolean);
 }
+
+// Characters that change how text is displayed without being seen (bidirectional
+// overrides, zero-width marks): a held command must read exactly as it will run.
+const HIDDEN = /[\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]/g;
+
+// The text with those characters shown as ⟦U+XXXX⟧, and whether there were any.
+export function visible(text) {
+  let flagged = false;
+  const shown = String(text).replace(HIDDEN, (c) => {
+    flagged = true;
+    return `⟦U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}⟧`;
+  });
+  return { shown, flagged };
+}
+
+// A command or statement in a <pre>, with hidden characters shown and flagged.
+export function commandText(text, cls) {
+  const { shown, flagged } = visible(text);
+  return [h('pre', { class: cls || 'command' }, shown),
+    flagged ? notice('This text holds invisible or direction-changing characters, shown as ⟦U+…⟧.', 'warn') : null];
+}

@@ -13,20 +13,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 use warden_core::{Event, EventIdentity, Identity, Secret};
 
-use super::{CSRF_HEADER, WebOidcConfig, cookie, random_token};
+use super::provider::{LOGIN_WINDOW, printable};
+use super::{CSRF_HEADER, cookie};
 use crate::api::{ApiError, AppState, ClientAddr};
-
-/// The cookie that ties a provider's answer to the browser that asked for the login.
-const LOGIN_COOKIE: &str = "warden_login";
-/// How long a browser has to come back from the provider.
-const LOGIN_WINDOW: Duration = Duration::from_secs(600);
-/// Logins under way at once; beyond, the oldest is forgotten.
-const MAX_PENDING: usize = 1_000;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -35,237 +26,6 @@ pub fn router() -> Router<AppState> {
         .route("/auth/key", post(key_login))
         .route("/auth/logout", post(logout))
         .route("/auth/session", get(session))
-}
-
-/// Tokens from the provider's token endpoint.
-pub struct Tokens {
-    pub access: Secret<String>,
-    pub refresh: Option<Secret<String>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoginError {
-    #[error("the identity provider could not be reached: {0}")]
-    Unreachable(String),
-    #[error("the identity provider answered: {0}")]
-    Refused(String),
-    #[error("the login expired or was not started in this browser")]
-    UnknownState,
-}
-
-impl LoginError {
-    fn code(&self) -> &'static str {
-        match self {
-            LoginError::Unreachable(_) => "issuer_unavailable",
-            LoginError::Refused(_) => "login_refused",
-            LoginError::UnknownState => "login_state_mismatch",
-        }
-    }
-}
-
-struct Endpoints {
-    authorization: String,
-    token: String,
-}
-
-struct Pending {
-    verifier: String,
-    redirect_uri: String,
-    started: Instant,
-}
-
-/// The console's client of its OpenID provider.
-pub struct OidcLogin {
-    config: WebOidcConfig,
-    http: reqwest::Client,
-    endpoints: tokio::sync::Mutex<Option<std::sync::Arc<Endpoints>>>,
-    pending: Mutex<HashMap<String, Pending>>,
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-impl OidcLogin {
-    pub fn new(config: &WebOidcConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("web.oidc: {e}"))?;
-        Ok(Self {
-            config: config.clone(),
-            http,
-            endpoints: tokio::sync::Mutex::new(None),
-            pending: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// The provider's endpoints, by discovery; fetched again after a failure.
-    async fn endpoints(&self) -> Result<std::sync::Arc<Endpoints>, LoginError> {
-        let mut cached = self.endpoints.lock().await;
-        if let Some(e) = cached.as_ref() {
-            return Ok(e.clone());
-        }
-        let issuer = self.config.issuer.trim_end_matches('/');
-        let url = format!("{issuer}/.well-known/openid-configuration");
-        let doc: serde_json::Value = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| LoginError::Unreachable(e.without_url().to_string()))?
-            .json()
-            .await
-            .map_err(|e| LoginError::Unreachable(e.without_url().to_string()))?;
-        if doc["issuer"].as_str() != Some(self.config.issuer.as_str()) {
-            return Err(LoginError::Unreachable(
-                "the discovery document names another issuer".into(),
-            ));
-        }
-        let field = |name: &str| {
-            doc[name]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| LoginError::Unreachable(format!("discovery lacks `{name}`")))
-        };
-        let endpoints = std::sync::Arc::new(Endpoints {
-            authorization: field("authorization_endpoint")?,
-            token: field("token_endpoint")?,
-        });
-        *cached = Some(endpoints.clone());
-        Ok(endpoints)
-    }
-
-    /// Where to send the browser, and the `state` the login cookie must carry back.
-    async fn start(&self, redirect_uri: String) -> Result<(String, String), LoginError> {
-        let endpoints = self.endpoints().await?;
-        let state = random_token(24);
-        let verifier = random_token(32);
-        let challenge =
-            b64(
-                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
-            );
-        let mut url = reqwest::Url::parse(&endpoints.authorization)
-            .map_err(|e| LoginError::Unreachable(format!("authorization endpoint: {e}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("response_type", "code")
-                .append_pair("client_id", &self.config.client_id)
-                .append_pair("redirect_uri", &redirect_uri)
-                .append_pair("scope", &self.config.scopes.join(" "))
-                .append_pair("state", &state)
-                .append_pair("code_challenge", &challenge)
-                .append_pair("code_challenge_method", "S256");
-            if self.config.scopes.iter().any(|s| s == "offline_access") {
-                q.append_pair("prompt", "consent");
-            }
-            if let Some(resource) = &self.config.resource {
-                q.append_pair("resource", resource);
-            }
-        }
-        let now = Instant::now();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|_, p| now.duration_since(p.started) < LOGIN_WINDOW);
-        while pending.len() >= MAX_PENDING {
-            let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, p)| p.started)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            pending.remove(&oldest);
-        }
-        pending.insert(
-            state.clone(),
-            Pending {
-                verifier,
-                redirect_uri,
-                started: now,
-            },
-        );
-        Ok((url.to_string(), state))
-    }
-
-    /// Exchanges the code of the login `state` names.
-    async fn finish(&self, state: &str, code: &str) -> Result<Tokens, LoginError> {
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(state)
-            .filter(|p| p.started.elapsed() < LOGIN_WINDOW)
-            .ok_or(LoginError::UnknownState)?;
-        let mut form = vec![
-            ("grant_type", "authorization_code".to_string()),
-            ("code", code.to_string()),
-            ("redirect_uri", pending.redirect_uri),
-            ("code_verifier", pending.verifier),
-        ];
-        if let Some(resource) = &self.config.resource {
-            form.push(("resource", resource.clone()));
-        }
-        self.token_request(form).await
-    }
-
-    /// New tokens for a refresh token.
-    pub async fn refresh(&self, refresh: &Secret<String>) -> Result<Tokens, LoginError> {
-        let mut form = vec![
-            ("grant_type", "refresh_token".to_string()),
-            ("refresh_token", refresh.expose().clone()),
-        ];
-        if let Some(resource) = &self.config.resource {
-            form.push(("resource", resource.clone()));
-        }
-        self.token_request(form).await
-    }
-
-    async fn token_request(
-        &self,
-        mut form: Vec<(&'static str, String)>,
-    ) -> Result<Tokens, LoginError> {
-        let endpoints = self.endpoints().await?;
-        let mut req = self.http.post(&endpoints.token);
-        match &self.config.client_secret {
-            Some(secret) => req = req.basic_auth(&self.config.client_id, Some(secret.expose())),
-            None => form.push(("client_id", self.config.client_id.clone())),
-        }
-        let resp = req
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| LoginError::Unreachable(e.without_url().to_string()))?;
-        let status = resp.status();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| LoginError::Unreachable(e.without_url().to_string()))?;
-        if !status.is_success() {
-            // The provider's error code only: its description could echo what we sent.
-            let error = body["error"].as_str().unwrap_or("unknown_error");
-            return Err(LoginError::Refused(printable(error)));
-        }
-        let access = body["access_token"]
-            .as_str()
-            .ok_or_else(|| LoginError::Refused("no access token in the answer".into()))?;
-        Ok(Tokens {
-            access: Secret::new(access.to_string()),
-            refresh: body["refresh_token"]
-                .as_str()
-                .map(|r| Secret::new(r.to_string())),
-        })
-    }
-}
-
-/// At most 100 plain characters of text that came from elsewhere.
-fn printable(text: &str) -> String {
-    text.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "_-. ".contains(*c))
-        .take(100)
-        .collect()
 }
 
 /// `scheme://host` the browser used, from `Host` (HTTP/1) or the authority (HTTP/2);
@@ -292,10 +52,16 @@ fn same_origin(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> 
     {
         return false;
     }
-    match headers.get(header::ORIGIN) {
-        None => true,
-        Some(o) => o.to_str().ok() == origin(state, headers, uri).as_deref(),
-    }
+    let Some(o) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return headers.get(header::ORIGIN).is_none();
+    };
+    let public = state
+        .config
+        .api
+        .public_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/'));
+    Some(o) == origin(state, headers, uri).as_deref() || Some(o) == public
 }
 
 fn client(addr: Option<&ClientAddr>) -> Option<String> {
@@ -312,14 +78,25 @@ fn to_login_page(code: &str) -> Response {
     resp
 }
 
+/// The login cookie's name: `__Host-` under TLS, so no other host or path can set it.
+fn login_cookie_name(state: &AppState) -> &'static str {
+    if state.web.tls {
+        "__Host-warden_login"
+    } else {
+        "warden_login"
+    }
+}
+
+/// `Set-Cookie` for the sealed login state (`None`: clears it).
 fn login_cookie(state: &AppState, value: Option<&str>) -> HeaderValue {
     let secure = if state.web.tls { "; Secure" } else { "" };
+    let name = login_cookie_name(state);
     let text = match value {
         Some(v) => format!(
-            "{LOGIN_COOKIE}={v}; Path=/auth/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+            "{name}={v}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
             LOGIN_WINDOW.as_secs()
         ),
-        None => format!("{LOGIN_COOKIE}=; Path=/auth/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
+        None => format!("{name}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
     };
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -359,7 +136,11 @@ async fn open_session(
     )
     .by(identity);
     state.audit(&event).await?;
-    let cookie = state.web.sessions.create(token, refresh, &identity.subject);
+    let cookie = state
+        .web
+        .sessions
+        .create(token, refresh, &identity.subject)
+        .ok_or_else(|| ApiError::internal("the system's random source failed"))?;
     Ok(state.web.set_session_cookie(Some(cookie.expose())))
 }
 
@@ -372,21 +153,30 @@ async fn start(
     let Some(oidc) = &state.web.oidc else {
         return to_login_page("oidc_not_configured");
     };
-    let redirect_uri = match &oidc.config.redirect_url {
-        Some(url) => url.clone(),
-        None => match origin(&state, &headers, &uri) {
+    // The registered redirect; else the public address; else the one the browser used
+    // (the provider accepts only registered redirects, so a forged Host leads nowhere).
+    let public = state
+        .config
+        .api
+        .public_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/'));
+    let redirect_uri = match (&oidc.config.redirect_url, public) {
+        (Some(url), _) => url.clone(),
+        (None, Some(public)) => format!("{public}/auth/callback"),
+        (None, None) => match origin(&state, &headers, &uri) {
             Some(o) => format!("{o}/auth/callback"),
             None => return to_login_page("bad_host"),
         },
     };
     match oidc.start(redirect_uri).await {
-        Ok((location, login_state)) => {
+        Ok((location, sealed)) => {
             let mut resp = StatusCode::SEE_OTHER.into_response();
             let h = resp.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&location) {
                 h.insert(header::LOCATION, v);
             }
-            h.insert(header::SET_COOKIE, login_cookie(&state, Some(&login_state)));
+            h.insert(header::SET_COOKIE, login_cookie(&state, Some(&sealed)));
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
@@ -461,19 +251,16 @@ async fn callback_session(
             "the callback lacks code or state".into(),
         ));
     };
-    // The browser that started the login must be the one that finishes it.
-    let bound = cookie(headers, LOGIN_COOKIE).is_some_and(|c| {
-        aws_lc_rs::constant_time::verify_slices_are_equal(c.as_bytes(), login_state.as_bytes())
-            .is_ok()
-    });
-    if !bound {
-        return Err(fail(
+    // The browser that started the login must be the one that finishes it: its login
+    // cookie carries the sealed state this answer must match.
+    let sealed = cookie(headers, login_cookie_name(state)).ok_or_else(|| {
+        fail(
             "login_state_mismatch",
             "the login was not started in this browser".into(),
-        ));
-    }
+        )
+    })?;
     let tokens = oidc
-        .finish(&login_state, &code)
+        .finish(sealed, &login_state, &code)
         .await
         .map_err(|e| fail(e.code(), e.to_string()))?;
     let identity = state
@@ -551,7 +338,7 @@ async fn logout(
     let current = state
         .web
         .sessions
-        .use_session(cookie_value, Some(csrf), false)
+        .use_session(cookie_value, Some(csrf))
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()))?;
     state.web.sessions.remove(cookie_value);
     let mut event = Event::new(

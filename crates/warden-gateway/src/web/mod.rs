@@ -5,6 +5,7 @@
 mod assets;
 mod config;
 mod login;
+mod provider;
 mod sessions;
 
 pub use config::{WebConfig, WebOidcConfig};
@@ -32,7 +33,7 @@ pub struct Endpoint {
 /// The console's state: sessions, pending browser logins, its provider client.
 pub struct WebConsole {
     sessions: sessions::SessionStore,
-    oidc: Option<login::OidcLogin>,
+    oidc: Option<provider::OidcLogin>,
     /// The API listener has TLS: cookies are `Secure` and `__Host-` named.
     tls: bool,
     enabled: bool,
@@ -57,15 +58,13 @@ impl WebAuthError {
     }
 }
 
-/// `n` random bytes, base64url without padding.
-pub(crate) fn random_token(n: usize) -> String {
+/// `n` random bytes, base64url without padding; `None` if the system's random source
+/// fails (nothing that needs one goes on without it).
+pub(crate) fn random_token(n: usize) -> Option<String> {
     use base64::Engine;
     let mut bytes = vec![0u8; n];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        // The system's random source failing is not something to go on without.
-        panic!("the system random source failed");
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    aws_lc_rs::rand::fill(&mut bytes).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The value of one cookie in a request's `Cookie` headers.
@@ -91,7 +90,7 @@ impl WebConsole {
             oidc: config
                 .oidc
                 .as_ref()
-                .map(login::OidcLogin::new)
+                .map(provider::OidcLogin::new)
                 .transpose()?,
             tls,
             enabled: config.enabled,
@@ -155,10 +154,10 @@ impl WebConsole {
         {
             return Err(SessionError::Csrf.into());
         }
-        let current = self.sessions.use_session(cookie, Some(csrf), false)?;
+        let current = self.sessions.use_session(cookie, Some(csrf))?;
         match auth.authenticate(current.token.expose()).await {
             Ok(identity) => Ok(identity),
-            Err(AuthError::Expired) => self.renew(auth, cookie).await,
+            Err(AuthError::Expired) => self.renew(auth, cookie, current).await,
             Err(e) => {
                 if !e.is_unavailable() {
                     self.sessions.remove(cookie);
@@ -168,34 +167,49 @@ impl WebConsole {
         }
     }
 
-    async fn renew(&self, auth: &Authenticator, cookie: &str) -> Result<Identity, WebAuthError> {
-        let current = self.sessions.use_session(cookie, None, true)?;
-        let (Some(oidc), Some(refresh)) = (&self.oidc, current.refresh) else {
+    /// Renews an expired OIDC token with its refresh token. One request renews; the
+    /// others that found the same token expired wait and use what it got. A provider
+    /// that cannot be reached keeps the session (503); a refusal ends it.
+    async fn renew(
+        &self,
+        auth: &Authenticator,
+        cookie: &str,
+        stale: sessions::Current,
+    ) -> Result<Identity, WebAuthError> {
+        let _renewing = stale.renewal.lock().await;
+        let now = self.sessions.use_session(cookie, None)?;
+        if now.token.expose() != stale.token.expose() {
+            return auth
+                .authenticate(now.token.expose())
+                .await
+                .map_err(Into::into);
+        }
+        let (Some(oidc), Some(refresh)) = (&self.oidc, now.refresh) else {
             self.sessions.remove(cookie);
             return Err(AuthError::Expired.into());
         };
-        match oidc.refresh(&refresh).await {
-            Ok(tokens) => {
-                let identity = auth.authenticate(tokens.access.expose()).await;
-                match identity {
-                    Ok(identity) => {
-                        self.sessions.renewed(
-                            cookie,
-                            Some(tokens.access),
-                            Some(tokens.refresh.unwrap_or(refresh)),
-                        );
-                        Ok(identity)
-                    }
-                    Err(e) => {
-                        self.sessions.remove(cookie);
-                        Err(e.into())
-                    }
-                }
+        let tokens = match oidc.refresh(&refresh).await {
+            Ok(tokens) => tokens,
+            Err(provider::LoginError::Unreachable(e)) => {
+                tracing::warn!(error = %e, "a console session's token could not be renewed now");
+                return Err(AuthError::IssuerUnavailable.into());
             }
             Err(e) => {
-                tracing::info!(error = %e, "a console session's token could not be renewed");
+                tracing::info!(error = %e, "a console session's token was not renewed: it ends");
                 self.sessions.remove(cookie);
-                Err(AuthError::Expired.into())
+                return Err(AuthError::Expired.into());
+            }
+        };
+        match auth.authenticate(tokens.access.expose()).await {
+            Ok(identity) => {
+                self.sessions.renewed(cookie, tokens.access, tokens.refresh);
+                Ok(identity)
+            }
+            Err(e) => {
+                if !e.is_unavailable() {
+                    self.sessions.remove(cookie);
+                }
+                Err(e.into())
             }
         }
     }

@@ -6,7 +6,7 @@
 //! carry in a header a page of another site cannot set.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_core::Secret;
 
@@ -37,14 +37,21 @@ struct Entry {
     subject: String,
     created: Instant,
     last_used: Instant,
+    /// Held while the token is renewed, so one request renews and the others wait
+    /// for its result instead of racing it.
+    renewal: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// Sessions one subject may hold at once; beyond, that subject's least recently used
+/// ends (so nobody's logins can push everyone else's sessions out).
+pub const MAX_PER_SUBJECT: usize = 20;
 
 /// What a request made with a session's cookie may use.
 pub struct Current {
     pub token: Secret<String>,
     pub subject: String,
-    /// The refresh token, taken out for renewal: give it back with [`SessionStore::renewed`].
     pub refresh: Option<Secret<String>>,
+    pub renewal: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub struct SessionStore {
@@ -82,18 +89,27 @@ impl SessionStore {
         token: Secret<String>,
         refresh: Option<Secret<String>>,
         subject: &str,
-    ) -> Secret<String> {
-        let cookie = random_token(32);
-        let csrf = random_token(32);
+    ) -> Option<Secret<String>> {
+        let cookie = random_token(32)?;
+        let csrf = random_token(32)?;
         let now = Instant::now();
         let mut sessions = self.lock();
         self.drop_stale(&mut sessions, now);
-        while sessions.len() >= self.max {
-            let Some(oldest) = sessions
+        let least_recently_used = |sessions: &HashMap<[u8; 32], Entry>, subject: Option<&str>| {
+            sessions
                 .iter()
+                .filter(|(_, e)| subject.is_none_or(|s| e.subject == s))
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(k, _)| *k)
-            else {
+        };
+        while sessions.values().filter(|e| e.subject == subject).count() >= MAX_PER_SUBJECT {
+            let Some(oldest) = least_recently_used(&sessions, Some(subject)) else {
+                break;
+            };
+            sessions.remove(&oldest);
+        }
+        while sessions.len() >= self.max {
+            let Some(oldest) = least_recently_used(&sessions, None) else {
                 break;
             };
             sessions.remove(&oldest);
@@ -107,9 +123,10 @@ impl SessionStore {
                 subject: subject.to_string(),
                 created: now,
                 last_used: now,
+                renewal: Arc::new(tokio::sync::Mutex::new(())),
             },
         );
-        Secret::new(cookie)
+        Some(Secret::new(cookie))
     }
 
     fn drop_stale(&self, sessions: &mut HashMap<[u8; 32], Entry>, now: Instant) {
@@ -122,13 +139,8 @@ impl SessionStore {
     }
 
     /// The session a cookie names, checked against the CSRF token the request carries
-    /// (`None`: the caller only reads the session's own description).
-    pub fn use_session(
-        &self,
-        cookie: &str,
-        csrf: Option<&str>,
-        take_refresh: bool,
-    ) -> Result<Current, SessionError> {
+    /// (`None`: the gateway's own second look, after the first was checked).
+    pub fn use_session(&self, cookie: &str, csrf: Option<&str>) -> Result<Current, SessionError> {
         let now = Instant::now();
         let mut sessions = self.lock();
         let k = key(cookie);
@@ -140,11 +152,11 @@ impl SessionStore {
             return Err(SessionError::Ended);
         }
         if let Some(presented) = csrf
-            && !aws_lc_rs::constant_time::verify_slices_are_equal(
+            && aws_lc_rs::constant_time::verify_slices_are_equal(
                 presented.as_bytes(),
                 entry.csrf.as_bytes(),
             )
-            .is_ok()
+            .is_err()
         {
             return Err(SessionError::Csrf);
         }
@@ -152,11 +164,8 @@ impl SessionStore {
         Ok(Current {
             token: entry.token.clone(),
             subject: entry.subject.clone(),
-            refresh: if take_refresh {
-                entry.refresh.take()
-            } else {
-                None
-            },
+            refresh: entry.refresh.clone(),
+            renewal: entry.renewal.clone(),
         })
     }
 
@@ -169,17 +178,10 @@ impl SessionStore {
             .map(|e| e.csrf.clone())
     }
 
-    /// Stores renewed tokens (or gives the refresh token back when renewal failed).
-    pub fn renewed(
-        &self,
-        cookie: &str,
-        token: Option<Secret<String>>,
-        refresh: Option<Secret<String>>,
-    ) {
+    /// Stores renewed tokens (a provider may or may not rotate the refresh token).
+    pub fn renewed(&self, cookie: &str, token: Secret<String>, refresh: Option<Secret<String>>) {
         if let Some(entry) = self.lock().get_mut(&key(cookie)) {
-            if let Some(token) = token {
-                entry.token = token;
-            }
+            entry.token = token;
             if refresh.is_some() {
                 entry.refresh = refresh;
             }
@@ -207,28 +209,26 @@ mod tests {
     #[test]
     fn a_session_needs_its_own_csrf_token() {
         let s = store(10);
-        let a = s.create(Secret::new("tok-a".into()), None, "alice");
-        let b = s.create(Secret::new("tok-b".into()), None, "bob");
+        let a = s
+            .create(Secret::new("tok-a".into()), None, "alice")
+            .unwrap();
+        let b = s.create(Secret::new("tok-b".into()), None, "bob").unwrap();
         let cur = s
-            .use_session(a.expose(), Some(&s.csrf_of(a.expose()).unwrap()), false)
+            .use_session(a.expose(), Some(&s.csrf_of(a.expose()).unwrap()))
             .unwrap();
         assert_eq!(cur.token.expose(), "tok-a");
         assert_eq!(
-            s.use_session(a.expose(), Some(&s.csrf_of(b.expose()).unwrap()), false)
+            s.use_session(a.expose(), Some(&s.csrf_of(b.expose()).unwrap()))
                 .err(),
             Some(SessionError::Csrf)
         );
         assert_eq!(
-            s.use_session(a.expose(), Some(""), false).err(),
+            s.use_session(a.expose(), Some("")).err(),
             Some(SessionError::Csrf)
         );
         assert_eq!(
-            s.use_session(
-                "not-a-session",
-                Some(&s.csrf_of(a.expose()).unwrap()),
-                false
-            )
-            .err(),
+            s.use_session("not-a-session", Some(&s.csrf_of(a.expose()).unwrap()))
+                .err(),
             Some(SessionError::Ended)
         );
     }
@@ -236,51 +236,60 @@ mod tests {
     #[test]
     fn the_least_recently_used_session_makes_room_and_logout_ends_one() {
         let s = store(2);
-        let a = s.create(Secret::new("a".into()), None, "a");
+        let a = s.create(Secret::new("a".into()), None, "a").unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        let b = s.create(Secret::new("b".into()), None, "b");
+        let b = s.create(Secret::new("b".into()), None, "b").unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        s.use_session(a.expose(), None, false).unwrap();
-        let _c = s.create(Secret::new("c".into()), None, "c");
+        s.use_session(a.expose(), None).unwrap();
+        let _c = s.create(Secret::new("c".into()), None, "c").unwrap();
         assert_eq!(s.count(), 2);
-        assert!(s.use_session(b.expose(), None, false).is_err());
+        assert!(s.use_session(b.expose(), None).is_err());
         assert_eq!(s.remove(a.expose()).as_deref(), Some("a"));
-        assert!(s.use_session(a.expose(), None, false).is_err());
+        assert!(s.use_session(a.expose(), None).is_err());
     }
 
     #[test]
     fn idle_sessions_end() {
         let s = SessionStore::new(Duration::from_millis(20), Duration::from_secs(60), 10);
-        let a = s.create(Secret::new("a".into()), None, "a");
+        let a = s.create(Secret::new("a".into()), None, "a").unwrap();
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(
-            s.use_session(a.expose(), None, false).err(),
+            s.use_session(a.expose(), None).err(),
             Some(SessionError::Ended)
         );
     }
 
     #[test]
-    fn the_refresh_token_is_taken_once_until_given_back() {
+    fn renewed_tokens_replace_the_old_ones() {
         let s = store(10);
-        let a = s.create(Secret::new("a".into()), Some(Secret::new("r".into())), "a");
-        let first = s.use_session(a.expose(), None, true).unwrap();
+        let a = s
+            .create(Secret::new("a".into()), Some(Secret::new("r".into())), "a")
+            .unwrap();
+        let first = s.use_session(a.expose(), None).unwrap();
         assert_eq!(
             first.refresh.map(|r| r.expose().clone()).as_deref(),
             Some("r")
         );
-        assert!(
-            s.use_session(a.expose(), None, true)
-                .unwrap()
-                .refresh
-                .is_none()
-        );
-        s.renewed(
-            a.expose(),
-            Some(Secret::new("a2".into())),
-            Some(Secret::new("r2".into())),
-        );
-        let cur = s.use_session(a.expose(), None, true).unwrap();
+        s.renewed(a.expose(), Secret::new("a2".into()), None);
+        let cur = s.use_session(a.expose(), None).unwrap();
         assert_eq!(cur.token.expose(), "a2");
-        assert!(cur.refresh.is_some());
+        assert_eq!(
+            cur.refresh.map(|r| r.expose().clone()).as_deref(),
+            Some("r")
+        );
+    }
+
+    #[test]
+    fn one_subject_cannot_push_out_everyone_elses_sessions() {
+        let s = store(MAX_PER_SUBJECT + 5);
+        let other = s.create(Secret::new("o".into()), None, "admin").unwrap();
+        let first = s.create(Secret::new("m0".into()), None, "mallory").unwrap();
+        for i in 1..MAX_PER_SUBJECT * 3 {
+            s.create(Secret::new(format!("m{i}")), None, "mallory")
+                .unwrap();
+        }
+        assert!(s.use_session(other.expose(), None).is_ok());
+        assert!(s.use_session(first.expose(), None).is_err());
+        assert_eq!(s.count(), MAX_PER_SUBJECT + 1);
     }
 }

@@ -1,7 +1,7 @@
 // One session: its database or request timeline (results as recorded, so masked),
 // denials and reviews in line, and its terminals in asciinema-player. A live session
 // is followed as it goes.
-import { h, clear, notice, table, fmtTime, decisionBadge, statusBadge } from '../dom.js';
+import { h, clear, notice, table, fmtTime, decisionBadge, statusBadge, commandText } from '../dom.js';
 import { api, enc } from '../api.js';
 
 let playerScript = null;
@@ -27,7 +27,7 @@ function entryView(e) {
   switch (e.kind) {
     case 'statement':
       return h('li', { class: `entry statement ${e.decision?.outcome || ''}` }, h('span', { class: 't' }, secs(e.t)),
-        decisionBadge(e.decision), ' ', h('small', { class: 'muted' }, e.via), h('pre', {}, e.sql),
+        decisionBadge(e.decision), ' ', h('small', { class: 'muted' }, e.via), commandText(e.sql, 'sql'),
         e.decision?.reason ? h('p', { class: 'muted' }, e.decision.reason) : null);
     case 'result':
       return h('li', { class: 'entry result' }, h('span', { class: 't' }, secs(e.t)),

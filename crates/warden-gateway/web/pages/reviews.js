@@ -1,63 +1,98 @@
 // The reviews inbox: held commands waiting for a decision, kept current without a
 // reload; approve or reject with a comment. The gateway refuses a requester's own
 // decision; the page does not offer it.
-import { h, clear, notice, ago, fmtTime, statusBadge, table } from '../dom.js';
+//
+// Cards never move under the pointer: each is updated in place by id, new ones are
+// added at the end (oldest first), and a card decided elsewhere stays where it is,
+// its buttons gone, until the page is opened again.
+import { h, clear, notice, ago, fmtTime, statusBadge, table, commandText, visible } from '../dom.js';
 import { api, session, qs, enc } from '../api.js';
 
-function card(r, onDecided, flash) {
+function card(r, flash, reload) {
   const mine = r.subject === session.identity.subject;
   const comment = h('textarea', { rows: 2, 'aria-label': `Comment on review ${r.id}`, placeholder: 'Comment (optional)' });
-  const status = h('div', { 'aria-live': 'polite' });
+  const state = h('span', { class: 'state' });
+  const progress = h('span', {});
+  const buttons = [];
   const decide = (verb) => async () => {
+    buttons.forEach(b => { b.disabled = true; });
     try {
       await api.post(`/api/reviews/${enc(r.id)}/${verb}`, comment.value.trim() ? { comment: comment.value } : {});
-      // The card leaves the list once decided: the outcome is said above the list.
-      clear(flash, notice(`${verb === 'approve' ? 'Approved' : 'Rejected'}: ${r.command.slice(0, 200)}`, 'ok'));
-      onDecided();
-    } catch (e) { clear(status, notice(e.message, 'error')); }
+      flash(notice(`${verb === 'approve' ? 'Approved' : 'Rejected'}: ${visible(r.command).shown}`, 'ok'));
+    } catch (e) {
+      flash(notice(`${r.connection}: ${e.message}`, 'error'));
+    }
+    await reload();
   };
-  return h('article', { class: 'card review', dataset: { id: r.id } },
-    h('h2', {}, r.connection, ' ', h('small', { class: 'muted' }, `held by rule ${r.rule}`)),
-    h('pre', { class: 'command' }, r.command),
-    h('p', {}, 'Asked by ', h('strong', {}, r.subject), ` ${ago(r.created_at)} · `,
-      `${r.approvals.length} of ${r.required} approval(s) · expires ${fmtTime(r.expires_at)}`,
+  if (!mine) {
+    buttons.push(h('button', { type: 'button', class: 'approve', onclick: decide('approve') }, 'Approve'),
+      h('button', { type: 'button', class: 'reject danger', onclick: decide('reject') }, 'Reject'));
+  }
+  const el = h('article', { class: 'card review', dataset: { id: r.id } },
+    h('h2', {}, r.connection, ' ', h('small', { class: 'muted' }, `held by rule ${r.rule}`), ' ', state),
+    commandText(r.command),
+    h('p', {}, 'Asked by ', h('strong', {}, r.subject), ` ${ago(r.created_at)} · `, progress,
+      ` · expires ${fmtTime(r.expires_at)} · review ${r.id}`,
       // Sessions are their owner's and admins' to see.
       r.session_id && session.isAdmin ? [' · ', h('a', { href: `#/sessions/${enc(r.session_id)}` }, 'session')] : null),
-    r.approvals.length ? h('ul', {}, r.approvals.map(a => h('li', {}, `${a.subject} approved ${ago(a.at)}`, a.comment ? `: ${a.comment}` : ''))) : null,
     mine ? notice('You asked for this: another reviewer must decide.', 'info')
-      : h('div', { class: 'decide' }, comment,
-        h('button', { type: 'button', class: 'approve', onclick: decide('approve') }, 'Approve'),
-        h('button', { type: 'button', class: 'reject danger', onclick: decide('reject') }, 'Reject')),
-    status);
+      : h('div', { class: 'decide' }, comment, buttons));
+  const update = (now) => {
+    progress.textContent = `${now.approvals.length} of ${now.required} approval(s)`
+      + (now.approvals.length ? ` (${now.approvals.map(a => a.subject).join(', ')})` : '');
+  };
+  const settle = (status) => {
+    clear(state, statusBadge(status));
+    buttons.forEach(b => b.remove());
+    comment.disabled = true;
+    el.classList.add('decided');
+  };
+  update(r);
+  return { el, update, settle };
 }
 
 export async function render(main, _m, params) {
-  const pending = h('div', { class: 'cards', 'aria-live': 'polite' });
-  const flash = h('div', { 'aria-live': 'polite', id: 'review-outcome' });
+  const pending = h('div', { class: 'cards' });
+  const empty = h('div', {});
+  const toast = h('div', { class: 'toast', 'aria-live': 'polite', id: 'review-outcome' });
+  const problem = h('div', { 'aria-live': 'assertive' });
   const recent = h('div', {});
+  const cards = new Map();
   const focus = params.get('id');
-  let seen = '';
+  const flash = (n) => clear(toast, n);
   async function load() {
     const [open, all] = await Promise.all([
       api.get('/api/reviews' + qs({ status: 'pending' })),
       api.get('/api/reviews' + qs({ limit: 50 })),
     ]);
-    const live = open.filter(r => new Date(r.expires_at) > new Date());
-    const key = live.map(r => r.id + r.approvals.length).join();
-    // Redraw only when something changed, so a comment being typed survives.
-    if (key !== seen) {
-      seen = key;
-      clear(pending, live.length ? live.map(r => card(r, load, flash)) : notice('Nothing is waiting for a review.'));
+    clear(problem);
+    const live = open.filter(r => new Date(r.expires_at) > new Date())
+      .sort((a, b) => a.created_at.localeCompare(b.created_at));
+    const liveIds = new Set(live.map(r => r.id));
+    for (const r of live) {
+      if (cards.has(r.id)) cards.get(r.id).update(r);
+      else {
+        const c = card(r, flash, load);
+        cards.set(r.id, c);
+        pending.append(c.el);
+      }
     }
+    for (const [id, c] of cards) {
+      if (!liveIds.has(id) && !c.el.classList.contains('decided')) {
+        c.settle(all.find(r => r.id === id)?.status || 'decided');
+      }
+    }
+    clear(empty, cards.size ? null : notice('Nothing is waiting for a review.'));
     const decided = all.filter(r => r.status !== 'pending' || (focus && r.id === focus));
     clear(recent, table(['Asked', 'Connection', 'Command', 'By', 'Status', 'Decided by'],
-      decided.map(r => [fmtTime(r.created_at), r.connection, h('code', {}, r.command.slice(0, 200)), r.subject,
+      decided.map(r => [fmtTime(r.created_at), r.connection, h('code', {}, visible(r.command).shown), r.subject,
         statusBadge(r.status), r.decided_by || r.approvals.map(a => a.subject).join(', ')])));
   }
   clear(main, h('h1', {}, 'Reviews'),
-    h('p', { class: 'muted' }, 'Commands held for review. This list updates by itself.'),
-    flash, pending, h('h2', {}, 'Recent'), recent);
+    h('p', { class: 'muted' }, 'Commands held for review. This list updates by itself; new requests are added at the end.'),
+    problem, empty, pending, h('h2', {}, 'Recent'), recent, toast);
   await load();
-  const timer = setInterval(() => load().catch(() => {}), 2000);
+  const timer = setInterval(() => load().catch((e) => clear(problem,
+    notice(`The list could not be refreshed (${e.message}): what is shown may be out of date.`, 'error'))), 2000);
   return () => clearInterval(timer);
 }
