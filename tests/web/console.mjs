@@ -208,6 +208,32 @@ step('carol logged in with an API key by keyboard; connections show exact comman
   step('carol cannot approve her own review (not offered; refused with self_approval)');
 }
 
+// Just-in-time access: carol asks from the connections page, bob grants it.
+{
+  await carol.goto(GW + '/#/connections');
+  const vault = carol.locator('section.conn[data-name="vault"]');
+  await vault.waitFor();
+  assert.match(await vault.textContent(), /grant required/);
+  await vault.getByLabel('For').fill('30m');
+  await vault.getByLabel('Reason').fill('INC-9: read the ledger');
+  await vault.locator('button:has-text("Request access")').click();
+  await vault.locator('.badge', { hasText: 'request pending' }).waitFor();
+  const asked = [];
+  bob.on('dialog', (d) => { asked.push(d.message()); d.accept(); });
+  await bob.goto(GW + '/#/access');
+  const row = bob.locator('tr', { hasText: 'INC-9: read the ledger' });
+  await row.waitFor();
+  await row.locator('button:has-text("Approve")').click();
+  await bob.locator('.toast', { hasText: 'Approve: carol on vault.' }).waitFor();
+  assert.match(asked[0], /carol's access to vault for 30 min/);
+  const granted = (await admin('GET', '/api/access-requests?connection=vault')).body;
+  assert.equal(granted[0].status, 'approved');
+  assert.equal(granted[0].approvals[0].subject, 'bob');
+  await carol.reload();
+  await carol.locator('section.conn[data-name="vault"] .badge', { hasText: 'granted until' }).waitFor();
+  step('carol asked for access from the connections page; bob granted it after confirming who, what and how long');
+}
+
 // --- an admin replays the SSH terminal and the held psql session -----------------
 const adminCtx = await context();
 const adm = await newPage(adminCtx);
@@ -218,6 +244,11 @@ await adm.waitForSelector('#who .subject');
 await adm.goto(`${GW}/#/sessions/${env('SSH_SESSION')}`);
 const player = adm.locator('.ap-player');
 await player.waitFor({ timeout: 15000 });
+await adm.locator('.ap-playback-button').click();
+await adm.waitForFunction(() => document.querySelector('.ap-term')?.textContent.includes('marker-from-42-terminal'), null, { timeout: 15000 });
+// Slower, from the start: the player is rebuilt at the chosen speed.
+await adm.getByLabel(/Playback speed of terminal/).selectOption('0.5');
+await player.waitFor();
 await adm.locator('.ap-playback-button').click();
 await adm.waitForFunction(() => document.querySelector('.ap-term')?.textContent.includes('marker-from-42-terminal'), null, { timeout: 15000 });
 await player.scrollIntoViewIfNeeded();
@@ -241,6 +272,19 @@ assert.match(timeline, /review/);
 assert.match(timeline, /DELETE 1/);
 await shot(adm, '05-replay-psql', true);
 step('the psql session\'s timeline shows the statement, its review and its result');
+
+// A live shell, followed: the page says live, shows its terminal, and sees it end.
+{
+  await adm.goto(`${GW}/#/sessions?status=active`);
+  await adm.locator(`a[href="#/sessions/${env('LIVE_SESSION')}"]`).waitFor();
+  await adm.locator(`a[href="#/sessions/${env('LIVE_SESSION')}"]`).click();
+  await adm.locator('.live').waitFor();
+  await adm.locator('.ap-player').waitFor({ timeout: 15000 });
+  fs.writeFileSync(env('LIVE_WATCHING'), 'watching');
+  await adm.locator('dl.facts .badge', { hasText: 'closed' }).waitFor({ timeout: 30000 });
+  assert.match(await adm.textContent('ol.timeline'), /session ended/);
+  step('a live session is followed until it ends, without a reload');
+}
 
 // Sessions list with filters.
 await adm.goto(`${GW}/#/sessions?kind=ssh`);
@@ -336,12 +380,56 @@ step('the dry-run evaluator shows the decision and masked values');
 await adm.goto(`${GW}/#/admin/keys`);
 await adm.locator('table tbody tr').first().waitFor();
 assert.match(await adm.textContent('table'), /carol/);
-await adm.goto(`${GW}/#/admin/webhooks`);
-await adm.locator('h1:has-text("Webhooks")').waitFor();
-step('API keys and webhooks pages render');
+step('the API keys page lists keys (secrets never)');
+
+// Webhooks: a subscription whose receiver is down files a dead letter; once the
+// receiver is up, Redeliver sends it.
+{
+  const probe = http.createServer();
+  await new Promise((r) => probe.listen(0, '127.0.0.1', r));
+  const port = probe.address().port;
+  await new Promise((r) => probe.close(r));
+  await adm.goto(`${GW}/#/admin/webhooks`);
+  await adm.getByLabel('URL').fill(`http://127.0.0.1:${port}/hook`);
+  await adm.getByLabel('Event kinds').fill('auth.login');
+  await adm.getByLabel('Description').fill('SOC intake');
+  await adm.click('button:has-text("Subscribe")');
+  await adm.locator('text=Signing secret, shown once').waitFor();
+  // An event it wants: someone logs in.
+  const other = await context();
+  const op = await newPage(other);
+  await op.goto(GW + '/');
+  await op.fill('input[name=key]', env('CAROL_KEY'));
+  await op.click('form button[type=submit]');
+  await op.waitForSelector('#who .subject');
+  await other.close();
+  const hook = adm.locator('section.card', { hasText: `127.0.0.1:${port}/hook` });
+  let letters = 0;
+  for (let i = 0; i < 60 && !letters; i++) {
+    await adm.reload();
+    await hook.locator('button:has-text("Dead letters")').click();
+    letters = await hook.locator('button:has-text("Redeliver")').count();
+    if (!letters) await adm.waitForTimeout(500);
+  }
+  assert.ok(letters >= 1, 'a dead letter for the unreachable receiver');
+  assert.match(await hook.textContent(), /auth\.login/);
+  const received = [];
+  const receiver = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => { received.push({ sig: req.headers['x-warden-signature'], body }); res.end('ok'); });
+  });
+  await new Promise((r) => receiver.listen(port, '127.0.0.1', r));
+  await hook.locator('button:has-text("Redeliver")').first().click();
+  await hook.locator('.notice', { hasText: 'Delivered #' }).waitFor();
+  assert.ok(received.some((r) => r.body.includes('auth.login')), 'the receiver got the event');
+  receiver.close();
+  await shot(adm, '09-webhooks', true);
+  step('a webhook\'s dead letter is listed and redelivered from the page once the receiver is up');
+}
 
 // --- a narrow screen ---------------------------------------------------------------
-for (const [route, name] of [['#/connections', '09-narrow-connections'], ['#/reviews', '10-narrow-reviews']]) {
+for (const [route, name] of [['#/connections', '10-narrow-connections'], ['#/reviews', '11-narrow-reviews']]) {
   const narrow = await context({ width: 390, height: 844 });
   const p = await newPage(narrow);
   await p.goto(GW + '/');

@@ -243,8 +243,20 @@ impl Gateway {
             tunnels,
             agents: agent_hub.clone(),
             web: Arc::new(
-                web::WebConsole::new(&config.web, tls.is_some(), endpoints)
-                    .map_err(GatewayError::Config)?,
+                // Browsers reach the console over HTTPS when the listener has TLS or
+                // a TLS proxy in front of it is the public address.
+                web::WebConsole::new(
+                    &config.web,
+                    tls.is_some()
+                        || config
+                            .api
+                            .public_url
+                            .as_deref()
+                            .and_then(|u| u.get(..8))
+                            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://")),
+                    endpoints,
+                )
+                .map_err(GatewayError::Config)?,
             ),
             config: config.clone(),
         }));

@@ -1192,3 +1192,57 @@ async fn a_held_statement_of_a_revoked_identity_never_runs() {
     assert_eq!(ended.len(), 2, "{ended:?}");
     assert_eq!(ended[0]["event"]["payload"]["cause"], "credential_revoked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewers_list_is_not_cut_short_by_reviews_they_cannot_see() {
+    let gw = TestGateway::start(Backend::Sqlite, None).await;
+    let ahead = |reviewers: &str| json!({"reviewers": [reviewers], "reuse_approved_reviews": true});
+    add_pg(
+        &gw,
+        "theirs",
+        ahead("dba"),
+        json!({"reviews": ["held-for-review"]}),
+    )
+    .await;
+    add_pg(
+        &gw,
+        "ours",
+        ahead("sre"),
+        json!({"reviews": ["held-for-review"]}),
+    )
+    .await;
+    let alice = gw.key_for("alice", &["dev"]).await;
+    let bob = gw.key_for("bob", &["sre"]).await;
+    let ask = |connection: &'static str, n: usize| {
+        let (gw, alice) = (&gw, &alice);
+        async move {
+            let (status, review) = gw
+                .call(
+                    "POST",
+                    "/api/reviews",
+                    Some(alice),
+                    Some(json!({"connection": connection, "command": format!("DELETE FROM t WHERE id = {n}")})),
+                )
+                .await;
+            assert_eq!(status, 201, "{review}");
+        }
+    };
+    // One bob may decide, then five newer ones he may not see.
+    ask("ours", 0).await;
+    for n in 1..=5 {
+        ask("theirs", n).await;
+    }
+    for path in [
+        "/api/reviews?status=pending&limit=2",
+        "/api/reviews?limit=1",
+    ] {
+        let (status, list) = gw.call("GET", path, Some(&bob), None).await;
+        assert_eq!(status, 200);
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), 1, "{path}: {list:?}");
+        assert_eq!(list[0]["connection"], "ours");
+    }
+    // An admin's page is as long as asked.
+    let (_, list) = gw.admin("GET", "/api/reviews?limit=3", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 3);
+}

@@ -119,7 +119,7 @@ function renderLogin(params) {
   clear(main,
     h('h1', {}, 'Log in to Warden'),
     // Only the gateway's own words: the address is anyone's to write.
-    error ? notice(LOGIN_ERRORS[error] || 'The login did not complete. Try again.', 'error') : null,
+    error ? notice(Object.hasOwn(LOGIN_ERRORS, error) ? LOGIN_ERRORS[error] : 'The login did not complete. Try again.', 'error') : null,
     session.login.oidc ? h('div', { class: 'card' }, h('h2', {}, 'Single sign-on'),
       h('a', { class: 'button', href: '/auth/login', id: 'sso' }, 'Log in with your identity provider')) : null,
     form);

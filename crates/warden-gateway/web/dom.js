@@ -92,7 +92,9 @@ export function listValue(s) {
 
 // Characters that change how text is displayed without being seen (bidirectional
 // overrides, zero-width marks): a held command must read exactly as it will run.
-const HIDDEN = /[\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]/g;
+// Format and control characters (bar tab and newline), line and paragraph
+// separators, the invisible fillers and the variation selectors.
+const HIDDEN = /(?![\t\n])[\p{Cf}\p{Cc}\p{Zl}\p{Zp}\u034F\u115F\u1160\u3164\uFFA0\uFE00-\uFE0F]/gu;
 
 // The text with those characters shown as ⟦U+XXXX⟧, and whether there were any.
 export function visible(text) {

@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,6 +61,7 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
              [[policies.guardrails]]\nname = \"no-drops\"\n\
              [[policies.guardrails.rules]]\nname = \"no-ddl\"\nsql_statements = [\"ddl\"]\n\
              [[policies.masking]]\nname = \"pii\"\ndetectors = [\"email\"]\n\
+             [events]\nmax_attempts = 1\nbackoff_base_ms = 100\n\
              [web.oidc]\nissuer = \"{issuer}\"\nclient_id = \"warden-console\"\n\
              client_secret = \"warden-console-secret\"\nresource = \"urn:warden\"\n"
         ),
@@ -97,18 +98,8 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
 
     // A terminal to replay: ssh with a PTY runs a command that prints a marker.
     let ssh_port = running.port("SSH");
-    let ssh = run(Command::new("sshpass")
-        .args(["-e", "ssh", "-tt", "-o", "StrictHostKeyChecking=no"])
-        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-        .args([
-            "-o",
-            "PubkeyAuthentication=no",
-            "-p",
-            &ssh_port,
-            "box@127.0.0.1",
-        ])
+    let ssh = run(ssh_box(&ssh_port, &carol)
         .arg("echo marker-from-$((6*7))-terminal")
-        .env("SSHPASS", &carol)
         .stdin(Stdio::null()));
     assert!(
         text(&ssh.stdout).contains("marker-from-42-terminal"),
@@ -122,6 +113,44 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
             .iter()
             .find(|s| s["status"] == "closed")
             .map(|s| s["id"].as_str().unwrap().to_string())
+    });
+
+    // A connection that needs a grant, asked for and granted in the browser.
+    post_admin(
+        &url,
+        &admin,
+        "/api/connections",
+        &json!({"name": "vault", "kind": "postgres", "target": "127.0.0.1:5432/postgres",
+                "username": "warden_t_scram", "secret": "scram-pw-1",
+                "allowed_groups": ["dba"], "tls": {"mode": "disable"},
+                "access": {"request_required": true, "reviewers": ["sre"]}}),
+    );
+
+    // A shell still open, to follow live: it ends when the browser says it is watching.
+    let mut live = ssh_box(&ssh_port, &carol)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut live_input = live.stdin.take().unwrap();
+    live_input
+        .write_all(b"echo live-marker-$((20+22))\n")
+        .unwrap();
+    let live_session = wait_for("active ssh session", || {
+        let list = get(&url, &admin, "/api/sessions?connection=box&status=active");
+        list.as_array()?
+            .first()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+    });
+    let watching = dir.path().join("watching-live");
+    let signal = watching.clone();
+    let closer = std::thread::spawn(move || {
+        let start = Instant::now();
+        while !signal.exists() && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = live_input.write_all(b"exit\n");
     });
 
     // carol's psql waits for a review while the browser decides it.
@@ -157,6 +186,8 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
         .env("REVIEW_ID", &review)
         .env("HELD_SQL", held_sql)
         .env("SSH_SESSION", &ssh_session)
+        .env("LIVE_SESSION", &live_session)
+        .env("LIVE_WATCHING", &watching)
         .env("SHOTS", &shots)
         .env("SECRETS_OUT", &secrets_file)
         .env(
@@ -174,6 +205,9 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
         .output()
         .unwrap();
     let browser_log = format!("{}{}", text(&node.stdout), text(&node.stderr));
+    std::fs::write(&watching, b"done").unwrap();
+    closer.join().unwrap();
+    let _ = live.wait();
     // psql saw its statement run once the browser approved it.
     let mut out = String::new();
     if node.status.success() {

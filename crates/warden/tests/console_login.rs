@@ -1,7 +1,7 @@
 //! The console's login over plain HTTP against a real OpenID provider of its own
 //! (short-lived tokens): the authorization-code login survives a flood of started
-//! logins, refuses a login cookie that is not its own, and renews an expired token
-//! once however many requests find it expired at the same moment.
+//! logins, refuses a login cookie that is not its own or that came back before, and
+//! renews an expired token once however many requests find it expired at once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::zombie_processes)]
 
@@ -40,6 +40,7 @@ fn provider(ttl: u32) -> (std::process::Child, String) {
 struct Browser {
     http: reqwest::Client,
     cookies: BTreeMap<String, String>,
+    visited: Vec<String>,
 }
 
 impl Browser {
@@ -50,6 +51,7 @@ impl Browser {
                 .build()
                 .unwrap(),
             cookies: BTreeMap::new(),
+            visited: Vec::new(),
         }
     }
 
@@ -63,6 +65,7 @@ impl Browser {
 
     /// One request, no redirect followed: status, `Location`.
     async fn step(&mut self, url: &str) -> (u16, Option<String>) {
+        self.visited.push(url.to_string());
         let resp = self
             .http
             .get(url)
@@ -176,10 +179,12 @@ fn console_login_survives_floods_refuses_foreign_state_and_renews_once() {
             .unwrap()
             .1
             .to_string();
-        for bad in [
-            other.to_string(),
-            format!("{}A", &sealed[..sealed.len() - 1]),
-        ] {
+        // A changed cookie: one character in its middle made another.
+        let mut changed = sealed.clone().into_bytes();
+        let mid = changed.len() / 2;
+        changed[mid] = if changed[mid] == b'A' { b'B' } else { b'A' };
+        let changed = String::from_utf8(changed).unwrap();
+        for bad in [other.to_string(), changed] {
             let mut mallory = Browser::new();
             mallory.cookies.insert("warden_login".into(), bad);
             let (_, to) = mallory
@@ -195,6 +200,19 @@ fn console_login_survives_floods_refuses_foreign_state_and_renews_once() {
         let landed = alice.follow(&to_provider).await;
         assert_eq!(landed, format!("{gw}/"), "{:?}", alice.cookies);
         let cookie = format!("warden_session={}", alice.cookies["warden_session"]);
+
+        // Her login cookie and the provider's answer, brought back again, open nothing.
+        let callback = alice
+            .visited
+            .iter()
+            .find(|u| u.starts_with(&format!("{gw}/auth/callback")))
+            .unwrap()
+            .clone();
+        let mut replay = Browser::new();
+        replay.cookies.insert("warden_login".into(), sealed.clone());
+        let (_, to) = replay.step(&callback).await;
+        assert_eq!(to.as_deref(), Some("/#/login?error=login_state_mismatch"));
+        assert!(!replay.cookies.contains_key("warden_session"));
         let http = reqwest::Client::new();
         let session: Value = http
             .get(format!("{gw}/auth/session"))

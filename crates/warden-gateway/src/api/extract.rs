@@ -59,6 +59,29 @@ pub(super) fn bearer_of(headers: &axum::http::HeaderMap) -> Result<&str, ()> {
     Ok(token.trim())
 }
 
+/// Records a refused request as `auth.failure` (repeats from one address counted):
+/// the code, the reason, `detail` about the credential, the client and the route.
+fn record_failure(
+    state: &AppState,
+    parts: &Parts,
+    client: Option<SocketAddr>,
+    code: &'static str,
+    reason: &str,
+    mut detail: serde_json::Value,
+) {
+    if let Some(fields) = detail.as_object_mut() {
+        fields.insert("code".into(), json!(code));
+        fields.insert("reason".into(), json!(reason));
+        fields.insert("client".into(), json!(client.map(|c| c.to_string())));
+        fields.insert("method".into(), json!(parts.method.as_str()));
+        fields.insert("path".into(), json!(parts.uri.path()));
+    }
+    let source = client.map_or_else(|| "unknown".into(), |c| c.ip().to_string());
+    state
+        .repeats
+        .record(&source, code, Event::new("auth.failure", detail));
+}
+
 /// Whether `identity` may administer the gateway.
 pub(crate) fn is_admin(state: &AppState, identity: &Identity) -> bool {
     // The bootstrap key stays admin even if `admin_groups` changes later.
@@ -87,30 +110,17 @@ impl FromRequestParts<AppState> for Caller {
                     client,
                 }),
                 Err(e) => {
-                    let event = Event::new(
-                        "auth.failure",
+                    record_failure(
+                        state,
+                        parts,
+                        client,
+                        e.code(),
+                        &e.to_string(),
                         json!({
-                            "code": e.code(),
-                            "reason": e.to_string(),
                             "token_kind": "console_session",
-                            "client": client.map(|c| c.to_string()),
-                            "method": parts.method.as_str(),
-                            "path": parts.uri.path(),
                         }),
                     );
-                    let source = client.map_or_else(|| "unknown".into(), |c| c.ip().to_string());
-                    state.repeats.record(&source, e.code(), event);
-                    Err(match e {
-                        crate::web::WebAuthError::Credential(e) => ApiError::from_auth(&e),
-                        crate::web::WebAuthError::Session(e) => ApiError::new(
-                            match e {
-                                crate::web::SessionError::Csrf => StatusCode::FORBIDDEN,
-                                crate::web::SessionError::Ended => StatusCode::UNAUTHORIZED,
-                            },
-                            e.code(),
-                            e.to_string(),
-                        ),
-                    })
+                    Err(e.to_api_error())
                 }
             };
         }
@@ -131,21 +141,18 @@ impl FromRequestParts<AppState> for Caller {
             }),
             Err(e) => {
                 // What identifies the attempt, never the token itself.
-                let event = Event::new(
-                    "auth.failure",
+                record_failure(
+                    state,
+                    parts,
+                    client,
+                    e.code(),
+                    &e.to_string(),
                     json!({
-                        "code": e.code(),
-                        "reason": e.to_string(),
                         "token_kind": TokenShape::of(token).as_str(),
                         "key_id": Authenticator::key_id_of(token),
                         "issuer": Authenticator::claimed_issuer(token),
-                        "client": client.map(|c| c.to_string()),
-                        "method": parts.method.as_str(),
-                        "path": parts.uri.path(),
                     }),
                 );
-                let source = client.map_or_else(|| "unknown".into(), |c| c.ip().to_string());
-                state.repeats.record(&source, e.code(), event);
                 Err(ApiError::from_auth(&e))
             }
         }

@@ -14,7 +14,7 @@ use warden_core::{AuthMethod, Decision, timefmt};
 use warden_store::access::{Approvals, Review};
 
 use super::access_requests::{
-    RequestQuery, changed_meanwhile, comment_of, decision_error, filter_of, may_see,
+    RequestQuery, changed_meanwhile, comment_of, decision_error, may_see, visible_filter,
 };
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState, ErrorBody};
@@ -41,7 +41,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<RequestQuery>,
 ) -> Result<Json<Vec<Review>>, ApiError> {
-    let filter = filter_of(&caller, q)?;
+    let (filter, wanted) = visible_filter(&caller, q)?;
     let all = state
         .store
         .list_reviews(&filter)
@@ -50,6 +50,7 @@ pub async fn list(
     Ok(Json(
         all.into_iter()
             .filter(|r| visible(&state, &caller, r))
+            .take(wanted)
             .collect(),
     ))
 }

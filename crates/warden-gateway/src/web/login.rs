@@ -55,13 +55,14 @@ fn same_origin(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> 
     let Some(o) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return headers.get(header::ORIGIN).is_none();
     };
-    let public = state
-        .config
-        .api
-        .public_url
-        .as_deref()
-        .map(|u| u.trim_end_matches('/'));
+    let public = public_url(state);
     Some(o) == origin(state, headers, uri).as_deref() || Some(o) == public
+}
+
+/// `api.public_url` without a trailing slash.
+fn public_url(state: &AppState) -> Option<&str> {
+    let url = state.config.api.public_url.as_deref()?;
+    Some(url.trim_end_matches('/'))
 }
 
 fn client(addr: Option<&ClientAddr>) -> Option<String> {
@@ -155,12 +156,7 @@ async fn start(
     };
     // The registered redirect; else the public address; else the one the browser used
     // (the provider accepts only registered redirects, so a forged Host leads nowhere).
-    let public = state
-        .config
-        .api
-        .public_url
-        .as_deref()
-        .map(|u| u.trim_end_matches('/'));
+    let public = public_url(&state);
     let redirect_uri = match (&oidc.config.redirect_url, public) {
         (Some(url), _) => url.clone(),
         (None, Some(public)) => format!("{public}/auth/callback"),
@@ -381,6 +377,10 @@ async fn session(State(state): State<AppState>, headers: HeaderMap) -> Response 
     }
     let identity = match state.web.authenticate(&state.auth, &checked).await {
         Some(Ok(identity)) => identity,
+        // The provider or the store is down: the session is not over, say so.
+        Some(Err(crate::web::WebAuthError::Credential(e))) if e.is_unavailable() => {
+            return ApiError::from_auth(&e).into_response();
+        }
         Some(Err(e)) => return anonymous(e.code()),
         None => return anonymous("no_session"),
     };

@@ -13,7 +13,12 @@ pub use sessions::SessionError;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, header};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// After the provider could not be reached for a renewal, how long requests answer 503
+/// at once rather than try again.
+const RENEWAL_RETRY: Duration = Duration::from_secs(5);
 use warden_core::Identity;
 
 use crate::api::AppState;
@@ -32,8 +37,8 @@ pub struct Endpoint {
 
 /// The console's state: sessions, pending browser logins, its provider client.
 pub struct WebConsole {
-    sessions: sessions::SessionStore,
-    oidc: Option<provider::OidcLogin>,
+    sessions: Arc<sessions::SessionStore>,
+    oidc: Option<Arc<provider::OidcLogin>>,
     /// The API listener has TLS: cookies are `Secure` and `__Host-` named.
     tls: bool,
     enabled: bool,
@@ -54,6 +59,22 @@ impl WebAuthError {
         match self {
             WebAuthError::Session(e) => e.code(),
             WebAuthError::Credential(e) => e.code(),
+        }
+    }
+
+    /// The API's answer: a refused credential as for a bearer token; a missing CSRF
+    /// token 403; an ended session 401.
+    pub fn to_api_error(&self) -> crate::api::ApiError {
+        use axum::http::StatusCode;
+        match self {
+            WebAuthError::Credential(e) => crate::api::ApiError::from_auth(e),
+            WebAuthError::Session(e) => {
+                let status = match e {
+                    SessionError::Csrf => StatusCode::FORBIDDEN,
+                    SessionError::Ended => StatusCode::UNAUTHORIZED,
+                };
+                crate::api::ApiError::new(status, e.code(), e.to_string())
+            }
         }
     }
 }
@@ -82,15 +103,15 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 impl WebConsole {
     pub fn new(config: &WebConfig, tls: bool, endpoints: Vec<Endpoint>) -> Result<Self, String> {
         Ok(Self {
-            sessions: sessions::SessionStore::new(
+            sessions: Arc::new(sessions::SessionStore::new(
                 Duration::from_secs(config.session_idle_secs),
                 Duration::from_secs(config.session_max_secs),
                 config.max_sessions,
-            ),
+            )),
             oidc: config
                 .oidc
                 .as_ref()
-                .map(provider::OidcLogin::new)
+                .map(|c| provider::OidcLogin::new(c).map(Arc::new))
                 .transpose()?,
             tls,
             enabled: config.enabled,
@@ -169,7 +190,8 @@ impl WebConsole {
 
     /// Renews an expired OIDC token with its refresh token. One request renews; the
     /// others that found the same token expired wait and use what it got. A provider
-    /// that cannot be reached keeps the session (503); a refusal ends it.
+    /// that cannot be reached keeps the session (503, and requests in the next
+    /// seconds do not try again); a refusal ends it.
     async fn renew(
         &self,
         auth: &Authenticator,
@@ -184,27 +206,49 @@ impl WebConsole {
                 .await
                 .map_err(Into::into);
         }
-        let (Some(oidc), Some(refresh)) = (&self.oidc, now.refresh) else {
+        if now
+            .renewal_failed
+            .is_some_and(|at| at.elapsed() < RENEWAL_RETRY)
+        {
+            return Err(AuthError::IssuerUnavailable.into());
+        }
+        let (Some(oidc), Some(refresh)) = (self.oidc.clone(), now.refresh) else {
             self.sessions.remove(cookie);
             return Err(AuthError::Expired.into());
         };
-        let tokens = match oidc.refresh(&refresh).await {
-            Ok(tokens) => tokens,
+        // The exchange and the storing of its answer run to the end even if this
+        // request is cancelled: a provider that rotates refresh tokens has already
+        // spent the old one.
+        let sessions = self.sessions.clone();
+        let owned = cookie.to_string();
+        let renewed = tokio::spawn(async move {
+            let result = oidc.refresh(&refresh).await;
+            match &result {
+                Ok(tokens) => {
+                    sessions.renewed(&owned, tokens.access.clone(), tokens.refresh.clone())
+                }
+                Err(provider::LoginError::Unreachable(_)) => sessions.renewal_failed(&owned),
+                Err(_) => {
+                    sessions.remove(&owned);
+                }
+            }
+            result.map(|tokens| tokens.access)
+        })
+        .await
+        .map_err(|_| AuthError::IssuerUnavailable)?;
+        let access = match renewed {
+            Ok(access) => access,
             Err(provider::LoginError::Unreachable(e)) => {
                 tracing::warn!(error = %e, "a console session's token could not be renewed now");
                 return Err(AuthError::IssuerUnavailable.into());
             }
             Err(e) => {
                 tracing::info!(error = %e, "a console session's token was not renewed: it ends");
-                self.sessions.remove(cookie);
                 return Err(AuthError::Expired.into());
             }
         };
-        match auth.authenticate(tokens.access.expose()).await {
-            Ok(identity) => {
-                self.sessions.renewed(cookie, tokens.access, tokens.refresh);
-                Ok(identity)
-            }
+        match auth.authenticate(access.expose()).await {
+            Ok(identity) => Ok(identity),
             Err(e) => {
                 if !e.is_unavailable() {
                     self.sessions.remove(cookie);

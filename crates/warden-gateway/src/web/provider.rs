@@ -68,7 +68,13 @@ pub struct OidcLogin {
     http: reqwest::Client,
     endpoints: tokio::sync::Mutex<Option<Arc<Endpoints>>>,
     seal: LessSafeKey,
+    /// Logins already brought back (a digest of their `state`, and until when it
+    /// matters): a login cookie is good for one callback.
+    used: std::sync::Mutex<std::collections::HashMap<[u8; 32], i64>>,
 }
+
+/// Used logins remembered at once; beyond, the one that matters least long goes.
+const MAX_USED: usize = 10_000;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -103,6 +109,7 @@ impl OidcLogin {
             http,
             endpoints: tokio::sync::Mutex::new(None),
             seal,
+            used: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -230,7 +237,7 @@ impl OidcLogin {
             pending.state.as_bytes(),
             state.as_bytes(),
         );
-        if same.is_err() {
+        if same.is_err() || !self.first_use(&pending) {
             return Err(LoginError::UnknownState);
         }
         let mut form = vec![
@@ -243,6 +250,28 @@ impl OidcLogin {
             form.push(("resource", resource.clone()));
         }
         self.token_request(form).await
+    }
+
+    /// True the first time a login comes back; false for a replay.
+    fn first_use(&self, pending: &Pending) -> bool {
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pending.state.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        let now = now_unix();
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.retain(|_, until| *until >= now);
+        if used.contains_key(&key) {
+            return false;
+        }
+        while used.len() >= MAX_USED {
+            let Some(first) = used.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k) else {
+                break;
+            };
+            used.remove(&first);
+        }
+        used.insert(key, pending.until);
+        true
     }
 
     /// New tokens for a refresh token.
@@ -270,12 +299,23 @@ impl OidcLogin {
         let unreachable = |e: reqwest::Error| LoginError::Unreachable(e.without_url().to_string());
         let resp = req.form(&form).send().await.map_err(unreachable)?;
         let status = resp.status();
-        let body: serde_json::Value = resp.json().await.map_err(unreachable)?;
+        // An outage (5xx, 429) is not a refusal, whatever the body says; any other
+        // 4xx is, whatever its body is.
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(LoginError::Unreachable(format!(
+                "the token endpoint answered {status}"
+            )));
+        }
         if !status.is_success() {
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
             // The provider's error code only: its description could echo what we sent.
             let error = body["error"].as_str().unwrap_or("unknown_error");
+            if error == "temporarily_unavailable" || error == "server_error" {
+                return Err(LoginError::Unreachable(printable(error)));
+            }
             return Err(LoginError::Refused(printable(error)));
         }
+        let body: serde_json::Value = resp.json().await.map_err(unreachable)?;
         let access = body["access_token"]
             .as_str()
             .ok_or_else(|| LoginError::Refused("no access token in the answer".into()))?;
@@ -328,5 +368,17 @@ mod tests {
         assert!(a.open("").is_err() && a.open("!!").is_err());
         let late = a.seal(&pending(now_unix() - 1)).unwrap();
         assert!(a.open(&late).is_err(), "an expired login");
+    }
+
+    #[test]
+    fn a_login_comes_back_once() {
+        let a = login();
+        let p = pending(now_unix() + 60);
+        assert!(a.first_use(&p));
+        assert!(!a.first_use(&p), "a replayed login cookie");
+        assert!(a.first_use(&Pending {
+            state: "other".into(),
+            ..pending(now_unix() + 60)
+        }));
     }
 }

@@ -40,6 +40,9 @@ struct Entry {
     /// Held while the token is renewed, so one request renews and the others wait
     /// for its result instead of racing it.
     renewal: Arc<tokio::sync::Mutex<()>>,
+    /// When renewal last failed for want of the provider: requests that waited for
+    /// it answer at once instead of each trying again.
+    renewal_failed: Option<Instant>,
 }
 
 /// Sessions one subject may hold at once; beyond, that subject's least recently used
@@ -52,6 +55,7 @@ pub struct Current {
     pub subject: String,
     pub refresh: Option<Secret<String>>,
     pub renewal: Arc<tokio::sync::Mutex<()>>,
+    pub renewal_failed: Option<Instant>,
 }
 
 pub struct SessionStore {
@@ -124,6 +128,7 @@ impl SessionStore {
                 created: now,
                 last_used: now,
                 renewal: Arc::new(tokio::sync::Mutex::new(())),
+                renewal_failed: None,
             },
         );
         Some(Secret::new(cookie))
@@ -166,6 +171,7 @@ impl SessionStore {
             subject: entry.subject.clone(),
             refresh: entry.refresh.clone(),
             renewal: entry.renewal.clone(),
+            renewal_failed: entry.renewal_failed,
         })
     }
 
@@ -182,9 +188,17 @@ impl SessionStore {
     pub fn renewed(&self, cookie: &str, token: Secret<String>, refresh: Option<Secret<String>>) {
         if let Some(entry) = self.lock().get_mut(&key(cookie)) {
             entry.token = token;
+            entry.renewal_failed = None;
             if refresh.is_some() {
                 entry.refresh = refresh;
             }
+        }
+    }
+
+    /// Notes that renewal failed because the provider could not be reached.
+    pub fn renewal_failed(&self, cookie: &str) {
+        if let Some(entry) = self.lock().get_mut(&key(cookie)) {
+            entry.renewal_failed = Some(Instant::now());
         }
     }
 

@@ -1,13 +1,14 @@
 // Just-in-time access: ask for a grant, see its state, and (as a reviewer) approve,
 // reject or revoke.
-import { h, clear, notice, field, fmtTime, ago, statusBadge, table } from '../dom.js';
+import { h, clear, notice, field, fmtTime, ago, statusBadge, table, visible } from '../dom.js';
 import { api, session, qs, enc } from '../api.js';
 
 function actions(r, reload, say) {
   const mine = r.subject === session.identity.subject;
   const act = (verb, label, cls) => h('button', { type: 'button', class: `small ${cls || ''}`, onclick: async () => {
     // Said in full before it is done: the row under the pointer is the one decided.
-    const what = `${label} ${r.subject}'s access to ${r.connection} for ${Math.round(r.duration_secs / 60)} min ("${r.reason}")?`;
+    const reason = visible(r.reason).shown.slice(0, 200);
+    const what = `${label} ${r.subject}'s access to ${r.connection} for ${Math.round(r.duration_secs / 60)} min ("${reason}")?`;
     if (!confirm(what)) return;
     try { await api.post(`/api/access-requests/${enc(r.id)}/${verb}`, {}); say(notice(`${label}: ${r.subject} on ${r.connection}.`, 'ok')); } catch (e) { say(notice(e.message, 'error')); }
     await reload();
@@ -29,7 +30,7 @@ export async function render(main) {
     const all = await api.get('/api/access-requests' + qs({ limit: 200 }));
     const mine = all.filter(r => r.subject === session.identity.subject);
     const others = all.filter(r => r.subject !== session.identity.subject);
-    const rows = rs => rs.map(r => [r.connection, r.subject, r.reason, `${Math.round(r.duration_secs / 60)} min`,
+    const rows = rs => rs.map(r => [r.connection, r.subject, visible(r.reason).shown, `${Math.round(r.duration_secs / 60)} min`,
       statusBadge(r.status), r.ends_at ? fmtTime(r.ends_at) : '—', ago(r.created_at), actions(r, reload, say)]);
     const headers = ['Connection', 'Person', 'Reason', 'For', 'Status', 'Ends', 'Asked', ''];
     clear(lists, h('h2', {}, 'Yours'), table(headers, rows(mine)),

@@ -1,7 +1,7 @@
 // One session: its database or request timeline (results as recorded, so masked),
 // denials and reviews in line, and its terminals in asciinema-player. A live session
 // is followed as it goes.
-import { h, clear, notice, table, fmtTime, decisionBadge, statusBadge, commandText } from '../dom.js';
+import { h, clear, notice, table, fmtTime, decisionBadge, statusBadge, commandText, visible } from '../dom.js';
 import { api, enc } from '../api.js';
 
 let playerScript = null;
@@ -47,7 +47,7 @@ function entryView(e) {
       return h('li', { class: 'entry' }, h('span', { class: 't' }, secs(e.t)), `answer ${e.status}, ${e.bytes} bytes`);
     case 'terminal':
       return h('li', { class: 'entry' }, h('span', { class: 't' }, secs(e.t)), `terminal ${e.channel}: `,
-        e.command ? h('code', {}, e.command) : 'interactive shell', ' ', h('a', { href: `#terminal-${e.channel}` }, 'watch'));
+        e.command ? h('code', {}, visible(e.command).shown) : 'interactive shell', ' ', h('a', { href: `#terminal-${e.channel}` }, 'watch'));
     case 'exit':
       return h('li', { class: 'entry' }, h('span', { class: 't' }, secs(e.t)), `channel ${e.channel} exited`,
         e.status !== undefined ? ` with status ${e.status}` : '', e.signal ? ` on ${e.signal}` : '');
@@ -61,23 +61,39 @@ function entryView(e) {
 async function terminal(id, channel, command, live) {
   await loadPlayer();
   const box = h('div', { class: 'player', id: `terminal-${channel}` });
-  const section = h('section', { class: 'card' }, h('h2', {}, `Terminal ${channel}`, command ? ': ' : '', command ? h('code', {}, command) : ''), box);
+  const speed = h('select', { 'aria-label': `Playback speed of terminal ${channel}` },
+    ['0.5', '1', '2', '4', '8'].map(v => h('option', { value: v, selected: v === '1' ? true : null }, `${v}×`)));
+  const section = h('section', { class: 'card' },
+    h('h2', {}, `Terminal ${channel}`, command ? ': ' : '', command ? h('code', {}, visible(command).shown) : ''),
+    h('div', { class: 'actions' }, h('label', {}, 'Speed ', speed),
+      h('small', { class: 'muted' }, 'Space plays and pauses; ← and → seek; the bar seeks too.')),
+    box);
   let shown = '';
   let player = null;
+  // (Re)creates the player on the cast, at `at` seconds, playing or not.
+  function build(at, play) {
+    if (player) player.dispose();
+    clear(box);
+    // The cast is fetched with the session's headers and handed over as data.
+    player = window.AsciinemaPlayer.create({ data: shown }, box, {
+      fit: 'width', idleTimeLimit: 2, controls: true, speed: Number(speed.value),
+      startAt: at, autoPlay: play,
+    });
+  }
   async function refresh() {
     const cast = await api.text(`/api/sessions/${enc(id)}/terminals/${channel}`);
     if (cast === shown) return;
     const at = player ? await player.getCurrentTime() : 0;
     const following = !!player && live;
     shown = cast;
-    if (player) player.dispose();
-    clear(box);
-    // The cast is fetched with the session's headers and handed over as data.
-    player = window.AsciinemaPlayer.create({ data: cast }, box, {
-      fit: 'width', terminalFontSize: '14px', idleTimeLimit: 2, controls: true,
-      startAt: following ? at : 0, autoPlay: following,
-    });
+    build(following ? at : 0, following);
   }
+  speed.addEventListener('change', async () => {
+    const at = player ? await player.getCurrentTime() : 0;
+    const end = player ? await player.getDuration() : undefined;
+    // From where it was; from the start when it had played to its end.
+    build(end !== undefined && at >= end - 0.05 ? 0 : at, false);
+  });
   await refresh();
   return { section, refresh, dispose: () => player && player.dispose() };
 }

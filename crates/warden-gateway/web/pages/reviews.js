@@ -60,13 +60,17 @@ export async function render(main, _m, params) {
   const cards = new Map();
   const focus = params.get('id');
   const flash = (n) => clear(toast, n);
-  async function load() {
+  // One load at a time: an older answer must never undo what a newer one showed.
+  let loading = null;
+  const load = () => (loading ||= loadOnce().finally(() => { loading = null; }));
+  async function loadOnce() {
     const [open, all] = await Promise.all([
-      api.get('/api/reviews' + qs({ status: 'pending' })),
+      api.get('/api/reviews' + qs({ status: 'pending', limit: 1000 })),
       api.get('/api/reviews' + qs({ limit: 50 })),
     ]);
     clear(problem);
-    const live = open.filter(r => new Date(r.expires_at) > new Date())
+    // The gateway says what is pending (it expires reviews itself); oldest first.
+    const live = open.filter(r => r.status === 'pending')
       .sort((a, b) => a.created_at.localeCompare(b.created_at));
     const liveIds = new Set(live.map(r => r.id));
     for (const r of live) {
@@ -77,10 +81,11 @@ export async function render(main, _m, params) {
         pending.append(c.el);
       }
     }
+    // A card no longer listed is settled only by its review's own word.
     for (const [id, c] of cards) {
-      if (!liveIds.has(id) && !c.el.classList.contains('decided')) {
-        c.settle(all.find(r => r.id === id)?.status || 'decided');
-      }
+      if (liveIds.has(id) || c.el.classList.contains('decided')) continue;
+      const now = await api.get(`/api/reviews/${enc(id)}`).catch(() => null);
+      if (now && now.status !== 'pending') c.settle(now.status);
     }
     clear(empty, cards.size ? null : notice('Nothing is waiting for a review.'));
     const decided = all.filter(r => r.status !== 'pending' || (focus && r.id === focus));

@@ -191,6 +191,17 @@ pub fn sshd_connection(groups: &[&str]) -> (Value, String) {
     (body, key)
 }
 
+/// `ssh` through the gateway's SSH listener on `port` to connection `box`, with a
+/// PTY, the token as password (sshpass) and no host key checks (test keys).
+pub fn ssh_box(port: &str, token: &str) -> Command {
+    let mut cmd = Command::new("sshpass");
+    cmd.args(["-e", "ssh", "-tt", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "PubkeyAuthentication=no", "-p", port, "box@127.0.0.1"])
+        .env("SSHPASS", token);
+    cmd
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
