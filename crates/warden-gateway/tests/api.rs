@@ -516,6 +516,44 @@ async fn audit_log_filters_and_verifies_over_http(backend: Backend) {
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
     assert_eq!(page["next_after_seq"], Value::Null);
 
+    // The newest first, and back from there.
+    let seqs = |page: &Value| -> Vec<i64> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect()
+    };
+    let (_, all) = gw
+        .admin("GET", "/api/audit?kind=connection.create", None)
+        .await;
+    let mut newest_first = seqs(&all);
+    newest_first.reverse();
+    let (_, page) = gw
+        .admin(
+            "GET",
+            "/api/audit?kind=connection.create&limit=2&order=newest",
+            None,
+        )
+        .await;
+    assert_eq!(seqs(&page), newest_first[..2]);
+    let before = page["next_before_seq"].as_i64().unwrap();
+    let (_, page) = gw
+        .admin(
+            "GET",
+            &format!("/api/audit?kind=connection.create&limit=2&order=newest&before_seq={before}"),
+            None,
+        )
+        .await;
+    assert_eq!(seqs(&page), newest_first[2..]);
+    assert!(page.get("next_before_seq").is_none());
+    let (status, body) = gw.admin("GET", "/api/audit?order=sideways", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+
     let (_, page) = gw.admin("GET", "/api/audit?subject=admin", None).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 3);
     let future = timefmt::rfc3339(timefmt::now() + time::Duration::hours(1));

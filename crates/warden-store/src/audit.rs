@@ -52,6 +52,10 @@ pub struct AuditFilter {
     pub session_id: Option<Uuid>,
     /// Only events with a larger sequence number (for paging).
     pub after_seq: Option<i64>,
+    /// Only events with a smaller sequence number (for paging back from the newest).
+    pub before_seq: Option<i64>,
+    /// The newest `limit` events, newest first (default: the oldest, oldest first).
+    pub newest_first: bool,
     pub limit: i64,
 }
 
@@ -216,8 +220,16 @@ impl Store {
         if let Some(seq) = filter.after_seq {
             push(" AND seq > ?", Arg::Int(seq), &mut sql);
         }
+        if let Some(seq) = filter.before_seq {
+            push(" AND seq < ?", Arg::Int(seq), &mut sql);
+        }
         let limit = filter.limit.clamp(1, 10_000);
-        push(" ORDER BY seq LIMIT ?", Arg::Int(limit), &mut sql);
+        let order = if filter.newest_first {
+            " ORDER BY seq DESC LIMIT ?"
+        } else {
+            " ORDER BY seq LIMIT ?"
+        };
+        push(order, Arg::Int(limit), &mut sql);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
         for arg in args {
             query = match arg {

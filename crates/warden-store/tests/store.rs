@@ -244,6 +244,32 @@ async fn audit_chain_verifies_and_filters(backend: Backend) -> TestResult {
         })
         .await?;
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
+    let newest = store
+        .list_audit(&AuditFilter {
+            newest_first: true,
+            limit: 2,
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 4]);
+    let older = store
+        .list_audit(&AuditFilter {
+            newest_first: true,
+            before_seq: Some(4),
+            kind: Some("auth.".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await?;
+    assert!(
+        older
+            .iter()
+            .all(|e| e.seq < 4 && e.event.kind.starts_with("auth."))
+    );
+    assert!(
+        older.windows(2).all(|w| w[0].seq > w[1].seq),
+        "newest first"
+    );
     Ok(())
 }
 

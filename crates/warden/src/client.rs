@@ -18,7 +18,7 @@ pub struct ApiArgs {
     /// An OIDC access token or a Warden API key.
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
-    /// Print the API's JSON answer instead of a table.
+    /// Print JSON instead of a table (`connect`: where the tunnel listens, one line).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -585,7 +585,15 @@ pub async fn audit_list(
         .get(&path)
         .await?
         .ok_or_else(|| anyhow!("this gateway has no audit API"))?;
-    for e in page["events"].as_array().into_iter().flatten() {
+    let mut events: Vec<&Value> = page["events"].as_array().into_iter().flatten().collect();
+    // The newest, asked for newest first, are printed in chain order like the rest.
+    if filters
+        .iter()
+        .any(|(k, v)| *k == "order" && v.as_deref() == Some("newest"))
+    {
+        events.reverse();
+    }
+    for e in events {
         if json {
             println!("{e}");
             continue;

@@ -47,9 +47,17 @@ pub async fn connect(connection: String, port: u16, args: ApiArgs) -> Result<Exi
         other => bail!("`warden connect` does not tunnel {other} connections"),
     };
     // One write, and a reader that went away (`| head`) does not stop the tunnels.
-    say(&format!(
-        "Forwarding {local} to `{connection}` through {gateway}. Connect with:\n  {client}\nCtrl-C to stop."
-    ));
+    if args.json {
+        say(&serde_json::json!({
+            "connection": connection, "kind": kind, "listen": local.to_string(),
+            "gateway": gateway, "command": client.lines().next().unwrap_or_default(),
+        })
+        .to_string());
+    } else {
+        say(&format!(
+            "Forwarding {local} to `{connection}` through {gateway}. Connect with:\n  {client}\nCtrl-C to stop."
+        ));
+    }
     // The tunnels' own client: no overall timeout (sessions last), HTTP/1.1 for the
     // upgrade.
     let tunnel_http = reqwest::Client::builder().http1_only().build()?;

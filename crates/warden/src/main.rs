@@ -227,7 +227,8 @@ enum AuditCommand {
         #[command(flatten)]
         remote: RemoteArg,
     },
-    /// List events, oldest first.
+    /// List events in chain order: the oldest `--limit` (default), or with `--tail` the
+    /// newest.
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -242,6 +243,9 @@ enum AuditCommand {
         since: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// The newest `--limit` matching events (still printed oldest first).
+        #[arg(long)]
+        tail: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -276,9 +280,28 @@ fn init_logging() {
     }
 }
 
+/// A client command ends quietly when what reads its output goes away (`| head`), as
+/// other Unix tools do. Long-running processes keep ignoring SIGPIPE: for them a
+/// closed pipe or socket is an error to handle, never the end of the process.
+#[allow(unsafe_code)]
+fn die_on_broken_pipe() {
+    // SAFETY: sets a signal's disposition to its default, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     warden_gateway::idle::set_allocator_release(release_freed_memory);
     let cli = Cli::parse();
+    // Not for long-running processes: the gateway, the agent, and `connect`, whose
+    // tunnels outlive a reader of its one message.
+    if !matches!(
+        cli.command,
+        Command::Gateway { .. } | Command::Agent(_) | Command::Connect { .. }
+    ) {
+        die_on_broken_pipe();
+    }
     init_logging();
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -583,6 +606,7 @@ async fn audit(command: AuditCommand) -> Result<ExitCode> {
             connection,
             since,
             limit,
+            tail,
             json,
             ..
         } => {
@@ -592,6 +616,7 @@ async fn audit(command: AuditCommand) -> Result<ExitCode> {
                 ("connection", connection),
                 ("since", since),
                 ("limit", Some(limit.to_string())),
+                ("order", tail.then(|| "newest".to_string())),
             ];
             client::audit_list(&gateway, token, &filters, json).await
         }
@@ -629,6 +654,7 @@ async fn audit(command: AuditCommand) -> Result<ExitCode> {
             connection,
             since,
             limit,
+            tail,
             json,
             ..
         } => {
@@ -645,9 +671,13 @@ async fn audit(command: AuditCommand) -> Result<ExitCode> {
                 connection,
                 since,
                 limit,
+                newest_first: tail,
                 ..Default::default()
             };
-            let entries = store.list_audit(&filter).await?;
+            let mut entries = store.list_audit(&filter).await?;
+            if tail {
+                entries.reverse();
+            }
             for e in &entries {
                 if json {
                     println!("{}", serde_json::to_string(e)?);

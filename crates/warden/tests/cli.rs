@@ -118,6 +118,15 @@ fn embedded_default_start_admin_key_once_no_secrets_in_logs_and_tamper_evident_a
     let out =
         run(warden(dir.path()).args(["audit", "list", "--kind", "connection.create", "--json"]));
     assert!(out.status.success());
+    // Offline, --tail gives the newest too, in chain order.
+    let all = run(warden(dir.path()).args(["audit", "list", "--json"]));
+    let tail = run(warden(dir.path()).args(["audit", "list", "--json", "--limit", "3", "--tail"]));
+    let all = text(&all.stdout);
+    let last: Vec<&str> = all
+        .lines()
+        .skip(all.lines().count().saturating_sub(3))
+        .collect();
+    assert_eq!(text(&tail.stdout).lines().collect::<Vec<_>>(), last);
     let entry: Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
     let (seq, id) = (
         entry["seq"].as_i64().unwrap(),
@@ -1289,6 +1298,37 @@ fn connect_tunnels_psql_with_policies_applied_and_refuses_expired_tokens() {
     assert!(refused.contains("expired"), "{refused}");
     let _ = child.kill();
     let _ = child.wait();
+
+    // --json: where the tunnel listens, as one line a script can read.
+    let mut child = warden(dir.path())
+        .env("WARDEN_GATEWAY", &url)
+        .env("WARDEN_TOKEN", &token)
+        .args(["connect", "billing", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let said: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (&said["connection"], &said["kind"]),
+        (&json!("billing"), &json!("postgres"))
+    );
+    let listen = said["listen"].as_str().unwrap();
+    assert!(listen.starts_with("127.0.0.1:"), "{said}");
+    let port = listen.rsplit_once(':').unwrap().1;
+    assert!(
+        said["command"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("port={port}")),
+        "{said}"
+    );
     stop(running);
 }
 
@@ -1466,6 +1506,18 @@ fn connect_and_exec_reach_mysql_and_ssh_through_tunnels() {
     );
     let events = text(&as_admin(&["audit", "list", "--kind", "ssh.", "--limit", "1000"]).stdout);
     assert!(events.contains("ssh.exec"), "{events}");
+    // --tail: the newest, in chain order, the same lines the full list ends with.
+    let tail =
+        text(&as_admin(&["audit", "list", "--kind", "ssh.", "--limit", "2", "--tail"]).stdout);
+    let last_two: Vec<&str> = events
+        .lines()
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(tail.lines().collect::<Vec<_>>(), last_two, "{tail}");
     let refused = run(cli().args(["audit", "list"]));
     assert!(!refused.status.success());
     assert!(
@@ -1636,4 +1688,33 @@ fn connect_gives_kubectl_a_context_and_http_a_local_url() {
     let _ = wiki.wait();
     let log = stop(running);
     assert!(!log.contains(held.trim()));
+}
+
+#[test]
+fn a_listing_cut_short_by_its_reader_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_gateway(dir.path());
+    let admin = running.printed_key.clone().unwrap();
+    // Enough events that the listing outgrows a pipe's buffer (64 KiB).
+    for i in 0..300 {
+        post_admin(
+            &running.url,
+            &admin,
+            "/api/api-keys",
+            &json!({"name": format!("key-{i}")}),
+        );
+    }
+    stop(running);
+    let bin = env!("CARGO_BIN_EXE_warden");
+    let out = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{bin}' audit list --json --limit 10000 | head -n 1"
+        ))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default()));
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+    assert_eq!(text(&out.stderr), "", "nothing but the one line");
 }

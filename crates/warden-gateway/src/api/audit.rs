@@ -24,6 +24,11 @@ pub struct AuditQuery {
     pub session_id: Option<uuid::Uuid>,
     /// Continue after this sequence number (from `next_after_seq`).
     pub after_seq: Option<i64>,
+    /// Only events before this sequence number (from `next_before_seq`).
+    pub before_seq: Option<i64>,
+    /// `oldest` (default: the oldest matching events, oldest first) or `newest` (the
+    /// newest matching events, newest first).
+    pub order: Option<String>,
     /// At most this many events (default 100, at most 1000).
     pub limit: Option<i64>,
 }
@@ -31,8 +36,11 @@ pub struct AuditQuery {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub events: Vec<AuditEntry>,
-    /// Pass as `after_seq` to get the next page; absent on the last page.
+    /// Pass as `after_seq` to get the next page (oldest first); absent on the last page.
     pub next_after_seq: Option<i64>,
+    /// Pass as `before_seq` to get the next page (newest first); absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before_seq: Option<i64>,
 }
 
 /// Events in chain order, filtered.
@@ -52,6 +60,16 @@ pub async fn list(
             "`limit` must be 1 to 1000",
         ));
     }
+    let newest_first = match q.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "`order` must be `oldest` or `newest`",
+            ));
+        }
+    };
     let filter = AuditFilter {
         since: parse_time("since", q.since.as_deref())?,
         until: parse_time("until", q.until.as_deref())?,
@@ -60,6 +78,8 @@ pub async fn list(
         kind: q.kind,
         session_id: q.session_id,
         after_seq: q.after_seq,
+        before_seq: q.before_seq,
+        newest_first,
         limit,
     };
     // Events still in the journal are part of the log too.
@@ -73,12 +93,18 @@ pub async fn list(
         .list_audit(&filter)
         .await
         .map_err(|e| ApiError::store(&e))?;
-    let next_after_seq = (events.len() as i64 == limit)
+    let next = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.seq))
         .flatten();
+    let (next_after_seq, next_before_seq) = if newest_first {
+        (None, next)
+    } else {
+        (next, None)
+    };
     Ok(Json(AuditPage {
         events,
         next_after_seq,
+        next_before_seq,
     }))
 }
 

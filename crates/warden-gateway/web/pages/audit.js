@@ -1,5 +1,5 @@
-// The audit log: filters, pages in chain order, links to sessions, and whether the
-// hash chain verifies.
+// The audit log: filters, the newest events first with older pages on demand, links
+// to sessions, and whether the hash chain verifies.
 import { h, clear, notice, field, table, fmtTime, decisionBadge } from '../dom.js';
 import { api, qs, enc } from '../api.js';
 
@@ -26,12 +26,12 @@ export async function render(main, _m, params) {
   field('Connection', f.connection), field('Session', f.session_id), field('Since', f.since), field('Until', f.until),
   h('button', { type: 'submit' }, 'Filter'));
   const rows = [];
-  async function page(after) {
+  async function page(before) {
     const iso = v => (v ? new Date(v).toISOString() : undefined);
     const p = await api.get('/api/audit' + qs({
       kind: f.kind.value, subject: f.subject.value, connection: f.connection.value,
       session_id: f.session_id.value, since: iso(f.since.value), until: iso(f.until.value),
-      after_seq: after, limit: 200,
+      order: 'newest', before_seq: before, limit: 200,
     }));
     for (const e of p.events) {
       const ev = e.event;
@@ -40,9 +40,9 @@ export async function render(main, _m, params) {
         ev.session_id ? h('a', { href: `#/sessions/${enc(ev.session_id)}` }, 'session') : '',
         h('code', { class: 'detail' }, JSON.stringify(ev.payload))]);
     }
-    clear(results, table(['Seq', 'Time', 'Kind', 'Person', 'Connection', 'Decision', '', 'Detail'], rows, `${rows.length} event(s), oldest first`));
-    clear(more, p.next_after_seq !== null && p.next_after_seq !== undefined
-      ? h('button', { type: 'button', onclick: () => page(p.next_after_seq) }, 'More') : null);
+    clear(results, table(['Seq', 'Time', 'Kind', 'Person', 'Connection', 'Decision', '', 'Detail'], rows, `${rows.length} event(s), newest first`));
+    clear(more, p.next_before_seq !== null && p.next_before_seq !== undefined
+      ? h('button', { type: 'button', onclick: () => page(p.next_before_seq) }, 'Older events') : null);
   }
   clear(main, h('h1', {}, 'Audit log'), verify, form, results, more);
   api.get('/api/audit/verify').then(v => clear(verify, v.ok
