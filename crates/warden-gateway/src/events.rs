@@ -206,7 +206,7 @@ impl Sender {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| format!("request failed: {}", without_url(&e)))?;
+                    .map_err(|e| without_url(&e))?;
                 if resp.status().is_success() {
                     Ok(())
                 } else {
@@ -302,18 +302,25 @@ impl Sender {
     }
 }
 
-/// reqwest errors name the URL, which may carry credentials in its query.
+/// What went wrong, by its root cause (connection refused, a name that does not
+/// resolve, a refused certificate), never the URL (it may carry credentials in its
+/// query).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
+    let mut root = e.to_string();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        root = c.to_string();
+        cause = c.source();
+    }
     if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "<url>");
+        root = root.replace(url.as_str(), "<url>");
     }
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
-        format!("cannot connect ({text})")
+        format!("cannot connect: {root}")
     } else {
-        text
+        root
     }
 }
 

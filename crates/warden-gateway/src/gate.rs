@@ -477,6 +477,9 @@ impl SessionGate {
         {
             return Err(unavailable("the session cannot be recorded"));
         }
+        // Every protocol's sessions are logged the same way, here and at their end.
+        tracing::info!(session = %id, protocol = protocol.as_str(), connection = %conn.name,
+            subject = %identity.subject, %client, "session opened");
         let timeline = Arc::new(StatementTimeline {
             file,
             outcome_kind: names.outcome,
@@ -883,6 +886,8 @@ impl SessionSink for OpenSession {
             {
                 tracing::error!(error = %e, "could not end session");
             }
+            tracing::info!(session = %self.id, reason = reason.as_deref().unwrap_or("the client closed it"),
+                bytes_in = traffic.from_client, bytes_out = traffic.to_client, "session ended");
             let event = self.event(
                 "session.end",
                 json!({"reason": reason, "bytes_in": traffic.from_client, "bytes_out": traffic.to_client}),

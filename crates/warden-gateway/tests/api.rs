@@ -203,7 +203,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing(backend: Backend) {
         (
             json!({"name": "x", "kind": "postgres", "target": "no-port"}),
             "invalid_connection",
-            "host:port",
+            "host:port or host:port/database (without one, the `postgres` database)",
         ),
         (
             json!({"name": "x", "kind": "postgres", "target": "h:99999"}),

@@ -837,6 +837,7 @@ async fn the_database_leg_uses_verified_tls() {
     // A certificate for another name: no session, and the reason says TLS.
     let err = connect(&gw, "tls-wrong-name", &token).await.unwrap_err();
     assert!(server_message(&err).contains("TLS"), "{err}");
+    assert!(server_message(&err).contains("tls.server_name"), "{err}");
     // Without TLS the server itself refuses an account that requires it.
     let err = connect(&gw, "tls-off", &token).await.unwrap_err();
     assert!(server_message(&err).contains("could not log in"), "{err}");

@@ -770,6 +770,10 @@ async fn backend_tls_is_verified_and_never_downgraded() {
             message.contains("TLS with the database failed"),
             "{message}"
         );
+        // The fix is named.
+        for fix in ["tls.ca_pem", "tls.server_name", "insecure"] {
+            assert!(message.contains(fix), "{message}");
+        }
         assert!(!message.contains(BACKEND_PASSWORD));
     }
     let c = connect(&gw, "opt-out", &token).await.unwrap();

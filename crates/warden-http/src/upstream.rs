@@ -234,7 +234,12 @@ impl Upstream {
                     .connector
                     .connect(tls.server_name.clone(), stream)
                     .await
-                    .map_err(|e| UpstreamError(format!("TLS to the target failed: {e}")))?;
+                    .map_err(|e| {
+                        UpstreamError(format!(
+                            "TLS to the target failed: {}",
+                            warden_net::handshake_failure(&e)
+                        ))
+                    })?;
                 let (sender, conn) = builder
                     .handshake(TokioIo::new(stream))
                     .await

@@ -56,8 +56,9 @@ pub enum LoginError {
     Unreachable(DialError),
     #[error("the database does not offer TLS, which this connection requires")]
     NoTls,
+    /// Why, with the fix named when the certificate was refused.
     #[error("TLS with the database failed: {0}")]
-    Tls(std::io::Error),
+    Tls(String),
     #[error("the database server refused the login ({}): {}", .0.code, .0.message)]
     Refused(ServerError),
     #[error("the database server asked for an unsupported authentication method ({0})")]
@@ -178,7 +179,7 @@ pub async fn login(req: BackendLogin<'_>) -> Result<BackendSession, LoginError> 
             .connector
             .connect(tls.server_name.clone(), stream)
             .await
-            .map_err(LoginError::Tls)?;
+            .map_err(|e| LoginError::Tls(warden_net::handshake_failure(&e)))?;
         stream = Box::new(stream_tls);
     }
     let password: &[u8] = req.password.map_or(b"", |p| p.expose().as_bytes());

@@ -20,5 +20,5 @@ pub use limits::{ConnectionGate, ConnectionLimits, DescriptorBudget, Overload, P
 pub use protocol::{ProtocolProxy, Registration};
 pub use registry::SessionRegistry;
 pub use rewind::Rewind;
-pub use tls::{BackendTls, ClientIdentity, TlsSetupError, server_tls};
+pub use tls::{BackendTls, ClientIdentity, TlsSetupError, handshake_failure, server_tls};
 pub use warden_core::{BoxedStream, ByteStream as ProxyStream};

@@ -109,6 +109,29 @@ impl BackendTls {
     }
 }
 
+/// A failed TLS handshake with a target, said so that the fix is named: a refused
+/// certificate says how to make the connection trust it, or opt out explicitly.
+pub fn handshake_failure(e: &std::io::Error) -> String {
+    let refused = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_)
+            )
+        });
+    if refused {
+        format!(
+            "{e}: the target's certificate is not trusted for this name. Give the connection \
+             `tls.ca_pem` (the CA that signed it) or `tls.server_name` (the name it was issued \
+             for), or opt out with `tls.mode` `insecure` (encrypted, unverified) or `disable`"
+        )
+    } else {
+        e.to_string()
+    }
+}
+
 /// A certificate chain and its private key, for TLS client authentication.
 pub type ClientIdentity = (
     Vec<CertificateDer<'static>>,

@@ -35,6 +35,11 @@ pub async fn connect_backend(
         .connector
         .connect(tls.server_name.clone(), tcp)
         .await
-        .map_err(|e| format!("TLS with the database failed: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "TLS with the database failed: {}",
+                warden_net::handshake_failure(&e)
+            )
+        })?;
     Ok(Box::new(stream))
 }

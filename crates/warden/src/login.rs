@@ -128,6 +128,17 @@ fn http() -> Result<reqwest::Client> {
         .build()?)
 }
 
+/// The gateway of the one cached login, when there is exactly one: where commands that
+/// can work offline or through a gateway go when none is named.
+pub fn only_cached_gateway() -> Option<String> {
+    let file = load().ok()?;
+    let mut names = file.gateways.keys();
+    match (names.next(), names.next()) {
+        (Some(only), None) => Some(only.clone()),
+        _ => None,
+    }
+}
+
 /// The token to call `gateway` with: `WARDEN_TOKEN` when given, else the cached
 /// login, renewed if it is about to expire.
 pub async fn token_for(gateway: &str, given: Option<&str>) -> Result<String> {

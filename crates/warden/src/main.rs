@@ -357,6 +357,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("`{session}` is not a session id"))?;
             // Local terminals are read from here, which must outlive them.
             let dir;
+            // A named gateway, else the one logged in to, else the recordings here.
+            let gateway = gateway.or_else(login::only_cached_gateway);
             let (rec, terminals) = match &gateway {
                 Some(gw) => {
                     let (rec, casts) =
@@ -368,7 +370,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     let rec = match terminal {
                         // A terminal alone needs no timeline.
                         Some(_) => None,
-                        None => Some(warden_gateway::recording::read_recording(&dir, id)?),
+                        None => Some(warden_gateway::recording::read_recording(&dir, id).map_err(
+                            |e| match e {
+                                warden_gateway::recording::RecordingReadError::NotFound(_) => {
+                                    anyhow::anyhow!(
+                                        "no recording of session {id} in {} (the recordings \
+                                             directory of the configuration here); to fetch it \
+                                             from a gateway, pass --gateway or set \
+                                             WARDEN_GATEWAY, or `warden login` first",
+                                        std::path::absolute(&dir)
+                                            .unwrap_or_else(|_| dir.clone())
+                                            .display()
+                                    )
+                                }
+                                other => other.into(),
+                            },
+                        )?),
                     };
                     (rec, replay::Terminals::Local(&dir))
                 }

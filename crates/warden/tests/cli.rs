@@ -402,6 +402,32 @@ detectors = ["email"]
     let out = run(warden(dir.path()).args(["audit", "list", "--kind", "session.start", "--json"]));
     let start: Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
     let session = start["event"]["session_id"].as_str().unwrap().to_string();
+    // The log says when a PostgreSQL session opened and ended, as for every protocol.
+    for said in ["session opened", "session ended"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(said) && l.contains(&session)),
+            "no `{said}` for {session} in the log"
+        );
+    }
+    assert!(log.contains("protocol=\"postgres\""), "{log}");
+    // Elsewhere, with no gateway named or logged in to, replay says where it looked.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = run(warden(elsewhere.path()).args(["replay", &session]));
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("no recording of session")
+            && said.contains(
+                &elsewhere
+                    .path()
+                    .join("warden-data/recordings")
+                    .display()
+                    .to_string()
+            )
+            && said.contains("WARDEN_GATEWAY"),
+        "{said}"
+    );
     let out = run(warden(dir.path()).args(["replay", &session, "--config", "warden.toml"]));
     let replay = text(&out.stdout);
     assert!(out.status.success(), "{replay}{}", text(&out.stderr));
@@ -1083,6 +1109,18 @@ fn login_with_the_device_flow_and_pkce_caches_and_renews_tokens() {
     assert!(!shown.contains(&first_token), "the token is never printed");
     let listed = run(&mut cli(&["review", "list"]));
     assert!(listed.status.success(), "{}", text(&listed.stderr));
+    // Replay goes to the gateway logged in to when none is named (here, no such
+    // session for bob), not to a recordings directory that is not here.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let replay = run(warden(dir.path())
+        .env("XDG_CONFIG_HOME", &home)
+        .args(["replay", &unknown]));
+    assert!(!replay.status.success());
+    assert!(
+        text(&replay.stderr).contains("that you may see"),
+        "{}",
+        text(&replay.stderr)
+    );
 
     // An expired token is renewed with the refresh token.
     let mut edited = cached.clone();

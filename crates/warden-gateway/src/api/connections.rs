@@ -173,12 +173,20 @@ fn check_target(kind: ConnectionKind, target: &str) -> Result<(), ApiError> {
                 }
                 _ => target,
             };
+            // The one rule, said the same way here, in the README and in the gate.
+            let form = match kind {
+                ConnectionKind::Postgres => {
+                    "host:port or host:port/database (without one, the `postgres` database)"
+                }
+                ConnectionKind::Mysql => "host:port or host:port/database (without one, none)",
+                _ => "host:port",
+            };
             let (host, port) = target
                 .rsplit_once(':')
-                .ok_or_else(|| invalid(format!("target for {kind} must be host:port")))?;
+                .ok_or_else(|| invalid(format!("target for {kind} must be {form}")))?;
             if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
                 return Err(invalid(format!(
-                    "target for {kind} must be host:port with a port 1-65535"
+                    "target for {kind} must be {form}, with a port 1-65535"
                 )));
             }
         }

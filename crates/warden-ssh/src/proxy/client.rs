@@ -185,7 +185,6 @@ impl<H: SessionHooks> ClientHandler<H> {
             idle: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
         });
-        tracing::info!(session = %live.session.id(), "ssh session opened");
         if let Ok(mut slot) = self.slot.live.lock() {
             *slot = Some(live.clone());
         }
