@@ -950,58 +950,6 @@ fn events_undelivered_when_the_gateway_is_killed_are_delivered_after_it_restarts
 /// The guardrail set the tunnel tests attach: no DDL.
 const NO_DROPS: &str = "[[policies.guardrails]]\nname = \"no-drops\"\n[[policies.guardrails.rules]]\nname = \"no-ddl\"\nsql_statements = [\"ddl\"]\n";
 
-/// Plays a browser for the test OpenID provider: follows redirects by hand and
-/// keeps cookies (the provider ties a login's steps together with them).
-struct Browser {
-    http: reqwest::Client,
-    cookies: std::collections::BTreeMap<String, String>,
-}
-
-impl Browser {
-    fn new() -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            cookies: Default::default(),
-        }
-    }
-
-    /// Requests `url` (a POST of `form`, when given) and follows redirects; returns
-    /// the last page.
-    async fn go(&mut self, url: &str, form: Option<Vec<(String, String)>>) -> String {
-        let mut url = reqwest::Url::parse(url).unwrap();
-        let mut form = form;
-        for _ in 0..20 {
-            let cookie = self
-                .cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let req = match form.take() {
-                Some(f) => self.http.post(url.clone()).form(&f),
-                None => self.http.get(url.clone()),
-            };
-            let resp = req.header("cookie", cookie).send().await.unwrap();
-            for c in resp.headers().get_all("set-cookie") {
-                let pair = c.to_str().unwrap().split(';').next().unwrap();
-                if let Some((k, v)) = pair.split_once('=') {
-                    self.cookies.insert(k.to_string(), v.to_string());
-                }
-            }
-            if resp.status().is_redirection() {
-                let location = resp.headers()["location"].to_str().unwrap().to_string();
-                url = url.join(&location).unwrap();
-                continue;
-            }
-            return resp.text().await.unwrap();
-        }
-        panic!("too many redirects");
-    }
-}
-
 /// `name="..." value="..."` pairs of a page's hidden form fields.
 fn hidden_fields(html: &str) -> Vec<(String, String)> {
     html.split("<input")

@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -34,75 +33,6 @@ fn provider(ttl: u32) -> (std::process::Child, String) {
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let v: Value = serde_json::from_str(line.trim()).unwrap();
     (child, v["issuer"].as_str().unwrap().to_string())
-}
-
-/// A browser without a screen: follows redirects, keeps cookies.
-struct Browser {
-    http: reqwest::Client,
-    cookies: BTreeMap<String, String>,
-    visited: Vec<String>,
-}
-
-impl Browser {
-    fn new() -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            cookies: BTreeMap::new(),
-            visited: Vec::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    /// One request, no redirect followed: status, `Location`.
-    async fn step(&mut self, url: &str) -> (u16, Option<String>) {
-        self.visited.push(url.to_string());
-        let resp = self
-            .http
-            .get(url)
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        for c in resp.headers().get_all("set-cookie") {
-            let pair = c.to_str().unwrap().split(';').next().unwrap();
-            if let Some((k, v)) = pair.split_once('=') {
-                if v.is_empty() {
-                    self.cookies.remove(k);
-                } else {
-                    self.cookies.insert(k.to_string(), v.to_string());
-                }
-            }
-        }
-        let location = resp
-            .headers()
-            .get("location")
-            .map(|l| l.to_str().unwrap().to_string());
-        (resp.status().as_u16(), location)
-    }
-
-    /// Follows redirects from `url` until a page answers; returns where it ended.
-    async fn follow(&mut self, url: &str) -> String {
-        let mut url = reqwest::Url::parse(url).unwrap();
-        for _ in 0..20 {
-            match self.step(url.as_str()).await {
-                (s, Some(location)) if (300..400).contains(&s) => {
-                    url = url.join(&location).unwrap();
-                }
-                _ => return url.to_string(),
-            }
-        }
-        panic!("too many redirects");
-    }
 }
 
 async fn me(http: &reqwest::Client, gw: &str, cookie: &str, csrf: &str) -> (u16, Value) {

@@ -396,3 +396,106 @@ impl Interactive {
         self.output()
     }
 }
+
+/// A browser without a screen, for the test OpenID provider and the console's login:
+/// keeps cookies (sent to every host: the tests' are all on 127.0.0.1), follows
+/// redirects by hand, remembers where it went.
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub cookies: std::collections::BTreeMap<String, String>,
+    pub visited: Vec<String>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Default::default(),
+            visited: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// One request (a POST of `form`, when given), no redirect followed: the
+    /// response, its cookies kept.
+    async fn send(&mut self, url: &str, form: Option<Vec<(String, String)>>) -> reqwest::Response {
+        self.visited.push(url.to_string());
+        let req = match form {
+            Some(f) => self.http.post(url).form(&f),
+            None => self.http.get(url),
+        };
+        let resp = req
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        for c in resp.headers().get_all("set-cookie") {
+            let pair = c.to_str().unwrap().split(';').next().unwrap();
+            if let Some((k, v)) = pair.split_once('=') {
+                if v.is_empty() {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        resp
+    }
+
+    /// One GET, no redirect followed: status, `Location`.
+    pub async fn step(&mut self, url: &str) -> (u16, Option<String>) {
+        let resp = self.send(url, None).await;
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string());
+        (resp.status().as_u16(), location)
+    }
+
+    /// Requests `url` (a POST of `form`, when given) and follows redirects; returns
+    /// where it ended and the last page.
+    pub async fn go_to(
+        &mut self,
+        url: &str,
+        form: Option<Vec<(String, String)>>,
+    ) -> (String, String) {
+        let mut url = reqwest::Url::parse(url).unwrap();
+        let mut form = form;
+        for _ in 0..20 {
+            let resp = self.send(url.as_str(), form.take()).await;
+            if resp.status().is_redirection() {
+                let location = resp.headers()["location"].to_str().unwrap().to_string();
+                url = url.join(&location).unwrap();
+                continue;
+            }
+            return (url.to_string(), resp.text().await.unwrap());
+        }
+        panic!("too many redirects");
+    }
+
+    /// [`Self::go_to`], the last page only.
+    pub async fn go(&mut self, url: &str, form: Option<Vec<(String, String)>>) -> String {
+        self.go_to(url, form).await.1
+    }
+
+    /// Follows redirects from `url`; returns where it ended.
+    pub async fn follow(&mut self, url: &str) -> String {
+        self.go_to(url, None).await.0
+    }
+}
