@@ -18,21 +18,6 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn get(url: &str, token: &str, path: &str) -> Value {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        reqwest::Client::new()
-            .get(format!("{url}{path}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    })
-}
-
 /// Waits for `probe` to give a value, up to 30 s.
 fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -108,7 +93,7 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
         text(&ssh.stderr)
     );
     let ssh_session = wait_for("closed ssh session", || {
-        let list = get(&url, &admin, "/api/sessions?connection=box");
+        let list = call(&url, &admin, "GET", "/api/sessions?connection=box", None).1;
         list.as_array()?
             .iter()
             .find(|s| s["status"] == "closed")
@@ -138,7 +123,14 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
         .write_all(b"echo live-marker-$((20+22))\n")
         .unwrap();
     let live_session = wait_for("active ssh session", || {
-        let list = get(&url, &admin, "/api/sessions?connection=box&status=active");
+        let list = call(
+            &url,
+            &admin,
+            "GET",
+            "/api/sessions?connection=box&status=active",
+            None,
+        )
+        .1;
         list.as_array()?
             .first()
             .map(|s| s["id"].as_str().unwrap().to_string())
@@ -167,7 +159,7 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
         .spawn()
         .unwrap();
     let review = wait_for("pending review", || {
-        let list = get(&url, &admin, "/api/reviews?status=pending");
+        let list = call(&url, &admin, "GET", "/api/reviews?status=pending", None).1;
         list.as_array()?
             .iter()
             .find(|r| r["command"] == held_sql)
@@ -222,7 +214,7 @@ fn reviewers_approve_responders_replay_and_admins_edit_in_a_real_browser() {
     assert!(node.status.success(), "browser run failed:\n{browser_log}");
     assert!(psql.wait().unwrap().success());
     assert!(out.contains("DELETE 1"), "{out}");
-    let approved = get(&url, &admin, &format!("/api/reviews/{review}"));
+    let approved = call(&url, &admin, "GET", &format!("/api/reviews/{review}"), None).1;
     assert_eq!(approved["status"], "approved", "{approved}");
     assert_eq!(approved["approvals"][0]["subject"], "bob");
     assert_eq!(
