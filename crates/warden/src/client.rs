@@ -253,21 +253,25 @@ pub async fn review(command: ReviewCommand) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<7} {:<36} {:<16} {:<14} {:<9} {:<5} WHAT",
-                "KIND", "ID", "CONNECTION", "REQUESTER", "STATUS", "OK"
-            );
+            let mut table = crate::table::Table::new(&[
+                "KIND",
+                "ID",
+                "CONNECTION",
+                "REQUESTER",
+                "STATUS",
+                "OK",
+                "WHAT",
+            ]);
             for r in reviews.as_array().into_iter().flatten() {
-                println!(
-                    "{:<7} {:<36} {:<16} {:<14} {:<9} {:<5} {}",
-                    "review",
-                    str_of(r, "id"),
-                    str_of(r, "connection"),
-                    str_of(r, "subject"),
-                    str_of(r, "status"),
+                table.row([
+                    "review".to_string(),
+                    str_of(r, "id").to_string(),
+                    str_of(r, "connection").to_string(),
+                    str_of(r, "subject").to_string(),
+                    str_of(r, "status").to_string(),
                     approvals(r),
-                    short(str_of(r, "command"), 60)
-                );
+                    short(str_of(r, "command"), 60),
+                ]);
             }
             for r in requests.as_array().into_iter().flatten() {
                 let what = format!(
@@ -275,17 +279,17 @@ pub async fn review(command: ReviewCommand) -> Result<ExitCode> {
                     r["duration_secs"].as_u64().unwrap_or(0),
                     str_of(r, "reason")
                 );
-                println!(
-                    "{:<7} {:<36} {:<16} {:<14} {:<9} {:<5} {}",
-                    "access",
-                    str_of(r, "id"),
-                    str_of(r, "connection"),
-                    str_of(r, "subject"),
-                    str_of(r, "status"),
+                table.row([
+                    "access".to_string(),
+                    str_of(r, "id").to_string(),
+                    str_of(r, "connection").to_string(),
+                    str_of(r, "subject").to_string(),
+                    str_of(r, "status").to_string(),
                     approvals(r),
-                    short(&what, 60)
-                );
+                    short(&what, 60),
+                ]);
             }
+            table.print();
             Ok(ExitCode::SUCCESS)
         }
         ReviewCommand::Show { id, api: args } => {
@@ -388,28 +392,27 @@ pub async fn connections(args: ApiArgs) -> Result<ExitCode> {
         println!("{list}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<24} {:<10} {:<28} {:<24} ACCESS",
-        "NAME", "KIND", "TARGET", "GROUPS"
-    );
+    let mut table = crate::table::Table::new(&["NAME", "KIND", "TARGET", "GROUPS", "ACCESS"]);
     for c in list.as_array().into_iter().flatten() {
         let groups: Vec<&str> = c["allowed_groups"]
             .as_array()
             .map(|g| g.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
+        let groups = groups.join(",");
         let access = if c["access"]["request_required"].as_bool() == Some(true) {
             "request (warden request)"
         } else {
             "standing"
         };
-        println!(
-            "{:<24} {:<10} {:<28} {:<24} {access}",
+        table.row([
             str_of(c, "name"),
             str_of(c, "kind"),
-            short(str_of(c, "target"), 28),
-            short(&groups.join(","), 24)
-        );
+            str_of(c, "target"),
+            groups.as_str(),
+            access,
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -447,23 +450,30 @@ pub async fn sessions(
         .or_else(|| answer["sessions"].as_array())
         .cloned()
         .unwrap_or_default();
-    println!(
-        "{:<36} {:<16} {:<9} {:<14} {:<20} {:<10} {:>5} {:>6}",
-        "ID", "CONNECTION", "PROTOCOL", "SUBJECT", "STARTED", "STATUS", "CMDS", "DENIED"
-    );
+    let mut table = crate::table::Table::new(&[
+        "ID",
+        "CONNECTION",
+        "PROTOCOL",
+        "SUBJECT",
+        "STARTED",
+        "STATUS",
+        "CMDS",
+        "DENIED",
+    ])
+    .numeric(&[6, 7]);
     for s in &list {
-        println!(
-            "{:<36} {:<16} {:<9} {:<14} {:<20} {:<10} {:>5} {:>6}",
-            str_of(s, "id"),
-            short(str_of(s, "connection"), 16),
-            str_of(s, "protocol"),
-            short(str_of(s, "subject"), 14),
-            short(str_of(s, "started_at"), 20),
-            str_of(s, "status"),
-            s["commands"].as_i64().unwrap_or(0),
-            s["denied"].as_i64().unwrap_or(0)
-        );
+        table.row([
+            str_of(s, "id").to_string(),
+            str_of(s, "connection").to_string(),
+            str_of(s, "protocol").to_string(),
+            str_of(s, "subject").to_string(),
+            str_of(s, "started_at").to_string(),
+            str_of(s, "status").to_string(),
+            s["commands"].as_i64().unwrap_or(0).to_string(),
+            s["denied"].as_i64().unwrap_or(0).to_string(),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 

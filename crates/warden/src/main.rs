@@ -13,6 +13,7 @@ mod connect;
 mod exec;
 mod login;
 mod replay;
+mod table;
 
 /// mimalloc, for Rust and (`override`) for the C libraries (SQLite, zstd, aws-lc):
 /// unlike glibc's per-thread arenas it gives freed memory back to the system, so the

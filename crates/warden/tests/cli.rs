@@ -1478,6 +1478,26 @@ fn connect_and_exec_reach_mysql_and_ssh_through_tunnels() {
         .unwrap();
     let table = text(&run(cli().args(["sessions", "--user", "dave"])).stdout);
     assert!(table.contains(&first), "{table}");
+    // Times in full, and every column in line with its header.
+    let started = sessions[0]["started_at"].as_str().unwrap();
+    assert!(table.contains(started), "{table}");
+    let header = table.lines().next().unwrap();
+    let at = |line: &str, from: usize| line.char_indices().nth(from).map(|(i, _)| i);
+    for column in ["CONNECTION", "SUBJECT", "STARTED", "STATUS"] {
+        let start = header.find(column).unwrap();
+        for line in table.lines().skip(1) {
+            let before = &line[..at(line, start).unwrap()];
+            assert!(
+                before.ends_with("  ") || before.ends_with(' '),
+                "{column} misaligned:\n{table}"
+            );
+            assert_ne!(
+                line[at(line, start).unwrap()..].chars().next(),
+                Some(' '),
+                "{table}"
+            );
+        }
+    }
     let as_admin = |args: &[&str]| {
         run(warden(dir.path())
             .env("WARDEN_GATEWAY", &url)
