@@ -90,16 +90,12 @@ fn login_cookie_name(state: &AppState) -> &'static str {
 
 /// `Set-Cookie` for the sealed login state (`None`: clears it).
 fn login_cookie(state: &AppState, value: Option<&str>) -> HeaderValue {
-    let secure = if state.web.tls { "; Secure" } else { "" };
-    let name = login_cookie_name(state);
-    let text = match value {
-        Some(v) => format!(
-            "{name}={v}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-            LOGIN_WINDOW.as_secs()
-        ),
-        None => format!("{name}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
-    };
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    super::set_cookie(
+        login_cookie_name(state),
+        value,
+        Some(LOGIN_WINDOW.as_secs()),
+        state.web.tls,
+    )
 }
 
 /// Records a failed console login (repeats counted, as for the API).

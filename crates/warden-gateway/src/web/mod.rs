@@ -88,6 +88,38 @@ pub(crate) fn random_token(n: usize) -> Option<String> {
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// SHA-256 of `bytes`, as a map key.
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// `Set-Cookie` for one of the console's cookies: `HttpOnly`, `SameSite=Lax`, `Path=/`,
+/// `Secure` under TLS; `None` clears it, `max_age` bounds it (else it lasts the
+/// browser session).
+pub(crate) fn set_cookie(
+    name: &str,
+    value: Option<&str>,
+    max_age: Option<u64>,
+    tls: bool,
+) -> HeaderValue {
+    let secure = if tls { "; Secure" } else { "" };
+    let (value, max_age) = match value {
+        Some(v) => (
+            v,
+            max_age
+                .map(|s| format!("; Max-Age={s}"))
+                .unwrap_or_default(),
+        ),
+        None => ("", "; Max-Age=0".to_string()),
+    };
+    let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{max_age}{secure}");
+    // Cookie values are base64url: always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// The value of one cookie in a request's `Cookie` headers.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -129,19 +161,7 @@ impl WebConsole {
 
     /// `Set-Cookie` for a session cookie (`None`: clears it).
     fn set_session_cookie(&self, value: Option<&str>) -> HeaderValue {
-        let secure = if self.tls { "; Secure" } else { "" };
-        let text = match value {
-            Some(v) => format!(
-                "{}={v}; Path=/; HttpOnly; SameSite=Lax{secure}",
-                self.session_cookie()
-            ),
-            None => format!(
-                "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
-                self.session_cookie()
-            ),
-        };
-        // Cookie values are base64url: always a valid header value.
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        set_cookie(self.session_cookie(), value, None, self.tls)
     }
 
     /// The identity of a request made with the console's cookie and no bearer token;

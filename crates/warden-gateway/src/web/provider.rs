@@ -199,11 +199,7 @@ impl OidcLogin {
             redirect_uri,
             until: now_unix() + LOGIN_WINDOW.as_secs() as i64,
         };
-        let challenge = b64(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            pending.verifier.as_bytes(),
-        )
-        .as_ref());
+        let challenge = b64(&super::sha256(pending.verifier.as_bytes()));
         let mut url = reqwest::Url::parse(&endpoints.authorization)
             .map_err(|e| LoginError::Unreachable(format!("authorization endpoint: {e}")))?;
         {
@@ -254,10 +250,7 @@ impl OidcLogin {
 
     /// True the first time a login comes back; false for a replay.
     fn first_use(&self, pending: &Pending) -> bool {
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pending.state.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
+        let key = super::sha256(pending.state.as_bytes());
         let now = now_unix();
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         used.retain(|_, until| *until >= now);

@@ -66,10 +66,7 @@ pub struct SessionStore {
 }
 
 fn key(cookie: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cookie.as_bytes());
-    let mut key = [0u8; 32];
-    key.copy_from_slice(digest.as_ref());
-    key
+    super::sha256(cookie.as_bytes())
 }
 
 impl SessionStore {
