@@ -229,7 +229,7 @@ impl Sender {
                 let Some(f) = file.as_mut() else {
                     return Err("no file".into());
                 };
-                if let Err(e) = f.write_all(&line).await {
+                if let Err(e) = warden_net::write_flushed(f, &line).await {
                     *file = None;
                     return Err(format!("cannot write {}: {e}", path.display()));
                 }
@@ -275,7 +275,9 @@ impl Sender {
                         };
                         // RFC 6587 octet counting: "<length> <message>".
                         let framed = format!("{} {msg}", msg.len());
-                        if let Err(e) = stream.write_all(framed.as_bytes()).await {
+                        if let Err(e) =
+                            warden_net::write_flushed(stream, framed.as_bytes()).await
+                        {
                             *tcp = None;
                             return Err(format!("syslog write to {address} failed: {e}"));
                         }

@@ -1,5 +1,7 @@
 //! The REST API end to end over HTTP, on both store engines.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test clients write plain TCP, which holds back no unflushed bytes.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! through the gateway's `[http]` listener to a real go-httpbin
 //! (`WARDEN_TEST_HTTPBIN_URL`, started by scripts/test.sh).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test clients write plain TCP, which holds back no unflushed bytes.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

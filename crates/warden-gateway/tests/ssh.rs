@@ -2,6 +2,8 @@
 //! sshpass) and russh as a client, the OpenSSH server `scripts/test.sh` starts
 //! behind (`setup_sshd`), the held key never shown.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test clients write plain TCP, which holds back no unflushed bytes.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -248,7 +248,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 written.map_err(std::io::Error::other)?;
             }
         }
-        to.write_all(&buf[..n]).await?;
+        warden_net::write_flushed(&mut to, &buf[..n]).await?;
         total += n as u64;
     }
 }

@@ -8,7 +8,7 @@
 //! TLS); errors carry the server's message, never the secret.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use warden_core::{DialError, Dialer, Secret};
 use warden_net::{BackendTls, BoxedStream};
 
@@ -99,7 +99,7 @@ async fn send(stream: &mut BoxedStream, seq: u8, payload: &[u8]) -> Result<(), L
     let mut out = BytesMut::with_capacity(payload.len() + 4);
     let mut s = seq;
     put_packet(&mut out, &mut s, payload);
-    stream.write_all(&out).await?;
+    warden_net::write_flushed(stream, &out).await?;
     Ok(())
 }
 

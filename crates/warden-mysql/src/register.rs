@@ -116,7 +116,7 @@ impl<H: SessionHooks> ProtocolProxy for MysqlProxy<H> {
             let len = u32::try_from(body.len()).unwrap_or(0).to_le_bytes();
             let mut packet = vec![len[0], len[1], len[2], 0];
             packet.extend_from_slice(&body);
-            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &packet).await;
+            let _ = warden_net::write_flushed(&mut stream, &packet).await;
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
         })
     }

@@ -13,7 +13,7 @@ mod registry;
 mod rewind;
 mod tls;
 
-pub use batched::Batched;
+pub use batched::{Batched, write_flushed};
 pub use dial::TcpDialer;
 pub use killable::{KillSwitch, Killable};
 pub use limits::{ConnectionGate, ConnectionLimits, DescriptorBudget, Overload, Permit};

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use std::collections::HashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use warden_core::{ColumnRef, Masker, ValueKind};
 
 use crate::login::login;
@@ -411,7 +411,9 @@ async fn exchange(
     conn: &mut BoxedStream,
     request: &[u8],
 ) -> Result<Vec<crate::frontend::Frame<PgBackendMessage>>, String> {
-    conn.write_all(request).await.map_err(|e| e.to_string())?;
+    warden_net::write_flushed(conn, request)
+        .await
+        .map_err(|e| e.to_string())?;
     let decoder = BackendDecoder::new(1 << 20);
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{BufMut, BytesMut};
 use std::num::NonZeroU32;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use warden_core::Secret;
 
 use crate::results::{BackendDecoder, PgBackendMessage};
@@ -82,7 +82,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     startup.put_u8(0);
     let len = i32::try_from(startup.len()).unwrap_or(i32::MAX);
     startup[..4].copy_from_slice(&len.to_be_bytes());
-    stream.write_all(&startup).await?;
+    warden_net::write_flushed(stream, &startup).await?;
 
     let decoder = BackendDecoder::new(1 << 20);
     let mut buf = BytesMut::new();
@@ -101,7 +101,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 body.push(0);
                 let mut out = BytesMut::new();
                 frame(&mut out, b'p', &body);
-                stream.write_all(&out).await?;
+                warden_net::write_flushed(stream, &out).await?;
             }
             PgBackendMessage::Authentication { code: 5, data } => {
                 let salt: [u8; 4] = data[..]
@@ -111,7 +111,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 body.push(0);
                 let mut out = BytesMut::new();
                 frame(&mut out, b'p', &body);
-                stream.write_all(&out).await?;
+                warden_net::write_flushed(stream, &out).await?;
             }
             PgBackendMessage::Authentication { code: 10, data } => {
                 let mechanisms: Vec<&[u8]> =
@@ -133,7 +133,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 body.extend_from_slice(first.as_bytes());
                 let mut out = BytesMut::new();
                 frame(&mut out, b'p', &body);
-                stream.write_all(&out).await?;
+                warden_net::write_flushed(stream, &out).await?;
                 scram = Some(client);
             }
             PgBackendMessage::Authentication { code: 11, data } => {
@@ -143,7 +143,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 let final_msg = client.client_final(&data)?;
                 let mut out = BytesMut::new();
                 frame(&mut out, b'p', final_msg.as_bytes());
-                stream.write_all(&out).await?;
+                warden_net::write_flushed(stream, &out).await?;
             }
             PgBackendMessage::Authentication { code: 12, data } => {
                 let client = scram

@@ -111,7 +111,7 @@ impl<H: SessionHooks> ProtocolProxy for PgProxy<H> {
                     hint: None,
                 },
             );
-            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &b).await;
+            let _ = warden_net::write_flushed(&mut stream, &b).await;
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
         })
     }

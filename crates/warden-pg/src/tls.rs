@@ -4,7 +4,7 @@
 //! the server answers `N`, the session fails rather than falling back to plain text.
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use warden_core::SessionHandle;
 pub use warden_net::{BackendTls, BoxedStream, TlsSetupError};
 
@@ -21,7 +21,7 @@ pub async fn connect_backend(
     let mut request = BytesMut::with_capacity(8);
     request.put_i32(8);
     request.put_i32(80_877_103);
-    tcp.write_all(&request)
+    warden_net::write_flushed(&mut tcp, &request)
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let answer = tcp

@@ -1,6 +1,8 @@
 //! The proxy between a real client (tokio-postgres) and the real PostgreSQL, with a
 //! test gateway that holds the backend password (the `warden_t_scram` role).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test clients write plain TCP, which holds back no unflushed bytes.
+#![allow(clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -220,7 +220,7 @@ async fn refuse(local: &mut TcpStream, kind: &str, message: &str) -> Result<()> 
     frame.put_u8(b'E');
     frame.put_i32(i32::try_from(body.len() + 4).unwrap_or(i32::MAX));
     frame.put_slice(&body);
-    let _ = local.write_all(&frame).await;
+    let _ = warden_net::write_flushed(local, &frame).await;
     let _ = local.shutdown().await;
     Err(anyhow!("{message}"))
 }

@@ -510,7 +510,7 @@ async fn callback(listener: &tokio::net::TcpListener, state: &str) -> Result<Str
             "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
-        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = warden_net::write_flushed(&mut stream, answer.as_bytes()).await;
         let _ = stream.shutdown().await;
         if let Some(result) = outcome {
             return result;

@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use warden_core::{
     Action, Admission, ClientWatch, Command, Decision, DenialCause, EndReason, SessionHandle,
     SqlDialect, TimelineEvent,
@@ -148,7 +148,10 @@ impl Relay {
 
     pub(super) async fn flush_client(&mut self) -> Result<(), End> {
         if !self.client_out.is_empty() {
-            if self.client.write_all(&self.client_out).await.is_err() {
+            if warden_net::write_flushed(&mut self.client, &self.client_out)
+                .await
+                .is_err()
+            {
                 return Err(Some(EndReason::ClientGone));
             }
             self.client_out.clear();
@@ -174,7 +177,9 @@ impl Relay {
     pub(super) async fn send_server(&mut self, payload: &[u8]) -> Result<(), End> {
         let mut out = BytesMut::with_capacity(payload.len() + 4);
         put_packet(&mut out, &mut self.server_seq, payload);
-        self.server.write_all(&out).await.map_err(|_| server_gone())
+        warden_net::write_flushed(&mut self.server, &out)
+            .await
+            .map_err(|_| server_gone())
     }
 
     /// The next command: a packet with sequence id 0.

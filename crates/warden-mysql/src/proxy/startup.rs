@@ -60,7 +60,9 @@ impl ClientLogin {
     async fn send(&mut self, payload: &[u8]) -> bool {
         let mut out = BytesMut::with_capacity(payload.len() + 4);
         put_packet(&mut out, &mut self.seq, payload);
-        self.stream.write_all(&out).await.is_ok()
+        warden_net::write_flushed(&mut self.stream, &out)
+            .await
+            .is_ok()
     }
 
     async fn error(&mut self, (code, state): (u16, &str), message: &str) {
@@ -357,7 +359,7 @@ async fn kill_query(backend: &Backend, thread: u32, timeout: Duration) {
         &mut seq,
         format!("\x03KILL QUERY {thread}").as_bytes(),
     );
-    let _ = s.stream.write_all(&out).await;
+    let _ = warden_net::write_flushed(&mut s.stream, &out).await;
     let mut buf = BytesMut::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.stream.read_buf(&mut buf)).await;
 }

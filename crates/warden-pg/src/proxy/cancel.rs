@@ -4,7 +4,6 @@
 
 use bytes::BytesMut;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use warden_core::Dialer;
 use warden_net::SessionRegistry;
 
@@ -36,7 +35,7 @@ pub(super) async fn forward_cancel(map: &CancelMap, process_id: i32, secret_key:
         b.extend_from_slice(&80_877_102i32.to_be_bytes());
         b.extend_from_slice(&pid.to_be_bytes());
         b.extend_from_slice(&key.to_be_bytes());
-        let _ = s.write_all(&b).await;
+        let _ = warden_net::write_flushed(&mut s, &b).await;
     }
 }
 

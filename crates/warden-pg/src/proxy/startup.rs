@@ -32,7 +32,7 @@ pub(super) async fn fatal(stream: &mut (impl AsyncWrite + Unpin), code: &str, me
             hint: None,
         },
     );
-    let _ = stream.write_all(&b).await;
+    let _ = warden_net::write_flushed(stream, &b).await;
     let _ = stream.shutdown().await;
 }
 
@@ -98,7 +98,7 @@ pub(super) async fn serve_stream<H: SessionHooks>(
                     let Some(acceptor) = config.tls.clone() else {
                         return;
                     };
-                    if client.write_all(b"S").await.is_err() {
+                    if warden_net::write_flushed(&mut client, b"S").await.is_err() {
                         return;
                     }
                     match tokio::time::timeout_at(login_deadline, acceptor.accept(client)).await {
@@ -110,7 +110,7 @@ pub(super) async fn serve_stream<H: SessionHooks>(
                     }
                 }
                 PgStartup::SslRequest | PgStartup::GssEncRequest => {
-                    if client.write_all(b"N").await.is_err() {
+                    if warden_net::write_flushed(&mut client, b"N").await.is_err() {
                         return;
                     }
                 }
@@ -189,7 +189,7 @@ async fn ask_token(
     }
     let mut b = BytesMut::new();
     out::authentication_cleartext(&mut b);
-    client.write_all(&b).await.ok()?;
+    warden_net::write_flushed(client, &b).await.ok()?;
     loop {
         match decoder.decode(buf) {
             Ok(Some(f)) => match f.message {
@@ -316,7 +316,7 @@ async fn serve_login<H: SessionHooks>(
     );
     out::backend_key_data(&mut b, ours.0, ours.1);
     out::ready_for_query(&mut b, b'I');
-    if client.write_all(&b).await.is_err() {
+    if warden_net::write_flushed(&mut client, &b).await.is_err() {
         config.cancels.remove(&ours);
         handle
             .close(Some(EndReason::Internal("client left during login".into())))
