@@ -275,9 +275,7 @@ impl Sender {
                         };
                         // RFC 6587 octet counting: "<length> <message>".
                         let framed = format!("{} {msg}", msg.len());
-                        if let Err(e) =
-                            warden_net::write_flushed(stream, framed.as_bytes()).await
-                        {
+                        if let Err(e) = warden_net::write_flushed(stream, framed.as_bytes()).await {
                             *tcp = None;
                             return Err(format!("syslog write to {address} failed: {e}"));
                         }

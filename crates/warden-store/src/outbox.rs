@@ -113,6 +113,38 @@ impl Store {
         Ok(())
     }
 
+    /// Changes a webhook's URL, filters and description (and its secret, when given)
+    /// and records `event`, atomically; false when there is no such webhook. Its
+    /// delivery position is kept.
+    pub async fn update_webhook(
+        &self,
+        w: &Webhook,
+        secret: Option<&Secret<String>>,
+        event: &Event,
+    ) -> Result<bool> {
+        let sealed = secret
+            .map(|s| self.sealer.seal(s.expose().as_bytes(), &seal_context(w.id)))
+            .transpose()?;
+        let mut tx = self.begin_audited().await?;
+        let done = sqlx::query(
+            "UPDATE webhooks SET url = $2, kinds_json = $3, decisions_json = $4, description = $5, \
+             secret_sealed = COALESCE($6, secret_sealed) WHERE id = $1",
+        )
+        .bind(w.id.to_string())
+        .bind(&w.url)
+        .bind(serde_json::to_string(&w.kinds)?)
+        .bind(serde_json::to_string(&w.decisions)?)
+        .bind(w.description.as_deref())
+        .bind(sealed)
+        .execute(tx.conn())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit_with(event).await?;
+        Ok(true)
+    }
+
     pub async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at"

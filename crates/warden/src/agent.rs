@@ -11,7 +11,7 @@ use std::time::Duration;
 use warden_agent::{AgentSettings, Allowlist, GatewayAddress};
 use warden_core::Secret;
 
-use crate::client::{Api, ApiArgs, short, str_of};
+use crate::client::{Api, ApiArgs, str_of};
 
 /// `warden agent`: command-line settings; each may also come from the environment
 /// or from the `--config` file (the command line wins, then the environment).
@@ -177,6 +177,24 @@ pub enum AgentsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// One agent: status, connected processes, networks its tunnels may come from.
+    Show {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Change an agent's description or source networks (only those given).
+    Update {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// The networks its tunnels may come from, replacing the list (repeat);
+        /// `--source any` clears it.
+        #[arg(long = "source", value_name = "CIDR")]
+        sources: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Revoke an agent: its key stops working and its tunnels close now.
     Revoke {
         name: String,
@@ -225,6 +243,41 @@ pub async fn agents(command: Option<AgentsCommand>, list_api: ApiArgs) -> Result
                 .await?;
             (api, answer)
         }
+        AgentsCommand::Show { name, api } => {
+            let answer = Api::new(&api)
+                .await?
+                .get(&format!("/api/agents/{name}"))
+                .await?;
+            (api, answer)
+        }
+        AgentsCommand::Update {
+            name,
+            description,
+            sources,
+            api,
+        } => {
+            let mut body = json!({});
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            match sources.as_slice() {
+                [] => {}
+                [any] if any == "any" => body["sources"] = json!([]),
+                list => body["sources"] = json!(list),
+            }
+            if body.as_object().is_some_and(serde_json::Map::is_empty) {
+                bail!("nothing to change: pass --description or --source");
+            }
+            let answer = Api::new(&api)
+                .await?
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/api/agents/{name}"),
+                    Some(&body),
+                )
+                .await?;
+            (api, answer)
+        }
         AgentsCommand::Rotate { name, api } => {
             let answer = Api::new(&api)
                 .await?
@@ -256,7 +309,7 @@ pub async fn agents(command: Option<AgentsCommand>, list_api: ApiArgs) -> Result
         }
     };
     let Some(answer) = answer else {
-        bail!("no such agent");
+        bail!("no such agent: `warden agents list` shows them");
     };
     if api.json {
         println!("{answer}");
@@ -275,20 +328,38 @@ pub async fn agents(command: Option<AgentsCommand>, list_api: ApiArgs) -> Result
 }
 
 fn print_agents(list: &Value) {
-    println!(
-        "{:<20} {:<8} {:<10} {:<22} {:<25} {:>9} PROCESSES",
-        "NAME", "STATUS", "VERSION", "ADDRESS", "LAST SEEN", "SESSIONS"
-    );
+    let mut t = crate::table::Table::new(&[
+        "NAME",
+        "STATUS",
+        "VERSION",
+        "ADDRESS",
+        "LAST SEEN",
+        "SESSIONS",
+        "PROCESSES",
+        "SOURCES",
+    ])
+    .numeric(&[5, 6]);
     for a in list.as_array().into_iter().flatten() {
-        println!(
-            "{:<20} {:<8} {:<10} {:<22} {:<25} {:>9} {}",
-            short(str_of(a, "name"), 20),
-            str_of(a, "status"),
-            short(str_of(a, "version"), 10),
-            short(str_of(a, "last_address"), 22),
-            str_of(a, "last_seen_at"),
-            a["sessions_carried"].as_i64().unwrap_or(0),
-            a["processes"].as_array().map_or(0, Vec::len)
-        );
+        let sources: Vec<&str> = a["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        t.row([
+            str_of(a, "name").to_string(),
+            str_of(a, "status").to_string(),
+            str_of(a, "version").to_string(),
+            str_of(a, "last_address").to_string(),
+            str_of(a, "last_seen_at").to_string(),
+            a["sessions_carried"].as_i64().unwrap_or(0).to_string(),
+            a["processes"].as_array().map_or(0, Vec::len).to_string(),
+            if sources.is_empty() {
+                "any".to_string()
+            } else {
+                sources.join(",")
+            },
+        ]);
     }
+    t.print();
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use warden_gateway::{Config, Gateway};
 use warden_store::audit::AuditFilter;
 
+mod admin;
 mod agent;
 mod client;
 mod connect;
@@ -54,10 +55,11 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
-    /// Offline administration, run with access to the data directory and store.
+    /// Administer the gateway through its API (connections, keys, policies,
+    /// webhooks, sinks, agents), or offline (`recover`).
     Admin {
         #[command(subcommand)]
-        command: AdminCommand,
+        command: admin::AdminCommand,
     },
     /// Inspect the audit log directly in the store (works while the gateway is down).
     Audit {
@@ -195,26 +197,16 @@ enum Command {
 }
 
 #[derive(Args)]
-struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// TOML configuration file; `WARDEN_*` environment variables override it.
     #[arg(long, short = 'c', env = "WARDEN_CONFIG")]
     config: Option<PathBuf>,
 }
 
 impl ConfigArg {
-    fn load(&self) -> Result<Config> {
+    pub(crate) fn load(&self) -> Result<Config> {
         Ok(Config::load(self.config.as_deref(), std::env::vars())?)
     }
-}
-
-#[derive(Subcommand)]
-enum AdminCommand {
-    /// Issue a new admin API key when the bootstrap one is lost, revoked or expired
-    /// (every earlier admin key is revoked; audited as `api_key.recover`). Prints it.
-    Recover {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
 }
 
 #[derive(Subcommand)]
@@ -340,9 +332,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             gateway(config).await
         }
         Command::Audit { command } => audit(command).await,
-        Command::Admin {
-            command: AdminCommand::Recover { config },
-        } => recover(&config.load()?).await,
+        Command::Admin { command } => admin::run(command).await,
         Command::Replay {
             session,
             config,
@@ -467,7 +457,7 @@ fn os_user() -> String {
     }
 }
 
-async fn recover(config: &Config) -> Result<ExitCode> {
+pub(crate) async fn recover(config: &Config) -> Result<ExitCode> {
     let store = warden_gateway::open_existing_store(config).await?;
     let (token, expires_at) =
         warden_gateway::recover_admin_key(&store, config, &format!("local:{}", os_user())).await?;

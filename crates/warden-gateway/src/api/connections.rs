@@ -2,7 +2,7 @@
 //! the connections their groups may use. Backend secrets are write-only.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -14,6 +14,7 @@ use warden_core::{
 use warden_store::StoreError;
 use warden_store::connections::SecretChange;
 
+use super::changes::{DryRun, FieldChange, changes};
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState, ErrorBody};
 
@@ -106,7 +107,7 @@ pub struct ConnectionUpdate {
 }
 
 /// Distinguishes a field sent as `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -441,12 +442,15 @@ pub async fn list(
 
 /// Register a connection (admins).
 #[utoipa::path(post, path = "/api/connections", tag = "connections", security(("bearer" = [])),
+    params(DryRun),
     request_body = ConnectionCreate,
-    responses((status = 201, body = Connection), (status = 400, body = ErrorBody),
+    responses((status = 201, body = Connection), (status = 200, description = "`dry_run`: the connection as it would be created", body = Connection),
+              (status = 400, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Query(dry): Query<DryRun>,
     ApiJson(req): ApiJson<ConnectionCreate>,
 ) -> Result<(StatusCode, Json<Connection>), ApiError> {
     caller.require_admin(&state, "connection.create").await?;
@@ -488,6 +492,21 @@ pub async fn create(
     canonical_ssh(&mut conn)?;
     check_policy_refs(&state, &conn.policies).await?;
     check_agent(&state, conn.agent.as_deref()).await?;
+    if dry.dry_run {
+        if state
+            .store
+            .get_connection(&conn.name)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .is_some()
+        {
+            return Err(store_error(
+                &conn.name,
+                &StoreError::Conflict(format!("connection `{}` already exists", conn.name)),
+            ));
+        }
+        return Ok((StatusCode::OK, Json(conn)));
+    }
     let event = Event::new("connection.create", describe(&conn))
         .by(&caller.identity)
         .on_connection(&conn.name);
@@ -524,7 +543,7 @@ pub async fn get(
 
 /// Change a connection (admins).
 #[utoipa::path(patch, path = "/api/connections/{name}", tag = "connections", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Connection name")),
+    params(("name" = String, Path, description = "Connection name"), DryRun),
     request_body = ConnectionUpdate,
     responses((status = 200, body = ConnectionChanged), (status = 400, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -532,6 +551,7 @@ pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(dry): Query<DryRun>,
     ApiJson(req): ApiJson<ConnectionUpdate>,
 ) -> Result<Json<ConnectionChanged>, ApiError> {
     caller.require_admin(&state, "connection.update").await?;
@@ -542,55 +562,42 @@ pub async fn update(
         .map_err(|e| ApiError::store(&e))?
         .ok_or_else(|| ApiError::not_found(format!("connection `{name}`")))?;
     let before = conn.clone();
-    let mut changed: Vec<&str> = Vec::new();
     if let Some(k) = req.kind {
         conn.kind = k;
-        changed.push("kind");
     }
     if let Some(t) = req.target {
         conn.target = t;
-        changed.push("target");
     }
     if let Some(u) = req.username {
         conn.username = u;
-        changed.push("username");
     }
     if let Some(t) = &req.tls {
         conn.tls = merged("tls", &conn.tls, t)?;
-        changed.push("tls");
     }
     if let Some(g) = req.allowed_groups {
         conn.allowed_groups = g;
-        changed.push("allowed_groups");
     }
     if let Some(p) = &req.policies {
         conn.policies = merged("policies", &conn.policies, p)?;
-        changed.push("policies");
     }
     if let Some(o) = &req.access {
         conn.access = merged("access", &conn.access, o)?;
-        changed.push("access");
     }
     if let Some(o) = &req.ssh {
         conn.ssh = merged("ssh", &conn.ssh, o)?;
-        changed.push("ssh");
     }
     if let Some(o) = &req.kubernetes {
         conn.kubernetes = merged("kubernetes", &conn.kubernetes, o)?;
-        changed.push("kubernetes");
     }
     if let Some(o) = &req.http {
         conn.http = merged("http", &conn.http, o)?;
-        changed.push("http");
     }
     if let Some(a) = req.agent {
         check_agent(&state, a.as_deref()).await?;
         conn.agent = a;
-        changed.push("agent");
     }
     if let Some(d) = req.description {
         conn.description = d;
-        changed.push("description");
     }
     let secret_change = match (req.secret, req.secret_kind) {
         (None, None) => SecretChange::Keep,
@@ -599,12 +606,10 @@ pub async fn update(
             let kind = kind.unwrap_or_else(|| infer_secret_kind(conn.kind, &s));
             check_secret_kind(conn.kind, kind, &s)?;
             conn.secret_kind = Some(kind);
-            changed.push("secret");
             SecretChange::Set(kind, s)
         }
         (Some(None), None) => {
             conn.secret_kind = None;
-            changed.push("secret");
             SecretChange::Clear
         }
         (Some(None), Some(_)) | (None, Some(_)) => {
@@ -616,8 +621,30 @@ pub async fn update(
     check_common(&conn)?;
     canonical_ssh(&mut conn)?;
     check_policy_refs(&state, &conn.policies).await?;
-    conn.updated_at = timefmt::now();
     let weakened = warden_policy::weaken::connection_weakening(&before, &conn);
+    let mut changes = changes(&settings(&before), &settings(&conn));
+    match &secret_change {
+        SecretChange::Keep => {}
+        change => changes.push(FieldChange {
+            field: "secret".into(),
+            before: json!(before.secret_kind.map(|_| "(held)")),
+            after: json!(matches!(change, SecretChange::Set(..)).then_some("(new)")),
+        }),
+    }
+    if dry.dry_run || changes.is_empty() {
+        return Ok(Json(ConnectionChanged {
+            connection: conn,
+            changes,
+            weakened,
+            dry_run: dry.dry_run,
+        }));
+    }
+    conn.updated_at = timefmt::now();
+    let mut changed: Vec<&str> = changes
+        .iter()
+        .map(|c| c.field.split('.').next().unwrap_or_default())
+        .collect();
+    changed.dedup();
     let mut payload = describe(&conn);
     payload["changed"] = json!(changed);
     if !weakened.is_empty() {
@@ -643,7 +670,9 @@ pub async fn update(
     }
     Ok(Json(ConnectionChanged {
         connection: conn,
+        changes,
         weakened,
+        dry_run: false,
     }))
 }
 
@@ -652,9 +681,25 @@ pub async fn update(
 pub struct ConnectionChanged {
     #[serde(flatten)]
     pub connection: Connection,
+    /// Every setting that changes, with its value before and after (the secret only
+    /// as `(held)`/`(new)`). Empty: the request changed nothing and nothing was stored.
+    pub changes: Vec<FieldChange>,
     /// Protections the change removed or relaxed (also a `policy.weakened` event).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub weakened: Vec<String>,
+    /// `true`: checked only (`?dry_run=true`); nothing was stored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// A connection's settings as compared for `changes`: everything but its times.
+fn settings(conn: &Connection) -> Value {
+    let mut v = serde_json::to_value(conn).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.remove("created_at");
+        map.remove("updated_at");
+    }
+    v
 }
 
 /// Remove a connection and its held secret (admins).

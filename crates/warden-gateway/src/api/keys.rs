@@ -2,14 +2,16 @@
 //! once, at creation; afterwards only its metadata is visible.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 use warden_core::{Event, timefmt};
 use warden_store::api_keys::ApiKeyRecord;
 
+use super::changes::DryRun;
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState, ErrorBody};
 use crate::auth::api_key;
@@ -95,13 +97,16 @@ pub async fn list(
 
 /// Issue a key (admins). The answer holds the token once.
 #[utoipa::path(post, path = "/api/api-keys", tag = "api-keys", security(("bearer" = [])),
+    params(DryRun),
     request_body = ApiKeyCreate,
-    responses((status = 201, body = ApiKeyIssued), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = ApiKeyIssued),
+              (status = 200, description = "`dry_run`: the key as it would be issued, without id or token", body = ApiKeyView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Query(dry): Query<DryRun>,
     ApiJson(req): ApiJson<ApiKeyCreate>,
-) -> Result<(StatusCode, Json<ApiKeyIssued>), ApiError> {
+) -> Result<Response, ApiError> {
     caller.require_admin(&state, "api_key.create").await?;
     let bad = |m: &str| ApiError::bad_request("invalid_api_key_request", m);
     if req.name.trim().is_empty() || req.name.len() > 128 {
@@ -127,7 +132,7 @@ pub async fn create(
     let expires_at =
         timefmt::now() + time::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2));
     let issued = api_key::issue(None).map_err(|e| ApiError::from_auth(&e))?;
-    let record = api_key::record(
+    let mut record = api_key::record(
         &issued,
         &req.name,
         &subject,
@@ -135,6 +140,10 @@ pub async fn create(
         &caller.identity.subject,
         Some(expires_at),
     );
+    if dry.dry_run {
+        record.id = String::new();
+        return Ok((StatusCode::OK, Json(view(&record))).into_response());
+    }
     let event = Event::new(
         "api_key.create",
         json!({"key_id": record.id, "name": record.name, "subject": record.subject,
@@ -152,7 +161,8 @@ pub async fn create(
             key: view(&record),
             token: issued.token.expose().clone(),
         }),
-    ))
+    )
+        .into_response())
 }
 
 /// Revoke a key at once (admins). Requests with it fail from then on, and open

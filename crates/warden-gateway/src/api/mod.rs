@@ -4,6 +4,7 @@
 mod access_requests;
 mod agents;
 mod audit;
+mod changes;
 mod connections;
 mod error;
 mod extract;
@@ -166,7 +167,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(reviews::approve))
         .routes(routes!(reviews::reject))
         .routes(routes!(webhooks::list, webhooks::create))
-        .routes(routes!(webhooks::get, webhooks::delete))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
         .routes(routes!(webhooks::dead_letters))
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(webhooks::sinks))

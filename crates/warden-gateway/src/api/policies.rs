@@ -3,7 +3,7 @@
 //! actions and values against sets, so rules can be tried before they are attached.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -13,6 +13,7 @@ use warden_core::{
 };
 use warden_policy::{GuardrailSet, Guardrails, MaskingEngine, MaskingSet, weaken};
 
+use super::changes::{DryRun, changes};
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState, ErrorBody};
 use crate::policy::{GUARDRAILS, MASKING, PolicyResolveError, PolicySource};
@@ -115,7 +116,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 /// removed or narrowed, an action or fallback relaxed, a detector or column dropped)
 /// answers with `weakened` naming each and records a `policy.weakened` event.
 #[utoipa::path(put, path = "/api/policies/{kind}/{name}", tag = "policies", security(("bearer" = [])),
-    params(("kind" = String, Path, description = "`guardrails` or `masking`"), ("name" = String, Path)),
+    params(("kind" = String, Path, description = "`guardrails` or `masking`"), ("name" = String, Path), DryRun),
     request_body(content = Object, description = "A GuardrailSet or MaskingSet"),
     responses((status = 200, body = Object), (status = 201, body = Object), (status = 400, body = ErrorBody),
               (status = 409, body = ErrorBody)))]
@@ -123,6 +124,7 @@ pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     Path((kind, name)): Path<(String, String)>,
+    Query(dry): Query<DryRun>,
     ApiJson(mut body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin(&state, "policy.put").await?;
@@ -168,6 +170,17 @@ pub async fn put(
         (serde_json::to_value(&set), old, weakened)
     };
     let canonical = canonical.map_err(|e| invalid(e.to_string()))?;
+    let old = old.and_then(Result::ok);
+    let changes = changes(old.as_ref().unwrap_or(&Value::Null), &canonical);
+    let mut answer = canonical.clone();
+    answer["changes"] = json!(changes);
+    if !weakened.is_empty() {
+        answer["weakened"] = json!(weakened);
+    }
+    if dry.dry_run {
+        answer["dry_run"] = json!(true);
+        return Ok((StatusCode::OK, Json(answer)));
+    }
     let text = canonical.to_string();
     let mut payload = json!({"kind": kind, "name": name, "set": canonical});
     if !weakened.is_empty() {
@@ -184,17 +197,14 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    let mut answer = canonical.clone();
     if !weakened.is_empty() {
-        let before = old.and_then(Result::ok);
         let event = Event::new(
             "policy.weakened",
             json!({"object": kind, "name": name, "weakened": weakened,
-                   "before": before, "after": canonical}),
+                   "before": old, "after": canonical}),
         )
         .by(&caller.identity);
         super::record_weakening(&state, &event).await;
-        answer["weakened"] = json!(weakened);
     }
     Ok((status, Json(answer)))
 }

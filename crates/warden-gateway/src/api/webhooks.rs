@@ -3,7 +3,7 @@
 //! letters; `/api/event-sinks` shows the configured SIEM sinks' state.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -11,6 +11,7 @@ use uuid::Uuid;
 use warden_core::{Event, Secret, timefmt};
 use warden_store::outbox::{Cursor, DeadLetter, Webhook, webhook_target};
 
+use super::changes::{DryRun, FieldChange, changes};
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState, ErrorBody};
 
@@ -29,6 +30,32 @@ pub struct WebhookCreate {
     /// The HMAC key receivers verify with; generated (and shown once) if absent.
     pub secret: Option<String>,
     pub description: Option<String>,
+}
+
+/// A change to a webhook: only the fields given change.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookUpdate {
+    pub url: Option<String>,
+    pub kinds: Option<Vec<String>>,
+    pub decisions: Option<Vec<String>>,
+    /// A new signing key (write-only); receivers must switch to it.
+    pub secret: Option<String>,
+    /// A new description, or `null` to remove it.
+    #[serde(default, deserialize_with = "super::connections::present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+}
+
+/// A changed webhook and what changed (the secret only as `(new)`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookChanged {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    pub changes: Vec<FieldChange>,
+    /// `true`: checked only (`?dry_run=true`); nothing was stored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -121,16 +148,36 @@ pub async fn list(
 
 /// Subscribe a URL to events, from now on.
 #[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", security(("bearer" = [])),
+    params(DryRun),
     request_body = WebhookCreate,
     responses((status = 201, body = WebhookCreated), (status = 400, body = ErrorBody),
               (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Query(dry): Query<DryRun>,
     ApiJson(req): ApiJson<WebhookCreate>,
 ) -> Result<(StatusCode, Json<WebhookCreated>), ApiError> {
     caller.require_admin(&state, "webhook.create").await?;
     validate(&req)?;
+    if dry.dry_run {
+        let webhook = Webhook {
+            id: Uuid::nil(),
+            url: req.url.trim().to_string(),
+            kinds: req.kinds,
+            decisions: req.decisions,
+            description: req.description,
+            created_by: caller.identity.subject.clone(),
+            created_at: timefmt::now(),
+        };
+        return Ok((
+            StatusCode::OK,
+            Json(WebhookCreated {
+                webhook,
+                secret: None,
+            }),
+        ));
+    }
     let (secret, shown) = match req.secret {
         Some(s) => (s, None),
         None => {
@@ -189,6 +236,98 @@ pub async fn get(
         .await
         .map_err(|e| ApiError::store(&e))?;
     Ok(Json(WebhookView { webhook, delivery }))
+}
+
+/// Change a webhook's URL, filters, description or secret; its delivery position is
+/// kept.
+#[utoipa::path(patch, path = "/api/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = Uuid, Path), DryRun),
+    request_body = WebhookUpdate,
+    responses((status = 200, body = WebhookChanged), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Query(dry): Query<DryRun>,
+    ApiJson(req): ApiJson<WebhookUpdate>,
+) -> Result<Json<WebhookChanged>, ApiError> {
+    caller.require_admin(&state, "webhook.update").await?;
+    let before = state
+        .store
+        .webhook(id)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("webhook {id}")))?;
+    let mut after = before.clone();
+    if let Some(url) = req.url {
+        after.url = url.trim().to_string();
+    }
+    if let Some(kinds) = req.kinds {
+        after.kinds = kinds;
+    }
+    if let Some(decisions) = req.decisions {
+        after.decisions = decisions;
+    }
+    if let Some(description) = req.description {
+        after.description = description;
+    }
+    validate(&WebhookCreate {
+        url: after.url.clone(),
+        kinds: after.kinds.clone(),
+        decisions: after.decisions.clone(),
+        secret: req.secret.clone(),
+        description: after.description.clone(),
+    })?;
+    let view = |w: &Webhook| {
+        json!({"url": warden_store::redact_url(&w.url), "kinds": w.kinds,
+               "decisions": w.decisions, "description": w.description})
+    };
+    let mut changes = changes(&view(&before), &view(&after));
+    if after.url != before.url && !changes.iter().any(|c| c.field == "url") {
+        // Only a credential in the URL changed: named, never shown.
+        changes.push(FieldChange {
+            field: "url".into(),
+            before: json!("(credential)"),
+            after: json!("(new credential)"),
+        });
+    }
+    if req.secret.is_some() {
+        changes.push(FieldChange {
+            field: "secret".into(),
+            before: json!("(held)"),
+            after: json!("(new)"),
+        });
+    }
+    if dry.dry_run || changes.is_empty() {
+        return Ok(Json(WebhookChanged {
+            webhook: after,
+            changes,
+            dry_run: dry.dry_run,
+        }));
+    }
+    let fields: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
+    let event = Event::new(
+        "webhook.update",
+        json!({"webhook": id, "url": warden_store::redact_url(&after.url),
+               "kinds": after.kinds, "decisions": after.decisions, "changed": fields}),
+    )
+    .by(&caller.identity);
+    let secret = req.secret.map(Secret::new);
+    if !state
+        .store
+        .update_webhook(&after, secret.as_ref(), &event)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
+        return Err(ApiError::not_found(format!("webhook {id}")));
+    }
+    state.webhooks_changed.notify_one();
+    Ok(Json(WebhookChanged {
+        webhook: after,
+        changes,
+        dry_run: false,
+    }))
 }
 
 /// Unsubscribe; its dead letters stay listed.
