@@ -48,7 +48,12 @@ pub enum TimelineEvent {
         tag: String,
         columns: Vec<String>,
         rows: Vec<Vec<Option<String>>>,
+        /// Rows the statement returned.
         rows_total: u64,
+        /// Rows the statement changed, as the database reported them (`INSERT`,
+        /// `UPDATE`, `DELETE`, `MERGE`; MySQL's OK packets); absent for reads.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows_affected: Option<u64>,
         /// From the request being forwarded to its completion, when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration_us: Option<u64>,

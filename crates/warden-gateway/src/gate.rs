@@ -95,9 +95,13 @@ impl StatementTimeline {
             TimelineEvent::Result {
                 tag,
                 rows_total,
+                rows_affected,
                 duration_us,
                 ..
-            } => Some(json!({"tag": tag, "rows": rows_total, "duration_us": duration_us})),
+            } => Some(
+                json!({"tag": tag, "rows": rows_total, "rows_affected": rows_affected,
+                       "duration_us": duration_us}),
+            ),
             TimelineEvent::Error {
                 code,
                 message,

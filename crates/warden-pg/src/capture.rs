@@ -78,6 +78,7 @@ impl ResultCapture {
 
     pub(crate) fn finish(&mut self, tag: String, duration_us: Option<u64>) -> TimelineEvent {
         let event = TimelineEvent::Result {
+            rows_affected: rows_affected(&tag),
             tag,
             columns: std::mem::take(&mut self.columns),
             rows: std::mem::take(&mut self.rows),
@@ -86,6 +87,16 @@ impl ResultCapture {
         };
         self.total = 0;
         event
+    }
+}
+
+/// The rows a command tag says were changed: `INSERT oid n`, `UPDATE n`,
+/// `DELETE n`, `MERGE n`.
+fn rows_affected(tag: &str) -> Option<u64> {
+    let mut words = tag.split(' ');
+    match words.next()? {
+        "INSERT" | "UPDATE" | "DELETE" | "MERGE" => words.next_back()?.parse().ok(),
+        _ => None,
     }
 }
 
@@ -104,4 +115,18 @@ fn render_value(v: &[u8], binary: bool) -> String {
         text.push('…');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tags_say_how_many_rows_changed() {
+        use super::rows_affected;
+        assert_eq!(rows_affected("INSERT 0 5"), Some(5));
+        assert_eq!(rows_affected("UPDATE 2"), Some(2));
+        assert_eq!(rows_affected("DELETE 0"), Some(0));
+        assert_eq!(rows_affected("MERGE 7"), Some(7));
+        assert_eq!(rows_affected("SELECT 3"), None);
+        assert_eq!(rows_affected("CREATE TABLE"), None);
+    }
 }

@@ -280,6 +280,7 @@ async fn the_timeline_holds_statements_masked_rows_and_denials() {
                 rows,
                 rows_total,
                 duration_us,
+                ..
             } => Some((
                 tag.clone(),
                 columns.clone(),

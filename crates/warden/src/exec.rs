@@ -1,5 +1,6 @@
 //! `warden exec <connection> -i "SQL"`: one statement (or several) through a tunnel
-//! to the gateway's PostgreSQL proxy, printed as a table, CSV or JSON. A statement
+//! to the gateway's PostgreSQL proxy (MySQL: `exec_mysql`), printed as a table, CSV
+//! or JSON; or a command on an SSH connection. A statement
 //! held for review shows the gateway's notice (the review id) while it waits; the
 //! exit status says whether everything ran.
 
@@ -42,12 +43,20 @@ pub async fn exec(
             let stream = tunnel(&http, &gateway, &connection, &token).await?;
             run_command(stream, &connection, &shell_words(&command)).await
         }
-        ("postgres", _, _) => bail!("give the SQL with -i \"...\" (and no command after --)"),
+        ("mysql", Some(sql), true) => {
+            let stream = tunnel(&http, &gateway, &connection, &token).await?;
+            crate::exec_mysql::run_sql(stream, &connection, &sql, format).await
+        }
+        ("postgres" | "mysql", _, _) => {
+            bail!("give the SQL with -i \"...\" (and no command after --)")
+        }
         ("ssh", _, _) => {
             bail!("give the command after --, e.g. `warden exec {connection} -- uname -a`")
         }
         (other, _, _) => {
-            bail!("`warden exec` runs on PostgreSQL and SSH connections; `{connection}` is {other}")
+            bail!(
+                "`warden exec` runs on PostgreSQL, MySQL and SSH connections; `{connection}` is {other}"
+            )
         }
     }
 }
@@ -242,11 +251,11 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// One statement's rows (with their column names) or its command tag.
-struct ResultSet {
-    columns: Vec<String>,
-    rows: Vec<Vec<Option<String>>>,
-    affected: Option<u64>,
+/// One statement's rows (with their column names) or its affected-row count.
+pub(crate) struct ResultSet {
+    pub(crate) columns: Vec<String>,
+    pub(crate) rows: Vec<Vec<Option<String>>>,
+    pub(crate) affected: Option<u64>,
 }
 
 fn result_sets(messages: &[SimpleQueryMessage]) -> Vec<ResultSet> {
@@ -289,7 +298,11 @@ fn result_sets(messages: &[SimpleQueryMessage]) -> Vec<ResultSet> {
 }
 
 fn print_results(messages: &[SimpleQueryMessage], format: Format) {
-    for set in result_sets(messages) {
+    print_sets(&result_sets(messages), format);
+}
+
+pub(crate) fn print_sets(sets: &[ResultSet], format: Format) {
+    for set in sets {
         match format {
             Format::Json => {
                 let rows: Vec<Value> = set
@@ -317,7 +330,7 @@ fn print_results(messages: &[SimpleQueryMessage], format: Format) {
                     println!("{}", csv_line(r.iter().map(Option::as_deref)));
                 }
             }
-            Format::Table => print_table(&set),
+            Format::Table => print_table(set),
         }
     }
 }

@@ -12,6 +12,7 @@ mod agent;
 mod client;
 mod connect;
 mod exec;
+mod exec_mysql;
 mod login;
 mod replay;
 mod table;
@@ -133,8 +134,8 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
-    /// Run SQL (`-i`) on a PostgreSQL connection, or a command (after `--`) on an
-    /// SSH one, through the gateway; print the result.
+    /// Run SQL (`-i`) on a PostgreSQL or MySQL connection, or a command (after `--`)
+    /// on an SSH one, through the gateway; print the result.
     Exec {
         connection: String,
         /// The SQL (one or more statements).

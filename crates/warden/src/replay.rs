@@ -136,9 +136,20 @@ fn write_entry(entry: &TimelineEntry, out: &mut impl Write) -> std::io::Result<(
             columns,
             rows,
             rows_total,
+            rows_affected,
             duration_us,
         } => {
-            writeln!(out, "{at} {tag} ({rows_total} rows{})", took(*duration_us))?;
+            // Rows returned for a result with columns, else the rows it changed.
+            let count = match (columns.is_empty(), rows_affected) {
+                (false, _) => Some(format!("{rows_total} rows")),
+                (true, Some(n)) => Some(format!("{n} rows affected")),
+                (true, None) => None,
+            };
+            match (count, took(*duration_us)) {
+                (Some(c), t) => writeln!(out, "{at} {tag} ({c}{t})")?,
+                (None, t) if t.is_empty() => writeln!(out, "{at} {tag}")?,
+                (None, t) => writeln!(out, "{at} {tag} ({})", t.trim_start_matches(", "))?,
+            }
             if !columns.is_empty() {
                 writeln!(out, "{pad}  {}", columns.join(" | "))?;
                 for row in rows {
@@ -211,4 +222,47 @@ fn write_entry(entry: &TimelineEntry, out: &mut impl Write) -> std::io::Result<(
         },
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(event: TimelineEvent) -> String {
+        let mut out = Vec::new();
+        write_entry(
+            &TimelineEntry {
+                t: 1_500_000,
+                event,
+            },
+            &mut out,
+        )
+        .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn result(tag: &str, columns: &[&str], total: u64, affected: Option<u64>) -> TimelineEvent {
+        TimelineEvent::Result {
+            tag: tag.into(),
+            columns: columns.iter().map(|c| (*c).to_string()).collect(),
+            rows: Vec::new(),
+            rows_total: total,
+            rows_affected: affected,
+            duration_us: Some(2500),
+        }
+    }
+
+    #[test]
+    fn results_count_rows_returned_or_rows_changed() {
+        assert!(
+            line(result("DELETE 3", &[], 0, Some(3)))
+                .contains("DELETE 3 (3 rows affected, 2.5 ms)")
+        );
+        assert!(line(result("SELECT 2", &["a"], 2, None)).contains("SELECT 2 (2 rows, 2.5 ms)"));
+        assert!(line(result("CREATE TABLE", &[], 0, None)).contains("CREATE TABLE (2.5 ms)"));
+        // RETURNING: rows come back, and the tag says how many changed.
+        assert!(
+            line(result("UPDATE 4", &["id"], 4, Some(4))).contains("UPDATE 4 (4 rows, 2.5 ms)")
+        );
+    }
 }

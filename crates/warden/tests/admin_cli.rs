@@ -326,7 +326,10 @@ fn connections_and_policies_are_administered_from_the_command_line() {
     );
     let test = |sql: &str| a.ok(&["policies", "test", "--connection", "billing", "--sql", sql]);
     let out = test("DROP TABLE t");
-    assert!(out.starts_with("decision: deny (rule safety/no-drops)"), "{out}");
+    assert!(
+        out.starts_with("decision: deny (rule safety/no-drops)"),
+        "{out}"
+    );
     a.ok(&[
         "policies",
         "update",
@@ -336,7 +339,10 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         relaxed.to_str().unwrap(),
     ]);
     let out = test("DROP TABLE t");
-    assert!(out.starts_with("decision: review (rule safety/no-drops)"), "{out}");
+    assert!(
+        out.starts_with("decision: review (rule safety/no-drops)"),
+        "{out}"
+    );
     let out = test("SELECT 1");
     assert!(out.starts_with("decision: allow"), "{out}");
     let shown = a.ok(&["policies", "show", "guardrails", "safety"]);

@@ -1405,6 +1405,19 @@ fn exec_prints_results_and_waits_for_a_review() {
         .unwrap();
     assert!(held.wait().unwrap().success());
     assert!(stdout.contains("(1 rows affected)"), "{stdout}");
+    // The session's timeline says how many rows the DELETE changed.
+    let cli = |args: &[&str]| {
+        run(warden(dir.path())
+            .env("WARDEN_GATEWAY", &url)
+            .env("WARDEN_TOKEN", &carol)
+            .args(args))
+    };
+    let sessions: Value =
+        serde_json::from_slice(&cli(&["sessions", "--json", "--connection", "ledger"]).stdout)
+            .unwrap();
+    let newest = sessions[0]["id"].as_str().unwrap();
+    let replay = text(&cli(&["replay", newest]).stdout);
+    assert!(replay.contains("DELETE 1 (1 rows affected, "), "{replay}");
     stop(running);
 }
 
@@ -1458,6 +1471,52 @@ fn connect_and_exec_reach_mysql_and_ssh_through_tunnels() {
     let out = run(cli().args(["exec", "box", "--", "sh", "-c", "echo oops >&2; exit 3"]));
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out.stderr).contains("oops"), "{}", text(&out.stderr));
+
+    // exec on MySQL: several statements, their result sets and affected rows, as a
+    // table, CSV and JSON; an error exits 1 after the results before it.
+    let sql = "CREATE TEMPORARY TABLE t (a INT, b VARCHAR(20)); \
+               INSERT INTO t VALUES (1, 'x, y'), (2, NULL); SELECT a, b FROM t ORDER BY a";
+    let out = run(cli().args(["exec", "shop", "-i", sql]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "(0 rows affected)\n(2 rows affected)\na | b\n--+-----\n1 | x, y\n2 | NULL\n(2 rows)\n"
+    );
+    let out = run(cli().args([
+        "exec",
+        "shop",
+        "--format",
+        "csv",
+        "-i",
+        "SELECT 1 AS n, 'a,b' AS s",
+    ]));
+    assert_eq!(
+        text(&out.stdout),
+        "n,s\n1,\"a,b\"\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(cli().args(["exec", "shop", "--format", "json", "-i", "SELECT NULL AS v"]));
+    assert_eq!(
+        text(&out.stdout),
+        "[{\"v\":null}]\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(cli().args(["exec", "shop", "-i", "SELECT 7 AS n; SELEC oops"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("7"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("ERROR: ") && text(&out.stderr).contains("1064"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(cli().args(["exec", "shop", "--", "ls"]));
+    assert!(
+        text(&out.stderr).contains("give the SQL with -i"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // The thin clients: connections, sessions, and a replay fetched from the API.
     let listed = text(&run(cli().arg("connections")).stdout);

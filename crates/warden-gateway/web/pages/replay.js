@@ -31,8 +31,9 @@ function entryView(e) {
         e.decision?.reason ? h('p', { class: 'muted' }, e.decision.reason) : null);
     case 'result':
       return h('li', { class: 'entry result' }, h('span', { class: 't' }, secs(e.t)),
-        // A statement without a result set says what it did in its tag (DELETE 3).
-        h('small', {}, [e.tag, e.columns.length ? `${e.rows_total} row(s)` : null,
+        // Rows returned by a result set, else the rows the statement changed.
+        h('small', {}, [e.tag, e.columns.length ? `${e.rows_total} row(s)`
+          : e.rows_affected !== undefined ? `${e.rows_affected} row(s) affected` : null,
           e.duration_us !== undefined ? `${(e.duration_us / 1000).toFixed(1)} ms` : null].filter(Boolean).join(' · ')),
         e.columns.length ? table(e.columns, e.rows.map(r => r.map(v => v === null ? h('i', { class: 'muted' }, 'NULL') : v))) : null,
         e.rows_total > e.rows.length ? h('small', { class: 'muted' }, `first ${e.rows.length} of ${e.rows_total} rows recorded`) : null);

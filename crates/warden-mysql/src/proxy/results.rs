@@ -142,6 +142,7 @@ impl Relay {
                                 columns: defs.iter().map(|c| c.name.clone()).collect(),
                                 rows: std::mem::take(&mut rows),
                                 rows_total: total,
+                                rows_affected: None,
                                 duration_us: Some(started.elapsed().as_micros() as u64),
                             })
                             .await?;
@@ -192,7 +193,8 @@ impl Relay {
             tag: format!("OK {}", ok.affected_rows),
             columns: Vec::new(),
             rows: Vec::new(),
-            rows_total: ok.affected_rows,
+            rows_total: 0,
+            rows_affected: Some(ok.affected_rows),
             duration_us: Some(started.elapsed().as_micros() as u64),
         })
         .await
