@@ -781,7 +781,7 @@ impl Config {
     /// The SSH listener's host key file.
     pub fn ssh_host_key_path(&self) -> PathBuf {
         self.ssh
-            .host_key
+            .host_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("ssh_host_ed25519_key"))
     }

@@ -22,10 +22,12 @@ pub struct SshSettings {
     pub enabled: bool,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The gateway's host key (OpenSSH format); generated there on first start.
-    /// Default: `<data_dir>/ssh_host_ed25519_key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_key: Option<PathBuf>,
+    /// The file of the gateway's own host key (OpenSSH format); generated there on
+    /// first start. Default: `<data_dir>/ssh_host_ed25519_key`. (A connection's
+    /// `ssh.host_key` is the target's key it pins: another thing, so another name;
+    /// `host_key`, this setting's earlier name, is still read.)
+    #[serde(default, alias = "host_key", skip_serializing_if = "Option::is_none")]
+    pub host_key_file: Option<PathBuf>,
     /// How long Warden has to connect and log in to a target.
     #[serde(default = "default_login_timeout")]
     pub login_timeout_secs: u64,
@@ -64,7 +66,7 @@ impl Default for SshSettings {
         Self {
             enabled: true,
             listen: default_listen(),
-            host_key: None,
+            host_key_file: None,
             login_timeout_secs: default_login_timeout(),
             auth_timeout_secs: default_auth_timeout(),
             max_channels: default_max_channels(),
