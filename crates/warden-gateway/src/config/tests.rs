@@ -177,9 +177,15 @@ fn rejects_weak_or_unsafe_settings() {
 #[test]
 fn the_gateways_ssh_host_key_file_has_its_own_name_and_the_old_one_still_reads() {
     let c = load_str("[ssh]\nhost_key_file = \"/etc/warden/ssh_key\"\n", &[]).unwrap();
-    assert_eq!(c.ssh_host_key_path(), std::path::Path::new("/etc/warden/ssh_key"));
+    assert_eq!(
+        c.ssh_host_key_path(),
+        std::path::Path::new("/etc/warden/ssh_key")
+    );
     let c = load_str("[ssh]\nhost_key = \"/etc/warden/old_key\"\n", &[]).unwrap();
-    assert_eq!(c.ssh_host_key_path(), std::path::Path::new("/etc/warden/old_key"));
+    assert_eq!(
+        c.ssh_host_key_path(),
+        std::path::Path::new("/etc/warden/old_key")
+    );
     let c = load_str("", &[("WARDEN_SSH__HOST_KEY_FILE", "/k")]).unwrap();
     assert_eq!(c.ssh_host_key_path(), std::path::Path::new("/k"));
 }
