@@ -616,11 +616,14 @@ impl Delivery {
                 )
             })
             .collect();
-        let mut hooks: HashMap<Uuid, JoinHandle<()>> = HashMap::new();
+        // Each webhook's worker with what it was started with: a webhook changed by
+        // any gateway sharing the store (URL, filters, secret) gets a new worker at the
+        // next reload; delivery is at-least-once, so a delivery cut short is repeated.
+        let mut hooks: HashMap<Uuid, (Vec<u8>, JoinHandle<()>)> = HashMap::new();
         loop {
             match self.store.list_webhooks().await {
                 Ok(list) => {
-                    hooks.retain(|id, task| {
+                    hooks.retain(|id, (_, task)| {
                         let keep = list.iter().any(|w| w.id == *id);
                         if !keep {
                             task.abort();
@@ -628,9 +631,6 @@ impl Delivery {
                         keep
                     });
                     for w in list {
-                        if hooks.contains_key(&w.id) {
-                            continue;
-                        }
                         let secret = match self.store.webhook_secret(w.id).await {
                             Ok(Some(s)) => s,
                             Ok(None) => continue,
@@ -639,6 +639,12 @@ impl Delivery {
                                 continue;
                             }
                         };
+                        let fingerprint = webhook_fingerprint(&w, secret.expose());
+                        match hooks.get(&w.id) {
+                            Some((running, _)) if *running == fingerprint => continue,
+                            Some((_, task)) => task.abort(),
+                            None => {}
+                        }
                         let sender = Sender::Webhook {
                             url: w.url.clone(),
                             secret,
@@ -646,10 +652,13 @@ impl Delivery {
                         };
                         hooks.insert(
                             w.id,
-                            self.spawn(
-                                webhook_target(w.id),
-                                EventFilter::new(w.kinds, w.decisions),
-                                sender,
+                            (
+                                fingerprint,
+                                self.spawn(
+                                    webhook_target(w.id),
+                                    EventFilter::new(w.kinds, w.decisions),
+                                    sender,
+                                ),
                             ),
                         );
                     }
@@ -662,10 +671,30 @@ impl Delivery {
                 _ = shutdown.changed() => break,
             }
         }
-        for w in workers.drain(..).chain(hooks.into_values()) {
+        for w in workers
+            .drain(..)
+            .chain(hooks.into_values().map(|(_, task)| task))
+        {
             w.abort();
         }
     }
+}
+
+/// What a webhook's worker depends on, as a digest (the secret never kept in clear).
+fn webhook_fingerprint(w: &warden_store::outbox::Webhook, secret: &[u8]) -> Vec<u8> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [w.url.as_bytes(), secret] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    for list in [&w.kinds, &w.decisions] {
+        ctx.update(&(list.len() as u64).to_be_bytes());
+        for item in list {
+            ctx.update(&(item.len() as u64).to_be_bytes());
+            ctx.update(item.as_bytes());
+        }
+    }
+    ctx.finish().as_ref().to_vec()
 }
 
 #[cfg(test)]

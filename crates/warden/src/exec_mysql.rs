@@ -16,16 +16,24 @@ pub async fn run_sql(
     sql: &str,
     format: Format,
 ) -> Result<ExitCode> {
-    // tempfile makes the directory 0700.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = tempfile::Builder::new()
         .prefix("warden-exec-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .context("creating a private directory for the client's socket")?;
+    let owner = std::fs::metadata(dir.path())?.uid();
     let path = dir.path().join("mysql.sock");
     let listener = tokio::net::UnixListener::bind(&path)
         .with_context(|| format!("listening on {}", path.display()))?;
     let bridge = tokio::spawn(async move {
-        let (mut local, _) = listener.accept().await?;
+        // Only this user's process rides the tunnel: anyone else is turned away.
+        let mut local = loop {
+            let (local, _) = listener.accept().await?;
+            if local.peer_cred().is_ok_and(|c| c.uid() == owner) {
+                break local;
+            }
+        };
         drop(listener);
         let mut tunnel = tunnel;
         tokio::io::copy_bidirectional(&mut local, &mut tunnel).await

@@ -200,7 +200,7 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         "--set",
         "description=Billing primary",
         "--set",
-        "allowed_groups=[\"dba\",\"oncall\"]",
+        "allowed_groups:=[\"dba\",\"oncall\"]",
         "--dry-run",
     ]);
     assert!(out.contains("2 fields would change"), "{out}");
@@ -248,7 +248,7 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         "update",
         "billing",
         "--set",
-        "policies.guardrails=[]",
+        "policies.guardrails:=[]",
         "--set",
         "secret=another-pw-2",
     ]);
@@ -264,6 +264,35 @@ fn connections_and_policies_are_administered_from_the_command_line() {
     // Nothing to change is said as such.
     let out = a.ok(&["connections", "update", "billing", "--set", "kind=postgres"]);
     assert_eq!(out.trim(), "connection `billing`: nothing to change");
+
+    // A misspelt dry run is refused, not made; a name cannot smuggle URL syntax.
+    let (status, body) = call(
+        &a.url,
+        &a.token,
+        "PATCH",
+        "/api/connections/billing?dryrun=true",
+        Some(&json!({"description": "changed"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        a.get("/api/connections/billing").1["description"],
+        "Billing primary"
+    );
+    for tricky in ["billing#", "billing?", "billing/x"] {
+        let err = a.fails(&[
+            "connections",
+            "update",
+            tricky,
+            "--set",
+            "description=x",
+            "--dry-run",
+        ]);
+        assert!(err.contains("no connection named"), "{tricky}: {err}");
+    }
+    assert_eq!(
+        a.get("/api/connections/billing").1["description"],
+        "Billing primary"
+    );
 
     // Mistakes exit 1 with the gateway's reason.
     let err = a.fails(&["connections", "update", "billing", "--set", "name=other"]);
@@ -285,7 +314,7 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         "update",
         "billing",
         "--set",
-        "policies.guardrails=[\"nope\"]",
+        "policies.guardrails:=[\"nope\"]",
     ]);
     assert!(err.contains("nope"), "{err}");
 
@@ -295,7 +324,7 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         "update",
         "billing",
         "--set",
-        "policies.guardrails=[\"safety\"]",
+        "policies.guardrails:=[\"safety\"]",
     ]);
     let relaxed = dir.path().join("relaxed.json");
     std::fs::write(
@@ -355,7 +384,7 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         "masking",
         "pii",
         "--set",
-        "detectors=[\"email\"]",
+        "detectors:=[\"email\"]",
     ]);
     let out = a.ok(&[
         "policies",
@@ -451,7 +480,7 @@ fn keys_webhooks_sinks_and_agents_are_administered_from_the_command_line() {
         "--set",
         "url=http://127.0.0.1:9/hook",
         "--set",
-        "kinds=[\"connection.*\"]",
+        "kinds:=[\"connection.*\"]",
         "--dry-run",
     ]);
     assert!(
@@ -465,7 +494,7 @@ fn keys_webhooks_sinks_and_agents_are_administered_from_the_command_line() {
         "--set",
         "url=http://127.0.0.1:9/hook",
         "--set",
-        "kinds=[\"connection.*\"]",
+        "kinds:=[\"connection.*\"]",
     ]);
     assert!(out.contains("whsec_"), "{out}");
     let id = a.json(&["webhooks", "list"])[0]["id"]
@@ -477,7 +506,7 @@ fn keys_webhooks_sinks_and_agents_are_administered_from_the_command_line() {
         "update",
         &id,
         "--set",
-        "kinds=[\"connection.*\",\"review.*\"]",
+        "kinds:=[\"connection.*\",\"review.*\"]",
     ]);
     assert!(out.contains("1 field changed"), "{out}");
     assert_eq!(

@@ -1,12 +1,15 @@
-//! What a create or update changes, field by field, and the `dry_run` query every
-//! changing route of the admin API takes: the same checks and the same answer, with
+//! What a create or update changes, field by field, and the `dry_run` query the
+//! admin API's create and update routes take (connections, API keys, policy sets,
+//! webhooks): the same checks and the same answer, marked `"dry_run": true`, with
 //! nothing stored and no event recorded.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// `?dry_run=true`: check and describe the change without making it.
+/// Other parameters are refused (`?dryrun=true` must not quietly make the change).
 #[derive(Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DryRun {
     /// Check the request and answer with what it would change; nothing is stored.
@@ -56,10 +59,26 @@ fn diff(path: &str, before: &Value, after: &Value, out: &mut Vec<FieldChange>) {
         }
         // Lists of named things (a set's rules, detectors): compared name by name.
         (Value::Array(b), Value::Array(a)) if b != a => match (named(b), named(a)) {
-            (Some(b), Some(a)) => {
-                let before = Value::Object(b);
-                let after = Value::Object(a);
-                diff(path, &before, &after, out);
+            (Some(bm), Some(am)) => {
+                // Order decides (the first matching rule wins): a reordering is a
+                // change even when every item stays the same.
+                let order = |items: &[Value], other: &serde_json::Map<String, Value>| {
+                    items
+                        .iter()
+                        .filter_map(|i| i.get("name")?.as_str())
+                        .filter(|n| other.contains_key(*n))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                };
+                let (was, now) = (order(b, &am), order(a, &bm));
+                if was != now {
+                    out.push(FieldChange {
+                        field: format!("{path} (order)"),
+                        before: json!(was),
+                        after: json!(now),
+                    });
+                }
+                diff(path, &Value::Object(bm), &Value::Object(am), out);
             }
             _ => out.push(FieldChange {
                 field: path.to_string(),
@@ -145,6 +164,16 @@ mod tests {
             .map(|c| c.field)
             .collect();
         assert_eq!(fields, ["rules.a", "rules.b.action", "rules.c"]);
+        // The same rules in another order: the order changed.
+        let swapped =
+            json!({"rules": [{"name": "b", "action": "review"}, {"name": "a", "action": "deny"}]});
+        let got = changes(&before, &swapped);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].field, "rules (order)");
+        assert_eq!(
+            (&got[0].before, &got[0].after),
+            (&json!(["a", "b"]), &json!(["b", "a"]))
+        );
         // Unnamed lists change whole.
         let fields: Vec<String> = changes(&json!({"g": ["x"]}), &json!({"g": ["y"]}))
             .into_iter()

@@ -2,8 +2,9 @@
 //! the connections their groups may use. Backend secrets are write-only.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
@@ -15,7 +16,7 @@ use warden_store::StoreError;
 use warden_store::connections::SecretChange;
 
 use super::changes::{DryRun, FieldChange, changes};
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState, ErrorBody};
 
 const MAX_SECRET_BYTES: usize = 64 * 1024;
@@ -450,9 +451,9 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    Query(dry): Query<DryRun>,
+    ApiQuery(dry): ApiQuery<DryRun>,
     ApiJson(req): ApiJson<ConnectionCreate>,
-) -> Result<(StatusCode, Json<Connection>), ApiError> {
+) -> Result<Response, ApiError> {
     caller.require_admin(&state, "connection.create").await?;
     validate_connection_name(&req.name).map_err(|e| invalid(e.to_string()))?;
     let secret = match req.secret {
@@ -505,7 +506,9 @@ pub async fn create(
                 &StoreError::Conflict(format!("connection `{}` already exists", conn.name)),
             ));
         }
-        return Ok((StatusCode::OK, Json(conn)));
+        let mut answer = serde_json::to_value(&conn).map_err(|e| invalid(e.to_string()))?;
+        answer["dry_run"] = json!(true);
+        return Ok((StatusCode::OK, Json(answer)).into_response());
     }
     let event = Event::new("connection.create", describe(&conn))
         .by(&caller.identity)
@@ -515,7 +518,7 @@ pub async fn create(
         .create_connection(&conn, secret, &event)
         .await
         .map_err(|e| store_error(&conn.name, &e))?;
-    Ok((StatusCode::CREATED, Json(conn)))
+    Ok((StatusCode::CREATED, Json(conn)).into_response())
 }
 
 /// One connection, if the caller may use it.
@@ -551,7 +554,7 @@ pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(dry): Query<DryRun>,
+    ApiQuery(dry): ApiQuery<DryRun>,
     ApiJson(req): ApiJson<ConnectionUpdate>,
 ) -> Result<Json<ConnectionChanged>, ApiError> {
     caller.require_admin(&state, "connection.update").await?;

@@ -2,7 +2,7 @@
 //! once, at creation; afterwards only its metadata is visible.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use warden_core::{Event, timefmt};
 use warden_store::api_keys::ApiKeyRecord;
 
 use super::changes::DryRun;
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState, ErrorBody};
 use crate::auth::api_key;
 
@@ -104,7 +104,7 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    Query(dry): Query<DryRun>,
+    ApiQuery(dry): ApiQuery<DryRun>,
     ApiJson(req): ApiJson<ApiKeyCreate>,
 ) -> Result<Response, ApiError> {
     caller.require_admin(&state, "api_key.create").await?;
@@ -142,7 +142,10 @@ pub async fn create(
     );
     if dry.dry_run {
         record.id = String::new();
-        return Ok((StatusCode::OK, Json(view(&record))).into_response());
+        let mut answer =
+            serde_json::to_value(view(&record)).map_err(|e| ApiError::internal(e.to_string()))?;
+        answer["dry_run"] = serde_json::Value::Bool(true);
+        return Ok((StatusCode::OK, Json(answer)).into_response());
     }
     let event = Event::new(
         "api_key.create",

@@ -3,7 +3,7 @@
 //! actions and values against sets, so rules can be tried before they are attached.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -14,7 +14,7 @@ use warden_core::{
 use warden_policy::{GuardrailSet, Guardrails, MaskingEngine, MaskingSet, weaken};
 
 use super::changes::{DryRun, changes};
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState, ErrorBody};
 use crate::policy::{GUARDRAILS, MASKING, PolicyResolveError, PolicySource};
 
@@ -124,7 +124,7 @@ pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     Path((kind, name)): Path<(String, String)>,
-    Query(dry): Query<DryRun>,
+    ApiQuery(dry): ApiQuery<DryRun>,
     ApiJson(mut body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin(&state, "policy.put").await?;
@@ -179,6 +179,10 @@ pub async fn put(
     }
     if dry.dry_run {
         answer["dry_run"] = json!(true);
+        return Ok((StatusCode::OK, Json(answer)));
+    }
+    // The same set again: nothing to store, nothing to record.
+    if old.as_ref() == Some(&canonical) {
         return Ok((StatusCode::OK, Json(answer)));
     }
     let text = canonical.to_string();

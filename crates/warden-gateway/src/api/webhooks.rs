@@ -3,7 +3,7 @@
 //! letters; `/api/event-sinks` shows the configured SIEM sinks' state.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -12,7 +12,7 @@ use warden_core::{Event, Secret, timefmt};
 use warden_store::outbox::{Cursor, DeadLetter, Webhook, webhook_target};
 
 use super::changes::{DryRun, FieldChange, changes};
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState, ErrorBody};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -36,11 +36,21 @@ pub struct WebhookCreate {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookUpdate {
-    pub url: Option<String>,
-    pub kinds: Option<Vec<String>>,
-    pub decisions: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "super::connections::present")]
+    #[schema(value_type = Option<String>)]
+    pub url: Option<Option<String>>,
+    /// `[]`: every kind.
+    #[serde(default, deserialize_with = "super::connections::present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub kinds: Option<Option<Vec<String>>>,
+    /// `[]`: any decision.
+    #[serde(default, deserialize_with = "super::connections::present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub decisions: Option<Option<Vec<String>>>,
     /// A new signing key (write-only); receivers must switch to it.
-    pub secret: Option<String>,
+    #[serde(default, deserialize_with = "super::connections::present")]
+    #[schema(value_type = Option<String>, write_only)]
+    pub secret: Option<Option<String>>,
     /// A new description, or `null` to remove it.
     #[serde(default, deserialize_with = "super::connections::present")]
     #[schema(value_type = Option<String>)]
@@ -72,6 +82,9 @@ pub struct WebhookCreated {
     pub webhook: Webhook,
     /// Present only when the gateway generated it: store it now, it is not shown again.
     pub secret: Option<String>,
+    /// `true`: checked only (`?dry_run=true`); nothing was stored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -111,6 +124,33 @@ fn validate(req: &WebhookCreate) -> Result<(), ApiError> {
         return bad("description must be at most 500 characters");
     }
     Ok(())
+}
+
+/// A webhook URL as events show it: scheme, host and port only. Receivers often take
+/// a capability in the path or query (`/services/T/B/SECRET`, `?token=`) or in the
+/// user part; events go to every other receiver and into the permanent chain.
+pub(crate) fn url_for_events(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let hidden = u.path() != "/" || u.query().is_some() || !u.username().is_empty();
+            format!(
+                "{}://{}{port}{}",
+                u.scheme(),
+                u.host_str().unwrap_or_default(),
+                if hidden { "/…" } else { "" }
+            )
+        }
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+/// Tells URLs apart without showing them: the first 16 hex digits of their SHA-256.
+fn url_digest(url: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, url.as_bytes());
+    let mut hex = warden_store::hex(d.as_ref());
+    hex.truncate(16);
+    hex
 }
 
 fn generate_secret() -> Result<String, ApiError> {
@@ -155,7 +195,7 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    Query(dry): Query<DryRun>,
+    ApiQuery(dry): ApiQuery<DryRun>,
     ApiJson(req): ApiJson<WebhookCreate>,
 ) -> Result<(StatusCode, Json<WebhookCreated>), ApiError> {
     caller.require_admin(&state, "webhook.create").await?;
@@ -175,6 +215,7 @@ pub async fn create(
             Json(WebhookCreated {
                 webhook,
                 secret: None,
+                dry_run: true,
             }),
         ));
     }
@@ -196,7 +237,8 @@ pub async fn create(
     };
     let event = Event::new(
         "webhook.create",
-        json!({"webhook": webhook.id, "url": warden_store::redact_url(&webhook.url),
+        json!({"webhook": webhook.id, "url": url_for_events(&webhook.url),
+               "url_sha256": url_digest(&webhook.url),
                "kinds": webhook.kinds, "decisions": webhook.decisions}),
     )
     .by(&caller.identity);
@@ -211,6 +253,7 @@ pub async fn create(
         Json(WebhookCreated {
             webhook,
             secret: shown,
+            dry_run: false,
         }),
     ))
 }
@@ -249,7 +292,7 @@ pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-    Query(dry): Query<DryRun>,
+    ApiQuery(dry): ApiQuery<DryRun>,
     ApiJson(req): ApiJson<WebhookUpdate>,
 ) -> Result<Json<WebhookChanged>, ApiError> {
     caller.require_admin(&state, "webhook.update").await?;
@@ -259,14 +302,28 @@ pub async fn update(
         .await
         .map_err(|e| ApiError::store(&e))?
         .ok_or_else(|| ApiError::not_found(format!("webhook {id}")))?;
+    // Only the description can be removed: a null elsewhere is a mistake, not "keep".
+    let required = |field: &str| {
+        ApiError::bad_request(
+            "invalid_webhook",
+            format!("{field} cannot be null (kinds and decisions: [] means all)"),
+        )
+    };
+    let (url, kinds, decisions, secret) = match (req.url, req.kinds, req.decisions, req.secret) {
+        (Some(None), ..) => return Err(required("url")),
+        (_, Some(None), ..) => return Err(required("kinds")),
+        (_, _, Some(None), _) => return Err(required("decisions")),
+        (.., Some(None)) => return Err(required("secret")),
+        (u, k, d, s) => (u.flatten(), k.flatten(), d.flatten(), s.flatten()),
+    };
     let mut after = before.clone();
-    if let Some(url) = req.url {
+    if let Some(url) = url {
         after.url = url.trim().to_string();
     }
-    if let Some(kinds) = req.kinds {
+    if let Some(kinds) = kinds {
         after.kinds = kinds;
     }
-    if let Some(decisions) = req.decisions {
+    if let Some(decisions) = decisions {
         after.decisions = decisions;
     }
     if let Some(description) = req.description {
@@ -276,23 +333,23 @@ pub async fn update(
         url: after.url.clone(),
         kinds: after.kinds.clone(),
         decisions: after.decisions.clone(),
-        secret: req.secret.clone(),
+        secret: secret.clone(),
         description: after.description.clone(),
     })?;
     let view = |w: &Webhook| {
-        json!({"url": warden_store::redact_url(&w.url), "kinds": w.kinds,
+        json!({"url": url_for_events(&w.url), "kinds": w.kinds,
                "decisions": w.decisions, "description": w.description})
     };
     let mut changes = changes(&view(&before), &view(&after));
     if after.url != before.url && !changes.iter().any(|c| c.field == "url") {
-        // Only a credential in the URL changed: named, never shown.
+        // Only what the shown form hides changed (path, query, credentials).
         changes.push(FieldChange {
             field: "url".into(),
-            before: json!("(credential)"),
-            after: json!("(new credential)"),
+            before: json!(url_for_events(&before.url)),
+            after: json!(format!("{} (changed)", url_for_events(&after.url))),
         });
     }
-    if req.secret.is_some() {
+    if secret.is_some() {
         changes.push(FieldChange {
             field: "secret".into(),
             before: json!("(held)"),
@@ -309,11 +366,11 @@ pub async fn update(
     let fields: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
     let event = Event::new(
         "webhook.update",
-        json!({"webhook": id, "url": warden_store::redact_url(&after.url),
+        json!({"webhook": id, "url": url_for_events(&after.url), "url_sha256": url_digest(&after.url),
                "kinds": after.kinds, "decisions": after.decisions, "changed": fields}),
     )
     .by(&caller.identity);
-    let secret = req.secret.map(Secret::new);
+    let secret = secret.map(Secret::new);
     if !state
         .store
         .update_webhook(&after, secret.as_ref(), &event)

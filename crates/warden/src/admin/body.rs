@@ -12,11 +12,17 @@ pub struct BodyArgs {
     /// input (JSON or TOML).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// A field to set, as a dotted path (`tls.mode=disable`,
-    /// `policies.masking=["pii"]`, `description=null`); repeatable. The value is
-    /// JSON when it parses as JSON, else a string. Applied after `-f`.
-    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    /// A field to set, as a dotted path; repeatable, applied after `-f`.
+    /// `FIELD=TEXT` sets a string, always (`tls.mode=disable`, `secret=12345`);
+    /// `FIELD:=JSON` sets a JSON value (`policies.masking:='["pii"]'`,
+    /// `access.approvals:=2`, `description:=null`).
+    #[arg(long = "set", value_name = "FIELD=TEXT|FIELD:=JSON")]
     pub set: Vec<String>,
+    /// A string field read from a file (`-`: standard input), one trailing newline
+    /// dropped: `--set-file secret=/run/secrets/db`, so a secret is neither in the
+    /// command line (other users can read it) nor in the shell's history.
+    #[arg(long = "set-file", value_name = "FIELD=FILE")]
+    pub set_file: Vec<String>,
 }
 
 impl BodyArgs {
@@ -30,10 +36,41 @@ impl BodyArgs {
             bail!("the body must be an object (a JSON object or a TOML table)");
         }
         for assignment in &self.set {
-            set(&mut body, assignment)?;
+            let (path, value) = match assignment.split_once('=') {
+                Some((path, json)) if path.ends_with(':') => {
+                    let value = serde_json::from_str(json).with_context(|| {
+                        format!("--set {path}=: the value after := must be JSON")
+                    })?;
+                    (&path[..path.len() - 1], value)
+                }
+                Some((path, text)) => (path, Value::String(text.to_string())),
+                None => bail!("--set {assignment}: expected FIELD=TEXT or FIELD:=JSON"),
+            };
+            set(&mut body, path, value)?;
+        }
+        for assignment in &self.set_file {
+            let Some((path, file)) = assignment.split_once('=') else {
+                bail!("--set-file {assignment}: expected FIELD=FILE");
+            };
+            let mut text = if file == "-" {
+                let mut t = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut t)
+                    .context("reading standard input")?;
+                t
+            } else {
+                std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+            };
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            set(&mut body, path, Value::String(text))?;
         }
         if body.as_object().is_some_and(Map::is_empty) {
-            bail!("nothing given: pass -f FILE or --set FIELD=VALUE");
+            bail!("nothing given: pass -f FILE, --set FIELD=TEXT or --set FIELD:=JSON");
         }
         Ok(body)
     }
@@ -67,15 +104,12 @@ fn from_toml(text: &str) -> Result<Value> {
     Ok(serde_json::to_value(table)?)
 }
 
-/// Applies `a.b.c=value`, creating objects on the way.
-fn set(body: &mut Value, assignment: &str) -> Result<()> {
-    let Some((path, raw)) = assignment.split_once('=') else {
-        bail!("--set {assignment}: expected FIELD=VALUE");
-    };
+/// Sets `a.b.c` to `value`, creating objects on the way.
+fn set(body: &mut Value, path: &str, value: Value) -> Result<()> {
+    let assignment = path;
     if path.is_empty() || path.split('.').any(str::is_empty) {
-        bail!("--set {assignment}: the field is a dotted path such as tls.mode");
+        bail!("--set {path}: the field is a dotted path such as tls.mode");
     }
-    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
     let mut at = body;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
@@ -104,22 +138,43 @@ mod tests {
             file: None,
             set: vec![
                 "tls.mode=disable".into(),
-                "policies.masking=[\"pii\"]".into(),
-                "description=null".into(),
-                "access.max_hours=8".into(),
+                "policies.masking:=[\"pii\"]".into(),
+                "description:=null".into(),
+                "access.max_hours:=8".into(),
                 "target=db:5432/app".into(),
+                // Text stays text, whatever it looks like.
+                "secret=12345".into(),
+                "username=null".into(),
+                "name=\"quoted\"".into(),
             ],
+            set_file: vec![],
         };
         assert_eq!(
             args.body().unwrap(),
             json!({"tls": {"mode": "disable"}, "policies": {"masking": ["pii"]},
-                   "description": null, "access": {"max_hours": 8}, "target": "db:5432/app"})
+                   "description": null, "access": {"max_hours": 8}, "target": "db:5432/app",
+                   "secret": "12345", "username": "null", "name": "\"quoted\""})
         );
-        let bad = BodyArgs {
+        for wrong in ["target", "x:=not json", "a..b=1"] {
+            let bad = BodyArgs {
+                file: None,
+                set: vec![wrong.into()],
+                set_file: vec![],
+            };
+            assert!(bad.body().is_err(), "{wrong}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret with spaces\n").unwrap();
+        let from_file = BodyArgs {
             file: None,
-            set: vec!["target".into()],
+            set: vec![],
+            set_file: vec![format!("secret={}", file.display())],
         };
-        assert!(bad.body().is_err());
+        assert_eq!(
+            from_file.body().unwrap(),
+            json!({"secret": "s3cret with spaces"})
+        );
         assert!(BodyArgs::default().body().is_err());
     }
 }

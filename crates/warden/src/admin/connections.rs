@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::Value;
 use std::process::ExitCode;
 
-use super::{ChangeArgs, cell, dry, print_object, print_outcome};
+use super::{ChangeArgs, cell, check_dry_run, dry, print_object, print_outcome, seg};
 use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
@@ -82,7 +82,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Show { name, api: args } => {
             let c = Api::new(&args)
                 .await?
-                .get(&format!("/api/connections/{name}"))
+                .get(&format!("/api/connections/{}", seg(&name)))
                 .await?
                 .ok_or_else(|| anyhow!("no connection named `{name}`"))?;
             if args.json {
@@ -106,6 +106,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 )
                 .await?
                 .ok_or_else(|| anyhow!("the gateway has no connections API"))?;
+            check_dry_run(&answer, change.dry_run)?;
             if change.api.json {
                 println!("{answer}");
             } else if change.dry_run {
@@ -132,11 +133,12 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 .await?
                 .call(
                     Method::PATCH,
-                    &dry(&format!("/api/connections/{name}"), change.dry_run),
+                    &dry(&format!("/api/connections/{}", seg(&name)), change.dry_run),
                     Some(&body),
                 )
                 .await?
                 .ok_or_else(|| anyhow!("no connection named `{name}`"))?;
+            check_dry_run(&answer, change.dry_run)?;
             if change.api.json {
                 println!("{answer}");
             } else {
@@ -146,7 +148,11 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Delete { name, api: args } => {
             Api::new(&args)
                 .await?
-                .call(Method::DELETE, &format!("/api/connections/{name}"), None)
+                .call(
+                    Method::DELETE,
+                    &format!("/api/connections/{}", seg(&name)),
+                    None,
+                )
                 .await?
                 .ok_or_else(|| anyhow!("no connection named `{name}`"))?;
             println!("connection `{name}` deleted");

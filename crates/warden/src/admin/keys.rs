@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
-use super::{cell, dry, print_object};
+use super::{cell, check_dry_run, dry, print_object, seg};
 use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
@@ -114,6 +114,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 .call(Method::POST, &dry("/api/api-keys", dry_run), Some(&body))
                 .await?
                 .ok_or_else(|| anyhow!("the gateway has no API keys API"))?;
+            check_dry_run(&answer, dry_run)?;
             if args.json {
                 println!("{answer}");
             } else if dry_run {
@@ -134,7 +135,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
             let id = id.strip_prefix("wdn_").unwrap_or(&id).to_string();
             Api::new(&args)
                 .await?
-                .call(Method::DELETE, &format!("/api/api-keys/{id}"), None)
+                .call(Method::DELETE, &format!("/api/api-keys/{}", seg(&id)), None)
                 .await?
                 .ok_or_else(|| anyhow!("no API key with the id `{id}`"))?;
             println!("API key {id} revoked; its open sessions end now");

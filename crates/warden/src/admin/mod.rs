@@ -108,6 +108,31 @@ fn dry(path: &str, dry_run: bool) -> String {
     }
 }
 
+/// A name or id as one URL path segment: everything but unreserved characters
+/// percent-encoded, so `#`, `?` or `/` in it cannot change what the request means.
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A `--dry-run` answer must say it was one: a gateway that ignored the parameter
+/// (an older one) has made the change, and that must not be reported as a dry run.
+fn check_dry_run(answer: &serde_json::Value, dry_run: bool) -> Result<()> {
+    if dry_run && answer["dry_run"] != serde_json::Value::Bool(true) {
+        anyhow::bail!(
+            "the gateway did not treat this as a dry run (an older gateway?): the change WAS MADE; check it with `show`"
+        );
+    }
+    Ok(())
+}
+
 /// A value for a table cell or a `show` line: strings as they are, `null` as `-`,
 /// the rest as compact JSON.
 fn cell(v: &Value) -> String {

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
-use super::{ChangeArgs, cell, dry, print_outcome};
+use super::{ChangeArgs, cell, check_dry_run, dry, print_outcome, seg};
 use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
@@ -174,7 +174,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 .await?
                 .call(
                     Method::DELETE,
-                    &format!("/api/policies/{}/{name}", kind.path()),
+                    &format!("/api/policies/{}/{}", kind.path(), seg(&name)),
                     None,
                 )
                 .await?
@@ -203,7 +203,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
 
 /// A stored set with its `source`, flattened as the API gives it.
 async fn get(api: &Api, kind: Kind, name: &str) -> Result<Option<Value>> {
-    api.get(&format!("/api/policies/{}/{name}", kind.path()))
+    api.get(&format!("/api/policies/{}/{}", kind.path(), seg(name)))
         .await
 }
 
@@ -212,13 +212,14 @@ async fn put(api: &Api, kind: Kind, name: &str, body: Value, change: &ChangeArgs
         .call(
             Method::PUT,
             &dry(
-                &format!("/api/policies/{}/{name}", kind.path()),
+                &format!("/api/policies/{}/{}", kind.path(), seg(name)),
                 change.dry_run,
             ),
             Some(&body),
         )
         .await?
         .ok_or_else(|| anyhow!("the gateway has no policies API"))?;
+    check_dry_run(&answer, change.dry_run)?;
     if change.api.json {
         println!("{answer}");
     } else {

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::Value;
 use std::process::ExitCode;
 
-use super::{ChangeArgs, cell, dry, print_object, print_outcome};
+use super::{ChangeArgs, cell, check_dry_run, dry, print_object, print_outcome, seg};
 use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
@@ -101,7 +101,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Show { id, api: args } => {
             let w = Api::new(&args)
                 .await?
-                .get(&format!("/api/webhooks/{id}"))
+                .get(&format!("/api/webhooks/{}", seg(&id)))
                 .await?
                 .ok_or_else(|| anyhow!("no webhook {id}"))?;
             if args.json {
@@ -121,6 +121,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 )
                 .await?
                 .ok_or_else(|| anyhow!("the gateway has no webhooks API"))?;
+            check_dry_run(&answer, change.dry_run)?;
             if change.api.json {
                 println!("{answer}");
             } else if change.dry_run {
@@ -146,11 +147,12 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 .await?
                 .call(
                     Method::PATCH,
-                    &dry(&format!("/api/webhooks/{id}"), change.dry_run),
+                    &dry(&format!("/api/webhooks/{}", seg(&id)), change.dry_run),
                     Some(&body),
                 )
                 .await?
                 .ok_or_else(|| anyhow!("no webhook {id}"))?;
+            check_dry_run(&answer, change.dry_run)?;
             if change.api.json {
                 println!("{answer}");
             } else {
@@ -160,7 +162,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Delete { id, api: args } => {
             Api::new(&args)
                 .await?
-                .call(Method::DELETE, &format!("/api/webhooks/{id}"), None)
+                .call(Method::DELETE, &format!("/api/webhooks/{}", seg(&id)), None)
                 .await?
                 .ok_or_else(|| anyhow!("no webhook {id}"))?;
             println!("webhook {id} deleted");
@@ -168,7 +170,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::DeadLetters { id, api: args } => {
             let list = Api::new(&args)
                 .await?
-                .get(&format!("/api/webhooks/{id}/dead-letters"))
+                .get(&format!("/api/webhooks/{}/dead-letters", seg(&id)))
                 .await?
                 .unwrap_or_default();
             if args.json {
@@ -186,7 +188,11 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 .await?
                 .call(
                     Method::POST,
-                    &format!("/api/webhooks/{id}/dead-letters/{letter}/redeliver"),
+                    &format!(
+                        "/api/webhooks/{}/dead-letters/{}/redeliver",
+                        seg(&id),
+                        seg(&letter)
+                    ),
                     None,
                 )
                 .await?
