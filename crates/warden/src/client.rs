@@ -93,10 +93,27 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>> {
+        Ok(self
+            .call_with(method, path, body, &[])
+            .await?
+            .map(|(answer, _)| answer))
+    }
+
+    /// [`Api::call`] with extra request headers; the answer comes with its `ETag`.
+    pub(crate) async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<(Value, Option<String>)>> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -105,9 +122,14 @@ impl Api {
             .await
             .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
         let status = resp.status();
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let answer: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(Some(answer));
+            return Ok(Some((answer, etag)));
         }
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);

@@ -115,10 +115,7 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         "-f",
         rules.to_str().unwrap(),
     ]);
-    assert!(
-        err.contains("exists") && err.contains("policies update"),
-        "{err}"
-    );
+    assert!(err.contains("exists") && err.contains("412"), "{err}");
     let list = a.ok(&["policies", "list"]);
     assert_eq!(
         row(&list, "guardrails")[1..4],
@@ -374,6 +371,41 @@ fn connections_and_policies_are_administered_from_the_command_line() {
     );
     let out = test("SELECT 1");
     assert!(out.starts_with("decision: allow"), "{out}");
+    // Two admins at once: a write over a version that changed since it was read is
+    // refused (412), not a silent overwrite; the version is the GET's ETag.
+    let etag = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/policies/guardrails/safety", a.url))
+            .bearer_auth(&a.token)
+            .send()
+            .await
+            .unwrap()
+            .headers()["etag"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    });
+    a.ok(&[
+        "policies",
+        "update",
+        "guardrails",
+        "safety",
+        "--set",
+        "description=changed meanwhile",
+    ]);
+    let stale = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new()
+            .put(format!("{}/api/policies/guardrails/safety", a.url))
+            .bearer_auth(&a.token)
+            .header("If-Match", &etag)
+            .json(&json!({"rules": []}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(stale, 412);
     let shown = a.ok(&["policies", "show", "guardrails", "safety"]);
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["rules"][0]["action"], "review", "{shown}");

@@ -4,7 +4,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use warden_core::{
@@ -12,6 +13,8 @@ use warden_core::{
     ValueKind,
 };
 use warden_policy::{GuardrailSet, Guardrails, MaskingEngine, MaskingSet, weaken};
+use warden_store::StoreError;
+use warden_store::policies::{PolicyExpect, policy_version};
 
 use super::changes::{DryRun, changes};
 use super::extract::{ApiJson, ApiQuery, Caller};
@@ -78,7 +81,7 @@ pub async fn list(
     }))
 }
 
-/// One set.
+/// One set; an API set comes with its version as `ETag`, for `If-Match` on `PUT`.
 #[utoipa::path(get, path = "/api/policies/{kind}/{name}", tag = "policies", security(("bearer" = [])),
     params(("kind" = String, Path, description = "`guardrails` or `masking`"), ("name" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
@@ -86,7 +89,7 @@ pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path((kind, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require_admin(&state, "policy.get").await?;
     check_kind(&kind)?;
     let sets = state.policies.all().await.map_err(resolve_error)?;
@@ -101,9 +104,63 @@ pub async fn get(
             .find(|(_, s)| s.name == name)
             .map(|(source, set)| serde_json::to_value(MaskingEntry { source, set }))
     };
-    match found {
-        Some(Ok(v)) => Ok(Json(v)),
-        _ => Err(ApiError::not_found(format!("{kind} policy `{name}`"))),
+    let Some(Ok(v)) = found else {
+        return Err(ApiError::not_found(format!("{kind} policy `{name}`")));
+    };
+    let body = state
+        .store
+        .policy_set_body(&kind, &name)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let mut answer = Json(v).into_response();
+    if let Some(body) = body
+        && let Ok(tag) = format!("\"{}\"", policy_version(&body)).parse()
+    {
+        answer.headers_mut().insert(header::ETAG, tag);
+    }
+    Ok(answer)
+}
+
+/// 412: the set is not what the request expected to find.
+fn precondition_failed(kind: &str, name: &str, expect: &PolicyExpect) -> ApiError {
+    let (code, message) = match expect {
+        PolicyExpect::Absent => (
+            "policy_exists",
+            format!("{kind} policy `{name}` exists (If-None-Match: *): change it instead"),
+        ),
+        _ => (
+            "policy_changed",
+            format!(
+                "{kind} policy `{name}` is not the version given in If-Match (changed or removed since it was read): read it again and reapply the change"
+            ),
+        ),
+    };
+    ApiError::new(StatusCode::PRECONDITION_FAILED, code, message)
+}
+
+/// What `If-Match` (a version from `ETag`) or `If-None-Match: *` ask a `PUT` to find.
+fn expectation(headers: &HeaderMap) -> Result<PolicyExpect, ApiError> {
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(|s| s.trim().to_string()))
+            .transpose()
+            .map_err(|_| {
+                ApiError::bad_request("invalid_header", "If-Match and If-None-Match must be text")
+            })
+    };
+    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_header",
+            "give If-Match or If-None-Match, not both",
+        )),
+        (None, Some(any)) if any == "*" => Ok(PolicyExpect::Absent),
+        (None, Some(_)) => Err(ApiError::bad_request(
+            "invalid_header",
+            "If-None-Match takes only `*` (create, never replace)",
+        )),
+        (Some(tag), None) => Ok(PolicyExpect::Version(tag.trim_matches('"').to_string())),
+        (None, None) => Ok(PolicyExpect::Any),
     }
 }
 
@@ -125,10 +182,12 @@ pub async fn put(
     caller: Caller,
     Path((kind, name)): Path<(String, String)>,
     ApiQuery(dry): ApiQuery<DryRun>,
+    headers: HeaderMap,
     ApiJson(mut body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin(&state, "policy.put").await?;
     check_kind(&kind)?;
+    let expect = expectation(&headers)?;
     if let Value::Object(map) = &mut body {
         match map.get("name") {
             None => {
@@ -178,11 +237,25 @@ pub async fn put(
         answer["weakened"] = json!(weakened);
     }
     if dry.dry_run {
+        let body = state
+            .store
+            .policy_set_body(&kind, &name)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        let holds = match (&expect, &body) {
+            (PolicyExpect::Absent, Some(_)) | (PolicyExpect::Version(_), None) => false,
+            (PolicyExpect::Version(v), Some(b)) => policy_version(b) == *v,
+            _ => true,
+        };
+        if !holds {
+            return Err(precondition_failed(&kind, &name, &expect));
+        }
         answer["dry_run"] = json!(true);
         return Ok((StatusCode::OK, Json(answer)));
     }
-    // The same set again: nothing to store, nothing to record.
-    if old.as_ref() == Some(&canonical) {
+    // The same set again: nothing to store, nothing to record (unless it was to be
+    // created only, which the store refuses).
+    if old.as_ref() == Some(&canonical) && expect != PolicyExpect::Absent {
         return Ok((StatusCode::OK, Json(answer)));
     }
     let text = canonical.to_string();
@@ -193,9 +266,12 @@ pub async fn put(
     let event = Event::new("policy.put", payload).by(&caller.identity);
     let created = state
         .store
-        .put_policy_set(&kind, &name, &text, &event)
+        .put_policy_set(&kind, &name, &text, &event, &expect)
         .await
-        .map_err(|e| ApiError::store(&e))?;
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => precondition_failed(&kind, &name, &expect),
+            other => ApiError::store(&other),
+        })?;
     let status = if created {
         StatusCode::CREATED
     } else {

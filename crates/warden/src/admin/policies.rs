@@ -139,18 +139,27 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Create { kind, name, change } => {
             let api = Api::new(&change.api).await?;
-            if get(&api, kind, &name).await?.is_some() {
-                bail!(
-                    "a {} set named `{name}` exists: use `warden admin policies update`",
-                    kind.path()
-                );
-            }
             let body = change.body.body()?;
-            put(&api, kind, &name, body, &change).await?;
+            // Refused by the gateway if the name is taken meanwhile: never a replace.
+            put(
+                &api,
+                kind,
+                &name,
+                body,
+                &change,
+                ("If-None-Match", "*".into()),
+            )
+            .await?;
         }
         Command::Update { kind, name, change } => {
             let api = Api::new(&change.api).await?;
-            let mut set = get(&api, kind, &name)
+            let (mut set, version) = api
+                .call_with(
+                    Method::GET,
+                    &format!("/api/policies/{}/{}", kind.path(), seg(&name)),
+                    None,
+                    &[],
+                )
                 .await?
                 .ok_or_else(|| anyhow!("no {} set named `{name}`", kind.path()))?;
             if set["source"] == "config" {
@@ -163,7 +172,11 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 map.remove("source");
             }
             merge(&mut set, change.body.body()?);
-            put(&api, kind, &name, set, &change).await?;
+            // Written only over the version read: a change made meanwhile by someone
+            // else is not overwritten (the gateway answers 412).
+            let version =
+                version.ok_or_else(|| anyhow!("the gateway gave no version of the set"))?;
+            put(&api, kind, &name, set, &change, ("If-Match", version)).await?;
         }
         Command::Delete {
             kind,
@@ -207,15 +220,23 @@ async fn get(api: &Api, kind: Kind, name: &str) -> Result<Option<Value>> {
         .await
 }
 
-async fn put(api: &Api, kind: Kind, name: &str, body: Value, change: &ChangeArgs) -> Result<()> {
-    let answer = api
-        .call(
+async fn put(
+    api: &Api,
+    kind: Kind,
+    name: &str,
+    body: Value,
+    change: &ChangeArgs,
+    condition: (&str, String),
+) -> Result<()> {
+    let (answer, _) = api
+        .call_with(
             Method::PUT,
             &dry(
                 &format!("/api/policies/{}/{}", kind.path(), seg(name)),
                 change.dry_run,
             ),
             Some(&body),
+            &[(condition.0, condition.1.as_str())],
         )
         .await?
         .ok_or_else(|| anyhow!("the gateway has no policies API"))?;
