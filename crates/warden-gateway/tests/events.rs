@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
-use tokio_postgres::NoTls;
 use warden_store::Backend;
 
 const BACKEND_PASSWORD: &str = "scram-pw-1";
@@ -36,24 +35,7 @@ async fn add_pg(gw: &TestGateway, name: &str, access: Value, policies: Value) {
     assert_eq!(status, 201, "{body}");
 }
 
-async fn connect(
-    gw: &TestGateway,
-    db: &str,
-    token: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let port = gw
-        .gateway
-        .listener(warden_core::ConnectionKind::Postgres)
-        .unwrap()
-        .port();
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=anyone dbname={db} password={token}"),
-        NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
+use support::pg_connect as connect;
 
 /// What the webhook receiver saw.
 #[derive(Default)]

@@ -63,24 +63,7 @@ async fn add_plain(gw: &TestGateway, name: &str, policies: serde_json::Value) {
     assert_eq!(status, 201, "{body}");
 }
 
-async fn connect(
-    gw: &TestGateway,
-    db: &str,
-    token: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let port = gw
-        .gateway
-        .listener(warden_core::ConnectionKind::Postgres)
-        .unwrap()
-        .port();
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=anyone dbname={db} password={token}"),
-        NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
+use support::pg_connect as connect;
 
 /// A direct connection to the test server as its superuser, for setting up tables.
 async fn superuser() -> tokio_postgres::Client {

@@ -149,7 +149,9 @@ pub struct PolicyError {
 }
 
 pub(crate) fn valid_name(name: &str) -> bool {
+    // `.` and `..` would be path steps in a URL (`/api/policies/guardrails/..`).
     !name.is_empty()
+        && !name.chars().all(|c| c == '.')
         && name.len() <= 64
         && name
             .chars()

@@ -31,7 +31,7 @@ mod util;
 pub use error::{Result, StoreError};
 pub use journal::{AuditJournal, JournalSync, SHIP_INTERVAL};
 pub use sealed::{MasterKey, SecretSealer};
-pub use util::{hex, redact_url, sha256_hex};
+pub use util::{hex, redact_url, sha256_hex, url_origin};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};

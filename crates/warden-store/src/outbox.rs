@@ -115,11 +115,13 @@ impl Store {
 
     /// Changes a webhook's URL, filters and description (and its secret, when given)
     /// and records `event`, atomically; false when there is no such webhook. Its
-    /// delivery position is kept.
+    /// delivery position is kept; a new URL or secret starts its retries afresh (the
+    /// failures were the old receiver's), so a fixed webhook delivers at once.
     pub async fn update_webhook(
         &self,
         w: &Webhook,
         secret: Option<&Secret<String>>,
+        new_receiver: bool,
         event: &Event,
     ) -> Result<bool> {
         let sealed = secret
@@ -140,6 +142,15 @@ impl Store {
         .await?;
         if done.rows_affected() == 0 {
             return Ok(false);
+        }
+        if new_receiver {
+            sqlx::query(
+                "UPDATE outbox_cursors SET attempts = 0, next_attempt_at = NULL, \
+                 last_error = NULL WHERE target = $1",
+            )
+            .bind(webhook_target(w.id))
+            .execute(tx.conn())
+            .await?;
         }
         tx.commit_with(event).await?;
         Ok(true)

@@ -127,15 +127,21 @@ impl Store {
             return Err(changed());
         }
         if updated == 0 {
-            sqlx::query(
-                "INSERT INTO policy_sets (kind, name, body, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+            // Another writer creating it at the same moment: a conflict, not an error.
+            let inserted = sqlx::query(
+                "INSERT INTO policy_sets (kind, name, body, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (kind, name) DO NOTHING",
             )
             .bind(kind)
             .bind(name)
             .bind(body)
             .bind(now)
             .execute(tx.conn())
-            .await?;
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Err(changed());
+            }
         }
         tx.commit_with(event).await?;
         Ok(updated == 0)

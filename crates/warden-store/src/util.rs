@@ -39,6 +39,29 @@ pub(crate) fn placeholders(n: usize) -> String {
 }
 
 /// Hides the password in a database URL before it goes into an error or a log line.
+/// A receiver's URL as Warden shows it outside the admin's own `show`/`--json`:
+/// scheme, host and port, with `/…` when a path, query or user part was dropped —
+/// receivers often carry their capability there (`/services/T/B/SECRET`, `?token=`,
+/// `https://TOKEN@host`).
+pub fn url_origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(unparsable URL)".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let hidden = userinfo.is_some() || !(tail.is_empty() || tail == "/");
+    format!(
+        "{}://{}{}",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase(),
+        if hidden { "/…" } else { "" }
+    )
+}
+
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -49,6 +72,27 @@ pub fn redact_url(url: &str) -> String {
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
         None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::url_origin;
+
+    #[test]
+    fn origins_drop_paths_queries_and_credentials() {
+        assert_eq!(
+            url_origin("https://hooks.example/services/T/B/SECRET"),
+            "https://hooks.example/…"
+        );
+        assert_eq!(
+            url_origin("https://TOKEN@h.example:8443"),
+            "https://h.example:8443/…"
+        );
+        assert_eq!(url_origin("http://h:9/?token=abc"), "http://h:9/…");
+        assert_eq!(url_origin("https://siem.example/"), "https://siem.example");
+        assert_eq!(url_origin("https://u:p@[::1]:80/x#f"), "https://[::1]:80/…");
+        assert_eq!(url_origin("not a url"), "(unparsable URL)");
     }
 }
 

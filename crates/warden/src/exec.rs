@@ -7,6 +7,7 @@
 use anyhow::{Result, anyhow, bail};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
+use std::fmt::Write as _;
 use std::process::ExitCode;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 
@@ -131,8 +132,13 @@ async fn run_command(
         match msg {
             russh::ChannelMsg::Data { data } => {
                 spinner.stop();
-                stdout.write_all(&data)?;
-                stdout.flush()?;
+                // A reader that went away (`| head`) ends the command quietly.
+                if let Err(e) = stdout.write_all(&data).and_then(|()| stdout.flush()) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        break;
+                    }
+                    return Err(e.into());
+                }
             }
             russh::ChannelMsg::ExtendedData { data, .. } => {
                 spinner.stop();
@@ -188,16 +194,32 @@ async fn run_sql(
             }
         }
     });
-    let result = client.simple_query(sql).await;
+    // Read as a stream, so the results of the statements before a failing one are
+    // printed too (the server ran them), then its error.
+    let mut answers = Vec::new();
+    let mut failure = None;
+    match client.simple_query_raw(sql).await {
+        Ok(stream) => {
+            futures_util::pin_mut!(stream);
+            while let Some(next) = stream.next().await {
+                match next {
+                    Ok(m) => answers.push(m),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        Err(e) => failure = Some(e),
+    }
     waiting.stop();
     drop(client);
     let _ = messages.await;
-    match result {
-        Ok(messages) => {
-            print_results(&messages, format);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
+    print_results(&answers, format);
+    match failure {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => {
             eprintln!("ERROR: {}", db_message(&e));
             Ok(ExitCode::from(1))
         }
@@ -302,6 +324,7 @@ fn print_results(messages: &[SimpleQueryMessage], format: Format) {
 }
 
 pub(crate) fn print_sets(sets: &[ResultSet], format: Format) {
+    let mut out = String::new();
     for set in sets {
         match format {
             Format::Json => {
@@ -317,22 +340,27 @@ pub(crate) fn print_sets(sets: &[ResultSet], format: Format) {
                     })
                     .collect();
                 if set.columns.is_empty() {
-                    println!("{}", serde_json::json!({"affected": set.affected}));
+                    let _ = writeln!(out, "{}", serde_json::json!({"affected": set.affected}));
                 } else {
-                    println!("{}", Value::Array(rows));
+                    let _ = writeln!(out, "{}", Value::Array(rows));
                 }
             }
             Format::Csv => {
                 if !set.columns.is_empty() {
-                    println!("{}", csv_line(set.columns.iter().map(|c| Some(c.as_str()))));
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        csv_line(set.columns.iter().map(|c| Some(c.as_str())))
+                    );
                 }
                 for r in &set.rows {
-                    println!("{}", csv_line(r.iter().map(Option::as_deref)));
+                    let _ = writeln!(out, "{}", csv_line(r.iter().map(Option::as_deref)));
                 }
             }
-            Format::Table => print_table(set),
+            Format::Table => print_table(set, &mut out),
         }
     }
+    emit(&out);
 }
 
 fn csv_line<'a>(fields: impl Iterator<Item = Option<&'a str>>) -> String {
@@ -348,10 +376,10 @@ fn csv_line<'a>(fields: impl Iterator<Item = Option<&'a str>>) -> String {
         .join(",")
 }
 
-fn print_table(set: &ResultSet) {
+fn print_table(set: &ResultSet, out: &mut String) {
     if set.columns.is_empty() {
         if let Some(n) = set.affected {
-            println!("({n} rows affected)");
+            let _ = writeln!(out, "({n} rows affected)");
         }
         return;
     }
@@ -372,8 +400,9 @@ fn print_table(set: &ResultSet) {
             .trim_end()
             .to_string()
     };
-    println!("{}", line(set.columns.clone()));
-    println!(
+    let _ = writeln!(out, "{}", line(set.columns.clone()));
+    let _ = writeln!(
+        out,
         "{}",
         widths
             .iter()
@@ -382,13 +411,27 @@ fn print_table(set: &ResultSet) {
             .join("-+-")
     );
     for r in &set.rows {
-        println!("{}", line(r.iter().map(cell).collect()));
+        let _ = writeln!(out, "{}", line(r.iter().map(cell).collect()));
     }
-    println!(
+    let _ = writeln!(
+        out,
         "({} row{})",
         set.rows.len(),
         if set.rows.len() == 1 { "" } else { "s" }
     );
+}
+
+/// Writes the results at once; a reader that went away (`| head`) ends it quietly.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("warden: cannot write the results: {e}");
+    }
 }
 
 #[cfg(test)]

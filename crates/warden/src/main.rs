@@ -289,10 +289,15 @@ fn main() -> ExitCode {
     warden_gateway::idle::set_allocator_release(release_freed_memory);
     let cli = Cli::parse();
     // Not for long-running processes: the gateway, the agent, and `connect`, whose
-    // tunnels outlive a reader of its one message.
+    // tunnels outlive a reader of its one message; nor `exec`, whose MySQL bridge
+    // writes a Unix socket (a signal there would kill it mid-session; its output
+    // handles a closed reader itself).
     if !matches!(
         cli.command,
-        Command::Gateway { .. } | Command::Agent(_) | Command::Connect { .. }
+        Command::Gateway { .. }
+            | Command::Agent(_)
+            | Command::Connect { .. }
+            | Command::Exec { .. }
     ) {
         die_on_broken_pipe();
     }

@@ -115,7 +115,10 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         "-f",
         rules.to_str().unwrap(),
     ]);
-    assert!(err.contains("exists") && err.contains("412"), "{err}");
+    assert!(
+        err.contains("exists") && err.contains("policies update"),
+        "{err}"
+    );
     let list = a.ok(&["policies", "list"]);
     assert_eq!(
         row(&list, "guardrails")[1..4],
@@ -406,6 +409,24 @@ fn connections_and_policies_are_administered_from_the_command_line() {
             .as_u16()
     });
     assert_eq!(stale, 412);
+    // A create-only write never replaces.
+    let create_only = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new()
+            .put(format!("{}/api/policies/guardrails/safety", a.url))
+            .bearer_auth(&a.token)
+            .header("If-None-Match", "*")
+            .json(&json!({"rules": []}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        create_only["error"]["code"], "policy_exists",
+        "{create_only}"
+    );
     let shown = a.ok(&["policies", "show", "guardrails", "safety"]);
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["rules"][0]["action"], "review", "{shown}");
@@ -549,7 +570,7 @@ fn keys_webhooks_sinks_and_agents_are_administered_from_the_command_line() {
     let list = a.ok(&["webhooks", "list"]);
     assert_eq!(
         row(&list, &id)[1..3],
-        ["http://127.0.0.1:9/hook", "connection.*,review.*"],
+        ["http://127.0.0.1:9/…", "connection.*,review.*"],
         "{list}"
     );
     let err = a.fails(&["webhooks", "update", &id, "--set", "url=ftp://x"]);

@@ -1382,6 +1382,18 @@ fn exec_prints_results_and_waits_for_a_review() {
         "{}",
         text(&out.stderr)
     );
+    // A failing statement after others: their results first, then the error.
+    let out = run(&mut exec(
+        &carol,
+        &["-i", "SELECT 41 + 1 AS answer; SELECT 1 / 0"],
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("42"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("ERROR: "),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Held for review: the notice names the review; bob approves; it runs.
     let mut held = exec(&carol, &["-i", "DELETE FROM warden_exec_t WHERE id = 1"])

@@ -92,6 +92,36 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     caller.require_admin(&state, "policy.get").await?;
     check_kind(&kind)?;
+    // An API set: the answer and its version from the same read of the store, so a
+    // write in between cannot pair one version's body with another's ETag.
+    let stored = state
+        .store
+        .policy_set_body(&kind, &name)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    if let Some(body) = stored {
+        let parsed = if kind == GUARDRAILS {
+            serde_json::from_str::<GuardrailSet>(&body).and_then(|set| {
+                serde_json::to_value(GuardrailEntry {
+                    source: PolicySource::Api,
+                    set,
+                })
+            })
+        } else {
+            serde_json::from_str::<MaskingSet>(&body).and_then(|set| {
+                serde_json::to_value(MaskingEntry {
+                    source: PolicySource::Api,
+                    set,
+                })
+            })
+        };
+        let v = parsed.map_err(|e| ApiError::internal(format!("stored set unreadable: {e}")))?;
+        let mut answer = Json(v).into_response();
+        if let Ok(tag) = format!("\"{}\"", policy_version(&body)).parse() {
+            answer.headers_mut().insert(header::ETAG, tag);
+        }
+        return Ok(answer);
+    }
     let sets = state.policies.all().await.map_err(resolve_error)?;
     let found = if kind == GUARDRAILS {
         sets.guardrails
@@ -104,21 +134,11 @@ pub async fn get(
             .find(|(_, s)| s.name == name)
             .map(|(source, set)| serde_json::to_value(MaskingEntry { source, set }))
     };
-    let Some(Ok(v)) = found else {
-        return Err(ApiError::not_found(format!("{kind} policy `{name}`")));
-    };
-    let body = state
-        .store
-        .policy_set_body(&kind, &name)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
-    let mut answer = Json(v).into_response();
-    if let Some(body) = body
-        && let Ok(tag) = format!("\"{}\"", policy_version(&body)).parse()
-    {
-        answer.headers_mut().insert(header::ETAG, tag);
+    // A configuration-file set (read-only: no version).
+    match found {
+        Some(Ok(v)) => Ok(Json(v).into_response()),
+        _ => Err(ApiError::not_found(format!("{kind} policy `{name}`"))),
     }
-    Ok(answer)
 }
 
 /// 412: the set is not what the request expected to find.
@@ -128,10 +148,16 @@ fn precondition_failed(kind: &str, name: &str, expect: &PolicyExpect) -> ApiErro
             "policy_exists",
             format!("{kind} policy `{name}` exists (If-None-Match: *): change it instead"),
         ),
-        _ => (
+        PolicyExpect::Version(_) => (
             "policy_changed",
             format!(
                 "{kind} policy `{name}` is not the version given in If-Match (changed or removed since it was read): read it again and reapply the change"
+            ),
+        ),
+        PolicyExpect::Any => (
+            "policy_changed",
+            format!(
+                "{kind} policy `{name}` was changed by another writer at the same moment: try again"
             ),
         ),
     };

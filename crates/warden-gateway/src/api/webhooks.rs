@@ -126,25 +126,6 @@ fn validate(req: &WebhookCreate) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A webhook URL as events show it: scheme, host and port only. Receivers often take
-/// a capability in the path or query (`/services/T/B/SECRET`, `?token=`) or in the
-/// user part; events go to every other receiver and into the permanent chain.
-pub(crate) fn url_for_events(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => {
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            let hidden = u.path() != "/" || u.query().is_some() || !u.username().is_empty();
-            format!(
-                "{}://{}{port}{}",
-                u.scheme(),
-                u.host_str().unwrap_or_default(),
-                if hidden { "/…" } else { "" }
-            )
-        }
-        Err(_) => "(unparsable URL)".into(),
-    }
-}
-
 /// Tells URLs apart without showing them: the first 16 hex digits of their SHA-256.
 fn url_digest(url: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, url.as_bytes());
@@ -237,7 +218,7 @@ pub async fn create(
     };
     let event = Event::new(
         "webhook.create",
-        json!({"webhook": webhook.id, "url": url_for_events(&webhook.url),
+        json!({"webhook": webhook.id, "url": warden_store::url_origin(&webhook.url),
                "url_sha256": url_digest(&webhook.url),
                "kinds": webhook.kinds, "decisions": webhook.decisions}),
     )
@@ -337,7 +318,7 @@ pub async fn update(
         description: after.description.clone(),
     })?;
     let view = |w: &Webhook| {
-        json!({"url": url_for_events(&w.url), "kinds": w.kinds,
+        json!({"url": warden_store::url_origin(&w.url), "kinds": w.kinds,
                "decisions": w.decisions, "description": w.description})
     };
     let mut changes = changes(&view(&before), &view(&after));
@@ -345,8 +326,11 @@ pub async fn update(
         // Only what the shown form hides changed (path, query, credentials).
         changes.push(FieldChange {
             field: "url".into(),
-            before: json!(url_for_events(&before.url)),
-            after: json!(format!("{} (changed)", url_for_events(&after.url))),
+            before: json!(warden_store::url_origin(&before.url)),
+            after: json!(format!(
+                "{} (changed)",
+                warden_store::url_origin(&after.url)
+            )),
         });
     }
     if secret.is_some() {
@@ -366,14 +350,15 @@ pub async fn update(
     let fields: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
     let event = Event::new(
         "webhook.update",
-        json!({"webhook": id, "url": url_for_events(&after.url), "url_sha256": url_digest(&after.url),
+        json!({"webhook": id, "url": warden_store::url_origin(&after.url), "url_sha256": url_digest(&after.url),
                "kinds": after.kinds, "decisions": after.decisions, "changed": fields}),
     )
     .by(&caller.identity);
+    let new_receiver = secret.is_some() || after.url != before.url;
     let secret = secret.map(Secret::new);
     if !state
         .store
-        .update_webhook(&after, secret.as_ref(), &event)
+        .update_webhook(&after, secret.as_ref(), new_receiver, &event)
         .await
         .map_err(|e| ApiError::store(&e))?
     {

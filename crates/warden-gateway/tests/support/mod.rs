@@ -484,3 +484,23 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// tokio-postgres through the gateway's PostgreSQL listener to connection `db`, with
+/// `token` as the password; the connection task runs in the background.
+pub async fn pg_connect(
+    gw: &TestGateway,
+    db: &str,
+    token: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let port = gw
+        .gateway
+        .listener(warden_core::ConnectionKind::Postgres)
+        .map_or(0, |l| l.port());
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=anyone dbname={db} password={token}"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}

@@ -1,13 +1,13 @@
 //! `warden admin connections`.
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::Value;
 use std::process::ExitCode;
 
-use super::{ChangeArgs, cell, check_dry_run, dry, print_object, print_outcome, seg};
-use crate::client::{Api, ApiArgs, str_of};
+use super::{ChangeArgs, cell, delete, list, print_object, print_update, seg, send_change, show};
+use crate::client::{ApiArgs, str_of};
 use crate::table::Table;
 
 #[derive(Subcommand)]
@@ -46,17 +46,15 @@ pub enum Command {
 }
 
 pub async fn run(command: Command) -> Result<ExitCode> {
+    let missing = |name: &str| {
+        let name = name.to_string();
+        move || format!("no connection named `{name}`")
+    };
     match command {
         Command::List { api: args } => {
-            let list = Api::new(&args)
-                .await?
-                .get("/api/connections")
-                .await?
-                .unwrap_or_default();
-            if args.json {
-                println!("{list}");
+            let Some(list) = list(&args, "/api/connections").await? else {
                 return Ok(ExitCode::SUCCESS);
-            }
+            };
             let mut t = Table::new(&[
                 "NAME",
                 "KIND",
@@ -80,16 +78,12 @@ pub async fn run(command: Command) -> Result<ExitCode> {
             t.print();
         }
         Command::Show { name, api: args } => {
-            let c = Api::new(&args)
-                .await?
-                .get(&format!("/api/connections/{}", seg(&name)))
-                .await?
-                .ok_or_else(|| anyhow!("no connection named `{name}`"))?;
-            if args.json {
-                println!("{c}");
-            } else {
-                print_object(&c);
-            }
+            show(
+                &args,
+                &format!("/api/connections/{}", seg(&name)),
+                missing(&name),
+            )
+            .await?;
         }
         Command::Create { change } => {
             let body = change.body.body()?;
@@ -97,16 +91,10 @@ pub async fn run(command: Command) -> Result<ExitCode> {
             if name.is_empty() {
                 bail!("a connection needs a name: --set name=NAME or `name` in the file");
             }
-            let answer = Api::new(&change.api)
-                .await?
-                .call(
-                    Method::POST,
-                    &dry("/api/connections", change.dry_run),
-                    Some(&body),
-                )
-                .await?
-                .ok_or_else(|| anyhow!("the gateway has no connections API"))?;
-            check_dry_run(&answer, change.dry_run)?;
+            let answer = send_change(&change, Method::POST, "/api/connections", &body, || {
+                "the gateway has no connections API".into()
+            })
+            .await?;
             if change.api.json {
                 println!("{answer}");
             } else if change.dry_run {
@@ -118,43 +106,27 @@ pub async fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Update { name, change } => {
-            let body = change.body.body()?;
+            let mut body = change.body.body()?;
             if body
                 .get("name")
                 .is_some_and(|n| n.as_str() != Some(name.as_str()))
             {
                 bail!("a connection's name cannot change (its secret is sealed to it)");
             }
-            let mut body = body;
             if let Value::Object(map) = &mut body {
                 map.remove("name");
             }
-            let answer = Api::new(&change.api)
-                .await?
-                .call(
-                    Method::PATCH,
-                    &dry(&format!("/api/connections/{}", seg(&name)), change.dry_run),
-                    Some(&body),
-                )
-                .await?
-                .ok_or_else(|| anyhow!("no connection named `{name}`"))?;
-            check_dry_run(&answer, change.dry_run)?;
-            if change.api.json {
-                println!("{answer}");
-            } else {
-                print_outcome(&format!("connection `{name}`"), &answer, change.dry_run);
-            }
+            let path = format!("/api/connections/{}", seg(&name));
+            let answer = send_change(&change, Method::PATCH, &path, &body, missing(&name)).await?;
+            print_update(&change, &format!("connection `{name}`"), &answer);
         }
         Command::Delete { name, api: args } => {
-            Api::new(&args)
-                .await?
-                .call(
-                    Method::DELETE,
-                    &format!("/api/connections/{}", seg(&name)),
-                    None,
-                )
-                .await?
-                .ok_or_else(|| anyhow!("no connection named `{name}`"))?;
+            delete(
+                &args,
+                &format!("/api/connections/{}", seg(&name)),
+                missing(&name),
+            )
+            .await?;
             println!("connection `{name}` deleted");
         }
     }

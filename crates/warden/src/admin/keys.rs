@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
-use super::{cell, check_dry_run, dry, print_object, seg};
+use super::{cell, check_dry_run, delete, dry, list, print_object, seg};
 use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
@@ -53,15 +53,9 @@ pub enum Command {
 pub async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::List { api: args } => {
-            let list = Api::new(&args)
-                .await?
-                .get("/api/api-keys")
-                .await?
-                .unwrap_or_default();
-            if args.json {
-                println!("{list}");
+            let Some(list) = list(&args, "/api/api-keys").await? else {
                 return Ok(ExitCode::SUCCESS);
-            }
+            };
             let mut t = Table::new(&["ID", "NAME", "SUBJECT", "GROUPS", "STATUS", "EXPIRES"]);
             for k in list.as_array().into_iter().flatten() {
                 t.row([
@@ -133,11 +127,10 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Revoke { id, api: args } => {
             let id = id.strip_prefix("wdn_").unwrap_or(&id).to_string();
-            Api::new(&args)
-                .await?
-                .call(Method::DELETE, &format!("/api/api-keys/{}", seg(&id)), None)
-                .await?
-                .ok_or_else(|| anyhow!("no API key with the id `{id}`"))?;
+            delete(&args, &format!("/api/api-keys/{}", seg(&id)), || {
+                format!("no API key with the id `{id}`")
+            })
+            .await?;
             println!("API key {id} revoked; its open sessions end now");
         }
     }

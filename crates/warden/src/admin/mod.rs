@@ -5,9 +5,9 @@
 //!
 //! Every noun has the same verbs where the API has them: `list` (a table; `--json`
 //! for the API's JSON), `show`, `create`, `update`, `delete`. Bodies come from
-//! `-f FILE` (JSON, or TOML when the name ends in `.toml`; `-` reads standard input)
-//! and `--set FIELD=VALUE` (a dotted path; the value is JSON when it parses as JSON,
-//! else a string). Updates are partial: only the fields given change, and the answer
+//! `-f FILE` (JSON, or TOML when the name ends in `.toml`; `-` reads standard input),
+//! `--set FIELD=TEXT` (a string), `--set FIELD:=JSON` and `--set-file FIELD=FILE`
+//! (FIELD a dotted path). Updates are partial: only the fields given change, and the answer
 //! names each changed field with its value before and after. `--dry-run` asks the
 //! gateway to check the request and say what it would change, storing nothing.
 
@@ -22,7 +22,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 use std::process::ExitCode;
 
-use crate::client::{ApiArgs, str_of};
+use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
 pub use body::BodyArgs;
@@ -130,6 +130,69 @@ fn check_dry_run(answer: &serde_json::Value, dry_run: bool) -> Result<()> {
             "the gateway did not treat this as a dry run (an older gateway?): the change WAS MADE; check it with `show`"
         );
     }
+    Ok(())
+}
+
+/// A list from `path`: printed as the API's JSON with `--json` (then `None`), else
+/// returned for a table.
+async fn list(args: &ApiArgs, path: &str) -> Result<Option<Value>> {
+    let list = Api::new(args).await?.get(path).await?.unwrap_or_default();
+    if args.json {
+        println!("{list}");
+        return Ok(None);
+    }
+    Ok(Some(list))
+}
+
+/// One object from `path`, as JSON or `field  value` lines.
+async fn show(args: &ApiArgs, path: &str, missing: impl FnOnce() -> String) -> Result<()> {
+    let one = Api::new(args)
+        .await?
+        .get(path)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!(missing()))?;
+    if args.json {
+        println!("{one}");
+    } else {
+        print_object(&one);
+    }
+    Ok(())
+}
+
+/// Sends a create or update (`--dry-run` asked for and checked in the answer);
+/// `missing` names what a 404 means.
+async fn send_change(
+    change: &ChangeArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: &Value,
+    missing: impl FnOnce() -> String,
+) -> Result<Value> {
+    let answer = Api::new(&change.api)
+        .await?
+        .call(method, &dry(path, change.dry_run), Some(body))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!(missing()))?;
+    check_dry_run(&answer, change.dry_run)?;
+    Ok(answer)
+}
+
+/// An update's answer: JSON, or what changed (would change) and what it weakens.
+fn print_update(change: &ChangeArgs, what: &str, answer: &Value) {
+    if change.api.json {
+        println!("{answer}");
+    } else {
+        print_outcome(what, answer, change.dry_run);
+    }
+}
+
+/// Deletes what `path` names; `missing` names what a 404 means.
+async fn delete(args: &ApiArgs, path: &str, missing: impl FnOnce() -> String) -> Result<()> {
+    Api::new(args)
+        .await?
+        .call(reqwest::Method::DELETE, path, None)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!(missing()))?;
     Ok(())
 }
 

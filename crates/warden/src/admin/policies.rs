@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
-use super::{ChangeArgs, cell, check_dry_run, dry, print_outcome, seg};
+use super::{ChangeArgs, cell, check_dry_run, delete, dry, list, print_outcome, seg};
 use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
@@ -99,15 +99,9 @@ pub enum Command {
 pub async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::List { api: args } => {
-            let all = Api::new(&args)
-                .await?
-                .get("/api/policies")
-                .await?
-                .unwrap_or_default();
-            if args.json {
-                println!("{all}");
+            let Some(all) = list(&args, "/api/policies").await? else {
                 return Ok(ExitCode::SUCCESS);
-            }
+            };
             let mut t =
                 Table::new(&["KIND", "NAME", "SOURCE", "RULES", "DESCRIPTION"]).numeric(&[3]);
             for kind in ["guardrails", "masking"] {
@@ -140,6 +134,13 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         Command::Create { kind, name, change } => {
             let api = Api::new(&change.api).await?;
             let body = change.body.body()?;
+            // Asked first too, for a gateway too old to know If-None-Match.
+            if get(&api, kind, &name).await?.is_some() {
+                bail!(
+                    "a {} set named `{name}` exists: use `warden admin policies update`",
+                    kind.path()
+                );
+            }
             // Refused by the gateway if the name is taken meanwhile: never a replace.
             put(
                 &api,
@@ -183,15 +184,11 @@ pub async fn run(command: Command) -> Result<ExitCode> {
             name,
             api: args,
         } => {
-            Api::new(&args)
-                .await?
-                .call(
-                    Method::DELETE,
-                    &format!("/api/policies/{}/{}", kind.path(), seg(&name)),
-                    None,
-                )
-                .await?
-                .ok_or_else(|| anyhow!("no {} set named `{name}`", kind.path()))?;
+            let path = format!("/api/policies/{}/{}", kind.path(), seg(&name));
+            delete(&args, &path, || {
+                format!("no {} set named `{name}`", kind.path())
+            })
+            .await?;
             println!("{} set `{name}` deleted", kind.path());
         }
         Command::Test {

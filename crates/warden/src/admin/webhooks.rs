@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::Value;
 use std::process::ExitCode;
 
-use super::{ChangeArgs, cell, check_dry_run, dry, print_object, print_outcome, seg};
+use super::{ChangeArgs, cell, delete, list, print_object, print_update, seg, send_change, show};
 use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
@@ -72,24 +72,22 @@ fn delivery(d: &Value) -> (String, String) {
 }
 
 pub async fn run(command: Command) -> Result<ExitCode> {
+    let missing = |id: &str| {
+        let id = id.to_string();
+        move || format!("no webhook {id}")
+    };
     match command {
         Command::List { api: args } => {
-            let list = Api::new(&args)
-                .await?
-                .get("/api/webhooks")
-                .await?
-                .unwrap_or_default();
-            if args.json {
-                println!("{list}");
+            let Some(list) = list(&args, "/api/webhooks").await? else {
                 return Ok(ExitCode::SUCCESS);
-            }
+            };
             let mut t = Table::new(&["ID", "URL", "KINDS", "DECISIONS", "DELIVERED", "STATE"])
                 .numeric(&[4]);
             for w in list.as_array().into_iter().flatten() {
                 let (seq, state) = delivery(&w["delivery"]);
                 t.row([
                     str_of(w, "id").to_string(),
-                    str_of(w, "url").to_string(),
+                    warden_store::url_origin(str_of(w, "url")),
                     cell(&w["kinds"]),
                     cell(&w["decisions"]),
                     seq,
@@ -99,29 +97,14 @@ pub async fn run(command: Command) -> Result<ExitCode> {
             t.print();
         }
         Command::Show { id, api: args } => {
-            let w = Api::new(&args)
-                .await?
-                .get(&format!("/api/webhooks/{}", seg(&id)))
-                .await?
-                .ok_or_else(|| anyhow!("no webhook {id}"))?;
-            if args.json {
-                println!("{w}");
-            } else {
-                print_object(&w);
-            }
+            show(&args, &format!("/api/webhooks/{}", seg(&id)), missing(&id)).await?;
         }
         Command::Create { change } => {
             let body = change.body.body()?;
-            let answer = Api::new(&change.api)
-                .await?
-                .call(
-                    Method::POST,
-                    &dry("/api/webhooks", change.dry_run),
-                    Some(&body),
-                )
-                .await?
-                .ok_or_else(|| anyhow!("the gateway has no webhooks API"))?;
-            check_dry_run(&answer, change.dry_run)?;
+            let answer = send_change(&change, Method::POST, "/api/webhooks", &body, || {
+                "the gateway has no webhooks API".into()
+            })
+            .await?;
             if change.api.json {
                 println!("{answer}");
             } else if change.dry_run {
@@ -132,7 +115,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
                 println!(
                     "webhook {} created for {}",
                     str_of(&answer, "id"),
-                    str_of(&answer, "url")
+                    warden_store::url_origin(str_of(&answer, "url"))
                 );
                 if let Some(secret) = answer["secret"].as_str() {
                     println!(
@@ -143,40 +126,18 @@ pub async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Update { id, change } => {
             let body = change.body.body()?;
-            let answer = Api::new(&change.api)
-                .await?
-                .call(
-                    Method::PATCH,
-                    &dry(&format!("/api/webhooks/{}", seg(&id)), change.dry_run),
-                    Some(&body),
-                )
-                .await?
-                .ok_or_else(|| anyhow!("no webhook {id}"))?;
-            check_dry_run(&answer, change.dry_run)?;
-            if change.api.json {
-                println!("{answer}");
-            } else {
-                print_outcome(&format!("webhook {id}"), &answer, change.dry_run);
-            }
+            let path = format!("/api/webhooks/{}", seg(&id));
+            let answer = send_change(&change, Method::PATCH, &path, &body, missing(&id)).await?;
+            print_update(&change, &format!("webhook {id}"), &answer);
         }
         Command::Delete { id, api: args } => {
-            Api::new(&args)
-                .await?
-                .call(Method::DELETE, &format!("/api/webhooks/{}", seg(&id)), None)
-                .await?
-                .ok_or_else(|| anyhow!("no webhook {id}"))?;
+            delete(&args, &format!("/api/webhooks/{}", seg(&id)), missing(&id)).await?;
             println!("webhook {id} deleted");
         }
         Command::DeadLetters { id, api: args } => {
-            let list = Api::new(&args)
-                .await?
-                .get(&format!("/api/webhooks/{}/dead-letters", seg(&id)))
-                .await?
-                .unwrap_or_default();
-            if args.json {
-                println!("{list}");
-            } else {
-                print_letters(&list);
+            let path = format!("/api/webhooks/{}/dead-letters", seg(&id));
+            if let Some(letters) = list(&args, &path).await? {
+                print_letters(&letters);
             }
         }
         Command::Redeliver {
@@ -221,15 +182,9 @@ fn print_letters(list: &Value) {
 
 /// `warden admin sinks`.
 pub async fn sinks(args: ApiArgs) -> Result<ExitCode> {
-    let list = Api::new(&args)
-        .await?
-        .get("/api/event-sinks")
-        .await?
-        .unwrap_or_default();
-    if args.json {
-        println!("{list}");
+    let Some(list) = list(&args, "/api/event-sinks").await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let mut t = Table::new(&[
         "NAME",
         "KIND",
