@@ -167,6 +167,7 @@ pub enum AgentsCommand {
         api: ApiArgs,
     },
     /// Register an agent; prints its key once.
+    #[command(visible_alias = "create")]
     Add {
         name: String,
         #[arg(long)]

@@ -521,7 +521,7 @@ fn keys_webhooks_sinks_and_agents_are_administered_from_the_command_line() {
     );
     assert!(!list.contains(&token), "a token was listed");
     let id = ci[0].to_string();
-    assert!(a.ok(&["keys", "revoke", &id]).contains("revoked"));
+    assert!(a.ok(&["keys", "delete", &id]).contains("revoked"));
     assert_eq!(call(&a.url, &token, "GET", "/api/me", None).0, 401);
     let err = a.fails(&["keys", "show", "no-such-key"]);
     assert!(err.contains("no API key"), "{err}");
@@ -587,7 +587,7 @@ fn keys_webhooks_sinks_and_agents_are_administered_from_the_command_line() {
     );
 
     // Agents, the same commands as `warden agents`.
-    let out = a.ok(&["agents", "add", "edge-1", "--source", "10.20.0.0/16"]);
+    let out = a.ok(&["agents", "create", "edge-1", "--source", "10.20.0.0/16"]);
     assert!(out.contains("wagt_"), "{out}");
     let out = a.ok(&[
         "agents",

@@ -42,7 +42,9 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Revoke a key now: requests with it fail and its open sessions end.
+    /// Revoke a key now: requests with it fail and its open sessions end (keys are
+    /// never deleted: the audit log names them).
+    #[command(visible_alias = "delete")]
     Revoke {
         id: String,
         #[command(flatten)]
