@@ -278,6 +278,24 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         a.get("/api/connections/billing").1["description"],
         "Billing primary"
     );
+    // Routes without a dry run refuse one instead of making the change.
+    for (method, path) in [
+        ("DELETE", "/api/connections/billing?dry_run=true"),
+        ("DELETE", "/api/connections/billing?dry-run"),
+        ("POST", "/api/agents?dryRun=1"),
+    ] {
+        let (status, body) = call(
+            &a.url,
+            &a.token,
+            method,
+            path,
+            Some(&json!({"name": "edge-x"})),
+        );
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "dry_run_unsupported", "{body}");
+    }
+    assert_eq!(a.get("/api/connections/billing").0, 200);
+    assert_eq!(a.get("/api/agents/edge-x").0, 404);
     for tricky in ["billing#", "billing?", "billing/x"] {
         let err = a.fails(&[
             "connections",

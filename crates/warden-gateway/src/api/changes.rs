@@ -17,6 +17,55 @@ pub struct DryRun {
     pub dry_run: bool,
 }
 
+/// The routes that honour `dry_run` (their handlers take [`DryRun`]).
+fn takes_dry_run(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        (method, parts.as_slice()),
+        (
+            &Method::POST,
+            ["", "api", "connections" | "webhooks" | "api-keys"]
+        ) | (&Method::PATCH, ["", "api", "connections" | "webhooks", _])
+            | (&Method::PUT, ["", "api", "policies", _, _])
+    )
+}
+
+/// Refuses a change that asks for a dry run (or something spelt like one) where none
+/// is offered: a route that ignored it would make the change the caller meant only to
+/// check.
+pub async fn refuse_unhonoured_dry_run(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let changing = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let asks = req.uri().query().is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let key: String = pair
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase();
+            key.contains("dryrun") || key == "dry"
+        })
+    });
+    if changing && asks && !takes_dry_run(req.method(), req.uri().path()) {
+        return super::ApiError::bad_request(
+            "dry_run_unsupported",
+            "this route has no dry run; nothing was done",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// One changed value: its dotted path (`policies.masking`, `tls.mode`) with the value
 /// before and after (`null` where there was or will be none).
 #[derive(Serialize, Debug, PartialEq, utoipa::ToSchema)]

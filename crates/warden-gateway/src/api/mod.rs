@@ -204,5 +204,8 @@ pub fn router(state: AppState) -> Router {
             .into_response()
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(
+            changes::refuse_unhonoured_dry_run,
+        ))
         .with_state(state)
 }
