@@ -296,7 +296,9 @@ impl FromStr for SecretKind {
 pub struct Connection {
     pub name: String,
     pub kind: ConnectionKind,
-    /// `host:port` (or a URL for `http` and `kubernetes`).
+    /// `host:port` for `ssh`; `host:port/database` or `host:port` for `postgres` (the
+    /// `postgres` database) and `mysql` (no default database); an `http(s)://` URL for
+    /// `kubernetes` and `http`.
     pub target: String,
     pub username: Option<String>,
     /// Which credential the gateway holds, if any; the value itself is write-only.

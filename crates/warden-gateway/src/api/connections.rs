@@ -28,8 +28,9 @@ pub struct ConnectionCreate {
     /// Lowercase letters, digits, `-`, `_`; what clients name as database or SSH user.
     pub name: String,
     pub kind: ConnectionKind,
-    /// `host:port` for ssh, `host:port[/database]` for postgres and mysql, an `https://`
-    /// URL for kubernetes and http.
+    /// `host:port` for `ssh`; `host:port/database` or `host:port` for `postgres` (the
+    /// `postgres` database) and `mysql` (no default database); an `http(s)://` URL for
+    /// `kubernetes` and `http`.
     pub target: String,
     /// User name on the backend.
     pub username: Option<String>,
