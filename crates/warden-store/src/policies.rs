@@ -37,8 +37,7 @@ pub fn policy_version(body: &str) -> String {
     let text = serde_json::from_str::<serde_json::Value>(body)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| body.to_string());
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    let mut hex = crate::hex(d.as_ref());
+    let mut hex = crate::sha256_hex(text.as_bytes());
     hex.truncate(16);
     hex
 }

@@ -61,6 +61,32 @@ impl Admin<'_> {
     fn get(&self, path: &str) -> (u16, Value) {
         call(&self.url, &self.token, "GET", path, None)
     }
+
+    /// An API call with one extra header: status, `ETag`, JSON answer.
+    fn with_header(
+        &self,
+        method: &str,
+        path: &str,
+        (name, value): (&str, &str),
+        body: Option<Value>,
+    ) -> (u16, Option<String>, Value) {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut req = reqwest::Client::new()
+                .request(method.parse().unwrap(), format!("{}{path}", self.url))
+                .bearer_auth(&self.token)
+                .header(name, value);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.unwrap();
+            let etag = resp
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().unwrap().to_string());
+            let status = resp.status().as_u16();
+            (status, etag, resp.json().await.unwrap_or(Value::Null))
+        })
+    }
 }
 
 /// The row of a table whose first cell is `first`, split into cells.
@@ -394,18 +420,9 @@ fn connections_and_policies_are_administered_from_the_command_line() {
     assert!(out.starts_with("decision: allow"), "{out}");
     // Two admins at once: a write over a version that changed since it was read is
     // refused (412), not a silent overwrite; the version is the GET's ETag.
-    let etag = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        reqwest::Client::new()
-            .get(format!("{}/api/policies/guardrails/safety", a.url))
-            .bearer_auth(&a.token)
-            .send()
-            .await
-            .unwrap()
-            .headers()["etag"]
-            .to_str()
-            .unwrap()
-            .to_string()
-    });
+    let set = "/api/policies/guardrails/safety";
+    let (_, etag, _) = a.with_header("GET", set, ("Accept", "application/json"), None);
+    let etag = etag.expect("an API set has a version");
     a.ok(&[
         "policies",
         "update",
@@ -414,33 +431,15 @@ fn connections_and_policies_are_administered_from_the_command_line() {
         "--set",
         "description=changed meanwhile",
     ]);
-    let stale = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        reqwest::Client::new()
-            .put(format!("{}/api/policies/guardrails/safety", a.url))
-            .bearer_auth(&a.token)
-            .header("If-Match", &etag)
-            .json(&json!({"rules": []}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let (stale, _, _) = a.with_header("PUT", set, ("If-Match", &etag), Some(json!({"rules": []})));
     assert_eq!(stale, 412);
     // A create-only write never replaces.
-    let create_only = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        reqwest::Client::new()
-            .put(format!("{}/api/policies/guardrails/safety", a.url))
-            .bearer_auth(&a.token)
-            .header("If-None-Match", "*")
-            .json(&json!({"rules": []}))
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    });
+    let (_, _, create_only) = a.with_header(
+        "PUT",
+        set,
+        ("If-None-Match", "*"),
+        Some(json!({"rules": []})),
+    );
     assert_eq!(
         create_only["error"]["code"], "policy_exists",
         "{create_only}"

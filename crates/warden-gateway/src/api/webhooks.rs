@@ -126,10 +126,19 @@ fn validate(req: &WebhookCreate) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A stored webhook, or 404.
+async fn stored(state: &AppState, id: Uuid) -> Result<Webhook, ApiError> {
+    state
+        .store
+        .webhook(id)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("webhook {id}")))
+}
+
 /// Tells URLs apart without showing them: the first 16 hex digits of their SHA-256.
 fn url_digest(url: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, url.as_bytes());
-    let mut hex = warden_store::hex(d.as_ref());
+    let mut hex = warden_store::sha256_hex(url.as_bytes());
     hex.truncate(16);
     hex
 }
@@ -181,16 +190,21 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<WebhookCreated>), ApiError> {
     caller.require_admin(&state, "webhook.create").await?;
     validate(&req)?;
+    let webhook = Webhook {
+        // A dry run assigns no id.
+        id: if dry.dry_run {
+            Uuid::nil()
+        } else {
+            Uuid::now_v7()
+        },
+        url: req.url.trim().to_string(),
+        kinds: req.kinds,
+        decisions: req.decisions,
+        description: req.description,
+        created_by: caller.identity.subject.clone(),
+        created_at: timefmt::now(),
+    };
     if dry.dry_run {
-        let webhook = Webhook {
-            id: Uuid::nil(),
-            url: req.url.trim().to_string(),
-            kinds: req.kinds,
-            decisions: req.decisions,
-            description: req.description,
-            created_by: caller.identity.subject.clone(),
-            created_at: timefmt::now(),
-        };
         return Ok((
             StatusCode::OK,
             Json(WebhookCreated {
@@ -206,15 +220,6 @@ pub async fn create(
             let s = generate_secret()?;
             (s.clone(), Some(s))
         }
-    };
-    let webhook = Webhook {
-        id: Uuid::now_v7(),
-        url: req.url.trim().to_string(),
-        kinds: req.kinds,
-        decisions: req.decisions,
-        description: req.description,
-        created_by: caller.identity.subject.clone(),
-        created_at: timefmt::now(),
     };
     let event = Event::new(
         "webhook.create",
@@ -248,12 +253,7 @@ pub async fn get(
     Path(id): Path<Uuid>,
 ) -> Result<Json<WebhookView>, ApiError> {
     caller.require_admin(&state, "webhook.get").await?;
-    let webhook = state
-        .store
-        .webhook(id)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(|| ApiError::not_found(format!("webhook {id}")))?;
+    let webhook = stored(&state, id).await?;
     let delivery = state
         .store
         .cursor(&webhook_target(id))
@@ -277,12 +277,7 @@ pub async fn update(
     ApiJson(req): ApiJson<WebhookUpdate>,
 ) -> Result<Json<WebhookChanged>, ApiError> {
     caller.require_admin(&state, "webhook.update").await?;
-    let before = state
-        .store
-        .webhook(id)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(|| ApiError::not_found(format!("webhook {id}")))?;
+    let before = stored(&state, id).await?;
     // Only the description can be removed: a null elsewhere is a mistake, not "keep".
     let required = |field: &str| {
         ApiError::bad_request(

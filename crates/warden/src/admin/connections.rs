@@ -6,7 +6,9 @@ use reqwest::Method;
 use serde_json::Value;
 use std::process::ExitCode;
 
-use super::{ChangeArgs, cell, delete, list, print_object, print_update, seg, send_change, show};
+use super::{
+    ChangeArgs, cell, delete, list, print_update, print_would_create, seg, send_change, show,
+};
 use crate::client::{ApiArgs, str_of};
 use crate::table::Table;
 
@@ -98,9 +100,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
             if change.api.json {
                 println!("{answer}");
             } else if change.dry_run {
-                println!("connection `{name}` would be created:");
-                print_object(&answer);
-                println!("dry run: nothing was stored");
+                print_would_create(&format!("connection `{name}` would be created"), &answer);
             } else {
                 println!("connection `{name}` created");
             }

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
-use super::{cell, check_dry_run, delete, dry, list, print_object, seg};
+use super::{cell, check_dry_run, delete, dry, list, print_object, print_would_create, seg};
 use crate::client::{Api, ApiArgs, str_of};
 use crate::table::Table;
 
@@ -114,9 +114,7 @@ pub async fn run(command: Command) -> Result<ExitCode> {
             if args.json {
                 println!("{answer}");
             } else if dry_run {
-                println!("API key `{name}` would be issued:");
-                print_object(&answer);
-                println!("dry run: nothing was stored");
+                print_would_create(&format!("API key `{name}` would be issued"), &answer);
             } else {
                 println!(
                     "API key `{name}` (id {}, as {}, expires {}). Its token, shown once:\n\n    {}\n",

@@ -177,6 +177,13 @@ async fn send_change(
     Ok(answer)
 }
 
+/// A dry run's answer to a create: what would be stored.
+fn print_would_create(what: &str, answer: &Value) {
+    println!("{what}:");
+    print_object(answer);
+    println!("dry run: nothing was stored");
+}
+
 /// An update's answer: JSON, or what changed (would change) and what it weakens.
 fn print_update(change: &ChangeArgs, what: &str, answer: &Value) {
     if change.api.json {
