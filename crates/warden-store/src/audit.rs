@@ -557,12 +557,12 @@ impl ChainRow<'_> {
 async fn insert_rows(conn: &mut AnyConnection, rows: &[ChainRow<'_>]) -> Result<()> {
     // SQLite gets anonymous `?` parameters: sqlx looks each numbered one up by name,
     // a scan of the statement's parameter list per parameter (160 per INSERT).
-    let anonymous = conn.backend_name() == "SQLite";
+    let sqlite = conn.backend_name() == "SQLite";
     let values = (0..rows.len())
         .map(|r| {
             let p: Vec<String> = (1..=10)
                 .map(|c| {
-                    if anonymous {
+                    if sqlite {
                         "?".to_string()
                     } else {
                         format!("${}", r * 10 + c)
@@ -573,7 +573,13 @@ async fn insert_rows(conn: &mut AnyConnection, rows: &[ChainRow<'_>]) -> Result<
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES {values}");
+    // A multi-row INSERT that may abort halfway makes SQLite copy each page it
+    // touches again into a statement journal, to undo just that statement: an eighth
+    // of the cost of chaining an event. `OR IGNORE` cannot abort; a row it skipped
+    // (its seq or id already stored: only a bug or a tampered store) is counted
+    // below, and the error rolls the whole transaction back instead.
+    let verb = if sqlite { "INSERT OR IGNORE" } else { "INSERT" };
+    let sql = format!("{verb} INTO audit_events ({COLUMNS}) VALUES {values}");
     let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
     for row in rows {
         let event = row.event;
@@ -589,7 +595,14 @@ async fn insert_rows(conn: &mut AnyConnection, rows: &[ChainRow<'_>]) -> Result<
             .bind(row.prev_hash.clone())
             .bind(row.hash.clone());
     }
-    insert.execute(&mut *conn).await?;
+    let inserted = insert.execute(&mut *conn).await?.rows_affected();
+    if inserted != rows.len() as u64 {
+        return Err(StoreError::AppendFailed(format!(
+            "{} of {} audit events collide with stored ones (sequence number or id)",
+            rows.len() as u64 - inserted,
+            rows.len()
+        )));
+    }
     Ok(())
 }
 
