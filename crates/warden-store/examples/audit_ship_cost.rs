@@ -2,7 +2,7 @@
 //! with the machine's load: ships `SHIPMENTS` shipments of 256 statement and outcome
 //! events (an 8-client pgbench's 40 ms) into a fresh SQLite store and prints the
 //! process's CPU time per event. Under `valgrind --tool=callgrind` its instruction
-//! count is the repeatable figure (`scripts/bench-store.sh`).
+//! count is the repeatable figure (`scripts/bench-store.sh` does both).
 //!
 //!   cargo run --release -p warden-store --example audit_ship_cost [SHIPMENTS]
 

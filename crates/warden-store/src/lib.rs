@@ -116,9 +116,10 @@ impl Store {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
-                        // Statement journals (a multi-row INSERT in a transaction
-                        // keeps one) in memory, not in a temporary file per
-                        // statement: they only matter until the statement ends.
+                        // Statement journals (kept by a statement that may abort
+                        // halfway inside a transaction; the audit INSERTs avoid
+                        // them, see `insert_rows`) in memory, not in a temporary
+                        // file per statement: they only matter until it ends.
                         conn.execute("PRAGMA temp_store = MEMORY").await?;
                         // The audit log's table and five indexes are written at every
                         // shipment; SQLite's default 2 MB cache rereads their pages.
