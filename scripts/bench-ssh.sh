@@ -6,9 +6,12 @@
 #     for the recording: binary output escaped into asciicast) and of a text file of
 #     the same size (base64 lines, like a log); both are recorded as exec terminals;
 #   - interactive echo: one key through a PTY and back, p50 and p99 over 300 keys.
-# Prints each figure, the ratio through Warden / direct, and Warden's CPU time per MiB
-# of each transfer (user + system, from /proc). Both paths log in with a
-# key (Warden's with a key registered through the API).
+# Through Warden twice: the audit journal synced to disk (the default) and handed to
+# the OS (`audit.journal_sync = false`). Prints each figure, the ratio through Warden
+# / direct, Warden's CPU time per MiB of each transfer (user + system, from /proc),
+# and then the repeatable figure: Warden's instructions per MiB under callgrind
+# (`BENCH_INSTRUCTIONS=0` skips it). Every path logs in with a key (Warden's with a
+# key registered through the API).
 #
 #   scripts/bench-ssh.sh
 #   BENCH_MIB=512 scripts/bench-ssh.sh
@@ -34,7 +37,7 @@ chmod 755 "$work"
 cleanup() {
   for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work" "/tmp/warden-bench-$$" "/tmp/warden-bench-$$.text"
+  rm -rf "$work" "/tmp/warden-bench-$$"*
 }
 trap cleanup EXIT
 
@@ -48,22 +51,29 @@ print(json.dumps({"name": "bench", "kind": "ssh", "target": f"127.0.0.1:{port}",
                   "ssh": {"host_key": open(f"{d}/host_ed25519.pub").read()}}))
 PY
 )
-token=$(start_bench_warden warden "$api_port" "[pg]
-enabled = false
-[mysql]
-enabled = false
-[ssh]
-listen = \"127.0.0.1:$ssh_port\"
-[recordings]
-exec_output_bytes = ${BENCH_EXEC_OUTPUT_BYTES:-16777216}" true "$connection")
-
 # One client key for both paths: authorized on the target, registered with Warden.
 install -m 600 "$WARDEN_TEST_SSHD_DIR/warden_t_key" "$work/key"
 ssh-keygen -y -f "$work/key" >"$work/key.pub"
 python3 -c 'import json,sys; print(json.dumps({"public_key": open(sys.argv[1]).read()}))' \
   "$work/key.pub" >"$work/register.json"
-curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-  -d @"$work/register.json" "http://127.0.0.1:$api_port/api/ssh-keys" >/dev/null
+
+# start_ssh_warden NAME API_PORT SSH_PORT JOURNAL_SYNC: a Warden holding the `bench`
+# connection, with the client key registered (BENCH_WRAPPER: under a tool).
+start_ssh_warden() {
+  local token
+  token=$(start_bench_warden "$1" "$2" "[pg]
+enabled = false
+[mysql]
+enabled = false
+[ssh]
+listen = \"127.0.0.1:$3\"
+[recordings]
+exec_output_bytes = ${BENCH_EXEC_OUTPUT_BYTES:-16777216}" "$4" "$connection")
+  curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d @"$work/register.json" "http://127.0.0.1:$2/api/ssh-keys" >/dev/null
+}
+start_ssh_warden warden "$api_port" "$ssh_port" true
+start_ssh_warden warden-os $((api_port + 1)) $((ssh_port + 1)) false
 
 opts=(-i "$work/key" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
@@ -86,14 +96,21 @@ timed() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); awk -v a="$t0" -v 
 
 ssh_to() { local port=$1 dest=$2; shift 2; ssh "${opts[@]}" -p "$port" "$dest" "$@"; }
 
-# Warden's CPU time (user + system) per MiB of the transfer just made: ms.
-warden_pid=$(cat "$work/warden.pid")
-cpu_mark() { cpu_before=$(cpu_us "$warden_pid"); }
-cpu_per_mib() { awk -v a="$cpu_before" -v b="$(cpu_us "$warden_pid")" -v m="${1:-$mib}" 'BEGIN { printf "%.1f", (b - a) / 1000 / m }'; }
+# The proxy's CPU time (user + system) per MiB of the transfer just made: ms (none
+# for direct).
+cpu_mark() { cpu_before=$([ -z "$proxy_pid" ] || cpu_us "$proxy_pid"); }
+cpu_per_mib() {
+  [ -n "$proxy_pid" ] || { echo -; return; }
+  awk -v a="$cpu_before" -v b="$(cpu_us "$proxy_pid")" -v m="${1:-$mib}" 'BEGIN { printf "%.1f", (b - a) / 1000 / m }'
+}
 
 results=()
-for path in direct warden; do
-  if [ $path = direct ]; then port=$WARDEN_TEST_SSHD_PORT; dest=warden_t@127.0.0.1; else port=$ssh_port; dest=bench@127.0.0.1; fi
+for path in direct warden warden-os; do
+  case $path in
+    direct) port=$WARDEN_TEST_SSHD_PORT dest=warden_t@127.0.0.1 proxy_pid= ;;
+    warden) port=$ssh_port dest=bench@127.0.0.1 proxy_pid=$(cat "$work/warden.pid") ;;
+    warden-os) port=$((ssh_port + 1)) dest=bench@127.0.0.1 proxy_pid=$(cat "$work/warden-os.pid") ;;
+  esac
   cpu_mark
   up=$(timed scp "${opts[@]}" -P "$port" "$work/big" "$dest:$remote")
   cpu_up=$(cpu_per_mib); cpu_mark
@@ -137,18 +154,63 @@ PY
 )
   ssh_to "$port" "$dest" "rm -f $remote" || true
   rm -f "$work/back"
-  results+=("$path $(rate "$up") $(rate "$down") $(rate "$cat_s") $(rate "$cat_text_s" "$text_mib") $echo_ms")
+  results+=("$path $(rate "$up") $(rate "$down") $(rate "$cat_s") $(rate "$cat_text_s" "$text_mib") $echo_ms $cpu_up $cpu_down $cpu_cat $cpu_text")
 done
 
-printf '\nSSH through Warden vs direct, %s MiB file, the same run (2 crypto legs through Warden)\n' "$mib"
-printf '%-8s %12s %12s %12s %12s %12s %12s\n' path scp_up_MiB/s scp_down_MiB/s cat_bin_MiB/s cat_text_MiB/s echo_p50_ms echo_p99_ms
-read -r _ d_up d_down d_cat d_text d_p50 d_p99 <<<"${results[0]}"
-read -r _ w_up w_down w_cat w_text w_p50 w_p99 <<<"${results[1]}"
-printf '%-8s %12s %12s %12s %12s %12s %12s\n' direct "$d_up" "$d_down" "$d_cat" "$d_text" "$d_p50" "$d_p99"
-printf '%-8s %12s %12s %12s %12s %12s %12s\n' warden "$w_up" "$w_down" "$w_cat" "$w_text" "$w_p50" "$w_p99"
+printf '\nSSH through Warden vs direct, %s MiB file, the same run (2 crypto legs through Warden;\n' "$mib"
+printf 'warden-os: audit.journal_sync = false); ratios to direct, proxy CPU ms per MiB\n'
+printf '%-10s %12s %12s %12s %12s %12s %12s\n' path scp_up_MiB/s scp_down_MiB/s cat_bin_MiB/s cat_text_MiB/s echo_p50_ms echo_p99_ms
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-printf '%-8s %12s %12s %12s %12s %12s %12s\n' ratio "$(ratio "$w_up" "$d_up")" "$(ratio "$w_down" "$d_down")" \
-  "$(ratio "$w_cat" "$d_cat")" "$(ratio "$w_text" "$d_text")" "+$(awk -v a="$w_p50" -v b="$d_p50" 'BEGIN { printf "%.3f", a - b }')" \
-  "+$(awk -v a="$w_p99" -v b="$d_p99" 'BEGIN { printf "%.3f", a - b }')"
-# The last transfers measured were Warden's (the loop's second path).
-printf '%-8s %12s %12s %12s %12s\n' cpu_ms/MiB "$cpu_up" "$cpu_down" "$cpu_cat" "$cpu_text"
+plus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "+%.3f", a - b }'; }
+read -r _ d_up d_down d_cat d_text d_p50 d_p99 _ <<<"${results[0]}"
+for row in "${results[@]}"; do
+  read -r name up down cat text p50 p99 c_up c_down c_cat c_text <<<"$row"
+  printf '%-10s %12s %12s %12s %12s %12s %12s\n' "$name" "$up" "$down" "$cat" "$text" "$p50" "$p99"
+  [ "$name" = direct ] && continue
+  printf '%-10s %12s %12s %12s %12s %12s %12s\n' "  ratio" "$(ratio "$up" "$d_up")" "$(ratio "$down" "$d_down")" \
+    "$(ratio "$cat" "$d_cat")" "$(ratio "$text" "$d_text")" "$(plus "$p50" "$d_p50")" "$(plus "$p99" "$d_p99")"
+  printf '%-10s %12s %12s %12s %12s\n' "  cpu_ms/MiB" "$c_up" "$c_down" "$c_cat" "$c_text"
+done
+
+# --- instructions per MiB: the repeatable figure ---------------------------------
+# Warden again, under callgrind (about 50 times slower: only counts matter here):
+# scp up and `cat` of text, of CG_MIB (8) and 3 x CG_MIB MiB, differenced so that the
+# logins are left out. Direct has no proxy to count.
+if [ "${BENCH_INSTRUCTIONS:-1}" = 1 ]; then
+  ensure_packages valgrind valgrind
+  log "instructions per MiB (callgrind)"
+  cg_mib=${CG_MIB:-8}
+  head -c $((3 * cg_mib * 1024 * 1024)) "$work/big" >"$work/cg-big"
+  head -c $((3 * cg_mib * 1024 * 1024 / 77 * 57)) "$work/big" | base64 -w 76 >"$remote.cg-text"
+  chmod 644 "$remote.cg-text"
+  cg_port=$((ssh_port + 10))
+  # LOAD N for callgrind_per_unit: N rounds of CG_MIB MiB, prints MiB moved.
+  scp_up_mib() {
+    head -c $(($1 * cg_mib * 1024 * 1024)) "$work/cg-big" >"$work/cg-part"
+    scp "${opts[@]}" -P "$cg_port" "$work/cg-part" "bench@127.0.0.1:$remote.cg" >/dev/null
+    echo $(($1 * cg_mib))
+  }
+  cat_text_mib() {
+    ssh_to "$cg_port" bench@127.0.0.1 "head -c $(($1 * cg_mib * 1024 * 1024)) $remote.cg-text" >/dev/null
+    echo $(($1 * cg_mib))
+  }
+  cg_rows=()
+  for sync in true false; do
+    name=cg-warden-$sync
+    BENCH_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=$work/cg.$name.%p" \
+      start_ssh_warden "$name" $((api_port + 10)) "$cg_port" "$sync"
+    pid=$(cat "$work/$name.pid")
+    up_n=$(callgrind_per_unit "$pid" "$work/cg.$name" scp_up_mib 1 3)
+    text_n=$(callgrind_per_unit "$pid" "$work/cg.$name" cat_text_mib 1 3)
+    cg_rows+=("$([ "$sync" = true ] && echo warden || echo warden-os) $up_n $text_n")
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  done
+  rm -f "$remote.cg" "$remote.cg-text"
+  printf '\ninstructions per MiB (callgrind, %s and %s MiB, differenced)\n' "$cg_mib" $((3 * cg_mib))
+  printf '%-10s %14s %14s\n' path scp_up cat_text
+  for row in "${cg_rows[@]}"; do
+    read -r name up text <<<"$row"
+    printf '%-10s %14s %14s\n' "$name" "$up" "$text"
+  done
+fi
