@@ -3,7 +3,7 @@
 # process's CPU time over many shipments of 256 statement and outcome events (noisy on
 # a shared machine), then the repeatable figure, instructions per event under
 # callgrind (two runs of 20 and 60 shipments, differenced so that opening the store
-# is left out). The store's share of each audited statement is twice this (its
+# and building the events are left out). The store's share of each audited statement is twice this (its
 # statement and its outcome are chained); see the README's benchmark section.
 #
 #   scripts/bench-store.sh
@@ -23,7 +23,8 @@ bin=target/release/examples/audit_ship_cost
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 count() { # SHIPMENTS → instructions callgrind counted
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "$bin" "$1" >/dev/null 2>&1
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "$bin" "$1" >"$work/out.$1" 2>&1 ||
+    { echo "the benchmark failed under valgrind:" >&2; cat "$work/out.$1" >&2; exit 1; }
   awk '/^summary:/ { print $2 }' "$work/cg.$1"
 }
 small=$(count 20)

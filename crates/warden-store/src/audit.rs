@@ -18,6 +18,7 @@ use uuid::Uuid;
 use warden_core::{Event, timefmt};
 
 use crate::canonical::canonical_body;
+use crate::chain_tx::ChainTx;
 use crate::util::sha256_hex;
 use crate::{Result, Store, StoreError};
 
@@ -105,8 +106,8 @@ impl Store {
     /// Chains `events` in one transaction (the audit journal's segments).
     pub async fn append_audit_batch(&self, events: &[Event]) -> Result<()> {
         let _serial = self.audit_lock.lock().await;
-        let mut db = self.pool.begin().await?;
-        append_in(&mut db, events.iter()).await?;
+        let mut db = ChainTx::begin(&self.pool).await?;
+        append_in(db.conn(), events.iter()).await?;
         db.commit().await?;
         self.chained();
         Ok(())
@@ -153,8 +154,8 @@ impl Store {
             return;
         }
         let written: Result<Vec<Appended>> = async {
-            let mut db = self.pool.begin().await?;
-            let out = append_in(&mut db, batch.iter().map(|(e, _)| e)).await?;
+            let mut db = ChainTx::begin(&self.pool).await?;
+            let out = append_in(db.conn(), batch.iter().map(|(e, _)| e)).await?;
             db.commit().await?;
             self.chained();
             Ok(out)
@@ -391,18 +392,18 @@ impl Store {
 /// record land together or not at all. Holds the in-process append lock throughout.
 pub(crate) struct AuditedTx<'a> {
     _serial: tokio::sync::MutexGuard<'a, ()>,
-    tx: sqlx::Transaction<'static, sqlx::Any>,
+    tx: ChainTx,
     chained: &'a tokio::sync::watch::Sender<u64>,
 }
 
 impl AuditedTx<'_> {
     pub(crate) fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        self.tx.conn()
     }
 
     /// Appends `events` (none: only commits) and commits.
     pub(crate) async fn commit_with_all(mut self, events: &[Event]) -> Result<()> {
-        append_in(&mut self.tx, events.iter()).await?;
+        append_in(self.tx.conn(), events.iter()).await?;
         self.tx.commit().await?;
         if !events.is_empty() {
             self.chained.send_modify(|n| *n = n.wrapping_add(1));
@@ -412,7 +413,7 @@ impl AuditedTx<'_> {
 
     /// Appends `event` and commits.
     pub(crate) async fn commit_with(mut self, event: &Event) -> Result<Appended> {
-        let appended = append_in(&mut self.tx, std::iter::once(event)).await?;
+        let appended = append_in(self.tx.conn(), std::iter::once(event)).await?;
         self.tx.commit().await?;
         self.chained.send_modify(|n| *n = n.wrapping_add(1));
         appended
@@ -425,6 +426,7 @@ impl AuditedTx<'_> {
     /// otherwise rolls back, records nothing and says so with `false`.
     pub(crate) async fn commit_if_changed(self, rows: u64, event: &Event) -> Result<bool> {
         if rows == 0 {
+            self.tx.rollback().await?;
             return Ok(false);
         }
         self.commit_with(event).await?;
@@ -454,7 +456,7 @@ impl Store {
 
     pub(crate) async fn begin_audited(&self) -> Result<AuditedTx<'_>> {
         let serial = self.audit_lock.lock().await;
-        let tx = self.pool.begin().await?;
+        let tx = ChainTx::begin(&self.pool).await?;
         Ok(AuditedTx {
             _serial: serial,
             tx,
@@ -575,9 +577,11 @@ async fn insert_rows(conn: &mut AnyConnection, rows: &[ChainRow<'_>]) -> Result<
         .join(", ");
     // A multi-row INSERT that may abort halfway makes SQLite copy each page it
     // touches again into a statement journal, to undo just that statement: an eighth
-    // of the cost of chaining an event. `OR IGNORE` cannot abort; a row it skipped
-    // (its seq or id already stored: only a bug or a tampered store) is counted
-    // below, and the error rolls the whole transaction back instead.
+    // of the cost of chaining an event. With `OR IGNORE` a constraint conflict does
+    // not abort it; a row it skipped (its seq or id already stored or repeated in
+    // the batch: only a bug or a tampered store) is counted below, and the error
+    // rolls the whole transaction back instead. Other failures inside the INSERT (a
+    // full disk) now end the whole transaction in SQLite: see `ChainTx`.
     let verb = if sqlite { "INSERT OR IGNORE" } else { "INSERT" };
     let sql = format!("{verb} INTO audit_events ({COLUMNS}) VALUES {values}");
     let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -598,8 +602,7 @@ async fn insert_rows(conn: &mut AnyConnection, rows: &[ChainRow<'_>]) -> Result<
     let inserted = insert.execute(&mut *conn).await?.rows_affected();
     if inserted != rows.len() as u64 {
         return Err(StoreError::AppendFailed(format!(
-            "{} of {} audit events collide with stored ones (sequence number or id)",
-            rows.len() as u64 - inserted,
+            "{inserted} of {} audit events stored: the others' sequence numbers or ids are already in the chain",
             rows.len()
         )));
     }

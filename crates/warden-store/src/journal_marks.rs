@@ -5,6 +5,7 @@
 //! (looking them up by id would not find them).
 
 use crate::audit::append_in;
+use crate::chain_tx::ChainTx;
 use crate::{Result, Store};
 use std::collections::HashMap;
 use warden_core::Event;
@@ -20,8 +21,8 @@ impl Store {
         marks: &[(String, u64)],
     ) -> Result<()> {
         let _serial = self.audit_lock.lock().await;
-        let mut db = self.pool.begin().await?;
-        append_in(&mut db, events.iter()).await?;
+        let mut db = ChainTx::begin(&self.pool).await?;
+        append_in(db.conn(), events.iter()).await?;
         for (run, seq) in marks {
             sqlx::query(
                 "INSERT INTO gateway_state (key, value) VALUES ($1, $2) \
@@ -31,7 +32,7 @@ impl Store {
             )
             .bind(format!("{PREFIX}{run}"))
             .bind(seq.to_string())
-            .execute(&mut *db)
+            .execute(db.conn())
             .await?;
         }
         db.commit().await?;

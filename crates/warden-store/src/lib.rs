@@ -13,6 +13,7 @@ pub mod api_keys;
 pub mod archive;
 pub mod audit;
 mod canonical;
+mod chain_tx;
 pub mod connections;
 mod error;
 mod journal;

@@ -1,5 +1,5 @@
-//! An append whose events collide with stored ones (the same id, as a journal shipped
-//! twice would) fails whole, on both engines: nothing of it is chained, the chain
+//! An append whose events collide with stored ones or with each other (the same id,
+//! as a journal shipped twice would) fails whole, on both engines: nothing of it is chained, the chain
 //! still verifies, and the store goes on taking appends. On SQLite the INSERT skips
 //! such a row rather than aborting (see `insert_rows`), so the count check is what
 //! refuses it.
@@ -22,13 +22,21 @@ async fn a_colliding_append_fails_whole_and_the_store_goes_on(backend: Backend) 
     let first = ev(1);
     store.append_audit_batch(&[first.clone(), ev(2)]).await?;
 
-    // The collision in the middle of one INSERT, and alone in a later one.
-    let mut batch: Vec<Event> = (3..40).map(ev).collect();
-    batch.insert(5, first.clone());
-    let failed = store.append_audit_batch(&batch).await;
-    assert!(failed.is_err(), "a colliding batch was chained");
+    // A stored event again: in the first INSERT of a batch, in a later one (16 rows
+    // per INSERT), alone; and one event twice within a batch.
+    for at in [5, 30] {
+        let mut batch: Vec<Event> = (3..40).map(ev).collect();
+        batch.insert(at, first.clone());
+        let failed = store.append_audit_batch(&batch).await;
+        assert!(failed.is_err(), "a batch colliding at {at} was chained");
+    }
     let failed = store.append_audit(&first).await;
     assert!(failed.is_err(), "a colliding event was chained");
+    let twice = ev(50);
+    let failed = store
+        .append_audit_batch(&[ev(51), twice.clone(), ev(52), twice])
+        .await;
+    assert!(failed.is_err(), "an event given twice was chained twice");
 
     let report = store.verify_audit().await?;
     assert!(report.ok, "{report:?}");
