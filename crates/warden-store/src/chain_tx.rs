@@ -1,13 +1,15 @@
-//! The transactions that chain audit events: on a pooled connection of their own,
-//! which goes back to the pool only when the transaction ended cleanly (committed or
-//! rolled back) and is closed otherwise.
+//! The transactions that chain audit events, begun and ended with plain SQL on a
+//! pooled connection of their own.
 //!
 //! Why not sqlx's `Transaction`: when SQLite rolls a transaction back by itself (an
 //! I/O error, a full disk or memory running out inside a statement that keeps no
 //! statement journal, as the chain's INSERTs do not: see `audit::insert_rows`),
 //! sqlx's own ROLLBACK then fails, its count of open transactions stays at one, and
-//! the pooled connection would later open `SAVEPOINT`s where it means `BEGIN`.
-//! Closing the connection costs a reconnect after a failure, and nothing otherwise.
+//! the pooled connection would later open `SAVEPOINT`s where it means `BEGIN`. Here
+//! nothing counts: a transaction left open (an error, an early return, a cancelled
+//! future) is rolled back before its connection goes back to the pool, and a
+//! ROLLBACK that finds no transaction (the database ended it) leaves the connection
+//! as clean as one that did. Any other failure closes the connection instead.
 //!
 //! On SQLite the transaction is `BEGIN IMMEDIATE`: it will write (the chain head),
 //! and taking the write lock first means a read inside it can never be overtaken by
@@ -19,7 +21,8 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use crate::Result;
 
 pub(crate) struct ChainTx {
-    conn: PoolConnection<Any>,
+    /// Always present until the transaction is dropped.
+    conn: Option<PoolConnection<Any>>,
     /// Begun and not yet committed or rolled back.
     open: bool,
 }
@@ -32,14 +35,21 @@ impl ChainTx {
         } else {
             "BEGIN"
         };
-        // Open from here: a failed BEGIN closes the connection too.
-        let mut tx = Self { conn, open: true };
+        let mut tx = Self {
+            conn: Some(conn),
+            open: false,
+        };
         tx.conn().execute(begin).await?;
+        tx.open = true;
         Ok(tx)
     }
 
     pub(crate) fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.conn
+        match &mut self.conn {
+            Some(conn) => conn,
+            // Taken only by `drop`, after which nothing can call this.
+            None => unreachable!("a chain transaction's connection is used after its drop"),
+        }
     }
 
     pub(crate) async fn commit(mut self) -> Result<()> {
@@ -57,9 +67,27 @@ impl ChainTx {
 
 impl Drop for ChainTx {
     fn drop(&mut self) {
-        if self.open {
-            self.conn.close_on_drop();
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if !self.open {
+            return; // Back to the pool as it is: no transaction.
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            conn.close_on_drop();
+            return;
+        };
+        runtime.spawn(async move {
+            match conn.execute("ROLLBACK").await {
+                Ok(_) => {}
+                // SQLite's answer when it ended the transaction itself.
+                Err(e) if e.to_string().contains("no transaction is active") => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "a store connection whose transaction could not be rolled back is closed");
+                    conn.close_on_drop();
+                }
+            }
+        });
     }
 }
 
@@ -88,18 +116,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_transaction_the_database_ended_by_itself_never_comes_back_to_the_pool() -> Result<()>
-    {
+    async fn a_transaction_left_open_or_ended_by_the_database_comes_back_clean() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| crate::StoreError::Corrupt(e.to_string()))?;
         let pool = pool(dir.path()).await?;
+        // Lives as long as the pool's one connection: it shows the connection is
+        // given back, not closed and replaced.
+        pool.execute("CREATE TEMP TABLE same_connection (x BIGINT)")
+            .await?;
         // SQLite ends the transaction on its own (as after a full disk inside a
-        // statement): the commit fails, and the connection must not be reused as if
-        // a transaction were still open.
+        // statement): the commit fails, and the connection is usable as it is.
         let mut tx = ChainTx::begin(&pool).await?;
         tx.conn().execute("INSERT INTO t (v) VALUES (1)").await?;
         tx.conn().execute("ROLLBACK").await?;
         assert!(tx.commit().await.is_err());
-        // Dropped without ending it: its connection is closed too.
+        // Dropped without ending it (an error, a cancelled future): rolled back
+        // before the pool's one connection is handed out again.
         let mut tx = ChainTx::begin(&pool).await?;
         tx.conn().execute("INSERT INTO t (v) VALUES (2)").await?;
         drop(tx);
@@ -112,6 +143,7 @@ mod tests {
         tx.conn().execute("INSERT INTO t (v) VALUES (4)").await?;
         tx.commit().await?;
         assert_eq!(count(&pool).await?, 1);
+        pool.execute("SELECT x FROM same_connection").await?;
         Ok(())
     }
 }
