@@ -122,6 +122,16 @@ pub struct RecordingError(pub String);
 /// written: the session ends.
 pub trait SessionRecorder: Send + Sync {
     fn record(&self, event: TimelineEvent) -> BoxFuture<'_, Result<(), RecordingError>>;
+    /// Records an action's outcome, naming the action's audit event (`statement`)
+    /// when the proxy knows it. Recorders that keep no audit log just record it.
+    fn record_outcome(
+        &self,
+        statement: Option<uuid::Uuid>,
+        event: TimelineEvent,
+    ) -> BoxFuture<'_, Result<(), RecordingError>> {
+        let _ = statement;
+        self.record(event)
+    }
     /// How many rows of each result to keep.
     fn rows_per_result(&self) -> usize;
     /// Waits until everything recorded so far is written.

@@ -20,6 +20,9 @@ use crate::{
 /// A session's timeline kept in memory; `down` makes every write fail.
 pub struct MemoryTimeline {
     pub events: Mutex<Vec<TimelineEvent>>,
+    /// Outcomes recorded with [`SessionRecorder::record_outcome`], with the audit
+    /// event id each named (also in `events`).
+    pub outcomes: Mutex<Vec<(Option<Uuid>, TimelineEvent)>>,
     pub down: AtomicBool,
     pub rows_per_result: usize,
 }
@@ -28,6 +31,7 @@ impl MemoryTimeline {
     pub fn new(rows_per_result: usize) -> Self {
         Self {
             events: Mutex::new(Vec::new()),
+            outcomes: Mutex::new(Vec::new()),
             down: AtomicBool::new(false),
             rows_per_result,
         }
@@ -35,6 +39,10 @@ impl MemoryTimeline {
 
     pub fn events(&self) -> Vec<TimelineEvent> {
         self.events.lock().unwrap().clone()
+    }
+
+    pub fn outcomes(&self) -> Vec<(Option<Uuid>, TimelineEvent)> {
+        self.outcomes.lock().unwrap().clone()
     }
 }
 
@@ -48,6 +56,19 @@ impl SessionRecorder for MemoryTimeline {
         };
         Box::pin(std::future::ready(written))
     }
+    fn record_outcome(
+        &self,
+        statement: Option<Uuid>,
+        event: TimelineEvent,
+    ) -> BoxFuture<'_, Result<(), RecordingError>> {
+        if !self.down.load(Ordering::SeqCst) {
+            self.outcomes
+                .lock()
+                .unwrap()
+                .push((statement, event.clone()));
+        }
+        self.record(event)
+    }
     fn rows_per_result(&self) -> usize {
         self.rows_per_result
     }
@@ -56,6 +77,8 @@ impl SessionRecorder for MemoryTimeline {
 /// One audit event as the memory sink keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audited {
+    /// The event id (the command's).
+    pub id: Uuid,
     pub text: String,
     pub via: String,
     pub decision: Decision,
@@ -145,6 +168,7 @@ impl SessionSink for MemorySink {
                 return Err(AuditError("store unavailable".into()));
             }
             self.push(SinkEvent::Audit(Audited {
+                id: entry.id,
                 text: entry.text.to_string(),
                 via: entry.via.to_string(),
                 decision: entry.decision.clone(),

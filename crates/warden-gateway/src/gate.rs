@@ -88,9 +88,15 @@ struct StatementTimeline {
 }
 
 impl StatementTimeline {
-    async fn write(&self, event: TimelineEvent) -> Result<(), RecordingError> {
+    async fn write(
+        &self,
+        statement: Option<Uuid>,
+        event: TimelineEvent,
+    ) -> Result<(), RecordingError> {
         // The outcome follows the statement's (durable) event; nothing waits for it:
-        // it is written with the next append or a moment later.
+        // it is written with the next append or a moment later. Naming the statement
+        // lets the store fold it into the statement's row when both are chained in
+        // one shipment (see `warden_store::fold`).
         let outcome = match &event {
             TimelineEvent::Result {
                 tag,
@@ -121,7 +127,10 @@ impl StatementTimeline {
             } => Some(json!({"status": status, "bytes": bytes, "duration_us": duration_us})),
             _ => None,
         };
-        if let Some(body) = outcome {
+        if let Some(mut body) = outcome {
+            if let Some(id) = statement {
+                body["statement"] = json!(id);
+            }
             let event = Event::new(self.outcome_kind, body)
                 .by(&self.identity)
                 .on_connection(&self.connection)
@@ -134,7 +143,15 @@ impl StatementTimeline {
 
 impl SessionRecorder for StatementTimeline {
     fn record(&self, event: TimelineEvent) -> BoxFuture<'_, Result<(), RecordingError>> {
-        Box::pin(self.write(event))
+        Box::pin(self.write(None, event))
+    }
+
+    fn record_outcome(
+        &self,
+        statement: Option<Uuid>,
+        event: TimelineEvent,
+    ) -> BoxFuture<'_, Result<(), RecordingError>> {
+        Box::pin(self.write(statement, event))
     }
 
     fn rows_per_result(&self) -> usize {
@@ -716,8 +733,11 @@ impl OpenSession {
         if let Some(lengths) = entry.parameters {
             payload["params"] = json!({"count": lengths.len(), "bytes": lengths});
         }
-        self.event(&kind, payload)
-            .with_decision(entry.decision.clone())
+        let mut event = self
+            .event(&kind, payload)
+            .with_decision(entry.decision.clone());
+        event.id = entry.id;
+        event
     }
 
     /// Adds one command to the session's counters; writes them to its row at most

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
+use uuid::Uuid;
 use warden_core::{
     Action, Admission, ClientWatch, Command, DenialCause, EndReason, KubeRequest, SessionHooks,
 };
@@ -18,7 +19,7 @@ use crate::body::{Body, boxed};
 use crate::kube::info;
 use crate::path::RequestPath;
 use crate::proxy::{Client, HttpSession};
-use crate::relay::{self, Masking};
+use crate::relay::{self, Exchange, Masking};
 use crate::reply::{Flavor, Refused, refusal};
 use crate::upgrade;
 
@@ -115,7 +116,9 @@ pub(crate) async fn request<H: SessionHooks>(
             json!({"method": method, "path": path.raw_path}),
         ),
     };
-    if let Some(response) = admitted(session, flavor, ask, "request", detail).await {
+    // The request's audit event: the answer's outcome names it.
+    let statement = Uuid::now_v7();
+    if let Some(response) = admitted(session, flavor, ask, "request", detail, statement).await {
         return response;
     }
     // An exec runs a command in the container: it answers to the shell rules too.
@@ -126,7 +129,10 @@ pub(crate) async fn request<H: SessionHooks>(
         let argv = info::exec_command(&path);
         let line = shell_line(&argv);
         let detail = json!({"pod": r.name, "namespace": r.namespace, "argv": argv});
-        if let Some(response) = admitted(session, flavor, Ask::Shell(line), "exec", detail).await {
+        let exec = Uuid::now_v7();
+        if let Some(response) =
+            admitted(session, flavor, Ask::Shell(line), "exec", detail, exec).await
+        {
             return response;
         }
     }
@@ -135,7 +141,7 @@ pub(crate) async fn request<H: SessionHooks>(
         Ok(req) => req,
         Err(refused) => return *refused,
     };
-    send(client, session, req, &path, read, masking).await
+    send(client, session, req, &path, read, masking, statement).await
 }
 
 /// Largest JSON patch to a masked Secret Warden reads to check it.
@@ -202,8 +208,9 @@ async fn admitted(
     ask: Ask,
     via: &'static str,
     detail: serde_json::Value,
+    statement: Uuid,
 ) -> Option<Response<Body>> {
-    match admit(session, ask, via, detail).await {
+    match admit(session, ask, via, detail, Some(statement)).await {
         Admission::Admitted { .. } => None,
         Admission::Denied(d) => {
             let why = match d.cause {
@@ -249,7 +256,7 @@ async fn refuse_feature(
     why: Refused,
     message: &str,
 ) -> Response<Body> {
-    match admit(session, Ask::Feature(feature), feature, detail).await {
+    match admit(session, Ask::Feature(feature), feature, detail, None).await {
         Admission::End(reason) => end_response(flavor, &reason),
         _ => refusal(flavor, why, message),
     }
@@ -284,11 +291,15 @@ async fn admit(
     ask: Ask,
     via: &'static str,
     detail: serde_json::Value,
+    id: Option<Uuid>,
 ) -> Admission {
     let (alive, gone) = tokio::sync::oneshot::channel::<()>();
     let busy = session.busy();
     let task = tokio::spawn(async move {
-        let command = Command::new(ask.action(), via).with_detail(detail);
+        let mut command = Command::new(ask.action(), via).with_detail(detail);
+        if let Some(id) = id {
+            command = command.with_id(id);
+        }
         let admission = busy
             .session()
             .handle
@@ -347,10 +358,14 @@ async fn send<H: SessionHooks>(
     path: &RequestPath,
     read: Read,
     masking: Masking,
+    statement: Uuid,
 ) -> Response<Body> {
     let flavor = client.proxy.flavor;
     let upstream = &session.upstream;
-    let started = Instant::now();
+    let exchange = Exchange {
+        started: Instant::now(),
+        statement,
+    };
     let upgrade_to = upgrade::requested(&req);
     let client_upgrade = upgrade_to.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let uri =
@@ -416,7 +431,7 @@ async fn send<H: SessionHooks>(
     }
     let mut sender = match upstream.sender().await {
         Ok(s) => s,
-        Err(e) => return target_failed(session, flavor, e.to_string()).await,
+        Err(e) => return target_failed(session, flavor, exchange, e.to_string()).await,
     };
     let sent = sender.send_request(out).await;
     if upgrade_to.is_none() {
@@ -425,7 +440,8 @@ async fn send<H: SessionHooks>(
     let response = match sent {
         Ok(r) => r,
         Err(e) => {
-            return target_failed(session, flavor, format!("the target did not answer: {e}")).await;
+            let message = format!("the target did not answer: {e}");
+            return target_failed(session, flavor, exchange, message).await;
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -438,7 +454,7 @@ async fn send<H: SessionHooks>(
             client_side,
             &read,
             path,
-            started,
+            exchange,
         )
         .await;
     }
@@ -447,7 +463,7 @@ async fn send<H: SessionHooks>(
         flavor,
         response,
         masking,
-        started,
+        exchange,
         client.proxy.limits.max_masked_bytes,
         &client.proxy.masking_budget,
     )
@@ -456,14 +472,22 @@ async fn send<H: SessionHooks>(
 
 /// The target could not be reached or did not answer: the client gets a 502 naming
 /// why, and the recording says so.
-async fn target_failed(session: &HttpSession, flavor: Flavor, message: String) -> Response<Body> {
+async fn target_failed(
+    session: &HttpSession,
+    flavor: Flavor,
+    exchange: Exchange,
+    message: String,
+) -> Response<Body> {
     let _ = session
         .handle
-        .record(warden_core::TimelineEvent::Error {
-            code: "target".into(),
-            message: message.clone(),
-            duration_us: None,
-        })
+        .record_outcome(
+            Some(exchange.statement),
+            warden_core::TimelineEvent::Error {
+                code: "target".into(),
+                message: message.clone(),
+                duration_us: exchange.elapsed_us(),
+            },
+        )
         .await;
     refusal(flavor, Refused::BadGateway, &message)
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use uuid::Uuid;
 use warden_core::{
     BoxedStream, ConnectionKind, EndReason, LoginRequest, RefusalKind, SessionHandle, SessionHooks,
     TunnelLogin,
@@ -111,15 +112,15 @@ impl HttpSession {
         Busy(self.clone())
     }
 
-    /// Records `event` without making the caller wait; closing the session waits
-    /// for it.
-    pub fn record_later(self: &Arc<Self>, event: warden_core::TimelineEvent) {
+    /// Records the outcome `event` of the request audited as `statement` without
+    /// making the caller wait; closing the session waits for it.
+    pub fn record_later(self: &Arc<Self>, statement: Uuid, event: warden_core::TimelineEvent) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let busy = self.busy();
         rt.spawn(async move {
-            let _ = busy.0.handle.record(event).await;
+            let _ = busy.0.handle.record_outcome(Some(statement), event).await;
             drop(busy);
         });
     }

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
+use uuid::Uuid;
 use warden_core::{Masker, TimelineEvent};
 
 use crate::body::{Body, BoxError, boxed, full};
@@ -93,13 +94,28 @@ pub(crate) fn json_only(headers: &mut HeaderMap) {
     }
 }
 
+/// One admitted request being answered: when it was sent, and its audit event
+/// (which the answer's outcome names).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exchange {
+    pub(crate) started: Instant,
+    pub(crate) statement: Uuid,
+}
+
+impl Exchange {
+    /// Microseconds since the request was sent.
+    pub(crate) fn elapsed_us(&self) -> Option<u64> {
+        Some(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
 /// Relays the target's answer to the client.
 pub(crate) async fn answer(
     session: Arc<HttpSession>,
     flavor: Flavor,
     response: Response<Incoming>,
     masking: Masking,
-    started: Instant,
+    exchange: Exchange,
     limit: usize,
     budget: &Arc<tokio::sync::Semaphore>,
 ) -> Response<Body> {
@@ -124,16 +140,16 @@ pub(crate) async fn answer(
     // The credential cannot be searched for in compressed bytes: such an answer is
     // withheld on a connection whose credential a target could echo.
     if encoded && !needles.is_empty() {
-        return unmaskable(&session, flavor, "the answer is compressed").await;
+        return unmaskable(&session, flavor, exchange, "the answer is compressed").await;
     }
     let body: Body = match masking {
         Masking::None => boxed(body),
         Masking::Sets if kind == BodyKind::Opaque => boxed(body),
         _ if encoded => {
-            return unmaskable(&session, flavor, "the answer is compressed").await;
+            return unmaskable(&session, flavor, exchange, "the answer is compressed").await;
         }
         Masking::Secrets { .. } | Masking::TokenRequest if kind != BodyKind::Json => {
-            return unmaskable(&session, flavor, "the answer is not JSON").await;
+            return unmaskable(&session, flavor, exchange, "the answer is not JSON").await;
         }
         // A stream of events, however it was asked for.
         Masking::Secrets { watch } if watch || is_watch_stream(content_type.as_deref()) => {
@@ -173,7 +189,7 @@ pub(crate) async fn answer(
                     let why = format!(
                         "the answer cannot be read whole to mask it ({e}; the limit is {limit} bytes)"
                     );
-                    return unmaskable(&session, flavor, &why).await;
+                    return unmaskable(&session, flavor, exchange, &why).await;
                 }
             };
             let masked = match masking {
@@ -184,7 +200,7 @@ pub(crate) async fn answer(
             let bytes = match masked {
                 Ok(Some(m)) => Bytes::from(m),
                 Ok(None) => whole,
-                Err(e) => return unmaskable(&session, flavor, &e).await,
+                Err(e) => return unmaskable(&session, flavor, exchange, &e).await,
             };
             parts
                 .headers
@@ -197,7 +213,7 @@ pub(crate) async fn answer(
     } else {
         crate::scrub::scrubbed(body, needles)
     };
-    let tracked = Tracked::new(body, session, status, started);
+    let tracked = Tracked::new(body, session, status, exchange);
     Response::from_parts(parts, crate::body::boxed(tracked))
 }
 
@@ -273,15 +289,23 @@ fn mask_secrets_document(whole: &[u8]) -> Result<Option<Vec<u8>>, String> {
 
 /// An answer that cannot be masked is not relayed: the client gets a 502 naming why,
 /// and the recording says so.
-async fn unmaskable(session: &HttpSession, flavor: Flavor, why: &str) -> Response<Body> {
+async fn unmaskable(
+    session: &HttpSession,
+    flavor: Flavor,
+    exchange: Exchange,
+    why: &str,
+) -> Response<Body> {
     let message = format!("Warden cannot mask this answer, so it is withheld: {why}");
     let _ = session
         .handle
-        .record(TimelineEvent::Error {
-            code: "unmaskable".into(),
-            message: message.clone(),
-            duration_us: None,
-        })
+        .record_outcome(
+            Some(exchange.statement),
+            TimelineEvent::Error {
+                code: "unmaskable".into(),
+                message: message.clone(),
+                duration_us: exchange.elapsed_us(),
+            },
+        )
         .await;
     refusal(flavor, Refused::BadGateway, &message)
 }
@@ -341,7 +365,7 @@ pub(crate) struct Tracked {
     inner: Body,
     session: Arc<HttpSession>,
     status: StatusCode,
-    started: Instant,
+    exchange: Exchange,
     bytes: u64,
     ended: Pin<Box<dyn Future<Output = String> + Send>>,
     done: bool,
@@ -352,14 +376,14 @@ impl Tracked {
         inner: Body,
         session: Arc<HttpSession>,
         status: StatusCode,
-        started: Instant,
+        exchange: Exchange,
     ) -> Self {
         let mut end = session.handle.ended();
         Self {
             inner,
             session,
             status,
-            started,
+            exchange,
             bytes: 0,
             ended: Box::pin(async move { end.wait().await }),
             done: false,
@@ -370,13 +394,14 @@ impl Tracked {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.session.record_later(TimelineEvent::Response {
-            status: self.status.as_u16(),
-            bytes: self.bytes,
-            duration_us: Some(
-                u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            ),
-        });
+        self.session.record_later(
+            self.exchange.statement,
+            TimelineEvent::Response {
+                status: self.status.as_u16(),
+                bytes: self.bytes,
+                duration_us: self.exchange.elapsed_us(),
+            },
+        );
     }
 }
 

@@ -5,7 +5,6 @@
 //! the session is ended, and the bytes each way are recorded with the outcome.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -21,6 +20,7 @@ use crate::kube::channels::{ChannelData, ChannelReader, RECORDABLE};
 use crate::kube::spdy::SpdyReader;
 use crate::path::RequestPath;
 use crate::proxy::HttpSession;
+use crate::relay::Exchange;
 use crate::reply::Flavor;
 
 /// The protocol a client asks to upgrade to, if it asks.
@@ -46,7 +46,7 @@ pub(crate) async fn bridge(
     client_side: OnUpgrade,
     read: &Read,
     path: &RequestPath,
-    started: Instant,
+    exchange: Exchange,
 ) -> Response<Body> {
     let target_side = hyper::upgrade::on(&mut response);
     let mut answer = Response::new(empty());
@@ -76,7 +76,7 @@ pub(crate) async fn bridge(
             target_side,
             recording,
             &what,
-            started,
+            exchange,
         )
         .await;
         session.stream_closed().await;
@@ -91,7 +91,7 @@ async fn relay(
     target_side: OnUpgrade,
     recording: Option<(TerminalSpec, Framing)>,
     what: &str,
-    started: Instant,
+    exchange: Exchange,
 ) {
     {
         let (client, target) = match tokio::try_join!(client_side, target_side) {
@@ -141,11 +141,14 @@ async fn relay(
         tracing::debug!(stream = %what, up, down, reason = ?reason, "upgraded stream closed");
         let _ = session
             .handle
-            .record(TimelineEvent::Response {
-                status: 101,
-                bytes: down,
-                duration_us: Some(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
-            })
+            .record_outcome(
+                Some(exchange.statement),
+                TimelineEvent::Response {
+                    status: 101,
+                    bytes: down,
+                    duration_us: exchange.elapsed_us(),
+                },
+            )
             .await;
     }
 }

@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
+use uuid::Uuid;
 
 use crate::copy::{CopyOutPlan, CopyStatement, copy_statements};
 use crate::frontend::PgFrontendMessage;
@@ -41,8 +42,9 @@ pub(crate) enum Expect {
     /// A `Describe` of a portal.
     DescribePortal(String),
     /// An `Execute` of a portal, or (`None`) the statements of a simple `Query`:
-    /// sent at this instant.
-    Execute(Instant, Option<String>),
+    /// sent at this instant, running the statement audited as this event (the
+    /// portal's last `Bind`, or the `Query`), when known.
+    Execute(Instant, Option<String>, Option<Uuid>),
     /// A `COPY ... TO STDOUT` about to run.
     CopyOut(CopyOutPlan),
     /// The `Execute` of `COPY ... FROM STDIN` number n.
@@ -98,7 +100,7 @@ impl Requests {
             .iter()
             .take_while(|e| !matches!(e, Expect::ReadyForQuery(_)))
             .find_map(|e| match e {
-                Expect::Execute(_, portal) => Some(portal.clone()),
+                Expect::Execute(_, portal, _) => Some(portal.clone()),
                 _ => None,
             })
     }
@@ -154,6 +156,8 @@ pub(crate) struct RequestLog {
     /// Statements described since their last Parse (by the client or the proxy).
     described: HashSet<String>,
     portals: HashMap<String, CopyStatement>,
+    /// The audit event of each portal's last `Bind`: its executions' outcomes name it.
+    portal_statements: HashMap<String, Uuid>,
     copies: u64,
     /// The COPY-in executed last, until the client ends it with CopyDone or CopyFail.
     copying_in: Option<u64>,
@@ -161,7 +165,8 @@ pub(crate) struct RequestLog {
 
 impl RequestLog {
     /// Records the answers `message` will get; call before it is forwarded, with the
-    /// generation of a `Parse` and the SQL a `Bind` runs (as attributed). Returns
+    /// generation of a `Parse`, the SQL a `Bind` runs (as attributed), and the audit
+    /// event a `Query` or `Bind` is recorded as (`None`: not audited). Returns
     /// the name of a statement the proxy must describe (send `Describe`) before this
     /// message: a `Bind` of a statement whose columns are not known, so its rows can
     /// still be masked column by column.
@@ -171,6 +176,7 @@ impl RequestLog {
         shared: &Mutex<Requests>,
         generation: u64,
         bound_sql: Option<&str>,
+        statement: Option<Uuid>,
     ) -> Option<String> {
         let mut r = shared
             .lock()
@@ -178,7 +184,8 @@ impl RequestLog {
         let mut describe = None;
         match message {
             PgFrontendMessage::Query { sql } => {
-                r.queue.push_back(Expect::Execute(Instant::now(), None));
+                r.queue
+                    .push_back(Expect::Execute(Instant::now(), None, statement));
                 for c in copy_statements(sql) {
                     if let CopyStatement::Out(plan) = c {
                         r.queue.push_back(Expect::CopyOut(plan));
@@ -200,16 +207,23 @@ impl RequestLog {
                 let statement = *target == b'S';
                 if statement {
                     self.described.remove(name);
+                } else {
+                    self.portal_statements.remove(name);
                 }
                 r.queue
                     .push_back(Expect::Close(statement.then(|| name.clone())));
             }
             PgFrontendMessage::Bind {
                 portal,
-                statement,
+                statement: name,
                 result_formats,
                 ..
             } => {
+                match statement {
+                    Some(id) => self.portal_statements.insert(portal.clone(), id),
+                    None => self.portal_statements.remove(portal),
+                };
+                let statement = name;
                 // What the portal copies follows from the SQL the Bind runs, not
                 // from any Parse the server may not have taken.
                 match bound_sql.and_then(|sql| copy_statements(sql).into_iter().next()) {
@@ -231,8 +245,11 @@ impl RequestLog {
                 r.queue.push_back(Expect::DescribePortal(name.clone()));
             }
             PgFrontendMessage::Execute { portal, .. } => {
-                r.queue
-                    .push_back(Expect::Execute(Instant::now(), Some(portal.clone())));
+                r.queue.push_back(Expect::Execute(
+                    Instant::now(),
+                    Some(portal.clone()),
+                    self.portal_statements.get(portal).copied(),
+                ));
                 match self.portals.get(portal) {
                     Some(CopyStatement::Out(plan)) => {
                         r.queue.push_back(Expect::CopyOut(plan.clone()))
@@ -303,7 +320,7 @@ mod tests {
             execute(),
             PgFrontendMessage::Sync,
         ] {
-            log.sent(&m, &shared, 1, Some("COPY t FROM STDIN"));
+            log.sent(&m, &shared, 1, Some("COPY t FROM STDIN"), None);
         }
         // The server: ParseComplete.. ReadyForQuery; BindComplete; CopyInResponse.
         shared.lock().unwrap().end_cycle();
@@ -314,7 +331,7 @@ mod tests {
             PgFrontendMessage::Sync,
             bind("s2"),
         ] {
-            log.sent(&m, &shared, 0, None);
+            log.sent(&m, &shared, 0, None, None);
         }
         // CommandComplete, then the one ReadyForQuery for both Syncs.
         shared.lock().unwrap().end_cycle();
@@ -342,7 +359,13 @@ mod tests {
         ] {
             let copying =
                 !matches!(&m, PgFrontendMessage::Bind { statement, .. } if statement == "after");
-            log.sent(&m, &shared, 1, copying.then_some("COPY nope FROM STDIN"));
+            log.sent(
+                &m,
+                &shared,
+                1,
+                copying.then_some("COPY nope FROM STDIN"),
+                None,
+            );
         }
         // BindComplete, ErrorResponse, ReadyForQuery (first Sync), ReadyForQuery.
         assert_eq!(bound(&shared).as_deref(), Some(""));

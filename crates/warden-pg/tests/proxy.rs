@@ -773,3 +773,94 @@ async fn executions_of_statements_warden_cannot_attribute_are_refused_and_audite
         .await
         .unwrap();
 }
+
+/// Every outcome names the audit event of the statement it answers, however the
+/// client orders its requests: the store folds each into its statement's row by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outcome_names_the_statement_it_answers() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, hooks) = start().await;
+    let (mut s, mut buf) = raw_session(addr).await;
+    let sync = frame(b'S', b"");
+    let query = |sql: &str| {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        frame(b'Q', &b)
+    };
+    // Two portals bound, then executed in the other order, in one pipeline.
+    s.write_all(
+        &[
+            parse_frame("a", "SELECT 1 AS one"),
+            parse_frame("b", "SELECT 2 AS two"),
+            bind_portal("pa", "a"),
+            bind_portal("pb", "b"),
+            execute_portal("pb"),
+            execute_portal("pa"),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1122DCDCZ");
+    // One query, two statements: both results answer it.
+    s.write_all(&query("SELECT 3 AS three; SELECT 4 AS four"))
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"TDCTDCZ");
+    // Denied as a query, and as a Parse (its Bind and Execute skipped).
+    s.write_all(&query("DROP TABLE warden_t_nothing"))
+        .await
+        .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"EZ");
+    s.write_all(
+        &[
+            parse_frame("c", "DROP TABLE warden_t_nothing"),
+            bind_portal("pc", "c"),
+            execute_portal("pc"),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"EZ");
+
+    let audited = hooks.records();
+    let id_of = |via: &str, text: &str| {
+        audited
+            .iter()
+            .find(|a| a.via == via && a.text == text)
+            .unwrap_or_else(|| panic!("{via} {text} audited: {audited:#?}"))
+            .id
+    };
+    let named = |id| {
+        hooks
+            .timeline
+            .outcomes()
+            .into_iter()
+            .filter(|(s, _)| *s == Some(id))
+            .map(|(_, e)| match e {
+                TimelineEvent::Result { columns, .. } => columns.join(","),
+                TimelineEvent::Error { code, .. } => code,
+                other => panic!("not an outcome: {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(named(id_of("Bind", "SELECT 1 AS one")), ["one"]);
+    assert_eq!(named(id_of("Bind", "SELECT 2 AS two")), ["two"]);
+    assert_eq!(
+        named(id_of("Query", "SELECT 3 AS three; SELECT 4 AS four")),
+        ["three", "four"]
+    );
+    assert_eq!(named(id_of("Query", "DROP TABLE warden_t_nothing")), ["42501"]);
+    assert_eq!(named(id_of("Parse", "DROP TABLE warden_t_nothing")), ["42501"]);
+    // Nothing answered is left without its statement.
+    let unnamed: Vec<_> = hooks
+        .timeline
+        .outcomes()
+        .into_iter()
+        .filter(|(s, _)| s.is_none())
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:?}");
+}

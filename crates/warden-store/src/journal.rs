@@ -502,11 +502,12 @@ impl AuditJournal {
             self.from_disk.store(false, Ordering::Release);
             return Ok(0);
         }
-        if !taken.events.is_empty()
+        let shipped = taken.events.len();
+        if shipped > 0
             && let Err(e) = self
                 .store
                 .append_journal_batch(
-                    &taken.events,
+                    taken.events,
                     &[(taken.run.to_string(), taken.written_through)],
                 )
                 .await
@@ -517,7 +518,7 @@ impl AuditJournal {
         for n in taken.finished {
             remove_segment(&self.dir.join(segment_name(n))).await?;
         }
-        Ok(taken.events.len())
+        Ok(shipped)
     }
 
     /// Stops the background shipping after shipping what is left.
@@ -591,7 +592,7 @@ async fn ship_unshipped(store: &Store, events: Vec<(Arc<str>, u64, Event)>) -> R
         .into_iter()
         .filter(|e| !stored.contains(&e.id))
         .collect();
-    store.append_journal_batch(&missing, &reached).await
+    store.append_journal_batch(missing, &reached).await
 }
 
 /// The writer thread: takes every command waiting, writes the lines with one write

@@ -6,6 +6,7 @@
 
 use crate::audit::append_in;
 use crate::chain_tx::ChainTx;
+use crate::fold::fold_outcomes;
 use crate::{Result, Store};
 use std::collections::HashMap;
 use warden_core::Event;
@@ -13,13 +14,15 @@ use warden_core::Event;
 const PREFIX: &str = "journal.shipped/";
 
 impl Store {
-    /// Chains `events` and moves each `(run, seq)` mark up to `seq` (never down), in
-    /// one transaction.
+    /// Chains `events` (each outcome folded into its statement where it can be, see
+    /// [`fold_outcomes`]) and moves each `(run, seq)` mark up to `seq` (never down),
+    /// in one transaction.
     pub(crate) async fn append_journal_batch(
         &self,
-        events: &[Event],
+        events: Vec<Event>,
         marks: &[(String, u64)],
     ) -> Result<()> {
+        let events = fold_outcomes(events);
         let _serial = self.audit_lock.lock().await;
         let mut db = ChainTx::begin(&self.pool).await?;
         append_in(db.conn(), events.iter()).await?;

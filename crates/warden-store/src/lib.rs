@@ -16,6 +16,7 @@ mod canonical;
 mod chain_tx;
 pub mod connections;
 mod error;
+mod fold;
 mod journal;
 mod journal_lines;
 mod journal_marks;

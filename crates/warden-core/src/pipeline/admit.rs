@@ -10,6 +10,8 @@
 
 use std::future::Future;
 
+use uuid::Uuid;
+
 use crate::gate::{ReviewHold, ReviewOutcome};
 use crate::{Action, Decision, TimelineEvent};
 
@@ -18,6 +20,10 @@ use super::{AuditEntry, EndReason, SessionHandle};
 /// An action a proxy asks to run, with what the audit event keeps of it.
 #[derive(Debug, Clone)]
 pub struct Command<'a> {
+    /// The id its audit event gets, minted with the command: the proxy passes it
+    /// back with the action's outcome ([`SessionHandle::record_outcome`]), which is
+    /// how the audit log joins the two.
+    pub id: Uuid,
     pub action: Action<'a>,
     /// How it arrived, in the protocol's words (`Query`, `COM_QUERY`, `exec`, ...).
     pub via: &'static str,
@@ -34,12 +40,20 @@ pub struct Command<'a> {
 impl<'a> Command<'a> {
     pub fn new(action: Action<'a>, via: &'static str) -> Self {
         Self {
+            id: Uuid::now_v7(),
             action,
             via,
             parameters: None,
             decided: None,
             detail: None,
         }
+    }
+
+    /// Audited as event `id` (minted earlier, when the protocol must know it before
+    /// the command is built).
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
     }
 
     pub fn with_parameters(mut self, parameters: Vec<Option<u32>>) -> Self {
@@ -116,6 +130,7 @@ impl SessionHandle {
     /// Runs `command` through the admission path; see the module documentation.
     pub async fn admit<C: ClientWatch>(&self, command: Command<'_>, client: &mut C) -> Admission {
         let Command {
+            id,
             action,
             via,
             parameters,
@@ -149,6 +164,7 @@ impl SessionHandle {
         let audited = self
             .sink()
             .audit(AuditEntry {
+                id,
                 action: &action,
                 text: &text,
                 via,

@@ -84,6 +84,8 @@ pub struct AuditError(pub String);
 /// One admitted-or-refused action, as the gateway writes it to the audit log.
 #[derive(Debug, Clone, Copy)]
 pub struct AuditEntry<'a> {
+    /// The event's id (the command's: outcomes name it).
+    pub id: Uuid,
     pub action: &'a Action<'a>,
     /// The action as text (see [`Action::text`]).
     pub text: &'a str,
@@ -224,6 +226,20 @@ impl SessionHandle {
     pub async fn record(&self, event: TimelineEvent) -> Result<(), EndReason> {
         self.recorder
             .record(event)
+            .await
+            .map_err(|e| self.fail(e.into()))
+    }
+
+    /// Writes the outcome (result, error, exit, response) of the action admitted as
+    /// `statement` (its [`Command::id`](super::Command)); `None` when the proxy cannot
+    /// tell which action it answers. A failure is the session's end.
+    pub async fn record_outcome(
+        &self,
+        statement: Option<Uuid>,
+        event: TimelineEvent,
+    ) -> Result<(), EndReason> {
+        self.recorder
+            .record_outcome(statement, event)
             .await
             .map_err(|e| self.fail(e.into()))
     }

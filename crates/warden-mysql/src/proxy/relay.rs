@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
+use uuid::Uuid;
 use warden_core::{
     Action, Admission, ClientWatch, Command, Decision, DenialCause, EndReason, SessionHandle,
     SqlDialect, TimelineEvent,
@@ -123,6 +124,8 @@ pub(super) struct Relay {
     pub(super) threads: ThreadMap,
     /// This session's server thread.
     pub(super) this_thread: ServerThread,
+    /// The audit event of the command being answered: its outcomes name it.
+    pub(super) statement: Option<Uuid>,
 }
 
 impl Relay {
@@ -187,6 +190,7 @@ impl Relay {
         loop {
             match self.decoder.decode(&mut self.client_buf) {
                 Ok(Some(p)) if p.seq == 0 => {
+                    self.statement = None;
                     self.session.count_in(p.wire_len());
                     self.client_seq = p.next_seq();
                     self.server_seq = 0;
@@ -272,8 +276,13 @@ impl Relay {
         }
     }
 
+    /// Records a timeline entry; a result or error is the outcome of the command
+    /// being answered (the protocol answers one command at a time).
     pub(super) async fn record_timeline(&mut self, event: TimelineEvent) -> Result<(), End> {
-        self.session.record(event).await.map_err(Some)
+        self.session
+            .record_outcome(self.statement, event)
+            .await
+            .map_err(Some)
     }
 
     /// Refuses a statement: the client's error, also in the recording.
@@ -319,6 +328,7 @@ impl Relay {
             // Answers already handled reach the client before the wait.
             let _ = self.flush_client().await;
         }
+        self.statement = Some(command.id);
         let session = self.session.clone();
         let mut client = HeldClient {
             stream: &mut self.client,

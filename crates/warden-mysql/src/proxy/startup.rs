@@ -279,6 +279,7 @@ pub(super) async fn serve_stream<H: SessionHooks>(
         awaiting: false,
         threads: config.threads.clone(),
         this_thread,
+        statement: None,
     };
     let mut ended = session.ended();
     let (reason, by_gateway) = tokio::select! {

@@ -9,13 +9,14 @@ use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
+use uuid::Uuid;
 use warden_core::{
     Action, Admission, ClientWatch, Command, Decision, DenialCause, EndReason, SessionHandle,
     SqlDialect, TimelineEvent,
 };
 use warden_net::Batched;
 
-use super::relay::{Denials, lock};
+use super::relay::{Denials, Denied, lock};
 use crate::backend::{self as out, PgNotice};
 use crate::capture::{CopyCount, memchr_count};
 use crate::frontend::{FrontendDecoder, PgFrontendMessage};
@@ -175,9 +176,21 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
             Some(Bound::Sql(sql)) => Some(sql.as_str()),
             _ => None,
         };
-        if let Some(statement) =
-            requests.sent(&frame.message, &upstream_expected, generation, bound_sql)
-        {
+        // The audit event a Query or Bind becomes (a Bind the server skips is not
+        // audited): the outcomes of what it runs name it.
+        let statement = match (&frame.message, &bound) {
+            (PgFrontendMessage::Query { .. }, _)
+            | (PgFrontendMessage::Bind { .. }, Some(Bound::Sql(_))) => Some(Uuid::now_v7()),
+            (PgFrontendMessage::Bind { .. }, _) if !skipping_until_sync => Some(Uuid::now_v7()),
+            _ => None,
+        };
+        if let Some(statement) = requests.sent(
+            &frame.message,
+            &upstream_expected,
+            generation,
+            bound_sql,
+            statement,
+        ) {
             let mut d = BytesMut::new();
             crate::wire::put_frame(&mut d, b'D', |b| {
                 b.extend_from_slice(b"S");
@@ -285,6 +298,10 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                 continue;
             }
         };
+        let command = match statement {
+            Some(id) => command.with_id(id),
+            None => command,
+        };
         let decision = command
             .decided
             .clone()
@@ -345,7 +362,15 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                 };
                 let marker = marker();
                 if let Ok(mut d) = upstream_denials.lock() {
-                    d.insert(marker.clone(), (code, denial.rule, denial.reason));
+                    d.insert(
+                        marker.clone(),
+                        Denied {
+                            code,
+                            rule: denial.rule,
+                            reason: denial.reason,
+                            statement: command.id,
+                        },
+                    );
                 }
                 rewrite(&frame.message, &marker)
             }

@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use uuid::Uuid;
 use warden_core::EndReason;
 use warden_net::Batched;
 
@@ -21,8 +22,17 @@ use crate::tls::BoxedStream;
 pub(super) const LOST_TRACK: &str =
     "the gateway lost track of the client's requests; the session was ended";
 
-/// Marker → (SQLSTATE, rule, reason) for statements replaced by a failing stand-in.
-pub(super) type Denials = Arc<Mutex<HashMap<String, (&'static str, String, String)>>>;
+/// A denied statement replaced by a failing stand-in: what its error says.
+pub(super) struct Denied {
+    pub(super) code: &'static str,
+    pub(super) rule: String,
+    pub(super) reason: String,
+    /// Its audit event, which the error is the outcome of.
+    pub(super) statement: Uuid,
+}
+
+/// Marker → the denial its stand-in's error is replaced with.
+pub(super) type Denials = Arc<Mutex<HashMap<String, Denied>>>;
 
 pub(super) fn denied_message(rule: &str, reason: &str) -> String {
     format!("Warden denied this statement: {reason} (rule {rule})")
@@ -125,15 +135,46 @@ pub(super) fn take<T>(
         .take(want)
 }
 
-/// A statement's answer ended: how long it took from its request (or, for the later
-/// statements of one simple query, from the previous answer).
-pub(super) fn finished(requests: &Mutex<Requests>, last_done: &mut Instant) -> Option<u64> {
-    let since = take(requests, |e| match e {
-        Expect::Execute(at, _) => Some(*at),
-        _ => None,
-    })
-    .unwrap_or(*last_done);
-    let now = Instant::now();
-    *last_done = now;
-    u64::try_from(now.saturating_duration_since(since).as_micros()).ok()
+/// Where the server's answers stand: when the last statement's answer ended, and
+/// the simple query being answered (its later statements have no request of their
+/// own).
+pub(super) struct Answering {
+    last_done: Instant,
+    query: Option<Uuid>,
+}
+
+impl Answering {
+    pub(super) fn new() -> Self {
+        Self {
+            last_done: Instant::now(),
+            query: None,
+        }
+    }
+
+    /// A statement's answer ended: how long it took from its request (or, for the
+    /// later statements of one simple query, from the previous answer), and the
+    /// audit event of the statement it answers, when known.
+    pub(super) fn finished(&mut self, requests: &Mutex<Requests>) -> (Option<u64>, Option<Uuid>) {
+        let (since, statement) = match take(requests, |e| match e {
+            Expect::Execute(at, portal, statement) => Some((*at, portal.is_none(), *statement)),
+            _ => None,
+        }) {
+            Some((at, simple, statement)) => {
+                if simple {
+                    self.query = statement;
+                }
+                (at, statement)
+            }
+            None => (self.last_done, self.query),
+        };
+        let now = Instant::now();
+        self.last_done = now;
+        let duration = u64::try_from(now.saturating_duration_since(since).as_micros()).ok();
+        (duration, statement)
+    }
+
+    /// `ReadyForQuery`: the simple query, if any, is answered.
+    pub(super) fn cycle_ended(&mut self) {
+        self.query = None;
+    }
 }

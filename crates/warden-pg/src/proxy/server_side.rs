@@ -6,14 +6,13 @@
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use warden_core::{EndReason, SessionHandle, TimelineEvent};
 use warden_net::Batched;
 
 use super::ProxySession;
-use super::relay::{Denials, LOST_TRACK, denied_message, finished, lock, take};
+use super::relay::{Answering, Denials, LOST_TRACK, denied_message, lock, take};
 use crate::backend::{self as out, PgNotice};
 use crate::capture::{CopyCount, ResultCapture, memchr_count};
 use crate::catalog::{Catalog, Described, column_masking};
@@ -73,9 +72,8 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
     // The COPY-out in progress, when its rows are masked: format, column plans,
     // whether the header line is still to come.
     let mut copy_masking: Option<(CopyFormat, Vec<warden_core::ColumnPlan>, bool)> = None;
-    // Where a statement's duration starts when its request's own time is unknown
-    // (the second and later statements of one simple query).
-    let mut last_done = Instant::now();
+    // Which statement the answers belong to, and since when.
+    let mut answering = Answering::new();
     loop {
         let frame = loop {
             match decoder.decode(&mut buf) {
@@ -222,6 +220,7 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             PgBackendMessage::ReadyForQuery { .. } => {
                 copy_masking = None;
                 result_open = false;
+                answering.cycle_ended();
                 // Requests the server skipped after an error end with this cycle.
                 let unanswered = lock(&expected).end_cycle();
                 {
@@ -370,8 +369,11 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             }
             PgBackendMessage::CommandComplete { tag } => {
                 result_open = false;
-                let duration = finished(&expected, &mut last_done);
-                if let Err(e) = recorder.record(capture.finish(tag.clone(), duration)).await {
+                let (duration, statement) = answering.finished(&expected);
+                if let Err(e) = recorder
+                    .record_outcome(statement, capture.finish(tag.clone(), duration))
+                    .await
+                {
                     return Some(down.fail(e.into()));
                 }
                 frame.raw.clone()
@@ -379,9 +381,12 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             // PortalSuspended: an Execute with a row limit reached it.
             PgBackendMessage::Other { tag: b's' } => {
                 result_open = false;
-                let duration = finished(&expected, &mut last_done);
+                let (duration, statement) = answering.finished(&expected);
                 if let Err(e) = recorder
-                    .record(capture.finish("(portal suspended)".into(), duration))
+                    .record_outcome(
+                        statement,
+                        capture.finish("(portal suspended)".into(), duration),
+                    )
                     .await
                 {
                     return Some(down.fail(e.into()));
@@ -390,19 +395,23 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             }
             PgBackendMessage::EmptyQueryResponse => {
                 result_open = false;
-                finished(&expected, &mut last_done);
+                answering.finished(&expected);
                 frame.raw.clone()
             }
             PgBackendMessage::ErrorResponse { code, message } => {
                 result_open = false;
-                let duration = finished(&expected, &mut last_done);
+                let (duration, mut statement) = answering.finished(&expected);
                 let hit = denials.lock().ok().and_then(|mut d| {
                     let key = d.keys().find(|k| message.contains(k.as_str())).cloned();
                     key.and_then(|k| d.remove(&k))
                 });
                 let (bytes, code, recorded) = match hit {
-                    Some((code, rule, reason)) => {
-                        let message = denied_message(&rule, &reason);
+                    Some(denied) => {
+                        // The stand-in's error is the denied statement's outcome,
+                        // whichever request it arrived for.
+                        statement = Some(denied.statement);
+                        let code = denied.code;
+                        let message = denied_message(&denied.rule, &denied.reason);
                         let mut b = BytesMut::new();
                         out::error_response(
                             &mut b,
@@ -436,11 +445,14 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
                 };
                 capture.reset();
                 if let Err(e) = recorder
-                    .record(TimelineEvent::Error {
-                        code,
-                        message: recorded,
-                        duration_us: duration,
-                    })
+                    .record_outcome(
+                        statement,
+                        TimelineEvent::Error {
+                            code,
+                            message: recorded,
+                            duration_us: duration,
+                        },
+                    )
                     .await
                 {
                     return Some(down.fail(e.into()));

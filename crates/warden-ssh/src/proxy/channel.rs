@@ -9,6 +9,7 @@ use bytes::Bytes;
 use russh::server::{self, Msg};
 use russh::{Channel, ChannelId, ChannelMsg, Pty};
 use serde_json::json;
+use uuid::Uuid;
 use warden_core::{
     Action, Admission, ClientWatch, Command, Decision, DenialCause, EndReason, TerminalRecorder,
     TerminalSpec, TimelineEvent,
@@ -143,6 +144,7 @@ impl SessionChannel {
             to_client: &to_client,
         };
         // Audit before execute: a command that cannot be recorded does not run.
+        let statement = decided.id;
         match self.live.session.admit(decided, &mut client).await {
             Admission::Admitted { .. } => {}
             Admission::Denied(denial) => {
@@ -311,7 +313,7 @@ impl SessionChannel {
         .await;
         // The target closed: the client's side follows on its own; stop relaying.
         up.abort();
-        self.finish(&watch, status).await;
+        self.finish(&watch, status, statement).await;
     }
 
     /// Accepts the client's request, once.
@@ -338,8 +340,9 @@ impl SessionChannel {
         let _ = to_client.close().await;
     }
 
-    /// Records what a finished channel did.
-    pub(super) async fn finish(&self, watch: &Mutex<Watch>, exit: ExitSeen) {
+    /// Records what a finished channel did; its exit is the outcome of the command
+    /// (or shell) audited as `statement`.
+    pub(super) async fn finish(&self, watch: &Mutex<Watch>, exit: ExitSeen, statement: Uuid) {
         if let Some(recorder) = terminal_of(watch)
             && let Err(e) = recorder.finish().await
         {
@@ -363,11 +366,14 @@ impl SessionChannel {
             self.live.note(kind, detail).await;
         }
         self.live
-            .record(TimelineEvent::Exit {
-                channel: u32::from(self.id),
-                status: exit.status,
-                signal: exit.signal,
-            })
+            .record_outcome(
+                Some(statement),
+                TimelineEvent::Exit {
+                    channel: u32::from(self.id),
+                    status: exit.status,
+                    signal: exit.signal,
+                },
+            )
             .await;
     }
 }

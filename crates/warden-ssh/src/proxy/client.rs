@@ -12,6 +12,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 use serde_json::json;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
+use uuid::Uuid;
 use warden_core::{
     Action, Admission, Command, ConnectionKind, KeyLogin, LoginRequest, Refusal, SessionHandle,
     SessionHooks, TimelineEvent, TunnelLogin, Unwatched,
@@ -108,7 +109,16 @@ impl Live {
 
     /// Writes to the session's timeline; a failed write ends the session.
     pub(super) async fn record(&self, event: TimelineEvent) -> bool {
-        match self.session.record(event).await {
+        self.record_outcome(None, event).await
+    }
+
+    /// Writes an action's outcome, naming the action's audit event when known.
+    pub(super) async fn record_outcome(
+        &self,
+        statement: Option<Uuid>,
+        event: TimelineEvent,
+    ) -> bool {
+        match self.session.record_outcome(statement, event).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(session = %self.session.id(), error = %e, "recording failed");
