@@ -104,10 +104,20 @@ pub fn ocsf_json(entry: &AuditEntry) -> Value {
     } else {
         (6003, "API Activity")
     };
-    let failed = kind == "auth.failure"
+    let refused = kind == "auth.failure"
         || kind == "access.denied"
         || matches!(e.decision, Some(Decision::Deny { .. }));
-    let flagged = failed || matches!(e.decision, Some(Decision::Review { .. }));
+    let flagged = refused || matches!(e.decision, Some(Decision::Review { .. }));
+    // A statement's outcome: folded into its event, or an event of its own.
+    let outcome = if kind.ends_with(".outcome") {
+        Some(&e.payload)
+    } else {
+        e.payload.get("outcome")
+    };
+    let error = outcome
+        .and_then(|o| o.get("error"))
+        .filter(|err| err.is_object());
+    let failed = refused || error.is_some();
     let (activity_id, activity_name) = match class_uid {
         3002 => (1, "Logon"),
         _ => (99, kind),
@@ -138,6 +148,17 @@ pub fn ocsf_json(entry: &AuditEntry) -> Value {
         },
         "unmapped": {"connection": e.connection, "decision": e.decision, "payload": e.payload},
     });
+    if let Some(us) = outcome
+        .and_then(|o| o.get("duration_us"))
+        .and_then(Value::as_u64)
+    {
+        // OCSF durations are milliseconds.
+        out["duration"] = json!(us / 1000);
+    }
+    if let Some(err) = error {
+        out["status_code"] = err["code"].clone();
+        out["status_detail"] = err["message"].clone();
+    }
     if let Some(id) = &e.identity {
         out["actor"] = json!({
             "user": {"name": id.subject, "uid": id.subject,
@@ -788,5 +809,27 @@ mod tests {
         let v: Value = serde_json::from_str(json_part).unwrap();
         assert_eq!(v["kind"], "pg.query");
         assert_eq!(v["seq"], 7);
+    }
+
+    #[test]
+    fn ocsf_reads_a_statements_outcome_folded_or_on_its_own() {
+        let mut folded = entry("pg.query", Some(Decision::Allow));
+        folded.event.payload["outcome"] = json!({"error": {"code": "42P01",
+            "message": "relation \"t\" does not exist"}, "duration_us": 2500});
+        let o = ocsf_json(&folded);
+        assert_eq!(o["status"], "Failure");
+        assert_eq!(o["status_code"], "42P01");
+        assert_eq!(o["duration"], 2);
+        // An error the database answered is not a refusal: not flagged.
+        assert_eq!(o["severity_id"], 1);
+        let mut alone = entry("pg.outcome", None);
+        alone.event.payload = json!({"tag": "DELETE 3", "rows_affected": 3,
+            "duration_us": 900, "statement": uuid::Uuid::now_v7()});
+        let o = ocsf_json(&alone);
+        assert_eq!(o["status"], "Success");
+        assert_eq!(o["duration"], 0);
+        let ok = ocsf_json(&entry("pg.query", Some(Decision::Allow)));
+        assert_eq!(ok["status"], "Success");
+        assert!(ok.get("duration").is_none(), "{ok}");
     }
 }

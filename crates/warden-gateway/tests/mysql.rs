@@ -254,11 +254,9 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
         execute["event"]["payload"]["params"]["count"], 1,
         "{execute}"
     );
-    let outcomes = gw.audit_events("mysql.outcome").await;
+    let outcomes = gw.outcomes("mysql").await;
     assert!(
-        outcomes
-            .iter()
-            .any(|e| e["event"]["payload"]["error"]["code"] == "1146"),
+        outcomes.iter().any(|o| o["error"]["code"] == "1146"),
         "{outcomes:?}"
     );
 

@@ -155,20 +155,19 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
     assert!(s["bytes_in"].as_i64().unwrap() > 0, "{s}");
     assert!(s["bytes_out"].as_i64().unwrap() > 0, "{s}");
 
-    // Each statement's outcome follows its event.
-    let outcomes = gw.audit_events("pg.outcome").await;
+    // Each statement's outcome follows its event, naming it.
+    let outcomes = gw.outcomes("pg").await;
     assert!(
         outcomes
             .iter()
-            .any(|e| e["event"]["payload"]["tag"] == "SELECT 1"
-                && e["event"]["payload"]["rows"] == 1),
+            .any(|o| o["tag"] == "SELECT 1" && o["rows"] == 1),
         "{outcomes:?}"
     );
-    assert!(
-        outcomes
-            .iter()
-            .any(|e| e["event"]["payload"]["error"]["code"] == "42501")
-    );
+    let denied_outcome = outcomes
+        .iter()
+        .find(|o| o["error"]["code"] == "42501")
+        .expect("the denial's outcome");
+    assert_eq!(denied_outcome["statement"], drop_event["event"]["id"]);
 
     // The recording: statements, decisions, masked rows, the denial, the end.
     let id = s["id"].as_str().unwrap();

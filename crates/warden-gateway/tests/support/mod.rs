@@ -424,6 +424,24 @@ impl TestGateway {
         assert_eq!(status, 200, "{page}");
         page["events"].as_array().unwrap().clone()
     }
+
+    /// The outcomes of `family`'s statements (`pg`, `ssh`, ...) as payloads, each
+    /// naming its statement's event (`statement`): folded into that event
+    /// (`payload.outcome`), or an event of its own (`<family>.outcome`).
+    pub async fn outcomes(&self, family: &str) -> Vec<Value> {
+        let mut outcomes = Vec::new();
+        for e in self.audit_events(&format!("{family}.")).await {
+            let event = &e["event"];
+            if event["kind"] == format!("{family}.outcome") {
+                outcomes.push(event["payload"].clone());
+            } else if let Some(folded) = event["payload"].get("outcome") {
+                let mut o = folded.clone();
+                o["statement"] = event["id"].clone();
+                outcomes.push(o);
+            }
+        }
+        outcomes
+    }
 }
 
 /// Runs one async test body against both store engines.
