@@ -156,6 +156,15 @@ async fn requests_reach_the_service_with_the_held_credential_and_are_audited() {
     })
     .await;
     assert!(outcomes.iter().any(|o| o["status"] == 200), "{outcomes:?}");
+    // Each names the request it answers.
+    let requests = gw.audit_events("http.request").await;
+    for o in &outcomes {
+        assert!(
+            requests.iter().any(|r| r["event"]["id"] == o["statement"]
+                && r["event"]["decision"]["outcome"] == "allow"),
+            "{o} names no admitted request"
+        );
+    }
 
     // The held credential is nowhere Warden keeps or shows things.
     let (_, conn) = gw.admin("GET", "/api/connections/wiki", None).await;

@@ -254,11 +254,23 @@ async fn token_login_guardrails_masking_audit_and_sessions(backend: Backend) {
         execute["event"]["payload"]["params"]["count"], 1,
         "{execute}"
     );
+    // Each outcome names its statement: the server's error, the denial, the
+    // prepared statement's execution.
     let outcomes = gw.outcomes("mysql").await;
-    assert!(
-        outcomes.iter().any(|o| o["error"]["code"] == "1146"),
-        "{outcomes:?}"
-    );
+    let of = |event: &serde_json::Value| {
+        outcomes
+            .iter()
+            .filter(|o| o["statement"] == event["event"]["id"])
+            .collect::<Vec<_>>()
+    };
+    let missing = queries
+        .iter()
+        .find(|e| e["event"]["payload"]["sql"] == "SELECT * FROM no_such_table_here")
+        .unwrap();
+    assert_eq!(of(missing).len(), 1, "{outcomes:?}");
+    assert_eq!(of(missing)[0]["error"]["code"], "1146");
+    assert_eq!(of(drop_event)[0]["error"]["code"], "1227", "{outcomes:?}");
+    assert_eq!(of(execute).len(), 1, "{outcomes:?}");
 
     // The session was recorded and closed.
     let (_, sessions) = gw.admin("GET", "/api/sessions?connection=shop", None).await;

@@ -66,8 +66,13 @@ async fn every_statement_has_its_outcome_once(backend: Backend) {
         let event = &e["event"];
         let id = event["id"].as_str().unwrap().to_string();
         if event["kind"] == "pg.outcome" {
-            let of = event["payload"]["statement"].as_str().expect("names its statement");
-            outcomes.entry(of.to_string()).or_default().push(event["payload"].clone());
+            let of = event["payload"]["statement"]
+                .as_str()
+                .expect("names its statement");
+            outcomes
+                .entry(of.to_string())
+                .or_default()
+                .push(event["payload"].clone());
         } else if let Some(o) = event["payload"].get("outcome") {
             assert!(o.get("statement").is_none(), "{event}");
             outcomes.entry(id).or_default().push(o.clone());

@@ -207,9 +207,18 @@ async fn exec_is_guarded_audited_and_recorded(backend: Backend) {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let outcomes = gw.outcomes("ssh").await;
-    assert!(
-        outcomes.iter().any(|o| o["exit_status"] == 7),
-        "{outcomes:?}"
+    let exited = outcomes
+        .iter()
+        .find(|o| o["exit_status"] == 7)
+        .unwrap_or_else(|| panic!("{outcomes:?}"));
+    // The exit names the command it ended.
+    let command = execs
+        .iter()
+        .find(|e| e["event"]["id"] == exited["statement"])
+        .unwrap_or_else(|| panic!("{exited} names no ssh.exec: {execs:?}"));
+    assert_eq!(
+        command["event"]["payload"]["command"],
+        "echo hello; whoami; exit 7"
     );
     // The command's output is in its terminal recording.
     let recorded = gw.recordings_text();

@@ -853,8 +853,14 @@ async fn each_outcome_names_the_statement_it_answers() {
         named(id_of("Query", "SELECT 3 AS three; SELECT 4 AS four")),
         ["three", "four"]
     );
-    assert_eq!(named(id_of("Query", "DROP TABLE warden_t_nothing")), ["42501"]);
-    assert_eq!(named(id_of("Parse", "DROP TABLE warden_t_nothing")), ["42501"]);
+    assert_eq!(
+        named(id_of("Query", "DROP TABLE warden_t_nothing")),
+        ["42501"]
+    );
+    assert_eq!(
+        named(id_of("Parse", "DROP TABLE warden_t_nothing")),
+        ["42501"]
+    );
     // Nothing answered is left without its statement.
     let unnamed: Vec<_> = hooks
         .timeline
