@@ -80,6 +80,19 @@ impl Requests {
         Some(t)
     }
 
+    /// Takes the first request of the current cycle not yet answered if `want`
+    /// accepts it (an error answers that request, whatever it is). Answers that only
+    /// some requests get and that may never come (a COPY starting) are passed over.
+    pub(crate) fn take_first_if<T>(&mut self, want: impl Fn(&Expect) -> Option<T>) -> Option<T> {
+        let i = self
+            .queue
+            .iter()
+            .position(|e| !matches!(e, Expect::CopyOut(_) | Expect::CopyIn(_)))?;
+        let found = want(self.queue.get(i)?)?;
+        self.queue.remove(i);
+        Some(found)
+    }
+
     /// Whether the next statement description to arrive answers the proxy's own
     /// `Describe` (so the client must not see it).
     pub(crate) fn next_describe_is_ours(&self) -> bool {
@@ -156,14 +169,25 @@ pub(crate) struct RequestLog {
     /// Statements described since their last Parse (by the client or the proxy).
     described: HashSet<String>,
     portals: HashMap<String, CopyStatement>,
-    /// The audit event of each portal's last `Bind`: its executions' outcomes name it.
+    /// The audit event of each portal's last `Bind` since the last `Sync`: its
+    /// executions' outcomes name it.
     portal_statements: HashMap<String, Uuid>,
+    /// Extended-protocol messages were sent since the last `Sync`.
+    extended_open: bool,
     copies: u64,
     /// The COPY-in executed last, until the client ends it with CopyDone or CopyFail.
     copying_in: Option<u64>,
 }
 
 impl RequestLog {
+    /// Whether extended-protocol messages wait for their `Sync`. A simple `Query`
+    /// then is refused: after an error among them the server ignores everything up to
+    /// the `Sync`, that `Query` included, so whether it runs — and so which answers
+    /// follow — cannot be known when it is sent. Drivers always send the `Sync`.
+    pub(crate) fn extended_open(&self) -> bool {
+        self.extended_open
+    }
+
     /// Records the answers `message` will get; call before it is forwarded, with the
     /// generation of a `Parse`, the SQL a `Bind` runs (as attributed), and the audit
     /// event a `Query` or `Bind` is recorded as (`None`: not audited). Returns
@@ -182,6 +206,21 @@ impl RequestLog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut describe = None;
+        match message {
+            // A transaction may end here, and its portals with it: an Execute after
+            // this names no earlier Bind (it may be answered as a portal that does
+            // not exist, which is no outcome of that Bind).
+            PgFrontendMessage::Sync | PgFrontendMessage::Query { .. } => {
+                self.portal_statements.clear();
+                self.extended_open = false;
+            }
+            PgFrontendMessage::Parse { .. }
+            | PgFrontendMessage::Bind { .. }
+            | PgFrontendMessage::Describe { .. }
+            | PgFrontendMessage::Execute { .. }
+            | PgFrontendMessage::Close { .. } => self.extended_open = true,
+            _ => {}
+        }
         match message {
             PgFrontendMessage::Query { sql } => {
                 r.queue

@@ -870,3 +870,71 @@ async fn each_outcome_names_the_statement_it_answers() {
         .collect();
     assert!(unnamed.is_empty(), "{unnamed:?}");
 }
+
+/// An error answers the earliest request not yet answered: one for a `Describe`
+/// names no statement, not the `Bind` after it that never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_before_an_execute_is_not_its_outcome() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, hooks) = start().await;
+    let (mut s, mut buf) = raw_session(addr).await;
+    s.write_all(
+        &[
+            parse_frame("x", "SELECT 5 AS five"),
+            frame(b'D', b"Snope\0"),
+            bind_portal("px", "x"),
+            execute_portal("px"),
+            frame(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_cycle(&mut s, &mut buf).await, b"1EZ");
+    let bind = hooks
+        .records()
+        .into_iter()
+        .find(|a| a.via == "Bind")
+        .expect("the Bind is audited");
+    let outcomes = hooks.timeline.outcomes();
+    assert!(
+        matches!(&outcomes[..], [(None, TimelineEvent::Error { code, .. })] if code == "26000"),
+        "{outcomes:?} (the Bind is {})",
+        bind.id
+    );
+}
+
+/// After an error among extended-protocol messages the server ignores everything up
+/// to the `Sync`, a simple `Query` too: one sent before that `Sync` is refused, since
+/// which answers follow it cannot be known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_inside_an_unsynced_extended_series_ends_the_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _hooks) = start().await;
+    let (mut s, _buf) = raw_session(addr).await;
+    let mut query = b"SELECT 2\0".to_vec();
+    query = frame(b'Q', &query);
+    s.write_all(
+        &[
+            parse_frame("", "SELECT 1/0"),
+            bind_frame(""),
+            execute_portal(""),
+            query,
+            frame(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the gateway closes the connection")
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("08P01"), "{text}");
+    assert!(text.contains("send Sync first"), "{text}");
+}

@@ -46,6 +46,11 @@ pub(crate) fn fold_outcomes(events: Vec<Event>) -> Vec<Event> {
             {
                 open.remove(&id);
                 body.remove("statement");
+                // When it ended (an SSH exit has no duration of its own).
+                body.insert(
+                    "time".into(),
+                    serde_json::json!(warden_core::timefmt::rfc3339(event.time)),
+                );
                 statement.payload["outcome"] = std::mem::take(&mut event.payload);
                 continue;
             }
@@ -97,20 +102,23 @@ mod tests {
     fn an_outcome_folds_into_its_statement_once_within_a_shipment() {
         let s = Uuid::now_v7();
         let (a, b) = (statement(s, "SELECT 1"), statement(s, "SELECT 2"));
+        let a_done = outcome(s, Some(a.id), "SELECT 1");
         let events = vec![
             a.clone(),
             b.clone(),
             // Out of order: b's outcome first, then a's, then a second one for a.
             outcome(s, Some(b.id), "SELECT 2"),
-            outcome(s, Some(a.id), "SELECT 1"),
+            a_done.clone(),
             outcome(s, Some(a.id), "SELECT 1 again"),
         ];
         let folded = fold_outcomes(events);
         assert_eq!(folded.len(), 3, "{folded:#?}");
         assert_eq!(folded[0].id, a.id);
+        // Its payload less the link, plus when it ended.
         assert_eq!(
             folded[0].payload["outcome"],
-            json!({"tag": "SELECT 1", "rows": 1})
+            json!({"tag": "SELECT 1", "rows": 1,
+                   "time": warden_core::timefmt::rfc3339(a_done.time)})
         );
         assert_eq!(folded[1].payload["outcome"]["tag"], "SELECT 2");
         // The second outcome of `a` stays a row, still naming it.
@@ -146,10 +154,12 @@ mod tests {
             outcome(s, Some(not_a_session.id), "global"),
         ];
         let mut with_own = events.clone();
-        with_own.push(outcome(s, Some(a.id), "own"));
+        let own = outcome(s, Some(a.id), "own");
+        with_own.push(own.clone());
         let folded = fold_outcomes(with_own);
         let mut expected = events;
-        expected[1].payload["outcome"] = json!({"tag": "own", "rows": 1});
+        expected[1].payload["outcome"] = json!({"tag": "own", "rows": 1,
+            "time": warden_core::timefmt::rfc3339(own.time)});
         assert_eq!(folded, expected);
     }
 

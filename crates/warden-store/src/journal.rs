@@ -313,6 +313,11 @@ impl AuditJournal {
         for (_, path) in &left {
             std::fs::remove_file(path).map_err(|e| io_error("removing a shipped segment", e))?;
         }
+        // The removals are made durable before the marks covering those lines go: a
+        // power loss must not bring segments back without their marks, as their lines
+        // would then be looked up by id, which finds no outcome folded into its
+        // statement's row (it would be chained a second time).
+        sync_dir(dir)?;
         // Those runs' lines are gone with their segments: their marks are not needed.
         let runs: Vec<&str> = runs.iter().map(|r| &**r).collect();
         store.forget_journal_marks(&runs).await?;

@@ -148,6 +148,11 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                     return Some(e);
                 }
             }
+            PgFrontendMessage::Query { .. } if requests.extended_open() => {
+                return Some(EndReason::ClientProtocol(
+                    "a simple Query arrived before the Sync of the extended-protocol messages sent before it; send Sync first".into(),
+                ));
+            }
             PgFrontendMessage::Sync | PgFrontendMessage::Query { .. } => {
                 skipping_until_sync = false;
             }

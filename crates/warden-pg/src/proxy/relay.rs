@@ -151,14 +151,27 @@ impl Answering {
         }
     }
 
-    /// A statement's answer ended: how long it took from its request (or, for the
-    /// later statements of one simple query, from the previous answer), and the
-    /// audit event of the statement it answers, when known.
-    pub(super) fn finished(&mut self, requests: &Mutex<Requests>) -> (Option<u64>, Option<Uuid>) {
-        let (since, statement) = match take(requests, |e| match e {
+    /// A statement's answer ended (`error`: with an `ErrorResponse`): how long it
+    /// took from its request (or, for the later statements of one simple query, from
+    /// the previous answer), and the audit event of the statement it answers, when
+    /// known. An error answers the earliest request not yet answered, which may be a
+    /// `Parse`, `Bind` or `Describe` rather than an `Execute`: then it names nothing
+    /// (the `Execute`s after it are skipped, and dropped with the cycle).
+    pub(super) fn finished(
+        &mut self,
+        requests: &Mutex<Requests>,
+        error: bool,
+    ) -> (Option<u64>, Option<Uuid>) {
+        let execute = |e: &Expect| match e {
             Expect::Execute(at, portal, statement) => Some((*at, portal.is_none(), *statement)),
             _ => None,
-        }) {
+        };
+        let taken = if error {
+            lock(requests).take_first_if(execute)
+        } else {
+            take(requests, execute)
+        };
+        let (since, statement) = match taken {
             Some((at, simple, statement)) => {
                 if simple {
                     self.query = statement;

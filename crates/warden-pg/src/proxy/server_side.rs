@@ -369,7 +369,7 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             }
             PgBackendMessage::CommandComplete { tag } => {
                 result_open = false;
-                let (duration, statement) = answering.finished(&expected);
+                let (duration, statement) = answering.finished(&expected, false);
                 if let Err(e) = recorder
                     .record_outcome(statement, capture.finish(tag.clone(), duration))
                     .await
@@ -381,7 +381,7 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             // PortalSuspended: an Execute with a row limit reached it.
             PgBackendMessage::Other { tag: b's' } => {
                 result_open = false;
-                let (duration, statement) = answering.finished(&expected);
+                let (duration, statement) = answering.finished(&expected, false);
                 if let Err(e) = recorder
                     .record_outcome(
                         statement,
@@ -395,12 +395,12 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
             }
             PgBackendMessage::EmptyQueryResponse => {
                 result_open = false;
-                answering.finished(&expected);
+                answering.finished(&expected, false);
                 frame.raw.clone()
             }
             PgBackendMessage::ErrorResponse { code, message } => {
                 result_open = false;
-                let (duration, mut statement) = answering.finished(&expected);
+                let (duration, mut statement) = answering.finished(&expected, true);
                 let hit = denials.lock().ok().and_then(|mut d| {
                     let key = d.keys().find(|k| message.contains(k.as_str())).cloned();
                     key.and_then(|k| d.remove(&k))
