@@ -263,6 +263,7 @@ impl Relay {
             // further until the answer is through (bounded memory).
             let watch_client = self.client_buf.len() < 1 << 20;
             self.client_buf.reserve(READ_CHUNK);
+            self.server_buf.reserve(READ_CHUNK);
             tokio::select! {
                 r = self.server.read_buf(&mut self.server_buf) => match r {
                     Ok(0) | Err(_) => return Err(server_gone()),

@@ -121,7 +121,7 @@ pub(super) async fn run(side: ClientSide) -> Option<EndReason> {
                     if server_out.flush().await.is_err() {
                         return Some(database_lost());
                     }
-                    match client_rd.read_buf(&mut client_buf).await {
+                    match warden_net::read_more(&mut client_rd, &mut client_buf).await {
                         Ok(0) | Err(_) => return Some(EndReason::ClientGone),
                         Ok(_) => {}
                     }

@@ -6,7 +6,7 @@
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use warden_core::{EndReason, SessionHandle, TimelineEvent};
 use warden_net::Batched;
@@ -83,7 +83,7 @@ pub(super) async fn run(side: ServerSide<'_>) -> Option<EndReason> {
                         return Some(EndReason::ClientGone);
                     }
                     tokio::select! {
-                        read = server_rd.read_buf(&mut buf) => match read {
+                        read = warden_net::read_more(&mut server_rd, &mut buf) => match read {
                             Ok(0) | Err(_) => {
                                 return Some(EndReason::BackendGone("database closed the connection".into()));
                             }
