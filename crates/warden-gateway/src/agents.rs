@@ -161,7 +161,7 @@ impl HubEvents for AuditedHub {
                     tracing::warn!(error = %e, "could not note when an agent was seen");
                 }
             }
-            match self.journal.append(&audit).await {
+            match self.journal.append(audit).await {
                 Ok(_) => true,
                 Err(e) => {
                     tracing::error!(error = %e, "could not record an agent event");

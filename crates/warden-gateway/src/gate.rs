@@ -135,7 +135,7 @@ impl StatementTimeline {
                 .by(&self.identity)
                 .on_connection(&self.connection)
                 .in_session(self.session);
-            self.journal.append_later(&event);
+            self.journal.append_later(event);
         }
         self.file.record(event).await
     }
@@ -269,7 +269,7 @@ impl SessionGate {
     }
 
     async fn refuse(&self, event: Event, kind: RefusalKind, message: String) -> Refusal {
-        if let Err(e) = self.journal.append(&event).await {
+        if let Err(e) = self.journal.append(event).await {
             tracing::error!(error = %e, "could not record a refused login");
         }
         Refusal { kind, message }
@@ -494,7 +494,7 @@ impl SessionGate {
             .create_session(&session, self.instance.as_deref())
             .await
             .is_err()
-            || self.journal.append(&start).await.is_err()
+            || self.journal.append(start).await.is_err()
         {
             return Err(unavailable("the session cannot be recorded"));
         }
@@ -771,7 +771,7 @@ impl SessionSink for OpenSession {
             }
             let event = self.audit_event(&entry);
             self.journal
-                .append(&event)
+                .append(event)
                 .await
                 .map_err(|e| AuditError(e.to_string()))?;
             if entry.action.is_command() {
@@ -782,7 +782,7 @@ impl SessionSink for OpenSession {
     }
 
     fn note(&self, kind: &'static str, payload: serde_json::Value) {
-        self.journal.append_later(&self.event(kind, payload));
+        self.journal.append_later(self.event(kind, payload));
     }
 
     fn request_review<'a>(
@@ -916,7 +916,7 @@ impl SessionSink for OpenSession {
                 "session.end",
                 json!({"reason": reason, "bytes_in": traffic.from_client, "bytes_out": traffic.to_client}),
             );
-            if let Err(e) = self.journal.append(&event).await {
+            if let Err(e) = self.journal.append(event).await {
                 tracing::error!(error = %e, "could not record session end");
             }
         })

@@ -103,7 +103,7 @@ impl RepeatLog {
             }
         };
         if let Some(event) = first {
-            self.journal.append_later(&event);
+            self.journal.append_later(event);
         }
     }
 
@@ -135,7 +135,7 @@ impl RepeatLog {
                 summary.connection = r.first.connection.clone();
                 summary
             };
-            self.journal.append_later(&summary);
+            self.journal.append_later(summary);
         }
     }
 

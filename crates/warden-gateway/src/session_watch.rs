@@ -235,7 +235,7 @@ impl SessionWatch {
                 .by(&w.identity)
                 .on_connection(&w.connection)
                 .in_session(id);
-            self.journal.append_later(&event);
+            self.journal.append_later(event);
             tracing::info!(session = %id, cause = cause.as_str(), %reason, "ending session");
             w.ender.end(&reason);
         }

@@ -420,6 +420,13 @@ async fn raw_session(addr: SocketAddr) -> (tokio::net::TcpStream, Vec<u8>) {
     (s, buf)
 }
 
+/// A simple Query of `sql`.
+fn query_frame(sql: &str) -> Vec<u8> {
+    let mut b = sql.as_bytes().to_vec();
+    b.push(0);
+    frame(b'Q', &b)
+}
+
 /// A Parse of `sql` as statement `name`, no parameter types.
 fn parse_frame(name: &str, sql: &str) -> Vec<u8> {
     let mut b = name.as_bytes().to_vec();
@@ -611,11 +618,7 @@ async fn executions_of_statements_warden_cannot_attribute_are_refused_and_audite
     let (addr, hooks) = start().await;
     let (mut s, mut buf) = raw_session(addr).await;
     let sync = frame(b'S', b"");
-    let query = |sql: &str| {
-        let mut b = sql.as_bytes().to_vec();
-        b.push(0);
-        frame(b'Q', &b)
-    };
+    let query = query_frame;
     let execute = || [bind_frame("p1"), execute_portal(""), sync.clone()].concat();
 
     // SQL-level PREPARE, then a protocol Bind of it: the DELETE never runs.
@@ -782,11 +785,7 @@ async fn each_outcome_names_the_statement_it_answers() {
     let (addr, hooks) = start().await;
     let (mut s, mut buf) = raw_session(addr).await;
     let sync = frame(b'S', b"");
-    let query = |sql: &str| {
-        let mut b = sql.as_bytes().to_vec();
-        b.push(0);
-        frame(b'Q', &b)
-    };
+    let query = query_frame;
     // Two portals bound, then executed in the other order, in one pipeline.
     s.write_all(
         &[
@@ -912,8 +911,7 @@ async fn a_query_inside_an_unsynced_extended_series_ends_the_session() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (addr, _hooks) = start().await;
     let (mut s, _buf) = raw_session(addr).await;
-    let mut query = b"SELECT 2\0".to_vec();
-    query = frame(b'Q', &query);
+    let query = query_frame("SELECT 2");
     s.write_all(
         &[
             parse_frame("", "SELECT 1/0"),

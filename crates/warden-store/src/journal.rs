@@ -377,20 +377,20 @@ impl AuditJournal {
 
     /// Appends `event` durably: when this returns `Ok`, the event is on disk and
     /// will be in the store's chain. An error means "do not act".
-    pub async fn append(&self, event: &Event) -> Result<()> {
+    pub async fn append(&self, event: Event) -> Result<()> {
         if let Some(why) = self.lock_failing().clone() {
             return Err(StoreError::AppendFailed(format!(
                 "the store is not taking audit events: {why}"
             )));
         }
         self.wait_for_room().await;
-        let json = serde_json::to_vec(event)?;
+        let json = serde_json::to_vec(&event)?;
         self.backlog.fetch_add(1, Ordering::SeqCst);
         match &self.writer {
             Sink::Thread(commands) => {
                 let (tx, rx) = oneshot::channel();
                 commands
-                    .send(Command::Append(json, Box::new(event.clone()), tx))
+                    .send(Command::Append(json, Box::new(event), tx))
                     .map_err(|_| writer_stopped())?;
                 rx.await
                     .unwrap_or_else(|_| Err(StoreError::AppendFailed("the append was lost".into())))
@@ -398,7 +398,7 @@ impl AuditJournal {
             Sink::Inline(writer) => {
                 let mut w = lock_writer(writer)?;
                 w.take_later(&self.later);
-                w.push(&json, event.clone());
+                w.push(&json, event);
                 w.flush()
             }
         }
@@ -408,20 +408,22 @@ impl AuditJournal {
     /// with the next append or take — after every append that returned before this
     /// call, so the chain keeps a session's order — and never waits for a sync of its
     /// own. A failure is logged.
-    pub fn append_later(&self, event: &Event) {
-        let queued = serde_json::to_vec(event)
-            .map_err(StoreError::from)
-            .and_then(|line| {
-                let mut later = self
-                    .later
-                    .lock()
-                    .map_err(|_| StoreError::AppendFailed("the audit journal broke".into()))?;
-                later.push((line, event.clone()));
+    pub fn append_later(&self, event: Event) {
+        let line = match serde_json::to_vec(&event) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, kind = %event.kind, "an audit event was lost");
+                return;
+            }
+        };
+        match self.later.lock() {
+            Ok(mut later) => {
+                later.push((line, event));
                 self.backlog.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            });
-        if let Err(e) = queued {
-            tracing::error!(error = %e, kind = %event.kind, "an audit event was lost");
+            }
+            Err(_) => {
+                tracing::error!(kind = %event.kind, "an audit event was lost: the audit journal broke");
+            }
         }
     }
 

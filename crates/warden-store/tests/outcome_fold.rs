@@ -71,14 +71,14 @@ async fn outcomes_fold_into_their_statements(backend: Backend) -> TestResult {
 
     // Shipped together from memory: one row.
     let quick = statement(session, "SELECT 'quick'");
-    journal.append(&quick).await?;
-    journal.append_later(&outcome(&quick, "SELECT 1"));
+    journal.append(quick.clone()).await?;
+    journal.append_later(outcome(&quick, "SELECT 1"));
     journal.ship_now().await?;
     // Its statement shipped first: the outcome is a row of its own, naming it.
     let slow = statement(session, "SELECT pg_sleep(1)");
-    journal.append(&slow).await?;
+    journal.append(slow.clone()).await?;
     journal.ship_now().await?;
-    journal.append_later(&outcome(&slow, "SELECT 1"));
+    journal.append_later(outcome(&slow, "SELECT 1"));
     journal.ship_now().await?;
 
     let rows = chained(&store).await?;

@@ -672,7 +672,7 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
     for i in 0..50 {
         let j = journal.clone();
         tasks.push(tokio::spawn(async move {
-            j.append(&Event::new("test.journaled", json!({"i": i})))
+            j.append(Event::new("test.journaled", json!({"i": i})))
                 .await
         }));
     }
@@ -689,12 +689,12 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
     // The store stops taking writes: shipping fails, and from then on appends are
     // refused instead of piling up behind it.
     journal
-        .append(&Event::new("test.before-outage", json!({})))
+        .append(Event::new("test.before-outage", json!({})))
         .await?;
     store.close().await;
     assert!(journal.ship_now().await.is_err());
     let err = journal
-        .append(&Event::new("test.during-outage", json!({})))
+        .append(Event::new("test.during-outage", json!({})))
         .await
         .err()
         .ok_or("an append went through while the store was down")?;
@@ -705,7 +705,7 @@ async fn journal_is_durable_first_chained_soon_and_recovers_after_a_crash(
     // (This run hands events to the OS instead of syncing each batch.)
     let journal = unsynced_journal(&jdir, &store).await?;
     journal
-        .append(&Event::new("test.after-restart", json!({})))
+        .append(Event::new("test.after-restart", json!({})))
         .await?;
     journal.ship_now().await?;
     let kinds = kinds(store.list_audit(&all).await?);
@@ -726,10 +726,10 @@ async fn unsynced_journal_writes_queued_events_when_dropped() -> TestResult {
     let jdir = dir.path().join("journal");
     let journal = unsynced_journal(&jdir, &store).await?;
     journal
-        .append(&Event::new("test.statement", json!({})))
+        .append(Event::new("test.statement", json!({})))
         .await?;
     // Queued for the next write; the journal goes away before one happens.
-    journal.append_later(&Event::new("test.outcome", json!({})));
+    journal.append_later(Event::new("test.outcome", json!({})));
     drop(journal);
     // The next start ships what the segment holds.
     let journal = unsynced_journal(&jdir, &store).await?;
@@ -759,7 +759,7 @@ async fn journal_rolls_over_to_new_segments_and_ships_them_all() -> TestResult {
     let filler = "x".repeat(2000);
     for i in 0..5000 {
         journal
-            .append(&Event::new("test.bulk", json!({"i": i, "filler": filler})))
+            .append(Event::new("test.bulk", json!({"i": i, "filler": filler})))
             .await?;
     }
     journal.ship_now().await?;
@@ -941,7 +941,7 @@ async fn a_slow_store_slows_appends_instead_of_growing_memory() -> TestResult {
     for i in 0..300 {
         let (j, done) = (journal.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            j.append(&Event::new("test.slow", json!({"i": i}))).await?;
+            j.append(Event::new("test.slow", json!({"i": i}))).await?;
             done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok::<(), StoreError>(())
         }));
@@ -1142,7 +1142,7 @@ async fn events_archived_since_shipping_are_not_chained_again_from_the_journal(
         warden_store::AuditJournal::open(&jdir, store.clone(), Default::default()).await?;
     for i in 0..30 {
         journal
-            .append(&Event::new("test.journaled", json!({"i": i})))
+            .append(Event::new("test.journaled", json!({"i": i})))
             .await?;
     }
     journal.ship_now().await?;
@@ -1162,7 +1162,7 @@ async fn events_archived_since_shipping_are_not_chained_again_from_the_journal(
     let journal =
         warden_store::AuditJournal::open(&jdir, store.clone(), Default::default()).await?;
     journal
-        .append(&Event::new("test.after-restart", json!({})))
+        .append(Event::new("test.after-restart", json!({})))
         .await?;
     journal.ship_now().await?;
     assert_eq!(store.list_audit(&journaled).await?.len(), in_store);
