@@ -11,15 +11,17 @@
 //!   `--`, `#`; carriage returns; control characters), and is at most
 //!   [`MAX_SHAPED_BYTES`] long. Everything outside the blanked digits must match
 //!   byte for byte, so two texts of one shape tokenize alike except those numbers.
-//! - Only tokens the SQL tokenizer itself reads as integers of at most
-//!   [`MAX_DIGITS`] digits are blanked: such a value can never overflow a parser
-//!   field, so the parse takes the same path whatever the digits.
+//! - Only digit runs outside quotes, with no letter, digit, `_`, `.` or non-ASCII
+//!   character on either side, of at most [`MAX_DIGITS`] digits, are blanked: such a
+//!   value can never overflow a parser field, so the parse takes the same path
+//!   whatever the digits. A hand-written scan finds them: the parser's own tokenizer
+//!   cost more than the rest of a cached decision.
 //! - The decision is only cached when the parse of the first text made every blanked
 //!   number a literal value in the syntax tree (not part of a name, a placeholder or
 //!   a type) — checked by [`crate::sql::analyze_shaped`] — and the guardrails read no
 //!   literal number's value.
 
-use sqlparser::tokenizer::{Location, Token, Tokenizer};
+use sqlparser::tokenizer::Location;
 use warden_core::SqlDialect;
 
 /// Longest text given a shape; longer ones are parsed every time.
@@ -50,10 +52,6 @@ pub(crate) fn shape(d: SqlDialect, text: &str) -> Option<Shape> {
     {
         return None;
     }
-    let dialect = crate::sql::dialect(d);
-    let tokens = Tokenizer::new(dialect.as_ref(), text)
-        .tokenize_with_location()
-        .ok()?;
     let mut key = String::with_capacity(text.len() + 2);
     key.push(match d {
         SqlDialect::Postgres => 'p',
@@ -61,51 +59,53 @@ pub(crate) fn shape(d: SqlDialect, text: &str) -> Option<Shape> {
         SqlDialect::Mariadb => 'a',
     });
     let mut literals = Vec::new();
-    // A cursor walking the text as the tokenizer counts: lines from `\n`, columns in
-    // characters, both from 1.
-    let (mut at, mut line, mut column) = (0usize, 1u64, 1u64);
+    let bytes = text.as_bytes();
+    // One pass over the bytes, counting lines and columns as the SQL tokenizer does
+    // (lines from `\n`, columns in characters, both from 1). The text has no comment,
+    // escape or dollar quote (above), so quoting is just pairs of one quote character.
+    // A digit run outside quotes, with no letter, digit, `_`, `.` or non-ASCII byte on
+    // either side, is blanked. This scan need not agree with the parser's tokenizer:
+    // the first text of a shape is parsed, and its decision is cached only when every
+    // blanked run is a number literal of that parse; texts of that shape differ from it
+    // only in those digits, which no reading can tell apart (see the module docs).
+    let joined = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | 0x80..);
+    let (mut line, mut column) = (1u64, 1u64);
+    let mut quote: Option<u8> = None;
     let mut copied = 0usize;
-    for token in &tokens {
-        let Token::Number(digits, false) = &token.token else {
-            continue;
-        };
-        if digits.is_empty()
-            || digits.len() > MAX_DIGITS
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let start = token.span.start;
-        while (line, column) < (start.line, start.column) {
-            let c = text[at..].chars().next()?;
-            at += c.len_utf8();
-            if c == '\n' {
-                line += 1;
-                column = 1;
-            } else {
-                column += 1;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let b = bytes[at];
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if matches!(b, b'\'' | b'"' | b'`') => quote = Some(b),
+            None if b.is_ascii_digit() && (at == 0 || !joined(bytes[at - 1])) => {
+                let end = at
+                    + bytes[at..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .count();
+                if end - at <= MAX_DIGITS && bytes.get(end).is_none_or(|&b| !joined(b)) {
+                    key.push_str(&text[copied..at]);
+                    key.push(BLANK);
+                    copied = end;
+                    literals.push(Location::new(line, column));
+                }
+                // Digits are one column each, and none is a line break.
+                column += (end - at) as u64;
+                at = end;
+                continue;
             }
+            None => {}
         }
-        // The token must be exactly these digits at this place, with no digit
-        // around it; anything else means the positions were misread: no shape.
-        let end = at + digits.len();
-        let bytes = text.as_bytes();
-        let joined = |i: Option<usize>| {
-            i.and_then(|i| bytes.get(i))
-                .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | 0x80..))
-        };
-        if at < copied
-            || (line, column) != (start.line, start.column)
-            || text.get(at..end) != Some(digits.as_str())
-            || joined(Some(end))
-            || joined(at.checked_sub(1))
-        {
-            return None;
+        if b == b'\n' {
+            line += 1;
+            column = 1;
+        } else if b & 0xC0 != 0x80 {
+            // A character's first byte (continuation bytes add no column).
+            column += 1;
         }
-        key.push_str(&text[copied..at]);
-        key.push(BLANK);
-        copied = end;
-        literals.push(start);
+        at += 1;
     }
     key.push_str(&text[copied..]);
     Some(Shape { key, literals })
@@ -147,6 +147,42 @@ mod tests {
             shape(pg, "SELECT 1,\n  22").map(|s| s.literals),
             Some(vec![Location::new(1, 8), Location::new(2, 3)])
         );
+    }
+
+    #[test]
+    fn quoted_digits_stay_and_positions_match_the_tokenizer() {
+        use sqlparser::tokenizer::{Token, Tokenizer};
+        let pg = SqlDialect::Postgres;
+        assert_ne!(key(pg, "SELECT '7', 1"), key(pg, "SELECT '8', 1"));
+        assert_ne!(
+            key(pg, "SELECT \"c7\" FROM t"),
+            key(pg, "SELECT \"c8\" FROM t")
+        );
+        assert_ne!(
+            key(SqlDialect::Mysql, "SELECT `7` FROM t"),
+            key(SqlDialect::Mysql, "SELECT `8` FROM t")
+        );
+        assert_eq!(key(pg, "SELECT 'it''s', 1"), key(pg, "SELECT 'it''s', 2"));
+        // Where the scan blanks a number, the tokenizer starts that number token.
+        for (d, text) in [
+            (pg, "SELECT 'é\n', 5,\n\t 66 FROM t WHERE \"ü\" = 7"),
+            (pg, "SELECT a1, 2::int, x-3, (4) FROM t LIMIT 10 OFFSET 20"),
+            (
+                SqlDialect::Mysql,
+                "SELECT `a\n1`, 'x''1', 9 FROM t WHERE b IN (1,2 ,3)",
+            ),
+        ] {
+            let dialect = crate::sql::dialect(d);
+            let numbers: Vec<Location> = Tokenizer::new(dialect.as_ref(), text)
+                .tokenize_with_location()
+                .expect("tokenizes")
+                .into_iter()
+                .filter(|t| matches!(t.token, Token::Number(..)))
+                .map(|t| t.span.start)
+                .collect();
+            let shape = shape(d, text).expect("has a shape");
+            assert_eq!(shape.literals, numbers, "{text:?}");
+        }
     }
 
     #[test]
