@@ -704,8 +704,7 @@ impl Writer {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.batch_first.get_or_insert(seq);
-        let line = self.key.line(&self.run, seq, json);
-        self.bytes.extend_from_slice(&line);
+        self.key.line_into(&self.run, seq, json, &mut self.bytes);
         self.pending.push(event);
     }
 

@@ -46,14 +46,21 @@ impl LineKey {
 
     /// One event's line (ending in a newline).
     pub(crate) fn line(&self, run: &str, seq: u64, event_json: &[u8]) -> Vec<u8> {
-        let mac = self.tag(&[run.as_bytes(), &seq.to_be_bytes(), event_json]);
         let mut out = Vec::with_capacity(event_json.len() + 160);
+        self.line_into(run, seq, event_json, &mut out);
+        out
+    }
+
+    /// [`Self::line`], appended to `out` (the writer's batch: no line of its own).
+    pub(crate) fn line_into(&self, run: &str, seq: u64, event_json: &[u8], out: &mut Vec<u8>) {
+        use std::io::Write;
+        let mac = self.tag(&[run.as_bytes(), &seq.to_be_bytes(), event_json]);
         out.extend_from_slice(b"{\"run\":\"");
         out.extend_from_slice(run.as_bytes());
-        out.extend_from_slice(format!("\",\"seq\":{seq},\"mac\":\"{mac}\",\"event\":").as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "\",\"seq\":{seq},\"mac\":\"{mac}\",\"event\":");
         out.extend_from_slice(event_json);
         out.extend_from_slice(b"}\n");
-        out
     }
 
     /// A segment's header line.
