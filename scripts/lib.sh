@@ -230,6 +230,91 @@ setup_httpbin() {
   return 1
 }
 
+# Prints the home of the newest JDK in /usr/lib/jvm whose major version is at least $1.
+find_java() {
+  local j v best="" bestv=0
+  for j in /usr/lib/jvm/*/bin/java; do
+    [ -x "$j" ] || continue
+    v=$("$j" -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')
+    v=${v%%.*}
+    if [ "${v:-0}" -ge "$1" ] && [ "$v" -gt "$bestv" ]; then best=$j bestv=$v; fi
+  done
+  [ -n "$best" ] && echo "${best%/bin/java}"
+}
+
+# Keycloak, the SAML identity provider of the SAML tests, on 127.0.0.1:18180 (plain
+# http, dev mode, data in memory). Realm `warden` comes from tests/saml/warden-realm.json.in:
+# alice/alice-pw-1 in groups dba and dev, bob/bob-pw-1 in dev, and the SAML clients
+# urn:warden:test:sp* (see the file). Every start imports the realm afresh with a new
+# signing key: tests read the IdP metadata from $WARDEN_TEST_SAML_IDP_METADATA_URL.
+# The SP key pair the tests give Warden (AuthnRequest signing, assertion decryption) is
+# made once in $WARDEN_TEST_KEYCLOAK_DIR; its certificate goes into the realm.
+# The distribution (a Maven Central artifact, fetched with mvn) is unpacked once into a
+# versioned cache directory outside the repository, marked complete when unpacked; its
+# first start adds about 40 s of Quarkus build, kept in the same directory.
+# Idempotent: a running Keycloak whose realm answers is kept. With --no-wait it
+# returns once Keycloak is starting (about 35 s of boot then overlap the build; the
+# SAML tests wait for the realm's metadata themselves).
+setup_keycloak() {
+  local version=26.7.3 port=18180
+  local cache=/var/cache/warden-test home=/var/cache/warden-test/keycloak-$version
+  local realm_in=${WARDEN_TEST_KEYCLOAK_REALM_IN:-tests/saml/warden-realm.json.in}
+  export WARDEN_TEST_KEYCLOAK_DIR="${WARDEN_TEST_KEYCLOAK_DIR:-/var/tmp/warden-test-keycloak}"
+  local dir=$WARDEN_TEST_KEYCLOAK_DIR java_home
+  export WARDEN_TEST_KEYCLOAK_URL=http://127.0.0.1:$port
+  export WARDEN_TEST_SAML_IDP_ENTITY_ID=$WARDEN_TEST_KEYCLOAK_URL/realms/warden
+  export WARDEN_TEST_SAML_IDP_METADATA_URL=$WARDEN_TEST_SAML_IDP_ENTITY_ID/protocol/saml/descriptor
+  export WARDEN_TEST_SAML_SP_KEY=$dir/sp.key WARDEN_TEST_SAML_SP_CERT=$dir/sp.crt
+  export WARDEN_TEST_KEYCLOAK_ADMIN=admin WARDEN_TEST_KEYCLOAK_ADMIN_PASSWORD=admin-pw-1
+  if [ -f "$dir/keycloak.pid" ] && kill -0 "$(cat "$dir/keycloak.pid")" 2>/dev/null &&
+    curl -fsS -o /dev/null "$WARDEN_TEST_SAML_IDP_METADATA_URL" 2>/dev/null; then
+    return 0
+  fi
+  java_home=$(find_java 21) || {
+    echo "Keycloak $version needs Java 21 or newer: none in /usr/lib/jvm" >&2
+    return 1
+  }
+  if [ ! -f "$home/.complete" ]; then
+    log "fetching Keycloak $version"
+    rm -rf "$home" "$cache/keycloak-dl"
+    mkdir -p "$cache"
+    # The ordinary Maven client, so the registry as set up on the machine is used
+    # (and the artifact's checksum checked).
+    mvn -q -B -Dstyle.color=never dependency:copy \
+      -Dartifact="org.keycloak:keycloak-quarkus-dist:$version:tar.gz" \
+      -DoutputDirectory="$cache/keycloak-dl" >&2
+    # --no-same-owner: as root, tar would hand the files to uid 1000 of the archive.
+    tar -xzf "$cache/keycloak-dl/keycloak-quarkus-dist-$version.tar.gz" --no-same-owner -C "$cache"
+    rm -rf "$cache/keycloak-dl"
+    touch "$home/.complete"
+  fi
+  mkdir -p "$dir"
+  if [ ! -f "$dir/sp.key" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=warden-test-sp \
+      -keyout "$dir/sp.key" -out "$dir/sp.crt" 2>/dev/null
+  fi
+  # The realm, with the SP certificate (base64 DER) in place of every @SP_CERT@.
+  mkdir -p "$home/data/import"
+  sed "s|@SP_CERT@|$(grep -v -- ----- "$dir/sp.crt" | tr -d '\n')|g" "$realm_in" \
+    >"$home/data/import/warden-realm.json"
+  log "starting Keycloak $version on $WARDEN_TEST_KEYCLOAK_URL"
+  stop_daemon "$dir/keycloak.pid" "$home"
+  JAVA_HOME=$java_home JAVA_OPTS_KC_HEAP="-Xms64m -Xmx512m -XX:TieredStopAtLevel=1" \
+    KC_BOOTSTRAP_ADMIN_USERNAME=$WARDEN_TEST_KEYCLOAK_ADMIN \
+    KC_BOOTSTRAP_ADMIN_PASSWORD=$WARDEN_TEST_KEYCLOAK_ADMIN_PASSWORD \
+    start_daemon "$dir/keycloak.pid" "$dir/keycloak.log" "$home/bin/kc.sh" start-dev \
+    --http-host=127.0.0.1 --http-port=$port --db=dev-mem --import-realm
+  [ "${1:-}" = --no-wait ] && return 0
+  for _ in $(seq 1 1800); do
+    curl -fsS -o /dev/null "$WARDEN_TEST_SAML_IDP_METADATA_URL" 2>/dev/null && return 0
+    kill -0 "$(cat "$dir/keycloak.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -30 "$dir/keycloak.log" >&2
+  echo "Keycloak did not start" >&2
+  return 1
+}
+
 # A minimal Kubernetes for the Kubernetes proxy tests, from the binaries
 # scripts/k8s-stack.sh builds: etcd, kube-apiserver on https://127.0.0.1:16443 (RBAC,
 # static tokens) and kwok, which plays the kubelet of one fake node, warden-fake-node.

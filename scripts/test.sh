@@ -3,7 +3,7 @@
 #
 # Installs what the tests need when it is missing (apt-get, npm), starts each service
 # once for all tests (PostgreSQL, MariaDB, sshd, a Kubernetes control plane, go-httpbin,
-# the OpenID provider), then runs `cargo test`.
+# the OpenID provider, Keycloak for SAML), then runs `cargo test`.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p warden-store`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # --- packages ---------------------------------------------------------------
 ensure_packages cc build-essential psql postgresql-client pg_ctlcluster postgresql \
   node nodejs npm npm openssl openssl mysql mariadb-client mariadbd mariadb-server \
-  curl curl script bsdutils ip iproute2 chromium chromium
+  curl curl script bsdutils ip iproute2 chromium chromium mvn maven xmlsec1 xmlsec1
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 20 ]; then
@@ -34,6 +34,10 @@ setup_sshd
 # Kubernetes (etcd, kube-apiserver, kwok; built once into a cache outside the
 # repository, 15–25 minutes the first time) and go-httpbin for the HTTP proxy.
 setup_k8s
+# Keycloak, the SAML identity provider (a Maven Central distribution unpacked once into
+# a cache outside the repository; needs a JDK 21 or newer in /usr/lib/jvm). It boots
+# while the tests build.
+setup_keycloak --no-wait
 
 # Databases left by earlier runs (each test creates its own warden_t_*).
 for db in $(psql "$WARDEN_TEST_PG_URL" -qAtc "SELECT datname FROM pg_database WHERE datname LIKE 'warden\_t\_%'"); do

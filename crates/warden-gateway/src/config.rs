@@ -428,6 +428,9 @@ pub struct AuthConfig {
     /// `WARDEN_TOKEN`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cli: Option<CliLoginConfig>,
+    /// SAML 2.0 single sign-on for the console and `warden login --saml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saml: Option<crate::auth::saml::SamlConfig>,
 }
 
 /// The OpenID provider client the `warden` CLI logs in with, as `GET
@@ -541,6 +544,7 @@ impl Default for AuthConfig {
             admin_key_ttl_secs: default_admin_key_ttl(),
             oidc: Vec::new(),
             cli: None,
+            saml: None,
         }
     }
 }
@@ -695,6 +699,10 @@ impl Config {
                 cli.issuer
             ));
         }
+        if let Some(saml) = &self.auth.saml {
+            saml.validate(self.api.public_url.as_deref())
+                .map_err(ConfigError::Invalid)?;
+        }
         let issuers: Vec<&str> = self.auth.oidc.iter().map(|o| o.issuer.as_str()).collect();
         self.web.validate(&issuers).map_err(ConfigError::Invalid)?;
         if self.events.max_attempts == 0 || self.events.webhook_timeout_secs == 0 {
@@ -807,7 +815,7 @@ impl Config {
 }
 
 /// Issuers must use https, except on loopback where tests and local providers run.
-fn check_issuer_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_issuer_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     match parsed.scheme() {

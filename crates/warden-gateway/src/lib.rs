@@ -258,6 +258,14 @@ impl Gateway {
                 )
                 .map_err(GatewayError::Config)?,
             ),
+            saml: config
+                .auth
+                .saml
+                .as_ref()
+                .map(|c| auth::saml::SamlService::new(c, config.api.public_url.as_deref()))
+                .transpose()
+                .map_err(|e| GatewayError::Config(e.to_string()))?
+                .map(Arc::new),
             config: config.clone(),
         }));
         let has_tls = tls.is_some();

@@ -44,7 +44,8 @@ impl LineKey {
                 == 0
     }
 
-    /// One event's line (ending in a newline).
+    /// One event's line (ending in a newline), for tests that build journals.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn line(&self, run: &str, seq: u64, event_json: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(event_json.len() + 160);
         self.line_into(run, seq, event_json, &mut out);

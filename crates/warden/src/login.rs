@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A token is renewed this long before it expires.
 const RENEW_BEFORE_SECS: i64 = 30;
 /// How long a login waits for the browser or the device approval.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One gateway's cached login.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,9 +38,9 @@ pub struct CachedLogin {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct TokenFile {
+pub(crate) struct TokenFile {
     #[serde(default)]
-    gateways: BTreeMap<String, CachedLogin>,
+    pub(crate) gateways: BTreeMap<String, CachedLogin>,
 }
 
 /// The cache file; `None` when the environment names no home for it.
@@ -52,7 +52,7 @@ fn cache_path() -> Option<PathBuf> {
     Some(base.join("warden").join("tokens.json"))
 }
 
-fn load() -> Result<TokenFile> {
+pub(crate) fn load() -> Result<TokenFile> {
     let Some(path) = cache_path() else {
         return Ok(TokenFile::default());
     };
@@ -65,7 +65,7 @@ fn load() -> Result<TokenFile> {
 }
 
 /// Writes the cache: directory 0700, file 0600, replaced atomically.
-fn save(file: &TokenFile) -> Result<()> {
+pub(crate) fn save(file: &TokenFile) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let path = cache_path().ok_or_else(|| {
         anyhow!("neither XDG_CONFIG_HOME nor HOME is set: nowhere to keep the login")
@@ -96,7 +96,7 @@ pub fn gateway_key(gateway: &str) -> String {
 }
 
 /// Tokens go to the gateway over HTTPS, or plain HTTP only on this machine.
-fn check_transport(gateway: &str) -> Result<()> {
+pub(crate) fn check_transport(gateway: &str) -> Result<()> {
     let url = reqwest::Url::parse(gateway)
         .with_context(|| format!("`{gateway}` is not a gateway URL (https://...)"))?;
     let host = url
@@ -118,11 +118,11 @@ fn check_transport(gateway: &str) -> Result<()> {
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn http() -> Result<reqwest::Client> {
+pub(crate) fn http() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?)
@@ -156,7 +156,12 @@ pub async fn token_for(gateway: &str, given: Option<&str>) -> Result<String> {
         return Ok(login.access_token);
     }
     let Some(refresh) = &login.refresh_token else {
-        bail!("your login to {key} has expired: run `warden login --gateway {key}`");
+        let saml = if login.issuer.starts_with("saml:") {
+            " --saml"
+        } else {
+            ""
+        };
+        bail!("your login to {key} has expired: run `warden login{saml} --gateway {key}`");
     };
     let mut form = vec![
         ("grant_type", "refresh_token".to_string()),
@@ -296,7 +301,7 @@ async fn setup(http: &reqwest::Client, gateway: &str) -> Result<LoginSetup> {
     })
 }
 
-fn random_url_safe(bytes: usize) -> Result<String> {
+pub(crate) fn random_url_safe(bytes: usize) -> Result<String> {
     let mut raw = vec![0u8; bytes];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| anyhow!("no randomness"))?;
     Ok(URL_SAFE_NO_PAD.encode(raw))
@@ -455,7 +460,7 @@ async fn browser_login(
 /// Waits for the browser's redirect to the loopback listener and returns its code.
 /// Requests that are not the expected redirect (a favicon, a wrong state) are
 /// answered and ignored.
-async fn callback(listener: &tokio::net::TcpListener, state: &str) -> Result<String> {
+pub(crate) async fn callback(listener: &tokio::net::TcpListener, state: &str) -> Result<String> {
     loop {
         let (mut stream, _) = listener.accept().await?;
         let mut buf = vec![0u8; 8192];
@@ -492,9 +497,7 @@ async fn callback(listener: &tokio::net::TcpListener, state: &str) -> Result<Str
             (
                 "200 OK",
                 "The login failed; see the terminal.",
-                Some(Err(anyhow!(
-                    "the identity provider refused the login: {err} {why}"
-                ))),
+                Some(Err(anyhow!("the login was refused: {err} {why}"))),
             )
         } else if let Some(code) = params.get("code") {
             (
@@ -518,7 +521,11 @@ async fn callback(listener: &tokio::net::TcpListener, state: &str) -> Result<Str
     }
 }
 
-async fn whoami_with(http: &reqwest::Client, gateway: &str, token: &str) -> Result<Value> {
+pub(crate) async fn whoami_with(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+) -> Result<Value> {
     let resp = http
         .get(format!("{gateway}/api/me"))
         .bearer_auth(token)
@@ -539,7 +546,7 @@ async fn whoami_with(http: &reqwest::Client, gateway: &str, token: &str) -> Resu
     Ok(body)
 }
 
-fn groups_of(me: &Value) -> String {
+pub(crate) fn groups_of(me: &Value) -> String {
     let groups: Vec<&str> = me["groups"]
         .as_array()
         .map(|g| g.iter().filter_map(Value::as_str).collect())

@@ -14,6 +14,7 @@ mod connect;
 mod exec;
 mod exec_mysql;
 mod login;
+mod login_saml;
 mod replay;
 mod table;
 
@@ -123,6 +124,10 @@ enum Command {
         /// Print the login page's address without opening a browser.
         #[arg(long)]
         no_browser: bool,
+        /// Log in through one of the gateway's SAML identity providers (named, or the
+        /// only one) instead of its OpenID provider.
+        #[arg(long, value_name = "IDP", num_args = 0..=1, default_missing_value = "", conflicts_with = "device")]
+        saml: Option<String>,
     },
     /// Open a local port that leads to a connection through the gateway: local
     /// clients connect without a password; every policy still applies.
@@ -403,8 +408,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             gateway,
             device,
             no_browser,
+            saml,
         } => {
-            login::login(&gateway, device, !no_browser).await?;
+            match saml {
+                Some(idp) => {
+                    let idp = Some(idp.as_str()).filter(|i| !i.is_empty());
+                    login_saml::login(&gateway, idp, !no_browser).await?;
+                }
+                None => login::login(&gateway, device, !no_browser).await?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Connect {

@@ -61,6 +61,8 @@ pub struct StateInner {
     pub agents: Arc<warden_agent::AgentHub>,
     /// The web console's sessions and login.
     pub web: Arc<crate::web::WebConsole>,
+    /// SAML single sign-on, when `auth.saml` is configured.
+    pub saml: Option<Arc<crate::auth::saml::SamlService>>,
     pub config: Arc<Config>,
 }
 
@@ -182,6 +184,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.api.max_body_bytes;
     router
         .merge(crate::web::router(&state))
+        .merge(crate::web::saml_router())
         .route(
             "/api/openapi.json",
             axum::routing::get(move || {

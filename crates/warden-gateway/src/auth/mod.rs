@@ -8,6 +8,7 @@
 
 pub mod api_key;
 pub mod oidc;
+pub mod saml;
 
 use std::sync::Arc;
 use warden_core::Identity;

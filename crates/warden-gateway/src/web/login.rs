@@ -70,7 +70,7 @@ fn client(addr: Option<&ClientAddr>) -> Option<String> {
 }
 
 /// Back to the console's login page with a reason it shows.
-fn to_login_page(code: &str) -> Response {
+pub(super) fn to_login_page(code: &str) -> Response {
     let location = format!("/#/login?error={}", printable(code).replace(' ', "_"));
     let mut resp = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -351,7 +351,12 @@ async fn logout(
 /// `GET /auth/session`: who the page is logged in as, its CSRF token, how to log in
 /// otherwise, and the listeners the connection commands name.
 async fn session(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let login = json!({"oidc": state.web.oidc.is_some(), "api_key": true});
+    let saml = state
+        .saml
+        .as_ref()
+        .map(|s| s.idp_names())
+        .unwrap_or_default();
+    let login = json!({"oidc": state.web.oidc.is_some(), "api_key": true, "saml": saml});
     let endpoints = &state.web.endpoints;
     let anonymous = |reason: &str| {
         let mut resp =

@@ -6,9 +6,11 @@ mod assets;
 mod config;
 mod login;
 mod provider;
+mod saml;
 mod sessions;
 
 pub use config::{WebConfig, WebOidcConfig};
+pub(crate) use provider::printable;
 pub use sessions::SessionError;
 
 use axum::Router;
@@ -281,6 +283,12 @@ impl WebConsole {
     pub fn sessions_open(&self) -> usize {
         self.sessions.count()
     }
+}
+
+/// The SAML routes: the SP metadata, the ACS and the CLI's login calls are there
+/// whether or not the console is.
+pub fn saml_router() -> Router<AppState> {
+    saml::router()
 }
 
 /// The console's routes: its pages and its login routes. Empty when `web.enabled` is

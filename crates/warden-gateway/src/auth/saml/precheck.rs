@@ -1,0 +1,235 @@
+//! A structural check of an answer before any signature is looked at: the shapes that
+//! signature-wrapping attacks need (a second assertion, a signature in an odd place,
+//! an id twice, a response inside a response) are refused here, whatever the library
+//! that checks signatures would make of them. It also reads the unverified `Issuer`,
+//! which only ever chooses which configured IdP's keys to check with.
+
+use quick_xml::events::Event;
+use quick_xml::name::{Namespace, ResolveResult};
+use quick_xml::reader::NsReader;
+
+use super::Refusal;
+
+const PROTOCOL: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
+const ASSERTION: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
+const DSIG: &str = "http://www.w3.org/2000/09/xmldsig#";
+
+/// Deepest nesting an answer may have.
+const MAX_DEPTH: usize = 64;
+/// Most elements an answer may have.
+const MAX_ELEMENTS: usize = 20_000;
+
+/// What the check learned.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// The Response's own `Issuer`, unverified.
+    pub issuer: Option<String>,
+    pub encrypted: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Response,
+    Assertion,
+    Issuer,
+    Other,
+}
+
+struct Open {
+    kind: Kind,
+    signatures: usize,
+}
+
+/// Checks the shape of a decoded `SAMLResponse`.
+pub fn check(xml: &str) -> Result<Shape, Refusal> {
+    let malformed = |m: &str| Refusal::Malformed(m.to_string());
+    let wrapped = |m: &str| Refusal::Wrapped(m.to_string());
+    let mut reader = NsReader::from_str(xml);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut shape = Shape::default();
+    let mut ids = std::collections::HashSet::new();
+    let (mut elements, mut responses, mut assertions) = (0usize, 0usize, 0usize);
+    let mut root_seen = false;
+    loop {
+        let (ns, event) = reader
+            .read_resolved_event()
+            .map_err(|e| Refusal::Malformed(format!("not well-formed XML: {e}")))?;
+        let ns: Option<String> = match ns {
+            ResolveResult::Bound(Namespace(n)) => Some(n.to_string()),
+            ResolveResult::Unbound => None,
+            ResolveResult::Unknown(_) => return Err(malformed("an undeclared namespace prefix")),
+        };
+        match event {
+            Event::DocType(_) => return Err(malformed("a DOCTYPE")),
+            Event::PI(_) => return Err(malformed("a processing instruction")),
+            Event::GeneralRef(_) => return Err(malformed("an entity reference")),
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                elements += 1;
+                if elements > MAX_ELEMENTS || stack.len() >= MAX_DEPTH {
+                    return Err(malformed("too many or too deeply nested elements"));
+                }
+                let local = e.local_name();
+                let local = local.as_ref();
+                let ns = ns.as_deref();
+                let depth = stack.len();
+                if depth == 0 {
+                    if root_seen {
+                        return Err(malformed("more than one root element"));
+                    }
+                    root_seen = true;
+                    if ns != Some(PROTOCOL) || local != "Response" {
+                        return Err(malformed("the root is not a samlp:Response"));
+                    }
+                }
+                for attr in e.attributes() {
+                    let attr =
+                        attr.map_err(|e| Refusal::Malformed(format!("bad attribute: {e}")))?;
+                    if attr.key.local_name().as_ref() == "ID" && attr.key.prefix().is_none() {
+                        let id = attr.value.to_string();
+                        if !ids.insert(id) {
+                            return Err(wrapped("two elements carry the same ID"));
+                        }
+                    }
+                }
+                let kind = match (ns, local) {
+                    (Some(PROTOCOL), "Response") => {
+                        responses += 1;
+                        if responses > 1 {
+                            return Err(wrapped("a Response inside the Response"));
+                        }
+                        Kind::Response
+                    }
+                    (Some(ASSERTION), "Assertion" | "EncryptedAssertion") => {
+                        assertions += 1;
+                        if assertions > 1 {
+                            return Err(wrapped("more than one assertion"));
+                        }
+                        if depth != 1 {
+                            return Err(wrapped("the assertion is not a child of the Response"));
+                        }
+                        shape.encrypted = local == "EncryptedAssertion";
+                        Kind::Assertion
+                    }
+                    (Some(ASSERTION), "Issuer") => Kind::Issuer,
+                    (Some(DSIG), "Signature") => {
+                        let parent = stack.last_mut().ok_or_else(|| malformed("no root"))?;
+                        let placed = match parent.kind {
+                            Kind::Response => depth == 1,
+                            Kind::Assertion => depth == 2,
+                            _ => false,
+                        };
+                        if !placed {
+                            return Err(wrapped(
+                                "a signature outside the Response and the assertion",
+                            ));
+                        }
+                        parent.signatures += 1;
+                        if parent.signatures > 1 {
+                            return Err(wrapped("two signatures on one element"));
+                        }
+                        Kind::Other
+                    }
+                    _ => Kind::Other,
+                };
+                if matches!(event, Event::Start(_)) {
+                    stack.push(Open {
+                        kind,
+                        signatures: 0,
+                    });
+                }
+            }
+            Event::End(_) => {
+                stack.pop();
+            }
+            Event::Text(ref t)
+                if stack.len() == 2
+                    && stack.last().is_some_and(|o| o.kind == Kind::Issuer)
+                    && shape.issuer.is_none() =>
+            {
+                let text = quick_xml::escape::unescape(t)
+                    .map_err(|e| Refusal::Malformed(format!("bad text: {e}")))?;
+                shape.issuer = Some(text.trim().to_string());
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !root_seen {
+        return Err(malformed("no root element"));
+    }
+    if assertions == 0 {
+        return Err(malformed("no assertion"));
+    }
+    Ok(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r##"<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="r1"><saml:Issuer>https://idp.example</saml:Issuer><samlp:Status/><saml:Assertion ID="a1"><saml:Issuer>https://idp.example</saml:Issuer><dsig:Signature xmlns:dsig="http://www.w3.org/2000/09/xmldsig#"/><saml:Subject><saml:NameID>alice</saml:NameID></saml:Subject></saml:Assertion></samlp:Response>"##;
+
+    fn code(xml: &str) -> &'static str {
+        match check(xml) {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        }
+    }
+
+    #[test]
+    fn a_plain_answer_passes_and_names_its_issuer() {
+        let shape = check(OK).unwrap();
+        assert_eq!(shape.issuer.as_deref(), Some("https://idp.example"));
+        assert!(!shape.encrypted);
+    }
+
+    #[test]
+    fn wrapping_shapes_are_refused() {
+        let assertion =
+            &OK[OK.find("<saml:Assertion").unwrap()..OK.find("</samlp:Response>").unwrap()];
+        let second = assertion.replace("ID=\"a1\"", "ID=\"a2\"");
+        let cases = [
+            // A second assertion beside the first, with or without its own id.
+            OK.replace("</samlp:Response>", &format!("{second}</samlp:Response>")),
+            OK.replace("</samlp:Response>", &format!("{assertion}</samlp:Response>")),
+            // The original moved into extensions, or inside the signature.
+            OK.replace(
+                assertion,
+                &format!("<samlp:Extensions>{assertion}</samlp:Extensions>"),
+            ),
+            OK.replace(
+                "<dsig:Signature xmlns:dsig=\"http://www.w3.org/2000/09/xmldsig#\"/>",
+                &format!("<dsig:Signature xmlns:dsig=\"http://www.w3.org/2000/09/xmldsig#\">{}</dsig:Signature>", second),
+            ),
+            // A signature where none belongs, or two on one element.
+            OK.replace(
+                "<saml:NameID>",
+                "<saml:NameID><dsig:Signature xmlns:dsig=\"http://www.w3.org/2000/09/xmldsig#\"/>",
+            ),
+            OK.replace(
+                "<saml:Subject>",
+                "<dsig:Signature xmlns:dsig=\"http://www.w3.org/2000/09/xmldsig#\"/><saml:Subject>",
+            ),
+            // The whole signed Response inside an evil one.
+            OK.replace("<samlp:Status/>", &format!("<samlp:Status/>{}", OK.replace("ID=\"r1\"", "ID=\"r0\"").replace("ID=\"a1\"", "ID=\"a0\""))),
+        ];
+        for (i, xml) in cases.iter().enumerate() {
+            assert_eq!(code(xml), "wrapped", "case {i}: {xml}");
+        }
+    }
+
+    #[test]
+    fn odd_documents_are_malformed() {
+        for xml in [
+            "<!DOCTYPE x [<!ENTITY e \"alice\">]>".to_string() + OK,
+            OK.replace("samlp:Response", "samlp:ArtifactResponse"),
+            OK.replace("<saml:Subject>", "<saml:Subject>&e;"),
+            OK[..OK.find("<saml:Assertion").unwrap()].to_string() + "</samlp:Response>",
+            "<?xml-stylesheet href=\"x\"?>".to_string() + OK,
+            OK.replace("<samlp:Status/>", "<x:Status/>"),
+            "not xml".into(),
+        ] {
+            assert_eq!(code(&xml), "malformed", "{xml}");
+        }
+    }
+}
