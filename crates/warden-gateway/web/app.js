@@ -97,7 +97,20 @@ const LOGIN_ERRORS = {
   session_ended: 'Your session has ended. Log in again.',
   login_refused: 'The identity provider refused the login.',
   bad_host: 'This address cannot be used for single sign-on: use the one the gateway is configured with.',
+  saml_not_configured: 'This gateway has no SAML login configured.',
+  unknown_idp: 'No such SAML identity provider is configured.',
+  idp_unavailable: 'The SAML identity provider could not be reached.',
+  too_many_logins: 'Too many logins are in progress. Try again in a few minutes.',
+  unsolicited: 'The identity provider sent a login this gateway did not ask for.',
+  replayed: 'That login answer was already used. Log in again.',
+  expired: 'The identity provider\'s answer has expired. Log in again.',
 };
+// Any other refusal of a SAML answer: the audit log has the reason.
+for (const code of ['unsigned', 'bad_signature', 'cert_mismatch', 'wrapped', 'audience', 'recipient',
+  'destination', 'in_response_to', 'issuer', 'status', 'decrypt', 'not_encrypted', 'algorithm',
+  'malformed', 'no_subject']) {
+  LOGIN_ERRORS[code] = `The identity provider's answer was refused (${code}).`;
+}
 
 function renderLogin(params) {
   document.title = 'Log in · Warden';
@@ -122,6 +135,9 @@ function renderLogin(params) {
     error ? notice(Object.hasOwn(LOGIN_ERRORS, error) ? LOGIN_ERRORS[error] : 'The login did not complete. Try again.', 'error') : null,
     session.login.oidc ? h('div', { class: 'card' }, h('h2', {}, 'Single sign-on'),
       h('a', { class: 'button', href: '/auth/login', id: 'sso' }, 'Log in with your identity provider')) : null,
+    (session.login.saml || []).length ? h('div', { class: 'card' }, h('h2', {}, 'SAML single sign-on'),
+      ...session.login.saml.map((idp) => h('a', { class: 'button', id: `saml-${idp}`,
+        href: `/auth/saml/login?idp=${encodeURIComponent(idp)}` }, `Log in with ${idp} (SAML)`))) : null,
     form);
 }
 

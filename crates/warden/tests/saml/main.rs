@@ -787,3 +787,16 @@ fn sp_metadata_is_served_and_bad_idp_metadata_stops_the_start() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn console_login_through_keycloak_in_chromium() {
+    let kc = Keycloak::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = saml_gateway(dir.path(), &kc, SP, "");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/web/saml.mjs");
+    let node = run(Command::new("node").arg(script).env("GW", &gw.url));
+    let log = format!("{}{}", text(&node.stdout), text(&node.stderr));
+    assert!(node.status.success(), "browser run failed:\n{log}");
+    assert!(log.contains("ok - Keycloak logs alice in"), "{log}");
+    stop(gw);
+}
