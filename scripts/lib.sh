@@ -266,7 +266,11 @@ setup_keycloak() {
   export WARDEN_TEST_SAML_IDP_METADATA_URL=$WARDEN_TEST_SAML_IDP_ENTITY_ID/protocol/saml/descriptor
   export WARDEN_TEST_SAML_SP_KEY=$dir/sp.key WARDEN_TEST_SAML_SP_CERT=$dir/sp.crt
   export WARDEN_TEST_KEYCLOAK_ADMIN=admin WARDEN_TEST_KEYCLOAK_ADMIN_PASSWORD=admin-pw-1
+  # A running Keycloak is kept when it imported the realm the template makes now.
+  local realm_sum
+  realm_sum=$(cat "$realm_in" "$dir/sp.crt" 2>/dev/null | sha256sum | cut -d' ' -f1)
   if [ -f "$dir/keycloak.pid" ] && kill -0 "$(cat "$dir/keycloak.pid")" 2>/dev/null &&
+    [ "$(cat "$dir/realm.sha256" 2>/dev/null)" = "$realm_sum" ] &&
     curl -fsS -o /dev/null "$WARDEN_TEST_SAML_IDP_METADATA_URL" 2>/dev/null; then
     return 0
   fi
@@ -297,6 +301,7 @@ setup_keycloak() {
   mkdir -p "$home/data/import"
   sed "s|@SP_CERT@|$(grep -v -- ----- "$dir/sp.crt" | tr -d '\n')|g" "$realm_in" \
     >"$home/data/import/warden-realm.json"
+  cat "$realm_in" "$dir/sp.crt" | sha256sum | cut -d' ' -f1 >"$dir/realm.sha256"
   log "starting Keycloak $version on $WARDEN_TEST_KEYCLOAK_URL"
   stop_daemon "$dir/keycloak.pid" "$home"
   JAVA_HOME=$java_home JAVA_OPTS_KC_HEAP="-Xms64m -Xmx512m -XX:TieredStopAtLevel=1" \

@@ -31,6 +31,17 @@ fn free_port() -> u16 {
 /// A gateway that is SAML service provider `entity`, trusting the realm by its
 /// metadata URL as IdP `keycloak`; `extra` adds settings to that IdP, then more IdPs.
 fn saml_gateway(dir: &Path, kc: &Keycloak, entity: &str, extra: &str) -> Running {
+    saml_gateway_with(dir, kc, entity, extra, &[])
+}
+
+/// [`saml_gateway`] with more environment (settings of `[auth.saml]`).
+fn saml_gateway_with(
+    dir: &Path,
+    kc: &Keycloak,
+    entity: &str,
+    extra: &str,
+    envs: &[(&str, &str)],
+) -> Running {
     let port = free_port();
     let config = format!(
         "[auth.saml]\nentity_id = \"{entity}\"\nacs_url = \"http://127.0.0.1:{port}/auth/saml/acs\"\n\
@@ -44,13 +55,12 @@ fn saml_gateway(dir: &Path, kc: &Keycloak, entity: &str, extra: &str) -> Running
     );
     std::fs::write(dir.join("warden.toml"), config).unwrap();
     let listen = format!("127.0.0.1:{port}");
-    start_gateway_with(
-        dir,
-        &[
-            ("WARDEN_CONFIG", "warden.toml"),
-            ("WARDEN_API__LISTEN", &listen),
-        ],
-    )
+    let mut all = vec![
+        ("WARDEN_CONFIG", "warden.toml"),
+        ("WARDEN_API__LISTEN", &listen),
+    ];
+    all.extend_from_slice(envs);
+    start_gateway_with(dir, &all)
 }
 
 /// Starts a console login at IdP `idp` of `gw`; the SSO URL, seen as realm client
@@ -414,6 +424,8 @@ fn every_refusal_has_its_reason_and_never_logs_anyone_in() {
         tried.push(("unsigned", refused(post(&url, &a).await)));
         let a = fresh(&kc, &url, "keycloak", Some("urn:warden:test:sp-doc"), None).await;
         tried.push(("audience", refused(post(&url, &a).await)));
+        let a = fresh(&kc, &url, "keycloak", Some("urn:warden:test:sp-sha1"), None).await;
+        tried.push(("algorithm", refused(post(&url, &a).await)));
         let a = fresh(&kc, &url, "strict", Some("urn:warden:test:sp-short"), None).await;
         tried.push(("expired", refused(post(&url, &a).await)));
         let a = fresh(
@@ -798,5 +810,43 @@ fn console_login_through_keycloak_in_chromium() {
     let log = format!("{}{}", text(&node.stdout), text(&node.stderr));
     assert!(node.status.success(), "browser run failed:\n{log}");
     assert!(log.contains("ok - Keycloak logs alice in"), "{log}");
+    stop(gw);
+}
+
+#[test]
+fn an_assertion_encrypted_to_another_key_is_refused() {
+    let kc = Keycloak::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.key");
+    let made = run(Command::new("openssl").args([
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        other.to_str().unwrap(),
+    ]));
+    assert!(made.status.success());
+    let gw = saml_gateway_with(
+        dir.path(),
+        &kc,
+        "urn:warden:test:sp-enc",
+        "want_encrypted_assertions = true\n",
+        &[(
+            "WARDEN_AUTH__SAML__DECRYPTION_KEY_FILE",
+            other.to_str().unwrap(),
+        )],
+    );
+    let url = gw.url.clone();
+    let admin = gw.printed_key.clone().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = rt.block_on(async {
+        let a = fresh(&kc, &url, "keycloak", None, None).await;
+        assert!(a.xml().contains("EncryptedAssertion"));
+        refusal(&post(&url, &a).await)
+    });
+    assert_eq!(got, "decrypt");
+    audited_failure(&url, &admin, "decrypt");
     stop(gw);
 }

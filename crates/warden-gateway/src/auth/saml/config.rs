@@ -178,3 +178,77 @@ impl SamlConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SamlConfig {
+        toml::from_str(
+            r#"
+entity_id = "urn:warden"
+acs_url = "https://warden.example/auth/saml/acs"
+signing_key_file = "k"
+signing_cert_file = "c"
+[[idps]]
+name = "okta"
+entity_id = "http://www.okta.com/x"
+metadata_url = "https://example.okta.com/metadata"
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn defaults_are_safe_and_a_plain_setup_is_valid() {
+        let c = config();
+        assert!(c.validate(None).is_ok());
+        let idp = &c.idps[0];
+        assert!(!idp.allow_idp_initiated && !idp.want_encrypted_assertions);
+        assert_eq!(idp.groups_attribute, "groups");
+        assert_eq!(c.acs_url(None), "https://warden.example/auth/saml/acs");
+        let mut derived = config();
+        derived.acs_url = None;
+        assert_eq!(
+            derived.acs_url(Some("https://w.example/")),
+            "https://w.example/auth/saml/acs"
+        );
+        assert!(derived.validate(None).is_err(), "no ACS URL to give");
+    }
+
+    #[test]
+    fn unsafe_or_ambiguous_settings_are_refused() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut SamlConfig)>)> = vec![
+            (
+                "plain http",
+                Box::new(|c| c.idps[0].metadata_url = Some("http://idp.example/md".into())),
+            ),
+            (
+                "both sources",
+                Box::new(|c| c.idps[0].metadata_file = Some("md.xml".into())),
+            ),
+            ("no source", Box::new(|c| c.idps[0].metadata_url = None)),
+            (
+                "same name twice",
+                Box::new(|c| c.idps.push(c.idps[0].clone())),
+            ),
+            ("odd name", Box::new(|c| c.idps[0].name = "a b".into())),
+            (
+                "long session",
+                Box::new(|c| c.session_ttl_secs = 7 * 24 * 3600),
+            ),
+            ("huge skew", Box::new(|c| c.idps[0].clock_skew_secs = 3600)),
+            (
+                "no key to decrypt",
+                Box::new(|c| c.idps[0].want_encrypted_assertions = true),
+            ),
+            ("no idps", Box::new(|c| c.idps.clear())),
+            ("no entity", Box::new(|c| c.entity_id = " ".into())),
+        ];
+        for (what, change) in cases {
+            let mut c = config();
+            change(&mut c);
+            assert!(c.validate(None).is_err(), "{what}");
+        }
+    }
+}
