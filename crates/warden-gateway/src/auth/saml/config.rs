@@ -218,7 +218,8 @@ metadata_url = "https://example.okta.com/metadata"
 
     #[test]
     fn unsafe_or_ambiguous_settings_are_refused() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut SamlConfig)>)> = vec![
+        type Change = Box<dyn Fn(&mut SamlConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "plain http",
                 Box::new(|c| c.idps[0].metadata_url = Some("http://idp.example/md".into())),
