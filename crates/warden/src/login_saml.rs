@@ -39,6 +39,9 @@ pub async fn login(gateway: &str, idp: Option<&str>, open_browser: bool) -> Resu
     let url = started["url"]
         .as_str()
         .ok_or_else(|| anyhow!("the gateway sent no login page"))?;
+    // Only a web page is opened: https, or http on this machine.
+    login::check_transport(url)
+        .map_err(|_| anyhow!("the gateway sent a login page that is not an https:// address"))?;
     println!("To log in, open this page in your browser:\n{url}");
     if open_browser {
         let _ = std::process::Command::new("xdg-open")

@@ -470,6 +470,52 @@ fn every_refusal_has_its_reason_and_never_logs_anyone_in() {
         );
         tried.push(("bad_signature", refused(post(&url, &tampered).await)));
 
+        // Namespace declarations added after signing (exclusive canonicalization drops
+        // the ones nothing uses, so the signature still verifies) and named like the
+        // attributes a reader looks up: more groups, a later expiry, another login.
+        let a = fresh(&kc, &url, "keycloak", None, None).await;
+        let more_groups = a.with_xml(&a.xml().replace(
+            "<saml:Attribute FriendlyName=\"email\"",
+            "<saml:Attribute xmlns:Name=\"groups\" FriendlyName=\"email\"",
+        ));
+        tried.push(("wrapped", refused(post(&url, &more_groups).await)));
+        let a = fresh(&kc, &url, "strict", Some("urn:warden:test:sp-short"), None).await;
+        let never_expires = a.with_xml(
+            &a.xml()
+                .replace(
+                    "<saml:Conditions ",
+                    "<saml:Conditions xmlns:NotOnOrAfter=\"2099-01-01T00:00:00Z\" ",
+                )
+                .replace(
+                    "<saml:SubjectConfirmationData ",
+                    "<saml:SubjectConfirmationData xmlns:NotOnOrAfter=\"2099-01-01T00:00:00Z\" ",
+                ),
+        );
+        tried.push(("wrapped", refused(post(&url, &never_expires).await)));
+        let a = fresh(&kc, &url, "keycloak", None, None).await;
+        let b = fresh(&kc, &url, "keycloak", None, None).await;
+        let b_id = {
+            let x = b.xml();
+            let at = x.find("InResponseTo=\"").unwrap() + 14;
+            x[at..at + x[at..].find('"').unwrap()].to_string()
+        };
+        let retargeted = Answer {
+            relay_state: b.relay_state.clone(),
+            ..a.with_xml(
+                &a.xml()
+                    .replacen(
+                        "<samlp:Response ",
+                        &format!("<samlp:Response xmlns:InResponseTo=\"{b_id}\" "),
+                        1,
+                    )
+                    .replace(
+                        "<saml:SubjectConfirmationData ",
+                        &format!("<saml:SubjectConfirmationData xmlns:InResponseTo=\"{b_id}\" "),
+                    ),
+            )
+        };
+        tried.push(("wrapped", refused(post(&url, &retargeted).await)));
+
         // Signature wrapping: an evil copy beside, around or instead of the signed
         // assertion, the original hidden where a lax checker would not look.
         for variant in 0..6 {
@@ -848,5 +894,35 @@ fn an_assertion_encrypted_to_another_key_is_refused() {
     });
     assert_eq!(got, "decrypt");
     audited_failure(&url, &admin, "decrypt");
+    stop(gw);
+}
+
+#[test]
+fn an_idp_grants_only_its_accepted_groups_under_its_subject_prefix() {
+    let kc = Keycloak::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = saml_gateway(
+        dir.path(),
+        &kc,
+        SP,
+        "accept_groups = [\"dev\", \"R&D\"]\nsubject_prefix = \"kc:\"\n",
+    );
+    let url = gw.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (user, password, groups) in [
+        // alice's dba is not this IdP's to grant.
+        ("alice", "alice-pw-1", json!(["dev"])),
+        // A name with an ampersand (written `R&amp;D`) is read whole.
+        ("dana", "dana-pw-1", json!(["R&D"])),
+    ] {
+        let identity = rt.block_on(async {
+            let mut browser = Browser::new();
+            let sso = start(&mut browser, &url, "keycloak").await;
+            let answer = log_in(&mut browser, &sso, user, password).await;
+            finish_console(&url, &mut browser, &answer).await
+        });
+        assert_eq!(identity["subject"], format!("kc:{user}"), "{identity}");
+        assert_eq!(identity["groups"], groups, "{identity}");
+    }
     stop(gw);
 }

@@ -59,6 +59,14 @@ pub struct SamlIdpConfig {
     /// The attribute whose values are the subject's groups.
     #[serde(default = "default_groups_attribute")]
     pub groups_attribute: String,
+    /// The only groups this IdP may grant (others in its assertions are dropped);
+    /// unset: all. Keeps a partner's or a test IdP from granting `admin_groups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_groups: Option<Vec<String>>,
+    /// Put before every subject from this IdP (e.g. `partner:`), so that its `alice`
+    /// is not another IdP's `alice`.
+    #[serde(default)]
+    pub subject_prefix: String,
     /// Tolerance for `NotBefore` / `NotOnOrAfter` against the gateway's clock.
     #[serde(default = "default_clock_skew")]
     pub clock_skew_secs: u64,
@@ -159,11 +167,26 @@ impl SamlConfig {
             if idp.metadata_max_age_secs < 60 {
                 return Err(format!("{at}.metadata_max_age_secs must be at least 60"));
             }
+            if idp.subject_prefix.len() > 64 || idp.subject_prefix.chars().any(char::is_control) {
+                return Err(format!(
+                    "{at}.subject_prefix must be at most 64 characters, none a control character"
+                ));
+            }
             if idp.groups_attribute.is_empty() {
                 return Err(format!("{at}.groups_attribute must not be empty"));
             }
             if idp.clock_skew_secs > 600 {
                 return Err(format!("{at}.clock_skew_secs must be at most 600"));
+            }
+            // An unsolicited answer is matched to an IdP by its Issuer alone: entries for
+            // the same identity provider must agree on whether to take one.
+            if self.idps[..i].iter().any(|o| {
+                o.entity_id == idp.entity_id && o.allow_idp_initiated != idp.allow_idp_initiated
+            }) {
+                return Err(format!(
+                    "{at}: another entry for entity `{}` sets allow_idp_initiated otherwise",
+                    idp.entity_id
+                ));
             }
         }
         Ok(())
@@ -245,6 +268,15 @@ metadata_url = "https://example.okta.com/metadata"
             ),
             ("no idps", Box::new(|c| c.idps.clear())),
             ("no entity", Box::new(|c| c.entity_id = " ".into())),
+            (
+                "same IdP, unsolicited answers taken and not",
+                Box::new(|c| {
+                    let mut other = c.idps[0].clone();
+                    other.name = "okta-2".into();
+                    other.allow_idp_initiated = true;
+                    c.idps.push(other);
+                }),
+            ),
         ];
         for (what, change) in cases {
             let mut c = config();

@@ -8,168 +8,39 @@
 //! cache, a structural check that refuses signature-wrapping shapes before the library
 //! sees them, and one stable refusal code per cause.
 
+mod check;
 mod config;
 mod handover;
 mod precheck;
+mod refusal;
 mod stores;
 
 pub use config::{SamlConfig, SamlIdpConfig};
 pub use handover::{binding_of, challenge_of};
+pub use refusal::Refusal;
 
 use saml_rs::{
-    AcsEndpoint, AudienceValidationPolicy, AuthnRequestSigningPolicy, BrowserInput, CertificatePem,
-    ClockSkew, Credentials, EntityId, FormField, IdpDescriptor, MetadataTrustPolicy,
-    PendingAuthnRequest, PrivateKeyPem, RelayStateParam, ReplayKey, ReplayPolicy, Saml, SamlError,
-    SamlValidationContext, Sp, SpConfig, SpValidationPolicy, SsoResponse, StartSso,
+    AcsEndpoint, AudienceValidationPolicy, AuthnRequestSigningPolicy, CertificatePem, Credentials,
+    EntityId, FormField, IdpDescriptor, MetadataTrustPolicy, PendingAuthnRequest, PrivateKeyPem,
+    RelayStateParam, Saml, SamlError, Sp, SpConfig, SpValidationPolicy, StartSso,
     XmlEncryptionPolicy, XmlPolicy, XmlSignatureProfile,
 };
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Largest `SAMLResponse` accepted, base64 as posted.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// Longest `RelayState` (the binding's limit; Warden's own are 32 characters).
+const MAX_RELAY_STATE: usize = 80;
 /// Most groups, and longest subject or group name, a login may carry.
-const MAX_GROUPS: usize = 256;
-const MAX_NAME: usize = 256;
+pub(super) const MAX_GROUPS: usize = 256;
+pub(super) const MAX_NAME: usize = 256;
 /// How long a handle of a finished login is remembered, so that a second post of the
 /// same answer reads as a replay and not as unsolicited.
 const USED_HANDLE_TTL: Duration = Duration::from_secs(3600);
 /// Most answers the replay cache remembers at once.
 const MAX_REPLAY_IDS: usize = 200_000;
-
-/// Why a SAML login was refused. `code()` is the stable name audit events carry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("no SAML identity provider named `{0}` is configured")]
-    UnknownIdp(String),
-    #[error("the identity provider's metadata could not be read: {0}")]
-    IdpUnavailable(String),
-    #[error("too many logins are in progress; try again in a few minutes")]
-    Busy,
-    #[error("no login of this gateway asked for this answer (IdP-initiated login is off)")]
-    Unsolicited,
-    #[error("this answer was used before")]
-    Replayed,
-    #[error("the answer is not signed")]
-    Unsigned,
-    #[error("the answer's signature does not verify")]
-    BadSignature,
-    #[error("the answer is not signed by a certificate configured for this identity provider")]
-    CertMismatch,
-    #[error("the answer's signature does not cover what it would log in ({0})")]
-    Wrapped(String),
-    #[error("the answer is not valid at this time ({0})")]
-    Expired(String),
-    #[error("the assertion is for another audience")]
-    Audience,
-    #[error("the assertion names another recipient")]
-    Recipient,
-    #[error("the answer was sent to another destination")]
-    Destination,
-    #[error("the answer is not for the login this gateway started")]
-    InResponseTo,
-    #[error("the answer comes from another identity provider")]
-    Issuer,
-    #[error("the identity provider refused the login: {0}")]
-    Status(String),
-    #[error("the assertion could not be decrypted: {0}")]
-    Decrypt(String),
-    #[error("the assertion is not encrypted, and this identity provider must encrypt them")]
-    NotEncrypted,
-    #[error("the answer uses a signature algorithm that is not accepted")]
-    Algorithm,
-    #[error("the answer is malformed: {0}")]
-    Malformed(String),
-    #[error("the assertion names no subject")]
-    NoSubject,
-    #[error("the login was started in another browser")]
-    BrowserMismatch,
-    #[error("the code verifier does not match the login's challenge")]
-    VerifierMismatch,
-}
-
-impl Refusal {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Refusal::UnknownIdp(_) => "unknown_idp",
-            Refusal::IdpUnavailable(_) => "idp_unavailable",
-            Refusal::Busy => "too_many_logins",
-            Refusal::Unsolicited => "unsolicited",
-            Refusal::Replayed => "replayed",
-            Refusal::Unsigned => "unsigned",
-            Refusal::BadSignature => "bad_signature",
-            Refusal::CertMismatch => "cert_mismatch",
-            Refusal::Wrapped(_) => "wrapped",
-            Refusal::Expired(_) => "expired",
-            Refusal::Audience => "audience",
-            Refusal::Recipient => "recipient",
-            Refusal::Destination => "destination",
-            Refusal::InResponseTo => "in_response_to",
-            Refusal::Issuer => "issuer",
-            Refusal::Status(_) => "status",
-            Refusal::Decrypt(_) => "decrypt",
-            Refusal::NotEncrypted => "not_encrypted",
-            Refusal::Algorithm => "algorithm",
-            Refusal::Malformed(_) => "malformed",
-            Refusal::NoSubject => "no_subject",
-            Refusal::BrowserMismatch => "login_state_mismatch",
-            Refusal::VerifierMismatch => "verifier_mismatch",
-        }
-    }
-
-    /// A refusal saml-rs gave, by cause.
-    fn from_library(e: &SamlError) -> Refusal {
-        use saml_rs::error::SubjectConfirmationReason as S;
-        match e {
-            SamlError::ReplayDetected { .. } => Refusal::Replayed,
-            SamlError::SignatureMissing | SamlError::AssertionSignatureRequired => {
-                Refusal::Unsigned
-            }
-            SamlError::SignatureVerification { .. }
-            | SamlError::FailedToVerifySignature
-            | SamlError::FailedMessageSignatureVerification => Refusal::BadSignature,
-            SamlError::NoTrustedCertificate
-            | SamlError::CertificateMismatch
-            | SamlError::UnmatchCertificate => Refusal::CertMismatch,
-            SamlError::PotentialWrappingAttack
-            | SamlError::SignedReferenceMismatch
-            | SamlError::ReferenceResolution { .. } => Refusal::Wrapped(e.to_string()),
-            SamlError::TimeWindowInvalid { field } => Refusal::Expired(field.to_string()),
-            SamlError::ExpiredSession => Refusal::Expired("session".into()),
-            SamlError::SubjectConfirmationInvalid { reason } => match reason {
-                S::RecipientMismatch => Refusal::Recipient,
-                S::InResponseToMismatch => Refusal::InResponseTo,
-                S::TimeWindowInvalid | S::MissingNotOnOrAfter => {
-                    Refusal::Expired("subject confirmation".into())
-                }
-                _ => Refusal::Malformed(e.to_string()),
-            },
-            SamlError::AudienceMismatch { .. } | SamlError::UnmatchAudience => Refusal::Audience,
-            SamlError::DestinationMismatch { .. } | SamlError::UnmatchDestination => {
-                Refusal::Destination
-            }
-            SamlError::InResponseToMismatch { .. } | SamlError::InvalidInResponseTo => {
-                Refusal::InResponseTo
-            }
-            SamlError::IssuerMismatch { .. } | SamlError::UnmatchIssuer => Refusal::Issuer,
-            SamlError::StatusNotSuccess { top, .. } | SamlError::FailedStatus { top, .. } => {
-                Refusal::Status(top.rsplit(':').next().unwrap_or(top).to_string())
-            }
-            SamlError::UndefinedStatus => Refusal::Status("no status".into()),
-            SamlError::AlgorithmUnsupported => Refusal::Algorithm,
-            SamlError::MissingKey(m) | SamlError::Crypto(m) => Refusal::Decrypt(m.clone()),
-            other => {
-                let text = other.to_string();
-                if text.contains("ENCRYPTED_ASSERTION") {
-                    Refusal::NotEncrypted
-                } else {
-                    Refusal::Malformed(text)
-                }
-            }
-        }
-    }
-}
 
 /// A checked login: who, in which groups, and the ids that make it traceable.
 #[derive(Debug, Clone)]
@@ -221,8 +92,21 @@ pub struct RefusalContext {
 
 struct Idp {
     config: SamlIdpConfig,
-    metadata: tokio::sync::Mutex<Option<(Instant, Arc<IdpDescriptor>)>>,
+    metadata: tokio::sync::Mutex<Metadata>,
 }
+
+/// An IdP's metadata as last read, and when a fetch last failed.
+#[derive(Default)]
+struct Metadata {
+    read: Option<(Instant, Arc<IdpDescriptor>)>,
+    failed_at: Option<Instant>,
+}
+
+/// After a failed metadata fetch, logins at that IdP fail at once for this long rather
+/// than each wait for another fetch.
+const METADATA_RETRY: Duration = Duration::from_secs(30);
+/// Largest IdP metadata document read.
+const MAX_METADATA_BYTES: usize = 1024 * 1024;
 
 /// The service provider: its identity, the identity providers, the login state.
 pub struct SamlService {
@@ -240,6 +124,8 @@ pub struct SamlService {
     finished: stores::Expiring<(SamlLogin, [u8; 32])>,
     /// Checked CLI logins until the CLI redeems their one-time code.
     codes: stores::Expiring<(SamlLogin, String)>,
+    /// Answers checked at once.
+    checking: tokio::sync::Semaphore,
     http: reqwest::Client,
 }
 
@@ -317,9 +203,12 @@ impl SamlService {
                     let xml = read(path, "metadata_file")?;
                     let descriptor = descriptor(idp, &xml)
                         .map_err(|e| SamlSetupError(format!("idp `{}`: {e}", idp.name)))?;
-                    Some((Instant::now(), Arc::new(descriptor)))
+                    Metadata {
+                        read: Some((Instant::now(), Arc::new(descriptor))),
+                        failed_at: None,
+                    }
                 }
-                None => None,
+                None => Metadata::default(),
             };
             idps.push(Idp {
                 config: idp.clone(),
@@ -335,6 +224,9 @@ impl SamlService {
             replay: stores::ReplayCache::new(MAX_REPLAY_IDS),
             finished: stores::Expiring::new(config.max_pending_logins),
             codes: stores::Expiring::new(config.max_pending_logins),
+            checking: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8)),
+            ),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .redirect(reqwest::redirect::Policy::none())
@@ -381,30 +273,46 @@ impl SamlService {
         let entry = &self.idps[idp];
         let max_age = Duration::from_secs(entry.config.metadata_max_age_secs);
         let mut cached = entry.metadata.lock().await;
-        let Some(url) = entry.config.metadata_url.as_deref() else {
-            return cached
+        let last_good = |m: &Metadata, within: Duration| {
+            m.read
                 .as_ref()
+                .filter(|(at, _)| at.elapsed() < within)
                 .map(|(_, d)| d.clone())
+        };
+        let Some(url) = entry.config.metadata_url.as_deref() else {
+            return last_good(&cached, Duration::MAX)
                 .ok_or_else(|| Refusal::IdpUnavailable("no metadata".into()));
         };
-        if let Some((at, d)) = cached.as_ref()
-            && at.elapsed() < max_age
+        if let Some(d) = last_good(&cached, max_age) {
+            return Ok(d);
+        }
+        if cached
+            .failed_at
+            .is_some_and(|at| at.elapsed() < METADATA_RETRY)
         {
-            return Ok(d.clone());
+            return last_good(&cached, max_age * 2).ok_or_else(|| {
+                Refusal::IdpUnavailable("the last metadata fetch failed moments ago".into())
+            });
         }
         match self.fetch_metadata(&entry.config, url).await {
             Ok(d) => {
                 let d = Arc::new(d);
-                *cached = Some((Instant::now(), d.clone()));
+                *cached = Metadata {
+                    read: Some((Instant::now(), d.clone())),
+                    failed_at: None,
+                };
                 Ok(d)
             }
-            Err(e) => match cached.as_ref() {
-                Some((at, d)) if at.elapsed() < max_age * 2 => {
-                    tracing::warn!(idp = %entry.config.name, error = %e, "SAML metadata refresh failed; the last copy is used");
-                    Ok(d.clone())
+            Err(e) => {
+                cached.failed_at = Some(Instant::now());
+                match last_good(&cached, max_age * 2) {
+                    Some(d) => {
+                        tracing::warn!(idp = %entry.config.name, error = ?e, "SAML metadata refresh failed; the last copy is used");
+                        Ok(d)
+                    }
+                    None => Err(Refusal::IdpUnavailable(e)),
                 }
-                _ => Err(Refusal::IdpUnavailable(e)),
-            },
+            }
         }
     }
 
@@ -422,14 +330,26 @@ impl SamlService {
         if !resp.status().is_success() {
             return Err(format!("{url} answered {}", resp.status()));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("cannot read {url}: {e}"))?;
-        if body.len() > 1024 * 1024 {
-            return Err(format!("{url}: metadata larger than 1 MiB"));
+        let too_large = || format!("{url}: metadata larger than 1 MiB");
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_METADATA_BYTES as u64)
+        {
+            return Err(too_large());
         }
-        let xml = String::from_utf8(body.to_vec()).map_err(|_| format!("{url}: not UTF-8"))?;
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("cannot read {url}: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX_METADATA_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let xml = String::from_utf8(body).map_err(|_| format!("{url}: not UTF-8"))?;
         descriptor(idp, &xml)
     }
 
@@ -448,6 +368,10 @@ impl SamlService {
             idp: Some(self.idps[index].config.name.clone()),
             ..RefusalContext::default()
         };
+        // Refused before any work: starting a login costs a signature.
+        if !self.outstanding.has_room(client) {
+            return Err((Refusal::Busy, context));
+        }
         let descriptor = self
             .descriptor(index)
             .await
@@ -494,7 +418,15 @@ impl SamlService {
         let xml = decode_response(&response_b64).map_err(|r| fail(r, &context))?;
         let shape = precheck::check(&xml).map_err(|r| fail(r, &context))?;
         let relay = relay_state.filter(|r| !r.is_empty());
-        let outstanding = relay.as_deref().and_then(|h| self.outstanding.take(h));
+        if relay.as_ref().is_some_and(|r| r.len() > MAX_RELAY_STATE) {
+            return Err(fail(
+                Refusal::Malformed("RelayState longer than 80 bytes".into()),
+                &context,
+            ));
+        }
+        // The login is looked at, and used up only by an answer that passes: a forged
+        // answer does not cost its person the login.
+        let outstanding = relay.as_deref().and_then(|h| self.outstanding.get(h));
         let (index, outstanding) = match outstanding {
             Some(o) => (o.idp, Some(o)),
             None => {
@@ -522,13 +454,6 @@ impl SamlService {
             .as_ref()
             .map(|o| o.pending.request_id().as_str().to_string());
         context.purpose = outstanding.as_ref().map(|o| o.purpose.clone());
-        if let Some(h) = &relay
-            && outstanding.is_some()
-        {
-            let _ = self
-                .used_handles
-                .insert(h.clone(), (), USED_HANDLE_TTL, None);
-        }
         if idp.config.want_encrypted_assertions && !shape.encrypted {
             return Err(fail(Refusal::NotEncrypted, &context));
         }
@@ -540,13 +465,21 @@ impl SamlService {
         let pending = outstanding.as_ref().map(|o| o.pending.clone());
         let fields = {
             let mut f = vec![FormField::new("SAMLResponse", response_b64)];
-            if let Some(r) = relay {
-                f.push(FormField::new("RelayState", r));
+            if let Some(r) = &relay {
+                f.push(FormField::new("RelayState", r.clone()));
             }
             f
         };
+        // Checking costs milliseconds of CPU: at most a few at once, the others wait.
+        let _permit = self.checking.acquire().await.map_err(|_| {
+            fail(
+                Refusal::Malformed("the gateway is stopping".into()),
+                &context,
+            )
+        })?;
+        let encrypted = shape.encrypted;
         let checked = tokio::task::spawn_blocking(move || {
-            this.validate(index, &descriptor, pending.as_ref(), fields)
+            this.validate(index, &descriptor, pending.as_ref(), fields, encrypted)
         })
         .await
         .map_err(|_| {
@@ -556,112 +489,22 @@ impl SamlService {
             )
         })?;
         let login = checked.map_err(|r| fail(r, &context))?;
+        if let Some(h) = &relay
+            && outstanding.is_some()
+        {
+            // Two posts of one answer at once: the replay cache refuses the second, and
+            // only one can take the login.
+            if self.outstanding.take(h).is_none() {
+                return Err(fail(Refusal::Replayed, &context));
+            }
+            let _ = self
+                .used_handles
+                .insert(h.clone(), (), USED_HANDLE_TTL, None);
+        }
         Ok(Accepted {
             login,
             purpose: outstanding.map(|o| o.purpose),
         })
-    }
-
-    fn validate(
-        &self,
-        index: usize,
-        descriptor: &IdpDescriptor,
-        pending: Option<&PendingAuthnRequest>,
-        fields: Vec<FormField>,
-    ) -> Result<SamlLogin, Refusal> {
-        let idp = &self.idps[index].config;
-        let sp = match (&self.sp_encrypted, idp.want_encrypted_assertions) {
-            (Some(sp), true) => sp,
-            _ => &self.sp,
-        };
-        let now = SystemTime::now();
-        let skew_ms = i64::try_from(idp.clock_skew_secs.saturating_mul(1000)).unwrap_or(0);
-        let mut replay = SharedReplay {
-            cache: &self.replay,
-            idp: &idp.name,
-            now,
-            skew: Duration::from_secs(idp.clock_skew_secs),
-        };
-        let context = SamlValidationContext::new(now, ReplayPolicy::RequireCache(&mut replay))
-            // saml-rs takes the NotBefore drift as a negative number.
-            .with_clock_skew(ClockSkew::from_millis(-skew_ms, skew_ms));
-        let input = BrowserInput::<SsoResponse>::post(fields);
-        let session = match pending {
-            Some(p) => sp.finish_sso(descriptor, p, input, context),
-            None => sp.accept_unsolicited_sso(descriptor, input, context),
-        }
-        .map_err(|e| {
-            tracing::info!(idp = %idp.name, error = %e, "SAML answer refused");
-            Refusal::from_library(&e)
-        })?;
-        let subject = if idp.subject_attribute.is_empty() {
-            session.name_id().value().to_string()
-        } else {
-            session
-                .attributes()
-                .get(&idp.subject_attribute)
-                .and_then(|a| a.values().first())
-                .map(|v| v.as_str().to_string())
-                .unwrap_or_default()
-        };
-        let subject = subject.trim().to_string();
-        if subject.is_empty() {
-            return Err(Refusal::NoSubject);
-        }
-        let groups: Vec<String> = session
-            .attributes()
-            .get(&idp.groups_attribute)
-            .map(|a| {
-                a.values()
-                    .iter()
-                    .map(|v| v.as_str().trim().to_string())
-                    .filter(|g| !g.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if subject.len() > MAX_NAME
-            || groups.len() > MAX_GROUPS
-            || groups.iter().any(|g| g.len() > MAX_NAME)
-            || subject
-                .chars()
-                .chain(groups.iter().flat_map(|g| g.chars()))
-                .any(char::is_control)
-        {
-            return Err(Refusal::Malformed(format!(
-                "the subject or groups exceed {MAX_NAME} characters, {MAX_GROUPS} groups, or hold control characters"
-            )));
-        }
-        Ok(SamlLogin {
-            idp: idp.name.clone(),
-            subject,
-            groups,
-            request_id: session.in_response_to().map(|i| i.as_str().to_string()),
-            response_id: session.response_id().as_str().to_string(),
-            assertion_id: session.assertion_id().as_str().to_string(),
-        })
-    }
-}
-
-/// The replay cache as saml-rs asks for it: ids per IdP, kept until their expiry plus
-/// the IdP's skew.
-struct SharedReplay<'a> {
-    cache: &'a stores::ReplayCache,
-    idp: &'a str,
-    now: SystemTime,
-    skew: Duration,
-}
-
-impl saml_rs::ReplayCache for SharedReplay<'_> {
-    fn check_and_store(&mut self, key: ReplayKey, expires_at: SystemTime) -> Result<(), SamlError> {
-        let name = format!("{}\u{0}{key:?}", self.idp);
-        match self
-            .cache
-            .first_use(name.clone(), expires_at + self.skew, self.now)
-        {
-            Ok(()) => Ok(()),
-            // A full cache refuses as a replay would: nothing unchecked gets through.
-            Err(_) => Err(SamlError::ReplayDetected { key: name }),
-        }
     }
 }
 

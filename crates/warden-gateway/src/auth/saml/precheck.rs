@@ -1,11 +1,15 @@
 //! A structural check of an answer before any signature is looked at: the shapes that
 //! signature-wrapping attacks need (a second assertion, a signature in an odd place,
 //! an id twice, a response inside a response) are refused here, whatever the library
-//! that checks signatures would make of them. It also reads the unverified `Issuer`,
-//! which only ever chooses which configured IdP's keys to check with.
+//! that checks signatures would make of them. So is a namespace declaration named like
+//! an attribute: exclusive canonicalization drops a declaration nothing uses, so one can
+//! be added to a signed element without breaking its signature, and a reader that took
+//! `xmlns:NotOnOrAfter="2099-…"` for an attribute would read what was never signed.
+//! It also reads the unverified `Issuer`, which only ever chooses which configured
+//! IdP's keys to check with.
 
-use quick_xml::events::Event;
-use quick_xml::name::{Namespace, ResolveResult};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{Namespace, PrefixDeclaration, ResolveResult};
 use quick_xml::reader::NsReader;
 
 use super::Refusal;
@@ -18,6 +22,43 @@ const DSIG: &str = "http://www.w3.org/2000/09/xmldsig#";
 const MAX_DEPTH: usize = 64;
 /// Most elements an answer may have.
 const MAX_ELEMENTS: usize = 20_000;
+/// Attribute names SAML readers look up (by local name) on the elements of an answer.
+/// A namespace prefix may not be one of them, nor the name of another attribute of its
+/// element.
+const READ_NAMES: &[&str] = &[
+    "ID",
+    "Id",
+    "id",
+    "AssertionID",
+    "Name",
+    "NameFormat",
+    "FriendlyName",
+    "Format",
+    "NameQualifier",
+    "SPNameQualifier",
+    "SPProvidedID",
+    "Method",
+    "NotBefore",
+    "NotOnOrAfter",
+    "Recipient",
+    "InResponseTo",
+    "Address",
+    "AuthnInstant",
+    "SessionIndex",
+    "SessionNotOnOrAfter",
+    "Destination",
+    "IssueInstant",
+    "Version",
+    "Value",
+    "Algorithm",
+    "URI",
+    "Consent",
+    "Type",
+    "type",
+    "MimeType",
+    "Encoding",
+    "PrefixList",
+];
 
 /// What the check learned.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -31,6 +72,7 @@ pub struct Shape {
 enum Kind {
     Response,
     Assertion,
+    EncryptedAssertion,
     Issuer,
     Other,
 }
@@ -50,6 +92,9 @@ pub fn check(xml: &str) -> Result<Shape, Refusal> {
     let mut ids = std::collections::HashSet::new();
     let (mut elements, mut responses, mut assertions) = (0usize, 0usize, 0usize);
     let mut root_seen = false;
+    // The Response's Issuer, as it is read, until its end.
+    let mut issuer = String::new();
+    let in_issuer = |stack: &[Open]| stack.len() == 2 && stack[1].kind == Kind::Issuer;
     loop {
         let (ns, event) = reader
             .read_resolved_event()
@@ -62,7 +107,26 @@ pub fn check(xml: &str) -> Result<Shape, Refusal> {
         match event {
             Event::DocType(_) => return Err(malformed("a DOCTYPE")),
             Event::PI(_) => return Err(malformed("a processing instruction")),
-            Event::GeneralRef(_) => return Err(malformed("an entity reference")),
+            Event::GeneralRef(ref r) => {
+                // Character references and the five predefined entities; anything else
+                // would need a DTD, which is refused.
+                let c = if r.is_char_ref() {
+                    r.resolve_char_ref().ok().flatten()
+                } else {
+                    match r.as_ref() {
+                        "amp" => Some('&'),
+                        "lt" => Some('<'),
+                        "gt" => Some('>'),
+                        "quot" => Some('"'),
+                        "apos" => Some('\''),
+                        _ => None,
+                    }
+                };
+                let c = c.ok_or_else(|| malformed("an entity reference"))?;
+                if in_issuer(&stack) && shape.issuer.is_none() {
+                    issuer.push(c);
+                }
+            }
             Event::Start(ref e) | Event::Empty(ref e) => {
                 elements += 1;
                 if elements > MAX_ELEMENTS || stack.len() >= MAX_DEPTH {
@@ -81,16 +145,7 @@ pub fn check(xml: &str) -> Result<Shape, Refusal> {
                         return Err(malformed("the root is not a samlp:Response"));
                     }
                 }
-                for attr in e.attributes() {
-                    let attr =
-                        attr.map_err(|e| Refusal::Malformed(format!("bad attribute: {e}")))?;
-                    if attr.key.local_name().as_ref() == "ID" && attr.key.prefix().is_none() {
-                        let id = attr.value.to_string();
-                        if !ids.insert(id) {
-                            return Err(wrapped("two elements carry the same ID"));
-                        }
-                    }
-                }
+                check_attributes(e, &mut ids)?;
                 let kind = match (ns, local) {
                     (Some(PROTOCOL), "Response") => {
                         responses += 1;
@@ -108,7 +163,11 @@ pub fn check(xml: &str) -> Result<Shape, Refusal> {
                             return Err(wrapped("the assertion is not a child of the Response"));
                         }
                         shape.encrypted = local == "EncryptedAssertion";
-                        Kind::Assertion
+                        if shape.encrypted {
+                            Kind::EncryptedAssertion
+                        } else {
+                            Kind::Assertion
+                        }
                     }
                     (Some(ASSERTION), "Issuer") => Kind::Issuer,
                     (Some(DSIG), "Signature") => {
@@ -139,16 +198,15 @@ pub fn check(xml: &str) -> Result<Shape, Refusal> {
                 }
             }
             Event::End(_) => {
+                if in_issuer(&stack) && shape.issuer.is_none() {
+                    shape.issuer = Some(issuer.trim().to_string());
+                }
                 stack.pop();
             }
-            Event::Text(ref t)
-                if stack.len() == 2
-                    && stack.last().is_some_and(|o| o.kind == Kind::Issuer)
-                    && shape.issuer.is_none() =>
-            {
+            Event::Text(ref t) if in_issuer(&stack) && shape.issuer.is_none() => {
                 let text = quick_xml::escape::unescape(t)
                     .map_err(|e| Refusal::Malformed(format!("bad text: {e}")))?;
-                shape.issuer = Some(text.trim().to_string());
+                issuer.push_str(&text);
             }
             Event::Eof => break,
             _ => {}
@@ -161,6 +219,44 @@ pub fn check(xml: &str) -> Result<Shape, Refusal> {
         return Err(malformed("no assertion"));
     }
     Ok(shape)
+}
+
+/// An element's attributes: ids unique across the answer (in every spelling a reader
+/// may take for one), no two attributes with one local name, and no namespace prefix
+/// named like an attribute.
+fn check_attributes(
+    e: &BytesStart<'_>,
+    ids: &mut std::collections::HashSet<String>,
+) -> Result<(), Refusal> {
+    let wrapped = |m: &str| Refusal::Wrapped(m.to_string());
+    let mut names: Vec<String> = Vec::new();
+    let mut prefixes: Vec<String> = Vec::new();
+    for attr in e.attributes() {
+        let attr = attr.map_err(|e| Refusal::Malformed(format!("bad attribute: {e}")))?;
+        match attr.key.as_namespace_binding() {
+            Some(PrefixDeclaration::Named(p)) => prefixes.push(p.to_string()),
+            Some(PrefixDeclaration::Default) => {}
+            None => {
+                let local = attr.key.local_name().as_ref().to_string();
+                if ["id", "assertionid"].contains(&local.to_ascii_lowercase().as_str())
+                    && !ids.insert(attr.value.to_string())
+                {
+                    return Err(wrapped("two elements carry the same ID"));
+                }
+                if names.contains(&local) {
+                    return Err(wrapped("two attributes with one name on an element"));
+                }
+                names.push(local);
+            }
+        }
+    }
+    if prefixes
+        .iter()
+        .any(|p| READ_NAMES.contains(&p.as_str()) || names.contains(p))
+    {
+        return Err(wrapped("a namespace prefix named like an attribute"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -216,6 +312,67 @@ mod tests {
         for (i, xml) in cases.iter().enumerate() {
             assert_eq!(code(xml), "wrapped", "case {i}: {xml}");
         }
+    }
+
+    #[test]
+    fn declarations_named_like_attributes_are_refused() {
+        for xml in [
+            OK.replace(
+                "<saml:Subject>",
+                "<saml:Subject xmlns:NotOnOrAfter=\"2099-01-01T00:00:00Z\">",
+            ),
+            OK.replace("<saml:NameID>", "<saml:NameID xmlns:Format=\"urn:x\">"),
+            OK.replace(
+                "<saml:Assertion ID=\"a1\">",
+                "<saml:Assertion xmlns:ID=\"a0\" ID=\"a1\">",
+            ),
+            OK.replace(
+                "<saml:Subject>",
+                "<saml:Subject xmlns:Custom=\"urn:x\" Custom=\"1\">",
+            ),
+            OK.replace(
+                "<saml:Subject>",
+                "<saml:Subject Name=\"a\" x:Name=\"b\" xmlns:x=\"urn:x\">",
+            ),
+            OK.replace("ID=\"a1\"", "ID=\"a1\" Id=\"r1\""),
+            OK.replace("<saml:Subject>", "<saml:Subject id=\"a1\">"),
+        ] {
+            assert_eq!(code(&xml), "wrapped", "{xml}");
+        }
+        // Ordinary declarations stay fine.
+        let declared = OK.replace(
+            "<saml:Subject>",
+            "<saml:Subject xmlns:xs=\"http://www.w3.org/2001/XMLSchema\">",
+        );
+        assert_eq!(code(&declared), "ok");
+    }
+
+    #[test]
+    fn character_references_and_predefined_entities_are_text() {
+        let xml = OK
+            .replace(">alice<", ">R&amp;D &lt;x&gt; &#13;&#x41;<")
+            .replace(
+                "<saml:Issuer>https://idp.example</saml:Issuer><samlp:Status/>",
+                "<saml:Issuer>https://idp.example/?a=1&amp;b=2</saml:Issuer><samlp:Status/>",
+            );
+        let shape = check(&xml).unwrap();
+        assert_eq!(
+            shape.issuer.as_deref(),
+            Some("https://idp.example/?a=1&b=2")
+        );
+        assert_eq!(code(&OK.replace(">alice<", ">&e;<")), "malformed");
+        assert_eq!(code(&OK.replace(">alice<", ">&#0;<")), "malformed");
+    }
+
+    #[test]
+    fn a_signature_inside_an_encrypted_assertion_is_refused() {
+        let xml = OK.replace("saml:Assertion", "saml:EncryptedAssertion");
+        assert_eq!(code(&xml), "wrapped");
+        let plain = xml.replace(
+            "<dsig:Signature xmlns:dsig=\"http://www.w3.org/2000/09/xmldsig#\"/>",
+            "",
+        );
+        assert!(check(&plain).unwrap().encrypted);
     }
 
     #[test]

@@ -10,6 +10,20 @@ use std::time::{Duration, Instant, SystemTime};
 /// Entries a single client address may hold in a [`Expiring`] map.
 pub const MAX_PER_CLIENT: usize = 32;
 
+/// The client a limit counts: an IPv4 address, or an IPv6 address's /64 (one host
+/// usually holds a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 /// Why an entry was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
@@ -59,6 +73,7 @@ impl<V> Expiring<V> {
         ttl: Duration,
         client: Option<IpAddr>,
     ) -> Result<(), Full> {
+        let client = client.map(client_key);
         let mut inner = self.lock();
         let now = Instant::now();
         if inner.entries.len() >= self.max {
@@ -94,6 +109,34 @@ impl<V> Expiring<V> {
         let entry = inner.entries.remove(key)?;
         release(&mut inner, entry.client);
         (entry.until > Instant::now()).then_some(entry.value)
+    }
+
+    /// A copy of the unexpired entry under `key`, left in place.
+    pub fn get(&self, key: &str) -> Option<V>
+    where
+        V: Clone,
+    {
+        self.lock()
+            .entries
+            .get(key)
+            .filter(|e| e.until > Instant::now())
+            .map(|e| e.value.clone())
+    }
+
+    /// Whether an entry for `client` would be stored now (expired entries are dropped
+    /// to make room).
+    pub fn has_room(&self, client: Option<IpAddr>) -> bool {
+        let client = client.map(client_key);
+        let mut inner = self.lock();
+        let full = |i: &Inner<V>| {
+            i.entries.len() >= self.max
+                || client
+                    .is_some_and(|ip| i.per_client.get(&ip).copied().unwrap_or(0) >= MAX_PER_CLIENT)
+        };
+        if full(&inner) {
+            purge(&mut inner, Instant::now());
+        }
+        !full(&inner)
     }
 
     /// Whether an unexpired entry is under `key` (left in place).
@@ -185,6 +228,9 @@ mod tests {
             map.insert("y".into(), 1, Duration::from_secs(60), Some(other))
                 .is_ok()
         );
+        assert!(!map.has_room(Some(ip)));
+        assert!(map.has_room(Some(other)));
+        assert_eq!(map.get("3"), Some(3), "looked at, left in place");
         assert_eq!(map.take("3"), Some(3));
         assert_eq!(map.take("3"), None);
         // Taking one frees a place for its client.
@@ -192,6 +238,22 @@ mod tests {
             map.insert("x".into(), 0, Duration::from_secs(60), Some(ip))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let map = Expiring::new(1000);
+        for i in 0..MAX_PER_CLIENT {
+            let ip: IpAddr = format!("2001:db8::{:x}", i + 1).parse().unwrap();
+            map.insert(i.to_string(), i, Duration::from_secs(60), Some(ip))
+                .unwrap();
+        }
+        let same_64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert!(!map.has_room(Some(same_64)));
+        assert!(map.has_room(Some(other_64)));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
