@@ -250,10 +250,12 @@ fn check_attributes(
             }
         }
     }
-    if prefixes
-        .iter()
-        .any(|p| READ_NAMES.contains(&p.as_str()) || names.contains(p))
-    {
+    // In any case: a reader that looks names up loosely is not outwitted by `xmlns:name`.
+    let named_like = |p: &String| {
+        READ_NAMES.iter().any(|n| n.eq_ignore_ascii_case(p))
+            || names.iter().any(|n| n.eq_ignore_ascii_case(p))
+    };
+    if prefixes.iter().any(named_like) {
         return Err(wrapped("a namespace prefix named like an attribute"));
     }
     Ok(())
@@ -322,6 +324,7 @@ mod tests {
                 "<saml:Subject xmlns:NotOnOrAfter=\"2099-01-01T00:00:00Z\">",
             ),
             OK.replace("<saml:NameID>", "<saml:NameID xmlns:Format=\"urn:x\">"),
+            OK.replace("<saml:NameID>", "<saml:NameID xmlns:format=\"urn:x\">"),
             OK.replace(
                 "<saml:Assertion ID=\"a1\">",
                 "<saml:Assertion xmlns:ID=\"a0\" ID=\"a1\">",
