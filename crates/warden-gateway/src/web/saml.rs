@@ -151,12 +151,21 @@ struct StartQuery {
 }
 
 /// `GET /auth/saml/login?idp=NAME`: a console login, off to the identity provider.
+/// Only from the console's page or typed by hand: another site's page cannot make
+/// browsers start logins (each holds a place and costs a signature).
 async fn console_start(
     State(state): State<AppState>,
+    headers: HeaderMap,
     addr: Option<axum::Extension<ClientAddr>>,
     query: Result<Query<StartQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let addr = addr.as_deref();
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site")
+    {
+        return super::login::to_login_page("csrf_failed");
+    }
     let Some(service) = state.saml.clone().filter(|_| state.web.enabled) else {
         return super::login::to_login_page("saml_not_configured");
     };
@@ -371,6 +380,9 @@ async fn cli_start(
             "redirect must be http://127.0.0.1:PORT/... or http://[::1]:PORT/...",
         ));
     }
+    if req.redirect.len() > 256 {
+        return Err(bad("redirect must be at most 256 characters"));
+    }
     let url_safe = |s: &str| {
         s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
@@ -395,12 +407,16 @@ async fn cli_start(
         Ok((url, _)) => Ok(Json(json!({"url": url}))),
         Err((refusal, context)) => {
             record_refusal(&state, addr, "cli", &refusal, &context);
-            let status = match refusal {
-                Refusal::UnknownIdp(_) => StatusCode::NOT_FOUND,
-                Refusal::Busy => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
+            let (status, message) = match refusal {
+                Refusal::UnknownIdp(_) => (StatusCode::NOT_FOUND, refusal.to_string()),
+                Refusal::Busy => (StatusCode::TOO_MANY_REQUESTS, refusal.to_string()),
+                // What failed, and where, is for the audit log, not for anyone asking.
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the identity provider cannot be used now".to_string(),
+                ),
             };
-            Err(ApiError::new(status, refusal.code(), refusal.to_string()))
+            Err(ApiError::new(status, refusal.code(), message))
         }
     }
 }

@@ -926,3 +926,111 @@ fn an_idp_grants_only_its_accepted_groups_under_its_subject_prefix() {
     }
     stop(gw);
 }
+
+/// The EncryptedData template an attacker fills: AES-256-GCM, the key sent with
+/// RSA-OAEP (what an unsigned Response may carry).
+const ENCRYPTION_TEMPLATE: &str = "<xenc:EncryptedData xmlns:xenc=\"http://www.w3.org/2001/04/xmlenc#\" \
+    Type=\"http://www.w3.org/2001/04/xmlenc#Element\"><xenc:EncryptionMethod \
+    Algorithm=\"http://www.w3.org/2009/xmlenc11#aes256-gcm\"/><ds:KeyInfo \
+    xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\"><xenc:EncryptedKey><xenc:EncryptionMethod \
+    Algorithm=\"http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p\"><ds:DigestMethod \
+    Algorithm=\"http://www.w3.org/2000/09/xmldsig#sha1\"/></xenc:EncryptionMethod><xenc:CipherData>\
+    <xenc:CipherValue/></xenc:CipherData></xenc:EncryptedKey></ds:KeyInfo><xenc:CipherData>\
+    <xenc:CipherValue/></xenc:CipherData></xenc:EncryptedData>";
+
+#[test]
+fn an_assertion_encrypted_by_anyone_is_checked_again_once_decrypted() {
+    // Anyone can encrypt to the certificate in Warden's metadata: a signed plaintext
+    // assertion, changed where the signature does not look (a namespace declaration
+    // named like an attribute) and encrypted, must be refused as the plaintext is.
+    let kc = Keycloak::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = saml_gateway(dir.path(), &kc, SP, "want_encrypted_assertions = true\n");
+    let url = gw.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let work = dir.path();
+    std::fs::write(work.join("template.xml"), ENCRYPTION_TEMPLATE).unwrap();
+    let encrypt = |xml: &str| -> String {
+        let start = xml.find("<saml:Assertion").unwrap();
+        let end = xml.find("</saml:Assertion>").unwrap() + "</saml:Assertion>".len();
+        // The assertion on its own needs the prefix its parent declared.
+        let assertion = xml[start..end].replacen(
+            "<saml:Assertion ",
+            "<saml:Assertion xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ",
+            1,
+        );
+        std::fs::write(work.join("assertion.xml"), &assertion).unwrap();
+        let out = run(Command::new("xmlsec1").current_dir(work).args([
+            "--encrypt",
+            "--pubkey-cert-pem",
+            kc.sp_cert.to_str().unwrap(),
+            "--session-key",
+            "aes-256",
+            "--xml-data",
+            "assertion.xml",
+            "--output",
+            "encrypted.xml",
+            "template.xml",
+        ]));
+        assert!(out.status.success(), "xmlsec1: {}", text(&out.stderr));
+        let data = std::fs::read_to_string(work.join("encrypted.xml")).unwrap();
+        let data = data.trim_start_matches("<?xml version=\"1.0\"?>").trim();
+        format!(
+            "{}<saml:EncryptedAssertion>{data}</saml:EncryptedAssertion>{}",
+            &xml[..start],
+            &xml[end..]
+        )
+    };
+    let (control, shadowed) = rt.block_on(async {
+        // Control: the untouched assertion, encrypted by the attacker, logs in.
+        let mut browser = Browser::new();
+        let a = fresh_in(&mut browser, &kc, &url, "keycloak", None, None).await;
+        let control = post(&url, &a.with_xml(&encrypt(&a.xml()))).await;
+        let a = fresh(&kc, &url, "keycloak", None, None).await;
+        let evil = a.xml().replace(
+            "<saml:Attribute FriendlyName=\"email\"",
+            "<saml:Attribute xmlns:Name=\"groups\" FriendlyName=\"email\"",
+        );
+        (
+            control,
+            refusal(&post(&url, &a.with_xml(&encrypt(&evil))).await),
+        )
+    });
+    assert!(control.1.starts_with("/auth/saml/finish?h="), "{control:?}");
+    assert_eq!(shadowed, "wrapped");
+    stop(gw);
+}
+
+#[test]
+fn a_forged_answer_does_not_cost_its_person_the_login() {
+    let kc = Keycloak::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = saml_gateway(dir.path(), &kc, SP, "");
+    let url = gw.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut browser = Browser::new();
+        let answer = fresh_in(&mut browser, &kc, &url, "keycloak", None, None).await;
+        let forged = answer.with_xml(
+            &answer
+                .xml()
+                .replace(">alice</saml:NameID>", ">mallory</saml:NameID>"),
+        );
+        assert_eq!(refusal(&post(&url, &forged).await), "bad_signature");
+        // The login is still there for the real answer.
+        let identity = finish_console(&url, &mut browser, &answer).await;
+        assert_eq!(identity["subject"], "alice");
+        // Three refused answers drop a login.
+        let answer = fresh(&kc, &url, "keycloak", None, None).await;
+        let forged = answer.with_xml(
+            &answer
+                .xml()
+                .replace(">alice</saml:NameID>", ">mallory</saml:NameID>"),
+        );
+        for _ in 0..3 {
+            assert_eq!(refusal(&post(&url, &forged).await), "bad_signature");
+        }
+        assert_eq!(refusal(&post(&url, &answer).await), "unsolicited");
+    });
+    stop(gw);
+}

@@ -24,12 +24,12 @@ impl SamlService {
         };
         let now = SystemTime::now();
         let skew_ms = i64::try_from(idp.clock_skew_secs.saturating_mul(1000)).unwrap_or(0);
-        let mut replay = SharedReplay {
+        let mut replay = ReplayLedger {
             cache: &self.replay,
             idp: &idp.entity_id,
             now,
-            skew: Duration::from_secs(idp.clock_skew_secs),
-            full: false,
+            ids: Vec::new(),
+            too_long: false,
         };
         let context = SamlValidationContext::new(now, ReplayPolicy::RequireCache(&mut replay))
             // saml-rs takes the NotBefore drift as a negative number.
@@ -41,7 +41,11 @@ impl SamlService {
         };
         let session = match session {
             Ok(s) => s,
-            Err(_) if replay.full => return Err(Refusal::ReplayCacheFull),
+            Err(_) if replay.too_long => {
+                return Err(Refusal::Expired(
+                    "it would stay valid for more than a day".into(),
+                ));
+            }
             Err(e) => {
                 // Debug: the error may quote the answer, which is the sender's to write.
                 tracing::info!(idp = %idp.name, error = ?e.to_string(), "SAML answer refused");
@@ -83,6 +87,19 @@ impl SamlService {
                 "the subject or a group exceeds {MAX_NAME} characters, has surrounding spaces or control characters, or there are more than {MAX_GROUPS} groups"
             )));
         }
+        // A decrypted assertion was out of the structural check's sight until now.
+        if encrypted {
+            super::precheck::check(&session.raw_flow().saml_content)?;
+        }
+        // Only an answer that passed everything spends its ids: a refused one cannot
+        // fill the cache (a Response ID is the sender's to choose when only the
+        // assertion is signed).
+        self.replay
+            .record_all(&replay.ids, now)
+            .map_err(|full| match full {
+                stores::Full::Total => Refusal::ReplayCacheFull,
+                stores::Full::Client => Refusal::Replayed,
+            })?;
         Ok(SamlLogin {
             idp: idp.name.clone(),
             subject,
@@ -94,30 +111,33 @@ impl SamlService {
     }
 }
 
-/// The replay cache as saml-rs asks for it: ids per IdP entity (however many entries
-/// configure it), kept until their expiry plus the IdP's skew.
-struct SharedReplay<'a> {
+/// Longest an answer's ids are kept: an assertion valid for longer is refused.
+const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// The replay cache as saml-rs asks for it, per IdP entity (however many entries
+/// configure it): an id seen before is refused at once; new ids are noted and recorded
+/// only once the whole answer has passed. saml-rs gives each id's expiry with the
+/// skew already added.
+struct ReplayLedger<'a> {
     cache: &'a stores::ReplayCache,
     idp: &'a str,
     now: SystemTime,
-    skew: Duration,
-    /// The cache refused for want of room, not because the id was seen.
-    full: bool,
+    ids: Vec<(String, SystemTime)>,
+    /// An id would outlive [`MAX_VALIDITY`].
+    too_long: bool,
 }
 
-impl saml_rs::ReplayCache for SharedReplay<'_> {
+impl saml_rs::ReplayCache for ReplayLedger<'_> {
     fn check_and_store(&mut self, key: ReplayKey, expires_at: SystemTime) -> Result<(), SamlError> {
         let name = format!("{}\u{0}{key:?}", self.idp);
-        match self
-            .cache
-            .first_use(name.clone(), expires_at + self.skew, self.now)
-        {
-            Ok(()) => Ok(()),
-            Err(full) => {
-                // A full cache refuses as a replay would: nothing unchecked gets through.
-                self.full = full == stores::Full::Total;
-                Err(SamlError::ReplayDetected { key: name })
-            }
+        if expires_at > self.now + MAX_VALIDITY {
+            self.too_long = true;
+            return Err(SamlError::ReplayDetected { key: name });
         }
+        if self.cache.seen(&name, self.now) || self.ids.iter().any(|(k, _)| *k == name) {
+            return Err(SamlError::ReplayDetected { key: name });
+        }
+        self.ids.push((name, expires_at));
+        Ok(())
     }
 }

@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// Longest `RelayState` (the binding's limit; Warden's own are 32 characters).
 const MAX_RELAY_STATE: usize = 80;
+/// Refused answers after which a started login is dropped.
+const MAX_REFUSED_ANSWERS: u32 = 3;
+/// How long an answer waits for a free check before it is refused as busy.
+const CHECK_QUEUE_WAIT: Duration = Duration::from_secs(10);
 /// Most groups, and longest subject or group name, a login may carry.
 pub(super) const MAX_GROUPS: usize = 256;
 pub(super) const MAX_NAME: usize = 256;
@@ -71,6 +75,8 @@ struct Outstanding {
     idp: usize,
     pending: PendingAuthnRequest,
     purpose: Purpose,
+    /// Answers refused so far (shared by the copies looked at).
+    refused: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// What an answer posted to the ACS gave.
@@ -125,7 +131,7 @@ pub struct SamlService {
     /// Checked CLI logins until the CLI redeems their one-time code.
     codes: stores::Expiring<(SamlLogin, String)>,
     /// Answers checked at once.
-    checking: tokio::sync::Semaphore,
+    checking: Arc<tokio::sync::Semaphore>,
     http: reqwest::Client,
 }
 
@@ -224,9 +230,9 @@ impl SamlService {
             replay: stores::ReplayCache::new(MAX_REPLAY_IDS),
             finished: stores::Expiring::new(config.max_pending_logins),
             codes: stores::Expiring::new(config.max_pending_logins),
-            checking: tokio::sync::Semaphore::new(
+            checking: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8)),
-            ),
+            )),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .redirect(reqwest::redirect::Policy::none())
@@ -393,6 +399,7 @@ impl SamlService {
             idp: index,
             pending: started.pending,
             purpose,
+            refused: Arc::default(),
         };
         let window = Duration::from_secs(self.config.login_window_secs);
         self.outstanding
@@ -470,15 +477,17 @@ impl SamlService {
             }
             f
         };
-        // Checking costs milliseconds of CPU: at most a few at once, the others wait.
-        let _permit = self.checking.acquire().await.map_err(|_| {
-            fail(
-                Refusal::Malformed("the gateway is stopping".into()),
-                &context,
-            )
-        })?;
+        // Checking costs milliseconds of CPU: at most a few at once, the others wait a
+        // little. The permit goes with the check, so a client that hangs up does not
+        // free it while the check still runs.
+        let permit = tokio::time::timeout(CHECK_QUEUE_WAIT, self.checking.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| fail(Refusal::Busy, &context))?;
         let encrypted = shape.encrypted;
         let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             this.validate(index, &descriptor, pending.as_ref(), fields, encrypted)
         })
         .await
@@ -488,7 +497,17 @@ impl SamlService {
                 &context,
             )
         })?;
-        let login = checked.map_err(|r| fail(r, &context))?;
+        let login = checked.map_err(|r| {
+            // A login takes a few refused answers (its person's own mistakes), not a
+            // stream of them: after that it is gone.
+            if let (Some(h), Some(o)) = (&relay, &outstanding)
+                && o.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+                    >= MAX_REFUSED_ANSWERS
+            {
+                self.outstanding.take(h);
+            }
+            fail(r, &context)
+        })?;
         if let Some(h) = &relay
             && outstanding.is_some()
         {

@@ -203,6 +203,10 @@ pub fn check(xml: &str) -> Result<Shape, Refusal> {
                 }
                 stack.pop();
             }
+            // A carriage return is read as a line feed by one reader and kept by another.
+            Event::Text(ref t) if t.contains('\r') => {
+                return Err(malformed("a carriage return written as such"));
+            }
             Event::Text(ref t) if in_issuer(&stack) && shape.issuer.is_none() => {
                 let text = quick_xml::escape::unescape(t)
                     .map_err(|e| Refusal::Malformed(format!("bad text: {e}")))?;
@@ -238,8 +242,17 @@ fn check_attributes(
             Some(PrefixDeclaration::Default) => {}
             None => {
                 let local = attr.key.local_name().as_ref().to_string();
+                // Readers differ in how they normalize these (one keeps them, another
+                // makes them spaces): a signed value must read one way only.
+                if attr.value.contains(['\t', '\n', '\r']) {
+                    return Err(Refusal::Malformed(
+                        "a tab or line break written as such in an attribute value".into(),
+                    ));
+                }
+                let value = quick_xml::escape::unescape(&attr.value)
+                    .map_err(|e| Refusal::Malformed(format!("bad attribute value: {e}")))?;
                 if ["id", "assertionid"].contains(&local.to_ascii_lowercase().as_str())
-                    && !ids.insert(attr.value.to_string())
+                    && !ids.insert(value.into_owned())
                 {
                     return Err(wrapped("two elements carry the same ID"));
                 }
@@ -339,6 +352,7 @@ mod tests {
             ),
             OK.replace("ID=\"a1\"", "ID=\"a1\" Id=\"r1\""),
             OK.replace("<saml:Subject>", "<saml:Subject id=\"a1\">"),
+            OK.replace("<saml:Subject>", "<saml:Subject id=\"&#97;1\">"),
         ] {
             assert_eq!(code(&xml), "wrapped", "{xml}");
         }
@@ -364,6 +378,9 @@ mod tests {
             Some("https://idp.example/?a=1&b=2")
         );
         assert_eq!(code(&OK.replace(">alice<", ">&e;<")), "malformed");
+        assert_eq!(code(&OK.replace(">alice<", ">ali\r\nce<")), "malformed");
+        assert_eq!(code(&OK.replace(">alice<", ">ali&#13;ce<")), "ok");
+        assert_eq!(code(&OK.replace("ID=\"a1\"", "ID=\"a\n1\"")), "malformed");
         assert_eq!(code(&OK.replace(">alice<", ">&#0;<")), "malformed");
     }
 

@@ -1,26 +1,41 @@
 //! The SAML login's short-lived state, in memory: logins started and not finished,
 //! answers finished and not yet collected, and the replay cache. Every map is bounded;
-//! unauthenticated clients fill the first one, so it is also bounded per client address.
+//! unauthenticated clients fill the first one, so it is also bounded per client and per
+//! client network.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Entries a single client address may hold in a [`Expiring`] map.
+/// Entries one client may hold in an [`Expiring`] map: an IPv4 address, or an IPv6
+/// /64 (one host usually holds a whole /64).
 pub const MAX_PER_CLIENT: usize = 32;
+/// Entries one client network may hold: an IPv4 /24 or an IPv6 /48 (what one site or
+/// subscriber is usually given).
+pub const MAX_PER_NETWORK: usize = 256;
 
-/// The client a limit counts: an IPv4 address, or an IPv6 address's /64 (one host
-/// usually holds a whole /64).
-fn client_key(ip: IpAddr) -> IpAddr {
+/// A counted range: its first address and prefix length.
+type Range = (IpAddr, u8);
+
+/// The ranges a client counts against, each with its limit.
+fn ranges(ip: IpAddr) -> [(Range, usize); 2] {
+    let v6 = |a: std::net::Ipv6Addr, bits: u8| {
+        let mask = !0u128 << (128 - u32::from(bits));
+        (IpAddr::V6((u128::from(a) & mask).into()), bits)
+    };
     match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !((1u128 << 64) - 1),
-            )),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => ranges(IpAddr::V4(v4)),
+            None => [(v6(a, 64), MAX_PER_CLIENT), (v6(a, 48), MAX_PER_NETWORK)],
         },
-        v4 => v4,
+        IpAddr::V4(a) => [
+            ((IpAddr::V4(a), 32), MAX_PER_CLIENT),
+            (
+                (IpAddr::V4((u32::from(a) & 0xffff_ff00).into()), 24),
+                MAX_PER_NETWORK,
+            ),
+        ],
     }
 }
 
@@ -41,7 +56,7 @@ struct Entry<V> {
 
 struct Inner<V> {
     entries: HashMap<String, Entry<V>>,
-    per_client: HashMap<IpAddr, usize>,
+    per_client: HashMap<Range, usize>,
 }
 
 /// One-time entries that expire: stored once, taken once.
@@ -73,7 +88,6 @@ impl<V> Expiring<V> {
         ttl: Duration,
         client: Option<IpAddr>,
     ) -> Result<(), Full> {
-        let client = client.map(client_key);
         let mut inner = self.lock();
         let now = Instant::now();
         if inner.entries.len() >= self.max {
@@ -83,14 +97,15 @@ impl<V> Expiring<V> {
             return Err(Full::Total);
         }
         if let Some(ip) = client {
-            if inner.per_client.get(&ip).copied().unwrap_or(0) >= MAX_PER_CLIENT {
+            if at_limit(&inner, ip) {
                 purge(&mut inner, now);
             }
-            let held = inner.per_client.entry(ip).or_insert(0);
-            if *held >= MAX_PER_CLIENT {
+            if at_limit(&inner, ip) {
                 return Err(Full::Client);
             }
-            *held += 1;
+            for (range, _) in ranges(ip) {
+                *inner.per_client.entry(range).or_insert(0) += 1;
+            }
         }
         let entry = Entry {
             value,
@@ -126,13 +141,9 @@ impl<V> Expiring<V> {
     /// Whether an entry for `client` would be stored now (expired entries are dropped
     /// to make room).
     pub fn has_room(&self, client: Option<IpAddr>) -> bool {
-        let client = client.map(client_key);
         let mut inner = self.lock();
-        let full = |i: &Inner<V>| {
-            i.entries.len() >= self.max
-                || client
-                    .is_some_and(|ip| i.per_client.get(&ip).copied().unwrap_or(0) >= MAX_PER_CLIENT)
-        };
+        let full =
+            |i: &Inner<V>| i.entries.len() >= self.max || client.is_some_and(|ip| at_limit(i, ip));
         if full(&inner) {
             purge(&mut inner, Instant::now());
         }
@@ -148,13 +159,21 @@ impl<V> Expiring<V> {
     }
 }
 
+/// Whether `ip` or its network holds its limit.
+fn at_limit<V>(inner: &Inner<V>, ip: IpAddr) -> bool {
+    ranges(ip)
+        .iter()
+        .any(|(range, max)| inner.per_client.get(range).copied().unwrap_or(0) >= *max)
+}
+
 fn release<V>(inner: &mut Inner<V>, client: Option<IpAddr>) {
-    if let Some(ip) = client
-        && let Some(held) = inner.per_client.get_mut(&ip)
-    {
-        *held = held.saturating_sub(1);
-        if *held == 0 {
-            inner.per_client.remove(&ip);
+    let Some(ip) = client else { return };
+    for (range, _) in ranges(ip) {
+        if let Some(held) = inner.per_client.get_mut(&range) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                inner.per_client.remove(&range);
+            }
         }
     }
 }
@@ -187,20 +206,35 @@ impl ReplayCache {
         }
     }
 
-    /// Records `key` until `until`; false when it was seen before, or when the cache
-    /// is full of unexpired ids (fail closed: nothing is accepted that might be a replay).
-    pub fn first_use(&self, key: String, until: SystemTime, now: SystemTime) -> Result<(), Full> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.get(&key).is_some_and(|t| *t > now) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SystemTime>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `key` was recorded and has not expired.
+    pub fn seen(&self, key: &str, now: SystemTime) -> bool {
+        self.lock().get(key).is_some_and(|t| *t > now)
+    }
+
+    /// Records every key until its time, all or none: `Client` when one was seen
+    /// before, `Total` when the cache is full of unexpired ids (fail closed: nothing is
+    /// accepted that might be a replay).
+    pub fn record_all(&self, keys: &[(String, SystemTime)], now: SystemTime) -> Result<(), Full> {
+        let mut seen = self.lock();
+        if keys
+            .iter()
+            .any(|(k, _)| seen.get(k).is_some_and(|t| *t > now))
+        {
             return Err(Full::Client);
         }
-        if seen.len() >= self.max {
+        if seen.len() + keys.len() > self.max {
             seen.retain(|_, t| *t > now);
         }
-        if seen.len() >= self.max {
+        if seen.len() + keys.len() > self.max {
             return Err(Full::Total);
         }
-        seen.insert(key, until);
+        for (k, until) in keys {
+            seen.insert(k.clone(), *until);
+        }
         Ok(())
     }
 }
@@ -253,7 +287,42 @@ mod tests {
         assert!(!map.has_room(Some(same_64)));
         assert!(map.has_room(Some(other_64)));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ranges(mapped), ranges("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_network_is_bounded_beyond_its_clients() {
+        let map = Expiring::new(10_000);
+        let mut n = 0;
+        // Eight /64s of one /48, 32 each: the /48's 256 places.
+        for net in 0..8 {
+            for host in 0..MAX_PER_CLIENT {
+                let ip: IpAddr = format!("2001:db8:0:{net:x}::{:x}", host + 1)
+                    .parse()
+                    .unwrap();
+                map.insert(n.to_string(), n, Duration::from_secs(60), Some(ip))
+                    .unwrap();
+                n += 1;
+            }
+        }
+        let same_48: IpAddr = "2001:db8:0:ff::1".parse().unwrap();
+        assert_eq!(
+            map.insert("x".into(), 0, Duration::from_secs(60), Some(same_48)),
+            Err(Full::Client)
+        );
+        assert!(map.has_room(Some("2001:db8:1::1".parse().unwrap())));
+        // The same for an IPv4 /24.
+        let v4 = Expiring::new(10_000);
+        for i in 0..MAX_PER_NETWORK {
+            let ip: IpAddr = format!("10.0.0.{}", i / MAX_PER_CLIENT).parse().unwrap();
+            v4.insert(i.to_string(), i, Duration::from_secs(60), Some(ip))
+                .unwrap();
+        }
+        assert!(!v4.has_room(Some("10.0.0.200".parse().unwrap())));
+        assert!(v4.has_room(Some("10.0.1.1".parse().unwrap())));
+        // Taking one frees its place in both counts.
+        v4.take("0");
+        assert!(v4.has_room(Some("10.0.0.200".parse().unwrap())));
     }
 
     #[test]
@@ -274,14 +343,22 @@ mod tests {
 
     #[test]
     fn replays_are_caught_until_expiry_and_a_full_cache_refuses() {
-        let cache = ReplayCache::new(2);
+        let cache = ReplayCache::new(3);
         let now = SystemTime::now();
         let later = now + Duration::from_secs(60);
-        assert!(cache.first_use("a".into(), later, now).is_ok());
-        assert!(cache.first_use("a".into(), later, now).is_err());
+        let one = |k: &str| vec![(k.to_string(), later)];
+        assert!(cache.record_all(&one("a"), now).is_ok());
+        assert!(cache.seen("a", now));
+        assert_eq!(cache.record_all(&one("a"), now), Err(Full::Client));
+        // All or none: a seen id keeps the new one beside it out.
+        let pair = vec![("b".to_string(), later), ("a".to_string(), later)];
+        assert_eq!(cache.record_all(&pair, now), Err(Full::Client));
+        assert!(!cache.seen("b", now));
         // After its expiry the id is gone (an expired assertion is refused anyway).
-        assert!(cache.first_use("a".into(), later, later).is_ok());
-        assert!(cache.first_use("b".into(), later, now).is_ok());
-        assert_eq!(cache.first_use("c".into(), later, now), Err(Full::Total));
+        assert!(!cache.seen("a", later));
+        assert!(cache.record_all(&one("a"), later).is_ok());
+        assert!(cache.record_all(&one("b"), now).is_ok());
+        assert!(cache.record_all(&one("c"), now).is_ok());
+        assert_eq!(cache.record_all(&one("d"), now), Err(Full::Total));
     }
 }
