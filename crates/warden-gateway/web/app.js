@@ -104,6 +104,8 @@ const LOGIN_ERRORS = {
   unsolicited: 'The identity provider sent a login this gateway did not ask for.',
   replayed: 'That login answer was already used. Log in again.',
   expired: 'The identity provider\'s answer has expired. Log in again.',
+  replay_cache_full: 'The gateway cannot take more logins right now. Try again later.',
+  csrf_failed: 'That login was started from another site. Start it from this page.',
 };
 // Any other refusal of a SAML answer: the audit log has the reason.
 for (const code of ['unsigned', 'bad_signature', 'cert_mismatch', 'wrapped', 'audience', 'recipient',

@@ -408,7 +408,8 @@ impl SamlService {
         Ok((url, handle))
     }
 
-    /// Checks an answer posted to the ACS. The login it answers is used up either way.
+    /// Checks an answer posted to the ACS. The login it answers is used up when the
+    /// answer passes, or after [`MAX_REFUSED_ANSWERS`] refused ones.
     pub async fn accept(
         self: &Arc<Self>,
         response_b64: String,
