@@ -41,19 +41,29 @@ impl Keycloak {
                 env("WARDEN_TEST_KEYCLOAK_ADMIN_PASSWORD"),
             ),
         };
-        let ready = || {
-            std::process::Command::new("curl")
-                .args(["-fsS", "-o", "/dev/null", &kc.metadata_url])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        for _ in 0..600 {
-            if ready() {
-                return kc;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
-        panic!("Keycloak's realm did not answer at {}", kc.metadata_url);
+        // One wait for the whole test binary: when Keycloak does not come up, the
+        // first test says so after five minutes and the others at once.
+        static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let ready = *READY.get_or_init(|| {
+            let answers = || {
+                std::process::Command::new("curl")
+                    .args(["-fsS", "-o", "/dev/null", &kc.metadata_url])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            (0..600).any(|_| {
+                answers() || {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    false
+                }
+            })
+        });
+        assert!(
+            ready,
+            "Keycloak's realm did not answer at {}",
+            kc.metadata_url
+        );
+        kc
     }
 
     /// An admin API call on realm `warden`.
