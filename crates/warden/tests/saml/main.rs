@@ -844,6 +844,28 @@ fn sp_metadata_is_served_and_bad_idp_metadata_stops_the_start() {
         "{}",
         text(&out.stderr)
     );
+
+    // A key in another form than PKCS#8 is named at start, not at the first login.
+    let pkcs1 = dir.path().join("sp-pkcs1.key");
+    let converted = run(Command::new("openssl").args([
+        "rsa",
+        "-traditional",
+        "-in",
+        kc.sp_key.to_str().unwrap(),
+        "-out",
+        pkcs1.to_str().unwrap(),
+    ]));
+    assert!(converted.status.success());
+    let out = run(warden(dir.path())
+        .env("WARDEN_CONFIG", "bad.toml")
+        .env("WARDEN_AUTH__SAML__SIGNING_KEY_FILE", &pkcs1)
+        .arg("gateway"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("PKCS#8"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub struct SamlConfig {
     /// Where identity providers post their answers; default `<api.public_url>/auth/saml/acs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acs_url: Option<String>,
-    /// Signs the AuthnRequests (PEM, PKCS#8 or PKCS#1); its certificate is in the SP
+    /// Signs the AuthnRequests (RSA, PKCS#8 PEM); its certificate is in the SP
     /// metadata.
     pub signing_key_file: PathBuf,
     pub signing_cert_file: PathBuf,

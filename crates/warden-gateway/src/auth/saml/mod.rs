@@ -145,6 +145,36 @@ fn read(path: &std::path::Path, what: &str) -> Result<String, SamlSetupError> {
         .map_err(|e| SamlSetupError(format!("cannot read {what} {}: {e}", path.display())))
 }
 
+/// An RSA private key file, checked at start: PKCS#8 PEM (`BEGIN PRIVATE KEY`), which is
+/// what the signing and decryption code reads (it would otherwise fail only at the
+/// first login).
+fn rsa_key(path: &std::path::Path, what: &str) -> Result<String, SamlSetupError> {
+    use base64::Engine;
+    let pem = read(path, what)?;
+    let bad = |why: &str| {
+        SamlSetupError(format!(
+            "{what} {} {why}: an RSA private key in PKCS#8 PEM is needed \
+             (`openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8` converts one)",
+            path.display()
+        ))
+    };
+    let body: String = pem
+        .lines()
+        .skip_while(|l| l.trim() != "-----BEGIN PRIVATE KEY-----")
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        return Err(bad("is not a PKCS#8 PEM key"));
+    }
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|_| bad("is not valid PEM"))?;
+    aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der)
+        .map_err(|_| bad("does not hold a usable RSA key"))?;
+    Ok(pem)
+}
+
 impl SamlService {
     /// Reads the keys and the metadata files; metadata URLs are fetched when first
     /// needed.
@@ -153,7 +183,7 @@ impl SamlService {
         let acs_url = config.acs_url(public_url);
         let signing_cert = read(&config.signing_cert_file, "signing_cert_file")?;
         let credentials = Credentials {
-            signing_key: Some(PrivateKeyPem::new(read(
+            signing_key: Some(PrivateKeyPem::new(rsa_key(
                 &config.signing_key_file,
                 "signing_key_file",
             )?)),
@@ -171,7 +201,7 @@ impl SamlService {
             decryption_key: config
                 .decryption_key_file
                 .as_deref()
-                .map(|p| read(p, "decryption_key_file").map(PrivateKeyPem::new))
+                .map(|p| rsa_key(p, "decryption_key_file").map(PrivateKeyPem::new))
                 .transpose()?,
             ..Credentials::default()
         };
