@@ -532,18 +532,20 @@ pub(crate) async fn whoami_with(
         .send()
         .await
         .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    gateway_answer(resp)
+        .await
+        .map_err(|(code, message)| anyhow!("the gateway refused the token ({code}): {message}"))
+}
+
+/// A gateway's JSON answer; a refusal as the API error's code and message.
+pub(crate) async fn gateway_answer(resp: reqwest::Response) -> Result<Value, (String, String)> {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "the gateway refused the token ({}): {}",
-            body["error"]["code"].as_str().unwrap_or("error"),
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or("no reason given")
-        );
+    if status.is_success() {
+        return Ok(body);
     }
-    Ok(body)
+    let field = |k: &str, default: &str| body["error"][k].as_str().unwrap_or(default).to_string();
+    Err((field("code", "error"), field("message", "no reason given")))
 }
 
 pub(crate) fn groups_of(me: &Value) -> String {

@@ -4,7 +4,7 @@
 //! code, and redeems it with the PKCE verifier (RFC 7636) only it holds. The token it
 //! gets is a short-lived Warden key, cached like any other login.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
@@ -99,14 +99,7 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Result<Value> 
         .send()
         .await
         .with_context(|| format!("cannot reach the gateway at {url}"))?;
-    let status = resp.status();
-    let answer: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{} ({})",
-            answer["error"]["message"].as_str().unwrap_or("refused"),
-            answer["error"]["code"].as_str().unwrap_or("error")
-        );
-    }
-    Ok(answer)
+    login::gateway_answer(resp)
+        .await
+        .map_err(|(code, message)| anyhow!("{message} ({code})"))
 }

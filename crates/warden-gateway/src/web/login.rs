@@ -71,12 +71,10 @@ fn client(addr: Option<&ClientAddr>) -> Option<String> {
 
 /// Back to the console's login page with a reason it shows.
 pub(super) fn to_login_page(code: &str) -> Response {
-    let location = format!("/#/login?error={}", printable(code).replace(' ', "_"));
-    let mut resp = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
+    super::see_other(&format!(
+        "/#/login?error={}",
+        printable(code).replace(' ', "_")
+    ))
 }
 
 /// The login cookie's name: `__Host-` under TLS, so no other host or path can set it.
@@ -163,13 +161,9 @@ async fn start(
     };
     match oidc.start(redirect_uri).await {
         Ok((location, sealed)) => {
-            let mut resp = StatusCode::SEE_OTHER.into_response();
-            let h = resp.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                h.insert(header::LOCATION, v);
-            }
-            h.insert(header::SET_COOKIE, login_cookie(&state, Some(&sealed)));
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            let mut resp = super::see_other(&location);
+            resp.headers_mut()
+                .insert(header::SET_COOKIE, login_cookie(&state, Some(&sealed)));
             resp
         }
         Err(e) => {
@@ -198,9 +192,7 @@ async fn callback(
     let result = callback_session(&state, &headers, client.clone(), query.ok().map(|q| q.0)).await;
     let mut resp = match result {
         Ok(cookie) => {
-            let mut resp = StatusCode::SEE_OTHER.into_response();
-            resp.headers_mut()
-                .insert(header::LOCATION, HeaderValue::from_static("/"));
+            let mut resp = super::see_other("/");
             resp.headers_mut().append(header::SET_COOKIE, cookie);
             resp
         }

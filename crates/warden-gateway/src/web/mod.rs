@@ -122,6 +122,18 @@ pub(crate) fn set_cookie(
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// `303 See Other` to `location`, not to be cached (login steps go through these).
+pub(crate) fn see_other(location: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut resp = axum::http::StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// The value of one cookie in a request's `Cookie` headers.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use warden_core::{Event, Identity, Secret, timefmt};
 
-use super::cookie;
+use super::{cookie, see_other};
 use crate::api::{ApiError, ApiJson, AppState, ClientAddr};
 use crate::auth::api_key;
 use crate::auth::saml::{self, Purpose, Refusal, RefusalContext, SamlLogin};
@@ -120,16 +120,6 @@ async fn issue(
     Ok((issued.token, identity))
 }
 
-fn redirect(location: &str) -> Response {
-    let mut resp = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
 /// `GET /auth/saml/metadata`: the SP metadata to register Warden at an identity provider.
 async fn metadata(State(state): State<AppState>) -> Result<Response, ApiError> {
     let xml = service(&state)?.metadata_xml().to_string();
@@ -181,7 +171,7 @@ async fn console_start(
         .await
     {
         Ok((url, _handle)) => {
-            let mut resp = redirect(&url);
+            let mut resp = see_other(&url);
             let cookie = super::set_cookie(
                 login_cookie_name(&state),
                 Some(&secret),
@@ -213,13 +203,9 @@ async fn acs(
     form: Result<axum::Form<AcsForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let addr = addr.as_deref();
-    let Some(service) = state.saml.clone() else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "saml_not_configured",
-            "this gateway has no SAML login configured (auth.saml)",
-        )
-        .into_response();
+    let service = match service(&state) {
+        Ok(s) => s.clone(),
+        Err(e) => return e.into_response(),
     };
     let (response, relay_state) = match form {
         Ok(axum::Form(AcsForm {
@@ -245,7 +231,7 @@ async fn acs(
                     redirect: to,
                     state: s,
                     ..
-                }) => redirect(&with_query(
+                }) => see_other(&with_query(
                     &to,
                     &[("error", refusal.code()), ("state", &s)],
                 )),
@@ -270,7 +256,7 @@ async fn acs(
         None => return idp_initiated_session(&state, addr, &login).await,
     };
     match handed {
-        Ok(location) => redirect(&location),
+        Ok(location) => see_other(&location),
         Err(refusal) => {
             record_refusal(&state, addr, "acs", &refusal, &RefusalContext::default());
             error_page(StatusCode::SERVICE_UNAVAILABLE, &refusal)
@@ -290,7 +276,7 @@ async fn idp_initiated_session(
     }
     match open_console_session(state, login, addr).await {
         Ok(cookie) => {
-            let mut resp = redirect("/");
+            let mut resp = see_other("/");
             resp.headers_mut().append(header::SET_COOKIE, cookie);
             resp
         }
@@ -334,7 +320,7 @@ async fn console_finish(
     let mut resp = match collected {
         Ok(login) => match open_console_session(&state, &login, addr).await {
             Ok(cookie) => {
-                let mut resp = redirect("/");
+                let mut resp = see_other("/");
                 resp.headers_mut().append(header::SET_COOKIE, cookie);
                 resp
             }
