@@ -5,8 +5,10 @@
 # it to the OS: `audit.journal_sync = false`) and through PgBouncer (session
 # pooling), all in the same run. Prints TPS, the ratio to direct, p50/p99 latency with
 # what each proxy adds, and each proxy's CPU time (user + system) per statement; then
-# the repeatable figure: each proxy's instructions per statement under callgrind
-# (`BENCH_INSTRUCTIONS=0` skips it).
+# the repeatable figures: each proxy's system calls and context switches per statement
+# at the most clients (perf's syscall tracepoints, counted during the timed runs;
+# skipped without `perf`), and its instructions per statement under callgrind
+# (`BENCH_INSTRUCTIONS=0` skips those).
 #
 #   scripts/bench-pg.sh                  # 15 s per run
 #   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-pg.sh
@@ -94,6 +96,11 @@ run() {
   local out pid cpu_before
   pid=$(proxy_pid "$name")
   [ -z "$pid" ] || cpu_before=$(cpu_us "$pid")
+  local counted=""
+  if [ -n "$pid" ] && [ "$c" = "$last_clients" ] && [ -n "$perf_events" ]; then
+    counted="$work/calls-$name"
+    perf stat -x, -e "$perf_events" -p "$pid" -o "$counted" -- sleep "$seconds" >/dev/null 2>&1 &
+  fi
   out=$(cd "$work" && PGPASSWORD=$pass pgbench -n -S -T "$seconds" -c "$c" -j "$c" \
     -h 127.0.0.1 -p "$port" -U "$user" -l --log-prefix="$prefix" "$db" 2>&1) || {
     echo "pgbench $name failed:" >&2
@@ -114,6 +121,11 @@ run() {
     local done_tx
     done_tx=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     per_stmt=$(awk -v a="$cpu_before" -v b="$(cpu_us "$pid")" -v n="$done_tx" 'BEGIN { printf "%.0f", (b - a) / n }')
+    if [ -n "$counted" ]; then
+      wait $! 2>/dev/null || true
+      # Counted over the run's seconds, divided by the statements of the whole run.
+      awk -F, -v n="$done_tx" '/^[0-9]/ { printf "%.2f ", $1 / n }' "$counted" >"$counted.per"
+    fi
   fi
   echo "$tps $pct $per_stmt"
 }
@@ -125,6 +137,19 @@ proxy_pid() {
     pgbouncer) pgrep -n -f "pgbouncer $work/pgbouncer.ini" || true ;;
   esac
 }
+
+# System calls (the ones a statement's path makes) and context switches, counted by
+# perf's tracepoints while the runs at the most clients go: counts do not move with the
+# machine's load the way time does, and they show the kernel work callgrind cannot.
+calls="futex pwrite64 write sendto recvfrom epoll_wait fdatasync"
+perf_events=""
+last_clients=${clients##* }
+if command -v perf >/dev/null && perf stat -e syscalls:sys_enter_futex true >/dev/null 2>&1; then
+  for call in $calls; do perf_events+="syscalls:sys_enter_$call,"; done
+  perf_events+="context-switches"
+else
+  log "no perf with syscall tracepoints: system calls per statement not counted"
+fi
 
 printf '\npgbench -S, %ss per run, scale %s\n' "$seconds" "$scale"
 printf '%-8s %-10s %10s %7s %9s %9s %10s %10s %12s\n' clients path tps ratio p50_us p99_us +p50_us +p99_us cpu_us/stmt
@@ -140,6 +165,18 @@ for c in $clients; do
       "$(awk -v a="$tps" -v b="$d_tps" 'BEGIN { print a / b }')" "$p50" "$p99" "$((p50 - d_p50))" "$((p99 - d_p99))" "$cpu"
   done
 done
+
+if [ -n "$perf_events" ]; then
+  printf '\nsystem calls and context switches per statement, %s clients (perf)\n' "$last_clients"
+  printf '%-10s' path
+  for call in $calls switches; do printf ' %10s' "$call"; done
+  echo
+  for name in warden warden-os pgbouncer; do
+    printf '%-10s' "$name"
+    for v in $(cat "$work/calls-$name.per" 2>/dev/null); do printf ' %10s' "$v"; done
+    echo
+  done
+fi
 
 # --- instructions per statement: the repeatable figure ---------------------------
 # Each proxy again, under callgrind (about 50 times slower: only counts matter here).
