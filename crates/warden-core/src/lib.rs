@@ -9,6 +9,7 @@
 mod action;
 mod connection;
 mod event;
+pub mod event_json;
 pub mod gate;
 mod identity;
 mod pipeline;

@@ -19,6 +19,11 @@ pub fn from_micros(us: i64) -> Option<OffsetDateTime> {
 
 /// RFC 3339 text, as the API and the audit log show times.
 pub fn rfc3339(t: OffsetDateTime) -> String {
+    let mut out = Vec::with_capacity(32);
+    if crate::event_json::write_rfc3339_utc(&mut out, t) {
+        // ASCII digits and separators only.
+        return String::from_utf8(out).unwrap_or_default();
+    }
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
@@ -26,6 +31,24 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_is_times_own() {
+        let well_known = time::format_description::well_known::Rfc3339;
+        for us in [
+            0,
+            1,
+            10,
+            1_733_000_000_123_456,
+            1_733_000_000_100_000,
+            -86_400_000_000,
+        ] {
+            let t = from_micros(us).unwrap_or_else(|| unreachable!());
+            assert_eq!(rfc3339(t), t.format(&well_known).unwrap_or_default());
+        }
+        let t = OffsetDateTime::UNIX_EPOCH.to_offset(time::macros::offset!(+2));
+        assert_eq!(rfc3339(t), "1970-01-01T02:00:00+02:00");
+    }
 
     #[test]
     fn micros_round_trip() {

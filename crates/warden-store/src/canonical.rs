@@ -1,47 +1,13 @@
 //! The canonical text of a chained event — what its hash covers: the event's fields
 //! plus `seq` and `prev_hash`, object keys sorted, no insignificant whitespace.
-//! Written in one pass from the event's fields in sorted order (the hot path: every
-//! chained event); a payload whose keys are not in order goes through a `Value` tree.
+//! Written in one pass from the event's fields in sorted order, by hand (the hot path:
+//! every chained event; see `warden_core::event_json`); a payload whose keys are not in
+//! order goes through a `Value` tree.
 
-use serde::Serialize;
 use serde_json::Value;
-use time::OffsetDateTime;
-use uuid::Uuid;
 use warden_core::{Decision, Event, EventIdentity};
 
 use crate::Result;
-
-/// An event's fields, in sorted key order.
-#[derive(Serialize)]
-struct Canonical<'a> {
-    connection: &'a Option<String>,
-    decision: Option<CanonicalDecision<'a>>,
-    id: &'a Uuid,
-    identity: Option<CanonicalIdentity<'a>>,
-    kind: &'a str,
-    payload: &'a Value,
-    prev_hash: &'a str,
-    seq: i64,
-    session_id: &'a Option<Uuid>,
-    #[serde(with = "time::serde::rfc3339")]
-    time: OffsetDateTime,
-}
-
-/// A decision as `Decision` serializes it (`outcome` tag), keys sorted.
-#[derive(Serialize)]
-struct CanonicalDecision<'a> {
-    outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct CanonicalIdentity<'a> {
-    groups: &'a [String],
-    subject: &'a str,
-}
 
 /// The canonical text of a chained event.
 pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String> {
@@ -60,37 +26,60 @@ pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String
         decision,
         payload,
     } = event;
-    let decision = decision.as_ref().map(|d| match d {
-        Decision::Allow => CanonicalDecision {
-            outcome: "allow",
-            reason: None,
-            rule: None,
-        },
-        Decision::Deny { rule, reason } => CanonicalDecision {
-            outcome: "deny",
-            reason: Some(reason),
-            rule: Some(rule),
-        },
-        Decision::Review { rule } => CanonicalDecision {
-            outcome: "review",
-            reason: None,
-            rule: Some(rule),
-        },
-    });
-    Ok(serde_json::to_string(&Canonical {
-        connection,
-        decision,
-        id,
-        identity: identity
-            .as_ref()
-            .map(|EventIdentity { subject, groups }| CanonicalIdentity { groups, subject }),
-        kind,
-        payload,
-        prev_hash,
-        seq,
-        session_id,
-        time: *time,
-    })?)
+    use warden_core::event_json::{
+        write_opt_str, write_str, write_strs, write_time, write_uuid, write_value,
+    };
+    let mut out = Vec::with_capacity(384);
+    out.extend_from_slice(b"{\"connection\":");
+    write_opt_str(&mut out, connection.as_deref());
+    out.extend_from_slice(b",\"decision\":");
+    match decision {
+        None => out.extend_from_slice(b"null"),
+        Some(Decision::Allow) => out.extend_from_slice(b"{\"outcome\":\"allow\"}"),
+        Some(Decision::Deny { rule, reason }) => {
+            out.extend_from_slice(b"{\"outcome\":\"deny\",\"reason\":");
+            write_str(&mut out, reason);
+            out.extend_from_slice(b",\"rule\":");
+            write_str(&mut out, rule);
+            out.push(b'}');
+        }
+        Some(Decision::Review { rule }) => {
+            out.extend_from_slice(b"{\"outcome\":\"review\",\"rule\":");
+            write_str(&mut out, rule);
+            out.push(b'}');
+        }
+    }
+    out.extend_from_slice(b",\"id\":");
+    write_uuid(&mut out, id);
+    out.extend_from_slice(b",\"identity\":");
+    match identity {
+        Some(EventIdentity { subject, groups }) => {
+            out.extend_from_slice(b"{\"groups\":");
+            write_strs(&mut out, groups);
+            out.extend_from_slice(b",\"subject\":");
+            write_str(&mut out, subject);
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"kind\":");
+    write_str(&mut out, kind);
+    out.extend_from_slice(b",\"payload\":");
+    write_value(&mut out, payload);
+    out.extend_from_slice(b",\"prev_hash\":");
+    write_str(&mut out, prev_hash);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"session_id\":");
+    match session_id {
+        Some(s) => write_uuid(&mut out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"time\":");
+    write_time(&mut out, *time);
+    out.push(b'}');
+    // Every byte written is ASCII or copied from a `str`.
+    String::from_utf8(out).map_err(|e| crate::StoreError::AppendFailed(e.to_string()))
 }
 
 /// The same text through a `Value` tree: the path for payloads whose keys are not in
@@ -162,6 +151,7 @@ mod tests {
     use super::*;
     use crate::audit::GENESIS_HASH;
     use serde_json::json;
+    use uuid::Uuid;
     use warden_core::timefmt;
 
     #[test]

@@ -384,7 +384,7 @@ impl AuditJournal {
             )));
         }
         self.wait_for_room().await;
-        let json = serde_json::to_vec(&event)?;
+        let json = event.to_json();
         self.backlog.fetch_add(1, Ordering::SeqCst);
         match &self.writer {
             Sink::Thread(commands) => {
@@ -409,13 +409,7 @@ impl AuditJournal {
     /// call, so the chain keeps a session's order — and never waits for a sync of its
     /// own. A failure is logged.
     pub fn append_later(&self, event: Event) {
-        let line = match serde_json::to_vec(&event) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, kind = %event.kind, "an audit event was lost");
-                return;
-            }
-        };
+        let line = event.to_json();
         match self.later.lock() {
             Ok(mut later) => {
                 later.push((line, event));
