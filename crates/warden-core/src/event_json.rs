@@ -12,20 +12,29 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::{Decision, Event, EventIdentity};
 
+/// Why an event cannot be written: the one thing serde_json refuses too.
+#[derive(Debug, thiserror::Error)]
+#[error("the time {0} has no RFC 3339 form")]
+pub struct UnwritableTime(pub OffsetDateTime);
+
 impl Event {
-    /// The event as `serde_json::to_vec` writes it.
-    pub fn to_json(&self) -> Vec<u8> {
+    /// The event as `serde_json::to_vec` writes it (which fails where this does).
+    pub fn to_json(&self) -> Result<Vec<u8>, UnwritableTime> {
         let mut out = Vec::with_capacity(256 + self.payload_hint());
-        self.write_json(&mut out);
-        out
+        self.write_json(&mut out)?;
+        Ok(out)
     }
 
-    /// [`Self::to_json`], appended to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    /// [`Self::to_json`], appended to `out` (unchanged on an error).
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), UnwritableTime> {
+        let start = out.len();
         out.extend_from_slice(b"{\"id\":");
         write_uuid(out, &self.id);
         out.extend_from_slice(b",\"time\":");
-        write_time(out, self.time);
+        if let Err(e) = write_time(out, self.time) {
+            out.truncate(start);
+            return Err(e);
+        }
         out.extend_from_slice(b",\"session_id\":");
         match &self.session_id {
             Some(id) => write_uuid(out, id),
@@ -66,6 +75,7 @@ impl Event {
         out.extend_from_slice(b",\"payload\":");
         write_value(out, &self.payload);
         out.push(b'}');
+        Ok(())
     }
 
     /// A guess at the payload's size, for the buffer.
@@ -128,20 +138,20 @@ pub fn write_uuid(out: &mut Vec<u8>, id: &uuid::Uuid) {
 }
 
 /// A time as the RFC 3339 string `time::serde::rfc3339` writes: UTC as `Z`, the
-/// fraction of a second without trailing zeros, none when it is zero.
-pub fn write_time(out: &mut Vec<u8>, t: OffsetDateTime) {
+/// fraction of a second without trailing zeros, none when it is zero. A time that has
+/// no RFC 3339 form (a year past 9999, an offset with seconds) is an error, as it is
+/// for serde, and nothing is written.
+pub fn write_time(out: &mut Vec<u8>, t: OffsetDateTime) -> Result<(), UnwritableTime> {
     out.push(b'"');
     if write_rfc3339_utc(out, t) {
         out.push(b'"');
-        return;
+        return Ok(());
     }
     out.pop();
-    // Not the common case: `time`'s own formatting (or its error as serde_json would
-    // see it, which no stored event has).
-    match t.format(&Rfc3339) {
-        Ok(text) => write_str(out, &text),
-        Err(_) => out.extend_from_slice(b"null"),
-    }
+    // Not the common case (Warden's times are UTC): `time`'s own formatting.
+    let text = t.format(&Rfc3339).map_err(|_| UnwritableTime(t))?;
+    write_str(out, &text);
+    Ok(())
 }
 
 /// The RFC 3339 text of a UTC time of the years 0 to 9999 (every time Warden makes),

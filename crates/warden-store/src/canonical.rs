@@ -76,7 +76,7 @@ pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"time\":");
-    write_time(&mut out, *time);
+    write_time(&mut out, *time).map_err(|e| crate::StoreError::AppendFailed(e.to_string()))?;
     out.push(b'}');
     // Every byte written is ASCII or copied from a `str`.
     String::from_utf8(out).map_err(|e| crate::StoreError::AppendFailed(e.to_string()))

@@ -384,7 +384,9 @@ impl AuditJournal {
             )));
         }
         self.wait_for_room().await;
-        let json = event.to_json();
+        let json = event
+            .to_json()
+            .map_err(|e| StoreError::AppendFailed(e.to_string()))?;
         self.backlog.fetch_add(1, Ordering::SeqCst);
         match &self.writer {
             Sink::Thread(commands) => {
@@ -409,7 +411,13 @@ impl AuditJournal {
     /// call, so the chain keeps a session's order — and never waits for a sync of its
     /// own. A failure is logged.
     pub fn append_later(&self, event: Event) {
-        let line = event.to_json();
+        let line = match event.to_json() {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, kind = %event.kind, "an audit event was lost");
+                return;
+            }
+        };
         match self.later.lock() {
             Ok(mut later) => {
                 later.push((line, event));

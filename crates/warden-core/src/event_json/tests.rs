@@ -100,7 +100,7 @@ proptest! {
     #[test]
     fn writes_what_serde_json_writes(event in event()) {
         prop_assert_eq!(
-            String::from_utf8(event.to_json()).unwrap(),
+            String::from_utf8(event.to_json().unwrap()).unwrap(),
             serde_json::to_string(&event).unwrap()
         );
     }
@@ -108,7 +108,7 @@ proptest! {
     #[test]
     fn times_as_serde_writes_them(t in time()) {
         let mut out = Vec::new();
-        write_time(&mut out, t);
+        write_time(&mut out, t).unwrap();
         prop_assert_eq!(
             String::from_utf8(out).unwrap(),
             serde_json::to_string(&t.format(&Rfc3339).unwrap()).unwrap()
@@ -130,8 +130,8 @@ fn a_statement_and_its_outcome() {
         json!({"tag": "SELECT 1", "rows": 1, "rows_affected": null, "duration_us": 180, "ratio": 0.25}),
     );
     for e in [statement, outcome] {
-        assert_eq!(e.to_json(), serde_json::to_vec(&e).unwrap());
-        let back: Event = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(e.to_json().unwrap(), serde_json::to_vec(&e).unwrap());
+        let back: Event = serde_json::from_slice(&e.to_json().unwrap()).unwrap();
         assert_eq!(back, e);
     }
 }
@@ -142,9 +142,20 @@ fn a_time_with_an_offset_goes_through_time_itself() {
         .unwrap()
         .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
     let mut out = Vec::new();
-    write_time(&mut out, t);
+    write_time(&mut out, t).unwrap();
     assert_eq!(
         out,
         serde_json::to_vec(&t.format(&Rfc3339).unwrap()).unwrap()
     );
+}
+
+#[test]
+fn a_time_without_an_rfc3339_form_fails_as_with_serde() {
+    let mut e = Event::new("test.far", json!({}));
+    e.time = time::macros::datetime!(-0001-01-01 0:00 UTC);
+    assert!(serde_json::to_vec(&e).is_err());
+    assert!(e.to_json().is_err());
+    let mut out = b"kept".to_vec();
+    assert!(e.write_json(&mut out).is_err());
+    assert_eq!(out, b"kept");
 }
