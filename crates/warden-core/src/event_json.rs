@@ -1,16 +1,17 @@
-//! Events as JSON text, written by hand: byte for byte what `serde_json` writes for
-//! them, for a fraction of the instructions. Every audited statement's events are
-//! written at least twice (the journal line, the chain's canonical text), and
-//! `serde_json` escapes strings a byte at a time through its generic serializer; here a
-//! string with nothing to escape (nearly all of them) is one scan and one copy, and the
-//! rare one that needs escaping goes through `serde_json` itself, so the escapes are
-//! its own. Tests compare both writers on generated events.
+//! Events and recording lines as JSON text, written by hand: byte for byte what
+//! `serde_json` writes for them, for a fraction of the instructions. Every audited
+//! statement's events are written at least twice (the journal line, the chain's
+//! canonical text) and its recording lines once, and `serde_json` escapes strings a
+//! byte at a time through its generic serializer (and a flattened enum through a map);
+//! here a string with nothing to escape (nearly all of them) is one scan and one copy,
+//! and the rare one that needs escaping goes through `serde_json` itself, so the escapes
+//! are its own. Tests compare both writers on generated values.
 
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{Decision, Event, EventIdentity};
+use crate::{Decision, Event, EventIdentity, TimelineEntry, TimelineEvent};
 
 /// Why an event cannot be written: the one thing serde_json refuses too.
 #[derive(Debug, thiserror::Error)]
@@ -57,20 +58,8 @@ impl Event {
         write_str(out, &self.kind);
         out.extend_from_slice(b",\"decision\":");
         match &self.decision {
+            Some(decision) => write_decision(out, decision),
             None => out.extend_from_slice(b"null"),
-            Some(Decision::Allow) => out.extend_from_slice(b"{\"outcome\":\"allow\"}"),
-            Some(Decision::Deny { rule, reason }) => {
-                out.extend_from_slice(b"{\"outcome\":\"deny\",\"rule\":");
-                write_str(out, rule);
-                out.extend_from_slice(b",\"reason\":");
-                write_str(out, reason);
-                out.push(b'}');
-            }
-            Some(Decision::Review { rule }) => {
-                out.extend_from_slice(b"{\"outcome\":\"review\",\"rule\":");
-                write_str(out, rule);
-                out.push(b'}');
-            }
         }
         out.extend_from_slice(b",\"payload\":");
         write_value(out, &self.payload);
@@ -83,6 +72,98 @@ impl Event {
         match &self.payload {
             Value::Object(map) => map.len() * 48,
             _ => 16,
+        }
+    }
+}
+
+impl TimelineEntry {
+    /// The entry as `serde_json::to_vec` writes it: statements, results and errors (a
+    /// statement's lines) by hand, the rest through serde.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"{\"t\":");
+        out.extend_from_slice(self.t.to_string().as_bytes());
+        match &self.event {
+            TimelineEvent::Statement { via, sql, decision } => {
+                out.extend_from_slice(b",\"kind\":\"statement\",\"via\":");
+                write_str(&mut out, via);
+                out.extend_from_slice(b",\"sql\":");
+                write_str(&mut out, sql);
+                out.extend_from_slice(b",\"decision\":");
+                write_decision(&mut out, decision);
+            }
+            TimelineEvent::Result {
+                tag,
+                columns,
+                rows,
+                rows_total,
+                rows_affected,
+                duration_us,
+            } => {
+                out.extend_from_slice(b",\"kind\":\"result\",\"tag\":");
+                write_str(&mut out, tag);
+                out.extend_from_slice(b",\"columns\":");
+                write_strs(&mut out, columns);
+                out.extend_from_slice(b",\"rows\":[");
+                for (i, row) in rows.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'[');
+                    for (j, cell) in row.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        write_opt_str(&mut out, cell.as_deref());
+                    }
+                    out.push(b']');
+                }
+                out.extend_from_slice(b"],\"rows_total\":");
+                out.extend_from_slice(rows_total.to_string().as_bytes());
+                write_opt_u64(&mut out, b",\"rows_affected\":", *rows_affected);
+                write_opt_u64(&mut out, b",\"duration_us\":", *duration_us);
+            }
+            TimelineEvent::Error {
+                code,
+                message,
+                duration_us,
+            } => {
+                out.extend_from_slice(b",\"kind\":\"error\",\"code\":");
+                write_str(&mut out, code);
+                out.extend_from_slice(b",\"message\":");
+                write_str(&mut out, message);
+                write_opt_u64(&mut out, b",\"duration_us\":", *duration_us);
+            }
+            _ => return serde_json::to_vec(self),
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+/// A field serde skips when it is `None`.
+fn write_opt_u64(out: &mut Vec<u8>, key: &[u8], value: Option<u64>) {
+    if let Some(v) = value {
+        out.extend_from_slice(key);
+        out.extend_from_slice(v.to_string().as_bytes());
+    }
+}
+
+/// A decision as `Decision` serializes it (internally tagged by `outcome`).
+fn write_decision(out: &mut Vec<u8>, decision: &Decision) {
+    match decision {
+        Decision::Allow => out.extend_from_slice(b"{\"outcome\":\"allow\"}"),
+        Decision::Deny { rule, reason } => {
+            out.extend_from_slice(b"{\"outcome\":\"deny\",\"rule\":");
+            write_str(out, rule);
+            out.extend_from_slice(b",\"reason\":");
+            write_str(out, reason);
+            out.push(b'}');
+        }
+        Decision::Review { rule } => {
+            out.extend_from_slice(b"{\"outcome\":\"review\",\"rule\":");
+            write_str(out, rule);
+            out.push(b'}');
         }
     }
 }

@@ -194,7 +194,7 @@ impl FileRecorder {
             t: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             event,
         };
-        let mut line = serde_json::to_vec(&entry).map_err(|e| RecordingError(e.to_string()))?;
+        let mut line = entry.to_json().map_err(|e| RecordingError(e.to_string()))?;
         line.push(b'\n');
         let job = Job::Line {
             file: self.file.clone(),

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use crate::{TimelineEntry, TimelineEvent};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -158,4 +159,73 @@ fn a_time_without_an_rfc3339_form_fails_as_with_serde() {
     let mut out = b"kept".to_vec();
     assert!(e.write_json(&mut out).is_err());
     assert_eq!(out, b"kept");
+}
+
+fn timeline_event() -> impl Strategy<Value = TimelineEvent> {
+    let decided = decision().prop_map(|d| d.unwrap_or(Decision::Allow));
+    let cells = proptest::collection::vec(proptest::option::of(text()), 0..4);
+    prop_oneof![
+        (text(), text(), decided).prop_map(|(via, sql, decision)| TimelineEvent::Statement {
+            via,
+            sql,
+            decision
+        }),
+        (
+            text(),
+            proptest::collection::vec(text(), 0..4),
+            proptest::collection::vec(cells, 0..4),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+        )
+            .prop_map(
+                |(tag, columns, rows, rows_total, rows_affected, duration_us)| {
+                    TimelineEvent::Result {
+                        tag,
+                        columns,
+                        rows,
+                        rows_total,
+                        rows_affected,
+                        duration_us,
+                    }
+                }
+            ),
+        (text(), text(), proptest::option::of(any::<u64>())).prop_map(
+            |(code, message, duration_us)| TimelineEvent::Error {
+                code,
+                message,
+                duration_us
+            }
+        ),
+        (text(), any::<u64>(), any::<u64>()).prop_map(|(direction, bytes, rows)| {
+            TimelineEvent::Copy {
+                direction,
+                bytes,
+                rows,
+            }
+        }),
+        (
+            value(),
+            proptest::option::of(decision().prop_map(|d| d.unwrap_or(Decision::Allow)))
+        )
+            .prop_map(|(detail, decision)| TimelineEvent::Activity {
+                what: "forward".into(),
+                detail,
+                decision
+            }),
+        proptest::option::of(text()).prop_map(|reason| TimelineEvent::End { reason }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn timeline_entries_as_serde_json_writes_them(t in any::<u64>(), event in timeline_event()) {
+        let entry = TimelineEntry { t, event };
+        prop_assert_eq!(
+            String::from_utf8(entry.to_json().unwrap()).unwrap(),
+            serde_json::to_string(&entry).unwrap()
+        );
+    }
 }
