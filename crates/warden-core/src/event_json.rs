@@ -220,7 +220,7 @@ pub fn write_uuid(out: &mut Vec<u8>, id: &uuid::Uuid) {
 
 /// A time as the RFC 3339 string `time::serde::rfc3339` writes: UTC as `Z`, the
 /// fraction of a second without trailing zeros, none when it is zero. A time that has
-/// no RFC 3339 form (a year past 9999, an offset with seconds) is an error, as it is
+/// no RFC 3339 form (a year before 0, an offset with seconds) is an error, as it is
 /// for serde, and nothing is written.
 pub fn write_time(out: &mut Vec<u8>, t: OffsetDateTime) -> Result<(), UnwritableTime> {
     out.push(b'"');
