@@ -124,7 +124,9 @@ run() {
     if [ -n "$counted" ]; then
       wait $! 2>/dev/null || true
       # Counted over the run's seconds, divided by the statements of the whole run.
-      awk -F, -v n="$done_tx" '/^[0-9]/ { printf "%.2f ", $1 / n }' "$counted" >"$counted.per"
+      # An event perf could not count is shown as "-", so the columns stay in place.
+      awk -F, -v n="$done_tx" '/^#/ || NF < 3 { next }
+        { if ($1 ~ /^[0-9.]+$/) printf "%.2f ", $1 / n; else printf "- " }' "$counted" >"$counted.per"
     fi
   fi
   echo "$tps $pct $per_stmt"
