@@ -37,10 +37,7 @@ impl Event {
             return Err(e);
         }
         out.extend_from_slice(b",\"session_id\":");
-        match &self.session_id {
-            Some(id) => write_uuid(out, id),
-            None => out.extend_from_slice(b"null"),
-        }
+        write_opt_uuid(out, self.session_id.as_ref());
         out.extend_from_slice(b",\"identity\":");
         match &self.identity {
             Some(EventIdentity { subject, groups }) => {
@@ -216,6 +213,14 @@ pub fn write_uuid(out: &mut Vec<u8>, id: &uuid::Uuid) {
     out.push(b'"');
     out.extend_from_slice(text.as_bytes());
     out.push(b'"');
+}
+
+/// An optional UUID, `null` when absent.
+pub fn write_opt_uuid(out: &mut Vec<u8>, id: Option<&uuid::Uuid>) {
+    match id {
+        Some(id) => write_uuid(out, id),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// A time as the RFC 3339 string `time::serde::rfc3339` writes: UTC as `Z`, the

@@ -27,7 +27,7 @@ pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String
         payload,
     } = event;
     use warden_core::event_json::{
-        write_opt_str, write_str, write_strs, write_time, write_uuid, write_value,
+        write_opt_str, write_opt_uuid, write_str, write_strs, write_time, write_uuid, write_value,
     };
     let mut out = Vec::with_capacity(384);
     out.extend_from_slice(b"{\"connection\":");
@@ -71,10 +71,7 @@ pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String
     out.extend_from_slice(b",\"seq\":");
     out.extend_from_slice(seq.to_string().as_bytes());
     out.extend_from_slice(b",\"session_id\":");
-    match session_id {
-        Some(s) => write_uuid(&mut out, s),
-        None => out.extend_from_slice(b"null"),
-    }
+    write_opt_uuid(&mut out, session_id.as_ref());
     out.extend_from_slice(b",\"time\":");
     write_time(&mut out, *time).map_err(|e| crate::StoreError::AppendFailed(e.to_string()))?;
     out.push(b'}');
