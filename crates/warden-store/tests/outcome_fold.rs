@@ -8,7 +8,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 use warden_core::Event;
 use warden_store::audit::AuditFilter;
-use warden_store::{AuditJournal, Backend, MasterKey, Store, testing};
+use warden_store::{AuditJournal, Backend, JournalSync, MasterKey, Store, testing};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -59,7 +59,11 @@ async fn outcomes_fold_into_their_statements(backend: Backend) -> TestResult {
         &[crashed.clone(), outcome(&crashed, "SELECT 1")],
     );
     std::fs::write(jdir.join("segment-00000000000000000001.jsonl"), segment)?;
-    let journal = AuditJournal::open(&jdir, store.clone(), Default::default()).await?;
+    // Handed to the OS, an append never yields on this current-thread runtime, so the
+    // journal's 10 ms ship ticker cannot run between the quick statement's append and
+    // its outcome's: they always ship together. (With `Disk` the append awaits the
+    // writer thread, and a tick there ships the statement alone.)
+    let journal = AuditJournal::open(&jdir, store.clone(), JournalSync::Os).await?;
     let rows = chained(&store).await?;
     assert_eq!(rows.len(), 1, "{rows:#?}");
     let folded = &rows[0].1["outcome"];
