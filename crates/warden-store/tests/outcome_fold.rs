@@ -60,7 +60,7 @@ async fn outcomes_fold_into_their_statements(backend: Backend) -> TestResult {
     );
     std::fs::write(jdir.join("segment-00000000000000000001.jsonl"), segment)?;
     // Handed to the OS, an append never yields on this current-thread runtime, so the
-    // journal's 10 ms ship ticker cannot run between the quick statement's append and
+    // journal's ship ticker cannot run between the quick statement's append and
     // its outcome's: they always ship together. (With `Disk` the append awaits the
     // writer thread, and a tick there ships the statement alone.)
     let journal = AuditJournal::open(&jdir, store.clone(), JournalSync::Os).await?;
