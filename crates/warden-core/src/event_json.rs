@@ -79,7 +79,7 @@ impl TimelineEntry {
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(b"{\"t\":");
-        out.extend_from_slice(self.t.to_string().as_bytes());
+        write_int(&mut out, self.t);
         match &self.event {
             TimelineEvent::Statement { via, sql, decision } => {
                 out.extend_from_slice(b",\"kind\":\"statement\",\"via\":");
@@ -116,7 +116,7 @@ impl TimelineEntry {
                     out.push(b']');
                 }
                 out.extend_from_slice(b"],\"rows_total\":");
-                out.extend_from_slice(rows_total.to_string().as_bytes());
+                write_int(&mut out, *rows_total);
                 write_opt_u64(&mut out, b",\"rows_affected\":", *rows_affected);
                 write_opt_u64(&mut out, b",\"duration_us\":", *duration_us);
             }
@@ -142,7 +142,7 @@ impl TimelineEntry {
 fn write_opt_u64(out: &mut Vec<u8>, key: &[u8], value: Option<u64>) {
     if let Some(v) = value {
         out.extend_from_slice(key);
-        out.extend_from_slice(v.to_string().as_bytes());
+        write_int(out, v);
     }
 }
 
@@ -171,6 +171,14 @@ fn needs_escape(s: &str) -> bool {
     s.bytes().fold(false, |any, b| {
         any | (b < 0x20) | (b == b'"') | (b == b'\\')
     })
+}
+
+/// An integer as JSON (plain decimal digits, as serde_json writes it), without the
+/// `String` that `to_string` would allocate on every statement's lines.
+pub fn write_int(out: &mut Vec<u8>, value: impl Into<i128>) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{}", value.into());
 }
 
 /// `s` as a JSON string.

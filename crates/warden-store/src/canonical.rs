@@ -27,7 +27,8 @@ pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String
         payload,
     } = event;
     use warden_core::event_json::{
-        write_opt_str, write_opt_uuid, write_str, write_strs, write_time, write_uuid, write_value,
+        write_int, write_opt_str, write_opt_uuid, write_str, write_strs, write_time, write_uuid,
+        write_value,
     };
     let mut out = Vec::with_capacity(384);
     out.extend_from_slice(b"{\"connection\":");
@@ -69,7 +70,7 @@ pub fn canonical_body(seq: i64, prev_hash: &str, event: &Event) -> Result<String
     out.extend_from_slice(b",\"prev_hash\":");
     write_str(&mut out, prev_hash);
     out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    write_int(&mut out, seq);
     out.extend_from_slice(b",\"session_id\":");
     write_opt_uuid(&mut out, session_id.as_ref());
     out.extend_from_slice(b",\"time\":");
