@@ -631,7 +631,8 @@ EOF2
 
 # For the benchmarks: starts a release Warden in "$work" with the benchmark policies,
 # adds one connection and prints an API key that may use it. The caller sets
-# $work and $admin_token and kills the pids listed in "$work/pids".
+# $work and $admin_token and kills the pids listed in "$work/pids"; WARDEN_BIN names
+# another build to run.
 #   start_bench_warden NAME API_PORT LISTENER_TOML JOURNAL_SYNC CONNECTION_JSON
 start_bench_warden() {
   local name=$1 api_port=$2 listeners=$3 sync=$4 connection=$5
@@ -662,7 +663,7 @@ detectors = ["email", "card_number"]
 EOF2
   # BENCH_WRAPPER runs the gateway under a tool (valgrind), which starts it slowly.
   # shellcheck disable=SC2086
-  WARDEN_ADMIN_TOKEN=$admin_token ${BENCH_WRAPPER:-} target/release/warden gateway --config "$work/$name.toml" \
+  WARDEN_ADMIN_TOKEN=$admin_token ${BENCH_WRAPPER:-} "${WARDEN_BIN:-target/release/warden}" gateway --config "$work/$name.toml" \
     >"$work/$name.out" 2>"$work/$name.err" &
   echo $! >>"$work/pids"
   echo $! >"$work/$name.pid"

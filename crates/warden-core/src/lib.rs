@@ -6,6 +6,7 @@
 //! credentials out of logs and serialized output. It knows nothing about storage or
 //! wire protocols.
 
+pub mod ablation;
 mod action;
 mod connection;
 mod event;

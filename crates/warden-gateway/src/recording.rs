@@ -187,6 +187,9 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 impl FileRecorder {
     async fn write(&self, event: TimelineEvent) -> Result<(), RecordingError> {
+        if warden_core::ablation::skipped(warden_core::ablation::Stage::Record) {
+            return Ok(());
+        }
         if let Some(e) = self.file.failure() {
             return Err(RecordingError(e));
         }

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use warden_core::Event;
+use warden_core::ablation::{self, Stage};
 
 use crate::journal_lines::{self, LineKey};
 use crate::{Result, Store, StoreError};
@@ -384,6 +385,9 @@ impl AuditJournal {
     /// Appends `event` durably: when this returns `Ok`, the event is on disk and
     /// will be in the store's chain. An error means "do not act".
     pub async fn append(&self, event: Event) -> Result<()> {
+        if ablation::skipped(Stage::Journal) {
+            return Ok(());
+        }
         if let Some(why) = self.lock_failing().clone() {
             return Err(StoreError::AppendFailed(format!(
                 "the store is not taking audit events: {why}"
@@ -417,6 +421,9 @@ impl AuditJournal {
     /// call, so the chain keeps a session's order — and never waits for a sync of its
     /// own. A failure is logged.
     pub fn append_later(&self, event: Event) {
+        if ablation::skipped(Stage::Journal) {
+            return;
+        }
         let line = match event.to_json() {
             Ok(line) => line,
             Err(e) => {
@@ -518,6 +525,9 @@ impl AuditJournal {
             return Ok(0);
         }
         let shipped = taken.events.len();
+        if ablation::skipped(Stage::Ship) {
+            return Ok(shipped);
+        }
         if shipped > 0
             && let Err(e) = self
                 .store

@@ -288,7 +288,15 @@ detectors = ["email"]
 "#,
     )
     .unwrap();
-    let gw = start_gateway_with(dir.path(), &[("WARDEN_CONFIG", "warden.toml")]);
+    // The benchmark ladder's switch, which only a build with the `ablation` feature
+    // reads: this (normal) build must audit and record everything regardless.
+    let gw = start_gateway_with(
+        dir.path(),
+        &[
+            ("WARDEN_CONFIG", "warden.toml"),
+            ("WARDEN_ABLATE", "journal,ship,record"),
+        ],
+    );
     let (pg, mysql, ssh) = (
         gw.listener("PostgreSQL"),
         gw.listener("MySQL"),
