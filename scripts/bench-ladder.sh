@@ -141,35 +141,6 @@ admin_token="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 tokens=()
 for i in "${!rungs[@]}"; do tokens+=("$(start_rung "$i")"); done
 
-# start_pgbouncer → its pid (it refuses to run as root)
-start_pgbouncer() {
-  cat >"$work/pgbouncer.ini" <<INI
-[databases]
-warden_bench = host=127.0.0.1 port=5432 dbname=warden_bench
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bouncer_port
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 50
-logfile = $work/pgbouncer.log
-INI
-  echo '"warden_t_scram" "scram-pw-1"' >"$work/userlist.txt"
-  chmod 644 "$work/pgbouncer.ini" "$work/userlist.txt"
-  if [ "$(id -u)" = 0 ]; then
-    chown postgres "$work"
-    runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-  else
-    pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-  fi
-  echo $! >>"$work/pids"
-  for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p "$bouncer_port" && break; sleep 0.1; done
-  pgrep -n -f "pgbouncer $work/pgbouncer.ini"
-}
-
 # switches PID → context switches of all the process's threads so far
 switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'
@@ -241,7 +212,7 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[in
 # Rows: direct, the peer (PostgreSQL), then the rungs; a target says how to reach each.
 names=(direct) targets=("- ${direct[*]}")
 if [ "$protocol" = pg ]; then
-  bouncer_pid=$(start_pgbouncer)
+  bouncer_pid=$(start_pgbouncer "$bouncer_port")
   names+=(pgbouncer) targets+=("$bouncer_pid 127.0.0.1 $bouncer_port warden_bench warden_t_scram scram-pw-1")
 fi
 for i in "${!rungs[@]}"; do

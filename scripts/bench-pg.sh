@@ -34,9 +34,8 @@ cargo build --release -q -p warden
 
 work=$(mktemp -d)
 chmod 755 "$work"
-pids=()
 cleanup() {
-  for p in "${pids[@]}" $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -63,31 +62,8 @@ enabled = false" "$4" '{"name":"bench","kind":"postgres","target":"127.0.0.1:543
 token=$(start_warden warden "$api_port" "$warden_port" true)
 os_token=$(start_warden warden-os $((api_port + 1)) $((warden_port + 1)) false)
 
-# --- PgBouncer (refuses to run as root) -------------------------------------------
-cat >"$work/pgbouncer.ini" <<EOF
-[databases]
-warden_bench = host=127.0.0.1 port=5432 dbname=warden_bench
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bouncer_port
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 50
-logfile = $work/pgbouncer.log
-EOF
-echo '"warden_t_scram" "scram-pw-1"' >"$work/userlist.txt"
-chmod 644 "$work/pgbouncer.ini" "$work/userlist.txt"
-if [ "$(id -u)" = 0 ]; then
-  chown postgres "$work"
-  runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-else
-  pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-fi
-pids+=($!)
-for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p "$bouncer_port" && break; sleep 0.1; done
+# --- PgBouncer ------------------------------------------------------------------
+start_pgbouncer "$bouncer_port" >/dev/null
 
 # --- runs -------------------------------------------------------------------------
 # run NAME CLIENTS PORT DBNAME USER PASSWORD → "tps p50_us p99_us"

@@ -678,6 +678,39 @@ EOF2
     -d '{"name":"bench","groups":["bench"]}' "$api/api/api-keys" | grep -o '"token":"[^"]*"' | cut -d'"' -f4
 }
 
+# For the PostgreSQL benchmarks: starts PgBouncer (session pooling; it refuses to run
+# as root) in front of the warden_bench database, with its configuration in
+# "$work/pgbouncer.ini", and prints its pid. The caller sets $work and kills the pids
+# listed in "$work/pids".
+#   start_pgbouncer PORT
+start_pgbouncer() {
+  cat >"$work/pgbouncer.ini" <<EOF2
+[databases]
+warden_bench = host=127.0.0.1 port=5432 dbname=warden_bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $1
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $work/pgbouncer.log
+EOF2
+  echo '"warden_t_scram" "scram-pw-1"' >"$work/userlist.txt"
+  chmod 644 "$work/pgbouncer.ini" "$work/userlist.txt"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$work"
+    runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+  else
+    pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+  fi
+  echo $! >>"$work/pids"
+  for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p "$1" && break; sleep 0.1; done
+  pgrep -n -f "pgbouncer $work/pgbouncer.ini"
+}
+
 # cpu_us PID → the CPU time (user + system) the process has used so far, in µs.
 cpu_us() {
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"
