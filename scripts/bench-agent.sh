@@ -33,14 +33,7 @@ setup_sshd
 log "building warden (release)"
 cargo build --release -q -p warden
 
-work=$(mktemp -d)
-chmod 755 "$work"
-cleanup() {
-  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work" "/tmp/warden-bench-agent-$$"
-}
-trap cleanup EXIT
+bench_work_dir "/tmp/warden-bench-agent-$$"
 
 admin_url=$WARDEN_TEST_PG_URL
 psql "$admin_url" -qc "DROP DATABASE IF EXISTS warden_bench" >/dev/null

@@ -29,13 +29,7 @@ setup_k8s
 log "building warden (release)"
 cargo build --release -q -p warden
 
-work=$(mktemp -d)
-cleanup() {
-  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work_dir
 admin_token="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 http_conn="{\"name\":\"bench\",\"kind\":\"http\",\"target\":\"$WARDEN_TEST_HTTPBIN_URL\",\"allowed_groups\":[\"bench\"]}"
 k8s_conn=$(python3 - "$WARDEN_TEST_K8S_URL" "$WARDEN_TEST_K8S_CA" "$WARDEN_TEST_K8S_TOKEN_FILE" <<'PY'

@@ -66,14 +66,7 @@ log "building warden with the ablation feature (target/ablation)"
 cargo build --release -q -p warden --features ablation --target-dir target/ablation
 export WARDEN_BIN=target/ablation/release/warden
 
-work=$(mktemp -d)
-chmod 755 "$work"
-cleanup() {
-  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work_dir
 
 # Connector/C loads an authentication plugin on first use, and sysbench threads that
 # connect at once race on it (see bench-mysql.sh); loading it at start avoids that.

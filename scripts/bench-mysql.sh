@@ -28,14 +28,7 @@ setup_mariadb
 log "building warden (release)"
 cargo build --release -q -p warden
 
-work=$(mktemp -d)
-chmod 755 "$work"
-cleanup() {
-  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work_dir
 
 mariadb_host=${WARDEN_TEST_MYSQL_HOSTPORT%:*}
 mariadb_port=${WARDEN_TEST_MYSQL_HOSTPORT##*:}

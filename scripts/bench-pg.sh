@@ -32,14 +32,7 @@ setup_postgres
 log "building warden (release)"
 cargo build --release -q -p warden
 
-work=$(mktemp -d)
-chmod 755 "$work"
-cleanup() {
-  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work_dir
 
 # --- the database: owned by the SCRAM role that Warden and PgBouncer log in as ---
 admin_url=$WARDEN_TEST_PG_URL

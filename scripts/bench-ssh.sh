@@ -32,14 +32,7 @@ setup_sshd
 log "building warden (release)"
 cargo build --release -q -p warden
 
-work=$(mktemp -d)
-chmod 755 "$work"
-cleanup() {
-  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work" "/tmp/warden-bench-$$"*
-}
-trap cleanup EXIT
+bench_work_dir "/tmp/warden-bench-$$*"
 
 admin_token="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 connection=$(python3 - "$WARDEN_TEST_SSHD_DIR" "$WARDEN_TEST_SSHD_PORT" <<'PY'

@@ -629,6 +629,27 @@ EOF2
   }
 }
 
+# For the benchmarks: makes the work directory "$work" (readable by the database's and
+# PgBouncer's users) and, on exit, kills the pids listed in "$work/pids" and removes
+# the directory and any further paths given (globs are expanded then).
+#   bench_work_dir [PATH_OR_GLOB...]
+bench_work_dir() {
+  work=$(mktemp -d)
+  chmod 755 "$work"
+  bench_leftovers=("$@")
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for p in $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+  local left
+  for left in "${bench_leftovers[@]}"; do
+    # shellcheck disable=SC2086 # a glob, expanded now
+    rm -rf $left
+  done
+}
+
 # For the benchmarks: starts a release Warden in "$work" with the benchmark policies,
 # adds one connection and prints an API key that may use it. The caller sets
 # $work and $admin_token and kills the pids listed in "$work/pids"; WARDEN_BIN names

@@ -17,6 +17,8 @@ pub enum Stage {
 
 #[cfg(feature = "ablation")]
 impl Stage {
+    const ALL: [Stage; 3] = [Stage::Journal, Stage::Ship, Stage::Record];
+
     fn name(self) -> &'static str {
         match self {
             Stage::Journal => "journal",
@@ -24,16 +26,31 @@ impl Stage {
             Stage::Record => "record",
         }
     }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// `WARDEN_ABLATE` as read at the first question, and the stages it names (a bit
+/// each): parsed once, as it is asked on every statement.
+#[cfg(feature = "ablation")]
+fn setting() -> &'static (String, u8) {
+    static SETTING: std::sync::OnceLock<(String, u8)> = std::sync::OnceLock::new();
+    SETTING.get_or_init(|| {
+        let text = std::env::var("WARDEN_ABLATE").unwrap_or_default();
+        let mask = Stage::ALL
+            .into_iter()
+            .filter(|stage| text.split(',').any(|s| s.trim() == stage.name()))
+            .fold(0, |mask, stage| mask | stage.bit());
+        (text, mask)
+    })
 }
 
 /// Whether `stage` is left out (only ever with the `ablation` feature).
 #[cfg(feature = "ablation")]
 pub fn skipped(stage: Stage) -> bool {
-    static SKIPPED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SKIPPED
-        .get_or_init(|| std::env::var("WARDEN_ABLATE").unwrap_or_default())
-        .split(',')
-        .any(|s| s.trim() == stage.name())
+    setting().1 & stage.bit() != 0
 }
 
 /// Whether `stage` is left out: never, in this build.
@@ -43,5 +60,17 @@ pub const fn skipped(_stage: Stage) -> bool {
     false
 }
 
-/// Whether this build can skip stages (the gateway says so loudly at start).
-pub const ENABLED: bool = cfg!(feature = "ablation");
+/// What the gateway says loudly at start when this is a benchmark build.
+#[cfg(feature = "ablation")]
+pub fn warning() -> Option<String> {
+    Some(format!(
+        "this is a benchmark build (feature `ablation`): stages skipped: \"{}\". Never deploy it.",
+        setting().0
+    ))
+}
+
+/// What the gateway says loudly at start when this is a benchmark build: nothing.
+#[cfg(not(feature = "ablation"))]
+pub const fn warning() -> Option<String> {
+    None
+}

@@ -332,12 +332,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print_config,
         } => {
             let config = config.load()?;
-            if warden_core::ablation::ENABLED {
-                let skipped = std::env::var("WARDEN_ABLATE").unwrap_or_default();
-                eprintln!(
-                    "warning: this is a benchmark build (feature `ablation`): stages skipped: \"{skipped}\". Never deploy it."
-                );
-                tracing::warn!(skipped = %skipped, "benchmark build: WARDEN_ABLATE skips pipeline stages");
+            if let Some(warning) = warden_core::ablation::warning() {
+                eprintln!("warning: {warning}");
+                tracing::warn!("{warning}");
             }
             if print_config {
                 let text = config.to_redacted_toml();
