@@ -21,7 +21,8 @@
 # BENCH_ROUNDS rounds, so the machine's drift reaches each alike, and each figure is
 # the median of its rounds: TPS (transactions: one statement each for pgbench, 16 for
 # sysbench) and its ratio to direct, the median latency per statement and what it
-# adds to direct's, the proxy's CPU time (user + system) per statement, its context
+# adds to direct's, the proxy's CPU time (user + system) per statement and the
+# kernel's part of it (system calls and the loopback's TCP work), its context
 # switches and (where perf counts them) `fdatasync` calls per statement. Then the
 # repeatable figure per rung, instructions per statement under callgrind
 # (`BENCH_INSTRUCTIONS=0` skips it), and the floor under the synced rung: the CPU time
@@ -174,14 +175,16 @@ syncs_counted=""
 if command -v perf >/dev/null && perf stat -e syscalls:sys_enter_fdatasync true >/dev/null 2>&1; then
   syncs_counted=1
 fi
-# measure PID HOST PORT DBNAME USER PASSWORD → "tps p50_us cpu_us/stmt switches/stmt fdatasync/stmt"
+# measure PID HOST PORT DBNAME USER PASSWORD →
+#   "tps p50_us cpu_us/stmt switches/stmt fdatasync/stmt kernel_us/stmt"
 # (PID "-": direct, no proxy to count)
 measure() {
-  local pid=$1 cpu=0 sw=0 c1=0 s1=0 syncs=- tps p50 n
+  local pid=$1 cpu=0 sw=0 c1=0 s1=0 k0=0 k1=0 syncs=- tps p50 n
   shift
   load "$@" 2 >/dev/null
   if [ "$pid" != - ]; then
     cpu=$(cpu_us "$pid")
+    k0=$(sys_us "$pid")
     sw=$(switches "$pid")
     if [ -n "$syncs_counted" ]; then
       perf stat -x, -e syscalls:sys_enter_fdatasync -p "$pid" -o "$work/syncs" -- sleep "$seconds" \
@@ -191,6 +194,7 @@ measure() {
   read -r tps p50 n < <(load "$@" "$seconds")
   if [ "$pid" != - ]; then
     c1=$(cpu_us "$pid")
+    k1=$(sys_us "$pid")
     s1=$(switches "$pid")
     if [ -n "$syncs_counted" ]; then
       wait $! 2>/dev/null || true
@@ -198,7 +202,8 @@ measure() {
     fi
   fi
   awk -v tps="$tps" -v p50="$p50" -v c0="$cpu" -v c1="$c1" -v s0="$sw" -v s1="$s1" -v n="$n" \
-    -v syncs="$syncs" 'BEGIN { printf "%.0f %d %.1f %.2f %s\n", tps, p50, (c1 - c0) / n, (s1 - s0) / n, syncs }'
+    -v syncs="$syncs" -v k0="$k0" -v k1="$k1" 'BEGIN {
+      printf "%.0f %d %.1f %.2f %s %.1f\n", tps, p50, (c1 - c0) / n, (s1 - s0) / n, syncs, (k1 - k0) / n }'
 }
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
@@ -212,40 +217,42 @@ for i in "${!rungs[@]}"; do
   names+=("${rungs[$i]%% *}")
   targets+=("$(cat "$work/rung$i.pid") 127.0.0.1 $((port + i)) bench bench ${tokens[$i]}")
 done
-declare -A tps p50 cpu sw syncs
+declare -A tps p50 cpu sw syncs kernel
 for round in $(seq 1 "$rounds"); do
   log "round $round of $rounds"
   for i in "${!names[@]}"; do
     # shellcheck disable=SC2086
-    read -r t l c s f < <(measure ${targets[$i]})
-    tps[$i]+="$t " p50[$i]+="$l " cpu[$i]+="$c " sw[$i]+="$s " syncs[$i]+="$f "
+    read -r t l c s f k < <(measure ${targets[$i]})
+    tps[$i]+="$t " p50[$i]+="$l " cpu[$i]+="$c " sw[$i]+="$s " syncs[$i]+="$f " kernel[$i]+="$k "
   done
 done
 
 if [ "$protocol" = pg ]; then what="pgbench -S"; else what="sysbench oltp_read_only"; fi
 printf '\n%s, %s clients, %s rounds of %ss (medians; every Warden rung is the ablation build)\n' \
   "$what" "$clients" "$rounds" "$seconds"
-printf '%-11s %8s %9s %8s %9s %12s %8s %10s %9s %10s\n' row tps "x direct" p50_us +p50_us \
-  cpu_us/stmt "x first" "step cpu" switches fdatasync
+printf '%-11s %8s %9s %8s %9s %12s %8s %10s %10s %9s %10s\n' row tps "x direct" p50_us +p50_us \
+  cpu_us/stmt "x first" "step cpu" "of it kern" switches fdatasync
 d_tps=$(echo "${tps[0]}" | median)
 d_p50=$(echo "${p50[0]}" | median)
 first_cpu=$(echo "${cpu[1]}" | median)
 prev=""
 for i in "${!names[@]}"; do
   t=$(echo "${tps[$i]}" | median) l=$(echo "${p50[$i]}" | median)
-  c=- ratio=- step=- s=- f=-
+  c=- ratio=- step=- s=- f=- k=-
   if [ "$i" -ge 1 ]; then
     c=$(echo "${cpu[$i]}" | median) s=$(echo "${sw[$i]}" | median) f=$(echo "${syncs[$i]}" | median)
+    k=$(echo "${kernel[$i]}" | median)
     ratio=$(awk -v a="$c" -v b="$first_cpu" 'BEGIN { printf "%.2f", a / b }')
     [ -z "$prev" ] || step=$(awk -v a="$c" -v b="$prev" 'BEGIN { printf "%+.1f", a - b }')
     prev=$c
   fi
-  printf '%-11s %8s %9s %8s %9s %12s %8s %10s %9s %10s\n' "${names[$i]}" "$t" \
+  printf '%-11s %8s %9s %8s %9s %12s %8s %10s %10s %9s %10s\n' "${names[$i]}" "$t" \
     "$(awk -v a="$t" -v b="$d_tps" 'BEGIN { printf "%.2f", a / b }')" "$l" "$((l - d_p50))" \
-    "$c" "$ratio" "$step" "$s" "$f"
+    "$c" "$ratio" "$step" "$k" "$s" "$f"
 done
 echo "(tps: transactions per second; latency and CPU per statement; x first: CPU against the"
-echo " first proxy row's; step: CPU against the row above)"
+echo " first proxy row's; step: CPU against the row above; of it kern: the part of the CPU"
+echo " spent in the kernel, which the proxy's own code does not count under callgrind)"
 
 # --- instructions per statement per rung: the repeatable figure --------------------
 if [ "${BENCH_INSTRUCTIONS:-1}" = 1 ]; then

@@ -737,6 +737,12 @@ cpu_us() {
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"
 }
 
+# sys_us PID → the part of cpu_us spent in the kernel (system calls, the loopback's
+# TCP work done on the sender's behalf, scheduling), in µs.
+sys_us() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", $15 * 1000000 / hz }' "/proc/$1/stat"
+}
+
 # For the benchmarks' repeatable figure: the instructions a proxy running under
 # `valgrind --tool=callgrind --callgrind-out-file=OUT.%p` spends per unit of work
 # (a statement, a MiB). Two runs of the load, a small and a big one, each counted from
