@@ -192,6 +192,12 @@ impl Store {
             .bind(last)
             .execute(tx.conn())
             .await?;
+        // Stretches that end in the archive point at nothing now (one that reaches
+        // past it stays: its later events are still here).
+        sqlx::query("DELETE FROM audit_keys WHERE last_seq <= $1")
+            .bind(last)
+            .execute(tx.conn())
+            .await?;
         tx.commit_with(&event).await?;
         Ok(Some(info))
     }

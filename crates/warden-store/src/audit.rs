@@ -17,9 +17,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use warden_core::{Event, timefmt};
 
+use crate::audit_keys;
 use crate::canonical::canonical_body;
 use crate::chain_tx::ChainTx;
-use crate::util::sha256_hex;
+use crate::util::{sha256_hex, values_placeholders};
 use crate::{Result, Store, StoreError};
 
 /// The hash a chain starts from.
@@ -178,6 +179,42 @@ impl Store {
 
     /// Lists events in chain order, filtered.
     pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let limit = filter.limit.clamp(1, 10_000);
+        // A session, subject or connection is found through its stretches of the
+        // chain (see `audit_keys`), the session first: it has the fewest events.
+        let key = match (&filter.session_id, &filter.subject, &filter.connection) {
+            (Some(id), _, _) => audit_keys::session_key(*id),
+            (None, Some(s), _) => audit_keys::subject_key(s),
+            (None, None, Some(c)) => audit_keys::connection_key(c),
+            (None, None, None) => return self.list_audit_in(filter, None, limit).await,
+        };
+        let lo = filter.after_seq.map_or(i64::MIN, |s| s.saturating_add(1));
+        let hi = filter.before_seq.map_or(i64::MAX, |s| s.saturating_sub(1));
+        let mut stretches = audit_keys::Stretches::new(key, lo, hi, filter.newest_first);
+        let mut entries = Vec::new();
+        loop {
+            let page = stretches.next_page(&self.pool).await?;
+            if page.is_empty() {
+                return Ok(entries);
+            }
+            for stretch in page {
+                let left = limit - entries.len() as i64;
+                entries.extend(self.list_audit_in(filter, Some(stretch), left).await?);
+                if entries.len() as i64 >= limit {
+                    return Ok(entries);
+                }
+            }
+        }
+    }
+
+    /// [`Store::list_audit`] within the sequence numbers `stretch` (inclusive), at
+    /// most `limit` events.
+    async fn list_audit_in(
+        &self,
+        filter: &AuditFilter,
+        stretch: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
         let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1 = 1");
         let mut args: Vec<Arg> = Vec::new();
         let mut push = |clause: &str, arg: Arg, sql: &mut String| {
@@ -224,7 +261,10 @@ impl Store {
         if let Some(seq) = filter.before_seq {
             push(" AND seq < ?", Arg::Int(seq), &mut sql);
         }
-        let limit = filter.limit.clamp(1, 10_000);
+        if let Some((first, last)) = stretch {
+            push(" AND seq >= ?", Arg::Int(first), &mut sql);
+            push(" AND seq <= ?", Arg::Int(last), &mut sql);
+        }
         let order = if filter.newest_first {
             " ORDER BY seq DESC LIMIT ?"
         } else {
@@ -298,6 +338,7 @@ impl Store {
         let archived_damage = archived.journal_damaged;
         let mut expected_seq = archived.next_seq;
         let mut prev_hash = archived.prev_hash;
+        let mut coverage = audit_keys::Coverage::default();
         loop {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM audit_events WHERE seq >= $1 AND seq <= $2 \
@@ -307,11 +348,18 @@ impl Store {
             .bind(head_seq)
             .fetch_all(&self.pool)
             .await?;
-            if rows.is_empty() {
+            let Some(last) = rows.last() else {
                 break;
-            }
+            };
+            coverage
+                .load(&self.pool, expected_seq, last.try_get("seq")?)
+                .await?;
             for row in &rows {
-                if let Some(problem) = check_row(row, expected_seq, &prev_hash)? {
+                let problem = match check_row(row, expected_seq, &prev_hash)? {
+                    Some(problem) => Some(problem),
+                    None => uncovered(row, &mut coverage)?,
+                };
+                if let Some(problem) = problem {
                     report.ok = false;
                     report.problem = Some(problem);
                     return Ok(report);
@@ -544,11 +592,13 @@ pub(crate) async fn append_in<'a>(
         })
         .collect();
     let sqlite = conn.backend_name() == "SQLite";
+    let stretches = audit_keys::stretches_of(rows.iter().map(|r| (r.seq, r.event)));
     let mut rows = rows.into_iter();
     while rows.len() > 0 {
         let take = next_chunk(rows.as_slice(), sqlite);
         insert_rows(conn, rows.by_ref().take(take).collect()).await?;
     }
+    audit_keys::insert(conn, &stretches, sqlite).await?;
     sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
         .bind(&prev_hash)
         .execute(&mut *conn)
@@ -574,26 +624,8 @@ impl ChainRow<'_> {
 }
 
 async fn insert_rows(conn: &mut AnyConnection, rows: Vec<ChainRow<'_>>) -> Result<()> {
-    use std::fmt::Write;
-    // SQLite gets anonymous `?` parameters: sqlx looks each numbered one up by name,
-    // a scan of the statement's parameter list per parameter.
     let sqlite = conn.backend_name() == "SQLite";
-    let mut values = String::with_capacity(rows.len() * if sqlite { 32 } else { 64 });
-    for r in 0..rows.len() {
-        values.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 1..=10 {
-            if c > 1 {
-                values.push_str(", ");
-            }
-            if sqlite {
-                values.push('?');
-            } else {
-                // Writing to a String cannot fail.
-                let _ = write!(values, "${}", r * 10 + c);
-            }
-        }
-        values.push(')');
-    }
+    let values = values_placeholders(rows.len(), 10, sqlite);
     // A multi-row INSERT that may abort halfway makes SQLite copy each page it
     // touches again into a statement journal, to undo just that statement: an eighth
     // of the cost of chaining an event. With `OR IGNORE` a constraint conflict does
@@ -631,6 +663,30 @@ async fn insert_rows(conn: &mut AnyConnection, rows: Vec<ChainRow<'_>>) -> Resul
 enum Arg {
     Int(i64),
     Text(String),
+}
+
+/// A problem when `row` (checked by [`check_row`]) lies outside the stretches of its
+/// subject, connection or session: listing by them would not show it.
+fn uncovered(row: &AnyRow, coverage: &mut audit_keys::Coverage) -> Result<Option<ChainProblem>> {
+    let seq: i64 = row.try_get("seq")?;
+    let subject: Option<String> = row.try_get("subject")?;
+    let connection: Option<String> = row.try_get("connection")?;
+    let session: Option<String> = row.try_get("session_id")?;
+    if coverage.covers(
+        seq,
+        subject.as_deref(),
+        connection.as_deref(),
+        session.as_deref(),
+    ) {
+        return Ok(None);
+    }
+    Ok(Some(ChainProblem {
+        seq,
+        event_id: Some(row.try_get("id")?),
+        reason: "event is missing from the stretches its subject, connection or session is \
+                 listed by (audit_keys): listing by them would not show it"
+            .into(),
+    }))
 }
 
 /// Checks one stored row against its expected place in the chain.

@@ -12,6 +12,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod archive;
 pub mod audit;
+mod audit_keys;
 mod canonical;
 mod chain_tx;
 pub mod connections;

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "network agents",
         include_str!("../migrations/0009_agents.sql"),
     ),
+    (
+        10,
+        "audit stretches instead of three per-event indexes",
+        include_str!("../migrations/0010_audit_keys.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the advisory lock that keeps two gateways sharing one

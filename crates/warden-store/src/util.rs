@@ -24,6 +24,30 @@ pub fn hex(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The `VALUES` list of a multi-row INSERT: `rows` groups of `columns` parameters,
+/// anonymous `?` on SQLite (sqlx looks each numbered one up by name there: a scan of
+/// the statement's parameter list per parameter) and `$n` elsewhere.
+pub(crate) fn values_placeholders(rows: usize, columns: usize, sqlite: bool) -> String {
+    use std::fmt::Write;
+    let mut values = String::with_capacity(rows * columns * if sqlite { 3 } else { 6 });
+    for r in 0..rows {
+        values.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=columns {
+            if c > 1 {
+                values.push_str(", ");
+            }
+            if sqlite {
+                values.push('?');
+            } else {
+                // Writing to a String cannot fail.
+                let _ = write!(values, "${}", r * columns + c);
+            }
+        }
+        values.push(')');
+    }
+    values
+}
+
 pub(crate) fn time_from_db(us: i64) -> Result<OffsetDateTime> {
     timefmt::from_micros(us).ok_or_else(|| StoreError::Corrupt(format!("time {us} out of range")))
 }
