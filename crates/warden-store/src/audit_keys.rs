@@ -5,10 +5,11 @@
 //! rows exactly: a stretch may hold other values' events too, but every event of its
 //! value lies in one of its value's stretches.
 //!
-//! Why: three B-tree entries per event were about 7,000 of the store's instructions
+//! Why: three B-tree entries per event were about 8,000 of the store's instructions
 //! per statement at 8 clients of `pgbench -S` (see the README's benchmark), while a
 //! shipment's few stretches cost nothing measurable. Time and kind keep their
-//! per-event indexes: kinds are listed by prefix, and both are cheap to append to.
+//! per-event indexes: kinds are listed by prefix and times by range, which stretches
+//! per value do not serve.
 
 use std::collections::HashMap;
 
@@ -270,6 +271,14 @@ impl Coverage {
         }
         .fetch_all(pool)
         .await?;
+        // Stretches that ended before this page can hold none of the walk's events
+        // any more: memory follows the values active around the walk, not the log.
+        self.by_key.retain(|_, stretches| {
+            while stretches.front().is_some_and(|&(_, last)| last < from) {
+                stretches.pop_front();
+            }
+            !stretches.is_empty()
+        });
         for row in rows {
             let key: String = row.try_get(0)?;
             let stretch: (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
