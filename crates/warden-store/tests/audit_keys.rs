@@ -59,6 +59,7 @@ fn expected(all: &[AuditEntry], filter: &AuditFilter) -> Vec<i64> {
                     .is_none_or(|c| ev.connection.as_ref() == Some(c))
                 && filter.session_id.is_none_or(|s| ev.session_id == Some(s))
                 && filter.kind.as_ref().is_none_or(|k| &ev.kind == k)
+                && filter.since.is_none_or(|t| ev.time >= t)
                 && filter.after_seq.is_none_or(|a| e.seq > a)
                 && filter.before_seq.is_none_or(|b| e.seq < b)
         })
@@ -71,9 +72,11 @@ fn expected(all: &[AuditEntry], filter: &AuditFilter) -> Vec<i64> {
     hits
 }
 
-/// Every filter the test tries: each key alone and with the others, with a kind,
-/// paged from both ends, in both orders, with small and large limits.
-fn filters(sessions: &[Uuid], newest: i64) -> Vec<AuditFilter> {
+/// Every filter the test tries: each key alone and with the others, with a kind and
+/// a start time, paged from both ends, in both orders, with small and large limits.
+fn filters(sessions: &[Uuid], all: &[AuditEntry]) -> Vec<AuditFilter> {
+    let newest = all.last().map_or(0, |e| e.seq);
+    let middle = all.get(all.len() / 2).map(|e| e.event.time);
     let mut keys: Vec<(Option<String>, Option<String>, Option<Uuid>)> = Vec::new();
     for subject in [None, Some("alice"), Some("carol"), Some("nobody")] {
         for connection in [None, Some("ledger")] {
@@ -88,7 +91,12 @@ fn filters(sessions: &[Uuid], newest: i64) -> Vec<AuditFilter> {
     }
     let mut out = Vec::new();
     for (subject, connection, session_id) in keys {
-        for kind in [None, Some("auth.failure".to_string())] {
+        for (kind, since) in [
+            (None, None),
+            (Some("auth.failure".to_string()), None),
+            (None, middle),
+            (Some("session.start".to_string()), middle),
+        ] {
             for (after_seq, before_seq) in [
                 (None, None),
                 (Some(newest / 3), None),
@@ -103,6 +111,7 @@ fn filters(sessions: &[Uuid], newest: i64) -> Vec<AuditFilter> {
                             connection: connection.clone(),
                             session_id,
                             kind: kind.clone(),
+                            since,
                             after_seq,
                             before_seq,
                             newest_first,
@@ -124,9 +133,8 @@ async fn check_every_filter(store: &Store, sessions: &[Uuid]) -> TestResult {
             ..Default::default()
         })
         .await?;
-    let newest = all.last().map_or(0, |e| e.seq);
     let mut nonempty = 0;
-    for filter in filters(sessions, newest) {
+    for filter in filters(sessions, &all) {
         let want = expected(&all, &filter);
         let got = seqs(&store.list_audit(&filter).await?);
         assert_eq!(got, want, "{filter:?}");
