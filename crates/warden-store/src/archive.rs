@@ -194,7 +194,7 @@ impl Store {
             .await?;
         // Stretches that end in the archive point at nothing now (one that reaches
         // past it stays: its later events are still here).
-        sqlx::query("DELETE FROM audit_keys WHERE last_seq <= $1")
+        sqlx::query("DELETE FROM audit_keys WHERE first_seq <= $1 AND last_seq <= $1")
             .bind(last)
             .execute(tx.conn())
             .await?;

@@ -188,8 +188,22 @@ impl Store {
             (None, None, Some(c)) => audit_keys::connection_key(c),
             (None, None, None) => return self.list_audit_in(filter, &[], limit).await,
         };
-        let lo = filter.after_seq.map_or(i64::MIN, |s| s.saturating_add(1));
-        let hi = filter.before_seq.map_or(i64::MAX, |s| s.saturating_sub(1));
+        let mut lo = filter.after_seq.map_or(i64::MIN, |s| s.saturating_add(1));
+        let mut hi = filter.before_seq.map_or(i64::MAX, |s| s.saturating_sub(1));
+        // A time range bounds the stretches worth reading: no event at or after
+        // `since` comes before the first such event in the chain, and so on.
+        if let Some(t) = filter.since {
+            match self.seq_bound("MIN", ">=", t).await? {
+                Some(first) => lo = lo.max(first),
+                None => return Ok(Vec::new()),
+            }
+        }
+        if let Some(t) = filter.until {
+            match self.seq_bound("MAX", "<", t).await? {
+                Some(last) => hi = hi.min(last),
+                None => return Ok(Vec::new()),
+            }
+        }
         let mut stretches = audit_keys::Stretches::new(key, lo, hi, filter.newest_first);
         let mut entries = Vec::new();
         loop {
@@ -205,6 +219,23 @@ impl Store {
                 return Ok(entries);
             }
         }
+    }
+
+    /// The `MIN` or `MAX` sequence number of the events whose time is `>=` or `<`
+    /// `time`; `None` when there are none.
+    async fn seq_bound(
+        &self,
+        aggregate: &str,
+        compare: &str,
+        time: OffsetDateTime,
+    ) -> Result<Option<i64>> {
+        let sql =
+            format!("SELECT {aggregate}(seq) AS seq FROM audit_events WHERE time_us {compare} $1");
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(timefmt::to_micros(time))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("seq")?)
     }
 
     /// [`Store::list_audit`] within the sequence numbers of `stretches` (inclusive
@@ -269,12 +300,17 @@ impl Store {
         if let Some(seq) = filter.before_seq {
             push(" AND seq < ?", Arg::Int(seq), &mut sql);
         }
-        for (i, &(first, last)) in stretches.iter().enumerate() {
-            let open = if i == 0 { " AND ((" } else { " OR (" };
-            push(&format!("{open}seq >= ?"), Arg::Int(first), &mut sql);
-            push(" AND seq <= ?)", Arg::Int(last), &mut sql);
-        }
-        if !stretches.is_empty() {
+        if let Some(&padding) = stretches.last() {
+            // Always `PAGE` ranges: see `audit_keys::PAGE`.
+            let ranges = stretches.iter().chain(std::iter::repeat(&padding));
+            for (i, &(first, last)) in ranges
+                .take(audit_keys::PAGE.max(stretches.len()))
+                .enumerate()
+            {
+                let open = if i == 0 { " AND ((" } else { " OR (" };
+                push(&format!("{open}seq >= ?"), Arg::Int(first), &mut sql);
+                push(" AND seq <= ?)", Arg::Int(last), &mut sql);
+            }
             sql.push(')');
         }
         let order = if filter.newest_first {
@@ -351,6 +387,9 @@ impl Store {
         let mut expected_seq = archived.next_seq;
         let mut prev_hash = archived.prev_hash;
         let mut coverage = audit_keys::Coverage::default();
+        // The first event listing by a value would not show: reported when the chain
+        // itself is intact (a broken chain is the graver news), after walking it all.
+        let mut hidden: Option<ChainProblem> = None;
         loop {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM audit_events WHERE seq >= $1 AND seq <= $2 \
@@ -363,18 +402,26 @@ impl Store {
             let Some(last) = rows.last() else {
                 break;
             };
-            coverage
+            let malformed = coverage
                 .load(&self.pool, expected_seq, last.try_get("seq")?)
                 .await?;
+            if hidden.is_none()
+                && let Some((seq, reason)) = malformed
+            {
+                hidden = Some(ChainProblem {
+                    seq,
+                    event_id: None,
+                    reason,
+                });
+            }
             for row in &rows {
-                let problem = match check_row(row, expected_seq, &prev_hash)? {
-                    Some(problem) => Some(problem),
-                    None => uncovered(row, &mut coverage)?,
-                };
-                if let Some(problem) = problem {
+                if let Some(problem) = check_row(row, expected_seq, &prev_hash)? {
                     report.ok = false;
                     report.problem = Some(problem);
                     return Ok(report);
+                }
+                if hidden.is_none() {
+                    hidden = uncovered(row, &mut coverage)?;
                 }
                 report.events_checked += 1;
                 prev_hash = row.try_get("hash")?;
@@ -415,6 +462,12 @@ impl Store {
                         "the chain is intact, but the audit journal was found damaged (event {seq}, audit.journal_damaged): events may be missing from the record"
                     ),
                 });
+            }
+            if report.ok
+                && let Some(problem) = hidden
+            {
+                report.ok = false;
+                report.problem = Some(problem);
             }
             if let Some(newest) = newest.filter(|n| *n > now_head) {
                 report.ok = false;

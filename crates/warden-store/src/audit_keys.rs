@@ -24,8 +24,11 @@ use crate::{Result, StoreError};
 /// bound parameters.
 const INSERT_ROWS: usize = 256;
 
-/// Stretches read per query while listing.
-const PAGE: i64 = 64;
+/// Stretches read per query while listing, and the ranges in each query of events.
+/// Every query has exactly this many ranges (the last repeated), so one text per
+/// filter shape is prepared; and SQLite, without statistics, reads up to about 16
+/// OR'd ranges of its sequence index as ranges, but beyond that scans the whole index.
+pub(crate) const PAGE: usize = 16;
 
 /// A value an event can be listed by.
 #[derive(Clone, Copy, Hash, PartialEq, Eq)]
@@ -168,10 +171,10 @@ impl Stretches {
         )
         .bind(&self.key)
         .bind(self.hi)
-        .bind(PAGE)
+        .bind(PAGE as i64)
         .fetch_all(pool)
         .await?;
-        let full = rows.len() as i64 == PAGE;
+        let full = rows.len() == PAGE;
         let mut page = Vec::with_capacity(rows.len());
         for row in rows {
             let (first, last): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
@@ -180,8 +183,12 @@ impl Stretches {
                 self.done = true;
                 break;
             }
-            page.push((first.max(self.lo), last.min(self.hi)));
-            self.hi = first - 1;
+            // One that does not end after it starts was not written by an append
+            // (verification names it); the walk goes on past it either way.
+            if first <= last {
+                page.push((first.max(self.lo), last.min(self.hi)));
+            }
+            self.hi = self.hi.min(first.saturating_sub(1));
         }
         if !full {
             self.done = true;
@@ -221,16 +228,23 @@ impl Stretches {
         .bind(&self.key)
         .bind(self.lo)
         .bind(self.hi)
-        .bind(PAGE)
+        .bind((PAGE - page.len()) as i64)
         .fetch_all(pool)
         .await?;
-        if (rows.len() as i64) < PAGE {
+        if rows.len() < PAGE - page.len() {
             self.done = true;
         }
         for row in rows {
             let (first, last): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-            page.push((first, last.min(self.hi)));
-            self.lo = last.saturating_add(1);
+            if first <= last {
+                page.push((first, last.min(self.hi)));
+            }
+            // Never backwards, whatever the table holds: each page starts after the
+            // one before.
+            self.lo = self
+                .lo
+                .max(last.saturating_add(1))
+                .max(first.saturating_add(1));
         }
         Ok(page)
     }
@@ -251,8 +265,15 @@ pub(crate) struct Coverage {
 
 impl Coverage {
     /// Loads the stretches that may hold events `from..=to`; calls come in chain
-    /// order, `from` one past the previous call's `to`.
-    pub(crate) async fn load(&mut self, pool: &AnyPool, from: i64, to: i64) -> Result<()> {
+    /// order, `from` one past the previous call's `to`. Returns the first stretch an
+    /// append could not have written (ending before it starts, or overlapping the
+    /// one before it of its value: listing would skip events), as its start and why.
+    pub(crate) async fn load(
+        &mut self,
+        pool: &AnyPool,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<(i64, String)>> {
         let rows = match self.loaded_to {
             // The first page: also the stretches that start before it and reach it
             // (archiving leaves only those before it).
@@ -279,13 +300,34 @@ impl Coverage {
             }
             !stretches.is_empty()
         });
+        self.loaded_to = Some(to);
+        let mut malformed = None;
         for row in rows {
             let key: String = row.try_get(0)?;
-            let stretch: (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
-            self.by_key.entry(key).or_default().push_back(stretch);
+            let (first, last): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
+            let stretches = self.by_key.entry(key).or_default();
+            // Rows come by start; a stretch behind the walk, dropped, ended before
+            // this page, so only the newest kept one can overlap.
+            let overlaps = stretches.back().is_some_and(|&(_, end)| first <= end);
+            if (last < first || overlaps) && malformed.is_none() {
+                malformed = Some((
+                    first,
+                    format!(
+                        "the stretch {first}..{last} of one subject, connection or session \
+                         (audit_keys) {}: listing by it would skip events",
+                        if overlaps {
+                            "overlaps the one before it"
+                        } else {
+                            "ends before it starts"
+                        }
+                    ),
+                ));
+            }
+            if last >= first && !overlaps {
+                stretches.push_back((first, last));
+            }
         }
-        self.loaded_to = Some(to);
-        Ok(())
+        Ok(malformed)
     }
 
     /// Whether the event at `seq`, with these values, lies in a stretch of each.
