@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Where a statement's cost goes: the same load through Warden with its stages added
-# one at a time, beside the direct path and (for PostgreSQL) PgBouncer, in one run.
+# one at a time, beside the direct path and a peer proxy, in one run.
 # `BENCH_PROTOCOL=pg` (the default) runs `pgbench -S`; `BENCH_PROTOCOL=mysql` runs
-# `sysbench oltp_read_only` against MariaDB (prepared statements, 16 per transaction;
-# no peer proxy). The rows:
+# `sysbench oltp_read_only` against MariaDB (prepared statements, 16 per transaction).
+# The rows:
 #
 #   direct      the load against the database itself (TPS and latency only)
-#   pgbouncer   the peer (session pooling; PostgreSQL only)
+#   pgbouncer   the peer for PostgreSQL (session pooling)
+#   haproxy     the peer for MySQL: HAProxy relaying TCP (one thread), which parses
+#               nothing, so its CPU is about the floor any relay pays in the kernel
 #   relay       Warden with no policies and the journal and recording left out
 #   +policies   guardrails and masking (the benchmark's `no-drops` and `pii`)
 #   +journal    each statement's audit event journaled before it goes on (handed to
@@ -46,7 +48,7 @@ scale=${BENCH_SCALE:-5}
 table_size=${BENCH_TABLE_SIZE:-10000}
 port=${BENCH_WARDEN_PORT:-18452}
 api_port=${BENCH_API_PORT:-18029}
-bouncer_port=${BENCH_PGBOUNCER_PORT:-16442}
+peer_port=${BENCH_PEER_PORT:-16442}
 
 case $protocol in
   pg)
@@ -54,7 +56,7 @@ case $protocol in
     setup_postgres
     ;;
   mysql)
-    ensure_packages sysbench sysbench mysql mariadb-client
+    ensure_packages sysbench sysbench mysql mariadb-client haproxy haproxy
     setup_mariadb
     ;;
   *)
@@ -207,11 +209,14 @@ measure() {
 }
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-# Rows: direct, the peer (PostgreSQL), then the rungs; a target says how to reach each.
+# Rows: direct, the peer, then the rungs; a target says how to reach each.
 names=(direct) targets=("- ${direct[*]}")
 if [ "$protocol" = pg ]; then
-  bouncer_pid=$(start_pgbouncer "$bouncer_port")
-  names+=(pgbouncer) targets+=("$bouncer_pid 127.0.0.1 $bouncer_port warden_bench warden_t_scram scram-pw-1")
+  peer_pid=$(start_pgbouncer "$peer_port")
+  names+=(pgbouncer) targets+=("$peer_pid 127.0.0.1 $peer_port warden_bench warden_t_scram scram-pw-1")
+else
+  peer_pid=$(start_haproxy "$peer_port" "$WARDEN_TEST_MYSQL_HOSTPORT")
+  names+=(haproxy) targets+=("$peer_pid 127.0.0.1 $peer_port ${direct[*]:2}")
 fi
 for i in "${!rungs[@]}"; do
   names+=("${rungs[$i]%% *}")

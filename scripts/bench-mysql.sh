@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The MySQL proxy benchmark: `sysbench oltp_read_only` (per transaction: BEGIN, ten
 # primary-key SELECTs, four range SELECTs, COMMIT; prepared statements, i.e. the
-# binary protocol) at 1 and 8 threads, direct to MariaDB and through Warden (audit,
+# binary protocol) at 1 and 8 threads, direct to MariaDB, through Warden (audit,
 # recording and masking on; `warden` syncs each audit batch to disk, `warden-os`
-# hands it to the OS), in the same run. Prints transactions and statements per
-# second, the ratio to direct, p50 / average latency with what Warden adds, Warden's
-# CPU time per statement, then the repeatable figure: its instructions per statement
-# under callgrind (`BENCH_INSTRUCTIONS=0` skips it).
+# hands it to the OS) and through HAProxy relaying TCP (one thread: a proxy that
+# parses nothing, the floor for any relay), in the same run. Prints transactions and
+# statements per second, the ratio to direct, p50 / average latency with what each
+# proxy adds, each proxy's CPU time per statement, then the repeatable figure:
+# Warden's instructions per statement under callgrind (`BENCH_INSTRUCTIONS=0` skips
+# it).
 #
 #   scripts/bench-mysql.sh                  # 15 s per run
 #   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-mysql.sh
@@ -22,8 +24,9 @@ clients=${BENCH_CLIENTS:-"1 8"}
 table_size=${BENCH_TABLE_SIZE:-10000}
 warden_port=${BENCH_WARDEN_PORT:-18306}
 api_port=${BENCH_API_PORT:-18019}
+haproxy_port=${BENCH_HAPROXY_PORT:-16306}
 
-ensure_packages sysbench sysbench curl curl mysql mariadb-client
+ensure_packages sysbench sysbench curl curl mysql mariadb-client haproxy haproxy
 setup_mariadb
 log "building warden (release)"
 cargo build --release -q -p warden
@@ -57,6 +60,7 @@ listen = \"127.0.0.1:$3\"" "$4" "{\"name\":\"bench\",\"kind\":\"mysql\",
 }
 token=$(start_warden warden "$api_port" "$warden_port" true)
 os_token=$(start_warden warden-os $((api_port + 1)) $((warden_port + 1)) false)
+start_haproxy "$haproxy_port" "$WARDEN_TEST_MYSQL_HOSTPORT" >"$work/haproxy.pid"
 
 # run NAME THREADS HOST PORT USER PASSWORD DB → "tps qps p50_ms avg_ms"
 run() {
@@ -91,8 +95,10 @@ for c in $clients; do
   read -r d_tps d_qps d_p50 d_avg _ < <(run direct "$c" "$mariadb_host" "$mariadb_port" warden_t_native native-pw-1 warden_t_bench)
   read -r w_tps w_qps w_p50 w_avg w_cpu < <(run warden "$c" 127.0.0.1 "$warden_port" bench "$token" bench)
   read -r o_tps o_qps o_p50 o_avg o_cpu < <(run warden-os "$c" 127.0.0.1 $((warden_port + 1)) bench "$os_token" bench)
+  read -r h_tps h_qps h_p50 h_avg h_cpu < <(run haproxy "$c" 127.0.0.1 "$haproxy_port" warden_t_native native-pw-1 warden_t_bench)
   printf '%-8s %-10s %9.0f %10.0f %7s %11s %11s %13s %12s\n' "$c" direct "$d_tps" "$d_qps" "1.00" "$d_p50" "$d_avg" - -
-  for row in "warden $w_tps $w_qps $w_p50 $w_avg $w_cpu" "warden-os $o_tps $o_qps $o_p50 $o_avg $o_cpu"; do
+  for row in "warden $w_tps $w_qps $w_p50 $w_avg $w_cpu" "warden-os $o_tps $o_qps $o_p50 $o_avg $o_cpu" \
+    "haproxy $h_tps $h_qps $h_p50 $h_avg $h_cpu"; do
     read -r name tps qps p50 avg cpu <<<"$row"
     printf '%-8s %-10s %9.0f %10.0f %7.2f %11s %11s %13.0f %12s\n' "$c" "$name" "$tps" "$qps" \
       "$(awk -v a="$tps" -v b="$d_tps" 'BEGIN { print a / b }')" "$p50" "$avg" \

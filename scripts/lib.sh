@@ -732,6 +732,32 @@ EOF2
   pgrep -n -f "pgbouncer $work/pgbouncer.ini"
 }
 
+# For the MySQL benchmarks: starts HAProxy in TCP mode (one thread, like PgBouncer: a
+# proxy that relays bytes and parses nothing, so its CPU per statement is about what
+# the kernel's socket calls and loopback TCP cost) in front of TARGET, and prints its
+# pid. The caller sets $work and kills the pids listed in "$work/pids".
+#   start_haproxy PORT TARGET_HOST:PORT
+start_haproxy() {
+  cat >"$work/haproxy.cfg" <<EOF2
+global
+    nbthread 1
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+listen bench
+    bind 127.0.0.1:$1
+    server db $2
+EOF2
+  haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+  local pid=$!
+  echo "$pid" >>"$work/pids"
+  for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && break; sleep 0.1; done
+  echo "$pid"
+}
+
 # cpu_us PID → the CPU time (user + system) the process has used so far, in µs.
 cpu_us() {
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"
