@@ -181,7 +181,7 @@ fi
 #   "tps p50_us cpu_us/stmt switches/stmt fdatasync/stmt kernel_us/stmt"
 # (PID "-": direct, no proxy to count)
 measure() {
-  local pid=$1 cpu=0 sw=0 c1=0 s1=0 k0=0 k1=0 syncs=- tps p50 n
+  local pid=$1 cpu=0 sw=0 c1=0 s1=0 k0=0 k1=0 syncs=- tps p50 n counter=""
   shift
   load "$@" 2 >/dev/null
   if [ "$pid" != - ]; then
@@ -189,8 +189,10 @@ measure() {
     k0=$(sys_us "$pid")
     sw=$(switches "$pid")
     if [ -n "$syncs_counted" ]; then
+      rm -f "$work/syncs"
       perf stat -x, -e syscalls:sys_enter_fdatasync -p "$pid" -o "$work/syncs" -- sleep "$seconds" \
         >/dev/null 2>&1 &
+      counter=$!
     fi
   fi
   read -r tps p50 n < <(load "$@" "$seconds")
@@ -199,8 +201,10 @@ measure() {
     k1=$(sys_us "$pid")
     s1=$(switches "$pid")
     if [ -n "$syncs_counted" ]; then
-      wait $! 2>/dev/null || true
-      syncs=$(awk -F, -v n="$n" '/^#/ || NF < 3 { next } { printf "%.2f", $1 / n }' "$work/syncs")
+      # Its own pid: the process substitution above has since set $!.
+      wait "$counter" 2>/dev/null || true
+      syncs=$(awk -F, -v n="$n" '/^#/ || NF < 3 { next } { printf "%.2f", $1 / n }' "$work/syncs" 2>/dev/null)
+      [ -n "$syncs" ] || syncs=-
     fi
   fi
   awk -v tps="$tps" -v p50="$p50" -v c0="$cpu" -v c1="$c1" -v s0="$sw" -v s1="$s1" -v n="$n" \
