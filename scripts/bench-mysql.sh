@@ -7,8 +7,8 @@
 # parses nothing, the floor for any relay), in the same run. Prints transactions and
 # statements per second, the ratio to direct, p50 / average latency with what each
 # proxy adds, each proxy's CPU time per statement, then the repeatable figure:
-# Warden's instructions per statement under callgrind (`BENCH_INSTRUCTIONS=0` skips
-# it).
+# instructions per statement under callgrind, Warden's and HAProxy's
+# (`BENCH_INSTRUCTIONS=0` skips it).
 #
 #   scripts/bench-mysql.sh                  # 15 s per run
 #   BENCH_SECONDS=30 BENCH_CLIENTS="1 8 16" scripts/bench-mysql.sh
@@ -113,10 +113,11 @@ if [ "${BENCH_INSTRUCTIONS:-1}" = 1 ]; then
   ensure_packages valgrind valgrind
   log "instructions per statement (callgrind)"
   cg_port=$((warden_port + 10))
+  cg_user=bench cg_db=bench
   sysbench_statements() { # TRANSACTIONS → statements run
     local out
-    out=$(sb --mysql-host=127.0.0.1 --mysql-port="$cg_port" --mysql-user=bench \
-      --mysql-password="$cg_token" --mysql-db=bench --threads=4 --time=0 --events="$1" run 2>&1)
+    out=$(sb --mysql-host=127.0.0.1 --mysql-port="$cg_port" --mysql-user="$cg_user" \
+      --mysql-password="$cg_token" --mysql-db="$cg_db" --threads=4 --time=0 --events="$1" run 2>&1)
     echo "$out" | sed -n 's/^ *total: *\([0-9]*\)$/\1/p' | head -1
   }
   cg_warden() { # NAME SYNC → instructions per statement
@@ -128,12 +129,29 @@ if [ "${BENCH_INSTRUCTIONS:-1}" = 1 ]; then
     kill "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
   }
+  # The peer the same way, logging in to MariaDB itself through it.
+  cg_haproxy() {
+    local pid
+    sed "s/bind 127.0.0.1:$haproxy_port/bind 127.0.0.1:$cg_port/" "$work/haproxy.cfg" >"$work/haproxy-cg.cfg"
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.haproxy.%p" \
+      haproxy -f "$work/haproxy-cg.cfg" -db >/dev/null 2>&1 &
+    pid=$!
+    echo "$pid" >>"$work/pids"
+    for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$cg_port") 2>/dev/null && break; sleep 0.1; done
+    cg_user=warden_t_native cg_token=native-pw-1 cg_db=warden_t_bench
+    callgrind_per_unit "$pid" "$work/cg.haproxy" sysbench_statements 20 $((20 + ${CG_TRANSACTIONS:-60}))
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  }
   cg_w=$(cg_warden cg-warden true)
   cg_o=$(cg_warden cg-warden-os false)
+  cg_h=$(cg_haproxy)
   printf '\ninstructions per statement (callgrind, 4 threads x %s transactions of 16 statements)\n' \
     "${CG_TRANSACTIONS:-60}"
+  # No ratio: callgrind counts user space only, and most of what a relay costs is the
+  # kernel's (see the README).
   printf '%-10s %12s\n' path instructions
-  printf '%-10s %12s\n' warden "$cg_w" warden-os "$cg_o"
+  printf '%-10s %12s\n' warden "$cg_w" warden-os "$cg_o" haproxy "$cg_h"
 fi
 
 for port in "$api_port" $((api_port + 1)); do
