@@ -266,9 +266,13 @@ setup_keycloak() {
   export WARDEN_TEST_SAML_IDP_METADATA_URL=$WARDEN_TEST_SAML_IDP_ENTITY_ID/protocol/saml/descriptor
   export WARDEN_TEST_SAML_SP_KEY=$dir/sp.key WARDEN_TEST_SAML_SP_CERT=$dir/sp.crt
   export WARDEN_TEST_KEYCLOAK_ADMIN=admin WARDEN_TEST_KEYCLOAK_ADMIN_PASSWORD=admin-pw-1
-  # A running Keycloak is kept when it imported the realm the template makes now.
-  local realm_sum
-  realm_sum=$(cat "$realm_in" "$dir/sp.crt" 2>/dev/null | sha256sum | cut -d' ' -f1)
+  # A running Keycloak is kept when it imported the realm the template makes now. On
+  # a fresh machine there is no SP certificate yet (and under pipefail a `cat` of it
+  # would end the script), so nothing to keep.
+  local realm_sum=""
+  if [ -f "$dir/sp.crt" ]; then
+    realm_sum=$(cat "$realm_in" "$dir/sp.crt" | sha256sum | cut -d' ' -f1)
+  fi
   if [ -f "$dir/keycloak.pid" ] && kill -0 "$(cat "$dir/keycloak.pid")" 2>/dev/null &&
     [ "$(cat "$dir/realm.sha256" 2>/dev/null)" = "$realm_sum" ] &&
     curl -fsS -o /dev/null "$WARDEN_TEST_SAML_IDP_METADATA_URL" 2>/dev/null; then
